@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
-	$(PY) -m proto.build
+	$(PY) -c "import proto.build as b; b.generate(force=True)"
 	touch $(STAMP)
 
 $(BENCH_STAMP): $(STAMP)

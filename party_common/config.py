@@ -1,0 +1,178 @@
+"""One short TOML file per node. Every error names the file, the key and what to change.
+
+Example (bank)::
+
+    [node]
+    name = "acme-bank"
+    role = "bank"
+    listen = "127.0.0.1:7443"        # the bank: control API for data scientists
+    state_dir = "state/bank"
+    workers = 2
+
+    [peer]
+    address = "platform.example.com:7444"
+    tls_name = "platform"            # name in the peer's certificate (SAN), when it differs from the host
+
+    [tls]
+    cert = "certs/bank.crt"          # this node's certificate (server and client)
+    key = "certs/bank.key"           # its private key, mode 0600
+    peer_ca = "certs/platform-ca.crt"  # the CA that signed the peer's certificate
+    client_ca = "certs/bank-ca.crt"  # bank only: CA of the data scientists' client certificates
+
+    [data]
+    path = "data/bank.csv"
+    id_column = "id"
+    tag_columns = ["tag_young_family", "tag_car_owner"]   # bank only
+    fill_missing = "error"           # or "zero" / "mean"
+
+Relative paths are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Role = Literal["bank", "platform"]
+FILL_OPTIONS = ("error", "zero", "mean")
+
+
+class ConfigError(ValueError):
+    """The node's config file is wrong; the message says where and what to change."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path
+    key: Path
+    peer_ca: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: Path
+    id_column: str
+    tag_columns: tuple[str, ...] = ()
+    feature_columns: tuple[str, ...] | None = None
+    fill_missing: str = "error"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    source: Path
+    name: str
+    role: Role
+    listen: str
+    state_dir: Path
+    peer_address: str  # empty on the platform, which never dials
+    peer_tls_name: str | None
+    tls: TlsConfig | None
+    data: DataConfig
+    workers: int = 2
+    step_timeout_s: float = 900.0
+    max_payload_mb: int = 1024
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, *, required: bool = True,
+         default: Any = None) -> Any:
+    if key not in table:
+        if required:
+            raise ConfigError(f"{where}: missing key '{key}'")
+        return default
+    value = table[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}: '{key}' must be a {want}, got {value!r}")
+    return value
+
+
+def _address(value: str, where: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: '{value}' is not host:port (e.g. 127.0.0.1:7443)")
+    return value
+
+
+def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = True) -> NodeConfig:
+    """Read and check a node config. ``require_tls=False`` only with ``--insecure-dev``."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    base = path.resolve().parent
+
+    def resolve(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else base / q
+
+    # The bank dials the platform; the platform only answers, so it needs no peer address.
+    for section in ("node", "data", "peer") if expected_role == "bank" else ("node", "data"):
+        if not isinstance(doc.get(section), dict):
+            raise ConfigError(f"{path}: missing section [{section}]")
+    node, data = doc["node"], doc["data"]
+    peer = doc.get("peer", {})
+    role = _get(node, "role", str, f"{path} [node]", required=False, default=expected_role)
+    if role != expected_role:
+        raise ConfigError(f"{path} [node]: role is '{role}' but this is the {expected_role} node's command")
+    workers = _get(node, "workers", int, f"{path} [node]", required=False, default=2)
+    if workers < 1:
+        raise ConfigError(f"{path} [node]: 'workers' must be at least 1")
+
+    tls: TlsConfig | None = None
+    if "tls" in doc:
+        t = doc["tls"]
+        where = f"{path} [tls]"
+        tls = TlsConfig(
+            cert=resolve(_get(t, "cert", str, where)),
+            key=resolve(_get(t, "key", str, where)),
+            peer_ca=resolve(_get(t, "peer_ca", str, where)),
+            client_ca=resolve(c) if (c := _get(t, "client_ca", str, where, required=False)) else None,
+        )
+        for key in ("cert", "key", "peer_ca", "client_ca"):
+            p = getattr(tls, key)
+            if p is not None and not p.exists():
+                raise ConfigError(f"{where}: '{key}' file {p} does not exist (make them with `fedprofile-certs init`)")
+        if role == "bank" and tls.client_ca is None:
+            raise ConfigError(f"{where}: the bank node needs 'client_ca' (the CA of its data scientists' certificates)")
+    elif require_tls:
+        raise ConfigError(f"{path}: missing section [tls]; mutual TLS is required (use --insecure-dev only on a laptop)")
+
+    where = f"{path} [data]"
+    tag_columns = _get(data, "tag_columns", list, where, required=False, default=[])
+    if role == "platform" and tag_columns:
+        raise ConfigError(f"{where}: the platform holds no tags; remove 'tag_columns'")
+    feature_columns = _get(data, "feature_columns", list, where, required=False)
+    fill = _get(data, "fill_missing", str, where, required=False, default="error")
+    if fill not in FILL_OPTIONS:
+        raise ConfigError(f"{where}: 'fill_missing' must be one of {', '.join(FILL_OPTIONS)}, got '{fill}'")
+    data_cfg = DataConfig(
+        path=resolve(_get(data, "path", str, where)),
+        id_column=_get(data, "id_column", str, where),
+        tag_columns=tuple(str(c) for c in tag_columns),
+        feature_columns=tuple(str(c) for c in feature_columns) if feature_columns is not None else None,
+        fill_missing=fill,
+    )
+    tls_name = _get(peer, "tls_name", str, f"{path} [peer]", required=False)
+    return NodeConfig(
+        source=path,
+        name=_get(node, "name", str, f"{path} [node]"),
+        role=role,
+        listen=_address(_get(node, "listen", str, f"{path} [node]"), f"{path} [node] listen"),
+        state_dir=resolve(_get(node, "state_dir", str, f"{path} [node]")),
+        peer_address=_address(_get(peer, "address", str, f"{path} [peer]"), f"{path} [peer] address")
+        if role == "bank" else "",
+        peer_tls_name=tls_name,
+        tls=tls,
+        data=data_cfg,
+        workers=workers,
+        step_timeout_s=float(_get(node, "step_timeout_s", (int, float), f"{path} [node]", required=False,
+                                  default=900.0)),
+        max_payload_mb=_get(node, "max_payload_mb", int, f"{path} [node]", required=False, default=1024),
+    )

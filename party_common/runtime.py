@@ -1,0 +1,71 @@
+"""What both node processes share: logging, TLS files, data loading from config, and the serve loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import stat
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from party_common.config import NodeConfig
+
+log = logging.getLogger(__name__)
+
+INSECURE_WARNING = (
+    "WARNING: --insecure-dev: this node talks PLAINTEXT gRPC with no client authentication. "
+    "Anyone who can reach the port can read and inject protocol messages. Never use this outside a laptop."
+)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    # Log lines carry counts, job IDs, steps and timings only; never customer IDs, features, labels or keys.
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("grpc").setLevel(logging.WARNING)
+
+
+def read_tls_files(config: NodeConfig) -> tuple[bytes, bytes, bytes, bytes | None]:
+    """(cert, key, peer CA, client CA) as bytes; refuses a private key readable by others."""
+    assert config.tls is not None
+    mode = stat.S_IMODE(os.stat(config.tls.key).st_mode)
+    if mode & 0o077:
+        raise PermissionError(f"{config.tls.key}: private key has mode {mode:o}; run `chmod 600 {config.tls.key}`")
+    client_ca = config.tls.client_ca.read_bytes() if config.tls.client_ca else None
+    return (config.tls.cert.read_bytes(), config.tls.key.read_bytes(), config.tls.peer_ca.read_bytes(), client_ca)
+
+
+def load_node_data(config: NodeConfig):  # -> protocols.dataset.PartyData
+    from protocols.dataset import load_party_data
+
+    d = config.data
+    return load_party_data(d.path, id_column=d.id_column, tag_columns=list(d.tag_columns),
+                           feature_columns=list(d.feature_columns) if d.feature_columns is not None else None,
+                           fill_missing=d.fill_missing)
+
+
+def run_until_signalled(server: grpc.Server, on_stop: Callable[[], None], *, grace_s: float = 5.0) -> None:
+    """Serve until SIGTERM/SIGINT, then stop accepting, let calls finish for ``grace_s``, clean up."""
+    stopping = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    stopping.wait()
+    on_stop()
+    server.stop(grace_s).wait()
+    log.info("stopped")
+
+
+def ensure_private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
