@@ -1,0 +1,196 @@
+"""`bank-node`: run the bank's node, and drive it (align, train, score) as a data scientist.
+
+    bank-node serve --config bank.toml
+    bank-node align --config bank.toml [--mode both|bank_only|cardinality]
+    bank-node train --config bank.toml [--tags t1,t2] [--epochs 5 ...]
+    bank-node jobs --config bank.toml
+    bank-node score --config bank.toml --model JOB_ID --ids ID1,ID2
+    bank-node batch-score --config bank.toml --model JOB_ID --out scores.parquet
+
+The client commands reach the node's control API at its `listen` address with mutual TLS, using an
+operator certificate signed by the bank's CA (default: operator.crt/.key beside the node's cert).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import grpc
+
+from party_common.config import ConfigError, NodeConfig, load_config
+from party_common.runtime import INSECURE_WARNING, read_tls_files, run_until_signalled, setup_logging
+from party_common.transport import (
+    TransportError,
+    add_health,
+    bind,
+    dial,
+    make_server,
+    server_credentials,
+)
+from proto import fedprofile_v1_pb2_grpc as pb_grpc
+from protocols.channel import PeerError
+
+log = logging.getLogger("party_bank")
+
+
+def build_server(config_path: str, *, insecure_dev: bool = False):
+    """Load config and data, connect the platform peer, return (server, node, health, port)."""
+    from party_bank.control import ControlServicer
+    from party_bank.node import BankNode
+    from party_common.transport import GrpcPeer
+
+    config = load_config(config_path, expected_role="bank", require_tls=not insecure_dev)
+    if insecure_dev:
+        channel = dial(config.peer_address, cert=None, key=None, server_ca=None, insecure=True)
+        creds = None
+    else:
+        cert, key, peer_ca, client_ca = read_tls_files(config)
+        channel = dial(config.peer_address, cert=cert, key=key, server_ca=peer_ca, tls_name=config.peer_tls_name)
+        assert client_ca is not None
+        creds = server_credentials(cert, key, client_ca)
+    peer = GrpcPeer(channel, node_name=config.name, step_timeout_s=config.step_timeout_s,
+                    max_payload_bytes=config.max_payload_mb * 2**20)
+    node = BankNode(config, peer, channel)
+    server = make_server()
+    pb_grpc.add_BankControlServicer_to_server(ControlServicer(node), server)
+    health = add_health(server, ["fedprofile.v1.BankControl"])
+    port = bind(server, config.listen, creds)
+    return server, node, health, port
+
+
+def serve(args: argparse.Namespace) -> int:
+    if args.insecure_dev:
+        print(INSECURE_WARNING, file=sys.stderr)
+    try:
+        server, node, health, port = build_server(args.config, insecure_dev=args.insecure_dev)
+    except (ConfigError, TransportError, PermissionError, ValueError) as err:
+        print(f"bank-node: {err}", file=sys.stderr)
+        return 2
+    server.start()
+    log.info("bank node '%s': control API on port %d; platform peer at %s", node.config.name, port,
+             node.config.peer_address)
+    try:
+        node.connect(timeout_s=args.peer_wait)
+    except PeerError as err:
+        # Not fatal: the platform may come up later; every job checks the peer again before it starts.
+        log.warning("%s", err)
+
+    def stop() -> None:
+        health.enter_graceful_shutdown()
+        node.shutdown()
+
+    run_until_signalled(server, stop)
+    return 0
+
+
+def client_for(config: NodeConfig, args: argparse.Namespace):
+    from party_bank.client import BankClient
+
+    if args.insecure_dev:
+        return BankClient(config.listen, cert=None, key=None, ca=None, insecure=True)
+    assert config.tls is not None
+    cert = Path(args.cert) if args.cert else config.tls.cert.parent / "operator.crt"
+    key = Path(args.key) if args.key else config.tls.cert.parent / "operator.key"
+    for p in (cert, key):
+        if not p.exists():
+            raise ConfigError(f"{p}: operator certificate/key not found (pass --cert/--key)")
+    return BankClient(config.listen, cert=cert, key=key, ca=config.tls.client_ca)
+
+
+def print_job(job: dict) -> None:
+    print(json.dumps(job, indent=2, sort_keys=True))
+
+
+def run_client(args: argparse.Namespace) -> int:
+    config = load_config(args.config, expected_role="bank", require_tls=not args.insecure_dev)
+    client = client_for(config, args)
+    try:
+        if args.command == "align":
+            print_job(client.align(mode=args.mode, on_progress=lambda j: print(j["progress"], file=sys.stderr)))
+        elif args.command == "train":
+            train = json.loads(args.params) if args.params else {}
+            for key in ("epochs", "batch_size", "learning_rate"):
+                if getattr(args, key) is not None:
+                    train[key] = getattr(args, key)
+            tags = args.tags.split(",") if args.tags else None
+            print_job(client.train(tags=tags, alignment_job_id=args.alignment, train=train,
+                                   on_progress=lambda j: print(j["progress"], file=sys.stderr)))
+        elif args.command == "jobs":
+            for job in client.jobs(args.limit):
+                print(f"{job['job_id']:40s} {job['kind']:6s} {job['status']:10s} {job['created_at']}  {job['error']}")
+        elif args.command == "job":
+            print_job(client.job(args.job_id))
+        elif args.command == "score":
+            tags, probs, known = client.score(args.model, args.ids.split(","),
+                                              args.tags.split(",") if args.tags else None)
+            for i, cid in enumerate(args.ids.split(",")):
+                cells = " ".join(f"{t}={p:.4f}" for t, p in zip(tags, probs[i], strict=True))
+                print(f"{cid}\t{cells}\tplatform_known={known[i]}")
+        elif args.command == "batch-score":
+            path, rows = client.batch_score(args.model, args.out, args.tags.split(",") if args.tags else None)
+            print(f"wrote {rows} rows to {path}")
+    except grpc.RpcError as err:
+        print(f"bank-node {args.command}: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    except Exception as err:  # JobFailed, TimeoutError: print the reason, not a trace
+        print(f"bank-node {args.command}: {err}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bank-node", description="The bank's node and its client.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--config", required=True, help="the bank node's TOML file")
+        p.add_argument("--insecure-dev", action="store_true", help="plaintext gRPC, no client auth (laptop only)")
+        if name != "serve":
+            p.add_argument("--cert", help="operator certificate (default: operator.crt beside the node cert)")
+            p.add_argument("--key", help="operator private key")
+        return p
+
+    s = add("serve", "run the node")
+    s.add_argument("--log-level", default="INFO")
+    s.add_argument("--peer-wait", type=float, default=30.0, help="seconds to wait for the platform at start")
+    a = add("align", "run PSI with the platform")
+    a.add_argument("--mode", default="both", choices=["both", "bank_only", "cardinality"])
+    t = add("train", "train one model per tag on the latest (or given) alignment")
+    t.add_argument("--tags", help="comma-separated tag columns (default: all)")
+    t.add_argument("--alignment", help="align job ID (default: the latest finished one)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--learning-rate", type=float)
+    t.add_argument("--params", help="JSON object of training parameters")
+    j = add("jobs", "list jobs")
+    j.add_argument("--limit", type=int, default=20)
+    one = add("job", "show one job")
+    one.add_argument("job_id")
+    sc = add("score", "score customers online")
+    sc.add_argument("--model", required=True, help="the train job ID")
+    sc.add_argument("--ids", required=True, help="comma-separated customer IDs")
+    sc.add_argument("--tags")
+    b = add("batch-score", "score the whole intersection into a file")
+    b.add_argument("--model", required=True)
+    b.add_argument("--out", required=True, help="output .csv or .parquet (relative: under the state dir)")
+    b.add_argument("--tags")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        setup_logging(args.log_level)
+        return serve(args)
+    try:
+        return run_client(args)
+    except ConfigError as err:
+        print(f"bank-node: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""A data scientist's client for the bank node's control API (used by the CLI, the demo and benchmarks)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from party_common.codec import array_from_pb
+from party_common.transport import CONTROL_TIMEOUT_S, dial, wait_healthy
+from proto import fedprofile_v1_pb2 as pb
+from proto import fedprofile_v1_pb2_grpc as pb_grpc
+
+
+class JobFailed(RuntimeError):
+    def __init__(self, job: dict[str, Any]) -> None:
+        super().__init__(f"job {job['job_id']} ({job['kind']}) failed: {job['error']}")
+        self.job = job
+
+
+def job_dict(job: pb.Job) -> dict[str, Any]:
+    return {"job_id": job.job_id, "kind": job.kind, "name": job.name, "status": job.status,
+            "params": json.loads(job.params_json or "{}"), "result": json.loads(job.result_json or "{}"),
+            "error": job.error, "progress": job.progress, "created_at": job.created_at,
+            "finished_at": job.finished_at}
+
+
+class BankClient:
+    def __init__(self, address: str, *, cert: Path | None, key: Path | None, ca: Path | None,
+                 insecure: bool = False) -> None:
+        self.channel = dial(address, cert=cert.read_bytes() if cert else None,
+                            key=key.read_bytes() if key else None, server_ca=ca.read_bytes() if ca else None,
+                            insecure=insecure)
+        self.stub = pb_grpc.BankControlStub(self.channel)
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        wait_healthy(self.channel, service="fedprofile.v1.BankControl", timeout_s=timeout_s)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def submit(self, kind: str, params: dict[str, Any], name: str = "") -> str:
+        reply = self.stub.SubmitJob(pb.JobSpec(kind=kind, name=name, params_json=json.dumps(params)),
+                                    timeout=CONTROL_TIMEOUT_S)
+        return reply.job_id
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return job_dict(self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=CONTROL_TIMEOUT_S))
+
+    def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        reply = self.stub.ListJobs(pb.ListJobsRequest(limit=limit), timeout=CONTROL_TIMEOUT_S)
+        return [job_dict(j) for j in reply.jobs]
+
+    def wait(self, job_id: str, *, timeout_s: float = 3600.0,
+             on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while True:
+            job = self.job(job_id)
+            if job["status"] == "succeeded":
+                return job
+            if job["status"] == "failed":
+                raise JobFailed(job)
+            if on_progress and job["progress"] != last:
+                last = job["progress"]
+                on_progress(job)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    def run(self, kind: str, params: dict[str, Any], *, name: str = "", timeout_s: float = 3600.0,
+            on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        return self.wait(self.submit(kind, params, name), timeout_s=timeout_s, on_progress=on_progress)
+
+    def align(self, mode: str = "both", **kw: Any) -> dict[str, Any]:
+        job = self.run("align", {"mode": mode}, **kw)
+        return {"job_id": job["job_id"], **job["result"]}
+
+    def train(self, tags: list[str] | None = None, alignment_job_id: str | None = None,
+              train: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+        params: dict[str, Any] = {"train": train or {}}
+        if tags:
+            params["tags"] = tags
+        if alignment_job_id:
+            params["alignment_job_id"] = alignment_job_id
+        job = self.run("train", params, **kw)
+        return {"job_id": job["job_id"], **job["result"]}
+
+    def score(self, model_job_id: str, customer_ids: list[str], tags: list[str] | None = None,
+              timeout_s: float = 120.0) -> tuple[list[str], np.ndarray, list[bool]]:
+        reply = self.stub.Score(pb.ScoreRequest(model_job_id=model_job_id, customer_ids=customer_ids,
+                                                tags=tags or []), timeout=timeout_s)
+        return list(reply.tags), array_from_pb(reply.probabilities, where="scores"), list(reply.platform_known)
+
+    def batch_score(self, model_job_id: str, output_path: str, tags: list[str] | None = None,
+                    timeout_s: float = 3600.0) -> tuple[str, int]:
+        reply = self.stub.BatchScore(pb.BatchScoreRequest(model_job_id=model_job_id, output_path=output_path,
+                                                          tags=tags or []), timeout=timeout_s)
+        return reply.output_path, reply.rows
+
+
+__all__ = ["BankClient", "JobFailed", "grpc"]

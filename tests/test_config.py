@@ -1,0 +1,85 @@
+"""Node config files: what a correct one gives, and errors that say what to change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from party_common.certs import init_local_pki
+from party_common.config import ConfigError, load_config
+from simulations.cluster import write_configs
+
+
+@pytest.fixture()
+def configs(tmp_path: Path) -> tuple[Path, Path]:
+    init_local_pki(tmp_path / "certs")
+    (tmp_path / "b.csv").write_text("id,x,tag\n1,0.5,1\n")
+    (tmp_path / "p.csv").write_text("id,y\n1,0.5\n")
+    return write_configs(tmp_path, bank_data=tmp_path / "b.csv", bank_id_column="id", bank_tag_columns=["tag"],
+                         platform_data=tmp_path / "p.csv", platform_id_column="id", bank_port=7001,
+                         platform_port=7002)
+
+
+def test_generated_configs_load(configs: tuple[Path, Path]) -> None:
+    bank, platform = configs
+    b = load_config(bank, expected_role="bank")
+    p = load_config(platform, expected_role="platform")
+    assert b.peer_address == "127.0.0.1:7002" and b.data.tag_columns == ("tag",)
+    assert b.tls is not None and b.tls.client_ca is not None and b.tls.client_ca.exists()
+    assert p.listen == "127.0.0.1:7002" and p.data.tag_columns == ()
+    assert b.state_dir == bank.parent / "state" / "bank"
+
+
+def edit(path: Path, old: str, new: str) -> Path:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return path
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('role = "bank"', 'role = "platform"', "role is 'platform'"),
+    ('listen = "127.0.0.1:7001"', 'listen = "127.0.0.1"', "is not host:port"),
+    ("workers = 2", "workers = 0", "'workers' must be at least 1"),
+    ("workers = 2", 'workers = "two"', "'workers' must be a int"),
+    ('fill_missing = "error"', 'fill_missing = "guess"', "'fill_missing' must be one of"),
+    ('id_column = "id"', "", "missing key 'id_column'"),
+    ("[peer]", "[pier]", "missing section [peer]"),
+])
+def test_bank_config_errors_name_the_key(configs: tuple[Path, Path], old: str, new: str, message: str) -> None:
+    bank, _ = configs
+    edit(bank, old, new)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")) as err:
+        load_config(bank, expected_role="bank")
+    assert str(bank) in str(err.value)
+
+
+def test_tls_is_required_unless_insecure_dev(configs: tuple[Path, Path]) -> None:
+    _, platform = configs
+    text = platform.read_text()
+    start = text.index("[tls]")
+    end = text.index("[data]")
+    platform.write_text(text[:start] + text[end:])
+    with pytest.raises(ConfigError, match="mutual TLS is required"):
+        load_config(platform, expected_role="platform")
+    assert load_config(platform, expected_role="platform", require_tls=False).tls is None
+
+
+def test_missing_tls_file_and_tags_on_platform(configs: tuple[Path, Path]) -> None:
+    bank, platform = configs
+    (bank.parent / "certs" / "platform-ca.crt").unlink()
+    with pytest.raises(ConfigError, match="'peer_ca' file .* does not exist"):
+        load_config(bank, expected_role="bank")
+    edit(platform, 'fill_missing = "error"', 'fill_missing = "error"\ntag_columns = ["t"]')
+    with pytest.raises(ConfigError, match="the platform holds no tags"):
+        load_config(platform, expected_role="platform", require_tls=False)
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml", expected_role="bank")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node\nname=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, expected_role="bank")
