@@ -1,0 +1,189 @@
+"""Run the whole service on a pair of files (or simulated data): both nodes as separate processes over mTLS,
+PSI, multi-tag training, evaluation, scoring, and a report.
+
+    python -m simulations.run --bank-data B.csv --platform-data P.csv \
+        --bank-id-column id --platform-id-column id --tags y --out out/
+
+Without files it generates simulated data. Because this harness (unlike either node) sees both files, the
+report also holds a centralized scikit-learn model on the same split, as the yardstick for the joint one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from party_common.certs import atomic_write
+from simulations.cluster import LocalCluster
+
+console = Console(stderr=True)
+
+
+def simulated_files(out: Path, *, n_bank: int, n_platform: int, n_tags: int, label_share: float,
+                    seed: int) -> tuple[Path, Path, list[str]]:
+    from simulations.generate import SimulationConfig, generate, write
+
+    config = SimulationConfig(n_bank=n_bank, n_platform=n_platform, n_tags=n_tags, label_share=label_share,
+                              seed=seed)
+    paths = write(generate(config), out / "data")
+    bank_path, platform_path = Path(paths["bank"]), Path(paths["platform"])
+    header = bank_path.read_text().split("\n", 1)[0].split(",")
+    return bank_path, platform_path, [c for c in header if c.startswith("tag_")]
+
+
+def centralized_report(cluster: LocalCluster, bank_data: Path, bank_id: str, platform_data: Path,
+                       platform_id: str, tags: list[str], alignment_job_id: str,
+                       train_params: dict[str, Any]) -> dict[str, Any]:
+    """Centralized sklearn LR on the same aligned rows and split as the joint model (harness only)."""
+    from protocols.alignment import AlignmentStore
+    from protocols.dataset import load_party_data
+    from protocols.evaluation import centralized_baseline
+    from protocols.vfl_lr import TrainParams
+
+    alignment = AlignmentStore(cluster.workdir / "state" / "bank" / "alignments").load(alignment_job_id)
+    ids = list(alignment.ids or ())
+    bank = load_party_data(bank_data, id_column=bank_id, tag_columns=tags).take(ids)
+    platform = load_party_data(platform_data, id_column=platform_id).take(ids)
+    return centralized_baseline(bank, platform, TrainParams(**train_params))
+
+
+def print_report(report: dict[str, Any]) -> None:
+    table = Table(title="Per-tag evaluation on the held-out share of the intersection")
+    for col in ("tag", "labelled (test)", "AUC joint", "AUC bank-only", "uplift", "AUC centralized", "KS joint",
+                "logloss joint"):
+        table.add_column(col, justify="right" if col != "tag" else "left")
+    for tag, m in report["tags"].items():
+        joint, bank_only, central = m.get("joint", {}), m.get("bank_only", {}), m.get("centralized", {})
+
+        def f(d: dict[str, Any], k: str) -> str:
+            v = d.get(k)
+            return "-" if v is None else f"{v:.3f}"
+
+        uplift = (joint.get("auc") - bank_only.get("auc")) if joint.get("auc") is not None and \
+            bank_only.get("auc") is not None else None
+        table.add_row(tag, str(joint.get("n", "-")), f(joint, "auc"), f(bank_only, "auc"),
+                      "-" if uplift is None else f"{uplift:+.3f}", f(central, "auc"), f(joint, "ks"),
+                      f(joint, "logloss"))
+    console.print(table)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    if args.bank_data is None:
+        console.print(f"[bold]Simulated data[/]: {args.n_bank} bank customers, {args.n_platform} platform users, "
+                      f"{args.n_tags} tags, {args.label_share:.0%} of labels known")
+        bank_data, platform_data, tags = simulated_files(out, n_bank=args.n_bank, n_platform=args.n_platform,
+                                                         n_tags=args.n_tags, label_share=args.label_share,
+                                                         seed=args.seed)
+        bank_id = platform_id = "id"
+        if args.tags:
+            tags = args.tags.split(",")
+    else:
+        if args.platform_data is None or not args.tags:
+            raise SystemExit("--bank-data needs --platform-data and --tags too")
+        bank_data, platform_data, tags = args.bank_data, args.platform_data, args.tags.split(",")
+        bank_id, platform_id = args.bank_id_column, args.platform_id_column
+
+    train_params: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed}
+    if args.batch_size:
+        train_params["batch_size"] = args.batch_size
+    if args.learning_rate:
+        train_params["learning_rate"] = args.learning_rate
+    report: dict[str, Any] = {"bank_data": str(bank_data), "platform_data": str(platform_data), "tags": {}}
+    with LocalCluster(out / "cluster", bank_data=bank_data, bank_id_column=bank_id, platform_data=platform_data,
+                      platform_id_column=platform_id, bank_tag_columns=tags, workers=args.workers,
+                      fill_missing=args.fill_missing) as cluster:
+        console.print(f"Nodes up on loopback with mutual TLS (bank :{cluster.bank_port}, platform "
+                      f":{cluster.platform_port}); logs in {cluster.workdir}")
+        client = cluster.bank_client()
+        align = client.align(mode="both")
+        console.print(f"[bold]PSI[/]: intersection of {align['intersection_size']} customers "
+                      f"(bank has {align['bank_customers']}) in {align['seconds']:.1f} s; "
+                      f"alignment hash {align['content_hash'][:16]}...")
+        report["psi"] = align
+
+        def progress(job: dict[str, Any]) -> None:
+            console.print(f"  training: {job['progress']}", highlight=False)
+
+        train = client.train(tags=tags, alignment_job_id=align["job_id"], train=train_params, on_progress=progress)
+        report["training"] = {k: v for k, v in train.items() if k != "tags_metrics"}
+        for tag in tags:
+            report["tags"][tag] = dict(train["metrics"][tag])
+        try:
+            central = centralized_report(cluster, Path(bank_data), bank_id, Path(platform_data), platform_id, tags,
+                                         align["job_id"], train_params)
+            for tag in tags:
+                report["tags"][tag]["centralized"] = central[tag]
+        except Exception as err:  # the yardstick is optional: report why it is missing
+            report["centralized_error"] = f"{type(err).__name__}: {err}"
+
+        # Serving: a few customers online, then the whole intersection in batch.
+        sample = _sample_ids(cluster, align["job_id"], 5)
+        scored_tags, probs, known = client.score(train["job_id"], sample)
+        report["online_scoring"] = {"customers": len(sample), "tags": scored_tags,
+                                    "platform_known": sum(known), "all_probabilities_in_0_1":
+                                    bool(((probs >= 0) & (probs <= 1)).all())}
+        path, rows = client.batch_score(train["job_id"], str(out / "scores.parquet"))
+        report["batch_scoring"] = {"path": path, "rows": rows}
+        console.print(f"[bold]Scoring[/]: online for {len(sample)} customers; batch wrote {rows} rows to {path}")
+        report["model_job_id"] = train["job_id"]
+    report["seconds_total"] = round(time.monotonic() - started, 1)
+    atomic_write(out / "report.json", json.dumps(report, indent=2, sort_keys=True, default=str).encode())
+    print_report(report)
+    console.print(f"Report: {out / 'report.json'}")
+    return report
+
+
+def _sample_ids(cluster: LocalCluster, alignment_job_id: str, k: int) -> list[str]:
+    from protocols.alignment import AlignmentStore
+
+    alignment = AlignmentStore(cluster.workdir / "state" / "bank" / "alignments").load(alignment_job_id)
+    return list(alignment.ids or ())[:k]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m simulations.run", description=__doc__.split("\n")[0])
+    p.add_argument("--bank-data", type=Path)
+    p.add_argument("--platform-data", type=Path)
+    p.add_argument("--bank-id-column", default="id")
+    p.add_argument("--platform-id-column", default="id")
+    p.add_argument("--tags", help="comma-separated tag columns of the bank file")
+    p.add_argument("--out", type=Path, default=Path("run-out"))
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--fill-missing", default="error", choices=["error", "zero", "mean"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-bank", type=int, default=6000, help="simulated data only")
+    p.add_argument("--n-platform", type=int, default=9000, help="simulated data only")
+    p.add_argument("--n-tags", type=int, default=4, help="simulated data only")
+    p.add_argument("--label-share", type=float, default=0.25, help="simulated data only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        run(args)
+    except Exception as err:
+        from party_bank.client import JobFailed
+
+        if isinstance(err, JobFailed):
+            console.print(f"[red]{err}[/]")
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
