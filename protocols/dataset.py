@@ -1,0 +1,253 @@
+"""Loading a party's data, in one place: CSV or Parquet, an ID column, feature columns, tag columns.
+
+Every problem raises :class:`DataError` naming the file, the column and the row (1-based data row, as a
+spreadsheet would count it after the header). Customer IDs are never put in a message: rows are named by
+number. The recorded :class:`Schema` lets scoring refuse data that does not match training.
+
+Missing feature values: ``fill_missing="error"`` (default) refuses them; ``"zero"`` fills 0;
+``"mean"`` fills the column mean of the loaded file. Infinite values are always an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+FillMode = Literal["error", "zero", "mean"]
+TAG_VALUES = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "": np.nan}
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, column and row."""
+
+
+class SchemaMismatch(DataError):
+    """Data to score does not have the columns the model was trained on."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    id_column: str
+    feature_columns: tuple[str, ...]
+    feature_dtypes: tuple[str, ...]
+    tag_columns: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id_column": self.id_column, "feature_columns": list(self.feature_columns),
+                "feature_dtypes": list(self.feature_dtypes), "tag_columns": list(self.tag_columns)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> Schema:
+        return cls(id_column=str(d["id_column"]), feature_columns=tuple(d["feature_columns"]),  # type: ignore[arg-type]
+                   feature_dtypes=tuple(d["feature_dtypes"]), tag_columns=tuple(d.get("tag_columns", ())))  # type: ignore[arg-type]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def check_scoring_compatible(self, other: Schema, source: str) -> None:
+        """Raise :class:`SchemaMismatch` unless ``other`` has this schema's features, in order, same kinds."""
+        missing = [c for c in self.feature_columns if c not in other.feature_columns]
+        extra = [c for c in other.feature_columns if c not in self.feature_columns]
+        problems = []
+        if missing:
+            problems.append(f"missing feature column(s) {', '.join(missing)}")
+        if extra:
+            problems.append(f"unexpected feature column(s) {', '.join(extra)}")
+        if not problems and other.feature_columns != self.feature_columns:
+            problems.append("feature columns are in a different order than in training")
+        if not problems:
+            changed = [c for c, a, b in zip(self.feature_columns, self.feature_dtypes, other.feature_dtypes,
+                                            strict=True) if _kind(a) != _kind(b)]
+            if changed:
+                problems.append(f"column(s) {', '.join(changed)} changed type since training")
+        if other.id_column != self.id_column:
+            problems.append(f"ID column is '{other.id_column}', training used '{self.id_column}'")
+        if problems:
+            raise SchemaMismatch(f"{source}: does not match the training schema: {'; '.join(problems)}")
+
+
+def _kind(dtype: str) -> str:
+    return "bool" if dtype.startswith("bool") else "number"
+
+
+@dataclass
+class PartyData:
+    source: str
+    ids: np.ndarray  # object array of str
+    features: np.ndarray  # float64 (n, d)
+    feature_names: list[str]
+    labels: np.ndarray  # float64 (n, T): 1.0 / 0.0 / NaN (unknown)
+    tag_names: list[str]
+    schema: Schema
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, ids_in_order: Sequence[str]) -> PartyData:
+        """The rows for ``ids_in_order``, in that order (e.g. an alignment's agreed order)."""
+        index = {cid: i for i, cid in enumerate(self.ids)}
+        rows = np.empty(len(ids_in_order), dtype=np.int64)
+        for pos, cid in enumerate(ids_in_order):
+            row = index.get(cid)
+            if row is None:
+                raise DataError(f"{self.source}: customer at position {pos + 1} of the alignment is not in the "
+                                "file (has the file changed since PSI?)")
+            rows[pos] = row
+        return replace(self, ids=self.ids[rows], features=self.features[rows], labels=self.labels[rows])
+
+    def select_tags(self, tags: Sequence[str]) -> PartyData:
+        missing = [t for t in tags if t not in self.tag_names]
+        if missing:
+            raise DataError(f"{self.source}: no tag column(s) {', '.join(missing)}")
+        cols = [self.tag_names.index(t) for t in tags]
+        return replace(self, labels=self.labels[:, cols], tag_names=list(tags))
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        elif suffix in (".csv", ".txt", ".gz"):
+            # Everything as text first: IDs such as "0012" must stay strings, and we check numbers ourselves.
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+        else:
+            raise DataError(f"{path}: unsupported file type '{suffix}' (use .csv or .parquet)")
+    except DataError:
+        raise
+    except pd.errors.EmptyDataError as err:
+        raise DataError(f"{path}: the file is empty") from err
+    except Exception as err:  # pyarrow/pandas parse errors come in many classes
+        raise DataError(f"{path}: cannot read: {err}") from err
+    if frame.shape[1] == 0:
+        raise DataError(f"{path}: the file has no columns")
+    frame.columns = [str(c).strip() for c in frame.columns]
+    dupes = frame.columns[frame.columns.duplicated()].tolist()
+    if dupes:
+        raise DataError(f"{path}: column(s) {', '.join(dupes)} appear more than once in the header")
+    return frame
+
+
+def _as_text(column: pd.Series) -> pd.Series:
+    return column.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip())
+
+
+def _ids(frame: pd.DataFrame, id_column: str, path: Path) -> np.ndarray:
+    ids = _as_text(frame[id_column])
+    empty = np.flatnonzero((ids == "").to_numpy())
+    if len(empty):
+        raise DataError(f"{path}: column '{id_column}', row {empty[0] + 1}: empty ID "
+                        f"({len(empty)} empty ID(s) in all)")
+    dup = ids.duplicated(keep=False).to_numpy()
+    if dup.any():
+        rows = np.flatnonzero(dup)
+        first = ids.iloc[rows[0]]
+        twin = np.flatnonzero((ids == first).to_numpy())
+        raise DataError(f"{path}: column '{id_column}': rows {twin[0] + 1} and {twin[1] + 1} have the same ID "
+                        f"({int(ids.duplicated().sum())} duplicate(s) in all)")
+    return ids.to_numpy(dtype=object)
+
+
+def _numeric(frame: pd.DataFrame, column: str, path: Path, fill: FillMode) -> np.ndarray:
+    raw = frame[column]
+    if pd.api.types.is_bool_dtype(raw):
+        values = raw.astype(np.float64).to_numpy()
+    elif pd.api.types.is_numeric_dtype(raw):
+        values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        text = _as_text(raw)
+        values = pd.to_numeric(text.where(text != "", None), errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(np.isnan(values) & (text != "").to_numpy())
+        # "nan"/"inf" spelled out are numbers to pandas; treat them like the floats they are.
+        if len(bad):
+            row = bad[0]
+            raise DataError(f"{path}: column '{column}', row {row + 1}: '{text.iloc[row]}' is not a number "
+                            f"(feature columns must be numeric; {len(bad)} such value(s))")
+    inf = np.flatnonzero(np.isinf(values))
+    if len(inf):
+        raise DataError(f"{path}: column '{column}', row {inf[0] + 1}: infinite value")
+    missing = np.flatnonzero(np.isnan(values))
+    if len(missing):
+        if fill == "error":
+            raise DataError(f"{path}: column '{column}', row {missing[0] + 1}: missing value "
+                            f"({len(missing)} in the column); set fill_missing to 'zero' or 'mean' to fill them")
+        if fill == "zero":
+            values = np.where(np.isnan(values), 0.0, values)
+        else:
+            if len(missing) == len(values):
+                raise DataError(f"{path}: column '{column}': every value is missing, no mean to fill with")
+            values = np.where(np.isnan(values), np.nanmean(values), values)
+    return values
+
+
+def _tags(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    text = _as_text(frame[column])
+    mapped = text.map(TAG_VALUES)
+    bad = np.flatnonzero(mapped.isna().to_numpy() & (text != "").to_numpy())
+    if len(bad):
+        row = bad[0]
+        raise DataError(f"{path}: tag column '{column}', row {row + 1}: '{text.iloc[row]}' is not 0, 1 or empty")
+    return mapped.to_numpy(dtype=np.float64)
+
+
+def load_party_data(path: str | Path, *, id_column: str, tag_columns: Sequence[str] = (),
+                    feature_columns: Sequence[str] | None = None, fill_missing: FillMode = "error",
+                    expected_schema: Schema | None = None) -> PartyData:
+    """Load and validate one party's file.
+
+    ``feature_columns=None`` takes every column but the ID and the tags. ``expected_schema`` (scoring):
+    refuse a file whose features differ from training with :class:`SchemaMismatch`; tags may be absent.
+    """
+    path = Path(path)
+    if fill_missing not in ("error", "zero", "mean"):
+        raise ValueError(f"fill_missing must be 'error', 'zero' or 'mean', got {fill_missing!r}")
+    frame = _read(path)
+    if id_column not in frame.columns:
+        raise DataError(f"{path}: no ID column '{id_column}' (columns: {', '.join(frame.columns[:12])})")
+    if len(frame) == 0:
+        raise DataError(f"{path}: the file has a header but no rows")
+    tags = list(tag_columns)
+    if expected_schema is not None and not feature_columns:
+        feature_columns = [c for c in frame.columns if c != id_column and c not in expected_schema.tag_columns
+                           and c not in tags]
+    features = list(feature_columns) if feature_columns is not None else [
+        c for c in frame.columns if c != id_column and c not in tags]
+    missing = [c for c in [*tags, *features] if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    if id_column in features or set(tags) & set(features):
+        raise DataError(f"{path}: a column cannot be both a feature and the ID or a tag")
+    if not features:
+        raise DataError(f"{path}: no feature columns (only '{id_column}' and tags)")
+
+    ids = _ids(frame, id_column, path)
+    matrix = np.column_stack([_numeric(frame, c, path, fill_missing) for c in features])
+    labels = (np.column_stack([_tags(frame, c, path) for c in tags]) if tags
+              else np.empty((len(frame), 0), dtype=np.float64))
+    dtypes = tuple("bool" if pd.api.types.is_bool_dtype(frame[c]) else "float64" for c in features)
+    schema = Schema(id_column=id_column, feature_columns=tuple(features), feature_dtypes=dtypes,
+                    tag_columns=tuple(tags))
+    if expected_schema is not None:
+        expected_schema.check_scoring_compatible(schema, str(path))
+    return PartyData(source=str(path), ids=ids, features=matrix, feature_names=features, labels=labels,
+                     tag_names=tags, schema=schema)
+
+
+def tag_summary(labels: np.ndarray, tag_names: Sequence[str]) -> list[dict[str, int | str]]:
+    """Counts per tag: known, positive, negative (counts only: safe to log and report)."""
+    out = []
+    for j, name in enumerate(tag_names):
+        col = labels[:, j]
+        known = ~np.isnan(col)
+        out.append({"tag": name, "known": int(known.sum()), "positive": int((col == 1).sum()),
+                    "negative": int((col == 0).sum())})
+    return out
