@@ -138,7 +138,9 @@ def _read(path: Path) -> pd.DataFrame:
 
 
 def _as_text(column: pd.Series) -> pd.Series:
-    return column.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip())
+    # None, NaN and pd.NA (nullable Parquet columns) all mean "empty".
+    return column.map(lambda v: "" if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+                      else str(v).strip())
 
 
 def _ids(frame: pd.DataFrame, id_column: str, path: Path) -> np.ndarray:
