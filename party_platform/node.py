@@ -100,10 +100,12 @@ class PlatformNode(PartialScorer):
     def _open_train(self, job_id: str, params: Message, node_params: dict[str, Any]) -> StepHandler:
         from protocols.vfl_lr import make_platform_train_handler
 
+        from protocols.alignment import AlignmentError
+
         alignment_job = str(node_params.get("alignment_job_id", ""))
         try:
             alignment = self.alignments.load(alignment_job)
-        except (LookupError, FileNotFoundError) as err:
+        except AlignmentError as err:
             raise ProtocolError(f"no alignment {alignment_job!r} on the platform node: run PSI first") from err
         expected = str(node_params.get("alignment_hash", ""))
         if alignment.ids is None:
