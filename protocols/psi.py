@@ -28,6 +28,7 @@ is SHA-256 over that sorted list, so the two nodes can compare alignments.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing as mp
 import os
 import re
 import secrets
@@ -153,7 +154,8 @@ class Blinder:
         if self.workers == 1 or n < 2 * self.min_chunk:
             return None
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self.workers)
+            # forkserver, not fork: the nodes run gRPC threads, and forking a threaded process is unsafe.
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("forkserver"))
         return self._pool
 
     def _chunk(self, n: int) -> int:
