@@ -1,0 +1,476 @@
+"""Paillier with g = n + 1, Damgard-Jurik-Nielsen randomness, on gmpy2; whole vectors, not objects.
+
+Keys. ``n = p q`` with p, q Blum primes (p = q = 3 mod 4) of n_bits/2 bits each, from ``secrets``.
+The public key carries ``h_s = h^n mod n^2`` with ``h = -x^2 mod n`` for a random x: h generates (up to a
+small index) the subgroup of Jacobi-symbol-1 elements, as in Damgard-Jurik-Nielsen.
+
+Encryption. ``c = (1 + m n) * h_s^r mod n^2`` with r uniform of ceil(n_bits/2) bits: the noise
+``h_s^r = (h^r)^n`` is an n-th residue, so c is an ordinary Paillier ciphertext (phe decrypts it). The
+exponent length is the one SecretFlow HEU documents for its ZPaillier scheme (DJN, "Generalization of
+Paillier's public-key system...", section 4.2): with r of k/2 bits, distinguishing ``h_s^r`` from a random
+n-th residue is as hard as the short-exponent discrete log problem in the order-~n/4 group, i.e. at least
+2^(k/4) work by generic algorithms (2^512 for k = 2048), far above the 2^112 of factoring n. A shorter r
+is never used. Noise is made ahead of time (:class:`NoisePool`, with fixed-base window tables, and via CRT
+mod p^2 and q^2 when the key owner makes it), so online encryption is one modular multiplication. Every
+ciphertext gets its own noise; a pool hands each value out once.
+
+Decryption uses CRT (mod p^2 and q^2, as phe does). Plaintexts are signed: x is encoded as x mod n, and
+residues between ``max_int`` and ``n - max_int`` mean an overflow and raise :class:`PlaintextOverflow`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import gmpy2
+import numpy as np
+from gmpy2 import mpz
+
+MIN_SECURE_BITS = 2048
+WINDOW_BITS = 8
+_SMALL_PRIMES = [p for p in range(3, 20000, 2) if gmpy2.is_prime(p)]
+_SMALL_PRIMORIAL = mpz(1)
+for _p in _SMALL_PRIMES:
+    _SMALL_PRIMORIAL *= _p
+
+
+class InvalidKey(ValueError):
+    """A key that is too small, malformed, or fails validation."""
+
+
+class InvalidCiphertext(ValueError):
+    """A ciphertext outside Z*_{n^2}, or a byte string of the wrong length."""
+
+
+class PlaintextOverflow(ValueError):
+    """A plaintext (or a decrypted result) outside the signed range the key can represent."""
+
+
+def _random_blum_prime(bits: int) -> mpz:
+    while True:
+        candidate = mpz(secrets.randbits(bits)) | (mpz(3) << (bits - 2)) | 3  # top two bits set, = 3 mod 4
+        p = gmpy2.next_prime(candidate)
+        while p % 4 != 3:
+            p = gmpy2.next_prime(p)
+        if p.bit_length() == bits:
+            return p
+
+
+class FixedBase:
+    """``base^e mod modulus`` for exponents of at most ``exp_bits`` bits, with window tables.
+
+    table[i][d] = base^(d * 2^(w i)); an exponentiation is one multiplication per w-bit window.
+    """
+
+    def __init__(self, base: mpz, modulus: mpz, exp_bits: int, window: int = WINDOW_BITS) -> None:
+        self.modulus, self.window = modulus, window
+        self.windows = -(-exp_bits // window)
+        self.mask = (1 << window) - 1
+        self.table: list[list[mpz]] = []
+        g = base % modulus
+        for _ in range(self.windows):
+            row = [mpz(1), g]
+            for _ in range(2, 1 << window):
+                row.append(row[-1] * g % modulus)
+            self.table.append(row)
+            g = row[-1] * g % modulus  # g^(2^w)
+
+    def pow(self, e: int) -> mpz:
+        acc = mpz(1)
+        m, w, mask, table = self.modulus, self.window, self.mask, self.table
+        i = 0
+        e = int(e)
+        while e:
+            d = e & mask
+            if d:
+                acc = acc * table[i][d] % m
+            e >>= w
+            i += 1
+        return acc
+
+
+@dataclass(eq=False)
+class PublicKey:
+    n: mpz
+    hs: mpz
+    n_bits: int = field(init=False)
+    nsquare: mpz = field(init=False)
+    byte_len: int = field(init=False)
+    max_int: int = field(init=False)
+    r_bits: int = field(init=False)
+    _fixed: FixedBase | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.n = mpz(self.n)
+        self.hs = mpz(self.hs)
+        self.n_bits = self.n.bit_length()
+        self.nsquare = self.n * self.n
+        self.byte_len = (self.nsquare.bit_length() + 7) // 8
+        self.max_int = int((self.n - 1) // 3)
+        self.r_bits = -(-self.n_bits // 2)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PublicKey) and self.n == other.n and self.hs == other.hs
+
+    def __getstate__(self) -> dict[str, object]:
+        # Window tables are large and cheap to rebuild: never pickle them to worker processes.
+        return {"n": self.n, "hs": self.hs}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.n, self.hs, self._fixed = state["n"], state["hs"], None  # type: ignore[assignment]
+        self.__post_init__()
+
+    def __hash__(self) -> int:
+        return hash((int(self.n), int(self.hs)))
+
+    # ---- serialisation and validation ----
+
+    def to_bytes(self) -> bytes:
+        nb = (self.n_bits + 7) // 8
+        return b"PK1" + nb.to_bytes(2, "big") + int(self.n).to_bytes(nb, "big") + int(self.hs).to_bytes(2 * nb, "big")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, allow_insecure: bool = False) -> PublicKey:
+        if len(data) < 5 or data[:3] != b"PK1":
+            raise InvalidKey("not a serialised public key")
+        nb = int.from_bytes(data[3:5], "big")
+        if len(data) != 5 + 3 * nb:
+            raise InvalidKey("public key has the wrong length")
+        n = mpz(int.from_bytes(data[5:5 + nb], "big"))
+        hs = mpz(int.from_bytes(data[5 + nb:], "big"))
+        key = cls(n, hs)
+        key.validate(allow_insecure=allow_insecure)
+        return key
+
+    def validate(self, *, allow_insecure: bool = False) -> None:
+        """Checks a peer's key: size, odd, not a perfect power, no small factors, h_s in Z*_{n^2}."""
+        if self.n_bits < MIN_SECURE_BITS and not allow_insecure:
+            raise InvalidKey(f"key of {self.n_bits} bits; at least {MIN_SECURE_BITS} are required")
+        if self.n_bits < 256 or self.n % 2 == 0:
+            raise InvalidKey("modulus is too small or even")
+        if gmpy2.is_power(self.n) or gmpy2.is_prime(self.n):
+            raise InvalidKey("modulus is a prime or a perfect power")
+        if gmpy2.gcd(self.n, _SMALL_PRIMORIAL) != 1:
+            raise InvalidKey("modulus has a small factor")
+        if not 1 < self.hs < self.nsquare or gmpy2.gcd(self.hs, self.n) != 1:
+            raise InvalidKey("noise base h_s is not in Z*_{n^2}")
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    # ---- encoding ----
+
+    def encode(self, values: Iterable[int]) -> list[mpz]:
+        out = []
+        n, limit = self.n, self.max_int
+        for v in values:
+            v = int(v)
+            if -limit > v or v > limit:
+                raise PlaintextOverflow(f"plaintext of {v.bit_length()} bits exceeds the key's signed range")
+            out.append(mpz(v) % n)
+        return out
+
+    def decode(self, residues: Iterable[mpz]) -> list[int]:
+        out = []
+        n, limit = self.n, self.max_int
+        for r in residues:
+            if r <= limit:
+                out.append(int(r))
+            elif r >= n - limit:
+                out.append(int(r - n))
+            else:
+                raise PlaintextOverflow("decrypted value lies in the overflow band: a result exceeded the key's range")
+        return out
+
+    # ---- encryption ----
+
+    def noise(self) -> mpz:
+        """One fresh ``h_s^r`` (slow path: fixed-base tables mod n^2)."""
+        if self._fixed is None:
+            self._fixed = FixedBase(self.hs, self.nsquare, self.r_bits)
+        return self._fixed.pow(secrets.randbits(self.r_bits))
+
+    def raw_encrypt(self, residues: Sequence[mpz], noise: Sequence[mpz]) -> list[mpz]:
+        """``(1 + m n) * noise mod n^2`` for residues m in [0, n): one multiplication each."""
+        if len(noise) < len(residues):
+            raise ValueError("not enough noise values")
+        n, n2 = self.n, self.nsquare
+        return [(1 + m * n) * s % n2 for m, s in zip(residues, noise, strict=False)]
+
+    def encrypt(self, plaintexts: Sequence[int] | np.ndarray, *, pool: NoisePool | None = None) -> CipherVector:
+        residues = self.encode(plaintexts)
+        noise = pool.take(len(residues)) if pool is not None else [self.noise() for _ in residues]
+        return CipherVector(self, self.raw_encrypt(residues, noise))
+
+
+@dataclass(eq=False)
+class PrivateKey:
+    public_key: PublicKey
+    p: mpz
+    q: mpz
+
+    def __post_init__(self) -> None:
+        self.p, self.q = mpz(min(self.p, self.q)), mpz(max(self.p, self.q))
+        if self.p * self.q != self.public_key.n:
+            raise InvalidKey("p * q does not equal the public modulus")
+        self.psquare, self.qsquare = self.p * self.p, self.q * self.q
+        self.p_inverse = gmpy2.invert(self.p, self.q)
+        n = self.public_key.n
+        self.hp = gmpy2.invert(self._l(gmpy2.powmod(n + 1, self.p - 1, self.psquare), self.p), self.p)
+        self.hq = gmpy2.invert(self._l(gmpy2.powmod(n + 1, self.q - 1, self.qsquare), self.q), self.q)
+        self._fixed_p: FixedBase | None = None
+        self._fixed_q: FixedBase | None = None
+        # CRT coefficients for recombining mod n^2: x = xp + p^2 * ((xq - xp) * inv(p^2, q^2) mod q^2)
+        self.psq_inverse = gmpy2.invert(self.psquare, self.qsquare)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"public_key": self.public_key, "p": self.p, "q": self.q}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.public_key, self.p, self.q = state["public_key"], state["p"], state["q"]  # type: ignore[assignment]
+        self.__post_init__()
+
+    @staticmethod
+    def _l(x: mpz, d: mpz) -> mpz:
+        return (x - 1) // d
+
+    def decrypt_raw(self, cv: CipherVector) -> list[mpz]:
+        """Residues in [0, n) by CRT."""
+        if cv.public_key != self.public_key:
+            raise InvalidCiphertext("ciphertexts are under another key")
+        p, q, p2, q2 = self.p, self.q, self.psquare, self.qsquare
+        pm1, qm1, hp, hq, pinv = self.p - 1, self.q - 1, self.hp, self.hq, self.p_inverse
+        out = []
+        for c in cv.values:
+            mp = (gmpy2.powmod(c % p2, pm1, p2) - 1) // p * hp % p
+            mq = (gmpy2.powmod(c % q2, qm1, q2) - 1) // q * hq % q
+            out.append(mp + p * ((mq - mp) * pinv % q))
+        return out
+
+    def decrypt(self, cv: CipherVector) -> list[int]:
+        return self.public_key.decode(self.decrypt_raw(cv))
+
+    def decrypt_small(self, cv: CipherVector) -> list[mpz]:
+        """Residues known to be below p (e.g. packed non-negative slots sized for it): half the work."""
+        p, p2, pm1, hp = self.p, self.psquare, self.p - 1, self.hp
+        return [(gmpy2.powmod(c % p2, pm1, p2) - 1) // p * hp % p for c in cv.values]
+
+    def noise(self) -> mpz:
+        """``h_s^r mod n^2`` computed mod p^2 and q^2 with fixed-base tables: the key owner's fast path."""
+        if self._fixed_p is None:
+            pk = self.public_key
+            self._fixed_p = FixedBase(pk.hs % self.psquare, self.psquare, pk.r_bits)
+            self._fixed_q = FixedBase(pk.hs % self.qsquare, self.qsquare, pk.r_bits)
+        assert self._fixed_q is not None
+        r = secrets.randbits(self.public_key.r_bits)
+        xp, xq = self._fixed_p.pow(r), self._fixed_q.pow(r)
+        return xp + self.psquare * ((xq - xp) * self.psq_inverse % self.qsquare)
+
+
+def generate_keypair(n_bits: int = 2048, *, allow_insecure: bool = False) -> tuple[PublicKey, PrivateKey]:
+    if n_bits < MIN_SECURE_BITS and not allow_insecure:
+        raise InvalidKey(f"keys of {n_bits} bits are insecure; use at least {MIN_SECURE_BITS}")
+    if n_bits % 2 or n_bits < 256:
+        raise InvalidKey("n_bits must be even and at least 256")
+    while True:
+        p, q = _random_blum_prime(n_bits // 2), _random_blum_prime(n_bits // 2)
+        n = p * q
+        if p != q and n.bit_length() == n_bits:
+            break
+    while True:
+        x = mpz(secrets.randbelow(int(n) - 2) + 2)
+        if gmpy2.gcd(x, n) == 1:
+            break
+    h = (-x * x) % n
+    hs = gmpy2.powmod(h, n, n * n)
+    public = PublicKey(n, hs)
+    return public, PrivateKey(public, p, q)
+
+
+class NoisePool:
+    """Noise ``h_s^r`` made ahead of time; each value is handed out once, then forgotten."""
+
+    def __init__(self, public_key: PublicKey, private_key: PrivateKey | None = None) -> None:
+        self.public_key = public_key
+        self._private = private_key
+        self._values: list[mpz] = []
+        self.made_online = 0  # values the pool did not have when asked: made on the spot, and counted
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def make(self) -> mpz:
+        return self._private.noise() if self._private is not None else self.public_key.noise()
+
+    def fill(self, count: int) -> None:
+        self._values.extend(self.make() for _ in range(count))
+
+    def extend(self, values: Iterable[mpz]) -> None:
+        self._values.extend(values)
+
+    def take(self, count: int) -> list[mpz]:
+        if count > len(self._values):
+            short = count - len(self._values)
+            self.made_online += short
+            self.fill(short)
+        out = self._values[-count:] if count else []
+        del self._values[len(self._values) - count:]
+        return out
+
+
+class CipherVector:
+    """A vector of ciphertexts under one public key."""
+
+    __slots__ = ("public_key", "values")
+
+    def __init__(self, public_key: PublicKey, values: list[mpz]) -> None:
+        self.public_key = public_key
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: slice) -> CipherVector:
+        if not isinstance(index, slice):
+            raise TypeError("index a CipherVector with a slice")
+        return CipherVector(self.public_key, self.values[index])
+
+    def _same_key(self, other: CipherVector) -> None:
+        if other.public_key != self.public_key:
+            raise InvalidCiphertext("ciphertexts are under different keys")
+        if len(other) != len(self):
+            raise ValueError(f"vectors of lengths {len(self)} and {len(other)}")
+
+    def add(self, other: CipherVector) -> CipherVector:
+        self._same_key(other)
+        n2 = self.public_key.nsquare
+        return CipherVector(self.public_key, [a * b % n2 for a, b in zip(self.values, other.values, strict=True)])
+
+    def add_plain(self, ints: Sequence[int] | np.ndarray) -> CipherVector:
+        pk = self.public_key
+        if len(ints) != len(self):
+            raise ValueError(f"{len(ints)} plaintexts for {len(self)} ciphertexts")
+        n, n2 = pk.n, pk.nsquare
+        return CipherVector(pk, [c * (1 + m * n) % n2 for c, m in zip(self.values, pk.encode(ints), strict=True)])
+
+    def mul_plain(self, ints: Sequence[int] | np.ndarray) -> CipherVector:
+        pk = self.public_key
+        if len(ints) != len(self):
+            raise ValueError(f"{len(ints)} scalars for {len(self)} ciphertexts")
+        n2 = pk.nsquare
+        out = []
+        for c, k in zip(self.values, ints, strict=True):
+            k = int(k)
+            out.append(gmpy2.powmod(c, k, n2) if k >= 0 else gmpy2.powmod(gmpy2.invert(c, n2), -k, n2))
+        return CipherVector(pk, out)
+
+    def sum(self) -> CipherVector:
+        n2 = self.public_key.nsquare
+        acc = mpz(1)
+        for c in self.values:
+            acc = acc * c % n2
+        return CipherVector(self.public_key, [acc])
+
+    def rerandomize(self, *, pool: NoisePool | None = None) -> CipherVector:
+        noise = pool.take(len(self)) if pool is not None else [self.public_key.noise() for _ in self.values]
+        n2 = self.public_key.nsquare
+        return CipherVector(self.public_key, [c * s % n2 for c, s in zip(self.values, noise, strict=True)])
+
+    @staticmethod
+    def concat(parts: Sequence[CipherVector]) -> CipherVector:
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        key = parts[0].public_key
+        values: list[mpz] = []
+        for part in parts:
+            if part.public_key != key:
+                raise InvalidCiphertext("ciphertexts are under different keys")
+            values.extend(part.values)
+        return CipherVector(key, values)
+
+    def to_bytes(self) -> bytes:
+        width = self.public_key.byte_len
+        return b"".join(gmpy2.to_binary(c)[2:][::-1].rjust(width, b"\x00") if c else bytes(width)
+                        for c in self.values)
+
+    @classmethod
+    def from_bytes(cls, public_key: PublicKey, data: bytes) -> CipherVector:
+        width = public_key.byte_len
+        if len(data) % width:
+            raise InvalidCiphertext(f"{len(data)} bytes is not a whole number of {width}-byte ciphertexts")
+        n, n2 = public_key.n, public_key.nsquare
+        values = []
+        for i in range(0, len(data), width):
+            c = mpz(int.from_bytes(data[i:i + width], "big"))
+            if not 0 < c < n2 or gmpy2.gcd(c, n) != 1:
+                raise InvalidCiphertext(f"ciphertext {i // width} is not in Z*_(n^2)")
+            values.append(c)
+        return cls(public_key, values)
+
+
+def matvec_t(cv: CipherVector, X: np.ndarray) -> CipherVector:
+    """``[[X^T d]]``: k ciphertexts ``[[sum_i X[i, j] d_i]]`` for an integer matrix X of shape (m, k).
+
+    Small scalars (|x| < 2^16) use bucket (Pippenger) multi-exponentiation: the ciphertexts of rows with
+    the same value in a column are multiplied into one bucket, and the buckets are combined with the
+    running-product trick, so a column costs about (non-zero entries + 2 * distinct values)
+    multiplications instead of one exponentiation per entry. Negative entries go to their own buckets,
+    combined with one inversion per column. Larger scalars take the general path (one powmod each).
+    """
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] != len(cv):
+        raise ValueError(f"X has shape {X.shape}; expected ({len(cv)}, k)")
+    if not np.issubdtype(X.dtype, np.integer):
+        raise TypeError("X must be an integer matrix (quantise features first)")
+    n2 = cv.public_key.nsquare
+    values = cv.values
+    out = []
+    small = X.size == 0 or int(np.abs(X).max()) < 2**16
+    for j in range(X.shape[1]):
+        col = X[:, j]
+        if not small:
+            acc = mpz(1)
+            for i in np.flatnonzero(col):
+                k = int(col[i])
+                term = gmpy2.powmod(values[i], k, n2) if k > 0 else gmpy2.powmod(gmpy2.invert(values[i], n2), -k, n2)
+                acc = acc * term % n2
+            out.append(acc)
+            continue
+        pos = _bucket_product(values, col, n2)
+        neg = _bucket_product(values, -col, n2)
+        out.append(pos if neg == 1 else pos * gmpy2.invert(neg, n2) % n2)
+    return CipherVector(cv.public_key, out)
+
+
+def _bucket_product(values: list[mpz], col: np.ndarray, n2: mpz) -> mpz:
+    """prod_i values[i]^col[i] over the rows where col > 0."""
+    rows = np.flatnonzero(col > 0)
+    if len(rows) == 0:
+        return mpz(1)
+    scalars = col[rows]
+    order = np.argsort(scalars, kind="stable")
+    rows, scalars = rows[order], scalars[order]
+    # Buckets from the largest scalar down; running product S accumulates buckets, R accumulates S.
+    bounds = np.flatnonzero(np.diff(scalars)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(rows)]])
+    running, result = mpz(1), mpz(1)
+    previous = int(scalars[-1])
+    for start, end in zip(starts[::-1], ends[::-1], strict=True):
+        value = int(scalars[start])
+        # Skipped values between buckets: R *= S for each (S unchanged across empty buckets).
+        gap = previous - value
+        if gap > 1 and running != 1:
+            result = result * gmpy2.powmod(running, gap - 1, n2) % n2
+        bucket = values[rows[start]]
+        for r in rows[start + 1:end]:
+            bucket = bucket * values[r] % n2
+        running = running * bucket % n2
+        result = result * running % n2
+        previous = value
+    if previous > 1:
+        result = result * gmpy2.powmod(running, previous - 1, n2) % n2
+    return result

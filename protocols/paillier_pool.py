@@ -1,0 +1,113 @@
+"""The Paillier kernels over a process pool, so every core works.
+
+Work is cut into contiguous chunks; keys travel to the workers once per call (without their window
+tables) and each worker process keeps the tables it builds, keyed by the key's fingerprint.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from types import TracebackType
+
+import numpy as np
+from gmpy2 import mpz
+
+from protocols.paillier import CipherVector, NoisePool, PrivateKey, PublicKey, matvec_t
+
+_KEYS: dict[str, PublicKey | PrivateKey] = {}
+
+
+def _cached(key: PublicKey | PrivateKey) -> PublicKey | PrivateKey:
+    fp = key.fingerprint() if isinstance(key, PublicKey) else "sk:" + key.public_key.fingerprint()
+    return _KEYS.setdefault(fp, key)
+
+
+def _noise_chunk(key: PublicKey | PrivateKey, count: int) -> list[mpz]:
+    key = _cached(key)
+    return [key.noise() for _ in range(count)]
+
+
+def _decrypt_chunk(key: PrivateKey, values: list[mpz], small: bool) -> list[mpz]:
+    key = _cached(key)  # type: ignore[assignment]
+    cv = CipherVector(key.public_key, values)
+    return key.decrypt_small(cv) if small else key.decrypt_raw(cv)
+
+
+def _matvec_chunk(public_key: PublicKey, values: list[mpz], X: np.ndarray) -> list[mpz]:
+    return matvec_t(CipherVector(public_key, values), X).values
+
+
+class PaillierPool:
+    """``workers=1`` runs everything in this process (no pool)."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> PaillierPool:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+            self._executor = None
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            # forkserver: the nodes run gRPC threads, and forking a threaded process is unsafe.
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("forkserver"))
+        return self._executor
+
+    def _splits(self, n: int, minimum: int) -> list[tuple[int, int]]:
+        parts = min(self.workers, max(1, n // minimum))
+        bounds = np.linspace(0, n, parts + 1).astype(int)
+        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+    def make_noise(self, key: PublicKey | PrivateKey, count: int) -> list[mpz]:
+        """``count`` fresh noise values (CRT-fast with the private key)."""
+        splits = self._splits(count, 64)
+        if self.workers == 1 or len(splits) == 1:
+            return _noise_chunk(key, count)
+        futures = [self._pool().submit(_noise_chunk, key, b - a) for a, b in splits]
+        return [v for f in futures for v in f.result()]
+
+    def fill(self, pool: NoisePool, count: int) -> None:
+        key = pool._private if pool._private is not None else pool.public_key
+        pool.extend(self.make_noise(key, count))
+
+    def encrypt(self, public_key: PublicKey, ints: Sequence[int] | np.ndarray, *,
+                noise: NoisePool | None = None) -> CipherVector:
+        residues = public_key.encode(ints)
+        values = self.make_noise(public_key, len(residues)) if noise is None else noise.take(len(residues))
+        return CipherVector(public_key, public_key.raw_encrypt(residues, values))
+
+    def decrypt_raw(self, private_key: PrivateKey, cv: CipherVector, *, small: bool = False) -> list[mpz]:
+        splits = self._splits(len(cv), 16)
+        if self.workers == 1 or len(splits) == 1:
+            return _decrypt_chunk(private_key, cv.values, small)
+        futures = [self._pool().submit(_decrypt_chunk, private_key, cv.values[a:b], small) for a, b in splits]
+        return [v for f in futures for v in f.result()]
+
+    def decrypt(self, private_key: PrivateKey, cv: CipherVector) -> list[int]:
+        return private_key.public_key.decode(self.decrypt_raw(private_key, cv))
+
+    def matvec_t(self, cv: CipherVector, X: np.ndarray) -> CipherVector:
+        """Rows split across workers; each returns partial column products, multiplied together here."""
+        X = np.asarray(X)
+        splits = self._splits(len(cv), 256)
+        if self.workers == 1 or len(splits) == 1:
+            return matvec_t(cv, X)
+        futures = [self._pool().submit(_matvec_chunk, cv.public_key, cv.values[a:b], X[a:b]) for a, b in splits]
+        parts = [f.result() for f in futures]
+        n2 = cv.public_key.nsquare
+        out = parts[0]
+        for part in parts[1:]:
+            out = [a * b % n2 for a, b in zip(out, part, strict=True)]
+        return CipherVector(cv.public_key, out)
