@@ -192,7 +192,8 @@ class BankNode:
         train_params = TrainParams(**params.get("train", {}))
         peer = _PeerWithNodeParams(self.peer, {"alignment_job_id": align_job.job_id,
                                                "alignment_hash": alignment.content_hash})
-        outcome = run_bank_training(peer, job_id, bank, train_params, progress=self._progress(job_id))
+        outcome = run_bank_training(peer, job_id, bank, train_params, progress=self._progress(job_id),
+                                    workers=self.config.workers)
         model = outcome.model
         model.alignment_job_id = align_job.job_id
         model.save(self.models_dir / f"{job_id}.model")

@@ -116,13 +116,14 @@ class PlatformNode(PartialScorer):
 
         def save_model(model: Any) -> None:
             path = self.models_dir / f"{job_id}.model"
+            model.alignment_job_id = alignment_job
             model.save(path)
             with self._lock:
                 self._models[job_id] = (model, alignment_job)
             self.jobs.finish(job_id, {"rows": len(aligned.ids), "model": path.name})
             log.info("training job %s: platform half of the model saved", job_id)
 
-        return make_platform_train_handler(job_id, params, aligned, on_model=save_model)
+        return make_platform_train_handler(job_id, params, aligned, on_model=save_model, workers=self.config.workers)
 
     # ---- serving ----
 

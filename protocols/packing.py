@@ -100,3 +100,50 @@ class SlotLayout:
                 acc = gmpy2.powmod(acc, shift, n2) * c % n2
             out.append(acc)
         return CipherVector(cv.public_key, out)
+
+
+# ---- signed slots: values of either sign, recovered by signed-digit unpacking ----
+
+
+def pack_signed(values: Sequence[int], slot_bits: int) -> int:
+    """``sum_j v_j * 2**(slot_bits * j)`` for signed ``v_j`` in ``[-2**(slot_bits-1), 2**(slot_bits-1))``.
+
+    The result may be negative; it is what a Paillier plaintext holds after slot-wise sums and scalar
+    products of signed values, as long as every slot's true value stays in that range (the headroom).
+    """
+    half = 1 << (slot_bits - 1)
+    acc = 0
+    for j, v in enumerate(values):
+        v = int(v)
+        if not -half <= v < half:
+            raise SlotOverflow(f"value of {v.bit_length()} bits in a signed {slot_bits}-bit slot")
+        acc += v << (slot_bits * j)
+    return acc
+
+
+def unpack_signed(packed: int, count: int, slot_bits: int) -> list[int]:
+    """Inverse of :func:`pack_signed`: signed digits base ``2**slot_bits``, lowest slot first.
+
+    Raises :class:`SlotOverflow` if anything is left above the last slot (some slot overflowed).
+    """
+    value = int(packed)
+    full, half = 1 << slot_bits, 1 << (slot_bits - 1)
+    mask = full - 1
+    out = []
+    for _ in range(count):
+        digit = value & mask
+        if digit >= half:
+            digit -= full
+        out.append(digit)
+        value = (value - digit) >> slot_bits
+    if value != 0:
+        raise SlotOverflow("packed value exceeds its slots: a slot overflowed")
+    return out
+
+
+def slots_per_plaintext(public_key: PublicKey, slot_bits: int) -> int:
+    """How many signed slots of ``slot_bits`` fit in the key's signed plaintext range."""
+    count = (int(public_key.max_int).bit_length() - 1) // slot_bits
+    if count < 1:
+        raise SlotOverflow(f"a {slot_bits}-bit slot does not fit the key's plaintext space")
+    return count
