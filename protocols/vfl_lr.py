@@ -63,11 +63,11 @@ class TrainingError(ValueError):
 @dataclass
 class TrainParams:
     epochs: int = 10
-    batch_size: int = 2048
+    batch_size: int = 1024
     learning_rate: float = 0.05
-    decay: float = 0.0  # learning rate of epoch e (0-based) is learning_rate / (1 + decay * e)
+    decay: float = 1.0  # learning rate of epoch e (0-based) is learning_rate / (1 + decay * e)
     optimizer: str = "adam"  # "adam" or "sgd"; each party runs it on its own gradient, locally
-    l2: float = 1e-3  # objective: mean logistic loss + l2/2 |w|^2 (+ l1 |w|); the intercept is not penalised
+    l2: float = 1e-2  # objective: mean logistic loss + l2/2 |w|^2 (+ l1 |w|); the intercept is not penalised
     l1: float = 0.0
     fit_intercept: bool = True
     test_share: float = 0.2
@@ -877,3 +877,41 @@ def make_platform_train_handler(job_id: str, params: Message, data: PartyData, *
 
 __all__ = ["BankModel", "DataError", "PlatformModel", "TrainOutcome", "TrainParams", "TrainingError",
            "make_platform_train_handler", "run_bank_training"]
+
+
+# ------------------------------------------------------------------- plaintext reference ----
+
+
+def plaintext_reference(bank: PartyData, platform: PartyData, params: TrainParams) -> dict[str, np.ndarray]:
+    """The same Taylor-approximated training on pooled plaintext (same split, scalers, batches, optimiser).
+
+    Only a harness that holds both halves can run it; tests and benchmarks compare the joint model with
+    it to measure what fixed point and quantisation cost (docs/protocol.md). Returns both weight halves.
+    """
+    p = params
+    split = split_rows(bank.labels, test_share=p.test_share, validation_share=p.validation_share, seed=p.seed)
+    mask = ~np.isnan(bank.labels)
+    train_mask = np.zeros_like(mask)
+    train_mask[split.train] = mask[split.train]
+    y = np.nan_to_num(bank.labels, nan=0.0)
+    XA = Scaler.fit(bank.features[split.train], p.clip).transform(bank.features)
+    if p.fit_intercept:
+        XA = np.hstack([XA, np.ones((len(XA), 1))])
+    XB = Scaler.fit(platform.features[split.train], p.clip).transform(platform.features)
+    T = bank.labels.shape[1]
+    WA, WB = np.zeros((XA.shape[1], T)), np.zeros((XB.shape[1], T))
+    opt_a = Optimizer(p, WA.shape, unpenalised=[XA.shape[1] - 1] if p.fit_intercept else [])
+    opt_b = Optimizer(p, WB.shape)
+    active = active_rows(split.train, mask)
+    for epoch in range(p.epochs):
+        for rows in epoch_batches(active, p.batch_size, p.seed, epoch):
+            m = train_mask[rows]
+            z_a = np.clip(XA[rows] @ WA, -Z_CLIP, Z_CLIP)
+            z_b = np.clip(XB[rows] @ WB, -Z_CLIP, Z_CLIP)
+            d = (z_a + z_b + 2 - 4 * y[rows]) * m
+            counts = m.sum(axis=0)
+            scale = 4.0 * np.maximum(counts, 1)
+            ga, gb = XA[rows].T @ d / scale, XB[rows].T @ d / scale
+            opt_a.step(WA, ga, epoch, counts > 0)
+            opt_b.step(WB, gb, epoch, counts > 0)
+    return {"bank": WA, "platform": WB}

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path("demo-out")
     if out.exists():
         shutil.rmtree(out)  # a fresh demo each time: new certificates, new state
-    return run.main(["--out", str(out), *(argv or [])])
+    return run.main(["--out", str(out), "--epochs", "8", "--batch-size", "256", *(argv or [])])
 
 
 if __name__ == "__main__":

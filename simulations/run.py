@@ -98,6 +98,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         train_params["batch_size"] = args.batch_size
     if args.learning_rate:
         train_params["learning_rate"] = args.learning_rate
+    if args.l2 is not None:
+        train_params["l2"] = args.l2
+    if args.validation_share is not None:
+        train_params["validation_share"] = args.validation_share
     report: dict[str, Any] = {"bank_data": str(bank_data), "platform_data": str(platform_data), "tags": {}}
     with LocalCluster(out / "cluster", bank_data=bank_data, bank_id_column=bank_id, platform_data=platform_data,
                       platform_id_column=platform_id, bank_tag_columns=tags, workers=args.workers,
@@ -158,9 +162,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--platform-id-column", default="id")
     p.add_argument("--tags", help="comma-separated tag columns of the bank file")
     p.add_argument("--out", type=Path, default=Path("run-out"))
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate", type=float)
+    p.add_argument("--l2", type=float)
+    p.add_argument("--validation-share", type=float)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--fill-missing", default="error", choices=["error", "zero", "mean"])
     p.add_argument("--seed", type=int, default=0)
