@@ -21,14 +21,14 @@ def encode(values: np.ndarray | Sequence[float], scale_bits: int) -> list[int]:
         raise ValueError("cannot encode NaN or infinite values")
     if scale_bits < 0:
         raise ValueError("scale_bits must be non-negative")
-    if scale_bits + int(np.max(np.abs(np.frexp(arr)[1]), initial=0)) < 63:
+    if scale_bits + int(np.max(np.frexp(arr)[1], initial=0)) < 63:
         return np.rint(np.ldexp(arr, scale_bits)).astype(np.int64).tolist()
     # Beyond int64: exact per value (frexp gives mantissa and exponent without rounding).
     out = []
     for v in arr.tolist():
         mantissa, exponent = np.frexp(v)
         m = int(np.ldexp(mantissa, 53))
-        shift = exponent - 53 + scale_bits
+        shift = int(exponent) - 53 + scale_bits
         out.append(m << shift if shift >= 0 else _round_shift(m, -shift))
     return out
 
