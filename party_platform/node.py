@@ -98,9 +98,8 @@ class PlatformNode(PartialScorer):
         return ObservedHandler(handler, collect)
 
     def _open_train(self, job_id: str, params: Message, node_params: dict[str, Any]) -> StepHandler:
-        from protocols.vfl_lr import make_platform_train_handler
-
         from protocols.alignment import AlignmentError
+        from protocols.vfl_lr import make_platform_train_handler
 
         alignment_job = str(node_params.get("alignment_job_id", ""))
         try:
