@@ -390,7 +390,11 @@ class NodeServicer(pb_grpc.NodeServicer):
 
 
 def make_server(workers: int = 8) -> grpc.Server:
-    return grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options(),
+    # Accept the clients' keepalive pings (every 30 s, also between calls): the default minimum interval
+    # of 5 minutes makes the server answer a long job's pings with GOAWAY "too_many_pings".
+    options = [*grpc_options(), ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+               ("grpc.http2.max_ping_strikes", 0)]
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
                        maximum_concurrent_rpcs=64)
 
 
