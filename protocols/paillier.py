@@ -425,10 +425,13 @@ def matvec_t(cv: CipherVector, X: np.ndarray) -> CipherVector:
         raise ValueError(f"X has shape {X.shape}; expected ({len(cv)}, k)")
     if not np.issubdtype(X.dtype, np.integer):
         raise TypeError("X must be an integer matrix (quantise features first)")
+    if X.dtype == np.uint64 and X.size and int(X.max()) > 2**63 - 1:
+        raise TypeError("X has uint64 entries beyond int64; pass signed integers")
+    X = X.astype(np.int64, copy=False)  # negation below must not wrap in a narrow or unsigned dtype
     n2 = cv.public_key.nsquare
     values = cv.values
     out = []
-    small = X.size == 0 or int(np.abs(X).max()) < 2**16
+    small = X.size == 0 or (int(X.min()) > -(2**16) and int(X.max()) < 2**16)
     for j in range(X.shape[1]):
         col = X[:, j]
         if not small:

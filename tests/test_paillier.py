@@ -1,8 +1,14 @@
-"""Paillier kernels: known answers, interop with phe, homomorphic identities, packing, errors."""
+"""Paillier kernels: known answers, interop with phe, homomorphic identities, packing, errors.
+
+Keys are made once per module: a 1024-bit pair (allowed as insecure) for almost everything, a 2048-bit
+pair only where the secure size itself is what is tested.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import pickle
+from fractions import Fraction
 
 import gmpy2
 import numpy as np
@@ -28,11 +34,22 @@ from protocols.paillier import (
 from protocols.paillier_pool import PaillierPool
 
 FAST = settings(max_examples=25, deadline=None)
+INTS = st.integers(-(2**60), 2**60)
 
 
 @pytest.fixture(scope="module")
 def keys() -> tuple[PublicKey, PrivateKey]:
     return generate_keypair(1024, allow_insecure=True)
+
+
+@pytest.fixture(scope="module")
+def other_keys() -> tuple[PublicKey, PrivateKey]:
+    return generate_keypair(1024, allow_insecure=True)
+
+
+@pytest.fixture(scope="module")
+def secure_keys() -> tuple[PublicKey, PrivateKey]:
+    return generate_keypair(2048)
 
 
 def _blum(start: int) -> mpz:
@@ -42,192 +59,537 @@ def _blum(start: int) -> mpz:
     return p
 
 
-def test_known_answer():
-    p, q = _blum(2**255 + 12345), _blum(2**255 + 99991 * 2**40)
-    n = p * q
-    x = mpz(1234567891011)
-    hs = gmpy2.powmod(-x * x % n, n, n * n)
+def _phe_pair(pk: PublicKey, sk: PrivateKey) -> tuple[phe.PaillierPublicKey, phe.PaillierPrivateKey]:
+    pub = phe.PaillierPublicKey(int(pk.n))
+    return pub, phe.PaillierPrivateKey(pub, int(sk.p), int(sk.q))
+
+
+def _exact(d: list[int], X: np.ndarray) -> list[int]:
+    """X^T d in exact Python integers."""
+    return [int(v) for v in np.array(d, dtype=object) @ np.asarray(X).astype(object)]
+
+
+# ---- known answers and interop ----
+
+P_FIXED, Q_FIXED = _blum(2**255 + 12345), _blum(2**255 + 99991 * 2**40)
+X_FIXED = mpz(1234567891011)
+FINGERPRINT_FIXED = "4652ef6a8a3424d908c185c48f4074f8138090bfc142e03fb5cec7b9a6d6d61e"
+
+
+def _fixed_key() -> tuple[PublicKey, PrivateKey]:
+    n = P_FIXED * Q_FIXED
+    hs = gmpy2.powmod(-X_FIXED * X_FIXED % n, n, n * n)
     pk = PublicKey(n, hs)
-    sk = PrivateKey(pk, p, q)
-    noise = gmpy2.powmod(hs, 987654321, n * n)
-    m = 42
-    c = pk.raw_encrypt(pk.encode([m]), [noise])[0]
-    assert c == (1 + m * n) * noise % (n * n)
-    assert sk.decrypt(CipherVector(pk, [c])) == [m]
-    assert sk.decrypt(CipherVector(pk, [pk.raw_encrypt(pk.encode([-7]), [noise])[0]])) == [-7]
+    return pk, PrivateKey(pk, P_FIXED, Q_FIXED)
+
+
+def test_known_answer():
+    pk, sk = _fixed_key()
+    p, q = P_FIXED, Q_FIXED
+    assert p % 4 == 3 and q % 4 == 3 and gmpy2.is_prime(p) and gmpy2.is_prime(q)
+    n, n2 = int(p * q), int(p * q) ** 2
+    assert int(pk.hs) == pow((-int(X_FIXED) ** 2) % n, n, n2)
+    noise = pow(int(pk.hs), 987654321, n2)
+    for m in (0, 1, 42, 2**200 + 7, -7, -(2**100)):
+        c = pk.raw_encrypt(pk.encode([m]), [mpz(noise)])[0]
+        assert int(c) == (1 + (m % n) * n) * noise % n2  # the formula, in plain Python integers
+        assert sk.decrypt(CipherVector(pk, [c])) == [m]
+    # Decryption from the definition: L(c^lambda mod n^2) * mu mod n, lambda = lcm(p-1, q-1).
+    lam = int(gmpy2.lcm(p - 1, q - 1))
+    mu = pow((pow(n + 1, lam, n2) - 1) // n, -1, n)
+    c = int(pk.raw_encrypt(pk.encode([123456789]), [mpz(noise)])[0])
+    assert (pow(c, lam, n2) - 1) // n * mu % n == 123456789
+    assert pk.fingerprint() == FINGERPRINT_FIXED == hashlib.sha256(pk.to_bytes()).hexdigest()
+
+
+def test_noise_is_an_nth_residue_of_the_right_form():
+    pk, sk = _fixed_key()
+    n = pk.n
+    for noise in (pk.noise(), sk.noise()):
+        # An n-th residue mod n^2 encrypts 0: decrypting it as a ciphertext gives 0.
+        assert sk.decrypt(CipherVector(pk, [noise])) == [0]
+        assert gmpy2.jacobi(noise % n, n) == 1
+    assert pk.noise() != pk.noise() and sk.noise() != sk.noise()
 
 
 def test_interop_with_phe(keys):
     pk, sk = keys
-    phe_pub = phe.PaillierPublicKey(int(pk.n))
-    phe_priv = phe.PaillierPrivateKey(phe_pub, int(sk.p), int(sk.q))
-    ours = pk.encrypt([123456789, 5])
-    assert [phe_priv.raw_decrypt(int(c)) for c in ours.values] == [123456789, 5]
-    theirs = CipherVector(pk, [mpz(phe_pub.raw_encrypt(777)), mpz(phe_pub.raw_encrypt(3))])
-    assert sk.decrypt(theirs) == [777, 3]
-    assert sk.decrypt(theirs.add(ours)) == [777 + 123456789, 8]
+    phe_pub, phe_priv = _phe_pair(pk, sk)
+    values = [123456789, 5, 0, -3, pk.max_int]
+    ours = pk.encrypt(values)
+    assert [phe_priv.raw_decrypt(int(c)) for c in ours.values] == [v % int(pk.n) for v in values]
+    theirs = CipherVector(pk, [mpz(phe_pub.raw_encrypt(v % int(pk.n))) for v in (777, 3, 1, 2, -5)])
+    assert sk.decrypt(theirs) == [777, 3, 1, 2, -5]
+    assert sk.decrypt(theirs[:4].add(ours[:4])) == [777 + 123456789, 8, 1, -1]
+    # phe's homomorphic add over one of ours and one of theirs.
+    mine, yours = int(ours.values[0]), phe_pub.raw_encrypt(11)
+    mixed = phe.EncryptedNumber(phe_pub, mine) + phe.EncryptedNumber(phe_pub, yours)
+    assert phe_priv.raw_decrypt(mixed.ciphertext(be_secure=False)) == 123456789 + 11
+    # Same n: our noise-free parts agree with phe's (g = n + 1) before obfuscation.
+    assert phe_pub.raw_encrypt(42, r_value=1) == int(pk.raw_encrypt(pk.encode([42]), [mpz(1)])[0])
+
+
+# ---- homomorphic identities ----
 
 
 @FAST
-@given(st.lists(st.integers(-(2**60), 2**60), min_size=1, max_size=6), st.data())
+@given(st.lists(INTS, min_size=1, max_size=6), st.data())
 def test_homomorphic_identities(keys, values, data):
     pk, sk = keys
-    others = data.draw(st.lists(st.integers(-(2**60), 2**60), min_size=len(values), max_size=len(values)))
-    scalars = data.draw(st.lists(st.integers(-(2**20), 2**20), min_size=len(values), max_size=len(values)))
+    k = len(values)
+    others = data.draw(st.lists(INTS, min_size=k, max_size=k))
+    scalars = data.draw(st.lists(st.integers(-(2**20), 2**20), min_size=k, max_size=k))
     a, b = pk.encrypt(values), pk.encrypt(others)
     assert sk.decrypt(a.add(b)) == [x + y for x, y in zip(values, others, strict=True)]
     assert sk.decrypt(a.add_plain(others)) == [x + y for x, y in zip(values, others, strict=True)]
-    assert sk.decrypt(a.mul_plain(scalars)) == [x * k for x, k in zip(values, scalars, strict=True)]
+    assert sk.decrypt(a.mul_plain(scalars)) == [x * s for x, s in zip(values, scalars, strict=True)]
+    assert sk.decrypt(a.mul_plain([-1] * k)) == [-x for x in values]
     assert sk.decrypt(a.sum()) == [sum(values)]
     fresh = a.rerandomize()
-    assert fresh.values != a.values and sk.decrypt(fresh) == values
-    assert sk.decrypt(CipherVector.concat([a, b])) == values + others
-    assert sk.decrypt(CipherVector.from_bytes(pk, a.to_bytes())) == values
+    assert all(x != y for x, y in zip(fresh.values, a.values, strict=True)) and sk.decrypt(fresh) == values
+    assert sk.decrypt(CipherVector.concat([a, b, a[:1]])) == values + others + values[:1]
+    data_bytes = a.to_bytes()
+    assert len(data_bytes) == k * pk.byte_len
+    back = CipherVector.from_bytes(pk, data_bytes)
+    assert back.values == a.values and sk.decrypt(back) == values
 
 
-def test_matvec_small_and_general_paths(keys):
+def test_homomorphic_edge_cases(keys):
+    pk, sk = keys
+    pool = NoisePool(pk, sk)
+    a = pk.encrypt([5, -5, 0], pool=pool)
+    assert sk.decrypt(a.mul_plain([0, 0, 0])) == [0, 0, 0]
+    assert sk.decrypt(a.rerandomize(pool=pool)) == [5, -5, 0]
+    assert sk.decrypt(a[:0].sum()) == [0]
+    assert len(CipherVector.from_bytes(pk, b"")) == 0
+    with pytest.raises(ValueError):
+        a.add(a[:2])
+    with pytest.raises(ValueError):
+        a.add_plain([1])
+    with pytest.raises(ValueError):
+        a.mul_plain([1, 2])
+    with pytest.raises(ValueError):
+        CipherVector.concat([])
+    with pytest.raises(TypeError):
+        a[0]  # type: ignore[index]
+    with pytest.raises(PlaintextOverflow):
+        a.add_plain([pk.max_int + 1, 0, 0])
+    with pytest.raises(ValueError):
+        pk.raw_encrypt(pk.encode([1, 2]), [mpz(1)])
+
+
+# ---- X^T [[d]]: bucket (small scalars) and general (large scalars) paths, and the process pool ----
+
+
+@pytest.fixture(scope="module")
+def encrypted_d(keys) -> tuple[list[int], CipherVector]:
     pk, sk = keys
     rng = np.random.default_rng(1)
-    d = [int(v) for v in rng.integers(-(2**30), 2**30, size=50)]
-    cv = pk.encrypt(d)
-    X = rng.integers(-127, 128, size=(50, 5))
-    X[:, 2] = 0
-    X[rng.random((50, 5)) < 0.3] = 0
-    expected = (np.array(d, dtype=object) @ X.astype(object)).tolist()
-    assert sk.decrypt(matvec_t(cv, X)) == expected
-    big = rng.integers(-(2**20), 2**20, size=(50, 3))
-    assert sk.decrypt(matvec_t(cv, big)) == (np.array(d, dtype=object) @ big.astype(object)).tolist()
+    d = [int(v) for v in rng.integers(-(2**30), 2**30, size=600)]
+    pool = NoisePool(pk, sk)
+    pool.fill(len(d))
+    return d, pk.encrypt(d, pool=pool)
+
+
+@FAST
+@given(st.integers(1, 40), st.integers(1, 5), st.integers(0, 2**32 - 1), st.floats(0.0, 0.9))
+def test_matvec_small_scalars(keys, encrypted_d, rows, cols, seed, zero_share):
+    pk, sk = keys
+    d, cv = encrypted_d
+    rng = np.random.default_rng(seed)
+    X = rng.integers(-127, 128, size=(rows, cols))
+    X[rng.random((rows, cols)) < zero_share] = 0
+    X[:, rng.integers(cols)] = 0  # an all-zero column
+    assert int(np.abs(X).max(initial=0)) < 2**7
+    assert sk.decrypt(matvec_t(cv[:rows], X)) == _exact(d[:rows], X)
+
+
+def test_matvec_paths_and_shapes(keys, encrypted_d):
+    pk, sk = keys
+    d, cv = encrypted_d
+    rng = np.random.default_rng(2)
+    big = rng.integers(-(2**20), 2**20, size=(40, 3))
+    big[0, 0] = 2**16  # the general path: some |x| >= 2^16
+    big[1, 1] = -(2**16)
+    big[:, 2] = 0
+    assert sk.decrypt(matvec_t(cv[:40], big)) == _exact(d[:40], big)
+    huge = np.array([[2**40], [-(2**40) + 3], [0]], dtype=object).astype(np.int64)
+    assert sk.decrypt(matvec_t(cv[:3], huge)) == _exact(d[:3], huge)
+    # Scalars at the bucket path's edges: 2^16 - 1, repeated values, single rows, one distinct value.
+    edge = np.array([[2**16 - 1, 1, 5], [-(2**16 - 1), 1, 5], [2**16 - 1, -1, 5], [3, 1, 5]])
+    assert sk.decrypt(matvec_t(cv[:4], edge)) == _exact(d[:4], edge)
+    assert sk.decrypt(matvec_t(cv[:1], np.array([[7, -7, 0]]))) == [7 * d[0], -7 * d[0], 0]
+    for dtype in (np.int16, np.int32, np.int64):
+        X = rng.integers(-100, 100, size=(20, 2)).astype(dtype)
+        assert sk.decrypt(matvec_t(cv[:20], X)) == _exact(d[:20], X)
+    assert len(matvec_t(cv[:5], np.zeros((5, 0), dtype=np.int64))) == 0
     with pytest.raises(TypeError):
-        matvec_t(cv, X.astype(float))
+        matvec_t(cv[:5], np.zeros((5, 2)))
+    with pytest.raises(ValueError):
+        matvec_t(cv[:5], np.zeros((4, 2), dtype=np.int64))
+    with pytest.raises(ValueError):
+        matvec_t(cv[:5], np.zeros(5, dtype=np.int64))
+
+
+@pytest.mark.parametrize("column", [np.array([1, -128, 2], dtype=np.int8),
+                                    np.array([1, 200, 2], dtype=np.uint8)])
+def test_matvec_narrow_dtypes(keys, encrypted_d, column):
+    pk, sk = keys
+    d, cv = encrypted_d
+    X = column.reshape(3, 1)
+    assert sk.decrypt(matvec_t(cv[:3], X)) == _exact(d[:3], X)
+
+
+def test_process_pool_matches_one_process(keys, encrypted_d):
+    pk, sk = keys
+    d, cv = encrypted_d
+    rng = np.random.default_rng(3)
+    X = rng.integers(-127, 128, size=(len(d), 4))  # >= 2 * 256 rows: really split over both workers
+    X[:, 1] = 0
+    single = matvec_t(cv, X)
     with PaillierPool(2) as pool:
-        assert sk.decrypt(pool.matvec_t(cv, X)) == expected
-        assert pool.decrypt(sk, cv) == d
-        noise = NoisePool(pk, sk)
-        pool.fill(noise, 40)
-        assert sk.decrypt(pk.encrypt(list(range(40)), pool=noise)) == list(range(40))
+        assert pool._splits(len(cv), 256) == [(0, 300), (300, 600)]
+        pooled = pool.matvec_t(cv, X)
+        assert pooled.values == single.values
+        assert sk.decrypt(pooled) == _exact(d, X)
+        assert pool.decrypt(sk, cv[:100]) == d[:100] == sk.decrypt(cv[:100])
+        noise = pool.make_noise(sk, 200)  # >= 2 * 64: made in both workers, CRT path
+        assert len({int(v) for v in noise}) == 200
+        plain = list(range(-100, 100))
+        assert sk.decrypt(CipherVector(pk, pk.raw_encrypt(pk.encode(plain), noise))) == plain
+        public_noise = pool.make_noise(pk, 130)
+        assert sk.decrypt(CipherVector(pk, public_noise)) == [0] * 130
+        noise_pool = NoisePool(pk, sk)
+        pool.fill(noise_pool, 130)
+        assert len(noise_pool) == 130
+        assert sk.decrypt(pool.encrypt(pk, plain[:130], noise=noise_pool)) == plain[:130]
+        assert len(noise_pool) == 0 and noise_pool.made_online == 0
+    with PaillierPool(1) as solo:  # one worker: everything in this process
+        assert solo.matvec_t(cv, X).values == single.values
+        assert solo.decrypt(sk, cv[:10]) == d[:10]
+
+
+# ---- noise pool, encoding range ----
 
 
 def test_noise_pool_hands_each_value_out_once(keys):
     pk, sk = keys
     pool = NoisePool(pk, sk)
     pool.fill(10)
-    taken = pool.take(6) + pool.take(4)
-    assert len(pool) == 0 and len({int(v) for v in taken}) == 10
-    pool.take(3)
-    assert pool.made_online == 3
+    assert len(pool) == 10
+    first = pool.take(6)
+    assert len(first) == 6 and len(pool) == 4
+    assert pool.take(0) == [] and len(pool) == 4
+    second = pool.take(4)
+    assert len(pool) == 0 and pool.made_online == 0
+    assert len({int(v) for v in first + second}) == 10
+    third = pool.take(3)  # empty: made on the spot, and counted
+    assert len(third) == 3 and pool.made_online == 3 and len(pool) == 0
+    pool.fill(2)
+    pool.take(5)
+    assert pool.made_online == 6
+    assert not {int(v) for v in third} & {int(v) for v in first + second}
+    public = NoisePool(pk)  # without the private key: the slow public path
+    values = public.take(2)
+    assert public.made_online == 2 and sk.decrypt(CipherVector(pk, values)) == [0, 0]
 
 
 def test_encoding_range(keys):
     pk, sk = keys
-    assert sk.decrypt(pk.encrypt([pk.max_int, -pk.max_int])) == [pk.max_int, -pk.max_int]
+    n, top = int(pk.n), pk.max_int
+    assert top == (n - 1) // 3
+    assert sk.decrypt(pk.encrypt([top, -top, top - 1, -top + 1])) == [top, -top, top - 1, -top + 1]
+    assert pk.decode(pk.encode([top, -top, 0, -1])) == [top, -top, 0, -1]
+    for bad in (top + 1, -top - 1, 2 * n):
+        with pytest.raises(PlaintextOverflow):
+            pk.encode([bad])
+    for residue in (top + 1, top + 5, n // 2, n - top - 1):
+        with pytest.raises(PlaintextOverflow):
+            pk.decode([mpz(residue)])
+    assert pk.decode([mpz(n - top)]) == [-top]
+    # A homomorphic result that leaves the range is caught at decryption.
     with pytest.raises(PlaintextOverflow):
-        pk.encode([pk.max_int + 1])
-    with pytest.raises(PlaintextOverflow):
-        pk.decode([mpz(pk.max_int + 5)])
+        sk.decrypt(pk.encrypt([top]).add(pk.encrypt([1])))
 
 
-def test_key_errors_and_serialisation(keys):
-    pk, sk = keys
+# ---- keys: errors, validation, serialisation ----
+
+
+def _serialised(n: mpz | int, hs: mpz | int, nb: int) -> bytes:
+    return b"PK1" + nb.to_bytes(2, "big") + int(n).to_bytes(nb, "big") + int(hs).to_bytes(2 * nb, "big")
+
+
+def test_key_generation_errors():
     with pytest.raises(InvalidKey):
         generate_keypair(1024)
     with pytest.raises(InvalidKey):
-        PublicKey.from_bytes(pk.to_bytes())  # 1024 bits: refused unless allowed
-    assert PublicKey.from_bytes(pk.to_bytes(), allow_insecure=True) == pk
-    assert PublicKey.from_bytes(pk.to_bytes(), allow_insecure=True).fingerprint() == pk.fingerprint()
+        generate_keypair(128, allow_insecure=True)
     with pytest.raises(InvalidKey):
-        PublicKey.from_bytes(b"garbage")
+        generate_keypair(1023, allow_insecure=True)
+    pk, _ = _fixed_key()
     with pytest.raises(InvalidKey):
-        PublicKey.from_bytes(pk.to_bytes()[:-1], allow_insecure=True)
-    with pytest.raises(InvalidKey, match="small factor|even"):
-        PublicKey(pk.n * 3 * 0 + mpz(2**1023 + 1) * 3, pk.hs).validate(allow_insecure=True)
+        PrivateKey(pk, P_FIXED, Q_FIXED + 2)
+
+
+def test_public_key_validation(keys):
+    pk, _ = keys
+    nb = (pk.n_bits + 7) // 8
+    good = pk.to_bytes()
+    assert good == _serialised(pk.n, pk.hs, nb)
+    with pytest.raises(InvalidKey, match="at least 2048"):
+        PublicKey.from_bytes(good)  # 1024 bits: refused unless allowed
+    for garbage in (b"", b"PK", b"garbage", b"PK2" + good[3:], bytes(len(good))):
+        with pytest.raises(InvalidKey):
+            PublicKey.from_bytes(garbage, allow_insecure=True)
+    for wrong_length in (good[:-1], good + b"\x00", good[:5 + nb]):
+        with pytest.raises(InvalidKey, match="wrong length"):
+            PublicKey.from_bytes(wrong_length, allow_insecure=True)
     with pytest.raises(InvalidKey, match="even"):
-        PublicKey(pk.n + 1, pk.hs).validate(allow_insecure=True)
-    assert pickle.loads(pickle.dumps(pk)) == pk
-    restored = pickle.loads(pickle.dumps(sk))
-    assert restored.decrypt(pk.encrypt([9])) == [9]
+        PublicKey.from_bytes(_serialised(pk.n + 1, pk.hs, nb), allow_insecure=True)
+    p = _blum(2**511 + 99)
+    with pytest.raises(InvalidKey, match="small factor"):  # odd, composite, 1024 bits, divisible by 3 * 5
+        PublicKey.from_bytes(_serialised(p * gmpy2.next_prime(2**509) * 15, pk.hs, nb), allow_insecure=True)
+    with pytest.raises(InvalidKey, match="prime or a perfect power"):
+        PublicKey.from_bytes(_serialised(gmpy2.next_prime(pk.n), pk.hs, nb), allow_insecure=True)
+    with pytest.raises(InvalidKey, match="prime or a perfect power"):
+        PublicKey.from_bytes(_serialised(p * p, pk.hs, nb), allow_insecure=True)
+    for bad_hs in (0, 1, pk.n, 3 * pk.n, pk.nsquare, pk.nsquare + 1):
+        with pytest.raises(InvalidKey, match="h_s"):
+            PublicKey.from_bytes(_serialised(pk.n, bad_hs, nb), allow_insecure=True)
+    with pytest.raises(InvalidKey, match="too small"):
+        PublicKey.from_bytes(_serialised(_blum(2**99) * _blum(2**99 + 2**90), 2, 25), allow_insecure=True)
 
 
-def test_ciphertext_validation(keys):
+def test_key_serialisation_and_pickling(keys, secure_keys):
+    pk, sk = keys
+    back = PublicKey.from_bytes(pk.to_bytes(), allow_insecure=True)
+    assert back == pk and hash(back) == hash(pk) and back.fingerprint() == pk.fingerprint()
+    assert back.to_bytes() == pk.to_bytes()
+    assert pk.fingerprint() == hashlib.sha256(pk.to_bytes()).hexdigest()
+    spk, ssk = secure_keys
+    assert spk.n_bits == 2048 and spk.r_bits == 1024
+    restored = PublicKey.from_bytes(spk.to_bytes())  # a secure key needs no permission
+    assert restored == spk and restored.fingerprint() == spk.fingerprint() != pk.fingerprint()
+    assert ssk.decrypt(restored.encrypt([-(2**1000), 17])) == [-(2**1000), 17]
+    # Pickles carry the numbers only: window tables are dropped and rebuilt on demand.
+    pk.noise()
+    sk.noise()
+    assert pk._fixed is not None and sk._fixed_p is not None
+    pk_bytes, sk_bytes = pickle.dumps(pk), pickle.dumps(sk)
+    assert len(pk_bytes) < 3 * pk.byte_len + 500 and len(sk_bytes) < 4 * pk.byte_len + 500
+    pk2, sk2 = pickle.loads(pk_bytes), pickle.loads(sk_bytes)
+    assert pk2 == pk and pk2._fixed is None and pk2.nsquare == pk.nsquare and pk2.max_int == pk.max_int
+    assert sk2._fixed_p is None and sk2.p == sk.p and sk2.q == sk.q and sk2.public_key == pk
+    assert sk2.decrypt(pk2.encrypt([9, -9])) == [9, -9]
+    assert sk.decrypt(CipherVector(pk, [sk2.noise()])) == [0]
+
+
+def test_ciphertext_validation(keys, other_keys):
     pk, sk = keys
     width = pk.byte_len
-    for bad in (0, int(pk.n), int(pk.nsquare)):
+    p = int(sk.p)
+    for bad in (0, int(pk.n), p, 2 * p, int(pk.nsquare), int(pk.nsquare) + 1, 256**width - 1):
         with pytest.raises(InvalidCiphertext):
-            CipherVector.from_bytes(pk, bad.to_bytes(width + 1, "big")[-width:] if bad < 256**width else b"\xff" * width)
+            CipherVector.from_bytes(pk, bad.to_bytes(width, "big"))
+    good = pk.encrypt([1, 2]).to_bytes()
+    for wrong_length in (good[:-1], good + b"\x01", b"\x01" * (width + 1)):
+        with pytest.raises(InvalidCiphertext):
+            CipherVector.from_bytes(pk, wrong_length)
+    with pytest.raises(InvalidCiphertext):  # the second of two is bad
+        CipherVector.from_bytes(pk, good[:width] + bytes(width))
+    other_pk, other_sk = other_keys
+    theirs = other_pk.encrypt([1])
     with pytest.raises(InvalidCiphertext):
-        CipherVector.from_bytes(pk, b"\x01" * (width + 1))
-    other_pk, _ = generate_keypair(1024, allow_insecure=True)
+        sk.decrypt(theirs)
     with pytest.raises(InvalidCiphertext):
-        sk.decrypt(other_pk.encrypt([1]))
+        other_sk.decrypt(pk.encrypt([1]))
     with pytest.raises(InvalidCiphertext):
-        pk.encrypt([1]).add(other_pk.encrypt([1]))
+        pk.encrypt([1]).add(theirs)
+    with pytest.raises(InvalidCiphertext):
+        CipherVector.concat([pk.encrypt([1]), theirs])
+
+
+# ---- fixed point ----
+
+
+def _check_encoding(values: list[float], scale: int) -> None:
+    ints = encode(values, scale)
+    assert len(ints) == len(values) and all(isinstance(k, int) for k in ints)
+    half_ulp = Fraction(1, 2 ** (scale + 1))
+    for v, k in zip(values, ints, strict=True):
+        assert abs(Fraction(v) - Fraction(k, 2**scale)) <= half_ulp  # exact: the rounding bound itself
+    back = decode(ints, scale)
+    for v, b in zip(values, back.tolist(), strict=True):
+        # decode rounds the int to a float once more: half an ulp of the value on top of the bound
+        assert abs(b - v) <= 2.0 ** -(scale + 1) + abs(v) * 2.0**-52
 
 
 @FAST
 @given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=20), st.integers(0, 40))
-def test_fixed_point_round_trip(values, scale):
-    back = decode(encode(values, scale), scale)
-    assert np.all(np.abs(back - np.array(values)) <= 2.0 ** -(scale + 1) * (1 + 1e-9) + 1e-9 * np.abs(values))
-
-
-def test_fixed_point_large_and_bad():
-    assert decode(encode([1e30], 40), 40)[0] == pytest.approx(1e30)
-    with pytest.raises(ValueError):
-        encode([float("nan")], 10)
+def test_fixed_point_round_trip_int64_path(values, scale):
+    _check_encoding(values, scale)
 
 
 @FAST
-@given(st.integers(2, 16), st.integers(1, 30), st.integers(1, 5), st.integers(0, 1000))
-def test_quantisation_error_bound(bits, rows, cols, seed):
-    X = np.random.default_rng(seed).normal(size=(rows, cols)) * 3
+@given(st.lists(st.floats(-1e30, 1e30, allow_nan=False), min_size=1, max_size=20), st.integers(0, 64))
+def test_fixed_point_round_trip_large(values, scale):
+    _check_encoding(values + [1e30, -3.5e29], scale)  # beyond int64: the exact per-value path
+
+
+def test_fixed_point_edges():
+    assert encode([1e30], 40) == [int(Fraction(1e30) * 2**40)]
+    assert decode(encode([1e30], 40), 40)[0] == 1e30
+    assert encode([0.5, -0.5, 1.5, 2**-60, -(2**-60)], 0) in ([0, 0, 2, 0, 0], [1, -1, 2, 0, 0])
+    assert encode([], 10) == [] and decode([], 10).shape == (0,)
+    assert encode([5e-324, -5e-324], 100) == [0, 0]
+    assert encode(np.array([[1.0, 2.0]]), 1) == [2, 4]
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError):
+            encode([1.0, bad], 10)
+    with pytest.raises(ValueError):
+        encode([1.0], -1)
+
+
+@FAST
+@given(st.integers(2, 16), st.integers(1, 30), st.integers(1, 5), st.integers(0, 2**32 - 1),
+       st.floats(1e-6, 1e6))
+def test_quantisation_error_bound(bits, rows, cols, seed, spread):
+    X = np.random.default_rng(seed).normal(size=(rows, cols)) * spread
     X[:, 0] = 0
     Xq, scale = quantise(X, bits)
+    assert Xq.dtype == np.int64 and Xq.shape == X.shape and scale.shape == (cols,)
     assert np.all(np.abs(Xq) <= 2 ** (bits - 1) - 1)
-    assert np.all(np.abs(X - Xq * scale) <= scale / 2 + 1e-12)
-    assert scale[0] == 1.0
+    assert np.all(np.abs(X - Xq * scale) <= scale / 2 * (1 + 1e-12))
+    assert scale[0] == 1.0 and not Xq[:, 0].any()
 
 
-def test_quantise_refuses_bad_bits():
+def test_quantise_refuses_bad_input():
+    for bits in (0, 1, 17, 64):
+        with pytest.raises(ValueError):
+            quantise(np.zeros((2, 2)), bits)
     with pytest.raises(ValueError):
-        quantise(np.zeros((2, 2)), 1)
+        quantise(np.zeros(3), 8)
+    with pytest.raises(ValueError):
+        quantise(np.array([[1.0, float("nan")]]), 8)
+
+
+# ---- packing ----
 
 
 @FAST
-@given(st.integers(8, 80), st.data())
-def test_slot_packing_round_trip_and_sums(keys, slot_bits, data):
+@given(st.integers(1, 120), st.data())
+def test_slot_layout_round_trip(slot_bits, data):
+    layout = SlotLayout(slot_bits, data.draw(st.integers(1, 8)))
+    values = st.integers(0, 2**slot_bits - 1)
+    rows = data.draw(st.lists(st.lists(values, min_size=1, max_size=layout.n_slots), min_size=1, max_size=4))
+    packed = layout.pack(rows)
+    assert all(0 <= v < 2**layout.total_bits for v in packed)
+    back = [row[:len(orig)] for row, orig in zip(layout.unpack(packed), rows, strict=True)]
+    assert back == rows
+    assert all(not any(row[len(orig):]) for row, orig in zip(layout.unpack(packed), rows, strict=True))
+    with pytest.raises(SlotOverflow):
+        layout.pack([[2**slot_bits]])
+    with pytest.raises(SlotOverflow):
+        layout.pack([[-1]])
+    with pytest.raises(SlotOverflow):
+        layout.pack([[0] * (layout.n_slots + 1)])
+    with pytest.raises(SlotOverflow):
+        layout.unpack([2**layout.total_bits])
+
+
+def test_slot_layout_for_key(keys):
+    pk, _ = keys
+    bits = pk.max_int.bit_length()
+    layout = SlotLayout.for_key(pk, 70)
+    assert layout.n_slots == (bits - 1) // 70 and layout.fits(pk) and layout.offset() == 2**68
+    assert not SlotLayout(70, layout.n_slots + 1).fits(pk)
+    assert SlotLayout.for_key(pk, 70, below=2**141).n_slots == 2
+    with pytest.raises(SlotOverflow):
+        SlotLayout.for_key(pk, bits)
+    with pytest.raises(ValueError):
+        SlotLayout(0, 1)
+    assert slots_per_plaintext(pk, 70) == layout.n_slots
+    assert slots_per_plaintext(pk, bits - 1) == 1
+    with pytest.raises(SlotOverflow):
+        slots_per_plaintext(pk, bits)
+
+
+@FAST
+@given(st.integers(8, 120), st.integers(2, 4), st.data())
+def test_packed_sums_do_not_bleed(keys, slot_bits, n_terms, data):
     pk, sk = keys
     layout = SlotLayout.for_key(pk, slot_bits)
     k = min(layout.n_slots, 6)
-    n_terms = 3
-    top = (1 << slot_bits) // n_terms  # headroom: the sum of three values fits its slot
-    rows = [data.draw(st.lists(st.integers(0, top - 1), min_size=k, max_size=k)) for _ in range(n_terms)]
-    assert layout.unpack(layout.pack(rows), k) == rows
+    # Each slot's sum just fits: the last term tops the slot up to at most 2^slot_bits - 1.
+    top = (2**slot_bits - 1) // n_terms
+    rows = [data.draw(st.lists(st.integers(0, top), min_size=k, max_size=k)) for _ in range(n_terms)]
+    rows[0] = [2**slot_bits - 1 - top * (n_terms - 1) if j == 0 else v for j, v in enumerate(rows[0])]
+    rows[1:] = [[top] + row[1:] for row in rows[1:]]
+    sums = [sum(col) for col in zip(*rows, strict=True)]
+    assert sums[0] == 2**slot_bits - 1 and max(sums) < 2**slot_bits
     total = pk.encrypt(layout.pack(rows)).sum()
-    assert layout.unpack(sk.decrypt(total), k) == [[sum(col) for col in zip(*rows, strict=True)]]
-    with pytest.raises(SlotOverflow):
-        layout.pack([[1 << slot_bits]])
-
-
-def test_horner_packing_of_ciphertexts(keys):
-    pk, sk = keys
-    layout = SlotLayout(70, 5)
-    values = [1, 2**69 - 1, 0, 12345, 2**40]
-    packed = layout.pack_ciphertexts(pk.encrypt(values))
-    assert len(packed) == 1
-    assert layout.unpack(sk.decrypt(packed), 5) == [values]
+    assert layout.unpack(sk.decrypt(total), k) == [sums]
 
 
 @FAST
-@given(st.integers(4, 90), st.data())
-def test_signed_slots(keys, slot_bits, data):
+@given(st.integers(8, 120), st.data())
+def test_horner_packing_of_ciphertexts(keys, slot_bits, data):
+    pk, sk = keys
+    layout = SlotLayout.for_key(pk, slot_bits)
+    count = data.draw(st.integers(1, 2 * layout.n_slots + 1))  # several groups, the last one partial
+    values = data.draw(st.lists(st.integers(0, 2**slot_bits - 1), min_size=count, max_size=count))
+    values[0] = 2**slot_bits - 1
+    packed = layout.pack_ciphertexts(pk.encrypt(values))
+    assert len(packed) == -(-count // layout.n_slots)
+    flat = [v for row in layout.unpack(sk.decrypt(packed)) for v in row]
+    assert flat[:count] == values and not any(flat[count:])  # the partial group's empty slots stay 0
+
+
+def test_horner_packing_fixed(keys):
+    pk, sk = keys
+    layout = SlotLayout(120, 5)
+    values = [1, 2**119 - 1, 0, 12345, 2**120 - 1, 7]
+    packed = layout.pack_ciphertexts(pk.encrypt(values))
+    assert len(packed) == 2
+    assert layout.unpack(sk.decrypt(packed)) == [values[:5], values[5:] + [0] * 4]
+    assert sk.decrypt(packed) == layout.pack([values[:5], values[5:]])
+
+
+@FAST
+@given(st.integers(2, 120), st.integers(1, 4), st.data())
+def test_signed_slots(keys, slot_bits, n_terms, data):
     pk, sk = keys
     k = min(slots_per_plaintext(pk, slot_bits), 8)
-    quarter = 1 << (slot_bits - 3)
-    a = data.draw(st.lists(st.integers(-quarter, quarter - 1), min_size=k, max_size=k))
-    b = data.draw(st.lists(st.integers(-quarter, quarter - 1), min_size=k, max_size=k))
+    half = 2 ** (slot_bits - 1)
+    single = st.integers(-half, half - 1)
+    a = data.draw(st.lists(single, min_size=k, max_size=k))
     assert unpack_signed(pack_signed(a, slot_bits), k, slot_bits) == a
-    total = pk.encrypt([pack_signed(a, slot_bits)]).add(pk.encrypt([pack_signed(b, slot_bits)]))
-    assert unpack_signed(sk.decrypt(total)[0], k, slot_bits) == [x + y for x, y in zip(a, b, strict=True)]
+    assert pk.decode(pk.encode([pack_signed(a, slot_bits)])) == [pack_signed(a, slot_bits)]
+    # Sums of n_terms signed values whose slot-wise sums stay in [-half, half).
+    term = st.integers(-(half // n_terms), (half - 1) // n_terms)
+    rows = [data.draw(st.lists(term, min_size=k, max_size=k)) for _ in range(n_terms)]
+    sums = [sum(col) for col in zip(*rows, strict=True)]
+    assert all(-half <= s < half for s in sums)
+    total = pk.encrypt([pack_signed(row, slot_bits) for row in rows]).sum()
+    assert unpack_signed(sk.decrypt(total)[0], k, slot_bits) == sums
     with pytest.raises(SlotOverflow):
-        unpack_signed(pack_signed(a, slot_bits) + (1 << (slot_bits * k + 1)), k, slot_bits)
+        pack_signed([half], slot_bits)
     with pytest.raises(SlotOverflow):
-        pack_signed([1 << (slot_bits - 1)], slot_bits)
+        pack_signed([-half - 1], slot_bits)
+
+
+def test_signed_slot_overflow_is_detected(keys):
+    pk, sk = keys
+    s, k = 16, 4
+    half = 2 ** (s - 1)
+    extremes = [half - 1, -half, -1, 0]
+    assert unpack_signed(pack_signed(extremes, s), k, s) == extremes
+    # One slot's sum leaves the range: the carry runs past the last slot and is caught.
+    overflow = pk.encrypt([pack_signed([0, 0, 0, half - 1], s), pack_signed([0, 0, 0, 1], s)]).sum()
+    with pytest.raises(SlotOverflow):
+        unpack_signed(sk.decrypt(overflow)[0], k, s)
+    with pytest.raises(SlotOverflow):
+        unpack_signed(pack_signed([0, 0, 0, -half], s) - (1 << (s * 3)), k, s)
+    with pytest.raises(SlotOverflow):
+        unpack_signed(1 << (s * k), k, s)
+    assert unpack_signed(0, k, s) == [0] * k
