@@ -1,15 +1,27 @@
 """PSI: ours (both nodes as separate processes, gRPC over mutual TLS) vs OpenMined PSI on the same IDs.
 
-    python -m benchmarks.psi --n N [--overlap 0.5] [--transport grpc|local] [--json PATH]
+    python -m benchmarks.psi --n N [--overlap 0.5] [--transport grpc|local] [--json PATH] [--workers 2]
 
-Both sides hold N phone-number IDs, ``overlap`` of them shared. OpenMined's ECDH P-256 PSI runs in this
-process (no network), so the ratio flatters it. Peak memory is the resident set of each node process and
-its worker processes, sampled every 0.2 s.
+Both sides hold N unique phone-number IDs ("+44" and 10 digits), ``overlap`` of them shared, so the exact
+intersection is known. ``grpc`` writes each side's IDs (and one numeric feature column, which the node's
+data loader requires) to CSV, starts both nodes as separate OS processes on loopback with mutual TLS, and
+runs an align job (mode "both") from the bank's client; ``seconds`` is the job's own time as the bank node
+measured it (``wall_seconds`` is submit-to-done as the client saw it). ``local`` runs both parties in this
+process over :class:`protocols.channel.LocalPeer`. Correctness: the bank's stored alignment (grpc) or the
+result's IDs (local), as a set, must equal the exact intersection after ``normalise_id``.
+
+OpenMined's ECDH P-256 PSI (``openmined-psi``, reveal_intersection=True) runs in this process on the same
+IDs, its messages serialised to bytes and parsed back, but without any network, so the ratio flatters it.
+It is single-threaded; ours uses ``--workers`` processes per party.
+
+Peak memory is the resident set of each node process plus all its descendants (the worker pool), summed
+and sampled every 0.2 s during the job; shared pages are counted once per process, so it over-states.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -24,38 +36,60 @@ from benchmarks.common import console, fmt, print_table, ratio, write_json
 
 
 def make_ids(n: int, overlap: float, seed: int = 0) -> tuple[list[str], list[str], set[str]]:
+    """Two sets of N unique phone-number-like IDs sharing round(N * overlap), each in random order."""
+    if n < 1:
+        raise ValueError("--n must be at least 1")
+    if not 0.0 <= overlap <= 1.0:
+        raise ValueError("--overlap must be between 0 and 1")
     rng = np.random.default_rng(seed)
     numbers = rng.choice(10**10, size=2 * n, replace=False)
     ids = [f"+44{v:010d}" for v in numbers.tolist()]
     shared = int(round(n * overlap))
     bank = ids[:n]
     platform = ids[:shared] + ids[n:2 * n - shared]
-    return bank, platform, set(bank[:shared])
+    exact = set(bank[:shared])
+    bank = [bank[i] for i in rng.permutation(n)]
+    platform = [platform[i] for i in rng.permutation(n)]
+    return bank, platform, exact
 
 
 class RssSampler:
-    """Peak resident memory (MB) per process tree, sampled in a background thread."""
+    """Peak resident memory (MB) per process tree (process + all descendants, summed), sampled in a thread."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], interval_s: float = 0.2) -> None:
         import psutil
 
         self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.peak = dict.fromkeys(pids, 0.0)
+        self.samples = 0
+        self._interval_s = interval_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
-    def _run(self) -> None:
+    def sample(self) -> dict[str, float]:
         import psutil
 
-        while not self._stop.is_set():
-            for name, proc in self._procs.items():
+        now: dict[str, float] = {}
+        for name, proc in self._procs.items():
+            total = 0
+            try:
+                tree = [proc, *proc.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for p in tree:
                 try:
-                    tree = [proc, *proc.children(recursive=True)]
-                    total = sum(p.memory_info().rss for p in tree) / 2**20
-                except psutil.Error:
+                    total += p.memory_info().rss
+                except psutil.Error:  # a worker that exited between listing and reading
                     continue
-                self.peak[name] = max(self.peak[name], total)
-            self._stop.wait(0.2)
+            now[name] = total / 2**20
+            self.peak[name] = max(self.peak[name], now[name])
+        self.samples += 1
+        return now
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self._interval_s)
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -64,90 +98,188 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.sample()
+
+
+def _sampler(pids: dict[str, int]) -> RssSampler | None:
+    try:
+        return RssSampler(pids)
+    except ImportError:
+        console.print("[yellow]psutil not installed (the [bench] extra): no memory figures[/]")
+        return None
+
+
+def _write_csv(path: Path, ids: list[str]) -> None:
+    pd.DataFrame({"id": ids, "f0": np.arange(len(ids), dtype=np.float64) % 7}).to_csv(path, index=False)
 
 
 def ours_grpc(bank: list[str], platform: list[str], workers: int, workdir: Path) -> dict[str, Any]:
+    from party_bank.client import JobFailed
     from protocols.alignment import AlignmentStore
     from simulations.cluster import LocalCluster
 
-    paths = {}
-    for name, ids in (("bank", bank), ("platform", platform)):
-        paths[name] = workdir / f"{name}.csv"
-        pd.DataFrame({"id": ids, "f0": np.zeros(len(ids))}).to_csv(paths[name], index=False)
+    paths = {name: workdir / f"{name}.csv" for name in ("bank", "platform")}
+    _write_csv(paths["bank"], bank)
+    _write_csv(paths["platform"], platform)
     with LocalCluster(workdir / "cluster", bank_data=paths["bank"], bank_id_column="id",
                       platform_data=paths["platform"], platform_id_column="id", workers=workers) as cluster:
         client = cluster.bank_client()
-        with RssSampler(cluster.pids()) as rss:
+        sampler = _sampler(cluster.pids())
+        idle = sampler.sample() if sampler else {}
+        try:
             started = time.monotonic()
-            result = client.align(mode="both", timeout_s=3600)
+            if sampler:
+                with sampler:
+                    result = client.align(mode="both", timeout_s=3600)
+            else:
+                result = client.align(mode="both", timeout_s=3600)
             wall = time.monotonic() - started
+        except JobFailed:
+            for role in ("bank", "platform"):
+                console.print(f"[red]{role} node log (tail):[/]\n{cluster.log_tail(role)}")
+            raise
         alignment = AlignmentStore(cluster.workdir / "state" / "bank" / "alignments").load(result["job_id"])
-        found = set(alignment.ids or ())
-    return {"seconds": result["seconds"], "wall_seconds": round(wall, 3), "found": found,
-            "peak_rss_mb": round(max(rss.peak.values()), 1), "peak_rss_mb_per_node": rss.peak}
+        found = list(alignment.ids or ())
+    peak = {k: round(v, 1) for k, v in sampler.peak.items()} if sampler else {}
+    return {"seconds": float(result["seconds"]), "wall_seconds": round(wall, 3), "found": found,
+            "reported_size": result.get("intersection_size"),
+            "peak_rss_mb": max(peak.values()) if peak else None, "peak_rss_mb_per_node": peak or None,
+            "idle_rss_mb_per_node": {k: round(v, 1) for k, v in idle.items()} or None,
+            "rss_samples": sampler.samples if sampler else 0, "workers_per_node": workers}
 
 
 def ours_local(bank: list[str], platform: list[str], workers: int) -> dict[str, Any]:
-    from protocols.channel import LocalPeer
-    from protocols.psi import make_platform_psi_handler, run_bank_psi
+    from protocols.channel import LocalPeer, Message
+    from protocols.psi import PlatformPsiHandler, make_platform_psi_handler, run_bank_psi
 
-    def factory(kind: str, job_id: str, params: dict) -> object:
-        return make_platform_psi_handler(job_id, params, platform, workers=workers)
+    handlers: list[PlatformPsiHandler] = []
 
+    def factory(kind: str, job_id: str, params: Message) -> PlatformPsiHandler:
+        handlers.append(make_platform_psi_handler(job_id, params, platform, workers=workers))
+        return handlers[-1]
+
+    sampler = _sampler({"bench_process": os.getpid()})
     started = time.monotonic()
-    result = run_bank_psi(LocalPeer(factory), "bench-psi", bank, mode="both", workers=workers)
-    return {"seconds": round(time.monotonic() - started, 3), "found": set(result.ids or ()), "peak_rss_mb": None}
+    if sampler:
+        with sampler:
+            result = run_bank_psi(LocalPeer(factory), "bench-psi", bank, mode="both", workers=workers)
+    else:
+        result = run_bank_psi(LocalPeer(factory), "bench-psi", bank, mode="both", workers=workers)
+    wall = time.monotonic() - started
+    theirs = handlers[-1].result if handlers else None
+    agreed = theirs is not None and theirs.ids == result.ids and theirs.content_hash == result.content_hash
+    peak = round(sampler.peak["bench_process"], 1) if sampler else None
+    return {"seconds": round(result.seconds, 3), "wall_seconds": round(wall, 3), "found": list(result.ids or ()),
+            "reported_size": result.size, "platform_agreed": agreed,
+            # both parties, the generated IDs and this benchmark, in one process tree
+            "peak_rss_mb": peak, "peak_rss_scope": "whole benchmark process (both parties)",
+            "workers_per_party": workers}
 
 
-def openmined(bank: list[str], platform: list[str]) -> dict[str, Any]:
+def openmined(bank: list[str], platform: list[str], expected: set[str]) -> dict[str, Any]:
+    """Bank = OpenMined client (learns the intersection), platform = server; messages go through bytes."""
     import private_set_intersection.python as psi
 
     started = time.monotonic()
     client = psi.client.CreateWithNewKey(True)
     server = psi.server.CreateWithNewKey(True)
-    setup = server.CreateSetupMessage(0.0, len(bank), platform, psi.DataStructure.RAW)
-    request = client.CreateRequest(bank)
-    response = server.ProcessRequest(request)
-    found = client.GetIntersection(setup, response)
+    setup_bytes = server.CreateSetupMessage(0.0, len(bank), platform, psi.DataStructure.RAW).SerializeToString()
+    request_bytes = client.CreateRequest(bank).SerializeToString()
+    request = psi.Request()
+    request.ParseFromString(request_bytes)
+    response_bytes = server.ProcessRequest(request).SerializeToString()
+    setup, response = psi.ServerSetup(), psi.Response()
+    setup.ParseFromString(setup_bytes)
+    response.ParseFromString(response_bytes)
+    indices = client.GetIntersection(setup, response)
     seconds = time.monotonic() - started
-    return {"seconds": round(seconds, 3), "size": len(found)}
+    found = {bank[i] for i in indices}
+    return {"seconds": round(seconds, 3), "size": len(found), "correct": found == expected,
+            "bytes_exchanged": len(setup_bytes) + len(request_bytes) + len(response_bytes),
+            "curve": "P-256", "threads": 1, "network": False}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from protocols.psi import normalise_id
 
-    bank, platform, exact = make_ids(args.n, args.overlap)
-    console.print(f"PSI {args.n:,} x {args.n:,}, overlap {args.overlap:.0%}, transport {args.transport}")
-    with tempfile.TemporaryDirectory(prefix="bench-psi-") as tmp:
-        ours = ours_grpc(bank, platform, args.workers, Path(tmp)) if args.transport == "grpc" else \
-            ours_local(bank, platform, args.workers)
-    correct = ours.pop("found") == {normalise_id(x) for x in exact}
-    ours.update(transport=args.transport, ids_per_s_per_side=round(args.n / ours["seconds"], 1))
-    try:
-        peer: dict[str, Any] | None = openmined(bank, platform)
-        peer["ids_per_s_per_side"] = round(args.n / peer["seconds"], 1)  # type: ignore[index]
-        peer["correct"] = peer.pop("size") == len(exact)  # type: ignore[union-attr]
-    except ImportError as err:
-        console.print(f"[yellow]openmined-psi not installed ({err}); install the [bench] extra[/]")
-        peer = None
-    result = {"n": args.n, "overlap": args.overlap, "intersection_size": len(exact), "correct": correct,
-              "ours": ours, "peers": {"openmined": peer},
-              "ratios": {"vs_openmined": ratio(ours["ids_per_s_per_side"], (peer or {}).get("ids_per_s_per_side"))}}
-    print_table("PSI", [("ours", fmt(ours["seconds"]), fmt(ours["ids_per_s_per_side"]), fmt(ours["peak_rss_mb"])),
-                        ("OpenMined", fmt((peer or {}).get("seconds")), fmt((peer or {}).get("ids_per_s_per_side")),
-                         "-")], ("", "seconds", "IDs/s per side", "peak RSS MB"))
-    console.print(f"ratio vs OpenMined: {result['ratios']['vs_openmined']}; correct: {correct}")
+    bank, platform, exact = make_ids(args.n, args.overlap, args.seed)
+    expected = {normalise_id(x) for x in exact}
+    console.print(f"PSI {args.n:,} x {args.n:,}, overlap {args.overlap:.0%} ({len(exact):,} shared), "
+                  f"transport {args.transport}, {args.workers} worker(s) per party, {os.cpu_count()} CPU(s)")
+    if args.transport == "grpc":
+        with tempfile.TemporaryDirectory(prefix="bench-psi-") as tmp:
+            ours = ours_grpc(bank, platform, args.workers, Path(tmp))
+    else:
+        ours = ours_local(bank, platform, args.workers)
+    found = ours.pop("found")
+    found_set = {normalise_id(x) for x in found}
+    problems = []
+    if len(found_set) != len(found):
+        problems.append("the stored alignment holds duplicate IDs")
+    if found_set != expected:
+        problems.append(f"intersection differs: {len(found_set - expected):,} extra, "
+                        f"{len(expected - found_set):,} missing")
+    if ours.get("reported_size") != len(expected):
+        problems.append(f"reported size {ours.get('reported_size')} != {len(expected)}")
+    if ours.get("platform_agreed") is False:
+        problems.append("the platform's result differs from the bank's")
+    correct = not problems
+    ours.update(transport=args.transport, ids_per_s_per_side=round(args.n / max(ours["seconds"], 1e-9), 1))
+
+    peer: dict[str, Any] | None
+    peer_note = None
+    if args.no_peer:
+        peer, peer_note = None, "skipped (--no-peer)"
+    else:
+        try:
+            import private_set_intersection.python  # noqa: F401
+        except ImportError as err:
+            peer, peer_note = None, f"openmined-psi cannot be imported ({err}); install the [bench] extra"
+            console.print(f"[yellow]{peer_note}[/]")
+        else:
+            console.print("OpenMined PSI (in-process, single-threaded) ...")
+            peer = openmined(bank, platform, exact)
+            peer["ids_per_s_per_side"] = round(args.n / max(peer["seconds"], 1e-9), 1)
+            if not peer["correct"]:
+                console.print("[red]OpenMined returned a different intersection[/]")
+    result: dict[str, Any] = {
+        "n": args.n, "overlap": args.overlap, "intersection_size": len(exact), "correct": correct,
+        "problems": problems, "ours": ours, "peers": {"openmined": peer},
+        "ratios": {"vs_openmined": ratio(ours["ids_per_s_per_side"], (peer or {}).get("ids_per_s_per_side"))},
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
+    }
+    if peer_note:
+        result["peers"]["openmined_unavailable"] = peer_note
+
+    rss = ours.get("peak_rss_mb_per_node") or {}
+    print_table(f"PSI {args.n:,} x {args.n:,} ({len(exact):,} shared)", [
+        (f"ours {args.transport}", fmt(ours["seconds"]), fmt(ours.get("wall_seconds")),
+         fmt(ours["ids_per_s_per_side"]), ", ".join(f"{k[0]} {fmt(v)}" for k, v in rss.items())
+         or fmt(ours.get("peak_rss_mb"))),
+        ("OpenMined", fmt((peer or {}).get("seconds")), "-",
+         fmt((peer or {}).get("ids_per_s_per_side")), "-"),
+    ], ("", "seconds", "wall s", "IDs/s per side", "peak RSS MB"))
+    verdict = "[green]correct[/]" if correct else f"[red]NOT correct: {'; '.join(problems)}[/]"
+    console.print(f"ratio vs OpenMined: {fmt(result['ratios']['vs_openmined'])}x; intersection {verdict}")
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.psi", description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--n", type=int, default=100_000, help="IDs per side")
+    parser.add_argument("--overlap", type=float, default=0.5, help="share of each side's IDs in the intersection")
     parser.add_argument("--transport", choices=["grpc", "local"], default="grpc")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--json")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes per party")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-peer", action="store_true", help="skip OpenMined")
+    parser.add_argument("--json", help="write the figures here (atomically)")
     args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error("--n must be at least 1")
+    if not 0.0 <= args.overlap <= 1.0:
+        parser.error("--overlap must be between 0 and 1")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     result = run(args)
     write_json(args.json, result)
     return 0 if result["correct"] else 1
