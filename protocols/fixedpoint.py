@@ -44,12 +44,13 @@ def decode(ints: Sequence[int] | np.ndarray, scale_bits: int) -> np.ndarray:
         else np.zeros(0)
 
 
-def quantise(X: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def quantise(X: np.ndarray, bits: int = 8, *, fit_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Signed ``bits``-bit integers per column: ``X ~= Xq * scale`` with ``|Xq| <= 2**(bits-1) - 1``.
 
-    ``scale[j] = max|X[:, j]| / (2**(bits-1) - 1)`` (1 for an all-zero column). The error per entry is at
-    most ``scale[j] / 2``; for standardised features clipped at 5 standard deviations and 8 bits that is
-    at most 5/254 ~ 0.02 standard deviations.
+    ``scale[j] = max|X[fit_rows, j]| / (2**(bits-1) - 1)`` (1 for an all-zero column); ``fit_rows`` (default
+    all rows) lets training rows set the scale for every row, values beyond it are clipped. Within the
+    fitted range the error per entry is at most ``scale[j] / 2``; for standardised features clipped at 5
+    standard deviations and 8 bits that is at most 5/254 ~ 0.02 standard deviations.
     """
     if not 2 <= bits <= 16:
         raise ValueError("bits must be between 2 and 16")
@@ -59,7 +60,8 @@ def quantise(X: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
     if not np.isfinite(X).all():
         raise ValueError("cannot quantise NaN or infinite values")
     top = 2 ** (bits - 1) - 1
-    scale = np.abs(X).max(axis=0, initial=0.0) / top
+    fitted = X if fit_rows is None else X[fit_rows]
+    scale = np.abs(fitted).max(axis=0, initial=0.0) / top
     scale[scale == 0] = 1.0
     Xq = np.clip(np.rint(X / scale), -top, top).astype(np.int64)
     return Xq, scale

@@ -34,7 +34,7 @@ from protocols.channel import Message, Peer, PeerChannel, ProtocolError
 from protocols.dataset import DataError, PartyData, Schema
 from protocols.evaluation import Split, bank_only_baseline, split_rows, tag_metrics
 from protocols.fixedpoint import quantise
-from protocols.packing import pack_signed, slots_per_plaintext, unpack_signed
+from protocols.packing import SlotLayout, pack_signed, slots_per_plaintext, unpack_signed
 from protocols.paillier import (
     CipherVector,
     InvalidCiphertext,
@@ -251,7 +251,7 @@ def exact_xt_s(Xq: np.ndarray, S: list[list[int]] | np.ndarray, n_cols: int) -> 
     X64 = Xq.astype(np.int64)
     limb_bits, mask = 23, (1 << 23) - 1
     for k in range(4):  # 4 limbs of 23 bits cover 2^92 > 2^71
-        limb = np.array([[(int(v) >> (limb_bits * k)) & mask for v in row] for row in shifted], dtype=np.int64)
+        limb = ((shifted >> (limb_bits * k)) & mask).astype(np.int64)
         part = X64.T @ limb
         out += part.astype(object) * (1 << (limb_bits * k))
     col_sums = X64.sum(axis=0).astype(object)
@@ -327,17 +327,12 @@ class BankModel:
         return self.scaler.transform(np.asarray(features, dtype=np.float64)) @ self.weights + self.intercept
 
     def save(self, path: Path) -> None:
-        _json_dump(path, {"kind": self.kind, "version": VERSION, "job_id": self.job_id, "tags": self.tag_names,
-                          "weights": self.weights.tolist(), "intercept": self.intercept.tolist(),
-                          "scaler": self.scaler.to_dict(), "schema": self.schema.to_dict(),
-                          "key_fingerprints": self.key_fingerprints, "alignment_job_id": self.alignment_job_id})
+        _save_model(path, self, intercept=self.intercept.tolist())
 
     @classmethod
     def load(cls, path: Path) -> BankModel:
         d = _load_model_file(path, "bank")
-        return cls(d["job_id"], list(d["tags"]), np.array(d["weights"], dtype=np.float64).reshape(-1, len(d["tags"])),
-                   np.array(d["intercept"], dtype=np.float64), Scaler.from_dict(d["scaler"]),
-                   Schema.from_dict(d["schema"]), dict(d["key_fingerprints"]), str(d.get("alignment_job_id", "")))
+        return cls(intercept=np.array(d["intercept"], dtype=np.float64), **_model_fields(d))
 
 
 @dataclass
@@ -357,17 +352,27 @@ class PlatformModel:
         return self.scaler.transform(np.asarray(features, dtype=np.float64)) @ self.weights
 
     def save(self, path: Path) -> None:
-        _json_dump(path, {"kind": self.kind, "version": VERSION, "job_id": self.job_id, "tags": self.tag_names,
-                          "weights": self.weights.tolist(), "scaler": self.scaler.to_dict(),
-                          "schema": self.schema.to_dict(), "key_fingerprints": self.key_fingerprints,
-                          "alignment_job_id": self.alignment_job_id})
+        _save_model(path, self)
 
     @classmethod
     def load(cls, path: Path) -> PlatformModel:
-        d = _load_model_file(path, "platform")
-        return cls(d["job_id"], list(d["tags"]), np.array(d["weights"], dtype=np.float64).reshape(-1, len(d["tags"])),
-                   Scaler.from_dict(d["scaler"]), Schema.from_dict(d["schema"]), dict(d["key_fingerprints"]),
-                   str(d.get("alignment_job_id", "")))
+        return cls(**_model_fields(_load_model_file(path, "platform")))
+
+
+def _save_model(path: Path, model: BankModel | PlatformModel, **extra: Any) -> None:
+    """What both halves store; ``extra`` holds what only one of them has (the bank's intercepts)."""
+    _json_dump(path, {"kind": model.kind, "version": VERSION, "job_id": model.job_id, "tags": model.tag_names,
+                      "weights": model.weights.tolist(), "scaler": model.scaler.to_dict(),
+                      "schema": model.schema.to_dict(), "key_fingerprints": model.key_fingerprints,
+                      "alignment_job_id": model.alignment_job_id, **extra})
+
+
+def _model_fields(d: dict[str, Any]) -> dict[str, Any]:
+    tags = list(d["tags"])
+    return {"job_id": d["job_id"], "tag_names": tags,
+            "weights": np.array(d["weights"], dtype=np.float64).reshape(-1, len(tags)),
+            "scaler": Scaler.from_dict(d["scaler"]), "schema": Schema.from_dict(d["schema"]),
+            "key_fingerprints": dict(d["key_fingerprints"]), "alignment_job_id": str(d.get("alignment_job_id", ""))}
 
 
 def _load_model_file(path: Path, kind: str) -> dict[str, Any]:
@@ -409,10 +414,7 @@ class _BankTrainer:
         X = self.scaler.transform(bank.features)
         ones = np.ones((len(X), 1))
         self.X_aug = np.hstack([X, ones]) if p.fit_intercept else X
-        _, qscale = quantise(X[split.train], p.quant_bits)
-        # The training rows set the quantisation scale; every row uses it.
-        top = 2 ** (p.quant_bits - 1) - 1
-        self.Xq_aug = np.clip(np.rint(X / qscale), -top, top).astype(np.int64)
+        self.Xq_aug, qscale = quantise(X, p.quant_bits, fit_rows=split.train)
         self.qscale_aug = qscale
         if p.fit_intercept:
             self.Xq_aug = np.hstack([self.Xq_aug, np.ones((len(X), 1), dtype=np.int64)])
@@ -698,9 +700,7 @@ class PlatformTrainHandler:
         p = self.p
         self.scaler = Scaler.fit(self.data.features[self.train], p.clip)
         self.X = self.scaler.transform(self.data.features)
-        self.Xq, self.qscale = quantise(self.X[self.train], p.quant_bits)
-        top = 2 ** (p.quant_bits - 1) - 1
-        self.Xq = np.clip(np.rint(self.X / self.qscale), -top, top).astype(np.int64)
+        self.Xq, self.qscale = quantise(self.X, p.quant_bits, fit_rows=self.train)
         self.W = np.zeros((self.X.shape[1], self.T))
         self.opt = Optimizer(p, self.W.shape)
         self.snapshots: list[np.ndarray] = []
@@ -752,19 +752,18 @@ class PlatformTrainHandler:
         packed_parts, r_all = [], []
         for gi, g in enumerate(groups):
             prod = self.pool.matvec_t(cv[gi * len(rows):(gi + 1) * len(rows)], Xq)
+            # Each feature's product (its tags in slots) becomes one wide slot of the packed ciphertext.
             per_ct = plan.features_per_emask_ct(len(g))
-            for s in range(0, len(prod), per_ct):
-                part = prod[s:s + per_ct]
-                packed = part.values[-1]
-                shift = 1 << (plan.emask_slot * len(g))
-                n2 = self.bpk.nsquare
-                for c in reversed(part.values[:-1]):
-                    packed = pow(packed, shift, n2) * c % n2
-                r = [secrets.randbits(plan.emask_bits + STAT_BITS) for _ in range(len(part) * len(g))]
+            packed = SlotLayout(plan.emask_slot * len(g), per_ct).pack_ciphertexts(prod)
+            n2 = self.bpk.nsquare
+            for index, c in enumerate(packed.values):
+                start = index * per_ct
+                count = min(per_ct, len(prod) - start)
+                r = [secrets.randbits(plan.emask_bits + STAT_BITS) for _ in range(count * len(g))]
                 r_packed = pack_signed(r, plan.emask_slot)
                 enc_r = self.bpk.raw_encrypt(self.bpk.encode([r_packed]), self.bank_noise.take(1))[0]
-                packed_parts.append(packed * enc_r % n2)
-                r_all.append((gi, s, len(part), r_packed))
+                packed_parts.append(c * enc_r % n2)
+                r_all.append((gi, start, count, r_packed))
         self.pending = r_all
         self.stage = "emask_open"
         return {"masked_products": CipherVector(self.bpk, packed_parts).to_bytes()}
