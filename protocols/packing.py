@@ -89,6 +89,9 @@ class SlotLayout:
 
         Each plaintext must be non-negative and below ``2**slot_bits``, or slots bleed into each other.
         """
+        if not self.fits(cv.public_key):
+            raise SlotOverflow(f"a {self.total_bits}-bit slot layout does not fit the plaintexts of a "
+                               f"{cv.public_key.n.bit_length()}-bit key")
         n2 = cv.public_key.nsquare
         shift = mpz(1) << self.slot_bits
         out = []

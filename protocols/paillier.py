@@ -237,10 +237,13 @@ class PrivateKey:
     def _l(x: mpz, d: mpz) -> mpz:
         return (x - 1) // d
 
-    def decrypt_raw(self, cv: CipherVector) -> list[mpz]:
-        """Residues in [0, n) by CRT."""
+    def _check_key(self, cv: CipherVector) -> None:
         if cv.public_key != self.public_key:
             raise InvalidCiphertext("ciphertexts are under another key")
+
+    def decrypt_raw(self, cv: CipherVector) -> list[mpz]:
+        """Residues in [0, n) by CRT."""
+        self._check_key(cv)
         p, q, p2, q2 = self.p, self.q, self.psquare, self.qsquare
         pm1, qm1, hp, hq, pinv = self.p - 1, self.q - 1, self.hp, self.hq, self.p_inverse
         out = []
@@ -255,6 +258,7 @@ class PrivateKey:
 
     def decrypt_small(self, cv: CipherVector) -> list[mpz]:
         """Residues known to be below p (e.g. packed non-negative slots sized for it): half the work."""
+        self._check_key(cv)
         p, p2, pm1, hp = self.p, self.psquare, self.p - 1, self.hp
         return [(gmpy2.powmod(c % p2, pm1, p2) - 1) // p * hp % p for c in cv.values]
 

@@ -99,15 +99,35 @@ class PaillierPool:
         return private_key.public_key.decode(self.decrypt_raw(private_key, cv))
 
     def matvec_t(self, cv: CipherVector, X: np.ndarray) -> CipherVector:
-        """Rows split across workers; each returns partial column products, multiplied together here."""
+        """Columns split across workers when there are at least two per worker; otherwise rows.
+
+        Column splits cost nothing extra: each worker runs the whole bucket method on its own columns.
+        Row splits repeat the bucket combination (about two multiplications per distinct scalar and
+        column) in every chunk and need one more multiplication per column to join the parts, so they
+        are the fallback for a matrix with fewer columns than workers.
+        """
         X = np.asarray(X)
-        splits = self._splits(len(cv), 256)
-        if self.workers == 1 or len(splits) == 1:
-            return matvec_t(cv, X)
-        futures = [self._pool().submit(_matvec_chunk, cv.public_key, cv.values[a:b], X[a:b]) for a, b in splits]
-        parts = [f.result() for f in futures]
-        n2 = cv.public_key.nsquare
-        out = parts[0]
-        for part in parts[1:]:
-            out = [a * b % n2 for a, b in zip(out, part, strict=True)]
-        return CipherVector(cv.public_key, out)
+        if X.ndim != 2 or X.shape[0] != len(cv):
+            raise ValueError(f"X has shape {X.shape}; expected ({len(cv)}, k)")
+        split, bounds = self.matvec_plan(*X.shape)
+        if split == "columns":
+            futures = [self._pool().submit(_matvec_chunk, cv.public_key, cv.values, X[:, a:b]) for a, b in bounds]
+            return CipherVector(cv.public_key, [v for f in futures for v in f.result()])
+        if split == "rows":
+            futures = [self._pool().submit(_matvec_chunk, cv.public_key, cv.values[a:b], X[a:b]) for a, b in bounds]
+            parts = [f.result() for f in futures]
+            n2 = cv.public_key.nsquare
+            out = parts[0]
+            for part in parts[1:]:
+                out = [a * b % n2 for a, b in zip(out, part, strict=True)]
+            return CipherVector(cv.public_key, out)
+        return matvec_t(cv, X)
+
+    def matvec_plan(self, rows: int, cols: int) -> tuple[str, list[tuple[int, int]]]:
+        """How :meth:`matvec_t` splits an (rows, cols) matrix: "columns", "rows" or "none", and the bounds."""
+        if self.workers == 1 or rows * cols < 512:
+            return "none", [(0, rows)]
+        if cols >= self.workers and (cols % self.workers == 0 or cols >= 2 * self.workers or rows < 512):
+            return "columns", self._splits(cols, 1)
+        splits = self._splits(rows, 256)
+        return ("rows", splits) if len(splits) > 1 else ("none", [(0, rows)])

@@ -244,14 +244,20 @@ def test_process_pool_matches_one_process(keys, encrypted_d):
     pk, sk = keys
     d, cv = encrypted_d
     rng = np.random.default_rng(3)
-    X = rng.integers(-127, 128, size=(len(d), 4))  # >= 2 * 256 rows: really split over both workers
+    X = rng.integers(-127, 128, size=(len(d), 4))
     X[:, 1] = 0
     single = matvec_t(cv, X)
+    column = X[:, 2:3]  # one column, >= 2 * 256 rows: split by rows
     with PaillierPool(2) as pool:
-        assert pool._splits(len(cv), 256) == [(0, 300), (300, 600)]
+        assert pool.matvec_plan(*X.shape) == ("columns", [(0, 2), (2, 4)])
+        assert pool.matvec_plan(*column.shape) == ("rows", [(0, 300), (300, 600)])
+        assert pool.matvec_plan(600, 3) == ("rows", [(0, 300), (300, 600)])  # 2 + 1 columns would be lopsided
+        assert pool.matvec_plan(300, 3) == ("columns", [(0, 1), (1, 3)])  # too few rows to split them
+        assert pool.matvec_plan(100, 2)[0] == "none"
         pooled = pool.matvec_t(cv, X)
         assert pooled.values == single.values
         assert sk.decrypt(pooled) == _exact(d, X)
+        assert pool.matvec_t(cv, column).values == single.values[2:3]
         assert pool.decrypt(sk, cv[:100]) == d[:100] == sk.decrypt(cv[:100])
         noise = pool.make_noise(sk, 200)  # >= 2 * 64: made in both workers, CRT path
         assert len({int(v) for v in noise}) == 200
@@ -404,6 +410,8 @@ def test_ciphertext_validation(keys, other_keys):
     with pytest.raises(InvalidCiphertext):
         other_sk.decrypt(pk.encrypt([1]))
     with pytest.raises(InvalidCiphertext):
+        sk.decrypt_small(theirs)
+    with pytest.raises(InvalidCiphertext):
         pk.encrypt([1]).add(theirs)
     with pytest.raises(InvalidCiphertext):
         CipherVector.concat([pk.encrypt([1]), theirs])
@@ -553,6 +561,9 @@ def test_horner_packing_fixed(keys):
     assert len(packed) == 2
     assert layout.unpack(sk.decrypt(packed)) == [values[:5], values[5:] + [0] * 4]
     assert sk.decrypt(packed) == layout.pack([values[:5], values[5:]])
+    too_wide = SlotLayout(120, pk.n.bit_length() // 120 + 1)
+    with pytest.raises(SlotOverflow, match="does not fit"):
+        too_wide.pack_ciphertexts(pk.encrypt(values))
 
 
 @FAST
