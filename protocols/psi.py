@@ -1,4 +1,4 @@
-"""Private set intersection: ECDH over X25519, driven by the bank, in batches, over a PeerChannel.
+"""Private set intersection: ECDH over X25519, driven by the bank, pipelined in batches, over a PeerChannel.
 
 Math. Each ID is normalised (:func:`normalise_id`), hashed with a job salt and a domain tag to a 32-byte
 X25519 u-coordinate ``H(x)``; each party multiplies by its own fresh secret scalar with
@@ -7,22 +7,32 @@ curve and its twist are secure, so any 32-byte hash is a valid input). ``a*b*H(x
 ``x == y`` (up to SHA-256 collisions). Neither party ever sends an ID or a plain hash of one: only
 ``a*H(x)``, ``b*H(y)`` and doubly blinded values.
 
-Steps (bank = a, platform = b; each side shuffles what it sends):
+Steps (bank = a, platform = b; each side sends its points in its own secret random order):
 
-1. ``psi.hello``: nonces from both sides give the job salt; set sizes are exchanged.
-2. ``psi.bank_batch`` (i = 0, 1, ...): the bank sends ``a*H(x)``; the platform computes ``b*a*H(x)`` and,
-   except in cardinality mode, returns them in the same order, so the bank knows its own doubly blinded
-   values. In "both" and "cardinality" modes the platform keeps the set (it cannot link it to IDs).
-3. ``psi.platform_batch`` (i): the platform sends ``b*H(y)``; the bank computes ``a*b*H(y)``.
-   In "both" mode the bank returns them in order (``psi.platform_double``) so the platform can find its
-   own members. In "cardinality" mode the bank returns them shuffled across the whole set, after the
-   last batch, so the platform can only count.
+1. ``psi.hello``: nonces from both sides give the job salt; set sizes are exchanged. The platform starts
+   hashing and blinding its own first batches at once, in the background.
+2. ``psi.exchange`` k = 0, 1, ...: the bank sends its batch k, ``a*H(x)``, and (mode "both") the doubly
+   blinded platform batch k-1, ``a*b*H(y)``, in the platform's order, so the platform can find its own
+   members. The platform replies with ``b*a*H(x)`` for the bank's batch k in the same order (except in
+   cardinality mode, where it keeps them) and its own batch k, ``b*H(y)``. In "both" mode one last
+   exchange carries only the last platform batch's doubles.
+   Both sides compute while the other does: the bank hashes its next batch and blinds the platform's
+   last one while the platform blinds the bank's batch; the platform blinds its own batches ahead.
+3. ``psi.cardinality_batch`` (cardinality mode only): the bank returns ``a*b*H(y)`` shuffled across the
+   whole set, so the platform can only count.
 4. ``psi.finish``: sizes and the content hash are compared; both sides must agree.
 
 Output modes: ``both`` (each learns the intersection), ``bank_only`` (the platform learns only the
 size), ``cardinality`` (both learn only the size). The agreed order of the intersection is the order
 of the doubly blinded values, which both sides hold without revealing anything else; the content hash
 is SHA-256 over that sorted list, so the two nodes can compare alignments.
+
+Memory. Neither side holds a second copy of its IDs: workers normalise, hash and blind one batch at a
+time. Per ID a party keeps 32 bytes for each doubly blinded value it holds (its own and the peer's), in
+RAM or, from ``SPILL_AT`` IDs on and when the node gives a ``spill_dir``, in memory-mapped files there
+(deleted when the job ends); matching uses 8-byte prefixes (16 bytes per ID in RAM) and checks every
+candidate on all 32 bytes. The duplicate check keeps 8 bytes per ID. The IDs themselves are the node's
+data and stay where they are.
 """
 
 from __future__ import annotations
@@ -32,11 +42,14 @@ import multiprocessing as mp
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -46,9 +59,11 @@ from protocols.channel import Message, Peer, ProtocolError
 
 PsiMode = Literal["both", "bank_only", "cardinality"]
 MODES: tuple[str, ...] = ("both", "bank_only", "cardinality")
-VERSION = "psi-x25519-v1"
+VERSION = "psi-x25519-v2"
 POINT = 32
 DOMAIN = b"fedprofile/psi/v1/id-to-point\x00"
+SPILL_AT = 2_000_000  # IDs per side from which doubly blinded values go to memory-mapped files
+LOOKAHEAD = 2  # platform batches hashed and blinded ahead of the bank's requests
 Progress = Callable[[str, int, int], None]
 
 _PHONE_CHARS = re.compile(r"^\+?[0-9 ()./-]{7,}$")
@@ -86,22 +101,6 @@ def normalise_id(raw: str) -> str:
     return text
 
 
-def normalise_ids(ids: Sequence[str]) -> list[str]:
-    """Normalise and check: no empty IDs, no two rows that become the same ID. Errors name rows, not IDs."""
-    if len(ids) == 0:
-        raise PsiError("this party has no IDs: an empty side cannot take part in PSI")
-    out = [normalise_id(str(x)) for x in ids]
-    seen: dict[str, int] = {}
-    for row, value in enumerate(out):
-        if not value:
-            raise PsiError(f"row {row + 1}: empty ID after normalisation")
-        first = seen.setdefault(value, row)
-        if first != row:
-            raise PsiError(f"rows {first + 1} and {row + 1} hold the same ID after normalisation "
-                           "(trim, case, phone/e-mail forms); de-duplicate the file")
-    return out
-
-
 def job_salt(job_id: str, bank_nonce: bytes, platform_nonce: bytes) -> bytes:
     h = hashlib.sha256()
     for part in (b"fedprofile/psi/v1/salt", job_id.encode(), bank_nonce, platform_nonce):
@@ -111,15 +110,28 @@ def job_salt(job_id: str, bank_nonce: bytes, platform_nonce: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------------------- the kernels ----
+# Module-level functions: they run in the worker processes.
+
+
+def _check_chunk(ids: list[str]) -> tuple[bytes, int]:
+    """8-byte digests of the normalised IDs (for the duplicate check) and the first empty row, or -1."""
+    out = bytearray()
+    empty = -1
+    for row, raw in enumerate(ids):
+        value = normalise_id(str(raw)).encode()
+        if not value and empty < 0:
+            empty = row
+        out += hashlib.blake2b(value, digest_size=8).digest()
+    return bytes(out), empty
 
 
 def _hash_blind_chunk(secret: bytes, salt: bytes, ids: list[str]) -> bytes:
     key = X25519PrivateKey.from_private_bytes(secret)
     prefix = hashlib.sha256(DOMAIN + salt)
     out = bytearray()
-    for value in ids:
+    for raw in ids:
         h = prefix.copy()
-        h.update(value.encode())
+        h.update(normalise_id(str(raw)).encode())
         out += _exchange(key, h.digest())
     return bytes(out)
 
@@ -141,8 +153,29 @@ def _exchange(key: X25519PrivateKey, point: bytes) -> bytes:
         raise ProtocolError("a point of small order was received; refusing it") from None
 
 
+class Pending:
+    """Bytes being computed by pool workers, in parts; ``result()`` joins them in order."""
+
+    def __init__(self, parts: list[Future[bytes]] | bytes) -> None:
+        self._parts = parts
+
+    def result(self) -> bytes:
+        if isinstance(self._parts, bytes):
+            return self._parts
+        return b"".join(part.result() for part in self._parts)
+
+    def cancel(self) -> None:
+        if not isinstance(self._parts, bytes):
+            for part in self._parts:
+                part.cancel()
+
+
 class Blinder:
-    """One party's secret scalar and a process pool that uses every core."""
+    """One party's secret scalar and a process pool that uses every core.
+
+    The ``*_async`` methods queue work on the pool and return at once, so a party can compute its next
+    batch while it waits for the peer.
+    """
 
     def __init__(self, workers: int | None = None, *, min_chunk: int = 2_000) -> None:
         self.secret = secrets.token_bytes(POINT)
@@ -158,30 +191,64 @@ class Blinder:
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("forkserver"))
         return self._pool
 
-    def _chunk(self, n: int) -> int:
-        return max(self.min_chunk, -(-n // self.workers))
+    def _bounds(self, n: int) -> list[tuple[int, int]]:
+        size = max(self.min_chunk, -(-n // self.workers))
+        return [(i, min(i + size, n)) for i in range(0, n, size)]
 
-    def hash_and_blind(self, salt: bytes, ids: Sequence[str]) -> bytes:
-        """``secret * H(salt, id)`` for each ID, as 32 bytes each, in order."""
+    def check_ids(self, ids: Sequence[str]) -> None:
+        """Refuse an empty side, empty IDs and IDs equal after normalisation, naming rows (never IDs)."""
+        n = len(ids)
+        if n == 0:
+            raise PsiError("this party has no IDs: an empty side cannot take part in PSI")
+        pool = self._pool_for(n)
+        if pool is None:
+            parts = [_check_chunk(list(ids))]
+            offsets = [0]
+        else:
+            bounds = self._bounds(n)
+            parts = list(pool.map(_check_chunk, [list(ids[lo:hi]) for lo, hi in bounds]))
+            offsets = [lo for lo, _ in bounds]
+        for (_, empty), offset in zip(parts, offsets, strict=True):
+            if empty >= 0:
+                raise PsiError(f"row {offset + empty + 1}: empty ID after normalisation")
+        digests = np.frombuffer(b"".join(d for d, _ in parts), dtype="<u8")
+        order = np.argsort(digests, kind="stable")  # equal digests keep file order
+        same = np.flatnonzero(digests[order[1:]] == digests[order[:-1]])
+        repeats = []
+        for i in same.tolist():  # candidates; an 8-byte digest collision is told apart by the IDs
+            first, row = int(order[i]), int(order[i + 1])
+            if normalise_id(str(ids[first])) == normalise_id(str(ids[row])):
+                repeats.append((row, first))
+        if repeats:
+            row, first = min(repeats)
+            raise PsiError(f"rows {first + 1} and {row + 1} hold the same ID after normalisation "
+                           "(trim, case, phone/e-mail forms); de-duplicate the file")
+
+    def hash_and_blind_async(self, salt: bytes, ids: Sequence[str]) -> Pending:
+        """``secret * H(salt, normalise_id(id))`` for each ID, as 32 bytes each, in order."""
         ids = list(ids)
         pool = self._pool_for(len(ids))
         if pool is None:
-            return _hash_blind_chunk(self.secret, salt, ids)
-        size = self._chunk(len(ids))
-        parts = [ids[i:i + size] for i in range(0, len(ids), size)]
-        return b"".join(pool.map(_hash_blind_chunk, [self.secret] * len(parts), [salt] * len(parts), parts))
+            return Pending(_hash_blind_chunk(self.secret, salt, ids))
+        return Pending([pool.submit(_hash_blind_chunk, self.secret, salt, ids[lo:hi])
+                        for lo, hi in self._bounds(len(ids))])
 
-    def blind(self, points: bytes) -> bytes:
+    def blind_async(self, points: bytes) -> Pending:
         """``secret * P`` for each 32-byte point, in order."""
         if len(points) % POINT:
             raise ProtocolError(f"points must be a multiple of {POINT} bytes, got {len(points)}")
         n = len(points) // POINT
         pool = self._pool_for(n)
         if pool is None:
-            return _blind_chunk(self.secret, points)
-        step = self._chunk(n) * POINT
-        parts = [points[i:i + step] for i in range(0, len(points), step)]
-        return b"".join(pool.map(_blind_chunk, [self.secret] * len(parts), parts))
+            return Pending(_blind_chunk(self.secret, points))
+        return Pending([pool.submit(_blind_chunk, self.secret, points[lo * POINT:hi * POINT])
+                        for lo, hi in self._bounds(n)])
+
+    def hash_and_blind(self, salt: bytes, ids: Sequence[str]) -> bytes:
+        return self.hash_and_blind_async(salt, ids).result()
+
+    def blind(self, points: bytes) -> bytes:
+        return self.blind_async(points).result()
 
     def close(self) -> None:
         self.secret = b""
@@ -195,7 +262,37 @@ def as_points(data: bytes) -> np.ndarray:
 
 
 def content_hash(sorted_points: np.ndarray) -> str:
-    return hashlib.sha256(VERSION.encode() + sorted_points.tobytes()).hexdigest()
+    return hashlib.sha256(VERSION.encode() + np.ascontiguousarray(sorted_points).tobytes()).hexdigest()
+
+
+class PointStore:
+    """Doubly blinded values, one 32-byte slot per ID: in RAM, or in a memory-mapped file when large."""
+
+    def __init__(self, size: int, spill_dir: Path | str | None) -> None:
+        self.size = size
+        self._dir: str | None = None
+        if spill_dir is not None and size >= SPILL_AT:
+            Path(spill_dir).mkdir(parents=True, exist_ok=True)
+            self._dir = tempfile.mkdtemp(prefix="psi-", dir=spill_dir)
+            os.chmod(self._dir, 0o700)
+            self.points: np.ndarray = np.lib.format.open_memmap(
+                os.path.join(self._dir, "points.npy"), mode="w+", dtype=f"V{POINT}", shape=(size,))
+        else:
+            self.points = np.empty(size, dtype=f"V{POINT}")
+
+    @property
+    def spilled(self) -> bool:
+        return self._dir is not None
+
+    def prefixes(self) -> np.ndarray:
+        """The first 8 bytes of every value as uint64 (the matching key)."""
+        return np.ascontiguousarray(np.asarray(self.points).view(np.uint8).reshape(-1, POINT)[:, :8]).view("<u8")[:, 0]
+
+    def close(self) -> None:
+        if self._dir is not None:
+            self.points = np.empty(0, dtype=f"V{POINT}")
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
 
 
 # ------------------------------------------------------------------------------- results ----
@@ -212,40 +309,72 @@ class PsiResult:
     seconds: float
 
 
-def _members(own_double: np.ndarray, peer_double: np.ndarray, ids: Sequence[str]) -> tuple[list[str], str]:
+def _matches(own: PointStore, peer: PointStore) -> np.ndarray:
+    """Rows of ``own`` whose value ``peer`` also holds, checked on all 32 bytes."""
+    own_keys, peer_keys = own.prefixes(), peer.prefixes()
+    candidates = np.flatnonzero(np.isin(own_keys, peer_keys))
+    if len(candidates) == 0:
+        return candidates
+    peer_order = np.argsort(peer_keys, kind="stable")
+    sorted_keys = peer_keys[peer_order]
+    if np.any(sorted_keys[1:] == sorted_keys[:-1]):
+        # Two peer values share a prefix (about N*M/2^64 odds): compare the candidates on whole values.
+        hit = np.isin(np.asarray(own.points)[candidates], np.asarray(peer.points), assume_unique=True)
+        return candidates[hit]
+    where = peer_order[np.searchsorted(sorted_keys, own_keys[candidates])]
+    return candidates[np.asarray(own.points)[candidates] == np.asarray(peer.points)[where]]
+
+
+def _members(own: PointStore, peer: PointStore, ids: Sequence[str]) -> tuple[list[str], str]:
     """Own IDs whose doubly blinded value the peer also has, sorted by that value; and the content hash."""
-    mask = np.isin(own_double, peer_double, assume_unique=True)
-    rows = np.flatnonzero(mask)
-    order = np.argsort(own_double[rows], kind="stable")
-    rows = rows[order]
-    return [ids[r] for r in rows], content_hash(own_double[rows])
+    rows = _matches(own, peer)
+    values = np.asarray(own.points)[rows]
+    order = np.argsort(values, kind="stable")
+    return [ids[r] for r in rows[order].tolist()], content_hash(values[order])
 
 
 def _batches(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def exchange_rounds(bank_batches: int, platform_batches: int, mode: str) -> int:
+    """How many ``psi.exchange`` steps a run takes: in mode "both" the platform's batch k comes back
+    doubly blinded in exchange k + 1, so the last one may need an exchange of its own."""
+    return max(bank_batches, platform_batches + 1 if mode == "both" else platform_batches)
+
+
+def _points_field(message: Message, field: str, count: int, what: str) -> bytes:
+    value = message.get(field)
+    if not isinstance(value, bytes) or len(value) != count * POINT:
+        raise ProtocolError(f"{what} must hold {count} points")
+    return value
+
+
 # ------------------------------------------------------------------------------ the bank ----
 
 
 def run_bank_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = "both", batch_size: int = 50_000,
-                 workers: int | None = None, spill_dir: object = None,
+                 workers: int | None = None, spill_dir: Path | str | None = None,
                  progress: Progress | None = None) -> PsiResult:
     """Run PSI as the bank against the platform behind ``peer``.
 
     ``ids`` are the bank's raw IDs in file order; the result's ``ids`` are the same raw strings.
-    ``spill_dir`` is accepted for the node's sake; the working set is ~100 bytes per ID held in numpy
-    arrays (no per-ID Python objects beyond the ID list itself), see docs/protocol.md.
+    ``spill_dir``: where doubly blinded values go (memory-mapped, deleted afterwards) for large sets.
     """
     if mode not in MODES:
         raise PsiError(f"unknown PSI mode {mode!r}; use one of {', '.join(MODES)}")
     if batch_size < 1:
         raise PsiError("batch_size must be positive")
     started = time.monotonic()
-    normal = normalise_ids(ids)
-    n = len(normal)
+    n = len(ids)
     blinder = Blinder(workers)
-    channel = peer.open("psi", job_id, {"version": VERSION, "mode": mode, "batch_size": batch_size})
+    stores: list[PointStore] = []
+    try:
+        blinder.check_ids(ids)
+        channel = peer.open("psi", job_id, {"version": VERSION, "mode": mode, "batch_size": batch_size})
+    except BaseException:
+        blinder.close()
+        raise
     try:
         nonce = secrets.token_bytes(32)
         hello = channel.call("psi.hello", {"bank_nonce": nonce, "bank_size": n})
@@ -253,44 +382,53 @@ def run_bank_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = "bo
         if not isinstance(platform_nonce, bytes) or len(platform_nonce) != 32 or not isinstance(m, int) or m < 1:
             raise ProtocolError("malformed psi.hello reply")
         salt = job_salt(job_id, nonce, platform_nonce)
+        own_double, platform_double = PointStore(n, spill_dir), PointStore(m, spill_dir)
+        stores += [own_double, platform_double]
 
-        # Phase A: our singly blinded points, in a random order; the platform blinds them again.
         perm = np.random.default_rng(secrets.randbits(64)).permutation(n)
-        own_double = np.empty(n, dtype=f"V{POINT}")
-        for k, (lo, hi) in enumerate(_batches(n, batch_size)):
-            rows = perm[lo:hi]
-            points = blinder.hash_and_blind(salt, [normal[r] for r in rows])
-            reply = channel.call("psi.bank_batch", {"index": k, "points": points})
-            if mode != "cardinality":
-                double = reply.get("double")
-                if not isinstance(double, bytes) or len(double) != len(points):
-                    raise ProtocolError("psi.bank_batch reply has the wrong size")
-                own_double[rows] = as_points(double)
-            if progress:
-                progress("psi: bank points", hi, n)
+        own_batches, platform_batches = _batches(n, batch_size), _batches(m, batch_size)
 
-        # Phase B: the platform's singly blinded points; we blind them again.
-        platform_double = np.empty(m, dtype=f"V{POINT}")
-        got = 0
-        for k, (lo, hi) in enumerate(_batches(m, batch_size)):
-            reply = channel.call("psi.platform_batch", {"index": k})
-            points = reply.get("points")
-            if not isinstance(points, bytes) or len(points) != (hi - lo) * POINT:
-                raise ProtocolError("psi.platform_batch reply has the wrong size")
-            double = blinder.blind(points)
-            platform_double[lo:hi] = as_points(double)
-            got = hi
-            if mode == "both":
-                channel.call("psi.platform_double", {"index": k, "double": double})
-            if progress:
-                progress("psi: platform points", hi, m)
-        if got != m:
-            raise ProtocolError("the platform sent fewer points than it announced")
+        def own_points(k: int) -> Pending:
+            lo, hi = own_batches[k]
+            return blinder.hash_and_blind_async(salt, [ids[r] for r in perm[lo:hi].tolist()])
+
+        ahead = own_points(0)
+        blinding: Pending | None = None  # the platform's previous batch, being blinded by us
+        for k in range(exchange_rounds(len(own_batches), len(platform_batches), mode)):
+            message: Message = {"index": k}
+            if k < len(own_batches):
+                message["points"] = ahead.result()
+                if k + 1 < len(own_batches):
+                    ahead = own_points(k + 1)
+            if blinding is not None:
+                double = blinding.result()
+                lo, hi = platform_batches[k - 1]
+                platform_double.points[lo:hi] = as_points(double)
+                if mode == "both":
+                    message["platform_double"] = double
+                blinding = None
+                if progress:
+                    progress("psi: platform points", hi, m)
+            reply = channel.call("psi.exchange", message)
+            if k < len(own_batches):
+                lo, hi = own_batches[k]
+                if mode != "cardinality":
+                    double = _points_field(reply, "double", hi - lo, f"psi.exchange {k} reply")
+                    own_double.points[perm[lo:hi]] = as_points(double)
+                if progress:
+                    progress("psi: bank points", hi, n)
+            if k < len(platform_batches):
+                lo, hi = platform_batches[k]
+                blinding = blinder.blind_async(_points_field(reply, "points", hi - lo, f"psi.exchange {k} reply"))
+        if blinding is not None:  # bank_only and cardinality: the platform's last batch was never sent back
+            lo, hi = platform_batches[-1]
+            platform_double.points[lo:hi] = as_points(blinding.result())
 
         if mode == "cardinality":
-            shuffled = platform_double[np.random.default_rng(secrets.randbits(64)).permutation(m)]
+            shuffled = np.asarray(platform_double.points)[np.random.default_rng(secrets.randbits(64)).permutation(m)]
             for k, (lo, hi) in enumerate(_batches(m, batch_size)):
                 channel.call("psi.cardinality_batch", {"index": k, "double": shuffled[lo:hi].tobytes()})
+            del shuffled
             reply = channel.call("psi.finish", {})
             size = reply.get("size")
             if not isinstance(size, int) or not 0 <= size <= min(n, m):
@@ -310,6 +448,8 @@ def run_bank_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = "bo
         raise
     finally:
         blinder.close()
+        for store in stores:
+            store.close()
 
 
 # -------------------------------------------------------------------------- the platform ----
@@ -319,7 +459,7 @@ class PlatformPsiHandler:
     """The platform's side of one PSI session. ``result`` is set after ``psi.finish``."""
 
     def __init__(self, job_id: str, params: Message, ids: Sequence[str], *, workers: int | None = None,
-                 progress: Progress | None = None) -> None:
+                 spill_dir: Path | str | None = None, progress: Progress | None = None) -> None:
         if params.get("version") != VERSION:
             raise ProtocolError(f"PSI version {params.get('version')!r} is not supported (this node: {VERSION})")
         mode = params.get("mode")
@@ -329,23 +469,31 @@ class PlatformPsiHandler:
         if not isinstance(batch_size, int) or not 1 <= batch_size <= 1_000_000:
             raise ProtocolError("batch_size must be an integer between 1 and 1,000,000")
         self.job_id, self.mode, self.batch_size = job_id, str(mode), batch_size
-        self.raw_ids = ids
-        try:
-            self.normal = normalise_ids(ids)
-        except PsiError as err:
-            raise ProtocolError(f"platform data: {err}") from err
-        self.m = len(self.normal)
+        self.ids = ids
+        self.m = len(ids)
         self.blinder = Blinder(workers)
+        try:
+            self.blinder.check_ids(ids)
+        except PsiError as err:
+            self.blinder.close()
+            raise ProtocolError(f"platform data: {err}") from err
+        self.spill_dir = spill_dir
         self.progress = progress
         self.started = time.monotonic()
         self.expected = "psi.hello"
         self.salt = b""
         self.n = 0
-        self.bank_batches = self.platform_batches = 0
+        self.round = 0
+        self.rounds = 0
         self.perm = np.random.default_rng(secrets.randbits(64)).permutation(self.m)
-        self.bank_double: list[bytes] = []
-        self.own_double = np.empty(self.m, dtype=f"V{POINT}")
-        self.cardinality_double: list[bytes] = []
+        self.own_batches = _batches(self.m, batch_size)
+        self.bank_batches: list[tuple[int, int]] = []
+        self.ahead: dict[int, Pending] = {}
+        self.stores: list[PointStore] = []
+        self.own_double: PointStore | None = None  # mode "both": a*b*H(y) for our rows
+        self.bank_double: PointStore | None = None  # modes "both" and "cardinality": b*a*H(x), bank's order
+        self.cardinality_double: PointStore | None = None
+        self.cardinality_batches = 0
         self.received_double = 0
         self.result: PsiResult | None = None
 
@@ -357,11 +505,20 @@ class PlatformPsiHandler:
         if message.get("index") != expected:
             raise ProtocolError(f"batch {message.get('index')!r} arrived where batch {expected} was expected")
 
+    def _store(self, size: int) -> PointStore:
+        store = PointStore(size, self.spill_dir)
+        self.stores.append(store)
+        return store
+
+    def _queue_own(self, k: int) -> None:
+        if k < len(self.own_batches) and k not in self.ahead:
+            lo, hi = self.own_batches[k]
+            self.ahead[k] = self.blinder.hash_and_blind_async(
+                self.salt, [self.ids[r] for r in self.perm[lo:hi].tolist()])
+
     def handle(self, step: str, message: Message) -> Message:
         if self.result is not None:
             raise ProtocolError("this PSI session has finished")
-        n_bank_batches = -(-self.n // self.batch_size) if self.n else 0
-        n_platform_batches = -(-self.m // self.batch_size)
         if step == "psi.hello":
             self._need(step, self.expected)
             nonce, n = message.get("bank_nonce"), message.get("bank_size")
@@ -370,75 +527,80 @@ class PlatformPsiHandler:
             platform_nonce = secrets.token_bytes(32)
             self.salt = job_salt(self.job_id, nonce, platform_nonce)
             self.n = n
-            self.expected = "psi.bank_batch"
-            return {"platform_nonce": platform_nonce, "platform_size": self.m}
-        if step == "psi.bank_batch":
-            self._need(step, "psi.bank_batch")
-            if self.expected != "psi.bank_batch" or self.bank_batches >= n_bank_batches:
-                raise ProtocolError("unexpected bank batch")
-            self._index(message, self.bank_batches)
-            points = message.get("points")
-            want = min(self.batch_size, self.n - self.bank_batches * self.batch_size)
-            if not isinstance(points, bytes) or len(points) != want * POINT:
-                raise ProtocolError(f"bank batch {self.bank_batches} must hold {want} points")
-            double = self.blinder.blind(points)
-            self.bank_batches += 1
-            if self.bank_batches == n_bank_batches:
-                self.expected = "psi.platform_batch"
-            if self.progress:
-                self.progress("psi: bank points", min(self.bank_batches * self.batch_size, self.n), self.n)
-            if self.mode != "bank_only":
-                self.bank_double.append(double)
-            return {} if self.mode == "cardinality" else {"double": double}
-        if step == "psi.platform_batch":
-            self._need(self.expected, "psi.platform_batch")
-            self._index(message, self.platform_batches)
-            if self.platform_batches >= n_platform_batches:
-                raise ProtocolError("no more platform batches")
-            lo = self.platform_batches * self.batch_size
-            hi = min(lo + self.batch_size, self.m)
-            points = self.blinder.hash_and_blind(self.salt, [self.normal[r] for r in self.perm[lo:hi]])
-            self.platform_batches += 1
+            self.bank_batches = _batches(n, self.batch_size)
+            self.rounds = exchange_rounds(len(self.bank_batches), len(self.own_batches), self.mode)
             if self.mode == "both":
-                self.expected = "psi.platform_double"
-            elif self.platform_batches == n_platform_batches:
-                self.expected = "psi.cardinality_batch" if self.mode == "cardinality" else "psi.finish"
-            return {"points": points}
-        if step == "psi.platform_double":
-            self._need(self.expected, "psi.platform_double")
-            self._index(message, self.platform_batches - 1)
-            lo = (self.platform_batches - 1) * self.batch_size
-            hi = min(lo + self.batch_size, self.m)
-            double = message.get("double")
-            if not isinstance(double, bytes) or len(double) != (hi - lo) * POINT:
-                raise ProtocolError("psi.platform_double has the wrong size")
-            self.own_double[self.perm[lo:hi]] = as_points(double)
-            self.received_double = hi
-            self.expected = "psi.platform_batch" if self.platform_batches < n_platform_batches else "psi.finish"
-            return {}
+                self.own_double = self._store(self.m)
+            if self.mode != "bank_only":
+                self.bank_double = self._store(n)
+            for k in range(LOOKAHEAD):
+                self._queue_own(k)
+            self.expected = "psi.exchange"
+            return {"platform_nonce": platform_nonce, "platform_size": self.m}
+        if step == "psi.exchange":
+            self._need(step, self.expected)
+            return self._exchange(message)
         if step == "psi.cardinality_batch":
-            self._need(self.expected, "psi.cardinality_batch")
-            self._index(message, len(self.cardinality_double))
-            double = message.get("double")
-            lo = len(self.cardinality_double) * self.batch_size
-            want = min(self.batch_size, self.m - lo)
-            if not isinstance(double, bytes) or len(double) != want * POINT:
-                raise ProtocolError("psi.cardinality_batch has the wrong size")
-            self.cardinality_double.append(double)
-            if len(self.cardinality_double) == n_platform_batches:
+            self._need(step, self.expected)
+            assert self.cardinality_double is not None
+            self._index(message, self.cardinality_batches)
+            lo, hi = self.own_batches[self.cardinality_batches]
+            double = _points_field(message, "double", hi - lo, "psi.cardinality_batch")
+            self.cardinality_double.points[lo:hi] = as_points(double)
+            self.cardinality_batches += 1
+            if self.cardinality_batches == len(self.own_batches):
                 self.expected = "psi.finish"
             return {}
         if step == "psi.finish":
-            self._need(self.expected, "psi.finish")
+            self._need(step, self.expected)
             return self._finish(message)
         raise ProtocolError(f"unknown PSI step {step!r}")
+
+    def _exchange(self, message: Message) -> Message:
+        k = self.round
+        self._index(message, k)
+        blinding = None
+        if k < len(self.bank_batches):
+            lo, hi = self.bank_batches[k]
+            blinding = self.blinder.blind_async(_points_field(message, "points", hi - lo, f"bank batch {k}"))
+        elif "points" in message:
+            raise ProtocolError(f"exchange {k} carries bank points after the last bank batch")
+        if self.mode == "both" and 1 <= k <= len(self.own_batches):
+            assert self.own_double is not None
+            lo, hi = self.own_batches[k - 1]
+            double = _points_field(message, "platform_double", hi - lo, f"exchange {k}'s platform_double")
+            self.own_double.points[self.perm[lo:hi]] = as_points(double)
+            self.received_double = hi
+        elif "platform_double" in message:
+            raise ProtocolError(f"exchange {k} carries doubly blinded platform points it should not")
+        reply: Message = {}
+        if k < len(self.own_batches):
+            self._queue_own(k)
+            reply["points"] = self.ahead.pop(k).result()
+            self._queue_own(k + LOOKAHEAD)
+        if blinding is not None:
+            lo, hi = self.bank_batches[k]
+            double = blinding.result()
+            if self.bank_double is not None:
+                self.bank_double.points[lo:hi] = as_points(double)
+            if self.mode != "cardinality":
+                reply["double"] = double
+            if self.progress:
+                self.progress("psi: bank points", hi, self.n)
+        self.round += 1
+        if self.round == self.rounds:
+            if self.mode == "cardinality":
+                self.cardinality_double = self._store(self.m)
+                self.expected = "psi.cardinality_batch"
+            else:
+                self.expected = "psi.finish"
+        return reply
 
     def _finish(self, message: Message) -> Message:
         elapsed = lambda: time.monotonic() - self.started  # noqa: E731
         if self.mode == "cardinality":
-            bank = as_points(b"".join(self.bank_double))
-            theirs = as_points(b"".join(self.cardinality_double))
-            size = int(np.isin(theirs, bank, assume_unique=True).sum())
+            assert self.bank_double is not None and self.cardinality_double is not None
+            size = len(_matches(self.cardinality_double, self.bank_double))
             self.result = PsiResult(self.mode, size, None, "", self.m, self.n, elapsed())
             return {"size": size}
         size, digest = message.get("size"), message.get("content_hash")
@@ -448,19 +610,26 @@ class PlatformPsiHandler:
             # We learn only the size the bank reports; we cannot check it, and cannot link it to our users.
             self.result = PsiResult(self.mode, size, None, digest, self.m, self.n, elapsed())
             return {"size": size}
-        members, own_digest = _members(self.own_double, as_points(b"".join(self.bank_double)), self.raw_ids)
+        assert self.own_double is not None and self.bank_double is not None
+        if self.received_double != self.m:
+            raise ProtocolError("the bank has not returned every doubly blinded platform point")
+        members, own_digest = _members(self.own_double, self.bank_double, self.ids)
         if len(members) != size or own_digest != digest:
             raise ProtocolError("the two sides computed different intersections; nothing stored")
         self.result = PsiResult(self.mode, size, members, own_digest, self.m, self.n, elapsed())
         return {"size": size, "content_hash": own_digest}
 
     def close(self) -> None:
+        for pending in self.ahead.values():
+            pending.cancel()
+        self.ahead.clear()
         self.blinder.close()
-        self.bank_double.clear()
-        self.cardinality_double.clear()
+        for store in self.stores:
+            store.close()
 
 
 def make_platform_psi_handler(job_id: str, params: Message, ids: Sequence[str], *, workers: int | None = None,
-                              spill_dir: object = None, progress: Progress | None = None) -> PlatformPsiHandler:
+                              spill_dir: Path | str | None = None,
+                              progress: Progress | None = None) -> PlatformPsiHandler:
     """The node's SessionFactory calls this when the bank opens a ``psi`` session."""
-    return PlatformPsiHandler(job_id, params, ids, workers=workers, progress=progress)
+    return PlatformPsiHandler(job_id, params, ids, workers=workers, spill_dir=spill_dir, progress=progress)

@@ -12,6 +12,7 @@ from protocols.alignment import AlignmentError, AlignmentStore
 from protocols.channel import LocalPeer, Message, PeerError, ProtocolError
 from protocols.psi import (
     VERSION,
+    Blinder,
     PlatformPsiHandler,
     PsiError,
     make_platform_psi_handler,
@@ -27,15 +28,17 @@ def phones(lo: int, hi: int) -> list[str]:
 class Recorder:
     """Runs PSI in one process and keeps the platform handler and every message both ways."""
 
-    def __init__(self, platform_ids: list[str], workers: int = 1) -> None:
+    def __init__(self, platform_ids: list[str], workers: int = 1, spill_dir: Path | None = None) -> None:
         self.platform_ids = platform_ids
         self.workers = workers
+        self.spill_dir = spill_dir
         self.handler: PlatformPsiHandler | None = None
         self.peer = LocalPeer(self.factory)
 
     def factory(self, kind: str, job_id: str, params: Message) -> PlatformPsiHandler:
         assert kind == "psi"
-        self.handler = make_platform_psi_handler(job_id, params, self.platform_ids, workers=self.workers)
+        self.handler = make_platform_psi_handler(job_id, params, self.platform_ids, workers=self.workers,
+                                                 spill_dir=self.spill_dir)
         return self.handler
 
     def run(self, bank_ids: list[str], **kw):
@@ -81,14 +84,18 @@ def test_modes_reveal_only_what_they_promise() -> None:
     assert theirs.ids is None and theirs.size == 100
     # In bank_only mode the platform never receives doubly blinded values of its own users: it has
     # nothing it could compare against the bank's points.
-    sent_to_platform = {step for step, _, _ in rec.peer.channels[0].transcript}
-    assert "psi.platform_double" not in sent_to_platform
+    sent = [req for _, req, _ in rec.peer.channels[0].transcript]
+    assert sent and not any("platform_double" in req for req in sent)
     rec = Recorder(platform)
     ours, theirs = rec.run(bank, mode="cardinality", batch_size=100)
     assert ours.size == theirs.size == 100 and ours.ids is None and theirs.ids is None
-    # In cardinality mode the bank never gets its own doubly blinded values back.
-    replies = [reply for step, _, reply in rec.peer.channels[0].transcript if step == "psi.bank_batch"]
-    assert replies and all(reply == {} for reply in replies)
+    # In cardinality mode the bank never gets its own doubly blinded values back, and the platform gets
+    # its own only shuffled across the whole set.
+    transcript = rec.peer.channels[0].transcript
+    replies = [reply for step, _, reply in transcript if step == "psi.exchange"]
+    assert replies and not any("double" in reply for reply in replies)
+    assert not any("platform_double" in req for _, req, _ in transcript)
+    assert sum(1 for step, _, _ in transcript if step == "psi.cardinality_batch") == 5
 
 
 def test_nothing_sent_contains_an_id_or_its_plain_hash() -> None:
@@ -127,6 +134,14 @@ def test_bad_input_is_refused_with_rows_named() -> None:
         run_bank_psi(Recorder(["x", "X"]).peer, "job-psi-err-04", ["a"])
     with pytest.raises(PsiError, match="unknown PSI mode"):
         run_bank_psi(Recorder(["x"]).peer, "job-psi-err-05", ["a"], mode="everything")
+    # Checked in the worker pool, chunk by chunk: rows are still counted from the top of the file.
+    many = phones(0, 6000)
+    many[5999] = " " + many[10].replace("+44", "0044")
+    with pytest.raises(PsiError, match="rows 11 and 6000 hold the same ID"):
+        Blinder(2).check_ids(many)
+    many[5999], many[4500] = "x", " "
+    with pytest.raises(PsiError, match="row 4501: empty ID"):
+        Blinder(2).check_ids(many)
 
 
 def test_platform_refuses_out_of_order_and_malformed_steps() -> None:
@@ -136,11 +151,20 @@ def test_platform_refuses_out_of_order_and_malformed_steps() -> None:
         handler.handle("psi.finish", {"size": 0, "content_hash": ""})
     handler.handle("psi.hello", {"bank_nonce": b"\x01" * 32, "bank_size": 15})
     with pytest.raises(ProtocolError, match="batch 1 arrived where batch 0"):
-        handler.handle("psi.bank_batch", {"index": 1, "points": b"\x09" * 320})
+        handler.handle("psi.exchange", {"index": 1, "points": b"\x09" * 320})
     with pytest.raises(ProtocolError, match="must hold 10 points"):
-        handler.handle("psi.bank_batch", {"index": 0, "points": b"\x09" * 31})
+        handler.handle("psi.exchange", {"index": 0, "points": b"\x09" * 31})
     with pytest.raises(ProtocolError, match="small order"):
-        handler.handle("psi.bank_batch", {"index": 0, "points": b"\x00" * 320})
+        handler.handle("psi.exchange", {"index": 0, "points": b"\x00" * 320})
+    with pytest.raises(ProtocolError, match="should not"):  # nothing to return in the first exchange
+        handler.handle("psi.exchange", {"index": 0, "points": b"\x09" * 320, "platform_double": b"\x09" * 320})
+    reply = handler.handle("psi.exchange", {"index": 0, "points": b"\x09" * 320})
+    assert len(reply["double"]) == len(reply["points"]) == 320
+    with pytest.raises(ProtocolError, match="platform_double must hold 10 points"):
+        handler.handle("psi.exchange", {"index": 1, "points": b"\x09" * 160})
+    with pytest.raises(ProtocolError, match="out of order"):
+        handler.handle("psi.finish", {"size": 0, "content_hash": ""})
+    handler.close()
     with pytest.raises(ProtocolError, match="not supported"):
         PlatformPsiHandler("job-psi-order-2", {**params, "version": "psi-v0"}, ["a"], workers=1)
 
@@ -178,6 +202,60 @@ def test_parallel_workers_give_the_same_result() -> None:
     bank, platform = phones(0, 6000), phones(3000, 9000)
     ours, theirs = Recorder(platform, workers=2).run(bank, batch_size=5000)
     assert ours.size == 3000 and ours.ids == theirs.ids
+    solo, _ = Recorder(platform, workers=1).run(bank, batch_size=5000)
+    assert set(solo.ids) == set(ours.ids)
+
+
+@pytest.mark.parametrize(("n_bank", "n_platform", "batch"), [(1000, 90, 100), (90, 1000, 100), (300, 300, 300)])
+def test_uneven_batch_counts(n_bank: int, n_platform: int, batch: int) -> None:
+    # More bank batches than platform batches and the other way round: the pipelined exchanges line up.
+    bank, platform = phones(0, n_bank), phones(n_bank - 50, n_bank - 50 + n_platform)
+    for mode in ("both", "bank_only", "cardinality"):
+        rec = Recorder(platform)
+        ours, theirs = rec.run(bank, mode=mode, batch_size=batch)
+        assert ours.size == theirs.size == 50
+        exchanges = [step for step, _, _ in rec.peer.channels[0].transcript if step == "psi.exchange"]
+        bank_batches, platform_batches = -(-n_bank // batch), -(-n_platform // batch)
+        extra = 1 if mode == "both" else 0
+        assert len(exchanges) == max(bank_batches, platform_batches + extra)
+
+
+def test_large_sets_spill_to_files_that_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import protocols.psi as psi
+
+    monkeypatch.setattr(psi, "SPILL_AT", 100)
+    seen: list[bool] = []
+    original = psi.PointStore.__init__
+
+    def spying_init(self, size, spill_dir):  # type: ignore[no-untyped-def]
+        original(self, size, spill_dir)
+        seen.append(self.spilled)
+        assert not self.spilled or any(Path(spill_dir).iterdir())
+
+    monkeypatch.setattr(psi.PointStore, "__init__", spying_init)
+    rec = Recorder(phones(100, 400), spill_dir=tmp_path / "platform")
+    result = run_bank_psi(rec.peer, "job-psi-spill-1", phones(0, 300), batch_size=64, spill_dir=tmp_path / "bank")
+    assert result.size == 200 and set(result.ids) == set(phones(100, 300))
+    assert rec.handler.result.ids == result.ids
+    assert len(seen) == 4 and all(seen)  # both sides' own and peer values
+    rec.handler.close()  # as the node does when the session ends
+    assert list((tmp_path / "bank").iterdir()) == list((tmp_path / "platform").iterdir()) == []
+
+
+def test_matching_falls_back_on_prefix_collisions() -> None:
+    from protocols.psi import PointStore, _matches
+
+    rng = np.random.default_rng(5)
+    own, peer = PointStore(6, None), PointStore(5, None)
+    raw = rng.integers(0, 256, size=(11, 32), dtype=np.uint8)
+    raw[7, :8] = raw[8, :8]  # two peer values share an 8-byte prefix (the fallback path)
+    raw[2, :8] = raw[9, :8]  # an own value shares a prefix with a peer value but differs after it
+    own.points[:] = raw[:6].copy().view("V32")[:, 0]
+    peer.points[:] = np.concatenate([raw[[0, 4]], raw[7:10]]).copy().view("V32")[:, 0]
+    assert _matches(own, peer).tolist() == [0, 4]
+    peer.points[3] = peer.points[4]  # back to unique prefixes: the searchsorted path
+    peer.points[4] = own.points[5]
+    assert _matches(own, peer).tolist() == [0, 4, 5]
 
 
 def test_alignment_store_round_trip_and_integrity(tmp_path: Path) -> None:
