@@ -61,6 +61,7 @@ class RssSampler:
 
         self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.peak = dict.fromkeys(pids, 0.0)
+        self.main_peak = dict.fromkeys(pids, 0.0)  # the process alone, without its worker pool
         self.samples = 0
         self._interval_s = interval_s
         self._stop = threading.Event()
@@ -78,9 +79,12 @@ class RssSampler:
                 continue
             for p in tree:
                 try:
-                    total += p.memory_info().rss
+                    rss = p.memory_info().rss
                 except psutil.Error:  # a worker that exited between listing and reading
                     continue
+                total += rss
+                if p is proc:
+                    self.main_peak[name] = max(self.main_peak[name], rss / 2**20)
             now[name] = total / 2**20
             self.peak[name] = max(self.peak[name], now[name])
         self.samples += 1
@@ -145,6 +149,7 @@ def ours_grpc(bank: list[str], platform: list[str], workers: int, workdir: Path)
             "reported_size": result.get("intersection_size"),
             "peak_rss_mb": max(peak.values()) if peak else None, "peak_rss_mb_per_node": peak or None,
             "idle_rss_mb_per_node": {k: round(v, 1) for k, v in idle.items()} or None,
+            "peak_rss_mb_node_process_only": {k: round(v, 1) for k, v in sampler.main_peak.items()} if sampler else None,
             "rss_samples": sampler.samples if sampler else 0, "workers_per_node": workers}
 
 

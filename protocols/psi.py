@@ -38,6 +38,7 @@ data and stay where they are.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import multiprocessing as mp
 import os
 import re
@@ -46,7 +47,7 @@ import shutil
 import tempfile
 import time
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,8 +192,9 @@ class Blinder:
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("forkserver"))
         return self._pool
 
-    def _bounds(self, n: int) -> list[tuple[int, int]]:
+    def _bounds(self, n: int, most: int | None = None) -> list[tuple[int, int]]:
         size = max(self.min_chunk, -(-n // self.workers))
+        size = min(size, most) if most else size
         return [(i, min(i + size, n)) for i in range(0, n, size)]
 
     def check_ids(self, ids: Sequence[str]) -> None:
@@ -205,8 +207,8 @@ class Blinder:
             parts = [_check_chunk(list(ids))]
             offsets = [0]
         else:
-            bounds = self._bounds(n)
-            parts = list(pool.map(_check_chunk, [list(ids[lo:hi]) for lo, hi in bounds]))
+            bounds = self._bounds(n, most=100_000)  # bounded chunks: each worker holds few IDs at a time
+            parts = list(pool.map(_check_chunk, (list(ids[lo:hi]) for lo, hi in bounds)))
             offsets = [lo for lo, _ in bounds]
         for (_, empty), offset in zip(parts, offsets, strict=True):
             if empty >= 0:
@@ -266,31 +268,80 @@ def content_hash(sorted_points: np.ndarray) -> str:
 
 
 class PointStore:
-    """Doubly blinded values, one 32-byte slot per ID: in RAM, or in a memory-mapped file when large."""
+    """Doubly blinded values, one 32-byte slot per ID, written a batch at a time.
+
+    Small sets live in RAM. From ``SPILL_AT`` slots on (when given a ``spill_dir``) they live in a file in a
+    private temporary directory, written through a shared memory map whose pages are handed back to the
+    kernel after every batch, and read back by streaming; the file is deleted by :meth:`close`.
+    """
+
+    READ_CHUNK = 1 << 20  # slots per read when streaming a spilled file
 
     def __init__(self, size: int, spill_dir: Path | str | None) -> None:
         self.size = size
         self._dir: str | None = None
+        self._map: mmap.mmap | None = None
+        self._points = np.empty(0 if spill_dir is not None and size >= SPILL_AT else size, dtype=f"V{POINT}")
         if spill_dir is not None and size >= SPILL_AT:
             Path(spill_dir).mkdir(parents=True, exist_ok=True)
-            self._dir = tempfile.mkdtemp(prefix="psi-", dir=spill_dir)
-            os.chmod(self._dir, 0o700)
-            self.points: np.ndarray = np.lib.format.open_memmap(
-                os.path.join(self._dir, "points.npy"), mode="w+", dtype=f"V{POINT}", shape=(size,))
-        else:
-            self.points = np.empty(size, dtype=f"V{POINT}")
+            self._dir = tempfile.mkdtemp(prefix="psi-", dir=spill_dir)  # mode 0700
+            self._path = os.path.join(self._dir, "points.bin")
+            with open(self._path, "wb") as f:
+                f.truncate(size * POINT)
+            with open(self._path, "r+b") as f:
+                self._map = mmap.mmap(f.fileno(), size * POINT, access=mmap.ACCESS_WRITE)
 
     @property
     def spilled(self) -> bool:
         return self._dir is not None
 
+    def write(self, where: slice | np.ndarray, data: bytes) -> None:
+        """Store the values in ``data`` (32 bytes each) at slots ``where`` (a slice or row numbers)."""
+        if self._map is None:
+            self._points[where] = as_points(data)
+            return
+        view = np.frombuffer(self._map, dtype=f"V{POINT}")
+        view[where] = as_points(data)
+        del view
+        # A shared file mapping: the data stays in the page cache and reaches the file; only our resident
+        # set shrinks.
+        self._map.madvise(mmap.MADV_DONTNEED)
+
+    def _chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first slot, values) over the whole store, a bounded chunk at a time."""
+        if self._map is None:
+            yield 0, self._points
+            return
+        with open(self._path, "rb") as f:
+            for lo in range(0, self.size, self.READ_CHUNK):
+                yield lo, np.fromfile(f, dtype=f"V{POINT}", count=min(self.READ_CHUNK, self.size - lo))
+
     def prefixes(self) -> np.ndarray:
-        """The first 8 bytes of every value as uint64 (the matching key)."""
-        return np.ascontiguousarray(np.asarray(self.points).view(np.uint8).reshape(-1, POINT)[:, :8]).view("<u8")[:, 0]
+        """The first 8 bytes of every value as uint64 (the matching key), 8 bytes per slot in RAM."""
+        out = np.empty(self.size, dtype="<u8")
+        for lo, chunk in self._chunks():
+            out[lo:lo + len(chunk)] = chunk.view(np.uint8).reshape(-1, POINT)[:, :8].copy().view("<u8")[:, 0]
+        return out
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The values at ``rows`` (any order, repeats allowed), as a new array."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._map is None:
+            return self._points[rows]
+        out = np.empty(len(rows), dtype=f"V{POINT}")
+        order = np.argsort(rows, kind="stable")
+        wanted = rows[order]
+        for lo, chunk in self._chunks():
+            a, b = np.searchsorted(wanted, [lo, lo + len(chunk)])
+            out[order[a:b]] = chunk[wanted[a:b] - lo]
+        return out
 
     def close(self) -> None:
+        self._points = np.empty(0, dtype=f"V{POINT}")
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         if self._dir is not None:
-            self.points = np.empty(0, dtype=f"V{POINT}")
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
@@ -310,25 +361,29 @@ class PsiResult:
 
 
 def _matches(own: PointStore, peer: PointStore) -> np.ndarray:
-    """Rows of ``own`` whose value ``peer`` also holds, checked on all 32 bytes."""
-    own_keys, peer_keys = own.prefixes(), peer.prefixes()
-    candidates = np.flatnonzero(np.isin(own_keys, peer_keys))
-    if len(candidates) == 0:
-        return candidates
+    """Rows of ``own`` whose value ``peer`` also holds, ascending, checked on all 32 bytes."""
+    peer_keys = peer.prefixes()
     peer_order = np.argsort(peer_keys, kind="stable")
     sorted_keys = peer_keys[peer_order]
+    del peer_keys
+    own_keys = own.prefixes()
+    pos = np.searchsorted(sorted_keys, own_keys)
+    pos[pos == len(sorted_keys)] = 0
+    candidates = np.flatnonzero(sorted_keys[pos] == own_keys)
+    del own_keys
+    if len(candidates) == 0:
+        return candidates
+    values = own.take(candidates)
     if np.any(sorted_keys[1:] == sorted_keys[:-1]):
         # Two peer values share a prefix (about N*M/2^64 odds): compare the candidates on whole values.
-        hit = np.isin(np.asarray(own.points)[candidates], np.asarray(peer.points), assume_unique=True)
-        return candidates[hit]
-    where = peer_order[np.searchsorted(sorted_keys, own_keys[candidates])]
-    return candidates[np.asarray(own.points)[candidates] == np.asarray(peer.points)[where]]
+        return candidates[np.isin(values, peer.take(np.arange(peer.size)), assume_unique=True)]
+    return candidates[values == peer.take(peer_order[pos[candidates]])]
 
 
 def _members(own: PointStore, peer: PointStore, ids: Sequence[str]) -> tuple[list[str], str]:
     """Own IDs whose doubly blinded value the peer also has, sorted by that value; and the content hash."""
     rows = _matches(own, peer)
-    values = np.asarray(own.points)[rows]
+    values = own.take(rows)
     order = np.argsort(values, kind="stable")
     return [ids[r] for r in rows[order].tolist()], content_hash(values[order])
 
@@ -403,7 +458,7 @@ def run_bank_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = "bo
             if blinding is not None:
                 double = blinding.result()
                 lo, hi = platform_batches[k - 1]
-                platform_double.points[lo:hi] = as_points(double)
+                platform_double.write(slice(lo, hi), double)
                 if mode == "both":
                     message["platform_double"] = double
                 blinding = None
@@ -414,7 +469,7 @@ def run_bank_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = "bo
                 lo, hi = own_batches[k]
                 if mode != "cardinality":
                     double = _points_field(reply, "double", hi - lo, f"psi.exchange {k} reply")
-                    own_double.points[perm[lo:hi]] = as_points(double)
+                    own_double.write(perm[lo:hi], double)
                 if progress:
                     progress("psi: bank points", hi, n)
             if k < len(platform_batches):
@@ -422,10 +477,10 @@ def run_bank_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = "bo
                 blinding = blinder.blind_async(_points_field(reply, "points", hi - lo, f"psi.exchange {k} reply"))
         if blinding is not None:  # bank_only and cardinality: the platform's last batch was never sent back
             lo, hi = platform_batches[-1]
-            platform_double.points[lo:hi] = as_points(blinding.result())
+            platform_double.write(slice(lo, hi), blinding.result())
 
         if mode == "cardinality":
-            shuffled = np.asarray(platform_double.points)[np.random.default_rng(secrets.randbits(64)).permutation(m)]
+            shuffled = platform_double.take(np.random.default_rng(secrets.randbits(64)).permutation(m))
             for k, (lo, hi) in enumerate(_batches(m, batch_size)):
                 channel.call("psi.cardinality_batch", {"index": k, "double": shuffled[lo:hi].tobytes()})
             del shuffled
@@ -546,7 +601,7 @@ class PlatformPsiHandler:
             self._index(message, self.cardinality_batches)
             lo, hi = self.own_batches[self.cardinality_batches]
             double = _points_field(message, "double", hi - lo, "psi.cardinality_batch")
-            self.cardinality_double.points[lo:hi] = as_points(double)
+            self.cardinality_double.write(slice(lo, hi), double)
             self.cardinality_batches += 1
             if self.cardinality_batches == len(self.own_batches):
                 self.expected = "psi.finish"
@@ -569,7 +624,7 @@ class PlatformPsiHandler:
             assert self.own_double is not None
             lo, hi = self.own_batches[k - 1]
             double = _points_field(message, "platform_double", hi - lo, f"exchange {k}'s platform_double")
-            self.own_double.points[self.perm[lo:hi]] = as_points(double)
+            self.own_double.write(self.perm[lo:hi], double)
             self.received_double = hi
         elif "platform_double" in message:
             raise ProtocolError(f"exchange {k} carries doubly blinded platform points it should not")
@@ -582,7 +637,7 @@ class PlatformPsiHandler:
             lo, hi = self.bank_batches[k]
             double = blinding.result()
             if self.bank_double is not None:
-                self.bank_double.points[lo:hi] = as_points(double)
+                self.bank_double.write(slice(lo, hi), double)
             if self.mode != "cardinality":
                 reply["double"] = double
             if self.progress:

@@ -242,20 +242,31 @@ def test_large_sets_spill_to_files_that_are_removed(tmp_path: Path, monkeypatch:
     assert list((tmp_path / "bank").iterdir()) == list((tmp_path / "platform").iterdir()) == []
 
 
-def test_matching_falls_back_on_prefix_collisions() -> None:
-    from protocols.psi import PointStore, _matches
+@pytest.mark.parametrize("spilled", [False, True])
+def test_matching_falls_back_on_prefix_collisions(spilled: bool, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import protocols.psi as psi
 
+    if spilled:  # files streamed back 2 slots at a time
+        monkeypatch.setattr(psi, "SPILL_AT", 1)
+        monkeypatch.setattr(psi.PointStore, "READ_CHUNK", 2)
+    spill = tmp_path if spilled else None
     rng = np.random.default_rng(5)
-    own, peer = PointStore(6, None), PointStore(5, None)
+    own, peer = psi.PointStore(6, spill), psi.PointStore(5, spill)
+    assert own.spilled is peer.spilled is spilled
     raw = rng.integers(0, 256, size=(11, 32), dtype=np.uint8)
     raw[7, :8] = raw[8, :8]  # two peer values share an 8-byte prefix (the fallback path)
     raw[2, :8] = raw[9, :8]  # an own value shares a prefix with a peer value but differs after it
-    own.points[:] = raw[:6].copy().view("V32")[:, 0]
-    peer.points[:] = np.concatenate([raw[[0, 4]], raw[7:10]]).copy().view("V32")[:, 0]
-    assert _matches(own, peer).tolist() == [0, 4]
-    peer.points[3] = peer.points[4]  # back to unique prefixes: the searchsorted path
-    peer.points[4] = own.points[5]
-    assert _matches(own, peer).tolist() == [0, 4, 5]
+    own.write(slice(0, 6), raw[:6].tobytes())
+    peer.write(np.array([4, 0, 1, 2, 3]), np.concatenate([raw[7:10], raw[[0, 4]]]).tobytes())
+    assert psi._matches(own, peer).tolist() == [0, 4]
+    assert own.take(np.array([5, 0, 5])).tobytes() == raw[[5, 0, 5]].tobytes()
+    peer.write(slice(0, 1), raw[5].tobytes())  # unique prefixes now: the searchsorted path
+    assert psi._matches(own, peer).tolist() == [0, 4, 5]  # not 2, whose prefix alone matches
+    assert psi._matches(peer, own).tolist() == [0, 2, 3]
+    own.close()
+    peer.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_alignment_store_round_trip_and_integrity(tmp_path: Path) -> None:
