@@ -16,6 +16,11 @@ It is single-threaded; ours uses ``--workers`` processes per party.
 
 Peak memory is the resident set of each node process plus all its descendants (the worker pool), summed
 and sampled every 0.2 s during the job; shared pages are counted once per process, so it over-states.
+``peak_rss_mb_node_process_only`` is the node process alone.
+
+``floor_seconds`` is what the 2(N + M) X25519 scalar multiplications alone take on this machine: bare
+``exchange`` calls timed on one core after the run, spread over the cores (at most two per party's
+pool). No ECDH PSI can beat it here; the gap to ``seconds`` is everything else.
 """
 
 from __future__ import annotations
@@ -204,6 +209,21 @@ def openmined(bank: list[str], platform: list[str], expected: set[str]) -> dict[
             "curve": "P-256", "threads": 1, "network": False}
 
 
+def x25519_per_s(count: int = 20_000) -> float:
+    """Bare X25519 scalar multiplications per second on one core of this machine (cryptography)."""
+    import hashlib
+    import secrets
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+    key = X25519PrivateKey.from_private_bytes(secrets.token_bytes(32))
+    point = X25519PublicKey.from_public_bytes(hashlib.sha256(b"bench").digest())
+    started = time.perf_counter()
+    for _ in range(count):
+        key.exchange(point)
+    return count / (time.perf_counter() - started)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from protocols.psi import normalise_id
 
@@ -230,6 +250,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         problems.append("the platform's result differs from the bank's")
     correct = not problems
     ours.update(transport=args.transport, ids_per_s_per_side=round(args.n / max(ours["seconds"], 1e-9), 1))
+    # The floor: 2(N + M) scalar multiplications in all, shared by the machine's cores, nothing else.
+    bare = x25519_per_s()
+    ours["x25519_per_s_one_core"] = round(bare)
+    ours["floor_seconds"] = round(4 * args.n / (bare * min(os.cpu_count() or 1, 2 * args.workers)), 1)
 
     peer: dict[str, Any] | None
     peer_note = None
@@ -265,7 +289,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
          fmt((peer or {}).get("ids_per_s_per_side")), "-"),
     ], ("", "seconds", "wall s", "IDs/s per side", "peak RSS MB"))
     verdict = "[green]correct[/]" if correct else f"[red]NOT correct: {'; '.join(problems)}[/]"
-    console.print(f"ratio vs OpenMined: {fmt(result['ratios']['vs_openmined'])}x; intersection {verdict}")
+    console.print(f"ratio vs OpenMined: {fmt(result['ratios']['vs_openmined'])}x; intersection {verdict}; "
+                  f"X25519 alone: {fmt(ours['x25519_per_s_one_core'])}/s per core, so {fmt(ours['floor_seconds'])} s "
+                  "of scalar multiplications on this machine's cores")
     return result
 
 

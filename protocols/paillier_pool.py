@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from types import TracebackType
 
+import gmpy2
 import numpy as np
 from gmpy2 import mpz
 
@@ -30,14 +31,41 @@ def _noise_chunk(key: PublicKey | PrivateKey, count: int) -> list[mpz]:
     return [key.noise() for _ in range(count)]
 
 
-def _decrypt_chunk(key: PrivateKey, values: list[mpz], small: bool) -> list[mpz]:
+class Shipped:
+    """Ciphertexts packed into one big integer for the trip to a worker.
+
+    Pickling a list of mpz costs a call per element on both ends; one mpz of fixed-width fields is a
+    single copy, and one packing serves every worker that needs the same vector.
+    """
+
+    __slots__ = ("bits", "count", "packed")
+
+    def __init__(self, values: Sequence[mpz], bits: int) -> None:
+        self.bits, self.count, self.packed = bits, len(values), gmpy2.pack(list(values), bits)
+
+    def __getstate__(self) -> tuple[int, int, mpz]:
+        return self.bits, self.count, self.packed
+
+    def __setstate__(self, state: tuple[int, int, mpz]) -> None:
+        self.bits, self.count, self.packed = state
+
+    def values(self) -> list[mpz]:
+        out = gmpy2.unpack(self.packed, self.bits)[:self.count]
+        return out + [mpz(0)] * (self.count - len(out))  # unpack drops all-zero top fields
+
+
+def _ship(cv: CipherVector, a: int = 0, b: int | None = None) -> Shipped:
+    return Shipped(cv.values[a:b], cv.public_key.nsquare.bit_length())
+
+
+def _decrypt_chunk(key: PrivateKey, shipped: Shipped, small: bool) -> list[mpz]:
     key = _cached(key)  # type: ignore[assignment]
-    cv = CipherVector(key.public_key, values)
+    cv = CipherVector(key.public_key, shipped.values())
     return key.decrypt_small(cv) if small else key.decrypt_raw(cv)
 
 
-def _matvec_chunk(public_key: PublicKey, values: list[mpz], X: np.ndarray) -> list[mpz]:
-    return matvec_t(CipherVector(public_key, values), X).values
+def _matvec_chunk(public_key: PublicKey, shipped: Shipped, X: np.ndarray) -> list[mpz]:
+    return matvec_t(CipherVector(public_key, shipped.values()), X).values
 
 
 class PaillierPool:
@@ -91,8 +119,8 @@ class PaillierPool:
     def decrypt_raw(self, private_key: PrivateKey, cv: CipherVector, *, small: bool = False) -> list[mpz]:
         splits = self._splits(len(cv), 16)
         if self.workers == 1 or len(splits) == 1:
-            return _decrypt_chunk(private_key, cv.values, small)
-        futures = [self._pool().submit(_decrypt_chunk, private_key, cv.values[a:b], small) for a, b in splits]
+            return private_key.decrypt_small(cv) if small else private_key.decrypt_raw(cv)
+        futures = [self._pool().submit(_decrypt_chunk, private_key, _ship(cv, a, b), small) for a, b in splits]
         return [v for f in futures for v in f.result()]
 
     def decrypt(self, private_key: PrivateKey, cv: CipherVector) -> list[int]:
@@ -111,10 +139,11 @@ class PaillierPool:
             raise ValueError(f"X has shape {X.shape}; expected ({len(cv)}, k)")
         split, bounds = self.matvec_plan(*X.shape)
         if split == "columns":
-            futures = [self._pool().submit(_matvec_chunk, cv.public_key, cv.values, X[:, a:b]) for a, b in bounds]
+            shipped = _ship(cv)
+            futures = [self._pool().submit(_matvec_chunk, cv.public_key, shipped, X[:, a:b]) for a, b in bounds]
             return CipherVector(cv.public_key, [v for f in futures for v in f.result()])
         if split == "rows":
-            futures = [self._pool().submit(_matvec_chunk, cv.public_key, cv.values[a:b], X[a:b]) for a, b in bounds]
+            futures = [self._pool().submit(_matvec_chunk, cv.public_key, _ship(cv, a, b), X[a:b]) for a, b in bounds]
             parts = [f.result() for f in futures]
             n2 = cv.public_key.nsquare
             out = parts[0]

@@ -604,3 +604,14 @@ def test_signed_slot_overflow_is_detected(keys):
     with pytest.raises(SlotOverflow):
         unpack_signed(1 << (s * k), k, s)
     assert unpack_signed(0, k, s) == [0] * k
+
+
+@FAST
+@given(st.lists(st.integers(0, 2**64), min_size=0, max_size=20), st.integers(65, 200))
+def test_shipping_ciphertexts_to_workers_keeps_every_value(values, bits):
+    import pickle
+
+    from protocols.paillier_pool import Shipped
+
+    shipped = pickle.loads(pickle.dumps(Shipped([mpz(v) for v in values], bits)))
+    assert shipped.values() == values  # zeros at the top included
