@@ -32,25 +32,26 @@ def _noise_chunk(key: PublicKey | PrivateKey, count: int) -> list[mpz]:
 
 
 class Shipped:
-    """Ciphertexts packed into one big integer for the trip to a worker.
+    """Ciphertexts packed into one big integer, as bytes, for the trip to a worker.
 
-    Pickling a list of mpz costs a call per element on both ends; one mpz of fixed-width fields is a
-    single copy, and one packing serves every worker that needs the same vector.
+    Pickling a list of mpz costs a call per element on both ends, and even one large mpz pickles slowly;
+    one byte string of fixed-width fields is a plain copy, and one packing serves every worker.
     """
 
-    __slots__ = ("bits", "count", "packed")
+    __slots__ = ("bits", "count", "data")
 
     def __init__(self, values: Sequence[mpz], bits: int) -> None:
-        self.bits, self.count, self.packed = bits, len(values), gmpy2.pack(list(values), bits)
+        self.bits, self.count = bits, len(values)
+        self.data = gmpy2.to_binary(gmpy2.pack(list(values), bits))
 
-    def __getstate__(self) -> tuple[int, int, mpz]:
-        return self.bits, self.count, self.packed
+    def __getstate__(self) -> tuple[int, int, bytes]:
+        return self.bits, self.count, self.data
 
-    def __setstate__(self, state: tuple[int, int, mpz]) -> None:
-        self.bits, self.count, self.packed = state
+    def __setstate__(self, state: tuple[int, int, bytes]) -> None:
+        self.bits, self.count, self.data = state
 
     def values(self) -> list[mpz]:
-        out = gmpy2.unpack(self.packed, self.bits)[:self.count]
+        out = gmpy2.unpack(gmpy2.from_binary(self.data), self.bits)[:self.count]
         return out + [mpz(0)] * (self.count - len(out))  # unpack drops all-zero top fields
 
 
