@@ -25,7 +25,8 @@ data (at least 2048 rows, n columns); the pool gives each worker half the column
 where the platform's matrix has tens to hundreds of columns. ``two_core_ceiling`` is the same one-process
 time over the slower of two bare processes each running one half at the same moment, with nothing sent
 and nothing pooled: what this machine's two cores give this work at best (big-integer arithmetic shares
-caches and memory bandwidth; on this shared machine it has ranged from 1.2 to 2.0).
+caches and memory bandwidth; on this shared machine it has ranged from 1.2 to 2.0). All three are timed
+interleaved, 12 rounds, the fastest of each, so that a slow spell of the machine hits them alike.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from protocols.paillier_pool import PaillierPool
 HORNER_SLOT = 120  # masked values of up to 120 bits, packed on ciphertexts
 PAIR_SLOT = 69  # the training protocol's signed slot for a masked residual (protocols/vfl_lr.py)
 SPEEDUP_ROWS = 2048
-SPEEDUP_REPEATS = 6
+SPEEDUP_REPEATS = 12
 REPEATS = 3  # every kernel, ours and the peers': the fastest of three runs
 KERNELS = ("encrypt_online_per_s", "encrypt_offline_per_s", "muladd_per_s", "decrypt_per_value_per_s")
 
