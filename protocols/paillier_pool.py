@@ -1,7 +1,8 @@
 """The Paillier kernels over a process pool, so every core works.
 
 Work is cut into contiguous chunks; keys travel to the workers once per call (without their window
-tables) and each worker process keeps the tables it builds, keyed by the key's fingerprint.
+tables) and each worker process keeps the tables it builds, keyed by the key's fingerprint. Ciphertexts
+travel packed into one byte string (:class:`Shipped`).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class PaillierPool:
         return private_key.public_key.decode(self.decrypt_raw(private_key, cv))
 
     def matvec_t(self, cv: CipherVector, X: np.ndarray) -> CipherVector:
-        """Columns split across workers when there are at least two per worker; otherwise rows.
+        """Columns split across workers (see :meth:`matvec_plan`); rows when there are too few columns.
 
         Column splits cost nothing extra: each worker runs the whole bucket method on its own columns.
         Row splits repeat the bucket combination (about two multiplications per distinct scalar and
@@ -154,7 +155,11 @@ class PaillierPool:
         return matvec_t(cv, X)
 
     def matvec_plan(self, rows: int, cols: int) -> tuple[str, list[tuple[int, int]]]:
-        """How :meth:`matvec_t` splits an (rows, cols) matrix: "columns", "rows" or "none", and the bounds."""
+        """How :meth:`matvec_t` splits an (rows, cols) matrix: "columns", "rows" or "none", and the bounds.
+
+        Columns when every worker gets some and the shares are even (or at least two each, or the rows are
+        too few to split); rows, at least 256 a chunk, otherwise; nothing for small products.
+        """
         if self.workers == 1 or rows * cols < 512:
             return "none", [(0, rows)]
         if cols >= self.workers and (cols % self.workers == 0 or cols >= 2 * self.workers or rows < 512):

@@ -137,11 +137,15 @@ def test_bad_input_is_refused_with_rows_named() -> None:
     # Checked in the worker pool, chunk by chunk: rows are still counted from the top of the file.
     many = phones(0, 6000)
     many[5999] = " " + many[10].replace("+44", "0044")
-    with pytest.raises(PsiError, match="rows 11 and 6000 hold the same ID"):
-        Blinder(2).check_ids(many)
-    many[5999], many[4500] = "x", " "
-    with pytest.raises(PsiError, match="row 4501: empty ID"):
-        Blinder(2).check_ids(many)
+    blinder = Blinder(2)
+    try:
+        with pytest.raises(PsiError, match="rows 11 and 6000 hold the same ID"):
+            blinder.check_ids(many)
+        many[5999], many[4500] = "x", " "
+        with pytest.raises(PsiError, match="row 4501: empty ID"):
+            blinder.check_ids(many)
+    finally:
+        blinder.close()
 
 
 def test_platform_refuses_out_of_order_and_malformed_steps() -> None:
