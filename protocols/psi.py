@@ -246,12 +246,6 @@ class Blinder:
         return Pending([pool.submit(_blind_chunk, self.secret, points[lo * POINT:hi * POINT])
                         for lo, hi in self._bounds(n)])
 
-    def hash_and_blind(self, salt: bytes, ids: Sequence[str]) -> bytes:
-        return self.hash_and_blind_async(salt, ids).result()
-
-    def blind(self, points: bytes) -> bytes:
-        return self.blind_async(points).result()
-
     def close(self) -> None:
         self.secret = b""
         if self._pool is not None:
@@ -360,8 +354,8 @@ class PsiResult:
     seconds: float
 
 
-def _matches(own: PointStore, peer: PointStore) -> np.ndarray:
-    """Rows of ``own`` whose value ``peer`` also holds, ascending, checked on all 32 bytes."""
+def _matches(own: PointStore, peer: PointStore) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``own`` whose value ``peer`` also holds, ascending, checked on all 32 bytes; and their values."""
     peer_keys = peer.prefixes()
     peer_order = np.argsort(peer_keys, kind="stable")
     sorted_keys = peer_keys[peer_order]
@@ -372,18 +366,19 @@ def _matches(own: PointStore, peer: PointStore) -> np.ndarray:
     candidates = np.flatnonzero(sorted_keys[pos] == own_keys)
     del own_keys
     if len(candidates) == 0:
-        return candidates
+        return candidates, np.empty(0, dtype=f"V{POINT}")
     values = own.take(candidates)
     if np.any(sorted_keys[1:] == sorted_keys[:-1]):
         # Two peer values share a prefix (about N*M/2^64 odds): compare the candidates on whole values.
-        return candidates[np.isin(values, peer.take(np.arange(peer.size)), assume_unique=True)]
-    return candidates[values == peer.take(peer_order[pos[candidates]])]
+        hit = np.isin(values, peer.take(np.arange(peer.size)), assume_unique=True)
+    else:
+        hit = values == peer.take(peer_order[pos[candidates]])
+    return candidates[hit], values[hit]
 
 
 def _members(own: PointStore, peer: PointStore, ids: Sequence[str]) -> tuple[list[str], str]:
     """Own IDs whose doubly blinded value the peer also has, sorted by that value; and the content hash."""
-    rows = _matches(own, peer)
-    values = own.take(rows)
+    rows, values = _matches(own, peer)
     order = np.argsort(values, kind="stable")
     return [ids[r] for r in rows[order].tolist()], content_hash(values[order])
 
@@ -655,7 +650,7 @@ class PlatformPsiHandler:
         elapsed = lambda: time.monotonic() - self.started  # noqa: E731
         if self.mode == "cardinality":
             assert self.bank_double is not None and self.cardinality_double is not None
-            size = len(_matches(self.cardinality_double, self.bank_double))
+            size = len(_matches(self.cardinality_double, self.bank_double)[0])
             self.result = PsiResult(self.mode, size, None, "", self.m, self.n, elapsed())
             return {"size": size}
         size, digest = message.get("size"), message.get("content_hash")

@@ -263,11 +263,11 @@ def test_matching_falls_back_on_prefix_collisions(spilled: bool, tmp_path: Path,
     raw[2, :8] = raw[9, :8]  # an own value shares a prefix with a peer value but differs after it
     own.write(slice(0, 6), raw[:6].tobytes())
     peer.write(np.array([4, 0, 1, 2, 3]), np.concatenate([raw[7:10], raw[[0, 4]]]).tobytes())
-    assert psi._matches(own, peer).tolist() == [0, 4]
+    assert psi._matches(own, peer)[0].tolist() == [0, 4]
     assert own.take(np.array([5, 0, 5])).tobytes() == raw[[5, 0, 5]].tobytes()
     peer.write(slice(0, 1), raw[5].tobytes())  # unique prefixes now: the searchsorted path
-    assert psi._matches(own, peer).tolist() == [0, 4, 5]  # not 2, whose prefix alone matches
-    assert psi._matches(peer, own).tolist() == [0, 2, 3]
+    assert psi._matches(own, peer)[0].tolist() == [0, 4, 5]  # not 2, whose prefix alone matches
+    assert psi._matches(peer, own)[0].tolist() == [0, 2, 3]
     own.close()
     peer.close()
     assert list(tmp_path.iterdir()) == []
