@@ -55,7 +55,7 @@ def quality(name: str, datasets: Path) -> dict[str, Any]:
 
 
 def synthetic(rows: int, bank_features: int, platform_features: int, tags: int, seed: int = 0):
-    from protocols.dataset import PartyData, Schema
+    from protocols.party_data import PartyData, Schema
 
     rng = np.random.default_rng(seed)
     XA = rng.normal(size=(rows, bank_features))

@@ -15,9 +15,10 @@ from party_common.codec import array_from_pb
 from party_common.transport import CONTROL_TIMEOUT_S, dial, wait_healthy
 from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
+from protocols.errors import FedProfileError
 
 
-class JobFailed(RuntimeError):
+class JobFailed(FedProfileError):
     def __init__(self, job: dict[str, Any]) -> None:
         super().__init__(f"job {job['job_id']} ({job['kind']}) failed: {job['error']}")
         self.job = job

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from party_common.certs import atomic_write
 from party_common.codec import array_from_pb
 from party_common.config import NodeConfig
 from party_common.jobstore import JobRecord, JobStore, UnknownJob
-from party_common.runtime import ensure_private_dir, load_node_data
+from party_common.runtime import load_node_data
+from party_common.storage.files import atomic_write, ensure_private_dir
 from party_common.transport import GrpcChannel, GrpcPeer, wait_healthy
 from protocols.channel import Message, PeerError
 

@@ -6,9 +6,10 @@ import numpy as np
 
 from proto import fedprofile_v1_pb2 as pb
 from protocols.channel import ALLOWED_DTYPES, Message, check_message
+from protocols.errors import ProtocolError
 
 
-class CodecError(ValueError):
+class CodecError(ProtocolError):
     """A payload from the peer does not decode to a valid message."""
 
 

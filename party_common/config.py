@@ -35,11 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from protocols.errors import UserError
+
 Role = Literal["bank", "platform"]
 FILL_OPTIONS = ("error", "zero", "mean")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """The node's config file is wrong; the message says where and what to change."""
 
 

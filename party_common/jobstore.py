@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocols.errors import NotFound
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
@@ -55,8 +57,8 @@ class JobRecord:
     finished_at: str
 
 
-class UnknownJob(LookupError):
-    pass
+class UnknownJob(NotFound):
+    """No job with that ID on this node."""
 
 
 class JobStore:

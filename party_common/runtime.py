@@ -9,11 +9,12 @@ import stat
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import grpc
 
 from party_common.config import NodeConfig
+from party_common.data_loading import load_party_data
+from protocols.party_data import PartyData
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,7 @@ def read_tls_files(config: NodeConfig) -> tuple[bytes, bytes, bytes, bytes | Non
     return (config.tls.cert.read_bytes(), config.tls.key.read_bytes(), config.tls.peer_ca.read_bytes(), client_ca)
 
 
-def load_node_data(config: NodeConfig):  # -> protocols.dataset.PartyData
-    from protocols.dataset import load_party_data
-
+def load_node_data(config: NodeConfig) -> PartyData:
     d = config.data
     return load_party_data(d.path, id_column=d.id_column, tag_columns=list(d.tag_columns),
                            feature_columns=list(d.feature_columns) if d.feature_columns is not None else None,
@@ -63,9 +62,3 @@ def run_until_signalled(server: grpc.Server, on_stop: Callable[[], None], *, gra
     on_stop()
     server.stop(grace_s).wait()
     log.info("stopped")
-
-
-def ensure_private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path

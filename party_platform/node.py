@@ -16,7 +16,8 @@ import numpy as np
 
 from party_common.config import NodeConfig
 from party_common.jobstore import JobStore
-from party_common.runtime import ensure_private_dir, load_node_data
+from party_common.runtime import load_node_data
+from party_common.storage.files import ensure_private_dir
 from party_common.transport import PartialScorer, SessionRegistry
 from protocols.channel import Message, ProtocolError, StepHandler
 

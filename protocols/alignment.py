@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from party_common.certs import atomic_write
+from party_common.storage.files import atomic_write
 
 _JOB = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

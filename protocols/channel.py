@@ -24,6 +24,8 @@ from typing import Protocol
 
 import numpy as np
 
+from protocols.errors import PeerError, ProtocolError
+
 Value = bytes | str | int | float | bool | np.ndarray
 Message = dict[str, Value]
 
@@ -36,22 +38,6 @@ ALLOWED_DTYPES = frozenset(
 )
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FIELD_NAME_MAX = 128
-
-
-class ProtocolError(Exception):
-    """A party refuses a step: bad input, wrong order, replay, failed validation.
-
-    Raised by a :class:`StepHandler`; the transport carries the message (never data) back to the
-    caller, who sees it as a :class:`PeerError`.
-    """
-
-
-class PeerError(Exception):
-    """The peer refused or failed a step, or could not be reached. ``str(err)`` says why."""
-
-    def __init__(self, message: str, *, code: str = "UNKNOWN") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class StepHandler(Protocol):
@@ -90,6 +76,10 @@ class Peer(Protocol):
 
 # On the platform, the node turns (kind, job_id, params) into a handler for that session.
 SessionFactory = Callable[[str, str, Message], StepHandler]
+
+
+__all__ = ["LocalChannel", "LocalPeer", "Message", "Peer", "PeerChannel", "PeerError", "ProtocolError",
+           "SessionFactory", "StepHandler", "Value", "check_message", "copy_message", "message_size"]
 
 
 def check_message(message: Mapping[str, object], *, where: str = "message") -> None:

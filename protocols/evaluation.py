@@ -18,7 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 if TYPE_CHECKING:
-    from protocols.dataset import PartyData
+    from protocols.party_data import PartyData
     from protocols.vfl_lr import TrainParams
 
 

@@ -19,10 +19,11 @@ import gmpy2
 import numpy as np
 from gmpy2 import mpz
 
+from protocols.errors import CryptoError
 from protocols.paillier import CipherVector, PublicKey
 
 
-class SlotOverflow(ValueError):
+class SlotOverflow(CryptoError):
     """A value does not fit its slot."""
 
 

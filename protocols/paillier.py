@@ -29,6 +29,8 @@ import gmpy2
 import numpy as np
 from gmpy2 import mpz
 
+from protocols.errors import CryptoError
+
 MIN_SECURE_BITS = 2048
 WINDOW_BITS = 8
 _SMALL_PRIMES = [p for p in range(3, 20000, 2) if gmpy2.is_prime(p)]
@@ -37,15 +39,15 @@ for _p in _SMALL_PRIMES:
     _SMALL_PRIMORIAL *= _p
 
 
-class InvalidKey(ValueError):
+class InvalidKey(CryptoError):
     """A key that is too small, malformed, or fails validation."""
 
 
-class InvalidCiphertext(ValueError):
+class InvalidCiphertext(CryptoError):
     """A ciphertext outside Z*_{n^2}, or a byte string of the wrong length."""
 
 
-class PlaintextOverflow(ValueError):
+class PlaintextOverflow(CryptoError):
     """A plaintext (or a decrypted result) outside the signed range the key can represent."""
 
 

@@ -1,4 +1,4 @@
-"""The Paillier kernels over a process pool, so every core works.
+"""The Paillier kernels spread over a compute backend (``protocols.compute``), so every core works.
 
 Work is cut into contiguous chunks; keys travel to the workers once per call (without their window
 tables) and each worker process keeps the tables it builds, keyed by the key's fingerprint. Ciphertexts
@@ -7,16 +7,14 @@ travel packed into one byte string (:class:`Shipped`).
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from types import TracebackType
 
 import gmpy2
 import numpy as np
 from gmpy2 import mpz
 
+from protocols.compute import Compute, ComputeSpec, as_compute
 from protocols.paillier import CipherVector, NoisePool, PrivateKey, PublicKey, matvec_t
 
 _KEYS: dict[str, PublicKey | PrivateKey] = {}
@@ -71,11 +69,14 @@ def _matvec_chunk(public_key: PublicKey, shipped: Shipped, X: np.ndarray) -> lis
 
 
 class PaillierPool:
-    """``workers=1`` runs everything in this process (no pool)."""
+    """The kernels on ``compute`` (a backend, or a worker count: 1 runs everything in this process).
 
-    def __init__(self, workers: int | None = None) -> None:
-        self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-        self._executor: ProcessPoolExecutor | None = None
+    The pool owns its compute: :meth:`close` stops it, and with it the workers that cached private keys.
+    """
+
+    def __init__(self, compute: ComputeSpec = None) -> None:
+        self.compute: Compute = as_compute(compute)
+        self.workers = self.compute.workers
 
     def __enter__(self) -> PaillierPool:
         return self
@@ -85,15 +86,7 @@ class PaillierPool:
         self.close()
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
-            self._executor = None
-
-    def _pool(self) -> ProcessPoolExecutor:
-        if self._executor is None:
-            # forkserver: the nodes run gRPC threads, and forking a threaded process is unsafe.
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("forkserver"))
-        return self._executor
+        self.compute.close()
 
     def _splits(self, n: int, minimum: int) -> list[tuple[int, int]]:
         parts = min(self.workers, max(1, n // minimum))
@@ -105,7 +98,7 @@ class PaillierPool:
         splits = self._splits(count, 64)
         if self.workers == 1 or len(splits) == 1:
             return _noise_chunk(key, count)
-        futures = [self._pool().submit(_noise_chunk, key, b - a) for a, b in splits]
+        futures = [self.compute.submit(_noise_chunk, key, b - a) for a, b in splits]
         return [v for f in futures for v in f.result()]
 
     def fill(self, pool: NoisePool, count: int) -> None:
@@ -122,7 +115,7 @@ class PaillierPool:
         splits = self._splits(len(cv), 16)
         if self.workers == 1 or len(splits) == 1:
             return private_key.decrypt_small(cv) if small else private_key.decrypt_raw(cv)
-        futures = [self._pool().submit(_decrypt_chunk, private_key, _ship(cv, a, b), small) for a, b in splits]
+        futures = [self.compute.submit(_decrypt_chunk, private_key, _ship(cv, a, b), small) for a, b in splits]
         return [v for f in futures for v in f.result()]
 
     def decrypt(self, private_key: PrivateKey, cv: CipherVector) -> list[int]:
@@ -142,10 +135,10 @@ class PaillierPool:
         split, bounds = self.matvec_plan(*X.shape)
         if split == "columns":
             shipped = _ship(cv)
-            futures = [self._pool().submit(_matvec_chunk, cv.public_key, shipped, X[:, a:b]) for a, b in bounds]
+            futures = [self.compute.submit(_matvec_chunk, cv.public_key, shipped, X[:, a:b]) for a, b in bounds]
             return CipherVector(cv.public_key, [v for f in futures for v in f.result()])
         if split == "rows":
-            futures = [self._pool().submit(_matvec_chunk, cv.public_key, _ship(cv, a, b), X[a:b]) for a, b in bounds]
+            futures = [self.compute.submit(_matvec_chunk, cv.public_key, _ship(cv, a, b), X[a:b]) for a, b in bounds]
             parts = [f.result() for f in futures]
             n2 = cv.public_key.nsquare
             out = parts[0]

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from protocols.channel import Message, Peer, PeerChannel, ProtocolError
-from protocols.dataset import DataError, PartyData, Schema
 from protocols.evaluation import Split, bank_only_baseline, split_rows, tag_metrics
 from protocols.fixedpoint import quantise
 from protocols.packing import SlotLayout, pack_signed, slots_per_plaintext, unpack_signed
@@ -44,6 +43,7 @@ from protocols.paillier import (
     generate_keypair,
 )
 from protocols.paillier_pool import PaillierPool
+from protocols.party_data import DataError, PartyData, Schema
 
 VERSION = "vfl-lr-taylor-v1"
 F_BITS = 20  # fractional bits of z and d' in fixed point
@@ -301,7 +301,7 @@ def _index_array(message: Message, name: str, n_rows: int) -> np.ndarray:
 
 
 def _json_dump(path: Path, payload: dict[str, Any]) -> None:
-    from party_common.certs import atomic_write
+    from party_common.storage.files import atomic_write
 
     atomic_write(Path(path), json.dumps(payload, indent=1, sort_keys=True).encode(), mode=0o600)
 

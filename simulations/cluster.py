@@ -22,7 +22,9 @@ from pathlib import Path
 from types import TracebackType
 
 from party_bank.client import BankClient
-from party_common.certs import atomic_write, init_local_pki
+from party_common.certs import init_local_pki
+from party_common.storage.files import atomic_write
+from protocols.errors import FedProfileError
 
 
 def free_port() -> int:
@@ -87,8 +89,8 @@ fill_missing = "{fill_missing}"
     return bank_path, platform_path
 
 
-class NodeFailed(RuntimeError):
-    pass
+class NodeFailed(FedProfileError):
+    """A node process exited or never became ready; the message holds its log's tail."""
 
 
 class LocalCluster:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from party_common.certs import atomic_write
+from party_common.storage.files import atomic_write
 
 TRAITS = ("young_family", "car_owner", "frequent_traveller", "affluent", "pet_owner", "home_improver")
 PREVALENCE = np.array([0.22, 0.45, 0.18, 0.15, 0.30, 0.25])

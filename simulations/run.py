@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from party_common.certs import atomic_write
+from party_common.storage.files import atomic_write
 from simulations.cluster import LocalCluster
 
 console = Console(stderr=True)
@@ -42,8 +42,8 @@ def centralized_report(cluster: LocalCluster, bank_data: Path, bank_id: str, pla
                        platform_id: str, tags: list[str], alignment_job_id: str,
                        train_params: dict[str, Any]) -> dict[str, Any]:
     """Centralized sklearn LR on the same aligned rows and split as the joint model (harness only)."""
+    from party_common.data_loading import load_party_data
     from protocols.alignment import AlignmentStore
-    from protocols.dataset import load_party_data
     from protocols.evaluation import centralized_baseline
     from protocols.vfl_lr import TrainParams
 

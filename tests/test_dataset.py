@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protocols.dataset import DataError, SchemaMismatch, load_party_data, tag_summary
+from party_common.data_loading import load_party_data
+from protocols.party_data import DataError, SchemaMismatch, tag_summary
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from protocols.dataset import load_party_data
+from party_common.data_loading import load_party_data
 from simulations.generate import SimulationConfig, generate, main, write
 
 

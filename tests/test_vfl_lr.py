@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from party_common.data_loading import load_party_data
 from protocols.channel import LocalPeer, PeerError
-from protocols.dataset import PartyData, load_party_data
 from protocols.evaluation import centralized_baseline, split_rows
 from protocols.packing import unpack_signed
 from protocols.paillier import CipherVector
+from protocols.party_data import PartyData
 from protocols.vfl_lr import (
     F_BITS,
     BankModel,

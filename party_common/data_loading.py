@@ -1,4 +1,4 @@
-"""Loading a party's data, in one place: CSV or Parquet, an ID column, feature columns, tag columns.
+"""Loading a party's data from its file, in one place: CSV or Parquet, an ID column, features, tags.
 
 Every problem raises :class:`DataError` naming the file, the column and the row (1-based data row, as a
 spreadsheet would count it after the header). Customer IDs are never put in a message: rows are named by
@@ -10,104 +10,18 @@ Missing feature values: ``fill_missing="error"`` (default) refuses them; ``"zero
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from protocols.party_data import DataError, PartyData, Schema
+
 FillMode = Literal["error", "zero", "mean"]
+FILL_MODES: tuple[str, ...] = ("error", "zero", "mean")
 TAG_VALUES = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "": np.nan}
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, column and row."""
-
-
-class SchemaMismatch(DataError):
-    """Data to score does not have the columns the model was trained on."""
-
-
-@dataclass(frozen=True)
-class Schema:
-    id_column: str
-    feature_columns: tuple[str, ...]
-    feature_dtypes: tuple[str, ...]
-    tag_columns: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, object]:
-        return {"id_column": self.id_column, "feature_columns": list(self.feature_columns),
-                "feature_dtypes": list(self.feature_dtypes), "tag_columns": list(self.tag_columns)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, object]) -> Schema:
-        return cls(id_column=str(d["id_column"]), feature_columns=tuple(d["feature_columns"]),  # type: ignore[arg-type]
-                   feature_dtypes=tuple(d["feature_dtypes"]), tag_columns=tuple(d.get("tag_columns", ())))  # type: ignore[arg-type]
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
-
-    def check_scoring_compatible(self, other: Schema, source: str) -> None:
-        """Raise :class:`SchemaMismatch` unless ``other`` has this schema's features, in order, same kinds."""
-        missing = [c for c in self.feature_columns if c not in other.feature_columns]
-        extra = [c for c in other.feature_columns if c not in self.feature_columns]
-        problems = []
-        if missing:
-            problems.append(f"missing feature column(s) {', '.join(missing)}")
-        if extra:
-            problems.append(f"unexpected feature column(s) {', '.join(extra)}")
-        if not problems and other.feature_columns != self.feature_columns:
-            problems.append("feature columns are in a different order than in training")
-        if not problems:
-            changed = [c for c, a, b in zip(self.feature_columns, self.feature_dtypes, other.feature_dtypes,
-                                            strict=True) if _kind(a) != _kind(b)]
-            if changed:
-                problems.append(f"column(s) {', '.join(changed)} changed type since training")
-        if other.id_column != self.id_column:
-            problems.append(f"ID column is '{other.id_column}', training used '{self.id_column}'")
-        if problems:
-            raise SchemaMismatch(f"{source}: does not match the training schema: {'; '.join(problems)}")
-
-
-def _kind(dtype: str) -> str:
-    return "bool" if dtype.startswith("bool") else "number"
-
-
-@dataclass
-class PartyData:
-    source: str
-    ids: np.ndarray  # object array of str
-    features: np.ndarray  # float64 (n, d)
-    feature_names: list[str]
-    labels: np.ndarray  # float64 (n, T): 1.0 / 0.0 / NaN (unknown)
-    tag_names: list[str]
-    schema: Schema
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def take(self, ids_in_order: Sequence[str]) -> PartyData:
-        """The rows for ``ids_in_order``, in that order (e.g. an alignment's agreed order)."""
-        index = {cid: i for i, cid in enumerate(self.ids)}
-        rows = np.empty(len(ids_in_order), dtype=np.int64)
-        for pos, cid in enumerate(ids_in_order):
-            row = index.get(cid)
-            if row is None:
-                raise DataError(f"{self.source}: customer at position {pos + 1} of the alignment is not in the "
-                                "file (has the file changed since PSI?)")
-            rows[pos] = row
-        return replace(self, ids=self.ids[rows], features=self.features[rows], labels=self.labels[rows])
-
-    def select_tags(self, tags: Sequence[str]) -> PartyData:
-        missing = [t for t in tags if t not in self.tag_names]
-        if missing:
-            raise DataError(f"{self.source}: no tag column(s) {', '.join(missing)}")
-        cols = [self.tag_names.index(t) for t in tags]
-        return replace(self, labels=self.labels[:, cols], tag_names=list(tags))
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -210,8 +124,8 @@ def load_party_data(path: str | Path, *, id_column: str, tag_columns: Sequence[s
     refuse a file whose features differ from training with :class:`SchemaMismatch`; tags may be absent.
     """
     path = Path(path)
-    if fill_missing not in ("error", "zero", "mean"):
-        raise ValueError(f"fill_missing must be 'error', 'zero' or 'mean', got {fill_missing!r}")
+    if fill_missing not in FILL_MODES:
+        raise DataError(f"fill_missing must be 'error', 'zero' or 'mean', got {fill_missing!r}")
     frame = _read(path)
     if id_column not in frame.columns:
         raise DataError(f"{path}: no ID column '{id_column}' (columns: {', '.join(frame.columns[:12])})")
@@ -242,14 +156,3 @@ def load_party_data(path: str | Path, *, id_column: str, tag_columns: Sequence[s
         expected_schema.check_scoring_compatible(schema, str(path))
     return PartyData(source=str(path), ids=ids, features=matrix, feature_names=features, labels=labels,
                      tag_names=tags, schema=schema)
-
-
-def tag_summary(labels: np.ndarray, tag_names: Sequence[str]) -> list[dict[str, int | str]]:
-    """Counts per tag: known, positive, negative (counts only: safe to log and report)."""
-    out = []
-    for j, name in enumerate(tag_names):
-        col = labels[:, j]
-        known = ~np.isnan(col)
-        out.append({"tag": name, "known": int(known.sum()), "positive": int((col == 1).sum()),
-                    "negative": int((col == 0).sum())})
-    return out

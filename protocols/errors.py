@@ -1,0 +1,50 @@
+"""The one exception hierarchy: every error this service raises on purpose derives from FedProfileError.
+
+Four kinds, each with one meaning for whoever sees it (the gRPC status each becomes is decided in one
+place, ``party_common.grpc_errors``):
+
+* :class:`UserError` - what the caller gave is wrong (a data file, a config, job parameters, a name that
+  does not exist); the message says what to change. :class:`NotFound` is the "does not exist" case.
+* :class:`ProtocolError` - a party refuses a protocol step: wrong order, replay, malformed or out of range.
+* :class:`PeerError` - the peer refused or failed a step, or could not be reached.
+* :class:`CryptoError` - a key or ciphertext failed validation, or a value does not fit its encoding.
+
+Anything else that escapes is a bug: nodes log it with a trace and tell the caller only "internal error".
+"""
+
+from __future__ import annotations
+
+
+class FedProfileError(Exception):
+    """Base of every error raised on purpose."""
+
+
+class UserError(FedProfileError, ValueError):
+    """The caller's input is wrong; the message names the file, column, row, key or parameter."""
+
+
+class NotFound(UserError, LookupError):
+    """A job, model, alignment or customer the caller named does not exist."""
+
+
+class ProtocolError(FedProfileError):
+    """A party refuses a step: bad input, wrong order, replay, failed validation.
+
+    Raised by a step handler; the transport carries the message (never data) back to the caller, who sees
+    it as a :class:`PeerError`.
+    """
+
+
+class PeerError(FedProfileError):
+    """The peer refused or failed a step, or could not be reached. ``code`` is the gRPC status name."""
+
+    def __init__(self, message: str, *, code: str = "UNKNOWN") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CryptoError(FedProfileError, ValueError):
+    """A key or ciphertext failed validation, or a value does not fit its encoding."""
+
+
+__all__ = ["CryptoError", "FedProfileError", "NotFound", "PeerError", "ProtocolError", "UserError"]

@@ -1,0 +1,123 @@
+"""What one party holds in memory: customer IDs, a feature matrix, tag labels, and the schema they follow.
+
+Loading these from files is ``party_common.data_loading``; here is only the table and what the protocols
+and the nodes do with it (take the rows of an alignment, pick tags, find rows by ID). Errors name the
+source file and rows by number, never an ID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from protocols.errors import UserError
+
+
+class DataError(UserError):
+    """Bad input data; the message names the file, column and row."""
+
+
+class SchemaMismatch(DataError):
+    """Data to score does not have the columns the model was trained on."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    id_column: str
+    feature_columns: tuple[str, ...]
+    feature_dtypes: tuple[str, ...]
+    tag_columns: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id_column": self.id_column, "feature_columns": list(self.feature_columns),
+                "feature_dtypes": list(self.feature_dtypes), "tag_columns": list(self.tag_columns)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> Schema:
+        return cls(id_column=str(d["id_column"]), feature_columns=tuple(d["feature_columns"]),  # type: ignore[arg-type]
+                   feature_dtypes=tuple(d["feature_dtypes"]), tag_columns=tuple(d.get("tag_columns", ())))  # type: ignore[arg-type]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def check_scoring_compatible(self, other: Schema, source: str) -> None:
+        """Raise :class:`SchemaMismatch` unless ``other`` has this schema's features, in order, same kinds."""
+        missing = [c for c in self.feature_columns if c not in other.feature_columns]
+        extra = [c for c in other.feature_columns if c not in self.feature_columns]
+        problems = []
+        if missing:
+            problems.append(f"missing feature column(s) {', '.join(missing)}")
+        if extra:
+            problems.append(f"unexpected feature column(s) {', '.join(extra)}")
+        if not problems and other.feature_columns != self.feature_columns:
+            problems.append("feature columns are in a different order than in training")
+        if not problems:
+            changed = [c for c, a, b in zip(self.feature_columns, self.feature_dtypes, other.feature_dtypes,
+                                            strict=True) if _kind(a) != _kind(b)]
+            if changed:
+                problems.append(f"column(s) {', '.join(changed)} changed type since training")
+        if other.id_column != self.id_column:
+            problems.append(f"ID column is '{other.id_column}', training used '{self.id_column}'")
+        if problems:
+            raise SchemaMismatch(f"{source}: does not match the training schema: {'; '.join(problems)}")
+
+
+def _kind(dtype: str) -> str:
+    return "bool" if dtype.startswith("bool") else "number"
+
+
+@dataclass
+class PartyData:
+    source: str
+    ids: np.ndarray  # object array of str
+    features: np.ndarray  # float64 (n, d)
+    feature_names: list[str]
+    labels: np.ndarray  # float64 (n, T): 1.0 / 0.0 / NaN (unknown)
+    tag_names: list[str]
+    schema: Schema
+    _index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row_of(self, customer_id: str) -> int:
+        """The row of ``customer_id``, or -1. The index is built once, on first use."""
+        if self._index is None:
+            self._index = {cid: i for i, cid in enumerate(self.ids)}
+        return self._index.get(customer_id, -1)
+
+    def rows_of(self, ids: Sequence[str], *, what: str = "the alignment") -> np.ndarray:
+        """Rows of ``ids`` in that order; :class:`DataError` names the first position not in the file."""
+        rows = np.fromiter((self.row_of(cid) for cid in ids), dtype=np.int64, count=len(ids))
+        missing = np.flatnonzero(rows < 0)
+        if len(missing):
+            raise DataError(f"{self.source}: customer at position {missing[0] + 1} of {what} is not in the "
+                            "file (has the file changed since PSI?)")
+        return rows
+
+    def take(self, ids_in_order: Sequence[str]) -> PartyData:
+        """The rows for ``ids_in_order``, in that order (e.g. an alignment's agreed order)."""
+        rows = self.rows_of(ids_in_order)
+        return replace(self, ids=self.ids[rows], features=self.features[rows], labels=self.labels[rows])
+
+    def select_tags(self, tags: Sequence[str]) -> PartyData:
+        missing = [t for t in tags if t not in self.tag_names]
+        if missing:
+            raise DataError(f"{self.source}: no tag column(s) {', '.join(missing)}")
+        cols = [self.tag_names.index(t) for t in tags]
+        return replace(self, labels=self.labels[:, cols], tag_names=list(tags))
+
+
+def tag_summary(labels: np.ndarray, tag_names: Sequence[str]) -> list[dict[str, int | str]]:
+    """Counts per tag: known, positive, negative (counts only: safe to log and report)."""
+    out = []
+    for j, name in enumerate(tag_names):
+        col = labels[:, j]
+        known = ~np.isnan(col)
+        out.append({"tag": name, "known": int(known.sum()), "positive": int((col == 1).sum()),
+                    "negative": int((col == 0).sum())})
+    return out
