@@ -1,0 +1,62 @@
+"""ID normalisation, the job salt, and the worker kernel that digests IDs for the duplicate check."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+_PHONE_CHARS = re.compile(r"^\+?[0-9 ()./-]{7,}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+_SALT_TAG = b"fedprofile/psi/v1/salt"
+
+
+def normalise_id(raw: str) -> str:
+    """The normal form both parties apply before hashing.
+
+    * Unicode NFKC, surrounding white space removed, case folded.
+    * E-mail (``local@domain``): the whole address lower-cased (after case folding); nothing else changed.
+    * Phone number (optional ``+``, then at least 7 digits with spaces, dots, dashes, brackets or slashes):
+      separators removed; a leading ``00`` becomes ``+``; a leading ``+`` is kept. Numbers are not
+      re-written between national and international form: both sides must use the same convention
+      (the simulator and most CRMs store E.164, ``+447700900123``).
+    * Anything else: the trimmed, case-folded text.
+    """
+    text = unicodedata.normalize("NFKC", raw).strip().casefold()
+    if _EMAIL.match(text):
+        return text
+    if _PHONE_CHARS.match(text):
+        digits = re.sub(r"[^0-9]", "", text)
+        if text.startswith("+"):
+            return "+" + digits
+        if digits.startswith("00"):
+            return "+" + digits[2:]
+        return digits
+    return text
+
+
+def job_salt(job_id: str, bank_nonce: bytes, platform_nonce: bytes) -> bytes:
+    """SHA-256 over the salt tag, the job ID and both nonces, each prefixed by its 4-byte length."""
+    h = hashlib.sha256()
+    for part in (_SALT_TAG, job_id.encode(), bank_nonce, platform_nonce):
+        h.update(len(part).to_bytes(4, "big"))
+        h.update(part)
+    return h.digest()
+
+
+def digest_chunk(ids: list[str]) -> tuple[bytes, int]:
+    """8-byte digests of the normalised IDs (for the duplicate check) and the first empty row, or -1.
+
+    Module-level so that it runs on a compute backend's workers.
+    """
+    out = bytearray()
+    empty = -1
+    for row, raw in enumerate(ids):
+        value = normalise_id(str(raw)).encode()
+        if not value and empty < 0:
+            empty = row
+        out += hashlib.blake2b(value, digest_size=8).digest()
+    return bytes(out), empty
+
+
+__all__ = ["digest_chunk", "job_salt", "normalise_id"]

@@ -1,0 +1,247 @@
+"""The platform's side of PSI: a step handler for one session, answering the bank's steps in order."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from protocols.channel import Message
+from protocols.compute import ComputeSpec
+from protocols.errors import ProtocolError
+from protocols.psi import messages as wire
+from protocols.psi.ids import job_salt
+from protocols.psi.kernel import Blinder, Pending
+from protocols.psi.messages import (
+    MAX_BATCH_SIZE,
+    MODES,
+    VERSION,
+    Progress,
+    PsiError,
+    PsiResult,
+    batches,
+    exchange_rounds,
+    points_field,
+)
+from protocols.psi.store import PointStore, intersection, match_rows
+
+LOOKAHEAD = 2  # platform batches hashed and blinded ahead of the bank's requests
+OnResult = Callable[[PsiResult], None]
+
+
+class PlatformPsiHandler:
+    """The platform's side of one PSI session (a :class:`protocols.channel.StepHandler`).
+
+    ``on_result`` is called exactly once, with this party's :class:`PsiResult`, right after a successful
+    ``psi.finish`` (before its reply goes back), and never if the session ends before that. ``compute``:
+    where the curve kernels run; the handler owns it and :meth:`close` closes it.
+    """
+
+    def __init__(self, job_id: str, params: Message, ids: Sequence[str], *, on_result: OnResult,
+                 compute: ComputeSpec = None, spill_dir: Path | str | None = None,
+                 progress: Progress | None = None) -> None:
+        self.blinder = Blinder(compute)
+        try:
+            self.mode, self.batch_size = self._check_params(params)
+            self.blinder.check_ids(ids)
+        except PsiError as err:
+            self.blinder.close()
+            raise ProtocolError(f"platform data: {err}") from err
+        except BaseException:
+            self.blinder.close()
+            raise
+        self.job_id = job_id
+        self.ids = ids
+        self.m = len(ids)
+        self.spill_dir = spill_dir
+        self.progress = progress
+        self._on_result = on_result
+        self._result: PsiResult | None = None
+        self.started = time.monotonic()
+        self.expected = wire.HELLO
+        self.salt = b""
+        self.n = 0
+        self.round = 0
+        self.rounds = 0
+        self.perm = np.random.default_rng(secrets.randbits(64)).permutation(self.m)
+        self.own_batches = batches(self.m, self.batch_size)
+        self.bank_batches: list[tuple[int, int]] = []
+        self.ahead: dict[int, Pending] = {}
+        self.stores: list[PointStore] = []
+        self.own_double: PointStore | None = None  # mode "both": a*b*H(y) for our rows
+        self.bank_double: PointStore | None = None  # modes "both" and "cardinality": b*a*H(x), bank's order
+        self.cardinality_double: PointStore | None = None
+        self.cardinality_batches = 0
+        self.received_double = 0
+
+    @staticmethod
+    def _check_params(params: Message) -> tuple[str, int]:
+        version = params.get(wire.PARAM_VERSION)
+        if version != VERSION:
+            raise ProtocolError(f"PSI version {version!r} is not supported (this node: {VERSION})")
+        mode = params.get(wire.PARAM_MODE)
+        if mode not in MODES:
+            raise ProtocolError(f"unknown PSI mode {mode!r}")
+        batch_size = params.get(wire.PARAM_BATCH_SIZE)
+        if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise ProtocolError(f"batch_size must be an integer between 1 and {MAX_BATCH_SIZE:,}")
+        return str(mode), batch_size
+
+    @property
+    def result(self) -> PsiResult | None:
+        """This party's result once ``psi.finish`` has succeeded (also handed to ``on_result``), else None."""
+        return self._result
+
+    def _need(self, step: str, *allowed: str) -> None:
+        if step not in allowed:
+            raise ProtocolError(f"PSI step {step!r} is out of order (expected {' or '.join(allowed)})")
+
+    def _index(self, message: Message, expected: int) -> None:
+        if message.get(wire.INDEX) != expected:
+            raise ProtocolError(f"batch {message.get(wire.INDEX)!r} arrived where batch {expected} was expected")
+
+    def _store(self, size: int) -> PointStore:
+        store = PointStore(size, self.spill_dir)
+        self.stores.append(store)
+        return store
+
+    def _queue_own(self, k: int) -> None:
+        if k < len(self.own_batches) and k not in self.ahead:
+            lo, hi = self.own_batches[k]
+            self.ahead[k] = self.blinder.hash_and_blind_async(
+                self.salt, [self.ids[r] for r in self.perm[lo:hi].tolist()])
+
+    def handle(self, step: str, message: Message) -> Message:
+        if self._result is not None:
+            raise ProtocolError("this PSI session has finished")
+        if step == wire.HELLO:
+            self._need(step, self.expected)
+            return self._hello(message)
+        if step == wire.EXCHANGE:
+            self._need(step, self.expected)
+            return self._exchange(message)
+        if step == wire.CARDINALITY_BATCH:
+            self._need(step, self.expected)
+            return self._cardinality_batch(message)
+        if step == wire.FINISH:
+            self._need(step, self.expected)
+            return self._finish(message)
+        raise ProtocolError(f"unknown PSI step {step!r}")
+
+    def _hello(self, message: Message) -> Message:
+        nonce, n = message.get(wire.BANK_NONCE), message.get(wire.BANK_SIZE)
+        if not isinstance(nonce, bytes) or len(nonce) != wire.NONCE or not isinstance(n, int) or n < 1:
+            raise ProtocolError(f"malformed {wire.HELLO}")
+        platform_nonce = secrets.token_bytes(wire.NONCE)
+        self.salt = job_salt(self.job_id, nonce, platform_nonce)
+        self.n = n
+        self.bank_batches = batches(n, self.batch_size)
+        self.rounds = exchange_rounds(len(self.bank_batches), len(self.own_batches), self.mode)
+        if self.mode == "both":
+            self.own_double = self._store(self.m)
+        if self.mode != "bank_only":
+            self.bank_double = self._store(n)
+        for k in range(LOOKAHEAD):
+            self._queue_own(k)
+        self.expected = wire.EXCHANGE
+        return {wire.PLATFORM_NONCE: platform_nonce, wire.PLATFORM_SIZE: self.m}
+
+    def _exchange(self, message: Message) -> Message:
+        k = self.round
+        self._index(message, k)
+        blinding = None
+        if k < len(self.bank_batches):
+            lo, hi = self.bank_batches[k]
+            blinding = self.blinder.blind_async(points_field(message, wire.POINTS, hi - lo, f"bank batch {k}"))
+        elif wire.POINTS in message:
+            raise ProtocolError(f"exchange {k} carries bank points after the last bank batch")
+        if self.mode == "both" and 1 <= k <= len(self.own_batches):
+            assert self.own_double is not None
+            lo, hi = self.own_batches[k - 1]
+            double = points_field(message, wire.PLATFORM_DOUBLE, hi - lo, f"exchange {k}'s platform_double")
+            self.own_double.write(self.perm[lo:hi], double)
+            self.received_double = hi
+        elif wire.PLATFORM_DOUBLE in message:
+            raise ProtocolError(f"exchange {k} carries doubly blinded platform points it should not")
+        reply: Message = {}
+        if k < len(self.own_batches):
+            self._queue_own(k)
+            reply[wire.POINTS] = self.ahead.pop(k).result()
+            self._queue_own(k + LOOKAHEAD)
+        if blinding is not None:
+            lo, hi = self.bank_batches[k]
+            double = blinding.result()
+            if self.bank_double is not None:
+                self.bank_double.write(slice(lo, hi), double)
+            if self.mode != "cardinality":
+                reply[wire.DOUBLE] = double
+            if self.progress:
+                self.progress("psi: bank points", hi, self.n)
+        self.round += 1
+        if self.round == self.rounds:
+            if self.mode == "cardinality":
+                self.cardinality_double = self._store(self.m)
+                self.expected = wire.CARDINALITY_BATCH
+            else:
+                self.expected = wire.FINISH
+        return reply
+
+    def _cardinality_batch(self, message: Message) -> Message:
+        assert self.cardinality_double is not None
+        self._index(message, self.cardinality_batches)
+        lo, hi = self.own_batches[self.cardinality_batches]
+        double = points_field(message, wire.DOUBLE, hi - lo, wire.CARDINALITY_BATCH)
+        self.cardinality_double.write(slice(lo, hi), double)
+        self.cardinality_batches += 1
+        if self.cardinality_batches == len(self.own_batches):
+            self.expected = wire.FINISH
+        return {}
+
+    def _finish(self, message: Message) -> Message:
+        if self.mode == "cardinality":
+            assert self.bank_double is not None and self.cardinality_double is not None
+            size = len(match_rows(self.cardinality_double, self.bank_double)[0])
+            return self._report(PsiResult(self.mode, size, None, "", self.m, self.n, 0.0), {wire.SIZE: size})
+        size, digest = message.get(wire.SIZE), message.get(wire.CONTENT_HASH)
+        if not isinstance(size, int) or not isinstance(digest, str):
+            raise ProtocolError(f"malformed {wire.FINISH}")
+        if self.mode == "bank_only":
+            # We learn only the size the bank reports; we cannot check it, and cannot link it to our users.
+            return self._report(PsiResult(self.mode, size, None, digest, self.m, self.n, 0.0), {wire.SIZE: size})
+        assert self.own_double is not None and self.bank_double is not None
+        if self.received_double != self.m:
+            raise ProtocolError("the bank has not returned every doubly blinded platform point")
+        members, own_digest = intersection(self.own_double, self.bank_double, self.ids)
+        if len(members) != size or own_digest != digest:
+            raise ProtocolError("the two sides computed different intersections; nothing stored")
+        return self._report(PsiResult(self.mode, size, members, own_digest, self.m, self.n, 0.0),
+                            {wire.SIZE: size, wire.CONTENT_HASH: own_digest})
+
+    def _report(self, result: PsiResult, reply: Message) -> Message:
+        """The session succeeded: hand the result to the node (once) and answer ``psi.finish``."""
+        result.seconds = time.monotonic() - self.started
+        self._result = result  # from here on every step is refused, so on_result cannot run twice
+        self._on_result(result)
+        return reply
+
+    def close(self) -> None:
+        for pending in self.ahead.values():
+            pending.cancel()
+        self.ahead.clear()
+        self.blinder.close()
+        for store in self.stores:
+            store.close()
+
+
+def make_platform_psi_handler(job_id: str, params: Message, ids: Sequence[str], *, on_result: OnResult,
+                              compute: ComputeSpec = None, spill_dir: Path | str | None = None,
+                              progress: Progress | None = None) -> PlatformPsiHandler:
+    """The node's SessionFactory calls this when the bank opens a ``psi`` session."""
+    return PlatformPsiHandler(job_id, params, ids, on_result=on_result, compute=compute, spill_dir=spill_dir,
+                              progress=progress)
+
+
+__all__ = ["LOOKAHEAD", "OnResult", "PlatformPsiHandler", "make_platform_psi_handler"]
