@@ -160,23 +160,22 @@ def ours_grpc(bank: list[str], platform: list[str], workers: int, workdir: Path)
 
 def ours_local(bank: list[str], platform: list[str], workers: int) -> dict[str, Any]:
     from protocols.channel import LocalPeer, Message
-    from protocols.psi import PlatformPsiHandler, make_platform_psi_handler, run_bank_psi
+    from protocols.psi import PlatformPsiHandler, PsiResult, make_platform_psi_handler, run_bank_psi
 
-    handlers: list[PlatformPsiHandler] = []
+    reports: list[PsiResult] = []  # what the platform handed to on_result (once, after psi.finish)
 
     def factory(kind: str, job_id: str, params: Message) -> PlatformPsiHandler:
-        handlers.append(make_platform_psi_handler(job_id, params, platform, workers=workers))
-        return handlers[-1]
+        return make_platform_psi_handler(job_id, params, platform, on_result=reports.append, compute=workers)
 
     sampler = _sampler({"bench_process": os.getpid()})
     started = time.monotonic()
     if sampler:
         with sampler:
-            result = run_bank_psi(LocalPeer(factory), "bench-psi", bank, mode="both", workers=workers)
+            result = run_bank_psi(LocalPeer(factory), "bench-psi", bank, mode="both", compute=workers)
     else:
-        result = run_bank_psi(LocalPeer(factory), "bench-psi", bank, mode="both", workers=workers)
+        result = run_bank_psi(LocalPeer(factory), "bench-psi", bank, mode="both", compute=workers)
     wall = time.monotonic() - started
-    theirs = handlers[-1].result if handlers else None
+    theirs = reports[0] if len(reports) == 1 else None
     agreed = theirs is not None and theirs.ids == result.ids and theirs.content_hash == result.content_hash
     peak = round(sampler.peak["bench_process"], 1) if sampler else None
     return {"seconds": round(result.seconds, 3), "wall_seconds": round(wall, 3), "found": list(result.ids or ()),
