@@ -1,0 +1,303 @@
+"""The node's job store and audit log: SQLite on disk (every change one transaction) or in memory for tests.
+
+Jobs hold parameters and results as JSON: counts, metrics, hashes; never IDs, features or labels.
+Job IDs are checked here, once for the whole node (:data:`JOB_ID_RE`, :func:`check_job_id`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from protocols.errors import NotFound, UserError
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+STATUSES = ("queued", "running", "succeeded", "failed")
+STOPPED_ERROR = "node stopped while the job ran"
+_PROGRESS_MAX = 500
+_ERROR_MAX = 4000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
+    params_json TEXT NOT NULL DEFAULT '{}',
+    result_json TEXT NOT NULL DEFAULT '{}',
+    error TEXT NOT NULL DEFAULT '',
+    progress TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    job_id TEXT,
+    event TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+"""
+_AUDIT_INSERT = "INSERT INTO audit (at, job_id, event, detail) VALUES (?, ?, ?, ?)"
+_UNFINISHED = "status IN ('queued', 'running')"
+_JOB_COLUMNS = ("job_id, kind, name, status, params_json, result_json, error, progress, created_at, "
+                "finished_at")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class InvalidJobId(UserError):
+    """A job ID that is not 8-64 letters, digits, '_' or '-'."""
+
+
+class DuplicateJob(UserError):
+    """A job with that ID already exists on this node."""
+
+
+class UnknownJob(NotFound):
+    """No job with that ID on this node."""
+
+
+def check_job_id(job_id: str) -> str:
+    """Return ``job_id`` if it is a valid job ID (safe as a file name too); raise :class:`InvalidJobId`."""
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise InvalidJobId(f"invalid job ID {job_id!r}: use 8 to 64 letters, digits, '_' or '-'")
+    return job_id
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    kind: str
+    name: str
+    status: str
+    params: dict[str, Any]
+    result: dict[str, Any]
+    error: str
+    progress: str
+    created_at: str
+    finished_at: str
+
+
+class AuditEvent(NamedTuple):
+    """One line of the audit log; ``job_id`` is None for node-level events."""
+
+    at: str
+    job_id: str | None
+    event: str
+    detail: str
+
+
+def _params_json(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def _result_json(result: dict[str, Any]) -> str:
+    return json.dumps(result, sort_keys=True, default=str)
+
+
+class SqliteJobStore:
+    """Thread-safe; each method is one transaction, so a crash never leaves a half-written job.
+
+    Opening the store marks the jobs that were queued or running when the node stopped as failed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # private from the start
+        os.chmod(self.path, 0o600)  # SQLite gives its -wal and -shm files the database file's mode
+        with closing(self._connect()) as db:
+            db.executescript(SCHEMA)
+        # Jobs that were running when the node stopped did not finish: say so instead of leaving them running.
+        with self._transaction() as db:
+            at = now()
+            rows = db.execute(f"SELECT job_id FROM jobs WHERE {_UNFINISHED} ORDER BY rowid").fetchall()
+            stopped = [r[0] for r in rows]
+            db.execute(f"UPDATE jobs SET status='failed', error=?, finished_at=? WHERE {_UNFINISHED}",
+                       (STOPPED_ERROR, at))
+            db.executemany(_AUDIT_INSERT, [(at, job_id, "failed", STOPPED_ERROR) for job_id in stopped])
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One connection, BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on any exception."""
+        with self._lock, closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:  # SQLite may have rolled back already (a full disk, say)
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _update(self, job_id: str, sql: str, args: tuple[Any, ...], event: str | None) -> None:
+        check_job_id(job_id)
+        with self._transaction() as db:
+            if db.execute(sql, (*args, job_id)).rowcount == 0:
+                raise UnknownJob(f"no job {job_id}")
+            if event:
+                db.execute(_AUDIT_INSERT, (now(), job_id, event, ""))
+
+    def create(self, job_id: str, kind: str, name: str, params: dict[str, Any]) -> None:
+        check_job_id(job_id)
+        at, params_json = now(), _params_json(params)
+        with self._transaction() as db:
+            try:
+                db.execute("INSERT INTO jobs (job_id, kind, name, status, params_json, created_at) "
+                           "VALUES (?, ?, ?, 'queued', ?, ?)", (job_id, kind, name, params_json, at))
+            except sqlite3.IntegrityError as err:
+                raise DuplicateJob(f"job {job_id} already exists") from err
+            db.execute(_AUDIT_INSERT, (at, job_id, "created", kind))
+
+    def mark_running(self, job_id: str) -> None:
+        self._update(job_id, "UPDATE jobs SET status='running' WHERE job_id=?", (), "running")
+
+    def set_progress(self, job_id: str, progress: str) -> None:
+        self._update(job_id, "UPDATE jobs SET progress=? WHERE job_id=?", (progress[:_PROGRESS_MAX],), None)
+
+    def finish(self, job_id: str, result: dict[str, Any]) -> None:
+        sql = "UPDATE jobs SET status='succeeded', result_json=?, finished_at=? WHERE job_id=?"
+        self._update(job_id, sql, (_result_json(result), now()), "succeeded")
+
+    def fail(self, job_id: str, error: str) -> None:
+        self._update(job_id, "UPDATE jobs SET status='failed', error=?, finished_at=? WHERE job_id=?",
+                     (error[:_ERROR_MAX], now()), "failed")
+
+    def audit(self, job_id: str | None, event: str, detail: str = "") -> None:
+        if job_id is not None:
+            check_job_id(job_id)
+        with self._transaction() as db:
+            db.execute(_AUDIT_INSERT, (now(), job_id, event, detail))
+
+    def audit_events(self, job_id: str | None = None) -> list[AuditEvent]:
+        """The audit log, oldest first; only ``job_id``'s events when given."""
+        sql, args = "SELECT at, job_id, event, detail FROM audit", ()
+        if job_id is not None:
+            sql, args = sql + " WHERE job_id=?", (check_job_id(job_id),)
+        with closing(self._connect()) as db:
+            rows = db.execute(sql + " ORDER BY seq", args).fetchall()
+        return [AuditEvent(*row) for row in rows]
+
+    def get(self, job_id: str) -> JobRecord:
+        check_job_id(job_id)
+        with closing(self._connect()) as db:
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJob(f"no job {job_id}")
+        return self._record(row)
+
+    def list(self, limit: int = 50, *, kind: str | None = None, status: str | None = None) -> list[JobRecord]:
+        """The newest ``limit`` jobs first, optionally only of one kind and/or status."""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        where, args = [], []
+        if kind:
+            where.append("kind=?")
+            args.append(kind)
+        if status:
+            where.append("status=?")
+            args.append(status)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        with closing(self._connect()) as db:
+            rows = db.execute(sql, (*args, limit)).fetchall()
+        return [self._record(r) for r in rows]
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> JobRecord:
+        return JobRecord(job_id=row[0], kind=row[1], name=row[2], status=row[3], params=json.loads(row[4]),
+                         result=json.loads(row[5]), error=row[6], progress=row[7], created_at=row[8],
+                         finished_at=row[9])
+
+
+class MemoryJobStore:
+    """The contract of :class:`SqliteJobStore` in dicts, for tests; values go through JSON the same way."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, JobRecord] = {}  # insertion order = creation order
+        self._audit: list[AuditEvent] = []
+
+    def _update(self, job_id: str, event: str | None, **changes: Any) -> None:
+        check_job_id(job_id)
+        with self._lock:
+            if job_id not in self._jobs:
+                raise UnknownJob(f"no job {job_id}")
+            self._jobs[job_id] = replace(self._jobs[job_id], **changes)
+            if event:
+                self._audit.append(AuditEvent(now(), job_id, event, ""))
+
+    def create(self, job_id: str, kind: str, name: str, params: dict[str, Any]) -> None:
+        check_job_id(job_id)
+        at, stored = now(), json.loads(_params_json(params))
+        with self._lock:
+            if job_id in self._jobs:
+                raise DuplicateJob(f"job {job_id} already exists")
+            self._jobs[job_id] = JobRecord(job_id, kind, name, "queued", stored, {}, "", "", at, "")
+            self._audit.append(AuditEvent(at, job_id, "created", kind))
+
+    def mark_running(self, job_id: str) -> None:
+        self._update(job_id, "running", status="running")
+
+    def set_progress(self, job_id: str, progress: str) -> None:
+        self._update(job_id, None, progress=progress[:_PROGRESS_MAX])
+
+    def finish(self, job_id: str, result: dict[str, Any]) -> None:
+        self._update(job_id, "succeeded", status="succeeded", result=json.loads(_result_json(result)),
+                     finished_at=now())
+
+    def fail(self, job_id: str, error: str) -> None:
+        self._update(job_id, "failed", status="failed", error=error[:_ERROR_MAX], finished_at=now())
+
+    def audit(self, job_id: str | None, event: str, detail: str = "") -> None:
+        if job_id is not None:
+            check_job_id(job_id)
+        with self._lock:
+            self._audit.append(AuditEvent(now(), job_id, event, detail))
+
+    def audit_events(self, job_id: str | None = None) -> list[AuditEvent]:
+        if job_id is not None:
+            check_job_id(job_id)
+        with self._lock:
+            return [e for e in self._audit if job_id is None or e.job_id == job_id]
+
+    def get(self, job_id: str) -> JobRecord:
+        check_job_id(job_id)
+        with self._lock:
+            record = self._jobs.get(job_id)
+        if record is None:
+            raise UnknownJob(f"no job {job_id}")
+        return _copy(record)
+
+    def list(self, limit: int = 50, *, kind: str | None = None, status: str | None = None) -> list[JobRecord]:
+        with self._lock:
+            records = list(self._jobs.values())
+        # As SQL's ORDER BY created_at DESC, rowid DESC: sorting is stable, so ties stay newest first.
+        newest = sorted(reversed(records), key=lambda r: r.created_at, reverse=True)
+        chosen = [r for r in newest if (not kind or r.kind == kind) and (not status or r.status == status)]
+        return [_copy(r) for r in (chosen if limit < 0 else chosen[:limit])]  # SQLite: LIMIT -1 = no limit
+
+
+def _copy(record: JobRecord) -> JobRecord:
+    """A record whose dicts the caller may change without changing the store (as a database read gives)."""
+    return replace(record, params=json.loads(json.dumps(record.params)),
+                   result=json.loads(json.dumps(record.result)))
