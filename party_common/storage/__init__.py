@@ -1,0 +1,116 @@
+"""The node's storage: jobs and audit log, alignments, and JSON documents behind small interfaces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from party_common.storage.alignments import (
+    Alignment,
+    AlignmentError,
+    FileAlignmentStore,
+    MemoryAlignmentStore,
+    UnknownAlignment,
+)
+from party_common.storage.documents import (
+    DocumentError,
+    DocumentExists,
+    FileDocumentStore,
+    MemoryDocumentStore,
+    UnknownDocument,
+)
+from party_common.storage.files import ensure_private_dir
+from party_common.storage.jobs import (
+    JOB_ID_RE,
+    AuditEvent,
+    DuplicateJob,
+    InvalidJobId,
+    JobRecord,
+    MemoryJobStore,
+    SqliteJobStore,
+    UnknownJob,
+    check_job_id,
+)
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    """Jobs (queued -> running -> succeeded | failed) and the audit log. Unknown IDs raise UnknownJob."""
+
+    def create(self, job_id: str, kind: str, name: str, params: dict[str, Any]) -> None: ...
+    def mark_running(self, job_id: str) -> None: ...
+    def set_progress(self, job_id: str, progress: str) -> None: ...
+    def finish(self, job_id: str, result: dict[str, Any]) -> None: ...
+    def fail(self, job_id: str, error: str) -> None: ...
+    def audit(self, job_id: str | None, event: str, detail: str = "") -> None: ...
+    def audit_events(self, job_id: str | None = None) -> list[AuditEvent]: ...
+    def get(self, job_id: str) -> JobRecord: ...
+    def list(self, limit: int = 50, *, kind: str | None = None,
+             status: str | None = None) -> list[JobRecord]: ...
+
+
+@runtime_checkable
+class AlignmentStore(Protocol):
+    """PSI results, never overwritten. Unknown IDs raise UnknownAlignment."""
+
+    def save(self, alignment: Alignment) -> Alignment: ...
+    def load(self, job_id: str) -> Alignment: ...
+    def exists(self, job_id: str) -> bool: ...
+    def list(self) -> list[str]: ...
+
+
+@runtime_checkable
+class DocumentStore(Protocol):
+    """JSON objects keyed by job ID. Unknown IDs raise UnknownDocument; existing ones DocumentExists."""
+
+    def save(self, job_id: str, doc: dict[str, Any], *, overwrite: bool = False) -> None: ...
+    def load(self, job_id: str) -> dict[str, Any]: ...
+    def exists(self, job_id: str) -> bool: ...
+    def list(self) -> list[str]: ...
+    def delete(self, job_id: str, *, missing_ok: bool = False) -> None: ...
+
+
+@dataclass(frozen=True)
+class NodeStores:
+    jobs: JobStore
+    alignments: AlignmentStore
+    models: DocumentStore
+    reports: DocumentStore
+    checkpoints: DocumentStore
+
+
+def open_node_stores(state_dir: Path) -> NodeStores:
+    """The durable stores of the node whose state directory is ``state_dir``, laid out as::
+
+        <state_dir>/                    0700 (each subdirectory too)
+            jobs.sqlite                 0600  jobs and the audit log (SQLite, WAL)
+            alignments/<job>.json       0600  PSI results; <job>.ids.parquet holds the IDs when known
+            models/<job>.model          0600  this node's half of a trained model (JSON)
+            reports/<job>.json          0600  training reports (bank node)
+            checkpoints/<job>.json      0600  training checkpoints
+    """
+    state_dir = ensure_private_dir(Path(state_dir))
+    return NodeStores(
+        jobs=SqliteJobStore(state_dir / "jobs.sqlite"),
+        alignments=FileAlignmentStore(state_dir / "alignments"),
+        models=FileDocumentStore(state_dir / "models", suffix=".model", kind="model"),
+        reports=FileDocumentStore(state_dir / "reports", suffix=".json", kind="report"),
+        checkpoints=FileDocumentStore(state_dir / "checkpoints", suffix=".json", kind="checkpoint"),
+    )
+
+
+def memory_node_stores() -> NodeStores:
+    """Stores that live in memory only, with the same behaviour: for tests."""
+    return NodeStores(jobs=MemoryJobStore(), alignments=MemoryAlignmentStore(),
+                      models=MemoryDocumentStore(kind="model"), reports=MemoryDocumentStore(kind="report"),
+                      checkpoints=MemoryDocumentStore(kind="checkpoint"))
+
+
+__all__ = [
+    "JOB_ID_RE", "Alignment", "AlignmentError", "AlignmentStore", "AuditEvent", "DocumentError",
+    "DocumentExists", "DocumentStore", "DuplicateJob", "FileAlignmentStore", "FileDocumentStore",
+    "InvalidJobId", "JobRecord", "JobStore", "MemoryAlignmentStore", "MemoryDocumentStore", "MemoryJobStore",
+    "NodeStores", "SqliteJobStore", "UnknownAlignment", "UnknownDocument", "UnknownJob", "check_job_id",
+    "memory_node_stores", "open_node_stores",
+]
