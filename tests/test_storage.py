@@ -6,6 +6,7 @@ import json
 import os
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,6 @@ from party_common.storage import (
 from party_common.storage import alignments as alignments_module
 from party_common.storage.jobs import STOPPED_ERROR
 from protocols.errors import NotFound, UserError
-from protocols.psi import PsiResult
 
 BAD_IDS = ["short", "", "a" * 65, "../../etc/passwd", "job id with spaces", "job.model.x", "jöb-0000001"]
 
@@ -188,10 +188,22 @@ def test_restart_keeps_every_job_and_fails_the_unfinished(tmp_path: Path) -> Non
 
 # ---- alignments ----
 
+@dataclass
+class PsiResult:
+    """What protocols.psi.PsiResult holds (the store needs only mode, size, ids and content_hash)."""
+
+    mode: str
+    size: int
+    ids: list[str] | None
+    content_hash: str
+    own_count: int
+    peer_count: int
+
+
 def psi_result(n: int, *, ids: bool = True) -> PsiResult:
     members = [f"+44 7700 9{i:05d}" for i in range(n)]
     return PsiResult(mode="both" if ids else "cardinality", size=n, ids=members if ids else None,
-                     content_hash=f"hash-{n}", own_count=2 * n, peer_count=3 * n, seconds=0.1)
+                     content_hash=f"hash-{n}", own_count=2 * n, peer_count=3 * n)
 
 
 @pytest.mark.parametrize("with_ids", [True, False])
@@ -376,6 +388,23 @@ class _HalfWriter:
         self._f.write(data[:len(data) // 2])
         self._f.flush()
         raise OSError("write failed")
+
+
+def test_concurrent_saves_of_one_id_leave_exactly_one(documents: DocumentStore, jobs: JobStore) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(i: int) -> str:
+        try:
+            documents.save("train-00000001", {"writer": i})
+            jobs.create("align-00000001", "align", str(i), {})
+        except (DocumentExists, DuplicateJob) as err:
+            return type(err).__name__
+        return "ok"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(attempt, range(16)))
+    assert outcomes.count("ok") == 1 and outcomes.count("DocumentExists") == 15
+    assert str(documents.load("train-00000001")["writer"]) == jobs.get("align-00000001").name
 
 
 # ---- the node's stores ----
