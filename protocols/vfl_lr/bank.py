@@ -1,0 +1,299 @@
+"""The bank's side of training: it drives every step, trains its half, picks each tag's best epoch, reports."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from protocols.channel import Message, Peer, PeerChannel
+from protocols.compute import ComputeSpec
+from protocols.errors import ProtocolError
+from protocols.fixedpoint import quantise
+from protocols.metrics import Split, bank_only_baseline, tag_metrics
+from protocols.packing import pack_signed, unpack_signed
+from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
+from protocols.paillier_pool import PaillierPool
+from protocols.party_data import PartyData
+from protocols.vfl_lr.encoding import encode_z, pack_pairs, pack_rows, residual_offset
+from protocols.vfl_lr.messages import (
+    SESSION_KIND,
+    Field,
+    Step,
+    ints_from_bytes,
+    ints_to_bytes,
+    read_ciphertexts,
+    read_field,
+)
+from protocols.vfl_lr.model import BankModel, sigmoid
+from protocols.vfl_lr.params import (
+    F_BITS,
+    STAT_BITS,
+    VERSION,
+    Z_CLIP,
+    SlotPlan,
+    TrainingError,
+    TrainParams,
+    plaintext_bits,
+)
+from protocols.vfl_lr.state import BankTrainState, Scaler, active_rows, epoch_batches
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class TrainOutcome:
+    """The bank's model half and the job's report (metrics, history, split sizes, timings, encoding)."""
+
+    model: BankModel
+    report: dict[str, Any]
+
+
+def run_bank_training(peer: Peer, job_id: str, bank: PartyData, params: TrainParams, *,
+                      progress: Progress | None = None, compute: ComputeSpec = None,
+                      allow_insecure_keys: bool = False) -> TrainOutcome:
+    """Train one model per tag of ``bank`` (rows in the alignment's order) with the platform behind ``peer``.
+
+    The session owns ``compute`` (a backend, a worker count, or None for every core) and closes it when
+    training ends, however it ends.
+    """
+    pool = PaillierPool(compute)
+    try:
+        params.validate(allow_insecure_keys=allow_insecure_keys)
+        return _BankTrainer(peer, job_id, bank, params, progress, pool, allow_insecure_keys).run()
+    finally:
+        pool.close()
+
+
+class _BankTrainer:
+    def __init__(self, peer: Peer, job_id: str, bank: PartyData, params: TrainParams, progress: Progress | None,
+                 pool: PaillierPool, allow_insecure_keys: bool) -> None:
+        self.job_id, self.bank, self.p = job_id, bank, params
+        self.progress = progress or (lambda stage, done, total: None)
+        self.allow_insecure = allow_insecure_keys
+        self.peer = peer
+        self.pool = pool
+        self.T = len(bank.tag_names)
+        self.mask = ~np.isnan(bank.labels)
+        self.y = np.nan_to_num(bank.labels, nan=0.0)
+
+    def run(self) -> TrainOutcome:
+        p, bank = self.p, self.bank
+        self._check_tags()
+        split = p.split(bank.labels)
+        self.scaler = Scaler.fit(bank.features[split.train], p.clip)
+        X = self.scaler.transform(bank.features)
+        self.X_aug = np.hstack([X, np.ones((len(X), 1))]) if p.fit_intercept else X
+        self.Xq_aug, self.qscale_aug = quantise(X, p.quant_bits, fit_rows=split.train)
+        if p.fit_intercept:
+            self.Xq_aug = np.hstack([self.Xq_aug, np.ones((len(X), 1), dtype=np.int64)])
+            self.qscale_aug = np.concatenate([self.qscale_aug, [1.0]])
+        self.state = BankTrainState.start(p, self.X_aug.shape[1], self.T)
+
+        self.progress("keys", 0, 1)
+        self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.allow_insecure)
+        channel = self.peer.open(SESSION_KIND, self.job_id, {Field.VERSION: VERSION, Field.PARAMS: p.to_json(),
+                                                              Field.TAGS: json.dumps(bank.tag_names)})
+        try:
+            return self._train(channel, split)
+        finally:
+            channel.close()
+
+    def _check_tags(self) -> None:
+        if self.T == 0:
+            raise TrainingError("no tags to train")
+        for t, tag in enumerate(self.bank.tag_names):
+            known = self.bank.labels[:, t][self.mask[:, t]]
+            if len(known) == 0 or known.min() == known.max():
+                raise TrainingError(f"{self.bank.source}: tag column '{tag}' has "
+                                    f"{'no known labels' if len(known) == 0 else 'one class only'} among the "
+                                    f"{len(self.bank.ids)} aligned customers; it cannot be trained")
+
+    def _train(self, channel: PeerChannel, split: Split) -> TrainOutcome:
+        p, state = self.p, self.state
+        started = time.monotonic()
+        train_mask = np.zeros_like(self.mask)
+        train_mask[split.train] = self.mask[split.train]
+        reply = channel.call(Step.SETUP, {
+            Field.BANK_KEY: self.pk.to_bytes(), Field.N_ROWS: len(self.bank.ids),
+            Field.TRAIN_ROWS: split.train, Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test,
+            Field.LABEL_MASK: train_mask.astype(np.uint8),
+        })
+        try:
+            self.ppk = PublicKey.from_bytes(read_field(reply, Field.PLATFORM_KEY, bytes),
+                                            allow_insecure=self.allow_insecure)
+        except InvalidKey as err:
+            raise ProtocolError(f"the platform's public key was refused: {err}") from err
+        self.plan = SlotPlan(p.quant_bits, p.batch_size, self.T, plaintext_bits(self.pk, self.ppk))
+        self.mask_train = train_mask
+        active = active_rows(split.train, self.mask)
+        if len(active) == 0:
+            raise TrainingError("no training row has a known label")
+        for epoch in range(state.epoch + 1, p.epochs):
+            self._epoch(channel, epoch, active, split)
+            if p.early_stopping_patience and len(split.validation) and state.stale >= p.early_stopping_patience:
+                break
+        # Each tag keeps the weights of its best validation epoch (the platform does the same for its half).
+        for t in range(self.T):
+            state.W[:, t] = state.snapshots[state.best_epoch[t]][:, t]
+        z_b_test = self._partial(channel, Step.FINISH, {Field.BEST_EPOCH: state.best_epoch}, len(split.test))
+        report = self._report(split, z_b_test, time.monotonic() - started)
+        W = state.W
+        weights = W[:-1] if p.fit_intercept else W
+        model = BankModel(self.job_id, list(self.bank.tag_names), weights.copy(),
+                          W[-1].copy() if p.fit_intercept else np.zeros(self.T), self.scaler, self.bank.schema,
+                          {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()})
+        return TrainOutcome(model, report)
+
+    def _epoch(self, channel: PeerChannel, epoch: int, active: np.ndarray, split: Split) -> None:
+        """One epoch: masks ahead of time, every batch online, then validation and the best-epoch bookkeeping."""
+        p, state = self.p, self.state
+        batches = epoch_batches(active, p.batch_size, p.seed, epoch)
+        state.epoch, state.next_batch = epoch, 0
+        t0 = time.monotonic()
+        emask = self._prepare_epoch(channel, epoch, batches)
+        t1 = time.monotonic()
+        for b, rows in enumerate(batches):
+            self._batch(channel, epoch, b, rows, emask[b])
+            state.next_batch = b + 1
+            self.progress(f"epoch {epoch + 1}/{p.epochs}", b + 1, len(batches))
+        state.snapshots.append(state.W.copy())
+        entry: dict[str, Any] = {"epoch": epoch + 1}
+        improved = np.ones(self.T, dtype=bool)
+        if len(split.validation):
+            improved = self._validate(channel, epoch, split.validation, entry)
+        state.best_epoch[improved] = epoch
+        t2 = time.monotonic()
+        state.seconds_ahead += t1 - t0
+        state.seconds_online += t2 - t1
+        entry.update(seconds_ahead=round(t1 - t0, 3), seconds_online=round(t2 - t1, 3), batches=len(batches))
+        state.history.append(entry)
+        state.stale = 0 if improved.any() else state.stale + 1
+
+    def _validate(self, channel: PeerChannel, epoch: int, rows: np.ndarray, entry: dict[str, Any]) -> np.ndarray:
+        """Joint validation metrics of this epoch; which tags improved on their best so far."""
+        state = self.state
+        z_b = self._partial(channel, Step.VALIDATE, {Field.EPOCH: epoch}, len(rows))
+        scores = self._z_bank(rows) + z_b
+        metrics = [tag_metrics(self.bank.labels[rows, t], sigmoid(scores[:, t])) for t in range(self.T)]
+        value = np.array([m["auc"] if m["auc"] is not None else -(m["logloss"] or 0.0) for m in metrics])
+        improved = value > state.best_metric + 1e-6
+        state.best_metric = np.where(improved, value, state.best_metric)
+        entry["validation_auc"] = {tag: m["auc"] for tag, m in zip(self.bank.tag_names, metrics, strict=True)}
+        return improved
+
+    def _z_bank(self, rows: np.ndarray) -> np.ndarray:
+        return self.X_aug[rows] @ self.state.W
+
+    def _partial(self, channel: PeerChannel, step: str, message: Message, n: int) -> np.ndarray:
+        reply = channel.call(step, message)
+        z = reply.get(Field.PARTIAL_SCORES)
+        if not isinstance(z, np.ndarray) or z.shape != (n, self.T) or not np.isfinite(z).all():
+            raise ProtocolError(f"{step}: the platform's partial scores have the wrong shape or are not finite")
+        return z.astype(np.float64)
+
+    # ---- ahead of time: the mask path [[e]]_A -> X_B^T e ----
+
+    def _prepare_epoch(self, channel: PeerChannel, epoch: int, batches: list[np.ndarray]) -> list[np.ndarray]:
+        plan, groups = self.plan, self.plan.groups
+        n_noise = sum(len(r) for r in batches) * len(groups)
+        noise = NoisePool(self.pk, self.sk)
+        self.pool.fill(noise, n_noise)
+        # Noise under the platform's key for the masks R_A of every batch, made now (public-key path).
+        self.r_noise = NoisePool(self.ppk)
+        self.pool.fill(self.r_noise, len(batches) * len(groups) * self.X_aug.shape[1])
+        channel.call(Step.EPOCH, {Field.EPOCH: epoch, Field.BATCH_ROWS: np.concatenate(batches),
+                                  Field.BATCH_SIZES: np.array([len(r) for r in batches], dtype=np.int64)})
+        masks = []
+        for b, rows in enumerate(batches):
+            e = np.zeros((len(rows), self.T), dtype=object)
+            m = self.mask_train[rows]
+            for i, t in zip(*np.nonzero(m), strict=True):
+                e[i, t] = secrets.randbits(plan.e_bits)
+            packed = pack_rows(e, groups, plan.emask_slot)
+            enc = self.pk.raw_encrypt(self.pk.encode(packed), noise.take(len(packed)))
+            reply = channel.call(Step.EMASK, {Field.EPOCH: epoch, Field.BATCH: b,
+                                              Field.MASKS: CipherVector(self.pk, enc).to_bytes()})
+            cv = read_ciphertexts(self.pk, reply.get(Field.MASKED_PRODUCTS), None, Step.EMASK)
+            opened = self.pk.decode(self.pool.decrypt_raw(self.sk, cv))
+            channel.call(Step.EMASK_OPEN, {Field.EPOCH: epoch, Field.BATCH: b,
+                                           Field.VALUES: ints_to_bytes(opened, self.pk.byte_len)})
+            masks.append(e)
+            self.progress(f"epoch {epoch + 1}/{self.p.epochs} (masks ahead of time)", b + 1, len(batches))
+        return masks
+
+    # ---- one mini-batch ----
+
+    def _batch(self, channel: PeerChannel, epoch: int, b: int, rows: np.ndarray, e: np.ndarray) -> None:
+        plan, groups, T, state = self.plan, self.plan.groups, self.T, self.state
+        m = self.mask_train[rows]
+        n_pairs = int(m.sum())
+        reply = channel.call(Step.FORWARD, {Field.EPOCH: epoch, Field.BATCH: b})
+        row_cts = read_ciphertexts(self.ppk, reply.get(Field.ROWS), len(rows) * len(groups), "train.forward rows")
+        pair_cts = read_ciphertexts(self.ppk, reply.get(Field.PAIRS), plan.pair_cts(n_pairs), "train.forward pairs")
+
+        # [[X_A^T z_B + R_A]]_P per tag group: Pippenger over the rows, masked and re-randomised by Enc(R_A).
+        Xq = self.Xq_aug[rows]
+        d_aug = Xq.shape[1]
+        cross_parts, r_masks = [], []
+        for gi, g in enumerate(groups):
+            cv = row_cts[gi * len(rows):(gi + 1) * len(rows)]
+            prod = self.pool.matvec_t(cv, Xq)
+            r = [[secrets.randbits(plan.cross_bits + STAT_BITS) for _ in g] for _ in range(d_aug)]
+            r_packed = [pack_signed(rj, plan.cross_slot) for rj in r]
+            enc_r = CipherVector(self.ppk, self.ppk.raw_encrypt(self.ppk.encode(r_packed),
+                                                                self.r_noise.take(d_aug)))
+            cross_parts.append(prod.add(enc_r))
+            r_masks.append(r_packed)
+
+        # [[d' 2^F + e]]_P for the labelled pairs: add the bank's plaintext part and the masks, slot-wise.
+        z_a = self._z_bank(rows)
+        c = encode_z(z_a) + residual_offset(self.y[rows])
+        ii, tt = np.nonzero(m)
+        plain = [int(c[i, t]) + int(e[i, t]) for i, t in zip(ii, tt, strict=True)]
+        residuals = pair_cts.add_plain(pack_pairs(plain, plan))
+
+        reply = channel.call(Step.GRADIENT, {Field.EPOCH: epoch, Field.BATCH: b,
+                                             Field.MASKED_GRADIENT: CipherVector.concat(cross_parts).to_bytes(),
+                                             Field.MASKED_RESIDUALS: residuals.to_bytes()})
+        opened = ints_from_bytes(read_field(reply, Field.MASKED_GRADIENT, bytes), self.ppk.byte_len,
+                                 expected=d_aug * len(groups), what=Step.GRADIENT)
+        cross = np.zeros((d_aug, T))
+        for gi, g in enumerate(groups):
+            for j in range(d_aug):
+                slots = unpack_signed(opened[gi * d_aug + j] - r_masks[gi][j], len(g), plan.cross_slot)
+                cross[j, list(g)] = slots
+        cross = cross * self.qscale_aug[:, None] / (1 << F_BITS)
+        # Plaintext part X_A^T (M o (z_A + 2 - 4y)) plus the cross part X_A^T (M o z_B), over 4 m_t.
+        c_float = (np.clip(z_a, -Z_CLIP, Z_CLIP) + 2 - 4 * self.y[rows]) * m
+        grad = self.X_aug[rows].T @ c_float + cross
+        counts = m.sum(axis=0)
+        grad = grad / (4.0 * np.maximum(counts, 1))
+        state.optimizer.step(state.W, grad, epoch, counts > 0)
+
+    def _report(self, split: Split, z_b_test: np.ndarray, total: float) -> dict[str, Any]:
+        p, state = self.p, self.state
+        joint = sigmoid(self._z_bank(split.test) + z_b_test)
+        bank_only = bank_only_baseline(self.bank, split, l2=p.l2)
+        metrics = {}
+        for t, tag in enumerate(self.bank.tag_names):
+            metrics[tag] = {"joint": tag_metrics(self.bank.labels[split.test, t], joint[:, t]),
+                            "bank_only": bank_only[tag], "best_epoch": int(state.best_epoch[t]) + 1}
+        return {
+            "protocol": VERSION, "metrics": metrics, "history": state.history, "epochs_run": len(state.history),
+            "split": split.sizes(), "seconds_online": round(state.seconds_online, 3),
+            "seconds_ahead_of_time": round(state.seconds_ahead, 3), "seconds_total": round(total, 3),
+            "params": p.to_dict(),
+            "encoding": {"fixed_point_bits": F_BITS, "z_clip": Z_CLIP, "quant_bits": p.quant_bits,
+                         "statistical_mask_bits": STAT_BITS, "tags_per_ciphertext": self.plan.group,
+                         "pairs_per_ciphertext": self.plan.pairs_per_ct},
+            "key_fingerprints": {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()},
+        }
+
+
+__all__ = ["Progress", "TrainOutcome", "run_bank_training"]

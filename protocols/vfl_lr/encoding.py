@@ -1,0 +1,59 @@
+"""Integer encodings of the training protocol: fixed-point scores, packed slots, exact ``X^T S``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from protocols.packing import pack_signed, unpack_signed
+from protocols.vfl_lr.params import F_BITS, Z_CLIP, SlotPlan
+
+
+def encode_z(z: np.ndarray) -> np.ndarray:
+    """Scores (or any value of their range) in fixed point: clipped at ``Z_CLIP``, ``F_BITS`` fractional bits."""
+    return np.rint(np.clip(z, -Z_CLIP, Z_CLIP) * (1 << F_BITS)).astype(np.int64)
+
+
+def residual_offset(y: np.ndarray) -> np.ndarray:
+    """``(2 - 4 y) 2^F``: the bank's constant part of ``d' 2^F`` besides ``z_A``, for 0/1 labels ``y``."""
+    return (2 - 4 * y.astype(np.int64)) * (1 << F_BITS)
+
+
+def pack_rows(values: np.ndarray, groups: Sequence[range], slot_bits: int) -> list[int]:
+    """Per tag group, then per row: that row's values of the group's tags in signed slots."""
+    return [pack_signed(values[i, list(g)], slot_bits) for g in groups for i in range(len(values))]
+
+
+def pack_pairs(values: Sequence[int], plan: SlotPlan) -> list[int]:
+    """Values of labelled (row, tag) pairs, ``plan.pairs_per_ct`` to a plaintext."""
+    k = plan.pairs_per_ct
+    return [pack_signed(values[s:s + k], plan.pair_slot) for s in range(0, len(values), k)]
+
+
+def unpack_pairs(packed: Sequence[int], n_pairs: int, plan: SlotPlan) -> list[int]:
+    """The inverse of :func:`pack_pairs` for ``n_pairs`` values."""
+    k, out = plan.pairs_per_ct, []
+    for j, value in enumerate(packed):
+        out.extend(unpack_signed(value, min(k, n_pairs - j * k), plan.pair_slot))
+    return out
+
+
+def exact_xt_s(Xq: np.ndarray, S: list[list[int]] | np.ndarray, n_cols: int) -> list[list[int]]:
+    """``Xq^T S`` exactly for int8-range Xq and big signed ints S (m x T): 23-bit limbs through int64."""
+    S_obj = np.asarray(S, dtype=object).reshape(len(Xq), n_cols)
+    offset = 1 << 70  # makes every entry non-negative (entries are below 2^69 in magnitude)
+    shifted = S_obj + offset
+    out = np.zeros((Xq.shape[1], n_cols), dtype=object)
+    X64 = Xq.astype(np.int64)
+    limb_bits, mask = 23, (1 << 23) - 1
+    for k in range(4):  # 4 limbs of 23 bits cover 2^92 > 2^71
+        limb = ((shifted >> (limb_bits * k)) & mask).astype(np.int64)
+        part = X64.T @ limb
+        out += part.astype(object) * (1 << (limb_bits * k))
+    col_sums = X64.sum(axis=0).astype(object)
+    out -= np.outer(col_sums, np.full(n_cols, offset, dtype=object))
+    return out.tolist()
+
+
+__all__ = ["encode_z", "exact_xt_s", "pack_pairs", "pack_rows", "residual_offset", "unpack_pairs"]

@@ -1,0 +1,112 @@
+"""The training protocol's wire vocabulary: step and field names both parties use, and checked readers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from protocols.channel import Message
+from protocols.errors import ProtocolError
+from protocols.paillier import CipherVector, InvalidCiphertext, PublicKey
+
+SESSION_KIND = "train"  # the kind of session the bank opens on the platform
+
+
+class Step:
+    """Step names, in protocol order (docs/protocol.md, "Messages")."""
+
+    SETUP = "train.setup"
+    EPOCH = "train.epoch"
+    EMASK = "train.emask"
+    EMASK_OPEN = "train.emask_open"
+    FORWARD = "train.forward"
+    GRADIENT = "train.gradient"
+    VALIDATE = "train.validate"
+    FINISH = "train.finish"
+
+
+class Field:
+    """Field names of the session's parameters and of every step's request and reply."""
+
+    # opening the session
+    VERSION = "version"
+    PARAMS = "params"  # TrainParams as JSON
+    TAGS = "tags"  # tag names as a JSON list
+    # train.setup
+    BANK_KEY = "bank_key"
+    N_ROWS = "n_rows"
+    TRAIN_ROWS = "train_rows"
+    VALIDATION_ROWS = "validation_rows"
+    TEST_ROWS = "test_rows"
+    LABEL_MASK = "label_mask"
+    PLATFORM_KEY = "platform_key"
+    N_FEATURES = "n_features"
+    # train.epoch; EPOCH and BATCH also address every per-batch step
+    EPOCH = "epoch"
+    BATCH_ROWS = "batch_rows"
+    BATCH_SIZES = "batch_sizes"
+    BATCH = "batch"
+    # train.emask, train.emask_open
+    MASKS = "masks"
+    MASKED_PRODUCTS = "masked_products"
+    VALUES = "values"
+    # train.forward, train.gradient
+    ROWS = "rows"
+    PAIRS = "pairs"
+    MASKED_GRADIENT = "masked_gradient"
+    MASKED_RESIDUALS = "masked_residuals"
+    # train.validate, train.finish
+    PARTIAL_SCORES = "partial_scores"
+    BEST_EPOCH = "best_epoch"
+
+
+def ints_to_bytes(values: Sequence[int], width: int) -> bytes:
+    """Signed big-endian integers of ``width`` bytes each, concatenated."""
+    return b"".join(int(v).to_bytes(width, "big", signed=True) for v in values)
+
+
+def ints_from_bytes(data: bytes, width: int, *, expected: int | None = None, what: str = "values") -> list[int]:
+    """The inverse of :func:`ints_to_bytes`; :class:`ProtocolError` on a length that does not fit."""
+    if len(data) % width or (expected is not None and len(data) != expected * width):
+        raise ProtocolError(f"{what}: {len(data)} bytes is not {expected if expected is not None else 'a whole'} "
+                            f"number of {width}-byte integers")
+    return [int.from_bytes(data[i:i + width], "big", signed=True) for i in range(0, len(data), width)]
+
+
+def read_ciphertexts(key: PublicKey, data: object, expected: int | None, what: str) -> CipherVector:
+    """``expected`` (None: any number of) ciphertexts under ``key`` from a bytes field, each in ``Z*_{N^2}``."""
+    if not isinstance(data, bytes):
+        raise ProtocolError(f"{what}: expected ciphertext bytes")
+    try:
+        cv = CipherVector.from_bytes(key, data)
+    except InvalidCiphertext as err:
+        raise ProtocolError(f"{what}: {err}") from err
+    if expected is not None and len(cv) != expected:
+        raise ProtocolError(f"{what}: {len(cv)} ciphertexts, expected {expected}")
+    return cv
+
+
+def read_field(message: Message, name: str, kind: type) -> Any:
+    """Field ``name`` of ``message``, which must be a ``kind`` (a bool is not an int)."""
+    value = message.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"field {name!r} is missing or not a {kind.__name__}")
+    return value
+
+
+def read_index_array(message: Message, name: str, n_rows: int) -> np.ndarray:
+    """Field ``name``: distinct row positions in ``0..n_rows-1`` as a 1-d int64 array."""
+    value = message.get(name)
+    if not isinstance(value, np.ndarray) or value.dtype != np.int64 or value.ndim != 1:
+        raise ProtocolError(f"field {name!r} must be a 1-d int64 array")
+    if len(value) and (value.min() < 0 or value.max() >= n_rows):
+        raise ProtocolError(f"field {name!r} holds rows outside 0..{n_rows - 1}")
+    if len(np.unique(value)) != len(value):
+        raise ProtocolError(f"field {name!r} repeats a row")
+    return value
+
+
+__all__ = ["SESSION_KIND", "Field", "Step", "ints_from_bytes", "ints_to_bytes", "read_ciphertexts", "read_field",
+           "read_index_array"]

@@ -1,0 +1,196 @@
+"""Training parameters, the protocol's fixed encoding constants, and the slot plan both parties derive."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from protocols.errors import UserError
+from protocols.metrics import Split, split_rows
+from protocols.packing import slots_per_plaintext
+from protocols.paillier import PublicKey
+
+VERSION = "vfl-lr-taylor-v1"
+F_BITS = 20  # fractional bits of z and d' in fixed point
+Z_CLIP = 32.0  # |z_A|, |z_B| are clipped here before encoding (the Taylor loss is meaningless far beyond)
+D_BITS = 27  # |d' * 2^F| <= (32 + 34) * 2^20 < 2^27
+STAT_BITS = 40  # statistical hiding: every mask is 2^40 times wider than what it hides
+
+
+class TrainingError(UserError):
+    """Training cannot run on this data or with these parameters; the message says why."""
+
+
+# The Python type each parameter must have, by the annotation's name (annotations are strings here).
+_KINDS: dict[str, tuple[type, str]] = {"int": (int, "an integer"), "float": (float, "a number"),
+                                       "bool": (bool, "true or false"), "str": (str, "a string")}
+
+
+@dataclass
+class TrainParams:
+    epochs: int = 10
+    batch_size: int = 1024
+    learning_rate: float = 0.05
+    decay: float = 1.0  # learning rate of epoch e (0-based) is learning_rate / (1 + decay * e)
+    optimizer: str = "adam"  # "adam" or "sgd"; each party runs it on its own gradient, locally
+    l2: float = 1e-2  # objective: mean logistic loss + l2/2 |w|^2 (+ l1 |w|); the intercept is not penalised
+    l1: float = 0.0
+    fit_intercept: bool = True
+    test_share: float = 0.2
+    validation_share: float = 0.1  # of the rows left after the test share; 0 turns early stopping off
+    early_stopping_patience: int = 3  # epochs without a better validation AUC on any tag; 0 = never stop
+    clip: float = 5.0  # standardised features are clipped to +-clip standard deviations
+    quant_bits: int = 8  # features under encryption are signed quant_bits-bit integers
+    key_bits: int = 2048
+    seed: int = 0
+
+    def validate(self, *, allow_insecure_keys: bool = False) -> TrainParams:
+        """Raise :class:`TrainingError` on a parameter of the wrong type or out of range; return self."""
+        for f in fields(self):
+            _check_kind(f.name, str(f.type), getattr(self, f.name))
+        checks = [
+            (1 <= self.epochs <= 1000, "epochs must be an integer in 1..1000"),
+            (16 <= self.batch_size <= 65536, "batch_size must be an integer in 16..65536"),
+            (0 < self.learning_rate <= 10, "learning_rate must be in (0, 10]"),
+            (self.decay >= 0, "decay must be >= 0"),
+            (self.optimizer in ("adam", "sgd"), "optimizer must be 'adam' or 'sgd'"),
+            (self.l2 >= 0 and self.l1 >= 0, "l1 and l2 must be >= 0"),
+            (0 < self.test_share < 0.9, "test_share must be in (0, 0.9)"),
+            (0 <= self.validation_share < 0.9, "validation_share must be in [0, 0.9)"),
+            (self.early_stopping_patience >= 0, "early_stopping_patience must be an integer >= 0"),
+            (1 <= self.clip <= 30, "clip must be in [1, 30]"),
+            (4 <= self.quant_bits <= 16, "quant_bits must be in 4..16"),
+            (self.key_bits in (1024, 2048, 3072, 4096), "key_bits must be 2048, 3072 or 4096"),
+            (self.key_bits >= 2048 or allow_insecure_keys, "key_bits below 2048 are insecure"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TrainingError(message)
+        return self
+
+    def split(self, labels: np.ndarray) -> Split:
+        """The train / validation / test split these parameters give the aligned rows of ``labels``."""
+        return split_rows(labels, test_share=self.test_share, validation_share=self.validation_share,
+                          seed=self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainParams:
+        """Parameters from a mapping; missing ones take their defaults.
+
+        :class:`TrainingError` names an unknown key (with the known ones) or a value of the wrong type;
+        ranges are :meth:`validate`'s business. Integers are accepted where a number is expected.
+        """
+        if not isinstance(d, Mapping):
+            raise TrainingError(f"training parameters must be an object of name: value, got {type(d).__name__}")
+        kinds = {f.name: str(f.type) for f in fields(cls)}
+        values = {}
+        for name, value in d.items():
+            if name not in kinds:
+                raise TrainingError(f"unknown training parameter {name!r}; known: {', '.join(sorted(kinds))}")
+            _check_kind(name, kinds[name], value)
+            values[name] = float(value) if kinds[name] == "float" else value
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainParams:
+        try:
+            d = json.loads(text)
+        except ValueError as err:
+            raise TrainingError(f"training parameters are not valid JSON: {err}") from err
+        return cls.from_dict(d)
+
+
+def _check_kind(name: str, kind: str, value: object) -> None:
+    expected, words = _KINDS[kind]
+    if kind == "float":  # an integer is a number too (but a bool is not), and a number is finite
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and _finite(value)
+    else:
+        ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+    if not ok:
+        finite = not isinstance(value, int | float) or isinstance(value, bool) or _finite(value)
+        got = type(value).__name__ if finite else "a number that is not finite"
+        raise TrainingError(f"training parameter {name!r} must be {words}, got {got}")
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """Slot widths, derived from the batch size and the quantisation (see docs/protocol.md)."""
+
+    quant_bits: int
+    batch_size: int
+    n_tags: int
+    plaintext_bits: int  # usable signed bits of the smaller of the two keys
+
+    @property
+    def batch_bits(self) -> int:
+        return max(1, math.ceil(math.log2(self.batch_size + 1)))
+
+    @property
+    def cross_bits(self) -> int:  # |sum_i xq * z_B 2^F| over a batch
+        return self.quant_bits + self.batch_bits + 26
+
+    @property
+    def cross_slot(self) -> int:
+        return self.cross_bits + STAT_BITS + 2
+
+    @property
+    def e_bits(self) -> int:  # the mask e hiding d' 2^F
+        return D_BITS + STAT_BITS
+
+    @property
+    def pair_slot(self) -> int:
+        return self.e_bits + 2
+
+    @property
+    def emask_bits(self) -> int:  # |sum_i xq * e| over a batch
+        return self.quant_bits + self.batch_bits + self.e_bits
+
+    @property
+    def emask_slot(self) -> int:
+        return self.emask_bits + STAT_BITS + 2
+
+    @property
+    def group(self) -> int:  # tags per per-row ciphertext
+        return max(1, min(self.n_tags, self.plaintext_bits // self.emask_slot))
+
+    @property
+    def groups(self) -> list[range]:
+        return [range(s, min(s + self.group, self.n_tags)) for s in range(0, self.n_tags, self.group)]
+
+    @property
+    def pairs_per_ct(self) -> int:
+        return self.plaintext_bits // self.pair_slot
+
+    def pair_cts(self, n_pairs: int) -> int:
+        """Ciphertexts that hold ``n_pairs`` densely packed (row, tag) values."""
+        return -(-n_pairs // self.pairs_per_ct)
+
+    def features_per_emask_ct(self, group_len: int) -> int:
+        return max(1, self.plaintext_bits // (self.emask_slot * group_len))
+
+
+def plaintext_bits(*keys: PublicKey) -> int:
+    """Usable signed plaintext bits of the smallest of ``keys``."""
+    return min(slots_per_plaintext(k, 1) for k in keys)
+
+
+__all__ = ["D_BITS", "F_BITS", "STAT_BITS", "VERSION", "Z_CLIP", "SlotPlan", "TrainParams", "TrainingError",
+           "plaintext_bits"]

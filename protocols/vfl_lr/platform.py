@@ -1,0 +1,291 @@
+"""The platform's side of training: a state machine that answers the bank's steps in protocol order."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+
+import numpy as np
+
+from protocols.channel import Message
+from protocols.compute import ComputeSpec
+from protocols.errors import ProtocolError
+from protocols.fixedpoint import quantise
+from protocols.packing import SlotLayout, pack_signed, unpack_signed
+from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
+from protocols.paillier_pool import PaillierPool
+from protocols.party_data import PartyData
+from protocols.vfl_lr.encoding import encode_z, exact_xt_s, pack_pairs, pack_rows, unpack_pairs
+from protocols.vfl_lr.messages import (
+    Field,
+    Step,
+    ints_from_bytes,
+    ints_to_bytes,
+    read_ciphertexts,
+    read_field,
+    read_index_array,
+)
+from protocols.vfl_lr.model import PlatformModel
+from protocols.vfl_lr.params import (
+    F_BITS,
+    STAT_BITS,
+    VERSION,
+    SlotPlan,
+    TrainingError,
+    TrainParams,
+    plaintext_bits,
+)
+from protocols.vfl_lr.state import PlatformTrainState, Scaler
+
+
+def make_platform_train_handler(job_id: str, params: Message, data: PartyData, *,
+                                on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
+                                allow_insecure_keys: bool = False) -> PlatformTrainHandler:
+    """The platform's handler for a training session over ``data`` (rows in the alignment's order).
+
+    ``params`` are the session's opening fields; ``on_result`` receives the platform's model half, once,
+    when ``train.finish`` has chosen it. The session owns ``compute`` and closes it with the handler.
+    """
+    return PlatformTrainHandler(job_id, params, data, on_result=on_result, compute=compute,
+                                allow_insecure_keys=allow_insecure_keys)
+
+
+class PlatformTrainHandler:
+    """The platform's state machine for one training session (steps must come in protocol order)."""
+
+    def __init__(self, job_id: str, params: Message, data: PartyData, *,
+                 on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
+                 allow_insecure_keys: bool = False) -> None:
+        self.pool = PaillierPool(compute)
+        try:
+            self._open(params, data, allow_insecure_keys)
+        except BaseException:
+            self.pool.close()
+            raise
+        self.job_id, self.data, self.on_result = job_id, data, on_result
+        self.allow_insecure = allow_insecure_keys
+        self.T = len(self.tags)
+        self.stage = "setup"
+        self.model: PlatformModel | None = None
+        self._steps: dict[str, Callable[[Message], Message]] = {
+            Step.SETUP: self._setup, Step.EPOCH: self._epoch, Step.EMASK: self._emask,
+            Step.EMASK_OPEN: self._emask_open, Step.FORWARD: self._forward, Step.GRADIENT: self._gradient,
+            Step.VALIDATE: self._validate, Step.FINISH: self._finish}
+
+    def _open(self, params: Message, data: PartyData, allow_insecure_keys: bool) -> None:
+        """Check the session's opening fields: version, parameters, tags; and that there are features."""
+        if params.get(Field.VERSION) != VERSION:
+            raise ProtocolError(f"training protocol {params.get(Field.VERSION)!r} is not supported "
+                                f"(this node: {VERSION})")
+        try:
+            self.p = TrainParams.from_json(str(params.get(Field.PARAMS, ""))).validate(
+                allow_insecure_keys=allow_insecure_keys)
+            tags = json.loads(str(params.get(Field.TAGS, "[]")))
+        except (TrainingError, ValueError) as err:
+            raise ProtocolError(str(err)) from err
+        if not isinstance(tags, list):
+            raise ProtocolError("tags must be a list of tag names")
+        self.tags = [str(t) for t in tags]
+        if not self.tags:
+            raise ProtocolError("no tags")
+        if len(data.feature_names) == 0:
+            raise ProtocolError(f"{data.source}: the platform has no feature columns")
+
+    def close(self) -> None:
+        self.pool.close()
+        self.sk = None  # type: ignore[assignment]
+
+    def handle(self, step: str, message: Message) -> Message:
+        if step not in self._steps:
+            raise ProtocolError(f"unknown training step {step!r}")
+        return self._steps[step](message)
+
+    def _expect(self, *stages: str) -> None:
+        if self.stage not in stages:
+            raise ProtocolError(f"step out of order: the session is at '{self.stage}'")
+
+    def _setup(self, message: Message) -> Message:
+        self._expect("setup")
+        n_rows = read_field(message, Field.N_ROWS, int)
+        if n_rows != len(self.data.ids):
+            raise ProtocolError(f"the bank aligned {n_rows} rows, this node holds {len(self.data.ids)}")
+        try:
+            self.bpk = PublicKey.from_bytes(read_field(message, Field.BANK_KEY, bytes),
+                                            allow_insecure=self.allow_insecure)
+        except InvalidKey as err:
+            raise ProtocolError(f"the bank's public key was refused: {err}") from err
+        self.train = read_index_array(message, Field.TRAIN_ROWS, n_rows)
+        self.validation = read_index_array(message, Field.VALIDATION_ROWS, n_rows)
+        self.test = read_index_array(message, Field.TEST_ROWS, n_rows)
+        mask = message.get(Field.LABEL_MASK)
+        if not isinstance(mask, np.ndarray) or mask.shape != (n_rows, self.T) or mask.dtype != np.uint8:
+            raise ProtocolError("label_mask must be a uint8 array of shape (rows, tags)")
+        self.mask = mask.astype(bool)
+        p = self.p
+        self.scaler = Scaler.fit(self.data.features[self.train], p.clip)
+        self.X = self.scaler.transform(self.data.features)
+        self.Xq, self.qscale = quantise(self.X, p.quant_bits, fit_rows=self.train)
+        self.state = PlatformTrainState.start(p, self.X.shape[1], self.T)
+        self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.allow_insecure)
+        self.plan = SlotPlan(p.quant_bits, p.batch_size, self.T, plaintext_bits(self.pk, self.bpk))
+        self.stage = "epoch"
+        return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.N_FEATURES: int(self.X.shape[1])}
+
+    def _epoch(self, message: Message) -> Message:
+        self._expect("epoch", "end_of_epoch", "epoch_or_finish")
+        state = self.state
+        epoch = read_field(message, Field.EPOCH, int)
+        if epoch != state.epoch + 1 or epoch >= self.p.epochs:
+            raise ProtocolError(f"epoch {epoch} out of order")
+        sizes = message.get(Field.BATCH_SIZES)
+        if not isinstance(sizes, np.ndarray) or sizes.dtype != np.int64 or (sizes < 1).any() \
+                or (sizes > self.p.batch_size).any():
+            raise ProtocolError("batch_sizes must be int64 sizes in 1..batch_size")
+        rows = read_index_array(message, Field.BATCH_ROWS, len(self.data.ids))
+        if len(rows) != int(sizes.sum()) or not np.isin(rows, self.train).all():
+            raise ProtocolError("batch rows must be training rows, each once, matching batch_sizes")
+        state.epoch = epoch
+        self.batches = np.split(rows, np.cumsum(sizes)[:-1])
+        self.xte: list[np.ndarray | None] = [None] * len(self.batches)
+        # Noise for this epoch's encryptions under our key, made ahead (CRT: we hold the private key).
+        groups = self.plan.groups
+        count = sum(len(r) * len(groups) + self.plan.pair_cts(int(self.mask[r].sum())) for r in self.batches)
+        self.noise = NoisePool(self.pk, self.sk)
+        self.pool.fill(self.noise, count)
+        self.bank_noise = NoisePool(self.bpk)
+        per_batch = sum(-(-self.X.shape[1] // self.plan.features_per_emask_ct(len(g))) for g in groups)
+        self.pool.fill(self.bank_noise, per_batch * len(self.batches))
+        state.next_batch = 0
+        self.stage = "emask"
+        return {}
+
+    def _batch_index(self, message: Message, expected: int) -> int:
+        epoch = self.state.epoch
+        if read_field(message, Field.EPOCH, int) != epoch or read_field(message, Field.BATCH, int) != expected:
+            raise ProtocolError(f"expected epoch {epoch} batch {expected}")
+        return expected
+
+    def _emask(self, message: Message) -> Message:
+        self._expect("emask")
+        b = self._batch_index(message, self.state.next_batch)
+        rows, plan, groups = self.batches[b], self.plan, self.plan.groups
+        cv = read_ciphertexts(self.bpk, message.get(Field.MASKS), len(rows) * len(groups), Step.EMASK)
+        Xq = self.Xq[rows]
+        packed_parts, r_all = [], []
+        for gi, g in enumerate(groups):
+            prod = self.pool.matvec_t(cv[gi * len(rows):(gi + 1) * len(rows)], Xq)
+            # Each feature's product (its tags in slots) becomes one wide slot of the packed ciphertext.
+            per_ct = plan.features_per_emask_ct(len(g))
+            packed = SlotLayout(plan.emask_slot * len(g), per_ct).pack_ciphertexts(prod)
+            n2 = self.bpk.nsquare
+            for index, c in enumerate(packed.values):
+                start = index * per_ct
+                count = min(per_ct, len(prod) - start)
+                r = [secrets.randbits(plan.emask_bits + STAT_BITS) for _ in range(count * len(g))]
+                r_packed = pack_signed(r, plan.emask_slot)
+                enc_r = self.bpk.raw_encrypt(self.bpk.encode([r_packed]), self.bank_noise.take(1))[0]
+                packed_parts.append(c * enc_r % n2)
+                r_all.append((gi, start, count, r_packed))
+        self.pending = r_all
+        self.stage = "emask_open"
+        return {Field.MASKED_PRODUCTS: CipherVector(self.bpk, packed_parts).to_bytes()}
+
+    def _emask_open(self, message: Message) -> Message:
+        self._expect("emask_open")
+        state = self.state
+        b = self._batch_index(message, state.next_batch)
+        values = ints_from_bytes(read_field(message, Field.VALUES, bytes), self.bpk.byte_len,
+                                 expected=len(self.pending), what=Step.EMASK_OPEN)
+        groups = self.plan.groups
+        xte = np.zeros((self.X.shape[1], self.T), dtype=object)
+        for value, (gi, start, count, r_packed) in zip(values, self.pending, strict=True):
+            g = groups[gi]
+            slots = unpack_signed(value - r_packed, count * len(g), self.plan.emask_slot)
+            for f in range(count):
+                xte[start + f, list(g)] = slots[f * len(g):(f + 1) * len(g)]
+        self.xte[b] = xte
+        state.next_batch += 1
+        if state.next_batch == len(self.batches):
+            state.next_batch = 0
+            self.stage = "forward"
+        else:
+            self.stage = "emask"
+        return {}
+
+    def _forward(self, message: Message) -> Message:
+        self._expect("forward")
+        b = self._batch_index(message, self.state.next_batch)
+        rows, plan = self.batches[b], self.plan
+        m = self.mask[rows]
+        zf = encode_z(self.X[rows] @ self.state.W)
+        row_plain = pack_rows(np.where(m, zf, 0), plan.groups, plan.cross_slot)
+        ii, tt = np.nonzero(m)
+        pair_plain = pack_pairs([int(zf[i, t]) for i, t in zip(ii, tt, strict=True)], plan)
+        row_ct = self.pk.raw_encrypt(self.pk.encode(row_plain), self.noise.take(len(row_plain)))
+        pair_ct = self.pk.raw_encrypt(self.pk.encode(pair_plain), self.noise.take(len(pair_plain)))
+        self.stage = "gradient"
+        return {Field.ROWS: CipherVector(self.pk, row_ct).to_bytes(),
+                Field.PAIRS: CipherVector(self.pk, pair_ct).to_bytes()}
+
+    def _gradient(self, message: Message) -> Message:
+        self._expect("gradient")
+        state = self.state
+        b = self._batch_index(message, state.next_batch)
+        rows, plan, groups = self.batches[b], self.plan, self.plan.groups
+        m = self.mask[rows]
+        n_pairs = int(m.sum())
+        masked = message.get(Field.MASKED_GRADIENT)
+        if not isinstance(masked, bytes) or len(masked) % self.pk.byte_len or \
+                (len(masked) // self.pk.byte_len) % len(groups):
+            raise ProtocolError("train.gradient: masked_gradient has the wrong size")
+        grad_cv = read_ciphertexts(self.pk, masked, len(masked) // self.pk.byte_len, "train.gradient masked_gradient")
+        res_cv = read_ciphertexts(self.pk, message.get(Field.MASKED_RESIDUALS), plan.pair_cts(n_pairs),
+                                  "train.gradient masked_residuals")
+        opened = self.pk.decode(self.pool.decrypt_raw(self.sk, CipherVector.concat([grad_cv, res_cv])))
+        grad_open, res_open = opened[:len(grad_cv)], opened[len(grad_cv):]
+        s_values = unpack_pairs(res_open, n_pairs, plan)
+        S = np.zeros((len(rows), self.T), dtype=object)
+        ii, tt = np.nonzero(m)
+        for (i, t), s in zip(zip(ii, tt, strict=True), s_values, strict=True):
+            S[i, t] = s
+        xts = np.array(exact_xt_s(self.Xq[rows], S, self.T), dtype=object)
+        xtd = xts - self.xte[b]  # X_B^T d' 2^F, exactly, over the labelled pairs only
+        self.xte[b] = None
+        counts = m.sum(axis=0)
+        grad = np.array(xtd.tolist(), dtype=np.float64) * self.qscale[:, None] / (1 << F_BITS)
+        grad /= 4.0 * np.maximum(counts, 1)
+        state.optimizer.step(state.W, grad, state.epoch, counts > 0)
+        state.next_batch += 1
+        if state.next_batch == len(self.batches):
+            state.snapshots.append(state.W.copy())
+            self.stage = "end_of_epoch"
+        else:
+            self.stage = "forward"
+        return {Field.MASKED_GRADIENT: ints_to_bytes(grad_open, self.pk.byte_len)}
+
+    def _validate(self, message: Message) -> Message:
+        self._expect("end_of_epoch")
+        if read_field(message, Field.EPOCH, int) != self.state.epoch:
+            raise ProtocolError(f"expected epoch {self.state.epoch}")
+        self.stage = "epoch_or_finish"
+        return {Field.PARTIAL_SCORES: self.X[self.validation] @ self.state.W}
+
+    def _finish(self, message: Message) -> Message:
+        self._expect("end_of_epoch", "epoch_or_finish")
+        state = self.state
+        best = message.get(Field.BEST_EPOCH)
+        if not isinstance(best, np.ndarray) or best.shape != (self.T,) or best.dtype != np.int64 \
+                or best.min() < 0 or best.max() >= len(state.snapshots):
+            raise ProtocolError("best_epoch must name a finished epoch for every tag")
+        state.best_epoch = best.copy()
+        W = np.column_stack([state.snapshots[int(best[t])][:, t] for t in range(self.T)])
+        model = PlatformModel(self.job_id, self.tags, W, self.scaler, self.data.schema,
+                              {"bank": self.bpk.fingerprint(), "platform": self.pk.fingerprint()})
+        self.model = model
+        self.stage = "finished"  # before on_result: whatever it does, the result is reported once
+        self.on_result(model)
+        return {Field.PARTIAL_SCORES: model.partial_scores(self.data.features[self.test])}
+
+
+__all__ = ["PlatformTrainHandler", "make_platform_train_handler"]
