@@ -44,14 +44,15 @@ def centralized_report(cluster: LocalCluster, bank_data: Path, bank_id: str, pla
     """Centralized sklearn LR on the same aligned rows and split as the joint model (harness only)."""
     from party_common.data_loading import load_party_data
     from protocols.alignment import AlignmentStore
-    from protocols.evaluation import centralized_baseline
+    from protocols.metrics import centralized_baseline
     from protocols.vfl_lr import TrainParams
 
     alignment = AlignmentStore(cluster.workdir / "state" / "bank" / "alignments").load(alignment_job_id)
     ids = list(alignment.ids or ())
     bank = load_party_data(bank_data, id_column=bank_id, tag_columns=tags).take(ids)
     platform = load_party_data(platform_data, id_column=platform_id).take(ids)
-    return centralized_baseline(bank, platform, TrainParams(**train_params))
+    params = TrainParams(**train_params)
+    return centralized_baseline(bank, platform, params.split(bank.labels), l2=params.l2)
 
 
 def print_report(report: dict[str, Any]) -> None:
