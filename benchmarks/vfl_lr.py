@@ -24,6 +24,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import console, write_json
+from protocols.channel import LocalPeer
+from protocols.party_data import PartyData, Schema
+from protocols.vfl_lr import PlatformModel, TrainParams, make_platform_train_handler, run_bank_training
+from simulations import run
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 # Settings per dataset (the same for the joint and the centralized model: l2 is the common objective).
@@ -34,8 +38,6 @@ QUALITY = {
 
 
 def quality(name: str, datasets: Path) -> dict[str, Any]:
-    from simulations import run
-
     settings = QUALITY[name]
     with tempfile.TemporaryDirectory(prefix=f"bench-vfl-{name}-") as tmp:
         args = run.parser().parse_args([
@@ -54,9 +56,9 @@ def quality(name: str, datasets: Path) -> dict[str, Any]:
             "settings": settings, "training": report.get("training"), "seconds_total": report["seconds_total"]}
 
 
-def synthetic(rows: int, bank_features: int, platform_features: int, tags: int, seed: int = 0):
-    from protocols.party_data import PartyData, Schema
-
+def synthetic(rows: int, bank_features: int, platform_features: int, tags: int,
+              seed: int = 0) -> tuple[PartyData, PartyData]:
+    """Random features of both parties and labels of a true joint model; every label known."""
     rng = np.random.default_rng(seed)
     XA = rng.normal(size=(rows, bank_features))
     XB = rng.normal(size=(rows, platform_features))
@@ -75,22 +77,19 @@ def synthetic(rows: int, bank_features: int, platform_features: int, tags: int, 
 
 
 def speed(args: argparse.Namespace) -> dict[str, Any]:
-    from protocols.channel import LocalPeer
-    from protocols.vfl_lr import TrainParams, make_platform_train_handler, run_bank_training
-
     rows = 10_000 if args.quick else args.rows
     bank, platform = synthetic(rows, args.bank_features, args.platform_features, args.tags)
-    models: list[object] = []
+    models: list[PlatformModel] = []
 
     def factory(kind: str, job_id: str, params: dict) -> object:
-        return make_platform_train_handler(job_id, params, platform, on_model=models.append, workers=args.workers)
+        return make_platform_train_handler(job_id, params, platform, on_result=models.append, compute=args.workers)
 
     params = TrainParams(epochs=args.epochs, batch_size=args.batch_size, validation_share=0.0,
                          key_bits=args.bits)
     console.print(f"VFL LR speed: {rows:,} rows, {args.bank_features} + {args.platform_features} features, "
                   f"{args.tags} tag(s), {args.epochs} epoch(s), batch {args.batch_size}, {args.bits}-bit keys")
     started = time.monotonic()
-    outcome = run_bank_training(LocalPeer(factory), "bench-speed", bank, params, workers=args.workers)
+    outcome = run_bank_training(LocalPeer(factory), "bench-speed", bank, params, compute=args.workers)
     total = time.monotonic() - started
     report = outcome.report
     epochs = report["epochs_run"]
