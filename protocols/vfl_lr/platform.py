@@ -239,7 +239,8 @@ class PlatformTrainHandler:
         if not isinstance(masked, bytes) or len(masked) % self.pk.byte_len or \
                 (len(masked) // self.pk.byte_len) % len(groups):
             raise ProtocolError("train.gradient: masked_gradient has the wrong size")
-        grad_cv = read_ciphertexts(self.pk, masked, len(masked) // self.pk.byte_len, "train.gradient masked_gradient")
+        grad_cv = read_ciphertexts(self.pk, masked, len(masked) // self.pk.byte_len,
+                                   "train.gradient masked_gradient")
         res_cv = read_ciphertexts(self.pk, message.get(Field.MASKED_RESIDUALS), plan.pair_cts(n_pairs),
                                   "train.gradient masked_residuals")
         opened = self.pk.decode(self.pool.decrypt_raw(self.sk, CipherVector.concat([grad_cv, res_cv])))

@@ -9,6 +9,7 @@ JSON-compatible values and ``from_dict`` restores them exactly.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,8 +84,8 @@ class Optimizer:
         """Take the moments and step counts of :meth:`state_dict`; they must have this optimiser's shapes."""
         m, v, t = (array_from_json(d[name]) for name in ("m", "v", "t"))
         if m.shape != self.m.shape or v.shape != self.v.shape or t.shape != self.t.shape:
-            raise ValueError(f"optimiser moments of shape {m.shape}, {v.shape}, {t.shape} do not fit weights of "
-                             f"shape {self.m.shape}")
+            raise TrainingError(f"optimiser moments of shape {m.shape}, {v.shape}, {t.shape} do not fit weights "
+                                f"of shape {self.m.shape}")
         self.m, self.v, self.t = m, v, t
 
 
@@ -157,8 +158,8 @@ class BankTrainState(_TrainState):
 
     def to_dict(self) -> dict[str, Any]:
         return {**self._base_dict(), "best_epoch": array_to_json(self.best_epoch),
-                "best_metric": array_to_json(self.best_metric), "stale": self.stale, "history": self.history,
-                "seconds_online": self.seconds_online, "seconds_ahead": self.seconds_ahead}
+                "best_metric": array_to_json(self.best_metric), "stale": self.stale,
+                "history": copy.deepcopy(self.history), "seconds_online": self.seconds_online, "seconds_ahead": self.seconds_ahead}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], params: TrainParams, *,
@@ -168,7 +169,7 @@ class BankTrainState(_TrainState):
             n_weights = len(array_from_json(d["W"]))
             state = cls(**cls._base_fields(d, params, _bank_unpenalised(params, n_weights)),
                         best_epoch=array_from_json(d["best_epoch"]), best_metric=array_from_json(d["best_metric"]),
-                        stale=_int(d["stale"]), history=list(d["history"]),
+                        stale=_int(d["stale"]), history=copy.deepcopy(list(d["history"])),
                         seconds_online=float(d["seconds_online"]), seconds_ahead=float(d["seconds_ahead"]))
             T = state.W.shape[1]
             if state.best_epoch.shape != (T,) or state.best_metric.shape != (T,):
