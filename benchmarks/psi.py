@@ -124,7 +124,6 @@ def _write_csv(path: Path, ids: list[str]) -> None:
 
 def ours_grpc(bank: list[str], platform: list[str], workers: int, workdir: Path) -> dict[str, Any]:
     from party_bank.client import JobFailed
-    from protocols.alignment import AlignmentStore
     from simulations.cluster import LocalCluster
 
     paths = {name: workdir / f"{name}.csv" for name in ("bank", "platform")}
@@ -147,7 +146,7 @@ def ours_grpc(bank: list[str], platform: list[str], workers: int, workdir: Path)
             for role in ("bank", "platform"):
                 console.print(f"[red]{role} node log (tail):[/]\n{cluster.log_tail(role)}")
             raise
-        alignment = AlignmentStore(cluster.workdir / "state" / "bank" / "alignments").load(result["job_id"])
+        alignment = cluster.bank_alignment(result["job_id"])
         found = list(alignment.ids or ())
     peak = {k: round(v, 1) for k, v in sampler.peak.items()} if sampler else {}
     return {"seconds": float(result["seconds"]), "wall_seconds": round(wall, 3), "found": found,

@@ -20,57 +20,50 @@ import sys
 from pathlib import Path
 
 import grpc
+from grpc_health.v1.health import HealthServicer
 
+from party_bank.client import BankClient
+from party_bank.control import ControlServicer
+from party_bank.node import BankNode
 from party_common.config import ConfigError, NodeConfig, load_config
-from party_common.runtime import INSECURE_WARNING, read_tls_files, run_until_signalled, setup_logging
-from party_common.transport import (
-    TransportError,
-    add_health,
-    bind,
-    dial,
-    make_server,
-    server_credentials,
+from party_common.grpc_link import GrpcPlatformLink
+from party_common.runtime import (
+    INSECURE_WARNING,
+    read_tls_files,
+    run_until_signalled,
+    setup_logging,
+    start_node_server,
 )
+from party_common.transport import dial
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
-from protocols.channel import PeerError
+from protocols.errors import FedProfileError, PeerError
 
 log = logging.getLogger("party_bank")
 
 
-def build_server(config_path: str, *, insecure_dev: bool = False):
-    """Load config and data, connect the platform peer, return (server, node, health, port)."""
-    from party_bank.control import ControlServicer
-    from party_bank.node import BankNode
-    from party_common.transport import GrpcPeer
-
+def build_server(config_path: str, *, insecure_dev: bool = False) -> tuple[grpc.Server, HealthServicer, BankNode, int]:
+    """Load config and data, connect the platform link, start the control API; return (server, health, node, port)."""
     config = load_config(config_path, expected_role="bank", require_tls=not insecure_dev)
-    if insecure_dev:
-        channel = dial(config.peer_address, cert=None, key=None, server_ca=None, insecure=True)
-        creds = None
-    else:
-        cert, key, peer_ca, client_ca = read_tls_files(config)
-        channel = dial(config.peer_address, cert=cert, key=key, server_ca=peer_ca, tls_name=config.peer_tls_name)
-        assert client_ca is not None
-        creds = server_credentials(cert, key, client_ca)
-    peer = GrpcPeer(channel, node_name=config.name, step_timeout_s=config.step_timeout_s,
-                    max_payload_bytes=config.max_payload_mb * 2**20)
-    node = BankNode(config, peer, channel)
-    server = make_server()
-    pb_grpc.add_BankControlServicer_to_server(ControlServicer(node), server)
-    health = add_health(server, ["fedprofile.v1.BankControl"])
-    port = bind(server, config.listen, creds)
-    return server, node, health, port
+    tls = None if insecure_dev else read_tls_files(config)
+    channel = dial(config.peer_address, cert=tls.cert if tls else None, key=tls.key if tls else None,
+                   server_ca=tls.peer_ca if tls else None, tls_name=config.peer_tls_name, insecure=insecure_dev)
+    link = GrpcPlatformLink(channel, node_name=config.name, address=config.peer_address,
+                            step_timeout_s=config.step_timeout_s, max_payload_bytes=config.max_payload_mb * 2**20)
+    node = BankNode(config, link)
+    server, health, port = start_node_server(
+        config, lambda s: pb_grpc.add_BankControlServicer_to_server(ControlServicer(node), s),
+        ["fedprofile.v1.BankControl"], tls=tls, client_ca=tls.client_ca if tls else None)
+    return server, health, node, port
 
 
 def serve(args: argparse.Namespace) -> int:
     if args.insecure_dev:
         print(INSECURE_WARNING, file=sys.stderr)
     try:
-        server, node, health, port = build_server(args.config, insecure_dev=args.insecure_dev)
-    except (ConfigError, TransportError, PermissionError, ValueError) as err:
+        server, health, node, port = build_server(args.config, insecure_dev=args.insecure_dev)
+    except FedProfileError as err:
         print(f"bank-node: {err}", file=sys.stderr)
         return 2
-    server.start()
     log.info("bank node '%s': control API on port %d; platform peer at %s", node.config.name, port,
              node.config.peer_address)
     try:
@@ -78,18 +71,11 @@ def serve(args: argparse.Namespace) -> int:
     except PeerError as err:
         # Not fatal: the platform may come up later; every job checks the peer again before it starts.
         log.warning("%s", err)
-
-    def stop() -> None:
-        health.enter_graceful_shutdown()
-        node.shutdown()
-
-    run_until_signalled(server, stop)
+    run_until_signalled(server, health, node.shutdown)
     return 0
 
 
-def client_for(config: NodeConfig, args: argparse.Namespace):
-    from party_bank.client import BankClient
-
+def client_for(config: NodeConfig, args: argparse.Namespace) -> BankClient:
     if args.insecure_dev:
         return BankClient(config.listen, cert=None, key=None, ca=None, insecure=True)
     assert config.tls is not None

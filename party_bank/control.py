@@ -8,12 +8,13 @@ from typing import Any
 
 import grpc
 
-from party_bank.node import BankNode, JobError
+from party_bank.node import BankNode
 from party_common.codec import array_to_pb
-from party_common.jobstore import JobRecord, UnknownJob
+from party_common.grpc_errors import translate_errors
+from party_common.jobs import JobError
+from party_common.storage.jobs import JobRecord
 from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
-from protocols.channel import PeerError
 
 log = logging.getLogger(__name__)
 
@@ -29,45 +30,31 @@ class ControlServicer(pb_grpc.BankControlServicer):
     def __init__(self, node: BankNode) -> None:
         self._node = node
 
+    @translate_errors("bank")
     def SubmitJob(self, request: pb.JobSpec, context: grpc.ServicerContext) -> pb.SubmitJobResponse:
         try:
             params: Any = json.loads(request.params_json or "{}")
-            if not isinstance(params, dict):
-                raise JobError("params_json must be a JSON object")
-            job_id = self._node.submit(request.kind, request.name, params)
-        except (JobError, json.JSONDecodeError) as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        return pb.SubmitJobResponse(job_id=job_id)
+        except json.JSONDecodeError as err:
+            raise JobError(f"params_json is not valid JSON: {err}") from err
+        if not isinstance(params, dict):
+            raise JobError("params_json must be a JSON object")
+        return pb.SubmitJobResponse(job_id=self._node.submit(request.kind, request.name, params))
 
+    @translate_errors("bank")
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
-        try:
-            return job_to_pb(self._node.jobs.get(request.job_id))
-        except UnknownJob as err:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(err))
+        return job_to_pb(self._node.stores.jobs.get(request.job_id))
 
+    @translate_errors("bank")
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
-        records = self._node.jobs.list(request.limit or 50)
+        records = self._node.stores.jobs.list(request.limit or 50)
         return pb.ListJobsResponse(jobs=[job_to_pb(r) for r in records])
 
+    @translate_errors("bank")
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
-        try:
-            tags, probs, known = self._node.score(request.model_job_id, list(request.customer_ids),
-                                                  list(request.tags))
-        except LookupError as err:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(err))
-        except JobError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        except PeerError as err:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        tags, probs, known = self._node.score(request.model_job_id, list(request.customer_ids), list(request.tags))
         return pb.ScoreResponse(tags=tags, probabilities=array_to_pb(probs), platform_known=known.tolist())
 
+    @translate_errors("bank")
     def BatchScore(self, request: pb.BatchScoreRequest, context: grpc.ServicerContext) -> pb.BatchScoreResponse:
-        try:
-            path, rows = self._node.batch_score(request.model_job_id, request.output_path, list(request.tags))
-        except LookupError as err:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(err))
-        except JobError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        except PeerError as err:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        path, rows = self._node.batch_score(request.model_job_id, request.output_path, list(request.tags))
         return pb.BatchScoreResponse(output_path=str(path), rows=rows)

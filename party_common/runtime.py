@@ -1,4 +1,4 @@
-"""What both node processes share: logging, TLS files, data loading from config, and the serve loop."""
+"""What both node processes share: logging, TLS files, data loading from config, the server and its serve loop."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import stat
 import sys
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
 import grpc
+from grpc_health.v1.health import HealthServicer
 
-from party_common.config import NodeConfig
+from party_common.config import ConfigError, NodeConfig
 from party_common.data_loading import load_party_data
+from party_common.transport import add_health, bind, make_server, server_credentials
 from protocols.party_data import PartyData
 
 log = logging.getLogger(__name__)
@@ -31,14 +34,43 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("grpc").setLevel(logging.WARNING)
 
 
-def read_tls_files(config: NodeConfig) -> tuple[bytes, bytes, bytes, bytes | None]:
-    """(cert, key, peer CA, client CA) as bytes; refuses a private key readable by others."""
-    assert config.tls is not None
+class TlsFiles(NamedTuple):
+    cert: bytes
+    key: bytes
+    peer_ca: bytes
+    client_ca: bytes | None
+
+
+def read_tls_files(config: NodeConfig) -> TlsFiles:
+    """The node's TLS material as bytes; refuses a private key readable by others."""
+    if config.tls is None:
+        raise ConfigError(f"{config.source}: missing section [tls]")
     mode = stat.S_IMODE(os.stat(config.tls.key).st_mode)
     if mode & 0o077:
-        raise PermissionError(f"{config.tls.key}: private key has mode {mode:o}; run `chmod 600 {config.tls.key}`")
+        raise ConfigError(f"{config.tls.key}: private key has mode {mode:o}; run `chmod 600 {config.tls.key}`")
     client_ca = config.tls.client_ca.read_bytes() if config.tls.client_ca else None
-    return (config.tls.cert.read_bytes(), config.tls.key.read_bytes(), config.tls.peer_ca.read_bytes(), client_ca)
+    return TlsFiles(config.tls.cert.read_bytes(), config.tls.key.read_bytes(), config.tls.peer_ca.read_bytes(),
+                    client_ca)
+
+
+def start_node_server(config: NodeConfig, add_services: Callable[[grpc.Server], None], services: list[str], *,
+                      tls: TlsFiles | None, client_ca: bytes | None) -> tuple[grpc.Server, HealthServicer, int]:
+    """A started gRPC server on the config's listen address with health checking for ``services``.
+
+    ``tls=None`` (``--insecure-dev`` only) serves plaintext; otherwise only clients whose certificate
+    ``client_ca`` signed get in.
+    """
+    server = make_server()
+    add_services(server)
+    health = add_health(server, services)
+    creds = None
+    if tls is not None:
+        if client_ca is None:
+            raise ConfigError(f"{config.source}: no CA to check clients against")
+        creds = server_credentials(tls.cert, tls.key, client_ca)
+    port = bind(server, config.listen, creds)
+    server.start()
+    return server, health, port
 
 
 def load_node_data(config: NodeConfig) -> PartyData:
@@ -48,8 +80,9 @@ def load_node_data(config: NodeConfig) -> PartyData:
                            fill_missing=d.fill_missing)
 
 
-def run_until_signalled(server: grpc.Server, on_stop: Callable[[], None], *, grace_s: float = 5.0) -> None:
-    """Serve until SIGTERM/SIGINT, then stop accepting, let calls finish for ``grace_s``, clean up."""
+def run_until_signalled(server: grpc.Server, health: HealthServicer, on_stop: Callable[[], None], *,
+                        grace_s: float = 5.0) -> None:
+    """Serve until SIGTERM/SIGINT, then report NOT_SERVING, let calls finish for ``grace_s``, clean up."""
     stopping = threading.Event()
 
     def handle(signum: int, _frame: object) -> None:
@@ -59,6 +92,7 @@ def run_until_signalled(server: grpc.Server, on_stop: Callable[[], None], *, gra
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     stopping.wait()
+    health.enter_graceful_shutdown()
     on_stop()
     server.stop(grace_s).wait()
     log.info("stopped")

@@ -6,40 +6,39 @@ import argparse
 import logging
 import sys
 
-from party_common.config import ConfigError, load_config
-from party_common.runtime import INSECURE_WARNING, read_tls_files, run_until_signalled, setup_logging
-from party_common.transport import (
-    MAX_GRPC_MESSAGE,
-    NodeServicer,
-    TransportError,
-    add_health,
-    bind,
-    make_server,
-    server_credentials,
+import grpc
+from grpc_health.v1.health import HealthServicer
+
+from party_common.config import load_config
+from party_common.jobs import SESSION_KINDS
+from party_common.runtime import (
+    INSECURE_WARNING,
+    read_tls_files,
+    run_until_signalled,
+    setup_logging,
+    start_node_server,
 )
+from party_common.transport import MAX_GRPC_MESSAGE
+from party_platform.node import PlatformNode
+from party_platform.service import NodeServicer, SessionRegistry
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
+from protocols.errors import FedProfileError
 
 log = logging.getLogger("party_platform")
 
 
-def build_server(config_path: str, *, insecure_dev: bool = False):
-    """Load config and data, and return (server, node, health, port) ready to start."""
-    from party_platform.node import FEATURES, PlatformNode
-
+def build_server(config_path: str, *,
+                 insecure_dev: bool = False) -> tuple[grpc.Server, HealthServicer, PlatformNode, SessionRegistry, int]:
+    """Load config and data and start the Node service; return (server, health, node, sessions, port)."""
     config = load_config(config_path, expected_role="platform", require_tls=not insecure_dev)
+    tls = None if insecure_dev else read_tls_files(config)
     node = PlatformNode(config)
-    server = make_server()
-    servicer = NodeServicer(node_name=config.name, registry=node.registry, features=FEATURES, scorer=node,
-                            max_payload_bytes=config.max_payload_mb * 2**20)
-    pb_grpc.add_NodeServicer_to_server(servicer, server)
-    health = add_health(server, ["fedprofile.v1.Node"])
-    if insecure_dev:
-        creds = None
-    else:
-        cert, key, peer_ca, _ = read_tls_files(config)
-        creds = server_credentials(cert, key, peer_ca)
-    port = bind(server, config.listen, creds)
-    return server, node, health, port
+    registry = SessionRegistry(node.open_session, kinds=SESSION_KINDS)
+    servicer = NodeServicer(node, registry, max_payload_bytes=config.max_payload_mb * 2**20)
+    server, health, port = start_node_server(
+        config, lambda s: pb_grpc.add_NodeServicer_to_server(servicer, s), ["fedprofile.v1.Node"],
+        tls=tls, client_ca=tls.peer_ca if tls else None)  # only the bank's CA may connect
+    return server, health, node, registry, port
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,19 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.insecure_dev:
         print(INSECURE_WARNING, file=sys.stderr)
     try:
-        server, node, health, port = build_server(args.config, insecure_dev=args.insecure_dev)
-    except (ConfigError, TransportError, PermissionError, ValueError) as err:
+        server, health, node, registry, port = build_server(args.config, insecure_dev=args.insecure_dev)
+    except FedProfileError as err:
         print(f"platform-node: {err}", file=sys.stderr)
         return 2
-    server.start()
     log.info("platform node '%s' listening on port %d (max gRPC message %d bytes)", node.config.name, port,
              MAX_GRPC_MESSAGE)
-
-    def stop() -> None:
-        health.enter_graceful_shutdown()
-        node.registry.close_all()
-
-    run_until_signalled(server, stop)
+    run_until_signalled(server, health, registry.close_all)
     return 0
 
 

@@ -1,177 +1,116 @@
 """The platform node: answers the bank's protocol sessions and partial-score calls.
 
 It holds the platform's data (IDs and behaviour features), its alignments (PSI results), and its half
-of every trained model. The bank drives every job; this node never dials out.
+of every trained model. The bank drives every job; this node never dials out. Each session is a job in
+the platform's own job store, which ends succeeded (the protocol reported its result) or failed.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from party_common.config import NodeConfig
-from party_common.jobstore import JobStore
-from party_common.runtime import load_node_data
-from party_common.storage.files import ensure_private_dir
-from party_common.transport import PartialScorer, SessionRegistry
-from protocols.channel import Message, ProtocolError, StepHandler
+from party_common.grpc_errors import describe
+from party_common.jobs import SESSION_KINDS, JobContext, JobKind
+from party_common.link import SessionContext
+from party_common.node import NodeBase
+from party_common.storage import NodeStores
+from protocols.channel import Message, StepHandler
+from protocols.errors import FedProfileError, ProtocolError
+from protocols.party_data import PartyData
+from protocols.vfl_lr import PlatformModel
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("psi.x25519", "train.vfl_lr", "score.partial")
-# Fields the bank node adds to a session's parameters for this node (not for the protocol itself).
-NODE_PARAM_PREFIX = "node."
 
+class PlatformSession:
+    """One session's handler, wrapped so the job row ends succeeded or failed, whatever happens."""
 
-class ObservedHandler:
-    """Wraps a protocol handler; after every step it lets the node collect a finished result."""
+    def __init__(self, node: PlatformNode, job: JobKind[Any, Any], ctx: JobContext, context: SessionContext) -> None:
+        self._node, self._job, self._ctx, self._context = node, job, ctx, context
+        self.inner: StepHandler | None = None
+        self.finished = False
+        self._last_refusal = ""
 
-    def __init__(self, inner: StepHandler, after_step: Callable[[StepHandler], None]) -> None:
-        self.inner = inner
-        self._after_step = after_step
+    def on_result(self, result: Any) -> None:
+        summary = self._job.save_platform(self._ctx, self._context, result)
+        self._node.stores.jobs.finish(self._ctx.job_id, summary)
+        self.finished = True
+        log.info("%s session %s: result stored", self._job.session, self._ctx.job_id)
 
     def handle(self, step: str, message: Message) -> Message:
-        reply = self.inner.handle(step, message)
-        self._after_step(self.inner)
-        return reply
+        assert self.inner is not None
+        try:
+            return self.inner.handle(step, message)
+        except Exception as err:
+            self._last_refusal = f"step {step}: {describe(err, node='platform')}"
+            raise
 
     def close(self) -> None:
-        self.inner.close()
+        if self.inner is not None:
+            self.inner.close()
+        if not self.finished:
+            reason = self._last_refusal or "the bank ended the session before the protocol finished"
+            self._node.stores.jobs.fail(self._ctx.job_id, reason)
 
 
-def split_node_params(params: Message) -> tuple[Message, dict[str, Any]]:
-    node = {k[len(NODE_PARAM_PREFIX):]: v for k, v in params.items() if k.startswith(NODE_PARAM_PREFIX)}
-    protocol = {k: v for k, v in params.items() if not k.startswith(NODE_PARAM_PREFIX)}
-    return protocol, node
+class PlatformNode(NodeBase):
+    role = "platform"
 
-
-class PlatformNode(PartialScorer):
-    def __init__(self, config: NodeConfig) -> None:
-        from protocols.alignment import AlignmentStore
-
-        self.config = config
-        self.data = load_node_data(config)
-        self.state_dir = ensure_private_dir(config.state_dir)
-        self.alignments = AlignmentStore(self.state_dir / "alignments")
-        self.models_dir = ensure_private_dir(self.state_dir / "models")
-        self.jobs = JobStore(self.state_dir / "jobs.sqlite")
-        self.registry = SessionRegistry(self.open_session, kinds=("psi", "train"))
-        self._models: dict[str, Any] = {}
-        self._index: dict[str, int] | None = None
-        self._lock = threading.Lock()
+    def __init__(self, config: NodeConfig, *, data: PartyData | None = None,
+                 stores: NodeStores | None = None) -> None:
+        super().__init__(config, data=data, stores=stores)
+        self._members: dict[str, frozenset[str]] = {}
+        self._members_lock = threading.Lock()
         log.info("platform data: %d users, %d features (%s)", len(self.data.ids), len(self.data.feature_names),
                  Path(self.data.source).name)
 
     # ---- sessions ----
 
-    def open_session(self, kind: str, job_id: str, params: Message) -> StepHandler:
-        protocol_params, node_params = split_node_params(params)
-        self.jobs.create(job_id, kind, str(node_params.get("job_name", "")), {"kind": kind})
-        self.jobs.mark_running(job_id)
+    def open_session(self, kind: str, job_id: str, params: Message, context: SessionContext) -> StepHandler:
+        job = SESSION_KINDS.get(kind)
+        if job is None:
+            raise ProtocolError(f"unknown session kind '{kind}' (this node supports {', '.join(SESSION_KINDS)})")
+        self.stores.jobs.create(job_id, kind, context.job_name, {"session": kind,
+                                                                 "alignment_job_id": context.alignment_job_id})
+        self.stores.jobs.mark_running(job_id)
+        ctx = self.job_context(job_id)
+        session = PlatformSession(self, job, ctx, context)
         try:
-            if kind == "psi":
-                return self._open_psi(job_id, protocol_params)
-            return self._open_train(job_id, protocol_params, node_params)
-        except BaseException as err:
-            self.jobs.fail(job_id, str(err))
+            session.inner = job.open_platform(ctx, params, context, session.on_result)
+        except Exception as err:
+            self.stores.jobs.fail(job_id, describe(err, node="platform"))
+            if isinstance(err, FedProfileError) and not isinstance(err, ProtocolError):
+                raise ProtocolError(str(err)) from err
             raise
-
-    def _open_psi(self, job_id: str, params: Message) -> StepHandler:
-        from protocols.psi import make_platform_psi_handler
-
-        handler = make_platform_psi_handler(job_id, params, self.data.ids, workers=self.config.workers,
-                                            spill_dir=self.state_dir / "tmp")
-
-        def collect(inner: StepHandler) -> None:
-            result = getattr(inner, "result", None)
-            if result is not None and not getattr(inner, "_stored", False):
-                inner._stored = True  # type: ignore[attr-defined]
-                alignment = self.alignments.save_result(job_id, result, peer_name="bank")
-                self.jobs.finish(job_id, {"intersection_size": alignment.size, "mode": alignment.mode,
-                                          "content_hash": alignment.content_hash})
-                log.info("PSI job %s: intersection of %d stored", job_id, alignment.size)
-
-        return ObservedHandler(handler, collect)
-
-    def _open_train(self, job_id: str, params: Message, node_params: dict[str, Any]) -> StepHandler:
-        from protocols.alignment import AlignmentError
-        from protocols.vfl_lr import make_platform_train_handler
-
-        alignment_job = str(node_params.get("alignment_job_id", ""))
-        try:
-            alignment = self.alignments.load(alignment_job)
-        except AlignmentError as err:
-            raise ProtocolError(f"no alignment {alignment_job!r} on the platform node: run PSI first") from err
-        expected = str(node_params.get("alignment_hash", ""))
-        if alignment.ids is None:
-            raise ProtocolError(f"alignment {alignment_job} was a size-only PSI; training needs the intersection")
-        if expected != alignment.content_hash:
-            raise ProtocolError(f"alignment {alignment_job}: the two nodes hold different intersections")
-        aligned = self.data.take(list(alignment.ids))
-
-        def save_model(model: Any) -> None:
-            path = self.models_dir / f"{job_id}.model"
-            model.alignment_job_id = alignment_job
-            model.save(path)
-            with self._lock:
-                self._models[job_id] = (model, alignment_job)
-            self.jobs.finish(job_id, {"rows": len(aligned.ids), "model": path.name})
-            log.info("training job %s: platform half of the model saved", job_id)
-
-        return make_platform_train_handler(job_id, params, aligned, on_model=save_model, workers=self.config.workers)
+        return session
 
     # ---- serving ----
-
-    def _model(self, model_job_id: str) -> tuple[Any, str]:
-        from protocols.vfl_lr import PlatformModel
-
-        with self._lock:
-            if model_job_id in self._models:
-                return self._models[model_job_id]
-        path = self.models_dir / f"{model_job_id}.model"
-        if not path.exists():
-            raise LookupError(f"no model for job {model_job_id} on the platform node")
-        model = PlatformModel.load(path)
-        entry = (model, model.alignment_job_id)
-        with self._lock:
-            self._models[model_job_id] = entry
-        return entry
 
     def partial_scores(self, model_job_id: str, customer_ids: list[str],
                        tags: list[str]) -> tuple[list[str], np.ndarray, list[bool]]:
         """z_B for each customer and tag. Only customers in the model's alignment are answered: the bank
         already knows they are platform users, so answering reveals no membership beyond PSI."""
-        model, alignment_job = self._model(model_job_id)
-        members = self._alignment_members(alignment_job)
-        tag_names = list(model.tag_names)
-        wanted = tags or tag_names
-        unknown = [t for t in wanted if t not in tag_names]
-        if unknown:
-            raise ProtocolError(f"model {model_job_id} has no tag(s) {', '.join(unknown)}")
-        cols = [tag_names.index(t) for t in wanted]
-        if self._index is None:
-            self._index = {cid: i for i, cid in enumerate(self.data.ids)}
-        rows = [self._index.get(c, -1) if c in members else -1 for c in customer_ids]
-        known = [r >= 0 for r in rows]
+        model = self.model(model_job_id, PlatformModel.from_dict)
+        wanted, cols = self.tag_columns(model, tags)
+        members = self._alignment_members(model.alignment_job_id)
+        rows = np.array([self.data.row_of(c) if c in members else -1 for c in customer_ids], dtype=np.int64)
+        known = rows >= 0
         scores = np.full((len(customer_ids), len(cols)), np.nan)
-        present = np.array([r for r in rows if r >= 0], dtype=np.int64)
-        if len(present):
-            z = model.partial_scores(self.data.features[present])
-            scores[np.array(known)] = z[:, cols]
-        return wanted, scores, known
+        if known.any():
+            scores[known] = model.partial_scores(self.data.features[rows[known]])[:, cols]
+        return wanted, scores, known.tolist()
 
     def _alignment_members(self, alignment_job: str) -> frozenset[str]:
-        key = f"members:{alignment_job}"
-        with self._lock:
-            cached = self._models.get(key)
+        with self._members_lock:
+            cached = self._members.get(alignment_job)
         if cached is None:
-            alignment = self.alignments.load(alignment_job)
-            cached = frozenset(alignment.ids or ())
-            with self._lock:
-                self._models[key] = cached
+            cached = frozenset(self.stores.alignments.load(alignment_job).ids or ())
+            with self._members_lock:
+                self._members[alignment_job] = cached
         return cached

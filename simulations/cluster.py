@@ -23,6 +23,7 @@ from types import TracebackType
 
 from party_bank.client import BankClient
 from party_common.certs import init_local_pki
+from party_common.storage.alignments import Alignment, FileAlignmentStore
 from party_common.storage.files import atomic_write
 from protocols.errors import FedProfileError
 
@@ -139,6 +140,10 @@ class LocalCluster:
                             key=self.certs["operator_key"], ca=self.certs["bank_ca"])
         self._clients.append(client)
         return client
+
+    def bank_alignment(self, job_id: str) -> Alignment:
+        """An alignment from the bank node's state (the harness may read it; a real deployment is one side)."""
+        return FileAlignmentStore(self.workdir / "state" / "bank" / "alignments").load(job_id)
 
     def pids(self) -> dict[str, int]:
         return {role: proc.pid for role, proc in self.processes.items()}

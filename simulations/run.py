@@ -20,7 +20,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from party_common.data_loading import load_party_data
 from party_common.storage.files import atomic_write
+from protocols.metrics import centralized_baseline
+from protocols.vfl_lr import TrainParams
 from simulations.cluster import LocalCluster
 
 console = Console(stderr=True)
@@ -42,16 +45,10 @@ def centralized_report(cluster: LocalCluster, bank_data: Path, bank_id: str, pla
                        platform_id: str, tags: list[str], alignment_job_id: str,
                        train_params: dict[str, Any]) -> dict[str, Any]:
     """Centralized sklearn LR on the same aligned rows and split as the joint model (harness only)."""
-    from party_common.data_loading import load_party_data
-    from protocols.alignment import AlignmentStore
-    from protocols.metrics import centralized_baseline
-    from protocols.vfl_lr import TrainParams
-
-    alignment = AlignmentStore(cluster.workdir / "state" / "bank" / "alignments").load(alignment_job_id)
-    ids = list(alignment.ids or ())
+    ids = list(cluster.bank_alignment(alignment_job_id).ids or ())
     bank = load_party_data(bank_data, id_column=bank_id, tag_columns=tags).take(ids)
     platform = load_party_data(platform_data, id_column=platform_id).take(ids)
-    params = TrainParams(**train_params)
+    params = TrainParams.from_dict(train_params)
     return centralized_baseline(bank, platform, params.split(bank.labels), l2=params.l2)
 
 
@@ -149,10 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _sample_ids(cluster: LocalCluster, alignment_job_id: str, k: int) -> list[str]:
-    from protocols.alignment import AlignmentStore
-
-    alignment = AlignmentStore(cluster.workdir / "state" / "bank" / "alignments").load(alignment_job_id)
-    return list(alignment.ids or ())[:k]
+    return list(cluster.bank_alignment(alignment_job_id).ids or ())[:k]
 
 
 def parser() -> argparse.ArgumentParser:

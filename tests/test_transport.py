@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from party_common.certs import init_local_pki
+from party_common.codec import to_payload
+from party_common.grpc_link import GrpcPlatformLink
+from party_common.link import SessionContext
 from party_common.transport import (
     CHUNK_BYTES,
-    GrpcPeer,
-    NodeServicer,
-    SessionRegistry,
     add_health,
     bind,
     chunk_payload,
@@ -25,6 +25,7 @@ from party_common.transport import (
     server_credentials,
     wait_healthy,
 )
+from party_platform.service import NodeServicer, SessionRegistry
 from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.channel import Message, PeerError, ProtocolError
@@ -62,16 +63,25 @@ def other_pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def platform_server(pki: dict[str, Path]) -> Iterator[tuple[str, dict[str, SumHandler]]]:
     handlers: dict[str, SumHandler] = {}
 
-    def factory(kind: str, job_id: str, params: Message) -> SumHandler:
-        if params.get("refuse"):
-            raise ProtocolError("refused at open")
-        handlers[job_id] = SumHandler()
-        return handlers[job_id]
+    class Endpoint:
+        name = "platform"
 
+        def open_session(self, kind: str, job_id: str, params: Message, context: SessionContext) -> SumHandler:
+            if params.get("refuse"):
+                raise ProtocolError("refused at open")
+            if context.job_name != "a job":
+                raise ProtocolError("the session context did not arrive")
+            handlers[job_id] = SumHandler()
+            return handlers[job_id]
+
+        def partial_scores(self, model_job_id: str, customer_ids: list[str],
+                           tags: list[str]) -> tuple[list[str], np.ndarray, list[bool]]:
+            raise ProtocolError("this test node serves no models")
+
+    endpoint = Endpoint()
     server = make_server()
-    registry = SessionRegistry(factory, kinds=("sum",))
-    servicer = NodeServicer(node_name="platform", registry=registry, features=["sum"], scorer=None,
-                            max_payload_bytes=64 * 2**20)
+    registry = SessionRegistry(endpoint.open_session, kinds=("sum",))
+    servicer = NodeServicer(endpoint, registry, max_payload_bytes=64 * 2**20, features=["sum"])
     pb_grpc.add_NodeServicer_to_server(servicer, server)
     add_health(server, ["fedprofile.v1.Node"])
     address = f"127.0.0.1:{free_port()}"
@@ -81,6 +91,13 @@ def platform_server(pki: dict[str, Path]) -> Iterator[tuple[str, dict[str, SumHa
     server.start()
     yield address, handlers
     server.stop(0)
+
+
+def link(channel: grpc.Channel) -> GrpcPlatformLink:
+    return GrpcPlatformLink(channel, node_name="bank", address="platform")
+
+
+CONTEXT = SessionContext(job_name="a job")
 
 
 def bank_channel(address: str, pki: dict[str, Path]) -> grpc.Channel:
@@ -97,7 +114,7 @@ def test_handshake_over_mutual_tls(platform_server, pki) -> None:
     address, _ = platform_server
     channel = bank_channel(address, pki)
     wait_healthy(channel, timeout_s=10)
-    hello = GrpcPeer(channel, node_name="bank").handshake(["sum"])
+    hello = link(channel).handshake(["sum"])
     assert hello.node_name == "platform" and hello.role == pb.PLATFORM
     assert list(hello.features) == ["sum"]
     channel.close()
@@ -107,7 +124,7 @@ def test_refuses_client_without_certificate(platform_server, pki) -> None:
     address, _ = platform_server
     creds = grpc.ssl_channel_credentials(root_certificates=pki["platform_ca"].read_bytes())
     with grpc.secure_channel(address, creds) as channel, pytest.raises(PeerError) as err:
-        GrpcPeer(channel, node_name="bank").handshake()
+        link(channel).handshake()
     assert err.value.code == "UNAVAILABLE"
 
 
@@ -116,7 +133,7 @@ def test_refuses_client_certificate_from_another_ca(platform_server, pki, other_
     channel = dial(address, cert=other_pki["bank_cert"].read_bytes(), key=other_pki["bank_key"].read_bytes(),
                    server_ca=pki["platform_ca"].read_bytes())
     with pytest.raises(PeerError) as err:
-        GrpcPeer(channel, node_name="bank").handshake()
+        link(channel).handshake()
     assert err.value.code == "UNAVAILABLE"
     channel.close()
 
@@ -126,7 +143,7 @@ def test_bank_refuses_server_from_another_ca(platform_server, pki, other_pki) ->
     channel = dial(address, cert=pki["bank_cert"].read_bytes(), key=pki["bank_key"].read_bytes(),
                    server_ca=other_pki["platform_ca"].read_bytes())
     with pytest.raises(PeerError):
-        GrpcPeer(channel, node_name="bank").handshake()
+        link(channel).handshake()
     channel.close()
 
 
@@ -134,7 +151,7 @@ def test_plaintext_client_cannot_talk_to_tls_node(platform_server) -> None:
     address, _ = platform_server
     channel = dial(address, cert=None, key=None, server_ca=None, insecure=True)
     with pytest.raises(PeerError):
-        GrpcPeer(channel, node_name="bank").handshake()
+        link(channel).handshake()
     channel.close()
 
 
@@ -164,8 +181,8 @@ def test_refuses_incompatible_protocol_version(platform_server, pki) -> None:
 def test_streamed_steps_round_trip_large_payloads(platform_server, pki) -> None:
     address, handlers = platform_server
     channel = bank_channel(address, pki)
-    peer = GrpcPeer(channel, node_name="bank")
-    session = peer.open("sum", "job-large-0001", {"x": 1})
+    peer = link(channel)
+    session = peer.open("sum", "job-large-0001", {"x": 1}, context=CONTEXT)
     rng = np.random.default_rng(0)
     a = rng.normal(size=(700, 1000))  # 5.6 MB: several chunks each way
     blob = rng.bytes(3 * CHUNK_BYTES + 17)
@@ -176,18 +193,21 @@ def test_streamed_steps_round_trip_large_payloads(platform_server, pki) -> None:
     np.testing.assert_array_equal(reply["sum"], [1, 2, 3])
     session.close()
     assert handlers["job-large-0001"].closed
+    with pytest.raises(PeerError, match="serves no models") as err:
+        peer.partial_scores("train-0001", ["x"], [])
+    assert err.value.code == "FAILED_PRECONDITION"
     channel.close()
 
 
 def test_handler_refusal_reaches_the_bank_as_peer_error(platform_server, pki) -> None:
     address, _ = platform_server
     channel = bank_channel(address, pki)
-    peer = GrpcPeer(channel, node_name="bank")
+    peer = link(channel)
     with pytest.raises(PeerError, match="refused at open"):
-        peer.open("sum", "job-refused-01", {"refuse": True})
+        peer.open("sum", "job-refused-01", {"refuse": True}, context=CONTEXT)
     with pytest.raises(PeerError, match="unknown session kind"):
-        peer.open("nope", "job-unknown-01", {})
-    session = peer.open("sum", "job-bad-00001", {})
+        peer.open("nope", "job-unknown-01", {}, context=CONTEXT)
+    session = peer.open("sum", "job-bad-00001", {}, context=CONTEXT)
     with pytest.raises(PeerError, match="refused on purpose") as err:
         session.call("bad", {"a": np.zeros(1), "b": np.zeros(1)})
     assert err.value.code == "FAILED_PRECONDITION"
@@ -198,12 +218,10 @@ def test_handler_refusal_reaches_the_bank_as_peer_error(platform_server, pki) ->
 def test_replayed_and_out_of_order_steps_are_refused(platform_server, pki) -> None:
     address, _ = platform_server
     channel = bank_channel(address, pki)
-    peer = GrpcPeer(channel, node_name="bank")
-    session = peer.open("sum", "job-replay-001", {})
+    peer = link(channel)
+    session = peer.open("sum", "job-replay-001", {}, context=CONTEXT)
     session.call("add", {"a": np.zeros(2), "b": np.ones(2)})  # seq 1
     stub = pb_grpc.NodeStub(channel)
-    from party_common.codec import to_payload
-
     data = to_payload({"a": np.zeros(2), "b": np.ones(2)}).SerializeToString()
     for seq in (1, 5):  # a replay of step 1, and a skip ahead
         with pytest.raises(grpc.RpcError) as err:
@@ -221,5 +239,5 @@ def test_replayed_and_out_of_order_steps_are_refused(platform_server, pki) -> No
 def test_unreachable_peer_is_a_clear_error(pki) -> None:
     channel = bank_channel(f"127.0.0.1:{free_port()}", pki)
     with pytest.raises(PeerError, match="unreachable"):
-        GrpcPeer(channel, node_name="bank").handshake()
+        link(channel).handshake()
     channel.close()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+import protocols.psi.messages as wire
 from protocols.channel import Message
 from protocols.compute import ComputeSpec
 from protocols.errors import ProtocolError
-from protocols.psi import messages as wire
 from protocols.psi.ids import job_salt
 from protocols.psi.kernel import Blinder, Pending
 from protocols.psi.messages import (

@@ -1,0 +1,147 @@
+"""The bank's side of the gRPC link to the platform node: the Step stream as a PeerChannel, and PlatformLink."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import grpc
+import numpy as np
+
+from party_common.codec import array_from_pb, from_payload, to_payload
+from party_common.grpc_errors import peer_error
+from party_common.link import SessionContext, check_partial_scores
+from party_common.transport import (
+    CONTROL_TIMEOUT_S,
+    FEATURES,
+    HANDSHAKE_TIMEOUT_S,
+    TransportError,
+    check_hello,
+    chunk_payload,
+    join_chunks,
+    make_hello,
+    wait_healthy,
+)
+from proto import fedprofile_v1_pb2 as pb
+from proto import fedprofile_v1_pb2_grpc as pb_grpc
+from protocols.channel import Message
+from protocols.errors import PeerError, ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+class GrpcChannel:
+    """A :class:`protocols.channel.PeerChannel` over the ``Node.Step`` stream."""
+
+    def __init__(self, stub: pb_grpc.NodeStub, job_id: str, *, step_timeout_s: float, max_bytes: int) -> None:
+        self.job_id = job_id
+        self._stub = stub
+        self._seq = 0
+        self._timeout = step_timeout_s
+        self._max_bytes = max_bytes
+        self._closed = False
+        self.sent_bytes = 0
+        self.received_bytes = 0
+
+    def call(self, step: str, message: Message) -> Message:
+        if self._closed:
+            raise PeerError(f"session {self.job_id} is closed", code="FAILED_PRECONDITION")
+        self._seq += 1
+        data = to_payload(message).SerializeToString()
+        self.sent_bytes += len(data)
+        try:
+            replies = self._stub.Step(chunk_payload(self.job_id, step, self._seq, data), timeout=self._timeout)
+            header, joined = join_chunks(replies, max_bytes=self._max_bytes)
+        except grpc.RpcError as err:
+            raise peer_error(err, f"step {step}") from err
+        except ProtocolError as err:
+            raise PeerError(f"step {step}: bad reply stream: {err}", code="DATA_LOSS") from err
+        if (header.job_id, header.seq) != (self.job_id, self._seq):
+            raise PeerError(f"step {step}: reply is for another job or step", code="DATA_LOSS")
+        self.received_bytes += len(joined)
+        payload = pb.Payload()
+        try:
+            payload.ParseFromString(joined)
+            return from_payload(payload, where=f"reply to {step}")
+        except Exception as err:  # protobuf DecodeError or CodecError: both mean a malformed reply
+            raise PeerError(f"step {step}: malformed reply: {err}", code="DATA_LOSS") from err
+
+    def close(self, *, aborted: bool = False, reason: str = "") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._stub.CloseSession(pb.CloseSessionRequest(job_id=self.job_id, aborted=aborted, reason=reason),
+                                    timeout=CONTROL_TIMEOUT_S)
+        except grpc.RpcError as err:
+            log.warning("closing session %s on the peer failed: %s", self.job_id, err.code().name)
+
+
+class GrpcPlatformLink:
+    """The platform node behind a gRPC channel (mutual TLS outside ``--insecure-dev``)."""
+
+    def __init__(self, channel: grpc.Channel, *, node_name: str, address: str, step_timeout_s: float = 900.0,
+                 max_payload_bytes: int = 1024 * 2**20, score_timeout_s: float = 60.0) -> None:
+        self._channel = channel
+        self._stub = pb_grpc.NodeStub(channel)
+        self._node_name = node_name
+        self.address = address
+        self._step_timeout = step_timeout_s
+        self._score_timeout = score_timeout_s
+        self._max_bytes = max_payload_bytes
+        self.peer_hello: pb.Hello | None = None
+
+    def connect(self, timeout_s: float = 30.0) -> str:
+        try:
+            wait_healthy(self._channel, timeout_s=timeout_s)
+        except TransportError as err:
+            raise PeerError(f"platform node at {self.address} is not reachable: {err}",
+                            code="UNAVAILABLE") from err
+        hello = self.handshake(FEATURES)
+        log.info("handshake ok with platform node '%s' (protocol %s)", hello.node_name, hello.protocol_version)
+        return hello.node_name
+
+    def handshake(self, features: Iterable[str] = ()) -> pb.Hello:
+        try:
+            reply = self._stub.Handshake(
+                pb.HandshakeRequest(hello=make_hello("bank", self._node_name, features)),
+                timeout=HANDSHAKE_TIMEOUT_S)
+        except grpc.RpcError as err:
+            raise peer_error(err, "handshake") from err
+        problem = check_hello(reply.hello, expected_role="platform")
+        if problem:
+            raise PeerError(f"handshake: {problem}", code="FAILED_PRECONDITION")
+        self.peer_hello = reply.hello
+        return reply.hello
+
+    def open(self, kind: str, job_id: str, params: Message, *,
+             context: SessionContext) -> GrpcChannel:
+        request = pb.OpenSessionRequest(kind=kind, job_id=job_id, params=to_payload(params),
+                                        context=pb.SessionContext(alignment_job_id=context.alignment_job_id,
+                                                                  alignment_hash=context.alignment_hash,
+                                                                  job_name=context.job_name))
+        try:
+            self._stub.OpenSession(request, timeout=self._step_timeout)
+        except grpc.RpcError as err:
+            raise peer_error(err, f"open {kind} session") from err
+        return GrpcChannel(self._stub, job_id, step_timeout_s=self._step_timeout, max_bytes=self._max_bytes)
+
+    def partial_scores(self, model_job_id: str, customer_ids: list[str],
+                       tags: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        try:
+            reply = self._stub.PartialScore(
+                pb.PartialScoreRequest(model_job_id=model_job_id, customer_ids=customer_ids, tags=tags),
+                timeout=self._score_timeout)
+        except grpc.RpcError as err:
+            raise peer_error(err, "partial scores") from err
+        try:
+            scores = array_from_pb(reply.scores, where="partial scores")
+        except ProtocolError as err:
+            raise PeerError(f"partial scores: {err}", code="DATA_LOSS") from err
+        return check_partial_scores(list(reply.tags), list(tags), scores, list(reply.known), len(customer_ids))
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+__all__ = ["GrpcChannel", "GrpcPlatformLink"]

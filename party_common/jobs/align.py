@@ -1,0 +1,57 @@
+"""The align job: PSI between the nodes; each side keeps the intersection it learned as an alignment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from party_common.jobs.base import JobContext, JobError, JobKind, dataclass_from_dict
+from party_common.link import ContextPeer, PlatformLink, SessionContext
+from party_common.storage import NodeStores
+from party_common.storage.alignments import Alignment
+from protocols.channel import Message, StepHandler
+from protocols.party_data import PartyData
+from protocols.psi import MODES, PsiResult, make_platform_psi_handler, run_bank_psi
+
+
+@dataclass(frozen=True)
+class AlignParams:
+    mode: str = "both"  # "both": each side learns the intersection; "bank_only"; "cardinality": only its size
+    batch_size: int = 50_000
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise JobError(f"align: 'mode' must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 1 <= self.batch_size <= 1_000_000:
+            raise JobError("align: 'batch_size' must be between 1 and 1,000,000")
+
+
+class AlignJob(JobKind[AlignParams, PsiResult]):
+    name = "align"
+    session = "psi"
+
+    def parse(self, raw: Mapping[str, Any], data: PartyData, stores: NodeStores) -> AlignParams:
+        return dataclass_from_dict(AlignParams, raw, what="align")
+
+    def params_dict(self, params: AlignParams) -> dict[str, Any]:
+        return asdict(params)
+
+    def run_bank(self, link: PlatformLink, ctx: JobContext, params: AlignParams, job_name: str) -> PsiResult:
+        return run_bank_psi(ContextPeer(link, SessionContext(job_name=job_name)), ctx.job_id, list(ctx.data.ids),
+                            mode=params.mode, batch_size=params.batch_size, compute=ctx.new_compute(),
+                            spill_dir=ctx.spill_dir, progress=ctx.progress)
+
+    def save_bank(self, ctx: JobContext, params: AlignParams, result: PsiResult, peer_name: str) -> dict[str, Any]:
+        alignment = ctx.stores.alignments.save(Alignment.from_result(ctx.job_id, result, peer_name=peer_name))
+        return {"mode": alignment.mode, "intersection_size": alignment.size, "bank_customers": len(ctx.data),
+                "content_hash": alignment.content_hash, "seconds": round(result.seconds, 3)}
+
+    def open_platform(self, ctx: JobContext, params: Message, context: SessionContext,
+                      on_result: Callable[[Any], None]) -> StepHandler:
+        return make_platform_psi_handler(ctx.job_id, params, ctx.data.ids, on_result=on_result,
+                                         compute=ctx.new_compute(), spill_dir=ctx.spill_dir, progress=ctx.progress)
+
+    def save_platform(self, ctx: JobContext, context: SessionContext, result: Any) -> dict[str, Any]:
+        alignment = ctx.stores.alignments.save(Alignment.from_result(ctx.job_id, result, peer_name="bank"))
+        return {"intersection_size": alignment.size, "mode": alignment.mode, "content_hash": alignment.content_hash}

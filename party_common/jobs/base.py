@@ -1,0 +1,102 @@
+"""What a job kind is: its typed parameters, the bank's runner, the platform's session, where results go.
+
+A job kind is one class (``party_common.jobs.align``, ``party_common.jobs.train``) that both nodes look
+up in the registry (``party_common.jobs.JOB_KINDS``): the bank parses a data scientist's parameters once
+into a typed object, runs the protocol against the platform and saves its result; the platform opens the
+matching session and saves its own result when the session reports it. Nothing else in the nodes knows
+what a kind does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from party_common.link import PlatformLink, SessionContext
+from party_common.storage import NodeStores
+from protocols.channel import Message, StepHandler
+from protocols.compute import Compute
+from protocols.errors import UserError
+from protocols.party_data import PartyData
+
+Progress = Callable[[str, int, int], None]
+P = TypeVar("P")
+R = TypeVar("R")
+D = TypeVar("D")
+
+
+class JobError(UserError):
+    """A job's parameters are wrong; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job (or a platform session) sees of its node."""
+
+    job_id: str
+    data: PartyData
+    stores: NodeStores
+    new_compute: Callable[[], Compute]  # a fresh backend per session: the session owns and closes it
+    spill_dir: Path
+    progress: Progress
+    node_name: str = ""
+
+
+class JobKind(ABC, Generic[P, R]):
+    """One kind of job, both sides of it."""
+
+    name: ClassVar[str]  # what a data scientist submits ("align", "train")
+    session: ClassVar[str]  # the protocol session it opens on the platform ("psi", "train")
+
+    @abstractmethod
+    def parse(self, raw: Mapping[str, Any], data: PartyData, stores: NodeStores) -> P:
+        """The bank's parameters, checked and completed with defaults; :class:`JobError` names the problem."""
+
+    @abstractmethod
+    def params_dict(self, params: P) -> dict[str, Any]:
+        """What the job store records of ``params`` (JSON, no data)."""
+
+    @abstractmethod
+    def run_bank(self, link: PlatformLink, ctx: JobContext, params: P, job_name: str) -> R:
+        """Run the protocol as the bank against the platform behind ``link``."""
+
+    @abstractmethod
+    def save_bank(self, ctx: JobContext, params: P, result: R, peer_name: str) -> dict[str, Any]:
+        """Keep the bank's result in its stores; return the job's summary (counts and metrics only)."""
+
+    @abstractmethod
+    def open_platform(self, ctx: JobContext, params: Message, context: SessionContext,
+                      on_result: Callable[[Any], None]) -> StepHandler:
+        """The platform's handler for one session; it calls ``on_result`` once, when the session is done."""
+
+    @abstractmethod
+    def save_platform(self, ctx: JobContext, context: SessionContext, result: Any) -> dict[str, Any]:
+        """Keep the platform's result in its stores; return the job's summary."""
+
+
+def dataclass_from_dict(cls: type[D], raw: Mapping[str, Any], *, what: str, error: type[UserError] = JobError,
+                        **fixed: Any) -> D:
+    """``cls(**raw)`` with errors a person can act on: an unknown key is named beside the known ones,
+    and a value of the wrong type is named with the type it should have (ints pass for floats)."""
+    if not isinstance(raw, Mapping):
+        raise error(f"{what}: parameters must be a JSON object, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise error(f"{what}: unknown parameter {unknown[0]!r}; known: {', '.join(sorted(set(fields) - set(fixed)))}")
+    values: dict[str, Any] = dict(fixed)
+    for name, value in raw.items():
+        default = fields[name].default
+        if default is not dataclasses.MISSING and default is not None:
+            want = type(default)
+            ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+            ok = ok or (want is float and isinstance(value, int) and not isinstance(value, bool))
+            if not ok:
+                raise error(f"{what}: parameter {name!r} must be a {want.__name__}, got {value!r}")
+            value = want(value)
+        values[name] = value
+    return cls(**values)

@@ -1,0 +1,120 @@
+"""The train job: federated LR, one model per tag, on an alignment; each side keeps its half of the models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from party_common.jobs.base import JobContext, JobError, JobKind
+from party_common.link import ContextPeer, PlatformLink, SessionContext
+from party_common.storage import NodeStores
+from party_common.storage.alignments import Alignment
+from protocols.channel import Message, StepHandler
+from protocols.errors import NotFound, ProtocolError, UserError
+from protocols.party_data import PartyData
+from protocols.vfl_lr import TrainOutcome, TrainParams, make_platform_train_handler, run_bank_training
+
+# Alignments a model can be trained on: both nodes learned the intersection ("bank_only" leaves the platform
+# unable to find its rows, "cardinality" leaves both sides with a count).
+TRAINABLE_MODES = ("both",)
+
+
+@dataclass(frozen=True)
+class TrainJobParams:
+    tags: tuple[str, ...]
+    alignment_job_id: str
+    train: TrainParams
+
+
+def latest_trainable_alignment(stores: NodeStores) -> str:
+    """The newest finished align job whose alignment the bank can train on."""
+    for record in stores.jobs.list(1000, kind="align", status="succeeded"):
+        if record.result.get("mode") in TRAINABLE_MODES:
+            return record.job_id
+    raise JobError("train: no finished align job in mode 'both' (both nodes learn the intersection); "
+                   "run `bank-node align` first")
+
+
+class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
+    name = "train"
+    session = "train"
+
+    def parse(self, raw: Mapping[str, Any], data: PartyData, stores: NodeStores) -> TrainJobParams:
+        unknown = sorted(set(raw) - {"tags", "alignment_job_id", "train"})
+        if unknown:
+            raise JobError(f"train: unknown parameter {unknown[0]!r}; known: alignment_job_id, tags, train")
+        tags = raw.get("tags") or list(data.tag_names)
+        if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
+            raise JobError("train: 'tags' must be a list of tag column names")
+        missing = [t for t in tags if t not in data.tag_names]
+        if missing:
+            raise JobError(f"train: tag(s) {', '.join(missing)} are not tag columns of {data.source} "
+                           f"(known: {', '.join(data.tag_names)})")
+        if len(set(tags)) != len(tags):
+            raise JobError("train: a tag is named twice")
+        alignment_job_id = raw.get("alignment_job_id") or latest_trainable_alignment(stores)
+        try:
+            record = stores.jobs.get(str(alignment_job_id))
+        except NotFound as err:
+            raise JobError(f"train: no align job {alignment_job_id}") from err
+        if record.kind != "align" or record.status != "succeeded":
+            raise JobError(f"train: job {alignment_job_id} is not a finished align job")
+        if record.result.get("mode") not in TRAINABLE_MODES:
+            raise JobError(f"train: align job {alignment_job_id} ran in mode {record.result.get('mode')!r}, where "
+                           "the platform does not learn the intersection; training needs an align job in mode 'both'")
+        try:
+            train = TrainParams.from_dict(raw.get("train") or {}).validate()
+        except UserError as err:
+            raise JobError(f"train: {err}") from err
+        return TrainJobParams(tuple(tags), str(alignment_job_id), train)
+
+    def params_dict(self, params: TrainJobParams) -> dict[str, Any]:
+        return {"tags": list(params.tags), "alignment_job_id": params.alignment_job_id,
+                "train": params.train.to_dict()}
+
+    def run_bank(self, link: PlatformLink, ctx: JobContext, params: TrainJobParams, job_name: str) -> TrainOutcome:
+        alignment = ctx.stores.alignments.load(params.alignment_job_id)
+        if alignment.ids is None:
+            raise JobError(f"train: alignment {alignment.job_id} holds no IDs on this node")
+        bank = ctx.data.take(alignment.ids).select_tags(params.tags)
+        peer = ContextPeer(link, SessionContext(alignment_job_id=alignment.job_id,
+                                                alignment_hash=alignment.content_hash, job_name=job_name))
+        outcome = run_bank_training(peer, ctx.job_id, bank, params.train, progress=ctx.progress,
+                                    compute=ctx.new_compute())
+        outcome.model.alignment_job_id = alignment.job_id
+        outcome.report.update({"alignment_job_id": alignment.job_id, "rows": len(bank), "tags": list(params.tags)})
+        return outcome
+
+    def save_bank(self, ctx: JobContext, params: TrainJobParams, result: TrainOutcome,
+                  peer_name: str) -> dict[str, Any]:
+        ctx.stores.models.save(ctx.job_id, result.model.to_dict())
+        ctx.stores.reports.save(ctx.job_id, result.report)
+        return result.report
+
+    def open_platform(self, ctx: JobContext, params: Message, context: SessionContext,
+                      on_result: Callable[[Any], None]) -> StepHandler:
+        alignment = self._alignment(ctx, context)
+        aligned = ctx.data.take(alignment.ids or [])
+        return make_platform_train_handler(ctx.job_id, params, aligned, on_result=on_result,
+                                           compute=ctx.new_compute())
+
+    @staticmethod
+    def _alignment(ctx: JobContext, context: SessionContext) -> Alignment:
+        if not context.alignment_job_id:
+            raise ProtocolError("the bank did not say which alignment to train on (is it older than protocol 1.1?)")
+        try:
+            alignment = ctx.stores.alignments.load(context.alignment_job_id)
+        except NotFound as err:
+            raise ProtocolError(f"no alignment {context.alignment_job_id!r} on the platform node: "
+                                "run PSI first") from err
+        if alignment.ids is None:
+            raise ProtocolError(f"alignment {alignment.job_id} was a size-only PSI; training needs the intersection")
+        if context.alignment_hash != alignment.content_hash:
+            raise ProtocolError(f"alignment {alignment.job_id}: the two nodes hold different intersections")
+        return alignment
+
+    def save_platform(self, ctx: JobContext, context: SessionContext, result: Any) -> dict[str, Any]:
+        result.alignment_job_id = context.alignment_job_id
+        ctx.stores.models.save(ctx.job_id, result.to_dict())
+        return {"alignment_job_id": context.alignment_job_id, "tags": list(result.tag_names)}

@@ -1,0 +1,91 @@
+"""What both nodes share: config, data, stores, a fresh compute per session, job contexts, cached models."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from party_common.config import NodeConfig
+from party_common.jobs import JobContext, JobError, Progress
+from party_common.runtime import load_node_data
+from party_common.storage import NodeStores, open_node_stores
+from protocols.compute import Compute, as_compute
+from protocols.errors import NotFound
+from protocols.party_data import PartyData, Schema
+
+PROGRESS_EVERY_S = 0.5  # job progress rows are written at most this often
+
+
+class ModelHalf(Protocol):
+    job_id: str
+    tag_names: list[str]
+    schema: Schema
+    alignment_job_id: str
+
+
+M = TypeVar("M", bound=ModelHalf)
+
+
+class NodeBase:
+    """A node of either role. ``data`` and ``stores`` default to the config's file and state directory."""
+
+    role: ClassVar[str]
+
+    def __init__(self, config: NodeConfig, *, data: PartyData | None = None,
+                 stores: NodeStores | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.data = data if data is not None else load_node_data(config)
+        self.stores = stores if stores is not None else open_node_stores(config.state_dir)
+        self.spill_dir = config.state_dir / "tmp"
+        self._models: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def new_compute(self) -> Compute:
+        return as_compute(self.config.workers)
+
+    def progress_reporter(self, job_id: str) -> Progress:
+        """Writes "stage: done/total" to the job's row, at most every PROGRESS_EVERY_S and at the end."""
+        last = [0.0]
+
+        def report(stage: str, done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] > PROGRESS_EVERY_S or done >= total:
+                last[0] = now
+                self.stores.jobs.set_progress(job_id, f"{stage}: {done}/{total}")
+
+        return report
+
+    def job_context(self, job_id: str) -> JobContext:
+        return JobContext(job_id=job_id, data=self.data, stores=self.stores, new_compute=self.new_compute,
+                          spill_dir=self.spill_dir, progress=self.progress_reporter(job_id), node_name=self.name)
+
+    def model(self, model_job_id: str, load: Callable[..., M]) -> M:
+        """The model half of train job ``model_job_id``, loaded once, checked against this node's data."""
+        with self._lock:
+            cached = self._models.get(model_job_id)
+        if cached is not None:
+            return cached
+        try:
+            doc = self.stores.models.load(model_job_id)
+        except NotFound as err:
+            raise NotFound(f"no model for job {model_job_id} on the {self.role} node "
+                           "(is it a finished train job?)") from err
+        model = load(doc, where=f"model {model_job_id}")
+        # The data this node serves must still have the columns the model was trained on.
+        model.schema.check_scoring_compatible(self.data.schema, self.data.source)
+        with self._lock:
+            self._models[model_job_id] = model
+        return model
+
+    @staticmethod
+    def tag_columns(model: ModelHalf, wanted: Sequence[str]) -> tuple[list[str], list[int]]:
+        """The tags asked for (all of the model's when none) and their columns in the model."""
+        names = list(wanted) or list(model.tag_names)
+        unknown = [t for t in names if t not in model.tag_names]
+        if unknown:
+            raise JobError(f"model {model.job_id} has no tag(s) {', '.join(unknown)} "
+                           f"(it has {', '.join(model.tag_names)})")
+        return names, [model.tag_names.index(t) for t in names]

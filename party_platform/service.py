@@ -1,0 +1,151 @@
+"""The platform's ``Node`` gRPC service: open sessions (job ID, sequence numbers), streamed steps, scores.
+
+Thin by design: it checks the framing (job ID, step order, payload size), turns protobuf into plain Python
+calls on the node (a ``party_common.link.PlatformEndpoint``), and our exceptions into statuses
+(``party_common.grpc_errors``). What a step means is the protocol handler's business.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from party_common.codec import array_to_pb, from_payload, to_payload
+from party_common.grpc_errors import abort, translate_errors
+from party_common.link import PlatformEndpoint, SessionContext
+from party_common.storage.jobs import check_job_id
+from party_common.transport import FEATURES, check_hello, chunk_payload, join_chunks, make_hello
+from proto import fedprofile_v1_pb2 as pb
+from proto import fedprofile_v1_pb2_grpc as pb_grpc
+from protocols.channel import Message, StepHandler
+from protocols.errors import ProtocolError, UserError
+
+log = logging.getLogger(__name__)
+
+SessionOpener = Callable[[str, str, Message, SessionContext], StepHandler]
+
+
+@dataclass
+class Session:
+    kind: str
+    handler: StepHandler
+    next_seq: int = 1
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    opened_at: float = field(default_factory=time.monotonic)
+
+
+class SessionRegistry:
+    """Open protocol sessions on the platform, one per job."""
+
+    def __init__(self, opener: SessionOpener, kinds: Iterable[str], *, max_sessions: int = 8) -> None:
+        self._opener = opener
+        self._kinds = frozenset(kinds)
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+        self._max = max_sessions
+
+    def open(self, kind: str, job_id: str, params: Message, context: SessionContext) -> None:
+        if kind not in self._kinds:
+            raise ProtocolError(f"unknown session kind '{kind}' (this node supports {', '.join(sorted(self._kinds))})")
+        try:
+            check_job_id(job_id)
+        except UserError as err:
+            raise ProtocolError(str(err)) from err
+        with self._lock:
+            if job_id in self._sessions:
+                raise ProtocolError(f"job {job_id} already has an open session")
+            if len(self._sessions) >= self._max:
+                raise ProtocolError(f"too many open sessions ({self._max}); try again later")
+        handler = self._opener(kind, job_id, params, context)
+        with self._lock:
+            self._sessions[job_id] = Session(kind=kind, handler=handler)
+
+    def get(self, job_id: str) -> Session:
+        with self._lock:
+            session = self._sessions.get(job_id)
+        if session is None:
+            raise ProtocolError(f"no open session for job {job_id}")
+        return session
+
+    def close(self, job_id: str) -> bool:
+        with self._lock:
+            session = self._sessions.pop(job_id, None)
+        if session is None:
+            return False
+        session.handler.close()
+        return True
+
+    def close_all(self) -> None:
+        with self._lock:
+            ids = list(self._sessions)
+        for job_id in ids:
+            self.close(job_id)
+
+
+def context_from_pb(msg: pb.SessionContext) -> SessionContext:
+    return SessionContext(alignment_job_id=msg.alignment_job_id, alignment_hash=msg.alignment_hash,
+                          job_name=msg.job_name)
+
+
+class NodeServicer(pb_grpc.NodeServicer):
+    """The platform's ``Node`` service."""
+
+    def __init__(self, endpoint: PlatformEndpoint, registry: SessionRegistry, *, max_payload_bytes: int,
+                 features: Iterable[str] = FEATURES) -> None:
+        self._endpoint = endpoint
+        self._registry = registry
+        self._features = list(features)
+        self._max_bytes = max_payload_bytes
+
+    def Handshake(self, request: pb.HandshakeRequest, context: grpc.ServicerContext) -> pb.HandshakeResponse:
+        problem = check_hello(request.hello, expected_role="bank")
+        if problem:
+            log.warning("handshake refused: %s", problem)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
+        log.info("handshake from bank node '%s' (protocol %s)", request.hello.node_name,
+                 request.hello.protocol_version)
+        return pb.HandshakeResponse(hello=make_hello("platform", self._endpoint.name, self._features))
+
+    @translate_errors("platform")
+    def OpenSession(self, request: pb.OpenSessionRequest, context: grpc.ServicerContext) -> pb.OpenSessionResponse:
+        params = from_payload(request.params, where="session parameters")
+        self._registry.open(request.kind, request.job_id, params, context_from_pb(request.context))
+        log.info("opened %s session for job %s", request.kind, request.job_id)
+        return pb.OpenSessionResponse(job_id=request.job_id)
+
+    def Step(self, request_iterator: Iterator[pb.StepChunk], context: grpc.ServicerContext) -> Iterator[pb.StepChunk]:
+        try:
+            header, data = join_chunks(request_iterator, max_bytes=self._max_bytes)
+            session = self._registry.get(header.job_id)
+            with session.lock:
+                if header.seq != session.next_seq:
+                    raise ProtocolError(f"step {header.step} has sequence number {header.seq}, expected "
+                                        f"{session.next_seq}: replayed or out of order")
+                payload = pb.Payload()
+                payload.ParseFromString(data)
+                reply = session.handler.handle(header.step, from_payload(payload, where=f"step {header.step}"))
+                session.next_seq += 1
+            out = to_payload(reply).SerializeToString()
+        except Exception as err:
+            abort(context, err, node="platform")
+        yield from chunk_payload(header.job_id, header.step, header.seq, out)
+
+    def CloseSession(self, request: pb.CloseSessionRequest, context: grpc.ServicerContext) -> pb.CloseSessionResponse:
+        if self._registry.close(request.job_id):
+            log.info("closed session for job %s%s", request.job_id, " (aborted by the bank)" if request.aborted else "")
+        return pb.CloseSessionResponse()
+
+    @translate_errors("platform")
+    def PartialScore(self, request: pb.PartialScoreRequest,
+                     context: grpc.ServicerContext) -> pb.PartialScoreResponse:
+        tags, scores, known = self._endpoint.partial_scores(
+            request.model_job_id, list(request.customer_ids), list(request.tags))
+        return pb.PartialScoreResponse(tags=tags, scores=array_to_pb(scores), known=known)
+
+
+__all__ = ["NodeServicer", "Session", "SessionRegistry", "context_from_pb"]

@@ -1,0 +1,201 @@
+"""Both nodes in one process over the in-memory link: align, train, score, batch-score, the job store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from party_bank.node import BankNode
+from party_common.jobs import JobError
+from party_common.link import SessionContext
+from party_common.storage import open_node_stores
+from protocols.errors import NotFound, PeerError, UserError
+from protocols.party_data import SchemaMismatch
+from protocols.vfl_lr import BankModel, PlatformModel, sigmoid
+from tests.nodes_fixture import FAST_TRAIN, Nodes, SimulatedFiles, make_nodes, simulated_files
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> SimulatedFiles:
+    return simulated_files(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def trained(files: SimulatedFiles, tmp_path_factory: pytest.TempPathFactory) -> tuple[Nodes, str, str]:
+    """Nodes on durable stores that have run one align and one train job."""
+    state = tmp_path_factory.mktemp("state")
+    nodes = make_nodes(files, state, bank_stores=open_node_stores(state / "bank"),
+                       platform_stores=open_node_stores(state / "platform"))
+    align = nodes.bank.wait(nodes.bank.submit("align", "first alignment", {}), timeout_s=120)
+    assert align.status == "succeeded", align.error
+    train = nodes.bank.wait(nodes.bank.submit("train", "both tags", {"train": FAST_TRAIN}), timeout_s=300)
+    assert train.status == "succeeded", train.error
+    return nodes, align.job_id, train.job_id
+
+
+def test_align_gives_both_nodes_the_true_intersection(trained: tuple[Nodes, str, str],
+                                                      files: SimulatedFiles) -> None:
+    nodes, align_id, _ = trained
+    bank_side = nodes.bank.stores.alignments.load(align_id)
+    platform_side = nodes.platform.stores.alignments.load(align_id)
+    assert set(bank_side.ids or ()) == files.shared_ids
+    assert bank_side.ids == platform_side.ids and bank_side.content_hash == platform_side.content_hash
+    record = nodes.bank.stores.jobs.get(align_id)
+    assert record.result["intersection_size"] == len(files.shared_ids) and record.name == "first alignment"
+    platform_record = nodes.platform.stores.jobs.get(align_id)
+    assert platform_record.status == "succeeded" and platform_record.name == "first alignment"
+
+
+def test_train_keeps_both_halves_and_a_report(trained: tuple[Nodes, str, str]) -> None:
+    nodes, align_id, train_id = trained
+    bank_model = BankModel.from_dict(nodes.bank.stores.models.load(train_id), where="test")
+    platform_model = PlatformModel.from_dict(nodes.platform.stores.models.load(train_id), where="test")
+    assert bank_model.alignment_job_id == platform_model.alignment_job_id == align_id
+    assert bank_model.tag_names == platform_model.tag_names and len(bank_model.tag_names) == 2
+    assert bank_model.key_fingerprints == platform_model.key_fingerprints
+    report = nodes.bank.stores.reports.load(train_id)
+    assert set(report["metrics"]) == set(bank_model.tag_names)
+    assert report["alignment_job_id"] == align_id
+    assert nodes.platform.stores.jobs.get(train_id).status == "succeeded"
+    assert nodes.bank.stores.jobs.get(train_id).params["alignment_job_id"] == align_id
+
+
+def test_online_scores_add_the_platform_part_only_for_shared_customers(trained: tuple[Nodes, str, str],
+                                                                       files: SimulatedFiles) -> None:
+    nodes, _, train_id = trained
+    bank_ids = list(nodes.bank.data.ids)
+    shared = [i for i in bank_ids if i in files.shared_ids][:4]
+    alone = [i for i in bank_ids if i not in files.shared_ids][:3]
+    tags, probs, known = nodes.bank.score(train_id, shared + alone)
+    assert known.tolist() == [True] * 4 + [False] * 3
+    model = BankModel.from_dict(nodes.bank.stores.models.load(train_id), where="test")
+    rows = [nodes.bank.data.row_of(i) for i in shared + alone]
+    z_bank = model.partial_scores(nodes.bank.data.features[rows])
+    platform_model = PlatformModel.from_dict(nodes.platform.stores.models.load(train_id), where="test")
+    z_platform = platform_model.partial_scores(nodes.platform.data.features[[nodes.platform.data.row_of(i)
+                                                                             for i in shared]])
+    np.testing.assert_allclose(probs[:4], sigmoid(z_bank[:4] + z_platform), rtol=1e-12)
+    np.testing.assert_allclose(probs[4:], sigmoid(z_bank[4:]), rtol=1e-12)
+    one_tag, p1, _ = nodes.bank.score(train_id, shared[:2], [tags[1]])
+    assert one_tag == [tags[1]] and np.allclose(p1[:, 0], probs[:2, 1])
+
+
+def test_scoring_errors(trained: tuple[Nodes, str, str]) -> None:
+    nodes, align_id, train_id = trained
+    with pytest.raises(NotFound, match="position 2 of the request is not a customer of the bank"):
+        nodes.bank.score(train_id, [nodes.bank.data.ids[0], "+440000000000"])
+    with pytest.raises(JobError, match="has no tag"):
+        nodes.bank.score(train_id, [nodes.bank.data.ids[0]], ["tag_nope"])
+    with pytest.raises(NotFound, match="no model for job"):
+        nodes.bank.score(align_id, [nodes.bank.data.ids[0]])
+
+
+def test_batch_score_writes_the_intersection(trained: tuple[Nodes, str, str], tmp_path: Path) -> None:
+    nodes, align_id, train_id = trained
+    path, rows = nodes.bank.batch_score(train_id, str(tmp_path / "scores.parquet"))
+    frame = pd.read_parquet(path)
+    ids = nodes.bank.stores.alignments.load(align_id).ids
+    assert rows == len(frame) == len(ids or ())
+    assert frame["id"].tolist() == ids and frame["platform_known"].all()
+    assert ((frame.filter(like="p_") > 0) & (frame.filter(like="p_") < 1)).all().all()
+    with pytest.raises(JobError, match=".csv or .parquet"):
+        nodes.bank.batch_score(train_id, str(tmp_path / "scores.xlsx"))
+
+
+def test_a_restart_keeps_every_job_and_model(trained: tuple[Nodes, str, str], files: SimulatedFiles) -> None:
+    nodes, align_id, train_id = trained
+    sample = list(nodes.bank.data.ids[:5])
+    before = nodes.bank.score(train_id, sample)[1]
+    state = nodes.bank.config.state_dir
+    restarted = BankNode(nodes.bank.config, nodes.link, data=nodes.bank.data, stores=open_node_stores(state))
+    jobs = {r.job_id: r for r in restarted.stores.jobs.list()}
+    assert jobs[align_id].status == jobs[train_id].status == "succeeded"
+    assert jobs[train_id].result == nodes.bank.stores.jobs.get(train_id).result
+    np.testing.assert_array_equal(restarted.score(train_id, sample)[1], before)
+    restarted.shutdown()
+
+
+def test_submit_refuses_bad_parameters_naming_them(trained: tuple[Nodes, str, str]) -> None:
+    nodes, align_id, _ = trained
+    bank = nodes.bank
+    with pytest.raises(JobError, match="unknown job kind 'score'"):
+        bank.submit("score", "", {})
+    with pytest.raises(JobError, match="'mode' must be one of"):
+        bank.submit("align", "", {"mode": "everything"})
+    with pytest.raises(JobError, match="unknown parameter 'rounds'"):
+        bank.submit("align", "", {"rounds": 3})
+    with pytest.raises(JobError, match="tag_nope"):
+        bank.submit("train", "", {"tags": ["tag_nope"]})
+    with pytest.raises(UserError, match="'lr'"):
+        bank.submit("train", "", {"train": {"lr": 0.1}})
+    with pytest.raises(JobError, match="no align job nope-123"):
+        bank.submit("train", "", {"alignment_job_id": "nope-123"})
+    with pytest.raises(JobError, match="not a finished align job"):
+        bank.submit("train", "", {"alignment_job_id": bank.stores.jobs.list(kind="train")[0].job_id})
+
+
+def test_training_needs_an_alignment_that_holds_ids(files: SimulatedFiles, tmp_path: Path) -> None:
+    nodes = make_nodes(files, tmp_path)
+    with pytest.raises(JobError, match="run `bank-node align` first"):
+        nodes.bank.submit("train", "", {})
+    count = nodes.bank.wait(nodes.bank.submit("align", "", {"mode": "cardinality"}), timeout_s=60)
+    assert count.status == "succeeded" and count.result["intersection_size"] == len(files.shared_ids)
+    assert nodes.bank.stores.alignments.load(count.job_id).ids is None
+    with pytest.raises(JobError, match="run `bank-node align` first"):  # a size-only alignment cannot train
+        nodes.bank.submit("train", "", {})
+    with pytest.raises(JobError, match="training needs an align job in mode 'both'"):
+        nodes.bank.submit("train", "", {"alignment_job_id": count.job_id})
+    bank_only = nodes.bank.wait(nodes.bank.submit("align", "", {"mode": "bank_only"}), timeout_s=60)
+    assert set(nodes.bank.stores.alignments.load(bank_only.job_id).ids or ()) == files.shared_ids
+    assert nodes.platform.stores.alignments.load(bank_only.job_id).ids is None
+    with pytest.raises(JobError, match="training needs an align job in mode 'both'"):
+        nodes.bank.submit("train", "", {"alignment_job_id": bank_only.job_id})
+
+
+def test_platform_job_fails_when_a_session_ends_early(files: SimulatedFiles, tmp_path: Path) -> None:
+    nodes = make_nodes(files, tmp_path)
+    channel = nodes.link.open("psi", "psi-early-end", {"version": "psi-x25519-v2", "mode": "both",
+                                                        "batch_size": 100}, context=SessionContext())
+    assert nodes.platform.stores.jobs.get("psi-early-end").status == "running"
+    channel.close()
+    record = nodes.platform.stores.jobs.get("psi-early-end")
+    assert record.status == "failed" and "before the protocol finished" in record.error
+    # A refused step is what the job row says when the bank then gives up.
+    channel = nodes.link.open("psi", "psi-refused", {"version": "psi-x25519-v2", "mode": "both",
+                                                      "batch_size": 100}, context=SessionContext())
+    with pytest.raises(PeerError):
+        channel.call("psi.finish", {})
+    channel.close()
+    assert "psi.finish" in nodes.platform.stores.jobs.get("psi-refused").error
+
+
+def test_platform_refuses_training_without_a_matching_alignment(trained: tuple[Nodes, str, str],
+                                                                files: SimulatedFiles, tmp_path: Path) -> None:
+    nodes, align_id, _ = trained
+    for context, message in [(SessionContext(), "did not say which alignment"),
+                             (SessionContext(alignment_job_id="align-none"), "no alignment 'align-none'"),
+                             (SessionContext(alignment_job_id=align_id, alignment_hash="0" * 64),
+                              "hold different intersections")]:
+        job_id = f"train-refused-{len(message)}"
+        with pytest.raises(PeerError, match=message):
+            nodes.link.open("train", job_id, {}, context=context)
+        assert nodes.platform.stores.jobs.get(job_id).status == "failed"
+
+
+def test_scoring_checks_the_platform_data_against_the_training_schema(trained: tuple[Nodes, str, str],
+                                                                      files: SimulatedFiles) -> None:
+    nodes, _, train_id = trained
+    data = nodes.platform.data
+    fewer = data.__class__(source="users-v2.csv", ids=data.ids, features=data.features[:, 1:],
+                           feature_names=data.feature_names[1:], labels=data.labels, tag_names=[],
+                           schema=data.schema.__class__(data.schema.id_column, data.schema.feature_columns[1:],
+                                                        data.schema.feature_dtypes[1:]))
+    changed = make_nodes(files, nodes.platform.config.state_dir.parent, platform_stores=nodes.platform.stores,
+                         platform_data=fewer)
+    with pytest.raises(SchemaMismatch, match="users-v2.csv: does not match the training schema"):
+        changed.platform.partial_scores(train_id, list(data.ids[:2]), [])
+    with pytest.raises(PeerError, match="missing feature column"):
+        changed.link.partial_scores(train_id, list(data.ids[:2]), [])
