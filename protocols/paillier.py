@@ -1,18 +1,38 @@
-"""Paillier with g = n + 1, Damgard-Jurik-Nielsen randomness, on gmpy2; whole vectors, not objects.
+"""Paillier with g = n + 1 and Damgard-Jurik-Nielsen noise from a base derived from n, on gmpy2; whole vectors.
 
-Keys. ``n = p q`` with p, q Blum primes (p = q = 3 mod 4) of n_bits/2 bits each, from ``secrets``.
-The public key carries ``h_s = h^n mod n^2`` with ``h = -x^2 mod n`` for a random x: h generates (up to a
-small index) the subgroup of Jacobi-symbol-1 elements, as in Damgard-Jurik-Nielsen.
+Keys. ``n = p q`` with p, q Blum primes (p = q = 3 mod 4) of n_bits/2 bits each, from ``secrets``; 2048
+or 3072-bit n (factoring n: about 112 and 128 bits of security, NIST SP 800-57). The noise base is not
+chosen by the key holder but derived from n (:func:`derive_noise_base`): ``x`` = SHAKE-256 over a domain
+tag, n and a counter, reduced mod n (re-drawn until ``1 < x < n - 1`` and ``gcd(x, n) = 1``), ``h = -x^2
+mod n``, ``h_s = h^n mod n^2``. h generates (up to a small index) the subgroup of Jacobi-symbol-1 elements,
+as in DJN. A serialised key ("PK2") is n alone and the receiver recomputes h_s, so a peer cannot hand over
+a base without randomness (``h_s = n^2 - 1`` makes every "fresh" encryption deterministic); ``validate``
+refuses a key object whose h_s is not the derived one, and the old format "PK1" (which carried h_s) is
+refused.
 
-Encryption. ``c = (1 + m n) * h_s^r mod n^2`` with r uniform of ceil(n_bits/2) bits: the noise
-``h_s^r = (h^r)^n`` is an n-th residue, so c is an ordinary Paillier ciphertext (phe decrypts it). The
-exponent length is the one SecretFlow HEU documents for its ZPaillier scheme (DJN, "Generalization of
-Paillier's public-key system...", section 4.2): with r of k/2 bits, distinguishing ``h_s^r`` from a random
-n-th residue is as hard as the short-exponent discrete log problem in the order-~n/4 group, i.e. at least
-2^(k/4) work by generic algorithms (2^512 for k = 2048), far above the 2^112 of factoring n. A shorter r
-is never used. Noise is made ahead of time (:class:`NoisePool`, with fixed-base window tables, and via CRT
-mod p^2 and q^2 when the key owner makes it), so online encryption is one modular multiplication. Every
-ciphertext gets its own noise; a pool hands each value out once.
+Encryption. ``c = (1 + m n) * h_s^r mod n^2``: the noise ``h_s^r = (h^r)^n`` is an n-th residue, so c is an
+ordinary Paillier ciphertext (phe decrypts it). Two kinds of noise, differing in the length of r:
+
+* ordinary noise, r of ceil(n_bits/2) bits (DJN section 4.2; the length SecretFlow HEU uses for
+  ZPaillier). Against anyone *without* the private key it is as good as random noise under the DJN
+  short-exponent assumption: ``h_s^r`` with such a short r cannot be told from a uniform element of
+  ``<h_s>`` (generic attacks on the exponent cost 2^(n_bits/4); here x is public, so the assumption is
+  the usual one for a publicly sampled random base), and the scheme is then as strong as factoring n.
+  It is *not* enough against the *key holder*: who knows p and q can take discrete logarithms mod p and
+  q (1024-bit primes for a 2048-bit n: about 80 bits of work, NIST's figure for 1024-bit fields) and so
+  learn r, and with it a multiplier hidden in the noise of a product of his own ciphertexts.
+* mask noise (:meth:`PublicKey.mask_noise`), r of n_bits + 128 bits. The order of h_s divides lambda(n)
+  < n, so r mod that order is within 2^-128 of uniform, and ``h_s^r`` is within 2^-128 of uniform in
+  ``<h_s>``. Multiplying any ciphertext whose noise lies in ``<h_s>`` (every ciphertext an honest key
+  holder or this module makes) by ``Enc_mask(R)`` therefore leaves noise statistically independent of
+  the ciphertext's own noise, whatever the key holder can compute: use it for every re-randomisation of
+  a value the key holder will decrypt (:meth:`CipherVector.rerandomize`, ``NoisePool(..., mask=True)``).
+
+Noise is made ahead of time (:class:`NoisePool`) with fixed-base window tables (a second, longer table for
+mask noise), and via CRT mod p^2 and q^2 when the key owner makes it: there the exponent is reduced mod
+p - 1 and q - 1 (the order of h_s mod p^2 divides p - 1), so the owner's mask noise costs what ordinary
+noise does. Online encryption is one modular multiplication. Every ciphertext gets its own noise; a pool
+hands each value out once. docs/security.md has the security levels and the measured costs.
 
 Decryption uses CRT (mod p^2 and q^2, as phe does). Plaintexts are signed: x is encoded as x mod n, and
 residues between ``max_int`` and ``n - max_int`` mean an overflow and raise :class:`PlaintextOverflow`.
@@ -24,6 +44,7 @@ import hashlib
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import gmpy2
 import numpy as np
@@ -33,6 +54,11 @@ from protocols.errors import CryptoError
 
 MIN_SECURE_BITS = 2048
 WINDOW_BITS = 8
+MASK_EXTRA_BITS = 128  # mask noise: r of n_bits + 128 bits, within 2^-128 of uniform mod the order of h_s
+KEY_FORMAT = b"PK2"  # b"PK2" || byte length of n (2 bytes) || n; the noise base is derived, never sent
+RETIRED_KEY_FORMATS = (b"PK1",)  # carried a sender-chosen h_s
+NOISE_BASE_DOMAIN = b"fedprofile/paillier/v2/noise-base"
+_NOISE_BASE_TRIES = 256
 _SMALL_PRIMES = [p for p in range(3, 20000, 2) if gmpy2.is_prime(p)]
 _SMALL_PRIMORIAL = mpz(1)
 for _p in _SMALL_PRIMES:
@@ -59,6 +85,45 @@ def _random_blum_prime(bits: int) -> mpz:
             p = gmpy2.next_prime(p)
         if p.bit_length() == bits:
             return p
+
+
+def noise_base_seed(n: int | mpz) -> mpz:
+    """The x of the noise base for modulus n: SHAKE-256 over the domain tag, n and a counter, mod n.
+
+    Input of draw i: ``NOISE_BASE_DOMAIN || len(n) as 2 bytes || n big-endian || i as 4 bytes``; output:
+    ``len(n) + 16`` bytes read big-endian and reduced mod n (128 bits of slack, so x is uniform up to
+    2^-128). Draws continue until ``1 < x < n - 1`` and ``gcd(x, n) = 1``.
+    """
+    n = mpz(n)
+    if n < 5:
+        raise InvalidKey("modulus is too small")
+    nb = (n.bit_length() + 7) // 8
+    prefix = NOISE_BASE_DOMAIN + nb.to_bytes(2, "big") + int(n).to_bytes(nb, "big")
+    for counter in range(_NOISE_BASE_TRIES):
+        digest = hashlib.shake_256(prefix + counter.to_bytes(4, "big")).digest(nb + MASK_EXTRA_BITS // 8)
+        x = mpz(int.from_bytes(digest, "big")) % n
+        if 1 < x < n - 1 and gmpy2.gcd(x, n) == 1:
+            return x
+    raise InvalidKey("no noise base could be derived from the modulus")  # only for a modulus of tiny factors
+
+
+def derive_noise_base(n: int | mpz) -> mpz:
+    """``h_s = (-x^2 mod n)^n mod n^2`` with x from :func:`noise_base_seed`: the only base a key may use."""
+    n = mpz(n)
+    x = noise_base_seed(n)
+    return gmpy2.powmod((-x * x) % n, n, n * n)
+
+
+def _check_modulus(n: mpz, *, allow_insecure: bool) -> None:
+    bits = n.bit_length()
+    if bits < MIN_SECURE_BITS and not allow_insecure:
+        raise InvalidKey(f"key of {bits} bits; at least {MIN_SECURE_BITS} are required")
+    if bits < 256 or n % 2 == 0:
+        raise InvalidKey("modulus is too small or even")
+    if gmpy2.is_power(n) or gmpy2.is_prime(n):
+        raise InvalidKey("modulus is a prime or a perfect power")
+    if gmpy2.gcd(n, _SMALL_PRIMORIAL) != 1:
+        raise InvalidKey("modulus has a small factor")
 
 
 class FixedBase:
@@ -96,34 +161,47 @@ class FixedBase:
 
 @dataclass(eq=False)
 class PublicKey:
+    """A Paillier public key: the modulus n, and the noise base h_s derived from it on construction."""
+
     n: mpz
-    hs: mpz
+    hs: mpz = field(init=False)
     n_bits: int = field(init=False)
     nsquare: mpz = field(init=False)
     byte_len: int = field(init=False)
     max_int: int = field(init=False)
     r_bits: int = field(init=False)
+    mask_bits: int = field(init=False)
     _fixed: FixedBase | None = field(default=None, init=False, repr=False)
+    _fixed_mask: FixedBase | None = field(default=None, init=False, repr=False)
+    _derived: tuple[mpz, mpz] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.n = mpz(self.n)
-        self.hs = mpz(self.hs)
+        self.hs = derive_noise_base(self.n)
+        self._derived = (self.n, self.hs)  # validate need not derive it again
+        self._sizes()
+
+    def _sizes(self) -> None:
         self.n_bits = self.n.bit_length()
         self.nsquare = self.n * self.n
         self.byte_len = (self.nsquare.bit_length() + 7) // 8
         self.max_int = int((self.n - 1) // 3)
         self.r_bits = -(-self.n_bits // 2)
+        self.mask_bits = self.n_bits + MASK_EXTRA_BITS
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PublicKey) and self.n == other.n and self.hs == other.hs
 
-    def __getstate__(self) -> dict[str, object]:
-        # Window tables are large and cheap to rebuild: never pickle them to worker processes.
+    def __getstate__(self) -> dict[str, Any]:
+        # Window tables are large and cheap to rebuild: never pickle them to worker processes. h_s travels
+        # (worker processes trust their parent), so a worker does not pay an exponentiation per call.
         return {"n": self.n, "hs": self.hs}
 
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.n, self.hs, self._fixed = state["n"], state["hs"], None  # type: ignore[assignment]
-        self.__post_init__()
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.n, self.hs = mpz(state["n"]), mpz(state["hs"])
+        self._fixed = self._fixed_mask = None
+        self._derived = None  # not derived here: validate recomputes it
+        self._sizes()
 
     def __hash__(self) -> int:
         return hash((int(self.n), int(self.hs)))
@@ -131,34 +209,32 @@ class PublicKey:
     # ---- serialisation and validation ----
 
     def to_bytes(self) -> bytes:
+        """``b"PK2" || len(n) (2 bytes) || n``: the receiver derives h_s itself."""
         nb = (self.n_bits + 7) // 8
-        return b"PK1" + nb.to_bytes(2, "big") + int(self.n).to_bytes(nb, "big") + int(self.hs).to_bytes(2 * nb, "big")
+        return KEY_FORMAT + nb.to_bytes(2, "big") + int(self.n).to_bytes(nb, "big")
 
     @classmethod
     def from_bytes(cls, data: bytes, *, allow_insecure: bool = False) -> PublicKey:
-        if len(data) < 5 or data[:3] != b"PK1":
+        """A peer's key, validated: the modulus is checked before the noise base is derived from it."""
+        if data[:3] in RETIRED_KEY_FORMATS:
+            raise InvalidKey(f"public key in the retired format {data[:3].decode()} (it carried a noise base "
+                             f"chosen by the sender); the peer must upgrade to {KEY_FORMAT.decode()}")
+        if len(data) < 5 or data[:3] != KEY_FORMAT:
             raise InvalidKey("not a serialised public key")
         nb = int.from_bytes(data[3:5], "big")
-        if len(data) != 5 + 3 * nb:
+        if nb == 0 or len(data) != 5 + nb:
             raise InvalidKey("public key has the wrong length")
-        n = mpz(int.from_bytes(data[5:5 + nb], "big"))
-        hs = mpz(int.from_bytes(data[5 + nb:], "big"))
-        key = cls(n, hs)
-        key.validate(allow_insecure=allow_insecure)
-        return key
+        if data[5] == 0:
+            raise InvalidKey("public key modulus is not minimally encoded")
+        n = mpz(int.from_bytes(data[5:], "big"))
+        _check_modulus(n, allow_insecure=allow_insecure)
+        return cls(n)
 
     def validate(self, *, allow_insecure: bool = False) -> None:
-        """Checks a peer's key: size, odd, not a perfect power, no small factors, h_s in Z*_{n^2}."""
-        if self.n_bits < MIN_SECURE_BITS and not allow_insecure:
-            raise InvalidKey(f"key of {self.n_bits} bits; at least {MIN_SECURE_BITS} are required")
-        if self.n_bits < 256 or self.n % 2 == 0:
-            raise InvalidKey("modulus is too small or even")
-        if gmpy2.is_power(self.n) or gmpy2.is_prime(self.n):
-            raise InvalidKey("modulus is a prime or a perfect power")
-        if gmpy2.gcd(self.n, _SMALL_PRIMORIAL) != 1:
-            raise InvalidKey("modulus has a small factor")
-        if not 1 < self.hs < self.nsquare or gmpy2.gcd(self.hs, self.n) != 1:
-            raise InvalidKey("noise base h_s is not in Z*_{n^2}")
+        """Checks a key: size, odd, not a prime or perfect power, no small factors, and h_s the derived base."""
+        _check_modulus(self.n, allow_insecure=allow_insecure)
+        if self._derived != (self.n, self.hs) and self.hs != derive_noise_base(self.n):
+            raise InvalidKey("noise base is not the one derived from the modulus")
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.to_bytes()).hexdigest()
@@ -190,10 +266,23 @@ class PublicKey:
     # ---- encryption ----
 
     def noise(self) -> mpz:
-        """One fresh ``h_s^r`` (slow path: fixed-base tables mod n^2)."""
+        """One fresh ordinary ``h_s^r``, r of ``r_bits`` bits (slow path: fixed-base tables mod n^2).
+
+        Hides plaintexts from anyone without the private key; not from the key holder (see the module
+        docstring): re-randomise what the key holder decrypts with :meth:`mask_noise`.
+        """
         if self._fixed is None:
             self._fixed = FixedBase(self.hs, self.nsquare, self.r_bits)
         return self._fixed.pow(secrets.randbits(self.r_bits))
+
+    def mask_noise(self) -> mpz:
+        """One fresh ``h_s^r`` with r of ``mask_bits`` = n_bits + 128 bits: within 2^-128 of uniform in <h_s>.
+
+        Its own fixed-base table (about ``mask_bits / r_bits`` times the ordinary one's size and cost).
+        """
+        if self._fixed_mask is None:
+            self._fixed_mask = FixedBase(self.hs, self.nsquare, self.mask_bits)
+        return self._fixed_mask.pow(secrets.randbits(self.mask_bits))
 
     def raw_encrypt(self, residues: Sequence[mpz], noise: Sequence[mpz]) -> list[mpz]:
         """``(1 + m n) * noise mod n^2`` for residues m in [0, n): one multiplication each."""
@@ -202,9 +291,16 @@ class PublicKey:
         n, n2 = self.n, self.nsquare
         return [(1 + m * n) * s % n2 for m, s in zip(residues, noise, strict=False)]
 
-    def encrypt(self, plaintexts: Sequence[int] | np.ndarray, *, pool: NoisePool | None = None) -> CipherVector:
+    def encrypt(self, plaintexts: Sequence[int] | np.ndarray, *, pool: NoisePool | None = None,
+                mask: bool = False) -> CipherVector:
+        """Encryptions of signed integers; ``mask`` asks for mask noise (a pool given must then be a mask pool)."""
         residues = self.encode(plaintexts)
-        noise = pool.take(len(residues)) if pool is not None else [self.noise() for _ in residues]
+        if pool is not None:
+            pool.check(self, mask=mask)
+            noise = pool.take(len(residues))
+        else:
+            make = self.mask_noise if mask else self.noise
+            noise = [make() for _ in residues]
         return CipherVector(self, self.raw_encrypt(residues, noise))
 
 
@@ -264,16 +360,30 @@ class PrivateKey:
         p, p2, pm1, hp = self.p, self.psquare, self.p - 1, self.hp
         return [(gmpy2.powmod(c % p2, pm1, p2) - 1) // p * hp % p for c in cv.values]
 
-    def noise(self) -> mpz:
-        """``h_s^r mod n^2`` computed mod p^2 and q^2 with fixed-base tables: the key owner's fast path."""
-        if self._fixed_p is None:
-            pk = self.public_key
-            self._fixed_p = FixedBase(pk.hs % self.psquare, self.psquare, pk.r_bits)
-            self._fixed_q = FixedBase(pk.hs % self.qsquare, self.qsquare, pk.r_bits)
-        assert self._fixed_q is not None
-        r = secrets.randbits(self.public_key.r_bits)
-        xp, xq = self._fixed_p.pow(r), self._fixed_q.pow(r)
+    def _hs_pow(self, e: int) -> mpz:
+        """``h_s^e mod n^2`` for any e >= 0, mod p^2 and q^2 with fixed-base tables.
+
+        The order of h_s = h^n mod p^2 divides p - 1 (Z*_{p^2} has order p (p - 1) and n is a multiple of
+        p), so e is reduced mod p - 1 and q - 1 first: tables of half the modulus's bits serve any length.
+        """
+        if self._fixed_p is None or self._fixed_q is None:
+            pk, p2, q2 = self.public_key, self.psquare, self.qsquare
+            bits = max(pk.r_bits, self.p.bit_length(), self.q.bit_length())
+            self._fixed_p = FixedBase(pk.hs % p2, p2, bits)
+            self._fixed_q = FixedBase(pk.hs % q2, q2, bits)
+        xp, xq = self._fixed_p.pow(e % (self.p - 1)), self._fixed_q.pow(e % (self.q - 1))
         return xp + self.psquare * ((xq - xp) * self.psq_inverse % self.qsquare)
+
+    def noise(self) -> mpz:
+        """Ordinary ``h_s^r mod n^2`` (r of ``r_bits`` bits) by CRT: the key owner's fast path."""
+        return self._hs_pow(secrets.randbits(self.public_key.r_bits))
+
+    def mask_noise(self) -> mpz:
+        """Mask noise ``h_s^r`` (r of ``mask_bits`` bits), the same distribution as the public key's, by CRT.
+
+        The exponent is reduced mod p - 1 and q - 1, so it costs the same as :meth:`noise`.
+        """
+        return self._hs_pow(secrets.randbits(self.public_key.mask_bits))
 
 
 def generate_keypair(n_bits: int = 2048, *, allow_insecure: bool = False) -> tuple[PublicKey, PrivateKey]:
@@ -286,30 +396,44 @@ def generate_keypair(n_bits: int = 2048, *, allow_insecure: bool = False) -> tup
         n = p * q
         if p != q and n.bit_length() == n_bits:
             break
-    while True:
-        x = mpz(secrets.randbelow(int(n) - 2) + 2)
-        if gmpy2.gcd(x, n) == 1:
-            break
-    h = (-x * x) % n
-    hs = gmpy2.powmod(h, n, n * n)
-    public = PublicKey(n, hs)
+    public = PublicKey(n)  # the noise base is derived from n
     return public, PrivateKey(public, p, q)
 
 
 class NoisePool:
-    """Noise ``h_s^r`` made ahead of time; each value is handed out once, then forgotten."""
+    """Noise made ahead of time, ordinary ``h_s^r`` or (``mask=True``) mask noise; each value is handed out once.
 
-    def __init__(self, public_key: PublicKey, private_key: PrivateKey | None = None) -> None:
+    With the private key the values are made by CRT (the key owner's fast path); without it, by the
+    public key's fixed-base tables. A pool makes one kind: :meth:`check` refuses the other.
+    """
+
+    def __init__(self, public_key: PublicKey, private_key: PrivateKey | None = None, *, mask: bool = False) -> None:
+        if private_key is not None and private_key.public_key != public_key:
+            raise InvalidKey("the private key does not belong to the pool's public key")
         self.public_key = public_key
         self._private = private_key
+        self.mask = mask
         self._values: list[mpz] = []
         self.made_online = 0  # values the pool did not have when asked: made on the spot, and counted
 
     def __len__(self) -> int:
         return len(self._values)
 
+    @property
+    def noise_key(self) -> PublicKey | PrivateKey:
+        """The key that makes this pool's values: the private key when the pool has it."""
+        return self._private if self._private is not None else self.public_key
+
+    def check(self, public_key: PublicKey, *, mask: bool) -> None:
+        """Refuses noise under another key, or ordinary noise where mask noise is asked for."""
+        if public_key != self.public_key:
+            raise InvalidKey("the noise pool is for another key")
+        if mask and not self.mask:
+            raise ValueError("mask noise was asked for, and this pool holds ordinary noise (NoisePool(..., mask=True))")
+
     def make(self) -> mpz:
-        return self._private.noise() if self._private is not None else self.public_key.noise()
+        key = self.noise_key
+        return key.mask_noise() if self.mask else key.noise()
 
     def fill(self, count: int) -> None:
         self._values.extend(self.make() for _ in range(count))
@@ -381,7 +505,13 @@ class CipherVector:
         return CipherVector(self.public_key, [acc])
 
     def rerandomize(self, *, pool: NoisePool | None = None) -> CipherVector:
-        noise = pool.take(len(self)) if pool is not None else [self.public_key.noise() for _ in self.values]
+        """The same plaintexts under mask noise: the result's noise is independent of this vector's, up to
+        2^-128, even for the key holder. ``pool`` must be a mask pool (``NoisePool(..., mask=True)``)."""
+        if pool is not None:
+            pool.check(self.public_key, mask=True)
+            noise = pool.take(len(self))
+        else:
+            noise = [self.public_key.mask_noise() for _ in self.values]
         n2 = self.public_key.nsquare
         return CipherVector(self.public_key, [c * s % n2 for c, s in zip(self.values, noise, strict=True)])
 

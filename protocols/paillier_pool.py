@@ -1,7 +1,8 @@
 """The Paillier kernels spread over a compute backend (``protocols.compute``), so every core works.
 
 Work is cut into contiguous chunks; keys travel to the workers once per call (without their window
-tables) and each worker process keeps the tables it builds, keyed by the key's fingerprint. Ciphertexts
+tables) and each worker process keeps the tables it builds (ordinary and mask noise have one each), keyed
+by the key's fingerprint. Ciphertexts
 travel packed into one byte string (:class:`Shipped`).
 """
 
@@ -25,9 +26,10 @@ def _cached(key: PublicKey | PrivateKey) -> PublicKey | PrivateKey:
     return _KEYS.setdefault(fp, key)
 
 
-def _noise_chunk(key: PublicKey | PrivateKey, count: int) -> list[mpz]:
+def _noise_chunk(key: PublicKey | PrivateKey, count: int, mask: bool = False) -> list[mpz]:
     key = _cached(key)
-    return [key.noise() for _ in range(count)]
+    make = key.mask_noise if mask else key.noise
+    return [make() for _ in range(count)]
 
 
 class Shipped:
@@ -93,22 +95,30 @@ class PaillierPool:
         bounds = np.linspace(0, n, parts + 1).astype(int)
         return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
-    def make_noise(self, key: PublicKey | PrivateKey, count: int) -> list[mpz]:
-        """``count`` fresh noise values (CRT-fast with the private key)."""
+    def make_noise(self, key: PublicKey | PrivateKey, count: int, *, mask: bool = False) -> list[mpz]:
+        """``count`` fresh noise values, ordinary or (``mask``) mask noise; CRT-fast with the private key.
+
+        Each worker builds the key's window table for the kind asked for once, and keeps it.
+        """
         splits = self._splits(count, 64)
         if self.workers == 1 or len(splits) == 1:
-            return _noise_chunk(key, count)
-        futures = [self.compute.submit(_noise_chunk, key, b - a) for a, b in splits]
+            return _noise_chunk(key, count, mask)
+        futures = [self.compute.submit(_noise_chunk, key, b - a, mask) for a, b in splits]
         return [v for f in futures for v in f.result()]
 
     def fill(self, pool: NoisePool, count: int) -> None:
-        key = pool._private if pool._private is not None else pool.public_key
-        pool.extend(self.make_noise(key, count))
+        """``count`` more values of the pool's kind (``pool.mask``), made by the pool's key."""
+        pool.extend(self.make_noise(pool.noise_key, count, mask=pool.mask))
 
     def encrypt(self, public_key: PublicKey, ints: Sequence[int] | np.ndarray, *,
-                noise: NoisePool | None = None) -> CipherVector:
+                noise: NoisePool | None = None, mask: bool = False) -> CipherVector:
+        """Encryptions with noise from ``noise`` (of the right kind) or made now (``mask``: mask noise)."""
         residues = public_key.encode(ints)
-        values = self.make_noise(public_key, len(residues)) if noise is None else noise.take(len(residues))
+        if noise is None:
+            values = self.make_noise(public_key, len(residues), mask=mask)
+        else:
+            noise.check(public_key, mask=mask)
+            values = noise.take(len(residues))
         return CipherVector(public_key, public_key.raw_encrypt(residues, values))
 
     def decrypt_raw(self, private_key: PrivateKey, cv: CipherVector, *, small: bool = False) -> list[mpz]:
