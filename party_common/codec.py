@@ -14,7 +14,7 @@ class CodecError(ProtocolError):
 
 
 def array_to_pb(value: np.ndarray) -> pb.Array:
-    arr = np.ascontiguousarray(value)
+    arr = np.asarray(value, order="C")  # not ascontiguousarray, which makes a 0-d array 1-d
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     return pb.Array(dtype=arr.dtype.str, shape=list(arr.shape), data=arr.tobytes())

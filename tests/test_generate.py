@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -44,8 +43,9 @@ def test_ids_unique_realistic_and_rows_shuffled() -> None:
     for frame in (data.bank, data.platform):
         assert frame["id"].is_unique
         assert all(re.fullmatch(r"\+447\d{9}", x) for x in frame["id"])
-    shared = [x for x in data.bank["id"] if x in set(data.platform["id"])]
-    platform_order = [x for x in data.platform["id"] if x in set(shared)]
+    platform_ids, bank_ids = set(data.platform["id"]), set(data.bank["id"])
+    shared = [x for x in data.bank["id"] if x in platform_ids]
+    platform_order = [x for x in data.platform["id"] if x in bank_ids]
     assert shared != platform_order  # each side shuffled on its own
 
 
@@ -80,4 +80,6 @@ def test_bad_config_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str
         generate(SimulationConfig(n_tags=9))
     assert main(["--out", str(tmp_path), "--overlap", "2"]) == 2
     assert "overlap" in capsys.readouterr().err
-    assert np.isclose(SimulationConfig().label_share, 0.1)
+    assert not any(tmp_path.iterdir())  # a refused config writes nothing
+    assert main(["--out", str(tmp_path), "--n-bank", "50", "--n-platform", "60"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.csv", "platform.csv", "truth.csv"]

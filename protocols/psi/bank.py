@@ -56,9 +56,9 @@ def run_bank_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = "bo
     try:
         nonce = secrets.token_bytes(wire.NONCE)
         hello = channel.call(wire.HELLO, {wire.BANK_NONCE: nonce, wire.BANK_SIZE: n})
-        platform_nonce, m = hello.get(wire.PLATFORM_NONCE), hello.get(wire.PLATFORM_SIZE)
-        if (not isinstance(platform_nonce, bytes) or len(platform_nonce) != wire.NONCE
-                or not isinstance(m, int) or m < 1):
+        platform_nonce = hello.get(wire.PLATFORM_NONCE)
+        m = wire.read_count(hello.get(wire.PLATFORM_SIZE), f"{wire.HELLO} reply platform_size")
+        if not isinstance(platform_nonce, bytes) or len(platform_nonce) != wire.NONCE:
             raise ProtocolError(f"malformed {wire.HELLO} reply")
         salt = job_salt(job_id, nonce, platform_nonce)
         own_double, platform_double = PointStore(n, spill_dir), PointStore(m, spill_dir)

@@ -16,6 +16,8 @@ POINT = 32  # bytes in an X25519 u-coordinate
 NONCE = 32  # bytes in each party's nonce
 DOMAIN = b"fedprofile/psi/v1/id-to-point\x00"
 MAX_BATCH_SIZE = 1_000_000
+# A peer-declared set size above this is refused before anything is allocated for it.
+MAX_SET_SIZE = 2_000_000_000
 
 # The session kind the bank opens, and the fields of its parameters.
 KIND = "psi"
@@ -70,6 +72,13 @@ def exchange_rounds(bank_batches: int, platform_batches: int, mode: str) -> int:
     return max(bank_batches, platform_batches + 1 if mode == "both" else platform_batches)
 
 
+def read_count(value: object, what: str, *, most: int = MAX_SET_SIZE) -> int:
+    """A size or batch size from the peer: an int (not a bool) in 1..``most``, or a :class:`ProtocolError`."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+        raise ProtocolError(f"{what} must be an integer between 1 and {most:,}")
+    return value
+
+
 def points_field(message: Message, field: str, count: int, what: str) -> bytes:
     """``message[field]`` if it holds exactly ``count`` points; otherwise a :class:`ProtocolError`."""
     value = message.get(field)
@@ -80,7 +89,7 @@ def points_field(message: Message, field: str, count: int, what: str) -> bytes:
 
 __all__ = [
     "BANK_NONCE", "BANK_SIZE", "CARDINALITY_BATCH", "CONTENT_HASH", "DOMAIN", "DOUBLE", "EXCHANGE", "FINISH",
-    "HELLO", "INDEX", "KIND", "MAX_BATCH_SIZE", "MODES", "NONCE", "PARAM_BATCH_SIZE", "PARAM_MODE",
-    "PARAM_VERSION", "PLATFORM_DOUBLE", "PLATFORM_NONCE", "PLATFORM_SIZE", "POINT", "POINTS", "SIZE",
+    "HELLO", "INDEX", "KIND", "MAX_BATCH_SIZE", "MAX_SET_SIZE", "MODES", "NONCE", "PARAM_BATCH_SIZE", "PARAM_MODE",
+    "PARAM_VERSION", "PLATFORM_DOUBLE", "PLATFORM_NONCE", "PLATFORM_SIZE", "POINT", "POINTS", "SIZE", "read_count",
     "VERSION", "Progress", "PsiError", "PsiMode", "PsiResult", "batches", "exchange_rounds", "points_field",
 ]

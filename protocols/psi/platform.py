@@ -86,8 +86,7 @@ class PlatformPsiHandler:
         if mode not in MODES:
             raise ProtocolError(f"unknown PSI mode {mode!r}")
         batch_size = params.get(wire.PARAM_BATCH_SIZE)
-        if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
-            raise ProtocolError(f"batch_size must be an integer between 1 and {MAX_BATCH_SIZE:,}")
+        batch_size = wire.read_count(batch_size, "batch_size", most=MAX_BATCH_SIZE)
         return str(mode), batch_size
 
     @property
@@ -132,8 +131,8 @@ class PlatformPsiHandler:
         raise ProtocolError(f"unknown PSI step {step!r}")
 
     def _hello(self, message: Message) -> Message:
-        nonce, n = message.get(wire.BANK_NONCE), message.get(wire.BANK_SIZE)
-        if not isinstance(nonce, bytes) or len(nonce) != wire.NONCE or not isinstance(n, int) or n < 1:
+        nonce, n = message.get(wire.BANK_NONCE), wire.read_count(message.get(wire.BANK_SIZE), "psi.hello bank_size")
+        if not isinstance(nonce, bytes) or len(nonce) != wire.NONCE:
             raise ProtocolError(f"malformed {wire.HELLO}")
         platform_nonce = secrets.token_bytes(wire.NONCE)
         self.salt = job_salt(self.job_id, nonce, platform_nonce)

@@ -118,6 +118,12 @@ class PlatformTrainHandler:
         self.train = read_index_array(message, Field.TRAIN_ROWS, n_rows)
         self.validation = read_index_array(message, Field.VALIDATION_ROWS, n_rows)
         self.test = read_index_array(message, Field.TEST_ROWS, n_rows)
+        if len(self.train) == 0:
+            raise ProtocolError("no training rows")
+        # Held-out rows must stay held out: a row in two sets would let evaluation replay training rows.
+        if len(np.intersect1d(self.train, np.concatenate([self.validation, self.test]))) or \
+                len(np.intersect1d(self.validation, self.test)):
+            raise ProtocolError("training, validation and test rows must be disjoint")
         mask = message.get(Field.LABEL_MASK)
         if not isinstance(mask, np.ndarray) or mask.shape != (n_rows, self.T) or mask.dtype != np.uint8:
             raise ProtocolError("label_mask must be a uint8 array of shape (rows, tags)")
