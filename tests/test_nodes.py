@@ -125,7 +125,7 @@ def test_submit_refuses_bad_parameters_naming_them(trained: tuple[Nodes, str, st
         bank.submit("score", "", {})
     with pytest.raises(JobError, match="'mode' must be one of"):
         bank.submit("align", "", {"mode": "everything"})
-    with pytest.raises(JobError, match="unknown parameter 'rounds'"):
+    with pytest.raises(JobError, match="unknown align parameter 'rounds'"):
         bank.submit("align", "", {"rounds": 3})
     with pytest.raises(JobError, match="tag_nope"):
         bank.submit("train", "", {"tags": ["tag_nope"]})

@@ -6,11 +6,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from party_common.jobs.base import JobContext, JobError, JobKind, dataclass_from_dict
+from party_common.jobs.base import JobContext, JobError, JobKind
 from party_common.link import ContextPeer, PlatformLink, SessionContext
 from party_common.storage import NodeStores
 from party_common.storage.alignments import Alignment
 from protocols.channel import Message, StepHandler
+from protocols.params import dataclass_from_mapping
 from protocols.party_data import PartyData
 from protocols.psi import MODES, PsiResult, make_platform_psi_handler, run_bank_psi
 
@@ -32,7 +33,7 @@ class AlignJob(JobKind[AlignParams, PsiResult]):
     session = "psi"
 
     def parse(self, raw: Mapping[str, Any], data: PartyData, stores: NodeStores) -> AlignParams:
-        return dataclass_from_dict(AlignParams, raw, what="align")
+        return dataclass_from_mapping(AlignParams, raw, what="align parameter", error=JobError)
 
     def params_dict(self, params: AlignParams) -> dict[str, Any]:
         return asdict(params)

@@ -9,7 +9,6 @@ what a kind does.
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from protocols.party_data import PartyData
 Progress = Callable[[str, int, int], None]
 P = TypeVar("P")
 R = TypeVar("R")
-D = TypeVar("D")
 
 
 class JobError(UserError):
@@ -76,27 +74,3 @@ class JobKind(ABC, Generic[P, R]):
     @abstractmethod
     def save_platform(self, ctx: JobContext, context: SessionContext, result: Any) -> dict[str, Any]:
         """Keep the platform's result in its stores; return the job's summary."""
-
-
-def dataclass_from_dict(cls: type[D], raw: Mapping[str, Any], *, what: str, error: type[UserError] = JobError,
-                        **fixed: Any) -> D:
-    """``cls(**raw)`` with errors a person can act on: an unknown key is named beside the known ones,
-    and a value of the wrong type is named with the type it should have (ints pass for floats)."""
-    if not isinstance(raw, Mapping):
-        raise error(f"{what}: parameters must be a JSON object, got {type(raw).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise error(f"{what}: unknown parameter {unknown[0]!r}; known: {', '.join(sorted(set(fields) - set(fixed)))}")
-    values: dict[str, Any] = dict(fixed)
-    for name, value in raw.items():
-        default = fields[name].default
-        if default is not dataclasses.MISSING and default is not None:
-            want = type(default)
-            ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
-            ok = ok or (want is float and isinstance(value, int) and not isinstance(value, bool))
-            if not ok:
-                raise error(f"{what}: parameter {name!r} must be a {want.__name__}, got {value!r}")
-            value = want(value)
-        values[name] = value
-    return cls(**values)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,7 @@ from protocols.errors import UserError
 from protocols.metrics import Split, split_rows
 from protocols.packing import slots_per_plaintext
 from protocols.paillier import PublicKey
+from protocols.params import check_field_types, dataclass_from_mapping
 
 VERSION = "vfl-lr-taylor-v1"
 F_BITS = 20  # fractional bits of z and d' in fixed point
@@ -24,11 +25,6 @@ STAT_BITS = 40  # statistical hiding: every mask is 2^40 times wider than what i
 
 class TrainingError(UserError):
     """Training cannot run on this data or with these parameters; the message says why."""
-
-
-# The Python type each parameter must have, by the annotation's name (annotations are strings here).
-_KINDS: dict[str, tuple[type, str]] = {"int": (int, "an integer"), "float": (float, "a number"),
-                                       "bool": (bool, "true or false"), "str": (str, "a string")}
 
 
 @dataclass
@@ -51,8 +47,7 @@ class TrainParams:
 
     def validate(self, *, allow_insecure_keys: bool = False) -> TrainParams:
         """Raise :class:`TrainingError` on a parameter of the wrong type or out of range; return self."""
-        for f in fields(self):
-            _check_kind(f.name, str(f.type), getattr(self, f.name))
+        check_field_types(self, what="training parameter", error=TrainingError)
         checks = [
             (1 <= self.epochs <= 1000, "epochs must be an integer in 1..1000"),
             (16 <= self.batch_size <= 65536, "batch_size must be an integer in 16..65536"),
@@ -88,16 +83,7 @@ class TrainParams:
         :class:`TrainingError` names an unknown key (with the known ones) or a value of the wrong type;
         ranges are :meth:`validate`'s business. Integers are accepted where a number is expected.
         """
-        if not isinstance(d, Mapping):
-            raise TrainingError(f"training parameters must be an object of name: value, got {type(d).__name__}")
-        kinds = {f.name: str(f.type) for f in fields(cls)}
-        values = {}
-        for name, value in d.items():
-            if name not in kinds:
-                raise TrainingError(f"unknown training parameter {name!r}; known: {', '.join(sorted(kinds))}")
-            _check_kind(name, kinds[name], value)
-            values[name] = float(value) if kinds[name] == "float" else value
-        return cls(**values)
+        return dataclass_from_mapping(cls, d, what="training parameter", error=TrainingError)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -111,23 +97,6 @@ class TrainParams:
         return cls.from_dict(d)
 
 
-def _check_kind(name: str, kind: str, value: object) -> None:
-    expected, words = _KINDS[kind]
-    if kind == "float":  # an integer is a number too (but a bool is not), and a number is finite
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and _finite(value)
-    else:
-        ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
-    if not ok:
-        finite = not isinstance(value, int | float) or isinstance(value, bool) or _finite(value)
-        got = type(value).__name__ if finite else "a number that is not finite"
-        raise TrainingError(f"training parameter {name!r} must be {words}, got {got}")
-
-
-def _finite(value: float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer too large for a float
-        return False
 
 
 @dataclass(frozen=True)
