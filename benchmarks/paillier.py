@@ -9,6 +9,11 @@ the peers' alike; on a shared machine other jobs only ever add time):
   in a :class:`NoisePool`, so only the online multiplication is timed; ours offline: noise values made
   per second by ``NoisePool.fill`` (the tables are built before timing, once per key). phe and HEU:
   their ordinary encryption (noise included).
+- noise, ours only, values per second (tables built before timing; their build time is reported):
+  ``noise_public_per_s``, ordinary noise by the public key (what a party makes under the other's key);
+  ``mask_noise_per_s``, mask noise (exponent of n_bits + 128 bits, for re-randomising what the key holder
+  decrypts) by the public key, the other party's path; ``mask_noise_crt_per_s``, mask noise by the key
+  owner (CRT, exponent reduced mod p - 1 and q - 1).
 - ``X^T [[d]]`` for an m x n matrix of signed 8-bit scalars, counted as m * n mul-adds. Ours:
   ``matvec_t`` (bucket multi-exponentiation); phe: sum of ``ciphertext * scalar``; HEU: evaluator ``mul``
   and ``add_inplace``, with negative scalars multiplied by their magnitude into a second accumulator that
@@ -59,7 +64,9 @@ PAIR_SLOT = 69  # the training protocol's signed slot for a masked residual (pro
 SPEEDUP_ROWS = 2048
 SPEEDUP_REPEATS = 12
 REPEATS = 3  # every kernel, ours and the peers': the fastest of three runs
+NOISE_COUNT = 300  # values per noise kind
 KERNELS = ("encrypt_online_per_s", "encrypt_offline_per_s", "muladd_per_s", "decrypt_per_value_per_s")
+NOISE_KERNELS = ("noise_public_per_s", "mask_noise_per_s", "mask_noise_crt_per_s")
 
 
 def _timed_matvec(args: tuple[PublicKey, list[Any], np.ndarray]) -> float:
@@ -86,6 +93,21 @@ def _open_packed(sk: PrivateKey, cv: CipherVector, count: int, k: int) -> list[i
             for v in unpack_signed(value, min(k, count - j * k), PAIR_SLOT)]
 
 
+def bench_noise(pk: PublicKey, sk: PrivateKey, count: int) -> dict[str, float]:
+    """Ordinary public-key noise and mask noise (public key and key owner): values per second, and the
+    seconds each public window table takes to build (once per key and process)."""
+    out: dict[str, float] = {}
+    for name, pool in (("noise_public", NoisePool(pk)), ("mask_noise", NoisePool(pk, mask=True)),
+                       ("mask_noise_crt", NoisePool(pk, sk, mask=True))):
+        table_s, _ = best_time(pool.make)  # the first value builds the table (the CRT tables already exist)
+        per_s, _ = rate(count, lambda pool=pool: pool.fill(count), REPEATS)
+        assert sk.decrypt(CipherVector(pk, pool.take(count))) == [0] * count, f"{name} is not noise"
+        out[f"{name}_per_s"] = per_s
+        if name != "mask_noise_crt":
+            out[f"{name}_table_s"] = table_s
+    return out
+
+
 def bench_ours(bits: int, X: np.ndarray, values: list[int], n_dec: int,
                X_speed: np.ndarray) -> dict[str, Any]:
     m, n = X.shape
@@ -97,6 +119,7 @@ def bench_ours(bits: int, X: np.ndarray, values: list[int], n_dec: int,
     online, cv = rate(m, lambda: pk.encrypt(values, pool=noise), REPEATS, setup=lambda: noise.fill(m))
     assert noise.made_online == 0 and len(noise) == 0
     assert sk.decrypt(cv) == values, "encryption is wrong"  # type: ignore[arg-type]
+    noise_rates = bench_noise(pk, sk, NOISE_COUNT)
     muladd, product = rate(m * n, lambda: matvec_t(cv, X), REPEATS)  # type: ignore[arg-type]
     assert sk.decrypt(product) == _exact(values, X), "X^T [[d]] is wrong"  # type: ignore[arg-type]
 
@@ -142,7 +165,7 @@ def bench_ours(bits: int, X: np.ndarray, values: list[int], n_dec: int,
             "decrypt_horner_per_value_per_s": dec_horner, "values_per_decryption": k,
             "values_per_decryption_horner": layout.n_slots,
             "matvec_one_process_s": single_s, "matvec_two_workers_s": pooled_s,
-            "matvec_two_halves_apart_s": together_s}
+            "matvec_two_halves_apart_s": together_s, **noise_rates}
 
 
 def bench_phe(bits: int, X: np.ndarray, values: list[int], n_enc: int, n_dec: int) -> dict[str, Any]:
@@ -240,13 +263,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ceiling = round(ours["matvec_one_process_s"] / ours["matvec_two_halves_apart_s"], 2)
     result = {"bits": args.bits, "ours": ours, "peers": peers, "ratios": ratios, "two_core_speedup": speedup,
               "two_core_ceiling": ceiling,
+              "mask_vs_ordinary_noise": ratio(ours["mask_noise_per_s"], ours["noise_public_per_s"]),
               "sizes": {"encrypt": m, "matvec": [m, n], "decrypt": n_dec, "phe_encrypt": n_phe,
+                        "noise": NOISE_COUNT,
                         "phe_matvec_rows": phe["muladd_rows"], "heu_matvec_rows": min(m, 1000),
                         "speedup_matvec": list(X_speed.shape)},
               "unavailable": unavailable, "cpu_count": os.cpu_count()}
     rows = [(key, fmt(ours[key]), fmt(phe.get(key)), fmt(heu.get(key)), fmt(ou.get(key))) for key in KERNELS]
     rows.append(("decrypt_plain_per_s", fmt(ours["decrypt_plain_per_s"]), "", "", ""))
     rows.append(("decrypt_horner_per_value_per_s", fmt(ours["decrypt_horner_per_value_per_s"]), "", "", ""))
+    rows.extend((key, fmt(ours[key]), "", "", "") for key in NOISE_KERNELS)
     print_table(f"Operations per second (one thread, {args.bits}-bit keys)", rows,
                 ("kernel", "ours", "phe", "HEU ZPaillier", "HEU OU"))
     print_table("Ours / peer (higher is faster)", [(k, fmt(v)) for k, v in ratios.items()] +
