@@ -1,4 +1,4 @@
-"""Paillier with g = n + 1 and Damgard-Jurik-Nielsen noise from a base derived from n, on gmpy2; whole vectors.
+"""Paillier, g = n + 1, Damgard-Jurik-Nielsen noise from a base derived from n, on gmpy2; whole vectors.
 
 Keys. ``n = p q`` with p, q Blum primes (p = q = 3 mod 4) of n_bits/2 bits each, from ``secrets``; 2048
 or 3072-bit n (factoring n: about 112 and 128 bits of security, NIST SP 800-57). The noise base is not
@@ -231,7 +231,7 @@ class PublicKey:
         return cls(n)
 
     def validate(self, *, allow_insecure: bool = False) -> None:
-        """Checks a key: size, odd, not a prime or perfect power, no small factors, and h_s the derived base."""
+        """Checks a key: size, odd, not a prime or perfect power, no small factors; h_s the derived base."""
         _check_modulus(self.n, allow_insecure=allow_insecure)
         if self._derived != (self.n, self.hs) and self.hs != derive_noise_base(self.n):
             raise InvalidKey("noise base is not the one derived from the modulus")
@@ -293,7 +293,7 @@ class PublicKey:
 
     def encrypt(self, plaintexts: Sequence[int] | np.ndarray, *, pool: NoisePool | None = None,
                 mask: bool = False) -> CipherVector:
-        """Encryptions of signed integers; ``mask`` asks for mask noise (a pool given must then be a mask pool)."""
+        """Encryptions of signed integers; ``mask``: mask noise (a pool given must then be a mask pool)."""
         residues = self.encode(plaintexts)
         if pool is not None:
             pool.check(self, mask=mask)
@@ -401,13 +401,14 @@ def generate_keypair(n_bits: int = 2048, *, allow_insecure: bool = False) -> tup
 
 
 class NoisePool:
-    """Noise made ahead of time, ordinary ``h_s^r`` or (``mask=True``) mask noise; each value is handed out once.
+    """Noise made ahead of time, ordinary or (``mask=True``) mask noise; each value is handed out once.
 
     With the private key the values are made by CRT (the key owner's fast path); without it, by the
     public key's fixed-base tables. A pool makes one kind: :meth:`check` refuses the other.
     """
 
-    def __init__(self, public_key: PublicKey, private_key: PrivateKey | None = None, *, mask: bool = False) -> None:
+    def __init__(self, public_key: PublicKey, private_key: PrivateKey | None = None, *,
+                 mask: bool = False) -> None:
         if private_key is not None and private_key.public_key != public_key:
             raise InvalidKey("the private key does not belong to the pool's public key")
         self.public_key = public_key
@@ -429,7 +430,8 @@ class NoisePool:
         if public_key != self.public_key:
             raise InvalidKey("the noise pool is for another key")
         if mask and not self.mask:
-            raise ValueError("mask noise was asked for, and this pool holds ordinary noise (NoisePool(..., mask=True))")
+            raise ValueError("mask noise was asked for, and this pool holds ordinary noise "
+                             "(NoisePool(..., mask=True))")
 
     def make(self) -> mpz:
         key = self.noise_key

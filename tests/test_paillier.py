@@ -162,7 +162,8 @@ def test_noise_is_an_nth_residue_of_the_right_form(monkeypatch):
     assert [int(v) for v in made] == [pow(int(pk.hs), r, n2) for r in recorder.given]
     # The order of h_s divides lambda(n) < n, and mask exponents range over 2^128 times more than n: so
     # r mod that order is within 2^-128 of uniform.
-    assert pow(int(pk.hs), lam, n2) == 1 and 2**pk.mask_bits > n * 2**MASK_EXTRA_BITS > lam * 2**MASK_EXTRA_BITS
+    assert pow(int(pk.hs), lam, n2) == 1
+    assert 2**pk.mask_bits > n * 2**MASK_EXTRA_BITS > lam * 2**MASK_EXTRA_BITS
     # Encrypting 0 with mask noise decrypts to 0; with a value, to the value.
     assert sk.decrypt(pk.encrypt([0, 5, -5], mask=True)) == [0, 5, -5]
 
