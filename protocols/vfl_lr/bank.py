@@ -205,7 +205,7 @@ class _BankTrainer:
         noise = NoisePool(self.pk, self.sk)
         self.pool.fill(noise, n_noise)
         # Noise under the platform's key for the masks R_A of every batch, made now (public-key path).
-        self.r_noise = NoisePool(self.ppk)
+        self.r_noise = NoisePool(self.ppk, mask=True)  # R_A re-randomises: hide our features from the key holder
         self.pool.fill(self.r_noise, len(batches) * len(groups) * self.X_aug.shape[1])
         channel.call(Step.EPOCH, {Field.EPOCH: epoch, Field.BATCH_ROWS: np.concatenate(batches),
                                   Field.BATCH_SIZES: np.array([len(r) for r in batches], dtype=np.int64)})

@@ -159,7 +159,7 @@ class PlatformTrainHandler:
         count = sum(len(r) * len(groups) + self.plan.pair_cts(int(self.mask[r].sum())) for r in self.batches)
         self.noise = NoisePool(self.pk, self.sk)
         self.pool.fill(self.noise, count)
-        self.bank_noise = NoisePool(self.bpk)
+        self.bank_noise = NoisePool(self.bpk, mask=True)  # R_B re-randomises: hide X_B from the key holder
         per_batch = sum(-(-self.X.shape[1] // self.plan.features_per_emask_ct(len(g))) for g in groups)
         self.pool.fill(self.bank_noise, per_batch * len(self.batches))
         state.next_batch = 0
