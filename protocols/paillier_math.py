@@ -1,0 +1,162 @@
+"""The number theory under Paillier, apart from the key and ciphertext objects: primes, the noise base
+derived from a modulus, fixed-base exponentiation with window tables, and the bucket multi-exponentiation."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+import gmpy2
+import numpy as np
+from gmpy2 import mpz
+
+from protocols.errors import CryptoError
+
+WINDOW_BITS = 8
+MASK_EXTRA_BITS = 128  # mask noise: r of n_bits + 128 bits, within 2^-128 of uniform mod the order of h_s
+NOISE_BASE_DOMAIN = b"fedprofile/paillier/v2/noise-base"
+_NOISE_BASE_TRIES = 256
+_SMALL_PRIMES = [p for p in range(3, 20000, 2) if gmpy2.is_prime(p)]
+_SMALL_PRIMORIAL = mpz(1)
+for _p in _SMALL_PRIMES:
+    _SMALL_PRIMORIAL *= _p
+
+
+class InvalidKey(CryptoError):
+    """A key that is too small, malformed, or fails validation."""
+
+
+def random_blum_prime(bits: int) -> mpz:
+    while True:
+        candidate = mpz(secrets.randbits(bits)) | (mpz(3) << (bits - 2)) | 3  # top two bits set, = 3 mod 4
+        p = gmpy2.next_prime(candidate)
+        while p % 4 != 3:
+            p = gmpy2.next_prime(p)
+        if p.bit_length() == bits:
+            return p
+
+
+def noise_base_seed(n: int | mpz) -> mpz:
+    """The x of the noise base for modulus n: SHAKE-256 over the domain tag, n and a counter, mod n.
+
+    Input of draw i: ``NOISE_BASE_DOMAIN || len(n) as 2 bytes || n big-endian || i as 4 bytes``; output:
+    ``len(n) + 16`` bytes read big-endian and reduced mod n (128 bits of slack, so x is uniform up to
+    2^-128). Draws continue until ``1 < x < n - 1`` and ``gcd(x, n) = 1``.
+    """
+    n = mpz(n)
+    if n < 5:
+        raise InvalidKey("modulus is too small")
+    nb = (n.bit_length() + 7) // 8
+    prefix = NOISE_BASE_DOMAIN + nb.to_bytes(2, "big") + int(n).to_bytes(nb, "big")
+    for counter in range(_NOISE_BASE_TRIES):
+        digest = hashlib.shake_256(prefix + counter.to_bytes(4, "big")).digest(nb + MASK_EXTRA_BITS // 8)
+        x = mpz(int.from_bytes(digest, "big")) % n
+        if 1 < x < n - 1 and gmpy2.gcd(x, n) == 1:
+            return x
+    raise InvalidKey("no noise base could be derived from the modulus")  # only for a modulus of tiny factors
+
+
+def derive_noise_base(n: int | mpz) -> mpz:
+    """``h_s = (-x^2 mod n)^n mod n^2`` with x from :func:`noise_base_seed`: the only base a key may use."""
+    n = mpz(n)
+    x = noise_base_seed(n)
+    return gmpy2.powmod((-x * x) % n, n, n * n)
+
+
+class FixedBase:
+    """``base^e mod modulus`` for exponents of at most ``exp_bits`` bits, with window tables.
+
+    table[i][d] = base^(d * 2^(w i)); an exponentiation is one multiplication per w-bit window.
+    """
+
+    def __init__(self, base: mpz, modulus: mpz, exp_bits: int, window: int = WINDOW_BITS) -> None:
+        self.modulus, self.window = modulus, window
+        self.windows = -(-exp_bits // window)
+        self.mask = (1 << window) - 1
+        self.table: list[list[mpz]] = []
+        g = base % modulus
+        for _ in range(self.windows):
+            row = [mpz(1), g]
+            for _ in range(2, 1 << window):
+                row.append(row[-1] * g % modulus)
+            self.table.append(row)
+            g = row[-1] * g % modulus  # g^(2^w)
+
+    def pow(self, e: int) -> mpz:
+        acc = mpz(1)
+        m, w, mask, table = self.modulus, self.window, self.mask, self.table
+        i = 0
+        e = int(e)
+        while e:
+            d = e & mask
+            if d:
+                acc = acc * table[i][d] % m
+            e >>= w
+            i += 1
+        return acc
+
+
+def bucket_product(values: list[mpz], col: np.ndarray, n2: mpz) -> mpz:
+    """prod_i values[i]^col[i] over the rows where col > 0."""
+    rows = np.flatnonzero(col > 0)
+    if len(rows) == 0:
+        return mpz(1)
+    scalars = col[rows]
+    order = np.argsort(scalars, kind="stable")
+    rows, scalars = rows[order], scalars[order]
+    # Buckets from the largest scalar down; running product S accumulates buckets, R accumulates S.
+    bounds = np.flatnonzero(np.diff(scalars)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(rows)]])
+    running, result = mpz(1), mpz(1)
+    previous = int(scalars[-1])
+    for start, end in zip(starts[::-1], ends[::-1], strict=True):
+        value = int(scalars[start])
+        # Skipped values between buckets: R *= S for each (S unchanged across empty buckets).
+        gap = previous - value
+        if gap > 1 and running != 1:
+            result = result * gmpy2.powmod(running, gap - 1, n2) % n2
+        bucket = values[rows[start]]
+        for r in rows[start + 1:end]:
+            bucket = bucket * values[r] % n2
+        running = running * bucket % n2
+        result = result * running % n2
+        previous = value
+    if previous > 1:
+        result = result * gmpy2.powmod(running, previous - 1, n2) % n2
+    return result
+
+
+def matvec_t_values(values: list[mpz], X: np.ndarray, n2: mpz) -> list[mpz]:
+    """``prod_i values[i]^X[i, j] mod n2`` for each column j of an integer matrix X of shape (m, k).
+
+    Small scalars (|x| < 2^16) use bucket (Pippenger) multi-exponentiation: the ciphertexts of rows with
+    the same value in a column are multiplied into one bucket, and the buckets are combined with the
+    running-product trick, so a column costs about (non-zero entries + 2 * distinct values)
+    multiplications instead of one exponentiation per entry. Negative entries go to their own buckets,
+    combined with one inversion per column. Larger scalars take the general path (one powmod each).
+    """
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] != len(values):
+        raise ValueError(f"X has shape {X.shape}; expected ({len(values)}, k)")
+    if not np.issubdtype(X.dtype, np.integer):
+        raise TypeError("X must be an integer matrix (quantise features first)")
+    if X.dtype == np.uint64 and X.size and int(X.max()) > 2**63 - 1:
+        raise TypeError("X has uint64 entries beyond int64; pass signed integers")
+    X = X.astype(np.int64, copy=False)  # negation below must not wrap in a narrow or unsigned dtype
+    out = []
+    small = X.size == 0 or (int(X.min()) > -(2**16) and int(X.max()) < 2**16)
+    for j in range(X.shape[1]):
+        col = X[:, j]
+        if not small:
+            acc = mpz(1)
+            for i in np.flatnonzero(col):
+                k = int(col[i])
+                term = gmpy2.powmod(values[i], k, n2) if k > 0 else gmpy2.powmod(gmpy2.invert(values[i], n2), -k, n2)
+                acc = acc * term % n2
+            out.append(acc)
+            continue
+        pos = bucket_product(values, col, n2)
+        neg = bucket_product(values, -col, n2)
+        out.append(pos if neg == 1 else pos * gmpy2.invert(neg, n2) % n2)
+    return out
