@@ -111,11 +111,13 @@ def run_client(args: argparse.Namespace) -> int:
         elif args.command == "job":
             print_job(client.job(args.job_id))
         elif args.command == "score":
-            tags, probs, known = client.score(args.model, args.ids.split(","),
-                                              args.tags.split(",") if args.tags else None)
+            scores = client.score(args.model, args.ids.split(","), args.tags.split(",") if args.tags else None)
             for i, cid in enumerate(args.ids.split(",")):
-                cells = " ".join(f"{t}={p:.4f}" for t, p in zip(tags, probs[i], strict=True))
-                print(f"{cid}\t{cells}\tplatform_known={known[i]}")
+                cells = " ".join(f"{t}={p:.4f}" for t, p in zip(scores.tags, scores.probabilities[i], strict=True))
+                print(f"{cid}\t{cells}\tplatform_known={bool(scores.platform_known[i])}")
+            if scores.projections_limit:
+                print(f"platform disclosure budget on this alignment: {scores.projections_released} of "
+                      f"{scores.projections_limit} projections used", file=sys.stderr)
         elif args.command == "batch-score":
             path, rows = client.batch_score(args.model, args.out, args.tags.split(",") if args.tags else None)
             print(f"wrote {rows} rows to {path}")

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from party_bank.node import Scores
 from party_common.codec import array_from_pb
 from party_common.transport import CONTROL_TIMEOUT_S, dial, wait_healthy
 from proto import fedprofile_v1_pb2 as pb
@@ -93,10 +94,11 @@ class BankClient:
         return {"job_id": job["job_id"], **job["result"]}
 
     def score(self, model_job_id: str, customer_ids: list[str], tags: list[str] | None = None,
-              timeout_s: float = 120.0) -> tuple[list[str], np.ndarray, list[bool]]:
+              timeout_s: float = 120.0) -> Scores:
         reply = self.stub.Score(pb.ScoreRequest(model_job_id=model_job_id, customer_ids=customer_ids,
                                                 tags=tags or []), timeout=timeout_s)
-        return list(reply.tags), array_from_pb(reply.probabilities, where="scores"), list(reply.platform_known)
+        return Scores(list(reply.tags), array_from_pb(reply.probabilities, where="scores"),
+                      np.array(reply.platform_known, dtype=bool), reply.projections_released, reply.projections_limit)
 
     def batch_score(self, model_job_id: str, output_path: str, tags: list[str] | None = None,
                     timeout_s: float = 3600.0) -> tuple[str, int]:

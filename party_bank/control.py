@@ -51,8 +51,11 @@ class ControlServicer(pb_grpc.BankControlServicer):
 
     @translate_errors("bank")
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
-        tags, probs, known = self._node.score(request.model_job_id, list(request.customer_ids), list(request.tags))
-        return pb.ScoreResponse(tags=tags, probabilities=array_to_pb(probs), platform_known=known.tolist())
+        scores = self._node.score(request.model_job_id, list(request.customer_ids), list(request.tags))
+        return pb.ScoreResponse(tags=scores.tags, probabilities=array_to_pb(scores.probabilities),
+                                platform_known=scores.platform_known.tolist(),
+                                projections_released=scores.projections_released,
+                                projections_limit=scores.projections_limit)
 
     @translate_errors("bank")
     def BatchScore(self, request: pb.BatchScoreRequest, context: grpc.ServicerContext) -> pb.BatchScoreResponse:

@@ -11,6 +11,7 @@ import logging
 import secrets
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,15 @@ log = logging.getLogger(__name__)
 SCORE_BATCH = 5_000  # customers per PartialScore call
 
 
+@dataclass(frozen=True)
+class Scores:
+    tags: list[str]
+    probabilities: np.ndarray  # (customers, tags)
+    platform_known: np.ndarray  # bool per customer: False = scored on the bank's features alone
+    projections_released: int  # the platform's disclosure budget on the model's alignment: used ...
+    projections_limit: int  # ... of this many (0, 0 when no customer reached the platform)
+
+
 def new_job_id(kind: str) -> str:
     return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
@@ -47,6 +57,7 @@ class BankNode(NodeBase):
         # One job at a time: each job already spreads its work over all the cores.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
         self._running: dict[str, Future[None]] = {}
+        self._alignment_indexes: dict[str, dict[str, int]] = {}
         log.info("bank data: %d customers, %d features, %d tags (%s)", len(self.data.ids),
                  len(self.data.feature_names), len(self.data.tag_names), Path(self.data.source).name)
 
@@ -94,12 +105,13 @@ class BankNode(NodeBase):
 
     # ---- scoring ----
 
-    def score(self, model_job_id: str, customer_ids: list[str],
-              tags: list[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Probabilities (len(ids), len(tags)) and whether the platform knew each customer.
+    def score(self, model_job_id: str, customer_ids: list[str], tags: list[str] | None = None) -> Scores:
+        """Probabilities (len(ids), len(tags)), and whether the platform's part is in each.
 
-        Customers the platform does not answer for (not in the model's intersection) are scored with the
-        platform's part at its training mean (z_B = 0 on standardised features): the bank-side signal only.
+        Only customers of the model's alignment go to the platform, as their positions in that alignment
+        (never an ID: the platform learns nothing about anyone outside the intersection). Everyone else is
+        scored on the bank's side alone, with the platform's part at its training mean (z_B = 0 on
+        standardised features), and flagged ``platform_known=False``.
         """
         model = self.model(model_job_id, BankModel.from_dict)
         wanted, cols = self.tag_columns(model, tags or [])
@@ -108,14 +120,31 @@ class BankNode(NodeBase):
             raise NotFound(f"customer at position {int(np.flatnonzero(rows < 0)[0]) + 1} of the request is not "
                            "a customer of the bank")
         z_bank = model.partial_scores(self.data.features[rows])[:, cols]
+        index = self._alignment_index(model.alignment_job_id)
+        positions = np.fromiter((index.get(c, -1) for c in customer_ids), dtype=np.int64, count=len(customer_ids))
+        known = positions >= 0
         z_platform = np.zeros_like(z_bank)
-        known = np.zeros(len(customer_ids), dtype=bool)
-        for start in range(0, len(customer_ids), SCORE_BATCH):
-            chunk = customer_ids[start:start + SCORE_BATCH]
-            _, z, k = self.link.partial_scores(model_job_id, chunk, wanted)
-            z_platform[start:start + len(chunk)][k] = z[k]
-            known[start:start + len(chunk)] = k
-        return wanted, sigmoid(z_bank + z_platform), known
+        members = np.flatnonzero(known)
+        # Each member once: the platform refuses repeated rows, and a repeat adds nothing.
+        unique, inverse = np.unique(positions[members], return_inverse=True)
+        released = limit = 0
+        z_unique = np.zeros((len(unique), len(wanted)))
+        for start in range(0, len(unique), SCORE_BATCH):
+            answer = self.link.partial_scores(model_job_id, unique[start:start + SCORE_BATCH], wanted)
+            z_unique[start:start + SCORE_BATCH] = answer.scores
+            released, limit = answer.projections_released, answer.projections_limit
+        z_platform[members] = z_unique[inverse]
+        return Scores(wanted, sigmoid(z_bank + z_platform), known, released, limit)
+
+    def _alignment_index(self, alignment_job: str) -> dict[str, int]:
+        with self._lock:
+            index = self._alignment_indexes.get(alignment_job)
+        if index is None:
+            ids = self.stores.alignments.load(alignment_job).ids or []
+            index = {cid: i for i, cid in enumerate(ids)}
+            with self._lock:
+                self._alignment_indexes[alignment_job] = index
+        return index
 
     def batch_score(self, model_job_id: str, output_path: str, tags: list[str] | None = None) -> tuple[Path, int]:
         """Score every customer of the model's intersection; write CSV or Parquet atomically."""
@@ -127,10 +156,10 @@ class BankNode(NodeBase):
         if out.suffix not in (".csv", ".parquet"):
             raise JobError(f"{out}: batch scores are written as .csv or .parquet")
         ids = list(alignment.ids or ())
-        wanted, probs, known = self.score(model_job_id, ids, tags)
-        frame = pd.DataFrame(probs, columns=[f"p_{t}" for t in wanted])
+        scores = self.score(model_job_id, ids, tags)
+        frame = pd.DataFrame(scores.probabilities, columns=[f"p_{t}" for t in scores.tags])
         frame.insert(0, self.config.data.id_column, ids)
-        frame["platform_known"] = known
+        frame["platform_known"] = scores.platform_known
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
         if out.suffix == ".csv":

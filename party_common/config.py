@@ -76,6 +76,9 @@ class NodeConfig:
     workers: int = 2
     step_timeout_s: float = 900.0
     max_payload_mb: int = 1024
+    # Platform: distinct projections of its features (scorable model tags) released per alignment; None =
+    # half its feature count (see docs/protocol.md, "Scoring").
+    max_released_projections: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -162,6 +165,14 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
         fill_missing=fill,
     )
     tls_name = _get(peer, "tls_name", str, f"{path} [peer]", required=False)
+    policy = doc.get("policy", {})
+    if not isinstance(policy, dict):
+        raise ConfigError(f"{path}: [policy] must be a table")
+    if policy and role != "platform":
+        raise ConfigError(f"{path} [policy]: only the platform node has a policy section")
+    released = _get(policy, "max_released_projections", int, f"{path} [policy]", required=False)
+    if released is not None and released < 1:
+        raise ConfigError(f"{path} [policy]: 'max_released_projections' must be at least 1")
     return NodeConfig(
         source=path,
         name=_get(node, "name", str, f"{path} [node]"),
@@ -177,4 +188,5 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
         step_timeout_s=float(_get(node, "step_timeout_s", (int, float), f"{path} [node]", required=False,
                                   default=900.0)),
         max_payload_mb=_get(node, "max_payload_mb", int, f"{path} [node]", required=False, default=1024),
+        max_released_projections=released,
     )

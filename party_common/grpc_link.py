@@ -8,9 +8,9 @@ from collections.abc import Iterable
 import grpc
 import numpy as np
 
-from party_common.codec import array_from_pb, from_payload, to_payload
+from party_common.codec import array_from_pb, array_to_pb, from_payload, to_payload
 from party_common.grpc_errors import peer_error
-from party_common.link import SessionContext, check_partial_scores
+from party_common.link import PartialScores, SessionContext, check_partial_scores
 from party_common.transport import (
     CONTROL_TIMEOUT_S,
     FEATURES,
@@ -126,19 +126,19 @@ class GrpcPlatformLink:
             raise peer_error(err, f"open {kind} session") from err
         return GrpcChannel(self._stub, job_id, step_timeout_s=self._step_timeout, max_bytes=self._max_bytes)
 
-    def partial_scores(self, model_job_id: str, customer_ids: list[str],
-                       tags: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
+        request = pb.PartialScoreRequest(model_job_id=model_job_id, tags=tags,
+                                         rows=array_to_pb(np.asarray(rows, dtype=np.int64)))
         try:
-            reply = self._stub.PartialScore(
-                pb.PartialScoreRequest(model_job_id=model_job_id, customer_ids=customer_ids, tags=tags),
-                timeout=self._score_timeout)
+            reply = self._stub.PartialScore(request, timeout=self._score_timeout)
         except grpc.RpcError as err:
             raise peer_error(err, "partial scores") from err
         try:
             scores = array_from_pb(reply.scores, where="partial scores")
         except ProtocolError as err:
             raise PeerError(f"partial scores: {err}", code="DATA_LOSS") from err
-        return check_partial_scores(list(reply.tags), list(tags), scores, list(reply.known), len(customer_ids))
+        answer = PartialScores(list(reply.tags), scores, reply.projections_released, reply.projections_limit)
+        return check_partial_scores(answer, list(tags), len(rows))
 
     def close(self) -> None:
         self._channel.close()

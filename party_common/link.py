@@ -20,6 +20,16 @@ from protocols.errors import FedProfileError, PeerError
 
 
 @dataclass(frozen=True)
+class PartialScores:
+    """The platform's answer for alignment rows: z_B per row and tag, and where its disclosure budget stands."""
+
+    tags: list[str]
+    scores: np.ndarray  # float64 (rows, tags)
+    projections_released: int  # distinct (model, tag) projections released on the alignment, this call included
+    projections_limit: int
+
+
+@dataclass(frozen=True)
 class SessionContext:
     """What the platform node needs to know about a session beyond the protocol's own parameters."""
 
@@ -36,8 +46,7 @@ class PlatformEndpoint(Protocol):
     def open_session(self, kind: str, job_id: str, params: Message, context: SessionContext) -> StepHandler:
         ...
 
-    def partial_scores(self, model_job_id: str, customer_ids: list[str],
-                       tags: list[str]) -> tuple[list[str], np.ndarray, list[bool]]:
+    def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
         ...
 
 
@@ -51,26 +60,23 @@ class PlatformLink(Protocol):
     def open(self, kind: str, job_id: str, params: Message, *, context: SessionContext) -> PeerChannel:
         ...
 
-    def partial_scores(self, model_job_id: str, customer_ids: list[str],
-                       tags: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(tags, z_B of shape (len(ids), len(tags)), known per customer), checked for shape."""
+    def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
+        """z_B for positions ``rows`` of the model's alignment (never customer IDs), checked for shape."""
         ...
 
     def close(self) -> None:
         ...
 
 
-def check_partial_scores(tags: list[str], wanted: list[str], scores: np.ndarray, known: list[bool],
-                         n: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Refuse a platform answer for other tags or of the wrong shape (both links apply this)."""
-    if wanted and list(tags) != list(wanted):
+def check_partial_scores(answer: PartialScores, wanted: list[str], n: int) -> PartialScores:
+    """Refuse a platform answer for other tags, of the wrong shape, or not finite (both links apply this)."""
+    if wanted and list(answer.tags) != list(wanted):
         raise PeerError("partial scores: the platform answered for other tags", code="DATA_LOSS")
-    if scores.shape != (n, len(tags)) or len(known) != n:
+    if answer.scores.shape != (n, len(answer.tags)):
         raise PeerError("partial scores: the platform's answer has the wrong shape", code="DATA_LOSS")
-    known_arr = np.asarray(known, dtype=bool)
-    if not np.isfinite(scores[known_arr]).all():
+    if not np.isfinite(answer.scores).all():
         raise PeerError("partial scores: the platform sent values that are not finite", code="DATA_LOSS")
-    return list(tags), scores.astype(np.float64), known_arr
+    return answer
 
 
 class ContextPeer:
@@ -104,21 +110,23 @@ class LocalPlatformLink:
         self.channels.append(channel)
         return channel
 
-    def partial_scores(self, model_job_id: str, customer_ids: list[str],
-                       tags: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
+        # Through the codec both ways, as over the wire: each side gets a copy in the wire's encoding.
+        sent = from_payload(to_payload({"rows": np.asarray(rows, dtype=np.int64)}))["rows"]
+        assert isinstance(sent, np.ndarray)
         try:
-            answered, scores, known = self.platform.partial_scores(model_job_id, list(customer_ids), list(tags))
+            answer = self.platform.partial_scores(model_job_id, sent, list(tags))
         except FedProfileError as err:
             raise PeerError(f"partial scores: {err}", code=status_of(err).name) from err
-        # Through the codec, as over the wire: the bank gets a copy in the wire's encoding.
-        scores = from_payload(to_payload({"scores": np.asarray(scores, dtype=np.float64)}))["scores"]
+        scores = from_payload(to_payload({"scores": np.asarray(answer.scores, dtype=np.float64)}))["scores"]
         assert isinstance(scores, np.ndarray)
-        return check_partial_scores(answered, list(tags), scores, list(known), len(customer_ids))
+        return check_partial_scores(PartialScores(list(answer.tags), scores, answer.projections_released,
+                                                  answer.projections_limit), list(tags), len(rows))
 
     def close(self) -> None:
         for channel in self.channels:
             channel.close()
 
 
-__all__ = ["ContextPeer", "LocalPlatformLink", "PlatformEndpoint", "PlatformLink", "SessionContext",
+__all__ = ["ContextPeer", "LocalPlatformLink", "PartialScores", "PlatformEndpoint", "PlatformLink", "SessionContext",
            "check_partial_scores"]

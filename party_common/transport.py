@@ -21,7 +21,7 @@ from protocols.errors import PeerError, ProtocolError
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = "1.1"  # 1.1: OpenSessionRequest.context
+PROTOCOL_VERSION = "1.2"  # 1.1: OpenSessionRequest.context; 1.2: partial scores by alignment row
 CHUNK_BYTES = 2 * 1024 * 1024
 # Per gRPC message: a chunk plus its header. Set on purpose: large transfers are streamed, never sent whole.
 MAX_GRPC_MESSAGE = CHUNK_BYTES + 64 * 1024

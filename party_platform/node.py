@@ -17,7 +17,7 @@ import numpy as np
 from party_common.config import NodeConfig
 from party_common.grpc_errors import describe
 from party_common.jobs import SESSION_KINDS, JobContext, JobKind
-from party_common.link import SessionContext
+from party_common.link import PartialScores, SessionContext
 from party_common.node import NodeBase
 from party_common.storage import NodeStores
 from protocols.channel import Message, StepHandler
@@ -26,6 +26,12 @@ from protocols.party_data import PartyData
 from protocols.vfl_lr import PlatformModel
 
 log = logging.getLogger(__name__)
+
+RELEASE_EVENT = "projection released"  # audit rows under the alignment's job ID: "<model job>:<tag>"
+
+
+class DisclosureRefused(ProtocolError):
+    """Answering would release more projections of the platform's features than its policy allows."""
 
 
 class PlatformSession:
@@ -65,7 +71,8 @@ class PlatformNode(NodeBase):
     def __init__(self, config: NodeConfig, *, data: PartyData | None = None,
                  stores: NodeStores | None = None) -> None:
         super().__init__(config, data=data, stores=stores)
-        self._members: dict[str, frozenset[str]] = {}
+        self._aligned: dict[str, np.ndarray] = {}
+        self._released: dict[str, set[str]] = {}
         self._members_lock = threading.Lock()
         log.info("platform data: %d users, %d features (%s)", len(self.data.ids), len(self.data.feature_names),
                  Path(self.data.source).name)
@@ -92,25 +99,56 @@ class PlatformNode(NodeBase):
 
     # ---- serving ----
 
-    def partial_scores(self, model_job_id: str, customer_ids: list[str],
-                       tags: list[str]) -> tuple[list[str], np.ndarray, list[bool]]:
-        """z_B for each customer and tag. Only customers in the model's alignment are answered: the bank
-        already knows they are platform users, so answering reveals no membership beyond PSI."""
+    @property
+    def projections_limit(self) -> int:
+        """The disclosure budget per alignment: distinct (model, tag) projections of our features released."""
+        configured = self.config.max_released_projections
+        return configured if configured is not None else max(1, len(self.data.feature_names) // 2)
+
+    def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
+        """z_B for rows of the model's alignment, named by position (handles both nodes hold since PSI).
+
+        The bank never names a customer: every row is already a shared customer, so answering reveals no
+        membership beyond PSI. Each (model, tag) answered is one more linear projection of our features the
+        bank can see per customer; the first answer for a pair spends one unit of the alignment's budget.
+        """
+        if not isinstance(rows, np.ndarray) or rows.dtype != np.int64 or rows.ndim != 1 or len(rows) == 0:
+            raise ProtocolError("partial scores: rows must be a non-empty 1-d int64 array of alignment positions")
         model = self.model(model_job_id, PlatformModel.from_dict)
         wanted, cols = self.tag_columns(model, tags)
-        members = self._alignment_members(model.alignment_job_id)
-        rows = np.array([self.data.row_of(c) if c in members else -1 for c in customer_ids], dtype=np.int64)
-        known = rows >= 0
-        scores = np.full((len(customer_ids), len(cols)), np.nan)
-        if known.any():
-            scores[known] = model.partial_scores(self.data.features[rows[known]])[:, cols]
-        return wanted, scores, known.tolist()
+        aligned = self._aligned_rows(model.alignment_job_id)
+        if rows.min() < 0 or rows.max() >= len(aligned) or len(np.unique(rows)) != len(rows):
+            raise ProtocolError(f"partial scores: rows must be distinct positions in 0..{len(aligned) - 1}")
+        released = self._release(model.alignment_job_id, [f"{model_job_id}:{tag}" for tag in wanted])
+        self.stores.jobs.audit(model_job_id, "partial scores", f"{len(rows)} rows, {len(wanted)} tags")
+        scores = model.partial_scores(self.data.features[aligned[rows]])[:, cols]
+        return PartialScores(wanted, scores, released, self.projections_limit)
 
-    def _alignment_members(self, alignment_job: str) -> frozenset[str]:
+    def _release(self, alignment_job: str, projections: list[str]) -> int:
+        """Record ``projections`` as released on the alignment, refusing past the budget; the count after."""
         with self._members_lock:
-            cached = self._members.get(alignment_job)
+            released = self._released.get(alignment_job)
+            if released is None:
+                released = {event.detail for event in self.stores.jobs.audit_events(alignment_job)
+                            if event.event == RELEASE_EVENT}
+                self._released[alignment_job] = released
+            new = [p for p in projections if p not in released]
+            if len(released) + len(new) > self.projections_limit:
+                raise DisclosureRefused(
+                    f"scoring would release {len(released) + len(new)} distinct projections of the platform's "
+                    f"features on alignment {alignment_job}; the platform's limit is {self.projections_limit} "
+                    "([policy] max_released_projections)")
+            for projection in new:
+                self.stores.jobs.audit(alignment_job, RELEASE_EVENT, projection)
+                released.add(projection)
+            return len(released)
+
+    def _aligned_rows(self, alignment_job: str) -> np.ndarray:
+        """Our rows of an alignment's members, in the alignment's order (cached)."""
+        with self._members_lock:
+            cached = self._aligned.get(alignment_job)
         if cached is None:
-            cached = frozenset(self.stores.alignments.load(alignment_job).ids or ())
+            cached = self.data.rows_of(self.stores.alignments.load(alignment_job).ids or [])
             with self._members_lock:
-                self._members[alignment_job] = cached
+                self._aligned[alignment_job] = cached
         return cached

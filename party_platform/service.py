@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from party_common.codec import array_to_pb, from_payload, to_payload
+from party_common.codec import array_from_pb, array_to_pb, from_payload, to_payload
 from party_common.grpc_errors import abort, translate_errors
 from party_common.link import PlatformEndpoint, SessionContext
 from party_common.storage.jobs import check_job_id
@@ -143,9 +143,11 @@ class NodeServicer(pb_grpc.NodeServicer):
     @translate_errors("platform")
     def PartialScore(self, request: pb.PartialScoreRequest,
                      context: grpc.ServicerContext) -> pb.PartialScoreResponse:
-        tags, scores, known = self._endpoint.partial_scores(
-            request.model_job_id, list(request.customer_ids), list(request.tags))
-        return pb.PartialScoreResponse(tags=tags, scores=array_to_pb(scores), known=known)
+        rows = array_from_pb(request.rows, where="partial score rows")
+        answer = self._endpoint.partial_scores(request.model_job_id, rows, list(request.tags))
+        return pb.PartialScoreResponse(tags=answer.tags, scores=array_to_pb(answer.scores),
+                                       projections_released=answer.projections_released,
+                                       projections_limit=answer.projections_limit)
 
 
 __all__ = ["NodeServicer", "Session", "SessionRegistry", "context_from_pb"]

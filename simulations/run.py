@@ -130,10 +130,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # Serving: a few customers online, then the whole intersection in batch.
         sample = _sample_ids(cluster, align["job_id"], 5)
-        scored_tags, probs, known = client.score(train["job_id"], sample)
-        report["online_scoring"] = {"customers": len(sample), "tags": scored_tags,
-                                    "platform_known": sum(known), "all_probabilities_in_0_1":
-                                    bool(((probs >= 0) & (probs <= 1)).all())}
+        scores = client.score(train["job_id"], sample)
+        probs = scores.probabilities
+        report["online_scoring"] = {"customers": len(sample), "tags": scores.tags,
+                                    "platform_known": int(scores.platform_known.sum()), "all_probabilities_in_0_1":
+                                    bool(((probs >= 0) & (probs <= 1)).all()),
+                                    "platform_projections_released": scores.projections_released,
+                                    "platform_projections_limit": scores.projections_limit}
         path, rows = client.batch_score(train["job_id"], str(out / "scores.parquet"))
         report["batch_scoring"] = {"path": path, "rows": rows}
         console.print(f"[bold]Scoring[/]: online for {len(sample)} customers; batch wrote {rows} rows to {path}")

@@ -26,9 +26,12 @@ def test_align_train_score_and_batch_score_between_two_processes(tmp_path: Path)
         bank_ids = pd.read_csv(files.bank, dtype=str)["id"].tolist()
         shared = [i for i in bank_ids if i in files.shared_ids][:3]
         alone = [i for i in bank_ids if i not in files.shared_ids][:2]
-        tags, probs, known = client.score(train["job_id"], shared + alone)
-        assert tags == files.tags and probs.shape == (5, 2) and ((probs > 0) & (probs < 1)).all()
-        assert known == [True, True, True, False, False]
+        scores = client.score(train["job_id"], shared + alone)
+        probs = scores.probabilities
+        assert scores.tags == files.tags and probs.shape == (5, 2) and ((probs > 0) & (probs < 1)).all()
+        assert scores.platform_known.tolist() == [True, True, True, False, False]
+        assert (scores.projections_released, scores.projections_limit) == (2, scores.projections_limit)
+        assert scores.projections_limit >= 2
         path, rows = client.batch_score(train["job_id"], "scores.csv")
         assert rows == len(files.shared_ids) and Path(path).exists()
 

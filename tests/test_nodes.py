@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,11 @@ import pytest
 
 from party_bank.node import BankNode
 from party_common.jobs import JobError
-from party_common.link import SessionContext
+from party_common.link import LocalPlatformLink, PartialScores, SessionContext
 from party_common.storage import open_node_stores
-from protocols.errors import NotFound, PeerError, UserError
+from party_platform.node import RELEASE_EVENT, PlatformNode
+from protocols.channel import Message, StepHandler
+from protocols.errors import NotFound, PeerError, ProtocolError, UserError
 from protocols.party_data import SchemaMismatch
 from protocols.vfl_lr import BankModel, PlatformModel, sigmoid
 from tests.nodes_fixture import FAST_TRAIN, Nodes, SimulatedFiles, make_nodes, simulated_files
@@ -69,8 +72,9 @@ def test_online_scores_add_the_platform_part_only_for_shared_customers(trained: 
     bank_ids = list(nodes.bank.data.ids)
     shared = [i for i in bank_ids if i in files.shared_ids][:4]
     alone = [i for i in bank_ids if i not in files.shared_ids][:3]
-    tags, probs, known = nodes.bank.score(train_id, shared + alone)
-    assert known.tolist() == [True] * 4 + [False] * 3
+    scores = nodes.bank.score(train_id, shared + alone)
+    tags, probs = scores.tags, scores.probabilities
+    assert scores.platform_known.tolist() == [True] * 4 + [False] * 3
     model = BankModel.from_dict(nodes.bank.stores.models.load(train_id), where="test")
     rows = [nodes.bank.data.row_of(i) for i in shared + alone]
     z_bank = model.partial_scores(nodes.bank.data.features[rows])
@@ -79,8 +83,9 @@ def test_online_scores_add_the_platform_part_only_for_shared_customers(trained: 
                                                                              for i in shared]])
     np.testing.assert_allclose(probs[:4], sigmoid(z_bank[:4] + z_platform), rtol=1e-12)
     np.testing.assert_allclose(probs[4:], sigmoid(z_bank[4:]), rtol=1e-12)
-    one_tag, p1, _ = nodes.bank.score(train_id, shared[:2], [tags[1]])
-    assert one_tag == [tags[1]] and np.allclose(p1[:, 0], probs[:2, 1])
+    one_tag = nodes.bank.score(train_id, shared[:2], [tags[1]])
+    assert one_tag.tags == [tags[1]] and np.allclose(one_tag.probabilities[:, 0], probs[:2, 1])
+    assert one_tag.projections_released == 2 and one_tag.projections_limit == len(platform_model.scaler.mean) // 2
 
 
 def test_scoring_errors(trained: tuple[Nodes, str, str]) -> None:
@@ -108,13 +113,13 @@ def test_batch_score_writes_the_intersection(trained: tuple[Nodes, str, str], tm
 def test_a_restart_keeps_every_job_and_model(trained: tuple[Nodes, str, str], files: SimulatedFiles) -> None:
     nodes, align_id, train_id = trained
     sample = list(nodes.bank.data.ids[:5])
-    before = nodes.bank.score(train_id, sample)[1]
+    before = nodes.bank.score(train_id, sample).probabilities
     state = nodes.bank.config.state_dir
     restarted = BankNode(nodes.bank.config, nodes.link, data=nodes.bank.data, stores=open_node_stores(state))
     jobs = {r.job_id: r for r in restarted.stores.jobs.list()}
     assert jobs[align_id].status == jobs[train_id].status == "succeeded"
     assert jobs[train_id].result == nodes.bank.stores.jobs.get(train_id).result
-    np.testing.assert_array_equal(restarted.score(train_id, sample)[1], before)
+    np.testing.assert_array_equal(restarted.score(train_id, sample).probabilities, before)
     restarted.shutdown()
 
 
@@ -196,6 +201,67 @@ def test_scoring_checks_the_platform_data_against_the_training_schema(trained: t
     changed = make_nodes(files, nodes.platform.config.state_dir.parent, platform_stores=nodes.platform.stores,
                          platform_data=fewer)
     with pytest.raises(SchemaMismatch, match="users-v2.csv: does not match the training schema"):
-        changed.platform.partial_scores(train_id, list(data.ids[:2]), [])
+        changed.platform.partial_scores(train_id, np.arange(2, dtype=np.int64), [])
     with pytest.raises(PeerError, match="missing feature column"):
-        changed.link.partial_scores(train_id, list(data.ids[:2]), [])
+        changed.link.partial_scores(train_id, np.arange(2, dtype=np.int64), [])
+
+
+class RecordingPlatform:
+    """Stands between the bank's link and the platform node and keeps every scoring request it passes on."""
+
+    def __init__(self, platform: PlatformNode) -> None:
+        self.platform, self.name = platform, platform.name
+        self.requests: list[tuple[str, np.ndarray, list[str]]] = []
+
+    def open_session(self, kind: str, job_id: str, params: Message, context: SessionContext) -> StepHandler:
+        return self.platform.open_session(kind, job_id, params, context)
+
+    def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
+        self.requests.append((model_job_id, rows.copy(), list(tags)))
+        return self.platform.partial_scores(model_job_id, rows, tags)
+
+
+def test_scoring_never_sends_a_customer_id_and_only_members(trained: tuple[Nodes, str, str],
+                                                            files: SimulatedFiles) -> None:
+    nodes, align_id, train_id = trained
+    recorder = RecordingPlatform(nodes.platform)
+    bank = BankNode(nodes.bank.config, LocalPlatformLink(recorder), data=nodes.bank.data, stores=nodes.bank.stores)
+    ids = list(nodes.bank.data.ids)
+    members = [i for i in ids if i in files.shared_ids][:6]
+    outsiders = [i for i in ids if i not in files.shared_ids][:6]
+    asked = outsiders[:3] + members + outsiders[3:] + members[:2]  # repeats, mixed order
+    scores = bank.score(train_id, asked)
+    assert scores.platform_known.tolist() == [False] * 3 + [True] * 6 + [False] * 3 + [True] * 2
+    alignment = nodes.bank.stores.alignments.load(align_id).ids or []
+    [(model, rows, _)] = recorder.requests
+    assert model == train_id and rows.dtype == np.int64
+    assert sorted(alignment[r] for r in rows) == sorted(members)  # positions of members, each once
+    np.testing.assert_allclose(scores.probabilities[-2:], scores.probabilities[3:5], rtol=1e-12)
+    bank.shutdown()
+
+
+def test_platform_refuses_bad_rows_and_scoring_past_its_budget(files: SimulatedFiles, tmp_path: Path) -> None:
+    nodes = make_nodes(files, tmp_path)
+    nodes.platform.config = replace(nodes.platform.config, max_released_projections=3)
+    assert nodes.bank.wait(nodes.bank.submit("align", "", {})).status == "succeeded"
+    first = nodes.bank.wait(nodes.bank.submit("train", "", {"train": FAST_TRAIN}), timeout_s=300)
+    second = nodes.bank.wait(nodes.bank.submit("train", "", {"train": FAST_TRAIN}), timeout_s=300)
+    member = [i for i in nodes.bank.data.ids if i in files.shared_ids][:3]
+    for rows, message in [(np.array([], dtype=np.int64), "non-empty"), (np.array([0, 0]), "distinct"),
+                          (np.array([10**6]), "distinct positions"), (np.array([0.5]), "int64")]:
+        with pytest.raises(ProtocolError, match=message):
+            nodes.platform.partial_scores(first.job_id, rows, [])
+    with pytest.raises(PeerError, match="distinct positions"):
+        nodes.link.partial_scores(first.job_id, np.array([-1]), [])
+    assert nodes.bank.score(first.job_id, member).projections_released == 2
+    assert nodes.bank.score(first.job_id, member).projections_released == 2  # the same projections again
+    tag = files.tags[0]
+    assert nodes.bank.score(second.job_id, member, [tag]).projections_released == 3
+    with pytest.raises(PeerError, match="limit is 3") as refused:
+        nodes.bank.score(second.job_id, member)
+    assert refused.value.code == "FAILED_PRECONDITION"
+    align_id = nodes.bank.stores.jobs.list(kind="align")[0].job_id
+    released = [e.detail for e in nodes.platform.stores.jobs.audit_events(align_id) if e.event == RELEASE_EVENT]
+    assert sorted(released) == sorted([f"{first.job_id}:{t}" for t in files.tags] + [f"{second.job_id}:{tag}"])
+    calls = [e for e in nodes.platform.stores.jobs.audit_events(first.job_id) if e.event == "partial scores"]
+    assert len(calls) == 2 and all(e.detail == "3 rows, 2 tags" for e in calls)

@@ -13,7 +13,7 @@ import pytest
 from party_common.certs import init_local_pki
 from party_common.codec import to_payload
 from party_common.grpc_link import GrpcPlatformLink
-from party_common.link import SessionContext
+from party_common.link import PartialScores, SessionContext
 from party_common.transport import (
     CHUNK_BYTES,
     add_health,
@@ -74,9 +74,10 @@ def platform_server(pki: dict[str, Path]) -> Iterator[tuple[str, dict[str, SumHa
             handlers[job_id] = SumHandler()
             return handlers[job_id]
 
-        def partial_scores(self, model_job_id: str, customer_ids: list[str],
-                           tags: list[str]) -> tuple[list[str], np.ndarray, list[bool]]:
-            raise ProtocolError("this test node serves no models")
+        def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
+            if rows.tolist() != [3, 1]:
+                raise ProtocolError("this test node serves no models")
+            return PartialScores(["t"], np.array([[0.5], [-0.5]]), 1, 4)
 
     endpoint = Endpoint()
     server = make_server()
@@ -194,8 +195,13 @@ def test_streamed_steps_round_trip_large_payloads(platform_server, pki) -> None:
     session.close()
     assert handlers["job-large-0001"].closed
     with pytest.raises(PeerError, match="serves no models") as err:
-        peer.partial_scores("train-0001", ["x"], [])
+        peer.partial_scores("train-0001", np.array([1, 3]), [])
     assert err.value.code == "FAILED_PRECONDITION"
+    answer = peer.partial_scores("train-0001", np.array([3, 1]), ["t"])
+    np.testing.assert_array_equal(answer.scores, [[0.5], [-0.5]])
+    assert (answer.projections_released, answer.projections_limit) == (1, 4)
+    with pytest.raises(PeerError, match="other tags"):
+        peer.partial_scores("train-0001", np.array([3, 1]), ["u"])
     channel.close()
 
 
