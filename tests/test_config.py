@@ -83,3 +83,18 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
     bad.write_text("[node\nname=")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad, expected_role="bank")
+
+
+def test_platform_policy(configs: tuple[Path, Path]) -> None:
+    bank, platform = configs
+    assert load_config(platform, expected_role="platform").max_released_projections is None
+    with platform.open("a") as f:
+        f.write("\n[policy]\nmax_released_projections = 6\n")
+    assert load_config(platform, expected_role="platform").max_released_projections == 6
+    edit(platform, "max_released_projections = 6", "max_released_projections = 0")
+    with pytest.raises(ConfigError, match="must be at least 1"):
+        load_config(platform, expected_role="platform")
+    with bank.open("a") as f:
+        f.write("\n[policy]\nmax_released_projections = 6\n")
+    with pytest.raises(ConfigError, match="only the platform node has a policy section"):
+        load_config(bank, expected_role="bank")
