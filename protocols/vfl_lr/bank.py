@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.channel import Message, Peer, PeerChannel
+from protocols.channel import Peer, PeerChannel
 from protocols.compute import ComputeSpec
 from protocols.errors import ProtocolError
 from protocols.fixedpoint import quantise
@@ -21,6 +21,15 @@ from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, g
 from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
 from protocols.vfl_lr.encoding import encode_z, pack_pairs, pack_rows, residual_offset
+from protocols.vfl_lr.evaluation import (
+    TEST,
+    VALIDATION,
+    encrypt_rows,
+    eval_slots,
+    label_codes,
+    open_scores,
+    scores_metrics,
+)
 from protocols.vfl_lr.messages import (
     SESSION_KIND,
     Field,
@@ -30,7 +39,7 @@ from protocols.vfl_lr.messages import (
     read_ciphertexts,
     read_field,
 )
-from protocols.vfl_lr.model import BankModel, sigmoid
+from protocols.vfl_lr.model import BankModel
 from protocols.vfl_lr.params import (
     F_BITS,
     STAT_BITS,
@@ -141,8 +150,9 @@ class _BankTrainer:
         # Each tag keeps the weights of its best validation epoch (the platform does the same for its half).
         for t in range(self.T):
             state.W[:, t] = state.snapshots[state.best_epoch[t]][:, t]
-        z_b_test = self._partial(channel, Step.FINISH, {Field.BEST_EPOCH: state.best_epoch}, len(split.test))
-        report = self._report(split, z_b_test, time.monotonic() - started)
+        channel.call(Step.FINISH, {Field.BEST_EPOCH: state.best_epoch})
+        test_metrics = self._evaluate(channel, TEST, split.test)
+        report = self._report(split, test_metrics, time.monotonic() - started)
         W = state.W
         weights = W[:-1] if p.fit_intercept else W
         model = BankModel(self.job_id, list(self.bank.tag_names), weights.copy(),
@@ -178,9 +188,7 @@ class _BankTrainer:
     def _validate(self, channel: PeerChannel, epoch: int, rows: np.ndarray, entry: dict[str, Any]) -> np.ndarray:
         """Joint validation metrics of this epoch; which tags improved on their best so far."""
         state = self.state
-        z_b = self._partial(channel, Step.VALIDATE, {Field.EPOCH: epoch}, len(rows))
-        scores = self._z_bank(rows) + z_b
-        metrics = [tag_metrics(self.bank.labels[rows, t], sigmoid(scores[:, t])) for t in range(self.T)]
+        metrics = self._evaluate(channel, VALIDATION, rows)
         value = np.array([m["auc"] if m["auc"] is not None else -(m["logloss"] or 0.0) for m in metrics])
         improved = value > state.best_metric + 1e-6
         state.best_metric = np.where(improved, value, state.best_metric)
@@ -190,12 +198,18 @@ class _BankTrainer:
     def _z_bank(self, rows: np.ndarray) -> np.ndarray:
         return self.X_aug[rows] @ self.state.W
 
-    def _partial(self, channel: PeerChannel, step: str, message: Message, n: int) -> np.ndarray:
-        reply = channel.call(step, message)
-        z = reply.get(Field.PARTIAL_SCORES)
-        if not isinstance(z, np.ndarray) or z.shape != (n, self.T) or not np.isfinite(z).all():
-            raise ProtocolError(f"{step}: the platform's partial scores have the wrong shape or are not finite")
-        return z.astype(np.float64)
+    def _evaluate(self, channel: PeerChannel, split: str, rows: np.ndarray) -> list[dict[str, Any]]:
+        """Per tag, the metrics of the joint scores of ``rows`` with the current weights, from the shuffled
+        multiset of (score, label) pairs the platform returns (protocols/vfl_lr/evaluation.py)."""
+        if len(rows) == 0:
+            return [tag_metrics(np.zeros(0), np.zeros(0)) for _ in range(self.T)]
+        codes = label_codes(self.bank.labels[rows])
+        sent = encrypt_rows(self.pool, self.pk, self.sk, self._z_bank(rows), codes)
+        reply = channel.call(Step.EVALUATE, {Field.EPOCH: self.state.epoch, Field.SPLIT: split,
+                                             Field.EVALUATION_ROWS: rows, Field.ENCRYPTED_SCORES: sent.to_bytes()})
+        what = f"{Step.EVALUATE} ({split})"
+        cv = read_ciphertexts(self.pk, reply.get(Field.SHUFFLED_SCORES), None, what)
+        return scores_metrics(open_scores(self.pool, self.sk, cv, codes, what))
 
     # ---- ahead of time: the mask path [[e]]_A -> X_B^T e ----
 
@@ -276,13 +290,12 @@ class _BankTrainer:
         grad = grad / (4.0 * np.maximum(counts, 1))
         state.optimizer.step(state.W, grad, epoch, counts > 0)
 
-    def _report(self, split: Split, z_b_test: np.ndarray, total: float) -> dict[str, Any]:
+    def _report(self, split: Split, test_metrics: list[dict[str, Any]], total: float) -> dict[str, Any]:
         p, state = self.p, self.state
-        joint = sigmoid(self._z_bank(split.test) + z_b_test)
         bank_only = bank_only_baseline(self.bank, split, l2=p.l2)
         metrics = {}
         for t, tag in enumerate(self.bank.tag_names):
-            metrics[tag] = {"joint": tag_metrics(self.bank.labels[split.test, t], joint[:, t]),
+            metrics[tag] = {"joint": test_metrics[t],
                             "bank_only": bank_only[tag], "best_epoch": int(state.best_epoch[t]) + 1}
         return {
             "protocol": VERSION, "metrics": metrics, "history": state.history, "epochs_run": len(state.history),
@@ -291,7 +304,9 @@ class _BankTrainer:
             "params": p.to_dict(),
             "encoding": {"fixed_point_bits": F_BITS, "z_clip": Z_CLIP, "quant_bits": p.quant_bits,
                          "statistical_mask_bits": STAT_BITS, "tags_per_ciphertext": self.plan.group,
-                         "pairs_per_ciphertext": self.plan.pairs_per_ct},
+                         "pairs_per_ciphertext": self.plan.pairs_per_ct,
+                         "evaluation": "shuffled multiset of (joint score, label) per tag, under the bank's key",
+                         "evaluation_scores_per_ciphertext": eval_slots(self.pk)},
             "key_fingerprints": {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()},
         }
 

@@ -23,7 +23,7 @@ class Step:
     EMASK_OPEN = "train.emask_open"
     FORWARD = "train.forward"
     GRADIENT = "train.gradient"
-    VALIDATE = "train.validate"
+    EVALUATE = "train.evaluate"  # validation rows once per epoch; test rows once, after train.finish
     FINISH = "train.finish"
 
 
@@ -57,8 +57,11 @@ class Field:
     PAIRS = "pairs"
     MASKED_GRADIENT = "masked_gradient"
     MASKED_RESIDUALS = "masked_residuals"
-    # train.validate, train.finish
-    PARTIAL_SCORES = "partial_scores"
+    # train.evaluate (also EPOCH), train.finish
+    SPLIT = "split"  # "validation" or "test"
+    EVALUATION_ROWS = "evaluation_rows"  # the split's row positions, exactly as given at setup
+    ENCRYPTED_SCORES = "encrypted_scores"  # [[4 z_A 2^F + label code]]_A per (tag, row), tag-major
+    SHUFFLED_SCORES = "shuffled_scores"  # per tag, shuffled and packed [[4 (z_A + z_B) 2^F + code]]_A
     BEST_EPOCH = "best_epoch"
 
 

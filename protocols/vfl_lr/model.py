@@ -13,6 +13,9 @@ from protocols.party_data import Schema
 from protocols.vfl_lr.params import VERSION
 from protocols.vfl_lr.state import Scaler
 
+# Model dicts read: v2 changed how held-out rows are evaluated during training, not what a model holds.
+READABLE_VERSIONS = (VERSION, "vfl-lr-taylor-v1")
+
 
 class ModelError(UserError):
     """A stored model half is damaged, belongs to the other party, or is of another protocol version."""
@@ -95,7 +98,7 @@ def _common_dict(model: BankModel | PlatformModel) -> dict[str, Any]:
 def _common_fields(d: Mapping[str, Any], kind: str, where: str) -> dict[str, Any]:
     if not isinstance(d, Mapping):
         raise ModelError(f"{where}: not a {kind} model (not an object of name: value)")
-    if d.get("kind") != kind or d.get("version") != VERSION:
+    if d.get("kind") != kind or d.get("version") not in READABLE_VERSIONS:
         raise ModelError(f"{where}: not a {kind} model of {VERSION} (it says kind {d.get('kind')!r}, "
                          f"version {d.get('version')!r})")
     try:

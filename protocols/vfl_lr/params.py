@@ -16,7 +16,7 @@ from protocols.packing import slots_per_plaintext
 from protocols.paillier import PublicKey
 from protocols.params import check_field_types, dataclass_from_mapping
 
-VERSION = "vfl-lr-taylor-v1"
+VERSION = "vfl-lr-taylor-v2"  # v2: private evaluation (train.evaluate); models keep the v1 format
 F_BITS = 20  # fractional bits of z and d' in fixed point
 Z_CLIP = 32.0  # |z_A|, |z_B| are clipped here before encoding (the Taylor loss is meaningless far beyond)
 D_BITS = 27  # |d' * 2^F| <= (32 + 34) * 2^20 < 2^27

@@ -17,6 +17,7 @@ from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, g
 from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
 from protocols.vfl_lr.encoding import encode_z, exact_xt_s, pack_pairs, pack_rows, unpack_pairs
+from protocols.vfl_lr.evaluation import SPLITS, VALIDATION, packed_count, shuffle_and_add
 from protocols.vfl_lr.messages import (
     Field,
     Step,
@@ -45,7 +46,8 @@ def make_platform_train_handler(job_id: str, params: Message, data: PartyData, *
     """The platform's handler for a training session over ``data`` (rows in the alignment's order).
 
     ``params`` are the session's opening fields; ``on_result`` receives the platform's model half, once,
-    when ``train.finish`` has chosen it. The session owns ``compute`` and closes it with the handler.
+    when the test rows have been evaluated with the epochs ``train.finish`` chose (at ``train.finish`` if
+    there are no test rows). The session owns ``compute`` and closes it with the handler.
     """
     return PlatformTrainHandler(job_id, params, data, on_result=on_result, compute=compute,
                                 allow_insecure_keys=allow_insecure_keys)
@@ -71,7 +73,8 @@ class PlatformTrainHandler:
         self._steps: dict[str, Callable[[Message], Message]] = {
             Step.SETUP: self._setup, Step.EPOCH: self._epoch, Step.EMASK: self._emask,
             Step.EMASK_OPEN: self._emask_open, Step.FORWARD: self._forward, Step.GRADIENT: self._gradient,
-            Step.VALIDATE: self._validate, Step.FINISH: self._finish}
+            Step.EVALUATE: self._evaluate, Step.FINISH: self._finish}
+        self.evaluated: set[tuple[int, str]] = set()  # (epoch, split) already released to the bank
 
     def _open(self, params: Message, data: PartyData, allow_insecure_keys: bool) -> None:
         """Check the session's opening fields: version, parameters, tags; and that there are features."""
@@ -271,12 +274,43 @@ class PlatformTrainHandler:
             self.stage = "forward"
         return {Field.MASKED_GRADIENT: ints_to_bytes(grad_open, self.pk.byte_len)}
 
-    def _validate(self, message: Message) -> Message:
-        self._expect("end_of_epoch")
-        if read_field(message, Field.EPOCH, int) != self.state.epoch:
+    def _evaluate(self, message: Message) -> Message:
+        """Joint scores of the validation rows (current weights) or the test rows (each tag's best epoch),
+        as a shuffled multiset per tag under the bank's key (protocols/vfl_lr/evaluation.py).
+
+        Each evaluation releases a multiset to the bank, so each split is evaluated at most once per
+        epoch (validation: after the epoch's last batch; test: once, after train.finish), and only on
+        exactly the rows of that split given at setup.
+        """
+        split = read_field(message, Field.SPLIT, str)
+        if split not in SPLITS:
+            raise ProtocolError(f"split must be one of {', '.join(SPLITS)}")
+        epoch = read_field(message, Field.EPOCH, int)
+        if (epoch, split) in self.evaluated:
+            raise ProtocolError(f"the {split} rows were already evaluated in epoch {epoch}: once per epoch")
+        self._expect("end_of_epoch" if split == VALIDATION else "test")
+        if epoch != self.state.epoch:
             raise ProtocolError(f"expected epoch {self.state.epoch}")
-        self.stage = "epoch_or_finish"
-        return {Field.PARTIAL_SCORES: self.X[self.validation] @ self.state.W}
+        expected = self.validation if split == VALIDATION else self.test
+        rows = read_index_array(message, Field.EVALUATION_ROWS, len(self.data.ids))
+        if len(rows) == 0 or not np.array_equal(rows, expected):
+            raise ProtocolError(f"evaluation rows must be exactly the {len(expected)} {split} rows given at setup")
+        cv = read_ciphertexts(self.bpk, message.get(Field.ENCRYPTED_SCORES), len(rows) * self.T, Step.EVALUATE)
+        if split == VALIDATION:
+            W = self.state.W
+        else:
+            assert self.model is not None  # set by train.finish, which the stage "test" follows
+            W = self.model.weights
+        noise = NoisePool(self.bpk, mask=True)
+        self.pool.fill(noise, self.T * packed_count(len(rows), self.bpk))
+        shuffled = shuffle_and_add(self.pool, cv, encode_z(self.X[rows] @ W), noise)
+        self.evaluated.add((epoch, split))
+        reply = {Field.SHUFFLED_SCORES: shuffled.to_bytes()}
+        if split == VALIDATION:
+            self.stage = "epoch_or_finish"
+        else:
+            self._report()
+        return reply
 
     def _finish(self, message: Message) -> Message:
         self._expect("end_of_epoch", "epoch_or_finish")
@@ -287,12 +321,18 @@ class PlatformTrainHandler:
             raise ProtocolError("best_epoch must name a finished epoch for every tag")
         state.best_epoch = best.copy()
         W = np.column_stack([state.snapshots[int(best[t])][:, t] for t in range(self.T)])
-        model = PlatformModel(self.job_id, self.tags, W, self.scaler, self.data.schema,
-                              {"bank": self.bpk.fingerprint(), "platform": self.pk.fingerprint()})
-        self.model = model
+        self.model = PlatformModel(self.job_id, self.tags, W, self.scaler, self.data.schema,
+                                   {"bank": self.bpk.fingerprint(), "platform": self.pk.fingerprint()})
+        if len(self.test):
+            self.stage = "test"  # the model is reported after the one evaluation of the test rows
+        else:
+            self._report()
+        return {}
+
+    def _report(self) -> None:
+        assert self.model is not None
         self.stage = "finished"  # before on_result: whatever it does, the result is reported once
-        self.on_result(model)
-        return {Field.PARTIAL_SCORES: model.partial_scores(self.data.features[self.test])}
+        self.on_result(self.model)
 
 
 __all__ = ["PlatformTrainHandler", "make_platform_train_handler"]
