@@ -78,6 +78,7 @@ class NodeStores:
     models: DocumentStore
     reports: DocumentStore
     checkpoints: DocumentStore
+    segments: DocumentStore
 
 
 def open_node_stores(state_dir: Path) -> NodeStores:
@@ -89,6 +90,8 @@ def open_node_stores(state_dir: Path) -> NodeStores:
             models/<job>.model          0600  this node's half of a trained model (JSON)
             reports/<job>.json          0600  training reports (bank node)
             checkpoints/<job>.json      0600  training checkpoints
+            segments/segment-<name>.json 0600 segment records (bank node: sizes, rule, seed; never IDs);
+                                        the segment's groups file (<name>.groups.parquet|.csv) sits beside it
     """
     state_dir = ensure_private_dir(Path(state_dir))
     return NodeStores(
@@ -97,6 +100,7 @@ def open_node_stores(state_dir: Path) -> NodeStores:
         models=FileDocumentStore(state_dir / "models", suffix=".model", kind="model"),
         reports=FileDocumentStore(state_dir / "reports", suffix=".json", kind="report"),
         checkpoints=FileDocumentStore(state_dir / "checkpoints", suffix=".json", kind="checkpoint"),
+        segments=FileDocumentStore(state_dir / "segments", suffix=".json", kind="segment"),
     )
 
 
@@ -104,7 +108,8 @@ def memory_node_stores() -> NodeStores:
     """Stores that live in memory only, with the same behaviour: for tests."""
     return NodeStores(jobs=MemoryJobStore(), alignments=MemoryAlignmentStore(),
                       models=MemoryDocumentStore(kind="model"), reports=MemoryDocumentStore(kind="report"),
-                      checkpoints=MemoryDocumentStore(kind="checkpoint"))
+                      checkpoints=MemoryDocumentStore(kind="checkpoint"),
+                      segments=MemoryDocumentStore(kind="segment"))
 
 
 __all__ = [
