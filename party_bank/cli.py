@@ -5,7 +5,10 @@
     bank-node train --config bank.toml [--tags t1,t2] [--epochs 5 ...]
     bank-node jobs --config bank.toml
     bank-node score --config bank.toml --model JOB_ID --ids ID1,ID2
-    bank-node batch-score --config bank.toml --model JOB_ID --out scores.parquet
+    bank-node batch-score --config bank.toml --model JOB_ID --out scores.parquet [--all-customers | --ids-file F]
+    bank-node segment --config bank.toml --model JOB_ID --tag T --top 10% --control 10% --seed 7 --out NAME
+    bank-node segment-result --config bank.toml NAME --outcomes outcomes.csv
+    bank-node segments --config bank.toml [NAME]
 
 The client commands reach the node's control API at its `listen` address with mutual TLS, using an
 operator certificate signed by the bank's CA (default: operator.crt/.key beside the node's cert).
@@ -18,6 +21,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1.health import HealthServicer
@@ -25,6 +29,7 @@ from grpc_health.v1.health import HealthServicer
 from party_bank.client import BankClient
 from party_bank.control import ControlServicer
 from party_bank.node import BankNode
+from party_bank.segments import read_ids, read_outcomes
 from party_common.config import ConfigError, NodeConfig, load_config
 from party_common.grpc_link import GrpcPlatformLink
 from party_common.runtime import (
@@ -91,6 +96,43 @@ def print_job(job: dict) -> None:
     print(json.dumps(job, indent=2, sort_keys=True))
 
 
+def _pct(x: float | None, *, signed: bool = False) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%"
+
+
+def describe_result(r: dict[str, Any]) -> str:
+    """A segment result for people: rates, lift with its interval, what was ignored."""
+    lines = [f"segment {r['segment']} ({r['tag']}, model {r['model']}), outcomes from {r['source']}"]
+    for name in ("target", "control"):
+        g = r["groups"][name]
+        rate = g["responders"] / g["with_outcome"] if g["with_outcome"] else None
+        lines.append(f"  {name:8s} {g['responders']:>7} of {g['with_outcome']:>7} responded ({_pct(rate)}); "
+                     f"{g['members'] - g['with_outcome']} member(s) without an outcome")
+    ci = r["absolute_lift_ci95"]
+    lines.append(f"  absolute lift {_pct(r['absolute_lift'], signed=True)} points"
+                 + (f" (95% CI {_pct(ci[0], signed=True)} to {_pct(ci[1], signed=True)}; normal approximation)"
+                    if ci else ""))
+    rci = r["relative_lift_ci95"]
+    lines.append(f"  relative lift {_pct(r['relative_lift'], signed=True)}"
+                 + (f" (95% CI {_pct(rci[0], signed=True)} to {_pct(rci[1], signed=True)}; log risk ratio)"
+                    if rci else ""))
+    lines.append(f"  {r['not_in_segment']} outcome row(s) for customers in neither group: ignored")
+    if r.get("note"):
+        lines.append(f"  note: {r['note']}")
+    return "\n".join(lines)
+
+
+def share(text: str) -> float:
+    """'10%' or '0.1' as 0.1 (argparse type)."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share: write 10% or 0.1") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a share is more than 0% and at most 100%")
+    return value
+
+
 def run_client(args: argparse.Namespace) -> int:
     config = load_config(args.config, expected_role="bank", require_tls=not args.insecure_dev)
     client = client_for(config, args)
@@ -119,8 +161,32 @@ def run_client(args: argparse.Namespace) -> int:
                 print(f"platform disclosure budget on this alignment: {scores.projections_released} of "
                       f"{scores.projections_limit} projections used", file=sys.stderr)
         elif args.command == "batch-score":
-            path, rows = client.batch_score(args.model, args.out, args.tags.split(",") if args.tags else None)
-            print(f"wrote {rows} rows to {path}")
+            ids = read_ids(Path(args.ids_file), config.data.id_column) if args.ids_file else None
+            result = client.score_file(args.model, args.out, args.tags.split(",") if args.tags else None,
+                                       all_customers=args.all_customers, ids=ids, overwrite=args.overwrite)
+            print(f"wrote {result.rows} rows to {result.path} on the bank node "
+                  f"({result.platform_known} with the platform's part)")
+            if result.unknown:
+                print(f"{result.unknown} ID(s) are not customers of the bank: status 'unknown_customer'",
+                      file=sys.stderr)
+        elif args.command == "segment":
+            record, path = client.segment(args.model, args.tag, name=args.out, control_share=args.control,
+                                          top_share=args.top, min_score=args.min_score, seed=args.seed,
+                                          all_customers=args.all_customers, fmt=args.format,
+                                          overwrite=args.overwrite)
+            print_job(record)
+            print(f"segment {record['name']}: {record['target_size']} target, {record['control_size']} control "
+                  f"(seed {record['seed']}); groups in {path} on the bank node", file=sys.stderr)
+        elif args.command == "segment-result":
+            ids, outcomes = read_outcomes(Path(args.outcomes), config.data.id_column, args.outcome_column)
+            result = client.segment_result(args.segment, ids, outcomes, source=Path(args.outcomes).name)
+            print(json.dumps(result, indent=2, sort_keys=True) if args.json else describe_result(result))
+        elif args.command == "segments" and args.name:
+            print_job(client.get_segment(args.name))
+        elif args.command == "segments":
+            for r in client.segments():
+                print(f"{r['name']:24s} {r['tag']:24s} target {r['target_size']:>8} control {r['control_size']:>7}"
+                      f"  seed {r['seed']}  {r['created_at']}")
     except grpc.RpcError as err:
         print(f"bank-node {args.command}: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
@@ -165,10 +231,41 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--model", required=True, help="the train job ID")
     sc.add_argument("--ids", required=True, help="comma-separated customer IDs")
     sc.add_argument("--tags")
-    b = add("batch-score", "score the whole intersection into a file")
-    b.add_argument("--model", required=True)
-    b.add_argument("--out", required=True, help="output .csv or .parquet (relative: under the state dir)")
-    b.add_argument("--tags")
+    b = add("batch-score", "score the intersection, every customer, or a list of IDs into a file on the node")
+    b.add_argument("--model", required=True, help="the train job ID")
+    b.add_argument("--out", required=True, help="output .csv or .parquet, relative to <state_dir>/scores/ "
+                   "on the bank node (absolute paths and '..' are refused)")
+    who = b.add_mutually_exclusive_group()
+    who.add_argument("--all-customers", action="store_true", help="score every bank customer; those outside "
+                     "the intersection are scored on the bank's features alone (platform_known=false)")
+    who.add_argument("--ids-file", help="CSV/Parquet on this machine with the bank's ID column (or one "
+                     "column): score those customers; an unknown ID gets status unknown_customer")
+    b.add_argument("--tags", help="comma-separated tags (default: all of the model's)")
+    b.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    seg = add("segment", "pick a campaign target by score and hold out a random control group")
+    seg.add_argument("--model", required=True, help="the train job ID")
+    seg.add_argument("--tag", required=True, help="the tag whose score selects the target")
+    rule = seg.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--top", type=share, help="select the highest-scored share, e.g. 10%% or 0.1")
+    rule.add_argument("--min-score", type=float, help="select every customer scoring at least this (0-1)")
+    seg.add_argument("--control", type=share, required=True,
+                     help="share of the selection held out as control, e.g. 10%% (stratified by score decile)")
+    seg.add_argument("--seed", type=int, help="seed of the control draw: same seed, same groups "
+                     "(default: drawn by the node; recorded in the segment either way)")
+    seg.add_argument("--all-customers", action="store_true",
+                     help="select among every bank customer, not only the intersection")
+    seg.add_argument("--out", required=True, help="the segment's name (1-56 letters, digits, '_', '-'); files "
+                     "go to <state_dir>/segments/NAME.groups.parquet|csv on the bank node")
+    seg.add_argument("--format", default="parquet", choices=["parquet", "csv"], help="groups file format")
+    seg.add_argument("--overwrite", action="store_true", help="replace a segment of that name")
+    res = add("segment-result", "response rates and lift of a segment's target over its control")
+    res.add_argument("segment", help="the segment's name")
+    res.add_argument("--outcomes", required=True,
+                     help="CSV/Parquet on this machine: the bank's ID column and a 0/1 outcome column")
+    res.add_argument("--outcome-column", default="outcome", help="name of the outcome column (default: outcome)")
+    res.add_argument("--json", action="store_true", help="print the full result as JSON")
+    segs = add("segments", "list segments, or show one")
+    segs.add_argument("name", nargs="?", help="a segment's name: print its record")
     args = parser.parse_args(argv)
     if args.command == "serve":
         setup_logging(args.log_level)

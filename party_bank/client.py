@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 
 from party_bank.node import Scores
+from party_bank.segments import BatchScoreResult, id_chunks
 from party_common.codec import array_from_pb
 from party_common.transport import CONTROL_TIMEOUT_S, dial, wait_healthy
 from proto import fedprofile_v1_pb2 as pb
@@ -101,10 +102,68 @@ class BankClient:
                       np.array(reply.platform_known, dtype=bool), reply.projections_released, reply.projections_limit)
 
     def batch_score(self, model_job_id: str, output_path: str, tags: list[str] | None = None,
-                    timeout_s: float = 3600.0) -> tuple[str, int]:
-        reply = self.stub.BatchScore(pb.BatchScoreRequest(model_job_id=model_job_id, output_path=output_path,
-                                                          tags=tags or []), timeout=timeout_s)
-        return reply.output_path, reply.rows
+                    timeout_s: float = 3600.0, **kw: Any) -> tuple[str, int]:
+        """:meth:`score_file`, answered as (path on the node, rows)."""
+        result = self.score_file(model_job_id, output_path, tags, timeout_s=timeout_s, **kw)
+        return str(result.path), result.rows
+
+    def score_file(self, model_job_id: str, output_path: str, tags: list[str] | None = None, *,
+                   all_customers: bool = False, ids: Sequence[str] | None = None, overwrite: bool = False,
+                   timeout_s: float = 3600.0) -> BatchScoreResult:
+        """Write a score file under the node's ``scores/``: the intersection, every customer, or ``ids``
+        (streamed in messages under the gRPC size limit; an unknown ID gets a status, not an error)."""
+        base = pb.BatchScoreRequest(model_job_id=model_job_id, output_path=output_path, tags=tags or [],
+                                    all_customers=all_customers, overwrite=overwrite)
+        if ids:
+            id_list = list(ids)
+
+            def messages() -> Iterator[pb.BatchScoreRequest]:
+                for n, (start, stop) in enumerate(id_chunks(id_list)):
+                    message = pb.BatchScoreRequest(ids=id_list[start:stop])
+                    if n == 0:
+                        message.MergeFrom(base)
+                    yield message
+
+            reply = self.stub.BatchScoreIds(messages(), timeout=timeout_s)
+        else:
+            reply = self.stub.BatchScore(base, timeout=timeout_s)
+        return BatchScoreResult(Path(reply.output_path), reply.rows, reply.unknown_ids, reply.platform_known)
+
+    def segment(self, model_job_id: str, tag: str, *, name: str, control_share: float,
+                top_share: float | None = None, min_score: float | None = None, seed: int | None = None,
+                all_customers: bool = False, fmt: str = "parquet", overwrite: bool = False,
+                timeout_s: float = 3600.0) -> tuple[dict[str, Any], str]:
+        """Create a segment on the node; return its record and the groups file's path on the node."""
+        request = pb.SegmentRequest(model_job_id=model_job_id, tag=tag, name=name, control_share=control_share,
+                                    all_customers=all_customers, format=fmt, overwrite=overwrite)
+        if top_share is not None:
+            request.top_share = top_share
+        if min_score is not None:
+            request.min_score = min_score
+        if seed is not None:
+            request.seed = seed
+        reply = self.stub.Segment(request, timeout=timeout_s)
+        return json.loads(reply.segment_json), reply.output_path
+
+    def get_segment(self, name: str) -> dict[str, Any]:
+        reply = self.stub.GetSegment(pb.GetSegmentRequest(name=name), timeout=CONTROL_TIMEOUT_S)
+        return json.loads(reply.segment_json)
+
+    def segments(self) -> list[dict[str, Any]]:
+        reply = self.stub.ListSegments(pb.ListSegmentsRequest(), timeout=CONTROL_TIMEOUT_S)
+        return [json.loads(r) for r in reply.segment_json]
+
+    def segment_result(self, name: str, customer_ids: Sequence[str], outcomes: Sequence[int], *,
+                       source: str = "", timeout_s: float = 600.0) -> dict[str, Any]:
+        """Response rates and lift of a segment's target over its control; ``source`` names the file."""
+        id_list, values = list(customer_ids), [int(v) for v in outcomes]
+
+        def messages() -> Iterator[pb.SegmentOutcomes]:
+            yield pb.SegmentOutcomes(segment=name, source=source)
+            for start, stop in id_chunks(id_list):
+                yield pb.SegmentOutcomes(customer_ids=id_list[start:stop], outcomes=values[start:stop])
+
+        return json.loads(self.stub.SegmentResult(messages(), timeout=timeout_s).result_json)
 
 
 __all__ = ["BankClient", "JobFailed", "grpc"]

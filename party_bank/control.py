@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 
 from party_bank.node import BankNode
+from party_bank.segments import BatchScoreResult, SegmentService
 from party_common.codec import array_to_pb
 from party_common.grpc_errors import translate_errors
 from party_common.jobs import JobError
 from party_common.storage.jobs import JobRecord
 from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
+from protocols.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +29,15 @@ def job_to_pb(record: JobRecord) -> pb.Job:
                   created_at=record.created_at, finished_at=record.finished_at, progress=record.progress)
 
 
+def batch_score_to_pb(result: BatchScoreResult) -> pb.BatchScoreResponse:
+    return pb.BatchScoreResponse(output_path=str(result.path), rows=result.rows, unknown_ids=result.unknown,
+                                 platform_known=result.platform_known)
+
+
 class ControlServicer(pb_grpc.BankControlServicer):
     def __init__(self, node: BankNode) -> None:
         self._node = node
+        self._segments = SegmentService(node)
 
     @translate_errors("bank")
     def SubmitJob(self, request: pb.JobSpec, context: grpc.ServicerContext) -> pb.SubmitJobResponse:
@@ -59,5 +68,62 @@ class ControlServicer(pb_grpc.BankControlServicer):
 
     @translate_errors("bank")
     def BatchScore(self, request: pb.BatchScoreRequest, context: grpc.ServicerContext) -> pb.BatchScoreResponse:
-        path, rows = self._node.batch_score(request.model_job_id, request.output_path, list(request.tags))
-        return pb.BatchScoreResponse(output_path=str(path), rows=rows)
+        return batch_score_to_pb(self._batch_score(request, list(request.ids)))
+
+    @translate_errors("bank")
+    def BatchScoreIds(self, requests: Iterator[pb.BatchScoreRequest],
+                      context: grpc.ServicerContext) -> pb.BatchScoreResponse:
+        first: pb.BatchScoreRequest | None = None
+        ids: list[str] = []
+        for message in requests:
+            if first is None:
+                first = message
+            ids.extend(message.ids)
+        if first is None:
+            raise UserError("BatchScoreIds: the stream carried no request")
+        return batch_score_to_pb(self._batch_score(first, ids))
+
+    def _batch_score(self, request: pb.BatchScoreRequest, ids: list[str]) -> BatchScoreResult:
+        return self._segments.batch_score(request.model_job_id, request.output_path, list(request.tags),
+                                          all_customers=request.all_customers, ids=ids or None,
+                                          overwrite=request.overwrite)
+
+    @translate_errors("bank")
+    def Segment(self, request: pb.SegmentRequest, context: grpc.ServicerContext) -> pb.SegmentResponse:
+        rule = request.WhichOneof("rule")
+        record = self._segments.create(
+            request.model_job_id, request.tag, name=request.name, control_share=request.control_share,
+            top_share=request.top_share if rule == "top_share" else None,
+            min_score=request.min_score if rule == "min_score" else None,
+            seed=request.seed if request.HasField("seed") else None, all_customers=request.all_customers,
+            fmt=request.format or "parquet", overwrite=request.overwrite)
+        return self._segment_to_pb(record)
+
+    @translate_errors("bank")
+    def GetSegment(self, request: pb.GetSegmentRequest, context: grpc.ServicerContext) -> pb.SegmentResponse:
+        return self._segment_to_pb(self._segments.get(request.name))
+
+    @translate_errors("bank")
+    def ListSegments(self, request: pb.ListSegmentsRequest,
+                     context: grpc.ServicerContext) -> pb.ListSegmentsResponse:
+        return pb.ListSegmentsResponse(segment_json=[json.dumps(r, sort_keys=True) for r in self._segments.list()])
+
+    def _segment_to_pb(self, record: dict[str, Any]) -> pb.SegmentResponse:
+        return pb.SegmentResponse(segment_json=json.dumps(record, sort_keys=True),
+                                  output_path=str(self._segments.segments_dir / record["file"]))
+
+    @translate_errors("bank")
+    def SegmentResult(self, requests: Iterator[pb.SegmentOutcomes],
+                      context: grpc.ServicerContext) -> pb.SegmentResultResponse:
+        name = source = ""
+        ids: list[str] = []
+        outcomes: list[int] = []
+        for message in requests:
+            name, source = name or message.segment, source or message.source
+            if len(message.customer_ids) != len(message.outcomes):
+                raise UserError(f"SegmentResult: a message with {len(message.customer_ids)} IDs and "
+                                f"{len(message.outcomes)} outcomes")
+            ids.extend(message.customer_ids)
+            outcomes.extend(message.outcomes)
+        result = self._segments.result(name, ids, outcomes, source=source or "the request")
+        return pb.SegmentResultResponse(result_json=json.dumps(result, sort_keys=True))

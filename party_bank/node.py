@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from party_bank.segments import SegmentService
 from party_common.config import NodeConfig
 from party_common.grpc_errors import describe
-from party_common.jobs import JobError, JobKind, job_kind
+from party_common.jobs import JobKind, job_kind
 from party_common.link import PlatformLink
 from party_common.node import NodeBase
 from party_common.storage import NodeStores
@@ -146,28 +146,14 @@ class BankNode(NodeBase):
                 self._alignment_indexes[alignment_job] = index
         return index
 
-    def batch_score(self, model_job_id: str, output_path: str, tags: list[str] | None = None) -> tuple[Path, int]:
-        """Score every customer of the model's intersection; write CSV or Parquet atomically."""
-        model = self.model(model_job_id, BankModel.from_dict)
-        alignment = self.stores.alignments.load(model.alignment_job_id)
-        out = Path(output_path)
-        if not out.is_absolute():
-            out = self.config.state_dir / "scores" / out
-        if out.suffix not in (".csv", ".parquet"):
-            raise JobError(f"{out}: batch scores are written as .csv or .parquet")
-        ids = list(alignment.ids or ())
-        scores = self.score(model_job_id, ids, tags)
-        frame = pd.DataFrame(scores.probabilities, columns=[f"p_{t}" for t in scores.tags])
-        frame.insert(0, self.config.data.id_column, ids)
-        frame["platform_known"] = scores.platform_known
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        if out.suffix == ".csv":
-            frame.to_csv(tmp, index=False)
-        else:
-            frame.to_parquet(tmp, index=False)
-        tmp.replace(out)
-        return out, len(frame)
+    def batch_score(self, model_job_id: str, output_path: str, tags: list[str] | None = None, *,
+                    all_customers: bool = False, ids: list[str] | None = None,
+                    overwrite: bool = False) -> tuple[Path, int]:
+        """Score the model's intersection (default), every customer, or ``ids`` into a file under
+        ``<state_dir>/scores/``; return its path and row count (``party_bank.segments`` has the columns)."""
+        result = SegmentService(self).batch_score(model_job_id, output_path, tags, all_customers=all_customers,
+                                                  ids=ids, overwrite=overwrite)
+        return result.path, result.rows
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
