@@ -11,15 +11,17 @@ side learns are written down in ``docs/protocol.md``. In short, per mini-batch (
   bank's product) and densely packed per labelled (row, tag) pair (for decryption);
 * ``train.gradient``: the bank sends ``[[X_A^T z_B + R_A]]_P`` and ``[[d' + e]]_P``; the platform
   decrypts both, returns the first, and computes ``X_B^T d' = X_B^T (d' + e) - X_B^T e``;
-* ``train.validate`` (per epoch) and ``train.finish``: partial scores of held-out rows for the metrics.
+* ``train.evaluate`` (validation rows per epoch; test rows after ``train.finish`` names each tag's best
+  epoch): the bank sends ``[[z_A]]_A`` and the labels under its own key, the platform adds ``z_B``,
+  shuffles and re-randomises, and the bank decrypts a multiset of (joint score, label) pairs per tag.
 
 All ciphertext-side arithmetic is on integers: ``z`` in fixed point with ``F_BITS`` fractional bits,
 features quantised to ``quant_bits``-bit integers for the products under encryption.
 
 Modules: ``params`` (parameters, constants, slot plan), ``messages`` (step and field names, wire readers),
 ``encoding`` (integer encodings), ``state`` (local optimisation and the per-party training state),
-``model`` (the two model halves), ``bank`` and ``platform`` (the two sides), ``reference`` (the plaintext
-twin). The split and the metrics are ``protocols.metrics``.
+``model`` (the two model halves), ``bank`` and ``platform`` (the two sides), ``evaluation`` (the shuffled
+evaluation of held-out rows), ``reference`` (the plaintext twin). The split and the metrics are ``protocols.metrics``.
 """
 
 __all__ = [
