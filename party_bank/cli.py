@@ -100,6 +100,10 @@ def _pct(x: float | None, *, signed: bool = False) -> str:
     return "n/a" if x is None else f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%"
 
 
+def _points(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f}"
+
+
 def describe_result(r: dict[str, Any]) -> str:
     """A segment result for people: rates, lift with its interval, what was ignored."""
     lines = [f"segment {r['segment']} ({r['tag']}, model {r['model']}), outcomes from {r['source']}"]
@@ -109,9 +113,8 @@ def describe_result(r: dict[str, Any]) -> str:
         lines.append(f"  {name:8s} {g['responders']:>7} of {g['with_outcome']:>7} responded ({_pct(rate)}); "
                      f"{g['members'] - g['with_outcome']} member(s) without an outcome")
     ci = r["absolute_lift_ci95"]
-    lines.append(f"  absolute lift {_pct(r['absolute_lift'], signed=True)} points"
-                 + (f" (95% CI {_pct(ci[0], signed=True)} to {_pct(ci[1], signed=True)}; normal approximation)"
-                    if ci else ""))
+    lines.append(f"  absolute lift {_points(r['absolute_lift'])} percentage points"
+                 + (f" (95% CI {_points(ci[0])} to {_points(ci[1])}; normal approximation)" if ci else ""))
     rci = r["relative_lift_ci95"]
     lines.append(f"  relative lift {_pct(r['relative_lift'], signed=True)}"
                  + (f" (95% CI {_pct(rci[0], signed=True)} to {_pct(rci[1], signed=True)}; log risk ratio)"
