@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -137,7 +138,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                     bool(((probs >= 0) & (probs <= 1)).all()),
                                     "platform_projections_released": scores.projections_released,
                                     "platform_projections_limit": scores.projections_limit}
-        path, rows = client.batch_score(train["job_id"], str(out / "scores.parquet"))
+        # The node writes under its own state dir only; the runner copies the file to its out dir.
+        node_path, rows = client.batch_score(train["job_id"], "scores.parquet", overwrite=True)
+        path = str(out / "scores.parquet")
+        shutil.copyfile(node_path, path)
         report["batch_scoring"] = {"path": path, "rows": rows}
         console.print(f"[bold]Scoring[/]: online for {len(sample)} customers; batch wrote {rows} rows to {path}")
         report["model_job_id"] = train["job_id"]

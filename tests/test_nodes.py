@@ -100,14 +100,16 @@ def test_scoring_errors(trained: tuple[Nodes, str, str]) -> None:
 
 def test_batch_score_writes_the_intersection(trained: tuple[Nodes, str, str], tmp_path: Path) -> None:
     nodes, align_id, train_id = trained
-    path, rows = nodes.bank.batch_score(train_id, str(tmp_path / "scores.parquet"))
+    path, rows = nodes.bank.batch_score(train_id, "intersection.parquet")
     frame = pd.read_parquet(path)
     ids = nodes.bank.stores.alignments.load(align_id).ids
     assert rows == len(frame) == len(ids or ())
     assert frame["id"].tolist() == ids and frame["platform_known"].all()
     assert ((frame.filter(like="p_") > 0) & (frame.filter(like="p_") < 1)).all().all()
-    with pytest.raises(JobError, match=".csv or .parquet"):
-        nodes.bank.batch_score(train_id, str(tmp_path / "scores.xlsx"))
+    with pytest.raises(UserError, match=".csv or .parquet"):
+        nodes.bank.batch_score(train_id, "scores.xlsx")
+    with pytest.raises(UserError):
+        nodes.bank.batch_score(train_id, str(tmp_path / "scores.parquet"))  # only under the state dir
 
 
 def test_a_restart_keeps_every_job_and_model(trained: tuple[Nodes, str, str], files: SimulatedFiles) -> None:
