@@ -17,6 +17,7 @@ from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData, Schema
 from protocols.vfl_lr import (
     PlatformModel,
+    PlatformTrainHandler,
     TrainParams,
     make_platform_train_handler,
     run_bank_training,
@@ -71,9 +72,11 @@ class Recorder:
     """The platform's session factory; keeps each handler (the harness's view of the platform)."""
 
     def __init__(self, data: PartyData) -> None:
-        self.data, self.handlers, self.models = data, [], []  # type: ignore[var-annotated]
+        self.data = data
+        self.handlers: list[PlatformTrainHandler] = []
+        self.models: list[PlatformModel] = []
 
-    def __call__(self, kind: str, job_id: str, params: Message) -> Any:
+    def __call__(self, kind: str, job_id: str, params: Message) -> PlatformTrainHandler:
         handler = make_platform_train_handler(job_id, params, self.data, on_result=self.models.append, compute=1,
                                               allow_insecure_keys=True)
         self.handlers.append(handler)
