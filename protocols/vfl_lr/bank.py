@@ -30,6 +30,7 @@ from protocols.vfl_lr.evaluation import (
     open_scores,
     scores_metrics,
 )
+from protocols.vfl_lr.label_privacy import LabelPrivacy, max_batch_rows
 from protocols.vfl_lr.messages import (
     SESSION_KIND,
     Field,
@@ -50,7 +51,7 @@ from protocols.vfl_lr.params import (
     TrainParams,
     plaintext_bits,
 )
-from protocols.vfl_lr.state import BankTrainState, Scaler, active_rows, epoch_batches
+from protocols.vfl_lr.state import BankTrainState, Scaler, active_rows
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -138,11 +139,18 @@ class _BankTrainer:
                                             allow_insecure=self.allow_insecure)
         except InvalidKey as err:
             raise ProtocolError(f"the platform's public key was refused: {err}") from err
-        self.plan = SlotPlan(p.quant_bits, p.batch_size, self.T, plaintext_bits(self.pk, self.ppk))
+        n_features = read_field(reply, Field.N_FEATURES, int)
+        if n_features < 1:
+            raise ProtocolError(f"the platform declared {n_features} features")
+        self.plan = SlotPlan(p.quant_bits, max_batch_rows(p.batch_size), self.T,
+                             plaintext_bits(self.pk, self.ppk))
         self.mask_train = train_mask
         active = active_rows(split.train, self.mask)
         if len(active) == 0:
             raise TrainingError("no training row has a known label")
+        # The batch floor or label DP (label_privacy.py): decided before any label-dependent value leaves.
+        self.privacy = LabelPrivacy.plan(p, active, train_mask, n_features, self.X_aug,
+                                         strict=not self.allow_insecure)
         for epoch in range(state.epoch + 1, p.epochs):
             self._epoch(channel, epoch, active, split)
             if p.early_stopping_patience and len(split.validation) and state.stale >= p.early_stopping_patience:
@@ -153,6 +161,7 @@ class _BankTrainer:
         channel.call(Step.FINISH, {Field.BEST_EPOCH: state.best_epoch})
         test_metrics = self._evaluate(channel, TEST, split.test)
         report = self._report(split, test_metrics, time.monotonic() - started)
+        report["label_privacy"] = self.privacy.summary()
         W = state.W
         weights = W[:-1] if p.fit_intercept else W
         model = BankModel(self.job_id, list(self.bank.tag_names), weights.copy(),
@@ -163,7 +172,7 @@ class _BankTrainer:
     def _epoch(self, channel: PeerChannel, epoch: int, active: np.ndarray, split: Split) -> None:
         """One epoch: masks ahead of time, every batch online, then validation and the best-epoch bookkeeping."""
         p, state = self.p, self.state
-        batches = epoch_batches(active, p.batch_size, p.seed, epoch)
+        batches = self.privacy.batches(epoch)
         state.epoch, state.next_batch = epoch, 0
         t0 = time.monotonic()
         emask = self._prepare_epoch(channel, epoch, batches)
@@ -215,6 +224,7 @@ class _BankTrainer:
 
     def _prepare_epoch(self, channel: PeerChannel, epoch: int, batches: list[np.ndarray]) -> list[np.ndarray]:
         plan, groups = self.plan, self.plan.groups
+        self.privacy.record_epoch(epoch)  # every labelled row is in one of this epoch's batches
         n_noise = sum(len(r) for r in batches) * len(groups)
         noise = NoisePool(self.pk, self.sk)
         self.pool.fill(noise, n_noise)
@@ -235,6 +245,9 @@ class _BankTrainer:
                                               Field.MASKS: CipherVector(self.pk, enc).to_bytes()})
             cv = read_ciphertexts(self.pk, reply.get(Field.MASKED_PRODUCTS), None, Step.EMASK)
             opened = self.pk.decode(self.pool.decrypt_raw(self.sk, cv))
+            # Label DP: the platform gets X_B^T e + noise here, so its X_B^T d' carries minus that noise.
+            dp_noise = self.privacy.platform_noise(plan, len(opened))
+            opened = [v + n for v, n in zip(opened, dp_noise, strict=True)]
             channel.call(Step.EMASK_OPEN, {Field.EPOCH: epoch, Field.BATCH: b,
                                            Field.VALUES: ints_to_bytes(opened, self.pk.byte_len)})
             masks.append(e)
@@ -287,7 +300,7 @@ class _BankTrainer:
         c_float = (np.clip(z_a, -Z_CLIP, Z_CLIP) + 2 - 4 * self.y[rows]) * m
         grad = self.X_aug[rows].T @ c_float + cross
         counts = m.sum(axis=0)
-        grad = grad / (4.0 * np.maximum(counts, 1))
+        grad = (grad + self.privacy.bank_noise(grad.shape)) / (4.0 * np.maximum(counts, 1))
         state.optimizer.step(state.W, grad, epoch, counts > 0)
 
     def _report(self, split: Split, test_metrics: list[dict[str, Any]], total: float) -> dict[str, Any]:

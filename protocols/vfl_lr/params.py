@@ -44,6 +44,12 @@ class TrainParams:
     quant_bits: int = 8  # features under encryption are signed quant_bits-bit integers
     key_bits: int = 2048
     seed: int = 0
+    # Label privacy (protocols/vfl_lr/label_privacy.py, docs/security.md "Labels"): "off" enforces the batch
+    # floor, "on" adds Gaussian noise for (dp_epsilon, dp_delta)-DP of each customer's labels, "auto" turns it
+    # on when some tag has fewer labelled training rows than the floor.
+    label_dp: str = "auto"
+    dp_epsilon: float = 3.0
+    dp_delta: float = 1e-5
 
     def validate(self, *, allow_insecure_keys: bool = False) -> TrainParams:
         """Raise :class:`TrainingError` on a parameter of the wrong type or out of range; return self."""
@@ -62,6 +68,9 @@ class TrainParams:
             (4 <= self.quant_bits <= 16, "quant_bits must be in 4..16"),
             (self.key_bits in (1024, 2048, 3072, 4096), "key_bits must be 2048, 3072 or 4096"),
             (self.key_bits >= 2048 or allow_insecure_keys, "key_bits below 2048 are insecure"),
+            (self.label_dp in ("auto", "on", "off"), "label_dp must be 'auto', 'on' or 'off'"),
+            (0.05 <= self.dp_epsilon <= 100, "dp_epsilon must be in [0.05, 100]"),
+            (0 < self.dp_delta <= 1e-3, "dp_delta must be in (0, 1e-3]"),
         ]
         for ok, message in checks:
             if not ok:

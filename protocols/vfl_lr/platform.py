@@ -18,6 +18,7 @@ from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
 from protocols.vfl_lr.encoding import encode_z, exact_xt_s, pack_pairs, pack_rows, unpack_pairs
 from protocols.vfl_lr.evaluation import SPLITS, VALIDATION, packed_count, shuffle_and_add
+from protocols.vfl_lr.label_privacy import FLOOR_FACTOR, batch_floor, below_floor, label_dp_on, max_batch_rows
 from protocols.vfl_lr.messages import (
     Field,
     Step,
@@ -137,7 +138,12 @@ class PlatformTrainHandler:
         self.Xq, self.qscale = quantise(self.X, p.quant_bits, fit_rows=self.train)
         self.state = PlatformTrainState.start(p, self.X.shape[1], self.T)
         self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.allow_insecure)
-        self.plan = SlotPlan(p.quant_bits, p.batch_size, self.T, plaintext_bits(self.pk, self.bpk))
+        self.plan = SlotPlan(p.quant_bits, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk))
+        # Label privacy: without label DP, no batch may hold fewer labelled rows of a tag than the floor (but
+        # more than none), or this node could solve its gradient for them (label_privacy.py).
+        self.floor = batch_floor(self.X.shape[1])
+        self.label_dp = label_dp_on(p, self.mask[self.train].sum(axis=0), self.X.shape[1],
+                                    strict=not self.allow_insecure)
         self.stage = "epoch"
         return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.N_FEATURES: int(self.X.shape[1])}
 
@@ -149,13 +155,21 @@ class PlatformTrainHandler:
             raise ProtocolError(f"epoch {epoch} out of order")
         sizes = message.get(Field.BATCH_SIZES)
         if not isinstance(sizes, np.ndarray) or sizes.dtype != np.int64 or (sizes < 1).any() \
-                or (sizes > self.p.batch_size).any():
-            raise ProtocolError("batch_sizes must be int64 sizes in 1..batch_size")
+                or (sizes > max_batch_rows(self.p.batch_size)).any():
+            raise ProtocolError("batch_sizes must be int64 sizes in 1..2 batch_size - 1")
         rows = read_index_array(message, Field.BATCH_ROWS, len(self.data.ids))
         if len(rows) != int(sizes.sum()) or not np.isin(rows, self.train).all():
             raise ProtocolError("batch rows must be training rows, each once, matching batch_sizes")
+        batches = np.split(rows, np.cumsum(sizes)[:-1])
+        hit = None if self.label_dp or self.allow_insecure else below_floor(batches, self.mask, self.floor)
+        if hit is not None:
+            b, t, count = hit
+            raise ProtocolError(f"batch {b + 1} of epoch {epoch + 1} holds {count} labelled rows of tag "
+                                f"'{self.tags[t]}'; this node has {self.X.shape[1]} features, so without label DP "
+                                f"the floor is {self.floor} ({FLOOR_FACTOR} x {self.X.shape[1]}) labelled rows per "
+                                f"tag and batch: below it the gradient gives the labels away")
         state.epoch = epoch
-        self.batches = np.split(rows, np.cumsum(sizes)[:-1])
+        self.batches = batches
         self.xte: list[np.ndarray | None] = [None] * len(self.batches)
         # Noise for this epoch's encryptions under our key, made ahead (CRT: we hold the private key).
         groups = self.plan.groups

@@ -1,0 +1,326 @@
+"""Label privacy in training: the batch floor, Gaussian noise on both gradients, and its (epsilon, delta) accountant.
+
+The platform computes its own gradient ``X_Bq^T (M o d' 2^F)`` exactly, and ``d' - z_B = z_A + 2 - 4 y`` holds
+the labels (docs/security.md, "Labels"). Two protections, chosen per job by ``TrainParams.label_dp``:
+
+* **floor** (``label_dp="off"``): every batch holds, per tag, either no labelled row or at least
+  ``FLOOR_FACTOR`` times the platform's feature count (``benchmarks/privacy.py`` measured the factor). Both
+  parties check it; a short last batch joins the one before. It stops the exact solve and keeps a
+  least-squares attack on one epoch near the majority rate, but not an attacker who stacks many epochs.
+* **label DP** (``label_dp="on"``; ``"auto"`` turns it on when some tag has fewer labelled training rows than
+  the floor): the bank adds Gaussian noise to the platform's gradient (through the mask path it decrypts)
+  and to its own, calibrated so that one customer's labels (all tags) are (epsilon, delta)-DP against
+  everything the platform sees, and against the bank's trained model too.
+
+Accounting: batches partition the rows, so a customer's labels enter one release per epoch; each release is
+a Gaussian mechanism of noise multiplier ``z`` (``mu = 1/z`` in Gaussian DP), their adaptive composition is
+exactly ``sqrt(epochs)/z``-GDP (Dong, Roth, Su, "Gaussian differential privacy", JRSS-B 2022, Cor. 3.3), and
+``(epsilon, delta)`` follows from the analytic Gaussian mechanism (Balle, Wang, ICML 2018, Thm. 8). No
+subsampling amplification is claimed. :func:`rdp_epsilon` is the looser RDP figure, for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from protocols.packing import pack_signed
+from protocols.vfl_lr.params import F_BITS, SlotPlan, TrainingError, TrainParams
+from protocols.vfl_lr.state import epoch_batches
+
+FLOOR_FACTOR = 10  # labelled rows per tag and batch, per platform feature (benchmarks/privacy.py)
+LABEL_DP_MODES = ("auto", "on", "off")
+RDP_ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512, 1024])
+_RANDOM = secrets.SystemRandom()
+
+
+# ------------------------------------------------------------------------------ the floor ----
+
+
+def batch_floor(n_features: int) -> int:
+    """Labelled rows per tag that a batch must hold (or none) when the platform has ``n_features`` features."""
+    return FLOOR_FACTOR * max(1, n_features)
+
+
+def max_batch_rows(batch_size: int) -> int:
+    """The largest batch either party accepts: a short last batch may join a full one."""
+    return 2 * batch_size - 1
+
+
+def below_floor(batches: Sequence[np.ndarray], mask: np.ndarray, floor: int) -> tuple[int, int, int] | None:
+    """The first (batch, tag, labelled rows) with some but fewer than ``floor`` labelled rows, or None."""
+    for b, rows in enumerate(batches):
+        counts = mask[rows].sum(axis=0)
+        bad = np.flatnonzero((counts > 0) & (counts < floor))
+        if len(bad):
+            return b, int(bad[0]), int(counts[bad[0]])
+    return None
+
+
+def join_short_last(batches: list[np.ndarray], mask: np.ndarray, floor: int) -> list[np.ndarray]:
+    """``batches`` with the last one joined to the one before if it is below the floor for some tag."""
+    if len(batches) > 1 and below_floor(batches[-1:], mask, floor) is not None:
+        return [*batches[:-2], np.concatenate(batches[-2:])]
+    return batches
+
+
+def label_dp_on(params: TrainParams, labelled_per_tag: np.ndarray, n_features: int, *, strict: bool = True) -> bool:
+    """Whether this job runs with label DP; ``"auto"``: when some tag's labelled training rows miss the floor.
+
+    Not ``strict`` (``allow_insecure_keys``: tests and benchmarks), ``"auto"`` never turns it on: such runs may
+    go below the floor unprotected, and their report says so.
+    """
+    if params.label_dp != "auto":
+        return params.label_dp == "on"
+    return strict and bool((np.asarray(labelled_per_tag) < batch_floor(n_features)).any())
+
+
+# ------------------------------------------------------------- Gaussian DP and its conversion ----
+
+
+def _phi(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def gaussian_delta(epsilon: float, mu: float) -> float:
+    """The smallest delta for which ``mu``-GDP (e.g. Gaussian noise ``sigma = sensitivity / mu``) is
+    (epsilon, delta)-DP: ``Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)`` (Balle and Wang 2018)."""
+    if mu <= 0:
+        return 0.0
+    a, b = -epsilon / mu + mu / 2, -epsilon / mu - mu / 2
+    tail = _phi(b)
+    second = math.exp(epsilon + math.log(tail)) if tail > 0 else 0.0
+    return max(0.0, _phi(a) - second)
+
+
+def gaussian_epsilon(mu: float, delta: float) -> float:
+    """The smallest epsilon with ``gaussian_delta(epsilon, mu) <= delta`` (bisection, 1e-10 relative)."""
+    if gaussian_delta(0.0, mu) <= delta:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while gaussian_delta(hi, mu) > delta:
+        lo, hi = hi, hi * 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if gaussian_delta(mid, mu) > delta else (lo, mid)
+        if hi - lo <= 1e-10 * hi:
+            break
+    return hi
+
+
+def gaussian_mu(epsilon: float, delta: float) -> float:
+    """The largest ``mu`` whose ``mu``-GDP is (epsilon, delta)-DP."""
+    lo, hi = 0.0, 1.0
+    while gaussian_delta(epsilon, hi) < delta:
+        lo, hi = hi, hi * 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if gaussian_delta(epsilon, mid) <= delta else (lo, mid)
+        if hi - lo <= 1e-12 * hi:
+            break
+    return lo
+
+
+def rdp_epsilon(mu: float, delta: float, orders: Sequence[float] = RDP_ORDERS) -> float:
+    """Epsilon of ``mu``-GDP through Renyi DP (``alpha mu^2 / 2`` at order alpha) and the conversion of
+    Canonne, Kamath, Steinke (2020), minimised over ``orders``: what an RDP accountant reports."""
+    best = math.inf
+    for a in orders:
+        eps = a * mu * mu / 2 + math.log1p(-1 / a) - (math.log(delta) + math.log(a)) / (a - 1)
+        best = min(best, eps)
+    return max(0.0, best)
+
+
+# ----------------------------------------------------------------------------- the noise ----
+
+
+def platform_sensitivity(quant_bits: int, n_features: int, n_tags: int) -> float:
+    """L2 change of ``X_Bq^T (M o d' 2^F)`` (integers) when one customer's labels change, for any features.
+
+    ``d' = z_A + z_B + 2 - 4 y``: flipping ``y_it`` moves ``d'_it 2^F`` by exactly ``4 * 2^F`` (the scores are
+    clipped before encoding, not the residual), so column t moves by ``4 * 2^F * xq_i``. Quantised features
+    are at most ``2^(q-1) - 1`` in magnitude, so ``|xq_i| <= (2^(q-1) - 1) sqrt(d_B)``, and over the
+    customer's tags (at most T columns) the change is at most ``4 * 2^F (2^(q-1) - 1) sqrt(d_B T)``.
+    """
+    return 4.0 * (1 << F_BITS) * ((1 << (quant_bits - 1)) - 1) * math.sqrt(n_features * n_tags)
+
+
+def bank_sensitivity(X_aug: np.ndarray, n_tags: int) -> float:
+    """L2 change of the bank's ``X_A^T (M o d')`` (floats, intercept column included) for one customer's
+    labels: ``4 max_i |x_i| sqrt(T)``, over the rows that can be labelled (features fixed: label DP)."""
+    norm = float(np.sqrt((X_aug * X_aug).sum(axis=1)).max(initial=0.0))
+    return 4.0 * norm * math.sqrt(n_tags)
+
+
+def gaussian_ints(n: int, sigma: float) -> list[int]:
+    """``n`` draws of ``N(0, sigma^2)`` rounded to integers, from the operating system's generator.
+
+    Rounding after adding to an integer is post-processing, so the rounded mechanism keeps the guarantee.
+    """
+    return [round(_RANDOM.gauss(0.0, sigma)) for _ in range(n)]
+
+
+def gaussian_floats(shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """An array of ``N(0, sigma^2)`` draws from the operating system's generator."""
+    n = int(np.prod(shape))
+    return np.array([_RANDOM.gauss(0.0, sigma) for _ in range(n)], dtype=np.float64).reshape(shape)
+
+
+@dataclass(frozen=True)
+class LabelNoise:
+    """Gaussian noise for both gradients: one noise multiplier ``z``, split evenly between the two releases.
+
+    Per batch, a customer's labels move the bank's gradient sum by at most ``bank_sensitivity`` and the
+    platform's (fixed point) by at most ``platform_sensitivity``; noise of ``sqrt(2) z`` times each makes the
+    pair a ``1/z``-GDP release.
+    """
+
+    epsilon: float
+    delta: float
+    epochs: int
+    noise_multiplier: float
+    bank_sensitivity: float
+    platform_sensitivity: float
+
+    @classmethod
+    def calibrate(cls, params: TrainParams, bank_sens: float, platform_sens: float) -> LabelNoise:
+        """The noise that makes ``params.epochs`` epochs (epsilon, delta)-DP for one customer's labels."""
+        mu = gaussian_mu(params.dp_epsilon, params.dp_delta)
+        return cls(params.dp_epsilon, params.dp_delta, params.epochs, math.sqrt(params.epochs) / mu,
+                   bank_sens, platform_sens)
+
+    @property
+    def bank_sigma(self) -> float:
+        return math.sqrt(2.0) * self.noise_multiplier * self.bank_sensitivity
+
+    @property
+    def platform_sigma(self) -> float:
+        return math.sqrt(2.0) * self.noise_multiplier * self.platform_sensitivity
+
+
+# ------------------------------------------------------------------------ the bank's plan ----
+
+
+@dataclass
+class LabelPrivacy:
+    """The bank's label protection for one job: batches, floor or noise, and the accountant."""
+
+    params: TrainParams
+    active: np.ndarray
+    mask: np.ndarray  # labels known in the training rows (rows x T)
+    n_features: int  # the platform's
+    floor: int
+    mode: str  # "dp", "floor", or "unprotected" (below the floor, only with allow_insecure_keys)
+    noise: LabelNoise | None = None
+    epochs_spent: int = 0
+    smallest: int | None = None  # fewest labelled rows of a tag in a batch that has some (floor mode)
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def plan(cls, params: TrainParams, active: np.ndarray, mask: np.ndarray, n_features: int,
+             X_aug: np.ndarray, *, strict: bool) -> LabelPrivacy:
+        """Decide the protection; :class:`TrainingError` if a batch misses the floor without label DP."""
+        floor, T = batch_floor(n_features), mask.shape[1]
+        labelled = mask[active].sum(axis=0)
+        if label_dp_on(params, labelled, n_features, strict=strict):
+            noise = LabelNoise.calibrate(params, bank_sensitivity(X_aug[active], T),
+                                         platform_sensitivity(params.quant_bits, n_features, T))
+            return cls(params, active, mask, n_features, floor, "dp", noise)
+        plan = cls(params, active, mask, n_features, floor, "floor")
+        for epoch in range(params.epochs):
+            batches = plan.batches(epoch, join=strict)
+            hit = below_floor(batches, mask, floor)
+            if hit is not None:
+                b, t, count = hit
+                if strict:
+                    share = labelled[t] / max(len(active), 1)
+                    raise TrainingError(
+                        f"batch {b + 1} of epoch {epoch + 1} holds {count} labelled rows of tag {t + 1}; with "
+                        f"{n_features} platform features the floor is {floor} ({FLOOR_FACTOR} x {n_features}) "
+                        f"labelled rows per tag and batch, below which the platform can solve for the labels. "
+                        f"Raise batch_size (to about {math.ceil(1.3 * floor / max(share, 1e-9))} at this tag's "
+                        f"label share) or set label_dp to 'on'")
+                plan.mode = "unprotected"
+                plan.notes.append(f"batch {b + 1} of epoch {epoch + 1}: {count} labelled rows of tag {t + 1}, "
+                                  f"below the floor of {floor} (allowed only with insecure settings)")
+                break
+            counts = np.array([mask[r].sum(axis=0) for r in batches])
+            some = counts[counts > 0]
+            if len(some):
+                plan.smallest = int(some.min()) if plan.smallest is None else min(plan.smallest, int(some.min()))
+        return plan
+
+    def batches(self, epoch: int, *, join: bool | None = None) -> list[np.ndarray]:
+        """This epoch's batches; in floor mode a short last batch joins the one before."""
+        p = self.params
+        batches = epoch_batches(self.active, p.batch_size, p.seed, epoch)
+        if join if join is not None else self.mode == "floor":
+            batches = join_short_last(batches, self.mask, self.floor)
+        return batches
+
+    def record_epoch(self, epoch: int) -> None:
+        """Epoch ``epoch`` (0-based) releases: each labelled customer's labels enter one batch of it; the
+        epochs before it were released too (also by a run this one resumes)."""
+        self.epochs_spent = max(self.epochs_spent, epoch + 1)
+
+    def platform_noise(self, plan: SlotPlan, n_values: int) -> list[int]:
+        """Per opened mask-path value (Horner-packed, layout of ``plan``): noise to add, packed the same way."""
+        if self.noise is None:
+            return [0] * n_values
+        out: list[int] = []
+        limit = 1 << plan.emask_bits  # the headroom of an emask slot beyond its mask
+        for g in plan.groups:
+            per_ct = plan.features_per_emask_ct(len(g))
+            for start in range(0, self.n_features, per_ct):
+                values = gaussian_ints(min(per_ct, self.n_features - start) * len(g), self.noise.platform_sigma)
+                if any(abs(v) >= limit for v in values):
+                    raise TrainingError("label DP noise does not fit the mask path's slots; raise dp_epsilon")
+                out.append(pack_signed(values, plan.emask_slot))
+        if len(out) != n_values:
+            raise TrainingError(f"the mask path opened {n_values} values, the slot plan expects {len(out)}")
+        return out
+
+    def bank_noise(self, shape: tuple[int, ...]) -> np.ndarray | float:
+        """Noise for the bank's gradient sum (before it is divided by the batch's label counts)."""
+        return 0.0 if self.noise is None else gaussian_floats(shape, self.noise.bank_sigma)
+
+    def spent(self) -> tuple[float, float] | None:
+        """(epsilon, delta) spent so far under label DP, or None without it."""
+        if self.noise is None:
+            return None
+        mu = math.sqrt(self.epochs_spent) / self.noise.noise_multiplier
+        return gaussian_epsilon(mu, self.noise.delta), self.noise.delta
+
+    def summary(self) -> dict[str, Any]:
+        """The training report's ``label_privacy`` entry."""
+        out: dict[str, Any] = {"mode": self.mode, "label_dp": self.params.label_dp, "floor": self.floor,
+                               "floor_factor": FLOOR_FACTOR, "platform_features": self.n_features,
+                               "unit": "one customer's labels (all tags)"}
+        if self.noise is None:
+            out["smallest_labelled_batch"] = self.smallest
+            out["guarantee"] = None
+        else:
+            n = self.noise
+            eps, delta = self.spent() or (0.0, n.delta)
+            mu = math.sqrt(self.epochs_spent) / n.noise_multiplier
+            out.update(epsilon=eps, delta=delta, epsilon_target=n.epsilon, epochs_accounted=self.epochs_spent,
+                       noise_multiplier=n.noise_multiplier, gdp_mu=mu,
+                       epsilon_rdp=rdp_epsilon(mu, delta) if mu > 0 else 0.0,
+                       bank_sensitivity=n.bank_sensitivity, bank_sigma=n.bank_sigma,
+                       platform_sensitivity_fixed_point=n.platform_sensitivity,
+                       platform_sigma_fixed_point=n.platform_sigma, fixed_point_bits=F_BITS,
+                       accountant="Gaussian DP composition, analytic Gaussian conversion",
+                       guarantee=f"({eps:.3g}, {delta:.3g})-DP for each customer's labels")
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+__all__ = ["FLOOR_FACTOR", "LABEL_DP_MODES", "LabelNoise", "LabelPrivacy", "bank_sensitivity", "batch_floor",
+           "below_floor", "gaussian_delta", "gaussian_epsilon", "gaussian_floats", "gaussian_ints", "gaussian_mu",
+           "join_short_last", "label_dp_on", "max_batch_rows", "platform_sensitivity", "rdp_epsilon"]
