@@ -42,6 +42,7 @@ from protocols.vfl_lr.label_privacy import (
     FLOOR_FACTOR,
     LabelNoise,
     bank_sensitivity,
+    batch_floor,
     gaussian_floats,
     join_short_last,
     platform_sensitivity,
@@ -210,14 +211,18 @@ def label_recovery_accuracy(guesses_or_scores: np.ndarray, y: np.ndarray, *, sco
     return float(correct.max() / len(truth))
 
 
-def attack_batches(view: PlatformView, y: np.ndarray, epochs: Sequence[int] | None = None) -> dict[str, float]:
-    """Stacked least squares over ``epochs`` (default all): accuracy and majority on the rows it saw."""
+def attack_batches(view: PlatformView, y: np.ndarray, epochs: Sequence[int] | None = None,
+                   tag: int = 0) -> dict[str, float]:
+    """Stacked least squares over ``epochs`` (default all), on the rows it saw: accuracy, the majority rate,
+    what the platform's features alone tell (:func:`feature_baseline`), and the advantages over both."""
     chosen = [b for b in view.batches if epochs is None or b.epoch in epochs]
-    scores = least_squares_attack(view.Xq, chosen, view.mask, len(view.mask))
-    truth = np.where(view.mask, y, np.nan)
-    seen = np.where(np.isnan(scores), np.nan, truth)
-    return {"label_recovery_accuracy": label_recovery_accuracy(scores, seen, scores=True),
-            "majority_rate": majority_rate(seen)}
+    scores = least_squares_attack(view.Xq, chosen, view.mask, len(view.mask))[:, tag]
+    seen = ~np.isnan(scores) & view.mask[:, tag]
+    truth = y[seen, tag]
+    acc = label_recovery_accuracy(scores[seen], truth, scores=True)
+    maj, base = majority_rate(truth), feature_baseline(view.Xq[seen], truth)
+    return {"label_recovery_accuracy": acc, "majority_rate": maj, "feature_baseline": base,
+            "advantage": acc - maj, "advantage_over_features": acc - base}
 
 
 def single_batch_advantage(view: PlatformView, y: np.ndarray, tag: int = 0) -> dict[str, float]:
@@ -266,24 +271,32 @@ def floor_curve(bank: PartyData, platform: PartyData, factors: Sequence[float], 
     return out
 
 
-def over_epochs(bank: PartyData, platform: PartyData, batch: int, epochs: int,
-                epsilons: Sequence[float | None], checkpoints: Sequence[int]) -> dict[str, Any]:
-    """Stacked least squares after each of ``checkpoints`` epochs, for the floor alone and each epsilon."""
-    out: dict[str, Any] = {}
-    d = platform.features.shape[1]
+def over_epochs(bank: PartyData, platform: PartyData, checkpoints: Sequence[int],
+                epsilons: Sequence[float]) -> dict[str, Any]:
+    """Least squares over every epoch the platform kept, after each of ``checkpoints`` epochs.
+
+    ``floor``: batch at the floor for that many epochs (a run per checkpoint); ``one_epoch_floor``: batch
+    at the floor for one epoch, epochs stacked (why the floor scales with the epochs); ``dp_epsilon_X``:
+    the same small batch with label DP calibrated for the last checkpoint's epochs.
+    """
+    d, last, out = platform.features.shape[1], max(checkpoints), {}
+    small = batch_floor(d, 1)
+
+    def run(name: str, batch: int, epochs: int, upto: Sequence[int], eps: float | None = None) -> None:
+        params = TrainParams(**{**SETTINGS, "batch_size": batch, "epochs": epochs, "dp_epsilon": eps or 3.0})
+        view = platform_view(bank, platform, params, dp=eps is not None,
+                             join_floor=None if eps is not None else batch_floor(d, epochs))
+        for e in upto:
+            r = {"batch": batch, **attack_batches(view, bank.labels, range(e))}
+            out.setdefault(name, {})[f"epochs_{e}"] = r
+            console.print(f"{name}, batch {batch}, {e} epochs stacked: accuracy {r['label_recovery_accuracy']:.4f}"
+                          f", majority {r['majority_rate']:.4f}, features alone {r['feature_baseline']:.4f}")
+
+    for e in checkpoints:
+        run("floor", batch_floor(d, e), e, [e])
+    run("one_epoch_floor", small, last, checkpoints)
     for eps in epsilons:
-        params = TrainParams(**{**SETTINGS, "batch_size": batch, "epochs": epochs,
-                                "dp_epsilon": eps if eps is not None else 3.0})
-        view = platform_view(bank, platform, params, dp=eps is not None, join_floor=FLOOR_FACTOR * d)
-        name = "floor" if eps is None else f"dp_epsilon_{eps:g}"
-        out[name] = {}
-        for e in checkpoints:
-            if e <= epochs:
-                r = attack_batches(view, bank.labels[:, :1], range(e))
-                r["advantage"] = r["label_recovery_accuracy"] - r["majority_rate"]
-                out[name][f"epochs_{e}"] = r
-                console.print(f"{name}, {e} epochs stacked: accuracy {r['label_recovery_accuracy']:.4f}, "
-                              f"majority {r['majority_rate']:.4f}, advantage {r['advantage']:+.4f}")
+        run(f"dp_epsilon_{eps:g}", small, last, checkpoints, eps)
     return out
 
 
@@ -329,20 +342,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     d = platform.features.shape[1]
     factors = [1, 2, 4, 8, 25] if args.quick else [1, 2, 4, 6, 8, 10, 12, 16, 25]
     curve = floor_curve(bank, platform, factors, 10 if args.quick else None)  # full: the whole first epoch
-    floor = FLOOR_FACTOR * d
-    epochs, checkpoints = (4, [1, 4]) if args.quick else (20, [1, 2, 5, 10, 20])
-    stacked = over_epochs(bank, platform, floor, epochs, [None, 1.0, 3.0, 8.0], checkpoints)
+    floor = batch_floor(d, 1)
+    checkpoints = [1, 3] if args.quick else [1, 2, 5, 10]
+    stacked = over_epochs(bank, platform, checkpoints, [1.0, 3.0, 8.0])
     auc = auc_by_epsilon(bank, platform, [1.0, 3.0, 8.0], 1 if args.quick else args.repeats,
                          **({"epochs": 2} if args.quick else {}))
     print_table("first epoch, each batch alone (least squares)",
                 [(str(c["batch"]), f"{c['label_recovery_accuracy']:.4f}", f"{c['majority_rate']:.4f}",
                   f"{c['feature_baseline']:.4f}", f"{c['advantage_over_features']:+.4f}") for c in curve],
                 ("batch", "accuracy", "majority", "features alone", "advantage over features"))
-    print_table(f"epochs stacked at the floor (batch {floor})",
-                [(name, *(f"{r['label_recovery_accuracy']:.4f}" for r in runs.values())) for name, runs in
-                 stacked.items()], ("setting", *(f"{e} epochs" for e in checkpoints if e <= epochs)))
+    print_table("epochs stacked: accuracy (majority, features alone)",
+                [(f"{name} ({e.replace('epochs_', '')} epochs, batch {r['batch']})",
+                  f"{r['label_recovery_accuracy']:.4f}", f"{r['majority_rate']:.4f}", f"{r['feature_baseline']:.4f}")
+                 for name, runs in stacked.items() for e, r in runs.items()],
+                ("setting", "accuracy", "majority", "features alone"))
     payload = {"dataset": "default_credit", "rows": len(bank), "platform_features": d,
-               "floor_factor": FLOOR_FACTOR, "floor": floor, "settings": SETTINGS, "auc_by_epsilon": auc,
+               "floor_factor": FLOOR_FACTOR, "one_epoch_floor": floor, "settings": SETTINGS, "auc_by_epsilon": auc,
                "first_epoch": curve, "over_epochs": stacked,
                "label_recovery_accuracy": {name: {e: r["label_recovery_accuracy"] for e, r in runs.items()}
                                            for name, runs in stacked.items()},

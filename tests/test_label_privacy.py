@@ -28,6 +28,7 @@ from protocols.vfl_lr import TrainingError, TrainParams, make_platform_train_han
 from protocols.vfl_lr.label_privacy import (
     FLOOR_FACTOR,
     LabelPrivacy,
+    batch_floor,
     below_floor,
     gaussian_epsilon,
     gaussian_mu,
@@ -84,10 +85,10 @@ def test_the_platform_refuses_batches_below_the_floor(breast):
             Field.BANK_KEY: bank_key.to_bytes(), Field.N_ROWS: len(platform), Field.TRAIN_ROWS: split.train,
             Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test, Field.LABEL_MASK: mask})
         d = reply[Field.N_FEATURES]
-        assert d == 20 and handler.floor == FLOOR_FACTOR * d
+        assert d == 20 and handler.floor == FLOOR_FACTOR * d  # one epoch
         rows = split.train[:64]
         with pytest.raises(ProtocolError, match=rf"16 labelled rows of tag 'y'.*the floor is {FLOOR_FACTOR * d} "
-                                                rf"\({FLOOR_FACTOR} x {d}\)"):
+                                                rf"\({FLOOR_FACTOR} x {d} platform features x 1 epoch\)"):
             handler.handle(Step.EPOCH, {Field.EPOCH: 0, Field.BATCH_ROWS: rows,
                                         Field.BATCH_SIZES: np.full(4, 16, dtype=np.int64)})
         assert handler.state.epoch == -1  # refused before anything moved
@@ -101,10 +102,10 @@ def test_the_bank_refuses_an_explicit_batch_below_the_floor(breast):
     def factory(kind: str, job_id: str, message: dict) -> Any:
         return make_platform_train_handler(job_id, message, platform, on_result=lambda m: None, compute=1)
 
-    with pytest.raises(TrainingError, match=rf"the floor is {FLOOR_FACTOR * 20} \({FLOOR_FACTOR} x 20\).*"
-                                            r"Raise batch_size.*or set label_dp to 'on'"):
-        run_bank_training(LocalPeer(factory), "job-floor", bank, TrainParams(**SETTINGS, batch_size=64,
-                                                                              label_dp="off"), compute=1)
+    params = TrainParams(**{**SETTINGS, "epochs": 3}, batch_size=256, label_dp="off")
+    with pytest.raises(TrainingError, match=rf"the floor is {FLOOR_FACTOR * 60} \({FLOOR_FACTOR} x 20 platform "
+                                            r"features x 3 epochs\).*Raise batch_size.*or set label_dp to 'on'"):
+        run_bank_training(LocalPeer(factory), "job-floor", bank, params, compute=1)
 
 
 def test_batches_join_and_the_plan_picks_floor_or_dp():
@@ -117,23 +118,24 @@ def test_batches_join_and_the_plan_picks_floor_or_dp():
     joined = join_short_last(batches, mask, 100)
     assert [len(b) for b in joined] == [400, 430] and below_floor(joined, mask, 100) is None
     X = np.ones((1000, 3))
-    # 10 platform features: floor 100 labelled rows per tag. Tag 1 has 500 labelled rows: big enough.
-    plan = LabelPrivacy.plan(TrainParams(batch_size=300, epochs=3), rows, mask, 10, X, strict=True)
+    # 5 platform features, 2 epochs: floor 100 labelled rows per tag. Tag 1 has 500 labelled rows: enough.
+    plan = LabelPrivacy.plan(TrainParams(batch_size=300, epochs=2), rows, mask, 5, X, strict=True)
     assert plan.mode == "floor" and plan.noise is None and plan.smallest is not None and plan.smallest >= 100
-    for epoch in range(3):
+    for epoch in range(2):
         assert below_floor(plan.batches(epoch), mask, 100) is None
-    with pytest.raises(TrainingError, match=r"the floor is 100 \(10 x 10\)"):
-        LabelPrivacy.plan(TrainParams(batch_size=150), rows, mask, 10, X, strict=True)
+    with pytest.raises(TrainingError, match=r"the floor is 100 \(10 x 5 platform features x 2 epochs\)"):
+        LabelPrivacy.plan(TrainParams(batch_size=150, epochs=2), rows, mask, 5, X, strict=True)
     # 60 features: floor 600 > the 500 labelled rows of tag 1, so "auto" turns label DP on ...
-    dp = LabelPrivacy.plan(TrainParams(batch_size=150), rows, mask, 60, X, strict=True)
+    dp = LabelPrivacy.plan(TrainParams(batch_size=150, epochs=1), rows, mask, 60, X, strict=True)
     assert dp.mode == "dp" and dp.noise is not None and dp.summary()["epsilon"] == 0.0
     # ... except in insecure test runs, which go on unprotected and say so.
-    loose = LabelPrivacy.plan(TrainParams(batch_size=150), rows, mask, 60, X, strict=False)
+    loose = LabelPrivacy.plan(TrainParams(batch_size=150, epochs=1), rows, mask, 60, X, strict=False)
     assert loose.mode == "unprotected" and "below the floor" in loose.summary()["notes"][0]
 
 
 def test_least_squares_advantage_at_the_floor_stays_within_0_02(credit):
-    """First epoch on default_credit (10 platform features): each batch attacked alone, scores pooled.
+    """default_credit (10 platform features). One epoch: each batch attacked alone, scores pooled; three
+    epochs at their floor: every gradient the platform kept, stacked.
 
     The platform's features alone predict the label above the majority rate (its own model does), so the
     leak is the attack's accuracy beyond what a least-squares fit of the labels on its features gets.
@@ -141,8 +143,12 @@ def test_least_squares_advantage_at_the_floor_stays_within_0_02(credit):
     bank, platform = credit
     d = platform.features.shape[1]
     at_floor = single_batch_advantage(platform_view(bank, platform, TrainParams(
-        **SETTINGS, batch_size=FLOOR_FACTOR * d)), bank.labels)
+        **SETTINGS, batch_size=batch_floor(d, 1))), bank.labels)
     assert at_floor["advantage_over_features"] <= 0.02, at_floor
+    assert at_floor["advantage"] < at_floor["feature_baseline"] - at_floor["majority_rate"] + 0.02
+    three = TrainParams(**{**SETTINGS, "epochs": 3}, batch_size=batch_floor(d, 3))
+    stacked = attack_batches(platform_view(bank, platform, three, join_floor=batch_floor(d, 3)), bank.labels)
+    assert stacked["advantage_over_features"] <= 0.02, stacked
     below = single_batch_advantage(platform_view(bank, platform, TrainParams(**SETTINGS, batch_size=2 * d)),
                                    bank.labels)
     assert below["advantage_over_features"] > 0.05, below
@@ -153,7 +159,7 @@ def test_epochs_stacked_beat_the_floor_and_noise_stops_them(credit):
     subset = np.arange(6000)
     bank, platform = bank.take(bank.ids[subset]), platform.take(platform.ids[subset])
     params = TrainParams(**{**SETTINGS, "epochs": 4}, batch_size=100)
-    floor_only = platform_view(bank, platform, params, join_floor=100)
+    floor_only = platform_view(bank, platform, params, join_floor=100)  # the one-epoch floor, four epochs
     one, four = attack_batches(floor_only, bank.labels, [0]), attack_batches(floor_only, bank.labels)
     assert four["label_recovery_accuracy"] > one["label_recovery_accuracy"] + 0.04, (one, four)
     noisy = attack_batches(platform_view(bank, platform, params, dp=True), bank.labels)

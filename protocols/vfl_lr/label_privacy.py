@@ -4,9 +4,11 @@ The platform computes its own gradient ``X_Bq^T (M o d' 2^F)`` exactly, and ``d'
 the labels (docs/security.md, "Labels"). Two protections, chosen per job by ``TrainParams.label_dp``:
 
 * **floor** (``label_dp="off"``): every batch holds, per tag, either no labelled row or at least
-  ``FLOOR_FACTOR`` times the platform's feature count (``benchmarks/privacy.py`` measured the factor). Both
-  parties check it; a short last batch joins the one before. It stops the exact solve and keeps a
-  least-squares attack on one epoch near the majority rate, but not an attacker who stacks many epochs.
+  ``FLOOR_FACTOR`` x the platform's features x the epochs (``benchmarks/privacy.py`` measured the factor).
+  Both parties check it; a short last batch joins the one before. A platform that keeps every epoch's
+  gradient has ``features x epochs`` equations per batch's worth of rows, so the floor scales with the
+  epochs: at it, least squares over all epochs recovers labels no better (within 0.02) than the
+  platform's features alone predict them. It is a measured margin against these attacks, not a guarantee.
 * **label DP** (``label_dp="on"``; ``"auto"`` turns it on when some tag has fewer labelled training rows than
   the floor): the bank adds Gaussian noise to the platform's gradient (through the mask path it decrypts)
   and to its own, calibrated so that one customer's labels (all tags) are (epsilon, delta)-DP against
@@ -42,9 +44,15 @@ _RANDOM = secrets.SystemRandom()
 # ------------------------------------------------------------------------------ the floor ----
 
 
-def batch_floor(n_features: int) -> int:
-    """Labelled rows per tag that a batch must hold (or none) when the platform has ``n_features`` features."""
-    return FLOOR_FACTOR * max(1, n_features)
+def batch_floor(n_features: int, epochs: int) -> int:
+    """Labelled rows per tag that a batch must hold (or none): ``FLOOR_FACTOR`` x features x epochs."""
+    return FLOOR_FACTOR * max(1, n_features) * max(1, epochs)
+
+
+def floor_text(n_features: int, epochs: int) -> str:
+    """How the floor is made, for messages."""
+    return (f"{batch_floor(n_features, epochs)} ({FLOOR_FACTOR} x {n_features} platform features x {epochs} "
+            f"epoch{'s' if epochs != 1 else ''})")
 
 
 def max_batch_rows(batch_size: int) -> int:
@@ -77,7 +85,7 @@ def label_dp_on(params: TrainParams, labelled_per_tag: np.ndarray, n_features: i
     """
     if params.label_dp != "auto":
         return params.label_dp == "on"
-    return strict and bool((np.asarray(labelled_per_tag) < batch_floor(n_features)).any())
+    return strict and bool((np.asarray(labelled_per_tag) < batch_floor(n_features, params.epochs)).any())
 
 
 # ------------------------------------------------------------- Gaussian DP and its conversion ----
@@ -225,7 +233,7 @@ class LabelPrivacy:
     def plan(cls, params: TrainParams, active: np.ndarray, mask: np.ndarray, n_features: int,
              X_aug: np.ndarray, *, strict: bool) -> LabelPrivacy:
         """Decide the protection; :class:`TrainingError` if a batch misses the floor without label DP."""
-        floor, T = batch_floor(n_features), mask.shape[1]
+        floor, T = batch_floor(n_features, params.epochs), mask.shape[1]
         labelled = mask[active].sum(axis=0)
         if label_dp_on(params, labelled, n_features, strict=strict):
             noise = LabelNoise.calibrate(params, bank_sensitivity(X_aug[active], T),
@@ -240,9 +248,9 @@ class LabelPrivacy:
                 if strict:
                     share = labelled[t] / max(len(active), 1)
                     raise TrainingError(
-                        f"batch {b + 1} of epoch {epoch + 1} holds {count} labelled rows of tag {t + 1}; with "
-                        f"{n_features} platform features the floor is {floor} ({FLOOR_FACTOR} x {n_features}) "
-                        f"labelled rows per tag and batch, below which the platform can solve for the labels. "
+                        f"batch {b + 1} of epoch {epoch + 1} holds {count} labelled rows of tag {t + 1}; the "
+                        f"floor is {floor_text(n_features, params.epochs)} labelled rows per tag and batch, "
+                        f"below which the platform's gradients give the labels away. "
                         f"Raise batch_size (to about {math.ceil(1.3 * floor / max(share, 1e-9))} at this tag's "
                         f"label share) or set label_dp to 'on'")
                 plan.mode = "unprotected"
@@ -300,10 +308,11 @@ class LabelPrivacy:
         """The training report's ``label_privacy`` entry."""
         out: dict[str, Any] = {"mode": self.mode, "label_dp": self.params.label_dp, "floor": self.floor,
                                "floor_factor": FLOOR_FACTOR, "platform_features": self.n_features,
+                               "epochs": self.params.epochs,
                                "unit": "one customer's labels (all tags)"}
         if self.noise is None:
             out["smallest_labelled_batch"] = self.smallest
-            out["guarantee"] = None
+            out["guarantee"] = None  # the floor is a measured margin against known attacks (docs/security.md)
         else:
             n = self.noise
             eps, delta = self.spent() or (0.0, n.delta)
@@ -322,5 +331,5 @@ class LabelPrivacy:
 
 
 __all__ = ["FLOOR_FACTOR", "LABEL_DP_MODES", "LabelNoise", "LabelPrivacy", "bank_sensitivity", "batch_floor",
-           "below_floor", "gaussian_delta", "gaussian_epsilon", "gaussian_floats", "gaussian_ints", "gaussian_mu",
+           "below_floor", "floor_text", "gaussian_delta", "gaussian_epsilon", "gaussian_floats", "gaussian_ints", "gaussian_mu",
            "join_short_last", "label_dp_on", "max_batch_rows", "platform_sensitivity", "rdp_epsilon"]

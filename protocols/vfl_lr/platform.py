@@ -18,7 +18,7 @@ from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
 from protocols.vfl_lr.encoding import encode_z, exact_xt_s, pack_pairs, pack_rows, unpack_pairs
 from protocols.vfl_lr.evaluation import SPLITS, VALIDATION, packed_count, shuffle_and_add
-from protocols.vfl_lr.label_privacy import FLOOR_FACTOR, batch_floor, below_floor, label_dp_on, max_batch_rows
+from protocols.vfl_lr.label_privacy import batch_floor, below_floor, floor_text, label_dp_on, max_batch_rows
 from protocols.vfl_lr.messages import (
     Field,
     Step,
@@ -141,7 +141,7 @@ class PlatformTrainHandler:
         self.plan = SlotPlan(p.quant_bits, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk))
         # Label privacy: without label DP, no batch may hold fewer labelled rows of a tag than the floor (but
         # more than none), or this node could solve its gradient for them (label_privacy.py).
-        self.floor = batch_floor(self.X.shape[1])
+        self.floor = batch_floor(self.X.shape[1], p.epochs)
         self.label_dp = label_dp_on(p, self.mask[self.train].sum(axis=0), self.X.shape[1],
                                     strict=not self.allow_insecure)
         self.stage = "epoch"
@@ -165,9 +165,9 @@ class PlatformTrainHandler:
         if hit is not None:
             b, t, count = hit
             raise ProtocolError(f"batch {b + 1} of epoch {epoch + 1} holds {count} labelled rows of tag "
-                                f"'{self.tags[t]}'; this node has {self.X.shape[1]} features, so without label DP "
-                                f"the floor is {self.floor} ({FLOOR_FACTOR} x {self.X.shape[1]}) labelled rows per "
-                                f"tag and batch: below it the gradient gives the labels away")
+                                f"'{self.tags[t]}'; without label DP the floor is "
+                                f"{floor_text(self.X.shape[1], self.p.epochs)} labelled rows per tag and batch: "
+                                f"below it this node's gradients give the labels away")
         state.epoch = epoch
         self.batches = batches
         self.xte: list[np.ndarray | None] = [None] * len(self.batches)
