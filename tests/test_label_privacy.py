@@ -102,10 +102,16 @@ def test_the_bank_refuses_an_explicit_batch_below_the_floor(breast):
     def factory(kind: str, job_id: str, message: dict) -> Any:
         return make_platform_train_handler(job_id, message, platform, on_result=lambda m: None, compute=1)
 
-    params = TrainParams(**{**SETTINGS, "epochs": 3}, batch_size=256, label_dp="off")
+    small_batch = TrainParams(**SETTINGS, batch_size=64, label_dp="off")
+    with pytest.raises(TrainingError, match=rf"the floor is {FLOOR_FACTOR * 20} \({FLOOR_FACTOR} x 20 platform "
+                                            r"features x 1 epoch\).*raise batch_size \(to about \d+ at this "
+                                            r"tag's label share\), or set label_dp to 'on' or 'auto'"):
+        run_bank_training(LocalPeer(factory), "job-floor-1", bank, small_batch, compute=1)
+    small_data = TrainParams(**{**SETTINGS, "epochs": 3}, batch_size=256, label_dp="off")
     with pytest.raises(TrainingError, match=rf"the floor is {FLOOR_FACTOR * 60} \({FLOOR_FACTOR} x 20 platform "
-                                            r"features x 3 epochs\).*Raise batch_size.*or set label_dp to 'on'"):
-        run_bank_training(LocalPeer(factory), "job-floor", bank, params, compute=1)
+                                            r"features x 3 epochs\).*tag 1 has only \d+ labelled training rows, "
+                                            r"so no batch can meet it, or set label_dp"):
+        run_bank_training(LocalPeer(factory), "job-floor-2", bank, small_data, compute=1)
 
 
 def test_batches_join_and_the_plan_picks_floor_or_dp():
@@ -124,7 +130,9 @@ def test_batches_join_and_the_plan_picks_floor_or_dp():
     for epoch in range(2):
         assert below_floor(plan.batches(epoch), mask, 100) is None
     with pytest.raises(TrainingError, match=r"the floor is 100 \(10 x 5 platform features x 2 epochs\)"):
-        LabelPrivacy.plan(TrainParams(batch_size=150, epochs=2), rows, mask, 5, X, strict=True)
+        LabelPrivacy.plan(TrainParams(batch_size=150, epochs=2, label_dp="off"), rows, mask, 5, X, strict=True)
+    small_batch = LabelPrivacy.plan(TrainParams(batch_size=150, epochs=2), rows, mask, 5, X, strict=True)
+    assert small_batch.mode == "dp" and "miss the floor of 100" in small_batch.summary()["notes"][0]
     # 60 features: floor 600 > the 500 labelled rows of tag 1, so "auto" turns label DP on ...
     dp = LabelPrivacy.plan(TrainParams(batch_size=150, epochs=1), rows, mask, 60, X, strict=True)
     assert dp.mode == "dp" and dp.noise is not None and dp.summary()["epsilon"] == 0.0

@@ -9,8 +9,8 @@ the labels (docs/security.md, "Labels"). Two protections, chosen per job by ``Tr
   gradient has ``features x epochs`` equations per batch's worth of rows, so the floor scales with the
   epochs: at it, least squares over all epochs recovers labels no better (within 0.02) than the
   platform's features alone predict them. It is a measured margin against these attacks, not a guarantee.
-* **label DP** (``label_dp="on"``; ``"auto"`` turns it on when some tag has fewer labelled training rows than
-  the floor): the bank adds Gaussian noise to the platform's gradient (through the mask path it decrypts)
+* **label DP** (``label_dp="on"``; the default ``"auto"`` turns it on when the batches would miss the floor,
+  for a small data set or a small batch size): the bank adds Gaussian noise to the platform's gradient (through the mask path it decrypts)
   and to its own, calibrated so that one customer's labels (all tags) are (epsilon, delta)-DP against
   everything the platform sees, and against the bank's trained model too.
 
@@ -77,15 +77,14 @@ def join_short_last(batches: list[np.ndarray], mask: np.ndarray, floor: int) -> 
     return batches
 
 
-def label_dp_on(params: TrainParams, labelled_per_tag: np.ndarray, n_features: int, *, strict: bool = True) -> bool:
-    """Whether this job runs with label DP; ``"auto"``: when some tag's labelled training rows miss the floor.
+def platform_enforces_floor(params: TrainParams, *, strict: bool) -> bool:
+    """Whether the platform refuses batches below the floor: when the job says ``label_dp="off"``.
 
-    Not ``strict`` (``allow_insecure_keys``: tests and benchmarks), ``"auto"`` never turns it on: such runs may
-    go below the floor unprotected, and their report says so.
+    With ``"auto"`` the bank adds label DP exactly when its batches would miss the floor, and with ``"on"``
+    always, so a batch below the floor is then a noisy one. Not ``strict`` (``allow_insecure_keys``: tests
+    and benchmarks) it never refuses.
     """
-    if params.label_dp != "auto":
-        return params.label_dp == "on"
-    return strict and bool((np.asarray(labelled_per_tag) < batch_floor(n_features, params.epochs)).any())
+    return strict and params.label_dp == "off"
 
 
 # ------------------------------------------------------------- Gaussian DP and its conversion ----
@@ -232,35 +231,50 @@ class LabelPrivacy:
     @classmethod
     def plan(cls, params: TrainParams, active: np.ndarray, mask: np.ndarray, n_features: int,
              X_aug: np.ndarray, *, strict: bool) -> LabelPrivacy:
-        """Decide the protection; :class:`TrainingError` if a batch misses the floor without label DP."""
+        """Decide the protection: label DP if ``"on"``, or if ``"auto"`` and some batch of some epoch would
+        miss the floor; otherwise the floor, and :class:`TrainingError` if ``"off"`` and a batch misses it.
+
+        Not ``strict`` (``allow_insecure_keys``: tests and benchmarks), ``"auto"`` never turns label DP on and
+        a batch below the floor runs as it is, the report's ``mode`` saying "unprotected".
+        """
         floor, T = batch_floor(n_features, params.epochs), mask.shape[1]
-        labelled = mask[active].sum(axis=0)
-        if label_dp_on(params, labelled, n_features, strict=strict):
+        plan = cls(params, active, mask, n_features, floor, "floor")
+        hit = None
+        if params.label_dp != "on":
+            for epoch in range(params.epochs):
+                batches = plan.batches(epoch, join=strict)
+                hit = below_floor(batches, mask, floor)
+                if hit is not None:
+                    hit = (epoch, *hit)
+                    break
+                counts = np.array([mask[r].sum(axis=0) for r in batches])
+                some = counts[counts > 0]
+                if len(some):
+                    plan.smallest = min(int(some.min()), plan.smallest or int(some.min()))
+            if hit is None:
+                return plan
+        if params.label_dp == "on" or (params.label_dp == "auto" and strict):
             noise = LabelNoise.calibrate(params, bank_sensitivity(X_aug[active], T),
                                          platform_sensitivity(params.quant_bits, n_features, T))
-            return cls(params, active, mask, n_features, floor, "dp", noise)
-        plan = cls(params, active, mask, n_features, floor, "floor")
-        for epoch in range(params.epochs):
-            batches = plan.batches(epoch, join=strict)
-            hit = below_floor(batches, mask, floor)
+            plan.mode, plan.noise, plan.smallest = "dp", noise, None
             if hit is not None:
-                b, t, count = hit
-                if strict:
-                    share = labelled[t] / max(len(active), 1)
-                    raise TrainingError(
-                        f"batch {b + 1} of epoch {epoch + 1} holds {count} labelled rows of tag {t + 1}; the "
-                        f"floor is {floor_text(n_features, params.epochs)} labelled rows per tag and batch, "
-                        f"below which the platform's gradients give the labels away. "
-                        f"Raise batch_size (to about {math.ceil(1.3 * floor / max(share, 1e-9))} at this tag's "
-                        f"label share) or set label_dp to 'on'")
-                plan.mode = "unprotected"
-                plan.notes.append(f"batch {b + 1} of epoch {epoch + 1}: {count} labelled rows of tag {t + 1}, "
-                                  f"below the floor of {floor} (allowed only with insecure settings)")
-                break
-            counts = np.array([mask[r].sum(axis=0) for r in batches])
-            some = counts[counts > 0]
-            if len(some):
-                plan.smallest = int(some.min()) if plan.smallest is None else min(plan.smallest, int(some.min()))
+                plan.notes.append("label DP is on because the batches miss the floor of "
+                                  f"{floor_text(n_features, params.epochs)} labelled rows per tag")
+            return plan
+        assert hit is not None
+        epoch, b, t, count = hit
+        if strict:
+            labelled = int(mask[active, t].sum())
+            advice = (f"tag {t + 1} has only {labelled} labelled training rows, so no batch can meet it" if
+                      labelled < floor else f"raise batch_size (to about "
+                      f"{math.ceil(1.3 * floor * len(active) / labelled)} at this tag's label share)")
+            raise TrainingError(
+                f"batch {b + 1} of epoch {epoch + 1} holds {count} labelled rows of tag {t + 1}; the floor is "
+                f"{floor_text(n_features, params.epochs)} labelled rows per tag and batch, below which the "
+                f"platform's gradients give the labels away: {advice}, or set label_dp to 'on' or 'auto'")
+        plan.mode, plan.smallest = "unprotected", None
+        plan.notes.append(f"batch {b + 1} of epoch {epoch + 1}: {count} labelled rows of tag {t + 1}, below the "
+                          f"floor of {floor} (allowed only with insecure settings)")
         return plan
 
     def batches(self, epoch: int, *, join: bool | None = None) -> list[np.ndarray]:
@@ -332,4 +346,4 @@ class LabelPrivacy:
 
 __all__ = ["FLOOR_FACTOR", "LABEL_DP_MODES", "LabelNoise", "LabelPrivacy", "bank_sensitivity", "batch_floor",
            "below_floor", "floor_text", "gaussian_delta", "gaussian_epsilon", "gaussian_floats", "gaussian_ints", "gaussian_mu",
-           "join_short_last", "label_dp_on", "max_batch_rows", "platform_sensitivity", "rdp_epsilon"]
+           "join_short_last", "max_batch_rows", "platform_enforces_floor", "platform_sensitivity", "rdp_epsilon"]

@@ -46,7 +46,7 @@ class TrainParams:
     seed: int = 0
     # Label privacy (protocols/vfl_lr/label_privacy.py, docs/security.md "Labels"): "off" enforces the batch
     # floor, "on" adds Gaussian noise for (dp_epsilon, dp_delta)-DP of each customer's labels, "auto" turns it
-    # on when some tag has fewer labelled training rows than the floor.
+    # on when the batches would miss the floor (a small data set or batch size) and enforces the floor otherwise.
     label_dp: str = "auto"
     dp_epsilon: float = 3.0
     dp_delta: float = 1e-5

@@ -18,7 +18,13 @@ from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
 from protocols.vfl_lr.encoding import encode_z, exact_xt_s, pack_pairs, pack_rows, unpack_pairs
 from protocols.vfl_lr.evaluation import SPLITS, VALIDATION, packed_count, shuffle_and_add
-from protocols.vfl_lr.label_privacy import batch_floor, below_floor, floor_text, label_dp_on, max_batch_rows
+from protocols.vfl_lr.label_privacy import (
+    batch_floor,
+    below_floor,
+    floor_text,
+    max_batch_rows,
+    platform_enforces_floor,
+)
 from protocols.vfl_lr.messages import (
     Field,
     Step,
@@ -139,11 +145,10 @@ class PlatformTrainHandler:
         self.state = PlatformTrainState.start(p, self.X.shape[1], self.T)
         self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.allow_insecure)
         self.plan = SlotPlan(p.quant_bits, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk))
-        # Label privacy: without label DP, no batch may hold fewer labelled rows of a tag than the floor (but
-        # more than none), or this node could solve its gradient for them (label_privacy.py).
+        # Label privacy: with label_dp "off", no batch may hold fewer labelled rows of a tag than the floor (but
+        # more than none), or this node could solve its gradients for them (label_privacy.py).
         self.floor = batch_floor(self.X.shape[1], p.epochs)
-        self.label_dp = label_dp_on(p, self.mask[self.train].sum(axis=0), self.X.shape[1],
-                                    strict=not self.allow_insecure)
+        self.enforce_floor = platform_enforces_floor(p, strict=not self.allow_insecure)
         self.stage = "epoch"
         return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.N_FEATURES: int(self.X.shape[1])}
 
@@ -161,11 +166,11 @@ class PlatformTrainHandler:
         if len(rows) != int(sizes.sum()) or not np.isin(rows, self.train).all():
             raise ProtocolError("batch rows must be training rows, each once, matching batch_sizes")
         batches = np.split(rows, np.cumsum(sizes)[:-1])
-        hit = None if self.label_dp or self.allow_insecure else below_floor(batches, self.mask, self.floor)
+        hit = below_floor(batches, self.mask, self.floor) if self.enforce_floor else None
         if hit is not None:
             b, t, count = hit
             raise ProtocolError(f"batch {b + 1} of epoch {epoch + 1} holds {count} labelled rows of tag "
-                                f"'{self.tags[t]}'; without label DP the floor is "
+                                f"'{self.tags[t]}'; with label_dp 'off' the floor is "
                                 f"{floor_text(self.X.shape[1], self.p.epochs)} labelled rows per tag and batch: "
                                 f"below it this node's gradients give the labels away")
         state.epoch = epoch
