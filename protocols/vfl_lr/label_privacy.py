@@ -3,15 +3,15 @@
 The platform computes its own gradient ``X_Bq^T (M o d' 2^F)`` exactly, and ``d' - z_B = z_A + 2 - 4 y`` holds
 the labels (docs/security.md, "Labels"). Two protections, chosen per job by ``TrainParams.label_dp``:
 
-* **floor** (``label_dp="off"``): every batch holds, per tag, either no labelled row or at least
+* **floor** (``label_dp="off"``, or ``"auto"`` when the batches meet it): every batch holds, per tag, either no labelled row or at least
   ``FLOOR_FACTOR`` x the platform's features x the epochs (``benchmarks/privacy.py`` measured the factor).
   Both parties check it; a short last batch joins the one before. A platform that keeps every epoch's
   gradient has ``features x epochs`` equations per batch's worth of rows, so the floor scales with the
   epochs: at it, least squares over all epochs recovers labels no better (within 0.02) than the
   platform's features alone predict them. It is a measured margin against these attacks, not a guarantee.
 * **label DP** (``label_dp="on"``; the default ``"auto"`` turns it on when the batches would miss the floor,
-  for a small data set or a small batch size): the bank adds Gaussian noise to the platform's gradient (through the mask path it decrypts)
-  and to its own, calibrated so that one customer's labels (all tags) are (epsilon, delta)-DP against
+  for a small data set or a small batch size): the bank adds Gaussian noise to the platform's gradient
+  (through the mask path it decrypts) and to its own, calibrated so that one customer's labels (all tags) are (epsilon, delta)-DP against
   everything the platform sees, and against the bank's trained model too.
 
 Accounting: batches partition the rows, so a customer's labels enter one release per epoch; each release is
