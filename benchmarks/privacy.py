@@ -15,7 +15,7 @@ DP), where ``d' - z_B = z_A + 2 - 4 y``. The attacks here take exactly that:
 positive" (chosen with the true labels: an upper bound on any threshold the attacker could pick), against
 :func:`majority_rate`. The platform's view comes from :func:`platform_view`, the protocol's numbers in
 plaintext (same split, scalers, quantisation, fixed point, batches, optimiser and the bank's noise);
-``auc_by_epsilon`` runs the real protocol (LocalPeer, 1024-bit keys, allow_insecure_keys) on default_credit.
+``auc_by_epsilon`` runs the real protocol (LocalPeer, 1024-bit keys, insecure_for_tests) on default_credit.
 """
 
 from __future__ import annotations
@@ -306,10 +306,10 @@ def joint_auc(bank: PartyData, platform: PartyData, params: TrainParams) -> tupl
 
     def factory(kind: str, job_id: str, message: dict) -> Any:
         return make_platform_train_handler(job_id, message, platform, on_result=results.append, compute=1,
-                                           allow_insecure_keys=True)
+                                           insecure_for_tests=True)
 
     outcome = run_bank_training(LocalPeer(factory), "bench-privacy", bank, params, compute=1,
-                                allow_insecure_keys=True)
+                                insecure_for_tests=True)
     return float(outcome.report["metrics"]["y"]["joint"]["auc"]), outcome.report.get("label_privacy", {})
 
 

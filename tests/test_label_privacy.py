@@ -221,7 +221,7 @@ def test_with_label_dp_the_platforms_gradient_carries_noise_of_the_calibrated_sc
 
     def factory(kind: str, job_id: str, message: dict) -> Any:
         handler = make_platform_train_handler(job_id, message, platform, on_result=lambda m: None, compute=1,
-                                              allow_insecure_keys=True)
+                                              insecure_for_tests=True)
         gradient = handler._gradient
 
         def keep_mask_path(msg: dict) -> dict:
@@ -235,7 +235,7 @@ def test_with_label_dp_the_platforms_gradient_carries_noise_of_the_calibrated_sc
 
     params = TrainParams(epochs=1, batch_size=128, validation_share=0.0, key_bits=1024, label_dp="on",
                          dp_epsilon=4.0)
-    outcome = run_bank_training(LocalPeer(factory), "job-dp", bank, params, compute=1, allow_insecure_keys=True)
+    outcome = run_bank_training(LocalPeer(factory), "job-dp", bank, params, compute=1, insecure_for_tests=True)
     privacy = outcome.report["label_privacy"]
     assert privacy["mode"] == "dp" and privacy["epsilon"] == pytest.approx(4.0, rel=1e-6)
     # sigma = sqrt(2) z * 4 * 2^F * 127 * sqrt(d_B T), with z = sqrt(epochs) / mu(epsilon, delta)

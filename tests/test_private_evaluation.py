@@ -78,7 +78,7 @@ class Recorder:
 
     def __call__(self, kind: str, job_id: str, params: Message) -> PlatformTrainHandler:
         handler = make_platform_train_handler(job_id, params, self.data, on_result=self.models.append, compute=1,
-                                              allow_insecure_keys=True)
+                                              insecure_for_tests=True)
         self.handlers.append(handler)
         return handler
 
@@ -121,7 +121,7 @@ def train(bank: PartyData, platform: PartyData, monkeypatch: pytest.MonkeyPatch,
     recorder = Recorder(platform)
     peer = TappedPeer(recorder, tap)
     p = TrainParams(**{"key_bits": 1024, **params})
-    outcome = run_bank_training(peer, "job-eval", bank, p, compute=1, allow_insecure_keys=True)
+    outcome = run_bank_training(peer, "job-eval", bank, p, compute=1, insecure_for_tests=True)
     return outcome, recorder, peer, keys
 
 

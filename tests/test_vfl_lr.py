@@ -77,7 +77,7 @@ class Platform:
 
     def __call__(self, kind: str, job_id: str, params: dict) -> PlatformTrainHandler:
         handler = make_platform_train_handler(job_id, params, self.data, on_result=self.models.append, compute=1,
-                                              allow_insecure_keys=True)
+                                              insecure_for_tests=True)
         original_close = handler.close
 
         def close() -> None:
@@ -102,7 +102,7 @@ def train(bank: PartyData, platform: PartyData, transcript: bool = False, **kw: 
 
         peer.open = open_with_transcript  # type: ignore[method-assign]
     params = TrainParams(**{**FAST, **kw})
-    outcome = run_bank_training(peer, "job-test", bank, params, compute=1, allow_insecure_keys=True)
+    outcome = run_bank_training(peer, "job-test", bank, params, compute=1, insecure_for_tests=True)
     return outcome, plat, peer, params
 
 

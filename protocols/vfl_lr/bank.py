@@ -66,26 +66,27 @@ class TrainOutcome:
 
 def run_bank_training(peer: Peer, job_id: str, bank: PartyData, params: TrainParams, *,
                       progress: Progress | None = None, compute: ComputeSpec = None,
-                      allow_insecure_keys: bool = False) -> TrainOutcome:
+                      insecure_for_tests: bool = False) -> TrainOutcome:
     """Train one model per tag of ``bank`` (rows in the alignment's order) with the platform behind ``peer``.
 
     The session owns ``compute`` (a backend, a worker count, or None for every core) and closes it when
-    training ends, however it ends.
+    training ends, however it ends. ``insecure_for_tests`` (tests and benchmarks only; the nodes never set
+    it) accepts keys under 2048 bits and batches below the label-privacy floor without turning on label DP.
     """
     pool = PaillierPool(compute)
     try:
-        params.validate(allow_insecure_keys=allow_insecure_keys)
-        return _BankTrainer(peer, job_id, bank, params, progress, pool, allow_insecure_keys).run()
+        params.validate(insecure_for_tests=insecure_for_tests)
+        return _BankTrainer(peer, job_id, bank, params, progress, pool, insecure_for_tests).run()
     finally:
         pool.close()
 
 
 class _BankTrainer:
     def __init__(self, peer: Peer, job_id: str, bank: PartyData, params: TrainParams, progress: Progress | None,
-                 pool: PaillierPool, allow_insecure_keys: bool) -> None:
+                 pool: PaillierPool, insecure_for_tests: bool) -> None:
         self.job_id, self.bank, self.p = job_id, bank, params
         self.progress = progress or (lambda stage, done, total: None)
-        self.allow_insecure = allow_insecure_keys
+        self.insecure_for_tests = insecure_for_tests
         self.peer = peer
         self.pool = pool
         self.T = len(bank.tag_names)
@@ -106,7 +107,7 @@ class _BankTrainer:
         self.state = BankTrainState.start(p, self.X_aug.shape[1], self.T)
 
         self.progress("keys", 0, 1)
-        self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.allow_insecure)
+        self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
         channel = self.peer.open(SESSION_KIND, self.job_id, {Field.VERSION: VERSION, Field.PARAMS: p.to_json(),
                                                               Field.TAGS: json.dumps(bank.tag_names)})
         try:
@@ -136,7 +137,7 @@ class _BankTrainer:
         })
         try:
             self.ppk = PublicKey.from_bytes(read_field(reply, Field.PLATFORM_KEY, bytes),
-                                            allow_insecure=self.allow_insecure)
+                                            allow_insecure=self.insecure_for_tests)
         except InvalidKey as err:
             raise ProtocolError(f"the platform's public key was refused: {err}") from err
         n_features = read_field(reply, Field.N_FEATURES, int)
@@ -150,7 +151,7 @@ class _BankTrainer:
             raise TrainingError("no training row has a known label")
         # The batch floor or label DP (label_privacy.py): decided before any label-dependent value leaves.
         self.privacy = LabelPrivacy.plan(p, active, train_mask, n_features, self.X_aug,
-                                         strict=not self.allow_insecure)
+                                         strict=not self.insecure_for_tests)
         for epoch in range(state.epoch + 1, p.epochs):
             self._epoch(channel, epoch, active, split)
             if p.early_stopping_patience and len(split.validation) and state.stale >= p.early_stopping_patience:

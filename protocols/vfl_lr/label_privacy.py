@@ -81,7 +81,7 @@ def platform_enforces_floor(params: TrainParams, *, strict: bool) -> bool:
     """Whether the platform refuses batches below the floor: when the job says ``label_dp="off"``.
 
     With ``"auto"`` the bank adds label DP exactly when its batches would miss the floor, and with ``"on"``
-    always, so a batch below the floor is then a noisy one. Not ``strict`` (``allow_insecure_keys``: tests
+    always, so a batch below the floor is then a noisy one. Not ``strict`` (``insecure_for_tests``: tests
     and benchmarks) it never refuses.
     """
     return strict and params.label_dp == "off"
@@ -222,7 +222,7 @@ class LabelPrivacy:
     mask: np.ndarray  # labels known in the training rows (rows x T)
     n_features: int  # the platform's
     floor: int
-    mode: str  # "dp", "floor", or "unprotected" (below the floor, only with allow_insecure_keys)
+    mode: str  # "dp", "floor", or "unprotected" (below the floor, only with insecure_for_tests)
     noise: LabelNoise | None = None
     epochs_spent: int = 0
     smallest: int | None = None  # fewest labelled rows of a tag in a batch that has some (floor mode)
@@ -234,7 +234,7 @@ class LabelPrivacy:
         """Decide the protection: label DP if ``"on"``, or if ``"auto"`` and some batch of some epoch would
         miss the floor; otherwise the floor, and :class:`TrainingError` if ``"off"`` and a batch misses it.
 
-        Not ``strict`` (``allow_insecure_keys``: tests and benchmarks), ``"auto"`` never turns label DP on and
+        Not ``strict`` (``insecure_for_tests``: tests and benchmarks), ``"auto"`` never turns label DP on and
         a batch below the floor runs as it is, the report's ``mode`` saying "unprotected".
         """
         floor, T = batch_floor(n_features, params.epochs), mask.shape[1]

@@ -51,7 +51,7 @@ class TrainParams:
     dp_epsilon: float = 3.0
     dp_delta: float = 1e-5
 
-    def validate(self, *, allow_insecure_keys: bool = False) -> TrainParams:
+    def validate(self, *, insecure_for_tests: bool = False) -> TrainParams:
         """Raise :class:`TrainingError` on a parameter of the wrong type or out of range; return self."""
         check_field_types(self, what="training parameter", error=TrainingError)
         checks = [
@@ -67,7 +67,7 @@ class TrainParams:
             (1 <= self.clip <= 30, "clip must be in [1, 30]"),
             (4 <= self.quant_bits <= 16, "quant_bits must be in 4..16"),
             (self.key_bits in (1024, 2048, 3072, 4096), "key_bits must be 2048, 3072 or 4096"),
-            (self.key_bits >= 2048 or allow_insecure_keys, "key_bits below 2048 are insecure"),
+            (self.key_bits >= 2048 or insecure_for_tests, "key_bits below 2048 are insecure"),
             (self.label_dp in ("auto", "on", "off"), "label_dp must be 'auto', 'on' or 'off'"),
             (0.05 <= self.dp_epsilon <= 100, "dp_epsilon must be in [0.05, 100]"),
             (0 < self.dp_delta <= 1e-3, "dp_delta must be in (0, 1e-3]"),

@@ -49,7 +49,7 @@ from protocols.vfl_lr.state import PlatformTrainState, Scaler
 
 def make_platform_train_handler(job_id: str, params: Message, data: PartyData, *,
                                 on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
-                                allow_insecure_keys: bool = False) -> PlatformTrainHandler:
+                                insecure_for_tests: bool = False) -> PlatformTrainHandler:
     """The platform's handler for a training session over ``data`` (rows in the alignment's order).
 
     ``params`` are the session's opening fields; ``on_result`` receives the platform's model half, once,
@@ -57,7 +57,7 @@ def make_platform_train_handler(job_id: str, params: Message, data: PartyData, *
     there are no test rows). The session owns ``compute`` and closes it with the handler.
     """
     return PlatformTrainHandler(job_id, params, data, on_result=on_result, compute=compute,
-                                allow_insecure_keys=allow_insecure_keys)
+                                insecure_for_tests=insecure_for_tests)
 
 
 class PlatformTrainHandler:
@@ -65,15 +65,15 @@ class PlatformTrainHandler:
 
     def __init__(self, job_id: str, params: Message, data: PartyData, *,
                  on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
-                 allow_insecure_keys: bool = False) -> None:
+                 insecure_for_tests: bool = False) -> None:
         self.pool = PaillierPool(compute)
         try:
-            self._open(params, data, allow_insecure_keys)
+            self._open(params, data, insecure_for_tests)
         except BaseException:
             self.pool.close()
             raise
         self.job_id, self.data, self.on_result = job_id, data, on_result
-        self.allow_insecure = allow_insecure_keys
+        self.insecure_for_tests = insecure_for_tests
         self.T = len(self.tags)
         self.stage = "setup"
         self.model: PlatformModel | None = None
@@ -83,14 +83,14 @@ class PlatformTrainHandler:
             Step.EVALUATE: self._evaluate, Step.FINISH: self._finish}
         self.evaluated: set[tuple[int, str]] = set()  # (epoch, split) already released to the bank
 
-    def _open(self, params: Message, data: PartyData, allow_insecure_keys: bool) -> None:
+    def _open(self, params: Message, data: PartyData, insecure_for_tests: bool) -> None:
         """Check the session's opening fields: version, parameters, tags; and that there are features."""
         if params.get(Field.VERSION) != VERSION:
             raise ProtocolError(f"training protocol {params.get(Field.VERSION)!r} is not supported "
                                 f"(this node: {VERSION})")
         try:
             self.p = TrainParams.from_json(str(params.get(Field.PARAMS, ""))).validate(
-                allow_insecure_keys=allow_insecure_keys)
+                insecure_for_tests=insecure_for_tests)
             tags = json.loads(str(params.get(Field.TAGS, "[]")))
         except (TrainingError, ValueError) as err:
             raise ProtocolError(str(err)) from err
@@ -122,7 +122,7 @@ class PlatformTrainHandler:
             raise ProtocolError(f"the bank aligned {n_rows} rows, this node holds {len(self.data.ids)}")
         try:
             self.bpk = PublicKey.from_bytes(read_field(message, Field.BANK_KEY, bytes),
-                                            allow_insecure=self.allow_insecure)
+                                            allow_insecure=self.insecure_for_tests)
         except InvalidKey as err:
             raise ProtocolError(f"the bank's public key was refused: {err}") from err
         self.train = read_index_array(message, Field.TRAIN_ROWS, n_rows)
@@ -143,12 +143,12 @@ class PlatformTrainHandler:
         self.X = self.scaler.transform(self.data.features)
         self.Xq, self.qscale = quantise(self.X, p.quant_bits, fit_rows=self.train)
         self.state = PlatformTrainState.start(p, self.X.shape[1], self.T)
-        self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.allow_insecure)
+        self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
         self.plan = SlotPlan(p.quant_bits, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk))
         # Label privacy: with label_dp "off", no batch may hold fewer labelled rows of a tag than the floor (but
         # more than none), or this node could solve its gradients for them (label_privacy.py).
         self.floor = batch_floor(self.X.shape[1], p.epochs)
-        self.enforce_floor = platform_enforces_floor(p, strict=not self.allow_insecure)
+        self.enforce_floor = platform_enforces_floor(p, strict=not self.insecure_for_tests)
         self.stage = "epoch"
         return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.N_FEATURES: int(self.X.shape[1])}
 
