@@ -31,6 +31,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.linalg import lsqr
 
+from benchmarks import privacy_bank_view
 from benchmarks.common import console, print_table, write_json
 from party_common.data_loading import load_party_data
 from protocols.channel import LocalPeer
@@ -332,7 +333,7 @@ def auc_by_epsilon(bank: PartyData, platform: PartyData, epsilons: Sequence[floa
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a 4000-row subset, fewer batches and epochs")
     ap.add_argument("--repeats", type=int, default=3, help="protocol runs per epsilon (fresh noise each)")
@@ -363,9 +364,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                            for name, runs in stacked.items()},
                "majority_rate": {name: {e: r["majority_rate"] for e, r in runs.items()}
                                  for name, runs in stacked.items()}}
+    # The other two leaks of the review, against both nodes: what the bank holds about platform rows after a
+    # job with validation, test and scoring, and whether any non-member's ID reached the platform.
+    bank_view = privacy_bank_view.run(epochs=3 if args.quick else 10)
+    payload.update({key: bank_view[key] for key in ("bank_feature_span_rank", "tags_released",
+                                                    "feature_recovery_r2", "nonmember_ids_sent")})
+    payload["bank_view"] = bank_view
+    print_table("the curious bank (breast, one job with validation, test and scoring)",
+                [(k, str(v)) for k, v in bank_view.items()], ("measure", "value"))
     write_json(args.json, payload)
-    return payload
+    ok = bank_view["bank_feature_span_rank"] <= bank_view["tags_released"] and bank_view["nonmember_ids_sent"] == 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
