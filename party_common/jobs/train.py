@@ -83,7 +83,14 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
         outcome = run_bank_training(peer, ctx.job_id, bank, params.train, progress=ctx.progress,
                                     compute=ctx.new_compute())
         outcome.model.alignment_job_id = alignment.job_id
-        outcome.report.update({"alignment_job_id": alignment.job_id, "rows": len(bank), "tags": list(params.tags)})
+        outcome.report.update({
+            "alignment_job_id": alignment.job_id, "rows": len(bank), "tags": list(params.tags),
+            # Scoring with this model releases one projection of the platform's features per tag; the platform
+            # counts them against its budget for the alignment (each score answer says how much is used).
+            "scoring_disclosure": {"projections_per_customer": len(params.tags),
+                                   "budget": "per alignment, set by the platform ([policy] "
+                                             "max_released_projections); reported with every score"},
+        })
         return outcome
 
     def save_bank(self, ctx: JobContext, params: TrainJobParams, result: TrainOutcome,
