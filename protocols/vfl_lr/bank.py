@@ -20,6 +20,7 @@ from protocols.packing import pack_signed, unpack_signed
 from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
 from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
+from protocols.vfl_lr import label_mask
 from protocols.vfl_lr.encoding import encode_z, pack_pairs, pack_rows, residual_offset
 from protocols.vfl_lr.evaluation import (
     TEST,
@@ -130,11 +131,11 @@ class _BankTrainer:
         started = time.monotonic()
         train_mask = np.zeros_like(self.mask)
         train_mask[split.train] = self.mask[split.train]
-        reply = channel.call(Step.SETUP, {
-            Field.BANK_KEY: self.pk.to_bytes(), Field.N_ROWS: len(self.bank.ids),
-            Field.TRAIN_ROWS: split.train, Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test,
-            Field.LABEL_MASK: train_mask.astype(np.uint8),
-        })
+        setup = {Field.BANK_KEY: self.pk.to_bytes(), Field.N_ROWS: len(self.bank.ids),
+                 Field.TRAIN_ROWS: split.train, Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test}
+        if not p.hide_label_mask:  # hidden: the platform takes every training row as labelled for every tag
+            setup[Field.LABEL_MASK] = train_mask.astype(np.uint8)
+        reply = channel.call(Step.SETUP, setup)
         try:
             self.ppk = PublicKey.from_bytes(read_field(reply, Field.PLATFORM_KEY, bytes),
                                             allow_insecure=self.insecure_for_tests)
@@ -144,11 +145,13 @@ class _BankTrainer:
         if n_features < 1:
             raise ProtocolError(f"the platform declared {n_features} features")
         self.plan = SlotPlan(p.quant_bits, max_batch_rows(p.batch_size), self.T,
-                             plaintext_bits(self.pk, self.ppk))
+                             plaintext_bits(self.pk, self.ppk), hide_mask=p.hide_label_mask)
         self.mask_train = train_mask
         active = active_rows(split.train, self.mask)
         if len(active) == 0:
             raise TrainingError("no training row has a known label")
+        if p.hide_label_mask:  # batches of labelled rows only would tell the platform which rows have a label
+            active = split.train
         # The batch floor or label DP (label_privacy.py): decided before any label-dependent value leaves.
         self.privacy = LabelPrivacy.plan(p, active, train_mask, n_features, self.X_aug,
                                          strict=not self.insecure_for_tests)
@@ -224,20 +227,24 @@ class _BankTrainer:
     # ---- ahead of time: the mask path [[e]]_A -> X_B^T e ----
 
     def _prepare_epoch(self, channel: PeerChannel, epoch: int, batches: list[np.ndarray]) -> list[np.ndarray]:
-        plan, groups = self.plan, self.plan.groups
+        p, plan, groups = self.p, self.plan, self.plan.groups
         self.privacy.record_epoch(epoch)  # every labelled row is in one of this epoch's batches
         n_noise = sum(len(r) for r in batches) * len(groups)
         noise = NoisePool(self.pk, self.sk)
         self.pool.fill(noise, n_noise)
         # Noise under the platform's key for the masks R_A of every batch, made now (public-key path).
         self.r_noise = NoisePool(self.ppk, mask=True)  # R_A re-randomises: hide our features from the key holder
-        self.pool.fill(self.r_noise, len(batches) * len(groups) * self.X_aug.shape[1])
+        n_r = len(batches) * len(groups) * self.X_aug.shape[1]
+        if p.hide_label_mask:  # and one per packed residual ciphertext, which we re-randomise
+            n_r += sum(label_mask.residual_cts(len(r), plan) for r in batches)
+        self.pool.fill(self.r_noise, n_r)
         channel.call(Step.EPOCH, {Field.EPOCH: epoch, Field.BATCH_ROWS: np.concatenate(batches),
                                   Field.BATCH_SIZES: np.array([len(r) for r in batches], dtype=np.int64)})
         masks = []
         for b, rows in enumerate(batches):
             e = np.zeros((len(rows), self.T), dtype=object)
-            m = self.mask_train[rows]
+            # Hidden mask: every pair has a mask (the residuals of unlabelled pairs are their masks alone).
+            m = np.ones((len(rows), self.T), bool) if p.hide_label_mask else self.mask_train[rows]
             for i, t in zip(*np.nonzero(m), strict=True):
                 e[i, t] = secrets.randbits(plan.e_bits)
             packed = pack_rows(e, groups, plan.emask_slot)
@@ -247,7 +254,9 @@ class _BankTrainer:
             cv = read_ciphertexts(self.pk, reply.get(Field.MASKED_PRODUCTS), None, Step.EMASK)
             opened = self.pk.decode(self.pool.decrypt_raw(self.sk, cv))
             # Label DP: the platform gets X_B^T e + noise here, so its X_B^T d' carries minus that noise.
-            dp_noise = self.privacy.platform_noise(plan, len(opened))
+            # Hidden mask: the platform's sum is scaled by k_t = round(2^G / m_t) per tag, and so is the noise.
+            scale = label_mask.tag_scales(self.mask_train[rows].sum(axis=0), plan) if p.hide_label_mask else None
+            dp_noise = self.privacy.platform_noise(plan, len(opened), scale)
             opened = [v + n for v, n in zip(opened, dp_noise, strict=True)]
             channel.call(Step.EMASK_OPEN, {Field.EPOCH: epoch, Field.BATCH: b,
                                            Field.VALUES: ints_to_bytes(opened, self.pk.byte_len)})
@@ -261,17 +270,23 @@ class _BankTrainer:
         plan, groups, T, state = self.plan, self.plan.groups, self.T, self.state
         m = self.mask_train[rows]
         n_pairs = int(m.sum())
+        hide = self.p.hide_label_mask
         reply = channel.call(Step.FORWARD, {Field.EPOCH: epoch, Field.BATCH: b})
-        row_cts = read_ciphertexts(self.ppk, reply.get(Field.ROWS), len(rows) * len(groups), "train.forward rows")
-        pair_cts = read_ciphertexts(self.ppk, reply.get(Field.PAIRS), plan.pair_cts(n_pairs), "train.forward pairs")
-
-        # [[X_A^T z_B + R_A]]_P per tag group: Pippenger over the rows, masked and re-randomised by Enc(R_A).
+        row_cts = read_ciphertexts(self.ppk, reply.get(Field.ROWS), len(rows) * (T if hide else len(groups)),
+                                   "train.forward rows")
         Xq = self.Xq_aug[rows]
         d_aug = Xq.shape[1]
+        if hide:  # one ciphertext per (row, tag): the products run over each tag's labelled rows only
+            products = label_mask.cross_products(self.pool, row_cts, Xq, m, plan)
+        else:
+            pair_cts = read_ciphertexts(self.ppk, reply.get(Field.PAIRS), plan.pair_cts(n_pairs),
+                                        "train.forward pairs")
+            products = [self.pool.matvec_t(row_cts[gi * len(rows):(gi + 1) * len(rows)], Xq)
+                        for gi in range(len(groups))]
+
+        # [[X_A^T z_B + R_A]]_P per tag group: Pippenger over the rows, masked and re-randomised by Enc(R_A).
         cross_parts, r_masks = [], []
-        for gi, g in enumerate(groups):
-            cv = row_cts[gi * len(rows):(gi + 1) * len(rows)]
-            prod = self.pool.matvec_t(cv, Xq)
+        for g, prod in zip(groups, products, strict=True):
             r = [[secrets.randbits(plan.cross_bits + STAT_BITS) for _ in g] for _ in range(d_aug)]
             r_packed = [pack_signed(rj, plan.cross_slot) for rj in r]
             enc_r = CipherVector(self.ppk, self.ppk.raw_encrypt(self.ppk.encode(r_packed),
@@ -282,9 +297,14 @@ class _BankTrainer:
         # [[d' 2^F + e]]_P for the labelled pairs: add the bank's plaintext part and the masks, slot-wise.
         z_a = self._z_bank(rows)
         c = encode_z(z_a) + residual_offset(self.y[rows])
-        ii, tt = np.nonzero(m)
-        plain = [int(c[i, t]) + int(e[i, t]) for i, t in zip(ii, tt, strict=True)]
-        residuals = pair_cts.add_plain(pack_pairs(plain, plan))
+        counts = m.sum(axis=0)
+        if hide:  # every pair, scaled by k_t = round(2^G / m_t) per tag: the platform divides by 4 2^G
+            scales = label_mask.tag_scales(counts, plan)
+            residuals = label_mask.residuals(row_cts, m, c, e, scales, plan, self.r_noise)
+        else:
+            ii, tt = np.nonzero(m)
+            plain = [int(c[i, t]) + int(e[i, t]) for i, t in zip(ii, tt, strict=True)]
+            residuals = pair_cts.add_plain(pack_pairs(plain, plan))
 
         reply = channel.call(Step.GRADIENT, {Field.EPOCH: epoch, Field.BATCH: b,
                                              Field.MASKED_GRADIENT: CipherVector.concat(cross_parts).to_bytes(),
@@ -300,9 +320,9 @@ class _BankTrainer:
         # Plaintext part X_A^T (M o (z_A + 2 - 4y)) plus the cross part X_A^T (M o z_B), over 4 m_t.
         c_float = (np.clip(z_a, -Z_CLIP, Z_CLIP) + 2 - 4 * self.y[rows]) * m
         grad = self.X_aug[rows].T @ c_float + cross
-        counts = m.sum(axis=0)
         grad = (grad + self.privacy.bank_noise(grad.shape)) / (4.0 * np.maximum(counts, 1))
-        state.optimizer.step(state.W, grad, epoch, counts > 0)
+        # Hidden mask: the platform steps every tag (it cannot tell a tag without labels here); so do we.
+        state.optimizer.step(state.W, grad, epoch, np.ones(T, bool) if hide else counts > 0)
 
     def _report(self, split: Split, test_metrics: list[dict[str, Any]], total: float) -> dict[str, Any]:
         p, state = self.p, self.state
@@ -319,6 +339,8 @@ class _BankTrainer:
             "encoding": {"fixed_point_bits": F_BITS, "z_clip": Z_CLIP, "quant_bits": p.quant_bits,
                          "statistical_mask_bits": STAT_BITS, "tags_per_ciphertext": self.plan.group,
                          "pairs_per_ciphertext": self.plan.pairs_per_ct,
+                         "label_mask": "hidden from the platform" if p.hide_label_mask else "sent to the platform",
+                         "tag_scale_bits": self.plan.scale_bits,
                          "evaluation": "shuffled multiset of (joint score, label) per tag, under the bank's key",
                          "evaluation_scores_per_ciphertext": eval_slots(self.pk)},
             "key_fingerprints": {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()},

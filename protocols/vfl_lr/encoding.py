@@ -39,15 +39,16 @@ def unpack_pairs(packed: Sequence[int], n_pairs: int, plan: SlotPlan) -> list[in
     return out
 
 
-def exact_xt_s(Xq: np.ndarray, S: list[list[int]] | np.ndarray, n_cols: int) -> list[list[int]]:
-    """``Xq^T S`` exactly for int8-range Xq and big signed ints S (m x T): 23-bit limbs through int64."""
+def exact_xt_s(Xq: np.ndarray, S: list[list[int]] | np.ndarray, n_cols: int, bits: int = 69) -> list[list[int]]:
+    """``Xq^T S`` exactly for int8-range Xq and big signed ints S (m x T), ``|S| < 2^bits``: 23-bit limbs
+    through int64 (Xq up to 16 bits and 2^17 rows keep every partial product below 2^63)."""
     S_obj = np.asarray(S, dtype=object).reshape(len(Xq), n_cols)
-    offset = 1 << 70  # makes every entry non-negative (entries are below 2^69 in magnitude)
+    offset = 1 << (bits + 1)  # makes every entry non-negative
     shifted = S_obj + offset
     out = np.zeros((Xq.shape[1], n_cols), dtype=object)
     X64 = Xq.astype(np.int64)
     limb_bits, mask = 23, (1 << 23) - 1
-    for k in range(4):  # 4 limbs of 23 bits cover 2^92 > 2^71
+    for k in range(-(-(bits + 2) // limb_bits)):  # the limbs cover 2^(bits + 2) > every shifted entry
         limb = ((shifted >> (limb_bits * k)) & mask).astype(np.int64)
         part = X64.T @ limb
         out += part.astype(object) * (1 << (limb_bits * k))

@@ -290,16 +290,25 @@ class LabelPrivacy:
         epochs before it were released too (also by a run this one resumes)."""
         self.epochs_spent = max(self.epochs_spent, epoch + 1)
 
-    def platform_noise(self, plan: SlotPlan, n_values: int) -> list[int]:
-        """Per opened mask-path value (Horner-packed, layout of ``plan``): noise to add, packed the same way."""
+    def platform_noise(self, plan: SlotPlan, n_values: int, scale: Sequence[int] | None = None) -> list[int]:
+        """Per opened mask-path value (Horner-packed, layout of ``plan``): noise to add, packed the same way.
+
+        ``scale`` (``hide_label_mask``): the platform's sum of tag t is multiplied by ``scale[t]``, and so is the
+        sensitivity, so tag t's noise is ``scale[t]`` times wider.
+        """
         if self.noise is None:
             return [0] * n_values
         out: list[int] = []
         limit = 1 << plan.emask_bits  # the headroom of an emask slot beyond its mask
+        sigma = self.noise.platform_sigma
         for g in plan.groups:
             per_ct = plan.features_per_emask_ct(len(g))
             for start in range(0, self.n_features, per_ct):
-                values = gaussian_ints(min(per_ct, self.n_features - start) * len(g), self.noise.platform_sigma)
+                count = min(per_ct, self.n_features - start) * len(g)
+                if scale is None:
+                    values = gaussian_ints(count, sigma)
+                else:  # feature-major, the group's tags inside
+                    values = [round(_RANDOM.gauss(0.0, sigma * scale[g[j % len(g)]])) for j in range(count)]
                 if any(abs(v) >= limit for v in values):
                     raise TrainingError("label DP noise does not fit the mask path's slots; raise dp_epsilon")
                 out.append(pack_signed(values, plan.emask_slot))

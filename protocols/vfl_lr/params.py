@@ -21,6 +21,7 @@ F_BITS = 20  # fractional bits of z and d' in fixed point
 Z_CLIP = 32.0  # |z_A|, |z_B| are clipped here before encoding (the Taylor loss is meaningless far beyond)
 D_BITS = 27  # |d' * 2^F| <= (32 + 34) * 2^20 < 2^27
 STAT_BITS = 40  # statistical hiding: every mask is 2^40 times wider than what it hides
+SCALE_MARGIN_BITS = 24  # hide_label_mask: the residuals' per-tag scale round(2^G / m_t) is at least 2^24
 
 
 class TrainingError(UserError):
@@ -50,6 +51,11 @@ class TrainParams:
     label_dp: str = "auto"
     dp_epsilon: float = 3.0
     dp_delta: float = 1e-5
+    # Hide the label mask M (which (row, tag) labels the bank knows) from the platform (docs/protocol.md, "Label
+    # mask"). Off by default: on, the platform sends one [[z_B]] per (row, tag) instead of one per row, the bank
+    # Horner-packs the residuals itself and scales them by 1/m_t, and every training row joins the batches;
+    # benchmarks/vfl_lr.py --hide-label-mask measures the cost. Both parties read it from the session's params.
+    hide_label_mask: bool = False
 
     def validate(self, *, insecure_for_tests: bool = False) -> TrainParams:
         """Raise :class:`TrainingError` on a parameter of the wrong type or out of range; return self."""
@@ -116,6 +122,7 @@ class SlotPlan:
     batch_size: int
     n_tags: int
     plaintext_bits: int  # usable signed bits of the smaller of the two keys
+    hide_mask: bool = False  # TrainParams.hide_label_mask: residuals scaled by 2^G / m_t (G = scale_bits)
 
     @property
     def batch_bits(self) -> int:
@@ -130,8 +137,12 @@ class SlotPlan:
         return self.cross_bits + STAT_BITS + 2
 
     @property
-    def e_bits(self) -> int:  # the mask e hiding d' 2^F
-        return D_BITS + STAT_BITS
+    def scale_bits(self) -> int:  # G: hide_label_mask scales d' 2^F by round(2^G / m_t) <= 2^G; else 0
+        return self.batch_bits + SCALE_MARGIN_BITS if self.hide_mask else 0
+
+    @property
+    def e_bits(self) -> int:  # the mask e hiding d' 2^F (times the scale and its dither under hide_mask)
+        return D_BITS + self.scale_bits + (1 if self.hide_mask else 0) + STAT_BITS
 
     @property
     def pair_slot(self) -> int:
@@ -170,5 +181,5 @@ def plaintext_bits(*keys: PublicKey) -> int:
     return min(slots_per_plaintext(k, 1) for k in keys)
 
 
-__all__ = ["D_BITS", "F_BITS", "STAT_BITS", "VERSION", "Z_CLIP", "SlotPlan", "TrainParams", "TrainingError",
+__all__ = ["D_BITS", "F_BITS", "SCALE_MARGIN_BITS", "STAT_BITS", "VERSION", "Z_CLIP", "SlotPlan", "TrainParams", "TrainingError",
            "plaintext_bits"]

@@ -16,6 +16,7 @@ from protocols.packing import SlotLayout, pack_signed, unpack_signed
 from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
 from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
+from protocols.vfl_lr import label_mask
 from protocols.vfl_lr.encoding import encode_z, exact_xt_s, pack_pairs, pack_rows, unpack_pairs
 from protocols.vfl_lr.evaluation import SPLITS, VALIDATION, packed_count, shuffle_and_add
 from protocols.vfl_lr.label_privacy import (
@@ -134,19 +135,28 @@ class PlatformTrainHandler:
         if len(np.intersect1d(self.train, np.concatenate([self.validation, self.test]))) or \
                 len(np.intersect1d(self.validation, self.test)):
             raise ProtocolError("training, validation and test rows must be disjoint")
-        mask = message.get(Field.LABEL_MASK)
-        if not isinstance(mask, np.ndarray) or mask.shape != (n_rows, self.T) or mask.dtype != np.uint8:
-            raise ProtocolError("label_mask must be a uint8 array of shape (rows, tags)")
-        self.mask = mask.astype(bool)
         p = self.p
+        mask = message.get(Field.LABEL_MASK)
+        if p.hide_label_mask:
+            # Every training row takes part in every tag as far as this node can tell; the bank alone knows M.
+            if mask is not None:
+                raise ProtocolError("the job hides the label mask: train.setup must not carry one")
+            self.mask = np.zeros((n_rows, self.T), dtype=bool)
+            self.mask[self.train] = True
+        elif not isinstance(mask, np.ndarray) or mask.shape != (n_rows, self.T) or mask.dtype != np.uint8:
+            raise ProtocolError("label_mask must be a uint8 array of shape (rows, tags)")
+        else:
+            self.mask = mask.astype(bool)
         self.scaler = Scaler.fit(self.data.features[self.train], p.clip)
         self.X = self.scaler.transform(self.data.features)
         self.Xq, self.qscale = quantise(self.X, p.quant_bits, fit_rows=self.train)
         self.state = PlatformTrainState.start(p, self.X.shape[1], self.T)
         self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
-        self.plan = SlotPlan(p.quant_bits, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk))
+        self.plan = SlotPlan(p.quant_bits, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk),
+                             hide_mask=p.hide_label_mask)
         # Label privacy: with label_dp "off", no batch may hold fewer labelled rows of a tag than the floor (but
-        # more than none), or this node could solve its gradients for them (label_privacy.py).
+        # more than none), or this node could solve its gradients for them (label_privacy.py). With the label
+        # mask hidden only the bank can count labelled rows; this node checks the batch's rows, a lower bound.
         self.floor = batch_floor(self.X.shape[1], p.epochs)
         self.enforce_floor = platform_enforces_floor(p, strict=not self.insecure_for_tests)
         self.stage = "epoch"
@@ -178,7 +188,10 @@ class PlatformTrainHandler:
         self.xte: list[np.ndarray | None] = [None] * len(self.batches)
         # Noise for this epoch's encryptions under our key, made ahead (CRT: we hold the private key).
         groups = self.plan.groups
-        count = sum(len(r) * len(groups) + self.plan.pair_cts(int(self.mask[r].sum())) for r in self.batches)
+        if self.p.hide_label_mask:
+            count = sum(len(r) * self.T for r in self.batches)
+        else:
+            count = sum(len(r) * len(groups) + self.plan.pair_cts(int(self.mask[r].sum())) for r in self.batches)
         self.noise = NoisePool(self.pk, self.sk)
         self.pool.fill(self.noise, count)
         self.bank_noise = NoisePool(self.bpk, mask=True)  # R_B re-randomises: hide X_B from the key holder
@@ -247,6 +260,11 @@ class PlatformTrainHandler:
         rows, plan = self.batches[b], self.plan
         m = self.mask[rows]
         zf = encode_z(self.X[rows] @ self.state.W)
+        if self.p.hide_label_mask:  # one ciphertext per (row, tag), row-major: the bank picks the labelled ones
+            plain = [int(v) for v in zf.ravel()]
+            cts = self.pk.raw_encrypt(self.pk.encode(plain), self.noise.take(len(plain)))
+            self.stage = "gradient"
+            return {Field.ROWS: CipherVector(self.pk, cts).to_bytes()}
         row_plain = pack_rows(np.where(m, zf, 0), plan.groups, plan.cross_slot)
         ii, tt = np.nonzero(m)
         pair_plain = pack_pairs([int(zf[i, t]) for i, t in zip(ii, tt, strict=True)], plan)
@@ -262,6 +280,7 @@ class PlatformTrainHandler:
         b = self._batch_index(message, state.next_batch)
         rows, plan, groups = self.batches[b], self.plan, self.plan.groups
         m = self.mask[rows]
+        hide = self.p.hide_label_mask
         n_pairs = int(m.sum())
         masked = message.get(Field.MASKED_GRADIENT)
         if not isinstance(masked, bytes) or len(masked) % self.pk.byte_len or \
@@ -269,22 +288,30 @@ class PlatformTrainHandler:
             raise ProtocolError("train.gradient: masked_gradient has the wrong size")
         grad_cv = read_ciphertexts(self.pk, masked, len(masked) // self.pk.byte_len,
                                    "train.gradient masked_gradient")
-        res_cv = read_ciphertexts(self.pk, message.get(Field.MASKED_RESIDUALS), plan.pair_cts(n_pairs),
+        n_res = label_mask.residual_cts(len(rows), plan) if hide else plan.pair_cts(n_pairs)
+        res_cv = read_ciphertexts(self.pk, message.get(Field.MASKED_RESIDUALS), n_res,
                                   "train.gradient masked_residuals")
         opened = self.pk.decode(self.pool.decrypt_raw(self.sk, CipherVector.concat([grad_cv, res_cv])))
         grad_open, res_open = opened[:len(grad_cv)], opened[len(grad_cv):]
-        s_values = unpack_pairs(res_open, n_pairs, plan)
-        S = np.zeros((len(rows), self.T), dtype=object)
-        ii, tt = np.nonzero(m)
-        for (i, t), s in zip(zip(ii, tt, strict=True), s_values, strict=True):
-            S[i, t] = s
-        xts = np.array(exact_xt_s(self.Xq[rows], S, self.T), dtype=object)
-        xtd = xts - self.xte[b]  # X_B^T d' 2^F, exactly, over the labelled pairs only
+        if hide:  # every pair, tag-major; unlabelled ones hold their mask alone, labelled ones k_t d' 2^F + e
+            S = label_mask.open_residuals(res_open, len(rows), plan)
+        else:
+            S = np.zeros((len(rows), self.T), dtype=object)
+            ii, tt = np.nonzero(m)
+            for (i, t), s in zip(zip(ii, tt, strict=True), unpack_pairs(res_open, n_pairs, plan), strict=True):
+                S[i, t] = s
+        wide = (plan.pair_slot,) if hide else ()  # hidden: residual slots are wider than the default 69 bits
+        xts = np.array(exact_xt_s(self.Xq[rows], S, self.T, *wide), dtype=object)
+        xtd = xts - self.xte[b]  # X_B^T d' 2^F exactly, over the labelled pairs only (hidden: times k_t)
         self.xte[b] = None
-        counts = m.sum(axis=0)
         grad = np.array(xtd.tolist(), dtype=np.float64) * self.qscale[:, None] / (1 << F_BITS)
-        grad /= 4.0 * np.maximum(counts, 1)
-        state.optimizer.step(state.W, grad, state.epoch, counts > 0)
+        if hide:  # k_t / 2^G stands for 1 / m_t, which only the bank knows; every tag steps
+            grad /= 4.0 * (1 << plan.scale_bits)
+            state.optimizer.step(state.W, grad, state.epoch, np.ones(self.T, dtype=bool))
+        else:
+            counts = m.sum(axis=0)
+            grad /= 4.0 * np.maximum(counts, 1)
+            state.optimizer.step(state.W, grad, state.epoch, counts > 0)
         state.next_batch += 1
         if state.next_batch == len(self.batches):
             state.snapshots.append(state.W.copy())
