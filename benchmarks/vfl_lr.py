@@ -2,14 +2,17 @@
 
     python -m benchmarks.vfl_lr --dataset breast|default_credit [--json PATH]
     python -m benchmarks.vfl_lr --rows 100000 --bank-features 30 --platform-features 300 --tags T --epochs 1
-                                [--quick] [--json PATH]
+                                [--quick] [--label-share S] [--hide-label-mask] [--json PATH]
 
 Quality runs the whole service (``simulations.run``: both nodes as separate processes over mutual TLS,
 PSI, training with 2048-bit keys, evaluation on a stratified 80/20 split with seed 0) on the shared
 datasets, and reports AUC of the joint model, the bank-only model and centralized scikit-learn LR.
 Speed runs the training protocol alone, both parties in this process over the in-memory channel (every
 message still serialised and checked as on the wire; no network time), on random data of the given
-shape with every label known; it reports online and ahead-of-time seconds per epoch separately.
+shape with every label known (``--label-share``: each label known with that probability); it reports online
+and ahead-of-time seconds per epoch separately, and the bytes per batch of each step (both directions).
+``--hide-label-mask`` trains with ``TrainParams.hide_label_mask`` (the platform does not learn which labels
+the bank knows; docs/protocol.md, "Label mask"): run it with and without to measure the mode's cost.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import console, write_json
-from protocols.channel import LocalPeer
+from protocols.channel import LocalPeer, Message, message_size
 from protocols.party_data import PartyData, Schema
 from protocols.vfl_lr import PlatformModel, TrainParams, make_platform_train_handler, run_bank_training
 from simulations import run
@@ -57,14 +60,16 @@ def quality(name: str, datasets: Path) -> dict[str, Any]:
 
 
 def synthetic(rows: int, bank_features: int, platform_features: int, tags: int,
-              seed: int = 0) -> tuple[PartyData, PartyData]:
-    """Random features of both parties and labels of a true joint model; every label known."""
+              seed: int = 0, label_share: float = 1.0) -> tuple[PartyData, PartyData]:
+    """Random features of both parties and labels of a true joint model; each known with ``label_share``."""
     rng = np.random.default_rng(seed)
     XA = rng.normal(size=(rows, bank_features))
     XB = rng.normal(size=(rows, platform_features))
     wa = rng.normal(size=(bank_features, tags)) / np.sqrt(bank_features)
     wb = rng.normal(size=(platform_features, tags)) / np.sqrt(platform_features)
     y = (rng.random((rows, tags)) < 1 / (1 + np.exp(-(XA @ wa + XB @ wb)))).astype(np.float64)
+    if label_share < 1.0:
+        y[rng.random((rows, tags)) >= label_share] = np.nan
     ids = np.array([f"c{i}" for i in range(rows)], dtype=object)
     tag_names = [f"tag_{t}" for t in range(tags)]
 
@@ -76,23 +81,47 @@ def synthetic(rows: int, bank_features: int, platform_features: int, tags: int,
     return party(XA, "a", y, tag_names), party(XB, "b", np.zeros((rows, 0)), [])
 
 
+class _Counting:
+    """A platform handler that counts the bytes of every request and reply, per step."""
+
+    def __init__(self, handler: Any, counts: dict[str, int]) -> None:
+        self.handler, self.counts = handler, counts
+
+    def handle(self, step: str, message: Message) -> Message:
+        reply = self.handler.handle(step, message)
+        self.counts[step] = self.counts.get(step, 0) + message_size(message) + message_size(reply)
+        return reply
+
+    def close(self) -> None:
+        self.handler.close()
+
+
 def speed(args: argparse.Namespace) -> dict[str, Any]:
     rows = 10_000 if args.quick else args.rows
-    bank, platform = synthetic(rows, args.bank_features, args.platform_features, args.tags)
+    bank, platform = synthetic(rows, args.bank_features, args.platform_features, args.tags,
+                               label_share=args.label_share)
     models: list[PlatformModel] = []
+    step_bytes: dict[str, int] = {}
 
     def factory(kind: str, job_id: str, params: dict) -> object:
-        return make_platform_train_handler(job_id, params, platform, on_result=models.append, compute=args.workers)
+        handler = make_platform_train_handler(job_id, params, platform, on_result=models.append,
+                                              compute=args.workers)
+        return _Counting(handler, step_bytes)
 
     params = TrainParams(epochs=args.epochs, batch_size=args.batch_size, validation_share=0.0,
-                         key_bits=args.bits)
+                         key_bits=args.bits, hide_label_mask=args.hide_label_mask)
     console.print(f"VFL LR speed: {rows:,} rows, {args.bank_features} + {args.platform_features} features, "
-                  f"{args.tags} tag(s), {args.epochs} epoch(s), batch {args.batch_size}, {args.bits}-bit keys")
+                  f"{args.tags} tag(s), {args.label_share:.0%} of labels known, {args.epochs} epoch(s), batch "
+                  f"{args.batch_size}, {args.bits}-bit keys, label mask "
+                  f"{'hidden' if args.hide_label_mask else 'sent'}")
     started = time.monotonic()
     outcome = run_bank_training(LocalPeer(factory), "bench-speed", bank, params, compute=args.workers)
     total = time.monotonic() - started
     report = outcome.report
     epochs = report["epochs_run"]
+    batches = sum(entry["batches"] for entry in report["history"])
+    per_batch = {step: round(n / batches) for step, n in step_bytes.items()
+                 if step in ("train.emask", "train.emask_open", "train.forward", "train.gradient")}
     result = {"rows": rows, "train_rows": report["split"]["train"], "tags": args.tags,
               "bank_features": args.bank_features, "platform_features": args.platform_features,
               "epochs": epochs, "batch_size": args.batch_size, "bits": args.bits, "workers": args.workers,
@@ -101,10 +130,14 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
               "seconds_per_epoch_total": round((report["seconds_online"] + report["seconds_ahead_of_time"]) / epochs,
                                                2),
               "seconds_wall": round(total, 2), "test_auc": {t: m["joint"]["auc"] for t, m in report["metrics"].items()},
-              "fate_published_seconds_per_epoch_16_cores": 136}
+              "fate_published_seconds_per_epoch_16_cores": 136, "label_share": args.label_share,
+              "hide_label_mask": args.hide_label_mask, "batches_per_epoch": batches // epochs,
+              "bytes_per_batch": {**per_batch, "total": sum(per_batch.values())},
+              "label_privacy_mode": report["label_privacy"]["mode"]}
     console.print(f"per epoch: online {result['seconds_per_epoch_online']} s, ahead of time "
                   f"{result['seconds_per_epoch_ahead_of_time']} s (FATE publishes 136 s on 16 cores for "
                   "100k x (30+300), one tag)")
+    console.print(f"{result['batches_per_epoch']} batches per epoch, bytes per batch: {result['bytes_per_batch']}")
     return result
 
 
@@ -121,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bits", type=int, default=2048)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="speed on 10k rows")
+    parser.add_argument("--label-share", type=float, default=1.0, help="share of labels the bank knows")
+    parser.add_argument("--hide-label-mask", action="store_true", help="train with TrainParams.hide_label_mask")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     result = quality(args.dataset, args.datasets_dir) if args.dataset else speed(args)
