@@ -21,7 +21,8 @@ features quantised to ``quant_bits``-bit integers for the products under encrypt
 Modules: ``params`` (parameters, constants, slot plan), ``messages`` (step and field names, wire readers),
 ``encoding`` (integer encodings), ``state`` (local optimisation and the per-party training state),
 ``model`` (the two model halves), ``bank`` and ``platform`` (the two sides), ``evaluation`` (the shuffled
-evaluation of held-out rows), ``reference`` (the plaintext twin). The split and the metrics are ``protocols.metrics``.
+evaluation of held-out rows), ``label_mask`` (``TrainParams.hide_label_mask``: per-pair encodings that keep
+the label mask and the per-batch counts from the platform), ``reference`` (the plaintext twin). The split and the metrics are ``protocols.metrics``.
 """
 
 __all__ = [
