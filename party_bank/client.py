@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from party_bank.node import Scores
+from party_bank.scores import Scores
 from party_bank.segments import BatchScoreResult, id_chunks
 from party_common.codec import array_from_pb
 from party_common.transport import CONTROL_TIMEOUT_S, dial, wait_healthy

@@ -11,12 +11,12 @@ import logging
 import secrets
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from party_bank.scores import Scores
 from party_bank.segments import SegmentService
 from party_common.config import NodeConfig
 from party_common.grpc_errors import describe
@@ -32,15 +32,6 @@ from protocols.vfl_lr import BankModel, sigmoid
 log = logging.getLogger(__name__)
 
 SCORE_BATCH = 5_000  # customers per PartialScore call
-
-
-@dataclass(frozen=True)
-class Scores:
-    tags: list[str]
-    probabilities: np.ndarray  # (customers, tags)
-    platform_known: np.ndarray  # bool per customer: False = scored on the bank's features alone
-    projections_released: int  # the platform's disclosure budget on the model's alignment: used ...
-    projections_limit: int  # ... of this many (0, 0 when no customer reached the platform)
 
 
 def new_job_id(kind: str) -> str:

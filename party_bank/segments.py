@@ -16,21 +16,35 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
+from party_bank.scores import Scores
+from party_common.config import NodeConfig
+from party_common.storage import NodeStores
 from party_common.storage.files import atomic_write, ensure_private_dir
 from protocols.errors import NotFound, UserError
-from protocols.party_data import DataError
+from protocols.party_data import DataError, PartyData
 from protocols.vfl_lr import BankModel
 
-if TYPE_CHECKING:
-    from party_bank.node import BankNode
+
+class ScoringNode(Protocol):
+    """What segments need of the bank node: its config, data and stores, its models and online scoring."""
+
+    config: NodeConfig
+    data: PartyData
+    stores: NodeStores
+
+    def model(self, model_job_id: str, load: Callable[..., Any]) -> Any:
+        ...
+
+    def score(self, model_job_id: str, customer_ids: list[str], tags: list[str] | None = None) -> Scores:
+        ...
 
 SCORES_DIR, SEGMENTS_DIR = "scores", "segments"
 FORMATS = ("parquet", "csv")
@@ -229,7 +243,7 @@ def expected_precision(report: dict[str, Any] | None, tag: str, share: float) ->
 class SegmentService:
     """Batch score files and segments of one bank node."""
 
-    def __init__(self, node: BankNode) -> None:
+    def __init__(self, node: ScoringNode) -> None:
         self.node = node
         self.scores_dir = node.config.state_dir / SCORES_DIR
         self.segments_dir = node.config.state_dir / SEGMENTS_DIR

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+import protocols.vfl_lr.label_mask as label_mask
 from protocols.channel import Peer, PeerChannel
 from protocols.compute import ComputeSpec
 from protocols.errors import ProtocolError
@@ -20,7 +21,6 @@ from protocols.packing import pack_signed, unpack_signed
 from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
 from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
-from protocols.vfl_lr import label_mask
 from protocols.vfl_lr.encoding import encode_z, pack_pairs, pack_rows, residual_offset
 from protocols.vfl_lr.evaluation import (
     TEST,

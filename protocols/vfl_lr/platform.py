@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+import protocols.vfl_lr.label_mask as label_mask
 from protocols.channel import Message
 from protocols.compute import ComputeSpec
 from protocols.errors import ProtocolError
@@ -16,7 +17,6 @@ from protocols.packing import SlotLayout, pack_signed, unpack_signed
 from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
 from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
-from protocols.vfl_lr import label_mask
 from protocols.vfl_lr.encoding import encode_z, exact_xt_s, pack_pairs, pack_rows, unpack_pairs
 from protocols.vfl_lr.evaluation import SPLITS, VALIDATION, packed_count, shuffle_and_add
 from protocols.vfl_lr.label_privacy import (
