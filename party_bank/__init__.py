@@ -1,0 +1,1 @@
+"""The bank node: job controller, control API for data scientists, scoring, segments, and its CLI."""

@@ -1,0 +1,1 @@
+"""Simulated data, the two-process loopback cluster, the runner and `make demo`."""

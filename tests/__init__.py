@@ -1,0 +1,1 @@
+"""`make test`: unit, property, transcript, node-level and end-to-end tests."""
