@@ -9,6 +9,7 @@
     bank-node segment --config bank.toml --model JOB_ID --tag T --top 10% --control 10% --seed 7 --out NAME
     bank-node segment-result --config bank.toml NAME --outcomes outcomes.csv
     bank-node segments --config bank.toml [NAME]
+    bank-node report --config bank.toml JOB_ID --out report.html [--overwrite]
 
 The client commands reach the node's control API at its `listen` address with mutual TLS, using an
 operator certificate signed by the bank's CA (default: operator.crt/.key beside the node's cert).
@@ -184,6 +185,13 @@ def run_client(args: argparse.Namespace) -> int:
             ids, outcomes = read_outcomes(Path(args.outcomes), config.data.id_column, args.outcome_column)
             result = client.segment_result(args.segment, ids, outcomes, source=Path(args.outcomes).name)
             print(json.dumps(result, indent=2, sort_keys=True) if args.json else describe_result(result))
+        elif args.command == "report":
+            out = Path(args.out)
+            if out.exists() and not args.overwrite:
+                raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
+            html = client.report_html(args.job_id)
+            out.write_bytes(html)
+            print(f"wrote the report of {args.job_id} to {out} ({len(html)} bytes)")
         elif args.command == "segments" and args.name:
             print_job(client.get_segment(args.name))
         elif args.command == "segments":
@@ -269,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     res.add_argument("--json", action="store_true", help="print the full result as JSON")
     segs = add("segments", "list segments, or show one")
     segs.add_argument("name", nargs="?", help="a segment's name: print its record")
+    rep = add("report", "fetch a train job's report as one self-contained HTML page (plots, intervals, privacy)")
+    rep.add_argument("job_id", help="the train job ID")
+    rep.add_argument("--out", required=True, help="HTML file to write on this machine")
+    rep.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
     args = parser.parse_args(argv)
     if args.command == "serve":
         setup_logging(args.log_level)

@@ -165,5 +165,9 @@ class BankClient:
 
         return json.loads(self.stub.SegmentResult(messages(), timeout=timeout_s).result_json)
 
+    def report_html(self, job_id: str, timeout_s: float = 300.0) -> bytes:
+        """A train job's report as the self-contained HTML page the node renders."""
+        return b"".join(c.data for c in self.stub.GetReport(pb.GetReportRequest(job_id=job_id), timeout=timeout_s))
+
 
 __all__ = ["BankClient", "JobFailed", "grpc"]

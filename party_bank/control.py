@@ -20,6 +20,7 @@ from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.errors import UserError
 
 log = logging.getLogger(__name__)
+REPORT_CHUNK_BYTES = 1 << 20  # GetReport streams the page in chunks under gRPC's 2 MiB message cap
 
 
 def job_to_pb(record: JobRecord) -> pb.Job:
@@ -127,3 +128,9 @@ class ControlServicer(pb_grpc.BankControlServicer):
             outcomes.extend(message.outcomes)
         result = self._segments.result(name, ids, outcomes, source=source or "the request")
         return pb.SegmentResultResponse(result_json=json.dumps(result, sort_keys=True))
+
+    @translate_errors("bank")
+    def GetReport(self, request: pb.GetReportRequest, context: grpc.ServicerContext) -> Iterator[pb.ReportChunk]:
+        html = self._node.report_html(request.job_id)  # rendered before the stream starts: errors get a status
+        step = REPORT_CHUNK_BYTES
+        return iter([pb.ReportChunk(data=html[i:i + step]) for i in range(0, len(html), step)] or [pb.ReportChunk()])

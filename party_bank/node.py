@@ -146,5 +146,16 @@ class BankNode(NodeBase):
                                                   ids=ids, overwrite=overwrite)
         return result.path, result.rows
 
+    def report_html(self, job_id: str) -> bytes:
+        """A train job's stored report as one self-contained HTML page (``party_bank.report_html``)."""
+        from party_bank.report_html import render  # matplotlib loads on first use, not at node start
+
+        record = self.stores.jobs.get(job_id)
+        if record.kind != "train":
+            raise NotFound(f"job {job_id} is a {record.kind} job: only train jobs have a report")
+        job = {"job_id": job_id, "name": record.name, "created_at": record.created_at,
+               "finished_at": record.finished_at}
+        return render(self.stores.reports.load(job_id), job=job).encode()
+
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -24,6 +24,7 @@ from rich.table import Table
 from party_common.data_loading import load_party_data
 from party_common.storage.files import atomic_write
 from protocols.metrics import centralized_baseline
+from protocols.uncertainty import format_interval, summarise
 from protocols.vfl_lr import TrainParams
 from simulations.cluster import LocalCluster
 
@@ -50,14 +51,17 @@ def centralized_report(cluster: LocalCluster, bank_data: Path, bank_id: str, pla
     bank = load_party_data(bank_data, id_column=bank_id, tag_columns=tags).take(ids)
     platform = load_party_data(platform_data, id_column=platform_id).take(ids)
     params = TrainParams.from_dict(train_params)
-    return centralized_baseline(bank, platform, params.split(bank.labels), l2=params.l2)
+    return centralized_baseline(bank, platform, params.split(bank.labels, bank.ids), l2=params.l2)
 
 
 def print_report(report: dict[str, Any]) -> None:
     table = Table(title="Per-tag evaluation on the held-out share of the intersection")
-    for col in ("tag", "labelled (test)", "AUC joint", "AUC bank-only", "uplift", "AUC centralized", "KS joint",
-                "logloss joint"):
-        table.add_column(col, justify="right" if col != "tag" else "left")
+    for col in ("tag", "labelled (test)", "AUC joint", "95% CI", "AUC bank-only", "uplift", "uplift 95% CI",
+                "AUC centralized", "KS joint", "ECE joint", "logloss joint"):
+        tag_width = max((len(t) for t in report["tags"]), default=3)  # tag names are never cut
+        table.add_column(col, justify="right" if col != "tag" else "left", no_wrap=col == "tag", overflow="fold",
+                         min_width=tag_width if col == "tag" else None)
+    warnings = []
     for tag, m in report["tags"].items():
         joint, bank_only, central = m.get("joint", {}), m.get("bank_only", {}), m.get("centralized", {})
 
@@ -67,10 +71,15 @@ def print_report(report: dict[str, Any]) -> None:
 
         uplift = (joint.get("auc") - bank_only.get("auc")) if joint.get("auc") is not None and \
             bank_only.get("auc") is not None else None
-        table.add_row(tag, str(joint.get("n", "-")), f(joint, "auc"), f(bank_only, "auc"),
-                      "-" if uplift is None else f"{uplift:+.3f}", f(central, "auc"), f(joint, "ks"),
-                      f(joint, "logloss"))
-    console.print(table)
+        iv = m.get("intervals") or {}
+        table.add_row(tag, str(joint.get("n", "-")), f(joint, "auc"), format_interval((iv.get("joint") or {}).get("auc")),
+                      f(bank_only, "auc"), "-" if uplift is None else f"{uplift:+.3f}",
+                      format_interval(iv.get("uplift"), signed=True), f(central, "auc"), f(joint, "ks"),
+                      f(m.get("ece") or {}, "joint"), f(joint, "logloss"))
+        warnings.extend(f"{tag}: {w['message']}" for w in m.get("warnings") or [])
+    console.print(table, crop=False, overflow="fold")
+    for w in warnings:
+        console.print(f"[yellow]warning[/] {w}", highlight=False, overflow="fold")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,10 +154,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["batch_scoring"] = {"path": path, "rows": rows}
         console.print(f"[bold]Scoring[/]: online for {len(sample)} customers; batch wrote {rows} rows to {path}")
         report["model_job_id"] = train["job_id"]
+        # Intervals, calibration and warnings (the same numbers as the node's HTML report, fetched beside it).
+        summary = summarise(train)
+        report["uncertainty"] = {k: v for k, v in summary.items() if k != "tags"}
+        for tag, s in summary["tags"].items():
+            report["tags"][tag].update(intervals=s["intervals"], ece=s["ece"], warnings=s["warnings"])
+        atomic_write(out / "report.html", client.report_html(train["job_id"]))
     report["seconds_total"] = round(time.monotonic() - started, 1)
     atomic_write(out / "report.json", json.dumps(report, indent=2, sort_keys=True, default=str).encode())
     print_report(report)
-    console.print(f"Report: {out / 'report.json'}")
+    console.print(f"Report: {out / 'report.json'}; for people: {out / 'report.html'}", highlight=False)
     return report
 
 

@@ -1,0 +1,187 @@
+"""The training report for people: bootstrap intervals, calibration, warnings, the HTML page and its RPC."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from party_bank import cli
+from party_bank.client import BankClient
+from party_bank.control import ControlServicer
+from party_bank.node import BankNode
+from party_bank.report_html import render
+from party_common.storage import memory_node_stores
+from party_common.transport import bind, make_server
+from proto import fedprofile_v1_pb2_grpc as pb_grpc
+from protocols.metrics import tag_metrics
+from protocols.uncertainty import (
+    bootstrap_auc_ks,
+    expected_calibration_error,
+    percentile_interval,
+    point_auc_ks,
+    summarise,
+)
+
+RESAMPLES = 300
+
+
+def scored(n: int, strength: float, seed: int, rate: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """Labels with a given positive rate and calibrated-ish probabilities that separate them."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < rate).astype(np.float64)
+    z = strength * (y - rate) + rng.normal(size=n) + np.log(rate / (1 - rate))
+    return 1 / (1 + np.exp(-z)), y
+
+
+def synthetic_report(tags: dict[str, tuple[float, float, int]], *, predictions: bool = True,
+                     rate: float = 0.2) -> dict[str, Any]:
+    """A report like the trainer's: tags -> (joint strength, bank-only strength, test rows)."""
+    metrics, preds = {}, {}
+    for i, (tag, (sj, sb, n)) in enumerate(tags.items()):
+        pj, yj = scored(n, sj, 10 * i + 1, rate)
+        pb, yb = scored(n, sb, 10 * i + 2, rate)
+        metrics[tag] = {"joint": tag_metrics(yj, pj), "bank_only": tag_metrics(yb, pb), "best_epoch": 2}
+        preds[tag] = {"joint": {"p": pj.tolist(), "y": yj.astype(int).tolist()},
+                      "bank_only": {"p": pb.tolist(), "y": yb.astype(int).tolist()}}
+    report: dict[str, Any] = {
+        "protocol": "2.0", "metrics": metrics, "tags": list(tags), "rows": 9999, "alignment_job_id": "align-1",
+        "split": {"train": 7000, "validation": 1000, "test": 1999}, "epochs_run": 3,
+        "history": [{"epoch": e, "validation_auc": {t: 0.6 + 0.01 * e for t in tags}} for e in (1, 2, 3)],
+        "label_privacy": {"mode": "dp", "epsilon": 3.0, "delta": 1e-5, "floor": 300},
+        "encoding": {"label_mask": "sent to the platform",
+                     "evaluation": "shuffled multiset of (joint score, label) per tag, under the bank's key"},
+        "scoring_disclosure": {"projections_per_customer": len(tags)},
+    }
+    if predictions:
+        report["test_predictions"] = preds
+    return report
+
+
+def test_point_estimates_equal_sklearn_and_intervals_contain_them_and_shrink() -> None:
+    widths = []
+    for n in (400, 6400):
+        p, y = scored(n, 1.5, 3)
+        auc, ks = point_auc_ks(p, y)
+        m = tag_metrics(y, p)
+        assert auc == pytest.approx(m["auc"], abs=1e-12) and ks == pytest.approx(m["ks"], abs=1e-12)
+        a, k = bootstrap_auc_ks(p, y, resamples=RESAMPLES, seed=1)
+        auc_ci, ks_ci = percentile_interval(a), percentile_interval(k)
+        assert auc_ci and ks_ci
+        assert auc_ci[0] <= round(auc, 3) <= auc_ci[1] and ks_ci[0] <= round(ks, 3) <= ks_ci[1]
+        widths.append(auc_ci[1] - auc_ci[0])
+    assert widths[1] < widths[0] / 2  # 16x the rows: about a quarter of the width
+    # Seeded: the same draws twice.
+    p, y = scored(500, 1.0, 4)
+    assert np.array_equal(bootstrap_auc_ks(p, y, resamples=50, seed=9)[0], bootstrap_auc_ks(p, y, resamples=50,
+                                                                                             seed=9)[0])
+
+
+def test_ties_are_counted_half() -> None:
+    p, y = np.array([0.5, 0.5, 0.5, 0.5]), np.array([0.0, 1.0, 0.0, 1.0])
+    assert point_auc_ks(p, y) == (0.5, 0.0)
+
+
+def test_ece_small_when_calibrated_and_large_when_shifted() -> None:
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0.05, 0.95, 20_000)
+    y = (rng.random(len(p)) < p).astype(np.float64)
+    assert expected_calibration_error(p, y) < 0.02
+    assert expected_calibration_error(np.clip(p + 0.2, 0, 1), y) > 0.15
+
+
+def test_warnings_fire_on_the_documented_conditions() -> None:
+    report = synthetic_report({"better": (3.0, 1.0, 3000), "same": (1.5, 1.5, 3000), "worse": (0.5, 3.0, 3000),
+                               "rare": (2.0, 1.0, 100)})
+    s = summarise(report, resamples=RESAMPLES)
+    codes = {tag: {w["code"] for w in t["warnings"]} for tag, t in s["tags"].items()}
+    assert codes["better"] == set()
+    assert codes["same"] == {"no_difference"}
+    assert codes["worse"] == {"joint_worse"}
+    assert "few_positives" in codes["rare"]  # 100 rows at 20%: about 20 positives
+    worse = s["tags"]["worse"]
+    assert worse["intervals"]["uplift"][1] < 0 and worse["uplift"] < 0
+    for t in s["tags"].values():  # three decimals, never sixteen
+        assert t["auc"]["joint"] == round(t["auc"]["joint"], 3)
+        assert all(v == round(v, 3) for v in t["intervals"]["joint"]["auc"])
+    old = summarise(synthetic_report({"a": (2.0, 1.0, 500)}, predictions=False), resamples=RESAMPLES)
+    assert {w["code"] for w in old["tags"]["a"]["warnings"]} == {"no_intervals"}
+    assert old["tags"]["a"]["auc"]["joint"] is not None and old["tags"]["a"]["intervals"]["uplift"] is None
+
+
+def cells(html: str) -> dict[tuple[str, str], str]:
+    return {(t, k): v for t, k, v in re.findall(r'<td data-tag="([^"]+)" data-key="([^"]+)">([^<]*)</td>', html)}
+
+
+@pytest.mark.parametrize("predictions", [True, False])
+def test_html_is_self_contained_and_its_numbers_are_summarises(predictions: bool) -> None:
+    tag = "tag_a_rather_long_customer_tag_name_that_must_not_be_cut"
+    report = synthetic_report({tag: (2.0, 1.0, 1500), "same": (1.5, 1.5, 1500)}, predictions=predictions)
+    s = summarise(report, resamples=RESAMPLES)
+    html = render(report, s, job={"job_id": "train-1", "created_at": "2024-06-01T10:00:00Z"})
+    assert html.startswith("<!DOCTYPE html>")
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    assert "data:image/png;base64," in html  # the validation history is plotted even without predictions
+    c = cells(html)
+    for t, summary in s["tags"].items():
+        assert float(c[(t, "auc-joint")]) == summary["auc"]["joint"] == round(report["metrics"][t]["joint"]["auc"], 3)
+        assert float(c[(t, "auc-bank_only")]) == summary["auc"]["bank_only"]
+        assert float(c[(t, "uplift")]) == summary["uplift"]
+        assert int(c[(t, "positives")]) == report["metrics"][t]["joint"]["positives"]
+        if predictions:
+            lo, hi = (float(x) for x in c[(t, "uplift-ci")].strip("[]").split(","))
+            assert [lo, hi] == summary["intervals"]["uplift"]
+            assert float(c[(t, "ece-joint")]) == summary["ece"]["joint"]
+        else:
+            assert c[(t, "uplift-ci")] == "-"
+    assert f'<td class="tag">{tag}</td>' in html  # the whole name, in a cell that does not wrap
+    for phrase in ("What each party learned", "epsilon = 3", "whether the bank knows", "docs/protocol.md",
+                   "train-1", "2024-06-01T10:00:00Z"):
+        assert phrase in html
+    assert ("no measurable difference" in html) == predictions
+
+
+class FakeNode:
+    """What ControlServicer and BankNode.report_html need of a bank node."""
+
+    report_html = BankNode.report_html
+
+    def __init__(self, state_dir: Path) -> None:
+        self.stores = memory_node_stores()
+        self.config = SimpleNamespace(state_dir=state_dir)
+
+
+def test_rpc_and_cli_return_the_page_the_node_renders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = FakeNode(tmp_path)
+    report = synthetic_report({"tag_1": (2.0, 1.0, 800)})
+    node.stores.jobs.create("train-20240601-100000-abcdef", "train", "", {})
+    node.stores.jobs.finish("train-20240601-100000-abcdef", {})
+    node.stores.reports.save("train-20240601-100000-abcdef", report)
+    server = make_server(workers=2)
+    pb_grpc.add_BankControlServicer_to_server(ControlServicer(node), server)  # type: ignore[arg-type]
+    port = bind(server, "127.0.0.1:0", None)
+    server.start()
+    try:
+        client = BankClient(f"127.0.0.1:{port}", cert=None, key=None, ca=None, insecure=True)
+        expected = node.report_html("train-20240601-100000-abcdef")
+        assert client.report_html("train-20240601-100000-abcdef") == expected
+        with pytest.raises(cli.grpc.RpcError) as err:
+            client.report_html("train-20240601-100000-000000")
+        assert err.value.code().name == "NOT_FOUND"
+        client.close()
+
+        monkeypatch.setattr(cli, "load_config", lambda *a, **k: None)
+        monkeypatch.setattr(cli, "client_for", lambda config, args: BankClient(
+            f"127.0.0.1:{port}", cert=None, key=None, ca=None, insecure=True))
+        out = tmp_path / "report.html"
+        argv = ["report", "--config", "bank.toml", "--insecure-dev", "train-20240601-100000-abcdef", "--out", str(out)]
+        assert cli.main(argv) == 0 and out.read_bytes() == expected
+        out.write_text("mine")
+        assert cli.main(argv) == 1 and out.read_text() == "mine"  # refuses to overwrite
+        assert cli.main([*argv, "--overwrite"]) == 0 and out.read_bytes() == expected
+    finally:
+        server.stop(None)
