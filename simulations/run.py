@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         console.print(f"[bold]Scoring[/]: online for {len(sample)} customers; batch wrote {rows} rows to {path}")
         report["model_job_id"] = train["job_id"]
         # Intervals, calibration and warnings (the same numbers as the node's HTML report, fetched beside it).
-        summary = summarise(train)
+        summary = train.get("summary") or summarise(train)  # the node summarised the predictions it keeps
         report["uncertainty"] = {k: v for k, v in summary.items() if k != "tags"}
         for tag, s in summary["tags"].items():
             report["tags"][tag].update(intervals=s["intervals"], ece=s["ece"], warnings=s["warnings"])

@@ -13,8 +13,11 @@ from party_common.storage.alignments import Alignment
 from protocols.channel import Message, StepHandler
 from protocols.errors import NotFound, ProtocolError, UserError
 from protocols.party_data import PartyData
+from protocols.uncertainty import summarise
 from protocols.vfl_lr import TrainOutcome, TrainParams, make_platform_train_handler, run_bank_training
 
+# Per-row evaluation data in a report: kept in the report document, left out of the job's summary.
+PREDICTION_KEYS = ("test_predictions", "validation_predictions")
 # Alignments a model can be trained on: both nodes learned the intersection ("bank_only" leaves the platform
 # unable to find its rows, "cardinality" leaves both sides with a count).
 TRAINABLE_MODES = ("both",)
@@ -96,8 +99,11 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
     def save_bank(self, ctx: JobContext, params: TrainJobParams, result: TrainOutcome,
                   peer_name: str) -> dict[str, Any]:
         ctx.stores.models.save(ctx.job_id, result.model.to_dict())
-        ctx.stores.reports.save(ctx.job_id, result.report)
-        return result.report
+        # Intervals, calibration error and warnings once, from the test predictions; the predictions stay in
+        # the stored report (for the HTML report's plots), not in the job's summary (it travels in GetJob).
+        report = {**result.report, "summary": summarise(result.report)}
+        ctx.stores.reports.save(ctx.job_id, report)
+        return {key: value for key, value in report.items() if key not in PREDICTION_KEYS}
 
     def open_platform(self, ctx: JobContext, params: Message, context: SessionContext,
                       on_result: Callable[[Any], None]) -> StepHandler:
