@@ -10,6 +10,7 @@
     bank-node segment-result --config bank.toml NAME --outcomes outcomes.csv
     bank-node segments --config bank.toml [NAME]
     bank-node report --config bank.toml JOB_ID --out report.html [--overwrite]
+    bank-node models --config bank.toml [--json] | alias NAME@LABEL MODEL | unalias ALIAS | retire MODEL
 
 The client commands reach the node's control API at its `listen` address with mutual TLS, using an
 operator certificate signed by the bank's CA (default: operator.crt/.key beside the node's cert).
@@ -30,6 +31,8 @@ from grpc_health.v1.health import HealthServicer
 from party_bank.client import BankClient
 from party_bank.control import ControlServicer
 from party_bank.node import BankNode
+from party_bank.registry import ACTIONS as MODEL_ACTIONS
+from party_bank.registry import models_command
 from party_bank.segments import read_ids, read_outcomes
 from party_common.config import ConfigError, NodeConfig, load_config
 from party_common.grpc_link import GrpcPlatformLink
@@ -149,7 +152,7 @@ def run_client(args: argparse.Namespace) -> int:
                 if getattr(args, key) is not None:
                     train[key] = getattr(args, key)
             tags = args.tags.split(",") if args.tags else None
-            print_job(client.train(tags=tags, alignment_job_id=args.alignment, train=train,
+            print_job(client.train(tags=tags, alignment_job_id=args.alignment, train=train, name=args.name or "",
                                    on_progress=lambda j: print(j["progress"], file=sys.stderr)))
         elif args.command == "jobs":
             for job in client.jobs(args.limit):
@@ -194,6 +197,8 @@ def run_client(args: argparse.Namespace) -> int:
             print(f"wrote the report of {args.job_id} to {out} ({len(html)} bytes)")
         elif args.command == "segments" and args.name:
             print_job(client.get_segment(args.name))
+        elif args.command == "models":
+            print(models_command(client, args.action, args.operands, as_json=args.json))
         elif args.command == "segments":
             for r in client.segments():
                 print(f"{r['name']:24s} {r['tag']:24s} target {r['target_size']:>8} control {r['control_size']:>7}"
@@ -234,16 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--learning-rate", type=float)
     t.add_argument("--params", help="JSON object of training parameters")
+    t.add_argument("--name", help="the model's display name (`bank-node models` shows it)")
     j = add("jobs", "list jobs")
     j.add_argument("--limit", type=int, default=20)
     one = add("job", "show one job")
     one.add_argument("job_id")
     sc = add("score", "score customers online")
-    sc.add_argument("--model", required=True, help="the train job ID")
+    sc.add_argument("--model", required=True, help="the train job ID or an alias NAME@LABEL")
     sc.add_argument("--ids", required=True, help="comma-separated customer IDs")
     sc.add_argument("--tags")
     b = add("batch-score", "score the intersection, every customer, or a list of IDs into a file on the node")
-    b.add_argument("--model", required=True, help="the train job ID")
+    b.add_argument("--model", required=True, help="the train job ID or an alias NAME@LABEL")
     b.add_argument("--out", required=True, help="output .csv or .parquet, relative to <state_dir>/scores/ "
                    "on the bank node (absolute paths and '..' are refused)")
     who = b.add_mutually_exclusive_group()
@@ -254,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--tags", help="comma-separated tags (default: all of the model's)")
     b.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     seg = add("segment", "pick a campaign target by score and hold out a random control group")
-    seg.add_argument("--model", required=True, help="the train job ID")
+    seg.add_argument("--model", required=True, help="the train job ID or an alias NAME@LABEL")
     seg.add_argument("--tag", required=True, help="the tag whose score selects the target")
     rule = seg.add_mutually_exclusive_group(required=True)
     rule.add_argument("--top", type=share, help="select the highest-scored share, e.g. 10%% or 0.1")
@@ -281,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("job_id", help="the train job ID")
     rep.add_argument("--out", required=True, help="HTML file to write on this machine")
     rep.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
+    mo = add("models", "the model registry: list models; alias NAME@LABEL MODEL; unalias ALIAS; retire MODEL")
+    mo.add_argument("action", nargs="?", default="list", choices=list(MODEL_ACTIONS))
+    mo.add_argument("operands", nargs="*", help="NAME@LABEL MODEL (alias), ALIAS (unalias), MODEL (retire)")
+    mo.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     if args.command == "serve":
         setup_logging(args.log_level)

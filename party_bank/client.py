@@ -169,5 +169,23 @@ class BankClient:
         """A train job's report as the self-contained HTML page the node renders."""
         return b"".join(c.data for c in self.stub.GetReport(pb.GetReportRequest(job_id=job_id), timeout=timeout_s))
 
+    # ---- model registry (``model`` is a train job ID or an alias NAME@LABEL) ----
+
+    def models(self) -> list[dict[str, Any]]:
+        reply = self.stub.ListModels(pb.ListModelsRequest(), timeout=CONTROL_TIMEOUT_S)
+        return [json.loads(m) for m in reply.model_json]
+
+    def set_alias(self, alias: str, model: str) -> dict[str, Any]:
+        reply = self.stub.SetModelAlias(pb.SetModelAliasRequest(alias=alias, model=model), timeout=CONTROL_TIMEOUT_S)
+        return json.loads(reply.result_json)
+
+    def remove_alias(self, alias: str) -> dict[str, Any]:
+        reply = self.stub.RemoveModelAlias(pb.RemoveModelAliasRequest(alias=alias), timeout=CONTROL_TIMEOUT_S)
+        return json.loads(reply.result_json)
+
+    def retire_model(self, model: str, timeout_s: float = 120.0) -> dict[str, Any]:
+        reply = self.stub.RetireRegisteredModel(pb.RetireRegisteredModelRequest(model=model), timeout=timeout_s)
+        return json.loads(reply.result_json)
+
 
 __all__ = ["BankClient", "JobFailed", "grpc"]

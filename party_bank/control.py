@@ -85,7 +85,8 @@ class ControlServicer(pb_grpc.BankControlServicer):
         return batch_score_to_pb(self._batch_score(first, ids))
 
     def _batch_score(self, request: pb.BatchScoreRequest, ids: list[str]) -> BatchScoreResult:
-        return self._segments.batch_score(request.model_job_id, request.output_path, list(request.tags),
+        return self._segments.batch_score(self._node.resolve_model(request.model_job_id), request.output_path,
+                                          list(request.tags),
                                           all_customers=request.all_customers, ids=ids or None,
                                           overwrite=request.overwrite)
 
@@ -93,7 +94,8 @@ class ControlServicer(pb_grpc.BankControlServicer):
     def Segment(self, request: pb.SegmentRequest, context: grpc.ServicerContext) -> pb.SegmentResponse:
         rule = request.WhichOneof("rule")
         record = self._segments.create(
-            request.model_job_id, request.tag, name=request.name, control_share=request.control_share,
+            self._node.resolve_model(request.model_job_id), request.tag, name=request.name,
+            control_share=request.control_share,
             top_share=request.top_share if rule == "top_share" else None,
             min_score=request.min_score if rule == "min_score" else None,
             seed=request.seed if request.HasField("seed") else None, all_customers=request.all_customers,
@@ -134,3 +136,28 @@ class ControlServicer(pb_grpc.BankControlServicer):
         html = self._node.report_html(request.job_id)  # rendered before the stream starts: errors get a status
         step = REPORT_CHUNK_BYTES
         return iter([pb.ReportChunk(data=html[i:i + step]) for i in range(0, len(html), step)] or [pb.ReportChunk()])
+
+    # ---- model registry ----
+
+    @translate_errors("bank")
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(model_json=[json.dumps(m, sort_keys=True) for m in self._node.registry.list()])
+
+    @translate_errors("bank")
+    def SetModelAlias(self, request: pb.SetModelAliasRequest,
+                      context: grpc.ServicerContext) -> pb.ModelRegistryResponse:
+        return _registry_pb(self._node.registry.set_alias(request.alias, request.model))
+
+    @translate_errors("bank")
+    def RemoveModelAlias(self, request: pb.RemoveModelAliasRequest,
+                         context: grpc.ServicerContext) -> pb.ModelRegistryResponse:
+        return _registry_pb(self._node.registry.remove_alias(request.alias))
+
+    @translate_errors("bank")
+    def RetireRegisteredModel(self, request: pb.RetireRegisteredModelRequest,
+                              context: grpc.ServicerContext) -> pb.ModelRegistryResponse:
+        return _registry_pb(self._node.registry.retire(request.model))
+
+
+def _registry_pb(result: dict[str, Any]) -> pb.ModelRegistryResponse:
+    return pb.ModelRegistryResponse(result_json=json.dumps(result, sort_keys=True))

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from party_bank.registry import ModelRegistry
 from party_bank.scores import Scores
 from party_bank.segments import SegmentService
 from party_common.config import NodeConfig
@@ -49,6 +50,7 @@ class BankNode(NodeBase):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
         self._running: dict[str, Future[None]] = {}
         self._alignment_indexes: dict[str, dict[str, int]] = {}
+        self.registry = ModelRegistry(self.stores, link)
         log.info("bank data: %d customers, %d features, %d tags (%s)", len(self.data.ids),
                  len(self.data.feature_names), len(self.data.tag_names), Path(self.data.source).name)
 
@@ -96,6 +98,10 @@ class BankNode(NodeBase):
 
     # ---- scoring ----
 
+    def resolve_model(self, ref: str) -> str:
+        """The train job ID a model reference (job ID or alias NAME@LABEL) names; retired models are refused."""
+        return self.registry.resolve(ref)
+
     def score(self, model_job_id: str, customer_ids: list[str], tags: list[str] | None = None) -> Scores:
         """Probabilities (len(ids), len(tags)), and whether the platform's part is in each.
 
@@ -104,6 +110,7 @@ class BankNode(NodeBase):
         scored on the bank's side alone, with the platform's part at its training mean (z_B = 0 on
         standardised features), and flagged ``platform_known=False``.
         """
+        model_job_id = self.resolve_model(model_job_id)
         model = self.model(model_job_id, BankModel.from_dict)
         wanted, cols = self.tag_columns(model, tags or [])
         rows = np.fromiter((self.data.row_of(c) for c in customer_ids), dtype=np.int64, count=len(customer_ids))
@@ -142,6 +149,7 @@ class BankNode(NodeBase):
                     overwrite: bool = False) -> tuple[Path, int]:
         """Score the model's intersection (default), every customer, or ``ids`` into a file under
         ``<state_dir>/scores/``; return its path and row count (``party_bank.segments`` has the columns)."""
+        model_job_id = self.resolve_model(model_job_id)
         result = SegmentService(self).batch_score(model_job_id, output_path, tags, all_customers=all_customers,
                                                   ids=ids, overwrite=overwrite)
         return result.path, result.rows

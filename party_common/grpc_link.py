@@ -10,7 +10,7 @@ import numpy as np
 
 from party_common.codec import array_from_pb, array_to_pb, from_payload, to_payload
 from party_common.grpc_errors import peer_error
-from party_common.link import PartialScores, SessionContext, check_partial_scores
+from party_common.link import PartialScores, Retirement, SessionContext, check_partial_scores
 from party_common.transport import (
     CONTROL_TIMEOUT_S,
     FEATURES,
@@ -139,6 +139,13 @@ class GrpcPlatformLink:
             raise PeerError(f"partial scores: {err}", code="DATA_LOSS") from err
         answer = PartialScores(list(reply.tags), scores, reply.projections_released, reply.projections_limit)
         return check_partial_scores(answer, list(tags), len(rows))
+
+    def retire_model(self, model_job_id: str) -> Retirement:
+        try:
+            reply = self._stub.RetireModel(pb.RetireModelRequest(model_job_id=model_job_id), timeout=CONTROL_TIMEOUT_S)
+        except grpc.RpcError as err:
+            raise peer_error(err, f"retire model {model_job_id} on the platform node") from err
+        return Retirement(model_job_id, reply.retired_at, reply.already_retired)
 
     def close(self) -> None:
         self._channel.close()

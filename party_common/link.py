@@ -30,6 +30,15 @@ class PartialScores:
 
 
 @dataclass(frozen=True)
+class Retirement:
+    """The platform's answer to RetireModel: its half of the model is retired (now or before)."""
+
+    model_job_id: str
+    retired_at: str
+    already_retired: bool
+
+
+@dataclass(frozen=True)
 class SessionContext:
     """What the platform node needs to know about a session beyond the protocol's own parameters."""
 
@@ -49,6 +58,9 @@ class PlatformEndpoint(Protocol):
     def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
         ...
 
+    def retire_model(self, model_job_id: str) -> Retirement:
+        ...
+
 
 class PlatformLink(Protocol):
     """The bank's handle on the platform node."""
@@ -62,6 +74,10 @@ class PlatformLink(Protocol):
 
     def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
         """z_B for positions ``rows`` of the model's alignment (never customer IDs), checked for shape."""
+        ...
+
+    def retire_model(self, model_job_id: str) -> Retirement:
+        """Retire the platform's half of a model (idempotent): it answers no partial scores for it after."""
         ...
 
     def close(self) -> None:
@@ -123,10 +139,16 @@ class LocalPlatformLink:
         return check_partial_scores(PartialScores(list(answer.tags), scores, answer.projections_released,
                                                   answer.projections_limit), list(tags), len(rows))
 
+    def retire_model(self, model_job_id: str) -> Retirement:
+        try:
+            return self.platform.retire_model(model_job_id)
+        except FedProfileError as err:
+            raise PeerError(f"retire model: {err}", code=status_of(err).name) from err
+
     def close(self) -> None:
         for channel in self.channels:
             channel.close()
 
 
-__all__ = ["ContextPeer", "LocalPlatformLink", "PartialScores", "PlatformEndpoint", "PlatformLink", "SessionContext",
-           "check_partial_scores"]
+__all__ = ["ContextPeer", "LocalPlatformLink", "PartialScores", "PlatformEndpoint", "PlatformLink", "Retirement",
+           "SessionContext", "check_partial_scores"]

@@ -17,17 +17,19 @@ import numpy as np
 from party_common.config import NodeConfig
 from party_common.grpc_errors import describe
 from party_common.jobs import SESSION_KINDS, JobContext, JobKind
-from party_common.link import PartialScores, SessionContext
+from party_common.link import PartialScores, Retirement, SessionContext
 from party_common.node import NodeBase
 from party_common.storage import NodeStores
+from party_common.storage.jobs import now
 from protocols.channel import Message, StepHandler
-from protocols.errors import FedProfileError, ProtocolError
+from protocols.errors import FedProfileError, NotFound, ProtocolError
 from protocols.party_data import PartyData
 from protocols.vfl_lr import PlatformModel
 
 log = logging.getLogger(__name__)
 
 RELEASE_EVENT = "projection released"  # audit rows under the alignment's job ID: "<model job>:<tag>"
+RETIRE_EVENT = "model retired"  # audit row under the model's job ID when the bank retires it
 
 
 class DisclosureRefused(ProtocolError):
@@ -114,6 +116,10 @@ class PlatformNode(NodeBase):
         """
         if not isinstance(rows, np.ndarray) or rows.dtype != np.int64 or rows.ndim != 1 or len(rows) == 0:
             raise ProtocolError("partial scores: rows must be a non-empty 1-d int64 array of alignment positions")
+        retired = self.retirement(model_job_id)
+        if retired is not None:
+            raise NotFound(f"model {model_job_id} was retired on the platform node at {retired['retired_at']}: "
+                           "it answers no more partial scores")
         model = self.model(model_job_id, PlatformModel.from_dict)
         wanted, cols = self.tag_columns(model, tags)
         aligned = self._aligned_rows(model.alignment_job_id)
@@ -123,6 +129,26 @@ class PlatformNode(NodeBase):
         self.stores.jobs.audit(model_job_id, "partial scores", f"{len(rows)} rows, {len(wanted)} tags")
         scores = model.partial_scores(self.data.features[aligned[rows]])[:, cols]
         return PartialScores(wanted, scores, released, self.projections_limit)
+
+    # ---- model registry ----
+
+    def retirement(self, model_job_id: str) -> dict[str, Any] | None:
+        """The registry entry of a retired model (``stores.registry``), None while it is active."""
+        return self.stores.registry.load(model_job_id) if self.stores.registry.exists(model_job_id) else None
+
+    def retire_model(self, model_job_id: str) -> Retirement:
+        """Mark our half of a model retired (idempotent) and audit it; partial scores for it are refused after."""
+        with self._members_lock:
+            entry = self.retirement(model_job_id)
+            if entry is not None:
+                return Retirement(model_job_id, str(entry["retired_at"]), already_retired=True)
+            had_half = self.stores.models.exists(model_job_id)
+            entry = {"model": model_job_id, "status": "retired", "retired_at": now(), "had_model_half": had_half}
+            self.stores.registry.save(model_job_id, entry, overwrite=True)
+            self.stores.jobs.audit(model_job_id, RETIRE_EVENT,
+                                   "asked by the bank" + ("" if had_half else "; no model half on this node"))
+        log.info("model %s retired", model_job_id)
+        return Retirement(model_job_id, entry["retired_at"], already_retired=False)
 
     def _release(self, alignment_job: str, projections: list[str]) -> int:
         """Record ``projections`` as released on the alignment, refusing past the budget; the count after."""

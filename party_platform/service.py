@@ -149,5 +149,10 @@ class NodeServicer(pb_grpc.NodeServicer):
                                        projections_released=answer.projections_released,
                                        projections_limit=answer.projections_limit)
 
+    @translate_errors("platform")
+    def RetireModel(self, request: pb.RetireModelRequest, context: grpc.ServicerContext) -> pb.RetireModelResponse:
+        answer = self._endpoint.retire_model(request.model_job_id)
+        return pb.RetireModelResponse(already_retired=answer.already_retired, retired_at=answer.retired_at)
+
 
 __all__ = ["NodeServicer", "Session", "SessionRegistry", "context_from_pb"]

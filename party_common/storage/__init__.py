@@ -79,6 +79,7 @@ class NodeStores:
     reports: DocumentStore
     checkpoints: DocumentStore
     segments: DocumentStore
+    registry: DocumentStore
 
 
 def open_node_stores(state_dir: Path) -> NodeStores:
@@ -92,6 +93,8 @@ def open_node_stores(state_dir: Path) -> NodeStores:
             checkpoints/<job>.json      0600  training checkpoints
             segments/segment-<name>.json 0600 segment records (bank node: sizes, rule, seed; never IDs);
                                         the segment's groups file (<name>.groups.parquet|.csv) sits beside it
+            registry/<job>.json         0600  the model registry: a retired model's flag (both nodes);
+            registry/registry_aliases.json 0600 the bank's aliases (NAME@LABEL -> model job ID), one document
     """
     state_dir = ensure_private_dir(Path(state_dir))
     return NodeStores(
@@ -101,6 +104,7 @@ def open_node_stores(state_dir: Path) -> NodeStores:
         reports=FileDocumentStore(state_dir / "reports", suffix=".json", kind="report"),
         checkpoints=FileDocumentStore(state_dir / "checkpoints", suffix=".json", kind="checkpoint"),
         segments=FileDocumentStore(state_dir / "segments", suffix=".json", kind="segment"),
+        registry=FileDocumentStore(state_dir / "registry", suffix=".json", kind="registry entry"),
     )
 
 
@@ -109,7 +113,8 @@ def memory_node_stores() -> NodeStores:
     return NodeStores(jobs=MemoryJobStore(), alignments=MemoryAlignmentStore(),
                       models=MemoryDocumentStore(kind="model"), reports=MemoryDocumentStore(kind="report"),
                       checkpoints=MemoryDocumentStore(kind="checkpoint"),
-                      segments=MemoryDocumentStore(kind="segment"))
+                      segments=MemoryDocumentStore(kind="segment"),
+                      registry=MemoryDocumentStore(kind="registry entry"))
 
 
 __all__ = [
