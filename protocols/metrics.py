@@ -1,12 +1,14 @@
 """Evaluation of per-tag models: the split both parties agree on, metrics, and scikit-learn yardsticks.
 
-The split depends only on the bank's labels and three numbers (seed, shares), so a harness that sees
-both halves (simulations, benchmarks) reproduces it exactly and can fit the centralized model on the very
-rows the joint model was trained on. Nothing here knows the training protocol: callers pass plain numbers.
+The split depends only on the customers' IDs, the bank's labels and three numbers (seed, shares), so a
+harness that sees both halves (simulations, benchmarks) reproduces it exactly and can fit the centralized
+model on the very rows the joint model was trained on. Nothing here knows the training protocol: callers pass plain numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,26 +33,62 @@ class Split:
         return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
 
 
-def split_rows(labels: np.ndarray, *, test_share: float, validation_share: float, seed: int) -> Split:
-    """Stratified split of the aligned rows into train / validation / test.
+SPLIT_SCHEME = ("blake2b-64 keyed by 'vfl-lr-split/<seed>' over each customer ID (NFC, stripped), mapped to [0, 1); "
+                "strata: the first tag's label (0, 1, unknown); in each stratum the round(n test_share) rows of "
+                "lowest hash go to test, the next round((n - n_test) validation_share) to validation, the rest "
+                "to train; every part in hash order")
 
-    Strata are the first tag's label with "unknown" as a class of its own (for one tag this is the usual
-    stratified split). ``validation_share`` is taken from what remains after the test share.
+
+def id_hashes(ids: Sequence[str], seed: int) -> np.ndarray:
+    """Per customer ID, a keyed hash in [0, 1): blake2b (8 bytes) keyed by the seed over the normalised ID.
+
+    Independent of the rows' order: the same customer gets the same value in every alignment of a job seed.
+    """
+    key = f"vfl-lr-split/{seed}".encode()
+    out = np.empty(len(ids), dtype=np.float64)
+    for i, cid in enumerate(ids):
+        digest = hashlib.blake2b(unicodedata.normalize("NFC", str(cid).strip()).encode(), digest_size=8,
+                                 key=key).digest()
+        out[i] = (int.from_bytes(digest, "big") >> 11) / float(1 << 53)  # exact in a float64
+    return out
+
+
+def split_rows(labels: np.ndarray, ids: Sequence[str] | None = None, *, test_share: float,
+               validation_share: float, seed: int) -> Split:
+    """Reproducible stratified split of the aligned rows into train / validation / test (:data:`SPLIT_SCHEME`).
+
+    A row's part depends on its customer's ID, the seed and the first tag's labels (the strata, as before),
+    never on the alignment's order; each part lists its rows in the order of their hashes, so batches built
+    from them hold the same customers whatever order PSI gave. Only the first tag's labels: the platform
+    receives the parts, so they must not depend on the other tags' labels or on which of them are known
+    (``hide_label_mask``); ranks, not fixed thresholds, give each stratum its exact share. ``ids=None``
+    (harnesses without IDs) stands in the row positions as IDs: a different split from the job's, which the
+    bank computes from its customers' IDs.
     """
     n = labels.shape[0]
-    rng = np.random.default_rng(seed)
-    strata = np.where(np.isnan(labels[:, 0]), 2, labels[:, 0]).astype(np.int64) if labels.shape[1] else \
-        np.zeros(n, dtype=np.int64)
-    test_parts, val_parts, train_parts = [], [], []
+    if ids is None:
+        ids = [str(i) for i in range(n)]
+    if len(ids) != n:
+        raise UserError(f"{len(ids)} IDs for {n} rows of labels")
+    h = id_hashes(ids, seed)
+    strata = np.where(np.isnan(labels[:, 0]), 2, np.nan_to_num(labels[:, 0], nan=0.0)).astype(np.int64) \
+        if labels.shape[1] else np.zeros(n, dtype=np.int64)
+    parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
     for value in np.unique(strata):
         rows = np.flatnonzero(strata == value)
-        rows = rows[rng.permutation(len(rows))]
+        rows = rows[np.argsort(h[rows], kind="stable")]  # hash ranks within the stratum
         n_test = int(round(len(rows) * test_share))
         n_val = int(round((len(rows) - n_test) * validation_share))
-        test_parts.append(rows[:n_test])
-        val_parts.append(rows[n_test:n_test + n_val])
-        train_parts.append(rows[n_test + n_val:])
-    return Split(*(np.sort(np.concatenate(p)).astype(np.int64) for p in (train_parts, val_parts, test_parts)))
+        parts[0].append(rows[n_test + n_val:])
+        parts[1].append(rows[n_test:n_test + n_val])
+        parts[2].append(rows[:n_test])
+
+    def by_hash(pieces: list[np.ndarray]) -> np.ndarray:
+        rows = np.concatenate(pieces)
+        return rows[np.argsort(h[rows], kind="stable")].astype(np.int64)
+
+    return Split(*(by_hash(p) for p in parts))
+
 
 
 def tag_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
@@ -105,7 +143,7 @@ def centralized_baseline(bank: PartyData, platform: PartyData, split: Split, *,
     """The yardstick no real deployment can build: LR on both halves pooled (harness only).
 
     ``bank`` and ``platform`` must be in the alignment's order with the tags of the training job, and
-    ``split`` the training job's (``TrainParams.split(bank.labels)``).
+    ``split`` the training job's (``TrainParams.split(bank.labels, bank.ids)``).
     """
     if len(bank) != len(platform):
         raise UserError(f"bank ({len(bank)} rows) and platform ({len(platform)} rows) are not aligned")
@@ -113,5 +151,5 @@ def centralized_baseline(bank: PartyData, platform: PartyData, split: Split, *,
     return baseline_metrics(X, bank.labels, bank.tag_names, split, l2=l2)
 
 
-__all__ = ["Split", "bank_only_baseline", "baseline_metrics", "centralized_baseline", "fit_predict", "split_rows",
-           "tag_metrics"]
+__all__ = ["SPLIT_SCHEME", "Split", "bank_only_baseline", "baseline_metrics", "centralized_baseline", "fit_predict", "id_hashes",
+           "split_rows", "tag_metrics"]

@@ -16,20 +16,21 @@ from protocols.channel import Peer, PeerChannel
 from protocols.compute import ComputeSpec
 from protocols.errors import ProtocolError
 from protocols.fixedpoint import quantise
-from protocols.metrics import Split, bank_only_baseline, tag_metrics
+from protocols.metrics import SPLIT_SCHEME, Split, bank_only_baseline, tag_metrics
 from protocols.packing import pack_signed, unpack_signed
 from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
 from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
+from protocols.vfl_lr.calibration import calibrate_tag
 from protocols.vfl_lr.encoding import encode_z, pack_pairs, pack_rows, residual_offset
 from protocols.vfl_lr.evaluation import (
     TEST,
+    UNKNOWN,
     VALIDATION,
     encrypt_rows,
     eval_slots,
     label_codes,
     open_scores,
-    scores_metrics,
 )
 from protocols.vfl_lr.label_privacy import LabelPrivacy, max_batch_rows
 from protocols.vfl_lr.messages import (
@@ -41,7 +42,7 @@ from protocols.vfl_lr.messages import (
     read_ciphertexts,
     read_field,
 )
-from protocols.vfl_lr.model import BankModel
+from protocols.vfl_lr.model import BankModel, sigmoid
 from protocols.vfl_lr.params import (
     F_BITS,
     STAT_BITS,
@@ -53,6 +54,7 @@ from protocols.vfl_lr.params import (
     plaintext_bits,
 )
 from protocols.vfl_lr.state import BankTrainState, Scaler, active_rows
+from protocols.vfl_lr.yardstick import Pairs, bank_only_fit, pair_metrics, predictions, sorted_pairs
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -97,7 +99,7 @@ class _BankTrainer:
     def run(self) -> TrainOutcome:
         p, bank = self.p, self.bank
         self._check_tags()
-        split = p.split(bank.labels)
+        split = p.split(bank.labels, bank.ids)  # by keyed hashes of the customer IDs: independent of PSI's order
         self.scaler = Scaler.fit(bank.features[split.train], p.clip)
         X = self.scaler.transform(bank.features)
         self.X_aug = np.hstack([X, np.ones((len(X), 1))]) if p.fit_intercept else X
@@ -105,7 +107,8 @@ class _BankTrainer:
         if p.fit_intercept:
             self.Xq_aug = np.hstack([self.Xq_aug, np.ones((len(X), 1), dtype=np.int64)])
             self.qscale_aug = np.concatenate([self.qscale_aug, [1.0]])
-        self.state = BankTrainState.start(p, self.X_aug.shape[1], self.T)
+        self.state = BankTrainState.start(p, self.X_aug.shape[1], self.T,
+                                          intercepts=p.start_intercepts(bank.labels, split.train))
 
         self.progress("keys", 0, 1)
         self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
@@ -157,20 +160,23 @@ class _BankTrainer:
                                          strict=not self.insecure_for_tests)
         for epoch in range(state.epoch + 1, p.epochs):
             self._epoch(channel, epoch, active, split)
-            if p.early_stopping_patience and len(split.validation) and state.stale >= p.early_stopping_patience:
+            if len(split.validation) and p.should_stop(state.stale, state.stale_steps):
                 break
         # Each tag keeps the weights of its best validation epoch (the platform does the same for its half).
         for t in range(self.T):
             state.W[:, t] = state.snapshots[state.best_epoch[t]][:, t]
         channel.call(Step.FINISH, {Field.BEST_EPOCH: state.best_epoch})
-        test_metrics = self._evaluate(channel, TEST, split.test)
-        report = self._report(split, test_metrics, time.monotonic() - started)
+        test_pairs = self._evaluate(channel, TEST, split.test)
+        calibration = [calibrate_tag(*(v if v is not None else (np.zeros(0), np.zeros(0))))
+                       for v in state.best_validation]
+        report = self._report(split, test_pairs, calibration, time.monotonic() - started)
         report["label_privacy"] = self.privacy.summary()
         W = state.W
         weights = W[:-1] if p.fit_intercept else W
         model = BankModel(self.job_id, list(self.bank.tag_names), weights.copy(),
                           W[-1].copy() if p.fit_intercept else np.zeros(self.T), self.scaler, self.bank.schema,
-                          {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()})
+                          {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()},
+                          calibration=np.array([[c["a"], c["b"]] for c in calibration]))
         return TrainOutcome(model, report)
 
     def _epoch(self, channel: PeerChannel, epoch: int, active: np.ndarray, split: Split) -> None:
@@ -197,32 +203,40 @@ class _BankTrainer:
         entry.update(seconds_ahead=round(t1 - t0, 3), seconds_online=round(t2 - t1, 3), batches=len(batches))
         state.history.append(entry)
         state.stale = 0 if improved.any() else state.stale + 1
+        state.stale_steps = 0 if improved.any() else state.stale_steps + len(batches)
 
     def _validate(self, channel: PeerChannel, epoch: int, rows: np.ndarray, entry: dict[str, Any]) -> np.ndarray:
         """Joint validation metrics of this epoch; which tags improved on their best so far."""
         state = self.state
-        metrics = self._evaluate(channel, VALIDATION, rows)
+        pairs = self._evaluate(channel, VALIDATION, rows)
+        metrics = [tag_metrics(y, sigmoid(z)) for z, y in pairs]
         value = np.array([m["auc"] if m["auc"] is not None else -(m["logloss"] or 0.0) for m in metrics])
         improved = value > state.best_metric + 1e-6
         state.best_metric = np.where(improved, value, state.best_metric)
+        for t in np.flatnonzero(improved):  # the multiset the tag's final (best-epoch) model gives validation
+            state.best_validation[t] = pairs[t]
         entry["validation_auc"] = {tag: m["auc"] for tag, m in zip(self.bank.tag_names, metrics, strict=True)}
         return improved
 
     def _z_bank(self, rows: np.ndarray) -> np.ndarray:
         return self.X_aug[rows] @ self.state.W
 
-    def _evaluate(self, channel: PeerChannel, split: str, rows: np.ndarray) -> list[dict[str, Any]]:
-        """Per tag, the metrics of the joint scores of ``rows`` with the current weights, from the shuffled
-        multiset of (score, label) pairs the platform returns (protocols/vfl_lr/evaluation.py)."""
+    def _evaluate(self, channel: PeerChannel, split: str, rows: np.ndarray) -> list[Pairs]:
+        """Per tag, the labelled (joint score, label) pairs of ``rows`` with the current weights, from the
+        shuffled multiset the platform returns (protocols/vfl_lr/evaluation.py), put in canonical order."""
         if len(rows) == 0:
-            return [tag_metrics(np.zeros(0), np.zeros(0)) for _ in range(self.T)]
+            return [(np.zeros(0), np.zeros(0)) for _ in range(self.T)]
         codes = label_codes(self.bank.labels[rows])
         sent = encrypt_rows(self.pool, self.pk, self.sk, self._z_bank(rows), codes)
         reply = channel.call(Step.EVALUATE, {Field.EPOCH: self.state.epoch, Field.SPLIT: split,
                                              Field.EVALUATION_ROWS: rows, Field.ENCRYPTED_SCORES: sent.to_bytes()})
         what = f"{Step.EVALUATE} ({split})"
         cv = read_ciphertexts(self.pk, reply.get(Field.SHUFFLED_SCORES), None, what)
-        return scores_metrics(open_scores(self.pool, self.sk, cv, codes, what))
+        out = []
+        for z, got in open_scores(self.pool, self.sk, cv, codes, what):
+            y = np.where(got == UNKNOWN, np.nan, got.astype(np.float64))
+            out.append(sorted_pairs(z / (1 << F_BITS), y))
+        return out
 
     # ---- ahead of time: the mask path [[e]]_A -> X_B^T e ----
 
@@ -324,18 +338,38 @@ class _BankTrainer:
         # Hidden mask: the platform steps every tag (it cannot tell a tag without labels here); so do we.
         state.optimizer.step(state.W, grad, epoch, np.ones(T, bool) if hide else counts > 0)
 
-    def _report(self, split: Split, test_metrics: list[dict[str, Any]], total: float) -> dict[str, Any]:
-        p, state = self.p, self.state
-        bank_only = bank_only_baseline(self.bank, split, l2=p.l2)
-        metrics = {}
-        for t, tag in enumerate(self.bank.tag_names):
-            metrics[tag] = {"joint": test_metrics[t],
-                            "bank_only": bank_only[tag], "best_epoch": int(state.best_epoch[t]) + 1}
+    def _report(self, split: Split, test_pairs: list[Pairs], calibration: list[dict[str, Any]],
+                total: float) -> dict[str, Any]:
+        p, state, tags = self.p, self.state, self.bank.tag_names
+        epochs_run = len(state.history)
+        # The yardstick: the bank alone, same optimiser, loss, batches, epochs and learning rate (plaintext).
+        alone = bank_only_fit(self.X_aug, self.bank.labels, split, p, self.privacy.batches, epochs_run)
+        sklearn = bank_only_baseline(self.bank, split, l2=p.l2)
+        metrics, test_pred, val_pred = {}, {}, {}
+        for t, tag in enumerate(tags):
+            metrics[tag] = {"joint": pair_metrics(test_pairs[t], calibration[t]),
+                            "bank_only": {**pair_metrics(alone.test[t], alone.calibration[t]),
+                                          "best_epoch": int(alone.best_epoch[t]) + 1},
+                            "bank_only_sklearn": sklearn[tag], "best_epoch": int(state.best_epoch[t]) + 1,
+                            "calibration": calibration[t],
+                            "bank_only_calibration": alone.calibration[t]}
+            test_pred[tag] = {"joint": predictions(test_pairs[t], calibration[t]),
+                              "bank_only": predictions(alone.test[t], alone.calibration[t])}
+            best_val = state.best_validation[t]
+            if best_val is not None:
+                val_pred[tag] = {"joint": predictions(best_val, calibration[t]),
+                                 "bank_only": predictions(alone.validation[t], alone.calibration[t])}
         return {
-            "protocol": VERSION, "metrics": metrics, "history": state.history, "epochs_run": len(state.history),
-            "split": split.sizes(), "seconds_online": round(state.seconds_online, 3),
+            "protocol": VERSION, "metrics": metrics, "history": state.history, "epochs_run": epochs_run,
+            "split": split.sizes(), "split_scheme": SPLIT_SCHEME, "seconds_online": round(state.seconds_online, 3),
             "seconds_ahead_of_time": round(state.seconds_ahead, 3), "seconds_total": round(total, 3),
             "params": p.to_dict(),
+            "yardsticks": {"bank_only": "the joint model's optimiser, Taylor loss, batches, epochs and learning rate "
+                                        "on the bank's features alone (plaintext), best validation epoch, Platt",
+                           "bank_only_sklearn": "scikit-learn LR on the bank's features, same split and l2"},
+            "calibration": "Platt scaling per tag on the validation multiset of (joint score, label); AUC and KS "
+                           "are of the scores, logloss and mean_predicted raw, *_calibrated after Platt",
+            "test_predictions": test_pred, "validation_predictions": val_pred,
             "encoding": {"fixed_point_bits": F_BITS, "z_clip": Z_CLIP, "quant_bits": p.quant_bits,
                          "statistical_mask_bits": STAT_BITS, "tags_per_ciphertext": self.plan.group,
                          "pairs_per_ciphertext": self.plan.pairs_per_ct,

@@ -28,7 +28,7 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 @dataclass
 class BankModel:
-    """The bank's half: weights on its features, intercepts, scaler, schema, tags, job and keys."""
+    """The bank's half: weights on its features, intercepts, per-tag calibration, scaler, schema, tags, job, keys."""
 
     job_id: str
     tag_names: list[str]
@@ -38,27 +38,52 @@ class BankModel:
     schema: Schema
     key_fingerprints: dict[str, str]
     alignment_job_id: str = ""
+    # (T, 2): per tag, Platt's (a, b) in p = sigmoid(a z + b), fitted on validation (protocols/vfl_lr/calibration.py);
+    # None means identity (a model stored before calibration, or one trained without validation rows).
+    calibration: np.ndarray | None = None
     kind: str = field(default="bank", init=False)
+
+    def __post_init__(self) -> None:
+        if self.calibration is None:
+            self.calibration = np.tile([1.0, 0.0], (len(self.tag_names), 1))
+        self.calibration = np.asarray(self.calibration, dtype=np.float64)
 
     def partial_scores(self, features: np.ndarray) -> np.ndarray:
         """``z_A`` (with the intercept) for rows of raw bank features, one column per tag."""
         return self.scaler.transform(np.asarray(features, dtype=np.float64)) @ self.weights + self.intercept
 
+    def probabilities(self, z_total: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities for joint scores ``z_A + z_B`` (rows x tags): ``sigmoid(a_t z + b_t)``."""
+        cal = self.calibration
+        assert cal is not None  # set by __post_init__
+        return sigmoid(cal[:, 0] * np.asarray(z_total, dtype=np.float64) + cal[:, 1])
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible values; :meth:`from_dict` restores the model exactly."""
-        return {**_common_dict(self), "intercept": self.intercept.tolist()}
+        cal = self.calibration
+        assert cal is not None
+        return {**_common_dict(self), "intercept": self.intercept.tolist(),
+                "calibration": {"method": "platt", "a": cal[:, 0].tolist(), "b": cal[:, 1].tolist()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str) -> BankModel:
         """The model of :meth:`to_dict`; :class:`ModelError` names ``where`` (e.g. the file) if ``d`` is not one."""
         common = _common_fields(d, "bank", where)
         try:
+            T = len(common["tag_names"])
             intercept = np.array(d["intercept"], dtype=np.float64)
-            if intercept.shape != (len(common["tag_names"]),):
+            if intercept.shape != (T,):
                 raise ValueError("the intercepts are not one per tag")
+            cal = d.get("calibration")  # absent in models stored before calibration: identity
+            calibration = None
+            if cal is not None:
+                calibration = np.column_stack([np.array(cal["a"], dtype=np.float64),
+                                               np.array(cal["b"], dtype=np.float64)])
+                if calibration.shape != (T, 2) or not np.isfinite(calibration).all():
+                    raise ValueError("the calibration is not one finite (a, b) per tag")
         except (KeyError, TypeError, ValueError) as err:
             raise ModelError(f"{where}: damaged bank model: {_reason(err)}") from err
-        return cls(intercept=intercept, **common)
+        return cls(intercept=intercept, calibration=calibration, **common)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,9 +38,16 @@ class TrainParams:
     l2: float = 1e-2  # objective: mean logistic loss + l2/2 |w|^2 (+ l1 |w|); the intercept is not penalised
     l1: float = 0.0
     fit_intercept: bool = True
+    # Where each tag's intercept starts: "base_rate" (the log-odds of its base rate among the labelled training
+    # rows) or "zero". "zero" is the default only until tests/test_segments.py stops assuming scores >= 0.5.
+    intercept_init: str = "zero"
     test_share: float = 0.2
     validation_share: float = 0.1  # of the rows left after the test share; 0 turns early stopping off
-    early_stopping_patience: int = 3  # epochs without a better validation AUC on any tag; 0 = never stop
+    # Early stopping, checked after each epoch's validation: stop once this many optimiser steps (batches) have
+    # passed since the last epoch that improved some tag's validation AUC; 0 = never stop. Counted in steps, so
+    # a small data set (few batches per epoch) is not stopped by a noisy epoch or two, nor a large one kept on.
+    patience_steps: int = 100
+    early_stopping_patience: int | None = None  # legacy, in epochs: when set it replaces patience_steps (0: never)
     clip: float = 5.0  # standardised features are clipped to +-clip standard deviations
     quant_bits: int = 8  # features under encryption are signed quant_bits-bit integers
     key_bits: int = 2048
@@ -69,7 +76,11 @@ class TrainParams:
             (self.l2 >= 0 and self.l1 >= 0, "l1 and l2 must be >= 0"),
             (0 < self.test_share < 0.9, "test_share must be in (0, 0.9)"),
             (0 <= self.validation_share < 0.9, "validation_share must be in [0, 0.9)"),
-            (self.early_stopping_patience >= 0, "early_stopping_patience must be an integer >= 0"),
+            (self.intercept_init in ("base_rate", "zero"), "intercept_init must be 'base_rate' or 'zero'"),
+            (self.patience_steps >= 0, "patience_steps must be an integer >= 0"),
+            (self.early_stopping_patience is None or (isinstance(self.early_stopping_patience, int) and not
+             isinstance(self.early_stopping_patience, bool) and self.early_stopping_patience >= 0),
+             "early_stopping_patience must be null or an integer >= 0"),
             (1 <= self.clip <= 30, "clip must be in [1, 30]"),
             (4 <= self.quant_bits <= 16, "quant_bits must be in 4..16"),
             (self.key_bits in (1024, 2048, 3072, 4096), "key_bits must be 2048, 3072 or 4096"),
@@ -83,10 +94,23 @@ class TrainParams:
                 raise TrainingError(message)
         return self
 
-    def split(self, labels: np.ndarray) -> Split:
-        """The train / validation / test split these parameters give the aligned rows of ``labels``."""
-        return split_rows(labels, test_share=self.test_share, validation_share=self.validation_share,
+    def split(self, labels: np.ndarray, ids: Sequence[str] | None = None) -> Split:
+        """The train / validation / test split these parameters give the aligned rows of ``labels``, whose
+        customer IDs are ``ids`` (:func:`protocols.metrics.split_rows`; the bank passes its aligned IDs)."""
+        return split_rows(labels, ids, test_share=self.test_share, validation_share=self.validation_share,
                           seed=self.seed)
+
+    def start_intercepts(self, labels: np.ndarray, train: np.ndarray) -> np.ndarray | None:
+        """The intercepts training starts from (None: zeros), per :attr:`intercept_init`."""
+        from protocols.vfl_lr.state import base_rate_intercepts  # state imports this module
+
+        return base_rate_intercepts(labels, train) if self.intercept_init == "base_rate" else None
+
+    def should_stop(self, stale_epochs: int, stale_steps: int) -> bool:
+        """Whether early stopping ends training after an epoch, given what passed since the last improvement."""
+        if self.early_stopping_patience is not None:
+            return bool(self.early_stopping_patience) and stale_epochs >= self.early_stopping_patience
+        return bool(self.patience_steps) and stale_steps >= self.patience_steps
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,9 +134,6 @@ class TrainParams:
         except ValueError as err:
             raise TrainingError(f"training parameters are not valid JSON: {err}") from err
         return cls.from_dict(d)
-
-
-
 
 @dataclass(frozen=True)
 class SlotPlan:

@@ -95,6 +95,16 @@ def epoch_batches(rows: np.ndarray, batch_size: int, seed: int, epoch: int) -> l
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
+def base_rate_intercepts(labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per tag, the log-odds of the base rate among the labelled ``rows``: where each tag's intercept starts."""
+    known = labels[rows]
+    positives = np.nansum(known, axis=0)
+    counts = (~np.isnan(known)).sum(axis=0)
+    rate = np.clip(positives / np.maximum(counts, 1), 1e-6, 1 - 1e-6)
+    rate[counts == 0] = 0.5
+    return np.log(rate / (1 - rate))
+
+
 def active_rows(train: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Training rows with at least one known label: the others take part in no tag's gradient."""
     return train[mask[train].any(axis=1)]
@@ -143,6 +153,9 @@ class BankTrainState(_TrainState):
     best_epoch: np.ndarray  # (T,) int64: per tag, the finished epoch with the best validation metric (-1: none)
     best_metric: np.ndarray  # (T,) that metric: validation AUC, or -logloss without one (-inf: none yet)
     stale: int = 0  # finished epochs in a row that improved no tag
+    stale_steps: int = 0  # optimiser steps (batches) of those epochs
+    # Per tag, the validation multiset of its best epoch so far: (joint scores, labels), sorted, labelled only.
+    best_validation: list[tuple[np.ndarray, np.ndarray] | None] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)  # the report's entry per finished epoch
     seconds_online: float = 0.0
     seconds_ahead: float = 0.0
@@ -150,15 +163,22 @@ class BankTrainState(_TrainState):
     KIND = "bank-train-state"
 
     @classmethod
-    def start(cls, params: TrainParams, n_weights: int, n_tags: int) -> BankTrainState:
-        """Zero weights for ``n_weights`` rows (the intercept is the last one if ``params.fit_intercept``)."""
+    def start(cls, params: TrainParams, n_weights: int, n_tags: int,
+              intercepts: np.ndarray | None = None) -> BankTrainState:
+        """Zero weights for ``n_weights`` rows (the intercept is the last one if ``params.fit_intercept``); the
+        intercepts start at ``intercepts`` if given (:func:`base_rate_intercepts`)."""
         W = np.zeros((n_weights, n_tags))
+        if params.fit_intercept and intercepts is not None:
+            W[-1] = intercepts
         return cls(W=W, optimizer=Optimizer(params, W.shape, _bank_unpenalised(params, n_weights)),
-                   best_epoch=np.full(n_tags, -1, dtype=np.int64), best_metric=np.full(n_tags, -np.inf))
+                   best_epoch=np.full(n_tags, -1, dtype=np.int64), best_metric=np.full(n_tags, -np.inf),
+                   best_validation=[None] * n_tags)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self._base_dict(), "best_epoch": array_to_json(self.best_epoch),
-                "best_metric": array_to_json(self.best_metric), "stale": self.stale,
+                "best_metric": array_to_json(self.best_metric), "stale": self.stale, "stale_steps": self.stale_steps,
+                "best_validation": [None if v is None else [array_to_json(v[0]), array_to_json(v[1])]
+                                    for v in self.best_validation],
                 "history": copy.deepcopy(self.history), "seconds_online": self.seconds_online, "seconds_ahead": self.seconds_ahead}
 
     @classmethod
@@ -169,11 +189,18 @@ class BankTrainState(_TrainState):
             n_weights = len(array_from_json(d["W"]))
             state = cls(**cls._base_fields(d, params, _bank_unpenalised(params, n_weights)),
                         best_epoch=array_from_json(d["best_epoch"]), best_metric=array_from_json(d["best_metric"]),
-                        stale=_int(d["stale"]), history=copy.deepcopy(list(d["history"])),
+                        stale=_int(d["stale"]), stale_steps=_int(d.get("stale_steps", 0)),
+                        best_validation=[None if v is None else (array_from_json(v[0]), array_from_json(v[1]))
+                                         for v in d.get("best_validation", [])],
+                        history=copy.deepcopy(list(d["history"])),
                         seconds_online=float(d["seconds_online"]), seconds_ahead=float(d["seconds_ahead"]))
             T = state.W.shape[1]
             if state.best_epoch.shape != (T,) or state.best_metric.shape != (T,):
                 raise ValueError("best epochs or metrics do not have one entry per tag")
+            if not state.best_validation:  # a state saved before validation multisets were kept
+                state.best_validation = [None] * T
+            if len(state.best_validation) != T:
+                raise ValueError("best validation multisets do not have one entry per tag")
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise TrainingError(f"{where}: damaged bank training state: {err}") from err
         return state
@@ -248,5 +275,5 @@ def array_from_json(d: Mapping[str, Any]) -> np.ndarray:
     return np.array(values, dtype=np.dtype(dtype)).reshape([_int(n) for n in shape])
 
 
-__all__ = ["BankTrainState", "Optimizer", "PlatformTrainState", "Scaler", "active_rows", "array_from_json",
+__all__ = ["BankTrainState", "Optimizer", "PlatformTrainState", "Scaler", "active_rows", "base_rate_intercepts", "array_from_json",
            "array_to_json", "epoch_batches"]

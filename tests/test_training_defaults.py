@@ -1,0 +1,112 @@
+"""Training defaults a bank can act on: base-rate intercepts, the same-optimiser yardstick, Platt calibration,
+a split keyed by customer IDs (the same model in any alignment order), and the stored test predictions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from protocols.party_data import PartyData
+from protocols.vfl_lr import BankModel, TrainParams
+from protocols.vfl_lr.reference import taylor_fit
+from protocols.vfl_lr.state import Scaler, base_rate_intercepts
+from protocols.vfl_lr.yardstick import bank_only_reference, pair_metrics
+from simulations.generate import SimulationConfig
+from tests.test_vfl_lr import simulate, train
+
+KW: dict[str, Any] = {"epochs": 2, "batch_size": 128, "validation_share": 0.3, "intercept_init": "base_rate"}
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> tuple[PartyData, PartyData]:
+    config = SimulationConfig(n_bank=900, n_platform=1000, overlap=0.8, n_tags=2, label_share=0.5, seed=5)
+    return simulate(tmp_path_factory.mktemp("sim"), config)
+
+
+@pytest.fixture(scope="module")
+def run(sim: tuple[PartyData, PartyData]) -> Any:
+    bank, platform = sim
+    return train(bank, platform, **KW)
+
+
+def test_intercepts_start_at_base_rate_log_odds(sim):
+    bank, _ = sim
+    params = TrainParams(**KW)
+    split = params.split(bank.labels, bank.ids)
+    rates = np.nanmean(bank.labels[split.train], axis=0)
+    expected = np.log(rates / (1 - rates))
+    assert np.allclose(base_rate_intercepts(bank.labels, split.train), expected)
+    X = Scaler.fit(bank.features[split.train], params.clip).transform(bank.features)
+    X = np.hstack([X, np.ones((len(X), 1))])
+    mask = ~np.isnan(bank.labels)
+    (W,) = taylor_fit([X], bank.labels, mask, params, lambda e: [], 1,
+                      intercepts=params.start_intercepts(bank.labels, split.train))
+    assert np.array_equal(W[-1], expected) and not W[:-1].any()
+    assert TrainParams(intercept_init="zero").start_intercepts(bank.labels, split.train) is None
+
+
+def test_bank_only_yardstick_is_the_same_optimiser_run_directly(sim, run):
+    bank, _ = sim
+    outcome, _, _, params = run
+    report = outcome.report
+    assert report["epochs_run"] == params.epochs and report["label_privacy"]["mode"] == "unprotected"
+    direct = bank_only_reference(bank, TrainParams(**params.to_dict()))
+    for t, tag in enumerate(bank.tag_names):
+        m = report["metrics"][tag]
+        expected = {**pair_metrics(direct.test[t], direct.calibration[t]), "best_epoch": int(direct.best_epoch[t]) + 1}
+        assert m["bank_only"] == expected
+        assert m["bank_only_sklearn"]["auc"] is not None  # the scikit-learn figure stays, under its own key
+
+
+def test_calibration_brings_mean_prediction_to_the_base_rate(run):
+    outcome = run[0]
+    off_before = 0
+    for tag, m in outcome.report["metrics"].items():
+        joint = m["joint"]
+        assert m["calibration"]["method"] == "platt" and m["calibration"]["a"] > 0
+        assert abs(joint["mean_predicted_calibrated"] - joint["base_rate"]) < 0.05, tag
+        off_before += abs(joint["mean_predicted"] - joint["base_rate"]) > 0.05
+        assert joint["logloss_calibrated"] < joint["logloss"] + 0.05  # small sets: Platt on 30% of 700 rows
+    assert off_before  # the Taylor loss leaves the raw level off
+    model = outcome.model
+    z = np.array([[-1.0, 0.5]])
+    assert np.allclose(model.probabilities(z), 1 / (1 + np.exp(-(model.calibration[:, 0] * z + model.calibration[:, 1]))))
+    # Model dicts keep the calibration; those stored before it load with the identity.
+    d = model.to_dict()
+    assert np.array_equal(BankModel.from_dict(d, where="m").calibration, model.calibration)
+    old = BankModel.from_dict({k: v for k, v in d.items() if k != "calibration"}, where="old")
+    assert np.array_equal(old.calibration, [[1.0, 0.0]] * len(model.tag_names))
+
+
+def test_another_alignment_order_gives_the_same_model_bit_for_bit(sim, run):
+    bank, platform = sim
+    perm = np.random.default_rng(1).permutation(len(bank))
+    ids = [bank.ids[i] for i in perm]
+    other, _, _, _ = train(bank.take(ids), platform.take(ids), **KW)
+    first = run[0]
+    assert np.array_equal(first.model.weights, other.model.weights)
+    assert np.array_equal(first.model.intercept, other.model.intercept)
+    assert np.array_equal(first.model.calibration, other.model.calibration)
+    for key in ("metrics", "split", "test_predictions", "validation_predictions"):
+        assert first.report[key] == other.report[key], key
+    history = [{k: v for k, v in e.items() if not k.startswith("seconds")} for e in first.report["history"]]
+    assert history == [{k: v for k, v in e.items() if not k.startswith("seconds")} for e in other.report["history"]]
+
+
+def test_test_predictions_have_the_documented_shape(sim, run):
+    bank, _ = sim
+    report = run[0].report
+    assert "hash" in report["split_scheme"] or "blake2b" in report["split_scheme"]
+    for key in ("test_predictions", "validation_predictions"):
+        assert set(report[key]) == set(bank.tag_names)
+        for tag, entry in report[key].items():
+            assert set(entry) == {"joint", "bank_only"}
+            n = report["metrics"][tag]["joint"]["n"] if key == "test_predictions" else None
+            for side in entry.values():
+                assert set(side) == {"p", "y"} and len(side["p"]) == len(side["y"])
+                assert all(0 <= p <= 1 and round(p, 6) == p for p in side["p"])
+                assert set(side["y"]) <= {0, 1}
+                if n is not None:
+                    assert len(side["p"]) == n
