@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from party_bank import cli
 from party_bank.client import BankClient
 from party_bank.control import ControlServicer
 from party_bank.registry import (
@@ -224,3 +226,24 @@ def test_registry_over_grpc(trained: Trained, files: SimulatedFiles,
     with pytest.raises(grpc.RpcError) as retired:
         client.score(trained.doomed, shared_ids(trained, files, 1))
     assert retired.value.code() == grpc.StatusCode.NOT_FOUND and "retired" in (retired.value.details() or "")
+
+
+def test_cli_models_commands(trained: Trained, files: SimulatedFiles, grpc_pair: tuple[BankClient, GrpcPlatformLink],
+                             tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, link = grpc_pair
+    config = tmp_path / "bank.toml"
+    tags = ", ".join(f'"{t}"' for t in files.tags)
+    config.write_text(f'[node]\nname = "bank"\nrole = "bank"\nlisten = "{link.address}"\n'
+                      f'state_dir = "{tmp_path / "state"}"\n\n[peer]\naddress = "127.0.0.1:1"\n\n'
+                      f'[data]\npath = "{files.bank}"\nid_column = "id"\ntag_columns = [{tags}]\n')
+    base = ["--config", str(config), "--insecure-dev"]
+    assert cli.main(["models", *base, "alias", "cli@prod", trained.second]) == 0
+    assert f"alias cli@prod -> {trained.second}" in capsys.readouterr().out
+    assert cli.main(["models", *base, "--json"]) == 0
+    listed = {m["model"]: m for m in json.loads(capsys.readouterr().out)}
+    assert "cli@prod" in listed[trained.second]["aliases"] and listed[trained.second]["name"] == "car-owner-v2"
+    assert cli.main(["models", *base]) == 0
+    assert "car-owner-v2" in capsys.readouterr().out
+    assert cli.main(["models", *base, "unalias", "nope@x"]) == 1
+    assert "NOT_FOUND" in (err := capsys.readouterr().err) and "nope@x" in err
+    assert cli.main(["models", *base, "unalias", "cli@prod"]) == 0
