@@ -90,7 +90,7 @@ def platform_view(bank: PartyData, platform: PartyData, params: TrainParams, *, 
     one before (floor mode); ``max_batches``: stop after that many batches in all.
     """
     p = params
-    split = p.split(bank.labels)
+    split = p.split(bank.labels, bank.ids)
     mask = ~np.isnan(bank.labels)
     train_mask = np.zeros_like(mask)
     train_mask[split.train] = mask[split.train]

@@ -28,7 +28,7 @@ from party_common.storage import NodeStores
 from party_common.storage.jobs import JobRecord
 from protocols.errors import FedProfileError, NotFound
 from protocols.party_data import PartyData
-from protocols.vfl_lr import BankModel, sigmoid
+from protocols.vfl_lr import BankModel
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,8 @@ class BankNode(NodeBase):
             z_unique[start:start + SCORE_BATCH] = answer.scores
             released, limit = answer.projections_released, answer.projections_limit
         z_platform[members] = z_unique[inverse]
-        return Scores(wanted, sigmoid(z_bank + z_platform), known, released, limit)
+        # Calibrated per tag (Platt, fitted on the validation multiset at training time).
+        return Scores(wanted, model.probabilities(z_bank + z_platform, cols), known, released, limit)
 
     def _alignment_index(self, alignment_job: str) -> dict[str, int]:
         with self._lock:

@@ -115,7 +115,7 @@ def test_curious_platform_sees_nothing_that_depends_on_the_mask(sim):
     sizes = next(req[Field.BATCH_SIZES] for step, req, _ in t1 if step == Step.EPOCH)
     rows = np.concatenate([req[Field.BATCH_ROWS] for step, req, _ in t1 if step == Step.EPOCH])
     batches = np.split(rows, np.cumsum(sizes)[:-1])
-    assert set(rows) == set(params.split(bank1.labels).train)  # rows without any label train too
+    assert set(rows) == set(params.split(bank1.labels, bank1.ids).train)  # rows without any label train too
     mask = ~np.isnan(bank1.labels)
     labelled, unlabelled = [], []
     gradients = [req for step, req, _ in t1 if step == Step.GRADIENT]

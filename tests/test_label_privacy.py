@@ -75,7 +75,7 @@ def strict_platform(platform: PartyData, params: TrainParams) -> Any:
 def test_the_platform_refuses_batches_below_the_floor(breast):
     bank, platform = breast
     params = TrainParams(**SETTINGS, batch_size=16, label_dp="off")
-    split = params.split(bank.labels)
+    split = params.split(bank.labels, bank.ids)
     handler = strict_platform(platform, params)
     try:
         bank_key, _ = generate_keypair(2048)

@@ -81,8 +81,9 @@ def test_online_scores_add_the_platform_part_only_for_shared_customers(trained: 
     platform_model = PlatformModel.from_dict(nodes.platform.stores.models.load(train_id), where="test")
     z_platform = platform_model.partial_scores(nodes.platform.data.features[[nodes.platform.data.row_of(i)
                                                                              for i in shared]])
-    np.testing.assert_allclose(probs[:4], sigmoid(z_bank[:4] + z_platform), rtol=1e-12)
-    np.testing.assert_allclose(probs[4:], sigmoid(z_bank[4:]), rtol=1e-12)
+    np.testing.assert_allclose(probs[:4], model.probabilities(z_bank[:4] + z_platform), rtol=1e-12)
+    np.testing.assert_allclose(probs[4:], model.probabilities(z_bank[4:]), rtol=1e-12)
+    assert not np.allclose(model.probabilities(z_bank), sigmoid(z_bank))  # calibrated, not the raw sigmoid
     one_tag = nodes.bank.score(train_id, shared[:2], [tags[1]])
     assert one_tag.tags == [tags[1]] and np.allclose(one_tag.probabilities[:, 0], probs[:2, 1])
     assert one_tag.projections_released == 2 and one_tag.projections_limit == len(platform_model.scaler.mean) // 2

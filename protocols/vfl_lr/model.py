@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,10 +52,13 @@ class BankModel:
         """``z_A`` (with the intercept) for rows of raw bank features, one column per tag."""
         return self.scaler.transform(np.asarray(features, dtype=np.float64)) @ self.weights + self.intercept
 
-    def probabilities(self, z_total: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities for joint scores ``z_A + z_B`` (rows x tags): ``sigmoid(a_t z + b_t)``."""
+    def probabilities(self, z_total: np.ndarray, columns: Sequence[int] | None = None) -> np.ndarray:
+        """Calibrated probabilities for joint scores ``z_A + z_B`` (rows x tags): ``sigmoid(a_t z + b_t)``;
+        ``columns``: the model's tag columns that ``z_total`` holds, in its order (default: all of them)."""
         cal = self.calibration
         assert cal is not None  # set by __post_init__
+        if columns is not None:
+            cal = cal[list(columns)]
         return sigmoid(cal[:, 0] * np.asarray(z_total, dtype=np.float64) + cal[:, 1])
 
     def to_dict(self) -> dict[str, Any]:

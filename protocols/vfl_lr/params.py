@@ -39,8 +39,8 @@ class TrainParams:
     l1: float = 0.0
     fit_intercept: bool = True
     # Where each tag's intercept starts: "base_rate" (the log-odds of its base rate among the labelled training
-    # rows) or "zero". "zero" is the default only until tests/test_segments.py stops assuming scores >= 0.5.
-    intercept_init: str = "zero"
+    # rows: a model of few steps is not pulled towards 0.5) or "zero".
+    intercept_init: str = "base_rate"
     test_share: float = 0.2
     validation_share: float = 0.1  # of the rows left after the test share; 0 turns early stopping off
     # Early stopping, checked after each epoch's validation: stop once this many optimiser steps (batches) have
@@ -102,8 +102,6 @@ class TrainParams:
 
     def start_intercepts(self, labels: np.ndarray, train: np.ndarray) -> np.ndarray | None:
         """The intercepts training starts from (None: zeros), per :attr:`intercept_init`."""
-        from protocols.vfl_lr.state import base_rate_intercepts  # state imports this module
-
         return base_rate_intercepts(labels, train) if self.intercept_init == "base_rate" else None
 
     def should_stop(self, stale_epochs: int, stale_steps: int) -> bool:
@@ -204,3 +202,13 @@ def plaintext_bits(*keys: PublicKey) -> int:
 
 __all__ = ["D_BITS", "F_BITS", "SCALE_MARGIN_BITS", "STAT_BITS", "VERSION", "Z_CLIP", "SlotPlan", "TrainParams", "TrainingError",
            "plaintext_bits"]
+
+
+def base_rate_intercepts(labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per tag, the log-odds of the base rate among the labelled ``rows``: where each tag's intercept starts."""
+    known = labels[rows]
+    positives = np.nansum(known, axis=0)
+    counts = (~np.isnan(known)).sum(axis=0)
+    rate = np.clip(positives / np.maximum(counts, 1), 1e-6, 1 - 1e-6)
+    rate[counts == 0] = 0.5
+    return np.log(rate / (1 - rate))

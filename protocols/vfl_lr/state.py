@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.vfl_lr.params import VERSION, TrainingError, TrainParams
+from protocols.vfl_lr.params import VERSION, TrainingError, TrainParams, base_rate_intercepts
 
 _DTYPES = ("float64", "int64")
 
@@ -93,16 +93,6 @@ def epoch_batches(rows: np.ndarray, batch_size: int, seed: int, epoch: int) -> l
     """The mini-batches of ``epoch``: ``rows`` shuffled by (seed, epoch), cut into ``batch_size`` pieces."""
     order = rows[np.random.default_rng([seed, epoch]).permutation(len(rows))]
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-
-
-def base_rate_intercepts(labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Per tag, the log-odds of the base rate among the labelled ``rows``: where each tag's intercept starts."""
-    known = labels[rows]
-    positives = np.nansum(known, axis=0)
-    counts = (~np.isnan(known)).sum(axis=0)
-    rate = np.clip(positives / np.maximum(counts, 1), 1e-6, 1 - 1e-6)
-    rate[counts == 0] = 0.5
-    return np.log(rate / (1 - rate))
 
 
 def active_rows(train: np.ndarray, mask: np.ndarray) -> np.ndarray:
