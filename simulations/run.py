@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from party_bank.scores import Scores
 from party_common.data_loading import load_party_data
 from party_common.storage.files import atomic_write
 from protocols.metrics import centralized_baseline
@@ -28,7 +29,8 @@ from protocols.uncertainty import format_interval, summarise
 from protocols.vfl_lr import TrainParams
 from simulations.cluster import LocalCluster
 
-console = Console(stderr=True)
+# Outside a terminal (CI logs, files) rich would fold tables at 80 columns; give them room instead.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def simulated_files(out: Path, *, n_bank: int, n_platform: int, n_tags: int, label_share: float,
@@ -138,8 +140,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as err:  # the yardstick is optional: report why it is missing
             report["centralized_error"] = f"{type(err).__name__}: {err}"
 
-        # Serving: a few customers online, then the whole intersection in batch.
-        sample = _sample_ids(cluster, align["job_id"], 5)
+        # Serving: five customers online (members and not), then every bank customer into the enriched-tags file.
+        sample = _sample_ids(cluster, align["job_id"], Path(bank_data), bank_id, tags, 5)
         scores = client.score(train["job_id"], sample)
         probs = scores.probabilities
         report["online_scoring"] = {"customers": len(sample), "tags": scores.tags,
@@ -147,12 +149,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                     bool(((probs >= 0) & (probs <= 1)).all()),
                                     "platform_projections_released": scores.projections_released,
                                     "platform_projections_limit": scores.projections_limit}
-        # The node writes under its own state dir only; the runner copies the file to its out dir.
-        node_path, rows = client.batch_score(train["job_id"], "scores.parquet", overwrite=True)
-        path = str(out / "scores.parquet")
-        shutil.copyfile(node_path, path)
-        report["batch_scoring"] = {"path": path, "rows": rows}
-        console.print(f"[bold]Scoring[/]: online for {len(sample)} customers; batch wrote {rows} rows to {path}")
+        print_online_scores(sample, scores)
+        # The node writes under its own state dir only; the runner copies its files to the out dir.
+        enriched = client.score_file(train["job_id"], "enriched-tags.parquet", all_customers=True, overwrite=True)
+        path = str(out / "enriched-tags.parquet")
+        shutil.copyfile(enriched.path, path)
+        report["batch_scoring"] = {"path": path, "rows": enriched.rows, "platform_known": enriched.platform_known}
+        console.print(f"[bold]Enriched tags[/]: {enriched.rows} bank customers scored ({enriched.platform_known} "
+                      f"with the platform's part) -> {path}", highlight=False)
+        # Campaign segments: per tag the top 10% by score, with a random 10% held out as the control group.
+        report["segments"] = {}
+        for tag in tags:
+            record, groups_path = client.segment(train["job_id"], tag, name=f"{tag}-top10", top_share=0.1,
+                                                 control_share=0.1, seed=args.seed, all_customers=True,
+                                                 overwrite=True)
+            target = out / "segments" / Path(groups_path).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(groups_path, target)
+            report["segments"][tag] = {k: v for k, v in record.items() if k != "strata"} | {"file": str(target)}
+            console.print(f"[bold]Segment[/] {tag}: {record['target_size']} customers to contact, "
+                          f"{record['control_size']} held out as control -> {target}", highlight=False)
         report["model_job_id"] = train["job_id"]
         # Intervals, calibration and warnings (the same numbers as the node's HTML report, fetched beside it).
         summary = train.get("summary") or summarise(train)  # the node summarised the predictions it keeps
@@ -167,8 +183,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _sample_ids(cluster: LocalCluster, alignment_job_id: str, k: int) -> list[str]:
-    return list(cluster.bank_alignment(alignment_job_id).ids or ())[:k]
+def _sample_ids(cluster: LocalCluster, alignment_job_id: str, bank_data: Path, id_column: str, tags: list[str],
+                k: int) -> list[str]:
+    """``k`` bank customers: shared ones first, and one outside the intersection when there is one."""
+    members = list(cluster.bank_alignment(alignment_job_id).ids or ())
+    shared = set(members)
+    bank_ids = load_party_data(bank_data, id_column=id_column, tag_columns=tags, fill_missing="zero").ids
+    outsider = next((str(c) for c in bank_ids if c not in shared), None)
+    return members[: k - 1] + [outsider] if outsider is not None else members[:k]
+
+
+def print_online_scores(ids: list[str], scores: Scores) -> None:
+    table = Table(title="Online scores (Score call on the bank node; calibrated probabilities)")
+    table.add_column("customer", no_wrap=True)
+    for tag in scores.tags:
+        table.add_column(tag, justify="right", no_wrap=True)
+    table.add_column("platform's part", no_wrap=True)
+    for i, cid in enumerate(ids):
+        table.add_row(cid, *(f"{p:.3f}" for p in scores.probabilities[i]),
+                      "yes" if scores.platform_known[i] else "no (not a platform user)")
+    console.print(table)
 
 
 def parser() -> argparse.ArgumentParser:
