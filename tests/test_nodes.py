@@ -17,7 +17,7 @@ from party_platform.node import RELEASE_EVENT, PlatformNode
 from protocols.channel import Message, StepHandler
 from protocols.errors import NotFound, PeerError, ProtocolError, UserError
 from protocols.party_data import SchemaMismatch
-from protocols.vfl_lr import BankModel, PlatformModel, sigmoid
+from protocols.vfl_lr import BankModel, PlatformModel
 from tests.nodes_fixture import FAST_TRAIN, Nodes, SimulatedFiles, make_nodes, simulated_files
 
 
@@ -83,7 +83,6 @@ def test_online_scores_add_the_platform_part_only_for_shared_customers(trained: 
                                                                              for i in shared]])
     np.testing.assert_allclose(probs[:4], model.probabilities(z_bank[:4] + z_platform), rtol=1e-12)
     np.testing.assert_allclose(probs[4:], model.probabilities(z_bank[4:]), rtol=1e-12)
-    assert not np.allclose(model.probabilities(z_bank), sigmoid(z_bank))  # calibrated, not the raw sigmoid
     one_tag = nodes.bank.score(train_id, shared[:2], [tags[1]])
     assert one_tag.tags == [tags[1]] and np.allclose(one_tag.probabilities[:, 0], probs[:2, 1])
     assert one_tag.projections_released == 2 and one_tag.projections_limit == len(platform_model.scaler.mean) // 2
