@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.privacy_bank_view import RecordingPlatform
 from party_bank.node import BankNode
 from party_common.jobs import JobError
-from party_common.link import LocalPlatformLink, PartialScores, SessionContext
+from party_common.link import LocalPlatformLink, SessionContext
 from party_common.storage import open_node_stores
-from party_platform.node import RELEASE_EVENT, PlatformNode
-from protocols.channel import Message, StepHandler
+from party_platform.node import RELEASE_EVENT
 from protocols.errors import NotFound, PeerError, ProtocolError, UserError
 from protocols.party_data import SchemaMismatch
 from protocols.vfl_lr import BankModel, PlatformModel
@@ -208,21 +208,6 @@ def test_scoring_checks_the_platform_data_against_the_training_schema(trained: t
         changed.link.partial_scores(train_id, np.arange(2, dtype=np.int64), [])
 
 
-class RecordingPlatform:
-    """Stands between the bank's link and the platform node and keeps every scoring request it passes on."""
-
-    def __init__(self, platform: PlatformNode) -> None:
-        self.platform, self.name = platform, platform.name
-        self.requests: list[tuple[str, np.ndarray, list[str]]] = []
-
-    def open_session(self, kind: str, job_id: str, params: Message, context: SessionContext) -> StepHandler:
-        return self.platform.open_session(kind, job_id, params, context)
-
-    def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
-        self.requests.append((model_job_id, rows.copy(), list(tags)))
-        return self.platform.partial_scores(model_job_id, rows, tags)
-
-
 def test_scoring_never_sends_a_customer_id_and_only_members(trained: tuple[Nodes, str, str],
                                                             files: SimulatedFiles) -> None:
     nodes, align_id, train_id = trained
@@ -235,7 +220,7 @@ def test_scoring_never_sends_a_customer_id_and_only_members(trained: tuple[Nodes
     scores = bank.score(train_id, asked)
     assert scores.platform_known.tolist() == [False] * 3 + [True] * 6 + [False] * 3 + [True] * 2
     alignment = nodes.bank.stores.alignments.load(align_id).ids or []
-    [(model, rows, _)] = recorder.requests
+    [(model, rows, _)] = recorder.score_requests
     assert model == train_id and rows.dtype == np.int64
     assert sorted(alignment[r] for r in rows) == sorted(members)  # positions of members, each once
     np.testing.assert_allclose(scores.probabilities[-2:], scores.probabilities[3:5], rtol=1e-12)
