@@ -22,6 +22,7 @@ def plan(full: bool, out: Path) -> list[tuple[str, list[str]]]:
         ("benchmarks.vfl_lr", ["--dataset", "breast"] + j("vfl_lr_breast")),
         ("benchmarks.vfl_lr", ["--dataset", "default_credit"] + j("vfl_lr_default_credit")),
         ("benchmarks.privacy", ([] if full else ["--quick"]) + j("privacy")),
+        ("benchmarks.quality", j("quality")),
     ]
     speed = ["--rows", "100000", "--bank-features", "30", "--platform-features", "300", "--epochs", "1"]
     if full:
