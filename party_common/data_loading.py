@@ -5,12 +5,18 @@ spreadsheet would count it after the header). Customer IDs are never put in a me
 number. The recorded :class:`Schema` lets scoring refuse data that does not match training.
 
 Missing feature values: ``fill_missing="error"`` (default) refuses them; ``"zero"`` fills 0;
-``"mean"`` fills the column mean of the loaded file. Infinite values are always an error.
+``"mean"`` fills the column mean of the loaded file. Infinite values are always an error, and so is a value
+whose magnitude exceeds :data:`MAX_ABS_VALUE` (1e150): standardising it would overflow to NaN.
+
+A feature column whose *every* value is missing is dropped under every mode, ``"error"`` included (it is not
+"a few missing values" but a column with nothing in it): a warning naming the file and the column (never a
+value) goes to this module's logger and to ``on_warning``, and the schema records only the kept columns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -19,8 +25,12 @@ import pandas as pd
 
 from protocols.party_data import DataError, PartyData, Schema
 
+log = logging.getLogger(__name__)
+
 FillMode = Literal["error", "zero", "mean"]
 FILL_MODES: tuple[str, ...] = ("error", "zero", "mean")
+# Above this, x**2 summed over the rows (the variance in standardisation) would overflow a float64.
+MAX_ABS_VALUE = 1e150
 TAG_VALUES = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "": np.nan}
 
 
@@ -91,6 +101,12 @@ def _numeric(frame: pd.DataFrame, column: str, path: Path, fill: FillMode) -> np
     inf = np.flatnonzero(np.isinf(values))
     if len(inf):
         raise DataError(f"{path}: column '{column}', row {inf[0] + 1}: infinite value")
+    with np.errstate(invalid="ignore"):
+        huge = np.flatnonzero(np.abs(values) > MAX_ABS_VALUE)
+    if len(huge):
+        raise DataError(f"{path}: column '{column}', row {huge[0] + 1}: value of magnitude above "
+                        f"{MAX_ABS_VALUE:g} would overflow standardisation ({len(huge)} such value(s)); "
+                        "rescale the column")
     missing = np.flatnonzero(np.isnan(values))
     if len(missing):
         if fill == "error":
@@ -102,7 +118,20 @@ def _numeric(frame: pd.DataFrame, column: str, path: Path, fill: FillMode) -> np
             if len(missing) == len(values):
                 raise DataError(f"{path}: column '{column}': every value is missing, no mean to fill with")
             values = np.where(np.isnan(values), np.nanmean(values), values)
+    with np.errstate(over="ignore", invalid="ignore"):
+        spread = float(np.std(values))
+    if not np.isfinite(spread):
+        row = int(np.argmax(np.abs(values)))
+        raise DataError(f"{path}: column '{column}', row {row + 1}: the column's variance overflows "
+                        "standardisation; rescale the column")
     return values
+
+
+def _all_missing(frame: pd.DataFrame, column: str) -> bool:
+    raw = frame[column]
+    if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw):
+        return bool(raw.isna().all())
+    return bool((_as_text(raw) == "").all())
 
 
 def _tags(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
@@ -117,11 +146,14 @@ def _tags(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
 
 def load_party_data(path: str | Path, *, id_column: str, tag_columns: Sequence[str] = (),
                     feature_columns: Sequence[str] | None = None, fill_missing: FillMode = "error",
-                    expected_schema: Schema | None = None) -> PartyData:
+                    expected_schema: Schema | None = None,
+                    on_warning: Callable[[str], None] | None = None) -> PartyData:
     """Load and validate one party's file.
 
     ``feature_columns=None`` takes every column but the ID and the tags. ``expected_schema`` (scoring):
     refuse a file whose features differ from training with :class:`SchemaMismatch`; tags may be absent.
+    A feature column with every value missing is dropped (its schema columns excepted when scoring);
+    each such warning is logged and passed to ``on_warning``.
     """
     path = Path(path)
     if fill_missing not in FILL_MODES:
@@ -144,6 +176,16 @@ def load_party_data(path: str | Path, *, id_column: str, tag_columns: Sequence[s
         raise DataError(f"{path}: a column cannot be both a feature and the ID or a tag")
     if not features:
         raise DataError(f"{path}: no feature columns (only '{id_column}' and tags)")
+    trained = set(expected_schema.feature_columns) if expected_schema is not None else set()
+    empty = [c for c in features if c not in trained and _all_missing(frame, c)]
+    for column in empty:
+        message = f"{path}: feature column '{column}' has no values at all; dropped"
+        log.warning("%s", message)
+        if on_warning is not None:
+            on_warning(message)
+    features = [c for c in features if c not in empty]
+    if not features:
+        raise DataError(f"{path}: every feature column is entirely missing ({', '.join(empty)})")
 
     ids = _ids(frame, id_column, path)
     matrix = np.column_stack([_numeric(frame, c, path, fill_missing) for c in features])

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from party_bank.scores import Scores
-from party_common.data_loading import load_party_data
+from party_common.data_loading import FillMode, load_party_data
 from party_common.storage.files import atomic_write
 from protocols.metrics import centralized_baseline
 from protocols.uncertainty import format_interval, summarise
@@ -47,11 +47,14 @@ def simulated_files(out: Path, *, n_bank: int, n_platform: int, n_tags: int, lab
 
 def centralized_report(cluster: LocalCluster, bank_data: Path, bank_id: str, platform_data: Path,
                        platform_id: str, tags: list[str], alignment_job_id: str,
-                       train_params: dict[str, Any]) -> dict[str, Any]:
-    """Centralized sklearn LR on the same aligned rows and split as the joint model (harness only)."""
+                       train_params: dict[str, Any], fill_missing: FillMode = "error") -> dict[str, Any]:
+    """Centralized sklearn LR on the same aligned rows and split as the joint model (harness only).
+
+    The files load as the nodes load them: the same ``fill_missing``, the same all-missing columns dropped.
+    """
     ids = list(cluster.bank_alignment(alignment_job_id).ids or ())
-    bank = load_party_data(bank_data, id_column=bank_id, tag_columns=tags).take(ids)
-    platform = load_party_data(platform_data, id_column=platform_id).take(ids)
+    bank = load_party_data(bank_data, id_column=bank_id, tag_columns=tags, fill_missing=fill_missing).take(ids)
+    platform = load_party_data(platform_data, id_column=platform_id, fill_missing=fill_missing).take(ids)
     params = TrainParams.from_dict(train_params)
     return centralized_baseline(bank, platform, params.split(bank.labels, bank.ids), l2=params.l2)
 
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["tags"][tag] = dict(train["metrics"][tag])
         try:
             central = centralized_report(cluster, Path(bank_data), bank_id, Path(platform_data), platform_id, tags,
-                                         align["job_id"], train_params)
+                                         align["job_id"], train_params, fill_missing=args.fill_missing)
             for tag in tags:
                 report["tags"][tag]["centralized"] = central[tag]
         except Exception as err:  # the yardstick is optional: report why it is missing

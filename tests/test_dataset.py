@@ -110,3 +110,69 @@ def test_real_fate_datasets_load() -> None:
     assert guest.features.shape == (569, 10) and host.features.shape == (569, 20)
     assert set(np.unique(guest.labels)) == {0.0, 1.0}
     assert set(guest.ids) == set(host.ids)
+
+
+@pytest.mark.parametrize("fill", ["error", "zero", "mean"])
+def test_all_missing_column_is_dropped_with_a_warning(tmp_path: Path, fill: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path, "id,a,empty,b,tag\n1,2,,5,1\n2,3,,6,0\n")
+    warnings: list[str] = []
+    with caplog.at_level("WARNING", logger="party_common.data_loading"):
+        data = load_party_data(path, id_column="id", tag_columns=["tag"], fill_missing=fill,  # type: ignore[arg-type]
+                               on_warning=warnings.append)
+    assert data.feature_names == ["a", "b"] and data.features.shape == (2, 2)
+    assert data.schema.feature_columns == ("a", "b")
+    assert len(warnings) == 1 and "'empty'" in warnings[0] and str(path) in warnings[0]
+    assert warnings[0] in caplog.text
+
+
+def test_all_missing_parquet_column_dropped_and_all_empty_refused(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    pd.DataFrame({"id": ["a", "b"], "x": [1.0, 2.0], "none": [None, None]}).to_parquet(path)
+    assert load_party_data(path, id_column="id").feature_names == ["x"]
+    with pytest.raises(DataError, match="every feature column is entirely missing"):
+        load_party_data(write(tmp_path, "id,a,b\n1,,\n2,,\n"), id_column="id")
+
+
+def test_scoring_matches_training_after_a_dropped_column(tmp_path: Path) -> None:
+    train = load_party_data(write(tmp_path, "id,a,empty\n1,1,\n2,2,\n"), id_column="id")
+    score = load_party_data(write(tmp_path, "id,a,empty\n9,1,\n", "s.csv"), id_column="id",
+                            expected_schema=train.schema)
+    assert score.feature_names == ["a"]
+
+
+@pytest.mark.parametrize("text", ["id,a\n1,2\n2,1e300\n", "id,a\n1,2\n2,-2e151\n"])
+def test_values_that_would_overflow_standardisation_are_refused(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(DataError, match="column 'a', row 2: value of magnitude above 1e\\+150") as err:
+        load_party_data(path, id_column="id", fill_missing="zero")
+    assert str(path) in str(err.value)
+    assert load_party_data(write(tmp_path, "id,a\n1,2\n2,1e100\n"), id_column="id").features[1, 0] == 1e100
+
+
+def test_centralized_report_uses_the_fill_setting(tmp_path: Path) -> None:
+    from simulations.run import centralized_report
+
+    rng = np.random.default_rng(0)
+    n = 80
+    ids = [f"c{i}" for i in range(n)]
+    x = rng.normal(size=n)
+    y = (x + rng.normal(scale=0.5, size=n) > 0).astype(int)
+    bank = pd.DataFrame({"id": ids, "x": x, "gone": "", "y": y})
+    platform = pd.DataFrame({"id": ids, "z": rng.normal(size=n)})
+    bank["x"] = bank["x"].astype(object)
+    bank.loc[::7, "x"] = ""  # a few missing values
+    platform["z"] = platform["z"].astype(object)
+    platform.loc[::9, "z"] = ""
+    bank.to_csv(tmp_path / "bank.csv", index=False)
+    platform.to_csv(tmp_path / "platform.csv", index=False)
+
+    class Cluster:
+        def bank_alignment(self, _job: str) -> object:
+            return type("Alignment", (), {"ids": ids})()
+
+    args = (Cluster(), tmp_path / "bank.csv", "id", tmp_path / "platform.csv", "id", ["y"], "job", {"seed": 1})
+    with pytest.raises(DataError, match="missing value"):
+        centralized_report(*args)  # type: ignore[arg-type]
+    central = centralized_report(*args, fill_missing="zero")  # type: ignore[arg-type]
+    assert central["y"]["auc"] is not None
