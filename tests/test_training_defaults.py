@@ -3,13 +3,18 @@ a split keyed by customer IDs (the same model in any alignment order), and the s
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import pytest
 
+from protocols.errors import ProtocolError
 from protocols.party_data import PartyData
 from protocols.vfl_lr import BankModel, TrainParams
+from protocols.vfl_lr.batching import MIN_STEPS_PER_EPOCH, choose_batch_size, session_batch_bound
+from protocols.vfl_lr.label_privacy import LabelPrivacy, max_batch_rows
+from protocols.vfl_lr.params import TrainingError
 from protocols.vfl_lr.reference import taylor_fit
 from protocols.vfl_lr.state import Scaler, base_rate_intercepts
 from protocols.vfl_lr.yardstick import bank_only_reference, pair_metrics
@@ -110,3 +115,65 @@ def test_test_predictions_have_the_documented_shape(sim, run):
                 assert set(side["y"]) <= {0, 1}
                 if n is not None:
                     assert len(side["p"]) == n
+
+
+# ---- the automatic batch size (protocols/vfl_lr/batching.py) ----
+
+
+def _labels(n: int, share: float, n_tags: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` batched rows, a mask of labels known with ``share``, and features for the label-DP plan."""
+    rng = np.random.default_rng(seed)
+    return np.arange(n), rng.random((n, n_tags)) < share, rng.normal(size=(n, 3))
+
+
+def test_batch_size_defaults_to_automatic_and_validates():
+    assert TrainParams().batch_size is None and TrainParams().validate().batch_size is None
+    assert TrainParams(batch_size=16).validate().batch_size == 16
+    for bad in (15, 65537, True, 64.0):
+        with pytest.raises(TrainingError, match="batch_size must be null"):
+            TrainParams(batch_size=bad).validate()  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="batch_size is null"):
+        max_batch_rows(None)  # a session's parameters carry an integer: the platform refuses a null one
+
+
+def test_defaults_on_a_small_simulated_set_take_several_steps_per_epoch(sim, run):
+    bank, platform = sim
+    outcome, _, _, params = train(bank, platform, epochs=2, validation_share=0.3)
+    batching, history = outcome.report["batching"], outcome.report["history"]
+    assert batching["batch_size"] == outcome.report["params"]["batch_size"] and batching["automatic"]
+    assert batching["steps_per_epoch"] >= MIN_STEPS_PER_EPOCH and "steps per epoch" in batching["reason"]
+    assert all(h["batches"] == batching["steps_per_epoch"] for h in history)
+    # 1024 (the former default) was one step per epoch here; and an explicit batch size is kept as it is.
+    assert batching["batch_size"] < 1024 and params.batch_size is None
+    explicit = run[0].report["batching"]
+    assert explicit["batch_size"] == 128 and not explicit["automatic"] and explicit["reason"].startswith("set by")
+
+
+def test_automatic_batches_meet_the_floor_without_dp_on_a_large_enough_set():
+    rows, mask, X = _labels(20000, 0.5)
+    params = TrainParams(epochs=2)
+    choice = choose_batch_size(params, rows, mask, 5, session_batch_bound(len(rows)))
+    plan = LabelPrivacy.plan(dataclasses.replace(params, batch_size=choice.batch_size), rows, mask, 5, X,
+                             strict=True)
+    assert choice.kind == "floor" and plan.mode == "floor" and plan.noise is None
+    assert plan.smallest is not None and plan.smallest >= plan.floor
+    assert len(plan.batches(0)) >= MIN_STEPS_PER_EPOCH and choice.batch_size <= session_batch_bound(len(rows))
+    # A floor 10 times higher needs bigger batches, found all the same (still at least 4 steps).
+    bigger = choose_batch_size(params, rows, mask, 50, session_batch_bound(len(rows)))
+    assert bigger.kind == "floor" and bigger.batch_size > choice.batch_size
+    explicit = choose_batch_size(TrainParams(epochs=2, batch_size=300), rows, mask, 5, 300)
+    assert (explicit.batch_size, explicit.kind) == (300, "explicit")
+
+
+def test_an_unreachable_floor_turns_label_dp_on_or_is_refused_when_off():
+    rows, mask, X = _labels(600, 0.5)
+    auto = TrainParams(epochs=2)
+    choice = choose_batch_size(auto, rows, mask, 20, session_batch_bound(len(rows)))  # floor 400 of ~300 labels
+    assert choice.kind == "no_floor" and choice.batch_size == 60  # about TARGET_STEPS_PER_EPOCH steps
+    plan = LabelPrivacy.plan(dataclasses.replace(auto, batch_size=choice.batch_size), rows, mask, 20, X, strict=True)
+    assert plan.mode == "dp" and plan.noise is not None
+    assert "label DP is on" in choice.report(len(plan.batches(0)), plan.mode)["reason"]
+    off = TrainParams(epochs=2, label_dp="off")
+    choice = choose_batch_size(off, rows, mask, 20, session_batch_bound(len(rows)))
+    with pytest.raises(TrainingError, match=r"the floor is 400 \(10 x 20 platform features x 2 epochs\)"):
+        LabelPrivacy.plan(dataclasses.replace(off, batch_size=choice.batch_size), rows, mask, 20, X, strict=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import time
@@ -21,6 +22,7 @@ from protocols.packing import pack_signed, unpack_signed
 from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
 from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
+from protocols.vfl_lr.batching import choose_batch_size, session_batch_bound
 from protocols.vfl_lr.calibration import calibrate_tag
 from protocols.vfl_lr.encoding import encode_z, pack_pairs, pack_rows, residual_offset
 from protocols.vfl_lr.evaluation import (
@@ -110,14 +112,25 @@ class _BankTrainer:
         self.state = BankTrainState.start(p, self.X_aug.shape[1], self.T,
                                           intercepts=p.start_intercepts(bank.labels, split.train))
 
+        # An automatic batch size is chosen after train.setup (it needs the platform's feature count); the session
+        # carries its upper bound, which sizes both parties' slots and bounds the batches (batching.py).
+        self.session_p = p if p.batch_size is not None else dataclasses.replace(
+            p, batch_size=session_batch_bound(len(self._active(split))))
+
         self.progress("keys", 0, 1)
         self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
-        channel = self.peer.open(SESSION_KIND, self.job_id, {Field.VERSION: VERSION, Field.PARAMS: p.to_json(),
+        channel = self.peer.open(SESSION_KIND, self.job_id, {Field.VERSION: VERSION,
+                                                              Field.PARAMS: self.session_p.to_json(),
                                                               Field.TAGS: json.dumps(bank.tag_names)})
         try:
             return self._train(channel, split)
         finally:
             channel.close()
+
+    def _active(self, split: Split) -> np.ndarray:
+        """The rows batches are cut from: labelled training rows, or every training row with the mask hidden
+        (batches of labelled rows only would tell the platform which rows have a label)."""
+        return split.train if self.p.hide_label_mask else active_rows(split.train, self.mask)
 
     def _check_tags(self) -> None:
         if self.T == 0:
@@ -147,17 +160,19 @@ class _BankTrainer:
         n_features = read_field(reply, Field.N_FEATURES, int)
         if n_features < 1:
             raise ProtocolError(f"the platform declared {n_features} features")
-        self.plan = SlotPlan(p.quant_bits, max_batch_rows(p.batch_size), self.T,
+        self.plan = SlotPlan(p.quant_bits, max_batch_rows(self.session_p.batch_size), self.T,
                              plaintext_bits(self.pk, self.ppk), hide_mask=p.hide_label_mask)
         self.mask_train = train_mask
-        active = active_rows(split.train, self.mask)
-        if len(active) == 0:
+        if len(active_rows(split.train, self.mask)) == 0:
             raise TrainingError("no training row has a known label")
-        if p.hide_label_mask:  # batches of labelled rows only would tell the platform which rows have a label
-            active = split.train
-        # The batch floor or label DP (label_privacy.py): decided before any label-dependent value leaves.
+        active = self._active(split)
+        # The batch size (batching.py), then the batch floor or label DP (label_privacy.py): decided before any
+        # label-dependent value leaves.
+        choice = choose_batch_size(p, active, train_mask, n_features, self.session_p.batch_size)
+        self.p = p = dataclasses.replace(p, batch_size=choice.batch_size)
         self.privacy = LabelPrivacy.plan(p, active, train_mask, n_features, self.X_aug,
                                          strict=not self.insecure_for_tests)
+        self.batching = choice.report(len(self.privacy.batches(0)), self.privacy.mode)
         for epoch in range(state.epoch + 1, p.epochs):
             self._epoch(channel, epoch, active, split)
             if len(split.validation) and p.should_stop(state.stale, state.stale_steps):
@@ -171,6 +186,7 @@ class _BankTrainer:
                        for v in state.best_validation]
         report = self._report(split, test_pairs, calibration, time.monotonic() - started)
         report["label_privacy"] = self.privacy.summary()
+        report["batching"] = self.batching
         W = state.W
         weights = W[:-1] if p.fit_intercept else W
         model = BankModel(self.job_id, list(self.bank.tag_names), weights.copy(),

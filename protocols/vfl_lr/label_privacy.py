@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from protocols.errors import ProtocolError
 from protocols.packing import pack_signed
 from protocols.vfl_lr.params import F_BITS, SlotPlan, TrainingError, TrainParams
 from protocols.vfl_lr.state import epoch_batches
@@ -55,8 +56,14 @@ def floor_text(n_features: int, epochs: int) -> str:
             f"epoch{'s' if epochs != 1 else ''})")
 
 
-def max_batch_rows(batch_size: int) -> int:
-    """The largest batch either party accepts: a short last batch may join a full one."""
+def max_batch_rows(batch_size: int | None) -> int:
+    """The largest batch either party accepts: a short last batch may join a full one.
+
+    A session's parameters always carry an integer: with an automatic batch size the bank sends its upper
+    bound (batching.py), so a session whose ``batch_size`` is null is refused.
+    """
+    if batch_size is None:
+        raise ProtocolError("the session's batch_size is null: the bank sends the automatic batch size's bound")
     return 2 * batch_size - 1
 
 

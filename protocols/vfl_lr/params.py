@@ -31,7 +31,9 @@ class TrainingError(UserError):
 @dataclass
 class TrainParams:
     epochs: int = 10
-    batch_size: int = 1024
+    # Rows per mini-batch; None (the default): automatic, chosen by the bank after train.setup to meet the label
+    # floor with at least 4 steps per epoch, else about 10 steps per epoch under label DP (batching.py).
+    batch_size: int | None = None
     learning_rate: float = 0.05
     decay: float = 1.0  # learning rate of epoch e (0-based) is learning_rate / (1 + decay * e)
     optimizer: str = "adam"  # "adam" or "sgd"; each party runs it on its own gradient, locally
@@ -69,7 +71,9 @@ class TrainParams:
         check_field_types(self, what="training parameter", error=TrainingError)
         checks = [
             (1 <= self.epochs <= 1000, "epochs must be an integer in 1..1000"),
-            (16 <= self.batch_size <= 65536, "batch_size must be an integer in 16..65536"),
+            (self.batch_size is None or (isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
+                                         and 16 <= self.batch_size <= 65536),
+             "batch_size must be null (automatic) or an integer in 16..65536"),
             (0 < self.learning_rate <= 10, "learning_rate must be in (0, 10]"),
             (self.decay >= 0, "decay must be >= 0"),
             (self.optimizer in ("adam", "sgd"), "optimizer must be 'adam' or 'sgd'"),

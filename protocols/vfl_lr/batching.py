@@ -1,0 +1,103 @@
+"""The automatic batch size (``TrainParams.batch_size = None``, the default), chosen by the bank.
+
+Rule (docs/protocol.md, "Label privacy"): after ``train.setup``, when the platform's feature count and so the
+batch floor (label_privacy.py) are known, the bank takes the smallest batch of at least
+``min(PREFERRED_BATCH, ceil(rows / TARGET_STEPS_PER_EPOCH))`` rows whose batches, in every epoch, hold the
+floor of labelled rows of every tag (a short last batch joining the one before) with at least
+``MIN_STEPS_PER_EPOCH`` steps per epoch. If none does, it takes ``ceil(rows / TARGET_STEPS_PER_EPOCH)`` rows
+(about that many steps): ``label_dp="auto"`` then turns label DP on, and ``"off"`` is refused, exactly as for
+an explicit batch below the floor.
+
+The platform sizes its slots and bounds the batch sizes at setup, before the floor is known, so the session's
+parameters carry :func:`session_batch_bound` as ``batch_size``: the largest batch the rule can choose. Both
+parties size slots for (and the platform accepts batches of) up to ``2 x bound - 1`` rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from protocols.vfl_lr.label_privacy import batch_floor, below_floor, join_short_last
+from protocols.vfl_lr.params import TrainParams
+from protocols.vfl_lr.state import epoch_batches
+
+MIN_STEPS_PER_EPOCH = 4  # fewer optimiser steps than this per epoch and the floor counts as unreachable
+TARGET_STEPS_PER_EPOCH = 10  # steps per epoch of a small data set (and under label DP)
+PREFERRED_BATCH = 1024  # a large data set keeps the former default batch, unless the floor needs more
+MIN_BATCH, MAX_BATCH = 16, 65536  # TrainParams.validate's range
+
+
+def session_batch_bound(n_rows: int) -> int:
+    """The largest batch the automatic rule can choose for ``n_rows`` batched training rows."""
+    return min(MAX_BATCH, max(MIN_BATCH, math.ceil(n_rows / MIN_STEPS_PER_EPOCH)))
+
+
+@dataclass(frozen=True)
+class BatchChoice:
+    """The batch size training runs with, and whether the rule found one meeting the floor."""
+
+    batch_size: int
+    kind: str  # "explicit", "floor" (meets it), "no_floor" (cannot meet it), "dp_on" (label_dp "on")
+    floor: int
+
+    def report(self, steps_per_epoch: int, mode: str) -> dict[str, Any]:
+        """The training report's ``batching`` entry, given the label-privacy mode the plan settled on."""
+        if self.kind == "explicit":
+            reason = "set by the job (batch_size)"
+        elif self.kind == "dp_on":
+            reason = f"automatic: label_dp is 'on', so no floor; about {TARGET_STEPS_PER_EPOCH} steps per epoch"
+        elif self.kind == "floor":
+            reason = (f"automatic: the smallest batch of at least min({PREFERRED_BATCH}, rows / "
+                      f"{TARGET_STEPS_PER_EPOCH}) rows whose every batch holds the floor of {self.floor} labelled "
+                      f"rows per tag, with at least {MIN_STEPS_PER_EPOCH} steps per epoch")
+        else:
+            outcome = {"dp": "label DP is on", "unprotected": "batches run below it (insecure test settings)"}
+            reason = (f"automatic: no batch with at least {MIN_STEPS_PER_EPOCH} steps per epoch holds the floor of "
+                      f"{self.floor} labelled rows per tag, so about {TARGET_STEPS_PER_EPOCH} steps per epoch and "
+                      f"{outcome.get(mode, 'label DP is on')}")
+        return {"batch_size": self.batch_size, "steps_per_epoch": steps_per_epoch, "reason": reason,
+                "automatic": self.kind != "explicit", "min_steps_per_epoch": MIN_STEPS_PER_EPOCH,
+                "target_steps_per_epoch": TARGET_STEPS_PER_EPOCH}
+
+
+def _steps_meeting_floor(params: TrainParams, active: np.ndarray, mask: np.ndarray, floor: int,
+                         batch_size: int) -> int | None:
+    """The fewest steps of an epoch if every epoch's batches (short last one joined) meet the floor, else None."""
+    steps = None
+    for epoch in range(params.epochs):
+        batches = join_short_last(epoch_batches(active, batch_size, params.seed, epoch), mask, floor)
+        if below_floor(batches, mask, floor) is not None:
+            return None
+        steps = len(batches) if steps is None else min(steps, len(batches))
+    return steps
+
+
+def choose_batch_size(params: TrainParams, active: np.ndarray, mask: np.ndarray, n_features: int,
+                      bound: int) -> BatchChoice:
+    """The batch size for ``params`` (its own if set) over the batched rows ``active`` whose labels known for
+    training are ``mask`` (rows x tags), against a platform of ``n_features``; never above ``bound``."""
+    floor = batch_floor(n_features, params.epochs)
+    if params.batch_size is not None:
+        return BatchChoice(params.batch_size, "explicit", floor)
+    n = len(active)
+    preferred = max(MIN_BATCH, min(PREFERRED_BATCH, math.ceil(n / TARGET_STEPS_PER_EPOCH), bound))
+    counts = mask[active].sum(axis=0)
+    shares = counts[counts > 0] / max(n, 1)
+    largest = min(bound, n // MIN_STEPS_PER_EPOCH)  # at least MIN_STEPS_PER_EPOCH batches before any join
+    if params.label_dp != "on" and len(shares):
+        size = max(preferred, math.ceil(floor / shares.min()))  # the expected labelled count is the floor
+        while size <= largest:
+            steps = _steps_meeting_floor(params, active, mask, floor, size)
+            if steps is not None and steps >= MIN_STEPS_PER_EPOCH:
+                return BatchChoice(size, "floor", floor)
+            size = max(size + 1, math.ceil(size * 1.05))
+    small = max(MIN_BATCH, min(math.ceil(n / TARGET_STEPS_PER_EPOCH), bound))
+    return BatchChoice(small, "dp_on" if params.label_dp == "on" else "no_floor", floor)
+
+
+__all__ = ["MIN_STEPS_PER_EPOCH", "PREFERRED_BATCH", "TARGET_STEPS_PER_EPOCH", "BatchChoice", "choose_batch_size",
+           "session_batch_bound"]
