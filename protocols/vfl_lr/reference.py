@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from protocols.party_data import PartyData
-from protocols.vfl_lr.params import Z_CLIP, TrainParams
+from protocols.vfl_lr.params import Z_CLIP, TrainingError, TrainParams
 from protocols.vfl_lr.state import Optimizer, Scaler, active_rows, epoch_batches
 
 Batches = Callable[[int], Sequence[np.ndarray]]  # epoch -> its mini-batches (row positions)
@@ -55,6 +55,8 @@ def plaintext_reference(bank: PartyData, platform: PartyData, params: TrainParam
     (the bank's with the intercept as its last row if fitted), after the last epoch.
     """
     p = params
+    if p.batch_size is None:  # the automatic size needs the platform's feature count: a run decides it
+        raise TrainingError("a plaintext reference needs an explicit batch_size (the job's report has the one used)")
     split = p.split(bank.labels, bank.ids)
     mask = ~np.isnan(bank.labels)
     train_mask = np.zeros_like(mask)

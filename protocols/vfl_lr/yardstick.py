@@ -12,7 +12,7 @@ from protocols.metrics import Split, tag_metrics
 from protocols.party_data import PartyData
 from protocols.vfl_lr.calibration import apply, calibrate_tag
 from protocols.vfl_lr.model import sigmoid
-from protocols.vfl_lr.params import TrainParams
+from protocols.vfl_lr.params import TrainingError, TrainParams
 from protocols.vfl_lr.reference import Batches, taylor_fit
 from protocols.vfl_lr.state import Scaler, active_rows, epoch_batches
 
@@ -78,6 +78,8 @@ def bank_only_reference(bank: PartyData, params: TrainParams) -> BankOnly:
     """The yardstick from the bank's data alone, as a direct plaintext run (tests, harnesses): the job's split,
     scaler and unjoined batches for all ``params.epochs`` epochs."""
     p = params
+    if p.batch_size is None:  # the automatic size needs the platform's feature count: a run decides it
+        raise TrainingError("a plaintext reference needs an explicit batch_size (the job's report has the one used)")
     split = p.split(bank.labels, bank.ids)
     X = Scaler.fit(bank.features[split.train], p.clip).transform(bank.features)
     X_aug = np.hstack([X, np.ones((len(X), 1))]) if p.fit_intercept else X
