@@ -12,7 +12,15 @@ import pytest
 from protocols.errors import ProtocolError
 from protocols.party_data import PartyData
 from protocols.vfl_lr import BankModel, TrainParams
-from protocols.vfl_lr.batching import MIN_STEPS_PER_EPOCH, choose_batch_size, session_batch_bound
+from protocols.vfl_lr.batching import (
+    DP_EPOCHS,
+    MAX_AUTO_EPOCHS,
+    MIN_STEPS_PER_EPOCH,
+    choose_batch_size,
+    choose_schedule,
+    session_batch_bound,
+    session_epochs,
+)
 from protocols.vfl_lr.label_privacy import LabelPrivacy, max_batch_rows
 from protocols.vfl_lr.params import TrainingError
 from protocols.vfl_lr.reference import taylor_fit
@@ -177,3 +185,67 @@ def test_an_unreachable_floor_turns_label_dp_on_or_is_refused_when_off():
     choice = choose_batch_size(off, rows, mask, 20, session_batch_bound(len(rows)))
     with pytest.raises(TrainingError, match=r"the floor is 400 \(10 x 20 platform features x 2 epochs\)"):
         LabelPrivacy.plan(dataclasses.replace(off, batch_size=choice.batch_size), rows, mask, 20, X, strict=True)
+
+
+# ---- automatic epochs (batching.choose_schedule) ----
+
+
+def test_epochs_default_to_automatic_and_validate():
+    assert TrainParams().epochs is None and TrainParams().validate().epochs is None
+    assert session_epochs(TrainParams()) == MAX_AUTO_EPOCHS == 10 and session_epochs(TrainParams(epochs=3)) == 3
+    for bad in (0, 1001):
+        with pytest.raises(TrainingError, match="epochs must be null"):
+            TrainParams(epochs=bad).validate()
+    with pytest.raises(TrainingError, match="'epochs' must be an integer, got bool"):
+        TrainParams.from_dict({"epochs": True})
+    assert TrainParams.from_dict({"epochs": None}).epochs is None
+
+
+def test_automatic_epochs_on_a_small_set_take_label_dp_with_two_epochs():
+    rows, mask, X = _labels(600, 0.5)  # 20 platform features: the floor is out of reach for any epochs
+    params, choice, entry = choose_schedule(TrainParams(), rows, mask, 20, session_batch_bound(len(rows)))
+    assert (params.epochs, entry["epochs"], entry["automatic"], entry["max_epochs"]) == (DP_EPOCHS, 2, True, 10)
+    assert choice.kind == "no_floor" and "2 epochs" in entry["reason"]
+    plan = LabelPrivacy.plan(params, rows, mask, 20, X, strict=True)
+    assert plan.mode == "dp" and plan.noise is not None and plan.noise.epochs == DP_EPOCHS  # noise for 2, not 10
+    assert len(plan.batches(0)) >= MIN_STEPS_PER_EPOCH
+    on, _, entry = choose_schedule(TrainParams(label_dp="on"), rows, mask, 20, session_batch_bound(len(rows)))
+    assert on.epochs == DP_EPOCHS and "label_dp is 'on'" in entry["reason"]
+
+
+def test_automatic_epochs_on_a_large_set_take_the_floor_with_the_most_epochs_it_allows():
+    rows, mask, X = _labels(20000, 0.5)
+    bound = session_batch_bound(len(rows))
+    easy, _, _ = choose_schedule(TrainParams(), rows, mask, 5, bound)
+    assert easy.epochs == MAX_AUTO_EPOCHS  # never more than the session's bound
+    params, choice, entry = choose_schedule(TrainParams(), rows, mask, 40, bound)
+    assert choice.kind == "floor" and 1 < params.epochs < MAX_AUTO_EPOCHS and entry["epochs"] == params.epochs
+    assert choice.floor == 10 * 40 * params.epochs
+    assert choose_batch_size(dataclasses.replace(params, epochs=params.epochs + 1, batch_size=None), rows, mask, 40,
+                             bound).kind != "floor"  # one more epoch and the floor is out of reach
+    plan = LabelPrivacy.plan(params, rows, mask, 40, X, strict=True)
+    assert plan.mode == "floor" and plan.noise is None and len(plan.batches(0)) >= MIN_STEPS_PER_EPOCH
+
+
+def test_explicit_epochs_are_kept_and_automatic_epochs_with_label_dp_off_are_ten():
+    rows, mask, X = _labels(600, 0.5)
+    bound = session_batch_bound(len(rows))
+    kept, _, entry = choose_schedule(TrainParams(epochs=3), rows, mask, 20, bound)
+    assert kept.epochs == 3 and not entry["automatic"] and entry["reason"].startswith("set by")
+    off, choice, entry = choose_schedule(TrainParams(label_dp="off"), rows, mask, 20, bound)
+    ten, ten_choice, _ = choose_schedule(TrainParams(label_dp="off", epochs=10), rows, mask, 20, bound)
+    assert off == ten and choice == ten_choice and entry["automatic"]
+    with pytest.raises(TrainingError, match=r"the floor is 2000 \(10 x 20 platform features x 10 epochs\)"):
+        LabelPrivacy.plan(off, rows, mask, 20, X, strict=True)
+
+
+def test_defaults_end_to_end_run_the_chosen_epochs_and_report_them(sim):
+    bank, platform = sim
+    outcome, _, _, _ = train(bank, platform, epochs=None, validation_share=0.3, patience_steps=0)
+    report = outcome.report
+    assert report["epochs"]["automatic"] and report["epochs"]["epochs"] == report["params"]["epochs"]
+    assert report["epochs_run"] == len(report["history"]) == report["epochs"]["epochs"] <= MAX_AUTO_EPOCHS
+    assert report["batching"]["steps_per_epoch"] >= MIN_STEPS_PER_EPOCH
+    direct = bank_only_reference(bank, TrainParams(**report["params"]))  # the yardstick, rebuilt from the report
+    for t, tag in enumerate(bank.tag_names):
+        assert report["metrics"][tag]["bank_only"]["auc"] == pair_metrics(direct.test[t], direct.calibration[t])["auc"]

@@ -22,7 +22,7 @@ from protocols.packing import pack_signed, unpack_signed
 from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
 from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
-from protocols.vfl_lr.batching import choose_batch_size, session_batch_bound
+from protocols.vfl_lr.batching import choose_schedule, session_batch_bound, session_epochs
 from protocols.vfl_lr.calibration import calibrate_tag
 from protocols.vfl_lr.encoding import encode_z, pack_pairs, pack_rows, residual_offset
 from protocols.vfl_lr.evaluation import (
@@ -112,10 +112,10 @@ class _BankTrainer:
         self.state = BankTrainState.start(p, self.X_aug.shape[1], self.T,
                                           intercepts=p.start_intercepts(bank.labels, split.train))
 
-        # An automatic batch size is chosen after train.setup (it needs the platform's feature count); the session
-        # carries its upper bound, which sizes both parties' slots and bounds the batches (batching.py).
-        self.session_p = p if p.batch_size is not None else dataclasses.replace(
-            p, batch_size=session_batch_bound(len(self._active(split))))
+        # Automatic batch size and epochs are chosen after train.setup (they need the platform's feature count); the
+        # session carries their upper bounds, which size the slots and bound batches and epochs (batching.py).
+        self.session_p = dataclasses.replace(p, epochs=session_epochs(p), batch_size=p.batch_size or
+                                             session_batch_bound(len(self._active(split))))
 
         self.progress("keys", 0, 1)
         self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
@@ -166,10 +166,10 @@ class _BankTrainer:
         if len(active_rows(split.train, self.mask)) == 0:
             raise TrainingError("no training row has a known label")
         active = self._active(split)
-        # The batch size (batching.py), then the batch floor or label DP (label_privacy.py): decided before any
-        # label-dependent value leaves.
-        choice = choose_batch_size(p, active, train_mask, n_features, self.session_p.batch_size)
-        self.p = p = dataclasses.replace(p, batch_size=choice.batch_size)
+        # The epochs and batch size (batching.py), then the batch floor or label DP (label_privacy.py): decided
+        # before any label-dependent value leaves.
+        p, choice, self.epochs_entry = choose_schedule(p, active, train_mask, n_features, self.session_p.batch_size)
+        self.p = p
         self.privacy = LabelPrivacy.plan(p, active, train_mask, n_features, self.X_aug,
                                          strict=not self.insecure_for_tests)
         self.batching = choice.report(len(self.privacy.batches(0)), self.privacy.mode)
@@ -186,7 +186,7 @@ class _BankTrainer:
                        for v in state.best_validation]
         report = self._report(split, test_pairs, calibration, time.monotonic() - started)
         report["label_privacy"] = self.privacy.summary()
-        report["batching"] = self.batching
+        report["batching"], report["epochs"] = self.batching, self.epochs_entry
         W = state.W
         weights = W[:-1] if p.fit_intercept else W
         model = BankModel(self.job_id, list(self.bank.tag_names), weights.copy(),

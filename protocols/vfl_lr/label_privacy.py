@@ -33,7 +33,7 @@ import numpy as np
 
 from protocols.errors import ProtocolError
 from protocols.packing import pack_signed
-from protocols.vfl_lr.params import F_BITS, SlotPlan, TrainingError, TrainParams
+from protocols.vfl_lr.params import F_BITS, MAX_AUTO_EPOCHS, SlotPlan, TrainingError, TrainParams
 from protocols.vfl_lr.state import epoch_batches
 
 FLOOR_FACTOR = 10  # labelled rows per tag and batch, per platform feature (benchmarks/privacy.py)
@@ -45,9 +45,10 @@ _RANDOM = secrets.SystemRandom()
 # ------------------------------------------------------------------------------ the floor ----
 
 
-def batch_floor(n_features: int, epochs: int) -> int:
-    """Labelled rows per tag that a batch must hold (or none): ``FLOOR_FACTOR`` x features x epochs."""
-    return FLOOR_FACTOR * max(1, n_features) * max(1, epochs)
+def batch_floor(n_features: int, epochs: int | None) -> int:
+    """Labelled rows per tag that a batch must hold (or none): ``FLOOR_FACTOR`` x features x epochs (automatic
+    epochs, None: their bound ``MAX_AUTO_EPOCHS``, the most the bank runs)."""
+    return FLOOR_FACTOR * max(1, n_features) * max(1, MAX_AUTO_EPOCHS if epochs is None else epochs)
 
 
 def floor_text(n_features: int, epochs: int) -> str:

@@ -24,13 +24,18 @@ STAT_BITS = 40  # statistical hiding: every mask is 2^40 times wider than what i
 SCALE_MARGIN_BITS = 24  # hide_label_mask: the residuals' per-tag scale round(2^G / m_t) is at least 2^24
 
 
+MAX_AUTO_EPOCHS = 10  # automatic epochs: the session's bound (the former default), and the most the bank runs
+
+
 class TrainingError(UserError):
     """Training cannot run on this data or with these parameters; the message says why."""
 
 
 @dataclass
 class TrainParams:
-    epochs: int = 10
+    # Epochs; None (the default): automatic, chosen by the bank after train.setup: the most (at most 10) whose
+    # batch floor can be met, else 2 under label DP; 10 with label_dp "off" (batching.py, choose_schedule).
+    epochs: int | None = None
     # Rows per mini-batch; None (the default): automatic, chosen by the bank after train.setup to meet the label
     # floor with at least 4 steps per epoch, else about 10 steps per epoch under label DP (batching.py).
     batch_size: int | None = None
@@ -69,8 +74,11 @@ class TrainParams:
     def validate(self, *, insecure_for_tests: bool = False) -> TrainParams:
         """Raise :class:`TrainingError` on a parameter of the wrong type or out of range; return self."""
         check_field_types(self, what="training parameter", error=TrainingError)
+        _check_epochs(self.epochs)
         checks = [
-            (1 <= self.epochs <= 1000, "epochs must be an integer in 1..1000"),
+            (self.epochs is None or (isinstance(self.epochs, int) and not isinstance(self.epochs, bool)
+                                     and 1 <= self.epochs <= 1000),
+             "epochs must be null (automatic) or an integer in 1..1000"),
             (self.batch_size is None or (isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
                                          and 16 <= self.batch_size <= 65536),
              "batch_size must be null (automatic) or an integer in 16..65536"),
@@ -124,6 +132,8 @@ class TrainParams:
         :class:`TrainingError` names an unknown key (with the known ones) or a value of the wrong type;
         ranges are :meth:`validate`'s business. Integers are accepted where a number is expected.
         """
+        if isinstance(d, Mapping):
+            _check_epochs(d.get("epochs"))
         return dataclass_from_mapping(cls, d, what="training parameter", error=TrainingError)
 
     def to_json(self) -> str:
@@ -136,6 +146,12 @@ class TrainParams:
         except ValueError as err:
             raise TrainingError(f"training parameters are not valid JSON: {err}") from err
         return cls.from_dict(d)
+
+def _check_epochs(value: object) -> None:
+    """Refuse epochs that are neither null (automatic) nor an integer, as for the other integer fields."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise TrainingError(f"training parameter 'epochs' must be an integer, got {type(value).__name__}")
+
 
 @dataclass(frozen=True)
 class SlotPlan:
