@@ -106,7 +106,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bank_data, platform_data, tags = args.bank_data, args.platform_data, args.tags.split(",")
         bank_id, platform_id = args.bank_id_column, args.platform_id_column
 
-    train_params: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed}
+    train_params: dict[str, Any] = {"seed": args.seed}
+    if args.epochs:
+        train_params["epochs"] = args.epochs
     if args.batch_size:
         train_params["batch_size"] = args.batch_size
     if args.learning_rate:
@@ -216,7 +218,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--platform-id-column", default="id")
     p.add_argument("--tags", help="comma-separated tag columns of the bank file")
     p.add_argument("--out", type=Path, default=Path("run-out"))
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, help="default: automatic (the most epochs whose batches meet the label "
+                                              "floor, or 2 under label DP)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--l2", type=float)

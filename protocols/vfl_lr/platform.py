@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from protocols.vfl_lr.messages import (
 from protocols.vfl_lr.model import PlatformModel
 from protocols.vfl_lr.params import (
     F_BITS,
+    MAX_AUTO_EPOCHS,
     STAT_BITS,
     VERSION,
     SlotPlan,
@@ -95,6 +97,8 @@ class PlatformTrainHandler:
             tags = json.loads(str(params.get(Field.TAGS, "[]")))
         except (TrainingError, ValueError) as err:
             raise ProtocolError(str(err)) from err
+        if self.p.epochs is None:  # automatic: the bank runs at most the bound (it sends the bound itself)
+            self.p = dataclasses.replace(self.p, epochs=MAX_AUTO_EPOCHS)
         if not isinstance(tags, list):
             raise ProtocolError("tags must be a list of tag names")
         self.tags = [str(t) for t in tags]
