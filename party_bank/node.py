@@ -49,7 +49,6 @@ class BankNode(NodeBase):
         # One job at a time: each job already spreads its work over all the cores.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
         self._running: dict[str, Future[None]] = {}
-        self._alignment_indexes: dict[str, dict[str, int]] = {}
         self.registry = ModelRegistry(self.stores, link)
         log.info("bank data: %d customers, %d features, %d tags (%s)", len(self.data.ids),
                  len(self.data.feature_names), len(self.data.tag_names), Path(self.data.source).name)
@@ -136,14 +135,9 @@ class BankNode(NodeBase):
         return Scores(wanted, model.probabilities(z_bank + z_platform, cols), known, released, limit)
 
     def _alignment_index(self, alignment_job: str) -> dict[str, int]:
-        with self._lock:
-            index = self._alignment_indexes.get(alignment_job)
-        if index is None:
-            ids = self.stores.alignments.load(alignment_job).ids or []
-            index = {cid: i for i, cid in enumerate(ids)}
-            with self._lock:
-                self._alignment_indexes[alignment_job] = index
-        return index
+        """Customer ID -> position in the alignment (cached)."""
+        return self.cached("alignment index", alignment_job, lambda: {
+            cid: i for i, cid in enumerate(self.stores.alignments.load(alignment_job).ids or [])})
 
     def batch_score(self, model_job_id: str, output_path: str, tags: list[str] | None = None, *,
                     all_customers: bool = False, ids: list[str] | None = None,

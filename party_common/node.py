@@ -26,6 +26,7 @@ class ModelHalf(Protocol):
 
 
 M = TypeVar("M", bound=ModelHalf)
+T = TypeVar("T")
 
 
 class NodeBase:
@@ -40,7 +41,7 @@ class NodeBase:
         self.data = data if data is not None else load_node_data(config)
         self.stores = stores if stores is not None else open_node_stores(config.state_dir)
         self.spill_dir = config.state_dir / "tmp"
-        self._models: dict[str, Any] = {}
+        self._cache: dict[tuple[str, str], Any] = {}  # (what, job ID) -> a model or an alignment index
         self._lock = threading.Lock()
 
     def new_compute(self) -> Compute:
@@ -62,23 +63,32 @@ class NodeBase:
         return JobContext(job_id=job_id, data=self.data, stores=self.stores, new_compute=self.new_compute,
                           spill_dir=self.spill_dir, progress=self.progress_reporter(job_id), node_name=self.name)
 
+    def cached(self, what: str, job_id: str, build: Callable[[], T]) -> T:
+        """``build()`` once per (what, job ID) for this node's lifetime: models and alignment indexes, which
+        never change once stored (alignments and models are never overwritten)."""
+        key = (what, job_id)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        value = build()  # outside the lock: loading a model or an alignment may take a while
+        with self._lock:
+            return self._cache.setdefault(key, value)
+
     def model(self, model_job_id: str, load: Callable[..., M]) -> M:
         """The model half of train job ``model_job_id``, loaded once, checked against this node's data."""
-        with self._lock:
-            cached = self._models.get(model_job_id)
-        if cached is not None:
-            return cached
-        try:
-            doc = self.stores.models.load(model_job_id)
-        except NotFound as err:
-            raise NotFound(f"no model for job {model_job_id} on the {self.role} node "
-                           "(is it a finished train job?)") from err
-        model = load(doc, where=f"model {model_job_id}")
-        # The data this node serves must still have the columns the model was trained on.
-        model.schema.check_scoring_compatible(self.data.schema, self.data.source)
-        with self._lock:
-            self._models[model_job_id] = model
-        return model
+
+        def build() -> M:
+            try:
+                doc = self.stores.models.load(model_job_id)
+            except NotFound as err:
+                raise NotFound(f"no model for job {model_job_id} on the {self.role} node "
+                               "(is it a finished train job?)") from err
+            model = load(doc, where=f"model {model_job_id}")
+            # The data this node serves must still have the columns the model was trained on.
+            model.schema.check_scoring_compatible(self.data.schema, self.data.source)
+            return model
+
+        return self.cached("model", model_job_id, build)
 
     @staticmethod
     def tag_columns(model: ModelHalf, wanted: Sequence[str]) -> tuple[list[str], list[int]]:

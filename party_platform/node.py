@@ -73,9 +73,8 @@ class PlatformNode(NodeBase):
     def __init__(self, config: NodeConfig, *, data: PartyData | None = None,
                  stores: NodeStores | None = None) -> None:
         super().__init__(config, data=data, stores=stores)
-        self._aligned: dict[str, np.ndarray] = {}
         self._released: dict[str, set[str]] = {}
-        self._members_lock = threading.Lock()
+        self._record_lock = threading.Lock()  # check-then-record steps (disclosure budget, retirement) are atomic
         log.info("platform data: %d users, %d features (%s)", len(self.data.ids), len(self.data.feature_names),
                  Path(self.data.source).name)
 
@@ -138,7 +137,7 @@ class PlatformNode(NodeBase):
 
     def retire_model(self, model_job_id: str) -> Retirement:
         """Mark our half of a model retired (idempotent) and audit it; partial scores for it are refused after."""
-        with self._members_lock:
+        with self._record_lock:
             entry = self.retirement(model_job_id)
             if entry is not None:
                 return Retirement(model_job_id, str(entry["retired_at"]), already_retired=True)
@@ -152,7 +151,7 @@ class PlatformNode(NodeBase):
 
     def _release(self, alignment_job: str, projections: list[str]) -> int:
         """Record ``projections`` as released on the alignment, refusing past the budget; the count after."""
-        with self._members_lock:
+        with self._record_lock:
             released = self._released.get(alignment_job)
             if released is None:
                 released = {event.detail for event in self.stores.jobs.audit_events(alignment_job)
@@ -171,10 +170,5 @@ class PlatformNode(NodeBase):
 
     def _aligned_rows(self, alignment_job: str) -> np.ndarray:
         """Our rows of an alignment's members, in the alignment's order (cached)."""
-        with self._members_lock:
-            cached = self._aligned.get(alignment_job)
-        if cached is None:
-            cached = self.data.rows_of(self.stores.alignments.load(alignment_job).ids or [])
-            with self._members_lock:
-                self._aligned[alignment_job] = cached
-        return cached
+        return self.cached("aligned rows", alignment_job,
+                           lambda: self.data.rows_of(self.stores.alignments.load(alignment_job).ids or []))

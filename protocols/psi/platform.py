@@ -116,19 +116,12 @@ class PlatformPsiHandler:
     def handle(self, step: str, message: Message) -> Message:
         if self._result is not None:
             raise ProtocolError("this PSI session has finished")
-        if step == wire.HELLO:
-            self._need(step, self.expected)
-            return self._hello(message)
-        if step == wire.EXCHANGE:
-            self._need(step, self.expected)
-            return self._exchange(message)
-        if step == wire.CARDINALITY_BATCH:
-            self._need(step, self.expected)
-            return self._cardinality_batch(message)
-        if step == wire.FINISH:
-            self._need(step, self.expected)
-            return self._finish(message)
-        raise ProtocolError(f"unknown PSI step {step!r}")
+        steps = {wire.HELLO: self._hello, wire.EXCHANGE: self._exchange,
+                 wire.CARDINALITY_BATCH: self._cardinality_batch, wire.FINISH: self._finish}
+        if step not in steps:
+            raise ProtocolError(f"unknown PSI step {step!r}")
+        self._need(step, self.expected)
+        return steps[step](message)
 
     def _hello(self, message: Message) -> Message:
         nonce, n = message.get(wire.BANK_NONCE), wire.read_count(message.get(wire.BANK_SIZE), "psi.hello bank_size")
