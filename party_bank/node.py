@@ -158,7 +158,9 @@ class BankNode(NodeBase):
             raise NotFound(f"job {job_id} is a {record.kind} job: only train jobs have a report")
         job = {"job_id": job_id, "name": record.name, "created_at": record.created_at,
                "finished_at": record.finished_at}
-        return render(self.stores.reports.load(job_id), job=job).encode()
+        report = self.stores.reports.load(job_id)
+        # The summary (bootstrap intervals, ECE) was computed once when the job saved its report.
+        return render(report, report.get("summary"), job=job).encode()
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
