@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from party_bank.node import BankNode
-from party_bank.segments import BatchScoreResult, SegmentService
+from party_bank.segments import BatchScoreResult
 from party_common.codec import array_to_pb
 from party_common.grpc_errors import translate_errors
 from party_common.jobs import JobError
@@ -38,7 +38,7 @@ def batch_score_to_pb(result: BatchScoreResult) -> pb.BatchScoreResponse:
 class ControlServicer(pb_grpc.BankControlServicer):
     def __init__(self, node: BankNode) -> None:
         self._node = node
-        self._segments = SegmentService(node)
+        self._segments = node.segments
 
     @translate_errors("bank")
     def SubmitJob(self, request: pb.JobSpec, context: grpc.ServicerContext) -> pb.SubmitJobResponse:

@@ -49,6 +49,7 @@ class BankNode(NodeBase):
         # One job at a time: each job already spreads its work over all the cores.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
         self._running: dict[str, Future[None]] = {}
+        self.segments = SegmentService(self)  # score files and campaign segments
         self.registry = ModelRegistry(self.stores, link)
         log.info("bank data: %d customers, %d features, %d tags (%s)", len(self.data.ids),
                  len(self.data.feature_names), len(self.data.tag_names), Path(self.data.source).name)
@@ -145,7 +146,7 @@ class BankNode(NodeBase):
         """Score the model's intersection (default), every customer, or ``ids`` into a file under
         ``<state_dir>/scores/``; return its path and row count (``party_bank.segments`` has the columns)."""
         model_job_id = self.resolve_model(model_job_id)
-        result = SegmentService(self).batch_score(model_job_id, output_path, tags, all_customers=all_customers,
+        result = self.segments.batch_score(model_job_id, output_path, tags, all_customers=all_customers,
                                                   ids=ids, overwrite=overwrite)
         return result.path, result.rows
 
