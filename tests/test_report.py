@@ -15,6 +15,7 @@ from party_bank.client import BankClient
 from party_bank.control import ControlServicer
 from party_bank.node import BankNode
 from party_bank.report_html import render
+from party_bank.segments import SegmentService
 from party_common.storage import memory_node_stores
 from party_common.transport import bind, make_server
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
@@ -153,6 +154,7 @@ class FakeNode:
     def __init__(self, state_dir: Path) -> None:
         self.stores = memory_node_stores()
         self.config = SimpleNamespace(state_dir=state_dir)
+        self.segments = SegmentService(self)  # type: ignore[arg-type]  # the control API takes the node's
 
 
 def test_rpc_and_cli_return_the_page_the_node_renders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
