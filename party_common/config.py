@@ -25,7 +25,8 @@ Example (bank)::
     tag_columns = ["tag_young_family", "tag_car_owner"]   # bank only
     fill_missing = "error"           # or "zero" / "mean"
 
-Relative paths are resolved against the config file's folder.
+Relative paths are resolved against the config file's folder. The platform's ``[policy]`` table is described
+in ``party_common.policy``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from party_common.policy import PolicyConfig, parse_policy
 from protocols.errors import UserError
 
 Role = Literal["bank", "platform"]
@@ -79,6 +81,7 @@ class NodeConfig:
     # Platform: distinct projections of its features (scorable model tags) released per alignment; None =
     # half its feature count (see docs/protocol.md, "Scoring").
     max_released_projections: int | None = None
+    policy: PolicyConfig = field(default_factory=PolicyConfig)  # the platform's other [policy] knobs
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -173,6 +176,10 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
     released = _get(policy, "max_released_projections", int, f"{path} [policy]", required=False)
     if released is not None and released < 1:
         raise ConfigError(f"{path} [policy]: 'max_released_projections' must be at least 1")
+    try:
+        policy_cfg = parse_policy(policy, f"{path} [policy]")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return NodeConfig(
         source=path,
         name=_get(node, "name", str, f"{path} [node]"),
@@ -189,4 +196,5 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
                                   default=900.0)),
         max_payload_mb=_get(node, "max_payload_mb", int, f"{path} [node]", required=False, default=1024),
         max_released_projections=released,
+        policy=policy_cfg,
     )

@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
+from party_common.policy import AwaitingApproval, PolicyRefused, QuotaExceeded
 from protocols.errors import CryptoError, FedProfileError, NotFound, PeerError, ProtocolError, UserError
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,13 @@ _RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"
 
 
 def status_of(err: BaseException) -> grpc.StatusCode:
+    # The platform's policy: a quota is "later", a job waiting for approval "not yet", the rest "not allowed".
+    if isinstance(err, QuotaExceeded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(err, AwaitingApproval):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(err, PolicyRefused):
+        return grpc.StatusCode.PERMISSION_DENIED
     if isinstance(err, NotFound):
         return grpc.StatusCode.NOT_FOUND
     if isinstance(err, UserError):

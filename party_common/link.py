@@ -45,6 +45,7 @@ class SessionContext:
     alignment_job_id: str = ""
     alignment_hash: str = ""
     job_name: str = ""
+    caller: str = ""  # set by the platform's servicer from the caller's certificate, never read from the wire
 
 
 class PlatformEndpoint(Protocol):
@@ -55,7 +56,8 @@ class PlatformEndpoint(Protocol):
     def open_session(self, kind: str, job_id: str, params: Message, context: SessionContext) -> StepHandler:
         ...
 
-    def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
+    def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str], *,
+                       caller: str = ...) -> PartialScores:
         ...
 
     def retire_model(self, model_job_id: str) -> Retirement:

@@ -7,6 +7,7 @@ the platform's own job store, which ends succeeded (the protocol reported its re
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -14,22 +15,26 @@ from typing import Any
 
 import numpy as np
 
+from party_common.audit import LOCAL_CALLER, audited
 from party_common.config import NodeConfig
 from party_common.grpc_errors import describe
 from party_common.jobs import SESSION_KINDS, JobContext, JobKind
 from party_common.link import PartialScores, Retirement, SessionContext
 from party_common.node import NodeBase
-from party_common.storage import NodeStores
+from party_common.policy import AWAITING_APPROVAL, AwaitingApproval, PolicyRefused, knob
+from party_common.storage import NodeStores, UnknownJob
 from party_common.storage.jobs import now
+from party_platform.policy import SCORE_EVENT, PlatformPolicy, restrict_features
 from protocols.channel import Message, StepHandler
 from protocols.errors import FedProfileError, NotFound, ProtocolError
-from protocols.party_data import PartyData
+from protocols.party_data import PartyData, SchemaMismatch
 from protocols.vfl_lr import PlatformModel
 
 log = logging.getLogger(__name__)
 
 RELEASE_EVENT = "projection released"  # audit rows under the alignment's job ID: "<model job>:<tag>"
 RETIRE_EVENT = "model retired"  # audit row under the model's job ID when the bank retires it
+REVOKE_EVENT = "model revoked"  # audit row under the model's job ID when the platform's operator revokes it
 
 
 class DisclosureRefused(ProtocolError):
@@ -46,6 +51,8 @@ class PlatformSession:
         self._last_refusal = ""
 
     def on_result(self, result: Any) -> None:
+        if self._job.session == "psi":  # an intersection below the policy's minimum is not kept
+            self._node.policy.check_intersection(result.size)
         summary = self._job.save_platform(self._ctx, self._context, result)
         self._node.stores.jobs.finish(self._ctx.job_id, summary)
         self.finished = True
@@ -73,6 +80,9 @@ class PlatformNode(NodeBase):
     def __init__(self, config: NodeConfig, *, data: PartyData | None = None,
                  stores: NodeStores | None = None) -> None:
         super().__init__(config, data=data, stores=stores)
+        # Joint models see only the feature columns the policy allows ([policy] allowed_feature_columns).
+        self.data = restrict_features(self.data, config.policy.allowed_feature_columns, f"{config.source} [policy]")
+        self.policy = PlatformPolicy(config.policy, platform_rows=len(self.data.ids), jobs=self.stores.jobs)
         self._released: dict[str, set[str]] = {}
         self._record_lock = threading.Lock()  # check-then-record steps (disclosure budget, retirement) are atomic
         log.info("platform data: %d users, %d features (%s)", len(self.data.ids), len(self.data.feature_names),
@@ -80,12 +90,21 @@ class PlatformNode(NodeBase):
 
     # ---- sessions ----
 
+    def job_context(self, job_id: str) -> JobContext:
+        return dataclasses.replace(super().job_context(job_id), max_peer_rows=self.policy.max_psi_rows)
+
     def open_session(self, kind: str, job_id: str, params: Message, context: SessionContext) -> StepHandler:
         job = SESSION_KINDS.get(kind)
         if job is None:
             raise ProtocolError(f"unknown session kind '{kind}' (this node supports {', '.join(SESSION_KINDS)})")
-        self.stores.jobs.create(job_id, kind, context.job_name, {"session": kind,
-                                                                 "alignment_job_id": context.alignment_job_id})
+        actor = context.caller or LOCAL_CALLER
+        try:
+            self.policy.check_session(kind, params, self._alignment_size(context))
+        except FedProfileError as err:
+            self.stores.jobs.audit(job_id, "session refused", kind, actor=actor, outcome="refused")
+            log.info("%s session %s refused by policy: %s", kind, job_id, err)
+            raise
+        self._admit(job_id, kind, context, actor)
         self.stores.jobs.mark_running(job_id)
         ctx = self.job_context(job_id)
         session = PlatformSession(self, job, ctx, context)
@@ -98,6 +117,39 @@ class PlatformNode(NodeBase):
             raise
         return session
 
+    def _admit(self, job_id: str, kind: str, context: SessionContext, actor: str) -> None:
+        """Create the job's row, or take up the row of a job the platform's operator approved.
+
+        In approval mode a new job waits ("awaiting approval") and the bank is told so; it asks again until
+        the operator approves (``platform-node approve JOB``). A job ID is never reused for another job.
+        """
+        try:
+            existing = self.stores.jobs.get(job_id)
+        except UnknownJob:
+            existing = None
+        if existing is None:
+            params = {"session": kind, "alignment_job_id": context.alignment_job_id}
+            waiting = self.policy.manual_approval
+            self.stores.jobs.create(job_id, kind, context.job_name, params, actor=actor,
+                                    status=AWAITING_APPROVAL if waiting else "queued")
+            if waiting:
+                log.info("%s session %s awaits the operator's approval", kind, job_id)
+                raise AwaitingApproval(job_id)
+            return
+        if existing.status == AWAITING_APPROVAL:
+            raise AwaitingApproval(job_id)
+        if existing.status != "queued" or existing.kind != kind:  # queued: approved, not started yet
+            raise ProtocolError(f"job ID {job_id} was already used on the platform node (a {existing.kind} "
+                                f"job, {existing.status}); every job needs a new ID")
+
+    def _alignment_size(self, context: SessionContext) -> int | None:
+        if not context.alignment_job_id:
+            return None
+        try:
+            return self.stores.alignments.load(context.alignment_job_id).size
+        except FedProfileError:
+            return None  # the job kind refuses an unknown alignment with its own message
+
     # ---- serving ----
 
     @property
@@ -106,28 +158,50 @@ class PlatformNode(NodeBase):
         configured = self.config.max_released_projections
         return configured if configured is not None else max(1, len(self.data.feature_names) // 2)
 
-    def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
+    def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str], *,
+                       caller: str = LOCAL_CALLER) -> PartialScores:
         """z_B for rows of the model's alignment, named by position (handles both nodes hold since PSI).
 
         The bank never names a customer: every row is already a shared customer, so answering reveals no
         membership beyond PSI. Each (model, tag) answered is one more linear projection of our features the
         bank can see per customer; the first answer for a pair spends one unit of the alignment's budget.
+        Every call, answered or refused, is one audit row (the caller's certificate name, rows, outcome), and
+        the policy's model, tag and quota checks come before any answer.
         """
+        with audited(self.stores.jobs, SCORE_EVENT, actor=caller, job_id=model_job_id) as call:
+            answer = self._partial_scores(model_job_id, rows, tags)
+            call.count, call.detail = len(rows), f"{len(rows)} rows, {len(answer.tags)} tags"
+        return answer
+
+    def _partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
         if not isinstance(rows, np.ndarray) or rows.dtype != np.int64 or rows.ndim != 1 or len(rows) == 0:
             raise ProtocolError("partial scores: rows must be a non-empty 1-d int64 array of alignment positions")
         retired = self.retirement(model_job_id)
         if retired is not None:
+            if retired.get("status") == "revoked":
+                raise PolicyRefused(f"model {model_job_id} was revoked by the platform's operator at "
+                                    f"{retired['retired_at']}: it answers no more partial scores")
             raise NotFound(f"model {model_job_id} was retired on the platform node at {retired['retired_at']}: "
                            "it answers no more partial scores")
-        model = self.model(model_job_id, PlatformModel.from_dict)
+        model = self._model(model_job_id)
         wanted, cols = self.tag_columns(model, tags)
         aligned = self._aligned_rows(model.alignment_job_id)
         if rows.min() < 0 or rows.max() >= len(aligned) or len(np.unique(rows)) != len(rows):
             raise ProtocolError(f"partial scores: rows must be distinct positions in 0..{len(aligned) - 1}")
+        self.policy.check_scoring(model_job_id, wanted, len(rows))
         released = self._release(model.alignment_job_id, [f"{model_job_id}:{tag}" for tag in wanted])
-        self.stores.jobs.audit(model_job_id, "partial scores", f"{len(rows)} rows, {len(wanted)} tags")
         scores = model.partial_scores(self.data.features[aligned[rows]])[:, cols]
         return PartialScores(wanted, scores, released, self.projections_limit)
+
+    def _model(self, model_job_id: str) -> PlatformModel:
+        try:
+            return self.model(model_job_id, PlatformModel.from_dict)
+        except SchemaMismatch as err:
+            allowed = self.config.policy.allowed_feature_columns
+            if allowed is None:
+                raise
+            raise PolicyRefused(f"model {model_job_id} uses feature columns the platform's policy no longer "
+                                f"allows ({knob('allowed_feature_columns')}): {err}") from err
 
     # ---- model registry ----
 

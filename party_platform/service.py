@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from party_common.audit import caller_name
 from party_common.codec import array_from_pb, array_to_pb, from_payload, to_payload
 from party_common.grpc_errors import abort, translate_errors
 from party_common.link import PlatformEndpoint, SessionContext
+from party_common.policy import QuotaExceeded
 from party_common.storage.jobs import check_job_id
 from party_common.transport import FEATURES, check_hello, chunk_payload, join_chunks, make_hello
 from proto import fedprofile_v1_pb2 as pb
@@ -42,12 +44,14 @@ class Session:
 class SessionRegistry:
     """Open protocol sessions on the platform, one per job."""
 
-    def __init__(self, opener: SessionOpener, kinds: Iterable[str], *, max_sessions: int = 8) -> None:
+    def __init__(self, opener: SessionOpener, kinds: Iterable[str], *, max_sessions: int = 8,
+                 limit_name: str = "[policy] max_concurrent_jobs") -> None:
         self._opener = opener
         self._kinds = frozenset(kinds)
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._max = max_sessions
+        self._limit_name = limit_name
 
     def open(self, kind: str, job_id: str, params: Message, context: SessionContext) -> None:
         if kind not in self._kinds:
@@ -60,7 +64,8 @@ class SessionRegistry:
             if job_id in self._sessions:
                 raise ProtocolError(f"job {job_id} already has an open session")
             if len(self._sessions) >= self._max:
-                raise ProtocolError(f"too many open sessions ({self._max}); try again later")
+                raise QuotaExceeded(f"the platform already runs {self._max} jobs, its limit ({self._limit_name}); "
+                                    "try again when one has finished")
         handler = self._opener(kind, job_id, params, context)
         with self._lock:
             self._sessions[job_id] = Session(kind=kind, handler=handler)
@@ -87,9 +92,9 @@ class SessionRegistry:
             self.close(job_id)
 
 
-def context_from_pb(msg: pb.SessionContext) -> SessionContext:
+def context_from_pb(msg: pb.SessionContext, caller: str = "") -> SessionContext:
     return SessionContext(alignment_job_id=msg.alignment_job_id, alignment_hash=msg.alignment_hash,
-                          job_name=msg.job_name)
+                          job_name=msg.job_name, caller=caller)
 
 
 class NodeServicer(pb_grpc.NodeServicer):
@@ -114,7 +119,8 @@ class NodeServicer(pb_grpc.NodeServicer):
     @translate_errors("platform")
     def OpenSession(self, request: pb.OpenSessionRequest, context: grpc.ServicerContext) -> pb.OpenSessionResponse:
         params = from_payload(request.params, where="session parameters")
-        self._registry.open(request.kind, request.job_id, params, context_from_pb(request.context))
+        self._registry.open(request.kind, request.job_id, params,
+                            context_from_pb(request.context, caller_name(context)))
         log.info("opened %s session for job %s", request.kind, request.job_id)
         return pb.OpenSessionResponse(job_id=request.job_id)
 
@@ -144,7 +150,8 @@ class NodeServicer(pb_grpc.NodeServicer):
     def PartialScore(self, request: pb.PartialScoreRequest,
                      context: grpc.ServicerContext) -> pb.PartialScoreResponse:
         rows = array_from_pb(request.rows, where="partial score rows")
-        answer = self._endpoint.partial_scores(request.model_job_id, rows, list(request.tags))
+        answer = self._endpoint.partial_scores(request.model_job_id, rows, list(request.tags),
+                                               caller=caller_name(context))
         return pb.PartialScoreResponse(tags=answer.tags, scores=array_to_pb(answer.scores),
                                        projections_released=answer.projections_released,
                                        projections_limit=answer.projections_limit)

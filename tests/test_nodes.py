@@ -251,4 +251,6 @@ def test_platform_refuses_bad_rows_and_scoring_past_its_budget(files: SimulatedF
     released = [e.detail for e in nodes.platform.stores.jobs.audit_events(align_id) if e.event == RELEASE_EVENT]
     assert sorted(released) == sorted([f"{first.job_id}:{t}" for t in files.tags] + [f"{second.job_id}:{tag}"])
     calls = [e for e in nodes.platform.stores.jobs.audit_events(first.job_id) if e.event == "partial scores"]
-    assert len(calls) == 2 and all(e.detail == "3 rows, 2 tags" for e in calls)
+    answered = [e for e in calls if e.outcome == "ok"]
+    assert len(answered) == 2 and all(e.detail == "3 rows, 2 tags" and e.count == 3 for e in answered)
+    assert [e.outcome for e in calls if e.outcome != "ok"] == ["refused (FAILED_PRECONDITION)"] * 5

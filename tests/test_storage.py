@@ -130,7 +130,7 @@ def test_audit_log_records_every_step(jobs: JobStore) -> None:
                       ("align-00000001", "running", ""), ("align-00000001", "peer", "platform-1"),
                       ("align-00000001", "succeeded", ""), ("train-00000002", "created", "train"),
                       ("train-00000002", "failed", "")]
-    at, job_id, event, detail = jobs.audit_events("train-00000002")[-1]
+    at, job_id, event, detail, *_ = jobs.audit_events("train-00000002")[-1]
     assert (job_id, event) == ("train-00000002", "failed") and at.endswith("+00:00")
     assert jobs.audit_events("other-000001") == []
 

@@ -74,7 +74,8 @@ def platform_server(pki: dict[str, Path]) -> Iterator[tuple[str, dict[str, SumHa
             handlers[job_id] = SumHandler()
             return handlers[job_id]
 
-        def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
+        def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str], *,
+                           caller: str = "") -> PartialScores:
             if rows.tolist() != [3, 1]:
                 raise ProtocolError("this test node serves no models")
             return PartialScores(["t"], np.array([[0.5], [-0.5]]), 1, 4)

@@ -50,8 +50,11 @@ class AlignJob(JobKind[AlignParams, PsiResult]):
 
     def open_platform(self, ctx: JobContext, params: Message, context: SessionContext,
                       on_result: Callable[[Any], None]) -> StepHandler:
+        limit = {} if ctx.max_peer_rows is None else {"max_bank_size": ctx.max_peer_rows,
+                                                       "limit_name": "[policy] max_psi_rows"}
         return make_platform_psi_handler(ctx.job_id, params, ctx.data.ids, on_result=on_result,
-                                         compute=ctx.new_compute(), spill_dir=ctx.spill_dir, progress=ctx.progress)
+                                         compute=ctx.new_compute(), spill_dir=ctx.spill_dir, progress=ctx.progress,
+                                         **limit)
 
     def save_platform(self, ctx: JobContext, context: SessionContext, result: Any) -> dict[str, Any]:
         alignment = ctx.stores.alignments.save(Alignment.from_result(ctx.job_id, result, peer_name="bank"))

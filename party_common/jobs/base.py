@@ -42,6 +42,7 @@ class JobContext:
     spill_dir: Path
     progress: Progress
     node_name: str = ""
+    max_peer_rows: int | None = None  # platform: the most IDs the bank may declare in a PSI ([policy] max_psi_rows)
 
 
 class JobKind(ABC, Generic[P, R]):

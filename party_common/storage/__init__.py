@@ -28,6 +28,7 @@ from party_common.storage.jobs import (
     InvalidJobId,
     JobRecord,
     MemoryJobStore,
+    NotAwaitingApproval,
     SqliteJobStore,
     UnknownJob,
     check_job_id,
@@ -36,15 +37,21 @@ from party_common.storage.jobs import (
 
 @runtime_checkable
 class JobStore(Protocol):
-    """Jobs (queued -> running -> succeeded | failed) and the audit log. Unknown IDs raise UnknownJob."""
+    """Jobs (queued [-> awaiting approval -> queued] -> running -> succeeded | failed) and the audit log.
+    Unknown IDs raise UnknownJob."""
 
-    def create(self, job_id: str, kind: str, name: str, params: dict[str, Any]) -> None: ...
+    def create(self, job_id: str, kind: str, name: str, params: dict[str, Any], *, actor: str = "",
+               status: str = "queued") -> None: ...
+    def await_approval(self, job_id: str) -> None: ...
+    def approve(self, job_id: str, actor: str) -> None: ...
     def mark_running(self, job_id: str) -> None: ...
     def set_progress(self, job_id: str, progress: str) -> None: ...
     def finish(self, job_id: str, result: dict[str, Any]) -> None: ...
     def fail(self, job_id: str, error: str) -> None: ...
-    def audit(self, job_id: str | None, event: str, detail: str = "") -> None: ...
-    def audit_events(self, job_id: str | None = None) -> list[AuditEvent]: ...
+    def audit(self, job_id: str | None, event: str, detail: str = "", *, actor: str = "", outcome: str = "",
+              count: int = 0) -> None: ...
+    def audit_events(self, job_id: str | None = None, *, event: str | None = None,
+                     since: str | None = None) -> list[AuditEvent]: ...
     def get(self, job_id: str) -> JobRecord: ...
     def list(self, limit: int = 50, *, kind: str | None = None,
              status: str | None = None) -> list[JobRecord]: ...
@@ -82,7 +89,7 @@ class NodeStores:
     registry: DocumentStore
 
 
-def open_node_stores(state_dir: Path) -> NodeStores:
+def open_node_stores(state_dir: Path, *, recover: bool = True) -> NodeStores:
     """The durable stores of the node whose state directory is ``state_dir``, laid out as::
 
         <state_dir>/                    0700 (each subdirectory too)
@@ -95,10 +102,12 @@ def open_node_stores(state_dir: Path) -> NodeStores:
                                         the segment's groups file (<name>.groups.parquet|.csv) sits beside it
             registry/<job>.json         0600  the model registry: a retired model's flag (both nodes);
             registry/registry_aliases.json 0600 the bank's aliases (NAME@LABEL -> model job ID), one document
+
+    ``recover=False``: leave unfinished jobs as they are (a command beside the running node, not the node).
     """
     state_dir = ensure_private_dir(Path(state_dir))
     return NodeStores(
-        jobs=SqliteJobStore(state_dir / "jobs.sqlite"),
+        jobs=SqliteJobStore(state_dir / "jobs.sqlite", recover=recover),
         alignments=FileAlignmentStore(state_dir / "alignments"),
         models=FileDocumentStore(state_dir / "models", suffix=".model", kind="model"),
         reports=FileDocumentStore(state_dir / "reports", suffix=".json", kind="report"),
@@ -121,6 +130,6 @@ __all__ = [
     "JOB_ID_RE", "Alignment", "AlignmentError", "AlignmentStore", "AuditEvent", "DocumentError",
     "DocumentExists", "DocumentStore", "DuplicateJob", "FileAlignmentStore", "FileDocumentStore",
     "InvalidJobId", "JobRecord", "JobStore", "MemoryAlignmentStore", "MemoryDocumentStore", "MemoryJobStore",
-    "NodeStores", "SqliteJobStore", "UnknownAlignment", "UnknownDocument", "UnknownJob", "check_job_id",
+    "NodeStores", "NotAwaitingApproval", "SqliteJobStore", "UnknownAlignment", "UnknownDocument", "UnknownJob", "check_job_id",
     "memory_node_stores", "open_node_stores",
 ]

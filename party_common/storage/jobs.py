@@ -21,17 +21,20 @@ from typing import Any, NamedTuple
 from protocols.errors import NotFound, UserError
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-STATUSES = ("queued", "running", "succeeded", "failed")
+# "awaiting approval": the platform's policy asks its operator to approve the job first (party_common.policy).
+STATUSES = ("queued", "awaiting approval", "running", "succeeded", "failed")
 STOPPED_ERROR = "node stopped while the job ran"
+AWAITING = "awaiting approval"
 _PROGRESS_MAX = 500
 _ERROR_MAX = 4000
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+_STATUS_CHECK = "CHECK (status IN (" + ", ".join(f"'{s}'" for s in STATUSES) + "))"
+JOBS_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
     job_id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
     name TEXT NOT NULL DEFAULT '',
-    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
+    status TEXT NOT NULL """ + _STATUS_CHECK + """,
     params_json TEXT NOT NULL DEFAULT '{}',
     result_json TEXT NOT NULL DEFAULT '{}',
     error TEXT NOT NULL DEFAULT '',
@@ -39,16 +42,24 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at TEXT NOT NULL,
     finished_at TEXT NOT NULL DEFAULT ''
 );
+"""
+# An audit row: who (the caller's certificate name), what, how much (a count) and how it ended; never IDs of
+# customers, features, labels or keys.
+SCHEMA = JOBS_TABLE.replace("{table}", "jobs") + """
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     at TEXT NOT NULL,
     job_id TEXT,
     event TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
+    detail TEXT NOT NULL DEFAULT '',
+    actor TEXT NOT NULL DEFAULT '',
+    outcome TEXT NOT NULL DEFAULT '',
+    count INTEGER NOT NULL DEFAULT 0
 );
 """
-_AUDIT_INSERT = "INSERT INTO audit (at, job_id, event, detail) VALUES (?, ?, ?, ?)"
-_UNFINISHED = "status IN ('queued', 'running')"
+_AUDIT_COLUMNS = ("actor", "outcome", "count")  # added after the first release: old stores gain them on open
+_AUDIT_INSERT = "INSERT INTO audit (at, job_id, event, detail, actor, outcome, count) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_UNFINISHED = "status IN ('queued', 'awaiting approval', 'running')"
 _JOB_COLUMNS = ("job_id, kind, name, status, params_json, result_json, error, progress, created_at, "
                 "finished_at")
 
@@ -91,12 +102,26 @@ class JobRecord:
 
 
 class AuditEvent(NamedTuple):
-    """One line of the audit log; ``job_id`` is None for node-level events."""
+    """One line of the audit log; ``job_id`` is None for node-level events. ``actor``: the certificate name
+    (or operating-system user) of whoever asked; ``outcome``: "ok", "refused (STATUS)" or ""; ``count``:
+    rows or customers the event concerned."""
 
     at: str
     job_id: str | None
     event: str
     detail: str
+    actor: str = ""
+    outcome: str = ""
+    count: int = 0
+
+
+class NotAwaitingApproval(UserError):
+    """Approving a job that does not wait for approval."""
+
+
+def _audit_row(job_id: str | None, event: str, detail: str = "", actor: str = "", outcome: str = "",
+               count: int = 0, at: str | None = None) -> tuple[Any, ...]:
+    return (at or now(), job_id, event, detail, actor, outcome, int(count))
 
 
 def _params_json(params: dict[str, Any]) -> str:
@@ -110,10 +135,11 @@ def _result_json(result: dict[str, Any]) -> str:
 class SqliteJobStore:
     """Thread-safe; each method is one transaction, so a crash never leaves a half-written job.
 
-    Opening the store marks the jobs that were queued or running when the node stopped as failed.
+    Opening the store marks the jobs that were queued or running when the node stopped as failed, unless
+    ``recover=False`` (a command that reads or edits the store beside a running node).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, recover: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -121,6 +147,9 @@ class SqliteJobStore:
         os.chmod(self.path, 0o600)  # SQLite gives its -wal and -shm files the database file's mode
         with closing(self._connect()) as db:
             db.executescript(SCHEMA)
+        self._migrate()
+        if not recover:
+            return
         # Jobs that were running when the node stopped did not finish: say so instead of leaving them running.
         with self._transaction() as db:
             at = now()
@@ -128,7 +157,22 @@ class SqliteJobStore:
             stopped = [r[0] for r in rows]
             db.execute(f"UPDATE jobs SET status='failed', error=?, finished_at=? WHERE {_UNFINISHED}",
                        (STOPPED_ERROR, at))
-            db.executemany(_AUDIT_INSERT, [(at, job_id, "failed", STOPPED_ERROR) for job_id in stopped])
+            db.executemany(_AUDIT_INSERT, [_audit_row(job_id, "failed", STOPPED_ERROR, at=at) for job_id in stopped])
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older release up to this schema (new audit columns, new statuses)."""
+        with self._transaction() as db:
+            have = {row[1] for row in db.execute("PRAGMA table_info(audit)")}
+            for column in _AUDIT_COLUMNS:
+                if column not in have:
+                    kind = "INTEGER NOT NULL DEFAULT 0" if column == "count" else "TEXT NOT NULL DEFAULT ''"
+                    db.execute(f"ALTER TABLE audit ADD COLUMN {column} {kind}")
+            sql = db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='jobs'").fetchone()[0]
+            if _STATUS_CHECK not in sql:  # SQLite cannot alter a CHECK: copy into a table that has the new one
+                db.execute(JOBS_TABLE.replace("{table}", "jobs_new"))
+                db.execute(f"INSERT INTO jobs_new ({_JOB_COLUMNS}) SELECT {_JOB_COLUMNS} FROM jobs ORDER BY rowid")
+                db.execute("DROP TABLE jobs")
+                db.execute("ALTER TABLE jobs_new RENAME TO jobs")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -155,18 +199,34 @@ class SqliteJobStore:
             if db.execute(sql, (*args, job_id)).rowcount == 0:
                 raise UnknownJob(f"no job {job_id}")
             if event:
-                db.execute(_AUDIT_INSERT, (now(), job_id, event, ""))
+                db.execute(_AUDIT_INSERT, _audit_row(job_id, event))
 
-    def create(self, job_id: str, kind: str, name: str, params: dict[str, Any]) -> None:
+    def create(self, job_id: str, kind: str, name: str, params: dict[str, Any], *, actor: str = "",
+               status: str = "queued") -> None:
         check_job_id(job_id)
         at, params_json = now(), _params_json(params)
         with self._transaction() as db:
             try:
                 db.execute("INSERT INTO jobs (job_id, kind, name, status, params_json, created_at) "
-                           "VALUES (?, ?, ?, 'queued', ?, ?)", (job_id, kind, name, params_json, at))
+                           "VALUES (?, ?, ?, ?, ?, ?)", (job_id, kind, name, status, params_json, at))
             except sqlite3.IntegrityError as err:
                 raise DuplicateJob(f"job {job_id} already exists") from err
-            db.execute(_AUDIT_INSERT, (at, job_id, "created", kind))
+            db.execute(_AUDIT_INSERT, _audit_row(job_id, "created", kind, actor, at=at))
+
+    def await_approval(self, job_id: str) -> None:
+        self._update(job_id, f"UPDATE jobs SET status='{AWAITING}' WHERE job_id=?", (), AWAITING)
+
+    def approve(self, job_id: str, actor: str) -> None:
+        """An awaiting job back to queued (its next start runs), audited with who approved it."""
+        check_job_id(job_id)
+        with self._transaction() as db:
+            if db.execute(f"UPDATE jobs SET status='queued' WHERE job_id=? AND status='{AWAITING}'",
+                          (job_id,)).rowcount == 0:
+                row = db.execute("SELECT status FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+                if row is None:
+                    raise UnknownJob(f"no job {job_id}")
+                raise NotAwaitingApproval(f"job {job_id} is {row[0]}, not {AWAITING}")
+            db.execute(_AUDIT_INSERT, _audit_row(job_id, "approved", "", actor, "ok"))
 
     def mark_running(self, job_id: str) -> None:
         self._update(job_id, "UPDATE jobs SET status='running' WHERE job_id=?", (), "running")
@@ -182,17 +242,30 @@ class SqliteJobStore:
         self._update(job_id, "UPDATE jobs SET status='failed', error=?, finished_at=? WHERE job_id=?",
                      (error[:_ERROR_MAX], now()), "failed")
 
-    def audit(self, job_id: str | None, event: str, detail: str = "") -> None:
+    def audit(self, job_id: str | None, event: str, detail: str = "", *, actor: str = "", outcome: str = "",
+              count: int = 0) -> None:
         if job_id is not None:
             check_job_id(job_id)
         with self._transaction() as db:
-            db.execute(_AUDIT_INSERT, (now(), job_id, event, detail))
+            db.execute(_AUDIT_INSERT, _audit_row(job_id, event, detail, actor, outcome, count))
 
-    def audit_events(self, job_id: str | None = None) -> list[AuditEvent]:
-        """The audit log, oldest first; only ``job_id``'s events when given."""
-        sql, args = "SELECT at, job_id, event, detail FROM audit", ()
+    def audit_events(self, job_id: str | None = None, *, event: str | None = None,
+                     since: str | None = None) -> list[AuditEvent]:
+        """The audit log, oldest first; only ``job_id``'s events, one ``event``, or those at/after ``since``."""
+        where: list[str] = []
+        args: list[Any] = []
         if job_id is not None:
-            sql, args = sql + " WHERE job_id=?", (check_job_id(job_id),)
+            where.append("job_id=?")
+            args.append(check_job_id(job_id))
+        if event is not None:
+            where.append("event=?")
+            args.append(event)
+        if since is not None:
+            where.append("at>=?")
+            args.append(since)
+        sql = "SELECT at, job_id, event, detail, actor, outcome, count FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         with closing(self._connect()) as db:
             rows = db.execute(sql + " ORDER BY seq", args).fetchall()
         return [AuditEvent(*row) for row in rows]
@@ -244,16 +317,31 @@ class MemoryJobStore:
                 raise UnknownJob(f"no job {job_id}")
             self._jobs[job_id] = replace(self._jobs[job_id], **changes)
             if event:
-                self._audit.append(AuditEvent(now(), job_id, event, ""))
+                self._audit.append(AuditEvent(*_audit_row(job_id, event)))
 
-    def create(self, job_id: str, kind: str, name: str, params: dict[str, Any]) -> None:
+    def create(self, job_id: str, kind: str, name: str, params: dict[str, Any], *, actor: str = "",
+               status: str = "queued") -> None:
         check_job_id(job_id)
         at, stored = now(), json.loads(_params_json(params))
         with self._lock:
             if job_id in self._jobs:
                 raise DuplicateJob(f"job {job_id} already exists")
-            self._jobs[job_id] = JobRecord(job_id, kind, name, "queued", stored, {}, "", "", at, "")
-            self._audit.append(AuditEvent(at, job_id, "created", kind))
+            self._jobs[job_id] = JobRecord(job_id, kind, name, status, stored, {}, "", "", at, "")
+            self._audit.append(AuditEvent(*_audit_row(job_id, "created", kind, actor, at=at)))
+
+    def await_approval(self, job_id: str) -> None:
+        self._update(job_id, AWAITING, status=AWAITING)
+
+    def approve(self, job_id: str, actor: str) -> None:
+        check_job_id(job_id)
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None:
+                raise UnknownJob(f"no job {job_id}")
+            if record.status != AWAITING:
+                raise NotAwaitingApproval(f"job {job_id} is {record.status}, not {AWAITING}")
+            self._jobs[job_id] = replace(record, status="queued")
+            self._audit.append(AuditEvent(*_audit_row(job_id, "approved", "", actor, "ok")))
 
     def mark_running(self, job_id: str) -> None:
         self._update(job_id, "running", status="running")
@@ -268,17 +356,20 @@ class MemoryJobStore:
     def fail(self, job_id: str, error: str) -> None:
         self._update(job_id, "failed", status="failed", error=error[:_ERROR_MAX], finished_at=now())
 
-    def audit(self, job_id: str | None, event: str, detail: str = "") -> None:
+    def audit(self, job_id: str | None, event: str, detail: str = "", *, actor: str = "", outcome: str = "",
+              count: int = 0) -> None:
         if job_id is not None:
             check_job_id(job_id)
         with self._lock:
-            self._audit.append(AuditEvent(now(), job_id, event, detail))
+            self._audit.append(AuditEvent(*_audit_row(job_id, event, detail, actor, outcome, count)))
 
-    def audit_events(self, job_id: str | None = None) -> list[AuditEvent]:
+    def audit_events(self, job_id: str | None = None, *, event: str | None = None,
+                     since: str | None = None) -> list[AuditEvent]:
         if job_id is not None:
             check_job_id(job_id)
         with self._lock:
-            return [e for e in self._audit if job_id is None or e.job_id == job_id]
+            return [e for e in self._audit if (job_id is None or e.job_id == job_id)
+                    and (event is None or e.event == event) and (since is None or e.at >= since)]
 
     def get(self, job_id: str) -> JobRecord:
         check_job_id(job_id)

@@ -7,8 +7,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 import protocols.psi.messages as wire
 from protocols.channel import Message, Peer
 from protocols.compute import ComputeSpec
@@ -26,6 +24,7 @@ from protocols.psi.messages import (
     points_field,
 )
 from protocols.psi.store import PointStore, intersection
+from protocols.shuffle import secret_permutation
 
 
 def run_bank_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = "both", batch_size: int = 50_000,
@@ -64,7 +63,7 @@ def run_bank_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = "bo
         own_double, platform_double = PointStore(n, spill_dir), PointStore(m, spill_dir)
         stores += [own_double, platform_double]
 
-        perm = np.random.default_rng(secrets.randbits(64)).permutation(n)
+        perm = secret_permutation(n)
         own_batches, platform_batches = batches(n, batch_size), batches(m, batch_size)
 
         def own_points(k: int) -> Pending:
@@ -104,7 +103,7 @@ def run_bank_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = "bo
             platform_double.write(slice(lo, hi), blinding.result())
 
         if mode == "cardinality":
-            shuffled = platform_double.take(np.random.default_rng(secrets.randbits(64)).permutation(m))
+            shuffled = platform_double.take(secret_permutation(m))
             for k, (lo, hi) in enumerate(batches(m, batch_size)):
                 channel.call(wire.CARDINALITY_BATCH, {wire.INDEX: k, wire.DOUBLE: shuffled[lo:hi].tobytes()})
             del shuffled

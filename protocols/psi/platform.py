@@ -7,8 +7,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 import protocols.psi.messages as wire
 from protocols.channel import Message
 from protocols.compute import ComputeSpec
@@ -17,6 +15,7 @@ from protocols.psi.ids import job_salt
 from protocols.psi.kernel import Blinder, Pending
 from protocols.psi.messages import (
     MAX_BATCH_SIZE,
+    MAX_SET_SIZE,
     MODES,
     VERSION,
     Progress,
@@ -27,6 +26,7 @@ from protocols.psi.messages import (
     points_field,
 )
 from protocols.psi.store import PointStore, intersection, match_rows
+from protocols.shuffle import secret_permutation
 
 LOOKAHEAD = 2  # platform batches hashed and blinded ahead of the bank's requests
 OnResult = Callable[[PsiResult], None]
@@ -42,8 +42,10 @@ class PlatformPsiHandler:
 
     def __init__(self, job_id: str, params: Message, ids: Sequence[str], *, on_result: OnResult,
                  compute: ComputeSpec = None, spill_dir: Path | str | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, max_bank_size: int = MAX_SET_SIZE,
+                 limit_name: str = "") -> None:
         self.blinder = Blinder(compute)
+        self.max_bank_size, self.limit_name = max_bank_size, limit_name
         try:
             self.mode, self.batch_size = self._check_params(params)
             self.blinder.check_ids(ids)
@@ -66,7 +68,7 @@ class PlatformPsiHandler:
         self.n = 0
         self.round = 0
         self.rounds = 0
-        self.perm = np.random.default_rng(secrets.randbits(64)).permutation(self.m)
+        self.perm = secret_permutation(self.m)
         self.own_batches = batches(self.m, self.batch_size)
         self.bank_batches: list[tuple[int, int]] = []
         self.ahead: dict[int, Pending] = {}
@@ -125,6 +127,9 @@ class PlatformPsiHandler:
 
     def _hello(self, message: Message) -> Message:
         nonce, n = message.get(wire.BANK_NONCE), wire.read_count(message.get(wire.BANK_SIZE), "psi.hello bank_size")
+        if n > self.max_bank_size:  # checked before any store of that size is made
+            raise ProtocolError(f"psi.hello: the bank declares {n:,} IDs; this platform accepts at most "
+                                f"{self.max_bank_size:,} per PSI" + (f" ({self.limit_name})" if self.limit_name else ""))
         if not isinstance(nonce, bytes) or len(nonce) != wire.NONCE:
             raise ProtocolError(f"malformed {wire.HELLO}")
         platform_nonce = secrets.token_bytes(wire.NONCE)
@@ -230,10 +235,12 @@ class PlatformPsiHandler:
 
 def make_platform_psi_handler(job_id: str, params: Message, ids: Sequence[str], *, on_result: OnResult,
                               compute: ComputeSpec = None, spill_dir: Path | str | None = None,
-                              progress: Progress | None = None) -> PlatformPsiHandler:
-    """The node's SessionFactory calls this when the bank opens a ``psi`` session."""
+                              progress: Progress | None = None, max_bank_size: int = MAX_SET_SIZE,
+                              limit_name: str = "") -> PlatformPsiHandler:
+    """The node's SessionFactory calls this when the bank opens a ``psi`` session. ``max_bank_size``: the most
+    IDs the bank may declare (``limit_name`` names the setting in the refusal)."""
     return PlatformPsiHandler(job_id, params, ids, on_result=on_result, compute=compute, spill_dir=spill_dir,
-                              progress=progress)
+                              progress=progress, max_bank_size=max_bank_size, limit_name=limit_name)
 
 
 __all__ = ["LOOKAHEAD", "OnResult", "PlatformPsiHandler", "make_platform_psi_handler"]

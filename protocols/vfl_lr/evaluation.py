@@ -16,7 +16,6 @@ no row it could put them on. docs/protocol.md says what that multiset still tell
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import gmpy2
@@ -28,6 +27,7 @@ from protocols.metrics import tag_metrics
 from protocols.packing import pack_signed, slots_per_plaintext, unpack_signed
 from protocols.paillier import CipherVector, NoisePool, PrivateKey, PublicKey
 from protocols.paillier_pool import PaillierPool, Shipped
+from protocols.shuffle import secret_permutation
 from protocols.vfl_lr.encoding import encode_z
 from protocols.vfl_lr.model import sigmoid
 from protocols.vfl_lr.params import F_BITS
@@ -104,13 +104,6 @@ def scores_metrics(opened: list[tuple[np.ndarray, np.ndarray]]) -> list[dict[str
 
 
 # ------------------------------------------------------------------------------------ platform ----
-
-
-def secret_permutation(n: int) -> np.ndarray:
-    """A uniformly random permutation of ``range(n)`` from the operating system's CSPRNG (Fisher-Yates)."""
-    order = list(range(n))
-    secrets.SystemRandom().shuffle(order)
-    return np.array(order, dtype=np.int64)
 
 
 def _horner_groups(public_key: PublicKey, shipped: Shipped, sizes: list[int], slot_bits: int) -> list[mpz]:

@@ -1,0 +1,87 @@
+"""Who asked, and what came of it: the audit rows and log lines of jobs and score calls on both nodes.
+
+An audit row holds the caller's certificate name (``actor``), counts and the outcome, never customer IDs,
+feature values, labels or keys. :func:`caller_name` reads the certificate name of a gRPC call;
+:func:`audited` writes one row (and one log line) per call, whether it succeeded or was refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+
+from party_common.grpc_errors import status_of
+from party_common.storage import JobStore
+from party_common.storage.jobs import JOB_ID_RE
+from protocols.errors import FedProfileError
+
+log = logging.getLogger(__name__)
+
+INSECURE_CALLER = "(no certificate: --insecure-dev)"
+LOCAL_CALLER = "(in process)"
+
+
+def caller_name(context: grpc.ServicerContext | None) -> str:
+    """The common name of the calling client's certificate (mutual TLS), as the audit log records it."""
+    if context is None:
+        return LOCAL_CALLER
+    try:
+        auth = context.auth_context()
+    except Exception:  # a test double or an insecure channel without an auth context
+        return INSECURE_CALLER
+    names = auth.get("x509_common_name") or []
+    if not names:
+        return INSECURE_CALLER
+    name = names[0]
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+
+
+@dataclass
+class AuditedCall:
+    """What the call fills in while it runs: how many rows it concerned and a short, data-free detail."""
+
+    count: int = 0
+    detail: str = ""
+
+
+def outcome_of(err: BaseException | None) -> str:
+    if err is None:
+        return "ok"
+    if isinstance(err, FedProfileError):
+        return f"refused ({status_of(err).name})"
+    return "error (INTERNAL)"
+
+
+@contextmanager
+def audited(jobs: JobStore, event: str, *, actor: str, job_id: str | None = None,
+            detail: str = "") -> Iterator[AuditedCall]:
+    """One audit row and one log line for the call in the ``with`` block, with its outcome.
+
+    ``job_id`` (the job or model the call names) is recorded only when it is a well-formed job ID: a name the
+    caller typed may be anything, so nothing else of it is written.
+    """
+    call = AuditedCall(detail=detail)
+    named = job_id if job_id and JOB_ID_RE.match(job_id) else None
+    error: BaseException | None = None
+    try:
+        yield call
+    except BaseException as err:
+        error = err
+        raise
+    finally:
+        outcome = outcome_of(error)
+        log.info("%s by %s: %d row(s), %s%s", event, actor, call.count, outcome,
+                 f" (job {named})" if named else "")
+        try:
+            jobs.audit(named, event, call.detail, actor=actor, outcome=outcome, count=call.count)
+        except Exception as err:
+            log.error("audit row for %s could not be written: %s", event, type(err).__name__)
+            if error is None:  # no answer leaves the node without its audit row
+                raise
+
+
+__all__ = ["INSECURE_CALLER", "LOCAL_CALLER", "AuditedCall", "audited", "caller_name", "outcome_of"]

@@ -1,0 +1,119 @@
+"""The platform's policy: what it allows the bank, read from its config's ``[policy]`` table.
+
+Example::
+
+    [policy]
+    max_released_projections = 12       # scoring: distinct (model, tag) projections per alignment
+    allowed_feature_columns = ["visits", "basket_value"]  # platform features joint models may use (default all)
+    allowed_tags = ["tag_car_owner"]    # tags the bank may train and score (default any)
+    allowed_models = ["train-..."]      # model job IDs that may be scored (default any not revoked)
+    min_intersection = 100              # smallest intersection the platform stores or trains on
+    max_concurrent_jobs = 8             # open protocol sessions at once
+    session_idle_seconds = 900          # a session idle this long is closed
+    max_psi_rows = 5_000_000            # most IDs the bank may declare in one PSI
+    partial_score_calls_per_minute = 600
+    partial_score_rows_per_day = 1_000_000
+    approval = "manual"                 # or "auto" (default): jobs wait for `platform-node approve JOB`
+
+Every refusal names the knob (``[policy] <key>``) so the bank's job error tells its data scientist what the
+platform would have to change. The errors live here, below both nodes: the platform raises them, gRPC maps
+them (``party_common.grpc_errors``) and the bank recognises a job that waits for approval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from protocols.errors import PeerError, ProtocolError
+
+APPROVAL_MODES = ("auto", "manual")
+AWAITING_APPROVAL = "awaiting approval"  # the job status while the platform's operator has not approved
+_APPROVAL_MARK = "awaiting approval by the platform's operator"
+
+
+class PolicyRefused(ProtocolError):
+    """The platform's policy does not allow this; the message names the ``[policy]`` key."""
+
+
+class QuotaExceeded(PolicyRefused):
+    """A rate or volume limit of the policy is reached for now; retrying later may succeed."""
+
+
+class AwaitingApproval(PolicyRefused):
+    """The platform runs in approval mode and its operator has not approved this job (yet)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} is {_APPROVAL_MARK} ([policy] approval = \"manual\"); "
+                         f"they approve it with `platform-node approve {job_id}`")
+
+
+def is_awaiting_approval(err: BaseException) -> bool:
+    """Whether ``err`` (the bank's view of a platform refusal) means "wait for the platform's approval"."""
+    return isinstance(err, AwaitingApproval) or (isinstance(err, PeerError) and _APPROVAL_MARK in str(err))
+
+
+def knob(key: str) -> str:
+    """How a refusal names a policy key."""
+    return f"[policy] {key}"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The platform's ``[policy]`` table; None means "no limit" (or, for the lists, "any")."""
+
+    allowed_feature_columns: tuple[str, ...] | None = None
+    allowed_tags: tuple[str, ...] | None = None
+    allowed_models: tuple[str, ...] | None = None
+    min_intersection: int | None = None
+    max_concurrent_jobs: int = 8
+    session_idle_seconds: float = 900.0
+    max_psi_rows: int | None = None  # None: ten times the platform's own rows, at least 1,000,000
+    partial_score_calls_per_minute: int | None = None
+    partial_score_rows_per_day: int | None = None
+    approval: str = "auto"
+
+    def describe(self) -> dict[str, Any]:
+        """The policy as plain values (for `platform-node policy` and the docs)."""
+        return {key: (list(value) if isinstance(value, tuple) else value) for key, value in self.__dict__.items()}
+
+
+_LISTS = ("allowed_feature_columns", "allowed_tags", "allowed_models")
+_POSITIVE = ("min_intersection", "max_concurrent_jobs", "max_psi_rows", "partial_score_calls_per_minute",
+             "partial_score_rows_per_day")
+KNOWN_KEYS = frozenset({*_LISTS, *_POSITIVE, "session_idle_seconds", "approval", "max_released_projections"})
+
+
+def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
+    """``[policy]`` checked; raises :class:`ValueError` naming the key (the config loader adds the file)."""
+    unknown = sorted(set(table) - KNOWN_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(KNOWN_KEYS))})")
+    values: dict[str, Any] = {}
+    for key in _LISTS:
+        if key in table:
+            items = table[key]
+            if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
+                raise ValueError(f"{where}: '{key}' must be a list of names, got {items!r}")
+            values[key] = tuple(items)
+    for key in _POSITIVE:
+        if key in table:
+            value = table[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{where}: '{key}' must be a whole number of at least 1, got {value!r}")
+            values[key] = value
+    if "session_idle_seconds" in table:
+        idle = table["session_idle_seconds"]
+        if not isinstance(idle, int | float) or isinstance(idle, bool) or idle <= 0:
+            raise ValueError(f"{where}: 'session_idle_seconds' must be a positive number of seconds, got {idle!r}")
+        values["session_idle_seconds"] = float(idle)
+    if "approval" in table:
+        if table["approval"] not in APPROVAL_MODES:
+            raise ValueError(f"{where}: 'approval' must be one of {', '.join(APPROVAL_MODES)}, "
+                             f"got {table['approval']!r}")
+        values["approval"] = table["approval"]
+    return PolicyConfig(**values)
+
+
+__all__ = ["APPROVAL_MODES", "AWAITING_APPROVAL", "AwaitingApproval", "KNOWN_KEYS", "PolicyConfig",
+           "PolicyRefused", "QuotaExceeded", "is_awaiting_approval", "knob", "parse_policy"]
