@@ -11,6 +11,7 @@ import grpc
 
 from party_bank.node import BankNode
 from party_bank.segments import BatchScoreResult
+from party_common.audit import audited, caller_name
 from party_common.codec import array_to_pb
 from party_common.grpc_errors import translate_errors
 from party_common.jobs import JobError
@@ -48,7 +49,9 @@ class ControlServicer(pb_grpc.BankControlServicer):
             raise JobError(f"params_json is not valid JSON: {err}") from err
         if not isinstance(params, dict):
             raise JobError("params_json must be a JSON object")
-        return pb.SubmitJobResponse(job_id=self._node.submit(request.kind, request.name, params))
+        actor = caller_name(context)
+        with audited(self._node.stores.jobs, "submit job", actor=actor, detail=request.kind[:32]):
+            return pb.SubmitJobResponse(job_id=self._node.submit(request.kind, request.name, params, actor=actor))
 
     @translate_errors("bank")
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.Job:
@@ -61,7 +64,10 @@ class ControlServicer(pb_grpc.BankControlServicer):
 
     @translate_errors("bank")
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
-        scores = self._node.score(request.model_job_id, list(request.customer_ids), list(request.tags))
+        with audited(self._node.stores.jobs, "score", actor=caller_name(context),
+                     job_id=request.model_job_id) as call:
+            call.count = len(request.customer_ids)
+            scores = self._node.score(request.model_job_id, list(request.customer_ids), list(request.tags))
         return pb.ScoreResponse(tags=scores.tags, probabilities=array_to_pb(scores.probabilities),
                                 platform_known=scores.platform_known.tolist(),
                                 projections_released=scores.projections_released,
@@ -69,7 +75,7 @@ class ControlServicer(pb_grpc.BankControlServicer):
 
     @translate_errors("bank")
     def BatchScore(self, request: pb.BatchScoreRequest, context: grpc.ServicerContext) -> pb.BatchScoreResponse:
-        return batch_score_to_pb(self._batch_score(request, list(request.ids)))
+        return batch_score_to_pb(self._batch_score(request, list(request.ids), caller_name(context)))
 
     @translate_errors("bank")
     def BatchScoreIds(self, requests: Iterator[pb.BatchScoreRequest],
@@ -82,25 +88,34 @@ class ControlServicer(pb_grpc.BankControlServicer):
             ids.extend(message.ids)
         if first is None:
             raise UserError("BatchScoreIds: the stream carried no request")
-        return batch_score_to_pb(self._batch_score(first, ids))
+        return batch_score_to_pb(self._batch_score(first, ids, caller_name(context)))
 
-    def _batch_score(self, request: pb.BatchScoreRequest, ids: list[str]) -> BatchScoreResult:
-        return self._segments.batch_score(self._node.resolve_model(request.model_job_id), request.output_path,
-                                          list(request.tags),
-                                          all_customers=request.all_customers, ids=ids or None,
-                                          overwrite=request.overwrite)
+    def _batch_score(self, request: pb.BatchScoreRequest, ids: list[str], actor: str) -> BatchScoreResult:
+        with audited(self._node.stores.jobs, "batch score", actor=actor, job_id=request.model_job_id) as call:
+            result = self._segments.batch_score(self._node.resolve_model(request.model_job_id), request.output_path,
+                                                list(request.tags),
+                                                all_customers=request.all_customers, ids=ids or None,
+                                                overwrite=request.overwrite)
+            call.count = result.rows
+        return result
 
     @translate_errors("bank")
     def Segment(self, request: pb.SegmentRequest, context: grpc.ServicerContext) -> pb.SegmentResponse:
         rule = request.WhichOneof("rule")
-        record = self._segments.create(
+        with audited(self._node.stores.jobs, "segment", actor=caller_name(context),
+                     job_id=request.model_job_id) as call:
+            record = self._create_segment(request, rule)
+            call.count = int(record.get("selected", 0))
+        return self._segment_to_pb(record)
+
+    def _create_segment(self, request: pb.SegmentRequest, rule: str | None) -> dict[str, Any]:
+        return self._segments.create(
             self._node.resolve_model(request.model_job_id), request.tag, name=request.name,
             control_share=request.control_share,
             top_share=request.top_share if rule == "top_share" else None,
             min_score=request.min_score if rule == "min_score" else None,
             seed=request.seed if request.HasField("seed") else None, all_customers=request.all_customers,
             fmt=request.format or "parquet", overwrite=request.overwrite)
-        return self._segment_to_pb(record)
 
     @translate_errors("bank")
     def GetSegment(self, request: pb.GetSegmentRequest, context: grpc.ServicerContext) -> pb.SegmentResponse:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,20 +21,23 @@ import numpy as np
 from party_bank.registry import ModelRegistry
 from party_bank.scores import Scores
 from party_bank.segments import SegmentService
+from party_common.audit import LOCAL_CALLER
 from party_common.config import NodeConfig
 from party_common.grpc_errors import describe
 from party_common.jobs import JobKind, job_kind
 from party_common.link import PlatformLink
 from party_common.node import NodeBase
+from party_common.policy import is_awaiting_approval
 from party_common.storage import NodeStores
 from party_common.storage.jobs import JobRecord
-from protocols.errors import FedProfileError, NotFound
+from protocols.errors import FedProfileError, NotFound, PeerError
 from protocols.party_data import PartyData
 from protocols.vfl_lr import BankModel
 
 log = logging.getLogger(__name__)
 
 SCORE_BATCH = 5_000  # customers per PartialScore call
+APPROVAL_POLL_S = (2.0, 60.0)  # a job the platform's operator has not approved yet asks again: 2 s, doubling to 60 s
 
 
 def new_job_id(kind: str) -> str:
@@ -49,6 +54,7 @@ class BankNode(NodeBase):
         # One job at a time: each job already spreads its work over all the cores.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
         self._running: dict[str, Future[None]] = {}
+        self._stopping = threading.Event()
         self.segments = SegmentService(self)  # score files and campaign segments
         self.registry = ModelRegistry(self.stores, link)
         log.info("bank data: %d customers, %d features, %d tags (%s)", len(self.data.ids),
@@ -60,12 +66,13 @@ class BankNode(NodeBase):
 
     # ---- jobs ----
 
-    def submit(self, kind: str, name: str, raw_params: dict[str, Any]) -> str:
-        """Check the parameters now (errors name the parameter), queue the job, return its ID."""
+    def submit(self, kind: str, name: str, raw_params: dict[str, Any], *, actor: str = LOCAL_CALLER) -> str:
+        """Check the parameters now (errors name the parameter), queue the job, return its ID. ``actor``: the
+        submitting operator's certificate name, kept in the job's audit row."""
         job = job_kind(kind)
         params = job.parse(raw_params, self.data, self.stores)
         job_id = new_job_id(kind)
-        self.stores.jobs.create(job_id, kind, name, job.params_dict(params))
+        self.stores.jobs.create(job_id, kind, name, job.params_dict(params), actor=actor)
         self._running[job_id] = self._executor.submit(self._run, job_id, job, params, name)
         return job_id
 
@@ -82,7 +89,7 @@ class BankNode(NodeBase):
         try:
             peer_name = self.link.connect()
             ctx = self.job_context(job_id)
-            result = job.run_bank(self.link, ctx, params, name)
+            result = self._run_when_approved(job, ctx, params, name)
             summary = job.save_bank(ctx, params, result, peer_name)
         except Exception as err:
             if isinstance(err, FedProfileError):
@@ -95,6 +102,30 @@ class BankNode(NodeBase):
             log.info("job %s succeeded", job_id)
         finally:
             self._running.pop(job_id, None)
+
+    def _run_when_approved(self, job: JobKind[Any, Any], ctx: Any, params: Any, name: str) -> Any:
+        """``job.run_bank``; while the platform's operator has not approved the job (the platform's policy,
+        approval mode) it waits in status "awaiting approval" and asks again, less and less often."""
+        wait = APPROVAL_POLL_S[0]
+
+        def opened() -> None:  # the platform took the session: the job runs (again)
+            if self.stores.jobs.get(ctx.job_id).status == "awaiting approval":
+                self.stores.jobs.mark_running(ctx.job_id)
+
+        link = _OpenNotifyingLink(self.link, opened)
+        while True:
+            try:
+                return job.run_bank(link, ctx, params, name)
+            except PeerError as err:
+                if not is_awaiting_approval(err):
+                    raise
+                if self.stores.jobs.get(ctx.job_id).status != "awaiting approval":
+                    self.stores.jobs.await_approval(ctx.job_id)
+                    log.info("job %s awaits the platform operator's approval", ctx.job_id)
+                if self._stopping.wait(wait):
+                    raise PeerError("the bank node stopped while the job awaited the platform's approval",
+                                    code="UNAVAILABLE") from err
+                wait = min(2 * wait, APPROVAL_POLL_S[1])
 
     # ---- scoring ----
 
@@ -164,4 +195,20 @@ class BankNode(NodeBase):
         return render(report, report.get("summary"), job=job).encode()
 
     def shutdown(self) -> None:
+        self._stopping.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _OpenNotifyingLink:
+    """The node's link, calling ``on_open`` each time the platform accepts a session."""
+
+    def __init__(self, link: PlatformLink, on_open: Callable[[], None]) -> None:
+        self._link, self._on_open = link, on_open
+
+    def open(self, kind: str, job_id: str, params: Any, *, context: Any) -> Any:
+        channel = self._link.open(kind, job_id, params, context=context)
+        self._on_open()
+        return channel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._link, name)
