@@ -30,6 +30,7 @@ from protocols.errors import PeerError, ProtocolError
 APPROVAL_MODES = ("auto", "manual")
 AWAITING_APPROVAL = "awaiting approval"  # the job status while the platform's operator has not approved
 _APPROVAL_MARK = "awaiting approval by the platform's operator"
+REFUSED_BY_OPERATOR = "refused by the platform's operator"  # the error of a job the operator refused
 
 
 class PolicyRefused(ProtocolError):
@@ -115,5 +116,5 @@ def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
     return PolicyConfig(**values)
 
 
-__all__ = ["APPROVAL_MODES", "AWAITING_APPROVAL", "AwaitingApproval", "KNOWN_KEYS", "PolicyConfig",
+__all__ = ["APPROVAL_MODES", "AWAITING_APPROVAL", "REFUSED_BY_OPERATOR", "AwaitingApproval", "KNOWN_KEYS", "PolicyConfig",
            "PolicyRefused", "QuotaExceeded", "is_awaiting_approval", "knob", "parse_policy"]

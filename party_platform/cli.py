@@ -1,15 +1,30 @@
-"""`platform-node serve --config platform.toml`: run the platform's node."""
+"""`platform-node`: run the platform's node, and see and control everything it takes part in.
+
+    platform-node serve --config platform.toml
+    platform-node jobs --config platform.toml [--status S] [--limit N] [--json]
+    platform-node models --config platform.toml [--json]
+    platform-node approve JOB --config platform.toml [--refuse]
+    platform-node revoke MODEL --config platform.toml
+    platform-node audit --config platform.toml [--job JOB] [--event E] [--limit N] [--json]
+    platform-node policy --config platform.toml
+
+The commands besides `serve` work on the node's state directory on this host (beside the running node):
+approval and revocation take effect on the node's next call.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
 import grpc
 from grpc_health.v1.health import HealthServicer
+from rich.console import Console
+from rich.table import Table as RichTable
 
-from party_common.config import load_config
+from party_common.config import NodeConfig, load_config
 from party_common.jobs import SESSION_KINDS
 from party_common.runtime import (
     INSECURE_WARNING,
@@ -18,7 +33,9 @@ from party_common.runtime import (
     setup_logging,
     start_node_server,
 )
+from party_common.storage.jobs import STATUSES
 from party_common.transport import MAX_GRPC_MESSAGE
+from party_platform import admin
 from party_platform.node import PlatformNode
 from party_platform.service import NodeServicer, SessionRegistry
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
@@ -42,15 +59,7 @@ def build_server(config_path: str, *,
     return server, health, node, registry, port
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="platform-node", description="The e-commerce platform's node.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="answer the bank node's PSI, training and scoring calls")
-    serve.add_argument("--config", required=True, help="the node's TOML file")
-    serve.add_argument("--insecure-dev", action="store_true", help="plaintext gRPC, no client auth (laptop only)")
-    serve.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+def serve(args: argparse.Namespace) -> int:
     if args.insecure_dev:
         print(INSECURE_WARNING, file=sys.stderr)
     try:
@@ -62,6 +71,82 @@ def main(argv: list[str] | None = None) -> int:
              MAX_GRPC_MESSAGE)
     run_until_signalled(server, health, registry.close_all)
     return 0
+
+
+def print_table(table: admin.Table, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(table.as_dicts(), indent=2))
+        return
+    # Names (job and model IDs, tags, certificate names) are never cut: columns fold, never truncate; outside a
+    # terminal the table gets room instead of 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 240)
+    out = RichTable(title=table.title)
+    for column in table.columns:
+        out.add_column(column, overflow="fold")
+    for row in table.rows:
+        out.add_row(*row)
+    console.print(out)
+    if not table.rows:
+        console.print("(none)")
+
+
+def admin_command(args: argparse.Namespace, config: NodeConfig) -> int:
+    stores = admin.open_stores(config)
+    if args.command == "jobs":
+        print_table(admin.jobs_table(stores, limit=args.limit, status=args.status), as_json=args.json)
+    elif args.command == "models":
+        print_table(admin.models_table(stores, config.policy.allowed_models), as_json=args.json)
+    elif args.command == "audit":
+        print_table(admin.audit_table(stores, job_id=args.job, event=args.event, limit=args.limit),
+                    as_json=args.json)
+    elif args.command == "approve":
+        print(admin.approve(stores, args.job, refuse=args.refuse))
+    elif args.command == "revoke":
+        print(admin.revoke(stores, args.model))
+    elif args.command == "policy":
+        released = config.max_released_projections
+        print(json.dumps({**config.policy.describe(), "max_released_projections": released}, indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="platform-node", description="The e-commerce platform's node.")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve_p = sub.add_parser("serve", help="answer the bank node's PSI, training and scoring calls")
+    serve_p.add_argument("--insecure-dev", action="store_true", help="plaintext gRPC, no client auth (laptop only)")
+    serve_p.add_argument("--log-level", default="INFO")
+    jobs = sub.add_parser("jobs", help="the jobs this node took part in, who asked and how they ended")
+    jobs.add_argument("--status", choices=STATUSES)
+    jobs.add_argument("--limit", type=int, default=50)
+    models = sub.add_parser("models", help="this node's model halves: status, score calls, rows answered")
+    approve = sub.add_parser("approve", help="approve a job waiting for approval ([policy] approval = \"manual\")")
+    approve.add_argument("job", help="the job ID (see `platform-node jobs --status 'awaiting approval'`)")
+    approve.add_argument("--refuse", action="store_true", help="refuse it instead: the bank's job fails")
+    revoke = sub.add_parser("revoke", help="answer no more partial scores for a model")
+    revoke.add_argument("model", help="the model's train job ID (see `platform-node models`)")
+    audit = sub.add_parser("audit", help="the audit log: who asked what, counts and outcomes")
+    audit.add_argument("--job", help="only this job's or model's rows")
+    audit.add_argument("--event", help="only this event (e.g. 'partial scores')")
+    audit.add_argument("--limit", type=int, default=100, help="the newest N rows (default 100)")
+    policy = sub.add_parser("policy", help="the policy this node enforces ([policy] of its config)")
+    for command in (serve_p, jobs, models, approve, revoke, audit, policy):
+        command.add_argument("--config", required=True, help="the node's TOML file")
+    for command in (jobs, models, audit):
+        command.add_argument("--json", action="store_true", help="JSON instead of a table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "serve":
+        setup_logging(args.log_level)
+        return serve(args)
+    try:
+        config = load_config(args.config, expected_role="platform", require_tls=False)
+        return admin_command(args, config)
+    except FedProfileError as err:
+        print(f"platform-node {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

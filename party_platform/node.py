@@ -21,7 +21,7 @@ from party_common.grpc_errors import describe
 from party_common.jobs import SESSION_KINDS, JobContext, JobKind
 from party_common.link import PartialScores, Retirement, SessionContext
 from party_common.node import NodeBase
-from party_common.policy import AWAITING_APPROVAL, AwaitingApproval, PolicyRefused, knob
+from party_common.policy import AWAITING_APPROVAL, REFUSED_BY_OPERATOR, AwaitingApproval, PolicyRefused, knob
 from party_common.storage import NodeStores, UnknownJob
 from party_common.storage.jobs import now
 from party_platform.policy import SCORE_EVENT, PlatformPolicy, restrict_features
@@ -138,6 +138,8 @@ class PlatformNode(NodeBase):
             return
         if existing.status == AWAITING_APPROVAL:
             raise AwaitingApproval(job_id)
+        if existing.status == "failed" and existing.error == REFUSED_BY_OPERATOR:
+            raise PolicyRefused(f"job {job_id} was {REFUSED_BY_OPERATOR} ([policy] approval = \"manual\")")
         if existing.status != "queued" or existing.kind != kind:  # queued: approved, not started yet
             raise ProtocolError(f"job ID {job_id} was already used on the platform node (a {existing.kind} "
                                 f"job, {existing.status}); every job needs a new ID")
