@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from proto import fedprofile_v1_pb2 as pb
 from protocols.channel import ALLOWED_DTYPES, Message, check_message
 from protocols.errors import ProtocolError
+
+MAX_DIMENSIONS = 8  # no message of either protocol carries an array of more dimensions
 
 
 class CodecError(ProtocolError):
@@ -25,9 +29,10 @@ def array_from_pb(msg: pb.Array, *, where: str) -> np.ndarray:
         raise CodecError(f"{where}: dtype {msg.dtype!r} is not allowed")
     dtype = np.dtype(msg.dtype)
     shape = tuple(int(s) for s in msg.shape)
-    if any(s < 0 for s in shape):
-        raise CodecError(f"{where}: negative dimension in shape {shape}")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if any(s < 0 for s in shape) or len(shape) > MAX_DIMENSIONS:
+        raise CodecError(f"{where}: shape {shape[:MAX_DIMENSIONS + 1]} is not allowed (dimensions >= 0, at most "
+                         f"{MAX_DIMENSIONS} of them)")
+    count = math.prod(shape)  # Python integers: a hostile shape cannot overflow into a size that fits the data
     if count * dtype.itemsize != len(msg.data):
         raise CodecError(f"{where}: {len(msg.data)} bytes do not fit shape {shape} of {dtype}")
     return np.frombuffer(msg.data, dtype=dtype).reshape(shape).copy()

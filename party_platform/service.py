@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from party_common.audit import caller_name
 from party_common.codec import array_from_pb, array_to_pb, from_payload, to_payload
@@ -92,6 +93,16 @@ class SessionRegistry:
             self.close(job_id)
 
 
+def parse_payload(data: bytes, where: str) -> pb.Payload:
+    """A serialised ``Payload`` from the peer; :class:`ProtocolError` if the bytes are not one."""
+    payload = pb.Payload()
+    try:
+        payload.ParseFromString(data)
+    except DecodeError as err:
+        raise ProtocolError(f"{where}: the payload is not a protobuf Payload ({err})") from None
+    return payload
+
+
 def context_from_pb(msg: pb.SessionContext, caller: str = "") -> SessionContext:
     return SessionContext(alignment_job_id=msg.alignment_job_id, alignment_hash=msg.alignment_hash,
                           job_name=msg.job_name, caller=caller)
@@ -127,13 +138,18 @@ class NodeServicer(pb_grpc.NodeServicer):
     def Step(self, request_iterator: Iterator[pb.StepChunk], context: grpc.ServicerContext) -> Iterator[pb.StepChunk]:
         try:
             header, data = join_chunks(request_iterator, max_bytes=self._max_bytes)
+        except grpc.RpcError:  # gRPC ended the stream (a message over its size limit, a cancelled call)
+            log.warning("a step stream was ended by the transport before its last chunk")
+            return
+        except Exception as err:
+            abort(context, err, node="platform")
+        try:
             session = self._registry.get(header.job_id)
             with session.lock:
                 if header.seq != session.next_seq:
                     raise ProtocolError(f"step {header.step} has sequence number {header.seq}, expected "
                                         f"{session.next_seq}: replayed or out of order")
-                payload = pb.Payload()
-                payload.ParseFromString(data)
+                payload = parse_payload(data, f"step {header.step}")
                 reply = session.handler.handle(header.step, from_payload(payload, where=f"step {header.step}"))
                 session.next_seq += 1
             out = to_payload(reply).SerializeToString()

@@ -383,7 +383,7 @@ def test_platform_refuses_steps_out_of_order_and_weak_keys(simulated):
                                          on_result=lambda m: None, compute=1)
     weak, _ = generate_keypair(1024, allow_insecure=True)
     with pytest.raises(ProtocolError, match="refused"):
-        strict.handle(Step.SETUP, {Field.BANK_KEY: weak.to_bytes(), Field.N_ROWS: len(platform),
+        strict.handle(Step.SETUP, {Field.BANK_KEY: weak.to_bytes(), Field.N_ROWS: len(platform), Field.BANK_COLUMNS: 2,
                                    Field.TRAIN_ROWS: np.arange(3), Field.VALIDATION_ROWS: np.arange(0),
                                    Field.TEST_ROWS: np.arange(3, 5),
                                    Field.LABEL_MASK: np.ones((len(platform), 1), np.uint8)})

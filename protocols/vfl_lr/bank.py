@@ -148,6 +148,7 @@ class _BankTrainer:
         train_mask = np.zeros_like(self.mask)
         train_mask[split.train] = self.mask[split.train]
         setup = {Field.BANK_KEY: self.pk.to_bytes(), Field.N_ROWS: len(self.bank.ids),
+                 Field.BANK_COLUMNS: int(self.Xq_aug.shape[1]),
                  Field.TRAIN_ROWS: split.train, Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test}
         if not p.hide_label_mask:  # hidden: the platform takes every training row as labelled for every tag
             setup[Field.LABEL_MASK] = train_mask.astype(np.uint8)

@@ -41,6 +41,7 @@ class Field:
     VALIDATION_ROWS = "validation_rows"
     TEST_ROWS = "test_rows"
     LABEL_MASK = "label_mask"
+    BANK_COLUMNS = "bank_columns"  # the bank's model columns (features, intercept): train.gradient's width
     PLATFORM_KEY = "platform_key"
     N_FEATURES = "n_features"
     # train.epoch; EPOCH and BATCH also address every per-batch step

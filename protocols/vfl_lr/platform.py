@@ -49,6 +49,7 @@ from protocols.vfl_lr.params import (
 )
 from protocols.vfl_lr.state import PlatformTrainState, Scaler
 
+MAX_BANK_COLUMNS = 100_000  # train.setup: the most model columns the bank may declare
 
 def make_platform_train_handler(job_id: str, params: Message, data: PartyData, *,
                                 on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
@@ -130,6 +131,9 @@ class PlatformTrainHandler:
                                             allow_insecure=self.insecure_for_tests)
         except InvalidKey as err:
             raise ProtocolError(f"the bank's public key was refused: {err}") from err
+        self.bank_columns = read_field(message, Field.BANK_COLUMNS, int)
+        if not 1 <= self.bank_columns <= MAX_BANK_COLUMNS:
+            raise ProtocolError(f"bank_columns must be between 1 and {MAX_BANK_COLUMNS}")
         self.train = read_index_array(message, Field.TRAIN_ROWS, n_rows)
         self.validation = read_index_array(message, Field.VALIDATION_ROWS, n_rows)
         self.test = read_index_array(message, Field.TEST_ROWS, n_rows)
@@ -286,11 +290,8 @@ class PlatformTrainHandler:
         m = self.mask[rows]
         hide = self.p.hide_label_mask
         n_pairs = int(m.sum())
-        masked = message.get(Field.MASKED_GRADIENT)
-        if not isinstance(masked, bytes) or len(masked) % self.pk.byte_len or \
-                (len(masked) // self.pk.byte_len) % len(groups):
-            raise ProtocolError("train.gradient: masked_gradient has the wrong size")
-        grad_cv = read_ciphertexts(self.pk, masked, len(masked) // self.pk.byte_len,
+        # One ciphertext per (tag group, bank column), as the bank declared at setup: no more, no fewer.
+        grad_cv = read_ciphertexts(self.pk, message.get(Field.MASKED_GRADIENT), len(groups) * self.bank_columns,
                                    "train.gradient masked_gradient")
         n_res = label_mask.residual_cts(len(rows), plan) if hide else plan.pair_cts(n_pairs)
         res_cv = read_ciphertexts(self.pk, message.get(Field.MASKED_RESIDUALS), n_res,
