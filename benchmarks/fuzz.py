@@ -143,13 +143,14 @@ def ciphertext_variants(data: bytes, key: PublicKey) -> list[tuple[str, bytes]]:
 
 def message_variants(kind: str, step: str, message: Message, keys: dict[str, PublicKey],
                      rng: random.Random) -> list[tuple[str, str, Message]]:
-    """Mutated copies of a genuine step message: (category, step name, message)."""
+    """Mutated copies of a genuine step message: (category, step name, message); the ciphertext ones first."""
+    ciphertexts: list[tuple[str, str, Message]] = []
     out: list[tuple[str, str, Message]] = []
     for name, value in message.items():
         key = keys.get(CIPHER_FIELDS.get(name, ""))
         if key is not None and isinstance(value, bytes) and value and len(value) % key.byte_len == 0:
-            out += [(f"ciphertext: {label}", step, {**message, name: bad})
-                    for label, bad in ciphertext_variants(value, key)]
+            ciphertexts += [(f"ciphertext: {label}", step, {**message, name: bad})
+                            for label, bad in ciphertext_variants(value, key)]
         out.append(("field dropped", step, {k: v for k, v in message.items() if k != name}))
         out.append(("field of the wrong type", step, {**message, name: 7 if isinstance(value, str | bytes) else "x"}))
         if isinstance(value, int) and not isinstance(value, bool):
@@ -168,8 +169,9 @@ def message_variants(kind: str, step: str, message: Message, keys: dict[str, Pub
         if other != step:
             out.append(("step out of order", other, message))
     out.append(("unknown step", f"{kind}.bogus", message))
+    rng.shuffle(ciphertexts)
     rng.shuffle(out)
-    return out
+    return ciphertexts + out
 
 
 class HookedChannel:
@@ -296,63 +298,76 @@ def oversized_calls(node: pb_grpc.NodeStub, rng: random.Random) -> list[tuple[st
 # ---- the run ----
 
 
-def run(messages: int, workdir: Path, seed: int) -> dict[str, Any]:
-    rng = random.Random(seed)
+def run(messages: int, workdir: Path, seed: int, *, train_after: bool = True) -> dict[str, Any]:
+    """Start both nodes on small simulated data and fuzz them (:func:`fuzz_cluster`)."""
     data = generate(SimulationConfig(n_bank=260, n_platform=300, overlap=0.7, n_tags=2, label_share=0.6, seed=11))
     paths = write(data, workdir / "data")
-    tally = Tally()
     with LocalCluster(workdir / "cluster", bank_data=paths["bank"], bank_id_column="id",
                       bank_tag_columns=list(data.tag_columns), platform_data=paths["platform"],
                       platform_id_column="id", workers=1) as cluster:
         client = cluster.bank_client()
-        align = client.align(mode="both")
+        align = client.align(mode="both")["job_id"]
         model = client.train(tags=list(data.tag_columns), train=TRAIN)["job_id"]
-        certs = cluster.certs
-        node_channel = dial(f"127.0.0.1:{cluster.platform_port}", cert=certs["bank_cert"].read_bytes(),
-                            key=certs["bank_key"].read_bytes(), server_ca=certs["platform_ca"].read_bytes(),
-                            tls_name="platform")
-        control_channel = dial(f"127.0.0.1:{cluster.bank_port}", cert=certs["operator_cert"].read_bytes(),
-                               key=certs["operator_key"].read_bytes(), server_ca=certs["bank_ca"].read_bytes())
-        node, control = pb_grpc.NodeStub(node_channel), pb_grpc.BankControlStub(control_channel)
-        started = time.monotonic()
-        # Inside real sessions: a PSI and a training run of the bank's own code, hostile copies before each step.
-        per_step = max(2, min(16, messages // 80))
-        link = HookedLink(node_channel, tally, rng, per_step)
-        bank = load_party_data(paths["bank"], id_column="id", tag_columns=list(data.tag_columns))
-        hooked: dict[str, str] = {}
-        try:
-            run_bank_psi(ContextPeer(link, SessionContext(job_name="fuzz")), random_job_id(rng), list(bank.ids),
-                         mode="both", batch_size=64, compute=1)
-            hooked["psi"] = "finished"
-            alignment = cluster.bank_alignment(align["job_id"])
-            peer = ContextPeer(link, SessionContext(alignment_job_id=alignment.job_id,
-                                                    alignment_hash=alignment.content_hash, job_name="fuzz"))
-            run_bank_training(peer, random_job_id(rng), bank.take(alignment.ids or []), TrainParams(**TRAIN),
-                              compute=1)
-            hooked["train"] = "finished"
-        except Exception as err:  # the hooked runs must finish; a refused message must not break its session
-            hooked["error"] = f"{type(err).__name__}: {err}"[:500]
-        while tally.sent < messages:
-            batch = stateless_calls(node, control, model, rng)
-            if tally.sent % 200 < len(batch):  # oversized ones cost megabytes each: a few per 200 messages
-                batch += oversized_calls(node, rng)
-            for category, fn in batch[:messages - tally.sent]:
-                call(tally, category, fn)
-        seconds = time.monotonic() - started
-        dead = [role for role, proc in cluster.processes.items() if proc.poll() is not None]
-        tally.crashes += len(dead)
-        normal_after = False
-        try:
-            after = client.align(mode="both")
-            scored = client.score(model, [str(i) for i in (cluster.bank_alignment(after["job_id"]).ids or [])[:3]])
-            trained = client.train(tags=list(data.tag_columns), train=TRAIN)
-            normal_after = bool(after["intersection_size"]) and bool(trained["metrics"]) and len(scored.tags) > 0
-        except Exception as err:
-            tally.problems.append(f"normal job after: {type(err).__name__}: {err}"[:500])
-        logged_bugs = sum((cluster.workdir / f"{role}.log").read_text(errors="replace").count("unexpected error")
-                          for role in ("bank", "platform"))
-        node_channel.close()
-        control_channel.close()
+        return fuzz_cluster(cluster, paths["bank"], list(data.tag_columns), align, model, messages, seed,
+                            train_after=train_after)
+
+
+def fuzz_cluster(cluster: LocalCluster, bank_file: Path, tags: list[str], align: str, model: str, messages: int,
+                 seed: int, *, train_after: bool = True, per_step: int | None = None) -> dict[str, Any]:
+    """Send ``messages`` hostile messages to a running cluster whose bank has run align job ``align`` and train
+    job ``model`` on ``bank_file``; then run normal jobs (align, score, and train unless ``train_after`` is off).
+    ``per_step``: hostile copies sent before each genuine step of the hooked sessions (default from ``messages``)."""
+    rng = random.Random(seed)
+    tally = Tally()
+    client = cluster.bank_client()
+    certs = cluster.certs
+    node_channel = dial(f"127.0.0.1:{cluster.platform_port}", cert=certs["bank_cert"].read_bytes(),
+                        key=certs["bank_key"].read_bytes(), server_ca=certs["platform_ca"].read_bytes(),
+                        tls_name="platform")
+    control_channel = dial(f"127.0.0.1:{cluster.bank_port}", cert=certs["operator_cert"].read_bytes(),
+                           key=certs["operator_key"].read_bytes(), server_ca=certs["bank_ca"].read_bytes())
+    node, control = pb_grpc.NodeStub(node_channel), pb_grpc.BankControlStub(control_channel)
+    started = time.monotonic()
+    # Inside real sessions: a PSI and a training run of the bank's own code, hostile copies before each step.
+    per_step = per_step or max(2, min(16, messages // 80))
+    link = HookedLink(node_channel, tally, rng, per_step)
+    bank = load_party_data(bank_file, id_column="id", tag_columns=tags)
+    hooked: dict[str, str] = {}
+    try:
+        run_bank_psi(ContextPeer(link, SessionContext(job_name="fuzz")), random_job_id(rng), list(bank.ids),
+                     mode="both", batch_size=64, compute=1)
+        hooked["psi"] = "finished"
+        alignment = cluster.bank_alignment(align)
+        peer = ContextPeer(link, SessionContext(alignment_job_id=alignment.job_id,
+                                                alignment_hash=alignment.content_hash, job_name="fuzz"))
+        run_bank_training(peer, random_job_id(rng), bank.take(alignment.ids or []), TrainParams(**TRAIN),
+                          compute=1)
+        hooked["train"] = "finished"
+    except Exception as err:  # the hooked runs must finish; a refused message must not break its session
+        hooked["error"] = f"{type(err).__name__}: {err}"[:500]
+    next_oversized = tally.sent
+    while tally.sent < messages:
+        batch = stateless_calls(node, control, model, rng)
+        if tally.sent >= next_oversized:  # oversized ones cost megabytes each: a few per 200 messages
+            batch = oversized_calls(node, rng) + batch
+            next_oversized += 200
+        for category, fn in batch[:messages - tally.sent]:
+            call(tally, category, fn)
+    seconds = time.monotonic() - started
+    dead = [role for role, proc in cluster.processes.items() if proc.poll() is not None]
+    tally.crashes += len(dead)
+    normal_after = False
+    try:
+        after = client.align(mode="both")
+        scored = client.score(model, [str(i) for i in (cluster.bank_alignment(after["job_id"]).ids or [])[:3]])
+        trained = client.train(tags=tags, train=TRAIN) if train_after else {"metrics": {"skipped": True}}
+        normal_after = bool(after["intersection_size"]) and bool(trained["metrics"]) and len(scored.tags) > 0
+    except Exception as err:
+        tally.problems.append(f"normal job after: {type(err).__name__}: {err}"[:500])
+    logged_bugs = sum((cluster.workdir / f"{role}.log").read_text(errors="replace").count("unexpected error")
+                      for role in ("bank", "platform"))
+    node_channel.close()
+    control_channel.close()
     return {"sent": tally.sent, "refused": tally.refused, "crashes": tally.crashes, "hangs": tally.hangs,
             "accepted": tally.accepted, "unclear": tally.unclear, "normal_job_after": normal_after,
             "hooked_sessions": hooked, "dead_nodes": dead, "internal_errors_logged": logged_bugs,

@@ -67,6 +67,8 @@ class ControlServicer(pb_grpc.BankControlServicer):
         with audited(self._node.stores.jobs, "score", actor=caller_name(context),
                      job_id=request.model_job_id) as call:
             call.count = len(request.customer_ids)
+            if not request.customer_ids:
+                raise UserError("Score: the request names no customer; give at least one customer ID")
             scores = self._node.score(request.model_job_id, list(request.customer_ids), list(request.tags))
         return pb.ScoreResponse(tags=scores.tags, probabilities=array_to_pb(scores.probabilities),
                                 platform_known=scores.platform_known.tolist(),
