@@ -16,6 +16,7 @@ import pytest
 import party_bank.node as bank_node
 from party_bank.node import BankNode
 from party_common.config import ConfigError, load_config
+from party_common.jobs import JobError
 from party_common.link import LocalPlatformLink, SessionContext
 from party_common.policy import PolicyConfig, QuotaExceeded, is_awaiting_approval, parse_policy
 from party_common.storage import NodeStores, NotAwaitingApproval, SqliteJobStore, UnknownJob, open_node_stores
@@ -25,6 +26,7 @@ from party_platform.node import PlatformNode
 from party_platform.service import SessionRegistry
 from protocols.errors import PeerError, ProtocolError
 from protocols.shuffle import secret_permutation
+from protocols.vfl_lr import TrainingError, TrainParams, run_bank_training
 from tests.nodes_fixture import FAST_TRAIN, SimulatedFiles, node_config, simulated_files
 
 
@@ -272,3 +274,22 @@ def _wait_for(check: Any, timeout_s: float = 30.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def test_a_tiny_intersection_is_refused_before_any_work(world: World) -> None:
+    pair = world.nodes()
+    record = world.bank_stores.jobs.get(world.align)
+    tiny = replace(record, job_id="align-tinytiny", result={**record.result, "intersection_size": 3})
+    world.bank_stores.jobs.create(tiny.job_id, "align", "", {})
+    world.bank_stores.jobs.finish(tiny.job_id, tiny.result)
+    with pytest.raises(JobError, match="found 3 shared customers; training needs at least 10"):
+        pair.bank.submit("train", "", {"alignment_job_id": tiny.job_id})
+    pair.bank.shutdown()
+
+    class NoPeer:
+        def open(self, *args: Any) -> Any:
+            raise AssertionError("a session was opened for an intersection too small to train on")
+
+    bank = pair.bank.data.take([str(i) for i in pair.bank.data.ids[:3]])
+    with pytest.raises(TrainingError, match="the intersection has 3 customers: too few to train on"):
+        run_bank_training(NoPeer(), "train-tinytiny", bank, TrainParams(epochs=1, batch_size=64))  # type: ignore[arg-type]

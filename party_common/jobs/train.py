@@ -14,7 +14,13 @@ from protocols.channel import Message, StepHandler
 from protocols.errors import NotFound, ProtocolError, UserError
 from protocols.party_data import PartyData
 from protocols.uncertainty import summarise
-from protocols.vfl_lr import TrainOutcome, TrainParams, make_platform_train_handler, run_bank_training
+from protocols.vfl_lr import (
+    MIN_ROWS,
+    TrainOutcome,
+    TrainParams,
+    make_platform_train_handler,
+    run_bank_training,
+)
 
 # Per-row evaluation data in a report: kept in the report document, left out of the job's summary.
 PREDICTION_KEYS = ("test_predictions", "validation_predictions")
@@ -63,6 +69,10 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
             raise JobError(f"train: no align job {alignment_job_id}") from err
         if record.kind != "align" or record.status != "succeeded":
             raise JobError(f"train: job {alignment_job_id} is not a finished align job")
+        size = record.result.get("intersection_size")
+        if isinstance(size, int) and size < MIN_ROWS:
+            raise JobError(f"train: align job {alignment_job_id} found {size} shared customers; training needs at "
+                           f"least {MIN_ROWS} (and rows in each of its splits): align on more customers")
         if record.result.get("mode") not in TRAINABLE_MODES:
             raise JobError(f"train: align job {alignment_job_id} ran in mode {record.result.get('mode')!r}, where "
                            "the platform does not learn the intersection; training needs an align job in mode 'both'")

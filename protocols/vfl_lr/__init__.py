@@ -29,6 +29,7 @@ and the metrics are ``protocols.metrics``.
 """
 
 __all__ = [
+    "MIN_ROWS",
     "VERSION",
     "BankModel",
     "BankTrainState",
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 from protocols.metrics import Split, split_rows
-from protocols.vfl_lr.bank import TrainOutcome, run_bank_training
+from protocols.vfl_lr.bank import MIN_ROWS, TrainOutcome, run_bank_training
 from protocols.vfl_lr.model import BankModel, ModelError, PlatformModel, sigmoid
 from protocols.vfl_lr.params import VERSION, SlotPlan, TrainingError, TrainParams
 from protocols.vfl_lr.platform import PlatformTrainHandler, make_platform_train_handler

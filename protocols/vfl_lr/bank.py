@@ -59,6 +59,7 @@ from protocols.vfl_lr.state import BankTrainState, Scaler, active_rows
 from protocols.vfl_lr.yardstick import Pairs, bank_only_fit, pair_metrics, predictions, sorted_pairs
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+MIN_ROWS = 10  # the smallest intersection training runs on (its test, validation and training splits need rows)
 
 
 @dataclass
@@ -86,6 +87,17 @@ def run_bank_training(peer: Peer, job_id: str, bank: PartyData, params: TrainPar
         pool.close()
 
 
+def _check_split(split: Split, p: TrainParams, n: int) -> None:
+    """Refuse, before any key is made, an intersection too small for its splits (a tiny PSI result)."""
+    empty = [name for name, rows, share in (("training", split.train, 1.0), ("test", split.test, p.test_share),
+                                            ("validation", split.validation, p.validation_share))
+             if share > 0 and len(rows) == 0]
+    if n < MIN_ROWS or empty:
+        raise TrainingError(f"the intersection has {n} customers: too few to train on (at least {MIN_ROWS}, and "
+                            f"every split needs rows{'; empty: ' + ', '.join(empty) if empty else ''}); "
+                            "align on more customers")
+
+
 class _BankTrainer:
     def __init__(self, peer: Peer, job_id: str, bank: PartyData, params: TrainParams, progress: Progress | None,
                  pool: PaillierPool, insecure_for_tests: bool) -> None:
@@ -100,8 +112,9 @@ class _BankTrainer:
 
     def run(self) -> TrainOutcome:
         p, bank = self.p, self.bank
-        self._check_tags()
         split = p.split(bank.labels, bank.ids)  # by keyed hashes of the customer IDs: independent of PSI's order
+        _check_split(split, p, len(bank.ids))
+        self._check_tags()
         self.scaler = Scaler.fit(bank.features[split.train], p.clip)
         X = self.scaler.transform(bank.features)
         self.X_aug = np.hstack([X, np.ones((len(X), 1))]) if p.fit_intercept else X
