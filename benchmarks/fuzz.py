@@ -290,7 +290,7 @@ def oversized_calls(node: pb_grpc.NodeStub, rng: random.Random) -> list[tuple[st
     many = [pb.StepChunk(job_id=job, step=psi_wire.HELLO, seq=1, index=i, data=bytes(CHUNK_BYTES)) for i in range(6)]
     hello = {psi_wire.BANK_NONCE: bytes(psi_wire.NONCE), psi_wire.BANK_SIZE: 2**40}
     return [("oversized message", steps_call(node, [big])),
-            ("oversized step (chunks past the payload limit)", steps_call(node, many)),
+            ("oversized stream for no session (6 chunks of 2 MiB)", steps_call(node, many)),
             ("oversized declared PSI size", steps_call(node, list(chunk_payload(job, psi_wire.HELLO, 1,
                                                                                   payload_bytes(hello)))))]
 
