@@ -9,12 +9,12 @@ Example::
     allowed_models = ["train-..."]      # model job IDs that may be scored (default any not revoked)
     min_intersection = 100              # smallest intersection the platform stores or trains on
     max_concurrent_jobs = 8             # open protocol sessions at once
-    session_idle_seconds = 900          # a session idle this long is closed
     max_psi_rows = 5_000_000            # most IDs the bank may declare in one PSI
     partial_score_calls_per_minute = 600
     partial_score_rows_per_day = 1_000_000
     approval = "manual"                 # or "auto" (default): jobs wait for `platform-node approve JOB`
 
+How long an idle session lives is the node's session lifecycle (``[node]``), not a policy key.
 Every refusal names the knob (``[policy] <key>``) so the bank's job error tells its data scientist what the
 platform would have to change. The errors live here, below both nodes: the platform raises them, gRPC maps
 them (``party_common.grpc_errors``) and the bank recognises a job that waits for approval.
@@ -68,7 +68,6 @@ class PolicyConfig:
     allowed_models: tuple[str, ...] | None = None
     min_intersection: int | None = None
     max_concurrent_jobs: int = 8
-    session_idle_seconds: float = 900.0
     max_psi_rows: int | None = None  # None: ten times the platform's own rows, at least 1,000,000
     partial_score_calls_per_minute: int | None = None
     partial_score_rows_per_day: int | None = None
@@ -82,7 +81,7 @@ class PolicyConfig:
 _LISTS = ("allowed_feature_columns", "allowed_tags", "allowed_models")
 _POSITIVE = ("min_intersection", "max_concurrent_jobs", "max_psi_rows", "partial_score_calls_per_minute",
              "partial_score_rows_per_day")
-KNOWN_KEYS = frozenset({*_LISTS, *_POSITIVE, "session_idle_seconds", "approval", "max_released_projections"})
+KNOWN_KEYS = frozenset({*_LISTS, *_POSITIVE, "approval", "max_released_projections"})
 
 
 def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
@@ -103,11 +102,6 @@ def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{where}: '{key}' must be a whole number of at least 1, got {value!r}")
             values[key] = value
-    if "session_idle_seconds" in table:
-        idle = table["session_idle_seconds"]
-        if not isinstance(idle, int | float) or isinstance(idle, bool) or idle <= 0:
-            raise ValueError(f"{where}: 'session_idle_seconds' must be a positive number of seconds, got {idle!r}")
-        values["session_idle_seconds"] = float(idle)
     if "approval" in table:
         if table["approval"] not in APPROVAL_MODES:
             raise ValueError(f"{where}: 'approval' must be one of {', '.join(APPROVAL_MODES)}, "

@@ -81,14 +81,13 @@ def run(pair: Pair, kind: str, params: dict[str, Any]) -> Any:
 
 
 def test_policy_config_parses_and_names_bad_keys(tmp_path: Path) -> None:
-    policy = parse_policy({"allowed_tags": ["a"], "min_intersection": 5, "approval": "manual",
-                           "session_idle_seconds": 60}, "p.toml [policy]")
+    policy = parse_policy({"allowed_tags": ["a"], "min_intersection": 5, "approval": "manual"}, "p.toml [policy]")
     assert policy.allowed_tags == ("a",) and policy.min_intersection == 5 and policy.approval == "manual"
     for table, message in [({"allowed_tag": ["a"]}, "unknown key 'allowed_tag'"),
                            ({"min_intersection": 0}, "'min_intersection' must be a whole number"),
                            ({"allowed_models": "m"}, "'allowed_models' must be a list"),
                            ({"approval": "maybe"}, "'approval' must be one of auto, manual"),
-                           ({"session_idle_seconds": -1}, "'session_idle_seconds' must be a positive")]:
+                           ({"max_concurrent_jobs": True}, "'max_concurrent_jobs' must be a whole number")]:
         with pytest.raises(ValueError, match=message):
             parse_policy(table, "p.toml [policy]")
     path = tmp_path / "platform.toml"
