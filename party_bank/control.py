@@ -14,7 +14,7 @@ from party_bank.segments import BatchScoreResult
 from party_common.audit import audited, caller_name
 from party_common.codec import array_to_pb
 from party_common.grpc_errors import translate_errors
-from party_common.jobs import JobError
+from party_common.jobs import JOB_KINDS, JobError
 from party_common.storage.jobs import JobRecord
 from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
@@ -50,7 +50,8 @@ class ControlServicer(pb_grpc.BankControlServicer):
         if not isinstance(params, dict):
             raise JobError("params_json must be a JSON object")
         actor = caller_name(context)
-        with audited(self._node.stores.jobs, "submit job", actor=actor, detail=request.kind[:32]):
+        kind = request.kind if request.kind in JOB_KINDS else "(unknown kind)"  # free text never reaches the audit
+        with audited(self._node.stores.jobs, "submit job", actor=actor, detail=kind):
             return pb.SubmitJobResponse(job_id=self._node.submit(request.kind, request.name, params, actor=actor))
 
     @translate_errors("bank")
