@@ -29,9 +29,10 @@ def array_from_pb(msg: pb.Array, *, where: str) -> np.ndarray:
         raise CodecError(f"{where}: dtype {msg.dtype!r} is not allowed")
     dtype = np.dtype(msg.dtype)
     shape = tuple(int(s) for s in msg.shape)
-    if any(s < 0 for s in shape) or len(shape) > MAX_DIMENSIONS:
-        raise CodecError(f"{where}: shape {shape[:MAX_DIMENSIONS + 1]} is not allowed (dimensions >= 0, at most "
-                         f"{MAX_DIMENSIONS} of them)")
+    if len(shape) > MAX_DIMENSIONS:
+        raise CodecError(f"{where}: {len(shape)} dimensions; at most {MAX_DIMENSIONS} are allowed")
+    if any(s < 0 for s in shape):
+        raise CodecError(f"{where}: negative dimension in shape {shape}")
     count = math.prod(shape)  # Python integers: a hostile shape cannot overflow into a size that fits the data
     if count * dtype.itemsize != len(msg.data):
         raise CodecError(f"{where}: {len(msg.data)} bytes do not fit shape {shape} of {dtype}")

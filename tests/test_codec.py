@@ -56,6 +56,9 @@ def test_what_the_wire_cannot_carry_is_refused_before_sending() -> None:
     (pb.Array(dtype="|O", shape=[1], data=b"x"), "not allowed"),
     (pb.Array(dtype="<f8", shape=[2], data=b"\x00" * 8), "do not fit shape"),
     (pb.Array(dtype="<i8", shape=[-1], data=b""), "negative dimension"),
+    # 2^32 x 2^32 elements would overflow a 64-bit count to 0, which "fits" no data at all.
+    (pb.Array(dtype="<i8", shape=[2**32, 2**32], data=b""), "do not fit shape"),
+    (pb.Array(dtype="<i8", shape=[1] * 9, data=b"\x00" * 8), "at most 8 are allowed"),
 ])
 def test_malformed_arrays_from_the_peer_are_codec_errors(array: pb.Array, message: str) -> None:
     with pytest.raises(CodecError, match=message):
