@@ -23,6 +23,7 @@ def plan(full: bool, out: Path) -> list[tuple[str, list[str]]]:
         ("benchmarks.vfl_lr", ["--dataset", "default_credit"] + j("vfl_lr_default_credit")),
         ("benchmarks.privacy", ([] if full else ["--quick"]) + j("privacy")),
         ("benchmarks.quality", j("quality")),
+        ("benchmarks.fuzz", ["--messages", "10000" if full else "2000"] + j("fuzz")),
     ]
     speed = ["--rows", "100000", "--bank-features", "30", "--platform-features", "300", "--epochs", "1"]
     if full:
