@@ -39,7 +39,9 @@ class NodeBase:
         self.config = config
         self.name = config.name
         self.data = data if data is not None else load_node_data(config)
-        self.stores = stores if stores is not None else open_node_stores(config.state_dir)
+        # The platform keeps jobs that wait for its operator's approval across a restart (party_common.policy).
+        self.stores = stores if stores is not None else open_node_stores(config.state_dir,
+                                                                         keep_waiting=self.role == "platform")
         self.spill_dir = config.state_dir / "tmp"
         self._cache: dict[tuple[str, str], Any] = {}  # (what, job ID) -> a model or an alignment index
         self._lock = threading.Lock()

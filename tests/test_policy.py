@@ -237,6 +237,14 @@ def test_old_job_stores_migrate(tmp_path: Path) -> None:
     store.create("psi-000000002", "psi", "", {}, actor="bank", status="awaiting approval")
     store.approve("psi-000000002", "op")
     assert [(e.event, e.actor) for e in store.audit_events()][-1] == ("approved", "op")
+    # A platform restart keeps what waits for (or got) its operator's approval; the bank's node fails it.
+    store.create("psi-000000003", "psi", "", {}, status="awaiting approval")
+    store.create("psi-000000004", "psi", "", {})
+    store.mark_running("psi-000000004")
+    platform = SqliteJobStore(path, keep_waiting=True)
+    assert [platform.get(f"psi-00000000{i}").status for i in (2, 3, 4)] == ["queued", "awaiting approval", "failed"]
+    bank = SqliteJobStore(path)
+    assert {bank.get(f"psi-00000000{i}").status for i in (2, 3)} == {"failed"}
 
 
 def test_secret_permutations() -> None:

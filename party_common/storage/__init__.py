@@ -89,7 +89,7 @@ class NodeStores:
     registry: DocumentStore
 
 
-def open_node_stores(state_dir: Path, *, recover: bool = True) -> NodeStores:
+def open_node_stores(state_dir: Path, *, recover: bool = True, keep_waiting: bool = False) -> NodeStores:
     """The durable stores of the node whose state directory is ``state_dir``, laid out as::
 
         <state_dir>/                    0700 (each subdirectory too)
@@ -103,11 +103,12 @@ def open_node_stores(state_dir: Path, *, recover: bool = True) -> NodeStores:
             registry/<job>.json         0600  the model registry: a retired model's flag (both nodes);
             registry/registry_aliases.json 0600 the bank's aliases (NAME@LABEL -> model job ID), one document
 
-    ``recover=False``: leave unfinished jobs as they are (a command beside the running node, not the node).
+    ``recover=False``: leave unfinished jobs as they are (a command beside the running node, not the node);
+    ``keep_waiting``: fail only running jobs, so approvals survive a restart (the platform).
     """
     state_dir = ensure_private_dir(Path(state_dir))
     return NodeStores(
-        jobs=SqliteJobStore(state_dir / "jobs.sqlite", recover=recover),
+        jobs=SqliteJobStore(state_dir / "jobs.sqlite", recover=recover, keep_waiting=keep_waiting),
         alignments=FileAlignmentStore(state_dir / "alignments"),
         models=FileDocumentStore(state_dir / "models", suffix=".model", kind="model"),
         reports=FileDocumentStore(state_dir / "reports", suffix=".json", kind="report"),

@@ -136,10 +136,11 @@ class SqliteJobStore:
     """Thread-safe; each method is one transaction, so a crash never leaves a half-written job.
 
     Opening the store marks the jobs that were queued or running when the node stopped as failed, unless
-    ``recover=False`` (a command that reads or edits the store beside a running node).
+    ``recover=False`` (a command that reads or edits the store beside a running node). ``keep_waiting`` (the
+    platform): jobs awaiting approval, or approved and not started yet, keep waiting; only running ones fail.
     """
 
-    def __init__(self, path: Path, *, recover: bool = True) -> None:
+    def __init__(self, path: Path, *, recover: bool = True, keep_waiting: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -153,9 +154,10 @@ class SqliteJobStore:
         # Jobs that were running when the node stopped did not finish: say so instead of leaving them running.
         with self._transaction() as db:
             at = now()
-            rows = db.execute(f"SELECT job_id FROM jobs WHERE {_UNFINISHED} ORDER BY rowid").fetchall()
+            unfinished = "status = 'running'" if keep_waiting else _UNFINISHED
+            rows = db.execute(f"SELECT job_id FROM jobs WHERE {unfinished} ORDER BY rowid").fetchall()
             stopped = [r[0] for r in rows]
-            db.execute(f"UPDATE jobs SET status='failed', error=?, finished_at=? WHERE {_UNFINISHED}",
+            db.execute(f"UPDATE jobs SET status='failed', error=?, finished_at=? WHERE {unfinished}",
                        (STOPPED_ERROR, at))
             db.executemany(_AUDIT_INSERT, [_audit_row(job_id, "failed", STOPPED_ERROR, at=at) for job_id in stopped])
 
