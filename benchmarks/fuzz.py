@@ -288,11 +288,20 @@ def oversized_calls(node: pb_grpc.NodeStub, rng: random.Random) -> list[tuple[st
     job = random_job_id(rng)
     big = pb.StepChunk(job_id=job, step=psi_wire.HELLO, seq=1, index=0, data=bytes(CHUNK_BYTES + 200_000), last=True)
     many = [pb.StepChunk(job_id=job, step=psi_wire.HELLO, seq=1, index=i, data=bytes(CHUNK_BYTES)) for i in range(6)]
-    hello = {psi_wire.BANK_NONCE: bytes(psi_wire.NONCE), psi_wire.BANK_SIZE: 2**40}
     return [("oversized message", steps_call(node, [big])),
             ("oversized stream for no session (6 chunks of 2 MiB)", steps_call(node, many)),
-            ("oversized declared PSI size", steps_call(node, list(chunk_payload(job, psi_wire.HELLO, 1,
-                                                                                  payload_bytes(hello)))))]
+            ("oversized declared PSI size", lambda: declare_huge_psi(node, random_job_id(rng)))]
+
+
+def declare_huge_psi(node: pb_grpc.NodeStub, job: str) -> Any:
+    """A genuine PSI session (not counted) whose hello declares more IDs than the platform accepts (counted)."""
+    params = {psi_wire.PARAM_VERSION: psi_wire.VERSION, psi_wire.PARAM_MODE: "both", psi_wire.PARAM_BATCH_SIZE: 100}
+    node.OpenSession(pb.OpenSessionRequest(kind="psi", job_id=job, params=to_payload(params)), timeout=DEADLINE_S)
+    hello = {psi_wire.BANK_NONCE: bytes(psi_wire.NONCE), psi_wire.BANK_SIZE: 10**9}
+    try:
+        return list(node.Step(chunk_payload(job, psi_wire.HELLO, 1, payload_bytes(hello)), timeout=DEADLINE_S))
+    finally:
+        node.CloseSession(pb.CloseSessionRequest(job_id=job, aborted=True), timeout=DEADLINE_S)
 
 
 # ---- the run ----
