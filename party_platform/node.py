@@ -17,13 +17,13 @@ import numpy as np
 
 from party_common.audit import LOCAL_CALLER, audited
 from party_common.config import NodeConfig
-from party_common.grpc_errors import describe
+from party_common.grpc_errors import describe, status_of
 from party_common.jobs import SESSION_KINDS, JobContext, JobKind
 from party_common.link import PartialScores, Retirement, SessionContext
 from party_common.node import NodeBase
 from party_common.policy import AWAITING_APPROVAL, REFUSED_BY_OPERATOR, AwaitingApproval, PolicyRefused, knob
 from party_common.storage import NodeStores, UnknownJob
-from party_common.storage.jobs import now
+from party_common.storage.jobs import JOB_ID_RE, now
 from party_platform.policy import SCORE_EVENT, PlatformPolicy, restrict_features
 from protocols.channel import Message, StepHandler
 from protocols.errors import FedProfileError, NotFound, ProtocolError
@@ -101,7 +101,8 @@ class PlatformNode(NodeBase):
         try:
             self.policy.check_session(kind, params, self._alignment_size(context))
         except FedProfileError as err:
-            self.stores.jobs.audit(job_id, "session refused", kind, actor=actor, outcome="refused")
+            named = job_id if JOB_ID_RE.match(job_id) else None
+            self.stores.jobs.audit(named, "session refused", kind, actor=actor, outcome=f"refused ({status_of(err).name})")
             log.info("%s session %s refused by policy: %s", kind, job_id, err)
             raise
         self._admit(job_id, kind, context, actor)
