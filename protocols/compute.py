@@ -1,8 +1,11 @@
-"""Where the heavy kernels run: the compute backend interface, run inline or on a local process pool.
+"""Where the heavy kernels run: the compute backend interface, run inline, on a local process pool or on
+a Ray cluster (``protocols.compute_ray``, imported only when a node's config asks for it).
 
-The Paillier and PSI kernels are module-level functions of picklable arguments; a protocol hands them to
-a :class:`Compute` with :meth:`Compute.submit` and collects futures. A distributed backend (a Ray cluster,
-say) only has to implement the same three members; no protocol code changes.
+The Paillier, PSI and scoring kernels are module-level functions of picklable arguments; a protocol hands
+them to a :class:`Compute` with :meth:`Compute.submit` and collects futures. A secret a kernel needs (a
+Paillier private key, a PSI scalar) goes through :meth:`Compute.keep` once: the backend places it on its
+workers its own way and returns what to pass to the kernels in its place (the secret itself for the local
+backends; a token for Ray, whose workers hold the key in memory and never in the object store).
 
 A session owns the compute it is given and closes it when it ends, so worker processes that cached a
 session's private key exit with the session.
@@ -17,6 +20,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
+S = TypeVar("S")
+BACKENDS = ("pool", "ray")
 
 
 @runtime_checkable
@@ -26,6 +31,10 @@ class Compute(Protocol):
     workers: int
 
     def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        ...
+
+    def keep(self, secret: S) -> S:
+        """What to pass to kernels in place of ``secret`` (kept by the workers until :meth:`close`)."""
         ...
 
     def close(self) -> None:
@@ -46,6 +55,9 @@ class InlineCompute:
             future.set_exception(err)
         return future
 
+    def keep(self, secret: S) -> S:
+        return secret  # never leaves this process
+
     def close(self) -> None:
         return None
 
@@ -62,6 +74,9 @@ class ProcessPoolCompute:
             # forkserver, not fork: the nodes run gRPC threads, and forking a threaded process is unsafe.
             self._executor = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("forkserver"))
         return self._executor.submit(fn, *args)
+
+    def keep(self, secret: S) -> S:
+        return secret  # pickled to the workers through their pipes with each call; never written anywhere
 
     def close(self) -> None:
         if self._executor is not None:
@@ -82,4 +97,18 @@ def as_compute(spec: ComputeSpec) -> Compute:
     return InlineCompute() if workers == 1 else ProcessPoolCompute(workers)
 
 
-__all__ = ["Compute", "ComputeSpec", "InlineCompute", "ProcessPoolCompute", "as_compute"]
+def make_compute(backend: str = "pool", workers: int | None = None, address: str | None = None) -> Compute:
+    """A node's backend from its config: ``"pool"`` (local processes; 1 worker runs inline) or ``"ray"``
+    (``workers`` actors on the Ray cluster at ``address``: "auto", "ray://head:10001", "head:6379"; None
+    workers = every CPU of the cluster). Ray is imported only here, and only when asked for."""
+    if backend == "pool":
+        return as_compute(workers)
+    if backend == "ray":
+        from protocols.compute_ray import RayCompute  # optional extra: pip install '.[ray]'
+
+        return RayCompute(workers, address=address or "auto")
+    raise ValueError(f"compute backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+__all__ = ["BACKENDS", "Compute", "ComputeSpec", "InlineCompute", "ProcessPoolCompute", "as_compute",
+           "make_compute"]

@@ -103,7 +103,8 @@ class PaillierPool:
         splits = self._splits(count, 64)
         if self.workers == 1 or len(splits) == 1:
             return _noise_chunk(key, count, mask)
-        futures = [self.compute.submit(_noise_chunk, key, b - a, mask) for a, b in splits]
+        held = self.compute.keep(key) if isinstance(key, PrivateKey) else key
+        futures = [self.compute.submit(_noise_chunk, held, b - a, mask) for a, b in splits]
         return [v for f in futures for v in f.result()]
 
     def fill(self, pool: NoisePool, count: int) -> None:
@@ -125,7 +126,8 @@ class PaillierPool:
         splits = self._splits(len(cv), 16)
         if self.workers == 1 or len(splits) == 1:
             return private_key.decrypt_small(cv) if small else private_key.decrypt_raw(cv)
-        futures = [self.compute.submit(_decrypt_chunk, private_key, _ship(cv, a, b), small) for a, b in splits]
+        held = self.compute.keep(private_key)  # Ray: a token; the key stays in the workers' memory
+        futures = [self.compute.submit(_decrypt_chunk, held, _ship(cv, a, b), small) for a, b in splits]
         return [v for f in futures for v in f.result()]
 
     def decrypt(self, private_key: PrivateKey, cv: CipherVector) -> list[int]:

@@ -95,6 +95,7 @@ class Blinder:
         self.compute: Compute = as_compute(compute)
         self.workers = self.compute.workers
         self.min_chunk = min_chunk
+        self._held = self.compute.keep(self.secret)  # what the workers get in the secret's place
 
     def _parallel(self, n: int) -> bool:
         return self.workers > 1 and n >= 2 * self.min_chunk
@@ -138,7 +139,7 @@ class Blinder:
         ids = list(ids)
         if not self._parallel(len(ids)):
             return Pending(hash_and_blind_chunk(self.secret, salt, ids))
-        return Pending([self.compute.submit(hash_and_blind_chunk, self.secret, salt, ids[lo:hi])
+        return Pending([self.compute.submit(hash_and_blind_chunk, self._held, salt, ids[lo:hi])
                         for lo, hi in self._bounds(len(ids))])
 
     def blind_async(self, points: bytes) -> Pending:
@@ -148,12 +149,12 @@ class Blinder:
         n = len(points) // POINT
         if not self._parallel(n):
             return Pending(blind_chunk(self.secret, points))
-        return Pending([self.compute.submit(blind_chunk, self.secret, points[lo * POINT:hi * POINT])
+        return Pending([self.compute.submit(blind_chunk, self._held, points[lo * POINT:hi * POINT])
                         for lo, hi in self._bounds(n)])
 
     def close(self) -> None:
         """Drop the secret and close the compute (idempotent)."""
-        self.secret = b""
+        self.secret = self._held = b""
         self.compute.close()
 
 
