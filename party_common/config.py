@@ -19,6 +19,10 @@ Example (bank)::
     peer_ca = "certs/platform-ca.crt"  # the CA that signed the peer's certificate
     client_ca = "certs/bank-ca.crt"  # bank only: CA of the data scientists' client certificates
 
+    [compute]                        # optional: where the heavy kernels run (docs/scaling.md)
+    backend = "pool"                 # local processes ([node] workers of them), or "ray"
+    address = "auto"                 # ray only: "auto", "local", or the head's "host:6379"
+
     [data]
     path = "data/bank.csv"
     id_column = "id"
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from party_common.policy import PolicyConfig, parse_policy
+from protocols.compute import BACKENDS
 from protocols.errors import UserError
 
 Role = Literal["bank", "platform"]
@@ -65,6 +70,13 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    backend: str = "pool"  # "pool" (local processes) or "ray"
+    address: str = "auto"  # ray: "auto", "local", "host:6379" or "ray://host:10001"
+    workers: int | None = None  # ray: actors per session (None = every CPU of the cluster)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     source: Path
     name: str
@@ -82,6 +94,7 @@ class NodeConfig:
     # half its feature count (see docs/protocol.md, "Scoring").
     max_released_projections: int | None = None
     policy: PolicyConfig = field(default_factory=PolicyConfig)  # the platform's other [policy] knobs
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -174,6 +187,7 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
     if policy and role != "platform":
         raise ConfigError(f"{path} [policy]: only the platform node has a policy section")
     released = _get(policy, "max_released_projections", int, f"{path} [policy]", required=False)
+    compute = _compute(doc.get("compute", {}), f"{path} [compute]")
     if released is not None and released < 1:
         raise ConfigError(f"{path} [policy]: 'max_released_projections' must be at least 1")
     try:
@@ -197,4 +211,23 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
         max_payload_mb=_get(node, "max_payload_mb", int, f"{path} [node]", required=False, default=1024),
         max_released_projections=released,
         policy=policy_cfg,
+        compute=compute,
     )
+
+
+def _compute(table: Any, where: str) -> ComputeConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [compute] must be a table")
+    unknown = sorted(set(table) - {"backend", "address", "workers"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: backend, address, workers)")
+    backend = _get(table, "backend", str, where, required=False, default="pool")
+    if backend not in BACKENDS:
+        raise ConfigError(f"{where}: 'backend' must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    address = _get(table, "address", str, where, required=False, default="auto")
+    workers = _get(table, "workers", int, where, required=False)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"{where}: 'workers' must be at least 1")
+    if backend == "pool" and (workers is not None or "address" in table):
+        raise ConfigError(f"{where}: 'address' and 'workers' are for backend = \"ray\" (the pool uses [node] workers)")
+    return ComputeConfig(backend=backend, address=address, workers=workers)

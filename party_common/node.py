@@ -11,7 +11,7 @@ from party_common.config import NodeConfig
 from party_common.jobs import JobContext, JobError, Progress
 from party_common.runtime import load_node_data
 from party_common.storage import NodeStores, open_node_stores
-from protocols.compute import Compute, as_compute
+from protocols.compute import Compute, make_compute
 from protocols.errors import NotFound
 from protocols.party_data import PartyData, Schema
 
@@ -47,7 +47,11 @@ class NodeBase:
         self._lock = threading.Lock()
 
     def new_compute(self) -> Compute:
-        return as_compute(self.config.workers)
+        """A fresh backend for one session, from ``[compute]`` (the pool of ``[node] workers`` by default)."""
+        c = self.config.compute
+        if c.backend == "ray":
+            return make_compute("ray", c.workers, c.address)
+        return make_compute("pool", self.config.workers)
 
     def progress_reporter(self, job_id: str) -> Progress:
         """Writes "stage: done/total" to the job's row, at most every PROGRESS_EVERY_S and at the end."""

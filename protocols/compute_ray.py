@@ -42,6 +42,7 @@ S = TypeVar("S")
 
 SEAL_INFO = b"fedprofile/compute_ray/seal-v1"
 SHARE_BYTES = 256 * 1024  # arguments at least this large go into the object store once per burst
+START_TIMEOUT_S = 120.0  # a session's actors must be running by then (else the cluster lacks free CPUs)
 _INIT_LOCK = threading.Lock()
 
 
@@ -138,11 +139,16 @@ class KernelActor:
 
 
 class RayCompute:
-    """``workers`` actors on the Ray cluster at ``address`` (None = one per CPU of the cluster)."""
+    """``workers`` actors on the Ray cluster at ``address`` (None = one per CPU of the cluster), each
+    reserving ``cpus_per_worker`` of the cluster's CPUs (below 1 only where both parties share one test
+    cluster; in production each party has its own)."""
 
-    def __init__(self, workers: int | None = None, *, address: str = "auto") -> None:
+    def __init__(self, workers: int | None = None, *, address: str = "auto", cpus_per_worker: float = 1.0) -> None:
         if workers is not None and (isinstance(workers, bool) or workers < 1):
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        if not 0 < cpus_per_worker <= 64:
+            raise ValueError(f"cpus_per_worker must be in (0, 64], got {cpus_per_worker!r}")
+        self.cpus_per_worker = cpus_per_worker
         self._ray = connect(address, num_cpus=workers)
         self.workers = workers or max(1, int(self._ray.cluster_resources().get("CPU", 1)))
         self._lock = threading.Lock()
@@ -159,15 +165,18 @@ class RayCompute:
         if self._closed:
             raise RuntimeError("this compute backend is closed")
         if self._actors is None:
-            remote = self._ray.remote(num_cpus=1, max_restarts=0)(KernelActor)
+            remote = self._ray.remote(num_cpus=self.cpus_per_worker, max_restarts=0)(KernelActor)
             actors = [remote.remote() for _ in range(self.workers)]
             try:
-                answers = self._ray.get([a.public_key.remote() for a in actors])
+                answers = self._ray.get([a.public_key.remote() for a in actors], timeout=START_TIMEOUT_S)
             except Exception as err:
                 for actor in actors:
                     self._ray.kill(actor, no_restart=True)
-                raise RayUnavailable(f"the Ray cluster could not start {self.workers} kernel workers ({err}); "
-                                     "every Ray node needs this package installed (`pip install "
+                free = self._ray.available_resources().get("CPU", 0)
+                raise RayUnavailable(f"the Ray cluster could not start {self.workers} kernel workers of "
+                                     f"{self.cpus_per_worker} CPU each within {START_TIMEOUT_S:.0f} s ({free} CPUs "
+                                     f"free; {type(err).__name__}: {err}); lower [compute] workers, or check "
+                                     "that every Ray node has this package installed (`pip install "
                                      "'fedprofile[ray]'`, the same version as the node)") from err
             self._publics = [public for public, _ in answers]
             self._busy = [0] * len(actors)

@@ -98,3 +98,25 @@ def test_platform_policy(configs: tuple[Path, Path]) -> None:
         f.write("\n[policy]\nmax_released_projections = 6\n")
     with pytest.raises(ConfigError, match="only the platform node has a policy section"):
         load_config(bank, expected_role="bank")
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ('[compute]\nbackend = "spark"\n', "'backend' must be one of pool, ray"),
+    ('[compute]\nbackend = "ray"\nworkers = 0\n', "'workers' must be at least 1"),
+    ('[compute]\nbackend = "pool"\naddress = "auto"\n', "'address' and 'workers' are for backend"),
+    ('[compute]\nbackend = "ray"\nadress = "auto"\n', "unknown key"),
+])
+def test_compute_section_errors_name_the_key(configs: tuple[Path, Path], section: str, message: str) -> None:
+    bank, _ = configs
+    bank.write_text(bank.read_text() + "\n" + section)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(bank, expected_role="bank")
+    assert "[compute]" in str(err.value)
+
+
+def test_compute_defaults_to_the_pool_and_reads_ray(configs: tuple[Path, Path]) -> None:
+    bank, _ = configs
+    assert load_config(bank, expected_role="bank").compute.backend == "pool"
+    bank.write_text(bank.read_text() + '\n[compute]\nbackend = "ray"\naddress = "10.0.0.5:6379"\nworkers = 16\n')
+    compute = load_config(bank, expected_role="bank").compute
+    assert (compute.backend, compute.address, compute.workers) == ("ray", "10.0.0.5:6379", 16)
