@@ -63,5 +63,12 @@ def quantise(X: np.ndarray, bits: int = 8, *, fit_rows: np.ndarray | None = None
     fitted = X if fit_rows is None else X[fit_rows]
     scale = np.abs(fitted).max(axis=0, initial=0.0) / top
     scale[scale == 0] = 1.0
-    Xq = np.clip(np.rint(X / scale), -top, top).astype(np.int64)
-    return Xq, scale
+    return quantise_with(X, scale, bits).astype(np.int64), scale
+
+
+def quantise_with(X: np.ndarray, scale: np.ndarray, bits: int = 8) -> np.ndarray:
+    """``X`` on a fitted ``scale`` (as :func:`quantise` fits it), in the smallest signed integer type that holds
+    ``bits`` bits: a block of a file quantised on the training rows' scale (``party_common.bigdata``)."""
+    top = 2 ** (bits - 1) - 1
+    return np.clip(np.rint(np.asarray(X, dtype=np.float64) / scale), -top, top).astype(np.int8 if bits <= 8
+                                                                                      else np.int16)

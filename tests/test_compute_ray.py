@@ -19,8 +19,8 @@ from protocols.compute import ProcessPoolCompute, make_compute
 from protocols.paillier import PrivateKey, generate_keypair
 from protocols.paillier_pool import PaillierPool
 from protocols.psi import make_platform_psi_handler, run_bank_psi
+from protocols.scoring import partial_scores_on
 from protocols.vfl_lr import TrainParams, make_platform_train_handler, run_bank_training
-from protocols.vfl_lr.scoring import partial_scores_on
 from simulations.generate import SimulationConfig, generate, write
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from protocols.errors import UserError
 from protocols.party_data import Schema
+from protocols.scoring import LinearTerms, linear_scores
 from protocols.vfl_lr.params import VERSION
 from protocols.vfl_lr.state import Scaler
 
@@ -50,7 +51,12 @@ class BankModel:
 
     def partial_scores(self, features: np.ndarray) -> np.ndarray:
         """``z_A`` (with the intercept) for rows of raw bank features, one column per tag."""
-        return self.scaler.transform(np.asarray(features, dtype=np.float64)) @ self.weights + self.intercept
+        return linear_scores(features, *self.scoring_terms())
+
+    def scoring_terms(self) -> LinearTerms:
+        """What a compute worker needs to score (``protocols.scoring``)."""
+        s = self.scaler
+        return LinearTerms(s.mean, s.std, s.clip, self.weights, self.intercept)
 
     def probabilities(self, z_total: np.ndarray, columns: Sequence[int] | None = None) -> np.ndarray:
         """Calibrated probabilities for joint scores ``z_A + z_B`` (rows x tags): ``sigmoid(a_t z + b_t)``;
@@ -104,7 +110,12 @@ class PlatformModel:
 
     def partial_scores(self, features: np.ndarray) -> np.ndarray:
         """``z_B`` for rows of raw platform features, one column per tag."""
-        return self.scaler.transform(np.asarray(features, dtype=np.float64)) @ self.weights
+        return linear_scores(features, *self.scoring_terms())
+
+    def scoring_terms(self) -> LinearTerms:
+        """What a compute worker needs to score (``protocols.scoring``)."""
+        s = self.scaler
+        return LinearTerms(s.mean, s.std, s.clip, self.weights, None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible values; :meth:`from_dict` restores the model exactly."""

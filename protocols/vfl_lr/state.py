@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from protocols.scoring import standardise
 from protocols.vfl_lr.params import VERSION, TrainingError, TrainParams, base_rate_intercepts
 
 _DTYPES = ("float64", "int64")
@@ -35,7 +36,7 @@ class Scaler:
         return cls(X.mean(axis=0), std, clip)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return np.clip((X - self.mean) / self.std, -self.clip, self.clip)
+        return standardise(X, self.mean, self.std, self.clip)
 
     def to_dict(self) -> dict[str, Any]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "clip": self.clip}
