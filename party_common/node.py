@@ -45,6 +45,10 @@ class NodeBase:
         self.spill_dir = config.state_dir / "tmp"
         self._cache: dict[tuple[str, str], Any] = {}  # (what, job ID) -> a model or an alignment index
         self._lock = threading.Lock()
+        if config.compute.backend == "ray":  # fail at start, not at the first job, if Ray is missing or away
+            from protocols.compute_ray import connect
+
+            connect(config.compute.address, num_cpus=config.compute.workers)
 
     def new_compute(self) -> Compute:
         """A fresh backend for one session, from ``[compute]`` (the pool of ``[node] workers`` by default)."""
