@@ -77,3 +77,20 @@ def test_bad_files_are_named_by_column_and_row(tmp_path: Path) -> None:
         list(iter_blocks(tmp_path / "junk.parquet", "id", COLUMNS))
     with pytest.raises(DataError, match="file not found"):
         list(iter_blocks(tmp_path / "none.parquet", "id", COLUMNS))
+
+
+def test_products_under_encryption_read_the_memory_mapped_features(tmp_path: Path) -> None:
+    from protocols.paillier import generate_keypair
+    from protocols.paillier_pool import PaillierPool
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 3))
+    scaler = Scaler.fit(X, 5.0)
+    Xq, scale = quantise(scaler.transform(X), 8)
+    mm = quantise_to_memmap(write(tmp_path / "in.parquet", X), COLUMNS, tmp_path / "xq.npy", scaler=scaler,
+                            scale=scale, id_column="id", block_rows=16)
+    pk, sk = generate_keypair(512, allow_insecure=True)
+    d = rng.integers(-1000, 1000, 40)
+    with PaillierPool(1) as pool:
+        cv = pool.encrypt(pk, d)
+        assert pool.decrypt(sk, pool.matvec_t(cv, mm)) == (d @ Xq).tolist()
