@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     identical = {kernel: same(runs["pool"][kernel]["result"], runs["ray"][kernel]["result"]) for kernel in runs["pool"]}
     ratio = {k: round(seconds["ray"][k] / seconds["pool"][k], 3) for k in seconds["pool"]}
     cpus = os.cpu_count() or 1
+    one, each = min(args.workers, cpus), max(1.0, min(args.workers, cpus / 2))
     payload = {
         "command": "python -m benchmarks.scale " + " ".join(sys.argv[1:] if argv is None else argv),
         "workers": args.workers, "machine_cpus": cpus, "ray_version": ray.__version__,
@@ -211,14 +212,16 @@ def main(argv: list[str] | None = None) -> int:
         "identical": all(identical.values()), "identical_per_kernel": identical,
         "ray_over_pool": ratio, "ray_over_pool_goal": 1.1,
         "seconds": {name: {k: round(v, 3) for k, v in s.items()} for name, s in seconds.items()},
-        # per-core rates for the projections (the pool's, over its workers)
+        # Per-core rates for the projections, the pool's: one party's kernels over the cores they had; PSI
+        # over the cores each party had (both parties share this machine's cores).
         "per_core": {
-            "muladd_per_s": round(runs["pool"]["matvec"]["muladd_per_s"] / args.workers),
-            "psi_ids_per_s_per_side": round(runs["pool"]["psi"]["ids_per_s_per_side"] / args.workers),
-            "decrypt_per_s": round(args.matvec_cols / seconds["pool"]["decrypt"] / args.workers, 1),
-            "noise_per_s": round(4000 / seconds["pool"]["noise"] / args.workers, 1),
-            "scoring_rows_per_s": round(runs["pool"]["scoring"]["rows_per_s"] / args.workers),
+            "muladd_per_s": round(runs["pool"]["matvec"]["muladd_per_s"] / one),
+            "psi_ids_per_s_per_side": round(runs["pool"]["psi"]["ids_per_s_per_side"] / each),
+            "decrypt_per_s": round(args.matvec_cols / seconds["pool"]["decrypt"] / one, 1),
+            "noise_per_s": round(4000 / seconds["pool"]["noise"] / one, 1),
+            "scoring_rows_per_s": round(runs["pool"]["scoring"]["rows_per_s"] / one),
         },
+        "cores_used": {"one_party": one, "each_party_in_psi": each},
         "peak_rss_mb_driver": round(peak_rss_mb(), 1),
         "workers_rss_mb": {name: {k: r.get("workers_rss_mb") for k, r in kernels.items() if "workers_rss_mb" in r}
                            for name, kernels in runs.items()},
