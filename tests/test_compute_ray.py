@@ -1,8 +1,9 @@
 """The Ray backend: the same results as the process pool, bit for bit, and keys that never leave the actors.
 
-The tests that need Ray start a private local cluster (2 CPUs, a small object store) and are skipped, saying
-so, when ``ray`` is not importable (it is an optional extra: ``pip install '.[ray]'``). The tests of the
-error a node gives when Ray is configured but missing run everywhere.
+The tests that need Ray start a private local cluster (2 CPUs, a small object store). Ray is in the dev extra
+(``make test`` installs it); where it is not importable (``pip install .`` without extras) they are skipped,
+and pytest says so (``-rs``). The tests of the error a node gives when Ray is configured but missing run
+everywhere.
 """
 
 from __future__ import annotations
