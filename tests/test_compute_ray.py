@@ -14,11 +14,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from party_common.config import ComputeConfig
 from party_common.data_loading import load_party_data
+from party_common.storage import memory_node_stores
+from party_platform.node import PlatformNode
 from protocols.channel import LocalPeer
-from protocols.compute import ProcessPoolCompute, make_compute
+from protocols.compute import InlineCompute, ProcessPoolCompute, make_compute
 from protocols.paillier import PrivateKey, generate_keypair
 from protocols.paillier_pool import PaillierPool
+from protocols.party_data import PartyData, Schema
 from protocols.psi import make_platform_psi_handler, run_bank_psi
 from protocols.scoring import partial_scores_on
 from protocols.vfl_lr import TrainParams, make_platform_train_handler, run_bank_training
@@ -33,6 +37,27 @@ def test_ray_configured_but_not_installed_says_how_to_install(monkeypatch: pytes
         make_compute("ray", 2, "auto")
     with pytest.raises(ValueError, match="must be one of pool, ray"):
         make_compute("spark")
+
+
+def node_with_compute(tmp_path: Any, compute: ComputeConfig) -> PlatformNode:
+    from dataclasses import replace
+
+    from tests.nodes_fixture import node_config
+
+    config = replace(node_config(tmp_path, "platform", tmp_path / "unused.csv"), compute=compute)
+    data = PartyData(source="mem", ids=np.array(["a", "b"], dtype=object), features=np.zeros((2, 1)),
+                     feature_names=["x"], labels=np.zeros((2, 0)), tag_names=[],
+                     schema=Schema("id", ("x",), ("float64",)))
+    return PlatformNode(config, data=data, stores=memory_node_stores())
+
+
+def test_a_node_configured_for_missing_ray_refuses_to_start(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from protocols.compute_ray import RayUnavailable
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(RayUnavailable, match="Ray is not installed"):
+        node_with_compute(tmp_path, ComputeConfig(backend="ray"))
+    assert isinstance(node_with_compute(tmp_path, ComputeConfig()).new_compute(), InlineCompute)  # workers = 1
 
 
 def test_sealed_secrets_open_only_for_their_actor() -> None:
@@ -103,6 +128,16 @@ def test_paillier_kernels_match_the_pool_and_keys_stay_in_the_actors(cluster: An
     assert ray_compute.shipped and not any(isinstance(a, PrivateKey) for a in ray_compute.shipped)
     with pytest.raises(RuntimeError, match="closed"):
         ray_compute.submit(abs, -1)
+
+
+def test_a_node_configured_for_ray_gives_each_session_its_actors(cluster: Any, tmp_path: Any) -> None:
+    from protocols.compute_ray import RayCompute
+
+    node = node_with_compute(tmp_path, ComputeConfig(backend="ray", workers=1))
+    compute = node.new_compute()
+    assert isinstance(compute, RayCompute) and compute.workers == 1
+    assert compute.submit(abs, -3).result() == 3
+    compute.close()
 
 
 def run_training(bank: Any, platform: Any, compute: Any) -> tuple[Any, Any]:
