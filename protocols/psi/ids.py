@@ -8,6 +8,7 @@ import unicodedata
 
 _PHONE_CHARS = re.compile(r"^\+?[0-9 ()./-]{7,}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+_NOT_DIGIT = re.compile(r"[^0-9]")
 _SALT_TAG = b"fedprofile/psi/v1/salt"
 
 
@@ -23,16 +24,20 @@ def normalise_id(raw: str) -> str:
     * Anything else: the trimmed, case-folded text.
     """
     text = unicodedata.normalize("NFKC", raw).strip().casefold()
-    if _EMAIL.match(text):
+    if "@" in text and _EMAIL.match(text):
         return text
-    if _PHONE_CHARS.match(text):
-        digits = re.sub(r"[^0-9]", "", text)
-        if text.startswith("+"):
-            return "+" + digits
-        if digits.startswith("00"):
-            return "+" + digits[2:]
-        return digits
-    return text
+    body = text[1:] if text[:1] == "+" else text
+    if len(body) >= 7 and body.isascii() and body.isdigit():  # a phone number without separators
+        digits = body
+    elif _PHONE_CHARS.match(text):
+        digits = _NOT_DIGIT.sub("", text)
+    else:
+        return text
+    if text.startswith("+"):
+        return "+" + digits
+    if digits.startswith("00"):
+        return "+" + digits[2:]
+    return digits
 
 
 def job_salt(job_id: str, bank_nonce: bytes, platform_nonce: bytes) -> bytes:

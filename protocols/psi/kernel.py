@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from protocols.compute import Compute, ComputeSpec, as_compute
 from protocols.errors import ProtocolError
 from protocols.psi.ids import digest_chunk, normalise_id
 from protocols.psi.messages import DOMAIN, POINT, PsiError
+from protocols.psi.x25519 import LowOrderPoint, kernel
 
 # ------------------------------------------------------------------------- worker functions ----
 # Module-level functions of picklable arguments: they run on the compute backend's workers.
@@ -27,35 +27,26 @@ def hash_to_point(salt: bytes, raw: str) -> bytes:
     return hashlib.sha256(DOMAIN + salt + normalise_id(str(raw)).encode()).digest()
 
 
-def exchange_point(key: X25519PrivateKey, point: bytes) -> bytes:
-    """``secret * point`` on the u-coordinate; a point of small order is refused."""
+def blind_chunk(secret: bytes, points: bytes) -> bytes:
+    """``secret * P`` for each 32-byte point, in order, on this process's X25519 kernel; a point of small order
+    is refused."""
     try:
-        return key.exchange(X25519PublicKey.from_public_bytes(point))
-    except ValueError:
-        # A low-order input gives the all-zero output, which cryptography refuses. An honest hash hits one
-        # of the few such points with probability ~2^-250; a peer sending one is refused.
+        return kernel().multiply(secret, points)
+    except LowOrderPoint:
+        # A low-order input gives the all-zero output. An honest hash hits one of the few such points with
+        # probability ~2^-250; a peer sending one is refused.
         raise ProtocolError("a point of small order was received; refusing it") from None
 
 
 def hash_and_blind_chunk(secret: bytes, salt: bytes, ids: list[str]) -> bytes:
     """``secret * H(x)`` for each ID, 32 bytes each, in order (the same bytes as :func:`hash_to_point`)."""
-    key = X25519PrivateKey.from_private_bytes(secret)
     prefix = hashlib.sha256(DOMAIN + salt)
-    out = bytearray()
+    hashes = bytearray()
     for raw in ids:
         h = prefix.copy()
         h.update(normalise_id(str(raw)).encode())
-        out += exchange_point(key, h.digest())
-    return bytes(out)
-
-
-def blind_chunk(secret: bytes, points: bytes) -> bytes:
-    """``secret * P`` for each 32-byte point in ``points``, in order."""
-    key = X25519PrivateKey.from_private_bytes(secret)
-    out = bytearray()
-    for i in range(0, len(points), POINT):
-        out += exchange_point(key, points[i:i + POINT])
-    return bytes(out)
+        hashes += h.digest()
+    return blind_chunk(secret, bytes(hashes))
 
 
 # ------------------------------------------------------------------------------ the blinder ----
@@ -157,4 +148,4 @@ class Blinder:
         self.compute.close()
 
 
-__all__ = ["Blinder", "Pending", "blind_chunk", "exchange_point", "hash_and_blind_chunk", "hash_to_point"]
+__all__ = ["Blinder", "Pending", "blind_chunk", "hash_and_blind_chunk", "hash_to_point"]
