@@ -1,4 +1,4 @@
-"""Where the heavy kernels run: the compute backend interface, run inline or on a local process pool.
+"""Where the heavy kernels run: the compute backend interface, run inline, on a local process pool or on threads.
 
 The Paillier and PSI kernels are module-level functions of picklable arguments; a protocol hands them to
 a :class:`Compute` with :meth:`Compute.submit` and collects futures. A distributed backend (a Ray cluster,
@@ -13,7 +13,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
@@ -69,6 +69,25 @@ class ProcessPoolCompute:
             executor.shutdown(cancel_futures=True)
 
 
+class ThreadCompute:
+    """A pool of threads in this process, started on first use: for kernels that release the GIL while they
+    compute (C code called through ctypes), which then run in parallel without pickling or worker start-up."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+        self._executor: ThreadPoolExecutor | None = None
+
+    def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="compute")
+        return self._executor.submit(fn, *args)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            executor.shutdown(cancel_futures=True)
+
+
 ComputeSpec = Compute | int | None
 
 
@@ -82,4 +101,4 @@ def as_compute(spec: ComputeSpec) -> Compute:
     return InlineCompute() if workers == 1 else ProcessPoolCompute(workers)
 
 
-__all__ = ["Compute", "ComputeSpec", "InlineCompute", "ProcessPoolCompute", "as_compute"]
+__all__ = ["Compute", "ComputeSpec", "InlineCompute", "ProcessPoolCompute", "ThreadCompute", "as_compute"]

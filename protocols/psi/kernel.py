@@ -9,7 +9,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from protocols.compute import Compute, ComputeSpec, as_compute
+from protocols.compute import Compute, ComputeSpec, ProcessPoolCompute, ThreadCompute, as_compute
 from protocols.errors import ProtocolError
 from protocols.psi.ids import digest_chunk, normalise_id
 from protocols.psi.messages import DOMAIN, POINT, PsiError
@@ -52,6 +52,17 @@ def hash_and_blind_chunk(secret: bytes, salt: bytes, ids: list[str]) -> bytes:
 # ------------------------------------------------------------------------------ the blinder ----
 
 
+def _threads_if_they_run_in_parallel(compute: Compute) -> Compute:
+    """The multi-buffer kernel releases the GIL for its C calls: on this machine threads then beat a process
+    pool (no pickling of IDs and points, no worker start-up). A local process pool is swapped for as many
+    threads; other backends (inline, distributed) are kept."""
+    if isinstance(compute, ProcessPoolCompute) and kernel().name == "multi-buffer":
+        compute.close()
+        return ThreadCompute(compute.workers)
+    return compute
+
+
+
 class Pending:
     """Bytes being computed by workers, in parts; ``result()`` joins them in order."""
 
@@ -83,7 +94,7 @@ class Blinder:
         if secret is not None and len(secret) != POINT:
             raise ValueError(f"a secret scalar is {POINT} bytes, got {len(secret)}")
         self.secret = secrets.token_bytes(POINT) if secret is None else bytes(secret)
-        self.compute: Compute = as_compute(compute)
+        self.compute: Compute = _threads_if_they_run_in_parallel(as_compute(compute))
         self.workers = self.compute.workers
         self.min_chunk = min_chunk
 
