@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +15,9 @@ from party_common.storage import NodeStores, open_node_stores
 from protocols.compute import Compute, as_compute
 from protocols.errors import NotFound
 from protocols.party_data import PartyData, Schema
+from protocols.psi import describe_kernel
+
+log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 0.5  # job progress rows are written at most this often
 
@@ -45,6 +49,8 @@ class NodeBase:
         self.spill_dir = config.state_dir / "tmp"
         self._cache: dict[tuple[str, str], Any] = {}  # (what, job ID) -> a model or an alignment index
         self._lock = threading.Lock()
+        kernel = describe_kernel()  # chosen once, at start-up; align jobs record it too
+        log.info("PSI X25519 kernel: %s (%s)", kernel["name"], kernel["note"])
 
     def new_compute(self) -> Compute:
         return as_compute(self.config.workers)

@@ -10,7 +10,7 @@ import pytest
 
 import protocols.psi.store as psi_store
 from protocols.channel import LocalPeer, Message, PeerError, ProtocolError
-from protocols.compute import InlineCompute, ProcessPoolCompute
+from protocols.compute import InlineCompute, ProcessPoolCompute, ThreadCompute
 from protocols.psi import (
     VERSION,
     Blinder,
@@ -23,6 +23,7 @@ from protocols.psi import (
     make_platform_psi_handler,
     normalise_id,
     run_bank_psi,
+    x25519,
 )
 from protocols.psi import messages as wire
 from protocols.psi.kernel import hash_to_point
@@ -282,21 +283,40 @@ def test_parallel_workers_give_the_same_result() -> None:
     assert set(solo.ids) == set(ours.ids)
 
 
-class CountingPool(ProcessPoolCompute):
-    """A process pool that counts the work it is given and whether it was closed."""
+class CountingPool:
+    """A backend (a process pool underneath) that counts the work it is given and whether it was closed."""
 
     def __init__(self, workers: int) -> None:
-        super().__init__(workers)
+        self._pool = ProcessPoolCompute(workers)
+        self.workers = workers
         self.submitted = 0
         self.closed = False
 
     def submit(self, fn, /, *args):  # type: ignore[no-untyped-def]
         self.submitted += 1
-        return super().submit(fn, *args)
+        return self._pool.submit(fn, *args)
 
     def close(self) -> None:
         self.closed = True
-        super().close()
+        self._pool.close()
+
+
+def test_a_local_process_pool_becomes_threads_for_the_multi_buffer_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = ProcessPoolCompute(2)
+    blinder = Blinder(pool)
+    try:
+        expected = ThreadCompute if x25519.kernel().name == "multi-buffer" else ProcessPoolCompute
+        assert isinstance(blinder.compute, expected) and blinder.workers == 2
+    finally:
+        blinder.close()
+    x25519.kernel.cache_clear()
+    monkeypatch.setenv(x25519.ENV, "cryptography")
+    try:
+        blinder = Blinder(ProcessPoolCompute(2))  # cryptography holds the GIL: processes it stays
+        assert isinstance(blinder.compute, ProcessPoolCompute)
+        blinder.close()
+    finally:
+        x25519.kernel.cache_clear()
 
 
 def test_blinder_gives_the_same_bytes_inline_and_on_a_process_pool() -> None:

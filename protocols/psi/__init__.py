@@ -2,7 +2,8 @@
 
 Math. Each ID is normalised (:func:`normalise_id`), hashed with a job salt (:func:`job_salt`) and a domain
 tag to a 32-byte X25519 u-coordinate ``H(x)`` (:func:`protocols.psi.kernel.hash_to_point`); each party
-multiplies by its own fresh secret scalar with ``cryptography``'s X25519 (clamped scalars; scalar
+multiplies by its own fresh secret scalar with X25519 (:mod:`protocols.psi.x25519`: Intel's multi-buffer
+library where it runs, ``cryptography`` otherwise, byte-identical; clamped scalars; scalar
 multiplication on u-coordinates commutes, and both the curve and its twist are secure, so any 32-byte
 hash is a valid input). ``a*b*H(x) == b*a*H(y)`` iff ``x == y`` (up to SHA-256 collisions). Neither party
 ever sends an ID or a plain hash of one: only ``a*H(x)``, ``b*H(y)`` and doubly blinded values.
@@ -36,8 +37,8 @@ memory-mapped files there (deleted when the job ends; :class:`PointStore`); matc
 (16 bytes per ID in RAM) and checks every candidate on all 32 bytes. The duplicate check keeps 8 bytes per
 ID. The IDs themselves are the node's data and stay where they are.
 
-Modules: :mod:`~protocols.psi.ids` (normalisation, salt), :mod:`~protocols.psi.kernel` (the curve
-kernels and :class:`Blinder`), :mod:`~protocols.psi.store` (values and matching),
+Modules: :mod:`~protocols.psi.ids` (normalisation, salt), :mod:`~protocols.psi.x25519` (the two X25519
+kernels and the choice between them), :mod:`~protocols.psi.kernel` (hashing, blinding and :class:`Blinder`), :mod:`~protocols.psi.store` (values and matching),
 :mod:`~protocols.psi.messages` (what both sides agree on), :mod:`~protocols.psi.bank` and
 :mod:`~protocols.psi.platform` (the two sides).
 """
@@ -50,8 +51,9 @@ from protocols.psi.kernel import Blinder
 from protocols.psi.messages import MODES, VERSION, PsiError, PsiMode, PsiResult
 from protocols.psi.platform import PlatformPsiHandler, make_platform_psi_handler
 from protocols.psi.store import PointStore, content_hash
+from protocols.psi.x25519 import describe as describe_kernel
 
 __all__ = [
     "MODES", "VERSION", "Blinder", "PlatformPsiHandler", "PointStore", "PsiError", "PsiMode", "PsiResult",
-    "content_hash", "job_salt", "make_platform_psi_handler", "normalise_id", "run_bank_psi",
+    "content_hash", "describe_kernel", "job_salt", "make_platform_psi_handler", "normalise_id", "run_bank_psi",
 ]
