@@ -1,4 +1,4 @@
-"""ID normalisation, the job salt, and the worker kernel that digests IDs for the duplicate check."""
+"""ID normalisation and the job salt."""
 
 from __future__ import annotations
 
@@ -49,19 +49,4 @@ def job_salt(job_id: str, bank_nonce: bytes, platform_nonce: bytes) -> bytes:
     return h.digest()
 
 
-def digest_chunk(ids: list[str]) -> tuple[bytes, int]:
-    """8-byte digests of the normalised IDs (for the duplicate check) and the first empty row, or -1.
-
-    Module-level so that it runs on a compute backend's workers.
-    """
-    out = bytearray()
-    empty = -1
-    for row, raw in enumerate(ids):
-        value = normalise_id(str(raw)).encode()
-        if not value and empty < 0:
-            empty = row
-        out += hashlib.blake2b(value, digest_size=8).digest()
-    return bytes(out), empty
-
-
-__all__ = ["digest_chunk", "job_salt", "normalise_id"]
+__all__ = ["job_salt", "normalise_id"]
