@@ -1,6 +1,7 @@
-"""PSI: ours (both nodes as separate processes, gRPC over mutual TLS) vs OpenMined PSI on the same IDs.
+"""PSI: ours (both nodes as separate processes, gRPC over mutual TLS) vs OpenMined and SecretFlow on the same IDs.
 
-    python -m benchmarks.psi --n N [--overlap 0.5] [--transport grpc|local] [--json PATH] [--workers 2]
+    python -m benchmarks.psi --n N [--peers openmined,secretflow-ecdh,secretflow-rr22] [--peer-python PY]
+                             [--overlap 0.5] [--transport grpc|local] [--json PATH] [--workers 2]
 
 Both sides hold N unique phone-number IDs ("+44" and 10 digits), ``overlap`` of them shared, so the exact
 intersection is known. ``grpc`` writes each side's IDs (and one numeric feature column, which the node's
@@ -8,19 +9,24 @@ data loader requires) to CSV, starts both nodes as separate OS processes on loop
 runs an align job (mode "both") from the bank's client; ``seconds`` is the job's own time as the bank node
 measured it (``wall_seconds`` is submit-to-done as the client saw it). ``local`` runs both parties in this
 process over :class:`protocols.channel.LocalPeer`. Correctness: the bank's stored alignment (grpc) or the
-result's IDs (local), as a set, must equal the exact intersection after ``normalise_id``.
+result's IDs (local), as a set, must equal the exact intersection after ``normalise_id``; every peer's
+result is checked against it too, and a wrong one makes the run fail.
 
-OpenMined's ECDH P-256 PSI (``openmined-psi``, reveal_intersection=True) runs in this process on the same
-IDs, its messages serialised to bytes and parsed back, but without any network, so the ratio flatters it.
-It is single-threaded; ours uses ``--workers`` processes per party.
+The peers (``benchmarks/psi_peers.py``, run after ours on the same IDs): OpenMined's ECDH P-256 PSI, in
+one process without network (the ratio flatters it), and SecretFlow's ECDH (Curve25519) and RR22 PSI
+(``spu``), both parties as processes on SecretFlow's own brpc link over loopback, without TLS.
+``ratios.vs_<peer>`` is their seconds / ours (above 1: we are faster). A peer that cannot run is listed
+as ``peers.<name>_unavailable`` with the reason. ``--peer-python`` names an interpreter that has the
+peers' packages, which pin numpy and protobuf below this project's.
 
-Peak memory is the resident set of each node process plus all its descendants (the worker pool), summed
-and sampled every 0.2 s during the job; shared pages are counted once per process, so it over-states.
-``peak_rss_mb_node_process_only`` is the node process alone.
+Peak memory is the resident set of each node process plus all its descendants, summed and sampled every
+0.2 s during the job; shared pages are counted once per process, so it over-states.
+``peak_rss_mb_node_process_only`` is the node process alone; ``cpu_seconds_per_node`` is the CPU time each
+node used during the job (all its threads), which other load on the machine disturbs less than seconds.
 
-``floor_seconds`` is what the 2(N + M) X25519 scalar multiplications alone take on this machine: bare
-``exchange`` calls timed on one core after the run, spread over the cores (at most two per party's
-pool). No ECDH PSI can beat it here; the gap to ``seconds`` is everything else.
+``x25519_kernel`` is the kernel the nodes chose (``protocols/psi/x25519.py``). ``floor_seconds`` is what the
+2(N + M) X25519 scalar multiplications alone take on this machine with it: timed on one core after the
+run, spread over the cores. No ECDH PSI can beat it here; the gap to ``seconds`` is everything else.
 """
 
 from __future__ import annotations
@@ -250,6 +256,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             peers[name]["ids_per_s_per_side"] = round(args.n / max(peers[name]["seconds"], 1e-9), 1)
             if not peers[name]["correct"]:
                 problems.append(f"{name} returned a different intersection")
+
+    correct = not problems
 
     def theirs_over_ours(name: str) -> float | None:
         return ratio((peers.get(name) or {}).get("seconds"), ours["seconds"])
