@@ -76,13 +76,17 @@ class ThreadCompute:
     def __init__(self, workers: int) -> None:
         self.workers = max(1, workers)
         self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
 
     def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        if self._closed:
+            raise RuntimeError("this compute backend is closed")
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="compute")
         return self._executor.submit(fn, *args)
 
     def close(self) -> None:
+        self._closed = True
         if self._executor is not None:
             executor, self._executor = self._executor, None
             executor.shutdown(cancel_futures=True)

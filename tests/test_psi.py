@@ -181,6 +181,18 @@ def test_nothing_leaves_a_party_before_its_ids_pass_the_checks() -> None:
     assert rec.handler is not None and rec.handler.result is None
 
 
+def test_a_session_closed_while_hashing_stops_its_work() -> None:
+    params = {"version": VERSION, "mode": "both", "batch_size": 1000}
+    handler = PlatformPsiHandler("job-psi-close-1", params, phones(0, 30_000), on_result=lambda r: None, compute=2)
+    handler.handle(wire.HELLO, {"bank_nonce": b"\x01" * 32, "bank_size": 10})
+    handler.close()
+    assert handler.hashing is not None and handler.hashing.done()
+    assert handler.blinder.secret == b""
+    if isinstance(handler.blinder.compute, ThreadCompute):  # the multi-buffer kernel's backend
+        with pytest.raises(RuntimeError, match="closed"):
+            handler.blinder.compute.submit(len, "x")
+
+
 def test_platform_refuses_out_of_order_and_malformed_steps() -> None:
     params = {"version": VERSION, "mode": "both", "batch_size": 10}
     reports: list[PsiResult] = []

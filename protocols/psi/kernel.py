@@ -185,10 +185,10 @@ class Blinder:
     def close(self) -> None:
         """Drop the secret and close the compute (idempotent)."""
         self.secret = b""
+        self.compute.close()  # first: background hashing then stops at its next chunk
         if self._background is not None:
             self._background.shutdown(wait=True, cancel_futures=True)
             self._background = None
-        self.compute.close()
 
 
 __all__ = ["Blinder", "Pending", "blind_chunk", "hash_chunk", "hash_to_point"]
