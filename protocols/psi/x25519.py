@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import os
+import platform
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -189,8 +190,8 @@ def _find(dist: str, name: str) -> Path | None:
 
 def load_multi_buffer() -> MultiBufferKernel:
     """The multi-buffer kernel, checked against RFC 7748; ``OSError`` saying why it cannot be used here."""
-    if sys.platform != "linux" or os.uname().machine != "x86_64":
-        raise OSError(f"the multi-buffer library is built for x86_64 Linux, not {sys.platform}/{os.uname().machine}")
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        raise OSError(f"the multi-buffer library is built for x86_64 Linux, not {sys.platform}/{platform.machine()}")
     lib_path = _find("ipp-crypto", _MB_LIB)
     if lib_path is None:
         raise OSError(f"{_MB_LIB} not found: install the ipp-crypto package")
