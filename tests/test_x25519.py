@@ -207,3 +207,9 @@ def test_auto_prefers_multi_buffer_where_it_runs(monkeypatch: pytest.MonkeyPatch
 ])
 def test_normalise_fast_path_matches_the_rules(raw: str, expected: str) -> None:
     assert normalise_id(raw) == expected
+
+
+def test_multi_buffer_refused_off_x86_64_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(x25519.platform, "machine", lambda: "aarch64")
+    with pytest.raises(OSError, match="built for x86_64 Linux"):
+        x25519.load_multi_buffer()
