@@ -178,7 +178,7 @@ def run_peers(names: list[str], bank: list[str], platform: list[str], expected: 
                 say(f"SecretFlow {name} (two processes, brpc on loopback) ...")
                 figures = secretflow(name.removeprefix("secretflow-"), bank, platform, expected, python, sampler)
         if reason:
-            say(f"[yellow]{name} unavailable: {reason}[/]")
+            say(f"[yellow]{name} unavailable: {reason.replace('[', chr(92) + '[')}[/]")  # not rich markup
             out[f"{name}_unavailable"] = reason
         elif figures is not None and not figures["correct"]:
             say(f"[red]{name} returned a different intersection[/]")
