@@ -1,6 +1,7 @@
-"""PSI: ours (both nodes as separate processes, gRPC over mutual TLS) vs OpenMined PSI on the same IDs.
+"""PSI: ours (both nodes as separate processes, gRPC over mutual TLS) vs OpenMined and SecretFlow on the same IDs.
 
-    python -m benchmarks.psi --n N [--overlap 0.5] [--transport grpc|local] [--json PATH] [--workers 2]
+    python -m benchmarks.psi --n N [--peers openmined,secretflow-ecdh,secretflow-rr22] [--peer-python PY]
+                             [--overlap 0.5] [--transport grpc|local] [--json PATH] [--workers 2]
 
 Both sides hold N unique phone-number IDs ("+44" and 10 digits), ``overlap`` of them shared, so the exact
 intersection is known. ``grpc`` writes each side's IDs (and one numeric feature column, which the node's
@@ -8,19 +9,24 @@ data loader requires) to CSV, starts both nodes as separate OS processes on loop
 runs an align job (mode "both") from the bank's client; ``seconds`` is the job's own time as the bank node
 measured it (``wall_seconds`` is submit-to-done as the client saw it). ``local`` runs both parties in this
 process over :class:`protocols.channel.LocalPeer`. Correctness: the bank's stored alignment (grpc) or the
-result's IDs (local), as a set, must equal the exact intersection after ``normalise_id``.
+result's IDs (local), as a set, must equal the exact intersection after ``normalise_id``; every peer's
+result is checked against it too, and a wrong one makes the run fail.
 
-OpenMined's ECDH P-256 PSI (``openmined-psi``, reveal_intersection=True) runs in this process on the same
-IDs, its messages serialised to bytes and parsed back, but without any network, so the ratio flatters it.
-It is single-threaded; ours uses ``--workers`` processes per party.
+The peers (``benchmarks/psi_peers.py``, run after ours on the same IDs): OpenMined's ECDH P-256 PSI, in
+one process without network (the ratio flatters it), and SecretFlow's ECDH (Curve25519) and RR22 PSI
+(``spu``), both parties as processes on SecretFlow's own brpc link over loopback, without TLS.
+``ratios.vs_<peer>`` is their seconds / ours (above 1: we are faster). A peer that cannot run is listed
+as ``peers.<name>_unavailable`` with the reason. ``--peer-python`` names an interpreter that has the
+peers' packages, which pin numpy and protobuf below this project's.
 
-Peak memory is the resident set of each node process plus all its descendants (the worker pool), summed
-and sampled every 0.2 s during the job; shared pages are counted once per process, so it over-states.
-``peak_rss_mb_node_process_only`` is the node process alone.
+Peak memory is the resident set of each node process plus all its descendants, summed and sampled every
+0.2 s during the job; shared pages are counted once per process, so it over-states.
+``peak_rss_mb_node_process_only`` is the node process alone; ``cpu_seconds_per_node`` is the CPU time each
+node used during the job (all its threads), which other load on the machine disturbs less than seconds.
 
-``floor_seconds`` is what the 2(N + M) X25519 scalar multiplications alone take on this machine: bare
-``exchange`` calls timed on one core after the run, spread over the cores (at most two per party's
-pool). No ECDH PSI can beat it here; the gap to ``seconds`` is everything else.
+``x25519_kernel`` is the kernel the nodes chose (``protocols/psi/x25519.py``). ``floor_seconds`` is what the
+2(N + M) X25519 scalar multiplications alone take on this machine with it: timed on one core after the
+run, spread over the cores. No ECDH PSI can beat it here; the gap to ``seconds`` is everything else.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import console, fmt, print_table, ratio, write_json
+from benchmarks.psi_peers import PEERS, run_peers
 
 
 def make_ids(n: int, overlap: float, seed: int = 0) -> tuple[list[str], list[str], set[str]]:
@@ -66,6 +73,7 @@ class RssSampler:
 
         self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.peak = dict.fromkeys(pids, 0.0)
+        self.cpu: dict[str, list[float]] = {name: [] for name in pids}  # CPU seconds of the tree, per sample
         self.main_peak = dict.fromkeys(pids, 0.0)  # the process alone, without its worker pool
         self.samples = 0
         self._interval_s = interval_s
@@ -91,9 +99,18 @@ class RssSampler:
                 if p is proc:
                     self.main_peak[name] = max(self.main_peak[name], rss / 2**20)
             now[name] = total / 2**20
+            try:
+                times = proc.cpu_times()
+                self.cpu[name].append(times.user + times.system + times.children_user + times.children_system)
+            except psutil.Error:
+                pass
             self.peak[name] = max(self.peak[name], now[name])
         self.samples += 1
         return now
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds each process used (its threads and reaped children) between the first and last sample."""
+        return {name: round(seen[-1] - seen[0], 2) for name, seen in self.cpu.items() if len(seen) > 1}
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -154,6 +171,7 @@ def ours_grpc(bank: list[str], platform: list[str], workers: int, workdir: Path)
             "peak_rss_mb": max(peak.values()) if peak else None, "peak_rss_mb_per_node": peak or None,
             "idle_rss_mb_per_node": {k: round(v, 1) for k, v in idle.items()} or None,
             "peak_rss_mb_node_process_only": {k: round(v, 1) for k, v in sampler.main_peak.items()} if sampler else None,
+            "cpu_seconds_per_node": sampler.cpu_seconds() if sampler else None,
             "rss_samples": sampler.samples if sampler else 0, "workers_per_node": workers}
 
 
@@ -184,41 +202,14 @@ def ours_local(bank: list[str], platform: list[str], workers: int) -> dict[str, 
             "workers_per_party": workers}
 
 
-def openmined(bank: list[str], platform: list[str], expected: set[str]) -> dict[str, Any]:
-    """Bank = OpenMined client (learns the intersection), platform = server; messages go through bytes."""
-    import private_set_intersection.python as psi
-
-    started = time.monotonic()
-    client = psi.client.CreateWithNewKey(True)
-    server = psi.server.CreateWithNewKey(True)
-    setup_bytes = server.CreateSetupMessage(0.0, len(bank), platform, psi.DataStructure.RAW).SerializeToString()
-    request_bytes = client.CreateRequest(bank).SerializeToString()
-    request = psi.Request()
-    request.ParseFromString(request_bytes)
-    response_bytes = server.ProcessRequest(request).SerializeToString()
-    setup, response = psi.ServerSetup(), psi.Response()
-    setup.ParseFromString(setup_bytes)
-    response.ParseFromString(response_bytes)
-    indices = client.GetIntersection(setup, response)
-    seconds = time.monotonic() - started
-    found = {bank[i] for i in indices}
-    return {"seconds": round(seconds, 3), "size": len(found), "correct": found == expected,
-            "bytes_exchanged": len(setup_bytes) + len(request_bytes) + len(response_bytes),
-            "curve": "P-256", "threads": 1, "network": False}
-
-
-def x25519_per_s(count: int = 20_000) -> float:
-    """Bare X25519 scalar multiplications per second on one core of this machine (cryptography)."""
-    import hashlib
+def x25519_per_s(kernel: Any, count: int = 40_000) -> float:
+    """Bare X25519 scalar multiplications per second on one core of this machine, with ``kernel``."""
     import secrets
 
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-
-    key = X25519PrivateKey.from_private_bytes(secrets.token_bytes(32))
-    point = X25519PublicKey.from_public_bytes(hashlib.sha256(b"bench").digest())
+    points = secrets.token_bytes(32 * count)
+    secret = secrets.token_bytes(32)
     started = time.perf_counter()
-    for _ in range(count):
-        key.exchange(point)
+    kernel.multiply(secret, points)
     return count / (time.perf_counter() - started)
 
 
@@ -249,47 +240,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     correct = not problems
     ours.update(transport=args.transport, ids_per_s_per_side=round(args.n / max(ours["seconds"], 1e-9), 1))
     # The floor: 2(N + M) scalar multiplications in all, shared by the machine's cores, nothing else.
-    bare = x25519_per_s()
+    from protocols.psi.x25519 import CryptographyKernel, describe, kernel
+
+    ours["x25519_kernel"] = describe()
+    bare = x25519_per_s(kernel())
     ours["x25519_per_s_one_core"] = round(bare)
+    ours["x25519_per_s_one_core_cryptography"] = round(x25519_per_s(CryptographyKernel(), 10_000))
     ours["floor_seconds"] = round(4 * args.n / (bare * min(os.cpu_count() or 1, 2 * args.workers)), 1)
 
-    peer: dict[str, Any] | None
-    peer_note = None
-    if args.no_peer:
-        peer, peer_note = None, "skipped (--no-peer)"
-    else:
-        try:
-            import private_set_intersection.python  # noqa: F401
-        except ImportError as err:
-            peer, peer_note = None, f"openmined-psi cannot be imported ({err}); install the [bench] extra"
-            console.print(f"[yellow]{peer_note}[/]")
-        else:
-            console.print("OpenMined PSI (in-process, single-threaded) ...")
-            peer = openmined(bank, platform, exact)
-            peer["ids_per_s_per_side"] = round(args.n / max(peer["seconds"], 1e-9), 1)
-            if not peer["correct"]:
-                console.print("[red]OpenMined returned a different intersection[/]")
+    names = [] if args.no_peer else [p for p in args.peers.split(",") if p]
+    peers = run_peers(names, bank, platform, exact, peer_python=args.peer_python, sampler=_sampler,
+                      say=console.print)
+    for name in names:
+        if peers.get(name):
+            peers[name]["ids_per_s_per_side"] = round(args.n / max(peers[name]["seconds"], 1e-9), 1)
+            if not peers[name]["correct"]:
+                problems.append(f"{name} returned a different intersection")
+
+    correct = not problems
+
+    def theirs_over_ours(name: str) -> float | None:
+        return ratio((peers.get(name) or {}).get("seconds"), ours["seconds"])
+
     result: dict[str, Any] = {
         "n": args.n, "overlap": args.overlap, "intersection_size": len(exact), "correct": correct,
-        "problems": problems, "ours": ours, "peers": {"openmined": peer},
-        "ratios": {"vs_openmined": ratio(ours["ids_per_s_per_side"], (peer or {}).get("ids_per_s_per_side"))},
+        "problems": problems, "ours": ours, "peers": peers,
+        "ratios": {"vs_openmined": theirs_over_ours("openmined"),
+                   "vs_secretflow_ecdh": theirs_over_ours("secretflow-ecdh"),
+                   "vs_secretflow_rr22": theirs_over_ours("secretflow-rr22")},
         "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
     }
-    if peer_note:
-        result["peers"]["openmined_unavailable"] = peer_note
 
     rss = ours.get("peak_rss_mb_per_node") or {}
     print_table(f"PSI {args.n:,} x {args.n:,} ({len(exact):,} shared)", [
         (f"ours {args.transport}", fmt(ours["seconds"]), fmt(ours.get("wall_seconds")),
          fmt(ours["ids_per_s_per_side"]), ", ".join(f"{k[0]} {fmt(v)}" for k, v in rss.items())
          or fmt(ours.get("peak_rss_mb"))),
-        ("OpenMined", fmt((peer or {}).get("seconds")), "-",
-         fmt((peer or {}).get("ids_per_s_per_side")), "-"),
+        *[(name, fmt((peers.get(name) or {}).get("seconds")), fmt((peers.get(name) or {}).get("wall_seconds")),
+           fmt((peers.get(name) or {}).get("ids_per_s_per_side")),
+           ", ".join(f"{k[0]} {fmt(v)}" for k, v in ((peers.get(name) or {}).get("peak_rss_mb_per_party") or {}).items())
+           or "-") for name in names],
     ], ("", "seconds", "wall s", "IDs/s per side", "peak RSS MB"))
     verdict = "[green]correct[/]" if correct else f"[red]NOT correct: {'; '.join(problems)}[/]"
-    console.print(f"ratio vs OpenMined: {fmt(result['ratios']['vs_openmined'])}x; intersection {verdict}; "
-                  f"X25519 alone: {fmt(ours['x25519_per_s_one_core'])}/s per core, so {fmt(ours['floor_seconds'])} s "
-                  "of scalar multiplications on this machine's cores")
+    ratios = ", ".join(f"{k} {fmt(v)}x" for k, v in result["ratios"].items())
+    console.print(f"their seconds / ours: {ratios}; intersection {verdict}; X25519 kernel "
+                  f"{ours['x25519_kernel']['name']}: {fmt(ours['x25519_per_s_one_core'])}/s per core, so "
+                  f"{fmt(ours['floor_seconds'])} s of scalar multiplications on this machine's cores")
     return result
 
 
@@ -300,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport", choices=["grpc", "local"], default="grpc")
     parser.add_argument("--workers", type=int, default=2, help="worker processes per party")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-peer", action="store_true", help="skip OpenMined")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help=f"comma-separated, from {', '.join(PEERS)} (default: all)")
+    parser.add_argument("--peer-python", help="an interpreter with the peers' packages (spu, openmined-psi), which "
+                        "pin numpy and protobuf below this project's; default: this one")
+    parser.add_argument("--no-peer", action="store_true", help="run no peer (same as --peers '')")
     parser.add_argument("--json", help="write the figures here (atomically)")
     args = parser.parse_args(argv)
     if args.n < 1:
@@ -309,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--overlap must be between 0 and 1")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    unknown = set(p for p in args.peers.split(",") if p) - set(PEERS)
+    if unknown:
+        parser.error(f"--peers: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PEERS)}")
     result = run(args)
     write_json(args.json, result)
     return 0 if result["correct"] else 1

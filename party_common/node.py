@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +15,9 @@ from party_common.storage import NodeStores, open_node_stores
 from protocols.compute import Compute, make_compute
 from protocols.errors import NotFound
 from protocols.party_data import PartyData, Schema
+from protocols.psi import describe_kernel
+
+log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 0.5  # job progress rows are written at most this often
 
@@ -49,6 +53,8 @@ class NodeBase:
             from protocols.compute_ray import connect
 
             connect(config.compute.address, num_cpus=config.compute.workers)
+        kernel = describe_kernel()  # chosen once, at start-up; align jobs record it too
+        log.info("PSI X25519 kernel: %s (%s)", kernel["name"], kernel["note"])
 
     def new_compute(self) -> Compute:
         """A fresh backend for one session, from ``[compute]`` (the pool of ``[node] workers`` by default)."""

@@ -1,5 +1,5 @@
-"""Where the heavy kernels run: the compute backend interface, run inline, on a local process pool or on
-a Ray cluster (``protocols.compute_ray``, imported only when a node's config asks for it).
+"""Where the heavy kernels run: the compute backend interface, run inline, on threads, on a local process
+pool or on a Ray cluster (``protocols.compute_ray``, imported only when a node's config asks for it).
 
 The Paillier, PSI and scoring kernels are module-level functions of picklable arguments; a protocol hands
 them to a :class:`Compute` with :meth:`Compute.submit` and collects futures. A secret a kernel needs (a
@@ -16,7 +16,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
@@ -84,6 +84,32 @@ class ProcessPoolCompute:
             executor.shutdown(cancel_futures=True)
 
 
+class ThreadCompute:
+    """A pool of threads in this process, started on first use: for kernels that release the GIL while they
+    compute (C code called through ctypes), which then run in parallel without pickling or worker start-up."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, workers)
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        if self._closed:
+            raise RuntimeError("this compute backend is closed")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="compute")
+        return self._executor.submit(fn, *args)
+
+    def keep(self, secret: S) -> S:
+        return secret  # never leaves this process
+
+    def close(self) -> None:
+        self._closed = True
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            executor.shutdown(cancel_futures=True)
+
+
 ComputeSpec = Compute | int | None
 
 
@@ -110,5 +136,5 @@ def make_compute(backend: str = "pool", workers: int | None = None, address: str
     raise ValueError(f"compute backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
-__all__ = ["BACKENDS", "Compute", "ComputeSpec", "InlineCompute", "ProcessPoolCompute", "as_compute",
-           "make_compute"]
+__all__ = ["BACKENDS", "Compute", "ComputeSpec", "InlineCompute", "ProcessPoolCompute", "ThreadCompute",
+           "as_compute", "make_compute"]

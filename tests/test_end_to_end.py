@@ -20,6 +20,7 @@ def test_align_train_score_and_batch_score_between_two_processes(tmp_path: Path)
         client = cluster.bank_client()
         align = client.align(mode="both")
         assert align["intersection_size"] == len(files.shared_ids)
+        assert align["psi_kernel"]["name"] in ("multi-buffer", "cryptography")
         train = client.train(tags=files.tags, train=FAST_TRAIN)
         assert train["alignment_job_id"] == align["job_id"] and set(train["metrics"]) == set(files.tags)
 

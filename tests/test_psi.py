@@ -10,7 +10,7 @@ import pytest
 
 import protocols.psi.store as psi_store
 from protocols.channel import LocalPeer, Message, PeerError, ProtocolError
-from protocols.compute import InlineCompute, ProcessPoolCompute
+from protocols.compute import InlineCompute, ProcessPoolCompute, ThreadCompute
 from protocols.psi import (
     VERSION,
     Blinder,
@@ -23,6 +23,7 @@ from protocols.psi import (
     make_platform_psi_handler,
     normalise_id,
     run_bank_psi,
+    x25519,
 )
 from protocols.psi import messages as wire
 from protocols.psi.kernel import hash_to_point
@@ -143,18 +144,53 @@ def test_bad_input_is_refused_with_rows_named() -> None:
         run_bank_psi(Recorder(["x", "X"]).peer, "job-psi-err-04", ["a"])
     with pytest.raises(PsiError, match="unknown PSI mode"):
         run_bank_psi(Recorder(["x"]).peer, "job-psi-err-05", ["a"], mode="everything")
-    # Checked in the worker pool, chunk by chunk: rows are still counted from the top of the file.
+    # Hashed in a secret order, chunk by chunk on the workers: rows are still counted from the top of the file.
     many = phones(0, 6000)
     many[5999] = " " + many[10].replace("+44", "0044")
-    blinder = Blinder(2)
+    order = np.random.default_rng(7).permutation(6000)
+    blinder = Blinder(CountingPool(2), min_chunk=500)
     try:
         with pytest.raises(PsiError, match="rows 11 and 6000 hold the same ID"):
-            blinder.check_ids(many)
-        many[5999], many[4500] = "x", " "
-        with pytest.raises(PsiError, match="row 4501: empty ID"):
-            blinder.check_ids(many)
+            blinder.hash_ids(b"s" * 32, many, order, PointStore(6000, None))
+        many[5999], many[4500], many[17] = "x", " ", "\t"
+        with pytest.raises(PsiError, match="row 18: empty ID"):
+            blinder.hash_ids(b"s" * 32, many, order, PointStore(6000, None))
+        assert blinder.compute.submitted == 4  # type: ignore[attr-defined]
     finally:
         blinder.close()
+
+
+def test_nothing_leaves_a_party_before_its_ids_pass_the_checks() -> None:
+    """Both sides hash and check after psi.hello (the salt needs both nonces): a bad bank file stops the bank
+    before its first exchange; a bad platform file stops the platform before it answers one."""
+    rec = Recorder(phones(0, 10))
+    channels: list = []
+
+    class Watching(_Transcribing):
+        def open(self, kind: str, job_id: str, params: Message):  # type: ignore[no-untyped-def]
+            channels.append(super().open(kind, job_id, params))
+            return channels[-1]
+
+    with pytest.raises(PsiError, match="rows 1 and 3"):
+        run_bank_psi(Watching(rec.peer), "job-psi-check-1", ["+447700900123", "b", "0044 7700 900 123"])
+    assert [step for step, _, _ in channels[-1].transcript] == [wire.HELLO]
+    rec = Recorder(["x", "b", " X"])
+    with pytest.raises(PeerError, match="platform data: rows 1 and 3"):
+        run_bank_psi(Watching(rec.peer), "job-psi-check-2", phones(0, 10))
+    assert [step for step, _, _ in channels[-1].transcript] == [wire.HELLO]  # exchange 0 got no reply
+    assert rec.handler is not None and rec.handler.result is None
+
+
+def test_a_session_closed_while_hashing_stops_its_work() -> None:
+    params = {"version": VERSION, "mode": "both", "batch_size": 1000}
+    handler = PlatformPsiHandler("job-psi-close-1", params, phones(0, 30_000), on_result=lambda r: None, compute=2)
+    handler.handle(wire.HELLO, {"bank_nonce": b"\x01" * 32, "bank_size": 10})
+    handler.close()
+    assert handler.hashing is not None and handler.hashing.done()
+    assert handler.blinder.secret == b""
+    if isinstance(handler.blinder.compute, ThreadCompute):  # the multi-buffer kernel's backend
+        with pytest.raises(RuntimeError, match="closed"):
+            handler.blinder.compute.submit(len, "x")
 
 
 def test_platform_refuses_out_of_order_and_malformed_steps() -> None:
@@ -221,7 +257,7 @@ def test_peer_dropping_mid_stream_leaves_no_files_and_no_result(tmp_path: Path,
     with pytest.raises(PeerError, match="unreachable"):
         run_bank_psi(DroppingPeer(rec.peer, after=3), "job-psi-drop-1", phones(0, 400), batch_size=50,
                      spill_dir=tmp_path / "bank")
-    assert len(spilled) == 4 and all(store.size >= 100 for store in spilled)  # files were made on both sides
+    assert len(spilled) == 6 and all(store.size >= 100 for store in spilled)  # files were made on both sides
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank", "platform"]
     assert list((tmp_path / "bank").iterdir()) == list((tmp_path / "platform").iterdir()) == []
     assert rec.reports == [] and rec.handler is not None and rec.handler.result is None
@@ -282,42 +318,67 @@ def test_parallel_workers_give_the_same_result() -> None:
     assert set(solo.ids) == set(ours.ids)
 
 
-class CountingPool(ProcessPoolCompute):
-    """A process pool that counts the work it is given and whether it was closed."""
+class CountingPool:
+    """A backend (a process pool underneath) that counts the work it is given and whether it was closed."""
 
     def __init__(self, workers: int) -> None:
-        super().__init__(workers)
+        self._pool = ProcessPoolCompute(workers)
+        self.workers = workers
         self.submitted = 0
         self.closed = False
 
     def submit(self, fn, /, *args):  # type: ignore[no-untyped-def]
         self.submitted += 1
-        return super().submit(fn, *args)
+        return self._pool.submit(fn, *args)
+
+    def keep(self, secret):  # type: ignore[no-untyped-def]
+        return self._pool.keep(secret)
 
     def close(self) -> None:
         self.closed = True
-        super().close()
+        self._pool.close()
+
+
+def test_a_local_process_pool_becomes_threads_for_the_multi_buffer_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = ProcessPoolCompute(2)
+    blinder = Blinder(pool)
+    try:
+        expected = ThreadCompute if x25519.kernel().name == "multi-buffer" else ProcessPoolCompute
+        assert isinstance(blinder.compute, expected) and blinder.workers == 2
+    finally:
+        blinder.close()
+    x25519.kernel.cache_clear()
+    monkeypatch.setenv(x25519.ENV, "cryptography")
+    try:
+        blinder = Blinder(ProcessPoolCompute(2))  # cryptography holds the GIL: processes it stays
+        assert isinstance(blinder.compute, ProcessPoolCompute)
+        blinder.close()
+    finally:
+        x25519.kernel.cache_clear()
 
 
 def test_blinder_gives_the_same_bytes_inline_and_on_a_process_pool() -> None:
     secret = bytes(range(1, 33))
     salt = hashlib.sha256(b"salt").digest()
     ids = phones(0, 500)
+    order = np.arange(500)[::-1].copy()
     pool = CountingPool(2)
     inline = Blinder(InlineCompute(), min_chunk=50, secret=secret)
     parallel = Blinder(pool, min_chunk=50, secret=secret)
     try:
-        singles = inline.hash_and_blind_async(salt, ids).result()
-        assert len(singles) == 32 * len(ids)
-        assert parallel.hash_and_blind_async(salt, ids).result() == singles
+        hashed, pooled = PointStore(500, None), PointStore(500, None)
+        inline.hash_ids(salt, ids, order, hashed)
+        assert hashed.read(0, 1) == hash_to_point(salt, ids[499]) and hashed.read(499, 500) == hash_to_point(salt, ids[0])
+        parallel.hash_ids(salt, ids, order, pooled)
+        assert pooled.read(0, 500) == hashed.read(0, 500)
         assert pool.submitted == 2  # one chunk per worker
-        assert parallel.blind_async(singles).result() == inline.blind_async(singles).result()
+        singles = inline.blind_async(hashed.read(0, 500)).result()
+        assert len(singles) == 32 * len(ids)
+        assert parallel.blind_async(hashed.read(0, 500)).result() == singles
         assert pool.submitted == 4
-        parallel.check_ids(ids)
-        assert pool.submitted == 6
         # Fewer than two chunks' worth runs in this process, not on the pool.
         assert parallel.blind_async(singles[:32 * 99]).result() == inline.blind_async(singles[:32 * 99]).result()
-        assert pool.submitted == 6
+        assert pool.submitted == 4
     finally:
         inline.close()
         parallel.close()
@@ -343,10 +404,12 @@ def test_pinned_vector() -> None:
     assert point.hex() == "385c91c21d4327b7c9bfa393f69646040628dd9bdc6274747088fa89ae7542ee"
     a, b = Blinder(1, secret=VECTOR_A), Blinder(1, secret=VECTOR_B)
     try:
-        a_h = a.hash_and_blind_async(salt, [raw]).result()
+        a_h = a.blind_async(point).result()
         assert a_h.hex() == "46bcb2bb6762e8fd51bbdb2abf06e03c8ce0ae8abc6200bdd61ade66a8b13e20"
-        assert a.blind_async(point).result() == a_h
-        b_h = b.hash_and_blind_async(salt, ["+447700900123"]).result()
+        hashed = PointStore(1, None)
+        b.hash_ids(salt, ["+447700900123"], np.arange(1), hashed)
+        assert hashed.read(0, 1) == point
+        b_h = b.blind_async(hashed.read(0, 1)).result()
         assert b_h.hex() == "134616773a22eea971e2f16f54bba282d31576b29c56e6ccd6a8aab7df1fb43d"
         ab_h = b.blind_async(a_h).result()
         assert ab_h.hex() == "3a0d45f51134596363052d0c36c0cf5d61405569d92515a6ff1d31037af6494c"
@@ -386,7 +449,7 @@ def test_large_sets_spill_to_files_that_are_removed(tmp_path: Path, monkeypatch:
     result = run_bank_psi(rec.peer, "job-psi-spill-1", phones(0, 300), batch_size=64, spill_dir=tmp_path / "bank")
     assert result.size == 200 and set(result.ids) == set(phones(100, 300))
     assert len(rec.reports) == 1 and rec.reports[0].ids == result.ids
-    assert len(seen) == 4 and all(seen)  # both sides' own and peer values
+    assert len(seen) == 6 and all(seen)  # both sides' own hashes, own and peer values
     rec.handler.close()  # as the node does when the session ends
     assert list((tmp_path / "bank").iterdir()) == list((tmp_path / "platform").iterdir()) == []
 

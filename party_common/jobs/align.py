@@ -13,7 +13,7 @@ from party_common.storage.alignments import Alignment
 from protocols.channel import Message, StepHandler
 from protocols.params import dataclass_from_mapping
 from protocols.party_data import PartyData
-from protocols.psi import MODES, PsiResult, make_platform_psi_handler, run_bank_psi
+from protocols.psi import MODES, PsiResult, describe_kernel, make_platform_psi_handler, run_bank_psi
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ class AlignJob(JobKind[AlignParams, PsiResult]):
     def save_bank(self, ctx: JobContext, params: AlignParams, result: PsiResult, peer_name: str) -> dict[str, Any]:
         alignment = ctx.stores.alignments.save(Alignment.from_result(ctx.job_id, result, peer_name=peer_name))
         return {"mode": alignment.mode, "intersection_size": alignment.size, "bank_customers": len(ctx.data),
-                "content_hash": alignment.content_hash, "seconds": round(result.seconds, 3)}
+                "content_hash": alignment.content_hash, "seconds": round(result.seconds, 3),
+                "psi_kernel": describe_kernel()}
 
     def open_platform(self, ctx: JobContext, params: Message, context: SessionContext,
                       on_result: Callable[[Any], None]) -> StepHandler:
@@ -58,4 +59,5 @@ class AlignJob(JobKind[AlignParams, PsiResult]):
 
     def save_platform(self, ctx: JobContext, context: SessionContext, result: Any) -> dict[str, Any]:
         alignment = ctx.stores.alignments.save(Alignment.from_result(ctx.job_id, result, peer_name="bank"))
-        return {"intersection_size": alignment.size, "mode": alignment.mode, "content_hash": alignment.content_hash}
+        return {"intersection_size": alignment.size, "mode": alignment.mode, "content_hash": alignment.content_hash,
+                "psi_kernel": describe_kernel()}

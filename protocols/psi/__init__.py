@@ -2,7 +2,8 @@
 
 Math. Each ID is normalised (:func:`normalise_id`), hashed with a job salt (:func:`job_salt`) and a domain
 tag to a 32-byte X25519 u-coordinate ``H(x)`` (:func:`protocols.psi.kernel.hash_to_point`); each party
-multiplies by its own fresh secret scalar with ``cryptography``'s X25519 (clamped scalars; scalar
+multiplies by its own fresh secret scalar with X25519 (:mod:`protocols.psi.x25519`: Intel's multi-buffer
+library where it runs, ``cryptography`` otherwise, byte-identical; clamped scalars; scalar
 multiplication on u-coordinates commutes, and both the curve and its twist are secure, so any 32-byte
 hash is a valid input). ``a*b*H(x) == b*a*H(y)`` iff ``x == y`` (up to SHA-256 collisions). Neither party
 ever sends an ID or a plain hash of one: only ``a*H(x)``, ``b*H(y)`` and doubly blinded values.
@@ -10,14 +11,15 @@ ever sends an ID or a plain hash of one: only ``a*H(x)``, ``b*H(y)`` and doubly 
 Steps (bank = a, platform = b; each side sends its points in its own secret random order; the step and
 field names are in :mod:`protocols.psi.messages`):
 
-1. ``psi.hello``: nonces from both sides give the job salt; set sizes are exchanged. The platform starts
-   hashing and blinding its own first batches at once, in the background.
+1. ``psi.hello``: nonces from both sides give the job salt; set sizes are exchanged. Then each side hashes
+   all its IDs in its secret order and refuses empty and repeated IDs (:meth:`Blinder.hash_ids`), both at
+   the same time (the platform in the background); nothing of a side's leaves it before that passes.
 2. ``psi.exchange`` k = 0, 1, ...: the bank sends its batch k, ``a*H(x)``, and (mode "both") the doubly
    blinded platform batch k-1, ``a*b*H(y)``, in the platform's order, so the platform can find its own
    members. The platform replies with ``b*a*H(x)`` for the bank's batch k in the same order (except in
    cardinality mode, where it keeps them) and its own batch k, ``b*H(y)``. In "both" mode one last
    exchange carries only the last platform batch's doubles (:func:`protocols.psi.messages.exchange_rounds`).
-   Both sides compute while the other does: the bank hashes its next batch and blinds the platform's
+   Both sides compute while the other does: the bank blinds its next batch and the platform's
    last one while the platform blinds the bank's batch; the platform blinds its own batches ahead.
 3. ``psi.cardinality_batch`` (cardinality mode only): the bank returns ``a*b*H(y)`` shuffled across the
    whole set, so the platform can only count.
@@ -29,15 +31,15 @@ size), ``cardinality`` (both learn only the size). The agreed order of the inter
 of the doubly blinded values, which both sides hold without revealing anything else; the content hash
 (:func:`content_hash`) is SHA-256 over that sorted list, so the two nodes can compare alignments.
 
-Memory. Neither side holds a second copy of its IDs: workers normalise, hash and blind one batch at a
-time. Per ID a party keeps 32 bytes for each doubly blinded value it holds (its own and the peer's), in
-RAM or, from ``protocols.psi.store.SPILL_AT`` IDs on and when the node gives a ``spill_dir``, in
-memory-mapped files there (deleted when the job ends; :class:`PointStore`); matching uses 8-byte prefixes
-(16 bytes per ID in RAM) and checks every candidate on all 32 bytes. The duplicate check keeps 8 bytes per
-ID. The IDs themselves are the node's data and stay where they are.
+Memory. Neither side holds a second copy of its IDs. Per ID a party keeps 32 bytes for its own hash and
+for each doubly blinded value it holds (its own and the peer's), in RAM or, from
+``protocols.psi.store.SPILL_AT`` IDs on and when the node gives a ``spill_dir``, in memory-mapped files
+there (deleted when the job ends; :class:`PointStore`); the duplicate check and the matching use 8-byte
+prefixes (16 bytes per ID in RAM) and check every candidate in full. The IDs themselves are the node's
+data and stay where they are.
 
-Modules: :mod:`~protocols.psi.ids` (normalisation, salt), :mod:`~protocols.psi.kernel` (the curve
-kernels and :class:`Blinder`), :mod:`~protocols.psi.store` (values and matching),
+Modules: :mod:`~protocols.psi.ids` (normalisation, salt), :mod:`~protocols.psi.x25519` (the two X25519
+kernels and the choice between them), :mod:`~protocols.psi.kernel` (hashing, blinding and :class:`Blinder`), :mod:`~protocols.psi.store` (values and matching),
 :mod:`~protocols.psi.messages` (what both sides agree on), :mod:`~protocols.psi.bank` and
 :mod:`~protocols.psi.platform` (the two sides).
 """
@@ -50,8 +52,9 @@ from protocols.psi.kernel import Blinder
 from protocols.psi.messages import MODES, VERSION, PsiError, PsiMode, PsiResult
 from protocols.psi.platform import PlatformPsiHandler, make_platform_psi_handler
 from protocols.psi.store import PointStore, content_hash
+from protocols.psi.x25519 import describe as describe_kernel
 
 __all__ = [
     "MODES", "VERSION", "Blinder", "PlatformPsiHandler", "PointStore", "PsiError", "PsiMode", "PsiResult",
-    "content_hash", "job_salt", "make_platform_psi_handler", "normalise_id", "run_bank_psi",
+    "content_hash", "describe_kernel", "job_salt", "make_platform_psi_handler", "normalise_id", "run_bank_psi",
 ]

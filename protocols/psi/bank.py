@@ -46,7 +46,8 @@ def run_bank_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = "bo
             raise PsiError(f"unknown PSI mode {mode!r}; use one of {', '.join(MODES)}")
         if batch_size < 1:
             raise PsiError("batch_size must be positive")
-        blinder.check_ids(ids)
+        if n == 0:
+            raise PsiError("this party has no IDs: an empty side cannot take part in PSI")
         channel = peer.open(wire.KIND, job_id, {wire.PARAM_VERSION: VERSION, wire.PARAM_MODE: mode,
                                              wire.PARAM_BATCH_SIZE: batch_size})
     except BaseException:
@@ -61,14 +62,15 @@ def run_bank_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = "bo
             raise ProtocolError(f"malformed {wire.HELLO} reply")
         salt = job_salt(job_id, nonce, platform_nonce)
         own_double, platform_double = PointStore(n, spill_dir), PointStore(m, spill_dir)
-        stores += [own_double, platform_double]
+        own_hashes = PointStore(n, spill_dir)  # H(x) in our secret order, slot i for row perm[i]
+        stores += [own_double, platform_double, own_hashes]
 
         perm = secret_permutation(n)
         own_batches, platform_batches = batches(n, batch_size), batches(m, batch_size)
+        blinder.hash_ids(salt, ids, perm, own_hashes)  # the platform hashes its own meanwhile
 
         def own_points(k: int) -> Pending:
-            lo, hi = own_batches[k]
-            return blinder.hash_and_blind_async(salt, [ids[r] for r in perm[lo:hi].tolist()])
+            return blinder.blind_async(own_hashes.read(*own_batches[k]))
 
         ahead = own_points(0)
         blinding: Pending | None = None  # the platform's previous batch, being blinded by us

@@ -1,4 +1,4 @@
-"""ID normalisation, the job salt, and the worker kernel that digests IDs for the duplicate check."""
+"""ID normalisation and the job salt."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import unicodedata
 
 _PHONE_CHARS = re.compile(r"^\+?[0-9 ()./-]{7,}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+_NOT_DIGIT = re.compile(r"[^0-9]")
 _SALT_TAG = b"fedprofile/psi/v1/salt"
 
 
@@ -23,16 +24,20 @@ def normalise_id(raw: str) -> str:
     * Anything else: the trimmed, case-folded text.
     """
     text = unicodedata.normalize("NFKC", raw).strip().casefold()
-    if _EMAIL.match(text):
+    if "@" in text and _EMAIL.match(text):
         return text
-    if _PHONE_CHARS.match(text):
-        digits = re.sub(r"[^0-9]", "", text)
-        if text.startswith("+"):
-            return "+" + digits
-        if digits.startswith("00"):
-            return "+" + digits[2:]
-        return digits
-    return text
+    body = text[1:] if text[:1] == "+" else text
+    if len(body) >= 7 and body.isascii() and body.isdigit():  # a phone number without separators
+        digits = body
+    elif _PHONE_CHARS.match(text):
+        digits = _NOT_DIGIT.sub("", text)
+    else:
+        return text
+    if text.startswith("+"):
+        return "+" + digits
+    if digits.startswith("00"):
+        return "+" + digits[2:]
+    return digits
 
 
 def job_salt(job_id: str, bank_nonce: bytes, platform_nonce: bytes) -> bytes:
@@ -44,19 +49,4 @@ def job_salt(job_id: str, bank_nonce: bytes, platform_nonce: bytes) -> bytes:
     return h.digest()
 
 
-def digest_chunk(ids: list[str]) -> tuple[bytes, int]:
-    """8-byte digests of the normalised IDs (for the duplicate check) and the first empty row, or -1.
-
-    Module-level so that it runs on a compute backend's workers.
-    """
-    out = bytearray()
-    empty = -1
-    for row, raw in enumerate(ids):
-        value = normalise_id(str(raw)).encode()
-        if not value and empty < 0:
-            empty = row
-        out += hashlib.blake2b(value, digest_size=8).digest()
-    return bytes(out), empty
-
-
-__all__ = ["digest_chunk", "job_salt", "normalise_id"]
+__all__ = ["job_salt", "normalise_id"]

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from protocols.compute import Compute, ComputeSpec, as_compute
+from protocols.compute import Compute, ComputeSpec, ProcessPoolCompute, ThreadCompute, as_compute
 from protocols.errors import ProtocolError
-from protocols.psi.ids import digest_chunk, normalise_id
+from protocols.psi.ids import normalise_id
 from protocols.psi.messages import DOMAIN, POINT, PsiError
+from protocols.psi.store import PointStore
+from protocols.psi.x25519 import LowOrderPoint, kernel
+
+T = TypeVar("T")
 
 # ------------------------------------------------------------------------- worker functions ----
 # Module-level functions of picklable arguments: they run on the compute backend's workers.
@@ -27,38 +32,51 @@ def hash_to_point(salt: bytes, raw: str) -> bytes:
     return hashlib.sha256(DOMAIN + salt + normalise_id(str(raw)).encode()).digest()
 
 
-def exchange_point(key: X25519PrivateKey, point: bytes) -> bytes:
-    """``secret * point`` on the u-coordinate; a point of small order is refused."""
+def blind_chunk(secret: bytes, points: bytes) -> bytes:
+    """``secret * P`` for each 32-byte point, in order, on this process's X25519 kernel; a point of small order
+    is refused."""
     try:
-        return key.exchange(X25519PublicKey.from_public_bytes(point))
-    except ValueError:
-        # A low-order input gives the all-zero output, which cryptography refuses. An honest hash hits one
-        # of the few such points with probability ~2^-250; a peer sending one is refused.
+        return kernel().multiply(secret, points)
+    except LowOrderPoint:
+        # A low-order input gives the all-zero output. An honest hash hits one of the few such points with
+        # probability ~2^-250; a peer sending one is refused.
         raise ProtocolError("a point of small order was received; refusing it") from None
 
 
-def hash_and_blind_chunk(secret: bytes, salt: bytes, ids: list[str]) -> bytes:
-    """``secret * H(x)`` for each ID, 32 bytes each, in order (the same bytes as :func:`hash_to_point`)."""
-    key = X25519PrivateKey.from_private_bytes(secret)
+def hash_chunk(salt: bytes, ids: list[str]) -> tuple[bytes, int]:
+    """``H(x)`` for each ID (32 bytes each, in order, the same bytes as :func:`hash_to_point`) and the first
+    position whose ID is empty after normalisation, or -1."""
     prefix = hashlib.sha256(DOMAIN + salt)
     out = bytearray()
-    for raw in ids:
+    empty = -1
+    for row, raw in enumerate(ids):
+        value = normalise_id(str(raw)).encode()
+        if not value and empty < 0:
+            empty = row
         h = prefix.copy()
-        h.update(normalise_id(str(raw)).encode())
-        out += exchange_point(key, h.digest())
-    return bytes(out)
-
-
-def blind_chunk(secret: bytes, points: bytes) -> bytes:
-    """``secret * P`` for each 32-byte point in ``points``, in order."""
-    key = X25519PrivateKey.from_private_bytes(secret)
-    out = bytearray()
-    for i in range(0, len(points), POINT):
-        out += exchange_point(key, points[i:i + POINT])
-    return bytes(out)
+        h.update(value)
+        out += h.digest()
+    return bytes(out), empty
 
 
 # ------------------------------------------------------------------------------ the blinder ----
+
+
+def _threads_if_they_run_in_parallel(compute: Compute) -> Compute:
+    """The multi-buffer kernel releases the GIL for its C calls: on this machine threads then beat a process
+    pool (no pickling of IDs and points, no worker start-up). A local process pool is swapped for as many
+    threads; other backends (inline, distributed) are kept."""
+    if isinstance(compute, ProcessPoolCompute) and kernel().name == "multi-buffer":
+        compute.close()
+        return ThreadCompute(compute.workers)
+    return compute
+
+
+
+def _done(value: T) -> Future[T]:
+    future: Future[T] = Future()
+    future.set_result(value)
+    return future
 
 
 class Pending:
@@ -92,10 +110,11 @@ class Blinder:
         if secret is not None and len(secret) != POINT:
             raise ValueError(f"a secret scalar is {POINT} bytes, got {len(secret)}")
         self.secret = secrets.token_bytes(POINT) if secret is None else bytes(secret)
-        self.compute: Compute = as_compute(compute)
+        self.compute: Compute = _threads_if_they_run_in_parallel(as_compute(compute))
         self.workers = self.compute.workers
         self.min_chunk = min_chunk
         self._held = self.compute.keep(self.secret)  # what the workers get in the secret's place
+        self._background: ThreadPoolExecutor | None = None
 
     def _parallel(self, n: int) -> bool:
         return self.workers > 1 and n >= 2 * self.min_chunk
@@ -105,28 +124,42 @@ class Blinder:
         size = min(size, most) if most else size
         return [(i, min(i + size, n)) for i in range(0, n, size)]
 
-    def check_ids(self, ids: Sequence[str]) -> None:
-        """Refuse an empty side, empty IDs and IDs equal after normalisation, naming rows (never IDs)."""
-        n = len(ids)
+    def hash_ids(self, salt: bytes, ids: Sequence[str], order: np.ndarray, store: PointStore) -> None:
+        """``H(x)`` for ``ids[order[i]]`` into slot ``i`` of ``store``; then refuse empty IDs and IDs equal after
+        normalisation, naming rows of the file (never IDs). Nothing derived from the IDs may leave this party
+        before this has returned."""
+        n = len(order)
         if n == 0:
             raise PsiError("this party has no IDs: an empty side cannot take part in PSI")
-        if not self._parallel(n):
-            parts = [digest_chunk(list(ids))]
-            offsets = [0]
-        else:
-            bounds = self._bounds(n, most=100_000)  # bounded chunks: each worker holds few IDs at a time
-            futures = [self.compute.submit(digest_chunk, list(ids[lo:hi])) for lo, hi in bounds]
-            parts = [future.result() for future in futures]
-            offsets = [lo for lo, _ in bounds]
-        for (_, empty), offset in zip(parts, offsets, strict=True):
+        bounds = self._bounds(n, most=100_000) if self._parallel(n) else [(0, n)]  # few IDs per worker at a time
+        queued: deque[tuple[int, int, Future[tuple[bytes, int]]]] = deque()
+        empties: list[int] = []
+
+        def collect() -> None:
+            lo, hi, future = queued.popleft()
+            hashes, empty = future.result()
+            store.write(slice(lo, hi), hashes)
             if empty >= 0:
-                raise PsiError(f"row {offset + empty + 1}: empty ID after normalisation")
-        digests = np.frombuffer(b"".join(d for d, _ in parts), dtype="<u8")
-        order = np.argsort(digests, kind="stable")  # equal digests keep file order
-        same = np.flatnonzero(digests[order[1:]] == digests[order[:-1]])
+                empties.append(int(order[lo + empty]))
+
+        for lo, hi in bounds:
+            chunk = [ids[r] for r in order[lo:hi].tolist()]
+            queued.append((lo, hi, self.compute.submit(hash_chunk, salt, chunk) if len(bounds) > 1
+                           else _done(hash_chunk(salt, chunk))))
+            if len(queued) > 2 * self.workers:
+                collect()
+        while queued:
+            collect()
+        if empties:
+            raise PsiError(f"row {min(empties) + 1}: empty ID after normalisation")
+        keys = store.prefixes()
+        by_key = np.argsort(keys, kind="stable")
+        same = np.flatnonzero(keys[by_key[1:]] == keys[by_key[:-1]])
+        del keys
         repeats = []
-        for i in same.tolist():  # candidates; an 8-byte digest collision is told apart by the IDs
-            first, row = int(order[i]), int(order[i + 1])
+        for i in same.tolist():  # candidates; an 8-byte prefix collision is told apart by the IDs
+            a, b = int(order[by_key[i]]), int(order[by_key[i + 1]])
+            first, row = min(a, b), max(a, b)
             if normalise_id(str(ids[first])) == normalise_id(str(ids[row])):
                 repeats.append((row, first))
         if repeats:
@@ -134,13 +167,11 @@ class Blinder:
             raise PsiError(f"rows {first + 1} and {row + 1} hold the same ID after normalisation "
                            "(trim, case, phone/e-mail forms); de-duplicate the file")
 
-    def hash_and_blind_async(self, salt: bytes, ids: Sequence[str]) -> Pending:
-        """``secret * H(salt, normalise_id(id))`` for each ID, as 32 bytes each, in order."""
-        ids = list(ids)
-        if not self._parallel(len(ids)):
-            return Pending(hash_and_blind_chunk(self.secret, salt, ids))
-        return Pending([self.compute.submit(hash_and_blind_chunk, self._held, salt, ids[lo:hi])
-                        for lo, hi in self._bounds(len(ids))])
+    def hash_ids_async(self, salt: bytes, ids: Sequence[str], order: np.ndarray, store: PointStore) -> Future[None]:
+        """:meth:`hash_ids` on a thread of its own (it waits on the compute, so it must not run on it)."""
+        if self._background is None:
+            self._background = ThreadPoolExecutor(1, thread_name_prefix="psi-hash")
+        return self._background.submit(self.hash_ids, salt, ids, order, store)
 
     def blind_async(self, points: bytes) -> Pending:
         """``secret * P`` for each 32-byte point, in order."""
@@ -155,7 +186,10 @@ class Blinder:
     def close(self) -> None:
         """Drop the secret and close the compute (idempotent)."""
         self.secret = self._held = b""
-        self.compute.close()
+        self.compute.close()  # first: background hashing then stops at its next chunk
+        if self._background is not None:
+            self._background.shutdown(wait=True, cancel_futures=True)
+            self._background = None
 
 
-__all__ = ["Blinder", "Pending", "blind_chunk", "exchange_point", "hash_and_blind_chunk", "hash_to_point"]
+__all__ = ["Blinder", "Pending", "blind_chunk", "hash_chunk", "hash_to_point"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 import protocols.psi.messages as wire
@@ -28,7 +29,7 @@ from protocols.psi.messages import (
 from protocols.psi.store import PointStore, intersection, match_rows
 from protocols.shuffle import secret_permutation
 
-LOOKAHEAD = 2  # platform batches hashed and blinded ahead of the bank's requests
+LOOKAHEAD = 2  # platform batches blinded ahead of the bank's requests
 OnResult = Callable[[PsiResult], None]
 
 
@@ -48,10 +49,8 @@ class PlatformPsiHandler:
         self.max_bank_size, self.limit_name = max_bank_size, limit_name
         try:
             self.mode, self.batch_size = self._check_params(params)
-            self.blinder.check_ids(ids)
-        except PsiError as err:
-            self.blinder.close()
-            raise ProtocolError(f"platform data: {err}") from err
+            if len(ids) == 0:
+                raise ProtocolError("platform data: this party has no IDs: an empty side cannot take part in PSI")
         except BaseException:
             self.blinder.close()
             raise
@@ -73,6 +72,8 @@ class PlatformPsiHandler:
         self.bank_batches: list[tuple[int, int]] = []
         self.ahead: dict[int, Pending] = {}
         self.stores: list[PointStore] = []
+        self.own_hashes: PointStore | None = None  # H(y) in our secret order, slot i for row perm[i]
+        self.hashing: Future[None] | None = None  # hashing and checking our IDs, from psi.hello on
         self.own_double: PointStore | None = None  # mode "both": a*b*H(y) for our rows
         self.bank_double: PointStore | None = None  # modes "both" and "cardinality": b*a*H(x), bank's order
         self.cardinality_double: PointStore | None = None
@@ -109,11 +110,18 @@ class PlatformPsiHandler:
         self.stores.append(store)
         return store
 
+    def _hashed(self) -> PointStore:
+        """Our hashes, once they are all computed and our IDs have passed the checks (else a ProtocolError)."""
+        assert self.hashing is not None and self.own_hashes is not None
+        try:
+            self.hashing.result()
+        except PsiError as err:
+            raise ProtocolError(f"platform data: {err}") from err
+        return self.own_hashes
+
     def _queue_own(self, k: int) -> None:
         if k < len(self.own_batches) and k not in self.ahead:
-            lo, hi = self.own_batches[k]
-            self.ahead[k] = self.blinder.hash_and_blind_async(
-                self.salt, [self.ids[r] for r in self.perm[lo:hi].tolist()])
+            self.ahead[k] = self.blinder.blind_async(self._hashed().read(*self.own_batches[k]))
 
     def handle(self, step: str, message: Message) -> Message:
         if self._result is not None:
@@ -141,8 +149,10 @@ class PlatformPsiHandler:
             self.own_double = self._store(self.m)
         if self.mode != "bank_only":
             self.bank_double = self._store(n)
-        for k in range(LOOKAHEAD):
-            self._queue_own(k)
+        # Hash and check our IDs in the background while the bank does the same with its own; nothing of
+        # ours is sent before the checks pass (see _hashed).
+        self.own_hashes = self._store(self.m)
+        self.hashing = self.blinder.hash_ids_async(self.salt, self.ids, self.perm, self.own_hashes)
         self.expected = wire.EXCHANGE
         return {wire.PLATFORM_NONCE: platform_nonce, wire.PLATFORM_SIZE: self.m}
 
@@ -164,6 +174,9 @@ class PlatformPsiHandler:
         elif wire.PLATFORM_DOUBLE in message:
             raise ProtocolError(f"exchange {k} carries doubly blinded platform points it should not")
         reply: Message = {}
+        if k == 0:
+            for ahead in range(LOOKAHEAD):
+                self._queue_own(ahead)
         if k < len(self.own_batches):
             self._queue_own(k)
             reply[wire.POINTS] = self.ahead.pop(k).result()
@@ -225,6 +238,8 @@ class PlatformPsiHandler:
         return reply
 
     def close(self) -> None:
+        if self.hashing is not None:
+            self.hashing.cancel()
         for pending in self.ahead.values():
             pending.cancel()
         self.ahead.clear()

@@ -70,6 +70,12 @@ class PointStore:
         # set shrinks.
         self._map.madvise(mmap.MADV_DONTNEED)
 
+    def read(self, lo: int, hi: int) -> bytes:
+        """The values in slots ``lo`` to ``hi`` (exclusive), as bytes."""
+        if self._map is None:
+            return self._points[lo:hi].tobytes()
+        return bytes(self._map[lo * POINT:hi * POINT])
+
     def _chunks(self) -> Iterator[tuple[int, np.ndarray]]:
         """(first slot, values) over the whole store, a bounded chunk at a time."""
         if self._map is None:
