@@ -12,13 +12,15 @@
     bank-node report --config bank.toml JOB_ID --out report.html [--overwrite]
     bank-node models --config bank.toml [--json] | alias NAME@LABEL MODEL | unalias ALIAS | retire MODEL
 
-The client commands reach the node's control API at its `listen` address with mutual TLS, using an
-operator certificate signed by the bank's CA (default: operator.crt/.key beside the node's cert).
+The client commands reach the node's control API at its `listen` address with mutual TLS, using the
+person's own operator certificate from the bank's CA (`fedprofile-certs operator NAME`; default:
+operators/$USER.crt and .key in the folder of the node's certificate, or --cert/--key).
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import sys
@@ -34,10 +36,12 @@ from party_bank.node import BankNode
 from party_bank.registry import ACTIONS as MODEL_ACTIONS
 from party_bank.registry import models_command
 from party_bank.segments import read_ids, read_outcomes
+from party_common.auth import refusal_message
 from party_common.config import ConfigError, NodeConfig, load_config
-from party_common.grpc_link import GrpcPlatformLink
+from party_common.grpc_link import GrpcPlatformLink, platform_certificate_check
 from party_common.runtime import (
     INSECURE_WARNING,
+    check_insecure_dev,
     read_tls_files,
     run_until_signalled,
     setup_logging,
@@ -57,7 +61,9 @@ def build_server(config_path: str, *, insecure_dev: bool = False) -> tuple[grpc.
     channel = dial(config.peer_address, cert=tls.cert if tls else None, key=tls.key if tls else None,
                    server_ca=tls.peer_ca if tls else None, tls_name=config.peer_tls_name, insecure=insecure_dev)
     link = GrpcPlatformLink(channel, node_name=config.name, address=config.peer_address,
-                            step_timeout_s=config.step_timeout_s, max_payload_bytes=config.max_payload_mb * 2**20)
+                            step_timeout_s=config.step_timeout_s, max_payload_bytes=config.max_payload_mb * 2**20,
+                            own_cert=tls.cert if tls else None,
+                            server_check=None if insecure_dev else platform_certificate_check(config))
     node = BankNode(config, link)
     server, health, port = start_node_server(
         config, lambda s: pb_grpc.add_BankControlServicer_to_server(ControlServicer(node), s),
@@ -86,13 +92,17 @@ def serve(args: argparse.Namespace) -> int:
 
 def client_for(config: NodeConfig, args: argparse.Namespace) -> BankClient:
     if args.insecure_dev:
+        check_insecure_dev(config)
         return BankClient(config.listen, cert=None, key=None, ca=None, insecure=True)
     assert config.tls is not None
-    cert = Path(args.cert) if args.cert else config.tls.cert.parent / "operator.crt"
-    key = Path(args.key) if args.key else config.tls.cert.parent / "operator.key"
+    operators = config.tls.cert.parent / "operators"
+    user = getpass.getuser()
+    cert = Path(args.cert) if args.cert else operators / f"{user}.crt"
+    key = Path(args.key) if args.key else (cert.with_suffix(".key") if args.cert else operators / f"{user}.key")
     for p in (cert, key):
         if not p.exists():
-            raise ConfigError(f"{p}: operator certificate/key not found (pass --cert/--key)")
+            raise ConfigError(f"{p}: operator certificate/key not found; pass --cert/--key, or have the bank's CA "
+                              f"issue yours: `fedprofile-certs operator {user} --dir {config.tls.cert.parent}`")
     return BankClient(config.listen, cert=cert, key=key, ca=config.tls.client_ca)
 
 
@@ -204,7 +214,8 @@ def run_client(args: argparse.Namespace) -> int:
                 print(f"{r['name']:24s} {r['tag']:24s} target {r['target_size']:>8} control {r['control_size']:>7}"
                       f"  seed {r['seed']}  {r['created_at']}")
     except grpc.RpcError as err:
-        print(f"bank-node {args.command}: {err.code().name}: {err.details()}", file=sys.stderr)
+        refused = refusal_message(err, side="bank node", address=config.listen, own_cert=client.own_cert)
+        print(f"bank-node {args.command}: {refused or f'{err.code().name}: {err.details()}'}", file=sys.stderr)
         return 1
     except Exception as err:  # JobFailed, TimeoutError: print the reason, not a trace
         print(f"bank-node {args.command}: {err}", file=sys.stderr)
@@ -223,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", required=True, help="the bank node's TOML file")
         p.add_argument("--insecure-dev", action="store_true", help="plaintext gRPC, no client auth (laptop only)")
         if name != "serve":
-            p.add_argument("--cert", help="operator certificate (default: operator.crt beside the node cert)")
-            p.add_argument("--key", help="operator private key")
+            p.add_argument("--cert", help="your operator certificate (default: operators/$USER.crt in the folder "
+                           "of the node's certificate)")
+            p.add_argument("--key", help="its private key (default: the --cert path with .key)")
         return p
 
     s = add("serve", "run the node")

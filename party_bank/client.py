@@ -36,9 +36,10 @@ def job_dict(job: pb.Job) -> dict[str, Any]:
 class BankClient:
     def __init__(self, address: str, *, cert: Path | None, key: Path | None, ca: Path | None,
                  insecure: bool = False) -> None:
-        self.channel = dial(address, cert=cert.read_bytes() if cert else None,
-                            key=key.read_bytes() if key else None, server_ca=ca.read_bytes() if ca else None,
-                            insecure=insecure)
+        self.address = address
+        self.own_cert = cert.read_bytes() if cert else None  # names an expired certificate when refused
+        self.channel = dial(address, cert=self.own_cert, key=key.read_bytes() if key else None,
+                            server_ca=ca.read_bytes() if ca else None, insecure=insecure)
         self.stub = pb_grpc.BankControlStub(self.channel)
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:

@@ -12,12 +12,15 @@ Example (bank)::
     [peer]
     address = "platform.example.com:7444"
     tls_name = "platform"            # name in the peer's certificate (SAN), when it differs from the host
+                                     # (platform: required; the bank node certificate's name, its only caller)
 
     [tls]
-    cert = "certs/bank.crt"          # this node's certificate (server and client)
-    key = "certs/bank.key"           # its private key, mode 0600
-    peer_ca = "certs/platform-ca.crt"  # the CA that signed the peer's certificate
-    client_ca = "certs/bank-ca.crt"  # bank only: CA of the data scientists' client certificates
+    cert = "certs/bank/node.crt"     # this node's certificate (server and client)
+    key = "certs/bank/node.key"      # its private key, mode 0600
+    peer_ca = "certs/platform/ca.crt"     # the CA that signed the peer's certificate
+    peer_crl = "certs/platform/crl.pem"   # that CA's revocation list (read again when it changes)
+    client_ca = "certs/bank/ca.crt"  # bank only: CA of the data scientists' operator certificates
+    client_crl = "certs/bank/crl.pem"     # bank only: its revocation list
 
     [compute]                        # optional: where the heavy kernels run (docs/scaling.md)
     backend = "pool"                 # local processes ([node] workers of them), or "ray"
@@ -58,6 +61,8 @@ class TlsConfig:
     key: Path
     peer_ca: Path
     client_ca: Path | None = None
+    peer_crl: Path | None = None
+    client_crl: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,8 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
             raise ConfigError(f"{path}: missing section [{section}]")
     node, data = doc["node"], doc["data"]
     peer = doc.get("peer", {})
+    if not isinstance(peer, dict):
+        raise ConfigError(f"{path}: [peer] must be a table")
     role = _get(node, "role", str, f"{path} [node]", required=False, default=expected_role)
     if role != expected_role:
         raise ConfigError(f"{path} [node]: role is '{role}' but this is the {expected_role} node's command")
@@ -155,13 +162,20 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
             key=resolve(_get(t, "key", str, where)),
             peer_ca=resolve(_get(t, "peer_ca", str, where)),
             client_ca=resolve(c) if (c := _get(t, "client_ca", str, where, required=False)) else None,
+            peer_crl=resolve(c) if (c := _get(t, "peer_crl", str, where, required=False)) else None,
+            client_crl=resolve(c) if (c := _get(t, "client_crl", str, where, required=False)) else None,
         )
-        for key in ("cert", "key", "peer_ca", "client_ca"):
+        for key in ("cert", "key", "peer_ca", "client_ca", "peer_crl", "client_crl"):
             p = getattr(tls, key)
             if p is not None and not p.exists():
-                raise ConfigError(f"{where}: '{key}' file {p} does not exist (make them with `fedprofile-certs init`)")
+                raise ConfigError(f"{where}: '{key}' file {p} does not exist (make them with `fedprofile-certs`)")
         if role == "bank" and tls.client_ca is None:
             raise ConfigError(f"{where}: the bank node needs 'client_ca' (the CA of its data scientists' certificates)")
+        if role == "platform" and (tls.client_ca or tls.client_crl):
+            raise ConfigError(f"{where}: the platform serves only the bank node; remove 'client_ca'/'client_crl'")
+        if role == "platform" and not isinstance(peer.get("tls_name"), str):
+            raise ConfigError(f"{path} [peer]: the platform needs 'tls_name', the name in the bank node's "
+                              "certificate (e.g. tls_name = \"bank\"): only that node may call it")
     elif require_tls:
         raise ConfigError(f"{path}: missing section [tls]; mutual TLS is required (use --insecure-dev only on a laptop)")
 

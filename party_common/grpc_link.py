@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
 import numpy as np
 
+from party_common.auth import (
+    CertificateRefused,
+    CrlError,
+    CrlFile,
+    Identity,
+    check_server,
+    refusal_message,
+    server_certificate,
+)
 from party_common.codec import array_from_pb, array_to_pb, from_payload, to_payload
+from party_common.config import ConfigError, NodeConfig
 from party_common.grpc_errors import peer_error
 from party_common.link import PartialScores, Retirement, SessionContext, check_partial_scores
 from party_common.transport import (
@@ -77,11 +87,45 @@ class GrpcChannel:
             log.warning("closing session %s on the peer failed: %s", self.job_id, err.code().name)
 
 
+def platform_certificate_check(config: NodeConfig) -> Callable[[], Identity]:
+    """Before each job the bank reads the platform's server certificate and checks its role and name, and
+    its serial against the platform CA's CRL (``[tls] peer_crl``): gRPC Python can do neither on a client."""
+    tls = config.tls
+    if tls is None:
+        raise ConfigError(f"{config.source}: missing section [tls]")
+    ca_pem = tls.peer_ca.read_bytes()
+    try:
+        crl = CrlFile(tls.peer_crl, ca_pem) if tls.peer_crl else None
+    except CrlError as err:
+        raise ConfigError(f"{config.source} [tls]: {err}") from err
+    address = config.peer_address
+
+    def check() -> Identity:
+        try:
+            cert = server_certificate(address, server_name=config.peer_tls_name, ca_pem=ca_pem,
+                                      cert_path=tls.cert, key_path=tls.key)
+        except OSError as err:  # ssl.SSLError included
+            raise PeerError(f"platform node at {address}: its TLS certificate could not be checked: {err}",
+                            code="UNAVAILABLE") from err
+        try:
+            return check_server(cert, crl=crl, expected_name=config.peer_tls_name)
+        except CertificateRefused as err:
+            raise PeerError(f"the platform node at {address} is refused by this bank node: {err}",
+                            code="PERMISSION_DENIED") from err
+
+    return check
+
+
 class GrpcPlatformLink:
-    """The platform node behind a gRPC channel (mutual TLS outside ``--insecure-dev``)."""
+    """The platform node behind a gRPC channel (mutual TLS outside ``--insecure-dev``).
+
+    ``own_cert`` (this node's certificate, PEM) lets a TLS refusal name an expired certificate;
+    ``server_check`` (see :func:`platform_certificate_check`) runs on every :meth:`connect`.
+    """
 
     def __init__(self, channel: grpc.Channel, *, node_name: str, address: str, step_timeout_s: float = 900.0,
-                 max_payload_bytes: int = 1024 * 2**20, score_timeout_s: float = 60.0) -> None:
+                 max_payload_bytes: int = 1024 * 2**20, score_timeout_s: float = 60.0,
+                 own_cert: bytes | None = None, server_check: Callable[[], Identity] | None = None) -> None:
         self._channel = channel
         self._stub = pb_grpc.NodeStub(channel)
         self._node_name = node_name
@@ -89,14 +133,28 @@ class GrpcPlatformLink:
         self._step_timeout = step_timeout_s
         self._score_timeout = score_timeout_s
         self._max_bytes = max_payload_bytes
+        self._own_cert = own_cert
+        self._server_check = server_check
         self.peer_hello: pb.Hello | None = None
+
+    def _error(self, err: grpc.RpcError, what: str) -> PeerError:
+        """A gRPC error as a PeerError; a refused certificate as the one-liner that says so."""
+        refused = refusal_message(err, side="platform node", address=self.address, own_cert=self._own_cert)
+        if refused:
+            return PeerError(f"{what}: {refused}", code=err.code().name)
+        return peer_error(err, what)
 
     def connect(self, timeout_s: float = 30.0) -> str:
         try:
             wait_healthy(self._channel, timeout_s=timeout_s)
         except TransportError as err:
+            if err.rpc_error is not None and (why := refusal_message(
+                    err.rpc_error, side="platform node", address=self.address, own_cert=self._own_cert)):
+                raise PeerError(why, code=err.rpc_error.code().name) from err
             raise PeerError(f"platform node at {self.address} is not reachable: {err}",
                             code="UNAVAILABLE") from err
+        if self._server_check is not None:
+            self._server_check()
         hello = self.handshake(FEATURES)
         log.info("handshake ok with platform node '%s' (protocol %s)", hello.node_name, hello.protocol_version)
         return hello.node_name
@@ -107,7 +165,7 @@ class GrpcPlatformLink:
                 pb.HandshakeRequest(hello=make_hello("bank", self._node_name, features)),
                 timeout=HANDSHAKE_TIMEOUT_S)
         except grpc.RpcError as err:
-            raise peer_error(err, "handshake") from err
+            raise self._error(err, "handshake") from err
         problem = check_hello(reply.hello, expected_role="platform")
         if problem:
             raise PeerError(f"handshake: {problem}", code="FAILED_PRECONDITION")
@@ -123,7 +181,7 @@ class GrpcPlatformLink:
         try:
             self._stub.OpenSession(request, timeout=self._step_timeout)
         except grpc.RpcError as err:
-            raise peer_error(err, f"open {kind} session") from err
+            raise self._error(err, f"open {kind} session") from err
         return GrpcChannel(self._stub, job_id, step_timeout_s=self._step_timeout, max_bytes=self._max_bytes)
 
     def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
@@ -132,7 +190,7 @@ class GrpcPlatformLink:
         try:
             reply = self._stub.PartialScore(request, timeout=self._score_timeout)
         except grpc.RpcError as err:
-            raise peer_error(err, "partial scores") from err
+            raise self._error(err, "partial scores") from err
         try:
             scores = array_from_pb(reply.scores, where="partial scores")
         except ProtocolError as err:
@@ -144,11 +202,11 @@ class GrpcPlatformLink:
         try:
             reply = self._stub.RetireModel(pb.RetireModelRequest(model_job_id=model_job_id), timeout=CONTROL_TIMEOUT_S)
         except grpc.RpcError as err:
-            raise peer_error(err, f"retire model {model_job_id} on the platform node") from err
+            raise self._error(err, f"retire model {model_job_id} on the platform node") from err
         return Retirement(model_job_id, reply.retired_at, reply.already_retired)
 
     def close(self) -> None:
         self._channel.close()
 
 
-__all__ = ["GrpcChannel", "GrpcPlatformLink"]
+__all__ = ["GrpcChannel", "GrpcPlatformLink", "platform_certificate_check"]

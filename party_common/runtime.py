@@ -14,6 +14,14 @@ from typing import NamedTuple
 import grpc
 from grpc_health.v1.health import HealthServicer
 
+from party_common.auth import (
+    CertificateGate,
+    CrlError,
+    CrlFile,
+    is_loopback_address,
+    node_rule,
+    operator_rule,
+)
 from party_common.config import ConfigError, NodeConfig
 from party_common.data_loading import load_party_data
 from party_common.transport import add_health, bind, make_server, server_credentials
@@ -22,8 +30,8 @@ from protocols.party_data import PartyData
 log = logging.getLogger(__name__)
 
 INSECURE_WARNING = (
-    "WARNING: --insecure-dev: this node talks PLAINTEXT gRPC with no client authentication. "
-    "Anyone who can reach the port can read and inject protocol messages. Never use this outside a laptop."
+    "WARNING: --insecure-dev: this node talks PLAINTEXT gRPC with no client certificates, on loopback only. "
+    "Anyone on this machine can read and inject protocol messages. Never use this outside a laptop."
 )
 
 
@@ -53,14 +61,49 @@ def read_tls_files(config: NodeConfig) -> TlsFiles:
                     client_ca)
 
 
+def check_insecure_dev(config: NodeConfig) -> None:
+    """``--insecure-dev`` is for one machine: refuse a listen or peer address that is not loopback."""
+    for where, address in (("[node] listen", config.listen), ("[peer] address", config.peer_address)):
+        if address and not is_loopback_address(address):
+            raise ConfigError(f"{config.source} {where} = '{address}': --insecure-dev (plaintext, no client "
+                              "certificates) runs only on loopback (127.0.0.1, ::1 or localhost); use mutual TLS "
+                              "for any other address")
+
+
+def node_gate(config: NodeConfig, *, insecure: bool) -> CertificateGate:
+    """The check on every call to this node: the platform serves only the bank node's certificate (the name
+    in its ``[peer] tls_name``), the bank's control API only operator certificates; both check the CRL of
+    the CA their callers' certificates come from. ``insecure``: loopback callers only."""
+    label = f"{config.role} node"
+    if config.role == "platform":
+        rule = node_rule(config.peer_tls_name or "")
+        crl, ca = (config.tls.peer_crl, config.tls.peer_ca) if config.tls else (None, None)
+    else:
+        rule = operator_rule
+        crl, ca = (config.tls.client_crl, config.tls.client_ca) if config.tls else (None, None)
+    if insecure:
+        return CertificateGate(label, rule, insecure=True)
+    if crl is None or ca is None:
+        key = "peer_crl" if config.role == "platform" else "client_crl"
+        log.warning("%s [tls] has no '%s': revoked certificates of the callers' CA would be accepted",
+                    config.source, key)
+        return CertificateGate(label, rule)
+    try:
+        return CertificateGate(label, rule, [CrlFile(crl, ca.read_bytes())])
+    except CrlError as err:
+        raise ConfigError(f"{config.source} [tls]: {err}") from err
+
+
 def start_node_server(config: NodeConfig, add_services: Callable[[grpc.Server], None], services: list[str], *,
                       tls: TlsFiles | None, client_ca: bytes | None) -> tuple[grpc.Server, HealthServicer, int]:
     """A started gRPC server on the config's listen address with health checking for ``services``.
 
-    ``tls=None`` (``--insecure-dev`` only) serves plaintext; otherwise only clients whose certificate
-    ``client_ca`` signed get in.
+    ``tls=None`` (``--insecure-dev`` only, loopback only) serves plaintext; otherwise only clients whose
+    certificate ``client_ca`` signed complete the TLS handshake, and :func:`node_gate` checks every call.
     """
-    server = make_server()
+    if tls is None:
+        check_insecure_dev(config)
+    server = make_server(interceptors=[node_gate(config, insecure=tls is None)])
     add_services(server)
     health = add_health(server, services)
     creds = None

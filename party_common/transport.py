@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent import futures
 
 import grpc
@@ -34,10 +34,11 @@ ROLE_VALUES = {v: k for k, v in ROLE_NAMES.items()}
 
 
 class TransportError(PeerError):
-    """The peer could not be reached or spoke an incompatible protocol."""
+    """The peer could not be reached or spoke an incompatible protocol (``rpc_error``: the last gRPC error)."""
 
-    def __init__(self, message: str, *, code: str = "UNAVAILABLE") -> None:
+    def __init__(self, message: str, *, code: str = "UNAVAILABLE", rpc_error: grpc.RpcError | None = None) -> None:
         super().__init__(message, code=code)
+        self.rpc_error = rpc_error
 
 
 def grpc_options(max_message: int = MAX_GRPC_MESSAGE) -> list[tuple[str, int]]:
@@ -85,7 +86,7 @@ def wait_healthy(channel: grpc.Channel, *, service: str = "", timeout_s: float =
     """Block until the server at the other end of ``channel`` reports SERVING."""
     stub = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
+    last: grpc.RpcError | None = None
     while time.monotonic() < deadline:
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)
@@ -93,8 +94,13 @@ def wait_healthy(channel: grpc.Channel, *, service: str = "", timeout_s: float =
                 return
         except grpc.RpcError as err:
             last = err
+            if err.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                # The node refused our certificate: waiting longer will not change its mind.
+                raise TransportError(f"peer refused us: {err.details()}", code=err.code().name,
+                                     rpc_error=err) from err
         time.sleep(0.1)
-    raise TransportError(f"peer not healthy after {timeout_s:.0f} s: {last}")
+    detail = f"{last.code().name}: {last.details()}" if last is not None else "not serving"
+    raise TransportError(f"peer not healthy after {timeout_s:.0f} s: {detail}", rpc_error=last)
 
 
 def make_hello(role: str, node_name: str, features: Iterable[str]) -> pb.Hello:
@@ -102,10 +108,14 @@ def make_hello(role: str, node_name: str, features: Iterable[str]) -> pb.Hello:
                     features=list(features))
 
 
-def check_hello(hello: pb.Hello, *, expected_role: str) -> str | None:
-    """Return why ``hello`` is unacceptable from a peer that should be ``expected_role``, or None."""
+def check_hello(hello: pb.Hello, *, expected_role: str | None) -> str | None:
+    """Return why ``hello`` is unacceptable from a peer that should be ``expected_role``, or None.
+
+    The role a peer declares is a consistency check only: what a caller may do is decided by its certificate
+    (``party_common.auth``); the platform passes ``expected_role=None`` and checks only the version.
+    """
     got = ROLE_NAMES.get(hello.role, "unknown")
-    if got != expected_role:
+    if expected_role is not None and got != expected_role:
         return f"peer '{hello.node_name}' says it is a {got} node; expected the {expected_role} node"
     major = hello.protocol_version.split(".")[0]
     if major != PROTOCOL_VERSION.split(".")[0]:
@@ -142,13 +152,14 @@ def join_chunks(chunks: Iterable[pb.StepChunk], *, max_bytes: int) -> tuple[pb.S
     raise ProtocolError("stream ended before the step's last chunk")
 
 
-def make_server(workers: int = 8) -> grpc.Server:
+def make_server(workers: int = 8, interceptors: Sequence[grpc.ServerInterceptor] = ()) -> grpc.Server:
+    """A gRPC server; ``interceptors`` run before every call (the nodes install ``auth.CertificateGate``)."""
     # Accept the clients' keepalive pings (every 30 s, also between calls): the default minimum interval
     # of 5 minutes makes the server answer a long job's pings with GOAWAY "too_many_pings".
     options = [*grpc_options(), ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
                ("grpc.http2.max_ping_strikes", 0)]
     return grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
-                       maximum_concurrent_rpcs=64)
+                       maximum_concurrent_rpcs=64, interceptors=list(interceptors))
 
 
 def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:

@@ -17,6 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from party_common.audit import caller_name
+from party_common.auth import caller_identity
 from party_common.codec import array_from_pb, array_to_pb, from_payload, to_payload
 from party_common.grpc_errors import abort, translate_errors
 from party_common.link import PlatformEndpoint, SessionContext
@@ -119,11 +120,13 @@ class NodeServicer(pb_grpc.NodeServicer):
         self._max_bytes = max_payload_bytes
 
     def Handshake(self, request: pb.HandshakeRequest, context: grpc.ServicerContext) -> pb.HandshakeResponse:
-        problem = check_hello(request.hello, expected_role="bank")
+        # Who the caller is comes from its certificate (the gate admitted only the bank node's), never from
+        # the role and name it declares here; the hello is checked for the protocol version only.
+        problem = check_hello(request.hello, expected_role=None)
         if problem:
             log.warning("handshake refused: %s", problem)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
-        log.info("handshake from bank node '%s' (protocol %s)", request.hello.node_name,
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
+        log.info("handshake from %s (protocol %s)", caller_identity(context).describe(),
                  request.hello.protocol_version)
         return pb.HandshakeResponse(hello=make_hello("platform", self._endpoint.name, self._features))
 

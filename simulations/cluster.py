@@ -5,8 +5,10 @@
         client = cluster.bank_client()
         client.align()
 
-It writes what two organisations would each write: certificates (`fedprofile-certs init`), one TOML per
-node, and runs `bank-node serve` and `platform-node serve` exactly as an operator would.
+It writes what two organisations would each write: certificates (`fedprofile-certs init`: certs/bank and
+certs/platform, each with its CA, node certificate and CRL, and an operator certificate for the person
+named by ``OPERATOR``), one TOML per node, and runs `bank-node serve` and `platform-node serve` exactly as
+an operator would.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from party_common.certs import init_local_pki
 from party_common.storage.alignments import Alignment, FileAlignmentStore
 from party_common.storage.files import atomic_write
 from protocols.errors import FedProfileError
+
+OPERATOR = "data-scientist"  # the person whose operator certificate the harness's client uses
 
 
 def free_port() -> int:
@@ -55,10 +59,12 @@ address = "127.0.0.1:{platform_port}"
 tls_name = "platform"
 
 [tls]
-cert = "{certs / 'bank.crt'}"
-key = "{certs / 'bank.key'}"
-peer_ca = "{certs / 'platform-ca.crt'}"
-client_ca = "{certs / 'bank-ca.crt'}"
+cert = "{certs / 'bank' / 'node.crt'}"
+key = "{certs / 'bank' / 'node.key'}"
+peer_ca = "{certs / 'platform' / 'ca.crt'}"
+peer_crl = "{certs / 'platform' / 'crl.pem'}"
+client_ca = "{certs / 'bank' / 'ca.crt'}"
+client_crl = "{certs / 'bank' / 'crl.pem'}"
 
 [data]
 path = "{bank_data.resolve()}"
@@ -74,10 +80,14 @@ listen = "127.0.0.1:{platform_port}"
 state_dir = "state/platform"
 workers = {workers}
 
+[peer]
+tls_name = "bank"                # the bank node's certificate: the only caller this node serves
+
 [tls]
-cert = "{certs / 'platform.crt'}"
-key = "{certs / 'platform.key'}"
-peer_ca = "{certs / 'bank-ca.crt'}"
+cert = "{certs / 'platform' / 'node.crt'}"
+key = "{certs / 'platform' / 'node.key'}"
+peer_ca = "{certs / 'bank' / 'ca.crt'}"
+peer_crl = "{certs / 'bank' / 'crl.pem'}"
 
 [data]
 path = "{platform_data.resolve()}"
@@ -101,7 +111,7 @@ class LocalCluster:
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.bank_port, self.platform_port = free_port(), free_port()
-        self.certs = init_local_pki(self.workdir / "certs")
+        self.certs = init_local_pki(self.workdir / "certs", operators=[OPERATOR])
         self.bank_config, self.platform_config = write_configs(
             self.workdir, bank_data=Path(bank_data), bank_id_column=bank_id_column,
             bank_tag_columns=bank_tag_columns, platform_data=Path(platform_data),
@@ -136,8 +146,8 @@ class LocalCluster:
                     raise NodeFailed(f"the bank node did not become ready:\n{self.log_tail('bank')}") from None
 
     def bank_client(self) -> BankClient:
-        client = BankClient(f"127.0.0.1:{self.bank_port}", cert=self.certs["operator_cert"],
-                            key=self.certs["operator_key"], ca=self.certs["bank_ca"])
+        client = BankClient(f"127.0.0.1:{self.bank_port}", cert=self.certs[f"operator_cert:{OPERATOR}"],
+                            key=self.certs[f"operator_key:{OPERATOR}"], ca=self.certs["bank_ca"])
         self._clients.append(client)
         return client
 

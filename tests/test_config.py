@@ -28,6 +28,8 @@ def test_generated_configs_load(configs: tuple[Path, Path]) -> None:
     assert b.peer_address == "127.0.0.1:7002" and b.data.tag_columns == ("tag",)
     assert b.tls is not None and b.tls.client_ca is not None and b.tls.client_ca.exists()
     assert p.listen == "127.0.0.1:7002" and p.data.tag_columns == ()
+    assert p.peer_tls_name == "bank" and p.tls is not None and p.tls.peer_crl is not None
+    assert b.tls.client_crl == b.tls.client_ca.parent / "crl.pem"
     assert b.state_dir == bank.parent / "state" / "bank"
 
 
@@ -68,7 +70,10 @@ def test_tls_is_required_unless_insecure_dev(configs: tuple[Path, Path]) -> None
 
 def test_missing_tls_file_and_tags_on_platform(configs: tuple[Path, Path]) -> None:
     bank, platform = configs
-    (bank.parent / "certs" / "platform-ca.crt").unlink()
+    (bank.parent / "certs" / "platform" / "crl.pem").unlink()
+    with pytest.raises(ConfigError, match="'peer_crl' file .* does not exist"):
+        load_config(bank, expected_role="bank")
+    (bank.parent / "certs" / "platform" / "ca.crt").unlink()
     with pytest.raises(ConfigError, match="'peer_ca' file .* does not exist"):
         load_config(bank, expected_role="bank")
     edit(platform, 'fill_missing = "error"', 'fill_missing = "error"\ntag_columns = ["t"]')
@@ -120,3 +125,16 @@ def test_compute_defaults_to_the_pool_and_reads_ray(configs: tuple[Path, Path]) 
     bank.write_text(bank.read_text() + '\n[compute]\nbackend = "ray"\naddress = "10.0.0.5:6379"\nworkers = 16\n')
     compute = load_config(bank, expected_role="bank").compute
     assert (compute.backend, compute.address, compute.workers) == ("ray", "10.0.0.5:6379", 16)
+
+
+def test_platform_names_the_bank_node_it_serves(configs: tuple[Path, Path]) -> None:
+    _, platform = configs
+    edit(platform, 'tls_name = "bank"', "")
+    with pytest.raises(ConfigError, match=r"the platform needs 'tls_name', the name in the bank node's certificate"):
+        load_config(platform, expected_role="platform")
+    assert load_config(platform, expected_role="platform", require_tls=False).peer_tls_name is None
+    edit(platform, "[peer]", '[peer]\ntls_name = "bank"')
+    assert load_config(platform, expected_role="platform").peer_tls_name == "bank"
+    edit(platform, "[tls]", '[tls]\nclient_ca = "certs/bank/ca.crt"')
+    with pytest.raises(ConfigError, match="the platform serves only the bank node"):
+        load_config(platform, expected_role="platform")

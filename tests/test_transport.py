@@ -51,7 +51,7 @@ class SumHandler:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return init_local_pki(tmp_path_factory.mktemp("certs"))
+    return init_local_pki(tmp_path_factory.mktemp("certs"), operators=["alice"])
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +108,10 @@ def bank_channel(address: str, pki: dict[str, Path]) -> grpc.Channel:
 
 
 def test_private_keys_are_0600(pki: dict[str, Path]) -> None:
-    for name in ("bank_key", "platform_key", "operator_key"):
+    for name in ("bank_key", "platform_key", "operator_key:alice"):
         assert stat.S_IMODE(pki[name].stat().st_mode) == 0o600
+    for org in ("bank", "platform"):
+        assert stat.S_IMODE((pki[f"{org}_dir"] / "ca.key").stat().st_mode) == 0o600
 
 
 def test_handshake_over_mutual_tls(platform_server, pki) -> None:
@@ -157,14 +159,14 @@ def test_plaintext_client_cannot_talk_to_tls_node(platform_server) -> None:
     channel.close()
 
 
-def test_refuses_peer_with_wrong_role(platform_server, pki) -> None:
+def test_declared_role_decides_nothing(platform_server, pki) -> None:
+    # What a caller may do comes from its certificate (party_common.auth, tests/test_mtls_matrix.py), not
+    # from the role and name it declares in the hello: the servicer neither trusts nor refuses on them.
     address, _ = platform_server
     channel = bank_channel(address, pki)
     stub = pb_grpc.NodeStub(channel)
-    with pytest.raises(grpc.RpcError) as err:
-        stub.Handshake(pb.HandshakeRequest(hello=make_hello("platform", "impostor", [])), timeout=10)
-    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "expected the bank node" in err.value.details()
+    reply = stub.Handshake(pb.HandshakeRequest(hello=make_hello("platform", "impostor", [])), timeout=10)
+    assert reply.hello.role == pb.PLATFORM
     channel.close()
 
 
@@ -175,7 +177,7 @@ def test_refuses_incompatible_protocol_version(platform_server, pki) -> None:
     hello.protocol_version = "0.9"
     with pytest.raises(grpc.RpcError) as err:
         pb_grpc.NodeStub(channel).Handshake(pb.HandshakeRequest(hello=hello), timeout=10)
-    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "protocol 0.9" in err.value.details()
     channel.close()
 
