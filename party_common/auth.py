@@ -337,7 +337,8 @@ def refusal_message(err: grpc.RpcError, *, side: str, address: str, own_cert: by
     code = err.code() if hasattr(err, "code") else None
     details = (err.details() if hasattr(err, "details") else "") or ""
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        return f"certificate refused by the {side} at {address}: {details}"
+        prefix = f"refused by the {side}: "  # the gate's own start; said once is enough
+        return f"certificate refused by the {side} at {address}: {details.removeprefix(prefix)}"
     if code != grpc.StatusCode.UNAVAILABLE or not any(h in details.lower() for h in TLS_FAILURE_HINTS):
         return None
     why = ("not signed by a CA it trusts, outside its validity period, or the node's own certificate is not "
