@@ -1,0 +1,190 @@
+"""`fedprofile-certs` and the revocation list both nodes read: folders, never overwriting, CRLs, the gate's rules."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+
+from party_common.auth import (
+    INSECURE_IDENTITY,
+    ROLE_NODE,
+    ROLE_OPERATOR,
+    CertificateGate,
+    CrlError,
+    CrlFile,
+    caller_identity,
+    identity_of,
+    is_loopback_address,
+    is_loopback_peer,
+    node_rule,
+    operator_rule,
+)
+from party_common.certs import CertsError, OrgFolder, init_local_pki, main, serial_of
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_init_keeps_each_organisation_in_its_own_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["init", "--out", str(tmp_path / "certs"), "--operator", "alice", "--operator", "bob"], capsys)
+    assert code == 0 and "operator_cert:bob" in out
+    bank, platform = tmp_path / "certs" / "bank", tmp_path / "certs" / "platform"
+    assert sorted(p.name for p in platform.iterdir()) == ["ca.crt", "ca.key", "crl.pem", "index.json", "node.crt",
+                                                          "node.key"]
+    assert sorted(p.name for p in (bank / "operators").iterdir()) == ["alice.crt", "alice.key", "bob.crt", "bob.key"]
+    platform_ca_key = (platform / "ca.key").read_bytes()
+    assert all(p.read_bytes() != platform_ca_key for p in bank.rglob("*") if p.is_file())
+    for key in [*bank.rglob("*.key"), *platform.rglob("*.key")]:
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
+    alice = identity_of(x509.load_pem_x509_certificate((bank / "operators" / "alice.crt").read_bytes()))
+    node = identity_of(x509.load_pem_x509_certificate((platform / "node.crt").read_bytes()))
+    assert (alice.name, alice.role, alice.org) == ("alice", ROLE_OPERATOR, "bank")
+    assert (node.name, node.role, node.org) == ("platform", ROLE_NODE, "platform")
+    cert = x509.load_pem_x509_certificate((bank / "operators" / "alice.crt").read_bytes())
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 90  # operators: 90 days (+5 minutes)
+
+
+def test_never_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "certs"
+    assert run(["init", "--out", str(out)], capsys)[0] == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, _, err = run(["init", "--out", str(out)], capsys)
+    assert code == 2 and f"{out / 'bank' / 'ca.crt'} already exists" in err and "never overwrites" in err
+    assert run(["operator", "alice", "--dir", str(out / "bank")], capsys)[0] == 0
+    code, _, err = run(["operator", "alice", "--dir", str(out / "bank")], capsys)
+    assert code == 2 and "operators/alice.key already exists" in err and "another --file name" in err
+    code, _, err = run(["node", "bank", "--dir", str(out / "bank")], capsys)
+    assert code == 2 and "node.key already exists" in err
+    assert all(p.read_bytes() == data for p, data in before.items() if p.name not in ("index.json",))
+    # Rotation: a new file name, never the old one.
+    assert run(["node", "bank", "--dir", str(out / "bank"), "--file", "node-2027"], capsys)[0] == 0
+    assert (out / "bank" / "node-2027.crt").exists()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["operator", "al ice", "--dir", "{bank}"], "operator name 'al ice': use 1-64 letters"),
+    (["operator", "eve", "--dir", "{bank}", "--days", "5000"], "would outlive the CA"),
+    (["operator", "eve", "--dir", "{bank}", "--days", "0"], "at least one day"),
+    (["operator", "eve", "--dir", "{empty}"], "holds no CA"),
+    (["revoke", "--dir", "{bank}", "--serial", "abc"], "serial abc was not issued by the CA"),
+    (["revoke", "--dir", "{bank}", "--serial", "xyz"], "is not a hexadecimal number"),
+    (["revoke", "--dir", "{bank}", "--operator", "nobody"], "nobody.crt: no such certificate file"),
+    (["revoke", "--dir", "{bank}", "--cert", "{platform_cert}"], "was not issued by the CA"),
+])
+def test_errors_name_what_to_change(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                    message: str) -> None:
+    pki = init_local_pki(tmp_path / "certs")
+    (tmp_path / "empty").mkdir()
+    values = {"bank": pki["bank_dir"], "empty": tmp_path / "empty", "platform_cert": pki["platform_cert"]}
+    code, _, err = run([a.format(**values) for a in argv], capsys)
+    assert code == 2 and message in err
+
+
+def test_revoke_signs_a_new_crl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pki = init_local_pki(tmp_path / "certs", operators=["alice", "bob"])
+    bank = pki["bank_dir"]
+    first = x509.load_pem_x509_crl(pki["bank_crl"].read_bytes())
+    assert len(list(first)) == 0
+    code, out, _ = run(["revoke", "--dir", str(bank), "--operator", "alice", "--reason", "key_compromise"], capsys)
+    assert code == 0 and "revoked operator 'alice'" in out
+    crl = x509.load_pem_x509_crl(pki["bank_crl"].read_bytes())
+    ca = x509.load_pem_x509_certificate(pki["bank_ca"].read_bytes())
+    assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    alice = serial_of(pki["operator_cert:alice"])
+    entry = crl.get_revoked_certificate_by_serial_number(alice)
+    assert entry is not None and crl.get_revoked_certificate_by_serial_number(serial_of(pki["operator_cert:bob"])) is None
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.key_compromise
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    code, _, err = run(["revoke", "--dir", str(bank), "--cert", str(pki["operator_cert:alice"])], capsys)
+    assert code == 2 and "already revoked" in err
+    assert run(["crl", "--dir", str(bank)], capsys)[0] == 0
+    again = x509.load_pem_x509_crl(pki["bank_crl"].read_bytes())
+    assert again.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == number + 1
+    assert again.get_revoked_certificate_by_serial_number(alice) is not None
+    code, out, _ = run(["list", "--dir", str(bank)], capsys)
+    assert code == 0 and "alice" in out and "revoked" in out and "bob" in out
+    assert json.loads((bank / "index.json").read_text())["org"] == "bank"
+
+
+def test_crl_file_reloads_and_fails_closed(tmp_path: Path) -> None:
+    pki = init_local_pki(tmp_path / "certs", operators=["alice"])
+    other = init_local_pki(tmp_path / "other")
+    ca = pki["bank_ca"].read_bytes()
+    alice = x509.load_pem_x509_certificate(pki["operator_cert:alice"].read_bytes())
+    crl = CrlFile(pki["bank_crl"], ca)
+    assert crl.revocation(alice) is None
+    OrgFolder(pki["bank_dir"]).revoke(alice.serial_number)
+    assert "it was revoked on" in (crl.revocation(alice) or "")
+    good = pki["bank_crl"].read_bytes()
+    pki["bank_crl"].write_bytes(b"-----BEGIN X509 CRL-----\ngarbage\n-----END X509 CRL-----\n")
+    why = crl.revocation(alice) or ""
+    assert "crl.pem is not a valid CRL" in why and why.endswith("no certificate of that CA is accepted meanwhile")
+    pki["bank_crl"].write_bytes(other["bank_crl"].read_bytes())  # a CRL from another CA of the same name
+    assert "is not signed by the CA" in (crl.revocation(alice) or "")
+    pki["bank_crl"].unlink()
+    assert "cannot be read" in (crl.revocation(alice) or "")
+    pki["bank_crl"].write_bytes(good)
+    assert "it was revoked on" in (crl.revocation(alice) or "")
+    with pytest.raises(CrlError, match="is not signed by the CA"):
+        CrlFile(other["bank_crl"], ca)
+
+
+class FakeContext:
+    """What the gate reads of a call: the TLS auth context and the peer address."""
+
+    def __init__(self, pem: bytes | None, peer: str = "ipv4:127.0.0.1:5000") -> None:
+        self._pem, self._peer = pem, peer
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [self._pem]} if self._pem else {}
+
+    def peer(self) -> str:
+        return self._peer
+
+
+def test_gate_rules_and_insecure_dev(tmp_path: Path) -> None:
+    pki = init_local_pki(tmp_path / "certs", operators=["alice"])
+    alice, bank = pki["operator_cert:alice"].read_bytes(), pki["bank_cert"].read_bytes()
+    platform_gate = CertificateGate("platform node", node_rule("bank"))
+    control_gate = CertificateGate("bank node", operator_rule)
+    assert platform_gate.refusal(FakeContext(bank)) is None  # type: ignore[arg-type]
+    assert control_gate.refusal(FakeContext(alice)) is None  # type: ignore[arg-type]
+    code, why = platform_gate.refusal(FakeContext(alice)) or (None, "")  # type: ignore[arg-type]
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "not a node certificate" in why
+    code, why = CertificateGate("platform node", node_rule("acme")).refusal(FakeContext(bank)) or (None, "")  # type: ignore[arg-type]
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "not the expected node 'acme'" in why
+    code, why = control_gate.refusal(FakeContext(None)) or (None, "")  # type: ignore[arg-type]
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "no client certificate" in why
+    # --insecure-dev: plaintext callers on this machine only, never from the network.
+    insecure = CertificateGate("bank node", operator_rule, insecure=True)
+    assert insecure.refusal(FakeContext(None, "ipv4:127.0.0.1:6000")) is None  # type: ignore[arg-type]
+    assert insecure.refusal(FakeContext(None, "ipv6:[::1]:6000")) is None  # type: ignore[arg-type]
+    code, why = insecure.refusal(FakeContext(None, "ipv4:10.0.0.7:6000")) or (None, "")  # type: ignore[arg-type]
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "serves callers on this machine only" in why
+    assert caller_identity(FakeContext(None)) == INSECURE_IDENTITY  # type: ignore[arg-type]
+    who = caller_identity(FakeContext(alice))  # type: ignore[arg-type]
+    assert (who.name, who.role) == ("alice", ROLE_OPERATOR) and who.serial == serial_of(pki["operator_cert:alice"])
+
+
+@pytest.mark.parametrize(("address", "loopback"), [
+    ("127.0.0.1:7443", True), ("127.3.4.5:1", True), ("localhost:80", True), ("[::1]:7443", True),
+    ("0.0.0.0:7443", False), ("[::]:7443", False), ("10.0.0.1:7443", False), ("bank.example.com:7443", False),
+])
+def test_loopback_addresses(address: str, loopback: bool) -> None:
+    assert is_loopback_address(address) is loopback
+    peer = f"ipv4:{address}" if not address.startswith("[") else f"ipv6:{address}"
+    if not address.startswith(("localhost", "bank.")):
+        assert is_loopback_peer(peer) is loopback
+
+
+def test_issue_refuses_unknown_folder(tmp_path: Path) -> None:
+    with pytest.raises(CertsError, match="not a fedprofile-certs CA folder|holds no CA"):
+        OrgFolder(tmp_path).issue(ROLE_OPERATOR, "alice", days=1)
