@@ -151,6 +151,12 @@ class LocalCluster:
         self._clients.append(client)
         return client
 
+    @property
+    def operator_args(self) -> list[str]:
+        """`bank-node` client options that present the harness operator's own certificate."""
+        return ["--cert", str(self.certs[f"operator_cert:{OPERATOR}"]),
+                "--key", str(self.certs[f"operator_key:{OPERATOR}"])]
+
     def bank_alignment(self, job_id: str) -> Alignment:
         """An alignment from the bank node's state (the harness may read it; a real deployment is one side)."""
         return FileAlignmentStore(self.workdir / "state" / "bank" / "alignments").load(job_id)

@@ -255,7 +255,7 @@ def test_cli_through_grpc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         client = cluster.bank_client()
         client.align()
         model = client.train(tags=files.tags, train=FAST_TRAIN)["job_id"]
-        config = ["--config", str(cluster.bank_config)]
+        config = ["--config", str(cluster.bank_config), *cluster.operator_args]
         ids = tmp_path / "ids.csv"
         ids.write_text("id\n+440000000000\n" + "\n".join(sorted(files.shared_ids)[:3]) + "\n")
         assert cli.main(["batch-score", *config, "--model", model, "--out", "few.csv", "--ids-file", str(ids)]) == 0
