@@ -23,6 +23,7 @@ import argparse
 import getpass
 import json
 import logging
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,8 @@ def client_for(config: NodeConfig, args: argparse.Namespace) -> BankClient:
         if not p.exists():
             raise ConfigError(f"{p}: operator certificate/key not found; pass --cert/--key, or have the bank's CA "
                               f"issue yours: `fedprofile-certs operator {user} --dir {config.tls.cert.parent}`")
+    if (mode := stat.S_IMODE(key.stat().st_mode)) & 0o077:
+        raise ConfigError(f"{key}: private key has mode {mode:o}; run `chmod 600 {key}`")
     return BankClient(config.listen, cert=cert, key=key, ca=config.tls.client_ca)
 
 

@@ -200,6 +200,12 @@ def test_bank_cli_names_the_refusal(matrix: Matrix, capsys: pytest.CaptureFixtur
     assert "'bob' (operator, bank) is refused: it was revoked on" in err
     alice = ["--cert", str(matrix.pki["operator_cert:alice"])]  # the key is found beside it
     assert bank_cli.main(["jobs", "--config", bank_config, *alice]) == 0
+    matrix.pki["operator_key:alice"].chmod(0o640)
+    try:
+        assert bank_cli.main(["jobs", "--config", bank_config, *alice]) == 2
+        assert "alice.key: private key has mode 640; run `chmod 600" in capsys.readouterr().err
+    finally:
+        matrix.pki["operator_key:alice"].chmod(0o600)
 
 
 def test_bank_checks_the_platform_certificate_against_its_crl(matrix: Matrix, tmp_path: Path) -> None:
