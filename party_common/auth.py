@@ -102,9 +102,11 @@ def is_loopback_peer(peer: str) -> bool:
         return False
     host = rest.rsplit(":", 1)[0].strip("[]")
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None  # ::ffff:127.0.0.1
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def is_loopback_address(address: str) -> bool:

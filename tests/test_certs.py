@@ -167,6 +167,8 @@ def test_gate_rules_and_insecure_dev(tmp_path: Path) -> None:
     insecure = CertificateGate("bank node", operator_rule, insecure=True)
     assert insecure.refusal(FakeContext(None, "ipv4:127.0.0.1:6000")) is None  # type: ignore[arg-type]
     assert insecure.refusal(FakeContext(None, "ipv6:[::1]:6000")) is None  # type: ignore[arg-type]
+    assert insecure.refusal(FakeContext(None, "ipv6:[::ffff:127.0.0.1]:6000")) is None  # type: ignore[arg-type]
+    assert insecure.refusal(FakeContext(None, "ipv6:[::ffff:10.0.0.7]:6000")) is not None  # type: ignore[arg-type]
     code, why = insecure.refusal(FakeContext(None, "ipv4:10.0.0.7:6000")) or (None, "")  # type: ignore[arg-type]
     assert code == grpc.StatusCode.UNAUTHENTICATED and "serves callers on this machine only" in why
     assert caller_identity(FakeContext(None)) == INSECURE_IDENTITY  # type: ignore[arg-type]
