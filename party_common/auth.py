@@ -344,7 +344,10 @@ def refusal_message(err: grpc.RpcError, *, side: str, address: str, own_cert: by
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
         prefix = f"refused by the {side}: "  # the gate's own start; said once is enough
         return f"certificate refused by the {side} at {address}: {details.removeprefix(prefix)}"
-    if code != grpc.StatusCode.UNAVAILABLE or not any(h in details.lower() for h in TLS_FAILURE_HINTS):
+    lowered = details.lower()
+    # Only while connecting: a connection that drops mid-call also reports "Socket closed".
+    if (code != grpc.StatusCode.UNAVAILABLE or "failed to connect" not in lowered
+            or not any(h in lowered for h in TLS_FAILURE_HINTS)):
         return None
     why = ("not signed by a CA it trusts, outside its validity period, or the node's own certificate is not "
            "one we trust")

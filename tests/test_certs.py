@@ -23,6 +23,7 @@ from party_common.auth import (
     is_loopback_peer,
     node_rule,
     operator_rule,
+    refusal_message,
 )
 from party_common.certs import CertsError, OrgFolder, init_local_pki, main, serial_of
 
@@ -190,3 +191,29 @@ def test_loopback_addresses(address: str, loopback: bool) -> None:
 def test_issue_refuses_unknown_folder(tmp_path: Path) -> None:
     with pytest.raises(CertsError, match="not a fedprofile-certs CA folder|holds no CA"):
         OrgFolder(tmp_path).issue(ROLE_OPERATOR, "alice", days=1)
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@pytest.mark.parametrize(("code", "details", "expected"), [
+    (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:1.2.3.4:5: "
+     "Socket closed", "certificate refused by the platform node at A:1 in the TLS handshake"),
+    (grpc.StatusCode.UNAVAILABLE, "Socket closed", None),  # a connection that dropped mid-call
+    (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:1.2.3.4:5: "
+     "Connection refused", None),  # nothing listening
+    (grpc.StatusCode.PERMISSION_DENIED, "refused by the platform node: certificate 'x' (operator, bank) is not a "
+     "node certificate", "certificate refused by the platform node at A:1: certificate 'x' (operator"),
+    (grpc.StatusCode.FAILED_PRECONDITION, "protocol 0.9", None),
+])
+def test_refusal_message(code: grpc.StatusCode, details: str, expected: str | None) -> None:
+    message = refusal_message(FakeRpcError(code, details), side="platform node", address="A:1", own_cert=None)
+    assert (message is None) if expected is None else (message is not None and message.startswith(expected))
