@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import grpc
+from cryptography import x509
 from grpc_health.v1.health import HealthServicer
 
 from party_common.auth import (
@@ -21,6 +23,7 @@ from party_common.auth import (
     is_loopback_address,
     node_rule,
     operator_rule,
+    validity_problem,
 )
 from party_common.config import ConfigError, NodeConfig
 from party_common.data_loading import load_party_data
@@ -49,16 +52,30 @@ class TlsFiles(NamedTuple):
     client_ca: bytes | None
 
 
+EXPIRY_WARNING = dt.timedelta(days=30)
+
+
 def read_tls_files(config: NodeConfig) -> TlsFiles:
-    """The node's TLS material as bytes; refuses a private key readable by others."""
+    """The node's TLS material as bytes; refuses a private key readable by others and a certificate outside
+    its validity period, and warns when the certificate expires within 30 days."""
     if config.tls is None:
         raise ConfigError(f"{config.source}: missing section [tls]")
     mode = stat.S_IMODE(os.stat(config.tls.key).st_mode)
     if mode & 0o077:
         raise ConfigError(f"{config.tls.key}: private key has mode {mode:o}; run `chmod 600 {config.tls.key}`")
+    cert = config.tls.cert.read_bytes()
+    try:
+        parsed = x509.load_pem_x509_certificate(cert)
+    except ValueError as err:
+        raise ConfigError(f"{config.tls.cert}: not a PEM certificate ({err})") from err
+    rotate = "issue a new one under a new name (`fedprofile-certs node NAME --dir DIR --file NEW`)"
+    if problem := validity_problem(parsed):
+        raise ConfigError(f"{config.tls.cert}: this node's certificate cannot be used: {problem}; {rotate}")
+    if parsed.not_valid_after_utc - dt.datetime.now(dt.UTC) < EXPIRY_WARNING:
+        log.warning("%s: this node's certificate expires on %s; %s and point [tls] cert at it", config.tls.cert,
+                    f"{parsed.not_valid_after_utc:%Y-%m-%d %H:%M} UTC", rotate)
     client_ca = config.tls.client_ca.read_bytes() if config.tls.client_ca else None
-    return TlsFiles(config.tls.cert.read_bytes(), config.tls.key.read_bytes(), config.tls.peer_ca.read_bytes(),
-                    client_ca)
+    return TlsFiles(cert, config.tls.key.read_bytes(), config.tls.peer_ca.read_bytes(), client_ca)
 
 
 def check_insecure_dev(config: NodeConfig) -> None:
@@ -83,6 +100,8 @@ def node_gate(config: NodeConfig, *, insecure: bool) -> CertificateGate:
         crl, ca = (config.tls.client_crl, config.tls.client_ca) if config.tls else (None, None)
     if insecure:
         return CertificateGate(label, rule, insecure=True)
+    log.info("serving only %s", f"the bank node's certificate '{config.peer_tls_name}'" if config.role == "platform"
+             else "operator certificates of the bank's CA")
     if crl is None or ca is None:
         key = "peer_crl" if config.role == "platform" else "client_crl"
         log.warning("%s [tls] has no '%s': revoked certificates of the callers' CA would be accepted",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -21,6 +21,7 @@ from party_common.auth import ROLE_NODE, ROLE_OPERATOR, refusal_message
 from party_common.certs import OrgFolder, init_local_pki, serial_of
 from party_common.config import ConfigError
 from party_common.grpc_link import GrpcPlatformLink
+from party_common.runtime import read_tls_files
 from party_common.transport import dial
 from party_platform import cli as platform_cli
 from proto import fedprofile_v1_pb2 as pb
@@ -239,3 +240,16 @@ def test_insecure_dev_only_on_loopback(matrix: Matrix, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\[peer\] address = '10.1.2.3:\d+': --insecure-dev"):
         bank_cli.build_server(str(bank), insecure_dev=True)
     assert bank_cli.main(["jobs", "--config", str(bank), "--insecure-dev"]) == 2
+
+
+def test_a_node_will_not_start_on_an_unusable_certificate(matrix: Matrix, caplog: pytest.LogCaptureFixture) -> None:
+    config = bank_cli.load_config(matrix.configs[1], expected_role="platform")
+    assert config.tls is not None
+    for case, message in (("expired_node", "it expired on"), ("future_node", "it is not valid before")):
+        cert, key = matrix.extra[case]
+        with pytest.raises(ConfigError, match=f"this node's certificate cannot be used: {message}"):
+            read_tls_files(replace(config, tls=replace(config.tls, cert=cert, key=key)))
+    cert, key = OrgFolder(matrix.pki["bank_dir"]).issue(ROLE_NODE, "bank", days=10, file="soon", hosts=["bank"])
+    with caplog.at_level("WARNING"):
+        read_tls_files(replace(config, tls=replace(config.tls, cert=cert, key=key)))
+    assert "this node's certificate expires on" in caplog.text and "fedprofile-certs node" in caplog.text
