@@ -266,7 +266,8 @@ def init_local_pki(out: Path, *, bank_name: str = "bank", platform_name: str = "
                    node_days: int = NODE_DAYS) -> dict[str, Path]:
     """A trial: ``out/bank`` and ``out/platform``, each a CA with its node certificate and CRL, and an
     operator certificate per name in ``operators`` from the bank's CA. Returns the paths by label
-    (operators as ``operator_cert:NAME`` and ``operator_key:NAME``)."""
+    (operators as ``operator_cert:NAME`` and ``operator_key:NAME``; the first one also as ``operator_cert``
+    and ``operator_key``)."""
     hosts = ["localhost", "127.0.0.1", "::1", *(extra_hosts or [])]
     paths: dict[str, Path] = {}
     for org, node_name in (("bank", bank_name), ("platform", platform_name)):
@@ -278,6 +279,8 @@ def init_local_pki(out: Path, *, bank_name: str = "bank", platform_name: str = "
     for person in operators:
         cert, key = bank.issue(ROLE_OPERATOR, person, days=OPERATOR_DAYS)
         paths.update({f"operator_cert:{person}": cert, f"operator_key:{person}": key})
+        paths.setdefault("operator_cert", cert)
+        paths.setdefault("operator_key", key)
     return paths
 
 

@@ -37,6 +37,7 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 def test_init_keeps_each_organisation_in_its_own_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["init", "--out", str(tmp_path / "certs"), "--operator", "alice", "--operator", "bob"], capsys)
     assert code == 0 and "operator_cert:bob" in out
+    assert f"operator_cert            {tmp_path / 'certs' / 'bank' / 'operators' / 'alice.crt'}" in out
     bank, platform = tmp_path / "certs" / "bank", tmp_path / "certs" / "platform"
     assert sorted(p.name for p in platform.iterdir()) == ["ca.crt", "ca.key", "crl.pem", "index.json", "node.crt",
                                                           "node.key"]
