@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from party_common.auth import caller_identity
 from party_common.grpc_errors import status_of
 from party_common.storage import JobStore
 from party_common.storage.jobs import JOB_ID_RE
@@ -26,18 +27,15 @@ LOCAL_CALLER = "(in process)"
 
 
 def caller_name(context: grpc.ServicerContext | None) -> str:
-    """The common name of the calling client's certificate (mutual TLS), as the audit log records it."""
+    """The name in the calling client's certificate (``party_common.auth.caller_identity``), as the audit log
+    records it."""
     if context is None:
         return LOCAL_CALLER
     try:
-        auth = context.auth_context()
-    except Exception:  # a test double or an insecure channel without an auth context
+        who = caller_identity(context)
+    except Exception:  # a test double without an auth context
         return INSECURE_CALLER
-    names = auth.get("x509_common_name") or []
-    if not names:
-        return INSECURE_CALLER
-    name = names[0]
-    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    return INSECURE_CALLER if who.serial is None else who.name
 
 
 @dataclass

@@ -112,7 +112,7 @@ def check_hello(hello: pb.Hello, *, expected_role: str | None) -> str | None:
     """Return why ``hello`` is unacceptable from a peer that should be ``expected_role``, or None.
 
     The role a peer declares is a consistency check only: what a caller may do is decided by its certificate
-    (``party_common.auth``); the platform passes ``expected_role=None`` and checks only the version.
+    (``party_common.auth``); ``expected_role=None`` checks only the version.
     """
     got = ROLE_NAMES.get(hello.role, "unknown")
     if expected_role is not None and got != expected_role:

@@ -121,8 +121,9 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     def Handshake(self, request: pb.HandshakeRequest, context: grpc.ServicerContext) -> pb.HandshakeResponse:
         # Who the caller is comes from its certificate (the gate admitted only the bank node's), never from
-        # the role and name it declares here; the hello is checked for the protocol version only.
-        problem = check_hello(request.hello, expected_role=None)
+        # the role and name it declares here: a hello that contradicts it, or speaks another major version,
+        # is malformed and refused; the log names the certificate.
+        problem = check_hello(request.hello, expected_role="bank")
         if problem:
             log.warning("handshake refused: %s", problem)
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)

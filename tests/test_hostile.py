@@ -53,7 +53,7 @@ def secrets_of(demo: Demo) -> tuple[set[str], set[str], list[str]]:
         ids |= set(frame["id"])
         for column in frame.columns.drop("id"):
             values |= {v for v in frame[column] if NUMBER.fullmatch(v) and abs(float(v)) >= 100}
-    key_lines = [line for key in sorted((demo.cluster.workdir / "certs").glob("*.key"))
+    key_lines = [line for key in sorted((demo.cluster.workdir / "certs").rglob("*.key"))
                  for line in key.read_text().splitlines() if len(line) >= 40]
     return ids, values, key_lines
 

@@ -159,13 +159,17 @@ def test_plaintext_client_cannot_talk_to_tls_node(platform_server) -> None:
     channel.close()
 
 
-def test_declared_role_decides_nothing(platform_server, pki) -> None:
-    # What a caller may do comes from its certificate (party_common.auth, tests/test_mtls_matrix.py), not
-    # from the role and name it declares in the hello: the servicer neither trusts nor refuses on them.
+def test_declared_role_is_a_consistency_check_only(platform_server, pki) -> None:
+    # What a caller may do comes from its certificate (party_common.auth, tests/test_mtls_matrix.py); a hello
+    # that contradicts it is malformed, and a declared name changes nothing.
     address, _ = platform_server
     channel = bank_channel(address, pki)
     stub = pb_grpc.NodeStub(channel)
-    reply = stub.Handshake(pb.HandshakeRequest(hello=make_hello("platform", "impostor", [])), timeout=10)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Handshake(pb.HandshakeRequest(hello=make_hello("platform", "impostor", [])), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "expected the bank node" in err.value.details()
+    reply = stub.Handshake(pb.HandshakeRequest(hello=make_hello("bank", "impostor", [])), timeout=10)
     assert reply.hello.role == pb.PLATFORM
     channel.close()
 
