@@ -4,6 +4,7 @@
     bank-node align --config bank.toml [--mode both|bank_only|cardinality]
     bank-node train --config bank.toml [--tags t1,t2] [--epochs 5 ...]
     bank-node jobs --config bank.toml
+    bank-node wait --config bank.toml JOB_ID | logs JOB_ID | rerun JOB_ID
     bank-node score --config bank.toml --model JOB_ID --ids ID1,ID2
     bank-node batch-score --config bank.toml --model JOB_ID --out scores.parquet [--all-customers | --ids-file F]
     bank-node segment --config bank.toml --model JOB_ID --tag T --top 10% --control 10% --seed 7 --out NAME
@@ -12,34 +13,42 @@
     bank-node report --config bank.toml JOB_ID --out report.html [--overwrite]
     bank-node models --config bank.toml [--json] | alias NAME@LABEL MODEL | unalias ALIAS | retire MODEL
 
-The client commands reach the node's control API at its `listen` address with mutual TLS, using the
-person's own operator certificate from the bank's CA (`fedprofile-certs operator NAME`; default:
-operators/$USER.crt and .key in the folder of the node's certificate, or --cert/--key).
+The client commands reach the node's control API at `[client] address` (default: its `listen` address, a
+wildcard host read as 127.0.0.1) with mutual TLS, checking the name `[client] tls_name` in the node's
+certificate, using the person's own operator certificate from the bank's CA (`fedprofile-certs operator NAME`;
+default: operators/$USER.crt and .key in the folder of the node's certificate, or --cert/--key). Every failure
+is one plain line on stderr (exit code 1; 2 for a wrong config).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import getpass
 import json
 import logging
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1.health import HealthServicer
 
-from party_bank.client import BankClient
+from party_bank import views
+from party_bank.client import BankClient, JobFailed
 from party_bank.control import ControlServicer
 from party_bank.node import BankNode
 from party_bank.registry import ACTIONS as MODEL_ACTIONS
 from party_bank.registry import models_command
 from party_bank.segments import read_ids, read_outcomes
 from party_common.auth import refusal_message
+from party_common.cli_format import DefaultsFormatter, version_string
 from party_common.config import ConfigError, NodeConfig, load_config
+from party_common.grpc_errors import rpc_error_line, transport_reason
 from party_common.grpc_link import GrpcPlatformLink, platform_certificate_check
+from party_common.metrics import start_metrics
 from party_common.runtime import (
     INSECURE_WARNING,
     check_insecure_dev,
@@ -50,7 +59,8 @@ from party_common.runtime import (
 )
 from party_common.transport import dial
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
-from protocols.errors import FedProfileError, PeerError
+from protocols.errors import FedProfileError, PeerError, UserError
+from protocols.vfl_lr import TrainParams
 
 log = logging.getLogger("party_bank")
 
@@ -80,21 +90,29 @@ def serve(args: argparse.Namespace) -> int:
     except FedProfileError as err:
         print(f"bank-node: {err}", file=sys.stderr)
         return 2
-    log.info("bank node '%s': control API on port %d; platform peer at %s", node.config.name, port,
-             node.config.peer_address)
+    log.info("bank node '%s': control API on port %d (clients dial %s); platform peer at %s", node.config.name,
+             port, node.config.client_address, node.config.peer_address)
+    try:
+        metrics = start_metrics(node.config.metrics_listen, node.stores.jobs)
+    except FedProfileError as err:
+        print(f"bank-node: {err}", file=sys.stderr)
+        server.stop(0)
+        return 2
     try:
         node.connect(timeout_s=args.peer_wait)
     except PeerError as err:
         # Not fatal: the platform may come up later; every job checks the peer again before it starts.
         log.warning("%s", err)
     run_until_signalled(server, health, node.shutdown)
+    if metrics:
+        metrics.close()
     return 0
 
 
 def client_for(config: NodeConfig, args: argparse.Namespace) -> BankClient:
     if args.insecure_dev:
         check_insecure_dev(config)
-        return BankClient(config.listen, cert=None, key=None, ca=None, insecure=True)
+        return BankClient(config.client_address, cert=None, key=None, ca=None, insecure=True)
     assert config.tls is not None
     operators = config.tls.cert.parent / "operators"
     user = getpass.getuser()
@@ -106,7 +124,8 @@ def client_for(config: NodeConfig, args: argparse.Namespace) -> BankClient:
                               f"issue yours: `fedprofile-certs operator {user} --dir {config.tls.cert.parent}`")
     if (mode := stat.S_IMODE(key.stat().st_mode)) & 0o077:
         raise ConfigError(f"{key}: private key has mode {mode:o}; run `chmod 600 {key}`")
-    return BankClient(config.listen, cert=cert, key=key, ca=config.tls.client_ca)
+    return BankClient(config.client_address, cert=cert, key=key, ca=config.tls.client_ca,
+                      tls_name=config.client_tls_name)
 
 
 def print_job(job: dict) -> None:
@@ -153,30 +172,137 @@ def share(text: str) -> float:
     return value
 
 
+def train_params(args: argparse.Namespace) -> dict[str, Any]:
+    """--params merged with the named flags; an unknown key is refused here, with the valid ones."""
+    try:
+        train = json.loads(args.params) if args.params else {}
+    except json.JSONDecodeError as err:
+        raise UserError(f"--params is not valid JSON: {err}") from None
+    if not isinstance(train, dict):
+        raise UserError('--params must be a JSON object, e.g. \'{"learning_rate": 0.1}\'')
+    valid = sorted(TrainParams.__dataclass_fields__)
+    for key in train:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"--params: unknown training parameter {key!r}{hint}; valid: {', '.join(valid)}")
+    for key in ("epochs", "batch_size", "learning_rate", "seed"):
+        if getattr(args, key) is not None:
+            train[key] = getattr(args, key)
+    return train
+
+
+def follow(client: BankClient, job_id: str, *, every_event: bool) -> dict[str, Any]:
+    """Wait for a job, printing its history as it happens to stderr: per-epoch validation metrics always,
+    every stage with ``every_event``; each line with the time since the job began and what is left."""
+    created = client.job(job_id)["created_at"]
+    last_event = [""]
+
+    def on_progress(job: dict[str, Any]) -> None:
+        stage = (job.get("progress") or "").split(";")[0]
+        if every_event and stage != last_event[0]:  # not the stage an event line just showed
+            print(views.follow_line(job), file=sys.stderr, flush=True)
+
+    def on_event(event: dict[str, str]) -> None:
+        detail = event.get("detail") or ""
+        last_event[0] = detail.split(";")[0]
+        noteworthy = any(word in detail for word in ("validation", "waiting", "retry"))
+        if every_event or noteworthy or event["event"] not in ("progress", "created"):
+            elapsed = views.duration(views.seconds_between(created, event["at"]))  # both by the node's clock
+            print(f"[{elapsed}] {views.event_line(event)[21:]}", file=sys.stderr, flush=True)
+
+    try:
+        return client.wait(job_id, on_progress=on_progress, on_event=on_event)
+    except KeyboardInterrupt:
+        raise StoppedFollowing(f"stopped following job {job_id}; it keeps running on the node "
+                               f"(`bank-node wait {job_id}` follows it again)") from None
+
+
+class StoppedFollowing(FedProfileError):
+    """Ctrl-C while following a job: the job goes on, only the client stops watching."""
+
+
+def print_outcome(job: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_job(job)
+    elif job["kind"] == "train":
+        print(views.train_done(job))
+    else:
+        result = job.get("result") or {}
+        print(f"{job['kind']} job {job['job_id']} succeeded in {views.duration(job.get('elapsed_s') or 0.0)}: "
+              f"{views.headline(job)}" + (f"; alignment hash {result['content_hash'][:12]}"
+                                          if result.get("content_hash") else ""))
+
+
+def submit_and_wait(client: BankClient, args: argparse.Namespace, kind: str, params: dict[str, Any],
+                    name: str) -> None:
+    job_id = client.submit(kind, params, name)
+    job = client.job(job_id)
+    where = ""
+    if kind == "train":
+        chosen = job["params"].get("alignment_job_id")
+        where = (f" on alignment {chosen}" + ("" if params.get("alignment_job_id")
+                                              else " (the latest that can train: mode 'both')"))
+    print(f"{kind} job {job_id}{where} submitted", file=sys.stderr)
+    if getattr(args, "detach", False):
+        print(job_id)
+        print(f"follow it with: bank-node wait --config {args.config} {job_id}", file=sys.stderr)
+        return
+    print_outcome(follow(client, job_id, every_event=getattr(args, "follow", False)), args.json)
+
+
 def run_client(args: argparse.Namespace) -> int:
     config = load_config(args.config, expected_role="bank", require_tls=not args.insecure_dev)
     client = client_for(config, args)
+    since = time.time()
     try:
-        if args.command == "align":
-            print_job(client.align(mode=args.mode, on_progress=lambda j: print(j["progress"], file=sys.stderr)))
+        if args.command == "status":
+            try:
+                client.wait_ready(timeout_s=args.wait)
+            except PeerError as err:
+                raise PeerError(f"the bank node at {client.address}: {err}") from None
+            print(f"the bank node at {client.address} is serving")
+        elif args.command == "align":
+            submit_and_wait(client, args, "align", {"mode": args.mode}, args.name or "")
         elif args.command == "train":
-            train = json.loads(args.params) if args.params else {}
-            for key in ("epochs", "batch_size", "learning_rate"):
-                if getattr(args, key) is not None:
-                    train[key] = getattr(args, key)
-            tags = args.tags.split(",") if args.tags else None
-            print_job(client.train(tags=tags, alignment_job_id=args.alignment, train=train, name=args.name or "",
-                                   on_progress=lambda j: print(j["progress"], file=sys.stderr)))
+            params: dict[str, Any] = {"train": train_params(args)}
+            if args.tags:
+                params["tags"] = args.tags.split(",")
+            if args.alignment:
+                params["alignment_job_id"] = args.alignment
+            submit_and_wait(client, args, "train", params, args.name or "")
+        elif args.command == "rerun":
+            old = client.job(args.job_id)
+            params = dict(old["params"])
+            if old["kind"] == "train" and args.latest_alignment:
+                params.pop("alignment_job_id", None)
+            submit_and_wait(client, args, old["kind"], params, args.name or old["name"])
+        elif args.command == "wait":
+            print_outcome(follow(client, args.job_id, every_event=True), args.json)
+        elif args.command == "logs":
+            events, _ = client.events(args.job_id)
+            print(json.dumps(events, indent=2) if args.json else views.events_text(events))
         elif args.command == "jobs":
-            for job in client.jobs(args.limit):
-                print(f"{job['job_id']:40s} {job['kind']:6s} {job['status']:10s} {job['created_at']}  {job['error']}")
+            jobs = client.jobs(args.limit)
+            if args.ids_only:
+                print("\n".join(j["job_id"] for j in jobs))
+            else:
+                print(json.dumps(jobs, indent=2, sort_keys=True) if args.json else views.jobs_table(jobs))
         elif args.command == "job":
             print_job(client.job(args.job_id))
         elif args.command == "score":
-            scores = client.score(args.model, args.ids.split(","), args.tags.split(",") if args.tags else None)
-            for i, cid in enumerate(args.ids.split(",")):
-                cells = " ".join(f"{t}={p:.4f}" for t, p in zip(scores.tags, scores.probabilities[i], strict=True))
-                print(f"{cid}\t{cells}\tplatform_known={bool(scores.platform_known[i])}")
+            ids = args.ids.split(",")
+            scores = client.score(args.model, ids, args.tags.split(",") if args.tags else None,
+                                  bank_only_fallback=args.bank_only_fallback)
+            if args.json:
+                print(json.dumps([{"id": cid, "status": scores.status[i],
+                                   **{t: (None if p != p else p) for t, p in
+                                      zip(scores.tags, scores.probabilities[i].tolist(), strict=True)}}
+                                  for i, cid in enumerate(ids)], indent=2))
+            else:
+                print(views.scores_table(ids, scores))
+            if scores.note:
+                print(f"note: {scores.note}", file=sys.stderr)
             if scores.projections_limit:
                 print(f"platform disclosure budget on this alignment: {scores.projections_released} of "
                       f"{scores.projections_limit} projections used", file=sys.stderr)
@@ -217,8 +343,19 @@ def run_client(args: argparse.Namespace) -> int:
                 print(f"{r['name']:24s} {r['tag']:24s} target {r['target_size']:>8} control {r['control_size']:>7}"
                       f"  seed {r['seed']}  {r['created_at']}")
     except grpc.RpcError as err:
-        refused = refusal_message(err, side="bank node", address=config.listen, own_cert=client.own_cert)
-        print(f"bank-node {args.command}: {refused or f'{err.code().name}: {err.details()}'}", file=sys.stderr)
+        # Which side refused which certificate: our own reading when this client refused the node's (a name or a
+        # CA that does not match), the gate's or the TLS layer's refusal of ours otherwise.
+        found = transport_reason(err.details() or "") if err.code() == grpc.StatusCode.UNAVAILABLE else None
+        ours = found is not None and found[1].startswith("this side refused")
+        refused = None if ours else refusal_message(err, side="bank node", address=client.address,
+                                                    own_cert=client.own_cert)
+        line = refused or rpc_error_line(err, server="the bank node", address=client.address, since=since,
+                                         name_key="[client] tls_name")
+        print(f"bank-node {args.command}: {line}", file=sys.stderr)
+        return 1
+    except JobFailed as err:
+        print(f"bank-node {args.command}: {err}", file=sys.stderr)
+        print(f"its history: bank-node logs --config {args.config} {err.job['job_id']}", file=sys.stderr)
         return 1
     except Exception as err:  # JobFailed, TimeoutError: print the reason, not a trace
         print(f"bank-node {args.command}: {err}", file=sys.stderr)
@@ -228,12 +365,14 @@ def run_client(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bank-node", description="The bank's node and its client.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bank-node", description="The bank's node and its client.",
+                                     formatter_class=DefaultsFormatter)
+    parser.add_argument("--version", action="version", version=version_string("bank-node"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=DefaultsFormatter)
         p.add_argument("--config", required=True, help="the bank node's TOML file")
         p.add_argument("--insecure-dev", action="store_true", help="plaintext gRPC, no client auth (laptop only)")
         if name != "serve":
@@ -242,29 +381,67 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--key", help="its private key (default: the --cert path with .key)")
         return p
 
+    def add_job_output(p: argparse.ArgumentParser, *, submit: bool = True) -> None:
+        p.add_argument("--json", action="store_true", help="print the finished job as JSON instead of a summary")
+        if submit:
+            p.add_argument("--name", help="a name for the job (train: the model's name in `bank-node models`)")
+            how = p.add_mutually_exclusive_group()
+            how.add_argument("--follow", action="store_true", help="print every stage as it happens (default: "
+                             "per-epoch validation metrics only)")
+            how.add_argument("--detach", action="store_true", help="submit, print the job ID and return; "
+                             "`bank-node wait JOB` follows it later")
+
     s = add("serve", "run the node")
-    s.add_argument("--log-level", default="INFO")
+    s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="the node's log level")
     s.add_argument("--peer-wait", type=float, default=30.0, help="seconds to wait for the platform at start")
+    st = add("status", "check that the bank node answers (waiting for it to start, up to --wait seconds)")
+    st.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the node to come up")
     a = add("align", "run PSI with the platform")
-    a.add_argument("--mode", default="both", choices=["both", "bank_only", "cardinality"])
-    t = add("train", "train one model per tag on the latest (or given) alignment")
-    t.add_argument("--tags", help="comma-separated tag columns (default: all)")
-    t.add_argument("--alignment", help="align job ID (default: the latest finished one)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--learning-rate", type=float)
-    t.add_argument("--params", help="JSON object of training parameters")
-    t.add_argument("--name", help="the model's display name (`bank-node models` shows it)")
-    j = add("jobs", "list jobs")
-    j.add_argument("--limit", type=int, default=20)
-    one = add("job", "show one job")
-    one.add_argument("job_id")
+    a.add_argument("--mode", default="both", choices=["both", "bank_only", "cardinality"],
+                   help="who learns the intersection: both nodes (needed to train), the bank only, or its size only")
+    add_job_output(a)
+    defaults = TrainParams()
+    t = add("train", "train one model per tag on the latest alignment that can train (or --alignment)")
+    t.add_argument("--tags", help="comma-separated tag columns (default: all of [data] tag_columns)")
+    t.add_argument("--alignment", help="align job ID (default: the latest finished align job in mode 'both')")
+    t.add_argument("--epochs", type=int, help="passes over the data (default: automatic, at most 10, "
+                   "from the label-privacy floor)")
+    t.add_argument("--batch-size", type=int, help="rows per mini-batch (default: automatic)")
+    t.add_argument("--learning-rate", type=float, help=f"step size (default: {defaults.learning_rate})")
+    t.add_argument("--seed", type=int, help=f"seed of the split and the batches (default: {defaults.seed})")
+    t.add_argument("--params", metavar="JSON", help="training parameters as a JSON object (default: {}); "
+                   f"valid keys: {', '.join(sorted(TrainParams.__dataclass_fields__))}; defaults in "
+                   "protocols/vfl_lr/params.py and docs/protocol.md")
+    add_job_output(t)
+    r = add("rerun", "submit a job again with the same parameters (and wait for it, as train does)")
+    r.add_argument("job_id", help="the job to run again")
+    r.add_argument("--latest-alignment", action="store_true",
+                   help="train: on the latest alignment that can train instead of the original one")
+    add_job_output(r)
+    w = add("wait", "follow a running job: stages, per-epoch validation metrics, elapsed time and time left")
+    w.add_argument("job_id", help="the job to follow")
+    add_job_output(w, submit=False)
+    lg = add("logs", "a job's history: created, each stage with its time, per-epoch validation metrics, the end")
+    lg.add_argument("job_id", help="the job")
+    lg.add_argument("--json", action="store_true", help="print the events as JSON")
+    j = add("jobs", "list jobs, newest first: name, status, duration, tags, headline metric")
+    j.add_argument("--limit", type=int, default=20, help="how many jobs")
+    shown = j.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print JSON")
+    shown.add_argument("--ids-only", action="store_true", help="print only the job IDs, one a line (for scripts)")
+    one = add("job", "show one job as JSON (parameters, result, progress)")
+    one.add_argument("job_id", help="the job")
     sc = add("score", "score customers online")
-    sc.add_argument("--model", required=True, help="the train job ID or an alias NAME@LABEL")
-    sc.add_argument("--ids", required=True, help="comma-separated customer IDs")
-    sc.add_argument("--tags")
+    sc.add_argument("--model", required=True, help="the train job ID, an alias NAME@LABEL, or 'latest'")
+    sc.add_argument("--ids", required=True, help="comma-separated customer IDs (an unknown ID gets status "
+                    "unknown_customer and fails nothing)")
+    sc.add_argument("--tags", help="comma-separated tags (default: all of the model's)")
+    sc.add_argument("--bank-only-fallback", action="store_true", help="if the platform is unreachable, score "
+                    "its customers on the bank's features alone, with status platform_unavailable")
+    sc.add_argument("--json", action="store_true", help="print JSON")
     b = add("batch-score", "score the intersection, every customer, or a list of IDs into a file on the node")
-    b.add_argument("--model", required=True, help="the train job ID or an alias NAME@LABEL")
+    b.add_argument("--model", required=True, help="the train job ID, an alias NAME@LABEL, or 'latest'")
     b.add_argument("--out", required=True, help="output .csv or .parquet, relative to <state_dir>/scores/ "
                    "on the bank node (absolute paths and '..' are refused)")
     who = b.add_mutually_exclusive_group()
@@ -275,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--tags", help="comma-separated tags (default: all of the model's)")
     b.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     seg = add("segment", "pick a campaign target by score and hold out a random control group")
-    seg.add_argument("--model", required=True, help="the train job ID or an alias NAME@LABEL")
+    seg.add_argument("--model", required=True, help="the train job ID, an alias NAME@LABEL, or 'latest'")
     seg.add_argument("--tag", required=True, help="the tag whose score selects the target")
     rule = seg.add_mutually_exclusive_group(required=True)
     rule.add_argument("--top", type=share, help="select the highest-scored share, e.g. 10%% or 0.1")
@@ -303,10 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--out", required=True, help="HTML file to write on this machine")
     rep.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
     mo = add("models", "the model registry: list models; alias NAME@LABEL MODEL; unalias ALIAS; retire MODEL")
-    mo.add_argument("action", nargs="?", default="list", choices=list(MODEL_ACTIONS))
+    mo.add_argument("action", nargs="?", default="list", choices=list(MODEL_ACTIONS), help="what to do")
     mo.add_argument("operands", nargs="*", help="NAME@LABEL MODEL (alias), ALIAS (unalias), MODEL (retire)")
     mo.add_argument("--json", action="store_true", help="print JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "serve":
         setup_logging(args.log_level)
         return serve(args)

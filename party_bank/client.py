@@ -22,7 +22,7 @@ from protocols.errors import FedProfileError
 
 class JobFailed(FedProfileError):
     def __init__(self, job: dict[str, Any]) -> None:
-        super().__init__(f"job {job['job_id']} ({job['kind']}) failed: {job['error']}")
+        super().__init__(f"job {job['job_id']} ({job['kind']}) {job['status']}: {job['error'] or 'no reason given'}")
         self.job = job
 
 
@@ -30,16 +30,16 @@ def job_dict(job: pb.Job) -> dict[str, Any]:
     return {"job_id": job.job_id, "kind": job.kind, "name": job.name, "status": job.status,
             "params": json.loads(job.params_json or "{}"), "result": json.loads(job.result_json or "{}"),
             "error": job.error, "progress": job.progress, "created_at": job.created_at,
-            "finished_at": job.finished_at}
+            "finished_at": job.finished_at, "elapsed_s": job.elapsed_s}
 
 
 class BankClient:
     def __init__(self, address: str, *, cert: Path | None, key: Path | None, ca: Path | None,
-                 insecure: bool = False) -> None:
+                 insecure: bool = False, tls_name: str | None = None) -> None:
         self.address = address
         self.own_cert = cert.read_bytes() if cert else None  # names an expired certificate when refused
         self.channel = dial(address, cert=self.own_cert, key=key.read_bytes() if key else None,
-                            server_ca=ca.read_bytes() if ca else None, insecure=insecure)
+                            server_ca=ca.read_bytes() if ca else None, tls_name=tls_name, insecure=insecure)
         self.stub = pb_grpc.BankControlStub(self.channel)
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
@@ -60,15 +60,28 @@ class BankClient:
         reply = self.stub.ListJobs(pb.ListJobsRequest(limit=limit), timeout=CONTROL_TIMEOUT_S)
         return [job_dict(j) for j in reply.jobs]
 
+    def events(self, job_id: str, after: int = 0) -> tuple[list[dict[str, str]], int]:
+        """The job's history from event number ``after`` on, and how many events it has in all."""
+        reply = self.stub.JobEvents(pb.JobEventsRequest(job_id=job_id, after=after), timeout=CONTROL_TIMEOUT_S)
+        return [{"at": e.at, "event": e.event, "detail": e.detail} for e in reply.events], reply.total
+
     def wait(self, job_id: str, *, timeout_s: float = 3600.0,
-             on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+             on_progress: Callable[[dict[str, Any]], None] | None = None,
+             on_event: Callable[[dict[str, str]], None] | None = None) -> dict[str, Any]:
+        """Poll until the job ends; ``on_progress`` sees the job when its progress changes, ``on_event``
+        each new event of its history (stages, per-epoch validation metrics)."""
         deadline = time.monotonic() + timeout_s
         last = ""
+        seen = 0
         while True:
             job = self.job(job_id)
+            if on_event:
+                new, seen = self.events(job_id, seen)
+                for event in new:
+                    on_event(event)
             if job["status"] == "succeeded":
                 return job
-            if job["status"] == "failed":
+            if job["finished_at"]:  # ended otherwise: failed, cancelled
                 raise JobFailed(job)
             if on_progress and job["progress"] != last:
                 last = job["progress"]
@@ -96,11 +109,15 @@ class BankClient:
         return {"job_id": job["job_id"], **job["result"]}
 
     def score(self, model_job_id: str, customer_ids: list[str], tags: list[str] | None = None,
-              timeout_s: float = 120.0) -> Scores:
+              timeout_s: float = 120.0, *, bank_only_fallback: bool = False) -> Scores:
+        """Scores with a status per customer (``party_bank.scores``); an unknown ID gets NaN, not an error.
+        ``bank_only_fallback``: when the platform is down, score its members bank-only, flagged."""
         reply = self.stub.Score(pb.ScoreRequest(model_job_id=model_job_id, customer_ids=customer_ids,
-                                                tags=tags or []), timeout=timeout_s)
+                                                tags=tags or [], bank_only_fallback=bank_only_fallback),
+                                timeout=timeout_s)
         return Scores(list(reply.tags), array_from_pb(reply.probabilities, where="scores"),
-                      np.array(reply.platform_known, dtype=bool), reply.projections_released, reply.projections_limit)
+                      np.array(reply.platform_known, dtype=bool), reply.projections_released, reply.projections_limit,
+                      status=list(reply.status), note=reply.note)
 
     def batch_score(self, model_job_id: str, output_path: str, tags: list[str] | None = None,
                     timeout_s: float = 3600.0, **kw: Any) -> tuple[str, int]:

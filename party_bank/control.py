@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from party_common.audit import audited, caller_name
 from party_common.codec import array_to_pb
 from party_common.grpc_errors import translate_errors
 from party_common.jobs import JOB_KINDS, JobError
+from party_common.metrics import SCORE_SECONDS
 from party_common.storage.jobs import JobRecord
 from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
@@ -24,11 +26,22 @@ log = logging.getLogger(__name__)
 REPORT_CHUNK_BYTES = 1 << 20  # GetReport streams the page in chunks under gRPC's 2 MiB message cap
 
 
+def elapsed_s(record: JobRecord) -> float:
+    """Seconds from the job's creation to its end, or to now while it runs (the node's clock)."""
+    try:
+        start = dt.datetime.fromisoformat(record.created_at)
+        end = dt.datetime.fromisoformat(record.finished_at) if record.finished_at else dt.datetime.now(dt.UTC)
+    except ValueError:
+        return 0.0
+    return max(0.0, (end - start).total_seconds())
+
+
 def job_to_pb(record: JobRecord) -> pb.Job:
     return pb.Job(job_id=record.job_id, kind=record.kind, name=record.name, status=record.status,
                   params_json=json.dumps(record.params, sort_keys=True),
                   result_json=json.dumps(record.result, sort_keys=True), error=record.error,
-                  created_at=record.created_at, finished_at=record.finished_at, progress=record.progress)
+                  created_at=record.created_at, finished_at=record.finished_at, progress=record.progress,
+                  elapsed_s=elapsed_s(record))
 
 
 def batch_score_to_pb(result: BatchScoreResult) -> pb.BatchScoreResponse:
@@ -64,17 +77,25 @@ class ControlServicer(pb_grpc.BankControlServicer):
         return pb.ListJobsResponse(jobs=[job_to_pb(r) for r in records])
 
     @translate_errors("bank")
+    def JobEvents(self, request: pb.JobEventsRequest, context: grpc.ServicerContext) -> pb.JobEventsResponse:
+        self._node.stores.jobs.get(request.job_id)  # NOT_FOUND for an unknown job, not an empty history
+        events = self._node.stores.jobs.audit_events(request.job_id)
+        return pb.JobEventsResponse(events=[pb.JobEvent(at=e.at, event=e.event, detail=e.detail)
+                                            for e in events[request.after:]], total=len(events))
+
+    @translate_errors("bank")
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
-        with audited(self._node.stores.jobs, "score", actor=caller_name(context),
-                     job_id=request.model_job_id) as call:
+        with SCORE_SECONDS.time(), audited(self._node.stores.jobs, "score", actor=caller_name(context),
+                                           job_id=request.model_job_id, durable=False) as call:
             call.count = len(request.customer_ids)
             if not request.customer_ids:
                 raise UserError("Score: the request names no customer; give at least one customer ID")
-            scores = self._node.score(request.model_job_id, list(request.customer_ids), list(request.tags))
+            scores = self._node.score(request.model_job_id, list(request.customer_ids), list(request.tags),
+                                      bank_only_fallback=request.bank_only_fallback)
         return pb.ScoreResponse(tags=scores.tags, probabilities=array_to_pb(scores.probabilities),
                                 platform_known=scores.platform_known.tolist(),
                                 projections_released=scores.projections_released,
-                                projections_limit=scores.projections_limit)
+                                projections_limit=scores.projections_limit, status=scores.status, note=scores.note)
 
     @translate_errors("bank")
     def BatchScore(self, request: pb.BatchScoreRequest, context: grpc.ServicerContext) -> pb.BatchScoreResponse:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from party_bank.registry import ModelRegistry
-from party_bank.scores import Scores
+from party_bank.scores import NOT_IN_INTERSECTION, OK, PLATFORM_UNAVAILABLE, UNKNOWN_CUSTOMER, Scores
 from party_bank.segments import SegmentService
 from party_common.audit import LOCAL_CALLER
 from party_common.config import NodeConfig
@@ -133,38 +133,54 @@ class BankNode(NodeBase):
         """The train job ID a model reference (job ID or alias NAME@LABEL) names; retired models are refused."""
         return self.registry.resolve(ref)
 
-    def score(self, model_job_id: str, customer_ids: list[str], tags: list[str] | None = None) -> Scores:
-        """Probabilities (len(ids), len(tags)), and whether the platform's part is in each.
+    def score(self, model_job_id: str, customer_ids: list[str], tags: list[str] | None = None, *,
+              bank_only_fallback: bool = False) -> Scores:
+        """Probabilities (len(ids), len(tags)) and a status per customer (``party_bank.scores``).
 
         Only customers of the model's alignment go to the platform, as their positions in that alignment
         (never an ID: the platform learns nothing about anyone outside the intersection). Everyone else is
         scored on the bank's side alone, with the platform's part at its training mean (z_B = 0 on
-        standardised features), and flagged ``platform_known=False``.
+        standardised features), and flagged ``platform_known=False``. An ID that is no bank customer gets
+        NaN and status ``unknown_customer``; it never fails the request. With ``bank_only_fallback``, a
+        platform that cannot be reached turns its members' status into ``platform_unavailable`` (bank-only
+        scores, flagged) instead of failing the request.
         """
         model_job_id = self.resolve_model(model_job_id)
         model = self.model(model_job_id, BankModel.from_dict)
         wanted, cols = self.tag_columns(model, tags or [])
         rows = np.fromiter((self.data.row_of(c) for c in customer_ids), dtype=np.int64, count=len(customer_ids))
-        if (rows < 0).any():
-            raise NotFound(f"customer at position {int(np.flatnonzero(rows < 0)[0]) + 1} of the request is not "
-                           "a customer of the bank")
-        z_bank = model.partial_scores(self.data.features[rows])[:, cols]
+        customer = rows >= 0
+        z_bank = np.zeros((len(customer_ids), len(wanted)))
+        z_bank[customer] = model.partial_scores(self.data.features[rows[customer]])[:, cols]
         index = self._alignment_index(model.alignment_job_id)
         positions = np.fromiter((index.get(c, -1) for c in customer_ids), dtype=np.int64, count=len(customer_ids))
-        known = positions >= 0
+        known = (positions >= 0) & customer
+        status = np.where(known, OK, np.where(customer, NOT_IN_INTERSECTION, UNKNOWN_CUSTOMER)).astype(object)
         z_platform = np.zeros_like(z_bank)
         members = np.flatnonzero(known)
-        # Each member once: the platform refuses repeated rows, and a repeat adds nothing.
-        unique, inverse = np.unique(positions[members], return_inverse=True)
         released = limit = 0
-        z_unique = np.zeros((len(unique), len(wanted)))
-        for start in range(0, len(unique), SCORE_BATCH):
-            answer = self.link.partial_scores(model_job_id, unique[start:start + SCORE_BATCH], wanted)
-            z_unique[start:start + SCORE_BATCH] = answer.scores
-            released, limit = answer.projections_released, answer.projections_limit
-        z_platform[members] = z_unique[inverse]
+        note = ""
+        try:
+            # Each member once: the platform refuses repeated rows, and a repeat adds nothing.
+            unique, inverse = np.unique(positions[members], return_inverse=True)
+            z_unique = np.zeros((len(unique), len(wanted)))
+            for start in range(0, len(unique), SCORE_BATCH):
+                answer = self.link.partial_scores(model_job_id, unique[start:start + SCORE_BATCH], wanted)
+                z_unique[start:start + SCORE_BATCH] = answer.scores
+                released, limit = answer.projections_released, answer.projections_limit
+            z_platform[members] = z_unique[inverse]
+        except PeerError as err:
+            if not bank_only_fallback or err.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                raise
+            z_platform[:] = 0.0
+            known[:] = False
+            status[members] = PLATFORM_UNAVAILABLE
+            note = f"scored on the bank's features alone: {err}"
+            log.warning("score: bank-only fallback for %d customer(s): the platform is unreachable", len(members))
         # Calibrated per tag (Platt, fitted on the validation multiset at training time).
-        return Scores(wanted, model.probabilities(z_bank + z_platform, cols), known, released, limit)
+        probabilities = model.probabilities(z_bank + z_platform, cols)
+        probabilities[~customer] = np.nan
+        return Scores(wanted, probabilities, known, released, limit, status=status.tolist(), note=note)
 
     def _alignment_index(self, alignment_job: str) -> dict[str, int]:
         """Customer ID -> position in the alignment (cached)."""

@@ -46,6 +46,9 @@ def check_alias(alias: str) -> str:
     return alias
 
 
+LATEST = "latest"  # a model reference: the newest finished train job that is not retired
+
+
 class ModelRegistry:
     """Names, aliases and retirement of the bank's trained models; ``link`` retires the platform's halves."""
 
@@ -80,7 +83,12 @@ class ModelRegistry:
     def _lookup(self, ref: str) -> str:
         ref = (ref or "").strip()
         if not ref:
-            raise UserError("name a model: a train job ID or an alias NAME@LABEL")
+            raise UserError("name a model: a train job ID, an alias NAME@LABEL or 'latest'")
+        if ref == LATEST:
+            for record in self.stores.jobs.list(-1, kind="train", status="succeeded"):
+                if self.retirement(record.job_id) is None:
+                    return record.job_id
+            raise NotFound("no trained model on this node yet ('latest' names the newest finished train job)")
         if not is_alias(ref):
             return ref
         job_id = self.aliases().get(check_alias(ref))

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+# One status per scored customer (ScoreResponse.status): what the probabilities are made of.
+OK = "ok"  # the joint model: bank and platform parts
+NOT_IN_INTERSECTION = "not_in_intersection"  # no platform part: not a shared customer, scored bank-only
+UNKNOWN_CUSTOMER = "unknown_customer"  # not a bank customer: no probabilities (NaN)
+PLATFORM_UNAVAILABLE = "platform_unavailable"  # a shared customer scored bank-only: the platform was down
+STATUSES = (OK, NOT_IN_INTERSECTION, UNKNOWN_CUSTOMER, PLATFORM_UNAVAILABLE)
 
 
 @dataclass(frozen=True)
@@ -14,3 +21,5 @@ class Scores:
     platform_known: np.ndarray  # bool per customer: False = scored on the bank's features alone
     projections_released: int  # the platform's disclosure budget on the model's alignment: used ...
     projections_limit: int  # ... of this many (0, 0 when no customer reached the platform)
+    status: list[str] = field(default_factory=list)  # one of STATUSES per customer
+    note: str = ""  # why the platform's part is missing (bank-only fallback), in one line

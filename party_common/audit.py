@@ -56,11 +56,13 @@ def outcome_of(err: BaseException | None) -> str:
 
 @contextmanager
 def audited(jobs: JobStore, event: str, *, actor: str, job_id: str | None = None,
-            detail: str = "") -> Iterator[AuditedCall]:
+            detail: str = "", durable: bool = True) -> Iterator[AuditedCall]:
     """One audit row and one log line for the call in the ``with`` block, with its outcome.
 
     ``job_id`` (the job or model the call names) is recorded only when it is a well-formed job ID: a name the
-    caller typed may be anything, so nothing else of it is written.
+    caller typed may be anything, so nothing else of it is written. ``durable=False`` (score calls, many a
+    second): the row is committed before the answer leaves, atomically and safe against a killed process, but
+    without waiting for the disk (a power loss may lose the last such rows; ``SqliteJobStore._transaction``).
     """
     call = AuditedCall(detail=detail)
     named = job_id if job_id and JOB_ID_RE.match(job_id) else None
@@ -75,7 +77,7 @@ def audited(jobs: JobStore, event: str, *, actor: str, job_id: str | None = None
         log.info("%s by %s: %d row(s), %s%s", event, actor, call.count, outcome,
                  f" (job {named})" if named else "")
         try:
-            jobs.audit(named, event, call.detail, actor=actor, outcome=outcome, count=call.count)
+            jobs.audit(named, event, call.detail, actor=actor, outcome=outcome, count=call.count, durable=durable)
         except Exception as err:
             log.error("audit row for %s could not be written: %s", event, type(err).__name__)
             if error is None:  # no answer leaves the node without its audit row

@@ -32,6 +32,13 @@ Example (bank)::
     tag_columns = ["tag_young_family", "tag_car_owner"]   # bank only
     fill_missing = "error"           # or "zero" / "mean"
 
+    [client]                         # how the CLI on this machine reaches the control API (optional)
+    address = "127.0.0.1:7443"       # default: `listen`, with 0.0.0.0 / [::] read as 127.0.0.1
+    tls_name = "acme-bank"           # name in the node's certificate to check (default: the address's host)
+
+    [metrics]                        # optional: Prometheus metrics over plain HTTP
+    listen = "127.0.0.1:9443"        # off when absent
+
 Relative paths are resolved against the config file's folder. The platform's ``[policy]`` table is described
 in ``party_common.policy``.
 """
@@ -100,6 +107,10 @@ class NodeConfig:
     max_released_projections: int | None = None
     policy: PolicyConfig = field(default_factory=PolicyConfig)  # the platform's other [policy] knobs
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    # [client]: where a data scientist's CLI dials the control API, and the name to check in its certificate.
+    client_address: str = ""
+    client_tls_name: str | None = None
+    metrics_listen: str | None = None  # [metrics] listen: Prometheus endpoint, off when None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -121,6 +132,15 @@ def _address(value: str, where: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{where}: '{value}' is not host:port (e.g. 127.0.0.1:7443)")
     return value
+
+
+WILDCARD_HOSTS = ("0.0.0.0", "[::]", "::", "")
+
+
+def local_address(listen: str) -> str:
+    """``listen`` as a client on the same machine dials it: a wildcard host becomes 127.0.0.1."""
+    host, _, port = listen.rpartition(":")
+    return f"127.0.0.1:{port}" if host in WILDCARD_HOSTS else listen
 
 
 def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = True) -> NodeConfig:
@@ -200,6 +220,17 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
         raise ConfigError(f"{path}: [policy] must be a table")
     if policy and role != "platform":
         raise ConfigError(f"{path} [policy]: only the platform node has a policy section")
+    client = doc.get("client", {})
+    metrics = doc.get("metrics", {})
+    for section, table in (("client", client), ("metrics", metrics)):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        unknown = sorted(set(table) - ({"address", "tls_name"} if section == "client" else {"listen"}))
+        if unknown:
+            raise ConfigError(f"{path} [{section}]: unknown key '{unknown[0]}'")
+    listen = _address(_get(node, "listen", str, f"{path} [node]"), f"{path} [node] listen")
+    client_address = _get(client, "address", str, f"{path} [client]", required=False)
+    metrics_listen = _get(metrics, "listen", str, f"{path} [metrics]", required=False)
     released = _get(policy, "max_released_projections", int, f"{path} [policy]", required=False)
     compute = _compute(doc.get("compute", {}), f"{path} [compute]")
     if released is not None and released < 1:
@@ -212,7 +243,7 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
         source=path,
         name=_get(node, "name", str, f"{path} [node]"),
         role=role,
-        listen=_address(_get(node, "listen", str, f"{path} [node]"), f"{path} [node] listen"),
+        listen=listen,
         state_dir=resolve(_get(node, "state_dir", str, f"{path} [node]")),
         peer_address=_address(_get(peer, "address", str, f"{path} [peer]"), f"{path} [peer] address")
         if role == "bank" else "",
@@ -226,6 +257,10 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
         max_released_projections=released,
         policy=policy_cfg,
         compute=compute,
+        client_address=_address(client_address, f"{path} [client] address") if client_address
+        else local_address(listen),
+        client_tls_name=_get(client, "tls_name", str, f"{path} [client]", required=False),
+        metrics_listen=_address(metrics_listen, f"{path} [metrics] listen") if metrics_listen else None,
     )
 
 

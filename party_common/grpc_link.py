@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import grpc
@@ -21,6 +22,7 @@ from party_common.codec import array_from_pb, array_to_pb, from_payload, to_payl
 from party_common.config import ConfigError, NodeConfig
 from party_common.grpc_errors import peer_error
 from party_common.link import PartialScores, Retirement, SessionContext, check_partial_scores
+from party_common.metrics import PARTIAL_SCORE_REQUESTS, STEP_SECONDS
 from party_common.transport import (
     CONTROL_TIMEOUT_S,
     FEATURES,
@@ -43,8 +45,10 @@ log = logging.getLogger(__name__)
 class GrpcChannel:
     """A :class:`protocols.channel.PeerChannel` over the ``Node.Step`` stream."""
 
-    def __init__(self, stub: pb_grpc.NodeStub, job_id: str, *, step_timeout_s: float, max_bytes: int) -> None:
+    def __init__(self, stub: pb_grpc.NodeStub, job_id: str, *, step_timeout_s: float, max_bytes: int,
+                 address: str = "") -> None:
         self.job_id = job_id
+        self.address = address
         self._stub = stub
         self._seq = 0
         self._timeout = step_timeout_s
@@ -60,10 +64,11 @@ class GrpcChannel:
         data = to_payload(message).SerializeToString()
         self.sent_bytes += len(data)
         try:
-            replies = self._stub.Step(chunk_payload(self.job_id, step, self._seq, data), timeout=self._timeout)
-            header, joined = join_chunks(replies, max_bytes=self._max_bytes)
+            with STEP_SECONDS.labels("bank", step).time():
+                replies = self._stub.Step(chunk_payload(self.job_id, step, self._seq, data), timeout=self._timeout)
+                header, joined = join_chunks(replies, max_bytes=self._max_bytes)
         except grpc.RpcError as err:
-            raise peer_error(err, f"step {step}") from err
+            raise peer_error(err, f"step {step}", address=self.address) from err
         except ProtocolError as err:
             raise PeerError(f"step {step}: bad reply stream: {err}", code="DATA_LOSS") from err
         if (header.job_id, header.seq) != (self.job_id, self._seq):
@@ -136,13 +141,16 @@ class GrpcPlatformLink:
         self._own_cert = own_cert
         self._server_check = server_check
         self.peer_hello: pb.Hello | None = None
+        self.down_since: float | None = None  # wall-clock time of the first failure in a row to reach the platform
 
     def _error(self, err: grpc.RpcError, what: str) -> PeerError:
         """A gRPC error as a PeerError; a refused certificate as the one-liner that says so."""
         refused = refusal_message(err, side="platform node", address=self.address, own_cert=self._own_cert)
         if refused:
             return PeerError(f"{what}: {refused}", code=err.code().name)
-        return peer_error(err, what)
+        if err.code() == grpc.StatusCode.UNAVAILABLE and self.down_since is None:
+            self.down_since = time.time()
+        return peer_error(err, what, address=self.address, since=self.down_since)
 
     def connect(self, timeout_s: float = 30.0) -> str:
         try:
@@ -151,8 +159,12 @@ class GrpcPlatformLink:
             if err.rpc_error is not None and (why := refusal_message(
                     err.rpc_error, side="platform node", address=self.address, own_cert=self._own_cert)):
                 raise PeerError(why, code=err.rpc_error.code().name) from err
-            raise PeerError(f"platform node at {self.address} is not reachable: {err}",
-                            code="UNAVAILABLE") from err
+            if self.down_since is None:
+                self.down_since = time.time() - timeout_s
+            since = time.strftime("%H:%M:%S UTC", time.gmtime(self.down_since))
+            raise PeerError(f"the platform node at {self.address} is unreachable since {since}: {err}",
+                            code=err.code) from err
+        self.down_since = None
         if self._server_check is not None:
             self._server_check()
         hello = self.handshake(FEATURES)
@@ -182,7 +194,8 @@ class GrpcPlatformLink:
             self._stub.OpenSession(request, timeout=self._step_timeout)
         except grpc.RpcError as err:
             raise self._error(err, f"open {kind} session") from err
-        return GrpcChannel(self._stub, job_id, step_timeout_s=self._step_timeout, max_bytes=self._max_bytes)
+        return GrpcChannel(self._stub, job_id, step_timeout_s=self._step_timeout, max_bytes=self._max_bytes,
+                           address=self.address)
 
     def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
         request = pb.PartialScoreRequest(model_job_id=model_job_id, tags=tags,
@@ -190,7 +203,10 @@ class GrpcPlatformLink:
         try:
             reply = self._stub.PartialScore(request, timeout=self._score_timeout)
         except grpc.RpcError as err:
+            PARTIAL_SCORE_REQUESTS.labels("bank", err.code().name.lower()).inc()
             raise self._error(err, "partial scores") from err
+        PARTIAL_SCORE_REQUESTS.labels("bank", "ok").inc()
+        self.down_since = None
         try:
             scores = array_from_pb(reply.scores, where="partial scores")
         except ProtocolError as err:

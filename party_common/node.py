@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from party_common.config import NodeConfig
 from party_common.jobs import JobContext, JobError, Progress
+from party_common.progress import ProgressLog
 from party_common.runtime import load_node_data
 from party_common.storage import NodeStores, open_node_stores
 from protocols.compute import Compute, make_compute
@@ -64,16 +65,10 @@ class NodeBase:
         return make_compute("pool", self.config.workers)
 
     def progress_reporter(self, job_id: str) -> Progress:
-        """Writes "stage: done/total" to the job's row, at most every PROGRESS_EVERY_S and at the end."""
-        last = [0.0]
-
-        def report(stage: str, done: int, total: int) -> None:
-            now = time.monotonic()
-            if now - last[0] > PROGRESS_EVERY_S or done >= total:
-                last[0] = now
-                self.stores.jobs.set_progress(job_id, f"{stage}: {done}/{total}")
-
-        return report
+        """Writes the stage in plain words (with time left in training) to the job's row, at most every
+        PROGRESS_EVERY_S, and each new stage to its history (``progress`` events: `bank-node logs`)."""
+        return ProgressLog(lambda text: self.stores.jobs.set_progress(job_id, text),
+                           lambda stage: self.stores.jobs.audit(job_id, "progress", stage), every_s=PROGRESS_EVERY_S)
 
     def job_context(self, job_id: str) -> JobContext:
         return JobContext(job_id=job_id, data=self.data, stores=self.stores, new_compute=self.new_compute,
@@ -101,7 +96,8 @@ class NodeBase:
                                "(is it a finished train job?)") from err
             model = load(doc, where=f"model {model_job_id}")
             # The data this node serves must still have the columns the model was trained on.
-            model.schema.check_scoring_compatible(self.data.schema, self.data.source)
+            # (the file's name only: messages travel to callers, who have no business with server paths).
+            model.schema.check_scoring_compatible(self.data.schema, Path(self.data.source).name)
             return model
 
         return self.cached("model", model_job_id, build)

@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from party_common.config import ConfigError
+from party_common.grpc_errors import transport_reason
 from proto import fedprofile_v1_pb2 as pb
 from protocols.errors import PeerError, ProtocolError
 
@@ -49,6 +50,9 @@ def grpc_options(max_message: int = MAX_GRPC_MESSAGE) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
+        # A peer that comes back is found within seconds (gRPC's default backoff grows to two minutes).
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
     ]
 
 
@@ -87,9 +91,10 @@ def wait_healthy(channel: grpc.Channel, *, service: str = "", timeout_s: float =
     stub = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + timeout_s
     last: grpc.RpcError | None = None
-    while time.monotonic() < deadline:
+    while True:  # at least one try, even with no time to wait
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service),
+                               timeout=max(0.5, min(2.0, deadline - time.monotonic())))
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return
         except grpc.RpcError as err:
@@ -98,9 +103,15 @@ def wait_healthy(channel: grpc.Channel, *, service: str = "", timeout_s: float =
                 # The node refused our certificate: waiting longer will not change its mind.
                 raise TransportError(f"peer refused us: {err.details()}", code=err.code().name,
                                      rpc_error=err) from err
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.1)
-    detail = f"{last.code().name}: {last.details()}" if last is not None else "not serving"
-    raise TransportError(f"peer not healthy after {timeout_s:.0f} s: {detail}", rpc_error=last)
+    if last is None:
+        raise TransportError(f"peer not serving after {timeout_s:.0f} s")
+    found = transport_reason(last.details() or "") if hasattr(last, "details") else None
+    why = found[1] if found else " ".join(str(last.details() if hasattr(last, "details") else last).split())
+    raise TransportError(f"no answer for {timeout_s:.0f} s: {why}", rpc_error=last,
+                         code="FAILED_PRECONDITION" if found and found[0] == "certificate" else "UNAVAILABLE")
 
 
 def make_hello(role: str, node_name: str, features: Iterable[str]) -> pb.Hello:

@@ -24,8 +24,10 @@ from grpc_health.v1.health import HealthServicer
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from party_common.cli_format import DefaultsFormatter, version_string
 from party_common.config import NodeConfig, load_config
 from party_common.jobs import SESSION_KINDS
+from party_common.metrics import start_metrics
 from party_common.runtime import (
     INSECURE_WARNING,
     read_tls_files,
@@ -69,7 +71,15 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     log.info("platform node '%s' listening on port %d (max gRPC message %d bytes)", node.config.name, port,
              MAX_GRPC_MESSAGE)
+    try:
+        metrics = start_metrics(node.config.metrics_listen, node.stores.jobs)
+    except FedProfileError as err:
+        print(f"platform-node: {err}", file=sys.stderr)
+        server.stop(0)
+        return 2
     run_until_signalled(server, health, registry.close_all)
+    if metrics:
+        metrics.close()
     return 0
 
 
@@ -110,11 +120,14 @@ def admin_command(args: argparse.Namespace, config: NodeConfig) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="platform-node", description="The e-commerce platform's node.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="platform-node", description="The e-commerce platform's node.",
+                                formatter_class=DefaultsFormatter)
+    p.add_argument("--version", action="version", version=version_string("platform-node"))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_p = sub.add_parser("serve", help="answer the bank node's PSI, training and scoring calls")
     serve_p.add_argument("--insecure-dev", action="store_true", help="plaintext gRPC, no client auth (laptop only)")
-    serve_p.add_argument("--log-level", default="INFO")
+    serve_p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                         help="the node's log level")
     jobs = sub.add_parser("jobs", help="the jobs this node took part in, who asked and how they ended")
     jobs.add_argument("--status", choices=STATUSES)
     jobs.add_argument("--limit", type=int, default=50)
@@ -130,6 +143,7 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=100, help="the newest N rows (default 100)")
     policy = sub.add_parser("policy", help="the policy this node enforces ([policy] of its config)")
     for command in (serve_p, jobs, models, approve, revoke, audit, policy):
+        command.formatter_class = DefaultsFormatter
         command.add_argument("--config", required=True, help="the node's TOML file")
     for command in (jobs, models, audit):
         command.add_argument("--json", action="store_true", help="JSON instead of a table")

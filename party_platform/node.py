@@ -171,7 +171,7 @@ class PlatformNode(NodeBase):
         Every call, answered or refused, is one audit row (the caller's certificate name, rows, outcome), and
         the policy's model, tag and quota checks come before any answer.
         """
-        with audited(self.stores.jobs, SCORE_EVENT, actor=caller, job_id=model_job_id) as call:
+        with audited(self.stores.jobs, SCORE_EVENT, actor=caller, job_id=model_job_id, durable=False) as call:
             answer = self._partial_scores(model_job_id, rows, tags)
             call.count, call.detail = len(rows), f"{len(rows)} rows, {len(answer.tags)} tags"
         return answer

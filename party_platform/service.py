@@ -21,6 +21,7 @@ from party_common.auth import caller_identity
 from party_common.codec import array_from_pb, array_to_pb, from_payload, to_payload
 from party_common.grpc_errors import abort, translate_errors
 from party_common.link import PlatformEndpoint, SessionContext
+from party_common.metrics import PARTIAL_SCORE_REQUESTS, STEP_SECONDS
 from party_common.policy import QuotaExceeded
 from party_common.storage.jobs import check_job_id
 from party_common.transport import FEATURES, check_hello, chunk_payload, join_chunks, make_hello
@@ -154,7 +155,8 @@ class NodeServicer(pb_grpc.NodeServicer):
                     raise ProtocolError(f"step {header.step} has sequence number {header.seq}, expected "
                                         f"{session.next_seq}: replayed or out of order")
                 payload = parse_payload(data, f"step {header.step}")
-                reply = session.handler.handle(header.step, from_payload(payload, where=f"step {header.step}"))
+                with STEP_SECONDS.labels("platform", header.step).time():
+                    reply = session.handler.handle(header.step, from_payload(payload, where=f"step {header.step}"))
                 session.next_seq += 1
             out = to_payload(reply).SerializeToString()
         except Exception as err:
@@ -169,9 +171,14 @@ class NodeServicer(pb_grpc.NodeServicer):
     @translate_errors("platform")
     def PartialScore(self, request: pb.PartialScoreRequest,
                      context: grpc.ServicerContext) -> pb.PartialScoreResponse:
-        rows = array_from_pb(request.rows, where="partial score rows")
-        answer = self._endpoint.partial_scores(request.model_job_id, rows, list(request.tags),
-                                               caller=caller_name(context))
+        try:
+            rows = array_from_pb(request.rows, where="partial score rows")
+            answer = self._endpoint.partial_scores(request.model_job_id, rows, list(request.tags),
+                                                   caller=caller_name(context))
+        except Exception:
+            PARTIAL_SCORE_REQUESTS.labels("platform", "refused").inc()
+            raise
+        PARTIAL_SCORE_REQUESTS.labels("platform", "answered").inc()
         return pb.PartialScoreResponse(tags=answer.tags, scores=array_to_pb(answer.scores),
                                        projections_released=answer.projections_released,
                                        projections_limit=answer.projections_limit)

@@ -137,3 +137,29 @@ def test_platform_names_the_bank_node_it_serves(configs: tuple[Path, Path]) -> N
     edit(platform, "[tls]", '[tls]\nclient_ca = "certs/bank/ca.crt"')
     with pytest.raises(ConfigError, match="the platform serves only the bank node"):
         load_config(platform, expected_role="platform")
+
+
+def test_client_section_tells_the_cli_where_the_control_api_is(configs: tuple[Path, Path]) -> None:
+    bank, _ = configs
+    local = load_config(bank, expected_role="bank")
+    assert (local.client_address, local.client_tls_name, local.metrics_listen) == ("127.0.0.1:7001", None, None)
+    edit(bank, 'listen = "127.0.0.1:7001"', 'listen = "0.0.0.0:7001"')
+    assert load_config(bank, expected_role="bank").client_address == "127.0.0.1:7001"  # wildcard: this machine
+    text = bank.read_text() + '\n[client]\naddress = "bank.internal:7001"\ntls_name = "bank"\n' \
+                              '\n[metrics]\nlisten = "127.0.0.1:9100"\n'
+    bank.write_text(text)
+    remote = load_config(bank, expected_role="bank")
+    assert (remote.client_address, remote.client_tls_name) == ("bank.internal:7001", "bank")
+    assert remote.metrics_listen == "127.0.0.1:9100" and remote.listen == "0.0.0.0:7001"
+
+
+@pytest.mark.parametrize(("section", "error"), [
+    ('[client]\naddress = "bank.internal"\n', r"\[client\] address: 'bank.internal' is not host:port"),
+    ('[client]\nadress = "bank.internal:7001"\n', r"\[client\]: unknown key 'adress'"),
+    ('[metrics]\nlisten = 9100\n', r"\[metrics\]: 'listen' must be a str"),
+])
+def test_client_and_metrics_mistakes_are_named(configs: tuple[Path, Path], section: str, error: str) -> None:
+    bank, _ = configs
+    bank.write_text(bank.read_text() + "\n" + section)
+    with pytest.raises(ConfigError, match=error):
+        load_config(bank, expected_role="bank")

@@ -31,15 +31,18 @@ def test_align_train_score_and_batch_score_between_two_processes(tmp_path: Path)
         probs = scores.probabilities
         assert scores.tags == files.tags and probs.shape == (5, 2) and ((probs > 0) & (probs < 1)).all()
         assert scores.platform_known.tolist() == [True, True, True, False, False]
+        assert scores.status == ["ok"] * 3 + ["not_in_intersection"] * 2
         assert (scores.projections_released, scores.projections_limit) == (2, scores.projections_limit)
         assert scores.projections_limit >= 2
         path, rows = client.batch_score(train["job_id"], "scores.csv")
         assert rows == len(files.shared_ids) and Path(path).exists()
 
         # Errors reach the data scientist as statuses with a message, not as traces.
+        unknown = client.score(train["job_id"], ["+440000000000", shared[0]])
+        assert unknown.status == ["unknown_customer", "ok"] and np.isnan(unknown.probabilities[0]).all()
         with pytest.raises(grpc.RpcError) as refused:
-            client.score(train["job_id"], ["+440000000000"])
-        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+            client.score("train-20000101-000000-000000", [shared[0]])
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "/" not in (refused.value.details() or "")
         with pytest.raises(grpc.RpcError) as bad:
             client.submit("train", {"train": {"lr": 0.1}})
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'lr'" in (bad.value.details() or "")

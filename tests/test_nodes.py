@@ -92,10 +92,70 @@ def test_online_scores_add_the_platform_part_only_for_shared_customers(trained: 
     assert one_tag.projections_released == 2 and one_tag.projections_limit == len(platform_model.scaler.mean) // 2
 
 
+def test_each_customer_gets_a_status_and_an_unknown_id_fails_nothing(trained: tuple[Nodes, str, str],
+                                                                      files: SimulatedFiles) -> None:
+    nodes, _, train_id = trained
+    ids = list(nodes.bank.data.ids)
+    shared = next(i for i in ids if i in files.shared_ids)
+    alone = next(i for i in ids if i not in files.shared_ids)
+    scores = nodes.bank.score(train_id, [shared, "+440000000000", alone])
+    assert scores.status == ["ok", "unknown_customer", "not_in_intersection"] and not scores.note
+    assert np.isnan(scores.probabilities[1]).all() and np.isfinite(scores.probabilities[[0, 2]]).all()
+    assert scores.platform_known.tolist() == [True, False, False]
+    alone_only = nodes.bank.score(train_id, ["+440000000000", "+440000000001"])  # nobody reaches the platform
+    assert alone_only.status == ["unknown_customer"] * 2 and alone_only.projections_limit == 0
+
+
+class DownLink(LocalPlatformLink):
+    """The platform as the bank sees it while it is down (or refusing, with another ``code``)."""
+
+    def __init__(self, platform: object, code: str = "UNAVAILABLE") -> None:
+        super().__init__(platform)  # type: ignore[arg-type]
+        self.code = code
+
+    def partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> object:  # type: ignore[override]
+        raise PeerError("partial scores: the platform node at 10.0.0.9:7444 is unreachable since 09:00:00 UTC: "
+                        "connection refused", code=self.code)
+
+
+def test_bank_only_fallback_is_opt_in_flagged_and_only_for_an_unreachable_platform(
+        trained: tuple[Nodes, str, str], files: SimulatedFiles) -> None:
+    nodes, _, train_id = trained
+    ids = list(nodes.bank.data.ids)
+    shared = [i for i in ids if i in files.shared_ids][:2]
+    alone = next(i for i in ids if i not in files.shared_ids)
+    down = BankNode(nodes.bank.config, DownLink(nodes.platform), data=nodes.bank.data, stores=nodes.bank.stores)
+    with pytest.raises(PeerError, match="unreachable"):
+        down.score(train_id, shared + [alone])
+    scores = down.score(train_id, shared + [alone, "+440000000000"], bank_only_fallback=True)
+    assert scores.status == ["platform_unavailable"] * 2 + ["not_in_intersection", "unknown_customer"]
+    assert not scores.platform_known.any() and "bank's features alone" in scores.note
+    assert "10.0.0.9:7444" in scores.note
+    model = BankModel.from_dict(nodes.bank.stores.models.load(train_id), where="test")
+    rows = [nodes.bank.data.row_of(i) for i in shared]
+    np.testing.assert_allclose(scores.probabilities[:2],
+                               model.probabilities(model.partial_scores(nodes.bank.data.features[rows])), rtol=1e-12)
+    refusing = BankNode(nodes.bank.config, DownLink(nodes.platform, "FAILED_PRECONDITION"), data=nodes.bank.data,
+                        stores=nodes.bank.stores)
+    with pytest.raises(PeerError):  # a refusal is no outage: no silent fallback
+        refusing.score(train_id, shared, bank_only_fallback=True)
+    down.shutdown()
+    refusing.shutdown()
+
+
+def test_a_train_job_keeps_its_history_with_per_epoch_validation_metrics(trained: tuple[Nodes, str, str]) -> None:
+    nodes, _, train_id = trained
+    events = nodes.bank.stores.jobs.audit_events(train_id)
+    kinds = [e.event for e in events]
+    assert kinds[:2] == ["created", "running"] and kinds[-1] == "succeeded"
+    stages = [e.detail for e in events if e.event == "progress"]
+    assert "keys" in stages and any(s.startswith("epoch 1/") for s in stages)
+    validation = [s for s in stages if "validation AUC" in s]
+    assert len(validation) >= 1 and all(tag in validation[0] for tag in nodes.bank.data.tag_names)
+
+
 def test_scoring_errors(trained: tuple[Nodes, str, str]) -> None:
     nodes, align_id, train_id = trained
-    with pytest.raises(NotFound, match="position 2 of the request is not a customer of the bank"):
-        nodes.bank.score(train_id, [nodes.bank.data.ids[0], "+440000000000"])
     with pytest.raises(JobError, match="has no tag"):
         nodes.bank.score(train_id, [nodes.bank.data.ids[0]], ["tag_nope"])
     with pytest.raises(NotFound, match="no model for job"):

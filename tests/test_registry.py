@@ -245,5 +245,40 @@ def test_cli_models_commands(trained: Trained, files: SimulatedFiles, grpc_pair:
     assert cli.main(["models", *base]) == 0
     assert "car-owner-v2" in capsys.readouterr().out
     assert cli.main(["models", *base, "unalias", "nope@x"]) == 1
-    assert "NOT_FOUND" in (err := capsys.readouterr().err) and "nope@x" in err
+    assert (capsys.readouterr().err) == "bank-node models: no model alias 'nope@x'\n"  # one plain line
     assert cli.main(["models", *base, "unalias", "cli@prod"]) == 0
+
+
+def test_cli_job_commands_for_people(trained: Trained, files: SimulatedFiles,
+                                     grpc_pair: tuple[BankClient, GrpcPlatformLink], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    _, link = grpc_pair
+    config = tmp_path / "bank.toml"
+    tags = ", ".join(f'"{t}"' for t in files.tags)
+    config.write_text(f'[node]\nname = "bank"\nrole = "bank"\nlisten = "0.0.0.0:1"\nstate_dir = "{tmp_path}"\n\n'
+                      f'[client]\naddress = "{link.address}"\n\n[peer]\naddress = "127.0.0.1:1"\n\n'
+                      f'[data]\npath = "{files.bank}"\nid_column = "id"\ntag_columns = [{tags}]\n')
+    base = ["--config", str(config), "--insecure-dev"]
+    assert cli.main(["jobs", *base]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["JOB", "NAME", "KIND"] and "car-owner-v2" in table
+    assert cli.main(["logs", *base, trained.second]) == 0
+    history = capsys.readouterr().out
+    assert "created: train" in history and "validation AUC" in history and "  succeeded" in history
+    assert cli.main(["wait", *base, trained.second]) == 0  # an ended job: its history, then its results
+    out, err = capsys.readouterr()
+    assert f"model {trained.second} 'car-owner-v2': trained on alignment {trained.align}" in out
+    assert "AUC JOINT" in out and all(tag in out for tag in files.tags) and "validation AUC" in err
+    assert cli.main(["rerun", *base, trained.first, "--detach"]) == 0
+    again = capsys.readouterr().out.strip()
+    assert again.startswith("train-") and again != trained.first
+    assert cli.main(["wait", *base, again, "--json"]) == 0
+    job = json.loads(capsys.readouterr().out)
+    original = trained.nodes.bank.stores.jobs.get(trained.first)
+    assert job["status"] == "succeeded" and job["name"] == "car-owner" and job["params"] == original.params
+    shared = shared_ids(trained, files, 1)[0]
+    assert cli.main(["score", *base, "--model", "latest", "--ids", f"{shared},+440000000000"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2].split()[:2] == [shared, "ok"] and rows[3].split() == ["+440000000000", "unknown_customer", "-"]
+    assert cli.main(["logs", *base, "train-20000101-000000-000000"]) == 1
+    assert capsys.readouterr().err == "bank-node logs: no job train-20000101-000000-000000\n"

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS audit (
     outcome TEXT NOT NULL DEFAULT '',
     count INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS audit_by_job ON audit (job_id, seq);
 """
 _AUDIT_COLUMNS = ("actor", "outcome", "count")  # added after the first release: old stores gain them on open
 _AUDIT_INSERT = "INSERT INTO audit (at, job_id, event, detail, actor, outcome, count) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -148,6 +149,10 @@ class SqliteJobStore:
         os.chmod(self.path, 0o600)  # SQLite gives its -wal and -shm files the database file's mode
         with closing(self._connect()) as db:
             db.executescript(SCHEMA)
+        # One connection for every write (under the lock), open for the store's lifetime: a connection per
+        # transaction cost a connect, and closing the last connection to a WAL database checkpoints it and
+        # deletes the WAL file: ~10 ms a write. Reads open their own.
+        self._writer = self._connect(shared=True)
         self._migrate()
         if not recover:
             return
@@ -176,16 +181,20 @@ class SqliteJobStore:
                 db.execute("DROP TABLE jobs")
                 db.execute("ALTER TABLE jobs_new RENAME TO jobs")
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+    def _connect(self, *, shared: bool = False) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=not shared)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         return db
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One connection, BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on any exception."""
-        with self._lock, closing(self._connect()) as db:
+    def _transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """The writer connection, BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on any exception. ``durable=False``
+        commits without waiting for the disk (WAL, synchronous=NORMAL): still atomic and safe when the process
+        is killed, but the last such commits may be lost if the machine loses power."""
+        with self._lock:
+            db = self._writer
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -245,10 +254,11 @@ class SqliteJobStore:
                      (error[:_ERROR_MAX], now()), "failed")
 
     def audit(self, job_id: str | None, event: str, detail: str = "", *, actor: str = "", outcome: str = "",
-              count: int = 0) -> None:
+              count: int = 0, durable: bool = True) -> None:
+        """Append to the audit log; ``durable=False`` for frequent routine rows (see :meth:`_transaction`)."""
         if job_id is not None:
             check_job_id(job_id)
-        with self._transaction() as db:
+        with self._transaction(durable=durable) as db:
             db.execute(_AUDIT_INSERT, _audit_row(job_id, event, detail, actor, outcome, count))
 
     def audit_events(self, job_id: str | None = None, *, event: str | None = None,
@@ -359,7 +369,7 @@ class MemoryJobStore:
         self._update(job_id, "failed", status="failed", error=error[:_ERROR_MAX], finished_at=now())
 
     def audit(self, job_id: str | None, event: str, detail: str = "", *, actor: str = "", outcome: str = "",
-              count: int = 0) -> None:
+              count: int = 0, durable: bool = True) -> None:
         if job_id is not None:
             check_job_id(job_id)
         with self._lock:

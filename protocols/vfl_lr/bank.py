@@ -246,6 +246,8 @@ class _BankTrainer:
         for t in np.flatnonzero(improved):  # the multiset the tag's final (best-epoch) model gives validation
             state.best_validation[t] = pairs[t]
         entry["validation_auc"] = {tag: m["auc"] for tag, m in zip(self.bank.tag_names, metrics, strict=True)}
+        self.progress(f"epoch {epoch + 1}/{self.p.epochs} validation AUC " + ", ".join(
+            f"{tag} {'n/a' if auc is None else f'{auc:.3f}'}" for tag, auc in entry["validation_auc"].items()), 1, 1)
         return improved
 
     def _z_bank(self, rows: np.ndarray) -> np.ndarray:
