@@ -214,12 +214,9 @@ def follow(client: BankClient, job_id: str, *, every_event: bool) -> dict[str, A
     try:
         return client.wait(job_id, on_progress=on_progress, on_event=on_event)
     except KeyboardInterrupt:
-        raise StoppedFollowing(f"stopped following job {job_id}; it keeps running on the node "
+        raise FedProfileError(f"stopped following job {job_id}; it keeps running on the node "
                                f"(`bank-node wait {job_id}` follows it again)") from None
 
-
-class StoppedFollowing(FedProfileError):
-    """Ctrl-C while following a job: the job goes on, only the client stops watching."""
 
 
 def print_outcome(job: dict[str, Any], as_json: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 from pathlib import Path
 
 import grpc
@@ -133,8 +134,8 @@ def test_progress_says_what_is_left_and_keeps_each_stage() -> None:
 
 @pytest.fixture(scope="module")
 def serving(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], dict[str, Path], int]:
-    pki = init_local_pki(tmp_path_factory.mktemp("pki"))
-    other = init_local_pki(tmp_path_factory.mktemp("other"))
+    pki = init_local_pki(tmp_path_factory.mktemp("pki"), operators=["alice"])
+    other = init_local_pki(tmp_path_factory.mktemp("other"), operators=["mallory"])
     server = make_server(2)
     add_health(server, [])
     port = bind(server, "0.0.0.0:0", server_credentials(pki["bank_cert"].read_bytes(), pki["bank_key"].read_bytes(),
@@ -206,7 +207,7 @@ def test_client_commands_fail_in_one_line_when_the_node_is_down(tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     from simulations.cluster import free_port, write_configs
 
-    init_local_pki(tmp_path / "certs")
+    init_local_pki(tmp_path / "certs", operators=[getpass.getuser()])
     (tmp_path / "b.csv").write_text("id,x,tag\n1,0.5,1\n")
     bank, _ = write_configs(tmp_path, bank_data=tmp_path / "b.csv", bank_id_column="id", bank_tag_columns=["tag"],
                             platform_data=tmp_path / "b.csv", platform_id_column="id", bank_port=free_port(),
