@@ -255,7 +255,7 @@ def test_cli_job_commands_for_people(trained: Trained, files: SimulatedFiles,
     _, link = grpc_pair
     config = tmp_path / "bank.toml"
     tags = ", ".join(f'"{t}"' for t in files.tags)
-    config.write_text(f'[node]\nname = "bank"\nrole = "bank"\nlisten = "0.0.0.0:1"\nstate_dir = "{tmp_path}"\n\n'
+    config.write_text(f'[node]\nname = "bank"\nrole = "bank"\nlisten = "127.0.0.1:1"\nstate_dir = "{tmp_path}"\n\n'
                       f'[client]\naddress = "{link.address}"\n\n[peer]\naddress = "127.0.0.1:1"\n\n'
                       f'[data]\npath = "{files.bank}"\nid_column = "id"\ntag_columns = [{tags}]\n')
     base = ["--config", str(config), "--insecure-dev"]
