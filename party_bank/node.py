@@ -163,7 +163,7 @@ class BankNode(NodeBase):
             z_unique[start:start + SCORE_BATCH] = answer.scores
             released, limit = answer.projections_released, answer.projections_limit
         z_platform[members] = z_unique[inverse]
-        # Calibrated per tag (Platt, fitted on the validation multiset at training time).
+        # Calibrated per tag (Platt or the monotone map, fitted on the validation multiset at training time).
         return Scores(wanted, model.probabilities(z_bank + z_platform, cols), known, released, limit)
 
     def _alignment_index(self, alignment_job: str) -> dict[str, int]:

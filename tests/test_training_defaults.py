@@ -78,19 +78,23 @@ def test_calibration_brings_mean_prediction_to_the_base_rate(run):
     off_before = 0
     for tag, m in outcome.report["metrics"].items():
         joint = m["joint"]
-        assert m["calibration"]["method"] == "platt" and m["calibration"]["a"] > 0
+        # 270 labelled validation rows: too few for the monotone map, so Platt's two numbers
+        assert m["calibration"]["method"] == "platt" and m["calibration"]["a"] > 0 and m["calibration"]["knots"] is None
         assert abs(joint["mean_predicted_calibrated"] - joint["base_rate"]) < 0.05, tag
         off_before += abs(joint["mean_predicted"] - joint["base_rate"]) > 0.05
         assert joint["logloss_calibrated"] < joint["logloss"] + 0.05  # small sets: Platt on 30% of 700 rows
     assert off_before  # the Taylor loss leaves the raw level off
     model = outcome.model
     z = np.array([[-1.0, 0.5]])
-    assert np.allclose(model.probabilities(z), 1 / (1 + np.exp(-(model.calibration[:, 0] * z + model.calibration[:, 1]))))
+    a = np.array([c["a"] for c in model.calibration])
+    b = np.array([c["b"] for c in model.calibration])
+    assert np.allclose(model.probabilities(z), 1 / (1 + np.exp(-(a * z + b))))
+    assert np.allclose(model.probabilities(z[:, ::-1], [1, 0]), model.probabilities(z)[:, ::-1])
     # Model dicts keep the calibration; those stored before it load with the identity.
     d = model.to_dict()
-    assert np.array_equal(BankModel.from_dict(d, where="m").calibration, model.calibration)
+    assert BankModel.from_dict(d, where="m").calibration == model.calibration
     old = BankModel.from_dict({k: v for k, v in d.items() if k != "calibration"}, where="old")
-    assert np.array_equal(old.calibration, [[1.0, 0.0]] * len(model.tag_names))
+    assert old.calibration == [{"a": 1.0, "b": 0.0, "knots": None}] * len(model.tag_names)
 
 
 def test_another_alignment_order_gives_the_same_model_bit_for_bit(sim, run):
@@ -101,7 +105,7 @@ def test_another_alignment_order_gives_the_same_model_bit_for_bit(sim, run):
     first = run[0]
     assert np.array_equal(first.model.weights, other.model.weights)
     assert np.array_equal(first.model.intercept, other.model.intercept)
-    assert np.array_equal(first.model.calibration, other.model.calibration)
+    assert first.model.calibration == other.model.calibration
     for key in ("metrics", "split", "test_predictions", "validation_predictions"):
         assert first.report[key] == other.report[key], key
     history = [{k: v for k, v in e.items() if not k.startswith("seconds")} for e in first.report["history"]]

@@ -41,8 +41,8 @@ class BankOnly:
 def bank_only_fit(X_aug: np.ndarray, labels: np.ndarray, split: Split, params: TrainParams, batches: Batches,
                   epochs: int) -> BankOnly:
     """Train on the bank's standardised features alone with the joint model's optimiser, loss, batches and
-    epochs; each tag keeps its best validation-AUC epoch (as the joint model does) and is Platt-calibrated on
-    validation. Plaintext, by the bank alone."""
+    epochs; each tag keeps its best validation-AUC epoch (as the joint model does) and is calibrated on
+    validation as the joint model is. Plaintext, by the bank alone."""
     T = labels.shape[1]
     mask = ~np.isnan(labels)
     train_mask = np.zeros_like(mask)
@@ -96,7 +96,7 @@ def pair_metrics(pairs: Pairs, calibration: dict[str, Any]) -> dict[str, Any]:
     out["base_rate"] = float(y.mean()) if len(y) else None
     out["mean_predicted"] = float(raw.mean()) if len(y) else None
     if len(y):
-        cal = apply(z, calibration["a"], calibration["b"])
+        cal = apply(z, calibration)
         out["logloss_calibrated"] = tag_metrics(y, cal)["logloss"]
         out["mean_predicted_calibrated"] = float(cal.mean())
     else:
@@ -107,7 +107,7 @@ def pair_metrics(pairs: Pairs, calibration: dict[str, Any]) -> dict[str, Any]:
 def predictions(pairs: Pairs, calibration: dict[str, Any]) -> dict[str, list[Any]]:
     """``{"p": calibrated probabilities rounded to 6 decimals, "y": labels}``, in the pairs' canonical order."""
     z, y = pairs
-    return {"p": [round(float(v), 6) for v in apply(z, calibration["a"], calibration["b"])],
+    return {"p": [round(float(v), 6) for v in apply(z, calibration)],
             "y": [int(v) for v in y]}
 
 
