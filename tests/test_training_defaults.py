@@ -181,10 +181,19 @@ def test_an_unreachable_floor_turns_label_dp_on_or_is_refused_when_off():
     rows, mask, X = _labels(600, 0.5)
     auto = TrainParams(epochs=2)
     choice = choose_batch_size(auto, rows, mask, 20, session_batch_bound(len(rows)))  # floor 400 of ~300 labels
-    assert choice.kind == "no_floor" and choice.batch_size == 60  # about TARGET_STEPS_PER_EPOCH steps
+    # label DP with the Newton optimiser ("auto"): every row in one batch per epoch
+    assert choice.kind == "no_floor" and choice.full and choice.batch_size == 600
     plan = LabelPrivacy.plan(dataclasses.replace(auto, batch_size=choice.batch_size), rows, mask, 20, X, strict=True)
-    assert plan.mode == "dp" and plan.noise is not None
-    assert "label DP is on" in choice.report(len(plan.batches(0)), plan.mode)["reason"]
+    assert plan.mode == "dp" and plan.noise is not None and len(plan.batches(0)) == 1
+    assert "label DP with the Newton optimiser" in choice.report(len(plan.batches(0)), plan.mode)["reason"]
+    # an explicit first-order optimiser keeps about TARGET_STEPS_PER_EPOCH steps; so do insecure test settings,
+    # where "auto" runs unprotected (and Adam) instead of turning label DP on
+    adam = choose_batch_size(TrainParams(epochs=2, optimizer="adam"), rows, mask, 20, session_batch_bound(len(rows)))
+    assert (adam.batch_size, adam.full) == (60, False)
+    loose = choose_batch_size(auto, rows, mask, 20, session_batch_bound(len(rows)), strict=False)
+    assert (loose.batch_size, loose.full) == (60, False)
+    plan = LabelPrivacy.plan(dataclasses.replace(auto, batch_size=adam.batch_size), rows, mask, 20, X, strict=True)
+    assert "label DP is on" in adam.report(len(plan.batches(0)), plan.mode)["reason"]
     off = TrainParams(epochs=2, label_dp="off")
     choice = choose_batch_size(off, rows, mask, 20, session_batch_bound(len(rows)))
     with pytest.raises(TrainingError, match=r"the floor is 400 \(10 x 20 platform features x 2 epochs\)"):
@@ -212,7 +221,7 @@ def test_automatic_epochs_on_a_small_set_take_label_dp_with_two_epochs():
     assert choice.kind == "no_floor" and "2 epochs" in entry["reason"]
     plan = LabelPrivacy.plan(params, rows, mask, 20, X, strict=True)
     assert plan.mode == "dp" and plan.noise is not None and plan.noise.epochs == DP_EPOCHS  # noise for 2, not 10
-    assert len(plan.batches(0)) >= MIN_STEPS_PER_EPOCH
+    assert len(plan.batches(0)) == 1  # Newton on the full batch
     on, _, entry = choose_schedule(TrainParams(label_dp="on"), rows, mask, 20, session_batch_bound(len(rows)))
     assert on.epochs == DP_EPOCHS and "label_dp is 'on'" in entry["reason"]
 

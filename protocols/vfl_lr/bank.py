@@ -34,7 +34,7 @@ from protocols.vfl_lr.evaluation import (
     label_codes,
     open_scores,
 )
-from protocols.vfl_lr.label_privacy import LabelPrivacy, max_batch_rows
+from protocols.vfl_lr.label_privacy import LabelPrivacy, max_batch_rows, worst_row_norm
 from protocols.vfl_lr.messages import (
     SESSION_KIND,
     Field,
@@ -55,7 +55,7 @@ from protocols.vfl_lr.params import (
     TrainParams,
     plaintext_bits,
 )
-from protocols.vfl_lr.state import BankTrainState, Scaler, active_rows
+from protocols.vfl_lr.state import BankTrainState, Scaler, active_rows, resolve_optimizer
 from protocols.vfl_lr.yardstick import Pairs, bank_only_fit, pair_metrics, predictions, sorted_pairs
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -174,6 +174,10 @@ class _BankTrainer:
         n_features = read_field(reply, Field.N_FEATURES, int)
         if n_features < 1:
             raise ProtocolError(f"the platform declared {n_features} features")
+        row_bound = read_field(reply, Field.ROW_NORM_BOUND, int)
+        if not 1 <= row_bound <= worst_row_norm(p.quant_bits, n_features):
+            raise ProtocolError(f"the platform declared a row-norm bound of {row_bound}, outside 1.."
+                                f"{worst_row_norm(p.quant_bits, n_features):.0f} for {n_features} features")
         self.plan = SlotPlan(p.quant_bits, max_batch_rows(self.session_p.batch_size), self.T,
                              plaintext_bits(self.pk, self.ppk), hide_mask=p.hide_label_mask)
         self.mask_train = train_mask
@@ -182,10 +186,12 @@ class _BankTrainer:
         active = self._active(split)
         # The epochs and batch size (batching.py), then the batch floor or label DP (label_privacy.py): decided
         # before any label-dependent value leaves.
-        p, choice, self.epochs_entry = choose_schedule(p, active, train_mask, n_features, self.session_p.batch_size)
-        self.p = p
+        p, choice, self.epochs_entry = choose_schedule(p, active, train_mask, n_features, self.session_p.batch_size,
+                                                       strict=not self.insecure_for_tests)
         self.privacy = LabelPrivacy.plan(p, active, train_mask, n_features, self.X_aug,
-                                         strict=not self.insecure_for_tests)
+                                         strict=not self.insecure_for_tests, platform_row_bound=row_bound)
+        self.p = p = dataclasses.replace(p, optimizer=resolve_optimizer(p, self.privacy.mode == "dp"))
+        state.optimizer.kind = p.optimizer
         self.batching = choice.report(len(self.privacy.batches(0)), self.privacy.mode)
         for epoch in range(state.epoch + 1, p.epochs):
             self._epoch(channel, epoch, active, split)
@@ -283,7 +289,8 @@ class _BankTrainer:
             n_r += sum(label_mask.residual_cts(len(r), plan) for r in batches)
         self.pool.fill(self.r_noise, n_r)
         channel.call(Step.EPOCH, {Field.EPOCH: epoch, Field.BATCH_ROWS: np.concatenate(batches),
-                                  Field.BATCH_SIZES: np.array([len(r) for r in batches], dtype=np.int64)})
+                                  Field.BATCH_SIZES: np.array([len(r) for r in batches], dtype=np.int64),
+                                  Field.LABEL_DP: self.privacy.mode == "dp", Field.OPTIMIZER: p.optimizer})
         masks = []
         for b, rows in enumerate(batches):
             e = np.zeros((len(rows), self.T), dtype=object)
@@ -366,7 +373,7 @@ class _BankTrainer:
         grad = self.X_aug[rows].T @ c_float + cross
         grad = (grad + self.privacy.bank_noise(grad.shape)) / (4.0 * np.maximum(counts, 1))
         # Hidden mask: the platform steps every tag (it cannot tell a tag without labels here); so do we.
-        state.optimizer.step(state.W, grad, epoch, np.ones(T, bool) if hide else counts > 0)
+        state.optimizer.step(state.W, grad, epoch, np.ones(T, bool) if hide else counts > 0, self.X_aug[rows], m)
 
     def _report(self, split: Split, test_pairs: list[Pairs], calibration: list[dict[str, Any]],
                 total: float) -> dict[str, Any]:

@@ -46,8 +46,9 @@ def session_epochs(params: TrainParams) -> int:
 
 
 def session_batch_bound(n_rows: int) -> int:
-    """The largest batch the automatic rule can choose for ``n_rows`` batched training rows."""
-    return min(MAX_BATCH, max(MIN_BATCH, math.ceil(n_rows / MIN_STEPS_PER_EPOCH)))
+    """The largest batch the automatic rule can choose for ``n_rows`` batched training rows: all of them (one
+    batch per epoch under label DP with the Newton optimiser), within ``MAX_BATCH``."""
+    return min(MAX_BATCH, max(MIN_BATCH, n_rows))
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,16 @@ class BatchChoice:
     batch_size: int
     kind: str  # "explicit", "floor" (meets it), "no_floor" (cannot meet it), "dp_on" (label_dp "on")
     floor: int
+    full: bool = False  # one batch per epoch (label DP with the Newton optimiser)
 
     def report(self, steps_per_epoch: int, mode: str) -> dict[str, Any]:
         """The training report's ``batching`` entry, given the label-privacy mode the plan settled on."""
         if self.kind == "explicit":
             reason = "set by the job (batch_size)"
+        elif self.full:
+            why = "label_dp is 'on'" if self.kind == "dp_on" else f"no batch holds the floor of {self.floor} labelled rows per tag"
+            reason = (f"automatic: {why}, so label DP with the Newton optimiser and every row in one batch per epoch "
+                      "(each epoch is one composition whatever its batches; one batch is the least noisy)")
         elif self.kind == "dp_on":
             reason = f"automatic: label_dp is 'on', so no floor; about {TARGET_STEPS_PER_EPOCH} steps per epoch"
         elif self.kind == "floor":
@@ -91,9 +97,15 @@ def _steps_meeting_floor(params: TrainParams, active: np.ndarray, mask: np.ndarr
 
 
 def choose_batch_size(params: TrainParams, active: np.ndarray, mask: np.ndarray, n_features: int,
-                      bound: int) -> BatchChoice:
+                      bound: int, *, strict: bool = True) -> BatchChoice:
     """The batch size for ``params`` (its own if set) over the batched rows ``active`` whose labels known for
-    training are ``mask`` (rows x tags), against a platform of ``n_features``; never above ``bound``."""
+    training are ``mask`` (rows x tags), against a platform of ``n_features``; never above ``bound``.
+
+    Where no batch meets the floor and label DP will be on (``label_dp="on"``, or ``"auto"`` when ``strict``,
+    as :meth:`LabelPrivacy.plan` decides) with the Newton optimiser (``"auto"`` or ``"newton"``): every batched
+    row in one batch (up to ``bound``), since each epoch costs one composition whatever its batches, and a
+    full batch's noisy gradient is the least noisy; otherwise about ``TARGET_STEPS_PER_EPOCH`` steps.
+    """
     floor = batch_floor(n_features, params.epochs)
     if params.batch_size is not None:
         return BatchChoice(params.batch_size, "explicit", floor)
@@ -109,26 +121,29 @@ def choose_batch_size(params: TrainParams, active: np.ndarray, mask: np.ndarray,
             if steps is not None and steps >= MIN_STEPS_PER_EPOCH:
                 return BatchChoice(size, "floor", floor)
             size = max(size + 1, math.ceil(size * 1.05))
-    small = max(MIN_BATCH, min(math.ceil(n / TARGET_STEPS_PER_EPOCH), bound))
-    return BatchChoice(small, "dp_on" if params.label_dp == "on" else "no_floor", floor)
+    kind = "dp_on" if params.label_dp == "on" else "no_floor"
+    dp = params.label_dp == "on" or (params.label_dp == "auto" and strict)
+    if dp and params.optimizer in ("auto", "newton"):
+        return BatchChoice(max(MIN_BATCH, min(n, bound)), kind, floor, full=True)
+    return BatchChoice(max(MIN_BATCH, min(math.ceil(n / TARGET_STEPS_PER_EPOCH), bound)), kind, floor)
 
 
 def choose_schedule(params: TrainParams, active: np.ndarray, mask: np.ndarray, n_features: int,
-                    bound: int) -> tuple[TrainParams, BatchChoice, dict[str, Any]]:
+                    bound: int, *, strict: bool = True) -> tuple[TrainParams, BatchChoice, dict[str, Any]]:
     """``params`` with its epochs and batch size resolved, the batch choice, and the report's ``epochs`` entry."""
     if params.epochs is not None:
-        choice = choose_batch_size(params, active, mask, n_features, bound)
+        choice = choose_batch_size(params, active, mask, n_features, bound, strict=strict)
         entry = {"epochs": params.epochs, "automatic": False, "reason": "set by the job (epochs)"}
     elif params.label_dp == "off":
         epochs = MAX_AUTO_EPOCHS
-        choice = choose_batch_size(replace(params, epochs=epochs), active, mask, n_features, bound)
+        choice = choose_batch_size(replace(params, epochs=epochs), active, mask, n_features, bound, strict=strict)
         entry = {"epochs": epochs, "automatic": True,
                  "reason": f"automatic: label_dp is 'off', so the session's bound of {MAX_AUTO_EPOCHS} epochs"}
     else:
         choice, epochs = None, DP_EPOCHS
         if params.label_dp == "auto":
             for e in range(MAX_AUTO_EPOCHS, 0, -1):
-                found = choose_batch_size(replace(params, epochs=e), active, mask, n_features, bound)
+                found = choose_batch_size(replace(params, epochs=e), active, mask, n_features, bound, strict=strict)
                 if found.kind == "floor":
                     choice, epochs = found, e
                     break
@@ -137,7 +152,7 @@ def choose_schedule(params: TrainParams, active: np.ndarray, mask: np.ndarray, n
                       f"labelled rows per tag (10 x {n_features} features x {epochs}) a batch meets with at least "
                       f"{MIN_STEPS_PER_EPOCH} steps per epoch")
         else:
-            choice = choose_batch_size(replace(params, epochs=epochs), active, mask, n_features, bound)
+            choice = choose_batch_size(replace(params, epochs=epochs), active, mask, n_features, bound, strict=strict)
             why = "label_dp is 'on'" if params.label_dp == "on" else "no batch meets the floor for any epochs"
             reason = (f"automatic: {why}, so {DP_EPOCHS} epochs (each epoch is one more composition of the label-DP "
                       "accountant: fewer epochs need less noise)")

@@ -41,7 +41,9 @@ class TrainParams:
     batch_size: int | None = None
     learning_rate: float = 0.05
     decay: float = 1.0  # learning rate of epoch e (0-based) is learning_rate / (1 + decay * e)
-    optimizer: str = "adam"  # "adam" or "sgd"; each party runs it on its own gradient, locally
+    # "auto" (Newton under label DP, Adam otherwise), "adam", "sgd" or "newton" (damped block Newton on the quadratic
+    # Taylor loss, protocols/vfl_lr/state.py); each party runs it on its own gradient, locally.
+    optimizer: str = "auto"
     l2: float = 1e-2  # objective: mean logistic loss + l2/2 |w|^2 (+ l1 |w|); the intercept is not penalised
     l1: float = 0.0
     fit_intercept: bool = True
@@ -84,7 +86,7 @@ class TrainParams:
              "batch_size must be null (automatic) or an integer in 16..65536"),
             (0 < self.learning_rate <= 10, "learning_rate must be in (0, 10]"),
             (self.decay >= 0, "decay must be >= 0"),
-            (self.optimizer in ("adam", "sgd"), "optimizer must be 'adam' or 'sgd'"),
+            (self.optimizer in ("auto", "adam", "sgd", "newton"), "optimizer must be 'auto', 'adam', 'sgd' or 'newton'"),
             (self.l2 >= 0 and self.l1 >= 0, "l1 and l2 must be >= 0"),
             (0 < self.test_share < 0.9, "test_share must be in (0, 0.9)"),
             (0 <= self.validation_share < 0.9, "validation_share must be in [0, 0.9)"),
