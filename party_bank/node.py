@@ -158,9 +158,11 @@ class BankNode(NodeBase):
         unique, inverse = np.unique(positions[members], return_inverse=True)
         released = limit = 0
         z_unique = np.zeros((len(unique), len(wanted)))
-        for start in range(0, len(unique), SCORE_BATCH):
-            answer = self.link.partial_scores(model_job_id, unique[start:start + SCORE_BATCH], wanted)
-            z_unique[start:start + SCORE_BATCH] = answer.scores
+        # Tags the bank-only model serves (the joint one did not beat it on validation) ask nothing of the platform.
+        joint = [j for j, c in enumerate(cols) if model.platform_part[c]]  # type: ignore[index]
+        for start in range(0, len(unique) if joint else 0, SCORE_BATCH):
+            answer = self.link.partial_scores(model_job_id, unique[start:start + SCORE_BATCH], [wanted[j] for j in joint])
+            z_unique[start:start + SCORE_BATCH, joint] = answer.scores
             released, limit = answer.projections_released, answer.projections_limit
         z_platform[members] = z_unique[inverse]
         # Calibrated per tag (Platt or the monotone map, fitted on the validation multiset at training time).

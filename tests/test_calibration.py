@@ -1,4 +1,5 @@
-"""The per-tag calibrator: Platt on small validation, the monotone map on large, both strictly increasing."""
+"""The per-tag calibrator (Platt on small validation, the monotone map on large, both strictly increasing) and
+the per-tag choice of the served model."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from protocols.vfl_lr.calibration import (
 )
 from protocols.vfl_lr.model import ModelError
 from protocols.vfl_lr.state import Scaler
+from protocols.vfl_lr.yardstick import choose_served
 
 
 def misspecified(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,3 +109,29 @@ def test_the_model_keeps_the_monotone_map_and_refuses_a_damaged_one() -> None:
         BankModel.from_dict(bad, where="bad.json")
     with pytest.raises(ModelError, match="one entry per tag"):
         BankModel.from_dict({**d, "calibration": {"a": [1.0, 1.0], "b": [0.0, 0.0]}}, where="two")
+
+
+def test_the_served_model_is_the_joint_one_only_where_it_beats_the_bank_alone_on_validation() -> None:
+    y = np.array([0, 0, 1, 1, 0, 1], dtype=float)
+    good, poor = np.array([0.1, 0.2, 0.8, 0.9, 0.3, 0.7]), np.array([0.5, 0.1, 0.2, 0.9, 0.6, 0.4])
+    assert choose_served((good, y), (poor, y))["model"] == "joint"
+    worse = choose_served((poor, y), (good, y))
+    assert worse["model"] == "bank_only" and "is not above" in worse["reason"]
+    assert choose_served((good, y), (good, y))["model"] == "bank_only"  # a tie: the platform's part must earn it
+    assert choose_served((poor, y), (good, y), "joint")["model"] == "joint"
+    assert choose_served(None, (good, y))["model"] == "joint"  # no validation: nothing to compare on
+    assert choose_served((np.zeros(0), np.zeros(0)), (good, y))["model"] == "joint"
+    one_class = choose_served((good, np.ones(6)), (good, np.ones(6)))
+    assert one_class["model"] == "bank_only" and "no validation AUC" in one_class["reason"]
+
+
+def test_the_model_keeps_which_tags_use_the_platform() -> None:
+    model = BankModel("job", ["t", "u"], np.zeros((1, 2)), np.zeros(2), Scaler(np.zeros(1), np.ones(1), 5.0),
+                      Schema("id", ("x",), ("float64",), ("t", "u")), {}, platform_part=[True, False])
+    d = model.to_dict()
+    assert d["platform_part"] == [True, False]
+    assert BankModel.from_dict(d, where="m").platform_part == [True, False]
+    assert BankModel.from_dict({k: v for k, v in d.items() if k != "platform_part"}, where="old").platform_part \
+        == [True, True]  # stored before the choice: every tag joint
+    with pytest.raises(ModelError, match="bad: damaged bank model: platform_part is not one true/false per tag"):
+        BankModel.from_dict({**d, "platform_part": [True]}, where="bad")

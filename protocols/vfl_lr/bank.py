@@ -56,7 +56,14 @@ from protocols.vfl_lr.params import (
     plaintext_bits,
 )
 from protocols.vfl_lr.state import BankTrainState, Scaler, active_rows, resolve_optimizer
-from protocols.vfl_lr.yardstick import Pairs, bank_only_fit, pair_metrics, predictions, sorted_pairs
+from protocols.vfl_lr.yardstick import (
+    Pairs,
+    bank_only_fit,
+    choose_served,
+    pair_metrics,
+    predictions,
+    sorted_pairs,
+)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 MIN_ROWS = 10  # the smallest intersection training runs on (its test, validation and training splits need rows)
@@ -207,12 +214,15 @@ class _BankTrainer:
         report = self._report(split, test_pairs, calibration, time.monotonic() - started)
         report["label_privacy"] = self.privacy.summary()
         report["batching"], report["epochs"] = self.batching, self.epochs_entry
-        W = state.W
+        # A tag whose joint model does not beat the bank's own on validation is served by the bank's own.
+        W, served = state.W.copy(), [report["metrics"][tag]["served"]["model"] == "joint" for tag in self.bank.tag_names]
+        for t in np.flatnonzero(~np.array(served)):
+            W[:, t], calibration[t] = self.alone.weights[:, t], self.alone.calibration[t]
         weights = W[:-1] if p.fit_intercept else W
         model = BankModel(self.job_id, list(self.bank.tag_names), weights.copy(),
                           W[-1].copy() if p.fit_intercept else np.zeros(self.T), self.scaler, self.bank.schema,
                           {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()},
-                          calibration=calibration)
+                          calibration=calibration, platform_part=served)
         return TrainOutcome(model, report)
 
     def _epoch(self, channel: PeerChannel, epoch: int, active: np.ndarray, split: Split) -> None:
@@ -380,7 +390,7 @@ class _BankTrainer:
         p, state, tags = self.p, self.state, self.bank.tag_names
         epochs_run = len(state.history)
         # The yardstick: the bank alone, same optimiser, loss, batches, epochs and learning rate (plaintext).
-        alone = bank_only_fit(self.X_aug, self.bank.labels, split, p, self.privacy.batches, epochs_run)
+        self.alone = alone = bank_only_fit(self.X_aug, self.bank.labels, split, p, self.privacy.batches, epochs_run)
         sklearn = bank_only_baseline(self.bank, split, l2=p.l2)
         metrics, test_pred, val_pred = {}, {}, {}
         for t, tag in enumerate(tags):
@@ -389,7 +399,8 @@ class _BankTrainer:
                                           "best_epoch": int(alone.best_epoch[t]) + 1},
                             "bank_only_sklearn": sklearn[tag], "best_epoch": int(state.best_epoch[t]) + 1,
                             "calibration": calibration[t],
-                            "bank_only_calibration": alone.calibration[t]}
+                            "bank_only_calibration": alone.calibration[t],
+                            "served": choose_served(state.best_validation[t], alone.validation[t], p.serve)}
             test_pred[tag] = {"joint": predictions(test_pairs[t], calibration[t]),
                               "bank_only": predictions(alone.test[t], alone.calibration[t])}
             best_val = state.best_validation[t]

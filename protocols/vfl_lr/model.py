@@ -44,6 +44,9 @@ class BankModel:
     # slope beyond them, fitted on validation (protocols/vfl_lr/calibration.py). None means identity (a model
     # stored before calibration, or one trained without validation rows).
     calibration: list[dict[str, Any]] | None = None
+    # Per tag, whether scores add the platform's part: False where the joint model did not beat the bank's own on
+    # validation, and the weights, intercept and calibration of that tag are the bank-only model's. None: all True.
+    platform_part: list[bool] | None = None
     kind: str = field(default="bank", init=False)
 
     def __post_init__(self) -> None:
@@ -51,6 +54,10 @@ class BankModel:
                             else entries(self.calibration))
         if len(self.calibration) != len(self.tag_names):
             raise ValueError("the calibration is not one entry per tag")
+        self.platform_part = [True] * len(self.tag_names) if self.platform_part is None else \
+            [bool(v) for v in self.platform_part]
+        if len(self.platform_part) != len(self.tag_names):
+            raise ValueError("platform_part is not one flag per tag")
 
     def partial_scores(self, features: np.ndarray) -> np.ndarray:
         """``z_A`` (with the intercept) for rows of raw bank features, one column per tag."""
@@ -80,7 +87,8 @@ class BankModel:
         return {**_common_dict(self), "intercept": self.intercept.tolist(),
                 "calibration": {"method": "platt" if all(c["knots"] is None for c in cal) else "monotone",
                                 "a": [c["a"] for c in cal], "b": [c["b"] for c in cal],
-                                "knots": [c["knots"] for c in cal]}}
+                                "knots": [c["knots"] for c in cal]},
+                "platform_part": list(self.platform_part or [])}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str) -> BankModel:
@@ -98,9 +106,13 @@ class BankModel:
                 if not len(a) == len(b) == len(knots) == T:
                     raise ValueError("the calibration is not one entry per tag")
                 calibration = entries([{"a": a[t], "b": b[t], "knots": knots[t]} for t in range(T)])
+            part = d.get("platform_part")  # absent in models stored before it: every tag joint
+            if part is not None and (not isinstance(part, list) or len(part) != T
+                                     or not all(isinstance(v, bool) for v in part)):
+                raise ValueError("platform_part is not one true/false per tag")
         except (KeyError, TypeError, ValueError) as err:
             raise ModelError(f"{where}: damaged bank model: {_reason(err)}") from err
-        return cls(intercept=intercept, calibration=calibration, **common)
+        return cls(intercept=intercept, calibration=calibration, platform_part=part, **common)
 
 
 @dataclass

@@ -72,6 +72,9 @@ class TrainParams:
     # Horner-packs the residuals itself and scales them by 1/m_t, and every training row joins the batches;
     # benchmarks/vfl_lr.py --hide-label-mask measures the cost. Both parties read it from the session's params.
     hide_label_mask: bool = False
+    # Which model each tag serves: "best" (the joint model only where its validation AUC beats the bank-only
+    # yardstick's, else the bank's own, said in the report's metrics[tag]["served"]) or "joint" (always).
+    serve: str = "best"
 
     def validate(self, *, insecure_for_tests: bool = False) -> TrainParams:
         """Raise :class:`TrainingError` on a parameter of the wrong type or out of range; return self."""
@@ -100,6 +103,7 @@ class TrainParams:
             (self.key_bits in (1024, 2048, 3072, 4096), "key_bits must be 2048, 3072 or 4096"),
             (self.key_bits >= 2048 or insecure_for_tests, "key_bits below 2048 are insecure"),
             (self.label_dp in ("auto", "on", "off"), "label_dp must be 'auto', 'on' or 'off'"),
+            (self.serve in ("best", "joint"), "serve must be 'best' or 'joint'"),
             (0.05 <= self.dp_epsilon <= 100, "dp_epsilon must be in [0.05, 100]"),
             (0 < self.dp_delta <= 1e-3, "dp_delta must be in (0, 1e-3]"),
         ]
