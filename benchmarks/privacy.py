@@ -89,7 +89,7 @@ def platform_view(bank: PartyData, platform: PartyData, params: TrainParams, *, 
     """Run the protocol's arithmetic in plaintext and keep the platform's view of every batch.
 
     ``dp``: the bank's Gaussian noise of ``params.dp_epsilon``, the platform's gradient rows clipped to its
-    declared bound, and the optimizer label DP resolves to; ``join_floor``: a short last batch joins the one
+    declared bound; ``join_floor``: a short last batch joins the one
     before (floor mode); ``max_batches``: stop after that many batches in all.
     """
     p = params
@@ -106,7 +106,7 @@ def platform_view(bank: PartyData, platform: PartyData, params: TrainParams, *, 
     bound = row_norm_bound(p.quant_bits, XB.shape[1])
     if dp:  # the platform's gradient uses its rows clipped to the bound it declared (what the attacks see)
         Xq = clip_rows(Xq, bound)
-    p = replace(p, optimizer=resolve_optimizer(p, dp))
+    p = replace(p, optimizer=resolve_optimizer(p, False))  # explicit batches: the bank resolves "auto" to Adam
     WA, WB = np.zeros((XA.shape[1], T)), np.zeros((XB.shape[1], T))
     opt_a, opt_b = Optimizer(p, WA.shape, unpenalised=[XA.shape[1] - 1]), Optimizer(p, WB.shape)
     active = active_rows(split.train, mask)

@@ -250,7 +250,7 @@ def test_with_label_dp_the_platforms_gradient_carries_noise_of_the_calibrated_sc
     handler = handlers[0]
     norms = np.sqrt((handler.Xq.astype(np.float64) ** 2).sum(axis=1))
     assert norms.max() <= bound and (np.sqrt((handler.Xq_full.astype(np.float64) ** 2).sum(axis=1)) > bound).any()
-    assert outcome.report["params"]["optimizer"] == "newton"  # "auto" under label DP
+    assert outcome.report["params"]["optimizer"] == "adam"  # "auto" with explicit mini-batches, even under DP
     rows = seen["rows"]
     m = handler.mask[rows][:, 0]
     exact = handler.Xq[rows].T @ np.where(m, (2 - 4 * bank.labels[rows, 0]).astype(np.int64) << F_BITS, 0)

@@ -26,11 +26,13 @@ NEWTON_RIDGE = 0.3  # added to the preconditioner's L2 (not the loss): tames noi
 OPTIMIZERS = ("adam", "sgd", "newton")
 
 
-def resolve_optimizer(params: TrainParams, label_dp: bool) -> str:
-    """The optimizer a job runs: its own, or for ``"auto"`` Newton under label DP (full batches) and Adam else."""
+def resolve_optimizer(params: TrainParams, full_batch_dp: bool) -> str:
+    """The optimizer a job runs: its own, or for ``"auto"`` Newton under label DP with one full batch per epoch
+    (the automatic batch then) and Adam otherwise (noisy mini-batch Newton steps measured worse than Adam's on
+    default_credit: BENCHMARKS.md)."""
     if params.optimizer != "auto":
         return params.optimizer
-    return "newton" if label_dp else "adam"
+    return "newton" if full_batch_dp else "adam"
 
 
 @dataclass
