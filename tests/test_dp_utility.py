@@ -54,8 +54,8 @@ def test_the_declared_bound_is_a_rule_of_public_numbers() -> None:
 
 
 def test_resolve_optimizer() -> None:
-    assert resolve_optimizer(TrainParams(), True) == "newton"  # label DP with one full batch per epoch
-    assert resolve_optimizer(TrainParams(), False) == "adam"  # otherwise (mini-batches, with or without DP)
+    assert resolve_optimizer(TrainParams(), True) == "newton"  # one full batch per epoch
+    assert resolve_optimizer(TrainParams(), False) == "adam"  # mini-batches, with or without label DP
     assert resolve_optimizer(TrainParams(optimizer="sgd"), True) == "sgd"
     with pytest.raises(TrainingError, match="optimizer must be 'auto', 'adam', 'sgd' or 'newton'"):
         TrainParams(optimizer="lbfgs").validate()

@@ -197,7 +197,7 @@ class _BankTrainer:
                                                        strict=not self.insecure_for_tests)
         self.privacy = LabelPrivacy.plan(p, active, train_mask, n_features, self.X_aug,
                                          strict=not self.insecure_for_tests, platform_row_bound=row_bound)
-        self.p = p = dataclasses.replace(p, optimizer=resolve_optimizer(p, self.privacy.mode == "dp" and choice.full))
+        self.p = p = dataclasses.replace(p, optimizer=resolve_optimizer(p, choice.full))
         state.optimizer.kind = p.optimizer
         self.batching = choice.report(len(self.privacy.batches(0)), self.privacy.mode)
         for epoch in range(state.epoch + 1, p.epochs):

@@ -26,13 +26,13 @@ NEWTON_RIDGE = 0.3  # added to the preconditioner's L2 (not the loss): tames noi
 OPTIMIZERS = ("adam", "sgd", "newton")
 
 
-def resolve_optimizer(params: TrainParams, full_batch_dp: bool) -> str:
-    """The optimizer a job runs: its own, or for ``"auto"`` Newton under label DP with one full batch per epoch
-    (the automatic batch then) and Adam otherwise (noisy mini-batch Newton steps measured worse than Adam's on
-    default_credit: BENCHMARKS.md)."""
+def resolve_optimizer(params: TrainParams, full_batch: bool) -> str:
+    """The optimizer a job runs: its own, or for ``"auto"`` Newton when the automatic batch is one full batch per
+    epoch (no batch of 4 steps meets the floor: batching.py) and Adam otherwise (with noise, mini-batch Newton
+    steps measured worse than Adam's on default_credit: docs/protocol.md, "Optimizer")."""
     if params.optimizer != "auto":
         return params.optimizer
-    return "newton" if full_batch_dp else "adam"
+    return "newton" if full_batch else "adam"
 
 
 @dataclass
