@@ -113,8 +113,13 @@ def test_the_model_keeps_the_monotone_map_and_refuses_a_damaged_one() -> None:
 
 def test_the_served_model_is_the_joint_one_only_where_it_beats_the_bank_alone_on_validation() -> None:
     y = np.array([0, 0, 1, 1, 0, 1], dtype=float)
-    good, poor = np.array([0.1, 0.2, 0.8, 0.9, 0.3, 0.7]), np.array([0.5, 0.1, 0.2, 0.9, 0.6, 0.4])
+    # scores are log-odds, outside [0, 1] (tag_metrics takes probabilities and would clip them into ties)
+    good, poor = np.array([-3.0, -2.0, 2.0, 3.0, -1.0, 1.0]), np.array([2.5, -2.0, -1.5, 3.0, 2.8, -2.5])
     assert choose_served((good, y), (poor, y))["model"] == "joint"
+    # ranked perfectly but every score above 1: as probabilities they would all clip to one tie (AUC 0.5)
+    high, fair = np.array([1.5, 2.0, 4.0, 5.0, 3.0, 4.5]), np.array([0.1, 0.2, 0.8, 0.9, 0.85, 0.3])
+    chosen = choose_served((high, y), (fair, y))
+    assert chosen["model"] == "joint" and chosen["validation_auc"]["joint"] == 1.0
     worse = choose_served((poor, y), (good, y))
     assert worse["model"] == "bank_only" and "is not above" in worse["reason"]
     assert choose_served((good, y), (good, y))["model"] == "bank_only"  # a tie: the platform's part must earn it

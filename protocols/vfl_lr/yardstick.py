@@ -100,8 +100,8 @@ def choose_served(joint_validation: Pairs | None, bank_only_validation: Pairs, s
     if joint_validation is None or not len(joint_validation[1]):
         return {"model": "joint", "validation_auc": None,
                 "reason": "no labelled validation rows to compare on: the joint model is served unchecked"}
-    joint = tag_metrics(joint_validation[1], joint_validation[0])["auc"]
-    alone = tag_metrics(bank_only_validation[1], bank_only_validation[0])["auc"]
+    joint = tag_metrics(joint_validation[1], sigmoid(joint_validation[0]))["auc"]  # scores are log-odds
+    alone = tag_metrics(bank_only_validation[1], sigmoid(bank_only_validation[0]))["auc"]
     aucs = {"joint": joint, "bank_only": alone}
     if serve == "joint":
         return {"model": "joint", "validation_auc": aucs, "reason": "the job asks for the joint model (serve)"}
