@@ -93,7 +93,7 @@ def _platform(params: TrainParams) -> tuple[Any, Any]:
     train = np.arange(150)
     mask = np.zeros((200, 1), np.uint8)
     mask[train] = 1
-    reply = handler.handle(Step.SETUP, {Field.BANK_KEY: bank_key.to_bytes(), Field.N_ROWS: 200,
+    reply = handler.handle(Step.SETUP, {Field.BANK_KEY: bank_key.to_bytes(), Field.N_ROWS: 200, Field.BANK_COLUMNS: 5,
                                         Field.TRAIN_ROWS: train, Field.VALIDATION_ROWS: np.arange(150, 170),
                                         Field.TEST_ROWS: np.arange(170, 200), Field.LABEL_MASK: mask})
     return handler, reply
