@@ -138,5 +138,8 @@ def test_the_model_keeps_which_tags_use_the_platform() -> None:
     assert BankModel.from_dict(d, where="m").platform_part == [True, False]
     assert BankModel.from_dict({k: v for k, v in d.items() if k != "platform_part"}, where="old").platform_part \
         == [True, True]  # stored before the choice: every tag joint
+    platt = BankModel("job", ["t", "u"], np.zeros((1, 2)), np.zeros(2), Scaler(np.zeros(1), np.ones(1), 5.0),
+                      Schema("id", ("x",), ("float64",), ("t", "u")), {}, calibration=np.array([[2.0, 0.5], [1.0, 0.0]]))
+    assert platt.calibration == [{"a": 2.0, "b": 0.5, "knots": None}, {"a": 1.0, "b": 0.0, "knots": None}]
     with pytest.raises(ModelError, match="bad: damaged bank model: platform_part is not one true/false per tag"):
         BankModel.from_dict({**d, "platform_part": [True]}, where="bad")

@@ -50,6 +50,8 @@ class BankModel:
     kind: str = field(default="bank", init=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.calibration, np.ndarray):  # Platt's (a, b) per tag, as a (T, 2) array
+            self.calibration = [{"a": a, "b": b, "knots": None} for a, b in self.calibration.reshape(-1, 2)]
         self.calibration = (identity_entries(len(self.tag_names)) if self.calibration is None
                             else entries(self.calibration))
         if len(self.calibration) != len(self.tag_names):
