@@ -44,12 +44,14 @@ from protocols.vfl_lr.label_privacy import (
     LabelNoise,
     bank_sensitivity,
     batch_floor,
+    clip_rows,
     gaussian_floats,
     join_short_last,
     platform_sensitivity,
+    row_norm_bound,
 )
 from protocols.vfl_lr.params import F_BITS, Z_CLIP
-from protocols.vfl_lr.state import Optimizer, Scaler, active_rows, epoch_batches
+from protocols.vfl_lr.state import Optimizer, Scaler, active_rows, epoch_batches, resolve_optimizer
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SETTINGS = {"epochs": 5, "batch_size": 1024, "l2": 0.1, "validation_share": 0.0}  # benchmarks/vfl_lr.py's
@@ -86,8 +88,9 @@ def platform_view(bank: PartyData, platform: PartyData, params: TrainParams, *, 
                   join_floor: int | None = None, max_batches: int | None = None) -> PlatformView:
     """Run the protocol's arithmetic in plaintext and keep the platform's view of every batch.
 
-    ``dp``: the bank's Gaussian noise of ``params.dp_epsilon``; ``join_floor``: a short last batch joins the
-    one before (floor mode); ``max_batches``: stop after that many batches in all.
+    ``dp``: the bank's Gaussian noise of ``params.dp_epsilon``, the platform's gradient rows clipped to its
+    declared bound; ``join_floor``: a short last batch joins the one
+    before (floor mode); ``max_batches``: stop after that many batches in all.
     """
     p = params
     split = p.split(bank.labels, bank.ids)
@@ -100,11 +103,14 @@ def platform_view(bank: PartyData, platform: PartyData, params: TrainParams, *, 
     XB = Scaler.fit(platform.features[split.train], p.clip).transform(platform.features)
     Xq, qscale = quantise(XB, p.quant_bits, fit_rows=split.train)
     T = bank.labels.shape[1]
+    bound = row_norm_bound(p.quant_bits, XB.shape[1])
+    if dp:  # the platform's gradient uses its rows clipped to the bound it declared (what the attacks see)
+        Xq = clip_rows(Xq, bound)
+    p = replace(p, optimizer=resolve_optimizer(p, False))  # explicit batches: the bank resolves "auto" to Adam
     WA, WB = np.zeros((XA.shape[1], T)), np.zeros((XB.shape[1], T))
     opt_a, opt_b = Optimizer(p, WA.shape, unpenalised=[XA.shape[1] - 1]), Optimizer(p, WB.shape)
     active = active_rows(split.train, mask)
-    noise = LabelNoise.calibrate(p, bank_sensitivity(XA[active], T),
-                                 platform_sensitivity(p.quant_bits, XB.shape[1], T)) if dp else None
+    noise = LabelNoise.calibrate(p, bank_sensitivity(XA[active], T), platform_sensitivity(bound, T)) if dp else None
     views: list[BatchView] = []
     for epoch in range(p.epochs):
         batches = epoch_batches(active, p.batch_size, p.seed, epoch)
@@ -127,8 +133,9 @@ def platform_view(bank: PartyData, platform: PartyData, params: TrainParams, *, 
             views.append(BatchView(epoch, rows, gradient, np.where(m, zfb, 0)))
             counts = m.sum(axis=0)
             scale = 4.0 * np.maximum(counts, 1)
-            opt_a.step(WA, bank_sum / scale, epoch, counts > 0)
-            opt_b.step(WB, gradient.astype(np.float64) * qscale[:, None] / (1 << F_BITS) / scale, epoch, counts > 0)
+            opt_a.step(WA, bank_sum / scale, epoch, counts > 0, XA[rows], m)
+            opt_b.step(WB, gradient.astype(np.float64) * qscale[:, None] / (1 << F_BITS) / scale, epoch, counts > 0,
+                       Xq[rows] * qscale, m)
     return PlatformView(Xq, train_mask, views)
 
 

@@ -160,13 +160,16 @@ class BankNode(NodeBase):
         members = np.flatnonzero(known)
         released = limit = 0
         note = ""
+        # Tags the bank-only model serves (the joint one did not beat it on validation) ask nothing of the platform.
+        joint = [j for j, c in enumerate(cols) if model.platform_part[c]]  # type: ignore[index]
         try:
             # Each member once: the platform refuses repeated rows, and a repeat adds nothing.
             unique, inverse = np.unique(positions[members], return_inverse=True)
             z_unique = np.zeros((len(unique), len(wanted)))
-            for start in range(0, len(unique), SCORE_BATCH):
-                answer = self.link.partial_scores(model_job_id, unique[start:start + SCORE_BATCH], wanted)
-                z_unique[start:start + SCORE_BATCH] = answer.scores
+            for start in range(0, len(unique) if joint else 0, SCORE_BATCH):
+                answer = self.link.partial_scores(model_job_id, unique[start:start + SCORE_BATCH],
+                                                  [wanted[j] for j in joint])
+                z_unique[start:start + SCORE_BATCH, joint] = answer.scores
                 released, limit = answer.projections_released, answer.projections_limit
             z_platform[members] = z_unique[inverse]
         except PeerError as err:
@@ -177,7 +180,7 @@ class BankNode(NodeBase):
             status[members] = PLATFORM_UNAVAILABLE
             note = f"scored on the bank's features alone: {err}"
             log.warning("score: bank-only fallback for %d customer(s): the platform is unreachable", len(members))
-        # Calibrated per tag (Platt, fitted on the validation multiset at training time).
+        # Calibrated per tag (Platt or the monotone map, fitted on the validation multiset at training time).
         probabilities = model.probabilities(z_bank + z_platform, cols)
         probabilities[~customer] = np.nan
         return Scores(wanted, probabilities, known, released, limit, status=status.tolist(), note=note)

@@ -27,6 +27,7 @@ from protocols.party_data import PartyData, Schema
 from protocols.vfl_lr import TrainingError, TrainParams, make_platform_train_handler, run_bank_training
 from protocols.vfl_lr.label_privacy import (
     FLOOR_FACTOR,
+    ROW_NORM_FRACTION,
     LabelPrivacy,
     batch_floor,
     below_floor,
@@ -34,6 +35,7 @@ from protocols.vfl_lr.label_privacy import (
     gaussian_mu,
     join_short_last,
     rdp_epsilon,
+    row_norm_bound,
 )
 from protocols.vfl_lr.messages import Field, Step
 from protocols.vfl_lr.params import F_BITS
@@ -238,11 +240,17 @@ def test_with_label_dp_the_platforms_gradient_carries_noise_of_the_calibrated_sc
     outcome = run_bank_training(LocalPeer(factory), "job-dp", bank, params, compute=1, insecure_for_tests=True)
     privacy = outcome.report["label_privacy"]
     assert privacy["mode"] == "dp" and privacy["epsilon"] == pytest.approx(4.0, rel=1e-6)
-    # sigma = sqrt(2) z * 4 * 2^F * 127 * sqrt(d_B T), with z = sqrt(epochs) / mu(epsilon, delta)
+    # sigma = sqrt(2) z * 4 * 2^F * C sqrt(T), z = sqrt(epochs) / mu(epsilon, delta), C the platform's declared
+    # row-norm bound: a quarter of the worst case 127 sqrt(d_B), to which it clipped its gradient's rows
     z = 1 / gaussian_mu(4.0, 1e-5)
-    sigma = math.sqrt(2) * z * 4 * (1 << F_BITS) * 127 * math.sqrt(120)
+    bound = math.floor(ROW_NORM_FRACTION * 127 * math.sqrt(120))
+    assert bound == row_norm_bound(8, 120) and privacy["platform_row_norm_bound"] == bound
+    sigma = math.sqrt(2) * z * 4 * (1 << F_BITS) * bound
     assert privacy["platform_sigma_fixed_point"] == pytest.approx(sigma, rel=1e-9)
     handler = handlers[0]
+    norms = np.sqrt((handler.Xq.astype(np.float64) ** 2).sum(axis=1))
+    assert norms.max() <= bound and (np.sqrt((handler.Xq_full.astype(np.float64) ** 2).sum(axis=1)) > bound).any()
+    assert outcome.report["params"]["optimizer"] == "adam"  # "auto" with explicit mini-batches, even under DP
     rows = seen["rows"]
     m = handler.mask[rows][:, 0]
     exact = handler.Xq[rows].T @ np.where(m, (2 - 4 * bank.labels[rows, 0]).astype(np.int64) << F_BITS, 0)

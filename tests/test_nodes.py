@@ -85,11 +85,30 @@ def test_online_scores_add_the_platform_part_only_for_shared_customers(trained: 
     platform_model = PlatformModel.from_dict(nodes.platform.stores.models.load(train_id), where="test")
     z_platform = platform_model.partial_scores(nodes.platform.data.features[[nodes.platform.data.row_of(i)
                                                                              for i in shared]])
-    np.testing.assert_allclose(probs[:4], model.probabilities(z_bank[:4] + z_platform), rtol=1e-12)
+    # FAST_TRAIN serves the joint model (serve "joint"); with "best" a tag whose joint model does not beat the
+    # bank's own on validation is served by the bank's own, without the platform's part.
+    part = np.array(model.platform_part)
+    report = nodes.bank.stores.reports.load(train_id)
+    assert [report["metrics"][t]["served"]["model"] == "joint" for t in tags] == part.tolist() == [True, True]
+    np.testing.assert_allclose(probs[:4], model.probabilities(z_bank[:4] + z_platform * part), rtol=1e-12)
     np.testing.assert_allclose(probs[4:], model.probabilities(z_bank[4:]), rtol=1e-12)
-    one_tag = nodes.bank.score(train_id, shared[:2], [tags[1]])
-    assert one_tag.tags == [tags[1]] and np.allclose(one_tag.probabilities[:, 0], probs[:2, 1])
-    assert one_tag.projections_released == 2 and one_tag.projections_limit == len(platform_model.scaler.mean) // 2
+    assert scores.projections_released == int(part.sum())  # only the joint tags' projections were asked for
+    for t, tag in enumerate(tags):
+        one_tag = nodes.bank.score(train_id, shared[:2], [tag])
+        assert one_tag.tags == [tag] and np.allclose(one_tag.probabilities[:, 0], probs[:2, t])
+        assert one_tag.projections_limit == len(platform_model.scaler.mean) // 2
+    # A tag served by the bank-only model (serve "best" and a joint model that did not beat it) adds no platform
+    # part: the node's cached model is flipped for tag 1 here, as a fallback would store it.
+    cached = nodes.bank.model(train_id, BankModel.from_dict)
+    cached.platform_part = [True, False]
+    try:
+        mixed = nodes.bank.score(train_id, shared[:2])
+        np.testing.assert_allclose(mixed.probabilities[:, 0], probs[:2, 0], rtol=1e-12)
+        np.testing.assert_allclose(mixed.probabilities[:, 1], model.probabilities(z_bank[:2])[:, 1], rtol=1e-12)
+        alone_tag = nodes.bank.score(train_id, shared[:2], [tags[1]])
+        assert alone_tag.projections_released == alone_tag.projections_limit == 0  # no call to the platform
+    finally:
+        cached.platform_part = [True, True]
 
 
 def test_each_customer_gets_a_status_and_an_unknown_id_fails_nothing(trained: tuple[Nodes, str, str],

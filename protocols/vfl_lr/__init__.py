@@ -23,7 +23,7 @@ Modules: ``params`` (parameters, constants, slot plan), ``messages`` (step and f
 ``model`` (the two model halves), ``bank`` and ``platform`` (the two sides), ``evaluation`` (the shuffled
 evaluation of held-out rows), ``label_mask`` (``TrainParams.hide_label_mask``: per-pair encodings that keep
 the label mask and the per-batch counts from the platform), ``reference`` (the plaintext twin and the
-plaintext Taylor trainer), ``calibration`` (Platt scaling per tag), ``yardstick`` (the same-optimiser
+plaintext Taylor trainer), ``calibration`` (Platt or a monotone map per tag), ``yardstick`` (the same-optimiser
 bank-only yardstick and the report's calibrated metrics and predictions). The split (keyed by customer IDs)
 and the metrics are ``protocols.metrics``.
 """

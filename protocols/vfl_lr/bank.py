@@ -34,7 +34,7 @@ from protocols.vfl_lr.evaluation import (
     label_codes,
     open_scores,
 )
-from protocols.vfl_lr.label_privacy import LabelPrivacy, max_batch_rows
+from protocols.vfl_lr.label_privacy import LabelPrivacy, max_batch_rows, worst_row_norm
 from protocols.vfl_lr.messages import (
     SESSION_KIND,
     Field,
@@ -55,8 +55,15 @@ from protocols.vfl_lr.params import (
     TrainParams,
     plaintext_bits,
 )
-from protocols.vfl_lr.state import BankTrainState, Scaler, active_rows
-from protocols.vfl_lr.yardstick import Pairs, bank_only_fit, pair_metrics, predictions, sorted_pairs
+from protocols.vfl_lr.state import BankTrainState, Scaler, active_rows, resolve_optimizer
+from protocols.vfl_lr.yardstick import (
+    Pairs,
+    bank_only_fit,
+    choose_served,
+    pair_metrics,
+    predictions,
+    sorted_pairs,
+)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 MIN_ROWS = 10  # the smallest intersection training runs on (its test, validation and training splits need rows)
@@ -174,6 +181,10 @@ class _BankTrainer:
         n_features = read_field(reply, Field.N_FEATURES, int)
         if n_features < 1:
             raise ProtocolError(f"the platform declared {n_features} features")
+        row_bound = read_field(reply, Field.ROW_NORM_BOUND, int)
+        if not 1 <= row_bound <= worst_row_norm(p.quant_bits, n_features):
+            raise ProtocolError(f"the platform declared a row-norm bound of {row_bound}, outside 1.."
+                                f"{worst_row_norm(p.quant_bits, n_features):.0f} for {n_features} features")
         self.plan = SlotPlan(p.quant_bits, max_batch_rows(self.session_p.batch_size), self.T,
                              plaintext_bits(self.pk, self.ppk), hide_mask=p.hide_label_mask)
         self.mask_train = train_mask
@@ -182,10 +193,12 @@ class _BankTrainer:
         active = self._active(split)
         # The epochs and batch size (batching.py), then the batch floor or label DP (label_privacy.py): decided
         # before any label-dependent value leaves.
-        p, choice, self.epochs_entry = choose_schedule(p, active, train_mask, n_features, self.session_p.batch_size)
-        self.p = p
+        p, choice, self.epochs_entry = choose_schedule(p, active, train_mask, n_features, self.session_p.batch_size,
+                                                       strict=not self.insecure_for_tests)
         self.privacy = LabelPrivacy.plan(p, active, train_mask, n_features, self.X_aug,
-                                         strict=not self.insecure_for_tests)
+                                         strict=not self.insecure_for_tests, platform_row_bound=row_bound)
+        self.p = p = dataclasses.replace(p, optimizer=resolve_optimizer(p, choice.full))
+        state.optimizer.kind = p.optimizer
         self.batching = choice.report(len(self.privacy.batches(0)), self.privacy.mode)
         for epoch in range(state.epoch + 1, p.epochs):
             self._epoch(channel, epoch, active, split)
@@ -201,12 +214,15 @@ class _BankTrainer:
         report = self._report(split, test_pairs, calibration, time.monotonic() - started)
         report["label_privacy"] = self.privacy.summary()
         report["batching"], report["epochs"] = self.batching, self.epochs_entry
-        W = state.W
+        # A tag whose joint model does not beat the bank's own on validation is served by the bank's own.
+        W, served = state.W.copy(), [report["metrics"][tag]["served"]["model"] == "joint" for tag in self.bank.tag_names]
+        for t in np.flatnonzero(~np.array(served)):
+            W[:, t], calibration[t] = self.alone.weights[:, t], self.alone.calibration[t]
         weights = W[:-1] if p.fit_intercept else W
         model = BankModel(self.job_id, list(self.bank.tag_names), weights.copy(),
                           W[-1].copy() if p.fit_intercept else np.zeros(self.T), self.scaler, self.bank.schema,
                           {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()},
-                          calibration=np.array([[c["a"], c["b"]] for c in calibration]))
+                          calibration=calibration, platform_part=served)
         return TrainOutcome(model, report)
 
     def _epoch(self, channel: PeerChannel, epoch: int, active: np.ndarray, split: Split) -> None:
@@ -285,7 +301,8 @@ class _BankTrainer:
             n_r += sum(label_mask.residual_cts(len(r), plan) for r in batches)
         self.pool.fill(self.r_noise, n_r)
         channel.call(Step.EPOCH, {Field.EPOCH: epoch, Field.BATCH_ROWS: np.concatenate(batches),
-                                  Field.BATCH_SIZES: np.array([len(r) for r in batches], dtype=np.int64)})
+                                  Field.BATCH_SIZES: np.array([len(r) for r in batches], dtype=np.int64),
+                                  Field.LABEL_DP: self.privacy.mode == "dp", Field.OPTIMIZER: p.optimizer})
         masks = []
         for b, rows in enumerate(batches):
             e = np.zeros((len(rows), self.T), dtype=object)
@@ -368,14 +385,14 @@ class _BankTrainer:
         grad = self.X_aug[rows].T @ c_float + cross
         grad = (grad + self.privacy.bank_noise(grad.shape)) / (4.0 * np.maximum(counts, 1))
         # Hidden mask: the platform steps every tag (it cannot tell a tag without labels here); so do we.
-        state.optimizer.step(state.W, grad, epoch, np.ones(T, bool) if hide else counts > 0)
+        state.optimizer.step(state.W, grad, epoch, np.ones(T, bool) if hide else counts > 0, self.X_aug[rows], m)
 
     def _report(self, split: Split, test_pairs: list[Pairs], calibration: list[dict[str, Any]],
                 total: float) -> dict[str, Any]:
         p, state, tags = self.p, self.state, self.bank.tag_names
         epochs_run = len(state.history)
         # The yardstick: the bank alone, same optimiser, loss, batches, epochs and learning rate (plaintext).
-        alone = bank_only_fit(self.X_aug, self.bank.labels, split, p, self.privacy.batches, epochs_run)
+        self.alone = alone = bank_only_fit(self.X_aug, self.bank.labels, split, p, self.privacy.batches, epochs_run)
         sklearn = bank_only_baseline(self.bank, split, l2=p.l2)
         metrics, test_pred, val_pred = {}, {}, {}
         for t, tag in enumerate(tags):
@@ -384,7 +401,8 @@ class _BankTrainer:
                                           "best_epoch": int(alone.best_epoch[t]) + 1},
                             "bank_only_sklearn": sklearn[tag], "best_epoch": int(state.best_epoch[t]) + 1,
                             "calibration": calibration[t],
-                            "bank_only_calibration": alone.calibration[t]}
+                            "bank_only_calibration": alone.calibration[t],
+                            "served": choose_served(state.best_validation[t], alone.validation[t], p.serve)}
             test_pred[tag] = {"joint": predictions(test_pairs[t], calibration[t]),
                               "bank_only": predictions(alone.test[t], alone.calibration[t])}
             best_val = state.best_validation[t]
@@ -397,10 +415,13 @@ class _BankTrainer:
             "seconds_ahead_of_time": round(state.seconds_ahead, 3), "seconds_total": round(total, 3),
             "params": p.to_dict(),
             "yardsticks": {"bank_only": "the joint model's optimiser, Taylor loss, batches, epochs and learning rate "
-                                        "on the bank's features alone (plaintext), best validation epoch, Platt",
+                                        "on the bank's features alone (plaintext), best validation epoch, "
+                                        "calibrated as the joint model",
                            "bank_only_sklearn": "scikit-learn LR on the bank's features, same split and l2"},
-            "calibration": "Platt scaling per tag on the validation multiset of (joint score, label); AUC and KS "
-                           "are of the scores, logloss and mean_predicted raw, *_calibrated after Platt",
+            "calibration": "per tag on the validation multiset of (joint score, label): a monotone map (isotonic "
+                           "knots, log-odds linear between them) when it holds 1000 labelled rows and 50 of each "
+                           "class, else Platt scaling; both strictly increasing, so AUC and KS are of the scores; "
+                           "logloss and mean_predicted raw, *_calibrated after the map",
             "test_predictions": test_pred, "validation_predictions": val_pred,
             "encoding": {"fixed_point_bits": F_BITS, "z_clip": Z_CLIP, "quant_bits": p.quant_bits,
                          "statistical_mask_bits": STAT_BITS, "tags_per_ciphertext": self.plan.group,

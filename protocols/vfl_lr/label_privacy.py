@@ -12,7 +12,11 @@ the labels (docs/security.md, "Labels"). Two protections, chosen per job by ``Tr
 * **label DP** (``label_dp="on"``; the default ``"auto"`` turns it on when the batches would miss the floor,
   for a small data set or a small batch size): the bank adds Gaussian noise to the platform's gradient
   (through the mask path it decrypts) and to its own, calibrated so that one customer's labels (all tags) are (epsilon, delta)-DP against
-  everything the platform sees, and against the bank's trained model too.
+  everything the platform sees, and against the bank's trained model too. The platform's sensitivity is
+  set by the row-norm bound it declares in ``train.setup`` (:func:`row_norm_bound`, a quarter of the worst
+  case); told in ``train.epoch`` that label DP is on, it clips the rows of its gradient's features to that
+  bound (per-example clipping, as in DP-SGD; scoring and evaluation use its rows unclipped). Semi-honest: the
+  platform follows the protocol, as it must for the worst-case bound too (it computes its own products).
 
 Accounting: batches partition the rows, so a customer's labels enter one release per epoch; each release is
 a Gaussian mechanism of noise multiplier ``z`` (``mu = 1/z`` in Gaussian DP), their adaptive composition is
@@ -37,6 +41,7 @@ from protocols.vfl_lr.params import F_BITS, MAX_AUTO_EPOCHS, SlotPlan, TrainingE
 from protocols.vfl_lr.state import epoch_batches
 
 FLOOR_FACTOR = 10  # labelled rows per tag and batch, per platform feature (benchmarks/privacy.py)
+ROW_NORM_FRACTION = 0.25  # the platform's declared row-norm bound, as a share of the worst case (row_norm_bound)
 LABEL_DP_MODES = ("auto", "on", "off")
 RDP_ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512, 1024])
 _RANDOM = secrets.SystemRandom()
@@ -154,15 +159,34 @@ def rdp_epsilon(mu: float, delta: float, orders: Sequence[float] = RDP_ORDERS) -
 # ----------------------------------------------------------------------------- the noise ----
 
 
-def platform_sensitivity(quant_bits: int, n_features: int, n_tags: int) -> float:
-    """L2 change of ``X_Bq^T (M o d' 2^F)`` (integers) when one customer's labels change, for any features.
+def worst_row_norm(quant_bits: int, n_features: int) -> float:
+    """The largest L2 norm a row of quantised features can have: ``(2^(q-1) - 1) sqrt(d)``."""
+    return ((1 << (quant_bits - 1)) - 1) * math.sqrt(n_features)
+
+
+def row_norm_bound(quant_bits: int, n_features: int) -> int:
+    """The L2 bound the platform clips the rows of its gradient's quantised features to, and declares in
+    ``train.setup``: ``ROW_NORM_FRACTION`` of :func:`worst_row_norm` (for a column spanning +-5 sd, 1.25 sqrt(d)
+    standard deviations: most rows are left alone). A rule of public numbers, so it says nothing of the data."""
+    return max(1, math.floor(ROW_NORM_FRACTION * worst_row_norm(quant_bits, n_features)))
+
+
+def clip_rows(Xq: np.ndarray, bound: int) -> np.ndarray:
+    """Integer rows scaled down to L2 norm at most ``bound`` (rounded towards zero, so never above it)."""
+    norms = np.sqrt((Xq.astype(np.float64) ** 2).sum(axis=1))
+    factor = np.minimum(1.0, bound / np.maximum(norms, 1e-300))
+    return np.trunc(Xq * factor[:, None]).astype(np.int64)
+
+
+def platform_sensitivity(row_bound: float, n_tags: int) -> float:
+    """L2 change of ``X_Bq^T (M o d' 2^F)`` (integers) when one customer's labels change, for rows of norm at
+    most ``row_bound`` (the platform's declared bound, or :func:`worst_row_norm` for any features).
 
     ``d' = z_A + z_B + 2 - 4 y``: flipping ``y_it`` moves ``d'_it 2^F`` by exactly ``4 * 2^F`` (the scores are
-    clipped before encoding, not the residual), so column t moves by ``4 * 2^F * xq_i``. Quantised features
-    are at most ``2^(q-1) - 1`` in magnitude, so ``|xq_i| <= (2^(q-1) - 1) sqrt(d_B)``, and over the
-    customer's tags (at most T columns) the change is at most ``4 * 2^F (2^(q-1) - 1) sqrt(d_B T)``.
+    clipped before encoding, not the residual), so column t moves by ``4 * 2^F * xq_i``, ``|xq_i| <= row_bound``,
+    and over the customer's tags (at most T columns) the change is at most ``4 * 2^F row_bound sqrt(T)``.
     """
-    return 4.0 * (1 << F_BITS) * ((1 << (quant_bits - 1)) - 1) * math.sqrt(n_features * n_tags)
+    return 4.0 * (1 << F_BITS) * row_bound * math.sqrt(n_tags)
 
 
 def bank_sensitivity(X_aug: np.ndarray, n_tags: int) -> float:
@@ -235,15 +259,18 @@ class LabelPrivacy:
     epochs_spent: int = 0
     smallest: int | None = None  # fewest labelled rows of a tag in a batch that has some (floor mode)
     notes: list[str] = field(default_factory=list)
+    platform_row_bound: float | None = None  # the L2 bound of the platform's gradient rows the noise assumes (dp)
 
     @classmethod
     def plan(cls, params: TrainParams, active: np.ndarray, mask: np.ndarray, n_features: int,
-             X_aug: np.ndarray, *, strict: bool) -> LabelPrivacy:
+             X_aug: np.ndarray, *, strict: bool, platform_row_bound: float | None = None) -> LabelPrivacy:
         """Decide the protection: label DP if ``"on"``, or if ``"auto"`` and some batch of some epoch would
         miss the floor; otherwise the floor, and :class:`TrainingError` if ``"off"`` and a batch misses it.
 
         Not ``strict`` (``insecure_for_tests``: tests and benchmarks), ``"auto"`` never turns label DP on and
         a batch below the floor runs as it is, the report's ``mode`` saying "unprotected".
+        ``platform_row_bound``: the norm bound the platform declared for the rows of its gradient (None: the
+        worst case of its quantised features).
         """
         floor, T = batch_floor(n_features, params.epochs), mask.shape[1]
         plan = cls(params, active, mask, n_features, floor, "floor")
@@ -262,9 +289,9 @@ class LabelPrivacy:
             if hit is None:
                 return plan
         if params.label_dp == "on" or (params.label_dp == "auto" and strict):
-            noise = LabelNoise.calibrate(params, bank_sensitivity(X_aug[active], T),
-                                         platform_sensitivity(params.quant_bits, n_features, T))
-            plan.mode, plan.noise, plan.smallest = "dp", noise, None
+            bound = worst_row_norm(params.quant_bits, n_features) if platform_row_bound is None else platform_row_bound
+            noise = LabelNoise.calibrate(params, bank_sensitivity(X_aug[active], T), platform_sensitivity(bound, T))
+            plan.mode, plan.noise, plan.smallest, plan.platform_row_bound = "dp", noise, None, bound
             if hit is not None:
                 plan.notes.append("label DP is on because the batches miss the floor of "
                                   f"{floor_text(n_features, params.epochs)} labelled rows per tag")
@@ -353,6 +380,7 @@ class LabelPrivacy:
                        epsilon_rdp=rdp_epsilon(mu, delta) if mu > 0 else 0.0,
                        bank_sensitivity=n.bank_sensitivity, bank_sigma=n.bank_sigma,
                        platform_sensitivity_fixed_point=n.platform_sensitivity,
+                       platform_row_norm_bound=self.platform_row_bound,
                        platform_sigma_fixed_point=n.platform_sigma, fixed_point_bits=F_BITS,
                        accountant="Gaussian DP composition, analytic Gaussian conversion",
                        guarantee=f"({eps:.3g}, {delta:.3g})-DP for each customer's labels")
@@ -361,6 +389,6 @@ class LabelPrivacy:
         return out
 
 
-__all__ = ["FLOOR_FACTOR", "LABEL_DP_MODES", "LabelNoise", "LabelPrivacy", "bank_sensitivity", "batch_floor",
+__all__ = ["FLOOR_FACTOR", "LABEL_DP_MODES", "ROW_NORM_FRACTION", "clip_rows", "row_norm_bound", "worst_row_norm", "LabelNoise", "LabelPrivacy", "bank_sensitivity", "batch_floor",
            "below_floor", "floor_text", "gaussian_delta", "gaussian_epsilon", "gaussian_floats", "gaussian_ints", "gaussian_mu",
            "join_short_last", "max_batch_rows", "platform_enforces_floor", "platform_sensitivity", "rdp_epsilon"]

@@ -44,10 +44,13 @@ class Field:
     BANK_COLUMNS = "bank_columns"  # the bank's model columns (features, intercept): train.gradient's width
     PLATFORM_KEY = "platform_key"
     N_FEATURES = "n_features"
+    ROW_NORM_BOUND = "row_norm_bound"  # the L2 bound of the platform's gradient rows under label DP (an int)
     # train.epoch; EPOCH and BATCH also address every per-batch step
     EPOCH = "epoch"
     BATCH_ROWS = "batch_rows"
     BATCH_SIZES = "batch_sizes"
+    LABEL_DP = "label_dp"  # bool: the bank adds label-DP noise, so the platform clips its gradient rows
+    OPTIMIZER = "optimizer"  # the optimizer both parties run (the job's, or what "auto" resolved to)
     BATCH = "batch"
     # train.emask, train.emask_open
     MASKS = "masks"

@@ -11,6 +11,7 @@ import numpy as np
 from protocols.errors import UserError
 from protocols.party_data import Schema
 from protocols.scoring import LinearTerms, linear_scores
+from protocols.vfl_lr.calibration import entries, identity_entries, log_odds
 from protocols.vfl_lr.params import VERSION
 from protocols.vfl_lr.state import Scaler
 
@@ -39,15 +40,26 @@ class BankModel:
     schema: Schema
     key_fingerprints: dict[str, str]
     alignment_job_id: str = ""
-    # (T, 2): per tag, Platt's (a, b) in p = sigmoid(a z + b), fitted on validation (protocols/vfl_lr/calibration.py);
-    # None means identity (a model stored before calibration, or one trained without validation rows).
-    calibration: np.ndarray | None = None
+    # Per tag, {"a", "b", "knots"}: Platt's p = sigmoid(a z + b), or the monotone map through the knots with Platt's
+    # slope beyond them, fitted on validation (protocols/vfl_lr/calibration.py). None means identity (a model
+    # stored before calibration, or one trained without validation rows).
+    calibration: list[dict[str, Any]] | None = None
+    # Per tag, whether scores add the platform's part: False where the joint model did not beat the bank's own on
+    # validation, and the weights, intercept and calibration of that tag are the bank-only model's. None: all True.
+    platform_part: list[bool] | None = None
     kind: str = field(default="bank", init=False)
 
     def __post_init__(self) -> None:
-        if self.calibration is None:
-            self.calibration = np.tile([1.0, 0.0], (len(self.tag_names), 1))
-        self.calibration = np.asarray(self.calibration, dtype=np.float64)
+        if isinstance(self.calibration, np.ndarray):  # Platt's (a, b) per tag, as a (T, 2) array
+            self.calibration = [{"a": a, "b": b, "knots": None} for a, b in self.calibration.reshape(-1, 2)]
+        self.calibration = (identity_entries(len(self.tag_names)) if self.calibration is None
+                            else entries(self.calibration))
+        if len(self.calibration) != len(self.tag_names):
+            raise ValueError("the calibration is not one entry per tag")
+        self.platform_part = [True] * len(self.tag_names) if self.platform_part is None else \
+            [bool(v) for v in self.platform_part]
+        if len(self.platform_part) != len(self.tag_names):
+            raise ValueError("platform_part is not one flag per tag")
 
     def partial_scores(self, features: np.ndarray) -> np.ndarray:
         """``z_A`` (with the intercept) for rows of raw bank features, one column per tag."""
@@ -59,20 +71,26 @@ class BankModel:
         return LinearTerms(s.mean, s.std, s.clip, self.weights, self.intercept)
 
     def probabilities(self, z_total: np.ndarray, columns: Sequence[int] | None = None) -> np.ndarray:
-        """Calibrated probabilities for joint scores ``z_A + z_B`` (rows x tags): ``sigmoid(a_t z + b_t)``;
+        """Calibrated probabilities for joint scores ``z_A + z_B`` (rows x tags), per tag's calibration;
         ``columns``: the model's tag columns that ``z_total`` holds, in its order (default: all of them)."""
         cal = self.calibration
         assert cal is not None  # set by __post_init__
-        if columns is not None:
-            cal = cal[list(columns)]
-        return sigmoid(cal[:, 0] * np.asarray(z_total, dtype=np.float64) + cal[:, 1])
+        z = np.asarray(z_total, dtype=np.float64).reshape(-1, len(cal) if columns is None else len(columns))
+        cols = range(len(cal)) if columns is None else columns
+        out = np.empty_like(z)
+        for j, t in enumerate(cols):
+            out[:, j] = log_odds(z[:, j], cal[t])
+        return sigmoid(out).reshape(np.shape(z_total))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible values; :meth:`from_dict` restores the model exactly."""
         cal = self.calibration
         assert cal is not None
         return {**_common_dict(self), "intercept": self.intercept.tolist(),
-                "calibration": {"method": "platt", "a": cal[:, 0].tolist(), "b": cal[:, 1].tolist()}}
+                "calibration": {"method": "platt" if all(c["knots"] is None for c in cal) else "monotone",
+                                "a": [c["a"] for c in cal], "b": [c["b"] for c in cal],
+                                "knots": [c["knots"] for c in cal]},
+                "platform_part": list(self.platform_part or [])}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str) -> BankModel:
@@ -85,14 +103,18 @@ class BankModel:
                 raise ValueError("the intercepts are not one per tag")
             cal = d.get("calibration")  # absent in models stored before calibration: identity
             calibration = None
-            if cal is not None:
-                calibration = np.column_stack([np.array(cal["a"], dtype=np.float64),
-                                               np.array(cal["b"], dtype=np.float64)])
-                if calibration.shape != (T, 2) or not np.isfinite(calibration).all():
-                    raise ValueError("the calibration is not one finite (a, b) per tag")
+            if cal is not None:  # "knots" is absent in models stored before the monotone map: Platt alone
+                a, b, knots = list(cal["a"]), list(cal["b"]), list(cal.get("knots") or [None] * T)
+                if not len(a) == len(b) == len(knots) == T:
+                    raise ValueError("the calibration is not one entry per tag")
+                calibration = entries([{"a": a[t], "b": b[t], "knots": knots[t]} for t in range(T)])
+            part = d.get("platform_part")  # absent in models stored before it: every tag joint
+            if part is not None and (not isinstance(part, list) or len(part) != T
+                                     or not all(isinstance(v, bool) for v in part)):
+                raise ValueError("platform_part is not one true/false per tag")
         except (KeyError, TypeError, ValueError) as err:
             raise ModelError(f"{where}: damaged bank model: {_reason(err)}") from err
-        return cls(intercept=intercept, calibration=calibration, **common)
+        return cls(intercept=intercept, calibration=calibration, platform_part=part, **common)
 
 
 @dataclass

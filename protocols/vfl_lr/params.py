@@ -41,7 +41,9 @@ class TrainParams:
     batch_size: int | None = None
     learning_rate: float = 0.05
     decay: float = 1.0  # learning rate of epoch e (0-based) is learning_rate / (1 + decay * e)
-    optimizer: str = "adam"  # "adam" or "sgd"; each party runs it on its own gradient, locally
+    # "auto" (Newton under label DP, Adam otherwise), "adam", "sgd" or "newton" (damped block Newton on the quadratic
+    # Taylor loss, protocols/vfl_lr/state.py); each party runs it on its own gradient, locally.
+    optimizer: str = "auto"
     l2: float = 1e-2  # objective: mean logistic loss + l2/2 |w|^2 (+ l1 |w|); the intercept is not penalised
     l1: float = 0.0
     fit_intercept: bool = True
@@ -70,6 +72,9 @@ class TrainParams:
     # Horner-packs the residuals itself and scales them by 1/m_t, and every training row joins the batches;
     # benchmarks/vfl_lr.py --hide-label-mask measures the cost. Both parties read it from the session's params.
     hide_label_mask: bool = False
+    # Which model each tag serves: "best" (the joint model only where its validation AUC beats the bank-only
+    # yardstick's, else the bank's own, said in the report's metrics[tag]["served"]) or "joint" (always).
+    serve: str = "best"
 
     def validate(self, *, insecure_for_tests: bool = False) -> TrainParams:
         """Raise :class:`TrainingError` on a parameter of the wrong type or out of range; return self."""
@@ -84,7 +89,7 @@ class TrainParams:
              "batch_size must be null (automatic) or an integer in 16..65536"),
             (0 < self.learning_rate <= 10, "learning_rate must be in (0, 10]"),
             (self.decay >= 0, "decay must be >= 0"),
-            (self.optimizer in ("adam", "sgd"), "optimizer must be 'adam' or 'sgd'"),
+            (self.optimizer in ("auto", "adam", "sgd", "newton"), "optimizer must be 'auto', 'adam', 'sgd' or 'newton'"),
             (self.l2 >= 0 and self.l1 >= 0, "l1 and l2 must be >= 0"),
             (0 < self.test_share < 0.9, "test_share must be in (0, 0.9)"),
             (0 <= self.validation_share < 0.9, "validation_share must be in [0, 0.9)"),
@@ -98,6 +103,7 @@ class TrainParams:
             (self.key_bits in (1024, 2048, 3072, 4096), "key_bits must be 2048, 3072 or 4096"),
             (self.key_bits >= 2048 or insecure_for_tests, "key_bits below 2048 are insecure"),
             (self.label_dp in ("auto", "on", "off"), "label_dp must be 'auto', 'on' or 'off'"),
+            (self.serve in ("best", "joint"), "serve must be 'best' or 'joint'"),
             (0.05 <= self.dp_epsilon <= 100, "dp_epsilon must be in [0.05, 100]"),
             (0 < self.dp_delta <= 1e-3, "dp_delta must be in (0, 1e-3]"),
         ]

@@ -23,9 +23,11 @@ from protocols.vfl_lr.evaluation import SPLITS, VALIDATION, packed_count, shuffl
 from protocols.vfl_lr.label_privacy import (
     batch_floor,
     below_floor,
+    clip_rows,
     floor_text,
     max_batch_rows,
     platform_enforces_floor,
+    row_norm_bound,
 )
 from protocols.vfl_lr.messages import (
     Field,
@@ -47,7 +49,7 @@ from protocols.vfl_lr.params import (
     TrainParams,
     plaintext_bits,
 )
-from protocols.vfl_lr.state import PlatformTrainState, Scaler
+from protocols.vfl_lr.state import OPTIMIZERS, PlatformTrainState, Scaler
 
 MAX_BANK_COLUMNS = 100_000  # train.setup: the most model columns the bank may declare
 
@@ -160,6 +162,9 @@ class PlatformTrainHandler:
         self.Xq, self.qscale = quantise(self.X, p.quant_bits, fit_rows=self.train)
         # Kept (and shipped to the workers) as 8-bit integers: an eighth of int64 (10M x 300: 3 GB, not 24 GB).
         self.Xq = self.Xq.astype(np.int8 if p.quant_bits <= 8 else np.int16)
+        # Under label DP (told in train.epoch) the gradient's rows are clipped to the bound declared here.
+        self.row_bound = row_norm_bound(p.quant_bits, self.X.shape[1])
+        self.Xq_full, self.Xq_clipped = self.Xq, clip_rows(self.Xq, self.row_bound).astype(self.Xq.dtype)
         self.state = PlatformTrainState.start(p, self.X.shape[1], self.T)
         self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
         self.plan = SlotPlan(p.quant_bits, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk),
@@ -170,7 +175,8 @@ class PlatformTrainHandler:
         self.floor = batch_floor(self.X.shape[1], p.epochs)
         self.enforce_floor = platform_enforces_floor(p, strict=not self.insecure_for_tests)
         self.stage = "epoch"
-        return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.N_FEATURES: int(self.X.shape[1])}
+        return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.N_FEATURES: int(self.X.shape[1]),
+                Field.ROW_NORM_BOUND: self.row_bound}
 
     def _epoch(self, message: Message) -> Message:
         self._expect("epoch", "end_of_epoch", "epoch_or_finish")
@@ -193,6 +199,11 @@ class PlatformTrainHandler:
                                 f"'{self.tags[t]}'; with label_dp 'off' the floor is "
                                 f"{floor_text(self.X.shape[1], self.p.epochs)} labelled rows per tag and batch: "
                                 f"below it this node's gradients give the labels away")
+        dp, optimizer = read_field(message, Field.LABEL_DP, bool), read_field(message, Field.OPTIMIZER, str)
+        if optimizer not in OPTIMIZERS or self.p.optimizer not in ("auto", optimizer):
+            raise ProtocolError(f"train.epoch: optimizer {optimizer!r} is not the job's {self.p.optimizer!r}")
+        state.optimizer.kind = optimizer
+        self.Xq = self.Xq_clipped if dp else self.Xq_full
         state.epoch = epoch
         self.batches = batches
         self.xte: list[np.ndarray | None] = [None] * len(self.batches)
@@ -314,11 +325,12 @@ class PlatformTrainHandler:
         grad = np.array(xtd.tolist(), dtype=np.float64) * self.qscale[:, None] / (1 << F_BITS)
         if hide:  # k_t / 2^G stands for 1 / m_t, which only the bank knows; every tag steps
             grad /= 4.0 * (1 << plan.scale_bits)
-            state.optimizer.step(state.W, grad, state.epoch, np.ones(self.T, dtype=bool))
+            state.optimizer.step(state.W, grad, state.epoch, np.ones(self.T, dtype=bool),
+                                 self.Xq[rows] * self.qscale, np.ones_like(m))
         else:
             counts = m.sum(axis=0)
             grad /= 4.0 * np.maximum(counts, 1)
-            state.optimizer.step(state.W, grad, state.epoch, counts > 0)
+            state.optimizer.step(state.W, grad, state.epoch, counts > 0, self.Xq[rows] * self.qscale, m)
         state.next_batch += 1
         if state.next_batch == len(self.batches):
             state.snapshots.append(state.W.copy())

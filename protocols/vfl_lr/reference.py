@@ -41,7 +41,7 @@ def taylor_fit(blocks: Sequence[np.ndarray], labels: np.ndarray, train_mask: np.
             counts = m.sum(axis=0)
             scale = 4.0 * np.maximum(counts, 1)
             for X, W, opt in zip(blocks, Ws, opts, strict=True):
-                opt.step(W, X[rows].T @ d / scale, epoch, counts > 0)
+                opt.step(W, X[rows].T @ d / scale, epoch, counts > 0, X[rows], m)
         if on_epoch is not None:
             on_epoch(epoch, Ws)
     return Ws

@@ -21,6 +21,18 @@ from protocols.scoring import standardise
 from protocols.vfl_lr.params import VERSION, TrainingError, TrainParams, base_rate_intercepts
 
 _DTYPES = ("float64", "int64")
+NEWTON_DAMPING = 0.5  # two parties' blocks: half a block-Newton step cannot overshoot (H <= 2 blockdiag(H))
+NEWTON_RIDGE = 0.3  # added to the preconditioner's L2 (not the loss): tames noise in directions of little variance
+OPTIMIZERS = ("adam", "sgd", "newton")
+
+
+def resolve_optimizer(params: TrainParams, full_batch: bool) -> str:
+    """The optimizer a job runs: its own, or for ``"auto"`` Newton when the automatic batch is one full batch per
+    epoch (no batch of 4 steps meets the floor: batching.py) and Adam otherwise (with noise, mini-batch Newton
+    steps measured worse than Adam's on default_credit: docs/protocol.md, "Optimizer")."""
+    if params.optimizer != "auto":
+        return params.optimizer
+    return "newton" if full_batch else "adam"
 
 
 @dataclass
@@ -47,24 +59,45 @@ class Scaler:
 
 
 class Optimizer:
-    """Adam or SGD with L2 (and proximal L1) on a (d, T) weight matrix; rows in ``unpenalised`` skip both."""
+    """Adam, SGD or damped block Newton with L2 (and proximal L1) on a (d, T) weight matrix; rows in
+    ``unpenalised`` skip both.
+
+    ``kind`` is the job's optimizer, or with ``optimizer="auto"`` the one the bank resolves when it knows the
+    label protection (:func:`resolve_optimizer`; the platform is told in ``train.epoch``). Newton: the Taylor
+    loss is quadratic, with Hessian ``X^T diag(M_t) X / (4 m_t)`` per tag; each party preconditions its own
+    gradient with its own block of it (its own features only, nothing of the other party's), plus L2 and
+    ``NEWTON_RIDGE``, and steps ``NEWTON_DAMPING`` of the way. Under label DP this is post-processing of the
+    noisy gradient: one full batch per epoch then reaches the optimum's neighbourhood in a step or two, where
+    noisy Adam steps wander (BENCHMARKS.md, "Quality with default settings").
+    """
 
     def __init__(self, params: TrainParams, shape: tuple[int, int], unpenalised: Sequence[int] = ()) -> None:
         self.p = params
+        self.kind = "adam" if params.optimizer == "auto" else params.optimizer
         self.m = np.zeros(shape)
         self.v = np.zeros(shape)
         self.t = np.zeros(shape[1])
         self.penalty = np.ones((shape[0], 1))
         self.penalty[list(unpenalised)] = 0.0
 
-    def step(self, W: np.ndarray, grad: np.ndarray, epoch: int, active: np.ndarray) -> None:
-        """Update the columns (tags) in ``active`` in place."""
+    def step(self, W: np.ndarray, grad: np.ndarray, epoch: int, active: np.ndarray,
+             features: np.ndarray | None = None, mask: np.ndarray | None = None) -> None:
+        """Update the columns (tags) in ``active`` in place. Newton needs the batch's ``features`` (rows x d, as
+        the gradient used them) and label ``mask`` (rows x T)."""
         p, cols = self.p, np.flatnonzero(active)
         if len(cols) == 0:
             return
         lr = p.learning_rate / (1.0 + p.decay * epoch)
         g = grad[:, cols] + p.l2 * self.penalty * W[:, cols]
-        if p.optimizer == "adam":
+        if self.kind == "newton":
+            if features is None or mask is None:
+                raise TrainingError("the Newton step needs the batch's features and label mask")
+            ridge = np.diag((p.l2 + NEWTON_RIDGE) * self.penalty[:, 0])
+            for j, t in enumerate(cols):
+                Xt = features * mask[:, t:t + 1]
+                H = Xt.T @ Xt / (4.0 * max(1, int(mask[:, t].sum()))) + ridge
+                W[:, t] -= NEWTON_DAMPING * np.linalg.solve(H + 1e-9 * np.eye(len(H)), g[:, j])
+        elif self.kind == "adam":
             self.t[cols] += 1
             self.m[:, cols] = 0.9 * self.m[:, cols] + 0.1 * g
             self.v[:, cols] = 0.999 * self.v[:, cols] + 0.001 * g * g
@@ -266,5 +299,5 @@ def array_from_json(d: Mapping[str, Any]) -> np.ndarray:
     return np.array(values, dtype=np.dtype(dtype)).reshape([_int(n) for n in shape])
 
 
-__all__ = ["BankTrainState", "Optimizer", "PlatformTrainState", "Scaler", "active_rows", "base_rate_intercepts", "array_from_json",
+__all__ = ["NEWTON_DAMPING", "NEWTON_RIDGE", "OPTIMIZERS", "BankTrainState", "Optimizer", "resolve_optimizer", "PlatformTrainState", "Scaler", "active_rows", "base_rate_intercepts", "array_from_json",
            "array_to_json", "epoch_batches"]

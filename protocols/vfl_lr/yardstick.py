@@ -41,8 +41,8 @@ class BankOnly:
 def bank_only_fit(X_aug: np.ndarray, labels: np.ndarray, split: Split, params: TrainParams, batches: Batches,
                   epochs: int) -> BankOnly:
     """Train on the bank's standardised features alone with the joint model's optimiser, loss, batches and
-    epochs; each tag keeps its best validation-AUC epoch (as the joint model does) and is Platt-calibrated on
-    validation. Plaintext, by the bank alone."""
+    epochs; each tag keeps its best validation-AUC epoch (as the joint model does) and is calibrated on
+    validation as the joint model is. Plaintext, by the bank alone."""
     T = labels.shape[1]
     mask = ~np.isnan(labels)
     train_mask = np.zeros_like(mask)
@@ -88,6 +88,32 @@ def bank_only_reference(bank: PartyData, params: TrainParams) -> BankOnly:
                          p.epochs)
 
 
+def choose_served(joint_validation: Pairs | None, bank_only_validation: Pairs, serve: str = "best") -> dict[str, Any]:
+    """Which model a tag serves: the joint one only if its validation AUC beats the bank-only yardstick's.
+
+    The platform's part must earn its place: on a tie, or when either AUC cannot be computed, the bank's own
+    model is served (no platform call, no disclosure) and the report says so. Without labelled validation
+    rows there is nothing to compare on, and the joint model is served (the report says that too). ``serve``
+    ``"joint"`` (TrainParams.serve) serves the joint model whatever the comparison. Both AUCs come from pairs
+    the bank already holds (the joint validation multiset of the best epoch, the yardstick's own scores).
+    """
+    if joint_validation is None or not len(joint_validation[1]):
+        return {"model": "joint", "validation_auc": None,
+                "reason": "no labelled validation rows to compare on: the joint model is served unchecked"}
+    joint = tag_metrics(joint_validation[1], sigmoid(joint_validation[0]))["auc"]  # scores are log-odds
+    alone = tag_metrics(bank_only_validation[1], sigmoid(bank_only_validation[0]))["auc"]
+    aucs = {"joint": joint, "bank_only": alone}
+    if serve == "joint":
+        return {"model": "joint", "validation_auc": aucs, "reason": "the job asks for the joint model (serve)"}
+    if joint is not None and alone is not None and joint > alone:
+        return {"model": "joint", "validation_auc": aucs,
+                "reason": "the joint model's validation AUC is above the bank-only model's"}
+    why = ("no validation AUC to compare" if joint is None or alone is None else
+           f"the joint model's validation AUC ({joint:.4f}) is not above the bank-only model's ({alone:.4f})")
+    return {"model": "bank_only", "validation_auc": aucs,
+            "reason": f"{why}: the tag is scored by the bank-only model (same optimiser, the bank's features alone)"}
+
+
 def pair_metrics(pairs: Pairs, calibration: dict[str, Any]) -> dict[str, Any]:
     """AUC, KS, log-loss (raw sigmoid), and log-loss and mean probability raw and calibrated, and the base rate."""
     z, y = pairs
@@ -96,7 +122,7 @@ def pair_metrics(pairs: Pairs, calibration: dict[str, Any]) -> dict[str, Any]:
     out["base_rate"] = float(y.mean()) if len(y) else None
     out["mean_predicted"] = float(raw.mean()) if len(y) else None
     if len(y):
-        cal = apply(z, calibration["a"], calibration["b"])
+        cal = apply(z, calibration)
         out["logloss_calibrated"] = tag_metrics(y, cal)["logloss"]
         out["mean_predicted_calibrated"] = float(cal.mean())
     else:
@@ -107,9 +133,9 @@ def pair_metrics(pairs: Pairs, calibration: dict[str, Any]) -> dict[str, Any]:
 def predictions(pairs: Pairs, calibration: dict[str, Any]) -> dict[str, list[Any]]:
     """``{"p": calibrated probabilities rounded to 6 decimals, "y": labels}``, in the pairs' canonical order."""
     z, y = pairs
-    return {"p": [round(float(v), 6) for v in apply(z, calibration["a"], calibration["b"])],
+    return {"p": [round(float(v), 6) for v in apply(z, calibration)],
             "y": [int(v) for v in y]}
 
 
-__all__ = ["BankOnly", "Pairs", "bank_only_fit", "bank_only_reference", "pair_metrics", "predictions",
+__all__ = ["BankOnly", "Pairs", "bank_only_fit", "bank_only_reference", "choose_served", "pair_metrics", "predictions",
            "sorted_pairs"]
