@@ -280,3 +280,17 @@ def test_defaults_end_to_end_run_the_chosen_epochs_and_report_them(sim):
     direct = bank_only_reference(bank, TrainParams(**report["params"]))  # the yardstick, rebuilt from the report
     for t, tag in enumerate(bank.tag_names):
         assert report["metrics"][tag]["bank_only"]["auc"] == pair_metrics(direct.test[t], direct.calibration[t])["auc"]
+
+
+def test_the_automatic_validation_share_grows_on_large_sets_and_an_explicit_one_wins() -> None:
+    auto = TrainParams().validate()
+    assert auto.validation_share_for(569) == 0.1  # a small set keeps its rows for training and the label floor
+    assert auto.validation_share_for(30_000) == 0.2  # a large one buys the calibration map more rows
+    assert TrainParams(validation_share=0.05).validate().validation_share_for(30_000) == 0.05
+    assert TrainParams(validation_share=0.0).validate().validation_share_for(30_000) == 0.0
+    labels = np.zeros((30_000, 1))
+    labels[::5] = 1
+    split = auto.split(labels, [f"c{i}" for i in range(30_000)])
+    assert abs(len(split.validation) - 0.2 * 24_000) <= 10
+    with pytest.raises(TrainingError, match="validation_share"):
+        TrainParams(validation_share=0.95).validate()

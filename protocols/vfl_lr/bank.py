@@ -97,7 +97,7 @@ def run_bank_training(peer: Peer, job_id: str, bank: PartyData, params: TrainPar
 def _check_split(split: Split, p: TrainParams, n: int) -> None:
     """Refuse, before any key is made, an intersection too small for its splits (a tiny PSI result)."""
     empty = [name for name, rows, share in (("training", split.train, 1.0), ("test", split.test, p.test_share),
-                                            ("validation", split.validation, p.validation_share))
+                                            ("validation", split.validation, p.validation_share_for(n)))
              if share > 0 and len(rows) == 0]
     if n < MIN_ROWS or empty:
         raise TrainingError(f"the intersection has {n} customers: too few to train on (at least {MIN_ROWS}, and "
