@@ -74,9 +74,9 @@ class RecordingPlatform:
             state = handler.state
             step = state.optimizer.step
 
-            def record(W: np.ndarray, grad: np.ndarray, epoch: int, active: np.ndarray) -> None:
+            def record(W: np.ndarray, grad: np.ndarray, *rest: Any) -> None:
                 seen[(state.epoch, state.next_batch)] = grad.copy()
-                step(W, grad, epoch, active)
+                step(W, grad, *rest)
 
             state.optimizer.step = record  # type: ignore[method-assign]
             try:

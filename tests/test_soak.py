@@ -18,6 +18,6 @@ def test_killed_nodes_resume_training_with_the_same_model(tmp_path: Path) -> Non
                   kill_window=(0.3, 0.6), down_window=(0.1, 0.3), min_progress="epoch 1/1: ")
     assert [k["node"] for k in result["kills"]] == ["bank", "platform"]
     for kill in result["kills"]:
-        assert kill["progress_at_kill"].startswith("epoch 1/1: "), kill
+        assert kill["progress_at_kill"].startswith("epoch 1/1"), kill  # its batches, or its validation
         assert (kill["status"], kill["platform_status"]) == ("succeeded", "succeeded"), kill
     assert (result["survived"], result["identical_models"], result["total"]) == (2, 2, 2)
