@@ -3,8 +3,7 @@
     bank-node serve --config bank.toml
     bank-node align --config bank.toml [--mode both|bank_only|cardinality]
     bank-node train --config bank.toml [--tags t1,t2] [--epochs 5 ...]
-    bank-node jobs --config bank.toml
-    bank-node wait --config bank.toml JOB_ID | logs JOB_ID | rerun JOB_ID
+    bank-node jobs --config bank.toml | wait JOB_ID | logs JOB_ID | rerun JOB_ID | cancel JOB_ID
     bank-node score --config bank.toml --model JOB_ID --ids ID1,ID2
     bank-node batch-score --config bank.toml --model JOB_ID --out scores.parquet [--all-customers | --ids-file F]
     bank-node segment --config bank.toml --model JOB_ID --tag T --top 10% --control 10% --seed 7 --out NAME
@@ -287,6 +286,8 @@ def run_client(args: argparse.Namespace) -> int:
                 print(json.dumps(jobs, indent=2, sort_keys=True) if args.json else views.jobs_table(jobs))
         elif args.command == "job":
             print_job(client.job(args.job_id))
+        elif args.command == "cancel":
+            print(views.cancelled_line(client.cancel(args.job_id)))
         elif args.command == "score":
             ids = args.ids.split(",")
             scores = client.score(args.model, ids, args.tags.split(",") if args.tags else None,
@@ -427,8 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     shown = j.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true", help="print JSON")
     shown.add_argument("--ids-only", action="store_true", help="print only the job IDs, one a line (for scripts)")
-    one = add("job", "show one job as JSON (parameters, result, progress)")
-    one.add_argument("job_id", help="the job")
+    add("job", "show one job as JSON (parameters, result, progress)").add_argument("job_id", help="the job")
+    add("cancel", "stop a job on both nodes (status 'cancelled' on both)").add_argument("job_id", help="the job")
     sc = add("score", "score customers online")
     sc.add_argument("--model", required=True, help="the train job ID, an alias NAME@LABEL, or 'latest'")
     sc.add_argument("--ids", required=True, help="comma-separated customer IDs (an unknown ID gets status "

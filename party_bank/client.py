@@ -56,6 +56,10 @@ class BankClient:
     def job(self, job_id: str) -> dict[str, Any]:
         return job_dict(self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=CONTROL_TIMEOUT_S))
 
+    def cancel(self, job_id: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Cancel a job on both nodes; its record once stopped (a step in flight finishes first)."""
+        return job_dict(self.stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=timeout_s))
+
     def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
         reply = self.stub.ListJobs(pb.ListJobsRequest(limit=limit), timeout=CONTROL_TIMEOUT_S)
         return [job_dict(j) for j in reply.jobs]

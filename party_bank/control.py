@@ -72,6 +72,11 @@ class ControlServicer(pb_grpc.BankControlServicer):
         return job_to_pb(self._node.stores.jobs.get(request.job_id))
 
     @translate_errors("bank")
+    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> pb.Job:
+        with audited(self._node.stores.jobs, "cancel job", actor=caller_name(context), job_id=request.job_id):
+            return job_to_pb(self._node.cancel(request.job_id))
+
+    @translate_errors("bank")
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
         records = self._node.stores.jobs.list(request.limit or 50)
         return pb.ListJobsResponse(jobs=[job_to_pb(r) for r in records])

@@ -7,7 +7,9 @@ reports and the audit log in its stores, and serves scores (online and batch).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import secrets
 import threading
 import time
@@ -24,13 +26,13 @@ from party_bank.segments import SegmentService
 from party_common.audit import LOCAL_CALLER
 from party_common.config import NodeConfig
 from party_common.grpc_errors import describe
-from party_common.jobs import JobKind, job_kind
+from party_common.jobs import JobContext, JobKind, job_kind
 from party_common.link import PlatformLink
 from party_common.node import NodeBase
 from party_common.policy import is_awaiting_approval
 from party_common.storage import NodeStores
-from party_common.storage.jobs import JobRecord
-from protocols.errors import FedProfileError, NotFound, PeerError
+from party_common.storage.jobs import ENDED, JobRecord
+from protocols.errors import RESUMABLE_CODES, FedProfileError, JobStopped, NotFound, PeerError, UserError
 from protocols.party_data import PartyData
 from protocols.vfl_lr import BankModel
 
@@ -38,6 +40,33 @@ log = logging.getLogger(__name__)
 
 SCORE_BATCH = 5_000  # customers per PartialScore call
 APPROVAL_POLL_S = (2.0, 60.0)  # a job the platform's operator has not approved yet asks again: 2 s, doubling to 60 s
+BACKOFF_START_S, BACKOFF_MAX_S = 1.0, 30.0  # waiting for the platform: 1, 2, 4, ... 30 s between tries
+CONNECT_TIMEOUT_S = 5.0  # one try to reach the platform
+CANCEL_WAIT_S = 30.0  # CancelJob waits this long for the job to stop
+CANCELLED = "cancelled by the data scientist"
+INTERRUPTED = "the bank node stopped while the job ran; it resumes when the node starts again"
+
+
+class JobStop:
+    """A running job's stop switch: cancel (ends "cancelled") or the node stopping (ends "interrupted")."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.status, self.reason = "cancelled", CANCELLED
+
+    def set(self, status: str, reason: str) -> None:
+        if not self.event.is_set():
+            self.status, self.reason = status, reason
+            self.event.set()
+
+    def check(self) -> None:
+        if self.event.is_set():
+            raise JobStopped(self.reason, status=self.status)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, or raise :class:`JobStopped` as soon as the job is stopped."""
+        self.event.wait(seconds)
+        self.check()
 
 
 def new_job_id(kind: str) -> str:
@@ -48,17 +77,19 @@ class BankNode(NodeBase):
     role = "bank"
 
     def __init__(self, config: NodeConfig, link: PlatformLink, *, data: PartyData | None = None,
-                 stores: NodeStores | None = None) -> None:
+                 stores: NodeStores | None = None, resume_jobs: bool = True) -> None:
         super().__init__(config, data=data, stores=stores)
         self.link = link
         # One job at a time: each job already spreads its work over all the cores.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
         self._running: dict[str, Future[None]] = {}
-        self._stopping = threading.Event()
+        self._stops: dict[str, JobStop] = {}
         self.segments = SegmentService(self)  # score files and campaign segments
         self.registry = ModelRegistry(self.stores, link)
         log.info("bank data: %d customers, %d features, %d tags (%s)", len(self.data.ids),
                  len(self.data.feature_names), len(self.data.tag_names), Path(self.data.source).name)
+        if resume_jobs:
+            self.resume_interrupted()
 
     def connect(self, timeout_s: float = 30.0) -> str:
         """Wait for the platform node and check its role and protocol version; return its name."""
@@ -73,8 +104,57 @@ class BankNode(NodeBase):
         params = job.parse(raw_params, self.data, self.stores)
         job_id = new_job_id(kind)
         self.stores.jobs.create(job_id, kind, name, job.params_dict(params), actor=actor)
-        self._running[job_id] = self._executor.submit(self._run, job_id, job, params, name)
+        self._start(job_id, job, params, name)
         return job_id
+
+    def _start(self, job_id: str, job: JobKind[Any, Any], params: Any, name: str) -> None:
+        self._stops[job_id] = JobStop()
+        self._running[job_id] = self._executor.submit(self._run, job_id, job, params, name)
+
+    def resume_interrupted(self) -> list[str]:
+        """Queue again the jobs this node was running when it stopped (oldest first); their IDs.
+
+        A train job resumes from its last checkpoint (the same model as an uninterrupted run); an align job
+        runs its PSI again from the start (the same intersection, fresh keys)."""
+        resumed = []
+        for record in reversed(self.stores.jobs.list(1000, status="interrupted")):
+            try:
+                job = job_kind(record.kind)
+                params = job.parse(record.params, self.data, self.stores)
+            except FedProfileError as err:
+                self.stores.jobs.fail(record.job_id, f"cannot resume: {describe(err, node='bank')}")
+                continue
+            log.info("job %s (%s) was interrupted: resuming it", record.job_id, record.kind)
+            self._start(record.job_id, job, params, record.name)
+            resumed.append(record.job_id)
+        return resumed
+
+    def cancel(self, job_id: str, timeout_s: float = CANCEL_WAIT_S) -> JobRecord:
+        """Stop a queued, running or interrupted job on both nodes; its record once it stopped (or after
+        ``timeout_s``: a step already sent to the platform finishes first)."""
+        record = self.stores.jobs.get(job_id)
+        if record.status in ENDED:
+            raise UserError(f"job {job_id} has already ended: {record.status}")
+        stop, future = self._stops.get(job_id), self._running.get(job_id)
+        if stop is None or future is None:  # interrupted and not resumed: nothing runs here
+            self._cancelled(job_id, CANCELLED)
+            return self.stores.jobs.get(job_id)
+        self.stores.jobs.set_progress(job_id, "cancelling: the job stops after its current step")
+        stop.set("cancelled", CANCELLED)
+        try:
+            future.result(timeout=timeout_s)
+        except TimeoutError:
+            log.warning("job %s: still stopping after %.0f s", job_id, timeout_s)
+        return self.stores.jobs.get(job_id)
+
+    def _cancelled(self, job_id: str, reason: str) -> None:
+        """Mark ``job_id`` cancelled here and on the platform; drop its checkpoint."""
+        self.stores.jobs.stop(job_id, "cancelled", reason)
+        self.stores.checkpoints.delete(job_id, missing_ok=True)
+        try:
+            self.link.cancel(job_id, reason)
+        except PeerError as err:  # the platform's session expires on its own
+            log.warning("job %s: could not tell the platform node about the cancellation: %s", job_id, err)
 
     def wait(self, job_id: str, timeout_s: float | None = None) -> JobRecord:
         """Block until a job submitted to this node has ended; return its record."""
@@ -84,26 +164,79 @@ class BankNode(NodeBase):
         return self.stores.jobs.get(job_id)
 
     def _run(self, job_id: str, job: JobKind[Any, Any], params: Any, name: str) -> None:
-        self.stores.jobs.mark_running(job_id)
-        log.info("job %s (%s) started", job_id, job.name)
+        jobs, stop = self.stores.jobs, self._stops[job_id]
         try:
-            peer_name = self.link.connect()
-            ctx = self.job_context(job_id)
-            result = self._run_when_approved(job, ctx, params, name)
+            resumed = jobs.get(job_id).status == "interrupted"
+            if resumed:
+                jobs.reopen(job_id)
+            else:
+                jobs.mark_running(job_id)
+            log.info("job %s (%s) %s", job_id, job.name, "resumed" if resumed else "started")
+            ctx = dataclasses.replace(self.job_context(job_id), resumed=resumed)
+            report = ctx.progress
+
+            def progress(stage: str, done: int, total: int) -> None:
+                stop.check()  # a cancelled job stops at its next step
+                report(stage, done, total)
+
+            ctx = dataclasses.replace(ctx, progress=progress)
+            result, peer_name = self._run_with_retries(job_id, job, ctx, params, name, stop)
+            stop.check()
             summary = job.save_bank(ctx, params, result, peer_name)
-        except Exception as err:
-            if isinstance(err, FedProfileError):
+        except Exception as raised:
+            # Whatever a stopped job raised on its way out, it was stopped.
+            err = JobStopped(stop.reason, status=stop.status) if stop.event.is_set() else raised
+            if isinstance(err, JobStopped):
+                log.info("job %s %s", job_id, err.status)
+                if err.status == "cancelled":
+                    self._cancelled(job_id, str(err))
+                else:
+                    jobs.stop(job_id, err.status, str(err))
+            elif isinstance(err, FedProfileError):
                 log.warning("job %s failed: %s", job_id, err)
+                jobs.fail(job_id, describe(err, node="bank"))
             else:
                 log.error("job %s failed", job_id, exc_info=err)
-            self.stores.jobs.fail(job_id, describe(err, node="bank"))
+                jobs.fail(job_id, describe(err, node="bank"))
         else:
-            self.stores.jobs.finish(job_id, summary)
+            jobs.finish(job_id, summary)
+            self.stores.checkpoints.delete(job_id, missing_ok=True)
             log.info("job %s succeeded", job_id)
         finally:
             self._running.pop(job_id, None)
+            self._stops.pop(job_id, None)
 
-    def _run_when_approved(self, job: JobKind[Any, Any], ctx: Any, params: Any, name: str) -> Any:
+    def _run_with_retries(self, job_id: str, job: JobKind[Any, Any], ctx: JobContext, params: Any, name: str,
+                          stop: JobStop) -> tuple[Any, str]:
+        """Run the job; while the platform is unreachable (or lost the session), wait with backoff and run it
+        again (a train job resumes from its checkpoint), until ``[peer] retry_deadline_s`` passes."""
+        address = self.config.peer_address or "(in process)"
+        deadline_s = self.config.peer_retry_deadline_s
+        delay, since, since_wall = BACKOFF_START_S, None, ""
+        while True:
+            stop.check()
+            try:
+                peer_name = self.link.connect(timeout_s=CONNECT_TIMEOUT_S)
+                delay, since = BACKOFF_START_S, None
+                return self._run_when_approved(job, ctx, params, name, stop), peer_name
+            except PeerError as err:
+                if err.code not in RESUMABLE_CODES or stop.event.is_set():
+                    raise
+                if since is None:
+                    since, since_wall = time.monotonic(), time.strftime("%H:%M:%S UTC", time.gmtime())
+                waited = time.monotonic() - since
+                if waited >= deadline_s:
+                    raise PeerError(f"the platform at {address} has been unreachable since {since_wall}; gave up "
+                                    f"after {deadline_s:.0f} s ([peer] retry_deadline_s)", code=err.code) from err
+                wait = min(delay, deadline_s - waited)
+                log.warning("job %s: %s; retrying in %.0f s", job_id, err, math.ceil(wait))
+                self.stores.jobs.set_progress(job_id, f"waiting for the platform at {address}, retry in "
+                                                      f"{math.ceil(wait)} s (unreachable since {since_wall})")
+                stop.wait(wait)
+                delay = min(2 * delay, BACKOFF_MAX_S)
+                ctx = dataclasses.replace(ctx, resumed=True)  # the platform may hold the job's row already
+
+    def _run_when_approved(self, job: JobKind[Any, Any], ctx: Any, params: Any, name: str, stop: JobStop) -> Any:
         """``job.run_bank``; while the platform's operator has not approved the job (the platform's policy,
         approval mode) it waits in status "awaiting approval" and asks again, less and less often."""
         wait = APPROVAL_POLL_S[0]
@@ -122,9 +255,7 @@ class BankNode(NodeBase):
                 if self.stores.jobs.get(ctx.job_id).status != "awaiting approval":
                     self.stores.jobs.await_approval(ctx.job_id)
                     log.info("job %s awaits the platform operator's approval", ctx.job_id)
-                if self._stopping.wait(wait):
-                    raise PeerError("the bank node stopped while the job awaited the platform's approval",
-                                    code="UNAVAILABLE") from err
+                stop.wait(wait)  # a cancelled job, or a stopping node, stops waiting at once
                 wait = min(2 * wait, APPROVAL_POLL_S[1])
 
     # ---- scoring ----
@@ -214,7 +345,9 @@ class BankNode(NodeBase):
         return render(report, report.get("summary"), job=job).encode()
 
     def shutdown(self) -> None:
-        self._stopping.set()
+        """Stop every job at its next step as "interrupted" (resumed when the node starts again)."""
+        for stop in list(self._stops.values()):
+            stop.set("interrupted", INTERRUPTED)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 

@@ -158,5 +158,12 @@ def events_text(events: Iterable[Mapping[str, str]]) -> str:
     return "\n".join(lines) if lines else "no events"
 
 
-__all__ = ["duration", "event_line", "seconds_between", "events_text", "follow_line", "headline", "jobs_table", "render", "scores_table",
+def cancelled_line(job: Mapping[str, Any]) -> str:
+    """What `bank-node cancel` prints: the job's status after the cancel (and its progress if still stopping)."""
+    still = f" ({job['progress']})" if job["status"] != "cancelled" and job.get("progress") else ""
+    return f"job {job['job_id']}: {job['status']}{still}"
+
+
+__all__ = ["cancelled_line", "duration", "event_line", "seconds_between", "events_text", "follow_line", "headline", "jobs_table", "render", "scores_table",
            "summary_table", "train_done"]
+

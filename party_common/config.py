@@ -8,11 +8,13 @@ Example (bank)::
     listen = "127.0.0.1:7443"        # the bank: control API for data scientists
     state_dir = "state/bank"
     workers = 2
+    # session_idle_s = 900           # platform only: close a session with no step for this long
 
     [peer]
     address = "platform.example.com:7444"
     tls_name = "platform"            # name in the peer's certificate (SAN), when it differs from the host
                                      # (platform: required; the bank node certificate's name, its only caller)
+    retry_deadline_s = 600           # a job waits this long for an unreachable platform, then fails
 
     [tls]
     cert = "certs/bank/node.crt"     # this node's certificate (server and client)
@@ -111,6 +113,10 @@ class NodeConfig:
     client_address: str = ""
     client_tls_name: str | None = None
     metrics_listen: str | None = None  # [metrics] listen: Prometheus endpoint, off when None
+    # Bank: how long a job waits for an unreachable platform (retrying with backoff) before it fails.
+    peer_retry_deadline_s: float = 600.0
+    # Platform: a session with no step for this long is closed (a bank killed mid-job never closes it).
+    session_idle_s: float = 900.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -261,6 +267,8 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
         else local_address(listen),
         client_tls_name=_get(client, "tls_name", str, f"{path} [client]", required=False),
         metrics_listen=_address(metrics_listen, f"{path} [metrics] listen") if metrics_listen else None,
+        peer_retry_deadline_s=_seconds(peer, "retry_deadline_s", f"{path} [peer]", 600.0),
+        session_idle_s=_seconds(node, "session_idle_s", f"{path} [node]", 900.0),
     )
 
 
@@ -280,3 +288,10 @@ def _compute(table: Any, where: str) -> ComputeConfig:
     if backend == "pool" and (workers is not None or "address" in table):
         raise ConfigError(f"{where}: 'address' and 'workers' are for backend = \"ray\" (the pool uses [node] workers)")
     return ComputeConfig(backend=backend, address=address, workers=workers)
+
+
+def _seconds(table: dict[str, Any], key: str, where: str, default: float) -> float:
+    value = float(_get(table, key, (int, float), where, required=False, default=default))
+    if not value > 0:
+        raise ConfigError(f"{where}: '{key}' must be a positive number of seconds, got {value}")
+    return value

@@ -17,7 +17,15 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from party_common.policy import AwaitingApproval, PolicyRefused, QuotaExceeded
-from protocols.errors import CryptoError, FedProfileError, NotFound, PeerError, ProtocolError, UserError
+from protocols.errors import (
+    CryptoError,
+    FedProfileError,
+    NotFound,
+    PeerError,
+    ProtocolError,
+    SessionLost,
+    UserError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,8 @@ def status_of(err: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.PERMISSION_DENIED
     if isinstance(err, NotFound):
         return grpc.StatusCode.NOT_FOUND
+    if isinstance(err, SessionLost):  # the bank resumes the job in a new session
+        return grpc.StatusCode.ABORTED
     if isinstance(err, UserError):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(err, ProtocolError | CryptoError):

@@ -189,7 +189,8 @@ class GrpcPlatformLink:
         request = pb.OpenSessionRequest(kind=kind, job_id=job_id, params=to_payload(params),
                                         context=pb.SessionContext(alignment_job_id=context.alignment_job_id,
                                                                   alignment_hash=context.alignment_hash,
-                                                                  job_name=context.job_name))
+                                                                  job_name=context.job_name,
+                                                                  resumed=context.resumed))
         try:
             self._stub.OpenSession(request, timeout=self._step_timeout)
         except grpc.RpcError as err:
@@ -220,6 +221,13 @@ class GrpcPlatformLink:
         except grpc.RpcError as err:
             raise self._error(err, f"retire model {model_job_id} on the platform node") from err
         return Retirement(model_job_id, reply.retired_at, reply.already_retired)
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        try:
+            self._stub.CloseSession(pb.CloseSessionRequest(job_id=job_id, aborted=True, reason=reason),
+                                    timeout=CONTROL_TIMEOUT_S)
+        except grpc.RpcError as err:
+            raise peer_error(err, f"cancel job {job_id} on the platform node") from err
 
     def close(self) -> None:
         self._channel.close()

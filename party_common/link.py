@@ -46,6 +46,7 @@ class SessionContext:
     alignment_hash: str = ""
     job_name: str = ""
     caller: str = ""  # set by the platform's servicer from the caller's certificate, never read from the wire
+    resumed: bool = False  # the bank runs the job again after either node stopped: the platform takes up its row
 
 
 class PlatformEndpoint(Protocol):
@@ -61,6 +62,9 @@ class PlatformEndpoint(Protocol):
         ...
 
     def retire_model(self, model_job_id: str) -> Retirement:
+        ...
+
+    def cancel_job(self, job_id: str, reason: str) -> None:
         ...
 
 
@@ -80,6 +84,10 @@ class PlatformLink(Protocol):
 
     def retire_model(self, model_job_id: str) -> Retirement:
         """Retire the platform's half of a model (idempotent): it answers no partial scores for it after."""
+        ...
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        """The bank cancelled ``job_id``: end its session on the platform (if open), whose row says cancelled."""
         ...
 
     def close(self) -> None:
@@ -146,6 +154,17 @@ class LocalPlatformLink:
             return self.platform.retire_model(model_job_id)
         except FedProfileError as err:
             raise PeerError(f"retire model: {err}", code=status_of(err).name) from err
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        for channel in self.channels:
+            if channel.job_id == job_id and channel._handler is not None:
+                handler, channel._handler = channel._handler, None
+                end = getattr(handler, "end", None)
+                if callable(end):
+                    end("cancelled", reason)
+                else:
+                    handler.close()
+        self.platform.cancel_job(job_id, reason)
 
     def close(self) -> None:
         for channel in self.channels:

@@ -53,7 +53,8 @@ def build_server(config_path: str, *,
     tls = None if insecure_dev else read_tls_files(config)
     node = PlatformNode(config)
     registry = SessionRegistry(node.open_session, kinds=SESSION_KINDS,
-                               max_sessions=config.policy.max_concurrent_jobs)
+                               max_sessions=config.policy.max_concurrent_jobs, idle_s=config.session_idle_s)
+    registry.start_expiry()  # a bank killed mid-job never closes its session
     servicer = NodeServicer(node, registry, max_payload_bytes=config.max_payload_mb * 2**20)
     server, health, port = start_node_server(
         config, lambda s: pb_grpc.add_NodeServicer_to_server(servicer, s), ["fedprofile.v1.Node"],

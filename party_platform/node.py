@@ -42,7 +42,9 @@ class DisclosureRefused(ProtocolError):
 
 
 class PlatformSession:
-    """One session's handler, wrapped so the job row ends succeeded or failed, whatever happens."""
+    """One session's handler, wrapped so the job row says how it ended, whatever happens: succeeded, failed,
+    cancelled (by the bank), interrupted (expired, or the node stopping; the bank may resume it), or left to
+    the session that replaced it (the bank resumed the job)."""
 
     def __init__(self, node: PlatformNode, job: JobKind[Any, Any], ctx: JobContext, context: SessionContext) -> None:
         self._node, self._job, self._ctx, self._context = node, job, ctx, context
@@ -67,11 +69,24 @@ class PlatformSession:
             raise
 
     def close(self) -> None:
+        self.end("closed")
+
+    def end(self, how: str, reason: str = "") -> None:
+        """Close the handler; record how the session ended (``party_platform.service.ENDINGS``)."""
         if self.inner is not None:
             self.inner.close()
-        if not self.finished:
-            reason = self._last_refusal or "the bank ended the session before the protocol finished"
-            self._node.stores.jobs.fail(self._ctx.job_id, reason)
+        job_id, jobs = self._ctx.job_id, self._node.stores.jobs
+        if self.finished or how == "superseded":
+            if self.finished and how == "closed":  # the bank has what it needs: the job cannot resume any more
+                self._node.stores.checkpoints.delete(job_id, missing_ok=True)
+            return
+        if how == "cancelled":
+            self._node.cancel_job(job_id, reason or "cancelled by the bank")
+        elif how in ("expired", "stopping"):
+            jobs.stop(job_id, "interrupted", f"{'expired: ' if how == 'expired' else ''}{reason}; the bank resumes "
+                      "the job when it reaches this node again")
+        else:
+            jobs.fail(job_id, self._last_refusal or "the bank ended the session before the protocol finished")
 
 
 class PlatformNode(NodeBase):
@@ -122,7 +137,8 @@ class PlatformNode(NodeBase):
         """Create the job's row, or take up the row of a job the platform's operator approved.
 
         In approval mode a new job waits ("awaiting approval") and the bank is told so; it asks again until
-        the operator approves (``platform-node approve JOB``). A job ID is never reused for another job.
+        the operator approves (``platform-node approve JOB``). A job ID is never reused for another job; the
+        same job opened again (the bank resumes it after a restart of either node) takes up its row.
         """
         try:
             existing = self.stores.jobs.get(job_id)
@@ -141,9 +157,12 @@ class PlatformNode(NodeBase):
             raise AwaitingApproval(job_id)
         if existing.status == "failed" and existing.error == REFUSED_BY_OPERATOR:
             raise PolicyRefused(f"job {job_id} was {REFUSED_BY_OPERATOR} ([policy] approval = \"manual\")")
-        if existing.status != "queued" or existing.kind != kind:  # queued: approved, not started yet
+        if existing.status == "queued" and existing.kind == kind:  # approved, not started yet
+            return
+        if not context.resumed or existing.kind != kind or existing.status == "cancelled":
             raise ProtocolError(f"job ID {job_id} was already used on the platform node (a {existing.kind} "
                                 f"job, {existing.status}); every job needs a new ID")
+        self.stores.jobs.reopen(job_id)  # the bank runs the same job again (either node restarted)
 
     def _alignment_size(self, context: SessionContext) -> int | None:
         if not context.alignment_job_id:
@@ -152,6 +171,16 @@ class PlatformNode(NodeBase):
             return self.stores.alignments.load(context.alignment_job_id).size
         except FedProfileError:
             return None  # the job kind refuses an unknown alignment with its own message
+
+    def cancel_job(self, job_id: str, reason: str) -> None:
+        """The bank cancelled ``job_id``: its row says so (unless it ended already) and its checkpoint goes."""
+        try:
+            record = self.stores.jobs.get(job_id)
+        except NotFound:
+            return
+        if record.status != "succeeded":  # a session the bank's cancel closed first reads failed until now
+            self.stores.jobs.stop(job_id, "cancelled", reason)
+        self.stores.checkpoints.delete(job_id, missing_ok=True)
 
     # ---- serving ----
 

@@ -28,11 +28,14 @@ from party_common.transport import FEATURES, check_hello, chunk_payload, join_ch
 from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.channel import Message, StepHandler
-from protocols.errors import ProtocolError, UserError
+from protocols.errors import ProtocolError, SessionLost, UserError
 
 log = logging.getLogger(__name__)
 
 SessionOpener = Callable[[str, str, Message, SessionContext], StepHandler]
+# How a session ends (besides the bank closing it, "closed"): replaced by the bank's new session for the same job
+# (it restarted and resumes), idle past the registry's limit, cancelled by the bank, or the node is stopping.
+ENDINGS = ("closed", "superseded", "expired", "cancelled", "stopping")
 
 
 @dataclass
@@ -42,19 +45,36 @@ class Session:
     next_seq: int = 1
     lock: threading.Lock = field(default_factory=threading.Lock)
     opened_at: float = field(default_factory=time.monotonic)
+    last_active: float = field(default_factory=time.monotonic)
+
+
+def end_session(handler: StepHandler, how: str, reason: str = "") -> None:
+    """Close ``handler``, telling it how the session ended if it wants to know (``end(how, reason)``)."""
+    end = getattr(handler, "end", None)
+    if callable(end):
+        end(how, reason)
+    else:
+        handler.close()
 
 
 class SessionRegistry:
-    """Open protocol sessions on the platform, one per job."""
+    """Open protocol sessions on the platform, one per job.
+
+    A new session for a job that has one replaces it (the bank restarted and resumes the job). With
+    ``idle_s``, :meth:`start_expiry` closes sessions that saw no step for that long (a bank killed mid-job
+    never closes its session).
+    """
 
     def __init__(self, opener: SessionOpener, kinds: Iterable[str], *, max_sessions: int = 8,
-                 limit_name: str = "[policy] max_concurrent_jobs") -> None:
+                 limit_name: str = "[policy] max_concurrent_jobs", idle_s: float | None = None) -> None:
         self._opener = opener
         self._kinds = frozenset(kinds)
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._max = max_sessions
         self._limit_name = limit_name
+        self.idle_s = idle_s
+        self._stop = threading.Event()
 
     def open(self, kind: str, job_id: str, params: Message, context: SessionContext) -> None:
         if kind not in self._kinds:
@@ -64,11 +84,15 @@ class SessionRegistry:
         except UserError as err:
             raise ProtocolError(str(err)) from err
         with self._lock:
-            if job_id in self._sessions:
+            if job_id in self._sessions and not context.resumed:
                 raise ProtocolError(f"job {job_id} already has an open session")
-            if len(self._sessions) >= self._max:
+            old = self._sessions.pop(job_id, None)
+            if old is None and len(self._sessions) >= self._max:
                 raise QuotaExceeded(f"the platform already runs {self._max} jobs, its limit ({self._limit_name}); "
                                     "try again when one has finished")
+        if old is not None:
+            log.info("job %s: a new session replaces the open one (the bank resumes the job)", job_id)
+            end_session(old.handler, "superseded")
         handler = self._opener(kind, job_id, params, context)
         with self._lock:
             self._sessions[job_id] = Session(kind=kind, handler=handler)
@@ -77,22 +101,53 @@ class SessionRegistry:
         with self._lock:
             session = self._sessions.get(job_id)
         if session is None:
-            raise ProtocolError(f"no open session for job {job_id}")
+            raise SessionLost(f"no open session for job {job_id} (the platform node restarted, or the session "
+                              "expired): the bank resumes the job in a new one")
         return session
 
-    def close(self, job_id: str) -> bool:
+    def close(self, job_id: str, how: str = "closed", reason: str = "") -> bool:
         with self._lock:
             session = self._sessions.pop(job_id, None)
         if session is None:
             return False
-        session.handler.close()
+        end_session(session.handler, how, reason)
         return True
 
     def close_all(self) -> None:
+        self._stop.set()
         with self._lock:
             ids = list(self._sessions)
         for job_id in ids:
-            self.close(job_id)
+            self.close(job_id, "stopping", "the platform node stopped")
+
+    def expire_idle(self, now: float | None = None) -> list[str]:
+        """Close the sessions idle (no step running, none for ``idle_s``) at ``now``; their job IDs."""
+        if self.idle_s is None:
+            return []
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            idle = [job_id for job_id, s in self._sessions.items()
+                    if now - s.last_active > self.idle_s and not s.lock.locked()]
+        expired = []
+        for job_id in idle:
+            if self.close(job_id, "expired", f"no step from the bank for {self.idle_s:.0f} s"):
+                log.info("session of job %s expired after %.0f s without a step", job_id, self.idle_s)
+                expired.append(job_id)
+        return expired
+
+    def start_expiry(self) -> threading.Thread | None:
+        """A daemon thread that runs :meth:`expire_idle` every few seconds until :meth:`close_all`."""
+        if self.idle_s is None:
+            return None
+        every = max(0.2, min(5.0, self.idle_s / 4))
+
+        def loop() -> None:
+            while not self._stop.wait(every):
+                self.expire_idle()
+
+        thread = threading.Thread(target=loop, name="session-expiry", daemon=True)
+        thread.start()
+        return thread
 
 
 def parse_payload(data: bytes, where: str) -> pb.Payload:
@@ -107,7 +162,7 @@ def parse_payload(data: bytes, where: str) -> pb.Payload:
 
 def context_from_pb(msg: pb.SessionContext, caller: str = "") -> SessionContext:
     return SessionContext(alignment_job_id=msg.alignment_job_id, alignment_hash=msg.alignment_hash,
-                          job_name=msg.job_name, caller=caller)
+                          job_name=msg.job_name, caller=caller, resumed=msg.resumed)
 
 
 class NodeServicer(pb_grpc.NodeServicer):
@@ -151,6 +206,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         try:
             session = self._registry.get(header.job_id)
             with session.lock:
+                session.last_active = time.monotonic()
                 if header.seq != session.next_seq:
                     raise ProtocolError(f"step {header.step} has sequence number {header.seq}, expected "
                                         f"{session.next_seq}: replayed or out of order")
@@ -158,14 +214,20 @@ class NodeServicer(pb_grpc.NodeServicer):
                 with STEP_SECONDS.labels("platform", header.step).time():
                     reply = session.handler.handle(header.step, from_payload(payload, where=f"step {header.step}"))
                 session.next_seq += 1
+                session.last_active = time.monotonic()
             out = to_payload(reply).SerializeToString()
         except Exception as err:
             abort(context, err, node="platform")
         yield from chunk_payload(header.job_id, header.step, header.seq, out)
 
+    @translate_errors("platform")
     def CloseSession(self, request: pb.CloseSessionRequest, context: grpc.ServicerContext) -> pb.CloseSessionResponse:
-        if self._registry.close(request.job_id):
-            log.info("closed session for job %s%s", request.job_id, " (aborted by the bank)" if request.aborted else "")
+        # aborted: the bank cancelled the job; its row here says so too, open session or not.
+        how = "cancelled" if request.aborted else "closed"
+        if self._registry.close(request.job_id, how, request.reason):
+            log.info("closed session for job %s%s", request.job_id, " (cancelled by the bank)" if request.aborted else "")
+        if request.aborted:
+            self._endpoint.cancel_job(request.job_id, request.reason or "cancelled by the bank")
         return pb.CloseSessionResponse()
 
     @translate_errors("platform")

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import select
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -62,8 +65,52 @@ class InlineCompute:
         return None
 
 
+NODE_WATCH_S = 1.0  # how often a worker polls for its node where it cannot wait on a pidfd
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed node its parent has not reaped yet is a zombie: dead all the same
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]  # noqa: SIM115
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def die_with_node(node_pid: int) -> None:
+    """Pool initializer: the worker exits as soon as the node process ``node_pid`` ends, even by SIGKILL, so no
+    worker that cached a session's private key outlives its node.
+
+    A forkserver worker's parent is the fork server, not the node, and the fork server stays up while any worker
+    holds its "alive" pipe, so ``prctl(PR_SET_PDEATHSIG)`` would never fire. The worker watches the node itself:
+    a thread blocked on a pidfd of the node (Linux 5.3+; readable once the node ends), else polling every
+    ``NODE_WATCH_S``.
+    """
+    if not _alive(node_pid):
+        os._exit(1)
+    try:
+        pidfd: int | None = os.pidfd_open(node_pid)  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        pidfd = None
+
+    def watch() -> None:
+        if pidfd is not None:
+            select.select([pidfd], [], [])
+            os._exit(1)
+        while _alive(node_pid):
+            time.sleep(NODE_WATCH_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="node-watch", daemon=True).start()
+
+
 class ProcessPoolCompute:
-    """A local process pool, started on first use."""
+    """A local process pool, started on first use; its workers die with the node (:func:`die_with_node`)."""
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
@@ -72,7 +119,8 @@ class ProcessPoolCompute:
     def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
         if self._executor is None:
             # forkserver, not fork: the nodes run gRPC threads, and forking a threaded process is unsafe.
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("forkserver"))
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("forkserver"),
+                                                 initializer=die_with_node, initargs=(os.getpid(),))
         return self._executor.submit(fn, *args)
 
     def keep(self, secret: S) -> S:
@@ -137,4 +185,4 @@ def make_compute(backend: str = "pool", workers: int | None = None, address: str
 
 
 __all__ = ["BACKENDS", "Compute", "ComputeSpec", "InlineCompute", "ProcessPoolCompute", "ThreadCompute",
-           "as_compute", "make_compute"]
+           "as_compute", "die_with_node", "make_compute"]

@@ -35,6 +35,10 @@ class ProtocolError(FedProfileError):
     """
 
 
+class SessionLost(ProtocolError):
+    """The peer holds no session for the job (it restarted, or the session expired): the bank resumes the job."""
+
+
 class PeerError(FedProfileError):
     """The peer refused or failed a step, or could not be reached. ``code`` is the gRPC status name."""
 
@@ -47,4 +51,18 @@ class CryptoError(FedProfileError, ValueError):
     """A key or ciphertext failed validation, or a value does not fit its encoding."""
 
 
-__all__ = ["CryptoError", "FedProfileError", "NotFound", "PeerError", "ProtocolError", "UserError"]
+class JobStopped(FedProfileError):
+    """A job was cancelled, or its node is stopping; ``status`` is the job's status after it ("cancelled" or
+    "interrupted")."""
+
+    def __init__(self, message: str, *, status: str = "cancelled") -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# Peer errors after which the bank waits for the platform and resumes the job (gRPC status names).
+RESUMABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED"})
+
+
+__all__ = ["RESUMABLE_CODES", "CryptoError", "FedProfileError", "JobStopped", "NotFound", "PeerError",
+           "ProtocolError", "SessionLost", "UserError"]

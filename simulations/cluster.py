@@ -161,6 +161,18 @@ class LocalCluster:
         """An alignment from the bank node's state (the harness may read it; a real deployment is one side)."""
         return FileAlignmentStore(self.workdir / "state" / "bank" / "alignments").load(job_id)
 
+    def kill(self, role: str) -> None:
+        """SIGKILL one node (no clean-up of any kind) and reap it."""
+        proc = self.processes[role]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def restart(self, role: str) -> None:
+        """Start a node again, as its operator would, after :meth:`kill` (same config and state directory)."""
+        if self.processes[role].poll() is None:
+            raise NodeFailed(f"the {role} node is still running")
+        self._start(role, f"party_{role}.cli", self.bank_config if role == "bank" else self.platform_config)
+
     def pids(self) -> dict[str, int]:
         return {role: proc.pid for role, proc in self.processes.items()}
 

@@ -237,14 +237,16 @@ def test_old_job_stores_migrate(tmp_path: Path) -> None:
     store.create("psi-000000002", "psi", "", {}, actor="bank", status="awaiting approval")
     store.approve("psi-000000002", "op")
     assert [(e.event, e.actor) for e in store.audit_events()][-1] == ("approved", "op")
-    # A platform restart keeps what waits for (or got) its operator's approval; the bank's node fails it.
+    # A platform restart keeps what waits for (or got) its operator's approval, and marks a running job interrupted
+    # (the bank resumes it); the bank's node marks both interrupted and runs them again.
     store.create("psi-000000003", "psi", "", {}, status="awaiting approval")
     store.create("psi-000000004", "psi", "", {})
     store.mark_running("psi-000000004")
     platform = SqliteJobStore(path, keep_waiting=True)
-    assert [platform.get(f"psi-00000000{i}").status for i in (2, 3, 4)] == ["queued", "awaiting approval", "failed"]
+    assert [platform.get(f"psi-00000000{i}").status for i in (2, 3, 4)] == ["queued", "awaiting approval",
+                                                                            "interrupted"]
     bank = SqliteJobStore(path)
-    assert {bank.get(f"psi-00000000{i}").status for i in (2, 3)} == {"failed"}
+    assert {bank.get(f"psi-00000000{i}").status for i in (2, 3)} == {"interrupted"}
 
 
 def test_secret_permutations() -> None:

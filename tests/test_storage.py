@@ -41,7 +41,7 @@ from party_common.storage import (
     open_node_stores,
 )
 from party_common.storage import alignments as alignments_module
-from party_common.storage.jobs import STOPPED_ERROR
+from party_common.storage.jobs import SCHEMA, STOPPED_ERROR
 from protocols.errors import NotFound, UserError
 
 BAD_IDS = ["short", "", "a" * 65, "../../etc/passwd", "job id with spaces", "job.model.x", "jöb-0000001"]
@@ -163,7 +163,7 @@ def test_unknown_job(jobs: JobStore) -> None:
     assert issubclass(UnknownJob, NotFound) and jobs.audit_events() == []
 
 
-def test_restart_keeps_every_job_and_fails_the_unfinished(tmp_path: Path) -> None:
+def test_restart_keeps_every_job_and_marks_the_unfinished_interrupted(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite"
     store = SqliteJobStore(path)
     for job_id in ("queued-00001", "running-0001", "done-000001", "failed-00001"):
@@ -177,8 +177,16 @@ def test_restart_keeps_every_job_and_fails_the_unfinished(tmp_path: Path) -> Non
     by_id = {j.job_id: j for j in again.list(10)}
     assert sorted(by_id) == ["done-000001", "failed-00001", "queued-00001", "running-0001"]
     for job_id in ("queued-00001", "running-0001"):
-        assert (by_id[job_id].status, by_id[job_id].error) == ("failed", STOPPED_ERROR) and by_id[job_id].finished_at
-        assert again.audit_events(job_id)[-1].event == "failed"
+        assert (by_id[job_id].status, by_id[job_id].error) == ("interrupted", STOPPED_ERROR)
+        assert not by_id[job_id].finished_at and again.audit_events(job_id)[-1].event == "interrupted"
+    again.reopen("running-0001")  # the bank resumes it
+    resumed = again.get("running-0001")
+    assert (resumed.status, resumed.error, resumed.finished_at) == ("running", "", "")
+    assert again.audit_events("running-0001")[-1].event == "resumed"
+    again.stop("running-0001", "cancelled", "cancelled by the data scientist")
+    assert again.get("running-0001").status == "cancelled"
+    with pytest.raises(ValueError, match="'interrupted' or 'cancelled'"):
+        again.stop("running-0001", "succeeded", "")
     assert (by_id["done-000001"].status, by_id["done-000001"].result) == ("succeeded", {"n": 5})
     assert (by_id["failed-00001"].status, by_id["failed-00001"].error) == ("failed", "own error")
     with pytest.raises(DuplicateJob):
@@ -436,3 +444,18 @@ def test_memory_node_stores_are_separate() -> None:
     one.models.save("train-00000001", {"w": 1})
     assert not two.models.exists("train-00000001") and not one.reports.exists("train-00000001")
     assert isinstance(one.jobs, JobStore) and isinstance(one.checkpoints, DocumentStore)
+
+
+def test_a_store_from_before_the_new_statuses_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "jobs.sqlite"
+    old_schema = SCHEMA.replace(", 'interrupted', 'cancelled'", "")
+    with sqlite3.connect(path) as db:
+        db.executescript(old_schema)
+        db.execute("INSERT INTO jobs (job_id, kind, name, status, params_json, created_at) "
+                   "VALUES ('old-job-0001', 'train', 'n', 'running', '{}', '2026-01-01T00:00:00+00:00')")
+    store = SqliteJobStore(path)
+    assert store.get("old-job-0001").status == "interrupted"
+    store.stop("old-job-0001", "cancelled", "no longer wanted")
+    assert store.get("old-job-0001").status == "cancelled"

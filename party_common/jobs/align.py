@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -14,6 +15,8 @@ from protocols.channel import Message, StepHandler
 from protocols.params import dataclass_from_mapping
 from protocols.party_data import PartyData
 from protocols.psi import MODES, PsiResult, describe_kernel, make_platform_psi_handler, run_bank_psi
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,16 @@ class AlignParams:
             raise JobError("align: 'batch_size' must be between 1 and 1,000,000")
 
 
+def save_once(ctx: JobContext, alignment: Alignment) -> Alignment:
+    """Store the job's alignment. An align job run again after a node stopped (PSI restarts from the start,
+    fresh secrets: the same intersection in another order) replaces what its first run stored on either
+    side; nothing uses an alignment before its job succeeded on the bank."""
+    again = ctx.stores.alignments.exists(alignment.job_id)
+    if again:
+        log.info("align job %s ran again: its new alignment replaces the one stored before", alignment.job_id)
+    return ctx.stores.alignments.save(alignment, overwrite=again)
+
+
 class AlignJob(JobKind[AlignParams, PsiResult]):
     name = "align"
     session = "psi"
@@ -39,12 +52,12 @@ class AlignJob(JobKind[AlignParams, PsiResult]):
         return asdict(params)
 
     def run_bank(self, link: PlatformLink, ctx: JobContext, params: AlignParams, job_name: str) -> PsiResult:
-        return run_bank_psi(ContextPeer(link, SessionContext(job_name=job_name)), ctx.job_id, list(ctx.data.ids),
+        return run_bank_psi(ContextPeer(link, SessionContext(job_name=job_name, resumed=ctx.resumed)), ctx.job_id, list(ctx.data.ids),
                             mode=params.mode, batch_size=params.batch_size, compute=ctx.new_compute(),
                             spill_dir=ctx.spill_dir, progress=ctx.progress)
 
     def save_bank(self, ctx: JobContext, params: AlignParams, result: PsiResult, peer_name: str) -> dict[str, Any]:
-        alignment = ctx.stores.alignments.save(Alignment.from_result(ctx.job_id, result, peer_name=peer_name))
+        alignment = save_once(ctx, Alignment.from_result(ctx.job_id, result, peer_name=peer_name))
         return {"mode": alignment.mode, "intersection_size": alignment.size, "bank_customers": len(ctx.data),
                 "content_hash": alignment.content_hash, "seconds": round(result.seconds, 3),
                 "psi_kernel": describe_kernel()}
@@ -58,6 +71,6 @@ class AlignJob(JobKind[AlignParams, PsiResult]):
                                          **limit)
 
     def save_platform(self, ctx: JobContext, context: SessionContext, result: Any) -> dict[str, Any]:
-        alignment = ctx.stores.alignments.save(Alignment.from_result(ctx.job_id, result, peer_name="bank"))
+        alignment = save_once(ctx, Alignment.from_result(ctx.job_id, result, peer_name="bank"))
         return {"intersection_size": alignment.size, "mode": alignment.mode, "content_hash": alignment.content_hash,
                 "psi_kernel": describe_kernel()}

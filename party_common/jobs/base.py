@@ -42,6 +42,7 @@ class JobContext:
     spill_dir: Path
     progress: Progress
     node_name: str = ""
+    resumed: bool = False  # the job runs again after a node stopped (or the platform was unreachable)
     max_peer_rows: int | None = None  # platform: the most IDs the bank may declare in a PSI ([policy] max_psi_rows)
 
 

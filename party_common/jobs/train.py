@@ -8,7 +8,7 @@ from typing import Any
 
 from party_common.jobs.base import JobContext, JobError, JobKind
 from party_common.link import ContextPeer, PlatformLink, SessionContext
-from party_common.storage import NodeStores
+from party_common.storage import DocumentStore, NodeStores
 from party_common.storage.alignments import Alignment
 from protocols.channel import Message, StepHandler
 from protocols.errors import NotFound, ProtocolError, UserError
@@ -27,6 +27,20 @@ PREDICTION_KEYS = ("test_predictions", "validation_predictions")
 # Alignments a model can be trained on: both nodes learned the intersection ("bank_only" leaves the platform
 # unable to find its rows, "cardinality" leaves both sides with a count).
 TRAINABLE_MODES = ("both",)
+
+
+class StoreCheckpoints:
+    """One job's training checkpoint in the node's checkpoint store (``<state_dir>/checkpoints/<job>.json``,
+    0600, replaced atomically): the ``protocols.vfl_lr.resume.Checkpoints`` of a node."""
+
+    def __init__(self, store: DocumentStore, job_id: str) -> None:
+        self.store, self.job_id = store, job_id
+
+    def load(self) -> dict[str, Any] | None:
+        return self.store.load(self.job_id) if self.store.exists(self.job_id) else None
+
+    def save(self, doc: dict[str, Any]) -> None:
+        self.store.save(self.job_id, doc, overwrite=True)
 
 
 @dataclass(frozen=True)
@@ -92,9 +106,11 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
             raise JobError(f"train: alignment {alignment.job_id} holds no IDs on this node")
         bank = ctx.data.take(alignment.ids).select_tags(params.tags)
         peer = ContextPeer(link, SessionContext(alignment_job_id=alignment.job_id,
-                                                alignment_hash=alignment.content_hash, job_name=job_name))
+                                                alignment_hash=alignment.content_hash, job_name=job_name,
+                                                resumed=ctx.resumed))
         outcome = run_bank_training(peer, ctx.job_id, bank, params.train, progress=ctx.progress,
-                                    compute=ctx.new_compute())
+                                    compute=ctx.new_compute(),
+                                    checkpoints=StoreCheckpoints(ctx.stores.checkpoints, ctx.job_id))
         outcome.model.alignment_job_id = alignment.job_id
         outcome.report.update({
             "alignment_job_id": alignment.job_id, "rows": len(bank), "tags": list(params.tags),
@@ -108,11 +124,12 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
 
     def save_bank(self, ctx: JobContext, params: TrainJobParams, result: TrainOutcome,
                   peer_name: str) -> dict[str, Any]:
-        ctx.stores.models.save(ctx.job_id, result.model.to_dict())
+        # overwrite: a bank stopped between these saves and the job's end saves the same model again on resume
+        ctx.stores.models.save(ctx.job_id, result.model.to_dict(), overwrite=True)
         # Intervals, calibration error and warnings once, from the test predictions; the predictions stay in
         # the stored report (for the HTML report's plots), not in the job's summary (it travels in GetJob).
         report = {**result.report, "summary": summarise(result.report)}
-        ctx.stores.reports.save(ctx.job_id, report)
+        ctx.stores.reports.save(ctx.job_id, report, overwrite=True)
         return {key: value for key, value in report.items() if key not in PREDICTION_KEYS}
 
     def open_platform(self, ctx: JobContext, params: Message, context: SessionContext,
@@ -120,7 +137,8 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
         alignment = self._alignment(ctx, context)
         aligned = ctx.data.take(alignment.ids or [])
         return make_platform_train_handler(ctx.job_id, params, aligned, on_result=on_result,
-                                           compute=ctx.new_compute())
+                                           compute=ctx.new_compute(),
+                                           checkpoints=StoreCheckpoints(ctx.stores.checkpoints, ctx.job_id))
 
     @staticmethod
     def _alignment(ctx: JobContext, context: SessionContext) -> Alignment:
@@ -139,5 +157,5 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
 
     def save_platform(self, ctx: JobContext, context: SessionContext, result: Any) -> dict[str, Any]:
         result.alignment_job_id = context.alignment_job_id
-        ctx.stores.models.save(ctx.job_id, result.to_dict())
+        ctx.stores.models.save(ctx.job_id, result.to_dict(), overwrite=True)  # again if the bank resumed after it
         return {"alignment_job_id": context.alignment_job_id, "tags": list(result.tag_names)}

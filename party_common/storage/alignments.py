@@ -95,11 +95,12 @@ class FileAlignmentStore:
         check_job_id(job_id)
         return self.directory / f"{job_id}.json", self.directory / f"{job_id}.ids.parquet"
 
-    def save(self, alignment: Alignment) -> Alignment:
-        """Store ``alignment`` and return it with its IDs digest; refuse if one with its job ID exists."""
+    def save(self, alignment: Alignment, *, overwrite: bool = False) -> Alignment:
+        """Store ``alignment`` and return it with its IDs digest; refuse if one with its job ID exists, unless
+        ``overwrite`` (an align job run again after a node stopped, before it succeeded)."""
         alignment = _checked(alignment)
         meta_path, ids_path = self._paths(alignment.job_id)
-        if meta_path.exists():
+        if meta_path.exists() and not overwrite:
             raise _exists_error(alignment.job_id)
         if alignment.ids is not None:
             import pyarrow as pa
@@ -113,7 +114,7 @@ class FileAlignmentStore:
                 "peer_name": alignment.peer_name, "ids_digest": alignment.ids_digest,
                 "has_ids": alignment.ids is not None}
         try:
-            atomic_write(meta_path, json.dumps(meta, indent=2).encode(), mode=0o600, overwrite=False)
+            atomic_write(meta_path, json.dumps(meta, indent=2).encode(), mode=0o600, overwrite=overwrite)
         except FileExistsError as err:  # another save of the same job won the race
             raise _exists_error(alignment.job_id) from err
         return alignment
@@ -166,10 +167,10 @@ class MemoryAlignmentStore:
         self._lock = threading.Lock()
         self._alignments: dict[str, Alignment] = {}
 
-    def save(self, alignment: Alignment) -> Alignment:
+    def save(self, alignment: Alignment, *, overwrite: bool = False) -> Alignment:
         alignment = _checked(alignment)
         with self._lock:
-            if alignment.job_id in self._alignments:
+            if alignment.job_id in self._alignments and not overwrite:
                 raise _exists_error(alignment.job_id)
             self._alignments[alignment.job_id] = alignment
         return _copy(alignment)

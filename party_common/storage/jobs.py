@@ -22,7 +22,10 @@ from protocols.errors import NotFound, UserError
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 # "awaiting approval": the platform's policy asks its operator to approve the job first (party_common.policy).
-STATUSES = ("queued", "awaiting approval", "running", "succeeded", "failed")
+# interrupted: the node stopped (or the peer's session went idle) while the job ran; the bank resumes it.
+# cancelled: a data scientist cancelled it (on the platform: the bank's cancel, mirrored).
+STATUSES = ("queued", "awaiting approval", "running", "succeeded", "failed", "interrupted", "cancelled")
+ENDED = ("succeeded", "failed", "cancelled")  # final statuses; "interrupted" jobs may resume
 STOPPED_ERROR = "node stopped while the job ran"
 AWAITING = "awaiting approval"
 _PROGRESS_MAX = 500
@@ -136,9 +139,10 @@ def _result_json(result: dict[str, Any]) -> str:
 class SqliteJobStore:
     """Thread-safe; each method is one transaction, so a crash never leaves a half-written job.
 
-    Opening the store marks the jobs that were queued or running when the node stopped as failed, unless
-    ``recover=False`` (a command that reads or edits the store beside a running node). ``keep_waiting`` (the
-    platform): jobs awaiting approval, or approved and not started yet, keep waiting; only running ones fail.
+    Opening the store marks the jobs that were queued or running when the node stopped as interrupted (the bank
+    node resumes them; :meth:`reopen`), unless ``recover=False`` (a command that reads or edits the store beside
+    a running node). ``keep_waiting`` (the platform): jobs awaiting approval, or approved and not started yet,
+    keep waiting; only running ones are interrupted.
     """
 
     def __init__(self, path: Path, *, recover: bool = True, keep_waiting: bool = False) -> None:
@@ -162,9 +166,9 @@ class SqliteJobStore:
             unfinished = "status = 'running'" if keep_waiting else _UNFINISHED
             rows = db.execute(f"SELECT job_id FROM jobs WHERE {unfinished} ORDER BY rowid").fetchall()
             stopped = [r[0] for r in rows]
-            db.execute(f"UPDATE jobs SET status='failed', error=?, finished_at=? WHERE {unfinished}",
-                       (STOPPED_ERROR, at))
-            db.executemany(_AUDIT_INSERT, [_audit_row(job_id, "failed", STOPPED_ERROR, at=at) for job_id in stopped])
+            db.execute(f"UPDATE jobs SET status='interrupted', error=? WHERE {unfinished}", (STOPPED_ERROR,))
+            db.executemany(_AUDIT_INSERT, [_audit_row(job_id, "interrupted", STOPPED_ERROR, at=at)
+                                           for job_id in stopped])
 
     def _migrate(self) -> None:
         """Bring a store written by an older release up to this schema (new audit columns, new statuses)."""
@@ -244,6 +248,16 @@ class SqliteJobStore:
 
     def set_progress(self, job_id: str, progress: str) -> None:
         self._update(job_id, "UPDATE jobs SET progress=? WHERE job_id=?", (progress[:_PROGRESS_MAX],), None)
+
+    def reopen(self, job_id: str) -> None:
+        sql = "UPDATE jobs SET status='running', error='', finished_at='' WHERE job_id=?"
+        self._update(job_id, sql, (), "resumed")
+
+    def stop(self, job_id: str, status: str, reason: str) -> None:
+        _check_stop(status)
+        finished = now() if status == "cancelled" else ""  # an interrupted job has not finished: it resumes
+        self._update(job_id, "UPDATE jobs SET status=?, error=?, finished_at=? WHERE job_id=?",
+                     (status, reason[:_ERROR_MAX], finished), status)
 
     def finish(self, job_id: str, result: dict[str, Any]) -> None:
         sql = "UPDATE jobs SET status='succeeded', result_json=?, finished_at=? WHERE job_id=?"
@@ -361,6 +375,14 @@ class MemoryJobStore:
     def set_progress(self, job_id: str, progress: str) -> None:
         self._update(job_id, None, progress=progress[:_PROGRESS_MAX])
 
+    def reopen(self, job_id: str) -> None:
+        self._update(job_id, "resumed", status="running", error="", finished_at="")
+
+    def stop(self, job_id: str, status: str, reason: str) -> None:
+        _check_stop(status)
+        self._update(job_id, status, status=status, error=reason[:_ERROR_MAX],
+                     finished_at=now() if status == "cancelled" else "")
+
     def finish(self, job_id: str, result: dict[str, Any]) -> None:
         self._update(job_id, "succeeded", status="succeeded", result=json.loads(_result_json(result)),
                      finished_at=now())
@@ -398,6 +420,11 @@ class MemoryJobStore:
         newest = sorted(reversed(records), key=lambda r: r.created_at, reverse=True)
         chosen = [r for r in newest if (not kind or r.kind == kind) and (not status or r.status == status)]
         return [_copy(r) for r in (chosen if limit < 0 else chosen[:limit])]  # SQLite: LIMIT -1 = no limit
+
+
+def _check_stop(status: str) -> None:
+    if status not in ("interrupted", "cancelled"):
+        raise ValueError(f"a job is stopped as 'interrupted' or 'cancelled', not {status!r}")
 
 
 def _copy(record: JobRecord) -> JobRecord:

@@ -55,6 +55,14 @@ from protocols.vfl_lr.params import (
     TrainParams,
     plaintext_bits,
 )
+from protocols.vfl_lr.resume import (
+    Checkpoints,
+    KeyedRandom,
+    MemoryCheckpoints,
+    bank_checkpoint,
+    new_noise_key,
+    read_bank_checkpoint,
+)
 from protocols.vfl_lr.state import BankTrainState, Scaler, active_rows, resolve_optimizer
 from protocols.vfl_lr.yardstick import (
     Pairs,
@@ -79,17 +87,24 @@ class TrainOutcome:
 
 def run_bank_training(peer: Peer, job_id: str, bank: PartyData, params: TrainParams, *,
                       progress: Progress | None = None, compute: ComputeSpec = None,
+                      checkpoints: Checkpoints | None = None, noise_key: bytes | None = None,
                       insecure_for_tests: bool = False) -> TrainOutcome:
     """Train one model per tag of ``bank`` (rows in the alignment's order) with the platform behind ``peer``.
 
     The session owns ``compute`` (a backend, a worker count, or None for every core) and closes it when
     training ends, however it ends. ``insecure_for_tests`` (tests and benchmarks only; the nodes never set
     it) accepts keys under 2048 bits and batches below the label-privacy floor without turning on label DP.
+
+    ``checkpoints`` (protocols/vfl_lr/resume.py): where the bank saves its state as it goes; if it holds a
+    checkpoint of this job, training resumes from it (a new session, resumed on the platform at the same
+    position) and ends with the model an uninterrupted run would have made. ``noise_key`` fixes the
+    label-DP noise stream of a fresh job (tests comparing runs; by default 32 bytes from ``secrets``).
     """
     pool = PaillierPool(compute)
     try:
         params.validate(insecure_for_tests=insecure_for_tests)
-        return _BankTrainer(peer, job_id, bank, params, progress, pool, insecure_for_tests).run()
+        trainer = _BankTrainer(peer, job_id, bank, params, progress, pool, insecure_for_tests)
+        return trainer.run(checkpoints if checkpoints is not None else MemoryCheckpoints(), noise_key)
     finally:
         pool.close()
 
@@ -117,8 +132,9 @@ class _BankTrainer:
         self.mask = ~np.isnan(bank.labels)
         self.y = np.nan_to_num(bank.labels, nan=0.0)
 
-    def run(self) -> TrainOutcome:
+    def run(self, checkpoints: Checkpoints, noise_key: bytes | None) -> TrainOutcome:
         p, bank = self.p, self.bank
+        self.checkpoints, self.job_p = checkpoints, p
         split = p.split(bank.labels, bank.ids)  # by keyed hashes of the customer IDs: independent of PSI's order
         _check_split(split, p, len(bank.ids))
         self._check_tags()
@@ -129,8 +145,17 @@ class _BankTrainer:
         if p.fit_intercept:
             self.Xq_aug = np.hstack([self.Xq_aug, np.ones((len(X), 1), dtype=np.int64)])
             self.qscale_aug = np.concatenate([self.qscale_aug, [1.0]])
-        self.state = BankTrainState.start(p, self.X_aug.shape[1], self.T,
-                                          intercepts=p.start_intercepts(bank.labels, split.train))
+        saved = checkpoints.load()
+        if saved is not None:  # a resumed job: the state, the noise key, maybe the finished outcome
+            where = f"checkpoint of job {self.job_id}"
+            self.state, self.noise_key, done = read_bank_checkpoint(saved, p, where=where)
+            if done is not None:
+                return TrainOutcome(BankModel.from_dict(done["model"], where=where), done["report"])
+        else:  # the noise key is saved before any noise is drawn
+            self.state = BankTrainState.start(p, self.X_aug.shape[1], self.T,
+                                              intercepts=p.start_intercepts(bank.labels, split.train))
+            self.noise_key = noise_key or new_noise_key()
+            self._save()
 
         # Automatic batch size and epochs are chosen after train.setup (they need the platform's feature count); the
         # session carries their upper bounds, which size the slots and bound batches and epochs (batching.py).
@@ -172,6 +197,8 @@ class _BankTrainer:
                  Field.TRAIN_ROWS: split.train, Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test}
         if not p.hide_label_mask:  # hidden: the platform takes every training row as labelled for every tag
             setup[Field.LABEL_MASK] = train_mask.astype(np.uint8)
+        if state.steps:  # resumed: the platform restores its state at the same position
+            setup[Field.RESUME_STEPS] = state.steps
         reply = channel.call(Step.SETUP, setup)
         try:
             self.ppk = PublicKey.from_bytes(read_field(reply, Field.PLATFORM_KEY, bytes),
@@ -199,9 +226,15 @@ class _BankTrainer:
                                          strict=not self.insecure_for_tests, platform_row_bound=row_bound)
         self.p = p = dataclasses.replace(p, optimizer=resolve_optimizer(p, choice.full))
         state.optimizer.kind = p.optimizer
+        if state.epoch >= 0:  # a resumed job: the epochs before it were released too
+            self.privacy.record_epoch(state.epoch)
         self.batching = choice.report(len(self.privacy.batches(0)), self.privacy.mode)
-        for epoch in range(state.epoch + 1, p.epochs):
-            self._epoch(channel, epoch, active, split)
+        mid_epoch = state.epoch >= 0 and len(state.history) == state.epoch  # saved inside that epoch
+        stopped = not mid_epoch and state.epoch >= 0 and len(split.validation) > 0 and \
+            p.should_stop(state.stale, state.stale_steps)
+        for epoch in range(state.epoch if mid_epoch else state.epoch + 1, p.epochs if not stopped else 0):
+            self._epoch(channel, epoch, active, split, state.next_batch if mid_epoch else 0)
+            mid_epoch = False
             if len(split.validation) and p.should_stop(state.stale, state.stale_steps):
                 break
         # Each tag keeps the weights of its best validation epoch (the platform does the same for its half).
@@ -223,19 +256,31 @@ class _BankTrainer:
                           W[-1].copy() if p.fit_intercept else np.zeros(self.T), self.scaler, self.bank.schema,
                           {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()},
                           calibration=calibration, platform_part=served)
+        # Saved before the session closes: a bank killed from here on finishes without the platform.
+        self._save(done={"model": model.to_dict(), "report": report})
         return TrainOutcome(model, report)
 
-    def _epoch(self, channel: PeerChannel, epoch: int, active: np.ndarray, split: Split) -> None:
-        """One epoch: masks ahead of time, every batch online, then validation and the best-epoch bookkeeping."""
+    def _save(self, done: dict[str, Any] | None = None) -> None:
+        self.checkpoints.save(bank_checkpoint(self.state, self.noise_key, self.job_p, done=done))
+
+    def _rng(self, epoch: int, b: int, what: str) -> KeyedRandom:
+        """The label-DP noise stream of one batch: the same on every run of the job (resume.py)."""
+        return KeyedRandom(self.noise_key, f"{epoch}:{b}:{what}")
+
+    def _epoch(self, channel: PeerChannel, epoch: int, active: np.ndarray, split: Split, first: int = 0) -> None:
+        """One epoch from batch ``first`` (a resumed job): masks ahead of time, every batch online, then
+        validation and the best-epoch bookkeeping; checkpoints every ``checkpoint_every`` batches and at the end."""
         p, state = self.p, self.state
         batches = self.privacy.batches(epoch)
-        state.epoch, state.next_batch = epoch, 0
+        state.epoch, state.next_batch = epoch, first
         t0 = time.monotonic()
-        emask = self._prepare_epoch(channel, epoch, batches)
+        emask = self._prepare_epoch(channel, epoch, batches, first)
         t1 = time.monotonic()
-        for b, rows in enumerate(batches):
-            self._batch(channel, epoch, b, rows, emask[b])
-            state.next_batch = b + 1
+        for b in range(first, len(batches)):
+            self._batch(channel, epoch, b, batches[b], emask[b - first])
+            state.next_batch, state.steps = b + 1, state.steps + 1
+            if (b + 1) % p.checkpoint_every == 0 and b + 1 < len(batches):
+                self._save()
             self.progress(f"epoch {epoch + 1}/{p.epochs}", b + 1, len(batches))
         state.snapshots.append(state.W.copy())
         entry: dict[str, Any] = {"epoch": epoch + 1}
@@ -250,6 +295,7 @@ class _BankTrainer:
         state.history.append(entry)
         state.stale = 0 if improved.any() else state.stale + 1
         state.stale_steps = 0 if improved.any() else state.stale_steps + len(batches)
+        self._save()
 
     def _validate(self, channel: PeerChannel, epoch: int, rows: np.ndarray, entry: dict[str, Any]) -> np.ndarray:
         """Joint validation metrics of this epoch; which tags improved on their best so far."""
@@ -288,9 +334,12 @@ class _BankTrainer:
 
     # ---- ahead of time: the mask path [[e]]_A -> X_B^T e ----
 
-    def _prepare_epoch(self, channel: PeerChannel, epoch: int, batches: list[np.ndarray]) -> list[np.ndarray]:
+    def _prepare_epoch(self, channel: PeerChannel, epoch: int, batches: list[np.ndarray],
+                       first: int = 0) -> list[np.ndarray]:
+        """The mask path of batches ``first``.. of ``epoch``; their masks."""
         p, plan, groups = self.p, self.plan, self.plan.groups
         self.privacy.record_epoch(epoch)  # every labelled row is in one of this epoch's batches
+        all_batches, batches = batches, batches[first:]
         n_noise = sum(len(r) for r in batches) * len(groups)
         noise = NoisePool(self.pk, self.sk)
         self.pool.fill(noise, n_noise)
@@ -300,11 +349,14 @@ class _BankTrainer:
         if p.hide_label_mask:  # and one per packed residual ciphertext, which we re-randomise
             n_r += sum(label_mask.residual_cts(len(r), plan) for r in batches)
         self.pool.fill(self.r_noise, n_r)
-        channel.call(Step.EPOCH, {Field.EPOCH: epoch, Field.BATCH_ROWS: np.concatenate(batches),
-                                  Field.BATCH_SIZES: np.array([len(r) for r in batches], dtype=np.int64),
-                                  Field.LABEL_DP: self.privacy.mode == "dp", Field.OPTIMIZER: p.optimizer})
+        message = {Field.EPOCH: epoch, Field.BATCH_ROWS: np.concatenate(all_batches),
+                   Field.BATCH_SIZES: np.array([len(r) for r in all_batches], dtype=np.int64),
+                   Field.LABEL_DP: self.privacy.mode == "dp", Field.OPTIMIZER: p.optimizer}
+        if first:
+            message[Field.FIRST_BATCH] = first
+        channel.call(Step.EPOCH, message)
         masks = []
-        for b, rows in enumerate(batches):
+        for b, rows in enumerate(batches, start=first):
             e = np.zeros((len(rows), self.T), dtype=object)
             # Hidden mask: every pair has a mask (the residuals of unlabelled pairs are their masks alone).
             m = np.ones((len(rows), self.T), bool) if p.hide_label_mask else self.mask_train[rows]
@@ -319,12 +371,12 @@ class _BankTrainer:
             # Label DP: the platform gets X_B^T e + noise here, so its X_B^T d' carries minus that noise.
             # Hidden mask: the platform's sum is scaled by k_t = round(2^G / m_t) per tag, and so is the noise.
             scale = label_mask.tag_scales(self.mask_train[rows].sum(axis=0), plan) if p.hide_label_mask else None
-            dp_noise = self.privacy.platform_noise(plan, len(opened), scale)
+            dp_noise = self.privacy.platform_noise(plan, len(opened), scale, rng=self._rng(epoch, b, "platform"))
             opened = [v + n for v, n in zip(opened, dp_noise, strict=True)]
             channel.call(Step.EMASK_OPEN, {Field.EPOCH: epoch, Field.BATCH: b,
                                            Field.VALUES: ints_to_bytes(opened, self.pk.byte_len)})
             masks.append(e)
-            self.progress(f"epoch {epoch + 1}/{self.p.epochs} (masks ahead of time)", b + 1, len(batches))
+            self.progress(f"epoch {epoch + 1}/{self.p.epochs} (masks ahead of time)", b + 1, len(all_batches))
         return masks
 
     # ---- one mini-batch ----
@@ -383,7 +435,7 @@ class _BankTrainer:
         # Plaintext part X_A^T (M o (z_A + 2 - 4y)) plus the cross part X_A^T (M o z_B), over 4 m_t.
         c_float = (np.clip(z_a, -Z_CLIP, Z_CLIP) + 2 - 4 * self.y[rows]) * m
         grad = self.X_aug[rows].T @ c_float + cross
-        grad = (grad + self.privacy.bank_noise(grad.shape)) / (4.0 * np.maximum(counts, 1))
+        grad = (grad + self.privacy.bank_noise(grad.shape, rng=self._rng(epoch, b, "bank"))) / (4.0 * np.maximum(counts, 1))
         # Hidden mask: the platform steps every tag (it cannot tell a tag without labels here); so do we.
         state.optimizer.step(state.W, grad, epoch, np.ones(T, bool) if hide else counts > 0, self.X_aug[rows], m)
 

@@ -28,6 +28,7 @@ subsampling amplification is claimed. :func:`rdp_epsilon` is the looser RDP figu
 from __future__ import annotations
 
 import math
+import random
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -196,18 +197,19 @@ def bank_sensitivity(X_aug: np.ndarray, n_tags: int) -> float:
     return 4.0 * norm * math.sqrt(n_tags)
 
 
-def gaussian_ints(n: int, sigma: float) -> list[int]:
-    """``n`` draws of ``N(0, sigma^2)`` rounded to integers, from the operating system's generator.
+def gaussian_ints(n: int, sigma: float, rng: random.Random = _RANDOM) -> list[int]:
+    """``n`` draws of ``N(0, sigma^2)`` rounded to integers, from ``rng`` (default: the operating system's
+    generator; in training, the job's keyed stream, ``protocols.vfl_lr.resume.KeyedRandom``).
 
     Rounding after adding to an integer is post-processing, so the rounded mechanism keeps the guarantee.
     """
-    return [round(_RANDOM.gauss(0.0, sigma)) for _ in range(n)]
+    return [round(rng.gauss(0.0, sigma)) for _ in range(n)]
 
 
-def gaussian_floats(shape: tuple[int, ...], sigma: float) -> np.ndarray:
-    """An array of ``N(0, sigma^2)`` draws from the operating system's generator."""
+def gaussian_floats(shape: tuple[int, ...], sigma: float, rng: random.Random = _RANDOM) -> np.ndarray:
+    """An array of ``N(0, sigma^2)`` draws from ``rng`` (as :func:`gaussian_ints`)."""
     n = int(np.prod(shape))
-    return np.array([_RANDOM.gauss(0.0, sigma) for _ in range(n)], dtype=np.float64).reshape(shape)
+    return np.array([rng.gauss(0.0, sigma) for _ in range(n)], dtype=np.float64).reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -325,8 +327,10 @@ class LabelPrivacy:
         epochs before it were released too (also by a run this one resumes)."""
         self.epochs_spent = max(self.epochs_spent, epoch + 1)
 
-    def platform_noise(self, plan: SlotPlan, n_values: int, scale: Sequence[int] | None = None) -> list[int]:
-        """Per opened mask-path value (Horner-packed, layout of ``plan``): noise to add, packed the same way.
+    def platform_noise(self, plan: SlotPlan, n_values: int, scale: Sequence[int] | None = None, *,
+                       rng: random.Random = _RANDOM) -> list[int]:
+        """Per opened mask-path value (Horner-packed, layout of ``plan``): noise to add, packed the same way,
+        drawn from ``rng`` (training: the batch's keyed stream, so a replayed batch carries the same noise).
 
         ``scale`` (``hide_label_mask``): the platform's sum of tag t is multiplied by ``scale[t]``, and so is the
         sensitivity, so tag t's noise is ``scale[t]`` times wider.
@@ -341,9 +345,9 @@ class LabelPrivacy:
             for start in range(0, self.n_features, per_ct):
                 count = min(per_ct, self.n_features - start) * len(g)
                 if scale is None:
-                    values = gaussian_ints(count, sigma)
+                    values = gaussian_ints(count, sigma, rng)
                 else:  # feature-major, the group's tags inside
-                    values = [round(_RANDOM.gauss(0.0, sigma * scale[g[j % len(g)]])) for j in range(count)]
+                    values = [round(rng.gauss(0.0, sigma * scale[g[j % len(g)]])) for j in range(count)]
                 if any(abs(v) >= limit for v in values):
                     raise TrainingError("label DP noise does not fit the mask path's slots; raise dp_epsilon")
                 out.append(pack_signed(values, plan.emask_slot))
@@ -351,9 +355,9 @@ class LabelPrivacy:
             raise TrainingError(f"the mask path opened {n_values} values, the slot plan expects {len(out)}")
         return out
 
-    def bank_noise(self, shape: tuple[int, ...]) -> np.ndarray | float:
-        """Noise for the bank's gradient sum (before it is divided by the batch's label counts)."""
-        return 0.0 if self.noise is None else gaussian_floats(shape, self.noise.bank_sigma)
+    def bank_noise(self, shape: tuple[int, ...], *, rng: random.Random = _RANDOM) -> np.ndarray | float:
+        """Noise for the bank's gradient sum (before it is divided by the batch's label counts), from ``rng``."""
+        return 0.0 if self.noise is None else gaussian_floats(shape, self.noise.bank_sigma, rng)
 
     def spent(self) -> tuple[float, float] | None:
         """(epsilon, delta) spent so far under label DP, or None without it."""

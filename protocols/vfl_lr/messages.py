@@ -45,6 +45,7 @@ class Field:
     PLATFORM_KEY = "platform_key"
     N_FEATURES = "n_features"
     ROW_NORM_BOUND = "row_norm_bound"  # the L2 bound of the platform's gradient rows under label DP (an int)
+    RESUME_STEPS = "resume_steps"  # a resumed session: the bank's checkpoint position (protocols/vfl_lr/resume.py)
     # train.epoch; EPOCH and BATCH also address every per-batch step
     EPOCH = "epoch"
     BATCH_ROWS = "batch_rows"
@@ -52,6 +53,7 @@ class Field:
     LABEL_DP = "label_dp"  # bool: the bank adds label-DP noise, so the platform clips its gradient rows
     OPTIMIZER = "optimizer"  # the optimizer both parties run (the job's, or what "auto" resolved to)
     BATCH = "batch"
+    FIRST_BATCH = "first_batch"  # train.epoch of a session resumed mid-epoch: the batch it resumes at
     # train.emask, train.emask_open
     MASKS = "masks"
     MASKED_PRODUCTS = "masked_products"

@@ -83,6 +83,9 @@ class TrainParams:
     # Which model each tag serves: "best" (the joint model only where its validation AUC beats the bank-only
     # yardstick's, else the bank's own, said in the report's metrics[tag]["served"]) or "joint" (always).
     serve: str = "best"
+    # Both parties checkpoint their training state after every this many batches of an epoch and at its end
+    # (protocols/vfl_lr/resume.py): a node killed mid-job resumes from there with the same final model.
+    checkpoint_every: int = 4
 
     def validate(self, *, insecure_for_tests: bool = False) -> TrainParams:
         """Raise :class:`TrainingError` on a parameter of the wrong type or out of range; return self."""
@@ -115,6 +118,7 @@ class TrainParams:
             (self.serve in ("best", "joint"), "serve must be 'best' or 'joint'"),
             (0.05 <= self.dp_epsilon <= 100, "dp_epsilon must be in [0.05, 100]"),
             (0 < self.dp_delta <= 1e-3, "dp_delta must be in (0, 1e-3]"),
+            (1 <= self.checkpoint_every <= 100_000, "checkpoint_every must be an integer in 1..100000"),
         ]
         for ok, message in checks:
             if not ok:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -49,21 +50,29 @@ from protocols.vfl_lr.params import (
     TrainParams,
     plaintext_bits,
 )
+from protocols.vfl_lr.resume import (
+    Checkpoints,
+    MemoryCheckpoints,
+    platform_checkpoint,
+    read_platform_checkpoint,
+)
 from protocols.vfl_lr.state import OPTIMIZERS, PlatformTrainState, Scaler
 
 MAX_BANK_COLUMNS = 100_000  # train.setup: the most model columns the bank may declare
 
 def make_platform_train_handler(job_id: str, params: Message, data: PartyData, *,
                                 on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
+                                checkpoints: Checkpoints | None = None,
                                 insecure_for_tests: bool = False) -> PlatformTrainHandler:
     """The platform's handler for a training session over ``data`` (rows in the alignment's order).
 
     ``params`` are the session's opening fields; ``on_result`` receives the platform's model half, once,
     when the test rows have been evaluated with the epochs ``train.finish`` chose (at ``train.finish`` if
-    there are no test rows). The session owns ``compute`` and closes it with the handler.
+    there are no test rows). The session owns ``compute`` and closes it with the handler. ``checkpoints``
+    keeps the job's training state as it goes, for a session that resumes it (protocols/vfl_lr/resume.py).
     """
     return PlatformTrainHandler(job_id, params, data, on_result=on_result, compute=compute,
-                                insecure_for_tests=insecure_for_tests)
+                                checkpoints=checkpoints, insecure_for_tests=insecure_for_tests)
 
 
 class PlatformTrainHandler:
@@ -71,8 +80,12 @@ class PlatformTrainHandler:
 
     def __init__(self, job_id: str, params: Message, data: PartyData, *,
                  on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
-                 insecure_for_tests: bool = False) -> None:
+                 checkpoints: Checkpoints | None = None, insecure_for_tests: bool = False) -> None:
         self.pool = PaillierPool(compute)
+        self.checkpoints = checkpoints if checkpoints is not None else MemoryCheckpoints()
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batch) a session resumed mid-epoch restarts at
+        self.saved: dict[str, Any] | None = None  # the checkpoint document as last saved (or loaded)
+        self.closed = False
         try:
             self._open(params, data, insecure_for_tests)
         except BaseException:
@@ -111,6 +124,7 @@ class PlatformTrainHandler:
             raise ProtocolError(f"{data.source}: the platform has no feature columns")
 
     def close(self) -> None:
+        self.closed = True  # a step still running in this (replaced) session saves nothing more
         self.pool.close()
         self.sk = None  # type: ignore[assignment]
 
@@ -166,6 +180,9 @@ class PlatformTrainHandler:
         self.row_bound = row_norm_bound(p.quant_bits, self.X.shape[1])
         self.Xq_full, self.Xq_clipped = self.Xq, clip_rows(self.Xq, self.row_bound).astype(self.Xq.dtype)
         self.state = PlatformTrainState.start(p, self.X.shape[1], self.T)
+        self.stage = "epoch"
+        if Field.RESUME_STEPS in message:  # the bank resumes the job: our state at its checkpoint's position
+            self._resume(read_field(message, Field.RESUME_STEPS, int))
         self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
         self.plan = SlotPlan(p.quant_bits, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk),
                              hide_mask=p.hide_label_mask)
@@ -174,15 +191,39 @@ class PlatformTrainHandler:
         # mask hidden only the bank can count labelled rows; this node checks the batch's rows, a lower bound.
         self.floor = batch_floor(self.X.shape[1], p.epochs)
         self.enforce_floor = platform_enforces_floor(p, strict=not self.insecure_for_tests)
-        self.stage = "epoch"
         return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.N_FEATURES: int(self.X.shape[1]),
                 Field.ROW_NORM_BOUND: self.row_bound}
+
+    def _resume(self, steps: int) -> None:
+        """Take the state saved at position ``steps``; the next step is train.epoch (train.finish if that
+        position ends an epoch)."""
+        try:
+            self.saved = self.checkpoints.load()
+            self.state, epoch_done = read_platform_checkpoint(self.saved, self.p, steps, where=f"job {self.job_id}")
+        except TrainingError as err:
+            raise ProtocolError(str(err)) from err
+        if epoch_done:
+            self.stage = "epoch_or_finish"
+        elif self.state.epoch >= 0:
+            self.resume_at = (self.state.epoch, self.state.next_batch)
+
+    def _save(self, *, epoch_done: bool) -> None:
+        if not self.closed:
+            self.saved = platform_checkpoint(self.saved, self.state, self.p, epoch_done=epoch_done)
+            self.checkpoints.save(self.saved)
 
     def _epoch(self, message: Message) -> Message:
         self._expect("epoch", "end_of_epoch", "epoch_or_finish")
         state = self.state
         epoch = read_field(message, Field.EPOCH, int)
-        if epoch != state.epoch + 1 or epoch >= self.p.epochs:
+        first = message.get(Field.FIRST_BATCH, 0)
+        if not isinstance(first, int) or isinstance(first, bool):
+            raise ProtocolError("first_batch must be an integer")
+        if self.resume_at is not None:  # a session resumed mid-epoch repeats that epoch from its batch
+            if (epoch, first) != self.resume_at:
+                raise ProtocolError(f"the session resumes at epoch {self.resume_at[0]} batch {self.resume_at[1]}")
+            self.resume_at = None
+        elif first != 0 or epoch != state.epoch + 1 or epoch >= self.p.epochs:
             raise ProtocolError(f"epoch {epoch} out of order")
         sizes = message.get(Field.BATCH_SIZES)
         if not isinstance(sizes, np.ndarray) or sizes.dtype != np.int64 or (sizes < 1).any() \
@@ -192,6 +233,8 @@ class PlatformTrainHandler:
         if len(rows) != int(sizes.sum()) or not np.isin(rows, self.train).all():
             raise ProtocolError("batch rows must be training rows, each once, matching batch_sizes")
         batches = np.split(rows, np.cumsum(sizes)[:-1])
+        if not 0 <= first < len(batches):
+            raise ProtocolError(f"first_batch must be a batch of the epoch (0..{len(batches) - 1})")
         hit = below_floor(batches, self.mask, self.floor) if self.enforce_floor else None
         if hit is not None:
             b, t, count = hit
@@ -208,17 +251,17 @@ class PlatformTrainHandler:
         self.batches = batches
         self.xte: list[np.ndarray | None] = [None] * len(self.batches)
         # Noise for this epoch's encryptions under our key, made ahead (CRT: we hold the private key).
-        groups = self.plan.groups
+        groups, todo = self.plan.groups, self.batches[first:]
         if self.p.hide_label_mask:
-            count = sum(len(r) * self.T for r in self.batches)
+            count = sum(len(r) * self.T for r in todo)
         else:
-            count = sum(len(r) * len(groups) + self.plan.pair_cts(int(self.mask[r].sum())) for r in self.batches)
+            count = sum(len(r) * len(groups) + self.plan.pair_cts(int(self.mask[r].sum())) for r in todo)
         self.noise = NoisePool(self.pk, self.sk)
         self.pool.fill(self.noise, count)
         self.bank_noise = NoisePool(self.bpk, mask=True)  # R_B re-randomises: hide X_B from the key holder
         per_batch = sum(-(-self.X.shape[1] // self.plan.features_per_emask_ct(len(g))) for g in groups)
-        self.pool.fill(self.bank_noise, per_batch * len(self.batches))
-        state.next_batch = 0
+        self.pool.fill(self.bank_noise, per_batch * len(todo))
+        state.next_batch = self.first_batch = first
         self.stage = "emask"
         return {}
 
@@ -269,7 +312,7 @@ class PlatformTrainHandler:
         self.xte[b] = xte
         state.next_batch += 1
         if state.next_batch == len(self.batches):
-            state.next_batch = 0
+            state.next_batch = self.first_batch
             self.stage = "forward"
         else:
             self.stage = "emask"
@@ -332,11 +375,15 @@ class PlatformTrainHandler:
             grad /= 4.0 * np.maximum(counts, 1)
             state.optimizer.step(state.W, grad, state.epoch, counts > 0, self.Xq[rows] * self.qscale, m)
         state.next_batch += 1
+        state.steps += 1
         if state.next_batch == len(self.batches):
             state.snapshots.append(state.W.copy())
             self.stage = "end_of_epoch"
+            self._save(epoch_done=True)  # before the answer: the bank saves only after it
         else:
             self.stage = "forward"
+            if state.next_batch % self.p.checkpoint_every == 0:
+                self._save(epoch_done=False)
         return {Field.MASKED_GRADIENT: ints_to_bytes(grad_open, self.pk.byte_len)}
 
     def _evaluate(self, message: Message) -> Message:

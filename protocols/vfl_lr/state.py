@@ -145,6 +145,7 @@ class _TrainState:
     optimizer: Optimizer
     epoch: int = -1  # the epoch last started (-1: none yet)
     next_batch: int = 0  # the next batch of that epoch
+    steps: int = 0  # optimiser steps (batches) taken in the job, all epochs: a checkpoint's position
     snapshots: list[np.ndarray] = field(default_factory=list)  # W after each finished epoch
 
     KIND = ""
@@ -152,7 +153,7 @@ class _TrainState:
     def _base_dict(self) -> dict[str, Any]:
         return {"kind": self.KIND, "version": VERSION, "W": array_to_json(self.W),
                 "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "next_batch": self.next_batch,
-                "snapshots": [array_to_json(s) for s in self.snapshots]}
+                "steps": self.steps, "snapshots": [array_to_json(s) for s in self.snapshots]}
 
     @classmethod
     def _base_fields(cls, d: Mapping[str, Any], params: TrainParams, unpenalised: Sequence[int]) -> dict[str, Any]:
@@ -167,7 +168,7 @@ class _TrainState:
         if any(s.shape != W.shape for s in snapshots):
             raise ValueError("a snapshot does not have the weights' shape")
         return {"W": W, "optimizer": optimizer, "epoch": _int(d["epoch"]), "next_batch": _int(d["next_batch"]),
-                "snapshots": snapshots}
+                "steps": _int(d.get("steps", 0)), "snapshots": snapshots}
 
 
 @dataclass(kw_only=True, eq=False)
