@@ -50,12 +50,14 @@ class PlatformPolicy:
         self._lock = threading.Lock()
         self._calls: collections.deque[float] = collections.deque()
         self._rows: collections.deque[tuple[float, int]] = collections.deque()
+        self._rows_total = 0  # the sum of self._rows' counts, kept as they come and go (a call must not cost O(day))
         self.max_psi_rows = policy.max_psi_rows or max(1_000_000, 10 * platform_rows)
         if policy.partial_score_rows_per_day is not None:  # the day's rows survive a restart: from the audit
             since = dt.datetime.fromtimestamp(clock() - DAY_S, dt.UTC).isoformat(timespec="seconds")
             for event in jobs.audit_events(event=SCORE_EVENT, since=since):
                 if event.outcome == "ok":
                     self._rows.append((dt.datetime.fromisoformat(event.at).timestamp(), event.count))
+                    self._rows_total += event.count
 
     @property
     def manual_approval(self) -> bool:
@@ -104,21 +106,26 @@ class PlatformPolicy:
                                     f"allows {per_minute} ({knob('partial_score_calls_per_minute')}); "
                                     "try again later")
             per_day = self.config.partial_score_rows_per_day
-            while self._rows and self._rows[0][0] <= now - DAY_S:
-                self._rows.popleft()
-            used = sum(n for _, n in self._rows)
+            self._forget_rows_before(now - DAY_S)
+            used = self._rows_total
             if per_day is not None and used + rows > per_day:
                 raise QuotaExceeded(f"answering {rows} rows would make {used + rows} partial-score rows in the "
                                     f"last 24 hours; the platform allows {per_day} "
                                     f"({knob('partial_score_rows_per_day')}); try again later")
             self._calls.append(now)
             self._rows.append((now, rows))
+            self._rows_total += rows
+
+    def _forget_rows_before(self, cutoff: float) -> None:
+        while self._rows and self._rows[0][0] <= cutoff:
+            self._rows_total -= self._rows.popleft()[1]
 
     def rows_today(self) -> int:
         """Partial-score rows answered in the last 24 hours (as the rows-per-day quota counts them)."""
         now = self._clock()
         with self._lock:
-            return sum(n for at, n in self._rows if at > now - DAY_S)
+            self._forget_rows_before(now - DAY_S)
+            return self._rows_total
 
     def describe(self) -> dict[str, Any]:
         return {**self.config.describe(), "max_psi_rows": self.max_psi_rows}

@@ -302,3 +302,22 @@ def test_a_tiny_intersection_is_refused_before_any_work(world: World) -> None:
     bank = pair.bank.data.take([str(i) for i in pair.bank.data.ids[:3]])
     with pytest.raises(TrainingError, match="the intersection has 3 customers: too few to train on"):
         run_bank_training(NoPeer(), "train-tinytiny", bank, TrainParams(epochs=1, batch_size=64))  # type: ignore[arg-type]
+
+
+def test_rows_per_day_are_counted_over_a_rolling_day_and_forgotten_after_it() -> None:
+    from party_common.storage.jobs import MemoryJobStore
+    from party_platform.policy import DAY_S, PlatformPolicy
+
+    now = [1_000_000.0]
+    policy = PlatformPolicy(PolicyConfig(partial_score_rows_per_day=100), platform_rows=10,
+                            jobs=MemoryJobStore(), clock=lambda: now[0])
+    policy.check_scoring("job-a", [], 60)
+    now[0] += DAY_S / 2
+    policy.check_scoring("job-a", [], 40)
+    assert policy.rows_today() == 100
+    with pytest.raises(QuotaExceeded, match="partial_score_rows_per_day"):
+        policy.check_scoring("job-a", [], 1)
+    now[0] += DAY_S / 2 + 1  # the first 60 rows are more than a day old now
+    assert policy.rows_today() == 40
+    policy.check_scoring("job-a", [], 60)
+    assert policy.rows_today() == 100
