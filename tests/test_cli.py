@@ -20,6 +20,7 @@ from party_common.progress import ProgressLog, epoch_fraction
 from party_common.transport import add_health, bind, dial, make_server, server_credentials
 from party_platform.cli import main as platform_main
 from protocols.errors import UserError
+from tests.test_certs import FakeRpcError
 
 LONG_TAG = "tag_" + "very_long_tag_name_for_a_campaign_" * 3 + "end"
 
@@ -179,17 +180,7 @@ def test_transport_failures_read_as_one_plain_line(serving: tuple[dict[str, Path
     assert "\n" not in str(peer_error(refused, "handshake", address="127.0.0.1:1"))
 
 
-class Answer(grpc.RpcError):
-    """A status a server set on purpose."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
+Answer = FakeRpcError  # a status a server set on purpose
 
 
 def test_a_servers_own_message_is_passed_on_as_it_is() -> None:
