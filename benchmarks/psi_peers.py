@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -158,7 +159,9 @@ def run_peers(names: list[str], bank: list[str], platform: list[str], expected: 
               peer_python: str | None, sampler: Sampler, say: Callable[[str], None]) -> dict[str, Any]:
     """``{name: figures or None}`` plus ``{name}_unavailable`` reasons, for each requested peer."""
     out: dict[str, Any] = {}
-    python = peer_python or sys.executable
+    # Absolute (the peers run in other working directories), but not resolved: a venv's python is a symlink
+    # to the base interpreter, and following it would lose the venv's packages.
+    python = os.path.abspath(peer_python) if peer_python else sys.executable
     for name in names:
         figures: dict[str, Any] | None = None
         reason: str | None = None

@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 
-def plan(full: bool, out: Path) -> list[tuple[str, list[str]]]:
+def plan(full: bool, out: Path, peer_python: str | None = None) -> list[tuple[str, list[str]]]:
     j = lambda name: ["--json", str(out / f"{name}.json")]  # noqa: E731
+    peers = ["--peer-python", peer_python] if peer_python else []
     runs = [
         ("benchmarks.paillier", ([] if full else ["--quick"]) + j("paillier")),
-        ("benchmarks.psi", ["--n", "1000000" if full else "100000", "--transport", "grpc"] + j("psi")),
+        ("benchmarks.psi", ["--n", "1000000" if full else "100000", "--transport", "grpc"] + peers + j("psi")),
         ("benchmarks.vfl_lr", ["--dataset", "breast"] + j("vfl_lr_breast")),
         ("benchmarks.vfl_lr", ["--dataset", "default_credit"] + j("vfl_lr_default_credit")),
         ("benchmarks.privacy", ([] if full else ["--quick"]) + j("privacy")),
@@ -39,10 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="the goal sizes (takes much longer)")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    parser.add_argument("--peer-python", help="an interpreter with the PSI peers' packages (spu, openmined-psi), "
+                        "passed to benchmarks.psi; `make bench` makes one in .venv-peers")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     failed = []
-    for module, module_args in plan(args.full, args.out):
+    for module, module_args in plan(args.full, args.out, args.peer_python):
         print(f"\n=== python -m {module} {' '.join(module_args)}", flush=True)
         started = time.monotonic()
         try:
