@@ -96,11 +96,11 @@ def _is_abort(err: Exception) -> bool:
 
 # gRPC's transport failures, as raw text in a status's details, in plain words: (marker, what it means).
 # "this side" dialled; "the server" answered. The first marker found wins.
+_WRONG_NAME = ("this side refused the server's certificate: it does not carry the name this side checks (set "
+               "tls_name to a name in that certificate)")
 _TRANSPORT = (
-    ("Hostname Verification", "certificate", "this side refused the server's certificate: it does not carry the "
-     "name this side checks (set tls_name to a name in that certificate)"),
-    ("No match found for server name", "certificate", "this side refused the server's certificate: it does not "
-     "carry the name this side checks (set tls_name to a name in that certificate)"),
+    ("Hostname Verification", "certificate", _WRONG_NAME),
+    ("No match found for server name", "certificate", _WRONG_NAME),
     ("certificate has expired", "certificate", "this side refused the server's certificate: it has expired"),
     ("CERTIFICATE_VERIFY_FAILED", "certificate", "this side refused the server's certificate: it is not signed "
      "by the CA this side trusts"),
