@@ -279,10 +279,13 @@ class BankNode(NodeBase):
         model_job_id = self.resolve_model(model_job_id)
         model = self.model(model_job_id, BankModel.from_dict)
         wanted, cols = self.tag_columns(model, tags or [])
-        rows = np.fromiter((self.data.row_of(c) for c in customer_ids), dtype=np.int64, count=len(customer_ids))
+        rows = self.data.positions(customer_ids)
         customer = rows >= 0
         z_bank = np.zeros((len(customer_ids), len(wanted)))
-        z_bank[customer] = model.partial_scores(self.data.features[rows[customer]])[:, cols]
+        scored = np.flatnonzero(customer)
+        for start in range(0, len(scored), SCORE_BATCH):  # a block of rows at a time: features may be on disk
+            block = scored[start:start + SCORE_BATCH]
+            z_bank[block] = model.partial_scores(self.data.features[rows[block]])[:, cols]
         index = self._alignment_index(model.alignment_job_id)
         positions = np.fromiter((index.get(c, -1) for c in customer_ids), dtype=np.int64, count=len(customer_ids))
         known = (positions >= 0) & customer

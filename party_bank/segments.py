@@ -258,7 +258,7 @@ class SegmentService:
     def enriched(self, model_job_id: str, ids: Sequence[str], tags: Sequence[str] | None) -> pd.DataFrame:
         """One row per ID in order: status, per tag p_/rank_/decile_/label_known_, platform_known, model."""
         node = self.node
-        rows = np.fromiter((node.data.row_of(c) for c in ids), dtype=np.int64, count=len(ids))
+        rows = node.data.positions(ids)
         first = ~pd.Series(list(ids)).duplicated().to_numpy() if len(ids) else np.zeros(0, dtype=bool)
         scored = np.flatnonzero((rows >= 0) & first)
         status = np.where(rows < 0, UNKNOWN, np.where(first, OK, REPEATED)).astype(object)

@@ -81,6 +81,7 @@ class DataConfig:
     tag_columns: tuple[str, ...] = ()
     feature_columns: tuple[str, ...] | None = None
     fill_missing: str = "error"
+    in_memory_mb: float = 1024.0  # a larger feature matrix is memory-mapped from <state_dir>/tmp
 
 
 @dataclass(frozen=True)
@@ -213,12 +214,16 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
     fill = _get(data, "fill_missing", str, where, required=False, default="error")
     if fill not in FILL_OPTIONS:
         raise ConfigError(f"{where}: 'fill_missing' must be one of {', '.join(FILL_OPTIONS)}, got '{fill}'")
+    in_memory_mb = _get(data, "in_memory_mb", (int, float), where, required=False, default=1024)
+    if isinstance(in_memory_mb, bool) or in_memory_mb < 0:
+        raise ConfigError(f"{where}: 'in_memory_mb' must be a number of megabytes >= 0, got {in_memory_mb!r}")
     data_cfg = DataConfig(
         path=resolve(_get(data, "path", str, where)),
         id_column=_get(data, "id_column", str, where),
         tag_columns=tuple(str(c) for c in tag_columns),
         feature_columns=tuple(str(c) for c in feature_columns) if feature_columns is not None else None,
         fill_missing=fill,
+        in_memory_mb=float(in_memory_mb),
     )
     tls_name = _get(peer, "tls_name", str, f"{path} [peer]", required=False)
     policy = doc.get("policy", {})

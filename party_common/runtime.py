@@ -139,7 +139,8 @@ def load_node_data(config: NodeConfig) -> PartyData:
     d = config.data
     return load_party_data(d.path, id_column=d.id_column, tag_columns=list(d.tag_columns),
                            feature_columns=list(d.feature_columns) if d.feature_columns is not None else None,
-                           fill_missing=d.fill_missing)
+                           fill_missing=d.fill_missing, spill_dir=config.state_dir / "tmp",
+                           in_memory_mb=d.in_memory_mb)
 
 
 def run_until_signalled(server: grpc.Server, health: HealthServicer, on_stop: Callable[[], None], *,

@@ -10,7 +10,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from party_common.config import ConfigError
@@ -33,11 +32,7 @@ def restrict_features(data: PartyData, allowed: Sequence[str] | None, where: str
     if unknown:
         raise ConfigError(f"{where}: 'allowed_feature_columns' names column(s) {', '.join(unknown)} that "
                           f"{data.source} does not have (it has {', '.join(data.feature_names)})")
-    cols = [i for i, name in enumerate(data.feature_names) if name in allowed]
-    names = [data.feature_names[i] for i in cols]
-    schema = replace(data.schema, feature_columns=tuple(names),
-                     feature_dtypes=tuple(data.schema.feature_dtypes[i] for i in cols))
-    return replace(data, features=data.features[:, cols], feature_names=names, schema=schema)
+    return data.select_columns(allowed)
 
 
 class PlatformPolicy:

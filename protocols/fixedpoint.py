@@ -6,9 +6,11 @@ functions know nothing of keys; overflow against a key's range is checked where 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from protocols.rowblocks import column_max_abs, map_rows
 
 
 def encode(values: np.ndarray | Sequence[float], scale_bits: int) -> list[int]:
@@ -64,6 +66,23 @@ def quantise(X: np.ndarray, bits: int = 8, *, fit_rows: np.ndarray | None = None
     scale = np.abs(fitted).max(axis=0, initial=0.0) / top
     scale[scale == 0] = 1.0
     return quantise_with(X, scale, bits).astype(np.int64), scale
+
+
+def quantise_rows(X: np.ndarray, transform: Callable[[np.ndarray], np.ndarray], bits: int = 8, *,
+                  fit_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`quantise` of ``transform(X)`` a block of rows at a time, in the smallest signed integer type of
+    ``bits`` bits: on disk beside ``X`` if ``X`` is on disk (``protocols.rowblocks``). ``transform`` maps rows
+    on their own (standardising); the result equals ``quantise(transform(X), bits, fit_rows=fit_rows)``."""
+    if not 2 <= bits <= 16:
+        raise ValueError("bits must be between 2 and 16")
+    top = 2 ** (bits - 1) - 1
+    scale = column_max_abs(X, fit_rows, transform=transform) / top
+    if not np.isfinite(scale).all():
+        raise ValueError("cannot quantise NaN or infinite values")
+    scale[scale == 0] = 1.0
+    Xq = map_rows(X, lambda block: quantise_with(transform(block), scale, bits), X.shape[1],
+                  np.int8 if bits <= 8 else np.int16)
+    return Xq, scale
 
 
 def quantise_with(X: np.ndarray, scale: np.ndarray, bits: int = 8) -> np.ndarray:

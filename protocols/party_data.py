@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pandas as pd
 
 from protocols.errors import UserError
+from protocols.rowblocks import take_rows
 
 
 class DataError(UserError):
@@ -74,25 +76,32 @@ def _kind(dtype: str) -> str:
 class PartyData:
     source: str
     ids: np.ndarray  # object array of str
-    features: np.ndarray  # float64 (n, d)
+    features: np.ndarray  # float64 (n, d); an np.memmap when the node keeps it on disk (protocols.rowblocks)
     feature_names: list[str]
     labels: np.ndarray  # float64 (n, T): 1.0 / 0.0 / NaN (unknown)
     tag_names: list[str]
     schema: Schema
-    _index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
+    _index: pd.Index | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def row_of(self, customer_id: str) -> int:
-        """The row of ``customer_id``, or -1. The index is built once, on first use."""
+    def positions(self, ids: Sequence[str]) -> np.ndarray:
+        """The row of each of ``ids`` (int64), -1 where an ID is not in the file. The index (a hash table,
+        about a third of a dict's memory) is built once, on first use."""
         if self._index is None:
-            self._index = {cid: i for i, cid in enumerate(self.ids)}
-        return self._index.get(customer_id, -1)
+            self._index = pd.Index(self.ids, dtype=object, copy=False)
+        if not len(ids):
+            return np.zeros(0, dtype=np.int64)
+        return self._index.get_indexer(pd.Index(np.asarray(ids, dtype=object), dtype=object)).astype(np.int64)
+
+    def row_of(self, customer_id: str) -> int:
+        """The row of ``customer_id``, or -1."""
+        return int(self.positions([customer_id])[0])
 
     def rows_of(self, ids: Sequence[str], *, what: str = "the alignment") -> np.ndarray:
         """Rows of ``ids`` in that order; :class:`DataError` names the first position not in the file."""
-        rows = np.fromiter((self.row_of(cid) for cid in ids), dtype=np.int64, count=len(ids))
+        rows = self.positions(ids)
         missing = np.flatnonzero(rows < 0)
         if len(missing):
             raise DataError(f"{self.source}: customer at position {missing[0] + 1} of {what} is not in the "
@@ -100,9 +109,18 @@ class PartyData:
         return rows
 
     def take(self, ids_in_order: Sequence[str]) -> PartyData:
-        """The rows for ``ids_in_order``, in that order (e.g. an alignment's agreed order)."""
+        """The rows for ``ids_in_order``, in that order (e.g. an alignment's agreed order); features on disk
+        stay on disk (a scratch file beside them, copied a block of rows at a time)."""
         rows = self.rows_of(ids_in_order)
-        return replace(self, ids=self.ids[rows], features=self.features[rows], labels=self.labels[rows])
+        return replace(self, ids=self.ids[rows], features=take_rows(self.features, rows), labels=self.labels[rows])
+
+    def select_columns(self, names: Sequence[str]) -> PartyData:
+        """Only the feature columns ``names`` (in this data's order), schema included."""
+        cols = [i for i, name in enumerate(self.feature_names) if name in set(names)]
+        kept = [self.feature_names[i] for i in cols]
+        schema = replace(self.schema, feature_columns=tuple(kept),
+                         feature_dtypes=tuple(self.schema.feature_dtypes[i] for i in cols))
+        return replace(self, features=take_rows(self.features, None, cols), feature_names=kept, schema=schema)
 
     def select_tags(self, tags: Sequence[str]) -> PartyData:
         missing = [t for t in tags if t not in self.tag_names]

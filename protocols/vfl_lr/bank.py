@@ -16,12 +16,13 @@ import protocols.vfl_lr.label_mask as label_mask
 from protocols.channel import Peer, PeerChannel
 from protocols.compute import ComputeSpec
 from protocols.errors import ProtocolError
-from protocols.fixedpoint import quantise
+from protocols.fixedpoint import quantise_rows
 from protocols.metrics import SPLIT_SCHEME, Split, bank_only_baseline, tag_metrics
 from protocols.packing import pack_signed, unpack_signed
 from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
 from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
+from protocols.rowblocks import map_rows
 from protocols.vfl_lr.batching import choose_schedule, session_batch_bound, session_epochs
 from protocols.vfl_lr.calibration import calibrate_tag
 from protocols.vfl_lr.encoding import encode_z, pack_pairs, pack_rows, residual_offset
@@ -138,12 +139,15 @@ class _BankTrainer:
         split = p.split(bank.labels, bank.ids)  # by keyed hashes of the customer IDs: independent of PSI's order
         _check_split(split, p, len(bank.ids))
         self._check_tags()
-        self.scaler = Scaler.fit(bank.features[split.train], p.clip)
-        X = self.scaler.transform(bank.features)
-        self.X_aug = np.hstack([X, np.ones((len(X), 1))]) if p.fit_intercept else X
-        self.Xq_aug, self.qscale_aug = quantise(X, p.quant_bits, fit_rows=split.train)
-        if p.fit_intercept:
-            self.Xq_aug = np.hstack([self.Xq_aug, np.ones((len(X), 1), dtype=np.int64)])
+        self.scaler = Scaler.fit(bank.features, p.clip, rows=split.train)
+        # Standardised rows (with the intercept's column of ones) when a step asks for them: the raw features
+        # are held once (on disk when the node spilled them), never a float64 copy of the whole matrix.
+        self.X_aug = self.scaler.rows(bank.features, intercept=p.fit_intercept)
+        Xq, self.qscale_aug = quantise_rows(bank.features, self.scaler.transform, p.quant_bits, fit_rows=split.train)
+        self.Xq_aug = Xq
+        if p.fit_intercept:  # the intercept's column quantises to 1 on a scale of 1
+            self.Xq_aug = map_rows(Xq, lambda block: np.hstack([block, np.ones((len(block), 1), block.dtype)]),
+                                   Xq.shape[1] + 1, Xq.dtype)
             self.qscale_aug = np.concatenate([self.qscale_aug, [1.0]])
         saved = checkpoints.load()
         if saved is not None:  # a resumed job: the state, the noise key, maybe the finished outcome

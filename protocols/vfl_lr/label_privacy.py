@@ -38,6 +38,7 @@ import numpy as np
 
 from protocols.errors import ProtocolError
 from protocols.packing import pack_signed
+from protocols.rowblocks import RowView, row_norm_max
 from protocols.vfl_lr.params import F_BITS, MAX_AUTO_EPOCHS, SlotPlan, TrainingError, TrainParams
 from protocols.vfl_lr.state import epoch_batches
 
@@ -190,11 +191,10 @@ def platform_sensitivity(row_bound: float, n_tags: int) -> float:
     return 4.0 * (1 << F_BITS) * row_bound * math.sqrt(n_tags)
 
 
-def bank_sensitivity(X_aug: np.ndarray, n_tags: int) -> float:
+def bank_sensitivity(X_aug: np.ndarray | RowView, n_tags: int, rows: np.ndarray | None = None) -> float:
     """L2 change of the bank's ``X_A^T (M o d')`` (floats, intercept column included) for one customer's
-    labels: ``4 max_i |x_i| sqrt(T)``, over the rows that can be labelled (features fixed: label DP)."""
-    norm = float(np.sqrt((X_aug * X_aug).sum(axis=1)).max(initial=0.0))
-    return 4.0 * norm * math.sqrt(n_tags)
+    labels: ``4 max_i |x_i| sqrt(T)``, over the rows that can be labelled (``rows``; features fixed: label DP)."""
+    return 4.0 * row_norm_max(X_aug, rows) * math.sqrt(n_tags)
 
 
 def gaussian_ints(n: int, sigma: float, rng: random.Random = _RANDOM) -> list[int]:
@@ -265,7 +265,7 @@ class LabelPrivacy:
 
     @classmethod
     def plan(cls, params: TrainParams, active: np.ndarray, mask: np.ndarray, n_features: int,
-             X_aug: np.ndarray, *, strict: bool, platform_row_bound: float | None = None) -> LabelPrivacy:
+             X_aug: np.ndarray | RowView, *, strict: bool, platform_row_bound: float | None = None) -> LabelPrivacy:
         """Decide the protection: label DP if ``"on"``, or if ``"auto"`` and some batch of some epoch would
         miss the floor; otherwise the floor, and :class:`TrainingError` if ``"off"`` and a batch misses it.
 
@@ -292,7 +292,7 @@ class LabelPrivacy:
                 return plan
         if params.label_dp == "on" or (params.label_dp == "auto" and strict):
             bound = worst_row_norm(params.quant_bits, n_features) if platform_row_bound is None else platform_row_bound
-            noise = LabelNoise.calibrate(params, bank_sensitivity(X_aug[active], T), platform_sensitivity(bound, T))
+            noise = LabelNoise.calibrate(params, bank_sensitivity(X_aug, T, active), platform_sensitivity(bound, T))
             plan.mode, plan.noise, plan.smallest, plan.platform_row_bound = "dp", noise, None, bound
             if hit is not None:
                 plan.notes.append("label DP is on because the batches miss the floor of "

@@ -14,11 +14,12 @@ import protocols.vfl_lr.label_mask as label_mask
 from protocols.channel import Message
 from protocols.compute import ComputeSpec
 from protocols.errors import ProtocolError
-from protocols.fixedpoint import quantise
+from protocols.fixedpoint import quantise_rows
 from protocols.packing import SlotLayout, pack_signed, unpack_signed
 from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
 from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
+from protocols.rowblocks import map_rows
 from protocols.vfl_lr.encoding import encode_z, exact_xt_s, pack_pairs, pack_rows, unpack_pairs
 from protocols.vfl_lr.evaluation import SPLITS, VALIDATION, packed_count, shuffle_and_add
 from protocols.vfl_lr.label_privacy import (
@@ -171,14 +172,19 @@ class PlatformTrainHandler:
             raise ProtocolError("label_mask must be a uint8 array of shape (rows, tags)")
         else:
             self.mask = mask.astype(bool)
-        self.scaler = Scaler.fit(self.data.features[self.train], p.clip)
-        self.X = self.scaler.transform(self.data.features)
-        self.Xq, self.qscale = quantise(self.X, p.quant_bits, fit_rows=self.train)
-        # Kept (and shipped to the workers) as 8-bit integers: an eighth of int64 (10M x 300: 3 GB, not 24 GB).
-        self.Xq = self.Xq.astype(np.int8 if p.quant_bits <= 8 else np.int16)
+        features = self.data.features
+        self.scaler = Scaler.fit(features, p.clip, rows=self.train)
+        # Standardised rows when a step asks for them: the raw features are held once (on disk when the node
+        # spilled them, party_common.data_loading), never a float64 copy of the whole matrix.
+        self.X = self.scaler.rows(features)
+        # Kept (and shipped to the workers) as 8-bit integers: an eighth of int64 (10M x 300: 3 GB, not 24 GB),
+        # memory-mapped beside the features when those are on disk.
+        self.Xq, self.qscale = quantise_rows(features, self.scaler.transform, p.quant_bits, fit_rows=self.train)
         # Under label DP (told in train.epoch) the gradient's rows are clipped to the bound declared here.
         self.row_bound = row_norm_bound(p.quant_bits, self.X.shape[1])
-        self.Xq_full, self.Xq_clipped = self.Xq, clip_rows(self.Xq, self.row_bound).astype(self.Xq.dtype)
+        self.Xq_full = self.Xq
+        self.Xq_clipped = map_rows(self.Xq, lambda block: clip_rows(block, self.row_bound), self.Xq.shape[1],
+                                   self.Xq.dtype)
         self.state = PlatformTrainState.start(p, self.X.shape[1], self.T)
         self.stage = "epoch"
         if Field.RESUME_STEPS in message:  # the bank resumes the job: our state at its checkpoint's position

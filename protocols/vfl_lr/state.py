@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from protocols.rowblocks import RowView, column_mean_std
 from protocols.scoring import standardise
 from protocols.vfl_lr.params import VERSION, TrainingError, TrainParams, base_rate_intercepts
 
@@ -42,10 +43,17 @@ class Scaler:
     clip: float
 
     @classmethod
-    def fit(cls, X: np.ndarray, clip: float) -> Scaler:
-        std = X.std(axis=0)
+    def fit(cls, X: np.ndarray, clip: float, rows: np.ndarray | None = None) -> Scaler:
+        """Fitted on ``X[rows]`` (all rows by default), read a block at a time: ``X`` may be larger than memory."""
+        mean, std = column_mean_std(X, rows)
         std[~(std > 1e-12)] = 1.0
-        return cls(X.mean(axis=0), std, clip)
+        return cls(mean, std, clip)
+
+    def rows(self, X: np.ndarray, *, intercept: bool = False) -> RowView:
+        """``X`` standardised (and an intercept column of ones appended), a row block at a time when asked."""
+        if not intercept:
+            return RowView(X, self.transform, X.shape[1])
+        return RowView(X, lambda block: np.hstack([self.transform(block), np.ones((len(block), 1))]), X.shape[1] + 1)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         return standardise(X, self.mean, self.std, self.clip)

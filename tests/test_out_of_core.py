@@ -1,0 +1,137 @@
+"""Data larger than memory: files read a block at a time, features memory-mapped, training and scoring on them
+giving the same bits as on data in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import party_common.data_loading as data_loading
+import protocols.rowblocks as rowblocks
+from party_common.data_loading import load_party_data
+from party_common.storage import memory_node_stores
+from protocols.channel import LocalPeer
+from protocols.compute import InlineCompute
+from protocols.party_data import DataError
+from protocols.rowblocks import on_disk
+from protocols.vfl_lr import TrainParams, make_platform_train_handler, run_bank_training
+from simulations.generate import SimulationConfig, generate, write
+from tests.nodes_fixture import FAST_TRAIN, make_nodes, simulated_files
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data_loading, "BLOCK_CELLS", 1)  # blocks of 1,024 rows: every test file spans several
+    monkeypatch.setattr(rowblocks, "BLOCK_BYTES", 1)
+
+
+def frame(n: int = 2600) -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    return pd.DataFrame({"id": [f"c{i:05d}" for i in range(n)], "a": rng.normal(size=n), "b": rng.exponential(size=n),
+                         "flag": rng.random(n) < 0.3, "tag": rng.choice(["0", "1", ""], size=n)})
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_a_file_loaded_in_blocks_onto_disk_equals_it_loaded_in_memory(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"data{suffix}"
+    table = frame()
+    table.loc[[3, 1500, 2599], "b"] = np.nan  # missing values in three blocks
+    if suffix == ".parquet":
+        table.to_parquet(path)
+    else:
+        table.astype({"flag": int}).to_csv(path, index=False)
+    spill = tmp_path / "spill"
+    kwargs: dict[str, Any] = {"id_column": "id", "tag_columns": ["tag"], "fill_missing": "mean"}
+    memory = load_party_data(path, **kwargs)
+    disk = load_party_data(path, spill_dir=spill, in_memory_mb=0, **kwargs)
+    assert not on_disk(memory.features) and on_disk(disk.features)
+    assert disk.features.tobytes() == memory.features.tobytes()
+    assert np.array_equal(disk.labels, memory.labels, equal_nan=True) and list(disk.ids) == list(memory.ids)
+    assert disk.schema == memory.schema and disk.schema.feature_dtypes == (
+        ("float64", "float64", "bool") if suffix == ".parquet" else ("float64",) * 3)
+    # the mean fill is the mean of the present values, summed block by block
+    present = table["b"].dropna().to_numpy()
+    assert disk.features[3, 1] == pytest.approx(present.mean(), rel=1e-12)
+    assert list(spill.iterdir()) == []  # the mapped file is unlinked at once: nothing is left behind
+    # a node's lookups and alignment copies work on the mapped matrix
+    order = [str(i) for i in memory.ids[::-7]]
+    taken = disk.take(order)
+    assert on_disk(taken.features) and taken.features.tobytes() == memory.take(order).features.tobytes()
+    assert disk.positions(["c00004", "nobody", "c00000"]).tolist() == [4, -1, 0]
+
+
+def test_errors_in_later_blocks_name_the_row_and_count_the_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    table = frame().astype({"a": object})
+    table.loc[[2100, 2500], "a"] = "n/a"
+    table.to_csv(path, index=False)
+    spill = tmp_path / "spill"
+    with pytest.raises(DataError, match=r"column 'a', row 2101: 'n/a' is not a number .*2 such value\(s\)"):
+        load_party_data(path, id_column="id", spill_dir=spill, in_memory_mb=0)
+    assert list(spill.iterdir()) == []  # a refused file leaves no spilled matrix
+    table = frame()
+    table.loc[2300, "id"] = table.loc[7, "id"]
+    table.to_parquet(path.with_suffix(".parquet"))
+    with pytest.raises(DataError, match="rows 8 and 2301 have the same ID"):
+        load_party_data(path.with_suffix(".parquet"), id_column="id")
+    table = frame()
+    table.loc[1030:, "a"] = np.nan
+    table.loc[1030, "b"] = np.inf
+    table.to_parquet(path.with_suffix(".parquet"))
+    with pytest.raises(DataError, match=r"column 'a', row 1031: missing value \(1570 in the column\)"):
+        load_party_data(path.with_suffix(".parquet"), id_column="id", tag_columns=["tag"])
+    with pytest.raises(DataError, match="column 'b', row 1031: infinite value"):
+        load_party_data(path.with_suffix(".parquet"), id_column="id", tag_columns=["tag"], fill_missing="zero")
+
+
+def test_training_on_memory_mapped_features_gives_the_same_model(tmp_path: Path) -> None:
+    data = generate(SimulationConfig(n_bank=2400, n_platform=2400, overlap=1.0, n_tags=2, label_share=0.8, seed=4))
+    paths = write(data, tmp_path)
+    ids = sorted(set(data.bank["id"]))
+    params = TrainParams(key_bits=1024, epochs=1, batch_size=1024, label_dp="off", validation_share=0.1)
+    results = {}
+    for where, spill in (("memory", None), ("disk", tmp_path / "spill")):
+        bank = load_party_data(paths["bank"], id_column="id", tag_columns=data.tag_columns, spill_dir=spill,
+                               in_memory_mb=0).take(ids)
+        platform = load_party_data(paths["platform"], id_column="id", spill_dir=spill, in_memory_mb=0).take(ids)
+        assert on_disk(platform.features) == (spill is not None)
+        handlers: list[Any] = []
+        models: list[Any] = []
+
+        def factory(kind: str, job_id: str, raw: dict, platform: Any = platform, handlers: list = handlers,
+                    models: list = models) -> Any:
+            handlers.append(make_platform_train_handler(job_id, raw, platform, on_result=models.append,
+                                                        compute=InlineCompute(), insecure_for_tests=True))
+            return handlers[-1]
+
+        outcome = run_bank_training(LocalPeer(factory), "job-disk", bank, params, compute=InlineCompute(),
+                                    insecure_for_tests=True)
+        handler = handlers[0]
+        # the platform keeps its quantised features as 8-bit integers, on disk beside the mapped features
+        assert handler.Xq_full.dtype == np.int8 and on_disk(handler.Xq_full) == (spill is not None)
+        results[where] = (outcome.model.weights.tobytes(), outcome.model.intercept.tobytes(),
+                          models[0].weights.tobytes(), outcome.model.scaler.mean.tobytes(),
+                          models[0].scaler.std.tobytes())
+    assert results["disk"] == results["memory"]
+
+
+def test_nodes_align_train_and_batch_score_on_memory_mapped_data(tmp_path: Path) -> None:
+    files = simulated_files(tmp_path / "data")
+    spill = tmp_path / "spill"
+    nodes = make_nodes(files, tmp_path / "state",
+                       bank_data=load_party_data(files.bank, id_column="id", tag_columns=files.tags, spill_dir=spill,
+                                                 in_memory_mb=0),
+                       platform_data=load_party_data(files.platform, id_column="id", spill_dir=spill, in_memory_mb=0),
+                       bank_stores=memory_node_stores(), platform_stores=memory_node_stores())
+    assert on_disk(nodes.bank.data.features) and on_disk(nodes.platform.data.features)
+    align = nodes.bank.wait(nodes.bank.submit("align", "", {}), timeout_s=120)
+    assert align.status == "succeeded", align.error
+    train = nodes.bank.wait(nodes.bank.submit("train", "", {"train": FAST_TRAIN}), timeout_s=300)
+    assert train.status == "succeeded", train.error
+    out, rows = nodes.bank.batch_score(train.job_id, "all.parquet", all_customers=True)
+    scores = pd.read_parquet(out)
+    assert rows == len(nodes.bank.data) and scores[f"p_{files.tags[0]}"].between(0, 1).all()
