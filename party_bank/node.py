@@ -28,6 +28,7 @@ from party_common.config import NodeConfig
 from party_common.grpc_errors import describe
 from party_common.jobs import JobContext, JobKind, job_kind
 from party_common.link import PlatformLink
+from party_common.memory import PeakMemory
 from party_common.node import NodeBase
 from party_common.policy import is_awaiting_approval
 from party_common.storage import NodeStores
@@ -165,6 +166,7 @@ class BankNode(NodeBase):
 
     def _run(self, job_id: str, job: JobKind[Any, Any], params: Any, name: str) -> None:
         jobs, stop = self.stores.jobs, self._stops[job_id]
+        memory = PeakMemory()
         try:
             resumed = jobs.get(job_id).status == "interrupted"
             if resumed:
@@ -199,10 +201,11 @@ class BankNode(NodeBase):
                 log.error("job %s failed", job_id, exc_info=err)
                 jobs.fail(job_id, describe(err, node="bank"))
         else:
-            jobs.finish(job_id, summary)
+            jobs.finish(job_id, {**summary, "memory": memory.stop()})
             self.stores.checkpoints.delete(job_id, missing_ok=True)
             log.info("job %s succeeded", job_id)
         finally:
+            memory.stop()
             self._running.pop(job_id, None)
             self._stops.pop(job_id, None)
 

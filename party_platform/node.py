@@ -20,6 +20,7 @@ from party_common.config import NodeConfig
 from party_common.grpc_errors import describe, status_of
 from party_common.jobs import SESSION_KINDS, JobContext, JobKind
 from party_common.link import PartialScores, Retirement, SessionContext
+from party_common.memory import PeakMemory
 from party_common.node import NodeBase
 from party_common.policy import AWAITING_APPROVAL, REFUSED_BY_OPERATOR, AwaitingApproval, PolicyRefused, knob
 from party_common.storage import NodeStores, UnknownJob
@@ -51,12 +52,13 @@ class PlatformSession:
         self.inner: StepHandler | None = None
         self.finished = False
         self._last_refusal = ""
+        self.memory = PeakMemory()
 
     def on_result(self, result: Any) -> None:
         if self._job.session == "psi":  # an intersection below the policy's minimum is not kept
             self._node.policy.check_intersection(result.size)
         summary = self._job.save_platform(self._ctx, self._context, result)
-        self._node.stores.jobs.finish(self._ctx.job_id, summary)
+        self._node.stores.jobs.finish(self._ctx.job_id, {**summary, "memory": self.memory.stop()})
         self.finished = True
         log.info("%s session %s: result stored", self._job.session, self._ctx.job_id)
 
@@ -73,6 +75,7 @@ class PlatformSession:
 
     def end(self, how: str, reason: str = "") -> None:
         """Close the handler; record how the session ended (``party_platform.service.ENDINGS``)."""
+        self.memory.stop()
         if self.inner is not None:
             self.inner.close()
         job_id, jobs = self._ctx.job_id, self._node.stores.jobs
@@ -127,6 +130,7 @@ class PlatformNode(NodeBase):
         try:
             session.inner = job.open_platform(ctx, params, context, session.on_result)
         except Exception as err:
+            session.memory.stop()
             self.stores.jobs.fail(job_id, describe(err, node="platform"))
             if isinstance(err, FedProfileError) and not isinstance(err, ProtocolError):
                 raise ProtocolError(str(err)) from err
