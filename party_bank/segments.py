@@ -11,23 +11,24 @@ for the ratio: both are reported with the counts they rest on.
 from __future__ import annotations
 
 import csv
-import io
 import math
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from party_bank.scores import Scores
 from party_common.config import NodeConfig
 from party_common.storage import NodeStores
-from party_common.storage.files import atomic_write, ensure_private_dir
+from party_common.storage.files import atomic_write_with, ensure_private_dir
 from protocols.errors import NotFound, UserError
 from protocols.party_data import DataError, PartyData
 from protocols.vfl_lr import BankModel
@@ -54,6 +55,37 @@ OK, UNKNOWN, REPEATED = "ok", "unknown_customer", "repeated"  # the status colum
 TARGET, CONTROL = "target", "control"
 OUTCOME_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
 MAX_IDS_PER_MESSAGE_BYTES = 1 << 20  # the client streams IDs in messages under gRPC's 2 MiB cap
+
+
+WRITE_ROWS = 262_144  # rows of a score file built and written at a time
+
+
+@dataclass(frozen=True)
+class ScoredPopulation:
+    """The scored rows of a score file as arrays; ``columns`` per tag p_, rank_, decile_, label_known_ and
+    platform_known (rank/decile -1 and flags -1 where a row has no value)."""
+    id_column: str
+    model: str
+    ids: list[str]
+    status: np.ndarray
+    columns: dict[str, np.ndarray]
+
+    def frame(self, start: int, stop: int) -> pd.DataFrame:
+        """Rows ``start:stop`` of the score file, with its column types (nullable where a row has no value)."""
+        ids = self.ids[start:stop]
+        out = pd.DataFrame({self.id_column: pd.array(ids, dtype="string"),
+                            "status": pd.array(self.status[start:stop].tolist(), dtype="string")})
+        for name, values in self.columns.items():
+            part = values[start:stop]
+            if part.dtype == np.float64:
+                out[name] = part
+                continue
+            column = pd.array(part if part.dtype == np.int64 else part == 1, dtype="Int64" if part.dtype == np.int64
+                              else "boolean")
+            column[part < 0] = pd.NA
+            out[name] = column
+        out["model"] = pd.array([self.model] * len(ids), dtype="string")
+        return out
 
 
 class OutputError(UserError):
@@ -91,14 +123,30 @@ def safe_output_path(base: Path, relative: str, *, what: str = "scores") -> Path
 
 def write_frame(frame: pd.DataFrame, path: Path, *, overwrite: bool) -> None:
     """Parquet, or CSV with every text field quoted (IDs such as +447700900123 stay text); 0600, atomic."""
-    if path.suffix == ".csv":
-        data = frame.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC).encode()
-    else:
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        data = buffer.getvalue()
+    write_frames([frame], path, overwrite=overwrite)
+
+
+def write_frames(frames: Iterable[pd.DataFrame], path: Path, *, overwrite: bool) -> None:
+    """:func:`write_frame` of the blocks of one table, written one after another (same columns in each)."""
+
+    def write(out: BinaryIO) -> None:
+        if path.suffix == ".csv":
+            for k, frame in enumerate(frames):
+                out.write(frame.to_csv(index=False, header=k == 0, quoting=csv.QUOTE_NONNUMERIC).encode())
+            return
+        writer: pq.ParquetWriter | None = None
+        try:
+            for frame in frames:
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(out, table.schema)
+                writer.write_table(table.cast(writer.schema))
+        finally:
+            if writer is not None:
+                writer.close()
+
     try:
-        atomic_write(path, data, mode=0o600, overwrite=overwrite)
+        atomic_write_with(path, write, mode=0o600, overwrite=overwrite)
     except FileExistsError:
         raise OutputError(f"{path.name} already exists ({path}); pass --overwrite to replace it") from None
 
@@ -257,31 +305,33 @@ class SegmentService:
 
     def enriched(self, model_job_id: str, ids: Sequence[str], tags: Sequence[str] | None) -> pd.DataFrame:
         """One row per ID in order: status, per tag p_/rank_/decile_/label_known_, platform_known, model."""
+        return self.scored(model_job_id, ids, tags).frame(0, len(ids))
+
+    def scored(self, model_job_id: str, ids: Sequence[str], tags: Sequence[str] | None) -> ScoredPopulation:
+        """Scores, ranks and statuses of ``ids`` as arrays (a few numbers per customer, whatever the features);
+        :meth:`ScoredPopulation.frame` makes the score file's rows from them a block at a time."""
         node = self.node
         rows = node.data.positions(ids)
         first = ~pd.Series(list(ids)).duplicated().to_numpy() if len(ids) else np.zeros(0, dtype=bool)
         scored = np.flatnonzero((rows >= 0) & first)
         status = np.where(rows < 0, UNKNOWN, np.where(first, OK, REPEATED)).astype(object)
         scores = node.score(model_job_id, [ids[i] for i in scored], list(tags or []))
-        frame = pd.DataFrame({node.config.data.id_column: pd.array(list(ids), dtype="string"),
-                              "status": pd.array(status.tolist(), dtype="string")})
+        n = len(ids)
+        columns: dict[str, np.ndarray] = {}
         for t, tag in enumerate(scores.tags):
-            p = np.full(len(ids), np.nan)
+            p = np.full(n, np.nan)
             p[scored] = scores.probabilities[:, t]
-            rank, decile = (pd.array([None] * len(ids), dtype="Int64") for _ in range(2))
-            r, d = ranks(scores.probabilities[:, t])
-            rank[scored], decile[scored] = r, d
-            known = pd.array([None] * len(ids), dtype="boolean")
+            rank, decile = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+            rank[scored], decile[scored] = ranks(scores.probabilities[:, t])
+            known = np.full(n, -1, dtype=np.int8)  # -1: no value (not scored)
             if tag in node.data.tag_names:
-                labels = node.data.labels[rows[scored], node.data.tag_names.index(tag)]
-                known[scored] = ~np.isnan(labels)
-            frame[f"p_{tag}"], frame[f"rank_{tag}"], frame[f"decile_{tag}"] = p, rank, decile
-            frame[f"label_known_{tag}"] = known
-        platform = pd.array([None] * len(ids), dtype="boolean")
+                known[scored] = ~np.isnan(node.data.labels[rows[scored], node.data.tag_names.index(tag)])
+            columns[f"p_{tag}"], columns[f"rank_{tag}"], columns[f"decile_{tag}"] = p, rank, decile
+            columns[f"label_known_{tag}"] = known
+        platform = np.full(n, -1, dtype=np.int8)
         platform[scored] = scores.platform_known
-        frame["platform_known"] = platform
-        frame["model"] = pd.array([model_job_id] * len(ids), dtype="string")
-        return frame
+        columns["platform_known"] = platform
+        return ScoredPopulation(node.config.data.id_column, model_job_id, list(ids), status, columns)
 
     def batch_score(self, model_job_id: str, output_path: str, tags: Sequence[str] | None = None, *,
                     all_customers: bool = False, ids: Sequence[str] | None = None,
@@ -294,12 +344,14 @@ class SegmentService:
             raise OutputError(f"{out.name} already exists ({out}); pass --overwrite to replace it")
         population = "ids" if ids else "all_customers" if all_customers else "intersection"
         wanted = list(ids) if ids else self.population(model_job_id, all_customers)
-        frame = self.enriched(model_job_id, wanted, tags)
-        write_frame(frame, out, overwrite=overwrite)
-        unknown = int((frame["status"] == UNKNOWN).sum())
-        self.node.stores.jobs.audit(model_job_id, "batch scores", f"{len(frame)} rows ({population}, "
+        scored = self.scored(model_job_id, wanted, tags)
+        # Written a block of rows at a time: the file's table is never whole in memory.
+        write_frames((scored.frame(a, a + WRITE_ROWS) for a in range(0, max(len(wanted), 1), WRITE_ROWS)), out,
+                     overwrite=overwrite)
+        unknown = int((scored.status == UNKNOWN).sum())
+        self.node.stores.jobs.audit(model_job_id, "batch scores", f"{len(wanted)} rows ({population}, "
                                     f"{unknown} unknown) to {out.relative_to(self.scores_dir)}")
-        return BatchScoreResult(out, len(frame), unknown, int(frame["platform_known"].fillna(False).sum()))
+        return BatchScoreResult(out, len(wanted), unknown, int((scored.columns["platform_known"] == 1).sum()))
 
     # ---- segments ----
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import party_bank.segments as segments
 import party_common.data_loading as data_loading
 import protocols.rowblocks as rowblocks
 from party_common.data_loading import load_party_data
@@ -119,7 +120,8 @@ def test_training_on_memory_mapped_features_gives_the_same_model(tmp_path: Path)
     assert results["disk"] == results["memory"]
 
 
-def test_nodes_align_train_and_batch_score_on_memory_mapped_data(tmp_path: Path) -> None:
+def test_nodes_align_train_and_batch_score_on_memory_mapped_data(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     files = simulated_files(tmp_path / "data")
     spill = tmp_path / "spill"
     nodes = make_nodes(files, tmp_path / "state",
@@ -132,6 +134,17 @@ def test_nodes_align_train_and_batch_score_on_memory_mapped_data(tmp_path: Path)
     assert align.status == "succeeded", align.error
     train = nodes.bank.wait(nodes.bank.submit("train", "", {"train": FAST_TRAIN}), timeout_s=300)
     assert train.status == "succeeded", train.error
+    monkeypatch.setattr(segments, "WRITE_ROWS", 64)  # the score file is written in blocks of 64 rows
+    whole = nodes.bank.segments.enriched(train.job_id, [str(i) for i in nodes.bank.data.ids], None)
     out, rows = nodes.bank.batch_score(train.job_id, "all.parquet", all_customers=True)
     scores = pd.read_parquet(out)
     assert rows == len(nodes.bank.data) and scores[f"p_{files.tags[0]}"].between(0, 1).all()
+    pd.testing.assert_frame_equal(scores, whole, check_dtype=False)
+    out, _ = nodes.bank.batch_score(train.job_id, "all.csv", all_customers=True)
+    text = out.read_text().splitlines()
+    assert len(text) == rows + 1 and text[0].startswith('"id","status"') and text.count(text[0]) == 1
+    # every job's summary says how much memory the node and its workers took while it ran
+    for record in (nodes.bank.stores.jobs.get(align.job_id), nodes.bank.stores.jobs.get(train.job_id),
+                   nodes.platform.stores.jobs.get(train.job_id)):
+        memory = record.result["memory"]
+        assert 0 < memory["node_peak_mb"] <= memory["node_peak_resident_mb"] and memory["workers_peak_mb"] >= 0

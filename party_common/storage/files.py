@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True) -> None:
@@ -18,12 +20,18 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool 
     With ``overwrite=False`` the file is published only if ``path`` does not exist yet (checked atomically,
     by a hard link); otherwise :class:`FileExistsError` is raised and nothing changes.
     """
+    atomic_write_with(path, lambda f: f.write(data), mode=mode, overwrite=overwrite)
+
+
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], object], *, mode: int = 0o644,
+                      overwrite: bool = True) -> None:
+    """:func:`atomic_write` of what ``write`` writes into the open file (a file too large to build in memory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         if overwrite:
