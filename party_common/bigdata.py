@@ -41,7 +41,7 @@ def _open(path: Path, id_column: str, feature_columns: Sequence[str]) -> pq.Parq
     if not path.exists():
         raise DataError(f"{path}: file not found")
     try:
-        file = pq.ParquetFile(path)
+        file = pq.ParquetFile(path, pre_buffer=False)  # with it the reader keeps every chunk it read (data_loading)
     except (OSError, pa.ArrowException) as err:
         raise DataError(f"{path}: cannot read as Parquet: {err}") from err
     names = set(file.schema_arrow.names)
@@ -58,6 +58,7 @@ def iter_blocks(path: str | Path, id_column: str, feature_columns: Sequence[str]
     file = _open(path, id_column, feature_columns)
     start = 0
     for batch in file.iter_batches(batch_size=block_rows, columns=[id_column, *feature_columns]):
+        pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed blocks for reuse otherwise
         ids = batch.column(0)
         if ids.null_count:
             row = start + int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0]) + 1

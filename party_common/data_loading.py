@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from protocols.party_data import DataError, PartyData, Schema
-from protocols.rowblocks import take_rows
+from protocols.rowblocks import scratch_array, take_rows
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class _Source:
     columns: list[str]  # stripped header names, in file order
     bool_columns: set[str]
     blocks: Callable[[list[str], int], Iterator[pd.DataFrame]]  # (columns wanted, rows per block)
+    rows: int | None = None  # known before reading (Parquet's metadata), or not (CSV)
 
 
 def _open(path: Path) -> _Source:
@@ -87,7 +88,9 @@ def _open(path: Path) -> _Source:
 
 
 def _open_parquet(path: Path) -> _Source:
-    file = pq.ParquetFile(path)
+    # pre_buffer=False: with it, the reader keeps every column chunk it has read until the file is closed
+    # (measured: the whole 2.4 GB of a 1M x 300 file, where reading without it peaks near 0.6 GB).
+    file = pq.ParquetFile(path, pre_buffer=False)
     raw = list(file.schema_arrow.names)
     original = {str(name).strip(): name for name in raw}
     bools = {str(f.name).strip() for f in file.schema_arrow if pa.types.is_boolean(f.type)}
@@ -95,10 +98,13 @@ def _open_parquet(path: Path) -> _Source:
     def blocks(columns: list[str], rows: int) -> Iterator[pd.DataFrame]:
         for batch in file.iter_batches(batch_size=rows, columns=[original[c] for c in columns]):
             frame = batch.to_pandas()
+            del batch
+            # Arrow's allocator keeps what it freed for reuse: hand each block's memory back.
+            pa.default_memory_pool().release_unused()
             frame.columns = [str(c).strip() for c in frame.columns]
             yield frame[columns]
 
-    return _Source(path, [str(c).strip() for c in raw], bools, blocks)
+    return _Source(path, [str(c).strip() for c in raw], bools, blocks, file.metadata.num_rows)
 
 
 def _open_csv(path: Path) -> _Source:
@@ -204,16 +210,31 @@ class _Column:
 
 
 class _Matrix:
-    """Blocks of rows appended in order; kept in memory up to ``limit`` bytes, then in a file of ``directory``."""
+    """Blocks of rows appended in order; kept in memory up to ``limit`` bytes, then in a file of ``directory``.
 
-    def __init__(self, columns: int, directory: Path | None, limit: int) -> None:
+    With the number of rows known beforehand (``expected``), the whole matrix is allocated once, in memory or
+    mapped from a scratch file, and blocks are copied into it; otherwise blocks collect in memory and move to
+    a file once they pass ``limit``."""
+
+    def __init__(self, columns: int, directory: Path | None, limit: int, expected: int | None = None) -> None:
         self.columns, self.directory, self.limit = columns, directory, limit
         self.blocks: list[np.ndarray] = []
         self.rows = 0
         self.file: tuple[BinaryIO, str] | None = None
+        self.whole: np.ndarray | None = None
+        if expected is not None:
+            self.whole = (scratch_array(directory, (expected, columns), np.float64)
+                          if directory is not None and expected * columns * 8 > limit
+                          else np.empty((expected, columns)))
 
     def append(self, block: np.ndarray) -> None:
+        start = self.rows
         self.rows += len(block)
+        if self.whole is not None:
+            if self.rows > len(self.whole):
+                raise DataError("the file has more rows than its metadata says")
+            self.whole[start:self.rows] = block
+            return
         if self.file is None:
             self.blocks.append(block)
             if self.directory is not None and self.rows * self.columns * 8 > self.limit:
@@ -227,6 +248,8 @@ class _Matrix:
             self.file[0].write(np.ascontiguousarray(block, dtype=np.float64).tobytes())
 
     def finish(self) -> np.ndarray:
+        if self.whole is not None:
+            return self.whole[:self.rows]
         if self.file is None:
             return np.vstack(self.blocks) if self.blocks else np.empty((0, self.columns))
         handle, name = self.file
@@ -237,6 +260,7 @@ class _Matrix:
             os.unlink(name)  # the mapping keeps the data; the file system frees it with the array
 
     def discard(self) -> None:
+        self.whole = None
         if self.file is not None:
             self.file[0].close()
             os.unlink(self.file[1])
@@ -293,7 +317,8 @@ def load_party_data(path: str | Path, *, id_column: str, tag_columns: Sequence[s
     empty_ids, bad_tags = _Finding(), [_Finding() for _ in tags]
     id_blocks: list[np.ndarray] = []
     label_blocks: list[np.ndarray] = []
-    matrix = _Matrix(len(features), None if spill_dir is None else Path(spill_dir), int(in_memory_mb * 2**20))
+    matrix = _Matrix(len(features), None if spill_dir is None else Path(spill_dir), int(in_memory_mb * 2**20),
+                     source.rows)
     rows_per_block = max(1024, BLOCK_CELLS // (len(features) + len(tags) + 1))
     try:
         try:
