@@ -42,10 +42,9 @@ from party_bank.node import BankNode
 from party_bank.registry import ACTIONS as MODEL_ACTIONS
 from party_bank.registry import models_command
 from party_bank.segments import read_ids, read_outcomes
-from party_common.auth import refusal_message
 from party_common.cli_format import DefaultsFormatter, version_string
 from party_common.config import ConfigError, NodeConfig, load_config
-from party_common.grpc_errors import rpc_error_line, transport_reason
+from party_common.grpc_errors import rpc_error_line
 from party_common.grpc_link import GrpcPlatformLink, platform_certificate_check
 from party_common.metrics import start_metrics
 from party_common.runtime import (
@@ -341,14 +340,9 @@ def run_client(args: argparse.Namespace) -> int:
                 print(f"{r['name']:24s} {r['tag']:24s} target {r['target_size']:>8} control {r['control_size']:>7}"
                       f"  seed {r['seed']}  {r['created_at']}")
     except grpc.RpcError as err:
-        # Which side refused which certificate: our own reading when this client refused the node's (a name or a
-        # CA that does not match), the gate's or the TLS layer's refusal of ours otherwise.
-        found = transport_reason(err.details() or "") if err.code() == grpc.StatusCode.UNAVAILABLE else None
-        ours = found is not None and found[1].startswith("this side refused")
-        refused = None if ours else refusal_message(err, side="bank node", address=client.address,
-                                                    own_cert=client.own_cert)
-        line = refused or rpc_error_line(err, server="the bank node", address=client.address, since=since,
-                                         name_key="[client] tls_name")
+        # Which side refused which certificate (the node's gate or TLS layer, or this client), or why unreachable.
+        line = rpc_error_line(err, server="the bank node", address=client.address, own_cert=client.own_cert,
+                              since=since, name_key="[client] tls_name")
         print(f"bank-node {args.command}: {line}", file=sys.stderr)
         return 1
     except JobFailed as err:

@@ -229,6 +229,10 @@ def operator_rule(who: Identity) -> str | None:
     return None
 
 
+# How a gate's refusal begins ("refused by the bank node: ..."): clients tell it from other refusals by it.
+GATE_REFUSAL = "refused by the {node}: "
+
+
 class CertificateGate(grpc.ServerInterceptor):
     """Checks every call before its handler runs: the caller's certificate role and name (``rule``) and the
     CRLs; with ``insecure=True`` (``--insecure-dev``, plaintext) it admits only callers on this machine.
@@ -278,7 +282,7 @@ class CertificateGate(grpc.ServerInterceptor):
             if refused is not None:
                 code, why = refused
                 log.warning("refused %s from %s: %s", method, context.peer(), why)
-                context.abort(code, f"refused by the {self.node}: {why}")
+                context.abort(code, GATE_REFUSAL.format(node=self.node) + why)
             return behaviour(request, context)
 
         return guarded
@@ -320,9 +324,6 @@ class CertificateRefused(Exception):
     """The peer's certificate is not acceptable (wrong role or name, or revoked)."""
 
 
-TLS_FAILURE_HINTS = ("handshake", "ssl", "tls", "certificate", "socket closed", "connection reset")
-
-
 def validity_problem(cert: x509.Certificate, now: dt.datetime | None = None) -> str | None:
     """Why ``cert`` is outside its validity period, or None."""
     now = now or dt.datetime.now(dt.UTC)
@@ -333,33 +334,7 @@ def validity_problem(cert: x509.Certificate, now: dt.datetime | None = None) -> 
     return None
 
 
-def refusal_message(err: grpc.RpcError, *, side: str, address: str, own_cert: bytes | None = None) -> str | None:
-    """A one-line reason when ``err`` is a node refusing our certificate (TLS handshake or gate), else None.
-
-    The TLS layer does not say why it closed the connection: if our own certificate (``own_cert``, PEM) is
-    outside its validity period that is named, otherwise the usual reasons are listed.
-    """
-    code = err.code() if hasattr(err, "code") else None
-    details = (err.details() if hasattr(err, "details") else "") or ""
-    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        prefix = f"refused by the {side}: "  # the gate's own start; said once is enough
-        return f"certificate refused by the {side} at {address}: {details.removeprefix(prefix)}"
-    lowered = details.lower()
-    # Only while connecting: a connection that drops mid-call also reports "Socket closed".
-    if (code != grpc.StatusCode.UNAVAILABLE or "failed to connect" not in lowered
-            or not any(h in lowered for h in TLS_FAILURE_HINTS)):
-        return None
-    why = ("not signed by a CA it trusts, outside its validity period, or the node's own certificate is not "
-           "one we trust")
-    if own_cert is None:
-        why = "we presented no client certificate"
-    elif problem := validity_problem(cert := _parse_pem(own_cert)):
-        why = f"our certificate '{identity_of(cert).name}': {problem}"
-    first = details.splitlines()[0] if details else ""
-    return f"certificate refused by the {side} at {address} in the TLS handshake ({why}): {first}"
-
-
-__all__ = ["CertificateGate", "CertificateRefused", "CrlError", "CrlFile", "INSECURE_IDENTITY", "Identity", "ROLES", "ROLE_NODE",
-           "ROLE_OPERATOR", "caller_identity", "identity_of", "is_loopback_address", "is_loopback_peer",
-           "check_server", "node_rule", "operator_rule", "peer_certificate", "refusal_message", "server_certificate",
+__all__ = ["CertificateGate", "CertificateRefused", "CrlError", "CrlFile", "GATE_REFUSAL", "INSECURE_IDENTITY",
+           "Identity", "ROLES", "ROLE_NODE", "ROLE_OPERATOR", "caller_identity", "identity_of", "is_loopback_address", "is_loopback_peer",
+           "check_server", "node_rule", "operator_rule", "peer_certificate", "server_certificate",
            "validity_problem"]

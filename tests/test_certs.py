@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import stat
 from pathlib import Path
@@ -23,9 +24,9 @@ from party_common.auth import (
     is_loopback_peer,
     node_rule,
     operator_rule,
-    refusal_message,
 )
 from party_common.certs import CertsError, OrgFolder, init_local_pki, main, serial_of
+from party_common.grpc_errors import failure_kind, peer_error, rpc_error_line
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -205,16 +206,57 @@ class FakeRpcError(grpc.RpcError):
         return self._details
 
 
-@pytest.mark.parametrize(("code", "details", "expected"), [
-    (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:1.2.3.4:5: "
-     "Socket closed", "certificate refused by the platform node at A:1 in the TLS handshake"),
-    (grpc.StatusCode.UNAVAILABLE, "Socket closed", None),  # a connection that dropped mid-call
-    (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:1.2.3.4:5: "
-     "Connection refused", None),  # nothing listening
-    (grpc.StatusCode.PERMISSION_DENIED, "refused by the platform node: certificate 'x' (operator, bank) is not a "
-     "node certificate", "certificate refused by the platform node at A:1: certificate 'x' (operator"),
-    (grpc.StatusCode.FAILED_PRECONDITION, "protocol 0.9", None),
+CONNECTING = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:1.2.3.4:5: "
+UNAVAILABLE, DENIED = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize(("code", "details", "kind", "line"), [
+    # The node's TLS layer refused our certificate while we connected: it does not say why.
+    (UNAVAILABLE, CONNECTING + "Socket closed", "refused", "certificate refused by the platform node at A:1 in the "
+     "TLS handshake (we presented no client certificate)"),
+    (UNAVAILABLE, CONNECTING + "ALERT_UNKNOWN_CA", "refused", "certificate refused by the platform node at A:1 in "
+     "the TLS handshake (we presented no client certificate)"),
+    # A connection that dropped mid-call says "Socket closed" too: not a refusal.
+    (UNAVAILABLE, "Socket closed", "unreachable", "the platform node at A:1 is unreachable: the connection was "
+     "closed"),
+    (UNAVAILABLE, CONNECTING + "Connection refused", "unreachable", "the platform node at A:1 is unreachable: "
+     "connection refused (is the node running, on that port?)"),
+    # We refused the node's certificate, or the node does not speak TLS.
+    (UNAVAILABLE, CONNECTING + "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL "
+     "routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate", "refusing",
+     "TLS with the platform node at A:1 failed: we refused the platform node's certificate: it is not signed by "
+     "the CA we trust"),
+    (UNAVAILABLE, CONNECTING + "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: "
+     "error:100000f7:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER", "tls",
+     "TLS with the platform node at A:1 failed: it does not speak TLS (is it running with --insecure-dev?)"),
+    # The node's gate refused our certificate: its own start said once.
+    (DENIED, "refused by the platform node: certificate 'x' (operator, bank) is not a node certificate", "gate",
+     "certificate refused by the platform node at A:1: certificate 'x' (operator, bank) is not a node "
+     "certificate"),
+    # A refusal that is not about certificates (the platform's policy) is not called one.
+    (DENIED, "the platform's policy does not allow tag(s) t to be trained ([policy] allowed_tags: none)", None,
+     "the platform node at A:1 refused the call: the platform's policy does not allow tag(s) t to be trained "
+     "([policy] allowed_tags: none)"),
+    (grpc.StatusCode.FAILED_PRECONDITION, "protocol 0.9", None, "protocol 0.9"),
 ])
-def test_refusal_message(code: grpc.StatusCode, details: str, expected: str | None) -> None:
-    message = refusal_message(FakeRpcError(code, details), side="platform node", address="A:1", own_cert=None)
-    assert (message is None) if expected is None else (message is not None and message.startswith(expected))
+def test_one_line_for_each_transport_failure(code: grpc.StatusCode, details: str, kind: str | None,
+                                             line: str) -> None:
+    err = FakeRpcError(code, details)
+    assert failure_kind(err) == kind
+    assert rpc_error_line(err, server="the platform node", address="A:1", own_cert=None) == line
+
+
+def test_a_tls_refusal_names_our_expired_certificate_and_the_bank_link_says_the_same(tmp_path: Path) -> None:
+    pki = init_local_pki(tmp_path / "pki", operators=[])
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=5)
+    cert, _ = OrgFolder(pki["bank_dir"]).issue(ROLE_NODE, "bank", days=1, file="old", start=start, hosts=["bank"])
+    closed = FakeRpcError(UNAVAILABLE, CONNECTING + "Socket closed")
+    line = rpc_error_line(closed, server="the platform node", address="A:1", own_cert=cert.read_bytes())
+    assert line.startswith("certificate refused by the platform node at A:1 in the TLS handshake (our "
+                           "certificate 'bank': it expired on ")
+    unknown = rpc_error_line(closed, server="the platform node", address="A:1")  # what we presented: not known
+    assert unknown.endswith("(not signed by a CA it trusts, or outside its validity period: it closed the "
+                            "connection without saying which)")
+    assert str(peer_error(closed, "step x", address="A:1", own_cert=cert.read_bytes())) == f"step x: {line}"
+    policy = FakeRpcError(DENIED, "the platform's policy does not allow model m to be scored")
+    assert str(peer_error(policy, "partial scores", address="A:1")) == f"partial scores: {policy.details()}"

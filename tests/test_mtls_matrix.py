@@ -17,9 +17,10 @@ import pytest
 
 from party_bank import cli as bank_cli
 from party_bank.client import BankClient
-from party_common.auth import ROLE_NODE, ROLE_OPERATOR, refusal_message
+from party_common.auth import ROLE_NODE, ROLE_OPERATOR
 from party_common.certs import OrgFolder, init_local_pki, serial_of
 from party_common.config import ConfigError
+from party_common.grpc_errors import failure_kind, rpc_error_line
 from party_common.grpc_link import GrpcPlatformLink
 from party_common.runtime import read_tls_files
 from party_common.transport import dial
@@ -109,9 +110,8 @@ def control_call(m: Matrix, cert: Path | None, key: Path | None) -> str:
         pb_grpc.BankControlStub(channel).ListJobs(pb.ListJobsRequest(limit=1), timeout=10)
         return "ok"
     except grpc.RpcError as err:
-        message = refusal_message(err, side="bank node", address=m.bank, own_cert=own)
-        assert message is not None, f"not recognised as a refusal: {err.code()} {err.details()}"
-        return f"{err.code().name}: {message}"
+        assert failure_kind(err) in ("gate", "refused"), f"not recognised as a refusal: {err.code()} {err.details()}"
+        return f"{err.code().name}: {rpc_error_line(err, server='the bank node', address=m.bank, own_cert=own)}"
     finally:
         channel.close()
 
