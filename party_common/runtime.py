@@ -27,6 +27,7 @@ from party_common.auth import (
 )
 from party_common.config import ConfigError, NodeConfig
 from party_common.data_loading import load_party_data
+from party_common.metrics import JobRows, start_metrics
 from party_common.transport import add_health, bind, make_server, server_credentials
 from protocols.party_data import PartyData
 
@@ -141,6 +142,31 @@ def load_node_data(config: NodeConfig) -> PartyData:
                            feature_columns=list(d.feature_columns) if d.feature_columns is not None else None,
                            fill_missing=d.fill_missing, spill_dir=config.state_dir / "tmp",
                            in_memory_mb=d.in_memory_mb)
+
+
+def serve_with_metrics(prog: str, server: grpc.Server, health: HealthServicer, on_stop: Callable[[], None], *,
+                       metrics_listen: str | None, jobs: JobRows, ready: Callable[[], None] | None = None,
+                       grace_s: float = 5.0) -> int:
+    """A started node: its Prometheus endpoint on ``[metrics] listen`` (none when unset), ``ready`` (e.g. the
+    bank's first connection to the platform), then serve until SIGTERM/SIGINT and stop both.
+
+    The exit code: 2 when the metrics endpoint cannot listen (said on stderr after ``prog``; the node and its
+    server are stopped), else 0."""
+    try:
+        metrics = start_metrics(metrics_listen, jobs)
+    except ConfigError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        on_stop()
+        server.stop(0)
+        return 2
+    try:
+        if ready is not None:
+            ready()
+        run_until_signalled(server, health, on_stop, grace_s=grace_s)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    return 0
 
 
 def run_until_signalled(server: grpc.Server, health: HealthServicer, on_stop: Callable[[], None], *,
