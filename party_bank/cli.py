@@ -73,7 +73,7 @@ def build_server(config_path: str, *, insecure_dev: bool = False) -> tuple[grpc.
     node = BankNode(config, link)
     server, health, port = start_node_server(
         config, lambda s: pb_grpc.add_BankControlServicer_to_server(ControlServicer(node), s),
-        ["fedprofile.v1.BankControl"], tls=tls, client_ca=tls.client_ca if tls else None)
+        ["fedprofile.v1.BankControl"], tls=tls, client_ca=tls.client_ca if tls else None, audit=node.stores.jobs)
     return server, health, node, port
 
 

@@ -233,35 +233,60 @@ def operator_rule(who: Identity) -> str | None:
 GATE_REFUSAL = "refused by the {node}: "
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A call the gate refused, as :class:`CertificateGate` reports it to its ``on_refusal`` (the audit log):
+    the method, the caller's certificate (None: no certificate), the status, the gate's message and a short
+    data-free reason ("wrong role or name", "revoked", "CRL unusable", "no client certificate", ...)."""
+
+    method: str
+    who: Identity | None
+    code: grpc.StatusCode
+    why: str
+    reason: str
+
+
 class CertificateGate(grpc.ServerInterceptor):
     """Checks every call before its handler runs: the caller's certificate role and name (``rule``) and the
     CRLs; with ``insecure=True`` (``--insecure-dev``, plaintext) it admits only callers on this machine.
 
     A refusal ends the call with UNAUTHENTICATED (revoked, CRL unusable, no certificate) or PERMISSION_DENIED
-    (wrong role or name) and a message that starts with which node refused.
+    (wrong role or name) and a message that starts with which node refused; it is logged, and handed to
+    ``on_refusal`` (the node's audit log: ``party_common.audit.record_refusal``) as a :class:`Refusal`.
     """
 
-    def __init__(self, node: str, rule: Rule, crls: Sequence[CrlFile] = (), *, insecure: bool = False) -> None:
+    def __init__(self, node: str, rule: Rule, crls: Sequence[CrlFile] = (), *, insecure: bool = False,
+                 on_refusal: Callable[[Refusal], None] | None = None) -> None:
         self.node = node
         self._rule = rule
         self._crls = list(crls)
         self._insecure = insecure
+        self._on_refusal = on_refusal
 
     def refusal(self, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
         """(status, message) if this call must be refused, else None."""
+        found = self.check(context, method="")
+        return None if found is None else (found.code, found.why)
+
+    def check(self, context: grpc.ServicerContext, *, method: str) -> Refusal | None:
+        """The :class:`Refusal` of a call to ``method``, or None when the caller is admitted."""
         cert = peer_certificate(context)
         if cert is None:
             if self._insecure and is_loopback_peer(context.peer()):
                 return None
-            why = ("--insecure-dev serves callers on this machine only" if self._insecure
-                   else "the call carries no client certificate")
-            return grpc.StatusCode.UNAUTHENTICATED, why
+            if self._insecure:
+                why, reason = "--insecure-dev serves callers on this machine only", "not on this machine"
+            else:
+                why, reason = "the call carries no client certificate", "no client certificate"
+            return Refusal(method, None, grpc.StatusCode.UNAUTHENTICATED, why, reason)
         who = _cached_identity(cert)
         for crl in self._crls:
             if crl.issuer == cert.issuer and (why := crl.revocation(cert)):
-                return grpc.StatusCode.UNAUTHENTICATED, f"{who.describe()} is refused: {why}"
+                reason = "revoked" if why.startswith("it was revoked") else "CRL unusable"
+                return Refusal(method, who, grpc.StatusCode.UNAUTHENTICATED, f"{who.describe()} is refused: {why}",
+                               reason)
         if why := self._rule(who):
-            return grpc.StatusCode.PERMISSION_DENIED, why
+            return Refusal(method, who, grpc.StatusCode.PERMISSION_DENIED, why, "wrong role or name")
         return None
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
@@ -278,11 +303,15 @@ class CertificateGate(grpc.ServerInterceptor):
 
     def _guard(self, behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            refused = self.refusal(context)
+            refused = self.check(context, method=method)
             if refused is not None:
-                code, why = refused
-                log.warning("refused %s from %s: %s", method, context.peer(), why)
-                context.abort(code, GATE_REFUSAL.format(node=self.node) + why)
+                log.warning("refused %s from %s: %s", method, context.peer(), refused.why)
+                if self._on_refusal is not None:
+                    try:
+                        self._on_refusal(refused)
+                    except Exception as err:  # the call is refused all the same
+                        log.error("recording the refusal of %s failed: %s", method, type(err).__name__)
+                context.abort(refused.code, GATE_REFUSAL.format(node=self.node) + refused.why)
             return behaviour(request, context)
 
         return guarded
@@ -335,6 +364,6 @@ def validity_problem(cert: x509.Certificate, now: dt.datetime | None = None) -> 
 
 
 __all__ = ["CertificateGate", "CertificateRefused", "CrlError", "CrlFile", "GATE_REFUSAL", "INSECURE_IDENTITY",
-           "Identity", "ROLES", "ROLE_NODE", "ROLE_OPERATOR", "caller_identity", "identity_of", "is_loopback_address", "is_loopback_peer",
-           "check_server", "node_rule", "operator_rule", "peer_certificate", "server_certificate",
-           "validity_problem"]
+           "Identity", "ROLES", "ROLE_NODE", "ROLE_OPERATOR", "Refusal", "caller_identity", "check_server",
+           "identity_of", "is_loopback_address", "is_loopback_peer", "node_rule", "operator_rule", "peer_certificate",
+           "server_certificate", "validity_problem"]

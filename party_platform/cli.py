@@ -57,7 +57,7 @@ def build_server(config_path: str, *,
     servicer = NodeServicer(node, registry, max_payload_bytes=config.max_payload_mb * 2**20)
     server, health, port = start_node_server(
         config, lambda s: pb_grpc.add_NodeServicer_to_server(servicer, s), ["fedprofile.v1.Node"],
-        tls=tls, client_ca=tls.peer_ca if tls else None)  # only the bank's CA may connect
+        tls=tls, client_ca=tls.peer_ca if tls else None, audit=node.stores.jobs)  # only the bank's CA connects
     return server, health, node, registry, port
 
 

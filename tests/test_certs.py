@@ -11,6 +11,7 @@ import grpc
 import pytest
 from cryptography import x509
 
+from party_common.audit import record_refusal
 from party_common.auth import (
     INSECURE_IDENTITY,
     ROLE_NODE,
@@ -18,6 +19,7 @@ from party_common.auth import (
     CertificateGate,
     CrlError,
     CrlFile,
+    Refusal,
     caller_identity,
     identity_of,
     is_loopback_address,
@@ -27,6 +29,7 @@ from party_common.auth import (
 )
 from party_common.certs import CertsError, OrgFolder, init_local_pki, main, serial_of
 from party_common.grpc_errors import failure_kind, peer_error, rpc_error_line
+from party_common.storage.jobs import MemoryJobStore
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -177,6 +180,53 @@ def test_gate_rules_and_insecure_dev(tmp_path: Path) -> None:
     assert caller_identity(FakeContext(None)) == INSECURE_IDENTITY  # type: ignore[arg-type]
     who = caller_identity(FakeContext(alice))  # type: ignore[arg-type]
     assert (who.name, who.role) == ("alice", ROLE_OPERATOR) and who.serial == serial_of(pki["operator_cert:alice"])
+
+
+class Aborted(Exception):
+    pass
+
+
+class AbortingContext(FakeContext):
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Aborted(code, details)
+
+
+def test_each_refusal_of_the_gate_is_one_audit_row_of_name_role_serial_and_method(tmp_path: Path) -> None:
+    pki = init_local_pki(tmp_path / "certs", operators=["alice", "bob"])
+    jobs = MemoryJobStore()
+    crl = CrlFile(pki["bank_crl"], pki["bank_ca"].read_bytes())
+    gate = CertificateGate("bank node", operator_rule, [crl], on_refusal=lambda r: record_refusal(jobs, r))
+    handler = gate._guard(lambda request, context: "answered", "/fedprofile.v1.BankControl/Score")
+    alice, bob, bank = (pki[k].read_bytes() for k in ("operator_cert:alice", "operator_cert:bob", "bank_cert"))
+    OrgFolder(pki["bank_dir"]).revoke(serial_of(pki["operator_cert:bob"]))
+    assert handler(b"request", AbortingContext(alice)) == "answered"
+    for pem in (bob, bank, None):
+        with pytest.raises(Aborted):
+            handler(b"request", AbortingContext(pem))
+    serial = {name: f"{serial_of(pki[key]):x}" for name, key in (("bob", "operator_cert:bob"), ("bank", "bank_cert"))}
+    assert [(e.job_id, e.event, e.actor, e.detail, e.outcome, e.count) for e in jobs.audit_events()] == [
+        (None, "call refused", "bob", f"/fedprofile.v1.BankControl/Score; operator certificate, serial "
+                                      f"{serial['bob']}; revoked", "refused (UNAUTHENTICATED)", 0),
+        (None, "call refused", "bank", f"/fedprofile.v1.BankControl/Score; node certificate, serial "
+                                       f"{serial['bank']}; wrong role or name", "refused (PERMISSION_DENIED)", 0),
+        (None, "call refused", "(no certificate)", "/fedprofile.v1.BankControl/Score; no certificate; no client "
+                                                   "certificate", "refused (UNAUTHENTICATED)", 0)]
+    pki["bank_crl"].write_bytes(b"not a CRL")  # fail closed, and say so
+    with pytest.raises(Aborted):
+        handler(b"request", AbortingContext(alice))
+    assert jobs.audit_events()[-1].detail.endswith("; CRL unusable")
+    # A row that cannot be written does not let the call through.
+    def full_disk(refusal: Refusal) -> None:
+        record_refusal(None, refusal)  # type: ignore[arg-type]  # logs, does not raise
+        raise OSError("disk full")
+
+    broken = CertificateGate("bank node", operator_rule, on_refusal=full_disk)
+    with pytest.raises(Aborted, match="not an operator certificate"):
+        broken._guard(lambda request, context: "answered", "/m")(b"", AbortingContext(bank))
+    insecure = CertificateGate("bank node", operator_rule, insecure=True, on_refusal=lambda r: record_refusal(jobs, r))
+    with pytest.raises(Aborted):
+        insecure._guard(lambda request, context: "answered", "/m")(b"", AbortingContext(None, "ipv4:10.0.0.7:1"))
+    assert jobs.audit_events()[-1].detail == "/m; no certificate; not on this machine"
 
 
 @pytest.mark.parametrize(("address", "loopback"), [
