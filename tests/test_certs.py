@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import stat
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import grpc
@@ -43,8 +46,8 @@ def test_init_keeps_each_organisation_in_its_own_folder(tmp_path: Path, capsys: 
     assert code == 0 and "operator_cert:bob" in out
     assert f"operator_cert            {tmp_path / 'certs' / 'bank' / 'operators' / 'alice.crt'}" in out
     bank, platform = tmp_path / "certs" / "bank", tmp_path / "certs" / "platform"
-    assert sorted(p.name for p in platform.iterdir()) == ["ca.crt", "ca.key", "crl.pem", "index.json", "node.crt",
-                                                          "node.key"]
+    assert sorted(p.name for p in platform.iterdir()) == ["ca.crt", "ca.key", "crl.pem", "index.json", "index.lock",
+                                                          "node.crt", "node.key"]
     assert sorted(p.name for p in (bank / "operators").iterdir()) == ["alice.crt", "alice.key", "bob.crt", "bob.key"]
     platform_ca_key = (platform / "ca.key").read_bytes()
     assert all(p.read_bytes() != platform_ca_key for p in bank.rglob("*") if p.is_file())
@@ -310,3 +313,54 @@ def test_a_tls_refusal_names_our_expired_certificate_and_the_bank_link_says_the_
     assert str(peer_error(closed, "step x", address="A:1", own_cert=cert.read_bytes())) == f"step x: {line}"
     policy = FakeRpcError(DENIED, "the platform's policy does not allow model m to be scored")
     assert str(peer_error(policy, "partial scores", address="A:1")) == f"partial scores: {policy.details()}"
+
+
+def check_index(folder: OrgFolder, names: set[str], crl_number: int) -> None:
+    """Every certificate issued is in the index once, with its own serial, and the CRL number counts every
+    signing: no read-modify-write of the index was lost."""
+    index = folder.index()
+    rows = index["certificates"]
+    assert {r["name"] for r in rows} == names and len(rows) == len(names)
+    assert len({r["serial"] for r in rows}) == len(rows)
+    for r in rows:
+        assert f"{serial_of(folder.path / r['file']):x}" == r["serial"]
+    assert index["crl_number"] == crl_number
+
+
+def test_concurrent_issuers_each_get_their_row_in_the_index(tmp_path: Path) -> None:
+    folder = OrgFolder.create(tmp_path / "bank", "bank")  # CRL number 1
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def issuer(i: int) -> None:
+        start.wait()
+        try:
+            mine = OrgFolder(folder.path)  # as a separate process would: its own object
+            for k in range(3):
+                mine.issue(ROLE_OPERATOR, f"op{i}-{k}", days=5)
+            mine.write_crl()
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=issuer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    check_index(folder, {f"op{i}-{k}" for i in range(6) for k in range(3)}, crl_number=1 + 6)
+    assert stat.S_IMODE((folder.path / "index.lock").stat().st_mode) == 0o600
+
+
+def test_concurrent_issuing_processes_each_get_their_row_in_the_index(tmp_path: Path) -> None:
+    folder = OrgFolder.create(tmp_path / "bank", "bank")
+    runs = [subprocess.Popen([sys.executable, "-m", "party_common.certs", "operator", f"p{i}", "--dir",
+                              str(folder.path), "--days", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for i in range(4)]
+    outputs = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, outputs
+    folder.revoke(serial_of(folder.path / "operators" / "p0.crt"))
+    check_index(folder, {f"p{i}" for i in range(4)}, crl_number=2)
+    with pytest.raises(CertsError, match="holds no CA"):
+        OrgFolder(tmp_path).write_crl()
+    assert not (tmp_path / "index.lock").exists()  # no lock file outside a CA folder
