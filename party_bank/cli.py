@@ -52,7 +52,7 @@ from party_common.runtime import (
     setup_logging,
     start_node_server,
 )
-from party_common.transport import dial
+from party_common.transport import TransportError, dial
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.errors import FedProfileError, PeerError, UserError
 from protocols.vfl_lr import TrainParams
@@ -206,7 +206,9 @@ def run_client(args: argparse.Namespace) -> int:
         if args.command == "status":
             try:
                 client.wait_ready(timeout_s=args.wait)
-            except PeerError as err:
+            except TransportError as err:
+                if err.rpc_error is not None:  # worded as every other command's failure, below
+                    raise err.rpc_error from None
                 raise PeerError(f"the bank node at {client.address}: {err}") from None
             print(f"the bank node at {client.address} is serving")
         elif args.command == "align":

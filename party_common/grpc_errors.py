@@ -149,6 +149,17 @@ def transport_reason(details: str) -> tuple[str, str] | None:
     return None
 
 
+_KIND_WORDS = {REFUSED: "the node refused our certificate in the TLS handshake",
+               REFUSING: "we refused the node's certificate", TLS: "TLS failed", UNREACHABLE: "unreachable"}
+
+
+def transport_summary(details: str) -> str | None:
+    """A raw transport failure in plain words without naming the node (who and where are the caller's to
+    say): "unreachable: connection refused (...)", or None when ``details`` is not one."""
+    found = transport_reason(details)
+    return None if found is None else f"{_KIND_WORDS[found[0]]}: {found[1]}"
+
+
 def is_gate_refusal(err: grpc.RpcError) -> bool:
     """Whether ``err`` is a node's :class:`~party_common.auth.CertificateGate` refusing our certificate."""
     code = err.code() if hasattr(err, "code") else None
@@ -239,4 +250,4 @@ def peer_error(err: grpc.RpcError, what: str, *, address: str = "", since: float
 
 
 __all__ = ["REFUSED", "REFUSING", "TLS", "UNREACHABLE", "abort", "describe", "failure_kind", "is_gate_refusal",
-           "peer_error", "rpc_error_line", "status_of", "transport_reason", "translate_errors"]
+           "peer_error", "rpc_error_line", "status_of", "transport_reason", "transport_summary", "translate_errors"]

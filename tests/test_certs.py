@@ -31,7 +31,7 @@ from party_common.auth import (
     operator_rule,
 )
 from party_common.certs import CertsError, OrgFolder, init_local_pki, main, serial_of
-from party_common.grpc_errors import failure_kind, peer_error, rpc_error_line
+from party_common.grpc_errors import failure_kind, peer_error, rpc_error_line, transport_summary
 from party_common.storage.jobs import MemoryJobStore
 
 
@@ -297,6 +297,10 @@ def test_one_line_for_each_transport_failure(code: grpc.StatusCode, details: str
     err = FakeRpcError(code, details)
     assert failure_kind(err) == kind
     assert rpc_error_line(err, server="the platform node", address="A:1", own_cert=None) == line
+    words = {"refused": "the node refused our certificate in the TLS handshake: ", "refusing": "we refused the "
+             "node's certificate: ", "tls": "TLS failed: ", "unreachable": "unreachable: "}
+    summary = transport_summary(details)  # what wait_healthy says, naming no node
+    assert (summary is None) if kind in (None, "gate") else (summary or "").startswith(words[kind or ""])
 
 
 def test_a_tls_refusal_names_our_expired_certificate_and_the_bank_link_says_the_same(tmp_path: Path) -> None:

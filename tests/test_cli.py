@@ -206,6 +206,10 @@ def test_client_commands_fail_in_one_line_when_the_node_is_down(tmp_path: Path,
     err = capsys.readouterr().err.strip()
     assert err.startswith("bank-node jobs: the bank node at 127.0.0.1:") and "connection refused" in err
     assert len(err.splitlines()) == 1
+    assert main(["status", "--config", str(bank)]) == 1  # the same words when waiting for the node
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bank-node status: the bank node at 127.0.0.1:") and " is unreachable since " in err
+    assert err.endswith("connection refused (is the node running, on that port?)")
 
 
 def test_segment_commands_read_shares_and_print_results_for_people() -> None:

@@ -225,6 +225,8 @@ def test_bank_cli_names_the_refusal(matrix: Matrix, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert err.startswith(f"bank-node jobs: certificate refused by the bank node at {matrix.bank}: ")
     assert "'bob' (operator, bank) is refused: it was revoked on" in err
+    assert bank_cli.main(["status", "--config", bank_config, *bob]) == 1
+    assert capsys.readouterr().err.startswith(f"bank-node status: certificate refused by the bank node at {matrix.bank}: ")
     alice = ["--cert", str(matrix.pki["operator_cert:alice"])]  # the key is found beside it
     assert bank_cli.main(["jobs", "--config", bank_config, *alice]) == 0
     matrix.pki["operator_key:alice"].chmod(0o640)
