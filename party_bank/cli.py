@@ -6,9 +6,7 @@
     bank-node jobs --config bank.toml | wait JOB_ID | logs JOB_ID | rerun JOB_ID | cancel JOB_ID
     bank-node score --config bank.toml --model JOB_ID --ids ID1,ID2
     bank-node batch-score --config bank.toml --model JOB_ID --out scores.parquet [--all-customers | --ids-file F]
-    bank-node segment --config bank.toml --model JOB_ID --tag T --top 10% --control 10% --seed 7 --out NAME
-    bank-node segment-result --config bank.toml NAME --outcomes outcomes.csv
-    bank-node segments --config bank.toml [NAME]
+    bank-node segment | segment-result | segments ... (campaign segments: party_bank/cli_segments.py)
     bank-node report --config bank.toml JOB_ID --out report.html [--overwrite]
     bank-node models --config bank.toml [--json] | alias NAME@LABEL MODEL | unalias ALIAS | retire MODEL
 
@@ -35,28 +33,26 @@ from typing import Any
 import grpc
 from grpc_health.v1.health import HealthServicer
 
-from party_bank import views
+from party_bank import cli_segments, views
 from party_bank.client import BankClient, JobFailed
 from party_bank.control import ControlServicer
 from party_bank.node import BankNode
 from party_bank.registry import ACTIONS as MODEL_ACTIONS
 from party_bank.registry import models_command
-from party_bank.segments import read_ids, read_outcomes
-from party_common.auth import refusal_message
+from party_bank.segments import read_ids
 from party_common.cli_format import DefaultsFormatter, version_string
 from party_common.config import ConfigError, NodeConfig, load_config
-from party_common.grpc_errors import rpc_error_line, transport_reason
+from party_common.grpc_errors import rpc_error_line
 from party_common.grpc_link import GrpcPlatformLink, platform_certificate_check
-from party_common.metrics import start_metrics
 from party_common.runtime import (
     INSECURE_WARNING,
     check_insecure_dev,
     read_tls_files,
-    run_until_signalled,
+    serve_with_metrics,
     setup_logging,
     start_node_server,
 )
-from party_common.transport import dial
+from party_common.transport import TransportError, dial
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.errors import FedProfileError, PeerError, UserError
 from protocols.vfl_lr import TrainParams
@@ -77,7 +73,7 @@ def build_server(config_path: str, *, insecure_dev: bool = False) -> tuple[grpc.
     node = BankNode(config, link)
     server, health, port = start_node_server(
         config, lambda s: pb_grpc.add_BankControlServicer_to_server(ControlServicer(node), s),
-        ["fedprofile.v1.BankControl"], tls=tls, client_ca=tls.client_ca if tls else None)
+        ["fedprofile.v1.BankControl"], tls=tls, client_ca=tls.client_ca if tls else None, audit=node.stores.jobs)
     return server, health, node, port
 
 
@@ -91,21 +87,16 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     log.info("bank node '%s': control API on port %d (clients dial %s); platform peer at %s", node.config.name,
              port, node.config.client_address, node.config.peer_address)
-    try:
-        metrics = start_metrics(node.config.metrics_listen, node.stores.jobs)
-    except FedProfileError as err:
-        print(f"bank-node: {err}", file=sys.stderr)
-        server.stop(0)
-        return 2
-    try:
-        node.connect(timeout_s=args.peer_wait)
-    except PeerError as err:
-        # Not fatal: the platform may come up later; every job checks the peer again before it starts.
-        log.warning("%s", err)
-    run_until_signalled(server, health, node.shutdown)
-    if metrics:
-        metrics.close()
-    return 0
+
+    def connect() -> None:
+        try:
+            node.connect(timeout_s=args.peer_wait)
+        except PeerError as err:
+            # Not fatal: the platform may come up later; every job checks the peer again before it starts.
+            log.warning("%s", err)
+
+    return serve_with_metrics("bank-node", server, health, node.shutdown, metrics_listen=node.config.metrics_listen,
+                              jobs=node.stores.jobs, ready=connect)
 
 
 def client_for(config: NodeConfig, args: argparse.Namespace) -> BankClient:
@@ -129,46 +120,6 @@ def client_for(config: NodeConfig, args: argparse.Namespace) -> BankClient:
 
 def print_job(job: dict) -> None:
     print(json.dumps(job, indent=2, sort_keys=True))
-
-
-def _pct(x: float | None, *, signed: bool = False) -> str:
-    return "n/a" if x is None else f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%"
-
-
-def _points(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:+.1f}"
-
-
-def describe_result(r: dict[str, Any]) -> str:
-    """A segment result for people: rates, lift with its interval, what was ignored."""
-    lines = [f"segment {r['segment']} ({r['tag']}, model {r['model']}), outcomes from {r['source']}"]
-    for name in ("target", "control"):
-        g = r["groups"][name]
-        rate = g["responders"] / g["with_outcome"] if g["with_outcome"] else None
-        lines.append(f"  {name:8s} {g['responders']:>7} of {g['with_outcome']:>7} responded ({_pct(rate)}); "
-                     f"{g['members'] - g['with_outcome']} member(s) without an outcome")
-    ci = r["absolute_lift_ci95"]
-    lines.append(f"  absolute lift {_points(r['absolute_lift'])} percentage points"
-                 + (f" (95% CI {_points(ci[0])} to {_points(ci[1])}; normal approximation)" if ci else ""))
-    rci = r["relative_lift_ci95"]
-    lines.append(f"  relative lift {_pct(r['relative_lift'], signed=True)}"
-                 + (f" (95% CI {_pct(rci[0], signed=True)} to {_pct(rci[1], signed=True)}; log risk ratio)"
-                    if rci else ""))
-    lines.append(f"  {r['not_in_segment']} outcome row(s) for customers in neither group: ignored")
-    if r.get("note"):
-        lines.append(f"  note: {r['note']}")
-    return "\n".join(lines)
-
-
-def share(text: str) -> float:
-    """'10%' or '0.1' as 0.1 (argparse type)."""
-    try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a share: write 10% or 0.1") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: a share is more than 0% and at most 100%")
-    return value
 
 
 def train_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -255,7 +206,9 @@ def run_client(args: argparse.Namespace) -> int:
         if args.command == "status":
             try:
                 client.wait_ready(timeout_s=args.wait)
-            except PeerError as err:
+            except TransportError as err:
+                if err.rpc_error is not None:  # worded as every other command's failure, below
+                    raise err.rpc_error from None
                 raise PeerError(f"the bank node at {client.address}: {err}") from None
             print(f"the bank node at {client.address} is serving")
         elif args.command == "align":
@@ -313,18 +266,6 @@ def run_client(args: argparse.Namespace) -> int:
             if result.unknown:
                 print(f"{result.unknown} ID(s) are not customers of the bank: status 'unknown_customer'",
                       file=sys.stderr)
-        elif args.command == "segment":
-            record, path = client.segment(args.model, args.tag, name=args.out, control_share=args.control,
-                                          top_share=args.top, min_score=args.min_score, seed=args.seed,
-                                          all_customers=args.all_customers, fmt=args.format,
-                                          overwrite=args.overwrite)
-            print_job(record)
-            print(f"segment {record['name']}: {record['target_size']} target, {record['control_size']} control "
-                  f"(seed {record['seed']}); groups in {path} on the bank node", file=sys.stderr)
-        elif args.command == "segment-result":
-            ids, outcomes = read_outcomes(Path(args.outcomes), config.data.id_column, args.outcome_column)
-            result = client.segment_result(args.segment, ids, outcomes, source=Path(args.outcomes).name)
-            print(json.dumps(result, indent=2, sort_keys=True) if args.json else describe_result(result))
         elif args.command == "report":
             out = Path(args.out)
             if out.exists() and not args.overwrite:
@@ -332,23 +273,14 @@ def run_client(args: argparse.Namespace) -> int:
             html = client.report_html(args.job_id)
             out.write_bytes(html)
             print(f"wrote the report of {args.job_id} to {out} ({len(html)} bytes)")
-        elif args.command == "segments" and args.name:
-            print_job(client.get_segment(args.name))
+        elif args.command in cli_segments.COMMANDS:
+            cli_segments.run(client, args, config)
         elif args.command == "models":
             print(models_command(client, args.action, args.operands, as_json=args.json))
-        elif args.command == "segments":
-            for r in client.segments():
-                print(f"{r['name']:24s} {r['tag']:24s} target {r['target_size']:>8} control {r['control_size']:>7}"
-                      f"  seed {r['seed']}  {r['created_at']}")
     except grpc.RpcError as err:
-        # Which side refused which certificate: our own reading when this client refused the node's (a name or a
-        # CA that does not match), the gate's or the TLS layer's refusal of ours otherwise.
-        found = transport_reason(err.details() or "") if err.code() == grpc.StatusCode.UNAVAILABLE else None
-        ours = found is not None and found[1].startswith("this side refused")
-        refused = None if ours else refusal_message(err, side="bank node", address=client.address,
-                                                    own_cert=client.own_cert)
-        line = refused or rpc_error_line(err, server="the bank node", address=client.address, since=since,
-                                         name_key="[client] tls_name")
+        # Which side refused which certificate (the node's gate or TLS layer, or this client), or why unreachable.
+        line = rpc_error_line(err, server="the bank node", address=client.address, own_cert=client.own_cert,
+                              since=since, name_key="[client] tls_name")
         print(f"bank-node {args.command}: {line}", file=sys.stderr)
         return 1
     except JobFailed as err:
@@ -449,30 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "column): score those customers; an unknown ID gets status unknown_customer")
     b.add_argument("--tags", help="comma-separated tags (default: all of the model's)")
     b.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
-    seg = add("segment", "pick a campaign target by score and hold out a random control group")
-    seg.add_argument("--model", required=True, help="the train job ID, an alias NAME@LABEL, or 'latest'")
-    seg.add_argument("--tag", required=True, help="the tag whose score selects the target")
-    rule = seg.add_mutually_exclusive_group(required=True)
-    rule.add_argument("--top", type=share, help="select the highest-scored share, e.g. 10%% or 0.1")
-    rule.add_argument("--min-score", type=float, help="select every customer scoring at least this (0-1)")
-    seg.add_argument("--control", type=share, required=True,
-                     help="share of the selection held out as control, e.g. 10%% (stratified by score decile)")
-    seg.add_argument("--seed", type=int, help="seed of the control draw: same seed, same groups "
-                     "(default: drawn by the node; recorded in the segment either way)")
-    seg.add_argument("--all-customers", action="store_true",
-                     help="select among every bank customer, not only the intersection")
-    seg.add_argument("--out", required=True, help="the segment's name (1-56 letters, digits, '_', '-'); files "
-                     "go to <state_dir>/segments/NAME.groups.parquet|csv on the bank node")
-    seg.add_argument("--format", default="parquet", choices=["parquet", "csv"], help="groups file format")
-    seg.add_argument("--overwrite", action="store_true", help="replace a segment of that name")
-    res = add("segment-result", "response rates and lift of a segment's target over its control")
-    res.add_argument("segment", help="the segment's name")
-    res.add_argument("--outcomes", required=True,
-                     help="CSV/Parquet on this machine: the bank's ID column and a 0/1 outcome column")
-    res.add_argument("--outcome-column", default="outcome", help="name of the outcome column (default: outcome)")
-    res.add_argument("--json", action="store_true", help="print the full result as JSON")
-    segs = add("segments", "list segments, or show one")
-    segs.add_argument("name", nargs="?", help="a segment's name: print its record")
+    cli_segments.add_parsers(add)
     rep = add("report", "fetch a train job's report as one self-contained HTML page (plots, intervals, privacy)")
     rep.add_argument("job_id", help="the train job ID")
     rep.add_argument("--out", required=True, help="HTML file to write on this machine")

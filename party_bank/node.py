@@ -276,8 +276,9 @@ class BankNode(NodeBase):
         scored on the bank's side alone, with the platform's part at its training mean (z_B = 0 on
         standardised features), and flagged ``platform_known=False``. An ID that is no bank customer gets
         NaN and status ``unknown_customer``; it never fails the request. With ``bank_only_fallback``, a
-        platform that cannot be reached turns its members' status into ``platform_unavailable`` (bank-only
-        scores, flagged) instead of failing the request.
+        platform that cannot be reached turns its members' status into ``platform_unavailable`` (scored by the
+        bank-only yardstick kept with the model, ``BankModel.bank_only_probabilities``; flagged) instead of
+        failing the request.
         """
         model_job_id = self.resolve_model(model_job_id)
         model = self.model(model_job_id, BankModel.from_dict)
@@ -296,7 +297,7 @@ class BankNode(NodeBase):
         z_platform = np.zeros_like(z_bank)
         members = np.flatnonzero(known)
         released = limit = 0
-        note = ""
+        note, fallback = "", members[:0]
         # Tags the bank-only model serves (the joint one did not beat it on validation) ask nothing of the platform.
         joint = [j for j, c in enumerate(cols) if model.platform_part[c]]  # type: ignore[index]
         try:
@@ -315,10 +316,15 @@ class BankNode(NodeBase):
             z_platform[:] = 0.0
             known[:] = False
             status[members] = PLATFORM_UNAVAILABLE
-            note = f"scored on the bank's features alone: {err}"
-            log.warning("score: bank-only fallback for %d customer(s): the platform is unreachable", len(members))
+            fallback = members
+            note = f"scored on the bank's features alone: {err}; {model.fallback_note()}"
+            log.warning("score: bank-only fallback for %d customer(s): the platform is unreachable; %s", len(members),
+                        model.fallback_note())
         # Calibrated per tag (Platt or the monotone map, fitted on the validation multiset at training time).
         probabilities = model.probabilities(z_bank + z_platform, cols)
+        for start in range(0, len(fallback), SCORE_BATCH):  # the bank-only yardstick's weights and calibration
+            block = fallback[start:start + SCORE_BATCH]
+            probabilities[block] = model.bank_only_probabilities(self.data.features[rows[block]], cols)
         probabilities[~customer] = np.nan
         return Scores(wanted, probabilities, known, released, limit, status=status.tolist(), note=note)
 

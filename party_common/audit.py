@@ -2,7 +2,9 @@
 
 An audit row holds the caller's certificate name (``actor``), counts and the outcome, never customer IDs,
 feature values, labels or keys. :func:`caller_name` reads the certificate name of a gRPC call;
-:func:`audited` writes one row (and one log line) per call, whether it succeeded or was refused.
+:func:`audited` writes one row (and one log line) per call, whether it succeeded or was refused;
+:func:`record_refusal` one row per call the gate (``party_common.auth.CertificateGate``) refused before any
+handler ran.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from party_common.auth import caller_identity
+from party_common.auth import Refusal, caller_identity
 from party_common.grpc_errors import status_of
 from party_common.storage import JobStore
 from party_common.storage.jobs import JOB_ID_RE
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 INSECURE_CALLER = "(no certificate: --insecure-dev)"
 LOCAL_CALLER = "(in process)"
+NO_CERTIFICATE = "(no certificate)"
+REFUSED_EVENT = "call refused"
 
 
 def caller_name(context: grpc.ServicerContext | None) -> str:
@@ -84,4 +88,21 @@ def audited(jobs: JobStore, event: str, *, actor: str, job_id: str | None = None
                 raise
 
 
-__all__ = ["INSECURE_CALLER", "LOCAL_CALLER", "AuditedCall", "audited", "caller_name", "outcome_of"]
+def record_refusal(jobs: JobStore, refusal: Refusal) -> None:
+    """One audit row (event "call refused", no job) for a call the node's gate refused (``CertificateGate``'s
+    ``on_refusal``): the certificate's name as the actor, its role and serial and the refused method in the
+    detail, the short reason ("revoked", "wrong role or name", ...) and the status as the outcome. Never more
+    of the certificate, nor anything of the request. Without the disk wait (``durable=False``), as score calls:
+    a caller refused in a loop must not slow the node; a row that cannot be written is logged."""
+    who = refusal.who
+    cert = "no certificate" if who is None else f"{who.role or 'no role'} certificate, serial {who.serial:x}"
+    try:
+        jobs.audit(None, REFUSED_EVENT, f"{refusal.method}; {cert}; {refusal.reason}",
+                   actor=NO_CERTIFICATE if who is None else who.name, outcome=f"refused ({refusal.code.name})",
+                   durable=False)
+    except Exception as err:
+        log.error("audit row for a refused call could not be written: %s", type(err).__name__)
+
+
+__all__ = ["INSECURE_CALLER", "LOCAL_CALLER", "NO_CERTIFICATE", "REFUSED_EVENT", "AuditedCall", "audited",
+           "caller_name", "outcome_of", "record_refusal"]

@@ -229,35 +229,64 @@ def operator_rule(who: Identity) -> str | None:
     return None
 
 
+# How a gate's refusal begins ("refused by the bank node: ..."): clients tell it from other refusals by it.
+GATE_REFUSAL = "refused by the {node}: "
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A call the gate refused, as :class:`CertificateGate` reports it to its ``on_refusal`` (the audit log):
+    the method, the caller's certificate (None: no certificate), the status, the gate's message and a short
+    data-free reason ("wrong role or name", "revoked", "CRL unusable", "no client certificate", ...)."""
+
+    method: str
+    who: Identity | None
+    code: grpc.StatusCode
+    why: str
+    reason: str
+
+
 class CertificateGate(grpc.ServerInterceptor):
     """Checks every call before its handler runs: the caller's certificate role and name (``rule``) and the
     CRLs; with ``insecure=True`` (``--insecure-dev``, plaintext) it admits only callers on this machine.
 
     A refusal ends the call with UNAUTHENTICATED (revoked, CRL unusable, no certificate) or PERMISSION_DENIED
-    (wrong role or name) and a message that starts with which node refused.
+    (wrong role or name) and a message that starts with which node refused; it is logged, and handed to
+    ``on_refusal`` (the node's audit log: ``party_common.audit.record_refusal``) as a :class:`Refusal`.
     """
 
-    def __init__(self, node: str, rule: Rule, crls: Sequence[CrlFile] = (), *, insecure: bool = False) -> None:
+    def __init__(self, node: str, rule: Rule, crls: Sequence[CrlFile] = (), *, insecure: bool = False,
+                 on_refusal: Callable[[Refusal], None] | None = None) -> None:
         self.node = node
         self._rule = rule
         self._crls = list(crls)
         self._insecure = insecure
+        self._on_refusal = on_refusal
 
     def refusal(self, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
         """(status, message) if this call must be refused, else None."""
+        found = self.check(context, method="")
+        return None if found is None else (found.code, found.why)
+
+    def check(self, context: grpc.ServicerContext, *, method: str) -> Refusal | None:
+        """The :class:`Refusal` of a call to ``method``, or None when the caller is admitted."""
         cert = peer_certificate(context)
         if cert is None:
             if self._insecure and is_loopback_peer(context.peer()):
                 return None
-            why = ("--insecure-dev serves callers on this machine only" if self._insecure
-                   else "the call carries no client certificate")
-            return grpc.StatusCode.UNAUTHENTICATED, why
+            if self._insecure:
+                why, reason = "--insecure-dev serves callers on this machine only", "not on this machine"
+            else:
+                why, reason = "the call carries no client certificate", "no client certificate"
+            return Refusal(method, None, grpc.StatusCode.UNAUTHENTICATED, why, reason)
         who = _cached_identity(cert)
         for crl in self._crls:
             if crl.issuer == cert.issuer and (why := crl.revocation(cert)):
-                return grpc.StatusCode.UNAUTHENTICATED, f"{who.describe()} is refused: {why}"
+                reason = "revoked" if why.startswith("it was revoked") else "CRL unusable"
+                return Refusal(method, who, grpc.StatusCode.UNAUTHENTICATED, f"{who.describe()} is refused: {why}",
+                               reason)
         if why := self._rule(who):
-            return grpc.StatusCode.PERMISSION_DENIED, why
+            return Refusal(method, who, grpc.StatusCode.PERMISSION_DENIED, why, "wrong role or name")
         return None
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
@@ -274,11 +303,15 @@ class CertificateGate(grpc.ServerInterceptor):
 
     def _guard(self, behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            refused = self.refusal(context)
+            refused = self.check(context, method=method)
             if refused is not None:
-                code, why = refused
-                log.warning("refused %s from %s: %s", method, context.peer(), why)
-                context.abort(code, f"refused by the {self.node}: {why}")
+                log.warning("refused %s from %s: %s", method, context.peer(), refused.why)
+                if self._on_refusal is not None:
+                    try:
+                        self._on_refusal(refused)
+                    except Exception as err:  # the call is refused all the same
+                        log.error("recording the refusal of %s failed: %s", method, type(err).__name__)
+                context.abort(refused.code, GATE_REFUSAL.format(node=self.node) + refused.why)
             return behaviour(request, context)
 
         return guarded
@@ -320,9 +353,6 @@ class CertificateRefused(Exception):
     """The peer's certificate is not acceptable (wrong role or name, or revoked)."""
 
 
-TLS_FAILURE_HINTS = ("handshake", "ssl", "tls", "certificate", "socket closed", "connection reset")
-
-
 def validity_problem(cert: x509.Certificate, now: dt.datetime | None = None) -> str | None:
     """Why ``cert`` is outside its validity period, or None."""
     now = now or dt.datetime.now(dt.UTC)
@@ -333,33 +363,7 @@ def validity_problem(cert: x509.Certificate, now: dt.datetime | None = None) -> 
     return None
 
 
-def refusal_message(err: grpc.RpcError, *, side: str, address: str, own_cert: bytes | None = None) -> str | None:
-    """A one-line reason when ``err`` is a node refusing our certificate (TLS handshake or gate), else None.
-
-    The TLS layer does not say why it closed the connection: if our own certificate (``own_cert``, PEM) is
-    outside its validity period that is named, otherwise the usual reasons are listed.
-    """
-    code = err.code() if hasattr(err, "code") else None
-    details = (err.details() if hasattr(err, "details") else "") or ""
-    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        prefix = f"refused by the {side}: "  # the gate's own start; said once is enough
-        return f"certificate refused by the {side} at {address}: {details.removeprefix(prefix)}"
-    lowered = details.lower()
-    # Only while connecting: a connection that drops mid-call also reports "Socket closed".
-    if (code != grpc.StatusCode.UNAVAILABLE or "failed to connect" not in lowered
-            or not any(h in lowered for h in TLS_FAILURE_HINTS)):
-        return None
-    why = ("not signed by a CA it trusts, outside its validity period, or the node's own certificate is not "
-           "one we trust")
-    if own_cert is None:
-        why = "we presented no client certificate"
-    elif problem := validity_problem(cert := _parse_pem(own_cert)):
-        why = f"our certificate '{identity_of(cert).name}': {problem}"
-    first = details.splitlines()[0] if details else ""
-    return f"certificate refused by the {side} at {address} in the TLS handshake ({why}): {first}"
-
-
-__all__ = ["CertificateGate", "CertificateRefused", "CrlError", "CrlFile", "INSECURE_IDENTITY", "Identity", "ROLES", "ROLE_NODE",
-           "ROLE_OPERATOR", "caller_identity", "identity_of", "is_loopback_address", "is_loopback_peer",
-           "check_server", "node_rule", "operator_rule", "peer_certificate", "refusal_message", "server_certificate",
-           "validity_problem"]
+__all__ = ["CertificateGate", "CertificateRefused", "CrlError", "CrlFile", "GATE_REFUSAL", "INSECURE_IDENTITY",
+           "Identity", "ROLES", "ROLE_NODE", "ROLE_OPERATOR", "Refusal", "caller_identity", "check_server",
+           "identity_of", "is_loopback_address", "is_loopback_peer", "node_rule", "operator_rule", "peer_certificate",
+           "server_certificate", "validity_problem"]

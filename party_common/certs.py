@@ -15,17 +15,22 @@ A certificate's role is its subject's organisational unit (``OU=node`` or ``OU=o
 ``party_common.auth``), its holder's name the common name. Nothing is ever overwritten: a file that exists
 stops the command with an error naming it (rotate by issuing under a new ``--file`` name, then revoking the
 old certificate). Private keys are written with mode 0600, atomically. EC P-256 keys, SHA-256 signatures.
+Commands that change a folder's ``index.json`` (issue, revoke, crl) hold an exclusive lock on its
+``index.lock`` from reading the index to writing it, so people issuing at the same time each get their row.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import ipaddress
 import json
+import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +124,20 @@ class OrgFolder:
     def index_path(self) -> Path:
         return self.path / "index.json"
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold this folder's index lock (``index.lock``, fcntl.flock: also between threads, each with its
+        own open file) for one read-modify-write of ``index.json`` and what goes with it."""
+        if not self.index_path.exists():  # say what is missing; no lock file in a folder that is no CA folder
+            self._ca()
+            self.index()
+        fd = os.open(self.path / "index.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     @classmethod
     def create(cls, path: Path, org: str, *, days: int = CA_DAYS) -> OrgFolder:
         """A new CA for ``org`` in ``path`` (refused if the folder already holds one)."""
@@ -175,6 +194,12 @@ class OrgFolder:
         stem = _check_name(file or (ROLE_NODE if role == ROLE_NODE else name), "--file")
         where = self.path if role == ROLE_NODE else self.path / "operators"
         cert_path, key_path = where / f"{stem}.crt", where / f"{stem}.key"
+        with self._locked():
+            return self._issue(role, name, days=days, hosts=hosts, cert_path=cert_path, key_path=key_path,
+                               start=start)
+
+    def _issue(self, role: str, name: str, *, days: int, hosts: Sequence[str], cert_path: Path, key_path: Path,
+               start: dt.datetime | None) -> tuple[Path, Path]:
         ca_key, ca_cert = self._ca()
         index = self.index()
         now = start or dt.datetime.now(dt.UTC)
@@ -188,7 +213,7 @@ class OrgFolder:
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if role == ROLE_NODE else [])
         builder = (
             x509.CertificateBuilder().subject_name(_subject(name, index["org"], role)).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .public_key(key.public_key()).serial_number(_new_serial(index))
             .not_valid_before(now - BACKDATE).not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_usage(ca=False), critical=True)
@@ -215,6 +240,10 @@ class OrgFolder:
         """Add ``serial`` to this CA's CRL and sign it again; return the certificate's index entry."""
         if reason not in REASONS:
             raise CertsError(f"--reason {reason!r}: one of {', '.join(REASONS)}")
+        with self._locked():
+            return self._revoke(serial, reason)
+
+    def _revoke(self, serial: int, reason: str) -> dict:
         index = self.index()
         entry = next((c for c in index["certificates"] if int(c["serial"], 16) == serial), None)
         if entry is None:
@@ -226,11 +255,15 @@ class OrgFolder:
         entry["revoked_at"] = dt.datetime.now(dt.UTC).isoformat()
         entry["reason"] = reason
         self._save_index(index)
-        self.write_crl()
+        self._write_crl(CRL_DAYS)
         return entry
 
     def write_crl(self, *, days: int = CRL_DAYS) -> Path:
         """Sign the CRL from the index again (a new CRL number, next update ``days`` on)."""
+        with self._locked():
+            return self._write_crl(days)
+
+    def _write_crl(self, days: int) -> Path:
         ca_key, ca_cert = self._ca()
         index = self.index()
         index["crl_number"] = int(index.get("crl_number", 0)) + 1
@@ -250,6 +283,14 @@ class OrgFolder:
         atomic_write(self.crl_path, _pem(builder.sign(ca_key, hashes.SHA256())))
         self._save_index(index)
         return self.crl_path
+
+
+def _new_serial(index: dict) -> int:
+    """A random serial (``x509.random_serial_number``, 159 bits) that no certificate in the index has."""
+    taken = {int(c["serial"], 16) for c in index["certificates"]}
+    while (serial := x509.random_serial_number()) in taken:  # pragma: no cover - 2^-159 a draw
+        pass
+    return serial
 
 
 def serial_of(cert_file: Path) -> int:

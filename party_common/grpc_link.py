@@ -15,12 +15,11 @@ from party_common.auth import (
     CrlFile,
     Identity,
     check_server,
-    refusal_message,
     server_certificate,
 )
 from party_common.codec import array_from_pb, array_to_pb, from_payload, to_payload
 from party_common.config import ConfigError, NodeConfig
-from party_common.grpc_errors import peer_error
+from party_common.grpc_errors import REFUSED, REFUSING, TLS, failure_kind, peer_error, rpc_error_line
 from party_common.link import PartialScores, Retirement, SessionContext, check_partial_scores
 from party_common.metrics import PARTIAL_SCORE_REQUESTS, STEP_SECONDS
 from party_common.transport import (
@@ -144,26 +143,29 @@ class GrpcPlatformLink:
         self.down_since: float | None = None  # wall-clock time of the first failure in a row to reach the platform
 
     def _error(self, err: grpc.RpcError, what: str) -> PeerError:
-        """A gRPC error as a PeerError; a refused certificate as the one-liner that says so."""
-        refused = refusal_message(err, side="platform node", address=self.address, own_cert=self._own_cert)
-        if refused:
-            return PeerError(f"{what}: {refused}", code=err.code().name)
-        if err.code() == grpc.StatusCode.UNAVAILABLE and self.down_since is None:
+        """A gRPC error as a PeerError whose message says who refused whose certificate, or since when the
+        platform is unreachable (:func:`~party_common.grpc_errors.rpc_error_line`)."""
+        if (err.code() == grpc.StatusCode.UNAVAILABLE and failure_kind(err) not in (REFUSED, REFUSING, TLS)
+                and self.down_since is None):
             self.down_since = time.time()
-        return peer_error(err, what, address=self.address, since=self.down_since)
+        return peer_error(err, what, address=self.address, since=self.down_since, own_cert=self._own_cert)
 
     def connect(self, timeout_s: float = 30.0) -> str:
         try:
             wait_healthy(self._channel, timeout_s=timeout_s)
         except TransportError as err:
-            if err.rpc_error is not None and (why := refusal_message(
-                    err.rpc_error, side="platform node", address=self.address, own_cert=self._own_cert)):
-                raise PeerError(why, code=err.rpc_error.code().name) from err
-            if self.down_since is None:
+            rpc = err.rpc_error
+            refused = rpc is not None and failure_kind(rpc) in ("gate", REFUSED)  # our certificate: no waiting
+            if not refused and self.down_since is None:
                 self.down_since = time.time() - timeout_s
-            since = time.strftime("%H:%M:%S UTC", time.gmtime(self.down_since))
-            raise PeerError(f"the platform node at {self.address} is unreachable since {since}: {err}",
-                            code=err.code) from err
+            if rpc is None:
+                since = time.strftime("%H:%M:%S UTC", time.gmtime(self.down_since or time.time()))
+                raise PeerError(f"the platform node at {self.address} is unreachable since {since}: {err}",
+                                code=err.code) from err
+            raise PeerError(rpc_error_line(rpc, server="the platform node", address=self.address,
+                                           own_cert=self._own_cert, since=None if refused else self.down_since,
+                                           name_key="[peer] tls_name"),
+                            code=rpc.code().name if refused else err.code) from err
         self.down_since = None
         if self._server_check is not None:
             self._server_check()

@@ -38,14 +38,16 @@ SHARED = (STEP_SECONDS, SCORE_SECONDS, PARTIAL_SCORE_REQUESTS)
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
-class _Jobs(Protocol):
+class JobRows(Protocol):
+    """A job store, as far as the metrics read it."""
+
     def list(self, limit: int = 50, *, kind: str | None = None, status: str | None = None) -> list: ...
 
 
 class JobsCollector(Collector):
     """``fedprofile_jobs{kind, status}``: the job store's rows counted at scrape time."""
 
-    def __init__(self, jobs: _Jobs) -> None:
+    def __init__(self, jobs: JobRows) -> None:
         self._jobs = jobs
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -63,7 +65,7 @@ class JobsCollector(Collector):
 class MetricsServer:
     """The node's ``/metrics`` HTTP endpoint (plain HTTP: bind it to an address only monitoring reaches)."""
 
-    def __init__(self, listen: str, jobs: _Jobs) -> None:
+    def __init__(self, listen: str, jobs: JobRows) -> None:
         host, _, port = listen.rpartition(":")
         self.registry = CollectorRegistry(auto_describe=True)
         for metric in SHARED:
@@ -84,10 +86,10 @@ class MetricsServer:
             self._thread.join(timeout=5)
 
 
-def start_metrics(listen: str | None, jobs: _Jobs) -> MetricsServer | None:
+def start_metrics(listen: str | None, jobs: JobRows) -> MetricsServer | None:
     """The metrics endpoint when ``[metrics] listen`` is set, else None."""
     return MetricsServer(listen, jobs) if listen else None
 
 
-__all__ = ["PARTIAL_SCORE_REQUESTS", "SCORE_SECONDS", "STEP_SECONDS", "JobsCollector", "MetricsServer",
+__all__ = ["PARTIAL_SCORE_REQUESTS", "SCORE_SECONDS", "STEP_SECONDS", "JobRows", "JobsCollector", "MetricsServer",
            "start_metrics"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import grpc
 from cryptography import x509
 from grpc_health.v1.health import HealthServicer
 
+from party_common.audit import record_refusal
 from party_common.auth import (
     CertificateGate,
     CrlError,
@@ -27,6 +29,8 @@ from party_common.auth import (
 )
 from party_common.config import ConfigError, NodeConfig
 from party_common.data_loading import load_party_data
+from party_common.metrics import JobRows, start_metrics
+from party_common.storage import JobStore
 from party_common.transport import add_health, bind, make_server, server_credentials
 from protocols.party_data import PartyData
 
@@ -87,11 +91,13 @@ def check_insecure_dev(config: NodeConfig) -> None:
                               "for any other address")
 
 
-def node_gate(config: NodeConfig, *, insecure: bool) -> CertificateGate:
+def node_gate(config: NodeConfig, *, insecure: bool, audit: JobStore | None = None) -> CertificateGate:
     """The check on every call to this node: the platform serves only the bank node's certificate (the name
     in its ``[peer] tls_name``), the bank's control API only operator certificates; both check the CRL of
-    the CA their callers' certificates come from. ``insecure``: loopback callers only."""
+    the CA their callers' certificates come from. ``insecure``: loopback callers only. Each refusal is an
+    audit row in ``audit`` (the node's job store; ``party_common.audit.record_refusal``)."""
     label = f"{config.role} node"
+    on_refusal = None if audit is None else functools.partial(record_refusal, audit)
     if config.role == "platform":
         rule = node_rule(config.peer_tls_name or "")
         crl, ca = (config.tls.peer_crl, config.tls.peer_ca) if config.tls else (None, None)
@@ -99,30 +105,32 @@ def node_gate(config: NodeConfig, *, insecure: bool) -> CertificateGate:
         rule = operator_rule
         crl, ca = (config.tls.client_crl, config.tls.client_ca) if config.tls else (None, None)
     if insecure:
-        return CertificateGate(label, rule, insecure=True)
+        return CertificateGate(label, rule, insecure=True, on_refusal=on_refusal)
     log.info("serving only %s", f"the bank node's certificate '{config.peer_tls_name}'" if config.role == "platform"
              else "operator certificates of the bank's CA")
     if crl is None or ca is None:
         key = "peer_crl" if config.role == "platform" else "client_crl"
         log.warning("%s [tls] has no '%s': revoked certificates of the callers' CA would be accepted",
                     config.source, key)
-        return CertificateGate(label, rule)
+        return CertificateGate(label, rule, on_refusal=on_refusal)
     try:
-        return CertificateGate(label, rule, [CrlFile(crl, ca.read_bytes())])
+        return CertificateGate(label, rule, [CrlFile(crl, ca.read_bytes())], on_refusal=on_refusal)
     except CrlError as err:
         raise ConfigError(f"{config.source} [tls]: {err}") from err
 
 
 def start_node_server(config: NodeConfig, add_services: Callable[[grpc.Server], None], services: list[str], *,
-                      tls: TlsFiles | None, client_ca: bytes | None) -> tuple[grpc.Server, HealthServicer, int]:
+                      tls: TlsFiles | None, client_ca: bytes | None,
+                      audit: JobStore | None = None) -> tuple[grpc.Server, HealthServicer, int]:
     """A started gRPC server on the config's listen address with health checking for ``services``.
 
     ``tls=None`` (``--insecure-dev`` only, loopback only) serves plaintext; otherwise only clients whose
-    certificate ``client_ca`` signed complete the TLS handshake, and :func:`node_gate` checks every call.
+    certificate ``client_ca`` signed complete the TLS handshake, and :func:`node_gate` checks every call
+    (its refusals audited in ``audit``).
     """
     if tls is None:
         check_insecure_dev(config)
-    server = make_server(interceptors=[node_gate(config, insecure=tls is None)])
+    server = make_server(interceptors=[node_gate(config, insecure=tls is None, audit=audit)])
     add_services(server)
     health = add_health(server, services)
     creds = None
@@ -141,6 +149,31 @@ def load_node_data(config: NodeConfig) -> PartyData:
                            feature_columns=list(d.feature_columns) if d.feature_columns is not None else None,
                            fill_missing=d.fill_missing, spill_dir=config.state_dir / "tmp",
                            in_memory_mb=d.in_memory_mb)
+
+
+def serve_with_metrics(prog: str, server: grpc.Server, health: HealthServicer, on_stop: Callable[[], None], *,
+                       metrics_listen: str | None, jobs: JobRows, ready: Callable[[], None] | None = None,
+                       grace_s: float = 5.0) -> int:
+    """A started node: its Prometheus endpoint on ``[metrics] listen`` (none when unset), ``ready`` (e.g. the
+    bank's first connection to the platform), then serve until SIGTERM/SIGINT and stop both.
+
+    The exit code: 2 when the metrics endpoint cannot listen (said on stderr after ``prog``; the node and its
+    server are stopped), else 0."""
+    try:
+        metrics = start_metrics(metrics_listen, jobs)
+    except ConfigError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        on_stop()
+        server.stop(0)
+        return 2
+    try:
+        if ready is not None:
+            ready()
+        run_until_signalled(server, health, on_stop, grace_s=grace_s)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    return 0
 
 
 def run_until_signalled(server: grpc.Server, health: HealthServicer, on_stop: Callable[[], None], *,

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from party_common.config import ConfigError
-from party_common.grpc_errors import transport_reason
+from party_common.grpc_errors import UNREACHABLE, transport_reason, transport_summary
 from proto import fedprofile_v1_pb2 as pb
 from protocols.errors import PeerError, ProtocolError
 
@@ -108,10 +108,11 @@ def wait_healthy(channel: grpc.Channel, *, service: str = "", timeout_s: float =
         time.sleep(0.1)
     if last is None:
         raise TransportError(f"peer not serving after {timeout_s:.0f} s")
-    found = transport_reason(last.details() or "") if hasattr(last, "details") else None
-    why = found[1] if found else " ".join(str(last.details() if hasattr(last, "details") else last).split())
+    details = (last.details() if hasattr(last, "details") else str(last)) or ""
+    found = transport_reason(details)
+    why = transport_summary(details) or " ".join(details.split())
     raise TransportError(f"no answer for {timeout_s:.0f} s: {why}", rpc_error=last,
-                         code="FAILED_PRECONDITION" if found and found[0] == "certificate" else "UNAVAILABLE")
+                         code="FAILED_PRECONDITION" if found and found[0] != UNREACHABLE else "UNAVAILABLE")
 
 
 def make_hello(role: str, node_name: str, features: Iterable[str]) -> pb.Hello:

@@ -27,11 +27,10 @@ from rich.table import Table as RichTable
 from party_common.cli_format import DefaultsFormatter, version_string
 from party_common.config import NodeConfig, load_config
 from party_common.jobs import SESSION_KINDS
-from party_common.metrics import start_metrics
 from party_common.runtime import (
     INSECURE_WARNING,
     read_tls_files,
-    run_until_signalled,
+    serve_with_metrics,
     setup_logging,
     start_node_server,
 )
@@ -58,7 +57,7 @@ def build_server(config_path: str, *,
     servicer = NodeServicer(node, registry, max_payload_bytes=config.max_payload_mb * 2**20)
     server, health, port = start_node_server(
         config, lambda s: pb_grpc.add_NodeServicer_to_server(servicer, s), ["fedprofile.v1.Node"],
-        tls=tls, client_ca=tls.peer_ca if tls else None)  # only the bank's CA may connect
+        tls=tls, client_ca=tls.peer_ca if tls else None, audit=node.stores.jobs)  # only the bank's CA connects
     return server, health, node, registry, port
 
 
@@ -72,16 +71,8 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     log.info("platform node '%s' listening on port %d (max gRPC message %d bytes)", node.config.name, port,
              MAX_GRPC_MESSAGE)
-    try:
-        metrics = start_metrics(node.config.metrics_listen, node.stores.jobs)
-    except FedProfileError as err:
-        print(f"platform-node: {err}", file=sys.stderr)
-        server.stop(0)
-        return 2
-    run_until_signalled(server, health, registry.close_all)
-    if metrics:
-        metrics.close()
-    return 0
+    return serve_with_metrics("platform-node", server, health, registry.close_all,
+                              metrics_listen=node.config.metrics_listen, jobs=node.stores.jobs)
 
 
 def print_table(table: admin.Table, *, as_json: bool) -> None:

@@ -18,7 +18,7 @@ from protocols.vfl_lr.calibration import (
     check_entry,
     fit_monotone,
 )
-from protocols.vfl_lr.model import ModelError
+from protocols.vfl_lr.model import BankOnlyHalf, ModelError
 from protocols.vfl_lr.state import Scaler
 from protocols.vfl_lr.yardstick import choose_served
 
@@ -143,3 +143,33 @@ def test_the_model_keeps_which_tags_use_the_platform() -> None:
     assert platt.calibration == [{"a": 2.0, "b": 0.5, "knots": None}, {"a": 1.0, "b": 0.0, "knots": None}]
     with pytest.raises(ModelError, match="bad: damaged bank model: platform_part is not one true/false per tag"):
         BankModel.from_dict({**d, "platform_part": [True]}, where="bad")
+
+
+def test_the_model_keeps_the_bank_only_yardstick_and_loads_older_models_without_it() -> None:
+    z, y = misspecified(2000, 5)
+    scaler, schema = Scaler(np.array([1.0, 0.0]), np.array([2.0, 1.0]), 5.0), Schema(
+        "id", ("x", "w"), ("float64", "float64"), ("t", "u"))
+    yardstick = np.array([[0.5, -1.0], [2.0, 0.25], [-0.3, 0.7]])  # (d_A + 1, T): the intercept last
+    alone = BankOnlyHalf.from_fit(yardstick, [calibrate_tag(z, y), {"a": 2.0, "b": -0.5, "knots": None}],
+                                  fit_intercept=True)
+    model = BankModel("job", ["t", "u"], np.ones((2, 2)), np.zeros(2), scaler, schema, {}, bank_only=alone)
+    back = BankModel.from_dict(model.to_dict(), where="m.json")
+    X = np.array([[3.0, 1.0], [-1.0, 0.5], [40.0, -2.0]])
+    z_alone = scaler.transform(X) @ yardstick[:2] + yardstick[2]
+    expected = np.column_stack([apply(z_alone[:, 0], alone.calibration[0]), apply(z_alone[:, 1], alone.calibration[1])])
+    np.testing.assert_allclose(back.bank_only_probabilities(X), expected, rtol=1e-12)
+    np.testing.assert_allclose(back.bank_only_probabilities(X, [1]), expected[:, [1]], rtol=1e-12)
+    assert "bank-only model" in back.fallback_note()
+    # A model stored before the yardstick was kept: loads, and its fallback is the joint model's bank half.
+    older = BankModel.from_dict({k: v for k, v in model.to_dict().items() if k != "bank_only"}, where="old")
+    assert older.bank_only is None
+    np.testing.assert_allclose(older.bank_only_probabilities(X), older.probabilities(older.partial_scores(X)))
+    assert "job was stored before bank-only weights were kept" in older.fallback_note()
+    assert "joint model's bank half" in older.fallback_note()
+    damaged = model.to_dict()
+    damaged["bank_only"]["weights"] = [[1.0, 2.0]]
+    with pytest.raises(ModelError, match=r"bad: damaged bank model: the bank-only weights are \(1, 2\), not \(2, 2\)"):
+        BankModel.from_dict(damaged, where="bad")
+    with pytest.raises(ModelError, match="bad: damaged bank model: missing 'intercept'"):
+        BankModel.from_dict({**model.to_dict(), "bank_only": {"weights": [[0, 0], [0, 0]], "calibration": {}}},
+                            where="bad")

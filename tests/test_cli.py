@@ -163,16 +163,15 @@ def test_transport_failures_read_as_one_plain_line(serving: tuple[dict[str, Path
     at = f"127.0.0.1:{port}"
     line = rpc_error_line(call(f"0.0.0.0:{port}", *good), server="the bank node", address=f"0.0.0.0:{port}",
                           name_key="[client] tls_name")
-    assert line == (f"TLS with the bank node at 0.0.0.0:{port} failed: this client refused the bank node's "
-                    "certificate: it does not carry the name this client checks (set [client] tls_name to a name "
-                    "in that certificate)")
+    assert line == (f"TLS with the bank node at 0.0.0.0:{port} failed: we refused the bank node's certificate: it "
+                    "does not carry the name we check (set [client] tls_name to a name in that certificate)")
     line = rpc_error_line(call(at, other["operator_cert"], other["operator_key"], pki["bank_ca"]),
                           server="the bank node", address=at)
-    assert line.startswith(f"TLS with the bank node at {at} failed: the bank node closed the connection during "
-                           "the TLS handshake: most likely it refused this client's certificate")
+    assert line == (f"certificate refused by the bank node at {at} in the TLS handshake (not signed by a CA it "
+                    "trusts, or outside its validity period: it closed the connection without saying which)")
     line = rpc_error_line(call(at, *good[:2], other["bank_ca"]), server="the bank node", address=at)
-    assert line.endswith("this client refused the bank node's certificate: it is not signed by the CA this "
-                         "client trusts")
+    assert line == (f"TLS with the bank node at {at} failed: we refused the bank node's certificate: it is not "
+                    "signed by the CA we trust")
     refused = call("127.0.0.1:1", *good)
     line = rpc_error_line(refused, server="the bank node", address="127.0.0.1:1", since=0.0)
     assert line == ("the bank node at 127.0.0.1:1 is unreachable since 00:00:00 UTC: connection refused (is the "
@@ -207,3 +206,30 @@ def test_client_commands_fail_in_one_line_when_the_node_is_down(tmp_path: Path,
     err = capsys.readouterr().err.strip()
     assert err.startswith("bank-node jobs: the bank node at 127.0.0.1:") and "connection refused" in err
     assert len(err.splitlines()) == 1
+    assert main(["status", "--config", str(bank)]) == 1  # the same words when waiting for the node
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bank-node status: the bank node at 127.0.0.1:") and " is unreachable since " in err
+    assert err.endswith("connection refused (is the node running, on that port?)")
+
+
+def test_segment_commands_read_shares_and_print_results_for_people() -> None:
+    from party_bank.cli_segments import describe_result, share
+    assert share("10%") == pytest.approx(0.1) and share("0.25") == 0.25
+    for bad in ("0", "150%", "ten"):
+        with pytest.raises(argparse.ArgumentTypeError, match=repr(bad)):
+            share(bad)
+    result = {"segment": "s1", "tag": "t", "model": "train-1", "source": "o.csv", "not_in_segment": 3,
+              "groups": {"target": {"responders": 30, "with_outcome": 100, "members": 110},
+                         "control": {"responders": 0, "with_outcome": 0, "members": 12}},
+              "absolute_lift": 0.1, "absolute_lift_ci95": [0.02, 0.18], "relative_lift": None,
+              "relative_lift_ci95": None}
+    assert describe_result(result).splitlines() == [
+        "segment s1 (t, model train-1), outcomes from o.csv",
+        "  target        30 of     100 responded (30.0%); 10 member(s) without an outcome",
+        "  control        0 of       0 responded (n/a); 12 member(s) without an outcome",
+        "  absolute lift +10.0 percentage points (95% CI +2.0 to +18.0; normal approximation)",
+        "  relative lift n/a",
+        "  3 outcome row(s) for customers in neither group: ignored"]
+    args = build_parser().parse_args(["segment", "--config", "b.toml", "--model", "m", "--tag", "t", "--top", "5%",
+                                      "--control", "0.1", "--out", "s"])
+    assert (args.top, args.control, args.format) == (0.05, 0.1, "parquet")

@@ -17,11 +17,13 @@ import pytest
 
 from party_bank import cli as bank_cli
 from party_bank.client import BankClient
-from party_common.auth import ROLE_NODE, ROLE_OPERATOR, refusal_message
+from party_common.auth import ROLE_NODE, ROLE_OPERATOR
 from party_common.certs import OrgFolder, init_local_pki, serial_of
 from party_common.config import ConfigError
+from party_common.grpc_errors import failure_kind, rpc_error_line
 from party_common.grpc_link import GrpcPlatformLink
 from party_common.runtime import read_tls_files
+from party_common.storage import JobStore
 from party_common.transport import dial
 from party_platform import cli as platform_cli
 from proto import fedprofile_v1_pb2 as pb
@@ -40,6 +42,7 @@ class Matrix:
     platform: str  # address of the platform's Node service
     bank: str  # address of the bank's control API
     configs: Pair
+    audit: dict[str, JobStore]  # each node's job store, whose audit log records the gate's refusals
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +68,11 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
     configs = write_configs(d, bank_data=d / "b.csv", bank_id_column="id", bank_tag_columns=["tag"],
                             platform_data=d / "p.csv", platform_id_column="id", bank_port=bank_port,
                             platform_port=platform_port, workers=1)
-    p_server, _, _, registry, _ = platform_cli.build_server(str(configs[1]))
+    p_server, _, p_node, registry, _ = platform_cli.build_server(str(configs[1]))
     b_server, _, node, _ = bank_cli.build_server(str(configs[0]))
     try:
-        yield Matrix(pki, other, extra, f"127.0.0.1:{platform_port}", f"127.0.0.1:{bank_port}", configs)
+        yield Matrix(pki, other, extra, f"127.0.0.1:{platform_port}", f"127.0.0.1:{bank_port}", configs,
+                     {"bank": node.stores.jobs, "platform": p_node.stores.jobs})
     finally:
         b_server.stop(None)
         node.shutdown()
@@ -109,9 +113,8 @@ def control_call(m: Matrix, cert: Path | None, key: Path | None) -> str:
         pb_grpc.BankControlStub(channel).ListJobs(pb.ListJobsRequest(limit=1), timeout=10)
         return "ok"
     except grpc.RpcError as err:
-        message = refusal_message(err, side="bank node", address=m.bank, own_cert=own)
-        assert message is not None, f"not recognised as a refusal: {err.code()} {err.details()}"
-        return f"{err.code().name}: {message}"
+        assert failure_kind(err) in ("gate", "refused"), f"not recognised as a refusal: {err.code()} {err.details()}"
+        return f"{err.code().name}: {rpc_error_line(err, server='the bank node', address=m.bank, own_cert=own)}"
     finally:
         channel.close()
 
@@ -192,6 +195,29 @@ def test_control_api_refuses(matrix: Matrix, case: str, reason: str) -> None:
     assert reason.format(addr=matrix.bank) in control_call(matrix, cert, key)
 
 
+def test_the_gates_refusals_are_audit_rows(matrix: Matrix) -> None:
+    """Each refused call is one audit row on the refusing node: the certificate's name, role and serial and the
+    method, nothing of the request. Admitted calls and TLS refusals (no handler ran) leave none."""
+    before = {side: len(jobs.audit_events(event="call refused")) for side, jobs in matrix.audit.items()}
+    bob = (matrix.pki["operator_cert:bob"], matrix.pki["operator_key:bob"])
+    assert control_call(matrix, *bob).startswith("UNAUTHENTICATED")
+    assert control_call(matrix, matrix.pki["bank_cert"], matrix.pki["bank_key"]).startswith("PERMISSION_DENIED")
+    assert control_call(matrix, matrix.pki["operator_cert:alice"], matrix.pki["operator_key:alice"]) == "ok"
+    assert control_call(matrix, *matrix.extra["expired_operator"]).startswith("UNAVAILABLE")  # the TLS layer's
+    refused_by_platform(matrix, *matrix.extra["other_name_node"])
+    rows = matrix.audit["bank"].audit_events(event="call refused")[before["bank"]:]
+    assert [(r.job_id, r.actor, r.detail, r.outcome) for r in rows] == [
+        (None, "bob", f"/fedprofile.v1.BankControl/ListJobs; operator certificate, serial "
+                      f"{serial_of(bob[0]):x}; revoked", "refused (UNAUTHENTICATED)"),
+        (None, "bank", f"/fedprofile.v1.BankControl/ListJobs; node certificate, serial "
+                       f"{serial_of(matrix.pki['bank_cert']):x}; wrong role or name", "refused (PERMISSION_DENIED)")]
+    rows = matrix.audit["platform"].audit_events(event="call refused")[before["platform"]:]
+    assert [(r.actor, r.detail, r.outcome) for r in rows] == [
+        ("bank-test", f"/fedprofile.v1.Node/Handshake; node certificate, serial "
+                      f"{serial_of(matrix.extra['other_name_node'][0]):x}; wrong role or name",
+         "refused (PERMISSION_DENIED)")]
+
+
 def test_bank_cli_names_the_refusal(matrix: Matrix, capsys: pytest.CaptureFixture[str]) -> None:
     bank_config = str(matrix.configs[0])
     bob = ["--cert", str(matrix.pki["operator_cert:bob"]), "--key", str(matrix.pki["operator_key:bob"])]
@@ -199,6 +225,8 @@ def test_bank_cli_names_the_refusal(matrix: Matrix, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert err.startswith(f"bank-node jobs: certificate refused by the bank node at {matrix.bank}: ")
     assert "'bob' (operator, bank) is refused: it was revoked on" in err
+    assert bank_cli.main(["status", "--config", bank_config, *bob]) == 1
+    assert capsys.readouterr().err.startswith(f"bank-node status: certificate refused by the bank node at {matrix.bank}: ")
     alice = ["--cert", str(matrix.pki["operator_cert:alice"])]  # the key is found beside it
     assert bank_cli.main(["jobs", "--config", bank_config, *alice]) == 0
     matrix.pki["operator_key:alice"].chmod(0o640)

@@ -18,7 +18,7 @@ from party_platform.node import RELEASE_EVENT
 from protocols.errors import NotFound, PeerError, ProtocolError, UserError
 from protocols.party_data import SchemaMismatch
 from protocols.psi import describe_kernel
-from protocols.vfl_lr import BankModel, PlatformModel
+from protocols.vfl_lr import BankModel, PlatformModel, TrainParams
 from tests.nodes_fixture import FAST_TRAIN, Nodes, SimulatedFiles, make_nodes, simulated_files
 
 
@@ -150,16 +150,50 @@ def test_bank_only_fallback_is_opt_in_flagged_and_only_for_an_unreachable_platfo
     assert scores.status == ["platform_unavailable"] * 2 + ["not_in_intersection", "unknown_customer"]
     assert not scores.platform_known.any() and "bank's features alone" in scores.note
     assert "10.0.0.9:7444" in scores.note
+    assert "scored by the bank-only model" in scores.note
     model = BankModel.from_dict(nodes.bank.stores.models.load(train_id), where="test")
-    rows = [nodes.bank.data.row_of(i) for i in shared]
-    np.testing.assert_allclose(scores.probabilities[:2],
-                               model.probabilities(model.partial_scores(nodes.bank.data.features[rows])), rtol=1e-12)
+    features = nodes.bank.data.features[[nodes.bank.data.row_of(i) for i in shared + [alone]]]
+    np.testing.assert_allclose(scores.probabilities[:2], model.bank_only_probabilities(features[:2]), rtol=1e-12)
+    # not_in_intersection is no outage: the joint model's bank half, the platform's part at its mean, as always
+    np.testing.assert_allclose(scores.probabilities[2], model.probabilities(model.partial_scores(features[2:]))[0])
+    # A model stored before the yardstick was kept with it: the joint model's bank half, and the note says so.
+    cached = down.model(train_id, BankModel.from_dict)
+    cached.bank_only = None
+    older = down.score(train_id, shared, bank_only_fallback=True)
+    assert "was stored before bank-only weights were kept with it: scored by the joint model's bank half" in older.note
+    np.testing.assert_allclose(older.probabilities, model.probabilities(model.partial_scores(features[:2])), rtol=1e-12)
     refusing = BankNode(nodes.bank.config, DownLink(nodes.platform, "FAILED_PRECONDITION"), data=nodes.bank.data,
                         stores=nodes.bank.stores)
     with pytest.raises(PeerError):  # a refusal is no outage: no silent fallback
         refusing.score(train_id, shared, bank_only_fallback=True)
     down.shutdown()
     refusing.shutdown()
+
+
+def test_the_bank_only_fallback_scores_equal_the_yardsticks_predictions(trained: tuple[Nodes, str, str]) -> None:
+    """The fallback scores with the bank-only yardstick the job trained (not the joint model's bank half): its
+    scores of the test split's customers are the report's bank-only test predictions (labelled rows, sorted)."""
+    nodes, align_id, train_id = trained
+    report = nodes.bank.stores.reports.load(train_id)
+    ids = list(nodes.bank.stores.alignments.load(align_id).ids or [])
+    labels = nodes.bank.data.labels[[nodes.bank.data.row_of(i) for i in ids]]
+    split = TrainParams.from_dict(report["params"]).split(labels, ids)
+    test_ids = [ids[i] for i in split.test]
+    down = BankNode(nodes.bank.config, DownLink(nodes.platform), data=nodes.bank.data, stores=nodes.bank.stores)
+    try:
+        scores = down.score(train_id, test_ids, bank_only_fallback=True)
+    finally:
+        down.shutdown()
+    assert set(scores.status) == {"platform_unavailable"}
+    model = BankModel.from_dict(nodes.bank.stores.models.load(train_id), where="test")
+    joint_half = model.probabilities(model.partial_scores(nodes.bank.data.features[
+        [nodes.bank.data.row_of(i) for i in test_ids]]))
+    for t, tag in enumerate(scores.tags):
+        labelled = ~np.isnan(labels[split.test, t])
+        expected = report["test_predictions"][tag]["bank_only"]["p"]
+        assert len(expected) == labelled.sum() > 5
+        np.testing.assert_allclose(np.sort(scores.probabilities[labelled, t]), expected, atol=1e-6)
+        assert not np.allclose(np.sort(joint_half[labelled, t]), expected, atol=1e-6)  # what it scored with before
 
 
 def test_a_train_job_keeps_its_history_with_per_epoch_validation_metrics(trained: tuple[Nodes, str, str]) -> None:

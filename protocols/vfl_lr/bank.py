@@ -45,7 +45,7 @@ from protocols.vfl_lr.messages import (
     read_ciphertexts,
     read_field,
 )
-from protocols.vfl_lr.model import BankModel, sigmoid
+from protocols.vfl_lr.model import BankModel, BankOnlyHalf, sigmoid
 from protocols.vfl_lr.params import (
     F_BITS,
     STAT_BITS,
@@ -259,7 +259,9 @@ class _BankTrainer:
         model = BankModel(self.job_id, list(self.bank.tag_names), weights.copy(),
                           W[-1].copy() if p.fit_intercept else np.zeros(self.T), self.scaler, self.bank.schema,
                           {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()},
-                          calibration=calibration, platform_part=served)
+                          calibration=calibration, platform_part=served,
+                          bank_only=BankOnlyHalf.from_fit(self.alone.weights, self.alone.calibration,
+                                                          fit_intercept=p.fit_intercept))
         # Saved before the session closes: a bank killed from here on finishes without the platform.
         self._save(done={"model": model.to_dict(), "report": report})
         return TrainOutcome(model, report)

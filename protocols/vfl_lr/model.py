@@ -29,6 +29,44 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class BankOnlyHalf:
+    """The bank-only yardstick of every tag (``protocols.vfl_lr.yardstick``: the joint model's optimiser on the
+    bank's features alone), kept with the bank's half: what ``--bank-only-fallback`` scores the platform's
+    customers with while the platform is unreachable. Same scaler as the bank's half (the yardstick trains on
+    the same standardised features); its own weights, intercepts and calibration."""
+
+    weights: np.ndarray  # (d_A, T)
+    intercept: np.ndarray  # (T,)
+    calibration: list[dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        self.calibration = entries(self.calibration)
+        T = len(self.calibration)
+        if self.weights.ndim != 2 or self.weights.shape[1] != T or self.intercept.shape != (T,):
+            raise ValueError("the bank-only weights, intercepts and calibration are not one per tag")
+
+    @classmethod
+    def from_fit(cls, weights: np.ndarray, calibration: Sequence[Mapping[str, Any]], *,
+                 fit_intercept: bool) -> BankOnlyHalf:
+        """From the yardstick's fit: ``weights`` (d_A [+ 1], T) with the intercept last if fitted."""
+        W = np.array(weights, dtype=np.float64)
+        return cls(W[:-1] if fit_intercept else W, W[-1].copy() if fit_intercept else np.zeros(W.shape[1]),
+                   [dict(c) for c in calibration])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights.tolist(), "intercept": self.intercept.tolist(),
+                "calibration": _calibration_dict(self.calibration)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], n_features: int, n_tags: int) -> BankOnlyHalf:
+        """ValueError, KeyError or TypeError when ``d`` is not one for ``n_features`` x ``n_tags``."""
+        weights = np.array(d["weights"], dtype=np.float64)
+        if weights.shape != (n_features, n_tags):
+            raise ValueError(f"the bank-only weights are {weights.shape}, not ({n_features}, {n_tags})")
+        return cls(weights, np.array(d["intercept"], dtype=np.float64), _calibration_from(d["calibration"], n_tags))
+
+
+@dataclass
 class BankModel:
     """The bank's half: weights on its features, intercepts, per-tag calibration, scaler, schema, tags, job, keys."""
 
@@ -47,6 +85,9 @@ class BankModel:
     # Per tag, whether scores add the platform's part: False where the joint model did not beat the bank's own on
     # validation, and the weights, intercept and calibration of that tag are the bank-only model's. None: all True.
     platform_part: list[bool] | None = None
+    # The bank-only yardstick of every tag (what --bank-only-fallback scores with). None: a model stored before
+    # it was kept; such a model's fallback scores with the joint model's bank half (see :meth:`fallback_note`).
+    bank_only: BankOnlyHalf | None = None
     kind: str = field(default="bank", init=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +101,8 @@ class BankModel:
             [bool(v) for v in self.platform_part]
         if len(self.platform_part) != len(self.tag_names):
             raise ValueError("platform_part is not one flag per tag")
+        if self.bank_only is not None and self.bank_only.weights.shape != self.weights.shape:
+            raise ValueError("the bank-only weights do not have the bank half's features and tags")
 
     def partial_scores(self, features: np.ndarray) -> np.ndarray:
         """``z_A`` (with the intercept) for rows of raw bank features, one column per tag."""
@@ -82,15 +125,36 @@ class BankModel:
             out[:, j] = log_odds(z[:, j], cal[t])
         return sigmoid(out).reshape(np.shape(z_total))
 
+    def bank_only_probabilities(self, features: np.ndarray, columns: Sequence[int] | None = None) -> np.ndarray:
+        """Calibrated probabilities of the bank-only yardstick for rows of raw bank features (rows x tags of
+        ``columns``, default all); a model stored without the yardstick (:attr:`bank_only` None) scores with
+        its joint model's bank half, the platform's part at its training mean (z_B = 0)."""
+        cols = list(range(len(self.tag_names)) if columns is None else columns)
+        alone = self.bank_only
+        if alone is None:
+            return self.probabilities(self.partial_scores(features)[:, cols], cols)
+        s = self.scaler
+        z = linear_scores(features, s.mean, s.std, s.clip, alone.weights[:, cols], alone.intercept[cols])
+        out = np.empty_like(z)
+        for j, t in enumerate(cols):
+            out[:, j] = log_odds(z[:, j], alone.calibration[t])
+        return sigmoid(out)
+
+    def fallback_note(self) -> str:
+        """What the bank-only fallback scored with, for the answer's note: the yardstick, or (an older model)
+        the joint model's bank half."""
+        if self.bank_only is not None:
+            return "scored by the bank-only model (the yardstick trained with this model, on the bank's features)"
+        return (f"model {self.job_id} was stored before bank-only weights were kept with it: scored by the joint "
+                "model's bank half with the platform's part at its training mean (retrain for the bank-only model)")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible values; :meth:`from_dict` restores the model exactly."""
         cal = self.calibration
         assert cal is not None
-        return {**_common_dict(self), "intercept": self.intercept.tolist(),
-                "calibration": {"method": "platt" if all(c["knots"] is None for c in cal) else "monotone",
-                                "a": [c["a"] for c in cal], "b": [c["b"] for c in cal],
-                                "knots": [c["knots"] for c in cal]},
-                "platform_part": list(self.platform_part or [])}
+        return {**_common_dict(self), "intercept": self.intercept.tolist(), "calibration": _calibration_dict(cal),
+                "platform_part": list(self.platform_part or []),
+                **({"bank_only": self.bank_only.to_dict()} if self.bank_only is not None else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str) -> BankModel:
@@ -102,19 +166,17 @@ class BankModel:
             if intercept.shape != (T,):
                 raise ValueError("the intercepts are not one per tag")
             cal = d.get("calibration")  # absent in models stored before calibration: identity
-            calibration = None
-            if cal is not None:  # "knots" is absent in models stored before the monotone map: Platt alone
-                a, b, knots = list(cal["a"]), list(cal["b"]), list(cal.get("knots") or [None] * T)
-                if not len(a) == len(b) == len(knots) == T:
-                    raise ValueError("the calibration is not one entry per tag")
-                calibration = entries([{"a": a[t], "b": b[t], "knots": knots[t]} for t in range(T)])
+            calibration = None if cal is None else _calibration_from(cal, T)
             part = d.get("platform_part")  # absent in models stored before it: every tag joint
             if part is not None and (not isinstance(part, list) or len(part) != T
                                      or not all(isinstance(v, bool) for v in part)):
                 raise ValueError("platform_part is not one true/false per tag")
+            alone = d.get("bank_only")  # absent in models stored before it: the fallback says what it does
+            bank_only = (None if alone is None else
+                         BankOnlyHalf.from_dict(alone, len(common["weights"]), T))
         except (KeyError, TypeError, ValueError) as err:
             raise ModelError(f"{where}: damaged bank model: {_reason(err)}") from err
-        return cls(intercept=intercept, calibration=calibration, platform_part=part, **common)
+        return cls(intercept=intercept, calibration=calibration, platform_part=part, bank_only=bank_only, **common)
 
 
 @dataclass
@@ -147,6 +209,20 @@ class PlatformModel:
     def from_dict(cls, d: Mapping[str, Any], *, where: str) -> PlatformModel:
         """The model of :meth:`to_dict`; :class:`ModelError` names ``where`` (e.g. the file) if ``d`` is not one."""
         return cls(**_common_fields(d, "platform", where))
+
+
+def _calibration_dict(cal: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return {"method": "platt" if all(c["knots"] is None for c in cal) else "monotone",
+            "a": [c["a"] for c in cal], "b": [c["b"] for c in cal], "knots": [c["knots"] for c in cal]}
+
+
+def _calibration_from(cal: Mapping[str, Any], T: int) -> list[dict[str, Any]]:
+    """Per-tag entries of :func:`_calibration_dict`'s output; "knots" is absent in models stored before the
+    monotone map (Platt alone). ValueError when it is not one entry per tag."""
+    a, b, knots = list(cal["a"]), list(cal["b"]), list(cal.get("knots") or [None] * T)
+    if not len(a) == len(b) == len(knots) == T:
+        raise ValueError("the calibration is not one entry per tag")
+    return entries([{"a": a[t], "b": b[t], "knots": knots[t]} for t in range(T)])
 
 
 def _common_dict(model: BankModel | PlatformModel) -> dict[str, Any]:
@@ -188,4 +264,4 @@ def _reason(err: Exception) -> str:
     return f"missing {err}" if isinstance(err, KeyError) else str(err)
 
 
-__all__ = ["BankModel", "ModelError", "PlatformModel", "sigmoid"]
+__all__ = ["BankModel", "BankOnlyHalf", "ModelError", "PlatformModel", "sigmoid"]
