@@ -2,6 +2,7 @@
 set-up and scoring, before and after data larger than memory was wired into the nodes.
 
     python -m benchmarks.memory --json PATH [--rows 1000000] [--features 300] [--aligned 0.8]
+        [--modes legacy,memory,disk]
 
 One Parquet file of ``--rows`` customers x ``--features`` float64 features (the platform's file; 2.4 GB of
 features at the defaults) is written once; then each mode runs in a fresh process, which reports its peak
@@ -133,9 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--features", type=int, default=300)
     parser.add_argument("--aligned", type=float, default=0.8, help="share of the rows in the alignment")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="modes to run (legacy needs about 5x the feature matrix in memory)")
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # one mode, in a child process
     parser.add_argument("--file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or set(modes) - set(MODES):
+        parser.error(f"--modes: choose from {', '.join(MODES)}")
     if args.mode:
         with tempfile.TemporaryDirectory(prefix="fedprofile-spill-") as spill:
             print(json.dumps(run_mode(args.mode, Path(args.file), args.aligned, Path(spill))))
@@ -146,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"writing {args.rows:,} x {args.features} features to {path} ...")
         write_file(path, args.rows, args.features)
         size_mb = path.stat().st_size / 2**20
-        for mode in MODES:
+        for mode in modes:
             console.print(f"{mode} ...")
             out = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--mode", mode, "--file", str(path),
                                   "--aligned", str(args.aligned)], capture_output=True, text=True,
@@ -156,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     done = [r for r in results if "digest" in r]
-    identical = len(done) == len(MODES) and all(r["digest"] == done[0]["digest"] for r in done)
+    identical = len(done) == len(modes) and all(r["digest"] == done[0]["digest"] for r in done)
     by_mode = {r["mode"]: r for r in results}
     matrix_mb = args.rows * args.features * 8 / 2**20
     payload = {"command": "python -m benchmarks.memory " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -25,6 +25,9 @@ def plan(full: bool, out: Path, peer_python: str | None = None) -> list[tuple[st
         ("benchmarks.privacy", ([] if full else ["--quick"]) + j("privacy")),
         ("benchmarks.quality", j("quality")),
         ("benchmarks.fuzz", ["--messages", "10000" if full else "2000"] + j("fuzz")),
+        ("benchmarks.memory", ["--rows", "1000000" if full else "200000"] + j("memory")),
+        ("benchmarks.scale", ([] if full else ["--psi-n", "100000", "--score-rows", "200000", "--matvec-rows",
+                                               "5000"]) + j("scale")),
     ]
     speed = ["--rows", "100000", "--bank-features", "30", "--platform-features", "300", "--epochs", "1"]
     if full:
