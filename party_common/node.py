@@ -17,6 +17,7 @@ from protocols.compute import Compute, make_compute
 from protocols.errors import NotFound
 from protocols.party_data import PartyData, Schema
 from protocols.psi import describe_kernel
+from protocols.rowblocks import on_disk
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ class NodeBase:
         self.config = config
         self.name = config.name
         self.data = data if data is not None else load_node_data(config)
+        size_mb = self.data.features.size * 8 / 2**20
+        log.info("features: %.0f MB %s", size_mb, f"memory-mapped from {config.state_dir / 'tmp'} (above [data] "
+                 f"in_memory_mb = {config.data.in_memory_mb:g})" if on_disk(self.data.features) else "in memory")
         # The platform keeps jobs that wait for its operator's approval across a restart (party_common.policy).
         self.stores = stores if stores is not None else open_node_stores(config.state_dir,
                                                                          keep_waiting=self.role == "platform")

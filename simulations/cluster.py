@@ -44,7 +44,7 @@ def _toml_list(values: Sequence[str]) -> str:
 
 def write_configs(workdir: Path, *, bank_data: Path, bank_id_column: str, bank_tag_columns: Sequence[str],
                   platform_data: Path, platform_id_column: str, bank_port: int, platform_port: int,
-                  workers: int = 2, fill_missing: str = "error") -> tuple[Path, Path]:
+                  workers: int = 2, fill_missing: str = "error", in_memory_mb: float = 1024) -> tuple[Path, Path]:
     certs = workdir / "certs"
     bank = f"""# The bank's node: one short file.
 [node]
@@ -71,6 +71,7 @@ path = "{bank_data.resolve()}"
 id_column = "{bank_id_column}"
 tag_columns = {_toml_list(bank_tag_columns)}
 fill_missing = "{fill_missing}"
+in_memory_mb = {in_memory_mb:g}
 """
     platform = f"""# The platform's node: one short file.
 [node]
@@ -93,6 +94,7 @@ peer_crl = "{certs / 'bank' / 'crl.pem'}"
 path = "{platform_data.resolve()}"
 id_column = "{platform_id_column}"
 fill_missing = "{fill_missing}"
+in_memory_mb = {in_memory_mb:g}
 """
     bank_path, platform_path = workdir / "bank.toml", workdir / "platform.toml"
     atomic_write(bank_path, bank.encode())
@@ -107,7 +109,7 @@ class NodeFailed(FedProfileError):
 class LocalCluster:
     def __init__(self, workdir: Path, *, bank_data: Path, bank_id_column: str, platform_data: Path,
                  platform_id_column: str, bank_tag_columns: Sequence[str] = (), workers: int = 2,
-                 fill_missing: str = "error", start_timeout_s: float = 120.0) -> None:
+                 fill_missing: str = "error", start_timeout_s: float = 120.0, in_memory_mb: float = 1024) -> None:
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.bank_port, self.platform_port = free_port(), free_port()
@@ -116,7 +118,7 @@ class LocalCluster:
             self.workdir, bank_data=Path(bank_data), bank_id_column=bank_id_column,
             bank_tag_columns=bank_tag_columns, platform_data=Path(platform_data),
             platform_id_column=platform_id_column, bank_port=self.bank_port, platform_port=self.platform_port,
-            workers=workers, fill_missing=fill_missing)
+            workers=workers, fill_missing=fill_missing, in_memory_mb=in_memory_mb)
         self.start_timeout_s = start_timeout_s
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._clients: list[BankClient] = []

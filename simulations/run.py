@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"bank_data": str(bank_data), "platform_data": str(platform_data), "tags": {}}
     with LocalCluster(out / "cluster", bank_data=bank_data, bank_id_column=bank_id, platform_data=platform_data,
                       platform_id_column=platform_id, bank_tag_columns=tags, workers=args.workers,
-                      fill_missing=args.fill_missing) as cluster:
+                      fill_missing=args.fill_missing, in_memory_mb=args.in_memory_mb) as cluster:
         console.print(f"Nodes up on loopback with mutual TLS (bank :{cluster.bank_port}, platform "
                       f":{cluster.platform_port}); logs in {cluster.workdir}")
         client = cluster.bank_client()
@@ -135,6 +135,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         train = client.train(tags=tags, alignment_job_id=align["job_id"], train=train_params, on_progress=progress)
         report["training"] = {k: v for k, v in train.items() if k != "tags_metrics"}
+        memory = {"psi": align.get("memory"), "training": train.get("memory")}
+        report["bank_node_memory_mb"] = memory
+        console.print("[bold]Bank node memory[/] (peak, MB): " + "; ".join(
+            f"{job} {m['node_peak_mb']:,.0f} (workers {m['workers_peak_mb']:,.0f})" for job, m in memory.items() if m),
+            highlight=False)
         for tag in tags:
             report["tags"][tag] = dict(train["metrics"][tag])
         try:
@@ -227,6 +232,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--fill-missing", default="error", choices=["error", "zero", "mean"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--in-memory-mb", type=float, default=1024,
+                   help="[data] in_memory_mb of both nodes: larger feature matrices are memory-mapped (default 1024)")
     p.add_argument("--n-bank", type=int, default=6000, help="simulated data only")
     p.add_argument("--n-platform", type=int, default=9000, help="simulated data only")
     p.add_argument("--n-tags", type=int, default=4, help="simulated data only")
