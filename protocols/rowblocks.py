@@ -32,12 +32,8 @@ def block_rows(n_columns: int, itemsize: int = 8) -> int:
     return max(1024, BLOCK_BYTES // max(1, n_columns * itemsize))
 
 
-def on_disk(a: np.ndarray | RowSubset) -> bool:
-    return isinstance(a, RowSubset) or (isinstance(a, np.memmap) and a.filename is not None)
-
-
-def _directory(a: np.ndarray | RowSubset) -> Path:
-    return a.directory if isinstance(a, RowSubset) else Path(str(a.filename)).parent  # type: ignore[union-attr]
+def on_disk(a: np.ndarray) -> bool:
+    return isinstance(a, np.memmap) and a.filename is not None
 
 
 def scratch_array(directory: str | Path, shape: tuple[int, ...], dtype: np.dtype | type) -> np.memmap:
@@ -57,7 +53,7 @@ def scratch_array(directory: str | Path, shape: tuple[int, ...], dtype: np.dtype
 def empty_rows_like(source: np.ndarray, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
     """An array to fill with rows derived from ``source``: beside it on disk if it is on disk, else in memory."""
     if on_disk(source):
-        return scratch_array(_directory(source), shape, dtype)
+        return scratch_array(Path(str(source.filename)).parent, shape, dtype)  # type: ignore[union-attr]
     return np.empty(shape, dtype=dtype)
 
 
@@ -87,10 +83,7 @@ def map_rows(source: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], n_colum
 
 
 def take_rows(source: np.ndarray, rows: np.ndarray | None = None, columns: list[int] | None = None) -> np.ndarray:
-    """``source[rows][:, columns]``, on disk beside ``source`` if it is on disk (an in-memory one is indexed).
-    Rows alone of a matrix on disk are a :class:`RowSubset`: nothing is copied."""
-    if on_disk(source) and columns is None and rows is not None:
-        return RowSubset(source, _row_index(rows))  # type: ignore[return-value]
+    """``source[rows][:, columns]``, on disk beside ``source`` if it is on disk (an in-memory one is indexed)."""
     if not on_disk(source):
         out = source if rows is None else source[_row_index(rows)]
         return out if columns is None else out[:, columns]
@@ -160,47 +153,6 @@ def row_norm_max(source: np.ndarray, rows: np.ndarray | None = None) -> float:
     return top
 
 
-class RowSubset:
-    """Rows ``rows`` of a matrix on disk, in that order, without a copy: ``subset[i]`` is ``source[rows[i]]``.
-
-    An alignment's rows of a node's memory-mapped features (``PartyData.take``): copying them would write a
-    second file of nearly the same size (19 GB of the 24 GB of 10M x 300 for an 80% intersection), and the
-    rows a batch reads are scattered over the file either way. Whatever is derived from a subset row by row
-    goes to a scratch file beside its source, as for the source itself.
-    """
-
-    def __init__(self, source: np.ndarray | RowSubset, rows: np.ndarray) -> None:
-        if isinstance(source, RowSubset):  # a subset of a subset indexes the first source directly
-            source, rows = source.source, source.rows[rows]
-        self.source, self.rows = source, np.asarray(rows, dtype=np.int64)
-        self.shape = (len(self.rows), *source.shape[1:])
-        self.dtype = source.dtype
-        self.directory = _directory(source)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __getitem__(self, index: np.ndarray | slice | int) -> np.ndarray:
-        if isinstance(index, tuple):  # (rows, columns)
-            return self[index[0]][(slice(None), *index[1:])]
-        picked = self.rows[index]
-        if np.ndim(picked) == 0:
-            return np.asarray(self.source[int(picked)])
-        # reading in file order is kinder to the disk; the rows come back in the order asked
-        order = np.argsort(picked, kind="stable")
-        out = np.empty((len(picked), *self.shape[1:]), dtype=self.dtype)
-        out[order] = self.source[picked[order]]
-        return out
-
-    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
-        whole = self[np.arange(len(self))]
-        return whole if dtype is None else whole.astype(dtype)
-
-
 class RowView:
     """Rows of a matrix computed on demand from another's: ``view[rows]`` is ``fn(source[rows])``.
 
@@ -209,8 +161,7 @@ class RowView:
     own), so a node holds its raw features once, on disk or in memory.
     """
 
-    def __init__(self, source: np.ndarray | RowView | RowSubset, fn: Callable[[np.ndarray], np.ndarray],
-                 n_columns: int) -> None:
+    def __init__(self, source: np.ndarray | RowView, fn: Callable[[np.ndarray], np.ndarray], n_columns: int) -> None:
         self.source, self.fn = source, fn
         self.shape = (len(source), n_columns)
 
@@ -225,5 +176,5 @@ class RowView:
         return 2
 
 
-__all__ = ["BLOCK_BYTES", "RowSubset", "RowView", "block_rows", "column_max_abs", "column_mean_std", "empty_rows_like",
+__all__ = ["BLOCK_BYTES", "RowView", "block_rows", "column_max_abs", "column_mean_std", "empty_rows_like",
            "map_rows", "on_disk", "row_norm_max", "scratch_array", "take_rows"]

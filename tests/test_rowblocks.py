@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 import protocols.rowblocks as rowblocks
 from protocols.fixedpoint import quantise, quantise_rows
 from protocols.rowblocks import (
-    RowSubset,
     column_max_abs,
     column_mean_std,
     map_rows,
@@ -112,19 +111,3 @@ def test_take_rows_copies_exactly_and_stays_where_its_source_is(tmp_path: Path) 
     assert np.array_equal(take_rows(disk, np.zeros(5000, dtype=bool)), np.empty((0, 4)))
     # scratch files are unlinked as soon as they are mapped: nothing is left in the directory
     assert list(tmp_path.iterdir()) == []
-
-
-def test_rows_of_a_matrix_on_disk_are_a_view_and_what_derives_from_them_stays_on_disk(tmp_path: Path) -> None:
-    X = np.random.default_rng(5).standard_normal((4000, 3))
-    rows = np.random.default_rng(6).permutation(4000)[:2500]
-    subset = take_rows(on_disk_copy(X, tmp_path), rows)
-    assert isinstance(subset, RowSubset) and on_disk(subset) and subset.shape == (2500, 3)
-    assert np.array_equal(subset[np.array([7, 0, 2499])], X[rows[[7, 0, 2499]]])
-    assert np.array_equal(subset[10:20], X[rows[10:20]]) and np.array_equal(subset[3], X[rows[3]])
-    assert np.array_equal(subset[np.arange(5), 1], X[rows[:5], 1])
-    inner = take_rows(subset, np.array([4, 1]))  # a subset of a subset reads the first source
-    assert isinstance(inner, RowSubset) and inner.source is subset.source and np.array_equal(inner[:], X[rows[[4, 1]]])
-    Xq, _ = quantise_rows(subset, lambda block: block, 8)
-    assert on_disk(Xq) and np.array_equal(Xq, quantise(X[rows], 8)[0])
-    assert column_mean_std(subset)[0].tobytes() == X[rows].mean(axis=0).tobytes()
-    assert np.array_equal(np.asarray(subset), X[rows])
