@@ -69,6 +69,20 @@ def _row_index(rows: np.ndarray | None) -> np.ndarray | None:
     return np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64, copy=False).reshape(-1)
 
 
+def _read(source: np.ndarray, index: np.ndarray | None, a: int, b: int) -> np.ndarray:
+    """Rows ``a:b`` of ``source``, or of ``source[index]``, in memory (the source's type)."""
+    if index is None:
+        return np.asarray(source[a:b])
+    picked = index[a:b]
+    if not on_disk(source):
+        return np.asarray(source[picked])
+    # In file order: the disk reads forward; the rows come back in the order asked.
+    order = np.argsort(picked, kind="stable")
+    out = np.empty((len(picked), *source.shape[1:]), dtype=source.dtype)
+    out[order] = source[picked[order]]
+    return out
+
+
 def map_rows(source: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], n_columns: int, dtype: np.dtype | type,
              *, rows: np.ndarray | None = None) -> np.ndarray:
     """``fn`` applied to blocks of ``source[rows]`` (all rows by default), stacked: ``fn`` must map each row on
@@ -78,7 +92,7 @@ def map_rows(source: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], n_colum
     out = empty_rows_like(source, (n, n_columns), dtype)
     step = block_rows(max(source.shape[1] if source.ndim == 2 else 1, n_columns))
     for a, b in _spans(n, step):
-        out[a:b] = fn(np.asarray(source[a:b] if index is None else source[index[a:b]]))
+        out[a:b] = fn(_read(source, index, a, b))
     return out
 
 
@@ -116,7 +130,7 @@ def column_mean_std(source: np.ndarray, rows: np.ndarray | None = None, *,
 
     def blocks() -> Iterator[np.ndarray]:
         for a, b in _spans(n, step):
-            X = np.asarray(source[a:b] if index is None else source[index[a:b]], dtype=np.float64)
+            X = np.asarray(_read(source, index, a, b), dtype=np.float64)
             yield X if transform is None else transform(X)
 
     total = None
@@ -137,7 +151,7 @@ def column_max_abs(source: np.ndarray, rows: np.ndarray | None = None, *,
     n = len(source) if index is None else len(index)
     top = np.zeros(source.shape[1])  # transforms keep the columns (standardising, scaling)
     for a, b in _spans(n, block_rows(source.shape[1])):
-        X = np.asarray(source[a:b] if index is None else source[index[a:b]], dtype=np.float64)
+        X = np.asarray(_read(source, index, a, b), dtype=np.float64)
         top = np.maximum(top, np.abs(X if transform is None else transform(X)).max(axis=0, initial=0.0))
     return top
 
@@ -148,7 +162,7 @@ def row_norm_max(source: np.ndarray, rows: np.ndarray | None = None) -> float:
     n = len(source) if index is None else len(index)
     top = 0.0
     for a, b in _spans(n, block_rows(source.shape[1])):
-        X = np.asarray(source[a:b] if index is None else source[index[a:b]], dtype=np.float64)
+        X = np.asarray(_read(source, index, a, b), dtype=np.float64)
         top = max(top, float(np.sqrt((X * X).sum(axis=1)).max(initial=0.0)))
     return top
 
