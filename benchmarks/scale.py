@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import console, print_table, write_json
-from party_common.bigdata import peak_rss_mb, score_file
+from party_common.bigdata import score_file
+from party_common.memory import peak_rss_mb
 from protocols.channel import LocalPeer
 from protocols.compute import Compute, ProcessPoolCompute
 from protocols.paillier import generate_keypair

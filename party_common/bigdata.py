@@ -1,12 +1,12 @@
-"""Data larger than memory: a Parquet file read row group by row group, scored or quantised block by block.
+"""Scoring a Parquet file larger than memory: read row group by row group, scored block by block.
 
 Nothing here loads a whole file. :func:`iter_blocks` yields (IDs, features) one block of at most
 ``block_rows`` rows at a time (pyarrow reads the row groups it needs and no more); :func:`score_file`
 streams those blocks through a model half's partial scores on any compute backend
-(``protocols.vfl_lr.scoring``) into an output Parquet file written atomically; :func:`quantise_to_memmap`
-writes features quantised to signed 8-bit integers into a memory-mapped file, the form in which the
-products under encryption (``X^T [[d]]``) read them. Peak memory is then a few blocks per process, whatever
-the number of rows, and :func:`peak_rss_mb` reports it.
+(``protocols.scoring``) into an output Parquet file written atomically. Peak memory is then a few
+blocks per process, whatever the number of rows (``party_common.memory.peak_rss_mb`` reports it). A node's
+own data file is read by ``party_common.data_loading`` (block by block too, features memory-mapped above
+``[data] in_memory_mb``), and training quantises it with ``protocols.fixedpoint.quantise_rows``.
 
 Every error names the file, the column and the row (1-based data row), never a value or an ID.
 """
@@ -14,7 +14,6 @@ Every error names the file, the column and the row (1-based data row), never a v
 from __future__ import annotations
 
 import os
-import resource
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from party_common.memory import peak_rss_mb
 from protocols.compute import Compute
-from protocols.fixedpoint import quantise_with
 from protocols.party_data import DataError
 from protocols.scoring import CHUNK_ROWS, ScoringModel, iter_partial_scores
-from protocols.vfl_lr.state import Scaler
 
 BLOCK_ROWS = 262_144
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB (Linux reports KB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _open(path: Path, id_column: str, feature_columns: Sequence[str]) -> pq.ParquetFile:
@@ -121,22 +114,4 @@ def score_file(compute: Compute, model: ScoringModel, path: str | Path, out_path
     return ScoredFile(out, rows, round(peak_rss_mb(), 1))
 
 
-def quantise_to_memmap(path: str | Path, feature_columns: Sequence[str], out_path: str | Path, *,
-                       scaler: Scaler, scale: np.ndarray, id_column: str, block_rows: int = BLOCK_ROWS) -> np.memmap:
-    """Features of ``path`` standardised by ``scaler`` and quantised to signed 8-bit integers on ``scale``
-    (``protocols.fixedpoint.quantise_with``, per column) in a memory-mapped ``.npy`` file of rows x columns.
-
-    The (rows x columns) int8 matrix takes an eighth of float64 memory, and only the pages in use stay
-    resident: ``X[a:b]`` of the result reads those rows from disk."""
-    path = Path(path)
-    rows = _open(path, id_column, feature_columns).metadata.num_rows
-    out = np.lib.format.open_memmap(Path(out_path), mode="w+", dtype=np.int8, shape=(rows, len(feature_columns)))
-    start = 0
-    for _, X in iter_blocks(path, id_column, feature_columns, block_rows=block_rows):
-        out[start:start + len(X)] = quantise_with(scaler.transform(X), scale, 8)
-        start += len(X)
-    out.flush()
-    return out
-
-
-__all__ = ["BLOCK_ROWS", "ScoredFile", "iter_blocks", "peak_rss_mb", "quantise_to_memmap", "score_file"]
+__all__ = ["BLOCK_ROWS", "ScoredFile", "iter_blocks", "score_file"]

@@ -11,12 +11,18 @@ figures: they are the node's, while the job ran.
 from __future__ import annotations
 
 import os
+import resource
 import threading
 from pathlib import Path
 from typing import Any
 
 SAMPLE_S = 0.2
 _PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started, in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _status_mb(pid: int | str, *keys: str) -> dict[str, float]:
@@ -79,4 +85,4 @@ class PeakMemory:
                 "workers_peak_mb": round(workers, 1)}
 
 
-__all__ = ["PeakMemory", "sample"]
+__all__ = ["PeakMemory", "peak_rss_mb", "sample"]

@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from party_common.bigdata import iter_blocks, quantise_to_memmap, score_file
+from party_common.bigdata import iter_blocks, score_file
 from protocols.compute import InlineCompute
-from protocols.fixedpoint import quantise
+from protocols.fixedpoint import quantise, quantise_rows
 from protocols.party_data import DataError, Schema
+from protocols.rowblocks import on_disk, scratch_array
 from protocols.scoring import partial_scores_on
 from protocols.vfl_lr.model import BankModel
 from protocols.vfl_lr.state import Scaler
@@ -51,16 +52,6 @@ def test_streamed_scores_equal_the_in_memory_scores(tmp_path: Path) -> None:
     assert scored.peak_rss_mb > 0 and not list(tmp_path.glob(".*.tmp"))
 
 
-def test_quantised_memmap_matches_quantise(tmp_path: Path) -> None:
-    rng = np.random.default_rng(2)
-    X = rng.normal(size=(500, 3))
-    scaler = Scaler.fit(X, 5.0)
-    Xq, scale = quantise(scaler.transform(X), 8)
-    mm = quantise_to_memmap(write(tmp_path / "in.parquet", X), COLUMNS, tmp_path / "xq.npy", scaler=scaler,
-                            scale=scale, id_column="id", block_rows=128)
-    assert mm.dtype == np.int8 and np.array_equal(np.load(tmp_path / "xq.npy", mmap_mode="r"), Xq)
-
-
 def test_bad_files_are_named_by_column_and_row(tmp_path: Path) -> None:
     X = np.ones((10, 3))
     X[7, 1] = np.nan
@@ -87,8 +78,10 @@ def test_products_under_encryption_read_the_memory_mapped_features(tmp_path: Pat
     X = rng.normal(size=(40, 3))
     scaler = Scaler.fit(X, 5.0)
     Xq, scale = quantise(scaler.transform(X), 8)
-    mm = quantise_to_memmap(write(tmp_path / "in.parquet", X), COLUMNS, tmp_path / "xq.npy", scaler=scaler,
-                            scale=scale, id_column="id", block_rows=16)
+    features = scratch_array(tmp_path, X.shape, np.float64)  # the node's features, spilled to disk
+    features[:] = X
+    mm, _ = quantise_rows(features, scaler.transform, 8)
+    assert on_disk(mm) and mm.dtype == np.int8
     pk, sk = generate_keypair(512, allow_insecure=True)
     d = rng.integers(-1000, 1000, 40)
     with PaillierPool(1) as pool:
