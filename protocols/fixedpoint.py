@@ -87,7 +87,7 @@ def quantise_rows(X: np.ndarray, transform: Callable[[np.ndarray], np.ndarray], 
 
 def quantise_with(X: np.ndarray, scale: np.ndarray, bits: int = 8) -> np.ndarray:
     """``X`` on a fitted ``scale`` (as :func:`quantise` fits it), in the smallest signed integer type that holds
-    ``bits`` bits: a block of a file quantised on the training rows' scale (``protocols.fixedpoint.quantise_rows``)."""
+    ``bits`` bits: a block of rows quantised on the training rows' scale (:func:`quantise_rows`)."""
     top = 2 ** (bits - 1) - 1
     return np.clip(np.rint(np.asarray(X, dtype=np.float64) / scale), -top, top).astype(np.int8 if bits <= 8
                                                                                       else np.int16)
