@@ -88,7 +88,7 @@ class PartyData:
 
     def positions(self, ids: Sequence[str]) -> np.ndarray:
         """The row of each of ``ids`` (int64), -1 where an ID is not in the file. The index (a hash table,
-        about a third of a dict's memory) is built once, on first use."""
+        two thirds of a dict's memory: 97 MB against 149 MB for 2M IDs) is built once, on first use."""
         if self._index is None:
             self._index = pd.Index(self.ids, dtype=object, copy=False)
         if not len(ids):
