@@ -3,8 +3,8 @@
 Linux's ``/proc`` gives each process's resident memory in two parts: anonymous (the heap: arrays, objects;
 what the machine must hold) and file-backed (pages of memory-mapped files, such as a spilled feature matrix,
 which the kernel drops and reads again under pressure). A job's summary reports the peaks of both for the node
-process, and the peak of the worker processes' resident memory together (the process pool's workers; a Ray
-cluster's actors run elsewhere and are not counted). Several jobs running at once on one node share these
+process, and the peak of the worker processes' resident memory together (every process below the node: the
+process pool's fork server and workers; a Ray cluster's actors run elsewhere and are not counted). Several jobs running at once on one node share these
 figures: they are the node's, while the job ran.
 """
 
@@ -48,10 +48,20 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _descendants(pid: int) -> list[int]:
+    # The pool's workers are the fork server's children, not the node's (protocols.compute).
+    found, todo = [], _children(pid)
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(_children(child))
+    return found
+
+
 def sample() -> tuple[float, float, float]:
-    """(node anonymous MB, node resident MB, workers' resident MB) now."""
+    """(node anonymous MB, node resident MB, all its descendant processes' resident MB) now."""
     me = _status_mb("self", "RssAnon", "VmRSS")
-    workers = sum(_status_mb(child, "VmRSS")["VmRSS"] for child in _children(os.getpid()))
+    workers = sum(_status_mb(child, "VmRSS")["VmRSS"] for child in _descendants(os.getpid()))
     return me["RssAnon"], me["VmRSS"], workers
 
 

@@ -14,9 +14,10 @@ import party_bank.segments as segments
 import party_common.data_loading as data_loading
 import protocols.rowblocks as rowblocks
 from party_common.data_loading import load_party_data
+from party_common.memory import PeakMemory
 from party_common.storage import memory_node_stores
 from protocols.channel import LocalPeer
-from protocols.compute import InlineCompute
+from protocols.compute import InlineCompute, ProcessPoolCompute
 from protocols.party_data import DataError
 from protocols.rowblocks import on_disk
 from protocols.vfl_lr import TrainParams, make_platform_train_handler, run_bank_training
@@ -148,3 +149,24 @@ def test_nodes_align_train_and_batch_score_on_memory_mapped_data(tmp_path: Path,
                    nodes.platform.stores.jobs.get(train.job_id)):
         memory = record.result["memory"]
         assert 0 < memory["node_peak_mb"] <= memory["node_peak_resident_mb"] and memory["workers_peak_mb"] >= 0
+
+
+def hold_memory(mb: int) -> int:
+    """A worker that holds ``mb`` MB for a moment (run in the pool's processes)."""
+    import time
+
+    block = np.ones(mb * 2**17)  # 8-byte floats
+    time.sleep(0.5)
+    return int(block.size)
+
+
+def test_peak_memory_counts_the_pool_workers_below_the_fork_server() -> None:
+    watch = PeakMemory(interval_s=0.05)
+    compute = ProcessPoolCompute(2)
+    try:
+        assert [f.result() for f in [compute.submit(hold_memory, 100) for _ in range(2)]] == [100 * 2**17] * 2
+    finally:
+        compute.close()
+    peaks = watch.stop()
+    # both workers' 100 MB, held at once; the workers are the fork server's children, not this process's
+    assert peaks["workers_peak_mb"] > 150
