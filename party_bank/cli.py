@@ -178,7 +178,8 @@ def print_outcome(job: dict[str, Any], as_json: bool) -> None:
         result = job.get("result") or {}
         print(f"{job['kind']} job {job['job_id']} succeeded in {views.duration(job.get('elapsed_s') or 0.0)}: "
               f"{views.headline(job)}" + (f"; alignment hash {result['content_hash'][:12]}"
-                                          if result.get("content_hash") else ""))
+                                          if result.get("content_hash") else "")
+              + (f"; {views.memory_text(result)}" if views.memory_text(result) else ""))
 
 
 def submit_and_wait(client: BankClient, args: argparse.Namespace, kind: str, params: dict[str, Any],

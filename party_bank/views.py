@@ -101,12 +101,22 @@ def summary_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def memory_text(result: Mapping[str, Any]) -> str:
+    """The node's peak memory while a job ran (its summary's ``memory``; empty for jobs from before it)."""
+    m = result.get("memory") or {}
+    if "node_peak_mb" not in m:
+        return ""
+    workers = f", workers {m['workers_peak_mb']:,.0f} MB" if m.get("workers_peak_mb") else ""
+    return f"peak memory {m['node_peak_mb']:,.0f} MB{workers}"
+
+
 def train_done(job: Mapping[str, Any]) -> str:
     """What `train` prints when the job ends: which model, on which alignment, how long, then the table."""
     result = job.get("result") or {}
     name = f" '{job['name']}'" if job.get("name") else ""
     head = (f"model {job['job_id']}{name}: trained on alignment {result.get('alignment_job_id', '?')} "
-            f"({result.get('rows', '?')} shared customers) in {duration(job.get('elapsed_s') or 0.0)}")
+            f"({result.get('rows', '?')} shared customers) in {duration(job.get('elapsed_s') or 0.0)}"
+            + (f"; {memory_text(result)}" if memory_text(result) else ""))
     tail = (f"report: bank-node report --config ... {job['job_id']} --out report.html; "
             f"score: bank-node score --config ... --model {job['job_id']} --ids ...")
     return "\n".join([head, "", summary_table(result), "", tail])
@@ -164,6 +174,6 @@ def cancelled_line(job: Mapping[str, Any]) -> str:
     return f"job {job['job_id']}: {job['status']}{still}"
 
 
-__all__ = ["cancelled_line", "duration", "event_line", "seconds_between", "events_text", "follow_line", "headline", "jobs_table", "render", "scores_table",
+__all__ = ["cancelled_line", "duration", "memory_text", "event_line", "seconds_between", "events_text", "follow_line", "headline", "jobs_table", "render", "scores_table",
            "summary_table", "train_done"]
 

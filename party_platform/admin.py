@@ -59,10 +59,12 @@ def _outcome(record: JobRecord) -> str:
     if record.status == AWAITING_APPROVAL:
         return f"platform-node approve {record.job_id}"
     result = record.result
+    memory = result.get("memory") or {}
+    peak = f"; peak {memory['node_peak_mb']:,.0f} MB" if "node_peak_mb" in memory else ""
     if "intersection_size" in result:
-        return f"intersection {result['intersection_size']} ({result.get('mode', '?')})"
+        return f"intersection {result['intersection_size']} ({result.get('mode', '?')}){peak}"
     if "tags" in result:
-        return "tags " + ", ".join(map(str, result["tags"]))
+        return "tags " + ", ".join(map(str, result["tags"])) + peak
     return record.progress
 
 

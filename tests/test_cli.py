@@ -94,6 +94,9 @@ def test_train_ends_with_the_summary_table() -> None:
     assert row.split()[1:] == ["0.810", "[0.760,", "0.860]", "0.740", "[0.690,", "0.790]", "+0.070", "[+0.010,",
                                "+0.130]", "80", "of", "400"]
     assert f"! {LONG_TAG}: read me" in text
+    assert "peak memory" not in text  # a job stored before jobs reported memory
+    done["result"]["memory"] = {"node_peak_mb": 1234.5, "node_peak_resident_mb": 2000.0, "workers_peak_mb": 980.2}
+    assert "400 shared customers) in 2 min 05 s; peak memory 1,234 MB, workers 980 MB" in views.train_done(done)
 
 
 def test_score_table_keeps_every_id_with_its_status() -> None:

@@ -169,6 +169,8 @@ def test_approval_mode_waits_then_runs_and_the_operator_sees_everything(
     assert job_id in out and f"platform-node approve {job_id}" in out  # full names, never cut
     assert platform_main(["approve", job_id, "--config", str(config)]) == 0
     assert pair.bank.wait(job_id, timeout_s=120).status == "succeeded"
+    assert platform_main(["jobs", "--config", str(config)]) == 0
+    assert "; peak " in capsys.readouterr().out  # the platform's peak memory while the job ran
     events = [(e.event, e.actor) for e in world.platform_stores.jobs.audit_events(job_id)]
     assert events[0] == ("created", "(in process)") and ("approved", admin.operator_name()) in events
     assert ("created", "alice") in [(e.event, e.actor) for e in world.bank_stores.jobs.audit_events(job_id)]
