@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from protocols.party_data import DataError, PartyData, Schema
+from protocols.party_data import DataError, IdIndex, PartyData, Schema, as_ids
 from protocols.rowblocks import scratch_array, take_rows
 
 log = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ def load_party_data(path: str | Path, *, id_column: str, tag_columns: Sequence[s
                 start = matrix.rows
                 ids = _as_text(frame[id_column])
                 empty_ids.add(np.flatnonzero((ids == "").to_numpy()), start)
-                id_blocks.append(ids.to_numpy(dtype=object))
+                id_blocks.append(as_ids(ids.to_numpy(dtype=object)))  # 16 bytes per ID, not a Python string
                 matrix.append(np.column_stack([s.values(frame[c], start, c in source.bool_columns)
                                                for c, s in zip(features, stats, strict=True)]))
                 label_blocks.append(np.column_stack([_tag_values(frame[t], start, f) for t, f in
@@ -392,10 +392,9 @@ def _tag_values(column: pd.Series, start: int, bad: _Finding) -> np.ndarray:
 
 
 def _check_unique(ids: np.ndarray, path: Path, id_column: str) -> None:
-    series = pd.Series(ids, dtype=object, copy=False)
-    dup = series.duplicated(keep=False).to_numpy()
-    if dup.any():
-        rows = np.flatnonzero(dup)
-        twin = np.flatnonzero((series == series.iloc[rows[0]]).to_numpy())
+    repeats = IdIndex(ids).repeats()  # the IDs stay a compact array: no Python string per customer
+    if repeats:
+        first = min(a for a, _ in repeats)
+        twin = sorted({first, *(b for a, b in repeats if a == first)})
         raise DataError(f"{path}: column '{id_column}': rows {twin[0] + 1} and {twin[1] + 1} have the same ID "
-                        f"({int(series.duplicated().sum())} duplicate(s) in all)")
+                        f"({len(repeats)} duplicate(s) in all)")

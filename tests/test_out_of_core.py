@@ -12,13 +12,14 @@ import pytest
 
 import party_bank.segments as segments
 import party_common.data_loading as data_loading
+import protocols.party_data as party_data
 import protocols.rowblocks as rowblocks
 from party_common.data_loading import load_party_data
 from party_common.memory import PeakMemory
 from party_common.storage import memory_node_stores
 from protocols.channel import LocalPeer
 from protocols.compute import InlineCompute, ProcessPoolCompute
-from protocols.party_data import DataError
+from protocols.party_data import ID_DTYPE, DataError, IdIndex, PartyData, Schema, as_ids
 from protocols.rowblocks import on_disk
 from protocols.vfl_lr import TrainParams, make_platform_train_handler, run_bank_training
 from simulations.generate import SimulationConfig, generate, write
@@ -170,3 +171,27 @@ def test_peak_memory_counts_the_pool_workers_below_the_fork_server() -> None:
     peaks = watch.stop()
     # both workers' 100 MB, held at once; the workers are the fork server's children, not this process's
     assert peaks["workers_peak_mb"] > 150
+
+
+def test_ids_are_a_compact_string_array_found_by_binary_search() -> None:
+    long_id = "customer-" + "9" * 40  # longer than the 15 bytes kept inline
+    ids = ["b-2", "a-1", long_id, "é-4", "a-10"]
+    data = PartyData(source="t", ids=ids, features=np.zeros((5, 1)), feature_names=["f"],
+                     labels=np.zeros((5, 0)), tag_names=[], schema=Schema("id", ("f",), ("float64",)))
+    assert data.ids.dtype == ID_DTYPE and list(data.ids) == ids
+    assert data.positions(["a-10", "nobody", long_id, "é-4", "a-1", ""]).tolist() == [4, -1, 2, 3, 1, -1]
+    assert data.positions([]).tolist() == [] and data.row_of("b-2") == 0
+    assert data.take(["é-4", "b-2"]).ids.tolist() == ["é-4", "b-2"]
+
+
+def test_the_id_index_is_right_even_when_every_hash_collides(monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = as_ids([f"c{i}" for i in range(50)] + ["c7", "c3", "c7"])  # rows 50-52 repeat rows 7, 3, 7
+    for hash_of in (lambda a: np.zeros(len(a), np.uint64),  # a hash of the ID, but only three values
+                    lambda a: np.array([ord(str(v)[-1]) % 3 for v in a], dtype=np.uint64)):
+        monkeypatch.setattr(party_data, "id_hash64", hash_of)
+        index = IdIndex(ids)
+        assert index.repeats() == [(7, 50), (3, 51), (7, 52)]
+        assert index.rows(["c9", "nobody", "c49", "c0"]).tolist() == [9, -1, 49, 0]
+    monkeypatch.undo()
+    with pytest.raises(DataError, match=r"rows 4 and 52 have the same ID \(3 duplicate\(s\) in all\)"):
+        data_loading._check_unique(ids, Path("f.csv"), "id")

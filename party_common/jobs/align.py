@@ -52,7 +52,7 @@ class AlignJob(JobKind[AlignParams, PsiResult]):
         return asdict(params)
 
     def run_bank(self, link: PlatformLink, ctx: JobContext, params: AlignParams, job_name: str) -> PsiResult:
-        return run_bank_psi(ContextPeer(link, SessionContext(job_name=job_name, resumed=ctx.resumed)), ctx.job_id, list(ctx.data.ids),
+        return run_bank_psi(ContextPeer(link, SessionContext(job_name=job_name, resumed=ctx.resumed)), ctx.job_id, ctx.data.ids,
                             mode=params.mode, batch_size=params.batch_size, compute=ctx.new_compute(),
                             spill_dir=ctx.spill_dir, progress=ctx.progress)
 
