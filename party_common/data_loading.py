@@ -16,8 +16,9 @@ Files larger than memory: the file is read a block of rows at a time (Parquet by
 ``pyarrow``, CSV in chunks through ``pandas``), checked block by block, and the feature matrix collects in
 memory up to ``in_memory_mb``; beyond that it goes to a memory-mapped file in ``spill_dir``
 (``protocols.rowblocks``), which training, scoring and alignment read a block at a time. IDs and tags stay in
-memory (tens of bytes per customer). Errors are gathered over the whole file and reported as for a file read
-at once (the first bad row of the first bad column, and how many there are in the file).
+memory (the IDs as a numpy string array, 16 bytes each up to 15 bytes). Errors are gathered over the whole
+file and reported as for a file read at once (the first bad row of the first bad column, and how many there
+are in the file).
 """
 
 from __future__ import annotations
