@@ -117,28 +117,29 @@ def _running_sum(total: np.ndarray | None, block: np.ndarray) -> np.ndarray:
     return np.add.reduce(stacked, axis=0)
 
 
+def _float_blocks(source: np.ndarray, rows: np.ndarray | None,
+                  transform: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[np.ndarray]:
+    """``transform(source[rows])`` (all rows by default) as float64 blocks of rows, in order."""
+    index = _row_index(rows)
+    for a, b in _spans(len(source) if index is None else len(index), block_rows(source.shape[1])):
+        X = np.asarray(_read(source, index, a, b), dtype=np.float64)
+        yield X if transform is None else transform(X)
+
+
 def column_mean_std(source: np.ndarray, rows: np.ndarray | None = None, *,
                     transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and population standard deviation of the columns of ``transform(source[rows])``, block by block,
     with the rows added one after another (for two or more columns, bit for bit ``X.mean(axis=0)`` and
     ``X.std(axis=0)`` of the whole matrix)."""
-    index = _row_index(rows)
-    n = len(source) if index is None else len(index)
+    n = len(source) if rows is None else len(_row_index(rows))  # type: ignore[arg-type]
     if n == 0:
         raise ValueError("no rows to fit on")
-    step = block_rows(source.shape[1])
-
-    def blocks() -> Iterator[np.ndarray]:
-        for a, b in _spans(n, step):
-            X = np.asarray(_read(source, index, a, b), dtype=np.float64)
-            yield X if transform is None else transform(X)
-
     total = None
-    for X in blocks():
+    for X in _float_blocks(source, rows, transform):
         total = _running_sum(total, X)
     mean = total / n  # type: ignore[operator]
     squares = None
-    for X in blocks():
+    for X in _float_blocks(source, rows, transform):
         deviation = X - mean
         squares = _running_sum(squares, deviation * deviation)
     return mean, np.sqrt(squares / n)  # type: ignore[operator]
@@ -147,24 +148,16 @@ def column_mean_std(source: np.ndarray, rows: np.ndarray | None = None, *,
 def column_max_abs(source: np.ndarray, rows: np.ndarray | None = None, *,
                    transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """``np.abs(transform(source[rows])).max(axis=0, initial=0.0)``, block by block (a maximum is exact)."""
-    index = _row_index(rows)
-    n = len(source) if index is None else len(index)
     top = np.zeros(source.shape[1])  # transforms keep the columns (standardising, scaling)
-    for a, b in _spans(n, block_rows(source.shape[1])):
-        X = np.asarray(_read(source, index, a, b), dtype=np.float64)
-        top = np.maximum(top, np.abs(X if transform is None else transform(X)).max(axis=0, initial=0.0))
+    for X in _float_blocks(source, rows, transform):
+        top = np.maximum(top, np.abs(X).max(axis=0, initial=0.0))
     return top
 
 
 def row_norm_max(source: np.ndarray, rows: np.ndarray | None = None) -> float:
     """The largest L2 norm of a row of ``source[rows]`` (0 for none)."""
-    index = _row_index(rows)
-    n = len(source) if index is None else len(index)
-    top = 0.0
-    for a, b in _spans(n, block_rows(source.shape[1])):
-        X = np.asarray(_read(source, index, a, b), dtype=np.float64)
-        top = max(top, float(np.sqrt((X * X).sum(axis=1)).max(initial=0.0)))
-    return top
+    return max((float(np.sqrt((X * X).sum(axis=1)).max(initial=0.0)) for X in _float_blocks(source, rows)),
+               default=0.0)
 
 
 class RowView:
