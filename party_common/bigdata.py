@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from party_common.data_loading import parquet_batches, parquet_file
 from party_common.memory import peak_rss_mb
 from protocols.compute import Compute
 from protocols.party_data import DataError
@@ -34,7 +35,7 @@ def _open(path: Path, id_column: str, feature_columns: Sequence[str]) -> pq.Parq
     if not path.exists():
         raise DataError(f"{path}: file not found")
     try:
-        file = pq.ParquetFile(path, pre_buffer=False)  # with it the reader keeps every chunk it read (data_loading)
+        file = parquet_file(path)
     except (OSError, pa.ArrowException) as err:
         raise DataError(f"{path}: cannot read as Parquet: {err}") from err
     names = set(file.schema_arrow.names)
@@ -50,8 +51,7 @@ def iter_blocks(path: str | Path, id_column: str, feature_columns: Sequence[str]
     path = Path(path)
     file = _open(path, id_column, feature_columns)
     start = 0
-    for batch in file.iter_batches(batch_size=block_rows, columns=[id_column, *feature_columns]):
-        pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed blocks for reuse otherwise
+    for batch in parquet_batches(file, [id_column, *feature_columns], block_rows):
         ids = batch.column(0)
         if ids.null_count:
             row = start + int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0]) + 1
