@@ -228,14 +228,22 @@ def test_registry_over_grpc(trained: Trained, files: SimulatedFiles,
     assert retired.value.code() == grpc.StatusCode.NOT_FOUND and "retired" in (retired.value.details() or "")
 
 
+def bank_toml(tmp_path: Path, files: SimulatedFiles, *, listen: str, state_dir: Path,
+              client_address: str | None = None) -> Path:
+    """A bank node's TOML for the CLI on these files; without ``client_address`` the CLI dials ``listen``."""
+    config = tmp_path / "bank.toml"
+    tags = ", ".join(f'"{t}"' for t in files.tags)
+    client = f'[client]\naddress = "{client_address}"\n\n' if client_address else ""
+    config.write_text(f'[node]\nname = "bank"\nrole = "bank"\nlisten = "{listen}"\nstate_dir = "{state_dir}"\n\n'
+                      f'{client}[peer]\naddress = "127.0.0.1:1"\n\n'
+                      f'[data]\npath = "{files.bank}"\nid_column = "id"\ntag_columns = [{tags}]\n')
+    return config
+
+
 def test_cli_models_commands(trained: Trained, files: SimulatedFiles, grpc_pair: tuple[BankClient, GrpcPlatformLink],
                              tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, link = grpc_pair
-    config = tmp_path / "bank.toml"
-    tags = ", ".join(f'"{t}"' for t in files.tags)
-    config.write_text(f'[node]\nname = "bank"\nrole = "bank"\nlisten = "{link.address}"\n'
-                      f'state_dir = "{tmp_path / "state"}"\n\n[peer]\naddress = "127.0.0.1:1"\n\n'
-                      f'[data]\npath = "{files.bank}"\nid_column = "id"\ntag_columns = [{tags}]\n')
+    config = bank_toml(tmp_path, files, listen=link.address, state_dir=tmp_path / "state")  # client: its listen
     base = ["--config", str(config), "--insecure-dev"]
     assert cli.main(["models", *base, "alias", "cli@prod", trained.second]) == 0
     assert f"alias cli@prod -> {trained.second}" in capsys.readouterr().out
@@ -253,11 +261,7 @@ def test_cli_job_commands_for_people(trained: Trained, files: SimulatedFiles,
                                      grpc_pair: tuple[BankClient, GrpcPlatformLink], tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     _, link = grpc_pair
-    config = tmp_path / "bank.toml"
-    tags = ", ".join(f'"{t}"' for t in files.tags)
-    config.write_text(f'[node]\nname = "bank"\nrole = "bank"\nlisten = "127.0.0.1:1"\nstate_dir = "{tmp_path}"\n\n'
-                      f'[client]\naddress = "{link.address}"\n\n[peer]\naddress = "127.0.0.1:1"\n\n'
-                      f'[data]\npath = "{files.bank}"\nid_column = "id"\ntag_columns = [{tags}]\n')
+    config = bank_toml(tmp_path, files, listen="127.0.0.1:1", state_dir=tmp_path, client_address=link.address)
     base = ["--config", str(config), "--insecure-dev"]
     assert cli.main(["jobs", *base]) == 0
     table = capsys.readouterr().out
