@@ -439,7 +439,7 @@ class _BankTrainer:
         z_a = self._z_bank(rows)
         c = encode_z(z_a) + residual_offset(self.y[rows])
         # Label DP: noise on each residual before the platform's features touch it (label_privacy.py).
-        c = c + self.privacy.residual_noise(plan, c.shape, rng=self._rng(epoch, b, "platform"))
+        c = c + self.privacy.residual_noise(c.shape, rng=self._rng(epoch, b, "platform"))
         counts = m.sum(axis=0)
         if hide:  # every pair, scaled by k_t = round(2^G / m_t) per tag: the platform divides by 4 2^G
             scales = label_mask.tag_scales(counts, plan)

@@ -39,9 +39,18 @@ import numpy as np
 
 from protocols.errors import ProtocolError
 from protocols.rowblocks import RowView, row_norm_max
-from protocols.vfl_lr.params import D_BITS, F_BITS, MAX_AUTO_EPOCHS, SlotPlan, TrainingError, TrainParams
+from protocols.vfl_lr.params import (
+    D_BITS,
+    DP_NOISE_BITS,
+    F_BITS,
+    MAX_AUTO_EPOCHS,
+    TrainingError,
+    TrainParams,
+)
 from protocols.vfl_lr.state import epoch_batches
 
+# A job whose residual noise could exceed its slot room within this many standard deviations is refused up front.
+NOISE_TAIL_SIGMAS = 8
 FLOOR_FACTOR = 10  # labelled rows per tag and batch, per platform feature (benchmarks/privacy.py)
 LABEL_DP_MODES = ("auto", "on", "off")
 RDP_ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512, 1024])
@@ -160,6 +169,11 @@ def rdp_epsilon(mu: float, delta: float, orders: Sequence[float] = RDP_ORDERS) -
 # ----------------------------------------------------------------------------- the noise ----
 
 
+def residual_noise_room() -> int:
+    """How far label-DP noise may take a residual ``d' 2^F`` beyond its own range and still fit its slot."""
+    return (1 << (D_BITS + DP_NOISE_BITS)) - (1 << D_BITS)
+
+
 def residual_sensitivity(n_tags: int) -> float:
     """L2 change of the labelled residuals ``d' 2^F`` (fixed point) the platform receives in one batch when one
     customer's labels change: ``d' = z_A + z_B + 2 - 4 y`` (the scores are clipped before encoding, not the
@@ -271,6 +285,10 @@ class LabelPrivacy:
                 return plan
         if params.label_dp == "on" or (params.label_dp == "auto" and strict):
             noise = LabelNoise.calibrate(params, bank_sensitivity(X_aug, T, active), residual_sensitivity(T))
+            if NOISE_TAIL_SIGMAS * noise.residual_sigma >= residual_noise_room():
+                raise TrainingError(
+                    f"label DP at dp_epsilon {params.dp_epsilon} over {params.epochs} epochs and {T} tags needs noise "
+                    "wider than the residuals' slots hold; raise dp_epsilon, or train fewer tags or epochs per job")
             plan.mode, plan.noise, plan.smallest = "dp", noise, None
             if hit is not None:
                 plan.notes.append("label DP is on because the batches miss the floor of "
@@ -305,19 +323,19 @@ class LabelPrivacy:
         epochs before it were released too (also by a run this one resumes)."""
         self.epochs_spent = max(self.epochs_spent, epoch + 1)
 
-    def residual_noise(self, plan: SlotPlan, shape: tuple[int, int], *, rng: random.Random = _RANDOM) -> np.ndarray:
+    def residual_noise(self, shape: tuple[int, int], *, rng: random.Random = _RANDOM) -> np.ndarray:
         """Integer noise (rows x T, fixed point) for the batch's residuals ``d' 2^F``, drawn from ``rng`` (training:
         the batch's keyed stream, so a replayed batch carries the same noise); zeros without label DP.
 
         The bank adds it to its plaintext part of every residual before encrypting, so it reaches the platform
         inside ``d' 2^F + e``. Under ``hide_label_mask`` the residual is then scaled by ``k_t``, the noise with it.
-        A draw that would not fit the residual's slot (``plan.residual_bits``) stops the job rather than wrap.
+        A draw that would not fit the residual's slot (:func:`residual_noise_room`) stops the job rather than wrap.
         """
         if self.noise is None:
             return np.zeros(shape, dtype=np.int64)
         noise = np.array(gaussian_ints(shape[0] * shape[1], self.noise.residual_sigma, rng),
                          dtype=np.int64).reshape(shape)
-        if shape[0] and int(np.abs(noise).max()) >= (1 << plan.residual_bits) - (1 << D_BITS):
+        if shape[0] and int(np.abs(noise).max()) >= residual_noise_room():
             raise TrainingError("label DP noise does not fit the residuals' slots; raise dp_epsilon or train fewer "
                                 "tags in one job")
         return noise

@@ -23,7 +23,7 @@ D_BITS = 27  # |d' * 2^F| <= (32 + 34) * 2^20 < 2^27
 STAT_BITS = 40  # statistical hiding: every mask is 2^40 times wider than what it hides
 # Label DP: the bank adds Gaussian noise to each labelled residual d' 2^F before the platform's features touch it;
 # the residual's slot keeps this much headroom for it whenever the job may turn label DP on (label_dp not "off").
-DP_NOISE_BITS = 8
+DP_NOISE_BITS = 4  # room for 2^11 - 2^7 units of d': 28 residuals per ciphertext, not 29
 SCALE_MARGIN_BITS = 24  # hide_label_mask: the residuals' per-tag scale round(2^G / m_t) is at least 2^24
 
 
