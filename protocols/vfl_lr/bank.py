@@ -206,7 +206,7 @@ class _BankTrainer:
         reply = channel.call(Step.SETUP, setup)
         try:
             self.ppk = PublicKey.from_bytes(read_field(reply, Field.PLATFORM_KEY, bytes),
-                                            allow_insecure=self.insecure_for_tests)
+                                            allow_insecure=self.insecure_for_tests, key_bits=p.key_bits)
         except InvalidKey as err:
             raise ProtocolError(f"the platform's public key was refused: {err}") from err
         n_features = read_field(reply, Field.N_FEATURES, int)
