@@ -68,6 +68,7 @@ class PlatformSession:
         try:
             summary = self._job.save_platform(self._ctx, self._context, result)
         except ResultExists as err:
+            self._last_refusal = str(err)  # the job fails (and never resumes), whichever step reported the result
             self._node.stores.jobs.audit(self._ctx.job_id, RESULT_REFUSED_EVENT,
                                          f"{self._job.session}: a stored result is never replaced",
                                          outcome=f"refused ({status_of(err).name})")
