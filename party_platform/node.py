@@ -195,6 +195,10 @@ class PlatformNode(NodeBase):
                                    f"job {job_id} has ended on the platform node ({existing.status}): only an "
                                    "interrupted job resumes; a job that succeeded, failed or was cancelled never "
                                    "runs again (submit a new job)")
+        if existing.params.get("alignment_job_id") != context.alignment_job_id:
+            self._refuse_admission(job_id, kind, actor, "resume on another alignment",
+                                   f"job {job_id} ran on another alignment on the platform node: a resumed job "
+                                   "runs on the alignment it started on")
         if self.policy.manual_approval:  # a resume is a new run: the operator approves it as a new job
             self.stores.jobs.await_approval(job_id)
             self.stores.jobs.audit(job_id, RESUME_EVENT, f"{kind}: resume awaits the operator's approval",

@@ -125,8 +125,12 @@ def test_a_model_half_stored_before_an_interruption_is_never_replaced(trained: T
     stores.jobs.stop(t.model, "interrupted", "node stopped while the job ran")
     model_bytes = stores.models.path(t.model).read_bytes()  # type: ignore[attr-defined]
     context = SessionContext(alignment_job_id=t.align, alignment_hash=t.alignment_hash, resumed=True)
-    session = t.nodes.platform.open_session("train", t.model, _train_params(list(t.nodes.bank.data.tag_names)),
-                                            context)
+    params = _train_params(list(t.nodes.bank.data.tag_names))
+    with pytest.raises(ProtocolError, match="a resumed job runs on the alignment it started on"):
+        t.nodes.platform.open_session("train", t.model, params, dataclasses.replace(context, alignment_job_id="align-other-1"))
+    assert ("train: resume on another alignment", "refused (FAILED_PRECONDITION)") in [
+        (e.detail, e.outcome) for e in stores.jobs.audit_events(t.model, event="session refused")]
+    session = t.nodes.platform.open_session("train", t.model, params, context)
     replayed = PlatformModel.from_dict(stores.models.load(t.model), where="test")
     replayed.weights = replayed.weights + 1.0
     with pytest.raises(ProtocolError, match="holds a model half of job .* already; a stored model half is never"):
