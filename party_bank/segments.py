@@ -101,7 +101,12 @@ class BatchScoreResult:
 
 
 def safe_output_path(base: Path, relative: str, *, what: str = "scores") -> Path:
-    """``relative`` inside ``base`` (created 0700); absolute paths, '~' and '..' are refused."""
+    """``relative`` inside ``base`` (created 0700); absolute paths, '~', '..' and symbolic links are refused.
+
+    Every component of ``relative`` that exists already is checked (a folder, not a symbolic link; the file
+    itself no link either) before any folder is created, so a refused path leaves nothing behind, inside
+    ``base`` or out of it; the missing folders are created (0700) only after the check.
+    """
     text = (relative or "").strip()
     if not text:
         raise OutputError(f"give an output file name (written under the node's {what}/ directory)")
@@ -115,8 +120,20 @@ def safe_output_path(base: Path, relative: str, *, what: str = "scores") -> Path
         raise OutputError(f"{text}: scores are written as .csv or .parquet")
     root = ensure_private_dir(base)
     out = root / rel
-    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not out.parent.resolve().is_relative_to(root.resolve()):  # a symlink out of the directory
+    missing: list[Path] = []
+    for depth in range(1, len(rel.parts) + 1):
+        path = root.joinpath(*rel.parts[:depth])
+        if path.is_symlink():  # wherever it points: a link could lead out of the directory, now or later
+            raise OutputError(f"{text}: {path.relative_to(root)} is a symbolic link; output stays inside the "
+                              f"node's {what}/ directory")
+        if depth < len(rel.parts):
+            if not path.exists():
+                missing.append(path)
+            elif not path.is_dir():
+                raise OutputError(f"{text}: {path.relative_to(root)} is a file, not a folder")
+    for folder in missing:  # only after every existing component passed
+        folder.mkdir(mode=0o700, exist_ok=True)
+    if not out.parent.resolve().is_relative_to(root.resolve()):  # a link made since the check
         raise OutputError(f"{text}: leads outside the node's {what}/ directory")
     return out
 

@@ -11,14 +11,14 @@ import dataclasses
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from party_common.audit import DEVIATION_EVENT, LOCAL_CALLER, audited
 from party_common.config import NodeConfig
 from party_common.grpc_errors import describe, status_of
-from party_common.jobs import SESSION_KINDS, JobContext, JobKind
+from party_common.jobs import SESSION_KINDS, JobContext, JobKind, ResultExists
 from party_common.link import PartialScores, Retirement, SessionContext
 from party_common.memory import PeakMemory
 from party_common.node import NodeBase
@@ -36,6 +36,13 @@ log = logging.getLogger(__name__)
 RELEASE_EVENT = "projection released"  # audit rows under the alignment's job ID: "<model job>:<tag>"
 RETIRE_EVENT = "model retired"  # audit row under the model's job ID when the bank retires it
 REVOKE_EVENT = "model revoked"  # audit row under the model's job ID when the platform's operator revokes it
+SESSION_REFUSED_EVENT = "session refused"  # audit row of a session the policy or the job's state refused
+RESUME_EVENT = "resume"  # audit row of a resumed job that waits for the operator's approval again
+RESULT_REFUSED_EVENT = "result refused"  # audit row of a session result that would replace a stored one
+# Job statuses a session with ``resumed`` may take up: interrupted, or running (the bank's new session replaced
+# the open one). Never an ended job (succeeded, failed, cancelled).
+RESUMABLE = ("interrupted", "running")
+UNFINISHED_SESSION = "the bank ended the session before the protocol finished"
 
 
 class DisclosureRefused(ProtocolError):
@@ -43,9 +50,10 @@ class DisclosureRefused(ProtocolError):
 
 
 class PlatformSession:
-    """One session's handler, wrapped so the job row says how it ended, whatever happens: succeeded, failed,
-    cancelled (by the bank), interrupted (expired, or the node stopping; the bank may resume it), or left to
-    the session that replaced it (the bank resumed the job)."""
+    """One session's handler, wrapped so the job row says how it ended, whatever happens: succeeded, failed
+    (this node refused a step), cancelled (by the bank), interrupted (expired, the node stopping, or the bank
+    closing the session before a result and without a refusal here; the bank may resume it), or left to the
+    session that replaced it (the bank resumed the job). Only an interrupted job resumes (``_admit``)."""
 
     def __init__(self, node: PlatformNode, job: JobKind[Any, Any], ctx: JobContext, context: SessionContext) -> None:
         self._node, self._job, self._ctx, self._context = node, job, ctx, context
@@ -57,7 +65,14 @@ class PlatformSession:
     def on_result(self, result: Any) -> None:
         if self._job.session == "psi":  # an intersection below the policy's minimum is not kept
             self._node.policy.check_intersection(result.size)
-        summary = self._job.save_platform(self._ctx, self._context, result)
+        try:
+            summary = self._job.save_platform(self._ctx, self._context, result)
+        except ResultExists as err:
+            self._last_refusal = str(err)  # the job fails (and never resumes), whichever step reported the result
+            self._node.stores.jobs.audit(self._ctx.job_id, RESULT_REFUSED_EVENT,
+                                         f"{self._job.session}: a stored result is never replaced",
+                                         outcome=f"refused ({status_of(err).name})")
+            raise
         self._node.stores.jobs.finish(self._ctx.job_id, {**summary, "memory": self.memory.stop()})
         self.finished = True
         log.info("%s session %s: result stored", self._job.session, self._ctx.job_id)
@@ -93,8 +108,10 @@ class PlatformSession:
         elif how in ("expired", "stopping"):
             jobs.stop(job_id, "interrupted", f"{'expired: ' if how == 'expired' else ''}{reason}; the bank resumes "
                       "the job when it reaches this node again")
-        else:
-            jobs.fail(job_id, self._last_refusal or "the bank ended the session before the protocol finished")
+        elif self._last_refusal:  # this node refused a step: the job failed here, and never runs again
+            jobs.fail(job_id, self._last_refusal)
+        else:  # the bank stopped (or gave up on a step) without a result: it may resume the job, nothing else
+            jobs.stop(job_id, "interrupted", f"{UNFINISHED_SESSION}; the bank may resume the job")
 
 
 class PlatformNode(NodeBase):
@@ -125,7 +142,8 @@ class PlatformNode(NodeBase):
             self.policy.check_session(kind, params, self._alignment_size(context))
         except FedProfileError as err:
             named = job_id if JOB_ID_RE.match(job_id) else None
-            self.stores.jobs.audit(named, "session refused", kind, actor=actor, outcome=f"refused ({status_of(err).name})")
+            self.stores.jobs.audit(named, SESSION_REFUSED_EVENT, kind, actor=actor,
+                                   outcome=f"refused ({status_of(err).name})")
             log.info("%s session %s refused by policy: %s", kind, job_id, err)
             raise
         self._admit(job_id, kind, context, actor)
@@ -143,11 +161,16 @@ class PlatformNode(NodeBase):
         return session
 
     def _admit(self, job_id: str, kind: str, context: SessionContext, actor: str) -> None:
-        """Create the job's row, or take up the row of a job the platform's operator approved.
+        """Create the job's row, or take up the row of a job the platform's operator approved, or of an
+        interrupted job the bank resumes.
 
         In approval mode a new job waits ("awaiting approval") and the bank is told so; it asks again until
-        the operator approves (``platform-node approve JOB``). A job ID is never reused for another job; the
-        same job opened again (the bank resumes it after a restart of either node) takes up its row.
+        the operator approves (``platform-node approve JOB``). A job ID is never reused for another job. The
+        same job opened again with ``resumed`` (after a restart of either node, or a lost session) takes up its
+        row only while the job has not ended: interrupted, or running in the session the new one replaced. A
+        job that succeeded, failed or was cancelled never runs again (its result, a stored model half, would
+        be made anew), and in approval mode a resume waits for the operator's approval as a new job does.
+        Every refusal is an audit row naming the check.
         """
         try:
             existing = self.stores.jobs.get(job_id)
@@ -168,10 +191,34 @@ class PlatformNode(NodeBase):
             raise PolicyRefused(f"job {job_id} was {REFUSED_BY_OPERATOR} ([policy] approval = \"manual\")")
         if existing.status == "queued" and existing.kind == kind:  # approved, not started yet
             return
-        if not context.resumed or existing.kind != kind or existing.status == "cancelled":
-            raise ProtocolError(f"job ID {job_id} was already used on the platform node (a {existing.kind} "
-                                f"job, {existing.status}); every job needs a new ID")
+        if not context.resumed or existing.kind != kind:
+            self._refuse_admission(job_id, kind, actor, "job ID reused",
+                                   f"job ID {job_id} was already used on the platform node (a {existing.kind} "
+                                   f"job, {existing.status}); every job needs a new ID")
+        if existing.status not in RESUMABLE:
+            self._refuse_admission(job_id, kind, actor, f"resume of a {existing.status} job",
+                                   f"job {job_id} has ended on the platform node ({existing.status}): only an "
+                                   "interrupted job resumes; a job that succeeded, failed or was cancelled never "
+                                   "runs again (submit a new job)")
+        if existing.params.get("alignment_job_id") != context.alignment_job_id:
+            self._refuse_admission(job_id, kind, actor, "resume on another alignment",
+                                   f"job {job_id} ran on another alignment on the platform node: a resumed job "
+                                   "runs on the alignment it started on")
+        if self.policy.manual_approval:  # a resume is a new run: the operator approves it as a new job
+            self.stores.jobs.await_approval(job_id)
+            self.stores.jobs.audit(job_id, RESUME_EVENT, f"{kind}: resume awaits the operator's approval",
+                                   actor=actor, outcome="waiting")
+            log.info("%s session %s: the resumed job awaits the operator's approval", kind, job_id)
+            raise AwaitingApproval(job_id)
         self.stores.jobs.reopen(job_id)  # the bank runs the same job again (either node restarted)
+
+    def _refuse_admission(self, job_id: str, kind: str, actor: str, check: str, message: str) -> NoReturn:
+        """Audit (the check that refused, never data) and raise the refusal of a session for ``job_id``."""
+        err = ProtocolError(message)
+        self.stores.jobs.audit(job_id, SESSION_REFUSED_EVENT, f"{kind}: {check}", actor=actor,
+                               outcome=f"refused ({status_of(err).name})")
+        log.info("%s session %s refused: %s", kind, job_id, check)
+        raise err
 
     def _alignment_size(self, context: SessionContext) -> int | None:
         if not context.alignment_job_id:

@@ -52,18 +52,22 @@ from gmpy2 import mpz
 
 from protocols.errors import CryptoError
 from protocols.paillier_math import (
-    _SMALL_PRIMORIAL,
     MASK_EXTRA_BITS,
     NOISE_BASE_DOMAIN,
+    SMALL_FACTOR_BOUND,
     FixedBase,
     InvalidKey,
     derive_noise_base,
+    has_small_factor,
     matvec_t_values,
     noise_base_seed,
     random_blum_prime,
 )
 
 MIN_SECURE_BITS = 2048
+# The largest key any job uses (TrainParams.key_bits); a larger received key is refused before any test on it,
+# which for a 65,535-byte modulus (the most the format can carry) would take hours.
+MAX_KEY_BITS = 4096
 KEY_FORMAT = b"PK2"  # b"PK2" || byte length of n (2 bytes) || n; the noise base is derived, never sent
 RETIRED_KEY_FORMATS = (b"PK1",)  # carried a sender-chosen h_s
 
@@ -76,16 +80,28 @@ class PlaintextOverflow(CryptoError):
     """A plaintext (or a decrypted result) outside the signed range the key can represent."""
 
 
-def _check_modulus(n: mpz, *, allow_insecure: bool) -> None:
-    bits = n.bit_length()
+def _check_size(bits: int, *, key_bits: int | None, allow_insecure: bool) -> None:
+    """The cheap checks, before any test whose cost grows with the modulus: the job's size, then the bounds."""
+    if key_bits is not None and bits != key_bits:
+        raise InvalidKey(f"key of {bits} bits; this job uses keys of exactly {key_bits} bits (key_bits)")
+    if bits > MAX_KEY_BITS:
+        raise InvalidKey(f"key of {bits} bits; at most {MAX_KEY_BITS} are accepted")
     if bits < MIN_SECURE_BITS and not allow_insecure:
         raise InvalidKey(f"key of {bits} bits; at least {MIN_SECURE_BITS} are required")
+
+
+def _check_modulus(n: mpz, *, allow_insecure: bool, key_bits: int | None = None) -> None:
+    """Size first (:func:`_check_size`), then odd, no prime factor below SMALL_FACTOR_BOUND, not a prime or a
+    perfect power. Cannot tell a product of two large primes from one with a factor of, say, 200 bits (that
+    takes a proof of correct key generation; docs/security.md)."""
+    bits = n.bit_length()
+    _check_size(bits, key_bits=key_bits, allow_insecure=allow_insecure)
     if bits < 256 or n % 2 == 0:
         raise InvalidKey("modulus is too small or even")
+    if has_small_factor(n):
+        raise InvalidKey(f"modulus has a small factor (a prime below {SMALL_FACTOR_BOUND:,})")
     if gmpy2.is_power(n) or gmpy2.is_prime(n):
         raise InvalidKey("modulus is a prime or a perfect power")
-    if gmpy2.gcd(n, _SMALL_PRIMORIAL) != 1:
-        raise InvalidKey("modulus has a small factor")
 
 
 @dataclass(eq=False)
@@ -143,25 +159,35 @@ class PublicKey:
         return KEY_FORMAT + nb.to_bytes(2, "big") + int(self.n).to_bytes(nb, "big")
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, allow_insecure: bool = False) -> PublicKey:
-        """A peer's key, validated: the modulus is checked before the noise base is derived from it."""
+    def from_bytes(cls, data: bytes, *, allow_insecure: bool = False, key_bits: int | None = None) -> PublicKey:
+        """A peer's key, validated: the modulus is checked before the noise base is derived from it.
+
+        ``key_bits``: the size the job agreed on; a key of any other size is refused from its length field,
+        before the modulus is read or tested (the receiver's work then does not grow with what it is sent).
+        """
         if data[:3] in RETIRED_KEY_FORMATS:
             raise InvalidKey(f"public key in the retired format {data[:3].decode()} (it carried a noise base "
                              f"chosen by the sender); the peer must upgrade to {KEY_FORMAT.decode()}")
         if len(data) < 5 or data[:3] != KEY_FORMAT:
             raise InvalidKey("not a serialised public key")
         nb = int.from_bytes(data[3:5], "big")
+        if key_bits is not None and nb != (key_bits + 7) // 8:
+            raise InvalidKey(f"key of {nb} bytes ({8 * nb} bits at most); this job uses keys of exactly "
+                             f"{key_bits} bits (key_bits)")
         if nb == 0 or len(data) != 5 + nb:
             raise InvalidKey("public key has the wrong length")
+        if nb > (MAX_KEY_BITS + 7) // 8:
+            raise InvalidKey(f"key of {nb} bytes; at most {MAX_KEY_BITS} bits are accepted")
         if data[5] == 0:
             raise InvalidKey("public key modulus is not minimally encoded")
         n = mpz(int.from_bytes(data[5:], "big"))
-        _check_modulus(n, allow_insecure=allow_insecure)
+        _check_modulus(n, allow_insecure=allow_insecure, key_bits=key_bits)
         return cls(n)
 
-    def validate(self, *, allow_insecure: bool = False) -> None:
-        """Checks a key: size, odd, not a prime or perfect power, no small factors; h_s the derived base."""
-        _check_modulus(self.n, allow_insecure=allow_insecure)
+    def validate(self, *, allow_insecure: bool = False, key_bits: int | None = None) -> None:
+        """Checks a key: size (exactly ``key_bits`` when given), odd, not a prime or perfect power, no small
+        factors; h_s the derived base."""
+        _check_modulus(self.n, allow_insecure=allow_insecure, key_bits=key_bits)
         if self._derived != (self.n, self.hs) and self.hs != derive_noise_base(self.n):
             raise InvalidKey("noise base is not the one derived from the modulus")
 
@@ -484,6 +510,7 @@ def matvec_t(cv: CipherVector, X: np.ndarray) -> CipherVector:
     return CipherVector(cv.public_key, matvec_t_values(cv.values, X, cv.public_key.nsquare))
 
 
-__all__ = ["KEY_FORMAT", "MASK_EXTRA_BITS", "MIN_SECURE_BITS", "NOISE_BASE_DOMAIN", "CipherVector", "InvalidCiphertext",
+__all__ = ["KEY_FORMAT", "MASK_EXTRA_BITS", "MAX_KEY_BITS", "MIN_SECURE_BITS", "NOISE_BASE_DOMAIN", "SMALL_FACTOR_BOUND",
+           "CipherVector", "InvalidCiphertext",
            "InvalidKey", "NoisePool", "PlaintextOverflow", "PrivateKey", "PublicKey", "derive_noise_base",
            "generate_keypair", "matvec_t", "noise_base_seed"]

@@ -165,21 +165,23 @@ def test_cancelling_an_interrupted_job_marks_both_nodes(aligned: Nodes) -> None:
     threading.Event().wait(0)  # nothing left running
 
 
-def test_an_interrupted_align_job_runs_psi_again_with_the_same_intersection(aligned: Nodes) -> None:
+def test_an_align_job_stopped_after_storing_its_alignment_ends_with_it(aligned: Nodes) -> None:
     nodes = aligned
     align_id = nodes.bank.stores.jobs.list(1, kind="align")[0].job_id
     before = nodes.bank.stores.alignments.load(align_id)
+    platform_before = nodes.platform.stores.alignments.load(align_id)
     # As if the bank node died after storing its alignment, before the job's row said so.
     nodes.bank.stores.jobs.stop(align_id, "interrupted", "node stopped while the job ran")
     again = BankNode(nodes.bank.config, nodes.link, data=nodes.bank.data, stores=nodes.bank.stores)
     record = again.wait(align_id, timeout_s=120)
     assert record.status == "succeeded", record.error
-    after = nodes.bank.stores.alignments.load(align_id)
-    platform = nodes.platform.stores.alignments.load(align_id)
+    # The platform had finished the job: it is not run again (an ended job never is); both keep what they stored.
     assert nodes.platform.stores.jobs.get(align_id).status == "succeeded"
-    # Fresh PSI secrets: the same intersection in a new agreed order, replaced on both sides alike.
-    assert set(after.ids or ()) == set(before.ids or ()) and after.ids == platform.ids
-    assert record.result["content_hash"] == after.content_hash == platform.content_hash
+    assert "resumed" not in [e.event for e in nodes.platform.stores.jobs.audit_events(align_id)]
+    after = nodes.bank.stores.alignments.load(align_id)
+    assert after.ids == before.ids == nodes.platform.stores.alignments.load(align_id).ids == platform_before.ids
+    assert record.result["content_hash"] == after.content_hash == platform_before.content_hash
+    assert record.result["seconds"] is None
 
 
 def test_cancel_job_over_the_control_api(aligned: Nodes) -> None:

@@ -279,21 +279,22 @@ def test_training_needs_an_alignment_that_holds_ids(files: SimulatedFiles, tmp_p
         nodes.bank.submit("train", "", {"alignment_job_id": bank_only.job_id})
 
 
-def test_platform_job_fails_when_a_session_ends_early(files: SimulatedFiles, tmp_path: Path) -> None:
+def test_a_session_ended_early_is_interrupted_and_a_refused_step_fails_the_job(files: SimulatedFiles, tmp_path: Path) -> None:
     nodes = make_nodes(files, tmp_path)
     channel = nodes.link.open("psi", "psi-early-end", {"version": "psi-x25519-v2", "mode": "both",
                                                         "batch_size": 100}, context=SessionContext())
     assert nodes.platform.stores.jobs.get("psi-early-end").status == "running"
-    channel.close()
+    channel.close()  # no result, no refusal here: the bank stopped, and may resume the job
     record = nodes.platform.stores.jobs.get("psi-early-end")
-    assert record.status == "failed" and "before the protocol finished" in record.error
-    # A refused step is what the job row says when the bank then gives up.
+    assert record.status == "interrupted" and "before the protocol finished" in record.error
+    # A refused step fails the job (which then never resumes), and the job row says which step.
     channel = nodes.link.open("psi", "psi-refused", {"version": "psi-x25519-v2", "mode": "both",
                                                       "batch_size": 100}, context=SessionContext())
     with pytest.raises(PeerError):
         channel.call("psi.finish", {})
     channel.close()
-    assert "psi.finish" in nodes.platform.stores.jobs.get("psi-refused").error
+    record = nodes.platform.stores.jobs.get("psi-refused")
+    assert record.status == "failed" and "psi.finish" in record.error
 
 
 def test_platform_refuses_training_without_a_matching_alignment(trained: tuple[Nodes, str, str],

@@ -523,6 +523,73 @@ def test_public_key_validation(keys):
         noise_base_seed(3)
 
 
+def _modulus_of(factors: list[mpz], bits: int = 2048) -> mpz:
+    """An odd composite of exactly ``bits`` bits: the product of ``factors`` and one prime that completes it."""
+    m = math.prod(factors, start=mpz(1))
+    n = m * gmpy2.next_prime((mpz(1) << (bits - 1)) // m + 1)
+    assert n.bit_length() == bits and n % 2 == 1
+    return n
+
+
+def _no_costly_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if a check whose cost grows with the modulus runs (the gcd, the primality and power
+    tests, deriving the noise base): the size checks must have refused the key first."""
+    def costly(*args: object) -> None:
+        raise AssertionError("a costly test ran before the size check")
+
+    for name in ("has_small_factor", "derive_noise_base"):
+        monkeypatch.setattr(paillier, name, costly)
+    monkeypatch.setattr(paillier.gmpy2, "is_prime", costly)
+
+
+def test_a_key_of_another_size_than_the_jobs_is_refused_before_any_costly_test(secure_keys, keys_3072,
+                                                                                monkeypatch):
+    spk, _ = secure_keys
+    assert PublicKey.from_bytes(spk.to_bytes(), key_bits=2048) == spk  # the job's size passes
+    big = keys_3072[0]
+    four_k = _modulus_of([spk.n], 4096)  # a 4096-bit key sent to a 2048-bit job
+    huge = b"PK2" + (65535).to_bytes(2, "big") + b"\xff" * 65535  # the largest modulus the format carries
+    _no_costly_test(monkeypatch)
+    for data, size in [(big.to_bytes(), "384 bytes"), (_serialised(four_k, 512), "512 bytes"),
+                       (huge, "65535 bytes")]:
+        with pytest.raises(InvalidKey, match=rf"key of {size} .*this job uses keys of exactly 2048 bits"):
+            PublicKey.from_bytes(data, key_bits=2048)
+    # A key one bit short in the right number of bytes: refused from the modulus' length, before any test.
+    short = _serialised(spk.n >> 1, 256)[:5] + b"\x7f" + _serialised(spk.n >> 1, 256)[6:]
+    with pytest.raises(InvalidKey, match="key of 2047 bits; this job uses keys of exactly 2048 bits"):
+        PublicKey.from_bytes(short, key_bits=2048)
+    with pytest.raises(InvalidKey, match="key of 3072 bits; this job uses keys of exactly 2048 bits"):
+        big.validate(key_bits=2048)
+    # Without a job's size, the largest size any job uses bounds the work.
+    with pytest.raises(InvalidKey, match="key of 65535 bytes; at most 4096 bits"):
+        PublicKey.from_bytes(huge)
+
+
+def test_moduli_with_small_factors_are_refused(secure_keys):
+    spk, _ = secure_keys
+    just_above_old_bound = gmpy2.next_prime(20000)
+    thirty_two_small = [gmpy2.next_prime(20000)]
+    while len(thirty_two_small) < 32:
+        thirty_two_small.append(gmpy2.next_prime(thirty_two_small[-1]))
+    for factors in ([just_above_old_bound], thirty_two_small, [gmpy2.prev_prime(paillier.SMALL_FACTOR_BOUND)],
+                    [mpz(3), mpz(3)], [gmpy2.next_prime(2**19), gmpy2.next_prime(2**19 + 2**18)]):
+        n = _modulus_of(factors)
+        with pytest.raises(InvalidKey, match="modulus has a small factor"):
+            PublicKey.from_bytes(_serialised(n, 256), key_bits=2048)
+    with pytest.raises(InvalidKey, match=r"small factor \(a prime below 1,048,576\)"):
+        PublicKey(_modulus_of([just_above_old_bound])).validate()
+
+
+def test_what_the_modulus_checks_cannot_catch():
+    """The limit docs/security.md states: without a proof of correct key generation, a modulus whose
+    factors all lie above the trial bound passes, however many there are or however small n's security."""
+    above = gmpy2.next_prime(paillier.SMALL_FACTOR_BOUND)
+    prime_64 = [gmpy2.next_prime(mpz(2**63) + i * 2**40) for i in range(31)]
+    for factors in ([above], [gmpy2.next_prime(2**199)], prime_64):
+        n = _modulus_of(factors)
+        assert PublicKey.from_bytes(_serialised(n, 256), key_bits=2048).n == n
+
+
 def test_key_serialisation_and_pickling(keys, secure_keys):
     pk, sk = keys
     back = PublicKey.from_bytes(pk.to_bytes(), allow_insecure=True)

@@ -11,7 +11,16 @@ import pandas as pd
 import pytest
 
 from party_bank import cli
-from party_bank.segments import CONTROL, TARGET, OutputError, SegmentService, lift, read_ids, read_outcomes
+from party_bank.segments import (
+    CONTROL,
+    TARGET,
+    OutputError,
+    SegmentService,
+    lift,
+    read_ids,
+    read_outcomes,
+    safe_output_path,
+)
 from protocols.errors import NotFound, UserError
 from protocols.party_data import DataError
 from simulations.cluster import LocalCluster
@@ -128,6 +137,29 @@ def test_output_paths_are_refused_outside_scores_and_never_overwritten(
     assert path.read_bytes() == before
     nodes.bank.batch_score(model, "campaign/once.csv", tags=[nodes.bank.data.tag_names[0]], overwrite=True)
     assert path.read_bytes() != before and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_symlinked_folder_in_an_output_path_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    scores, outside = tmp_path / "scores", tmp_path / "outside"
+    outside.mkdir()
+    scores.mkdir()
+    (scores / "campaign").mkdir()
+    (scores / "campaign" / "link").symlink_to(outside, target_is_directory=True)
+    (scores / "elsewhere").symlink_to(outside, target_is_directory=True)
+    (scores / "report.csv").symlink_to(outside / "report.csv")
+    (scores / "plain").write_text("a file")
+    for bad, message in [("campaign/link/new/deeper/x.csv", "campaign/link is a symbolic link"),
+                         ("elsewhere/x.parquet", "elsewhere is a symbolic link"),
+                         ("report.csv", "report.csv is a symbolic link"),
+                         ("plain/x.csv", "plain is a file, not a folder")]:
+        with pytest.raises(OutputError, match=message):
+            safe_output_path(scores, bad)
+    assert list(outside.iterdir()) == []  # nothing was created through the links
+    assert sorted(p.name for p in scores.iterdir()) == ["campaign", "elsewhere", "plain", "report.csv"]
+    assert [p.name for p in (scores / "campaign").iterdir()] == ["link"]
+    out = safe_output_path(scores, "campaign/march/week1/x.csv")  # missing folders are made after the check
+    assert out == scores / "campaign" / "march" / "week1" / "x.csv" and out.parent.is_dir()
+    assert stat.S_IMODE(out.parent.stat().st_mode) == 0o700
 
 
 # ---- segments ----

@@ -415,6 +415,41 @@ def test_concurrent_saves_of_one_id_leave_exactly_one(documents: DocumentStore, 
     assert str(documents.load("train-00000001")["writer"]) == jobs.get("align-00000001").name
 
 
+@pytest.mark.parametrize("kind", ["file", "memory"])
+def test_a_write_once_store_never_replaces_a_document(kind: str, tmp_path: Path) -> None:
+    """The models store: a second save under the same job ID is refused whatever ``overwrite`` says, and
+    concurrent saves leave exactly the first (published atomically); nothing is deleted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def new_store() -> DocumentStore:
+        if kind == "file":
+            return FileDocumentStore(tmp_path / "models", suffix=".model", kind="model", write_once=True)
+        return MemoryDocumentStore(kind="model", write_once=True)
+
+    store = new_store()
+
+    def attempt(i: int) -> str:
+        try:
+            store.save("train-00000001", {"writer": i}, overwrite=i % 2 == 1)
+        except DocumentExists as err:
+            assert "model train-00000001 is stored already" in str(err) and "never replaced" in str(err)
+            return "refused"
+        return str(i)
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(attempt, range(16)))
+    [winner] = [o for o in outcomes if o != "refused"]
+    assert store.load("train-00000001") == {"writer": int(winner)}
+    with pytest.raises(DocumentError, match="model train-00000001: a stored model is never deleted or replaced"):
+        store.delete("train-00000001")
+    if kind == "file":  # reopened (a restart): still there, still refused
+        assert new_store().load("train-00000001") == {"writer": int(winner)}
+        with pytest.raises(DocumentExists):
+            new_store().save("train-00000001", {"writer": -1}, overwrite=True)
+        assert [p.name for p in (tmp_path / "models").iterdir()] == ["train-00000001.model"]  # no temp file
+    assert store.list() == ["train-00000001"]
+
+
 # ---- the node's stores ----
 
 def test_open_node_stores_layout_and_existing_state(tmp_path: Path) -> None:
@@ -429,6 +464,8 @@ def test_open_node_stores_layout_and_existing_state(tmp_path: Path) -> None:
         assert mode_of(state / sub) == 0o700, sub
     assert mode_of(state / "jobs.sqlite") == 0o600
     assert stores.models.load("train-old-0001")["weights"] == [[0.1]]
+    with pytest.raises(DocumentExists, match="never replaced"):  # the node's models are written once
+        stores.models.save("train-old-0001", {"weights": [[0.2]]}, overwrite=True)
     assert stores.reports.load("train-old-0001") == {"rows": 3}
     stores.checkpoints.save("train-new-0002", {"epoch": 1})
     assert (state / "checkpoints" / "train-new-0002.json").exists()
@@ -443,6 +480,8 @@ def test_memory_node_stores_are_separate() -> None:
     one, two = memory_node_stores(), memory_node_stores()
     one.models.save("train-00000001", {"w": 1})
     assert not two.models.exists("train-00000001") and not one.reports.exists("train-00000001")
+    with pytest.raises(DocumentExists, match="never replaced"):
+        one.models.save("train-00000001", {"w": 2}, overwrite=True)
     assert isinstance(one.jobs, JobStore) and isinstance(one.checkpoints, DocumentStore)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from party_common.jobs.align import AlignJob, AlignParams
-from party_common.jobs.base import JobContext, JobError, JobKind, Progress
+from party_common.jobs.base import JobContext, JobError, JobKind, Progress, ResultExists
 from party_common.jobs.train import TrainJob, TrainJobParams
 
 JOB_KINDS: dict[str, JobKind[Any, Any]] = {kind.name: kind for kind in (AlignJob(), TrainJob())}
@@ -20,4 +20,4 @@ def job_kind(name: str) -> JobKind[Any, Any]:
 
 
 __all__ = ["JOB_KINDS", "SESSION_KINDS", "AlignParams", "JobContext", "JobError", "JobKind", "Progress",
-           "TrainJobParams", "job_kind"]
+           "ResultExists", "TrainJobParams", "job_kind"]

@@ -32,16 +32,17 @@ class AlignParams:
 
 
 def save_once(ctx: JobContext, alignment: Alignment) -> Alignment:
-    """Store the job's alignment. An align job run again after a node stopped (PSI restarts from the start,
-    fresh secrets: the same intersection in another order) replaces what its first run stored on either
-    side; nothing uses an alignment before its job succeeded on the bank."""
+    """Store the job's alignment. An align job run again after a node stopped mid-PSI (PSI restarts from the
+    start, fresh secrets: the same intersection in another order) replaces what its first run stored on the
+    platform if it stopped between storing and recording the result; a job that ended is never run again
+    (``PlatformNode._admit``), and nothing uses an alignment before its job succeeded on the bank."""
     again = ctx.stores.alignments.exists(alignment.job_id)
     if again:
         log.info("align job %s ran again: its new alignment replaces the one stored before", alignment.job_id)
     return ctx.stores.alignments.save(alignment, overwrite=again)
 
 
-class AlignJob(JobKind[AlignParams, PsiResult]):
+class AlignJob(JobKind[AlignParams, PsiResult | None]):
     name = "align"
     session = "psi"
 
@@ -51,16 +52,28 @@ class AlignJob(JobKind[AlignParams, PsiResult]):
     def params_dict(self, params: AlignParams) -> dict[str, Any]:
         return asdict(params)
 
-    def run_bank(self, link: PlatformLink, ctx: JobContext, params: AlignParams, job_name: str) -> PsiResult:
+    def run_bank(self, link: PlatformLink, ctx: JobContext, params: AlignParams,
+                 job_name: str) -> PsiResult | None:
+        """PSI with the platform; None when a resumed job finds its alignment stored already (the bank stopped
+        after storing it, before the job's row said so): the platform finished too, and runs no ended job
+        again, so the job ends with what it stored."""
+        if ctx.resumed and ctx.stores.alignments.exists(ctx.job_id):
+            log.info("align job %s: its alignment was stored before the node stopped; PSI is not run again",
+                     ctx.job_id)
+            return None
         return run_bank_psi(ContextPeer(link, SessionContext(job_name=job_name, resumed=ctx.resumed)), ctx.job_id, ctx.data.ids,
                             mode=params.mode, batch_size=params.batch_size, compute=ctx.new_compute(),
                             spill_dir=ctx.spill_dir, progress=ctx.progress)
 
-    def save_bank(self, ctx: JobContext, params: AlignParams, result: PsiResult, peer_name: str) -> dict[str, Any]:
-        alignment = save_once(ctx, Alignment.from_result(ctx.job_id, result, peer_name=peer_name))
+    def save_bank(self, ctx: JobContext, params: AlignParams, result: PsiResult | None,
+                  peer_name: str) -> dict[str, Any]:
+        if result is None:  # stored before the bank node stopped (run_bank)
+            alignment = ctx.stores.alignments.load(ctx.job_id)
+        else:
+            alignment = save_once(ctx, Alignment.from_result(ctx.job_id, result, peer_name=peer_name))
         return {"mode": alignment.mode, "intersection_size": alignment.size, "bank_customers": len(ctx.data),
-                "content_hash": alignment.content_hash, "seconds": round(result.seconds, 3),
-                "psi_kernel": describe_kernel()}
+                "content_hash": alignment.content_hash,
+                "seconds": None if result is None else round(result.seconds, 3), "psi_kernel": describe_kernel()}
 
     def open_platform(self, ctx: JobContext, params: Message, context: SessionContext,
                       on_result: Callable[[Any], None]) -> StepHandler:

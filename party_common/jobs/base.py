@@ -19,7 +19,7 @@ from party_common.link import PlatformLink, SessionContext
 from party_common.storage import NodeStores
 from protocols.channel import Message, StepHandler
 from protocols.compute import Compute
-from protocols.errors import UserError
+from protocols.errors import ProtocolError, UserError
 from protocols.party_data import PartyData
 
 Progress = Callable[[str, int, int], None]
@@ -29,6 +29,10 @@ R = TypeVar("R")
 
 class JobError(UserError):
     """A job's parameters are wrong; the message says which and why."""
+
+
+class ResultExists(ProtocolError):
+    """A session's result would replace one stored before under its job ID (a model half): refused."""
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from party_common.jobs.base import JobContext, JobError, JobKind
+from party_common.jobs.base import JobContext, JobError, JobKind, ResultExists
 from party_common.link import ContextPeer, PlatformLink, SessionContext
-from party_common.storage import DocumentStore, NodeStores
+from party_common.storage import DocumentExists, DocumentStore, NodeStores
 from party_common.storage.alignments import Alignment
 from protocols.channel import Message, StepHandler
 from protocols.errors import NotFound, ProtocolError, UserError
@@ -124,8 +124,10 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
 
     def save_bank(self, ctx: JobContext, params: TrainJobParams, result: TrainOutcome,
                   peer_name: str) -> dict[str, Any]:
-        # overwrite: a bank stopped between these saves and the job's end saves the same model again on resume
-        ctx.stores.models.save(ctx.job_id, result.model.to_dict(), overwrite=True)
+        # A bank stopped between this save and the job's end runs the job again on resume and finishes from its
+        # checkpoint's outcome: the model stored then is that same model, kept as it is (models are written once).
+        if not ctx.stores.models.exists(ctx.job_id):
+            ctx.stores.models.save(ctx.job_id, result.model.to_dict())
         # Intervals, calibration error and warnings once, from the test predictions; the predictions stay in
         # the stored report (for the HTML report's plots), not in the job's summary (it travels in GetJob).
         report = {**result.report, "summary": summarise(result.report)}
@@ -157,5 +159,11 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
 
     def save_platform(self, ctx: JobContext, context: SessionContext, result: Any) -> dict[str, Any]:
         result.alignment_job_id = context.alignment_job_id
-        ctx.stores.models.save(ctx.job_id, result.to_dict(), overwrite=True)  # again if the bank resumed after it
+        # Once stored, a model half is never replaced (the store refuses, atomically): scoring answers for it,
+        # and the disclosure budget counts its projections, under its job ID.
+        try:
+            ctx.stores.models.save(ctx.job_id, result.to_dict())
+        except DocumentExists as err:
+            raise ResultExists(f"train: the platform node holds a model half of job {ctx.job_id} already; a stored "
+                               "model half is never replaced (train a new job)") from err
         return {"alignment_job_id": context.alignment_job_id, "tags": list(result.tag_names)}

@@ -98,7 +98,8 @@ def open_node_stores(state_dir: Path, *, recover: bool = True, keep_waiting: boo
         <state_dir>/                    0700 (each subdirectory too)
             jobs.sqlite                 0600  jobs and the audit log (SQLite, WAL)
             alignments/<job>.json       0600  PSI results; <job>.ids.parquet holds the IDs when known
-            models/<job>.model          0600  this node's half of a trained model (JSON)
+            models/<job>.model          0600  this node's half of a trained model (JSON; written once, never
+                                        replaced or deleted)
             reports/<job>.json          0600  training reports (bank node)
             checkpoints/<job>.json      0600  training checkpoints
             segments/segment-<name>.json 0600 segment records (bank node: sizes, rule, seed; never IDs);
@@ -113,7 +114,7 @@ def open_node_stores(state_dir: Path, *, recover: bool = True, keep_waiting: boo
     return NodeStores(
         jobs=SqliteJobStore(state_dir / "jobs.sqlite", recover=recover, keep_waiting=keep_waiting),
         alignments=FileAlignmentStore(state_dir / "alignments"),
-        models=FileDocumentStore(state_dir / "models", suffix=".model", kind="model"),
+        models=FileDocumentStore(state_dir / "models", suffix=".model", kind="model", write_once=True),
         reports=FileDocumentStore(state_dir / "reports", suffix=".json", kind="report"),
         checkpoints=FileDocumentStore(state_dir / "checkpoints", suffix=".json", kind="checkpoint"),
         segments=FileDocumentStore(state_dir / "segments", suffix=".json", kind="segment"),
@@ -124,7 +125,8 @@ def open_node_stores(state_dir: Path, *, recover: bool = True, keep_waiting: boo
 def memory_node_stores() -> NodeStores:
     """Stores that live in memory only, with the same behaviour: for tests."""
     return NodeStores(jobs=MemoryJobStore(), alignments=MemoryAlignmentStore(),
-                      models=MemoryDocumentStore(kind="model"), reports=MemoryDocumentStore(kind="report"),
+                      models=MemoryDocumentStore(kind="model", write_once=True),
+                      reports=MemoryDocumentStore(kind="report"),
                       checkpoints=MemoryDocumentStore(kind="checkpoint"),
                       segments=MemoryDocumentStore(kind="segment"),
                       registry=MemoryDocumentStore(kind="registry entry"))

@@ -63,19 +63,35 @@ def decode_document(where: str, data: bytes) -> dict[str, Any]:
     return doc
 
 
+def _exists_message(kind: str, job_id: str, write_once: bool, where: str = "") -> str:
+    if write_once:
+        return (f"{kind} {job_id} is stored already{where}; a stored {kind} is never replaced: a second save "
+                "under the same job ID is refused")
+    return f"{kind} {job_id} already exists{where}"
+
+
+def _check_deletable(kind: str, job_id: str, write_once: bool) -> None:
+    if write_once:  # delete then save would replace it
+        raise DocumentError(f"{kind} {job_id}: a stored {kind} is never deleted or replaced")
+
+
 class FileDocumentStore:
     """Documents as ``<directory>/<job_id><suffix>`` files, mode 0600, in a private (0700) directory.
 
     ``kind`` names the documents in messages ("no model job-..."). Writes are atomic: a crash or an error
-    mid-write leaves the previous document (or none) and no temporary file.
+    mid-write leaves the previous document (or none) and no temporary file. ``write_once`` (the models): a
+    document once stored is never replaced nor deleted; a second save is refused whatever ``overwrite`` says,
+    atomically (the new file is published by a hard link, which fails if the name exists).
     """
 
-    def __init__(self, directory: Path, *, suffix: str = ".json", kind: str = "document") -> None:
+    def __init__(self, directory: Path, *, suffix: str = ".json", kind: str = "document",
+                 write_once: bool = False) -> None:
         if not suffix.startswith(".") or "/" in suffix or len(suffix) < 2:
             raise ValueError(f"document suffix must look like '.json', got {suffix!r}")
         self.directory = ensure_private_dir(Path(directory))
         self.suffix = suffix
         self.kind = kind
+        self.write_once = write_once
 
     def path(self, job_id: str) -> Path:
         """Where the document of ``job_id`` is (or would be) stored."""
@@ -85,9 +101,9 @@ class FileDocumentStore:
         path = self.path(job_id)
         data = encode_document(self.kind, job_id, doc)
         try:
-            atomic_write(path, data, mode=0o600, overwrite=overwrite)
+            atomic_write(path, data, mode=0o600, overwrite=overwrite and not self.write_once)
         except FileExistsError as err:
-            raise DocumentExists(f"{self.kind} {job_id} already exists ({path})") from err
+            raise DocumentExists(_exists_message(self.kind, job_id, self.write_once, f" ({path})")) from err
 
     def load(self, job_id: str) -> dict[str, Any]:
         path = self.path(job_id)
@@ -108,6 +124,7 @@ class FileDocumentStore:
         return sorted(name for name in names if JOB_ID_RE.match(name))
 
     def delete(self, job_id: str, *, missing_ok: bool = False) -> None:
+        _check_deletable(self.kind, job_id, self.write_once)
         try:
             self.path(job_id).unlink()
         except FileNotFoundError:
@@ -118,8 +135,9 @@ class FileDocumentStore:
 class MemoryDocumentStore:
     """The same contract as :class:`FileDocumentStore`, in a dict (of the encoded JSON): for tests."""
 
-    def __init__(self, *, kind: str = "document") -> None:
+    def __init__(self, *, kind: str = "document", write_once: bool = False) -> None:
         self.kind = kind
+        self.write_once = write_once
         self._lock = threading.Lock()
         self._docs: dict[str, bytes] = {}
 
@@ -127,8 +145,8 @@ class MemoryDocumentStore:
         check_job_id(job_id)
         data = encode_document(self.kind, job_id, doc)
         with self._lock:
-            if not overwrite and job_id in self._docs:
-                raise DocumentExists(f"{self.kind} {job_id} already exists")
+            if (self.write_once or not overwrite) and job_id in self._docs:
+                raise DocumentExists(_exists_message(self.kind, job_id, self.write_once))
             self._docs[job_id] = data
 
     def load(self, job_id: str) -> dict[str, Any]:
@@ -150,6 +168,7 @@ class MemoryDocumentStore:
 
     def delete(self, job_id: str, *, missing_ok: bool = False) -> None:
         check_job_id(job_id)
+        _check_deletable(self.kind, job_id, self.write_once)
         with self._lock:
             if self._docs.pop(job_id, None) is None and not missing_ok:
                 raise UnknownDocument(f"no {self.kind} for job {job_id}")

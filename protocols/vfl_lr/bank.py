@@ -216,7 +216,7 @@ class _BankTrainer:
         reply = channel.call(Step.SETUP, setup)
         try:
             self.ppk = PublicKey.from_bytes(read_field(reply, Field.PLATFORM_KEY, bytes),
-                                            allow_insecure=self.insecure_for_tests)
+                                            allow_insecure=self.insecure_for_tests, key_bits=p.key_bits)
         except InvalidKey as err:
             raise ProtocolError(f"the platform's public key was refused: {err}") from err
         # The platform's feature count is the width of the mask path this node opens for it (a reply of any other

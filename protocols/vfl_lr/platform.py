@@ -142,7 +142,7 @@ class PlatformTrainHandler:
             raise ProtocolError(f"the bank aligned {n_rows} rows, this node holds {len(self.data.ids)}")
         try:
             self.bpk = PublicKey.from_bytes(read_field(message, Field.BANK_KEY, bytes),
-                                            allow_insecure=self.insecure_for_tests)
+                                            allow_insecure=self.insecure_for_tests, key_bits=self.p.key_bits)
         except InvalidKey as err:
             raise ProtocolError(f"the bank's public key was refused: {err}") from err
         self.bank_columns = read_field(message, Field.BANK_COLUMNS, int)
