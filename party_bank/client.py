@@ -191,6 +191,19 @@ class BankClient:
         """A train job's report as the self-contained HTML page the node renders."""
         return b"".join(c.data for c in self.stub.GetReport(pb.GetReportRequest(job_id=job_id), timeout=timeout_s))
 
+    def report_document(self, job_id: str, timeout_s: float = 300.0) -> dict[str, Any]:
+        """A train job's stored report document (metrics, history and the test rows' (score, label) pairs)."""
+        request = pb.GetReportRequest(job_id=job_id, format="json")
+        return json.loads(b"".join(c.data for c in self.stub.GetReport(request, timeout=timeout_s)))
+
+    def node_status(self, platform_timeout_s: float = 3.0) -> dict[str, Any]:
+        """The node's name, its running jobs, and whether it reaches the platform now (and why not)."""
+        r = self.stub.NodeStatus(pb.NodeStatusRequest(platform_timeout_s=platform_timeout_s),
+                                 timeout=CONTROL_TIMEOUT_S + platform_timeout_s)
+        return {"node_name": r.node_name, "platform_address": r.platform_address,
+                "platform_reachable": r.platform_reachable, "platform_name": r.platform_name,
+                "platform_detail": r.platform_detail, "jobs_running": r.jobs_running}
+
     # ---- model registry (``model`` is a train job ID or an alias NAME@LABEL) ----
 
     def models(self) -> list[dict[str, Any]]:
