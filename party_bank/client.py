@@ -60,8 +60,9 @@ class BankClient:
         """Cancel a job on both nodes; its record once stopped (a step in flight finishes first)."""
         return job_dict(self.stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=timeout_s))
 
-    def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
-        reply = self.stub.ListJobs(pb.ListJobsRequest(limit=limit), timeout=CONTROL_TIMEOUT_S)
+    def jobs(self, limit: int = 20, *, brief: bool = False) -> list[dict[str, Any]]:
+        """The newest ``limit`` jobs; ``brief``: results cut to what a list shows (``control.brief_result``)."""
+        reply = self.stub.ListJobs(pb.ListJobsRequest(limit=limit, brief=brief), timeout=CONTROL_TIMEOUT_S)
         return [job_dict(j) for j in reply.jobs]
 
     def events(self, job_id: str, after: int = 0) -> tuple[list[dict[str, str]], int]:
