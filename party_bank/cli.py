@@ -404,8 +404,7 @@ def console(args: argparse.Namespace) -> int:
 
     from party_bank.console import build_app
     from party_common.auth import identity_of
-    from party_common.console import new_token
-    from party_common.console import serve as serve_console
+    from party_common.console import new_token, serve_console
 
     config = load_config(args.config, expected_role="bank", require_tls=not args.insecure_dev)
     client: BankClient | None = None

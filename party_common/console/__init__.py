@@ -135,7 +135,7 @@ def bind(port: int) -> socket.socket:
     return sock
 
 
-def serve(app: Starlette, *, port: int, program: str) -> int:
+def serve_console(app: Starlette, *, port: int, program: str) -> int:
     """Serve ``app`` on 127.0.0.1:``port`` until Ctrl-C / SIGTERM, printing the link (with the token)."""
     try:
         sock = bind(port)
@@ -219,4 +219,4 @@ def utc_now() -> str:
 
 
 __all__ = ["COOKIE", "HOST", "TEMPLATES", "TokenGate", "line_chart", "make_app", "new_token", "number", "page",
-           "problem", "serve", "utc_now", "when"]
+           "problem", "serve_console", "utc_now", "when"]
