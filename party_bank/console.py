@@ -252,7 +252,7 @@ class Console:
         return page(request, "bank/job.html", {
             "title": f"Job {job_id}", "job": job, "progress": progress_of(job), "chart": chart,
             "events": shown, "score_calls": len(events) - len(shown), "params": flat_params(job),
-            "headline": views.headline(job), "memory": views.memory_text(job.get("result") or {}),
+            "headline": views.headline(job) if job["finished_at"] else "", "memory": views.memory_text(job.get("result") or {}),
             "refresh_ms": 0 if job["finished_at"] else REFRESH_MS,
             "flash": request.query_params.get("done", "")})
 
