@@ -61,7 +61,7 @@ class BankClient:
         return job_dict(self.stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=timeout_s))
 
     def jobs(self, limit: int = 20, *, brief: bool = False) -> list[dict[str, Any]]:
-        """The newest ``limit`` jobs; ``brief``: results cut to what a list shows (``control.brief_result``)."""
+        """The newest ``limit`` jobs; ``brief``: results cut to what a list shows (``party_common.storage.jobs.brief_result``)."""
         reply = self.stub.ListJobs(pb.ListJobsRequest(limit=limit, brief=brief), timeout=CONTROL_TIMEOUT_S)
         return [job_dict(j) for j in reply.jobs]
 

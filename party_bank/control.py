@@ -37,24 +37,10 @@ def elapsed_s(record: JobRecord) -> float:
     return max(0.0, (end - start).total_seconds())
 
 
-BRIEF_KEYS = ("intersection_size", "mode", "tags", "memory", "alignment_job_id", "rows")
-
-
-def brief_result(result: dict[str, Any]) -> dict[str, Any]:
-    """What a list of jobs shows of a result: its counts, tags, and per tag the test AUCs and the uplift (a
-    train job's full result, with its history and intervals, is tens of kB: a thousand would not fit a message)."""
-    brief = {k: result[k] for k in BRIEF_KEYS if k in result}
-    tags = (result.get("summary") or {}).get("tags")
-    if isinstance(tags, dict):
-        brief["summary"] = {"tags": {t: {"auc": s.get("auc"), "uplift": s.get("uplift")} for t, s in tags.items()}}
-    return brief
-
-
-def job_to_pb(record: JobRecord, *, brief: bool = False) -> pb.Job:
-    result = brief_result(record.result) if brief else record.result
+def job_to_pb(record: JobRecord) -> pb.Job:
     return pb.Job(job_id=record.job_id, kind=record.kind, name=record.name, status=record.status,
                   params_json=json.dumps(record.params, sort_keys=True),
-                  result_json=json.dumps(result, sort_keys=True), error=record.error,
+                  result_json=json.dumps(record.result, sort_keys=True), error=record.error,
                   created_at=record.created_at, finished_at=record.finished_at, progress=record.progress,
                   elapsed_s=elapsed_s(record))
 
@@ -93,8 +79,8 @@ class ControlServicer(pb_grpc.BankControlServicer):
 
     @translate_errors("bank")
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
-        records = self._node.stores.jobs.list(request.limit or 50)
-        return pb.ListJobsResponse(jobs=[job_to_pb(r, brief=request.brief) for r in records])
+        records = self._node.stores.jobs.list(request.limit or 50, brief=request.brief)
+        return pb.ListJobsResponse(jobs=[job_to_pb(r) for r in records])
 
     @translate_errors("bank")
     def JobEvents(self, request: pb.JobEventsRequest, context: grpc.ServicerContext) -> pb.JobEventsResponse:
