@@ -10,6 +10,7 @@ call the CLI makes, so the node's gate and audit apply unchanged.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import threading
@@ -493,6 +494,8 @@ def params_text(value: Any) -> str:
 def build_app(client: BankClient | None, *, token: str, node_name: str, who: str, refusal: str = "",
               config_path: str = "", id_column: str = "id") -> Starlette:
     console = Console(client, refusal=refusal, config_path=config_path, id_column=id_column)
+    # The report's figures need matplotlib and scikit-learn (a second to import): load them while nobody waits.
+    threading.Thread(target=importlib.import_module, args=("party_bank.report_html",), daemon=True).start()
     return make_app(console.routes(), token=token,
                     site={"org": "Bank", "node_name": node_name, "who": who, "nav": NAV},
                     on_shutdown=client.close if client else None)
