@@ -7,7 +7,9 @@ BENCH_STAMP := $(VENV)/.installed-bench
 PEERS_VENV := .venv-peers
 PEERS_STAMP := $(PEERS_VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+BROWSER_STAMP := $(VENV)/.installed-browser
+
+.PHONY: install demo test bench lint clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +35,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m simulations.demo
 
-test: $(STAMP)
+# tests/test_console_browser.py drives the consoles in Debian's chromium (Playwright, no browser download);
+# installed here when missing (CI runs as root; elsewhere sudo asks once).
+$(BROWSER_STAMP):
+	command -v chromium >/dev/null || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium; }
+	mkdir -p $(VENV) && touch $(BROWSER_STAMP)
+
+browser: $(BROWSER_STAMP)
+
+test: $(STAMP) $(BROWSER_STAMP)
 	$(PY) -m pytest -q
 
 bench: $(BENCH_STAMP) $(PEERS_STAMP)

@@ -9,6 +9,7 @@
     bank-node segment | segment-result | segments ... (campaign segments: party_bank/cli_segments.py)
     bank-node report --config bank.toml JOB_ID --out report.html [--overwrite]
     bank-node models --config bank.toml [--json] | alias NAME@LABEL MODEL | unalias ALIAS | retire MODEL
+    bank-node console --config bank.toml [--port 8080]     (the same in a browser: party_bank/console.py)
 
 The client commands reach the node's control API at `[client] address` (default: its `listen` address, a
 wildcard host read as 127.0.0.1) with mutual TLS, checking the name `[client] tls_name` in the node's
@@ -233,7 +234,7 @@ def run_client(args: argparse.Namespace) -> int:
             events, _ = client.events(args.job_id)
             print(json.dumps(events, indent=2) if args.json else views.events_text(events))
         elif args.command == "jobs":
-            jobs = client.jobs(args.limit)
+            jobs = client.jobs(args.limit, brief=not args.json)  # the table shows only the headline
             if args.ids_only:
                 print("\n".join(j["job_id"] for j in jobs))
             else:
@@ -391,7 +392,33 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("action", nargs="?", default="list", choices=list(MODEL_ACTIONS), help="what to do")
     mo.add_argument("operands", nargs="*", help="NAME@LABEL MODEL (alias), ALIAS (unalias), MODEL (retire)")
     mo.add_argument("--json", action="store_true", help="print JSON")
+    co = add("console", "a web console on 127.0.0.1 for this node (jobs, reports, models, segments, scoring), "
+             "calling it with your operator certificate as these commands do; it prints the link to open")
+    co.add_argument("--port", type=int, default=8080, help="local port of the console (0: any free one)")
     return parser
+
+
+def console(args: argparse.Namespace) -> int:
+    """`bank-node console`: the browser console on 127.0.0.1, calling the node as this CLI does."""
+    from cryptography import x509
+
+    from party_bank.console import build_app
+    from party_common.auth import identity_of
+    from party_common.console import new_token, serve_console
+
+    config = load_config(args.config, expected_role="bank", require_tls=not args.insecure_dev)
+    client: BankClient | None = None
+    refusal = who = ""
+    try:
+        client = client_for(config, args)
+        who = (identity_of(x509.load_pem_x509_certificate(client.own_cert)).describe() if client.own_cert
+               else "--insecure-dev: no certificate")
+    except (ConfigError, OSError, ValueError) as err:  # no certificate: the console refuses every page, says why
+        refusal = str(err)
+        print(f"bank-node console: {refusal}", file=sys.stderr)
+    app = build_app(client, token=new_token(), node_name=config.name, who=who, refusal=refusal,
+                    config_path=str(Path(args.config).resolve()), id_column=config.data.id_column)
+    return serve_console(app, port=args.port, program="bank-node")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,6 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         setup_logging(args.log_level)
         return serve(args)
+    if args.command == "console":
+        try:
+            return console(args)
+        except ConfigError as err:
+            print(f"bank-node: {err}", file=sys.stderr)
+            return 2
     try:
         return run_client(args)
     except ConfigError as err:

@@ -60,8 +60,9 @@ class BankClient:
         """Cancel a job on both nodes; its record once stopped (a step in flight finishes first)."""
         return job_dict(self.stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=timeout_s))
 
-    def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
-        reply = self.stub.ListJobs(pb.ListJobsRequest(limit=limit), timeout=CONTROL_TIMEOUT_S)
+    def jobs(self, limit: int = 20, *, brief: bool = False) -> list[dict[str, Any]]:
+        """The newest ``limit`` jobs; ``brief``: results cut to what a list shows (``party_common.storage.jobs.brief_result``)."""
+        reply = self.stub.ListJobs(pb.ListJobsRequest(limit=limit, brief=brief), timeout=CONTROL_TIMEOUT_S)
         return [job_dict(j) for j in reply.jobs]
 
     def events(self, job_id: str, after: int = 0) -> tuple[list[dict[str, str]], int]:
@@ -190,6 +191,19 @@ class BankClient:
     def report_html(self, job_id: str, timeout_s: float = 300.0) -> bytes:
         """A train job's report as the self-contained HTML page the node renders."""
         return b"".join(c.data for c in self.stub.GetReport(pb.GetReportRequest(job_id=job_id), timeout=timeout_s))
+
+    def report_document(self, job_id: str, timeout_s: float = 300.0) -> dict[str, Any]:
+        """A train job's stored report document (metrics, history and the test rows' (score, label) pairs)."""
+        request = pb.GetReportRequest(job_id=job_id, format="json")
+        return json.loads(b"".join(c.data for c in self.stub.GetReport(request, timeout=timeout_s)))
+
+    def node_status(self, platform_timeout_s: float = 3.0) -> dict[str, Any]:
+        """The node's name, its running jobs, and whether it reaches the platform now (and why not)."""
+        r = self.stub.NodeStatus(pb.NodeStatusRequest(platform_timeout_s=platform_timeout_s),
+                                 timeout=CONTROL_TIMEOUT_S + platform_timeout_s)
+        return {"node_name": r.node_name, "platform_address": r.platform_address,
+                "platform_reachable": r.platform_reachable, "platform_name": r.platform_name,
+                "platform_detail": r.platform_detail, "jobs_running": r.jobs_running}
 
     # ---- model registry (``model`` is a train job ID or an alias NAME@LABEL) ----
 

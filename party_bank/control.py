@@ -20,9 +20,10 @@ from party_common.metrics import SCORE_SECONDS
 from party_common.storage.jobs import JobRecord
 from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
-from protocols.errors import UserError
+from protocols.errors import FedProfileError, UserError
 
 log = logging.getLogger(__name__)
+ACTIVE_STATUSES = ("queued", "awaiting approval", "running")  # counted as running by NodeStatus
 REPORT_CHUNK_BYTES = 1 << 20  # GetReport streams the page in chunks under gRPC's 2 MiB message cap
 
 
@@ -78,7 +79,7 @@ class ControlServicer(pb_grpc.BankControlServicer):
 
     @translate_errors("bank")
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.ListJobsResponse:
-        records = self._node.stores.jobs.list(request.limit or 50)
+        records = self._node.stores.jobs.list(request.limit or 50, brief=request.brief)
         return pb.ListJobsResponse(jobs=[job_to_pb(r) for r in records])
 
     @translate_errors("bank")
@@ -177,7 +178,13 @@ class ControlServicer(pb_grpc.BankControlServicer):
 
     @translate_errors("bank")
     def GetReport(self, request: pb.GetReportRequest, context: grpc.ServicerContext) -> Iterator[pb.ReportChunk]:
-        html = self._node.report_html(request.job_id)  # rendered before the stream starts: errors get a status
+        if request.format not in ("", "html", "json"):
+            raise UserError(f"GetReport: unknown format {request.format!r}; use 'html' or 'json'")
+        if request.format == "json":  # the console draws its own figures from the document, one at a time
+            report, _ = self._node.report_document(request.job_id)
+            html = json.dumps(report, sort_keys=True).encode()
+        else:  # rendered before the stream starts: errors get a status
+            html = self._node.report_html(request.job_id)
         step = REPORT_CHUNK_BYTES
         return iter([pb.ReportChunk(data=html[i:i + step]) for i in range(0, len(html), step)] or [pb.ReportChunk()])
 
@@ -196,6 +203,19 @@ class ControlServicer(pb_grpc.BankControlServicer):
     def RemoveModelAlias(self, request: pb.RemoveModelAliasRequest,
                          context: grpc.ServicerContext) -> pb.ModelRegistryResponse:
         return _registry_pb(self._node.registry.remove_alias(request.alias))
+
+    @translate_errors("bank")
+    def NodeStatus(self, request: pb.NodeStatusRequest, context: grpc.ServicerContext) -> pb.NodeStatusResponse:
+        config = self._node.config
+        running = sum(len(self._node.stores.jobs.list(-1, status=s)) for s in ACTIVE_STATUSES)
+        reply = pb.NodeStatusResponse(node_name=config.name, platform_address=config.peer_address,
+                                      jobs_running=running)
+        try:  # health checking and the handshake, as a job does before it starts
+            reply.platform_name = self._node.connect(timeout_s=request.platform_timeout_s or 3.0)
+            reply.platform_reachable = True
+        except FedProfileError as err:
+            reply.platform_detail = str(err)
+        return reply
 
     @translate_errors("bank")
     def RetireRegisteredModel(self, request: pb.RetireRegisteredModelRequest,

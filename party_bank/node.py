@@ -365,16 +365,20 @@ class BankNode(NodeBase):
                                                   ids=ids, overwrite=overwrite)
         return result.path, result.rows
 
-    def report_html(self, job_id: str) -> bytes:
-        """A train job's stored report as one self-contained HTML page (``party_bank.report_html``)."""
-        from party_bank.report_html import render  # matplotlib loads on first use, not at node start
-
+    def report_document(self, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A train job's stored report and the job fields its header shows (job_id, name, created, finished)."""
         record = self.stores.jobs.get(job_id)
         if record.kind != "train":
             raise NotFound(f"job {job_id} is a {record.kind} job: only train jobs have a report")
         job = {"job_id": job_id, "name": record.name, "created_at": record.created_at,
                "finished_at": record.finished_at}
-        report = self.stores.reports.load(job_id)
+        return self.stores.reports.load(job_id), job
+
+    def report_html(self, job_id: str) -> bytes:
+        """A train job's stored report as one self-contained HTML page (``party_bank.report_html``)."""
+        from party_bank.report_html import render  # matplotlib loads on first use, not at node start
+
+        report, job = self.report_document(job_id)
         # The summary (bootstrap intervals, ECE) was computed once when the job saved its report.
         return render(report, report.get("summary"), job=job).encode()
 

@@ -121,6 +121,8 @@ class ModelRegistry:
             models.append({
                 "model": record.job_id, "name": record.name, "aliases": by_model.get(record.job_id, []),
                 "tags": tags, "test_auc": {t: ((metrics.get(t) or {}).get("joint") or {}).get("auc") for t in tags},
+                # which model scores each tag: "joint", or "bank_only" when the platform's part did not earn it
+                "served": {t: ((metrics.get(t) or {}).get("served") or {}).get("model") for t in tags},
                 "alignment": result.get("alignment_job_id") or record.params.get("alignment_job_id", ""),
                 "created_at": record.created_at, "status": "retired" if entry else "active",
                 "retired_at": entry["retired_at"] if entry else None,

@@ -36,11 +36,11 @@ def _cell(tag: str, key: str, text: str) -> str:
     return f'<td data-tag="{escape(tag)}" data-key="{key}">{escape(text)}</td>'
 
 
-def _png(fig: Figure) -> str:
+def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
 
 
 def privacy_statement(report: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -91,7 +91,7 @@ def privacy_statement(report: Mapping[str, Any]) -> dict[str, list[str]]:
     return {"bank": bank, "platform": platform, "settings": settings}
 
 
-def _header(report: Mapping[str, Any], job: Mapping[str, Any]) -> str:
+def header_table(report: Mapping[str, Any], job: Mapping[str, Any]) -> str:
     split = report.get("split") or {}
     rows = [("Job", job.get("job_id") or report.get("job_id") or "-"),
             ("Alignment", report.get("alignment_job_id") or "-"),
@@ -105,7 +105,7 @@ def _header(report: Mapping[str, Any], job: Mapping[str, Any]) -> str:
     return f'<table class="meta">{body}</table>'
 
 
-def _warnings(summary: Mapping[str, Any]) -> str:
+def warnings_box(summary: Mapping[str, Any]) -> str:
     items = [f"<li><b>{escape(tag)}</b>: {escape(w['message'])}</li>"
              for tag, s in summary["tags"].items() for w in s["warnings"]]
     if not items:
@@ -113,7 +113,7 @@ def _warnings(summary: Mapping[str, Any]) -> str:
     return f'<div class="warnings"><b>Warnings</b><ul>{"".join(items)}</ul></div>'
 
 
-def _summary_table(report: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+def summary_table(report: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
     heads = ["tag", "test rows", "positives", "AUC joint", "95% interval", "AUC bank-only", "95% interval",
              "uplift (AUC)", "95% interval", "KS joint", "95% interval", "ECE joint", "ECE bank-only", "best epoch"]
     out = ["<table><tr>" + "".join(f'<th class="{"tag" if h == "tag" else ""}">{h}</th>' for h in heads) + "</tr>"]
@@ -137,7 +137,9 @@ def _summary_table(report: Mapping[str, Any], summary: Mapping[str, Any]) -> str
     return "".join(out) + "</table>"
 
 
-def _tag_figure(report: Mapping[str, Any], tag: str) -> str | None:
+def tag_figure_png(report: Mapping[str, Any], tag: str) -> bytes | None:
+    """A tag's four plots (ROC, lift and gains, calibration, validation AUC per epoch) as one PNG; None when
+    the report holds neither test predictions nor a validation history for it."""
     preds = (report.get("test_predictions") or {}).get(tag) or {}
     history = [(h["epoch"], (h.get("validation_auc") or {}).get(tag)) for h in report.get("history") or []]
     history = [(e, a) for e, a in history if a is not None]
@@ -205,10 +207,20 @@ def _tag_section(report: Mapping[str, Any], tag: str, s: Mapping[str, Any]) -> s
                  f"{_f(s['positives'], '{}')}. Uplift of the joint model over the bank's own model: "
                  f"<b>{escape(uplift)}</b>.</p>")
     parts.extend(f'<p class="warnings">{escape(w["message"])}</p>' for w in s["warnings"])
-    img = _tag_figure(report, tag)
-    if img:
-        parts.append(f'<img alt="plots for {escape(tag)}" src="{img}">')
+    png = tag_figure_png(report, tag)
+    if png:
+        src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        parts.append(f'<img alt="plots for {escape(tag)}" src="{src}">')
     return "".join(parts)
+
+
+def intervals_note(summary: Mapping[str, Any]) -> str:
+    """How the results table's numbers were computed (under the table)."""
+    return (f'<p class="note">AUC and KS on the held-out test rows. Intervals: {int(summary["confidence"] * 100)}% '
+            f'percentile bootstrap, {summary["resamples"]} resamples (seed {summary["seed"]}), joint and bank-only '
+            f'resampled independently. Uplift = joint AUC minus bank-only AUC. ECE (expected calibration error): '
+            f'{escape(summary["ece_method"])}. A tag needs at least {summary["min_positives"]} positive test '
+            "customers for its numbers to be acted on.</p>")
 
 
 def render(report: Mapping[str, Any], summary: Mapping[str, Any] | None = None, *,
@@ -226,13 +238,9 @@ def render(report: Mapping[str, Any], summary: Mapping[str, Any] | None = None, 
     note = "" if summary["has_predictions"] else (
         '<p class="note">This report holds no test predictions (an older job): point estimates only.</p>')
     body = [
-        f"<h1>{escape(title)}</h1>", _header(report, job), _warnings(summary),
-        "<h2>Results per tag</h2>", note, _summary_table(report, summary),
-        f'<p class="note">AUC and KS on the held-out test rows. Intervals: {int(summary["confidence"] * 100)}% '
-        f'percentile bootstrap, {summary["resamples"]} resamples (seed {summary["seed"]}), joint and bank-only '
-        f'resampled independently. Uplift = joint AUC minus bank-only AUC. ECE (expected calibration error): '
-        f'{escape(summary["ece_method"])}. A tag needs at least {summary["min_positives"]} positive test '
-        "customers for its numbers to be acted on.</p>",
+        f"<h1>{escape(title)}</h1>", header_table(report, job), warnings_box(summary),
+        "<h2>Results per tag</h2>", note, summary_table(report, summary),
+        intervals_note(summary),
         "<h2>What each party learned in this job</h2>",
         "<h3>Privacy settings</h3>", ul(privacy["settings"]),
         "<h3>The bank (us)</h3>", ul(privacy["bank"]),
@@ -246,4 +254,4 @@ def render(report: Mapping[str, Any], summary: Mapping[str, Any] | None = None, 
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
 
 
-__all__ = ["privacy_statement", "render"]
+__all__ = ["header_table", "intervals_note", "privacy_statement", "render", "summary_table", "tag_figure_png", "warnings_box"]

@@ -47,13 +47,13 @@ class Table:
         return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
 
 
-def _requested_by(stores: NodeStores, job_id: str) -> str:
+def requested_by(stores: NodeStores, job_id: str) -> str:
     for event in stores.jobs.audit_events(job_id, event="created"):
         return event.actor
     return ""
 
 
-def _outcome(record: JobRecord) -> str:
+def outcome_text(record: JobRecord) -> str:
     if record.status == "failed":
         return record.error
     if record.status == AWAITING_APPROVAL:
@@ -70,8 +70,8 @@ def _outcome(record: JobRecord) -> str:
 
 def jobs_table(stores: NodeStores, *, limit: int = 50, status: str | None = None) -> Table:
     records = stores.jobs.list(limit, status=status)
-    rows = [(r.job_id, r.kind, r.name, r.status, _requested_by(stores, r.job_id), r.created_at, r.finished_at,
-             _outcome(r)) for r in records]
+    rows = [(r.job_id, r.kind, r.name, r.status, requested_by(stores, r.job_id), r.created_at, r.finished_at,
+             outcome_text(r)) for r in records]
     return Table("Jobs the platform took part in (newest first)",
                  ("job", "kind", "name", "status", "requested by", "created", "finished", "result / error"), rows)
 
@@ -136,4 +136,4 @@ def revoke(stores: NodeStores, model_job_id: str) -> str:
 
 
 __all__ = ["REFUSED_BY_OPERATOR", "RETIRE_EVENT", "Table", "approve", "audit_table", "jobs_table", "model_status",
-           "models_table", "open_stores", "operator_name", "revoke"]
+           "models_table", "open_stores", "operator_name", "outcome_text", "requested_by", "revoke"]

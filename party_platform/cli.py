@@ -7,6 +7,7 @@
     platform-node revoke MODEL --config platform.toml
     platform-node audit --config platform.toml [--job JOB] [--event E] [--limit N] [--json]
     platform-node policy --config platform.toml
+    platform-node console --config platform.toml [--port 8081]   (the same in a browser: party_platform/console.py)
 
 The commands besides `serve` work on the node's state directory on this host (beside the running node):
 approval and revocation take effect on the node's next call.
@@ -134,7 +135,10 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("--event", help="only this event (e.g. 'partial scores')")
     audit.add_argument("--limit", type=int, default=100, help="the newest N rows (default 100)")
     policy = sub.add_parser("policy", help="the policy this node enforces ([policy] of its config)")
-    for command in (serve_p, jobs, models, approve, revoke, audit, policy):
+    console = sub.add_parser("console", help="the same in a browser: a web console on 127.0.0.1 of this host "
+                             "(approval queue, jobs, audit, disclosure budget, models, policy); prints its link")
+    console.add_argument("--port", type=int, default=8081, help="local port of the console (0: any free one)")
+    for command in (serve_p, jobs, models, approve, revoke, audit, policy, console):
         command.formatter_class = DefaultsFormatter
         command.add_argument("--config", required=True, help="the node's TOML file")
     for command in (jobs, models, audit):
@@ -149,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     try:
         config = load_config(args.config, expected_role="platform", require_tls=False)
+        if args.command == "console":
+            from party_common.console import new_token, serve_console
+            from party_platform.console import build_app
+
+            return serve_console(build_app(config, token=new_token()), port=args.port, program="platform-node")
         return admin_command(args, config)
     except FedProfileError as err:
         print(f"platform-node {args.command}: {err}", file=sys.stderr)

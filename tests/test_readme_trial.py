@@ -28,9 +28,12 @@ def test_the_readme_trial_runs_two_nodes_on_one_machine(tmp_path: Path) -> None:
     for port in ("7443", "7444", "9443"):
         assert f":{port}" in script
         script = script.replace(f":{port}", f":{free_port()}")
+    assert "--port 8080" in script
+    script = script.replace("--port 8080", f"--port {free_port()}")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    # stdin closed: the recipe's last `read` ("press Enter to stop") returns at once, as Enter would
     done = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=280)
+                          timeout=280, stdin=subprocess.DEVNULL)
     trial = tmp_path / "trial"
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in trial.glob("*.log"))
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{logs}"
@@ -44,6 +47,8 @@ def test_the_readme_trial_runs_two_nodes_on_one_machine(tmp_path: Path) -> None:
     assert re.search(r"^\+44\d+ +(ok|not_in_intersection) +0\.\d{4}", out, re.M)
     assert re.search(r"^\+440000000000 +unknown_customer +- +-", out, re.M)
     assert re.search(r"epoch 2/2 validation AUC", out) and "succeeded" in out  # `logs`
+    # the console started and printed its link (with its token)
+    assert re.search(r"^http://127\.0\.0\.1:\d+/\?token=\S+$", out, re.M), out
     # separate state directories, and both nodes stopped gracefully
     assert (trial / "state" / "bank" / "jobs.sqlite").exists() or any((trial / "state" / "bank").iterdir())
     assert any((trial / "state" / "platform").iterdir())

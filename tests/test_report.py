@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -150,6 +151,7 @@ class FakeNode:
     """What ControlServicer and BankNode.report_html need of a bank node."""
 
     report_html = BankNode.report_html
+    report_document = BankNode.report_document
 
     def __init__(self, state_dir: Path) -> None:
         self.stores = memory_node_stores()
@@ -171,6 +173,10 @@ def test_rpc_and_cli_return_the_page_the_node_renders(tmp_path: Path, monkeypatc
         client = BankClient(f"127.0.0.1:{port}", cert=None, key=None, ca=None, insecure=True)
         expected = node.report_html("train-20240601-100000-abcdef")
         assert client.report_html("train-20240601-100000-abcdef") == expected
+        # the console's form: the stored document, its figures drawn one at a time
+        document = client.report_document("train-20240601-100000-abcdef")
+        assert document["metrics"] == json.loads(json.dumps(report["metrics"]))
+        assert document["test_predictions"]["tag_1"]["joint"]["p"] == report["test_predictions"]["tag_1"]["joint"]["p"]
         with pytest.raises(cli.grpc.RpcError) as err:
             client.report_html("train-20240601-100000-000000")
         assert err.value.code().name == "NOT_FOUND"

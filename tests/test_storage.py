@@ -498,3 +498,33 @@ def test_a_store_from_before_the_new_statuses_is_migrated(tmp_path: Path) -> Non
     assert store.get("old-job-0001").status == "interrupted"
     store.stop("old-job-0001", "cancelled", "no longer wanted")
     assert store.get("old-job-0001").status == "cancelled"
+
+
+def test_a_brief_list_cuts_results_to_what_a_list_shows_the_same_in_sqlite_and_in_memory(tmp_path: Path) -> None:
+    from party_common.storage.jobs import MemoryJobStore, SqliteJobStore, brief_result
+
+    train = {"tags": ["a", "b"], "rows": 420, "alignment_job_id": "align-x", "history": [{"epoch": 1}],
+             "metrics": {"a": {"joint": {"auc": 0.7}}},
+             "summary": {"tags": {"a": {"auc": {"joint": 0.7, "bank_only": 0.6}, "uplift": 0.1, "intervals": {}},
+                                  "b": {"auc": {"joint": None, "bank_only": None}, "uplift": None}}}}
+    align = {"intersection_size": 812, "mode": "both", "content_hash": "ab", "memory": {"node_peak_mb": 80.0}}
+    expected = {"train-20250101-000001": {"tags": ["a", "b"], "rows": 420, "alignment_job_id": "align-x",
+                                          "summary": {"tags": {"a": {"auc": {"joint": 0.7, "bank_only": 0.6},
+                                                                     "uplift": 0.1},
+                                                               "b": {"auc": {"joint": None, "bank_only": None},
+                                                                     "uplift": None}}}},
+                "align-20250101-000000": {"intersection_size": 812, "mode": "both",
+                                          "memory": {"node_peak_mb": 80.0}},
+                "train-20250101-000002": {}}
+    for store in (SqliteJobStore(tmp_path / "jobs.sqlite"), MemoryJobStore()):
+        for job_id, kind, result in (("align-20250101-000000", "align", align),
+                                     ("train-20250101-000001", "train", train),
+                                     ("train-20250101-000002", "train", None)):
+            store.create(job_id, kind, "", {})
+            if result is not None:
+                store.finish(job_id, result)
+        brief = {r.job_id: r.result for r in store.list(10, brief=True)}
+        assert brief == expected, type(store).__name__
+        full = {r.job_id: r.result for r in store.list(10)}
+        assert full["train-20250101-000001"] == train
+        assert all(brief_result(full[j]) == expected[j] for j in expected)
