@@ -17,7 +17,7 @@ also counts pages of memory-mapped files the kernel may drop) and its seconds pe
 
 Steps: ``load`` (``party_common.data_loading.load_party_data``), ``align`` (the rows of a shuffled
 ``--aligned`` share of the customers, as ``PartyData.take`` after PSI), ``setup`` (the platform's training
-set-up: scaler on the training rows, 8-bit quantisation, rows clipped for label DP, as
+set-up: scaler on the training rows, 8-bit quantisation, as
 ``protocols/vfl_lr/platform.py`` does it), ``score`` (partial scores of every aligned row, standardised a
 block at a time). The three modes' scalers, quantised features and scores are compared: ``identical``.
 Paillier epochs are not run here (their memory is a batch of ciphertexts, whatever the rows).
@@ -73,8 +73,6 @@ def run_mode(mode: str, path: Path, aligned_share: float, spill: Path) -> dict[s
     from party_common.data_loading import load_party_data
     from party_common.memory import PeakMemory
     from protocols.fixedpoint import quantise, quantise_rows
-    from protocols.rowblocks import map_rows
-    from protocols.vfl_lr.label_privacy import clip_rows, row_norm_bound
     from protocols.vfl_lr.state import Scaler
 
     watch = PeakMemory(interval_s=0.05)
@@ -100,7 +98,6 @@ def run_mode(mode: str, path: Path, aligned_share: float, spill: Path) -> dict[s
     del features
     seconds["align"] = time.perf_counter() - t
     train = np.arange(int(0.8 * len(X)))
-    bound = row_norm_bound(8, X.shape[1])
     t = time.perf_counter()
     if mode == "legacy":
         scaler = Scaler(X[train].mean(axis=0), X[train].std(axis=0), 5.0)
@@ -108,12 +105,10 @@ def run_mode(mode: str, path: Path, aligned_share: float, spill: Path) -> dict[s
         Z = scaler.transform(X)
         Xq, scale = quantise(Z, 8, fit_rows=train)
         Xq = Xq.astype(np.int8)
-        clipped = clip_rows(Xq, bound).astype(np.int8)
     else:
         scaler = Scaler.fit(X, 5.0, rows=train)
         Z = scaler.rows(X)
         Xq, scale = quantise_rows(X, scaler.transform, 8, fit_rows=train)
-        clipped = map_rows(Xq, lambda block: clip_rows(block, bound), Xq.shape[1], Xq.dtype)
     seconds["setup"] = time.perf_counter() - t
     W = np.random.default_rng(5).standard_normal((X.shape[1], 4)) / 10
     t = time.perf_counter()
@@ -125,7 +120,7 @@ def run_mode(mode: str, path: Path, aligned_share: float, spill: Path) -> dict[s
     return {"mode": mode, "rows": n, "aligned": len(X), "features": X.shape[1], **peaks,
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
             "digest": {"scaler": digest(scaler.mean, scaler.std), "quantised": digest(Xq, scale),
-                       "clipped": digest(clipped), "scores": digest(scores)}}
+                       "scores": digest(scores)}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,11 +44,9 @@ from protocols.vfl_lr.label_privacy import (
     LabelNoise,
     bank_sensitivity,
     batch_floor,
-    clip_rows,
     gaussian_floats,
     join_short_last,
-    platform_sensitivity,
-    row_norm_bound,
+    residual_sensitivity,
 )
 from protocols.vfl_lr.params import F_BITS, Z_CLIP
 from protocols.vfl_lr.state import Optimizer, Scaler, active_rows, epoch_batches, resolve_optimizer
@@ -88,8 +86,8 @@ def platform_view(bank: PartyData, platform: PartyData, params: TrainParams, *, 
                   join_floor: int | None = None, max_batches: int | None = None) -> PlatformView:
     """Run the protocol's arithmetic in plaintext and keep the platform's view of every batch.
 
-    ``dp``: the bank's Gaussian noise of ``params.dp_epsilon``, the platform's gradient rows clipped to its
-    declared bound; ``join_floor``: a short last batch joins the one
+    ``dp``: the bank's Gaussian noise of ``params.dp_epsilon`` on each labelled residual (so on the platform's
+    gradient through its features) and on its own gradient; ``join_floor``: a short last batch joins the one
     before (floor mode); ``max_batches``: stop after that many batches in all.
     """
     p = params
@@ -103,14 +101,11 @@ def platform_view(bank: PartyData, platform: PartyData, params: TrainParams, *, 
     XB = Scaler.fit(platform.features[split.train], p.clip).transform(platform.features)
     Xq, qscale = quantise(XB, p.quant_bits, fit_rows=split.train)
     T = bank.labels.shape[1]
-    bound = row_norm_bound(p.quant_bits, XB.shape[1])
-    if dp:  # the platform's gradient uses its rows clipped to the bound it declared (what the attacks see)
-        Xq = clip_rows(Xq, bound)
     p = replace(p, optimizer=resolve_optimizer(p, False))  # explicit batches: the bank resolves "auto" to Adam
     WA, WB = np.zeros((XA.shape[1], T)), np.zeros((XB.shape[1], T))
     opt_a, opt_b = Optimizer(p, WA.shape, unpenalised=[XA.shape[1] - 1]), Optimizer(p, WB.shape)
     active = active_rows(split.train, mask)
-    noise = LabelNoise.calibrate(p, bank_sensitivity(XA[active], T), platform_sensitivity(bound, T)) if dp else None
+    noise = LabelNoise.calibrate(p, bank_sensitivity(XA[active], T), residual_sensitivity(T)) if dp else None
     views: list[BatchView] = []
     for epoch in range(p.epochs):
         batches = epoch_batches(active, p.batch_size, p.seed, epoch)
@@ -123,13 +118,13 @@ def platform_view(bank: PartyData, platform: PartyData, params: TrainParams, *, 
             za, zb = XA[rows] @ WA, XB[rows] @ WB
             zfb = encode_z(zb)
             d_fixed = np.where(m, zfb + encode_z(za) + residual_offset(y[rows]), 0)
-            exact = Xq[rows].T @ d_fixed  # int64: |Xq| < 2^7, |d'| < 2^27, rows < 2^16
-            gradient: np.ndarray = exact
             bank_sum = XA[rows].T @ ((np.clip(za, -Z_CLIP, Z_CLIP) + np.clip(zb, -Z_CLIP, Z_CLIP) + 2
                                       - 4 * y[rows]) * m)
-            if noise is not None:
-                gradient = exact - np.rint(gaussian_floats(exact.shape, noise.platform_sigma))
+            if noise is not None:  # the platform receives noisy residuals; its gradient is exact in them
+                d_fixed = d_fixed + np.where(m, np.rint(gaussian_floats(m.shape, noise.residual_sigma)), 0).astype(
+                    np.int64)
                 bank_sum = bank_sum + gaussian_floats(bank_sum.shape, noise.bank_sigma)
+            gradient: np.ndarray = Xq[rows].T @ d_fixed  # int64: |Xq| < 2^7, |d'| < 2^31, rows < 2^16
             views.append(BatchView(epoch, rows, gradient, np.where(m, zfb, 0)))
             counts = m.sum(axis=0)
             scale = 4.0 * np.maximum(counts, 1)

@@ -23,7 +23,7 @@ import numpy as np
 from party_bank.registry import ModelRegistry
 from party_bank.scores import NOT_IN_INTERSECTION, OK, PLATFORM_UNAVAILABLE, UNKNOWN_CUSTOMER, Scores
 from party_bank.segments import SegmentService
-from party_common.audit import LOCAL_CALLER
+from party_common.audit import DEVIATION_EVENT, LOCAL_CALLER
 from party_common.config import NodeConfig
 from party_common.grpc_errors import describe
 from party_common.jobs import JobContext, JobKind, job_kind
@@ -33,7 +33,15 @@ from party_common.node import NodeBase
 from party_common.policy import is_awaiting_approval
 from party_common.storage import NodeStores
 from party_common.storage.jobs import ENDED, JobRecord
-from protocols.errors import RESUMABLE_CODES, FedProfileError, JobStopped, NotFound, PeerError, UserError
+from protocols.errors import (
+    RESUMABLE_CODES,
+    DeviationDetected,
+    FedProfileError,
+    JobStopped,
+    NotFound,
+    PeerError,
+    UserError,
+)
 from protocols.party_data import PartyData
 from protocols.vfl_lr import BankModel
 
@@ -157,6 +165,18 @@ class BankNode(NodeBase):
         except PeerError as err:  # the platform's session expires on its own
             log.warning("job %s: could not tell the platform node about the cancellation: %s", job_id, err)
 
+    def _deviation(self, job_id: str, err: DeviationDetected) -> None:
+        """The platform sent what the honest protocol never does: the job fails here with an audit row naming
+        the step and the check, and its session is aborted on the platform with the same words."""
+        log.warning("job %s stopped: the platform deviated from the protocol at %s", job_id, err.step)
+        self.stores.jobs.fail(job_id, describe(err, node="bank"))
+        self.stores.jobs.audit(job_id, DEVIATION_EVENT, f"{err.step}: {err.check}", outcome="job stopped")
+        self.stores.checkpoints.delete(job_id, missing_ok=True)  # a deviating session is never resumed
+        try:
+            self.link.cancel(job_id, f"the bank stopped the job: {DEVIATION_EVENT} at {err.step}: {err.check}")
+        except PeerError as failed:
+            log.warning("job %s: could not tell the platform node about the deviation: %s", job_id, failed)
+
     def wait(self, job_id: str, timeout_s: float | None = None) -> JobRecord:
         """Block until a job submitted to this node has ended; return its record."""
         future = self._running.get(job_id)
@@ -194,6 +214,8 @@ class BankNode(NodeBase):
                     self._cancelled(job_id, str(err))
                 else:
                     jobs.stop(job_id, err.status, str(err))
+            elif isinstance(err, DeviationDetected):
+                self._deviation(job_id, err)
             elif isinstance(err, FedProfileError):
                 log.warning("job %s failed: %s", job_id, err)
                 jobs.fail(job_id, describe(err, node="bank"))

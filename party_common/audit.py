@@ -28,6 +28,8 @@ INSECURE_CALLER = "(no certificate: --insecure-dev)"
 LOCAL_CALLER = "(in process)"
 NO_CERTIFICATE = "(no certificate)"
 REFUSED_EVENT = "call refused"
+# A count, range or layout check failed on a value received from the other node: the job stopped there.
+DEVIATION_EVENT = "deviation detected"
 
 
 def caller_name(context: grpc.ServicerContext | None) -> str:
@@ -104,5 +106,5 @@ def record_refusal(jobs: JobStore, refusal: Refusal) -> None:
         log.error("audit row for a refused call could not be written: %s", type(err).__name__)
 
 
-__all__ = ["INSECURE_CALLER", "LOCAL_CALLER", "NO_CERTIFICATE", "REFUSED_EVENT", "AuditedCall", "audited",
+__all__ = ["DEVIATION_EVENT", "INSECURE_CALLER", "LOCAL_CALLER", "NO_CERTIFICATE", "REFUSED_EVENT", "AuditedCall", "audited",
            "caller_name", "outcome_of", "record_refusal"]

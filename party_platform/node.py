@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from party_common.audit import LOCAL_CALLER, audited
+from party_common.audit import DEVIATION_EVENT, LOCAL_CALLER, audited
 from party_common.config import NodeConfig
 from party_common.grpc_errors import describe, status_of
 from party_common.jobs import SESSION_KINDS, JobContext, JobKind
@@ -27,7 +27,7 @@ from party_common.storage import NodeStores, UnknownJob
 from party_common.storage.jobs import JOB_ID_RE, now
 from party_platform.policy import SCORE_EVENT, PlatformPolicy, restrict_features
 from protocols.channel import Message, StepHandler
-from protocols.errors import FedProfileError, NotFound, ProtocolError
+from protocols.errors import DeviationDetected, FedProfileError, NotFound, ProtocolError
 from protocols.party_data import PartyData, SchemaMismatch
 from protocols.vfl_lr import PlatformModel
 
@@ -68,6 +68,11 @@ class PlatformSession:
             return self.inner.handle(step, message)
         except Exception as err:
             self._last_refusal = f"step {step}: {describe(err, node='platform')}"
+            if isinstance(err, DeviationDetected):  # the session ends with it: the bank sees the refusal
+                log.warning("%s session %s: the bank deviated from the protocol at %s", self._job.session,
+                            self._ctx.job_id, err.step)
+                self._node.stores.jobs.audit(self._ctx.job_id, DEVIATION_EVENT, f"{err.step}: {err.check}",
+                                             actor=self._context.caller or LOCAL_CALLER, outcome="job stopped")
             raise
 
     def close(self) -> None:

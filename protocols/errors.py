@@ -35,6 +35,16 @@ class ProtocolError(FedProfileError):
     """
 
 
+class DeviationDetected(ProtocolError):
+    """The other party sent what the honest protocol never produces: a count, range or layout check failed on
+    a value this party was about to decrypt, or had decrypted, for it. The job stops on both sides and each
+    node keeps an audit row naming the step and the check (``party_common.audit.DEVIATION_EVENT``)."""
+
+    def __init__(self, step: str, check: str) -> None:
+        super().__init__(f"{step}: {check}; the honest protocol never sends this, so the job stops")
+        self.step, self.check = step, check
+
+
 class SessionLost(ProtocolError):
     """The peer holds no session for the job (it restarted, or the session expired): the bank resumes the job."""
 

@@ -1,56 +1,42 @@
-"""Label DP's utility parts: the platform's declared row-norm bound and its clipping, the Newton optimiser,
-and the protocol checks around them (train.setup's bound, train.epoch's optimizer and label_dp)."""
+"""Label DP's utility parts: the residual noise's scale, the Newton optimiser, and the protocol checks around
+them (the mask path's width, train.epoch's optimizer and label_dp)."""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from protocols.channel import LocalPeer
-from protocols.errors import ProtocolError
+from protocols.errors import DeviationDetected, ProtocolError
 from protocols.paillier import generate_keypair
 from protocols.vfl_lr import TrainingError, TrainParams, make_platform_train_handler, run_bank_training
-from protocols.vfl_lr.label_privacy import (
-    ROW_NORM_FRACTION,
-    clip_rows,
-    platform_sensitivity,
-    row_norm_bound,
-    worst_row_norm,
-)
+from protocols.vfl_lr.label_privacy import LabelPrivacy, residual_noise_room, residual_sensitivity
 from protocols.vfl_lr.messages import Field, Step
 from protocols.vfl_lr.params import F_BITS, VERSION
 from protocols.vfl_lr.state import Optimizer, resolve_optimizer
 from tests.test_label_privacy import synthetic
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.integers(0, 10_000), st.integers(1, 40), st.integers(1, 3000))
-def test_clipped_rows_stay_within_the_bound_and_short_rows_are_untouched(seed: int, d: int, bound: int) -> None:
-    rng = np.random.default_rng(seed)
-    Xq = rng.integers(-127, 128, size=(30, d))
-    Xq[0] = 0
-    out = clip_rows(Xq, bound)
-    norms_in = np.sqrt((Xq.astype(float) ** 2).sum(axis=1))
-    norms_out = np.sqrt((out.astype(float) ** 2).sum(axis=1))
-    assert out.dtype == np.int64 and (norms_out <= bound).all()
-    short = norms_in <= bound
-    assert np.array_equal(out[short], Xq[short])
-    assert (np.abs(out) <= np.abs(Xq)).all() and (out * Xq >= 0).all()  # shrunk towards zero, never flipped
+def test_the_residual_sensitivity_is_one_label_step_whatever_the_features() -> None:
+    """The noise sits on the residuals before the platform's features touch them: its scale is a label's step
+    (4 in d', 4 * 2^F in fixed point) over a customer's tags, and no number the platform declares enters it."""
+    assert residual_sensitivity(1) == 4 * (1 << F_BITS)
+    assert residual_sensitivity(4) == 4 * (1 << F_BITS) * 2
 
 
-def test_the_declared_bound_is_a_rule_of_public_numbers() -> None:
-    for q, d in ((8, 1), (8, 20), (8, 120), (12, 7)):
-        assert row_norm_bound(q, d) == math.floor(ROW_NORM_FRACTION * ((1 << (q - 1)) - 1) * math.sqrt(d))
-        assert 1 <= row_norm_bound(q, d) <= worst_row_norm(q, d)
-    # the sensitivity scales with it: a quarter of the worst case, a quarter of the noise
-    assert platform_sensitivity(row_norm_bound(8, 16), 4) == 4 * (1 << F_BITS) * row_norm_bound(8, 16) * 2
-    assert platform_sensitivity(worst_row_norm(8, 16), 1) / platform_sensitivity(row_norm_bound(8, 16), 1) \
-        == pytest.approx(4, rel=0.01)
+def test_a_job_whose_noise_would_not_fit_the_residual_slots_is_refused_before_training() -> None:
+    bank, _ = synthetic(400, 8)
+    labels = np.repeat(bank.labels, 12, axis=1)  # 12 tags: wider noise per residual
+    mask = ~np.isnan(labels)
+    params = TrainParams(epochs=10, batch_size=400, key_bits=1024, label_dp="on", dp_epsilon=0.05)
+    with pytest.raises(TrainingError, match="raise dp_epsilon, or train fewer tags or epochs"):
+        LabelPrivacy.plan(params, np.arange(400), mask, 8, np.ones((400, 3)), strict=True)
+    noise = LabelPrivacy.plan(dataclasses.replace(params, dp_epsilon=3.0, epochs=2), np.arange(400), mask, 8,
+                              np.ones((400, 3)), strict=True).noise
+    assert noise is not None and 8 * noise.residual_sigma < residual_noise_room()
 
 
 def test_resolve_optimizer() -> None:
@@ -99,10 +85,10 @@ def _platform(params: TrainParams) -> tuple[Any, Any]:
     return handler, reply
 
 
-def test_the_platform_declares_its_bound_and_refuses_another_optimizer() -> None:
+def test_the_platform_refuses_another_optimizer_and_a_label_dp_flag_against_the_job() -> None:
     handler, reply = _platform(TrainParams(epochs=1, batch_size=150, key_bits=1024, optimizer="adam"))
     try:
-        assert reply[Field.ROW_NORM_BOUND] == row_norm_bound(8, 8)
+        assert set(reply) == {Field.PLATFORM_KEY, Field.N_FEATURES}  # nothing of the bank's protection to declare
         epoch = {Field.EPOCH: 0, Field.BATCH_ROWS: np.arange(150), Field.BATCH_SIZES: np.array([150])}
         with pytest.raises(ProtocolError, match="'label_dp' is missing"):
             handler.handle(Step.EPOCH, epoch)
@@ -110,25 +96,35 @@ def test_the_platform_declares_its_bound_and_refuses_another_optimizer() -> None
             handler.handle(Step.EPOCH, {**epoch, Field.LABEL_DP: True, Field.OPTIMIZER: "newton"})
         assert handler.state.epoch == -1  # refused before anything moved
         handler.handle(Step.EPOCH, {**epoch, Field.LABEL_DP: True, Field.OPTIMIZER: "adam"})
-        assert handler.Xq is handler.Xq_clipped and handler.state.optimizer.kind == "adam"
+        assert handler.state.optimizer.kind == "adam"
+    finally:
+        handler.close()
+    handler, _ = _platform(TrainParams(epochs=1, batch_size=150, key_bits=1024, label_dp="off"))
+    try:
+        epoch = {Field.EPOCH: 0, Field.BATCH_ROWS: np.arange(150), Field.BATCH_SIZES: np.array([150])}
+        with pytest.raises(ProtocolError, match="label_dp True contradicts the job's label_dp 'off'"):
+            handler.handle(Step.EPOCH, {**epoch, Field.LABEL_DP: True, Field.OPTIMIZER: "adam"})
     finally:
         handler.close()
 
 
-def test_the_bank_refuses_a_row_bound_beyond_the_worst_case() -> None:
+def test_the_bank_refuses_a_mask_path_wider_than_the_features_the_platform_declared() -> None:
+    """Issue 23, attack 4: a platform that declares 1 feature (so that the floor drops to 10 x 1 x epochs) but
+    answers the mask path for all of its features is stopped before anything the bank decrypted reaches it (here
+    all 8 products fit one ciphertext, as the declared one does, so the layout check catches it; more features
+    would fail the count before any decryption): the floor counts the width the bank opens, the declared one."""
     bank, platform = synthetic(200, 8)
+    opened: list[int] = []
 
     def factory(kind: str, job_id: str, message: dict) -> Any:
         handler = make_platform_train_handler(job_id, message, platform, on_result=lambda m: None, compute=1,
                                               insecure_for_tests=True)
-        setup = handler._steps[Step.SETUP]
-
-        def lying(msg: dict) -> dict:
-            return {**setup(msg), Field.ROW_NORM_BOUND: 10_000}
-
-        handler._steps[Step.SETUP] = lying
+        setup, emask_open = handler._steps[Step.SETUP], handler._steps[Step.EMASK_OPEN]
+        handler._steps[Step.SETUP] = lambda msg: {**setup(msg), Field.N_FEATURES: 1}
+        handler._steps[Step.EMASK_OPEN] = lambda msg: opened.append(1) or emask_open(msg)
         return handler
 
-    params = TrainParams(epochs=1, batch_size=64, key_bits=1024, validation_share=0.0)
-    with pytest.raises(ProtocolError, match=r"row-norm bound of 10000, outside 1\.\.359 for 8 features"):
+    params = TrainParams(epochs=1, batch_size=64, key_bits=1024, validation_share=0.0, label_dp="off")
+    with pytest.raises(DeviationDetected, match=r"train.emask: masked products: a value is wider than its 1 slots"):
         run_bank_training(LocalPeer(factory), "job-lie", bank, params, compute=1, insecure_for_tests=True)
+    assert opened == []  # nothing decrypted went back to it

@@ -25,9 +25,9 @@ from protocols.errors import ProtocolError
 from protocols.paillier import generate_keypair
 from protocols.party_data import PartyData, Schema
 from protocols.vfl_lr import TrainingError, TrainParams, make_platform_train_handler, run_bank_training
+from protocols.vfl_lr.encoding import encode_z
 from protocols.vfl_lr.label_privacy import (
     FLOOR_FACTOR,
-    ROW_NORM_FRACTION,
     LabelPrivacy,
     batch_floor,
     below_floor,
@@ -35,7 +35,6 @@ from protocols.vfl_lr.label_privacy import (
     gaussian_mu,
     join_short_last,
     rdp_epsilon,
-    row_norm_bound,
 )
 from protocols.vfl_lr.messages import Field, Step
 from protocols.vfl_lr.params import F_BITS
@@ -208,17 +207,25 @@ def synthetic(rows: int, features: int, seed: int = 0) -> tuple[PartyData, Party
 
 
 def test_with_label_dp_the_platforms_gradient_carries_noise_of_the_calibrated_scale(monkeypatch):
-    """The real protocol: in the first batch both models are zero, so the exact X_Bq^T (M o d' 2^F) is known."""
+    """The real protocol: the bank's noise sits on each labelled residual, so the platform's exact X_Bq^T S - X_Bq^T E
+    of the first batch (both models at their start) is X_Bq^T (M o (d' 2^F + noise)) with its features as they are,
+    and the noise's scale is a label's step: nothing the platform declares or computes sets it."""
     bank, platform = synthetic(300, 120)
     seen: dict[str, Any] = {}
-    original = platform_module.exact_xt_s
+    original_xts, original_noise = platform_module.exact_xt_s, LabelPrivacy.residual_noise
 
-    def recording(Xq: np.ndarray, S: Any, n_cols: int) -> list[list[int]]:
-        out = original(Xq, S, n_cols)
+    def recording(Xq: np.ndarray, S: Any, n_cols: int, bits: int) -> list[list[int]]:
+        out = original_xts(Xq, S, n_cols, bits)
         seen.setdefault("xts", out)
         return out
 
+    def noise_recording(self: LabelPrivacy, shape: tuple[int, int], **kw: Any) -> np.ndarray:
+        out = original_noise(self, shape, **kw)
+        seen.setdefault("noise", out)
+        return out
+
     monkeypatch.setattr(platform_module, "exact_xt_s", recording)
+    monkeypatch.setattr(LabelPrivacy, "residual_noise", noise_recording)
     handlers = []
 
     def factory(kind: str, job_id: str, message: dict) -> Any:
@@ -240,25 +247,20 @@ def test_with_label_dp_the_platforms_gradient_carries_noise_of_the_calibrated_sc
     outcome = run_bank_training(LocalPeer(factory), "job-dp", bank, params, compute=1, insecure_for_tests=True)
     privacy = outcome.report["label_privacy"]
     assert privacy["mode"] == "dp" and privacy["epsilon"] == pytest.approx(4.0, rel=1e-6)
-    # sigma = sqrt(2) z * 4 * 2^F * C sqrt(T), z = sqrt(epochs) / mu(epsilon, delta), C the platform's declared
-    # row-norm bound: a quarter of the worst case 127 sqrt(d_B), to which it clipped its gradient's rows
-    z = 1 / gaussian_mu(4.0, 1e-5)
-    bound = math.floor(ROW_NORM_FRACTION * 127 * math.sqrt(120))
-    assert bound == row_norm_bound(8, 120) and privacy["platform_row_norm_bound"] == bound
-    sigma = math.sqrt(2) * z * 4 * (1 << F_BITS) * bound
-    assert privacy["platform_sigma_fixed_point"] == pytest.approx(sigma, rel=1e-9)
+    # sigma = sqrt(2) z * 4 * 2^F * sqrt(T), z = sqrt(epochs) / mu(epsilon, delta): a label's step, per residual
+    sigma = math.sqrt(2) / gaussian_mu(4.0, 1e-5) * 4 * (1 << F_BITS)
+    assert privacy["residual_sigma_fixed_point"] == pytest.approx(sigma, rel=1e-9)
+    assert "platform_row_norm_bound" not in privacy
     handler = handlers[0]
-    norms = np.sqrt((handler.Xq.astype(np.float64) ** 2).sum(axis=1))
-    assert norms.max() <= bound and (np.sqrt((handler.Xq_full.astype(np.float64) ** 2).sum(axis=1)) > bound).any()
-    assert outcome.report["params"]["optimizer"] == "adam"  # "auto" with explicit mini-batches, even under DP
-    rows = seen["rows"]
+    rows, noise = seen["rows"], seen["noise"]
+    assert 0.8 < noise.std() / sigma < 1.2, noise.std() / sigma
     m = handler.mask[rows][:, 0]
-    exact = handler.Xq[rows].T @ np.where(m, (2 - 4 * bank.labels[rows, 0]).astype(np.int64) << F_BITS, 0)
+    split = params.split(bank.labels, bank.ids)
+    z_a = encode_z(params.start_intercepts(bank.labels, split.train))[0]  # the features' weights start at 0
+    d_fixed = z_a + ((2 - 4 * bank.labels[rows, 0]).astype(np.int64) << F_BITS) + noise[:, 0]
+    exact = handler.Xq[rows].T.astype(object) @ np.where(m, d_fixed, 0).astype(object)
     got = np.array(seen["xts"], dtype=object)[:, 0] - seen["xte"][:, 0]
-    noise = (exact.astype(object) - got).astype(np.float64)
-    assert (noise != 0).all()
-    assert abs(noise.mean()) < 4 * sigma / math.sqrt(len(noise))
-    assert 0.75 < noise.std() / sigma < 1.25, noise.std() / sigma
+    assert (got == exact).all()  # the platform's gradient is its own features times the noisy residuals
 
 
 def test_train_params_label_dp_fields():

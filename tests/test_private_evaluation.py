@@ -38,7 +38,6 @@ from protocols.vfl_lr.evaluation import (
     secret_permutation,
     shuffle_and_add,
 )
-from protocols.vfl_lr.label_privacy import row_norm_bound
 from protocols.vfl_lr.messages import Field, Step
 from protocols.vfl_lr.params import F_BITS
 
@@ -46,7 +45,7 @@ D_A, D_B = 3, 16  # the platform has many more features than the bank
 KNOWN_CUSTOMERS = 30
 
 # Every reply field the bank gets, by step: a new field must be classified in the transcript test.
-REPLY_FIELDS = {Step.SETUP: {Field.PLATFORM_KEY, Field.N_FEATURES, Field.ROW_NORM_BOUND}, Step.EPOCH: set(),
+REPLY_FIELDS = {Step.SETUP: {Field.PLATFORM_KEY, Field.N_FEATURES}, Step.EPOCH: set(),
                 Step.EMASK: {Field.MASKED_PRODUCTS}, Step.EMASK_OPEN: set(),
                 Step.FORWARD: {Field.ROWS, Field.PAIRS}, Step.GRADIENT: {Field.MASKED_GRADIENT},
                 Step.EVALUATE: {Field.SHUFFLED_SCORES}, Step.FINISH: set()}
@@ -179,8 +178,8 @@ def test_curious_bank_attributes_no_platform_value_to_a_row(monkeypatch):
         assert set(reply) == REPLY_FIELDS[step], step
         if step == Step.FORWARD:  # under the platform's key: the bank holds no key that opens them
             assert handler.pk != pk
-        elif step == Step.SETUP:  # the row-norm bound is a rule of public numbers: nothing of the data
-            assert reply[Field.ROW_NORM_BOUND] == row_norm_bound(8, D_B)
+        elif step == Step.SETUP:  # its key and feature count: nothing of the data
+            assert reply[Field.N_FEATURES] == D_B
         elif step == Step.EMASK:  # X_B^T E + R_B: per platform feature, summed over the batch, masked
             opened = sk.decrypt(CipherVector.from_bytes(pk, reply[Field.MASKED_PRODUCTS]))
             assert len(opened) < D_B

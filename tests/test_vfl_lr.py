@@ -163,18 +163,19 @@ def test_joint_training_matches_plaintext_taylor_lr(simulated):
 
 
 def test_2048_bit_keys_pack_full_ciphertexts(tmp_path):
-    """One run with production-size keys: 29 labelled pairs share a ciphertext, and the result still holds."""
+    """One run with production-size keys: 28 labelled pairs share a ciphertext (room for label-DP noise), and the
+    result still holds."""
     config = SimulationConfig(n_bank=300, n_platform=320, overlap=0.9, n_tags=3, label_share=0.5, seed=11)
     bank, platform = simulate(tmp_path, config)
     outcome, plat, peer, params = train(bank, platform, transcript=True, key_bits=2048, epochs=1, batch_size=64,
                                         optimizer="sgd", learning_rate=0.5)
     handler = plat.handlers[0]
     plan = handler.plan
-    assert plan.pairs_per_ct == 29 and outcome.report["encoding"]["pairs_per_ciphertext"] == 29
+    assert plan.pairs_per_ct == 28 and outcome.report["encoding"]["pairs_per_ciphertext"] == 28  # 29 with label_dp "off"
     assert plan.groups == [range(0, 3)]  # all three tags in one per-row ciphertext
     pairs_per_batch = [int(handler.mask[rows].sum()) for rows in handler.batches]
     assert max(pairs_per_batch) >= plan.pairs_per_ct
-    # Every batch's residuals travel ceil(pairs / 29) to a ciphertext, and the first of a full batch holds 29.
+    # Every batch's residuals travel ceil(pairs / 28) to a ciphertext, and the first of a full batch holds 28.
     sk = plat.secret_keys[0]
     gradients = [request for step, request, _ in peer.channels[0].transcript if step == Step.GRADIENT]
     assert len(gradients) == len(pairs_per_batch)
@@ -184,7 +185,7 @@ def test_2048_bit_keys_pack_full_ciphertexts(tmp_path):
         assert len(cts) == -(-n_pairs // plan.pairs_per_ct)
         if n_pairs >= plan.pairs_per_ct:
             slots = unpack_signed(sk.decrypt(cts)[0], plan.pairs_per_ct, plan.pair_slot)
-            assert all(abs(s) > 2 ** (F_BITS + 8) for s in slots)  # 29 masked residuals, none empty
+            assert all(abs(s) > 2 ** (F_BITS + 8) for s in slots)  # 28 masked residuals, none empty
             full += 1
     assert full >= 1
     assert_matches_plaintext(bank, platform, outcome, plat, params)
@@ -204,7 +205,7 @@ def test_what_the_platform_decrypts_is_masked(simulated):
     outcome, plat, peer, params = train(bank, platform, transcript=True, epochs=1, batch_size=256)
     sk = plat.secret_keys[0]
     handler = plat.handlers[0]
-    plan = SlotPlan(params.quant_bits, params.batch_size, len(bank.tag_names), handler.plan.plaintext_bits)
+    plan = SlotPlan.for_params(params, params.batch_size, len(bank.tag_names), handler.plan.plaintext_bits)
     residuals, gradients = [], []
     for step, request, _reply in peer.channels[0].transcript:
         if step == Step.GRADIENT:

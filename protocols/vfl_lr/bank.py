@@ -18,14 +18,21 @@ from protocols.compute import ComputeSpec
 from protocols.errors import ProtocolError
 from protocols.fixedpoint import quantise_rows
 from protocols.metrics import SPLIT_SCHEME, Split, bank_only_baseline, tag_metrics
-from protocols.packing import pack_signed, unpack_signed
+from protocols.packing import pack_signed
 from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
 from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
 from protocols.rowblocks import map_rows
 from protocols.vfl_lr.batching import choose_schedule, session_batch_bound, session_epochs
 from protocols.vfl_lr.calibration import calibrate_tag
-from protocols.vfl_lr.encoding import encode_z, pack_pairs, pack_rows, residual_offset
+from protocols.vfl_lr.encoding import (
+    checked_slots,
+    encode_z,
+    mask_path_layout,
+    pack_pairs,
+    pack_rows,
+    residual_offset,
+)
 from protocols.vfl_lr.evaluation import (
     TEST,
     UNKNOWN,
@@ -35,10 +42,11 @@ from protocols.vfl_lr.evaluation import (
     label_codes,
     open_scores,
 )
-from protocols.vfl_lr.label_privacy import LabelPrivacy, max_batch_rows, worst_row_norm
+from protocols.vfl_lr.label_privacy import LabelPrivacy, max_batch_rows
 from protocols.vfl_lr.messages import (
     SESSION_KIND,
     Field,
+    Message,
     Step,
     ints_from_bytes,
     ints_to_bytes,
@@ -75,6 +83,8 @@ from protocols.vfl_lr.yardstick import (
 )
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+# The most features the bank takes the platform to have: the mask path it opens is this wide per tag at most.
+MAX_PLATFORM_FEATURES = 100_000
 MIN_ROWS = 10  # the smallest intersection training runs on (its test, validation and training splits need rows)
 
 
@@ -209,15 +219,14 @@ class _BankTrainer:
                                             allow_insecure=self.insecure_for_tests)
         except InvalidKey as err:
             raise ProtocolError(f"the platform's public key was refused: {err}") from err
+        # The platform's feature count is the width of the mask path this node opens for it (a reply of any other
+        # width is refused, _open_mask_path), so the floor below counts what its gradient can hold.
         n_features = read_field(reply, Field.N_FEATURES, int)
-        if n_features < 1:
-            raise ProtocolError(f"the platform declared {n_features} features")
-        row_bound = read_field(reply, Field.ROW_NORM_BOUND, int)
-        if not 1 <= row_bound <= worst_row_norm(p.quant_bits, n_features):
-            raise ProtocolError(f"the platform declared a row-norm bound of {row_bound}, outside 1.."
-                                f"{worst_row_norm(p.quant_bits, n_features):.0f} for {n_features} features")
-        self.plan = SlotPlan(p.quant_bits, max_batch_rows(self.session_p.batch_size), self.T,
-                             plaintext_bits(self.pk, self.ppk), hide_mask=p.hide_label_mask)
+        if not 1 <= n_features <= MAX_PLATFORM_FEATURES:
+            raise ProtocolError(f"the platform declared {n_features} features (1..{MAX_PLATFORM_FEATURES})")
+        self.n_features = n_features
+        self.plan = SlotPlan.for_params(p, max_batch_rows(self.session_p.batch_size), self.T,
+                                        plaintext_bits(self.pk, self.ppk))
         self.mask_train = train_mask
         if len(active_rows(split.train, self.mask)) == 0:
             raise TrainingError("no training row has a known label")
@@ -227,7 +236,7 @@ class _BankTrainer:
         p, choice, self.epochs_entry = choose_schedule(p, active, train_mask, n_features, self.session_p.batch_size,
                                                        strict=not self.insecure_for_tests)
         self.privacy = LabelPrivacy.plan(p, active, train_mask, n_features, self.X_aug,
-                                         strict=not self.insecure_for_tests, platform_row_bound=row_bound)
+                                         strict=not self.insecure_for_tests)
         self.p = p = dataclasses.replace(p, optimizer=resolve_optimizer(p, choice.full))
         state.optimizer.kind = p.optimizer
         if state.epoch >= 0:  # a resumed job: the epochs before it were released too
@@ -372,18 +381,29 @@ class _BankTrainer:
             enc = self.pk.raw_encrypt(self.pk.encode(packed), noise.take(len(packed)))
             reply = channel.call(Step.EMASK, {Field.EPOCH: epoch, Field.BATCH: b,
                                               Field.MASKS: CipherVector(self.pk, enc).to_bytes()})
-            cv = read_ciphertexts(self.pk, reply.get(Field.MASKED_PRODUCTS), None, Step.EMASK)
-            opened = self.pk.decode(self.pool.decrypt_raw(self.sk, cv))
-            # Label DP: the platform gets X_B^T e + noise here, so its X_B^T d' carries minus that noise.
-            # Hidden mask: the platform's sum is scaled by k_t = round(2^G / m_t) per tag, and so is the noise.
-            scale = label_mask.tag_scales(self.mask_train[rows].sum(axis=0), plan) if p.hide_label_mask else None
-            dp_noise = self.privacy.platform_noise(plan, len(opened), scale, rng=self._rng(epoch, b, "platform"))
-            opened = [v + n for v, n in zip(opened, dp_noise, strict=True)]
+            opened = self._open_mask_path(reply)
             channel.call(Step.EMASK_OPEN, {Field.EPOCH: epoch, Field.BATCH: b,
                                            Field.VALUES: ints_to_bytes(opened, self.pk.byte_len)})
             masks.append(e)
             self.progress(f"epoch {epoch + 1}/{self.p.epochs} (masks ahead of time)", b + 1, len(all_batches))
         return masks
+
+    def _open_mask_path(self, reply: Message) -> list[int]:
+        """Decrypt the platform's ``[[X_Bq^T E + R_B]]_A`` for it, checked: a decryption this node performs for the
+        other party, so an oracle if it decrypted anything. Before: exactly the ciphertexts of
+        ``n_features x T`` slots the slot plan packs. After: every slot inside the range the honest protocol
+        gives it (``|X_Bq^T e| < 2^emask_bits`` plus ``R_B`` in ``[0, 2^(emask_bits + 40))``) and nothing above
+        the last slot. The checks bound what a deviating platform can place in a reply; the labels are protected
+        from it by the noise on the residuals, not by these checks (label_privacy.py)."""
+        plan = self.plan
+        layout = mask_path_layout(plan, self.n_features)
+        data = reply.get(Field.MASKED_PRODUCTS)
+        cv = read_ciphertexts(self.pk, data, len(layout), Step.EMASK)
+        opened = self.pk.decode(self.pool.decrypt_raw(self.sk, cv))
+        low, high = -(1 << plan.emask_bits), (1 << (plan.emask_bits + STAT_BITS)) + (1 << plan.emask_bits)
+        for value, n_slots in zip(opened, layout, strict=True):
+            checked_slots(value, n_slots, plan.emask_slot, low, high, Step.EMASK, "masked products")
+        return opened
 
     # ---- one mini-batch ----
 
@@ -418,6 +438,8 @@ class _BankTrainer:
         # [[d' 2^F + e]]_P for the labelled pairs: add the bank's plaintext part and the masks, slot-wise.
         z_a = self._z_bank(rows)
         c = encode_z(z_a) + residual_offset(self.y[rows])
+        # Label DP: noise on each residual before the platform's features touch it (label_privacy.py).
+        c = c + self.privacy.residual_noise(c.shape, rng=self._rng(epoch, b, "platform"))
         counts = m.sum(axis=0)
         if hide:  # every pair, scaled by k_t = round(2^G / m_t) per tag: the platform divides by 4 2^G
             scales = label_mask.tag_scales(counts, plan)
@@ -433,9 +455,11 @@ class _BankTrainer:
         opened = ints_from_bytes(read_field(reply, Field.MASKED_GRADIENT, bytes), self.ppk.byte_len,
                                  expected=d_aug * len(groups), what=Step.GRADIENT)
         cross = np.zeros((d_aug, T))
+        bound = 1 << plan.cross_bits  # |sum_i xq z_B 2^F| of an honest batch
         for gi, g in enumerate(groups):
             for j in range(d_aug):
-                slots = unpack_signed(opened[gi * d_aug + j] - r_masks[gi][j], len(g), plan.cross_slot)
+                slots = checked_slots(opened[gi * d_aug + j] - r_masks[gi][j], len(g), plan.cross_slot, -bound,
+                                      bound, Step.GRADIENT, "the opened cross products")
                 cross[j, list(g)] = slots
         cross = cross * self.qscale_aug[:, None] / (1 << F_BITS)
         # Plaintext part X_A^T (M o (z_A + 2 - 4y)) plus the cross part X_A^T (M o z_B), over 4 m_t.

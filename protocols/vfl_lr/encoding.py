@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from protocols.packing import pack_signed, unpack_signed
+from protocols.errors import DeviationDetected
+from protocols.packing import SlotOverflow, pack_signed, unpack_signed
 from protocols.vfl_lr.params import F_BITS, Z_CLIP, SlotPlan
 
 
@@ -39,6 +40,31 @@ def unpack_pairs(packed: Sequence[int], n_pairs: int, plan: SlotPlan) -> list[in
     return out
 
 
+def mask_path_layout(plan: SlotPlan, n_features: int) -> list[int]:
+    """Slots in each ciphertext of the mask path's reply ``[[X_Bq^T E + R_B]]_A``: per tag group, the
+    platform's ``n_features`` products (their tags in slots) packed ``features_per_emask_ct`` to a ciphertext."""
+    out = []
+    for g in plan.groups:
+        per_ct = plan.features_per_emask_ct(len(g))
+        out.extend(min(per_ct, n_features - start) * len(g) for start in range(0, n_features, per_ct))
+    return out
+
+
+def checked_slots(packed: int, count: int, slot_bits: int, low: int, high: int, step: str, what: str) -> list[int]:
+    """The ``count`` signed slots of a value this party decrypted for, or from, the other party, each in
+    ``[low, high)`` as the honest protocol makes them and nothing above the last slot; else
+    :class:`DeviationDetected` naming ``step`` and the check (never the value)."""
+    try:
+        slots = unpack_signed(packed, count, slot_bits)
+    except SlotOverflow:
+        raise DeviationDetected(step, f"{what}: a value is wider than its {count} slots of {slot_bits} bits") \
+            from None
+    if any(not low <= v < high for v in slots):
+        raise DeviationDetected(step, f"{what}: a slot lies outside the range the protocol gives it "
+                                      f"({low.bit_length()}-bit low, {high.bit_length()}-bit high)")
+    return slots
+
+
 def exact_xt_s(Xq: np.ndarray, S: list[list[int]] | np.ndarray, n_cols: int, bits: int = 69) -> list[list[int]]:
     """``Xq^T S`` exactly for int8-range Xq and big signed ints S (m x T), ``|S| < 2^bits``: 23-bit limbs
     through int64 (Xq up to 16 bits and 2^17 rows keep every partial product below 2^63)."""
@@ -57,4 +83,4 @@ def exact_xt_s(Xq: np.ndarray, S: list[list[int]] | np.ndarray, n_cols: int, bit
     return out.tolist()
 
 
-__all__ = ["encode_z", "exact_xt_s", "pack_pairs", "pack_rows", "residual_offset", "unpack_pairs"]
+__all__ = ["checked_slots", "encode_z", "exact_xt_s", "mask_path_layout", "pack_pairs", "pack_rows", "residual_offset", "unpack_pairs"]

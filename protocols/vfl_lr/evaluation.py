@@ -22,20 +22,21 @@ import gmpy2
 import numpy as np
 from gmpy2 import mpz
 
-from protocols.errors import CryptoError, ProtocolError
+from protocols.errors import CryptoError, DeviationDetected, ProtocolError
 from protocols.metrics import tag_metrics
-from protocols.packing import pack_signed, slots_per_plaintext, unpack_signed
+from protocols.packing import pack_signed, slots_per_plaintext
 from protocols.paillier import CipherVector, NoisePool, PrivateKey, PublicKey
 from protocols.paillier_pool import PaillierPool, Shipped
 from protocols.shuffle import secret_permutation
-from protocols.vfl_lr.encoding import encode_z
+from protocols.vfl_lr.encoding import checked_slots, encode_z
 from protocols.vfl_lr.model import sigmoid
-from protocols.vfl_lr.params import F_BITS
+from protocols.vfl_lr.params import F_BITS, Z_CLIP
 
 VALIDATION, TEST = "validation", "test"
 SPLITS = (VALIDATION, TEST)
 CODE_BITS = 2  # the label code sits in the two low bits of a slot
 UNKNOWN = 2  # the code of a row whose label the bank does not know (0 and 1 are the labels)
+SLOT_BOUND = 4 * 2 * (int(Z_CLIP) << F_BITS)  # |4 (z_A + z_B) 2^F| of clipped scores: an honest slot lies within +-2^28 (+ code)
 EVAL_SLOT = 32  # |4 (z_A + z_B) 2^F + c| <= 4 * 2 * 32 * 2^20 + 3 < 2^29: a signed 32-bit slot never carries
 
 
@@ -75,22 +76,23 @@ def open_scores(pool: PaillierPool, sk: PrivateKey, cv: CipherVector, codes: np.
     """
     n, T = codes.shape
     k, per_tag = eval_slots(sk.public_key), packed_count(n, sk.public_key)
-    if len(cv) != per_tag * T:
-        raise ProtocolError(f"{what}: {len(cv)} ciphertexts, expected {per_tag * T}")
+    if len(cv) != per_tag * T:  # checked before anything is decrypted
+        raise DeviationDetected(what, f"{len(cv)} ciphertexts, expected {per_tag * T}")
     try:
         values = pool.decrypt(sk, cv)
-        out = []
-        for t in range(T):
-            slots: list[int] = []
-            for j in range(per_tag):
-                slots.extend(unpack_signed(values[t * per_tag + j], min(k, n - j * k), EVAL_SLOT))
-            v = np.array(slots, dtype=np.int64)
-            out.append((v >> CODE_BITS, v & ((1 << CODE_BITS) - 1)))
     except CryptoError as err:
         raise ProtocolError(f"{what}: the shuffled scores do not decode: {err}") from err
+    out = []
+    for t in range(T):
+        slots: list[int] = []
+        for j in range(per_tag):
+            slots.extend(checked_slots(values[t * per_tag + j], min(k, n - j * k), EVAL_SLOT, -SLOT_BOUND,
+                                       SLOT_BOUND + (1 << CODE_BITS), what, "shuffled scores"))
+        v = np.array(slots, dtype=np.int64)
+        out.append((v >> CODE_BITS, v & ((1 << CODE_BITS) - 1)))
     for t, (_, got) in enumerate(out):
         if not np.array_equal(np.bincount(got, minlength=4), np.bincount(codes[:, t], minlength=4)):
-            raise ProtocolError(f"{what}: tag {t} came back with other labels than the rows sent")
+            raise DeviationDetected(what, f"tag {t} came back with other label codes than the rows sent")
     return out
 
 

@@ -10,13 +10,14 @@ the labels (docs/security.md, "Labels"). Two protections, chosen per job by ``Tr
   epochs: at it, least squares over all epochs recovers labels no better (within 0.02) than the
   platform's features alone predict them. It is a measured margin against these attacks, not a guarantee.
 * **label DP** (``label_dp="on"``; the default ``"auto"`` turns it on when the batches would miss the floor,
-  for a small data set or a small batch size): the bank adds Gaussian noise to the platform's gradient
-  (through the mask path it decrypts) and to its own, calibrated so that one customer's labels (all tags) are (epsilon, delta)-DP against
-  everything the platform sees, and against the bank's trained model too. The platform's sensitivity is
-  set by the row-norm bound it declares in ``train.setup`` (:func:`row_norm_bound`, a quarter of the worst
-  case); told in ``train.epoch`` that label DP is on, it clips the rows of its gradient's features to that
-  bound (per-example clipping, as in DP-SGD; scoring and evaluation use its rows unclipped). Semi-honest: the
-  platform follows the protocol, as it must for the worst-case bound too (it computes its own products).
+  for a small data set or a small batch size): the bank adds Gaussian noise to every labelled residual
+  ``d' 2^F`` it sends the platform (per (row, tag), before the platform's features multiply it) and to its own
+  gradient, calibrated so that one customer's labels (all tags) are (epsilon, delta)-DP against everything the
+  platform sees, and against the bank's trained model too. The noise sits where the labels enter, not on the
+  platform's product: whatever the platform multiplies the residuals by (its features, a matrix of its choice,
+  values scaled by 2^48), what it can compute is post-processing of the noisy residuals, so a platform that
+  deviates gets the same guarantee as one that follows the protocol, and no number it declares sets the noise
+  (issue 23: the noise used to sit on the mask path, scaled to a row-norm bound the platform declared).
 
 Accounting: batches partition the rows, so a customer's labels enter one release per epoch; each release is
 a Gaussian mechanism of noise multiplier ``z`` (``mu = 1/z`` in Gaussian DP), their adaptive composition is
@@ -37,13 +38,20 @@ from typing import Any
 import numpy as np
 
 from protocols.errors import ProtocolError
-from protocols.packing import pack_signed
 from protocols.rowblocks import RowView, row_norm_max
-from protocols.vfl_lr.params import F_BITS, MAX_AUTO_EPOCHS, SlotPlan, TrainingError, TrainParams
+from protocols.vfl_lr.params import (
+    D_BITS,
+    DP_NOISE_BITS,
+    F_BITS,
+    MAX_AUTO_EPOCHS,
+    TrainingError,
+    TrainParams,
+)
 from protocols.vfl_lr.state import epoch_batches
 
+# A job whose residual noise could exceed its slot room within this many standard deviations is refused up front.
+NOISE_TAIL_SIGMAS = 8
 FLOOR_FACTOR = 10  # labelled rows per tag and batch, per platform feature (benchmarks/privacy.py)
-ROW_NORM_FRACTION = 0.25  # the platform's declared row-norm bound, as a share of the worst case (row_norm_bound)
 LABEL_DP_MODES = ("auto", "on", "off")
 RDP_ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512, 1024])
 _RANDOM = secrets.SystemRandom()
@@ -161,34 +169,19 @@ def rdp_epsilon(mu: float, delta: float, orders: Sequence[float] = RDP_ORDERS) -
 # ----------------------------------------------------------------------------- the noise ----
 
 
-def worst_row_norm(quant_bits: int, n_features: int) -> float:
-    """The largest L2 norm a row of quantised features can have: ``(2^(q-1) - 1) sqrt(d)``."""
-    return ((1 << (quant_bits - 1)) - 1) * math.sqrt(n_features)
+def residual_noise_room() -> int:
+    """How far label-DP noise may take a residual ``d' 2^F`` beyond its own range and still fit its slot."""
+    return (1 << (D_BITS + DP_NOISE_BITS)) - (1 << D_BITS)
 
 
-def row_norm_bound(quant_bits: int, n_features: int) -> int:
-    """The L2 bound the platform clips the rows of its gradient's quantised features to, and declares in
-    ``train.setup``: ``ROW_NORM_FRACTION`` of :func:`worst_row_norm` (for a column spanning +-5 sd, 1.25 sqrt(d)
-    standard deviations: most rows are left alone). A rule of public numbers, so it says nothing of the data."""
-    return max(1, math.floor(ROW_NORM_FRACTION * worst_row_norm(quant_bits, n_features)))
-
-
-def clip_rows(Xq: np.ndarray, bound: int) -> np.ndarray:
-    """Integer rows scaled down to L2 norm at most ``bound`` (rounded towards zero, so never above it)."""
-    norms = np.sqrt((Xq.astype(np.float64) ** 2).sum(axis=1))
-    factor = np.minimum(1.0, bound / np.maximum(norms, 1e-300))
-    return np.trunc(Xq * factor[:, None]).astype(np.int64)
-
-
-def platform_sensitivity(row_bound: float, n_tags: int) -> float:
-    """L2 change of ``X_Bq^T (M o d' 2^F)`` (integers) when one customer's labels change, for rows of norm at
-    most ``row_bound`` (the platform's declared bound, or :func:`worst_row_norm` for any features).
-
-    ``d' = z_A + z_B + 2 - 4 y``: flipping ``y_it`` moves ``d'_it 2^F`` by exactly ``4 * 2^F`` (the scores are
-    clipped before encoding, not the residual), so column t moves by ``4 * 2^F * xq_i``, ``|xq_i| <= row_bound``,
-    and over the customer's tags (at most T columns) the change is at most ``4 * 2^F row_bound sqrt(T)``.
+def residual_sensitivity(n_tags: int) -> float:
+    """L2 change of the labelled residuals ``d' 2^F`` (fixed point) the platform receives in one batch when one
+    customer's labels change: ``d' = z_A + z_B + 2 - 4 y`` (the scores are clipped before encoding, not the
+    residual), so flipping ``y_it`` moves that customer's residual of tag t by exactly ``4 * 2^F``, and no other
+    row's; over its tags (at most T residuals) the change is at most ``4 * 2^F sqrt(T)``. The platform's gradient,
+    and anything else it computes from the residuals, is post-processing: no bound on its features is needed.
     """
-    return 4.0 * (1 << F_BITS) * row_bound * math.sqrt(n_tags)
+    return 4.0 * (1 << F_BITS) * math.sqrt(n_tags)
 
 
 def bank_sensitivity(X_aug: np.ndarray | RowView, n_tags: int, rows: np.ndarray | None = None) -> float:
@@ -214,11 +207,12 @@ def gaussian_floats(shape: tuple[int, ...], sigma: float, rng: random.Random = _
 
 @dataclass(frozen=True)
 class LabelNoise:
-    """Gaussian noise for both gradients: one noise multiplier ``z``, split evenly between the two releases.
+    """Gaussian noise for the bank's gradient and the platform's residuals: one noise multiplier ``z``, split
+    evenly between the two releases.
 
-    Per batch, a customer's labels move the bank's gradient sum by at most ``bank_sensitivity`` and the
-    platform's (fixed point) by at most ``platform_sensitivity``; noise of ``sqrt(2) z`` times each makes the
-    pair a ``1/z``-GDP release.
+    Per batch, a customer's labels move the bank's gradient sum by at most ``bank_sensitivity`` and the residuals
+    the platform receives (fixed point) by at most ``residual_sensitivity``; noise of ``sqrt(2) z`` times each
+    makes the pair a ``1/z``-GDP release.
     """
 
     epsilon: float
@@ -226,22 +220,22 @@ class LabelNoise:
     epochs: int
     noise_multiplier: float
     bank_sensitivity: float
-    platform_sensitivity: float
+    residual_sensitivity: float
 
     @classmethod
-    def calibrate(cls, params: TrainParams, bank_sens: float, platform_sens: float) -> LabelNoise:
+    def calibrate(cls, params: TrainParams, bank_sens: float, residual_sens: float) -> LabelNoise:
         """The noise that makes ``params.epochs`` epochs (epsilon, delta)-DP for one customer's labels."""
         mu = gaussian_mu(params.dp_epsilon, params.dp_delta)
         return cls(params.dp_epsilon, params.dp_delta, params.epochs, math.sqrt(params.epochs) / mu,
-                   bank_sens, platform_sens)
+                   bank_sens, residual_sens)
 
     @property
     def bank_sigma(self) -> float:
         return math.sqrt(2.0) * self.noise_multiplier * self.bank_sensitivity
 
     @property
-    def platform_sigma(self) -> float:
-        return math.sqrt(2.0) * self.noise_multiplier * self.platform_sensitivity
+    def residual_sigma(self) -> float:
+        return math.sqrt(2.0) * self.noise_multiplier * self.residual_sensitivity
 
 
 # ------------------------------------------------------------------------ the bank's plan ----
@@ -261,18 +255,17 @@ class LabelPrivacy:
     epochs_spent: int = 0
     smallest: int | None = None  # fewest labelled rows of a tag in a batch that has some (floor mode)
     notes: list[str] = field(default_factory=list)
-    platform_row_bound: float | None = None  # the L2 bound of the platform's gradient rows the noise assumes (dp)
 
     @classmethod
     def plan(cls, params: TrainParams, active: np.ndarray, mask: np.ndarray, n_features: int,
-             X_aug: np.ndarray | RowView, *, strict: bool, platform_row_bound: float | None = None) -> LabelPrivacy:
+             X_aug: np.ndarray | RowView, *, strict: bool) -> LabelPrivacy:
         """Decide the protection: label DP if ``"on"``, or if ``"auto"`` and some batch of some epoch would
         miss the floor; otherwise the floor, and :class:`TrainingError` if ``"off"`` and a batch misses it.
 
         Not ``strict`` (``insecure_for_tests``: tests and benchmarks), ``"auto"`` never turns label DP on and
         a batch below the floor runs as it is, the report's ``mode`` saying "unprotected".
-        ``platform_row_bound``: the norm bound the platform declared for the rows of its gradient (None: the
-        worst case of its quantised features).
+        ``n_features``: the platform's feature count, which is the width of the mask path the bank opens for it
+        per tag (the bank refuses a reply of any other width), so the floor counts what the platform can use.
         """
         floor, T = batch_floor(n_features, params.epochs), mask.shape[1]
         plan = cls(params, active, mask, n_features, floor, "floor")
@@ -291,9 +284,12 @@ class LabelPrivacy:
             if hit is None:
                 return plan
         if params.label_dp == "on" or (params.label_dp == "auto" and strict):
-            bound = worst_row_norm(params.quant_bits, n_features) if platform_row_bound is None else platform_row_bound
-            noise = LabelNoise.calibrate(params, bank_sensitivity(X_aug, T, active), platform_sensitivity(bound, T))
-            plan.mode, plan.noise, plan.smallest, plan.platform_row_bound = "dp", noise, None, bound
+            noise = LabelNoise.calibrate(params, bank_sensitivity(X_aug, T, active), residual_sensitivity(T))
+            if NOISE_TAIL_SIGMAS * noise.residual_sigma >= residual_noise_room():
+                raise TrainingError(
+                    f"label DP at dp_epsilon {params.dp_epsilon} over {params.epochs} epochs and {T} tags needs noise "
+                    "wider than the residuals' slots hold; raise dp_epsilon, or train fewer tags or epochs per job")
+            plan.mode, plan.noise, plan.smallest = "dp", noise, None
             if hit is not None:
                 plan.notes.append("label DP is on because the batches miss the floor of "
                                   f"{floor_text(n_features, params.epochs)} labelled rows per tag")
@@ -327,33 +323,22 @@ class LabelPrivacy:
         epochs before it were released too (also by a run this one resumes)."""
         self.epochs_spent = max(self.epochs_spent, epoch + 1)
 
-    def platform_noise(self, plan: SlotPlan, n_values: int, scale: Sequence[int] | None = None, *,
-                       rng: random.Random = _RANDOM) -> list[int]:
-        """Per opened mask-path value (Horner-packed, layout of ``plan``): noise to add, packed the same way,
-        drawn from ``rng`` (training: the batch's keyed stream, so a replayed batch carries the same noise).
+    def residual_noise(self, shape: tuple[int, int], *, rng: random.Random = _RANDOM) -> np.ndarray:
+        """Integer noise (rows x T, fixed point) for the batch's residuals ``d' 2^F``, drawn from ``rng`` (training:
+        the batch's keyed stream, so a replayed batch carries the same noise); zeros without label DP.
 
-        ``scale`` (``hide_label_mask``): the platform's sum of tag t is multiplied by ``scale[t]``, and so is the
-        sensitivity, so tag t's noise is ``scale[t]`` times wider.
+        The bank adds it to its plaintext part of every residual before encrypting, so it reaches the platform
+        inside ``d' 2^F + e``. Under ``hide_label_mask`` the residual is then scaled by ``k_t``, the noise with it.
+        A draw that would not fit the residual's slot (:func:`residual_noise_room`) stops the job rather than wrap.
         """
         if self.noise is None:
-            return [0] * n_values
-        out: list[int] = []
-        limit = 1 << plan.emask_bits  # the headroom of an emask slot beyond its mask
-        sigma = self.noise.platform_sigma
-        for g in plan.groups:
-            per_ct = plan.features_per_emask_ct(len(g))
-            for start in range(0, self.n_features, per_ct):
-                count = min(per_ct, self.n_features - start) * len(g)
-                if scale is None:
-                    values = gaussian_ints(count, sigma, rng)
-                else:  # feature-major, the group's tags inside
-                    values = [round(rng.gauss(0.0, sigma * scale[g[j % len(g)]])) for j in range(count)]
-                if any(abs(v) >= limit for v in values):
-                    raise TrainingError("label DP noise does not fit the mask path's slots; raise dp_epsilon")
-                out.append(pack_signed(values, plan.emask_slot))
-        if len(out) != n_values:
-            raise TrainingError(f"the mask path opened {n_values} values, the slot plan expects {len(out)}")
-        return out
+            return np.zeros(shape, dtype=np.int64)
+        noise = np.array(gaussian_ints(shape[0] * shape[1], self.noise.residual_sigma, rng),
+                         dtype=np.int64).reshape(shape)
+        if shape[0] and int(np.abs(noise).max()) >= residual_noise_room():
+            raise TrainingError("label DP noise does not fit the residuals' slots; raise dp_epsilon or train fewer "
+                                "tags in one job")
+        return noise
 
     def bank_noise(self, shape: tuple[int, ...], *, rng: random.Random = _RANDOM) -> np.ndarray | float:
         """Noise for the bank's gradient sum (before it is divided by the batch's label counts), from ``rng``."""
@@ -383,9 +368,10 @@ class LabelPrivacy:
                        noise_multiplier=n.noise_multiplier, gdp_mu=mu,
                        epsilon_rdp=rdp_epsilon(mu, delta) if mu > 0 else 0.0,
                        bank_sensitivity=n.bank_sensitivity, bank_sigma=n.bank_sigma,
-                       platform_sensitivity_fixed_point=n.platform_sensitivity,
-                       platform_row_norm_bound=self.platform_row_bound,
-                       platform_sigma_fixed_point=n.platform_sigma, fixed_point_bits=F_BITS,
+                       residual_sensitivity_fixed_point=n.residual_sensitivity,
+                       residual_sigma_fixed_point=n.residual_sigma, fixed_point_bits=F_BITS,
+                       noise_on="each labelled residual d' 2^F the platform receives, before its features multiply "
+                                "it (so no bound on them is assumed), and the bank's own gradient",
                        accountant="Gaussian DP composition, analytic Gaussian conversion",
                        guarantee=f"({eps:.3g}, {delta:.3g})-DP for each customer's labels")
         if self.notes:
@@ -393,6 +379,6 @@ class LabelPrivacy:
         return out
 
 
-__all__ = ["FLOOR_FACTOR", "LABEL_DP_MODES", "ROW_NORM_FRACTION", "clip_rows", "row_norm_bound", "worst_row_norm", "LabelNoise", "LabelPrivacy", "bank_sensitivity", "batch_floor",
+__all__ = ["FLOOR_FACTOR", "LABEL_DP_MODES", "LabelNoise", "LabelPrivacy", "bank_sensitivity", "batch_floor",
            "below_floor", "floor_text", "gaussian_delta", "gaussian_epsilon", "gaussian_floats", "gaussian_ints", "gaussian_mu",
-           "join_short_last", "max_batch_rows", "platform_enforces_floor", "platform_sensitivity", "rdp_epsilon"]
+           "join_short_last", "max_batch_rows", "platform_enforces_floor", "rdp_epsilon", "residual_sensitivity"]

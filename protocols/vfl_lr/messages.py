@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from protocols.channel import Message
-from protocols.errors import ProtocolError
+from protocols.errors import DeviationDetected, ProtocolError
 from protocols.paillier import CipherVector, InvalidCiphertext, PublicKey
 
 SESSION_KIND = "train"  # the kind of session the bank opens on the platform
@@ -44,7 +44,6 @@ class Field:
     BANK_COLUMNS = "bank_columns"  # the bank's model columns (features, intercept): train.gradient's width
     PLATFORM_KEY = "platform_key"
     N_FEATURES = "n_features"
-    ROW_NORM_BOUND = "row_norm_bound"  # the L2 bound of the platform's gradient rows under label DP (an int)
     RESUME_STEPS = "resume_steps"  # a resumed session: the bank's checkpoint position (protocols/vfl_lr/resume.py)
     # train.epoch; EPOCH and BATCH also address every per-batch step
     EPOCH = "epoch"
@@ -92,8 +91,8 @@ def read_ciphertexts(key: PublicKey, data: object, expected: int | None, what: s
         cv = CipherVector.from_bytes(key, data)
     except InvalidCiphertext as err:
         raise ProtocolError(f"{what}: {err}") from err
-    if expected is not None and len(cv) != expected:
-        raise ProtocolError(f"{what}: {len(cv)} ciphertexts, expected {expected}")
+    if expected is not None and len(cv) != expected:  # checked before anything of it is decrypted
+        raise DeviationDetected(what, f"{len(cv)} ciphertexts, expected {expected}")
     return cv
 
 

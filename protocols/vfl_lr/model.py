@@ -16,7 +16,7 @@ from protocols.vfl_lr.params import VERSION
 from protocols.vfl_lr.state import Scaler
 
 # Model dicts read: v2 changed how held-out rows are evaluated during training, not what a model holds.
-READABLE_VERSIONS = (VERSION, "vfl-lr-taylor-v1")
+READABLE_VERSIONS = (VERSION, "vfl-lr-taylor-v2", "vfl-lr-taylor-v1")
 
 
 class ModelError(UserError):

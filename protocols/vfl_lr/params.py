@@ -16,11 +16,14 @@ from protocols.packing import slots_per_plaintext
 from protocols.paillier import PublicKey
 from protocols.params import check_field_types, dataclass_from_mapping
 
-VERSION = "vfl-lr-taylor-v2"  # v2: private evaluation (train.evaluate); models keep the v1 format
+VERSION = "vfl-lr-taylor-v3"  # v3: label-DP noise on the residuals (no row-norm bound); v2: private evaluation
 F_BITS = 20  # fractional bits of z and d' in fixed point
 Z_CLIP = 32.0  # |z_A|, |z_B| are clipped here before encoding (the Taylor loss is meaningless far beyond)
 D_BITS = 27  # |d' * 2^F| <= (32 + 34) * 2^20 < 2^27
 STAT_BITS = 40  # statistical hiding: every mask is 2^40 times wider than what it hides
+# Label DP: the bank adds Gaussian noise to each labelled residual d' 2^F before the platform's features touch it;
+# the residual's slot keeps this much headroom for it whenever the job may turn label DP on (label_dp not "off").
+DP_NOISE_BITS = 4  # room for 2^11 - 2^7 units of d': 28 residuals per ciphertext, not 29
 SCALE_MARGIN_BITS = 24  # hide_label_mask: the residuals' per-tag scale round(2^G / m_t) is at least 2^24
 
 
@@ -187,6 +190,17 @@ class SlotPlan:
     n_tags: int
     plaintext_bits: int  # usable signed bits of the smaller of the two keys
     hide_mask: bool = False  # TrainParams.hide_label_mask: residuals scaled by 2^G / m_t (G = scale_bits)
+    dp_headroom: bool = False  # label_dp is not "off": residual slots hold d' 2^F plus label-DP noise
+
+    @classmethod
+    def for_params(cls, params: TrainParams, batch_rows: int, n_tags: int, plaintext_bits: int) -> SlotPlan:
+        """The plan both parties derive from a session's parameters (the largest batch, the smaller key)."""
+        return cls(params.quant_bits, batch_rows, n_tags, plaintext_bits, hide_mask=params.hide_label_mask,
+                   dp_headroom=params.label_dp != "off")
+
+    @property
+    def residual_bits(self) -> int:  # |d' 2^F| (plus its label-DP noise, which the bank keeps inside this bound)
+        return D_BITS + (DP_NOISE_BITS if self.dp_headroom else 0)
 
     @property
     def batch_bits(self) -> int:
@@ -206,7 +220,7 @@ class SlotPlan:
 
     @property
     def e_bits(self) -> int:  # the mask e hiding d' 2^F (times the scale and its dither under hide_mask)
-        return D_BITS + self.scale_bits + (1 if self.hide_mask else 0) + STAT_BITS
+        return self.residual_bits + self.scale_bits + (1 if self.hide_mask else 0) + STAT_BITS
 
     @property
     def pair_slot(self) -> int:
@@ -245,7 +259,7 @@ def plaintext_bits(*keys: PublicKey) -> int:
     return min(slots_per_plaintext(k, 1) for k in keys)
 
 
-__all__ = ["D_BITS", "F_BITS", "SCALE_MARGIN_BITS", "STAT_BITS", "VERSION", "Z_CLIP", "SlotPlan", "TrainParams", "TrainingError",
+__all__ = ["DP_NOISE_BITS", "D_BITS", "F_BITS", "SCALE_MARGIN_BITS", "STAT_BITS", "VERSION", "Z_CLIP", "SlotPlan", "TrainParams", "TrainingError",
            "plaintext_bits"]
 
 

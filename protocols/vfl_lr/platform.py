@@ -19,17 +19,14 @@ from protocols.packing import SlotLayout, pack_signed, unpack_signed
 from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
 from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
-from protocols.rowblocks import map_rows
 from protocols.vfl_lr.encoding import encode_z, exact_xt_s, pack_pairs, pack_rows, unpack_pairs
 from protocols.vfl_lr.evaluation import SPLITS, VALIDATION, packed_count, shuffle_and_add
 from protocols.vfl_lr.label_privacy import (
     batch_floor,
     below_floor,
-    clip_rows,
     floor_text,
     max_batch_rows,
     platform_enforces_floor,
-    row_norm_bound,
 )
 from protocols.vfl_lr.messages import (
     Field,
@@ -180,25 +177,18 @@ class PlatformTrainHandler:
         # Kept (and shipped to the workers) as 8-bit integers: an eighth of int64 (10M x 300: 3 GB, not 24 GB),
         # memory-mapped beside the features when those are on disk.
         self.Xq, self.qscale = quantise_rows(features, self.scaler.transform, p.quant_bits, fit_rows=self.train)
-        # Under label DP (told in train.epoch) the gradient's rows are clipped to the bound declared here.
-        self.row_bound = row_norm_bound(p.quant_bits, self.X.shape[1])
-        self.Xq_full = self.Xq
-        self.Xq_clipped = map_rows(self.Xq, lambda block: clip_rows(block, self.row_bound), self.Xq.shape[1],
-                                   self.Xq.dtype)
         self.state = PlatformTrainState.start(p, self.X.shape[1], self.T)
         self.stage = "epoch"
         if Field.RESUME_STEPS in message:  # the bank resumes the job: our state at its checkpoint's position
             self._resume(read_field(message, Field.RESUME_STEPS, int))
         self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
-        self.plan = SlotPlan(p.quant_bits, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk),
-                             hide_mask=p.hide_label_mask)
+        self.plan = SlotPlan.for_params(p, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk))
         # Label privacy: with label_dp "off", no batch may hold fewer labelled rows of a tag than the floor (but
         # more than none), or this node could solve its gradients for them (label_privacy.py). With the label
         # mask hidden only the bank can count labelled rows; this node checks the batch's rows, a lower bound.
         self.floor = batch_floor(self.X.shape[1], p.epochs)
         self.enforce_floor = platform_enforces_floor(p, strict=not self.insecure_for_tests)
-        return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.N_FEATURES: int(self.X.shape[1]),
-                Field.ROW_NORM_BOUND: self.row_bound}
+        return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.N_FEATURES: int(self.X.shape[1])}
 
     def _resume(self, steps: int) -> None:
         """Take the state saved at position ``steps``; the next step is train.epoch (train.finish if that
@@ -249,10 +239,11 @@ class PlatformTrainHandler:
                                 f"{floor_text(self.X.shape[1], self.p.epochs)} labelled rows per tag and batch: "
                                 f"below it this node's gradients give the labels away")
         dp, optimizer = read_field(message, Field.LABEL_DP, bool), read_field(message, Field.OPTIMIZER, str)
+        if dp != (self.p.label_dp == "on") and self.p.label_dp != "auto":
+            raise ProtocolError(f"train.epoch: label_dp {dp} contradicts the job's label_dp {self.p.label_dp!r}")
         if optimizer not in OPTIMIZERS or self.p.optimizer not in ("auto", optimizer):
             raise ProtocolError(f"train.epoch: optimizer {optimizer!r} is not the job's {self.p.optimizer!r}")
         state.optimizer.kind = optimizer
-        self.Xq = self.Xq_clipped if dp else self.Xq_full
         state.epoch = epoch
         self.batches = batches
         self.xte: list[np.ndarray | None] = [None] * len(self.batches)
@@ -367,8 +358,7 @@ class PlatformTrainHandler:
             ii, tt = np.nonzero(m)
             for (i, t), s in zip(zip(ii, tt, strict=True), unpack_pairs(res_open, n_pairs, plan), strict=True):
                 S[i, t] = s
-        wide = (plan.pair_slot,) if hide else ()  # hidden: residual slots are wider than the default 69 bits
-        xts = np.array(exact_xt_s(self.Xq[rows], S, self.T, *wide), dtype=object)
+        xts = np.array(exact_xt_s(self.Xq[rows], S, self.T, plan.pair_slot), dtype=object)
         xtd = xts - self.xte[b]  # X_B^T d' 2^F exactly, over the labelled pairs only (hidden: times k_t)
         self.xte[b] = None
         grad = np.array(xtd.tolist(), dtype=np.float64) * self.qscale[:, None] / (1 << F_BITS)
