@@ -111,6 +111,7 @@ LABEL_GOAL = 0.02  # label recovery within this of the majority rate (or the fea
 SHIFT_BITS = 48  # attack 1: each mask is raised 2^48 up in its slot, far beyond the label-DP noise
 KNOWN_ROWS = 30  # platform rows whose features the curious bank knows (benchmarks/privacy_bank_view.py)
 OPERATOR = "data-scientist"
+ROW_NORM_BOUND = "row_norm_bound"  # attack 4: the setup reply's field that set the label-DP noise (protocol v2)
 
 
 # ------------------------------------------------------------------------------ the nodes ----
@@ -254,12 +255,13 @@ class FloorLoweringPlatform(PlatformDeviation):
             reply = dict(h.handle(step, message))
             if self.n_features is not None:
                 reply[Field.N_FEATURES] = self.n_features
-                reply[Field.ROW_NORM_BOUND] = min(int(reply[Field.ROW_NORM_BOUND]),  # type: ignore[call-overload]
-                                                  (1 << (h.p.quant_bits - 1)) - 1)
-            if self.row_bound is not None:
-                reply[Field.ROW_NORM_BOUND] = self.row_bound
-            if self.unclipped:  # it never clips: its gradient carries every row at full norm
-                h.Xq_clipped = h.Xq_full
+            if self.row_bound is not None:  # (protocol v3 has no such field: the bank sets its noise alone)
+                reply[ROW_NORM_BOUND] = self.row_bound
+            elif ROW_NORM_BOUND in reply and self.n_features is not None:  # within 1 feature's worst case
+                reply[ROW_NORM_BOUND] = min(int(reply[ROW_NORM_BOUND]),  # type: ignore[call-overload]
+                                            (1 << (h.p.quant_bits - 1)) - 1)
+            if self.unclipped and hasattr(h, "Xq_clipped"):  # it never clips (v2): every row at full norm
+                h.Xq_clipped = h.Xq
             self.deviated = (self.n_features, self.row_bound, self.unclipped) != (None, None, False)
             return reply
         if step == Step.FORWARD:
@@ -268,7 +270,7 @@ class FloorLoweringPlatform(PlatformDeviation):
         elif step == Step.GRADIENT:
             b = h.state.next_batch
             rows, S, xte = h.batches[b], self.residuals(message), h.xte[b]
-            gradient = np.array(exact_xt_s(h.Xq[rows], S, h.T), dtype=object) - xte
+            gradient = np.array(exact_xt_s(h.Xq[rows], S, h.T, h.plan.pair_slot), dtype=object) - xte
             self.views.append(BatchView(h.state.epoch, rows, np.array(gradient.tolist(), dtype=np.float64),
                                         np.asarray(self.zb)))
         return h.handle(step, message)
@@ -328,9 +330,8 @@ class BankDeviation:
         if step == Step.SETUP:
             self.bank_key = PublicKey.from_bytes(message[Field.BANK_KEY])  # type: ignore[arg-type]
             self.platform_key = PublicKey.from_bytes(reply[Field.PLATFORM_KEY])  # type: ignore[arg-type]
-            self.plan = SlotPlan(self.params.quant_bits, max_batch_rows(self.params.batch_size), len(self.tags),
-                                 plaintext_bits(self.bank_key, self.platform_key),
-                                 hide_mask=self.params.hide_label_mask)
+            self.plan = SlotPlan.for_params(self.params, max_batch_rows(self.params.batch_size), len(self.tags),
+                                            plaintext_bits(self.bank_key, self.platform_key))
         elif step == Step.EPOCH:
             sizes = np.cumsum(message[Field.BATCH_SIZES])[:-1]  # type: ignore[index]
             self.batches = np.split(message[Field.BATCH_ROWS], sizes)  # type: ignore[arg-type]
@@ -694,11 +695,12 @@ def _least_squares(workdir: Path, bank: PartyData, platform: PartyData, settings
     h, views, y = dev.inner, dev.views, aligned_bank.labels  # type: ignore[attr-defined]
     accuracy, majority, baseline = None, majority_rate(y[~np.isnan(y[:, 0]), 0]), None
     if views:
-        scores = least_squares_attack(h.Xq_full, views, h.mask, len(y))[:, 0]
+        Xq = np.asarray(h.Xq)  # its rows as quantised, unclipped
+        scores = least_squares_attack(Xq, views, h.mask, len(y))[:, 0]
         seen = ~np.isnan(scores) & h.mask[:, 0]
         truth = y[seen, 0]
         accuracy = label_recovery_accuracy(scores[seen], truth, scores=True)
-        majority, baseline = majority_rate(truth), feature_baseline(h.Xq_full[seen], truth)
+        majority, baseline = majority_rate(truth), feature_baseline(Xq[seen], truth)
     privacy = (record.result or {}).get("label_privacy", {}) if not failed else {}
     return {"failed": failed, "deviated": dev.deviated, "label_recovery_accuracy": accuracy,
             "majority_rate": majority, "feature_baseline": baseline, "label_privacy_mode": privacy.get("mode"),
