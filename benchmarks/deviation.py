@@ -866,11 +866,11 @@ def run(workdir: Path, quick: bool = False) -> dict[str, Any]:
         workdir / "a1on", bank, platform, {**breast_settings, "label_dp": "on", "dp_epsilon": 3.0}))
     timed("2_gradient_oracle", lambda: attack_gradient_oracle(
         workdir / "a2", bank, platform, {**breast_settings, "epochs": 4 if quick else 22, "label_dp": "on",
-                                         "batch_size": 256}))
+                                         "batch_size": 256}, budget=2 if quick else None))
     timed("3_crafted_tags", lambda: attack_crafted_tags(
         workdir / "a3", credit_bank, credit_platform,
         {"epochs": 4 if quick else 12, "batch_size": 512, "validation_share": 0.04, "early_stopping_patience": 0,
-         "label_dp": "on", "serve": "joint"}, 15))
+         "label_dp": "on", "serve": "joint"}, 15, budget=2 if quick else None))
     timed("4_declared_features_1", lambda: attack_floor(  # breast's batches are small either way: default_credit
         workdir / "a4", *((bank, platform) if quick else (credit_bank, credit_platform)),
         {"label_dp": "auto", "serve": "joint"}, n_features=1))
@@ -884,7 +884,8 @@ def run(workdir: Path, quick: bool = False) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer epochs and rows, a 4096-bit key for attack 6")
+    ap.add_argument("--quick", action="store_true", help="fewer epochs and rows (attacks 2 and 3 against a budget of "
+                    "2 projections), a 4096-bit key for attack 6")
     ap.add_argument("--json")
     ap.add_argument("--workdir", help="keep the nodes' files here (default: a temporary folder)")
     args = ap.parse_args(argv)
