@@ -20,6 +20,8 @@ certificates, as an attacker inside either organisation would: the bank node's (
 Each hostile message is classified by the status it gets: ``refused`` (an error status with a message),
 ``crashes`` (INTERNAL or UNKNOWN: a bug; or a node process that died), ``hangs`` (no answer before the
 deadline), ``accepted`` (OK: it should not have been) or ``unclear`` (an error status without a message).
+A Score whose every customer comes back ``unknown_customer`` (the bank answers per customer, no probability)
+counts as ``refused``: it is handled, customer by customer, not accepted.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import grpc
 import numpy as np
 
 from benchmarks.common import console, print_table, write_json
+from party_bank.scores import UNKNOWN_CUSTOMER
 from party_common.codec import array_to_pb, to_payload
 from party_common.data_loading import load_party_data
 from party_common.grpc_link import GrpcChannel, GrpcPlatformLink
@@ -99,6 +102,12 @@ class Tally:
             self.problems.append(f"{category}: {code.name} {details[:300]}")
 
 
+def refused_per_customer(result: object) -> bool:
+    """A Score answered per customer with every one refused as ``unknown_customer`` (no probability)."""
+    return isinstance(result, pb.ScoreResponse) and len(result.status) > 0 and \
+        all(status == UNKNOWN_CUSTOMER for status in result.status)
+
+
 def call(tally: Tally, category: str, fn: Callable[[], Any]) -> None:
     try:
         result = fn()
@@ -107,7 +116,13 @@ def call(tally: Tally, category: str, fn: Callable[[], Any]) -> None:
     except grpc.RpcError as err:
         tally.record(category, err)
     else:
-        tally.record(category, None)
+        if refused_per_customer(result):
+            tally.sent += 1
+            tally.refused += 1
+            tally.by_category[category] += 1
+            tally.statuses[f"OK ({UNKNOWN_CUSTOMER} per customer)"] += 1
+        else:
+            tally.record(category, None)
 
 
 def steps_call(stub: pb_grpc.NodeStub, chunks: list[pb.StepChunk]) -> Callable[[], Any]:

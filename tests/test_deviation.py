@@ -1,0 +1,80 @@
+"""Partners that deviate from the protocol (issue 23): each attack of ``benchmarks.deviation`` at a small size,
+against the real nodes over the in-memory link (the benchmark runs them over gRPC with mutual TLS). Every
+outcome must be "refused", "detected" or "bounded"; "open" means the attack still works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import deviation
+from protocols.party_data import PartyData
+
+SMALL = {"epochs": 1, "batch_size": 128, "validation_share": 0.1, "early_stopping_patience": 0, "serve": "joint"}
+
+
+@pytest.fixture(scope="module")
+def breast() -> tuple[PartyData, PartyData]:
+    return deviation.load_breast()
+
+
+def check(result: dict) -> None:
+    assert result["outcome"] in ("refused", "detected", "bounded"), result
+
+
+@pytest.mark.parametrize("label_dp", ["auto", "on"])
+def test_a_platform_crafting_the_mask_path_reads_no_labels(tmp_path: Path, breast, label_dp: str) -> None:
+    """1. Crafted train.emask replies: the bank's masks, then every label, read from the residuals."""
+    bank, platform = breast
+    check(deviation.attack_mask_oracle(tmp_path, bank, platform, {**SMALL, "label_dp": label_dp}, wire=False))
+
+
+def test_a_bank_crafting_the_masked_gradient_gets_no_more_projections_than_the_budget(tmp_path: Path,
+                                                                                      breast) -> None:
+    """2. The platform's own [[z_B]] in the masked gradient: per-row z_B of every epoch, decrypted for the bank."""
+    bank, platform = breast
+    check(deviation.attack_gradient_oracle(tmp_path, bank, platform, {**SMALL, "epochs": 3, "label_dp": "on"},
+                                           budget=2, wire=False))
+
+
+def test_crafted_tags_get_no_more_projections_than_the_budget(tmp_path: Path, breast) -> None:
+    """3. Label classes of one row on the validation split: each multiset attributes z_B to those rows."""
+    bank, platform = breast
+    check(deviation.attack_crafted_tags(tmp_path, bank, platform, {**SMALL, "epochs": 2, "label_dp": "on"}, 7,
+                                        budget=1, wire=False))
+
+
+def test_a_platform_declaring_a_row_norm_bound_of_one_gains_nothing_under_label_dp(tmp_path: Path,
+                                                                                   breast) -> None:
+    """4. Under label DP the declared bound sets the noise: bound 1, rows unclipped, stacked least squares."""
+    bank, platform = breast
+    check(deviation.attack_floor(tmp_path, bank, platform, {**SMALL, "epochs": 3, "label_dp": "on"}, row_bound=1,
+                                 wire=False))
+
+
+def test_a_platform_declaring_one_feature_gains_nothing_over_an_honest_one(tmp_path: Path, breast) -> None:
+    """4. One declared feature lowers the batch floor to 10 x epochs rows."""
+    bank, platform = breast
+    check(deviation.attack_floor(tmp_path, bank, platform, {"label_dp": "auto", "serve": "joint"}, n_features=1,
+                                 wire=False))
+
+
+def test_replayed_jobs_and_new_alignments_release_no_more_projections_than_the_budget(tmp_path: Path,
+                                                                                      breast) -> None:
+    """5. A finished job's ID re-opened with ``resumed``, then a new alignment of the same customers."""
+    bank, platform = breast
+    check(deviation.attack_replay(tmp_path, bank, platform, SMALL, wire=False))
+
+
+def test_keys_of_the_wrong_size_or_with_small_factors_are_refused(tmp_path: Path, breast) -> None:
+    """6. A 4096-bit key for a 2048-bit job (the benchmark: 8192), a factor above 20,000, 32 small primes."""
+    bank, platform = breast
+    result = deviation.attack_keys(tmp_path, bank, platform, SMALL, quick=True, wire=False)
+    assert result["outcome"] == "refused", result
+
+
+def test_an_output_path_through_a_symlink_creates_nothing_outside(tmp_path: Path) -> None:
+    """7. ``safe_output_path`` with a symlinked parent."""
+    result = deviation.attack_symlink(tmp_path)
+    assert result == {"outcome": "refused", "created_outside": False}
