@@ -63,7 +63,7 @@ DEADLINE_S = 20.0
 TRAIN = {"epochs": 1, "batch_size": 64, "validation_share": 0.2}
 STEPS = {"psi": [psi_wire.HELLO, psi_wire.EXCHANGE, psi_wire.CARDINALITY_BATCH, psi_wire.FINISH],
          "train": [v for k, v in vars(Step).items() if k.isupper()]}
-CIPHER_FIELDS = {Field.MASKS: "bank", Field.ENCRYPTED_SCORES: "bank", Field.MASKED_GRADIENT: "platform",
+CIPHER_FIELDS = {Field.MASKS: "bank", Field.ENCRYPTED_SCORES: "bank_evaluation", Field.MASKED_GRADIENT: "platform",
                  Field.MASKED_RESIDUALS: "platform"}
 BAD_IDS = ["", "x", "../../etc/passwd", "a" * 65, "job id with spaces", "train-\u00e9\u00e9\u00e9\u00e9\u00e9",
            "train-00000000\x00", "@@@@@@@@", "job-" + "9" * 61]
@@ -200,6 +200,7 @@ class HookedChannel:
     def call(self, step: str, message: Message) -> Message:
         if step == Step.SETUP and Field.BANK_KEY in message:
             self.keys["bank"] = PublicKey.from_bytes(message[Field.BANK_KEY])
+            self.keys["bank_evaluation"] = PublicKey.from_bytes(message[Field.BANK_EVALUATION_KEY])
         job, seq = self.inner.job_id, self.inner._seq + 1
         for category, bad_step, bad in message_variants(self.kind, step, message, self.keys, self.rng)[:self.per_step]:
             chunks = list(chunk_payload(job, bad_step, seq, payload_bytes(bad)))

@@ -80,6 +80,7 @@ def _platform(params: TrainParams) -> tuple[Any, Any]:
     mask = np.zeros((200, 1), np.uint8)
     mask[train] = 1
     reply = handler.handle(Step.SETUP, {Field.BANK_KEY: bank_key.to_bytes(), Field.N_ROWS: 200, Field.BANK_COLUMNS: 5,
+                                        Field.BANK_EVALUATION_KEY: generate_keypair(1024, allow_insecure=True)[0].to_bytes(),
                                         Field.TRAIN_ROWS: train, Field.VALIDATION_ROWS: np.arange(150, 170),
                                         Field.TEST_ROWS: np.arange(170, 200), Field.LABEL_MASK: mask})
     return handler, reply

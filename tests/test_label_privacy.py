@@ -83,7 +83,8 @@ def test_the_platform_refuses_batches_below_the_floor(breast):
         mask = np.zeros((len(platform), 1), np.uint8)
         mask[split.train] = 1
         reply = handler.handle(Step.SETUP, {
-            Field.BANK_KEY: bank_key.to_bytes(), Field.N_ROWS: len(platform), Field.BANK_COLUMNS: 2, Field.TRAIN_ROWS: split.train,
+            Field.BANK_KEY: bank_key.to_bytes(), Field.BANK_EVALUATION_KEY: generate_keypair(2048)[0].to_bytes(),
+            Field.N_ROWS: len(platform), Field.BANK_COLUMNS: 2, Field.TRAIN_ROWS: split.train,
             Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test, Field.LABEL_MASK: mask})
         d = reply[Field.N_FEATURES]
         assert d == 20 and handler.floor == FLOOR_FACTOR * d  # one epoch

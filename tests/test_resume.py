@@ -251,6 +251,7 @@ def test_the_platform_refuses_a_resumed_epoch_at_another_batch(data, tmp_path: P
     mask = np.zeros((n, 2), np.uint8)
     mask[split.train] = (~np.isnan(bank.labels[split.train])).astype(np.uint8)
     handler.handle(Step.SETUP, {Field.BANK_KEY: pk.to_bytes(), Field.N_ROWS: n, Field.TRAIN_ROWS: split.train,
+                                Field.BANK_EVALUATION_KEY: generate_keypair(1024, allow_insecure=True)[0].to_bytes(),
                                 Field.BANK_COLUMNS: bank.features.shape[1] + 1,
                                 Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test,
                                 Field.LABEL_MASK: mask, Field.RESUME_STEPS: 2})

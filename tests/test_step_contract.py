@@ -49,12 +49,13 @@ def _alignment(nodes: Nodes) -> tuple[str, str, int]:
 
 
 BANK_KEY = generate_keypair(2048)[0].to_bytes()
+BANK_EVALUATION_KEY = generate_keypair(2048)[0].to_bytes()
 
 
 def _setup(nodes: Nodes) -> Message:
     _, _, n = _alignment(nodes)
     rows = np.arange(n, dtype=np.int64)
-    return {Field.BANK_KEY: BANK_KEY, Field.N_ROWS: n, Field.BANK_COLUMNS: 3, Field.TRAIN_ROWS: rows[: n - 20],
+    return {Field.BANK_KEY: BANK_KEY, Field.BANK_EVALUATION_KEY: BANK_EVALUATION_KEY, Field.N_ROWS: n, Field.BANK_COLUMNS: 3, Field.TRAIN_ROWS: rows[: n - 20],
             Field.VALIDATION_ROWS: rows[n - 20: n - 10], Field.TEST_ROWS: rows[n - 10:],
             Field.LABEL_MASK: np.ones((n, 2), dtype=np.uint8)}
 

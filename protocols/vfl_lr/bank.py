@@ -15,7 +15,7 @@ import numpy as np
 import protocols.vfl_lr.label_mask as label_mask
 from protocols.channel import Peer, PeerChannel
 from protocols.compute import ComputeSpec
-from protocols.errors import ProtocolError
+from protocols.errors import CryptoError, DeviationDetected, ProtocolError
 from protocols.fixedpoint import quantise_rows
 from protocols.metrics import SPLIT_SCHEME, Split, bank_only_baseline, tag_metrics
 from protocols.packing import pack_signed
@@ -178,6 +178,10 @@ class _BankTrainer:
 
         self.progress("keys", 0, 1)
         self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
+        # A second key pair for evaluation: the mask path is a decryption this node does for the platform, and a
+        # platform that put evaluation ciphertexts (held-out label codes, z_A) there would read them; under
+        # another key they do not decrypt to anything of evaluation.
+        self.epk, self.esk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
         channel = self.peer.open(SESSION_KIND, self.job_id, {Field.VERSION: VERSION,
                                                               Field.PARAMS: self.session_p.to_json(),
                                                               Field.TAGS: json.dumps(bank.tag_names)})
@@ -206,7 +210,8 @@ class _BankTrainer:
         started = time.monotonic()
         train_mask = np.zeros_like(self.mask)
         train_mask[split.train] = self.mask[split.train]
-        setup = {Field.BANK_KEY: self.pk.to_bytes(), Field.N_ROWS: len(self.bank.ids),
+        setup = {Field.BANK_KEY: self.pk.to_bytes(), Field.BANK_EVALUATION_KEY: self.epk.to_bytes(),
+                 Field.N_ROWS: len(self.bank.ids),
                  Field.BANK_COLUMNS: int(self.Xq_aug.shape[1]),
                  Field.TRAIN_ROWS: split.train, Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test}
         if not p.hide_label_mask:  # hidden: the platform takes every training row as labelled for every tag
@@ -336,13 +341,13 @@ class _BankTrainer:
         if len(rows) == 0:
             return [(np.zeros(0), np.zeros(0)) for _ in range(self.T)]
         codes = label_codes(self.bank.labels[rows])
-        sent = encrypt_rows(self.pool, self.pk, self.sk, self._z_bank(rows), codes)
+        sent = encrypt_rows(self.pool, self.epk, self.esk, self._z_bank(rows), codes)
         reply = channel.call(Step.EVALUATE, {Field.EPOCH: self.state.epoch, Field.SPLIT: split,
                                              Field.EVALUATION_ROWS: rows, Field.ENCRYPTED_SCORES: sent.to_bytes()})
         what = f"{Step.EVALUATE} ({split})"
-        cv = read_ciphertexts(self.pk, reply.get(Field.SHUFFLED_SCORES), None, what)
+        cv = read_ciphertexts(self.epk, reply.get(Field.SHUFFLED_SCORES), None, what)
         out = []
-        for z, got in open_scores(self.pool, self.sk, cv, codes, what):
+        for z, got in open_scores(self.pool, self.esk, cv, codes, what):
             y = np.where(got == UNKNOWN, np.nan, got.astype(np.float64))
             out.append(sorted_pairs(z / (1 << F_BITS), y))
         return out
@@ -399,7 +404,11 @@ class _BankTrainer:
         layout = mask_path_layout(plan, self.n_features)
         data = reply.get(Field.MASKED_PRODUCTS)
         cv = read_ciphertexts(self.pk, data, len(layout), Step.EMASK)
-        opened = self.pk.decode(self.pool.decrypt_raw(self.sk, cv))
+        try:
+            opened = self.pk.decode(self.pool.decrypt_raw(self.sk, cv))
+        except CryptoError:
+            raise DeviationDetected(Step.EMASK, "masked products: a value decrypts outside the key's signed "
+                                                "range") from None
         low, high = -(1 << plan.emask_bits), (1 << (plan.emask_bits + STAT_BITS)) + (1 << plan.emask_bits)
         for value, n_slots in zip(opened, layout, strict=True):
             checked_slots(value, n_slots, plan.emask_slot, low, high, Step.EMASK, "masked products")
@@ -511,7 +520,7 @@ class _BankTrainer:
                          "label_mask": "hidden from the platform" if p.hide_label_mask else "sent to the platform",
                          "tag_scale_bits": self.plan.scale_bits,
                          "evaluation": "shuffled multiset of (joint score, label) per tag, under the bank's key",
-                         "evaluation_scores_per_ciphertext": eval_slots(self.pk)},
+                         "evaluation_scores_per_ciphertext": eval_slots(self.epk)},
             "key_fingerprints": {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()},
         }
 

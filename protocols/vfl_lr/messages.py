@@ -36,6 +36,7 @@ class Field:
     TAGS = "tags"  # tag names as a JSON list
     # train.setup
     BANK_KEY = "bank_key"
+    BANK_EVALUATION_KEY = "bank_evaluation_key"  # the bank's second public key: evaluation's ciphertexts only
     N_ROWS = "n_rows"
     TRAIN_ROWS = "train_rows"
     VALIDATION_ROWS = "validation_rows"

@@ -143,8 +143,14 @@ class PlatformTrainHandler:
         try:
             self.bpk = PublicKey.from_bytes(read_field(message, Field.BANK_KEY, bytes),
                                             allow_insecure=self.insecure_for_tests, key_bits=self.p.key_bits)
+            # Evaluation has a key of its own: the mask path's decryption, which the bank does for this node,
+            # then never opens a ciphertext of evaluation (protocols/vfl_lr/evaluation.py).
+            self.bepk = PublicKey.from_bytes(read_field(message, Field.BANK_EVALUATION_KEY, bytes),
+                                             allow_insecure=self.insecure_for_tests, key_bits=self.p.key_bits)
         except InvalidKey as err:
             raise ProtocolError(f"the bank's public key was refused: {err}") from err
+        if self.bepk.n == self.bpk.n:
+            raise ProtocolError("the bank's evaluation key must not be its training key")
         self.bank_columns = read_field(message, Field.BANK_COLUMNS, int)
         if not 1 <= self.bank_columns <= MAX_BANK_COLUMNS:
             raise ProtocolError(f"bank_columns must be between 1 and {MAX_BANK_COLUMNS}")
@@ -403,14 +409,14 @@ class PlatformTrainHandler:
         rows = read_index_array(message, Field.EVALUATION_ROWS, len(self.data.ids))
         if len(rows) == 0 or not np.array_equal(rows, expected):
             raise ProtocolError(f"evaluation rows must be exactly the {len(expected)} {split} rows given at setup")
-        cv = read_ciphertexts(self.bpk, message.get(Field.ENCRYPTED_SCORES), len(rows) * self.T, Step.EVALUATE)
+        cv = read_ciphertexts(self.bepk, message.get(Field.ENCRYPTED_SCORES), len(rows) * self.T, Step.EVALUATE)
         if split == VALIDATION:
             W = self.state.W
         else:
             assert self.model is not None  # set by train.finish, which the stage "test" follows
             W = self.model.weights
-        noise = NoisePool(self.bpk, mask=True)
-        self.pool.fill(noise, self.T * packed_count(len(rows), self.bpk))
+        noise = NoisePool(self.bepk, mask=True)
+        self.pool.fill(noise, self.T * packed_count(len(rows), self.bepk))
         shuffled = shuffle_and_add(self.pool, cv, encode_z(self.X[rows] @ W), noise)
         self.evaluated.add((epoch, split))
         reply = {Field.SHUFFLED_SCORES: shuffled.to_bytes()}
