@@ -42,7 +42,6 @@ from protocols.vfl_lr.encoding import encode_z, residual_offset
 from protocols.vfl_lr.label_privacy import (
     FLOOR_FACTOR,
     LabelNoise,
-    bank_sensitivity,
     batch_floor,
     gaussian_floats,
     join_short_last,
@@ -86,7 +85,7 @@ def platform_view(bank: PartyData, platform: PartyData, params: TrainParams, *, 
                   join_floor: int | None = None, max_batches: int | None = None) -> PlatformView:
     """Run the protocol's arithmetic in plaintext and keep the platform's view of every batch.
 
-    ``dp``: the bank's Gaussian noise of ``params.dp_epsilon`` on each labelled residual (so on the platform's
+    ``dp``: the bank's Gaussian noise of ``params.dp_epsilon`` on each labelled label, once per job (so on the platform's
     gradient through its features) and on its own gradient; ``join_floor``: a short last batch joins the one
     before (floor mode); ``max_batches``: stop after that many batches in all.
     """
@@ -105,7 +104,10 @@ def platform_view(bank: PartyData, platform: PartyData, params: TrainParams, *, 
     WA, WB = np.zeros((XA.shape[1], T)), np.zeros((XB.shape[1], T))
     opt_a, opt_b = Optimizer(p, WA.shape, unpenalised=[XA.shape[1] - 1]), Optimizer(p, WB.shape)
     active = active_rows(split.train, mask)
-    noise = LabelNoise.calibrate(p, bank_sensitivity(XA[active], T), residual_sensitivity(T)) if dp else None
+    noise = LabelNoise.calibrate(p, residual_sensitivity(T)) if dp else None
+    # Label DP: noisy labels drawn once for the job, used by both gradients (as the bank does)
+    label_noise = np.rint(gaussian_floats(train_mask.shape, noise.residual_sigma)).astype(np.int64) if noise \
+        else np.zeros(train_mask.shape, dtype=np.int64)
     views: list[BatchView] = []
     for epoch in range(p.epochs):
         batches = epoch_batches(active, p.batch_size, p.seed, epoch)
@@ -117,13 +119,9 @@ def platform_view(bank: PartyData, platform: PartyData, params: TrainParams, *, 
             m = train_mask[rows]
             za, zb = XA[rows] @ WA, XB[rows] @ WB
             zfb = encode_z(zb)
-            d_fixed = np.where(m, zfb + encode_z(za) + residual_offset(y[rows]), 0)
+            d_fixed = np.where(m, zfb + encode_z(za) + residual_offset(y[rows]) + label_noise[rows], 0)
             bank_sum = XA[rows].T @ ((np.clip(za, -Z_CLIP, Z_CLIP) + np.clip(zb, -Z_CLIP, Z_CLIP) + 2
-                                      - 4 * y[rows]) * m)
-            if noise is not None:  # the platform receives noisy residuals; its gradient is exact in them
-                d_fixed = d_fixed + np.where(m, np.rint(gaussian_floats(m.shape, noise.residual_sigma)), 0).astype(
-                    np.int64)
-                bank_sum = bank_sum + gaussian_floats(bank_sum.shape, noise.bank_sigma)
+                                      - 4 * y[rows] + label_noise[rows] / (1 << F_BITS)) * m)
             gradient: np.ndarray = Xq[rows].T @ d_fixed  # int64: |Xq| < 2^7, |d'| < 2^31, rows < 2^16
             views.append(BatchView(epoch, rows, gradient, np.where(m, zfb, 0)))
             counts = m.sum(axis=0)

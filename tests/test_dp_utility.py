@@ -31,8 +31,8 @@ def test_a_job_whose_noise_would_not_fit_the_residual_slots_is_refused_before_tr
     bank, _ = synthetic(400, 8)
     labels = np.repeat(bank.labels, 12, axis=1)  # 12 tags: wider noise per residual
     mask = ~np.isnan(labels)
-    params = TrainParams(epochs=10, batch_size=400, key_bits=1024, label_dp="on", dp_epsilon=0.05)
-    with pytest.raises(TrainingError, match="raise dp_epsilon, or train fewer tags or epochs"):
+    params = TrainParams(epochs=2, batch_size=400, key_bits=1024, label_dp="on", dp_epsilon=0.05)
+    with pytest.raises(TrainingError, match="raise dp_epsilon, or train fewer tags per job"):
         LabelPrivacy.plan(params, np.arange(400), mask, 8, np.ones((400, 3)), strict=True)
     noise = LabelPrivacy.plan(dataclasses.replace(params, dp_epsilon=3.0, epochs=2), np.arange(400), mask, 8,
                               np.ones((400, 3)), strict=True).noise

@@ -208,25 +208,25 @@ def synthetic(rows: int, features: int, seed: int = 0) -> tuple[PartyData, Party
 
 
 def test_with_label_dp_the_platforms_gradient_carries_noise_of_the_calibrated_scale(monkeypatch):
-    """The real protocol: the bank's noise sits on each labelled residual, so the platform's exact X_Bq^T S - X_Bq^T E
-    of the first batch (both models at their start) is X_Bq^T (M o (d' 2^F + noise)) with its features as they are,
-    and the noise's scale is a label's step: nothing the platform declares or computes sets it."""
+    """The real protocol: the bank's noise sits on each labelled training label, so the platform's exact
+    X_Bq^T S - X_Bq^T E of the first batch (both models at their start) is X_Bq^T (M o (d' 2^F + noise)) with its
+    features as they are, and the noise's scale is a label's step: nothing the platform declares or computes sets it."""
     bank, platform = synthetic(300, 120)
     seen: dict[str, Any] = {}
-    original_xts, original_noise = platform_module.exact_xt_s, LabelPrivacy.residual_noise
+    original_xts, original_noise = platform_module.exact_xt_s, LabelPrivacy.label_noise
 
     def recording(Xq: np.ndarray, S: Any, n_cols: int, bits: int) -> list[list[int]]:
         out = original_xts(Xq, S, n_cols, bits)
         seen.setdefault("xts", out)
         return out
 
-    def noise_recording(self: LabelPrivacy, shape: tuple[int, int], **kw: Any) -> np.ndarray:
-        out = original_noise(self, shape, **kw)
+    def noise_recording(self: LabelPrivacy, n_rows: int, n_tags: int, **kw: Any) -> np.ndarray:
+        out = original_noise(self, n_rows, n_tags, **kw)
         seen.setdefault("noise", out)
         return out
 
     monkeypatch.setattr(platform_module, "exact_xt_s", recording)
-    monkeypatch.setattr(LabelPrivacy, "residual_noise", noise_recording)
+    monkeypatch.setattr(LabelPrivacy, "label_noise", noise_recording)
     handlers = []
 
     def factory(kind: str, job_id: str, message: dict) -> Any:
@@ -248,13 +248,13 @@ def test_with_label_dp_the_platforms_gradient_carries_noise_of_the_calibrated_sc
     outcome = run_bank_training(LocalPeer(factory), "job-dp", bank, params, compute=1, insecure_for_tests=True)
     privacy = outcome.report["label_privacy"]
     assert privacy["mode"] == "dp" and privacy["epsilon"] == pytest.approx(4.0, rel=1e-6)
-    # sigma = sqrt(2) z * 4 * 2^F * sqrt(T), z = sqrt(epochs) / mu(epsilon, delta): a label's step, per residual
-    sigma = math.sqrt(2) / gaussian_mu(4.0, 1e-5) * 4 * (1 << F_BITS)
+    # sigma = z * 4 * 2^F * sqrt(T), z = 1 / mu(epsilon, delta): a label's step, drawn once per (row, tag)
+    sigma = 1 / gaussian_mu(4.0, 1e-5) * 4 * (1 << F_BITS)
     assert privacy["residual_sigma_fixed_point"] == pytest.approx(sigma, rel=1e-9)
     assert "platform_row_norm_bound" not in privacy
     handler = handlers[0]
-    rows, noise = seen["rows"], seen["noise"]
-    assert 0.8 < noise.std() / sigma < 1.2, noise.std() / sigma
+    rows, noise = seen["rows"], seen["noise"][seen["rows"]]
+    assert 0.8 < seen["noise"].std() / sigma < 1.2, seen["noise"].std() / sigma
     m = handler.mask[rows][:, 0]
     split = params.split(bank.labels, bank.ids)
     z_a = encode_z(params.start_intercepts(bank.labels, split.train))[0]  # the features' weights start at 0

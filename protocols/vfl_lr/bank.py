@@ -242,6 +242,9 @@ class _BankTrainer:
                                                        strict=not self.insecure_for_tests)
         self.privacy = LabelPrivacy.plan(p, active, train_mask, n_features, self.X_aug,
                                          strict=not self.insecure_for_tests)
+        # Label DP: the job's noisy labels, drawn once from the keyed stream (the same on resume); zeros without.
+        self.label_noise = self.privacy.label_noise(len(self.bank.ids), self.T,
+                                                    rng=KeyedRandom(self.noise_key, "labels"))
         self.p = p = dataclasses.replace(p, optimizer=resolve_optimizer(p, choice.full))
         state.optimizer.kind = p.optimizer
         if state.epoch >= 0:  # a resumed job: the epochs before it were released too
@@ -282,10 +285,6 @@ class _BankTrainer:
 
     def _save(self, done: dict[str, Any] | None = None) -> None:
         self.checkpoints.save(bank_checkpoint(self.state, self.noise_key, self.job_p, done=done))
-
-    def _rng(self, epoch: int, b: int, what: str) -> KeyedRandom:
-        """The label-DP noise stream of one batch: the same on every run of the job (resume.py)."""
-        return KeyedRandom(self.noise_key, f"{epoch}:{b}:{what}")
 
     def _epoch(self, channel: PeerChannel, epoch: int, active: np.ndarray, split: Split, first: int = 0) -> None:
         """One epoch from batch ``first`` (a resumed job): masks ahead of time, every batch online, then
@@ -446,9 +445,8 @@ class _BankTrainer:
 
         # [[d' 2^F + e]]_P for the labelled pairs: add the bank's plaintext part and the masks, slot-wise.
         z_a = self._z_bank(rows)
-        c = encode_z(z_a) + residual_offset(self.y[rows])
-        # Label DP: noise on each residual before the platform's features touch it (label_privacy.py).
-        c = c + self.privacy.residual_noise(c.shape, rng=self._rng(epoch, b, "platform"))
+        # Label DP: the residuals carry the job's noisy labels, before the platform's features touch them.
+        c = encode_z(z_a) + residual_offset(self.y[rows]) + self.label_noise[rows]
         counts = m.sum(axis=0)
         if hide:  # every pair, scaled by k_t = round(2^G / m_t) per tag: the platform divides by 4 2^G
             scales = label_mask.tag_scales(counts, plan)
@@ -472,9 +470,9 @@ class _BankTrainer:
                 cross[j, list(g)] = slots
         cross = cross * self.qscale_aug[:, None] / (1 << F_BITS)
         # Plaintext part X_A^T (M o (z_A + 2 - 4y)) plus the cross part X_A^T (M o z_B), over 4 m_t.
-        c_float = (np.clip(z_a, -Z_CLIP, Z_CLIP) + 2 - 4 * self.y[rows]) * m
-        grad = self.X_aug[rows].T @ c_float + cross
-        grad = (grad + self.privacy.bank_noise(grad.shape, rng=self._rng(epoch, b, "bank"))) / (4.0 * np.maximum(counts, 1))
+        # (with label DP, the same noisy labels as the residuals: the bank's model is post-processing of them too)
+        c_float = (np.clip(z_a, -Z_CLIP, Z_CLIP) + 2 - 4 * self.y[rows] + self.label_noise[rows] / (1 << F_BITS)) * m
+        grad = (self.X_aug[rows].T @ c_float + cross) / (4.0 * np.maximum(counts, 1))
         # Hidden mask: the platform steps every tag (it cannot tell a tag without labels here); so do we.
         state.optimizer.step(state.W, grad, epoch, np.ones(T, bool) if hide else counts > 0, self.X_aug[rows], m)
 

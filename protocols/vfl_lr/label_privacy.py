@@ -1,4 +1,4 @@
-"""Label privacy in training: the batch floor, Gaussian noise on both gradients, and its (epsilon, delta) accountant.
+"""Label privacy in training: the batch floor, or Gaussian noise on the training labels, and its accountant.
 
 The platform computes its own gradient ``X_Bq^T (M o d' 2^F)`` exactly, and ``d' - z_B = z_A + 2 - 4 y`` holds
 the labels (docs/security.md, "Labels"). Two protections, chosen per job by ``TrainParams.label_dp``:
@@ -10,20 +10,20 @@ the labels (docs/security.md, "Labels"). Two protections, chosen per job by ``Tr
   epochs: at it, least squares over all epochs recovers labels no better (within 0.02) than the
   platform's features alone predict them. It is a measured margin against these attacks, not a guarantee.
 * **label DP** (``label_dp="on"``; the default ``"auto"`` turns it on when the batches would miss the floor,
-  for a small data set or a small batch size): the bank adds Gaussian noise to every labelled residual
-  ``d' 2^F`` it sends the platform (per (row, tag), before the platform's features multiply it) and to its own
-  gradient, calibrated so that one customer's labels (all tags) are (epsilon, delta)-DP against everything the
-  platform sees, and against the bank's trained model too. The noise sits where the labels enter, not on the
-  platform's product: whatever the platform multiplies the residuals by (its features, a matrix of its choice,
-  values scaled by 2^48), what it can compute is post-processing of the noisy residuals, so a platform that
-  deviates gets the same guarantee as one that follows the protocol, and no number it declares sets the noise
-  (issue 23: the noise used to sit on the mask path, scaled to a row-norm bound the platform declared).
+  for a small data set or a small batch size): before training, the bank draws Gaussian noise once for every
+  labelled (row, tag) of the alignment and trains on the noisy labels throughout: each residual ``d' 2^F`` it
+  sends the platform carries its row's noise (before the platform's features multiply it), and so does the
+  bank's own gradient. Everything the platform sees, and the bank's trained model, is then post-processing
+  of the noisy labels, so one customer's labels (all tags) are (epsilon, delta)-DP against a platform that
+  deviates as much as against one that does not: whatever it multiplies the residuals by (its features, a
+  matrix of its choice, values scaled by 2^48), and no number it declares sets the noise (issue 23: the noise
+  used to sit on the mask path, scaled to a row-norm bound the platform declared).
 
-Accounting: batches partition the rows, so a customer's labels enter one release per epoch; each release is
-a Gaussian mechanism of noise multiplier ``z`` (``mu = 1/z`` in Gaussian DP), their adaptive composition is
-exactly ``sqrt(epochs)/z``-GDP (Dong, Roth, Su, "Gaussian differential privacy", JRSS-B 2022, Cor. 3.3), and
-``(epsilon, delta)`` follows from the analytic Gaussian mechanism (Balle, Wang, ICML 2018, Thm. 8). No
-subsampling amplification is claimed. :func:`rdp_epsilon` is the looser RDP figure, for comparison.
+Accounting: one Gaussian mechanism per job, of sensitivity ``4 * 2^F sqrt(T)`` (a customer's labels move its
+own residuals only) and noise ``sigma = z`` times that, which is ``1/z``-GDP (Dong, Roth, Su, "Gaussian
+differential privacy", JRSS-B 2022); every epoch reuses the same noisy labels, so epochs do not compose, and
+``(epsilon, delta)`` follows from the analytic Gaussian mechanism (Balle, Wang, ICML 2018, Thm. 8).
+:func:`rdp_epsilon` is the looser RDP figure, for comparison.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from protocols.errors import ProtocolError
-from protocols.rowblocks import RowView, row_norm_max
+from protocols.rowblocks import RowView
 from protocols.vfl_lr.params import (
     D_BITS,
     DP_NOISE_BITS,
@@ -184,12 +184,6 @@ def residual_sensitivity(n_tags: int) -> float:
     return 4.0 * (1 << F_BITS) * math.sqrt(n_tags)
 
 
-def bank_sensitivity(X_aug: np.ndarray | RowView, n_tags: int, rows: np.ndarray | None = None) -> float:
-    """L2 change of the bank's ``X_A^T (M o d')`` (floats, intercept column included) for one customer's
-    labels: ``4 max_i |x_i| sqrt(T)``, over the rows that can be labelled (``rows``; features fixed: label DP)."""
-    return 4.0 * row_norm_max(X_aug, rows) * math.sqrt(n_tags)
-
-
 def gaussian_ints(n: int, sigma: float, rng: random.Random = _RANDOM) -> list[int]:
     """``n`` draws of ``N(0, sigma^2)`` rounded to integers, from ``rng`` (default: the operating system's
     generator; in training, the job's keyed stream, ``protocols.vfl_lr.resume.KeyedRandom``).
@@ -207,35 +201,24 @@ def gaussian_floats(shape: tuple[int, ...], sigma: float, rng: random.Random = _
 
 @dataclass(frozen=True)
 class LabelNoise:
-    """Gaussian noise for the bank's gradient and the platform's residuals: one noise multiplier ``z``, split
-    evenly between the two releases.
-
-    Per batch, a customer's labels move the bank's gradient sum by at most ``bank_sensitivity`` and the residuals
-    the platform receives (fixed point) by at most ``residual_sensitivity``; noise of ``sqrt(2) z`` times each
-    makes the pair a ``1/z``-GDP release.
-    """
+    """Gaussian noise on the training labels, drawn once per job: noise multiplier ``z = 1/mu``, so that the noisy
+    labels are a ``mu``-GDP release of each customer's labels, whatever is computed from them afterwards."""
 
     epsilon: float
     delta: float
-    epochs: int
+    epochs: int  # the epochs the job runs: they reuse the same noisy labels, so they do not enter the noise
     noise_multiplier: float
-    bank_sensitivity: float
     residual_sensitivity: float
 
     @classmethod
-    def calibrate(cls, params: TrainParams, bank_sens: float, residual_sens: float) -> LabelNoise:
-        """The noise that makes ``params.epochs`` epochs (epsilon, delta)-DP for one customer's labels."""
+    def calibrate(cls, params: TrainParams, residual_sens: float) -> LabelNoise:
+        """The noise that makes the job (epsilon, delta)-DP for one customer's labels."""
         mu = gaussian_mu(params.dp_epsilon, params.dp_delta)
-        return cls(params.dp_epsilon, params.dp_delta, params.epochs, math.sqrt(params.epochs) / mu,
-                   bank_sens, residual_sens)
-
-    @property
-    def bank_sigma(self) -> float:
-        return math.sqrt(2.0) * self.noise_multiplier * self.bank_sensitivity
+        return cls(params.dp_epsilon, params.dp_delta, params.epochs, 1.0 / mu, residual_sens)
 
     @property
     def residual_sigma(self) -> float:
-        return math.sqrt(2.0) * self.noise_multiplier * self.residual_sensitivity
+        return self.noise_multiplier * self.residual_sensitivity
 
 
 # ------------------------------------------------------------------------ the bank's plan ----
@@ -284,11 +267,11 @@ class LabelPrivacy:
             if hit is None:
                 return plan
         if params.label_dp == "on" or (params.label_dp == "auto" and strict):
-            noise = LabelNoise.calibrate(params, bank_sensitivity(X_aug, T, active), residual_sensitivity(T))
+            noise = LabelNoise.calibrate(params, residual_sensitivity(T))
             if NOISE_TAIL_SIGMAS * noise.residual_sigma >= residual_noise_room():
                 raise TrainingError(
-                    f"label DP at dp_epsilon {params.dp_epsilon} over {params.epochs} epochs and {T} tags needs noise "
-                    "wider than the residuals' slots hold; raise dp_epsilon, or train fewer tags or epochs per job")
+                    f"label DP at dp_epsilon {params.dp_epsilon} with {T} tags needs noise wider than the residuals' "
+                    "slots hold; raise dp_epsilon, or train fewer tags per job")
             plan.mode, plan.noise, plan.smallest = "dp", noise, None
             if hit is not None:
                 plan.notes.append("label DP is on because the batches miss the floor of "
@@ -319,37 +302,33 @@ class LabelPrivacy:
         return batches
 
     def record_epoch(self, epoch: int) -> None:
-        """Epoch ``epoch`` (0-based) releases: each labelled customer's labels enter one batch of it; the
-        epochs before it were released too (also by a run this one resumes)."""
+        """Epoch ``epoch`` (0-based) ran (also in a run this one resumes): with label DP the noisy labels are out
+        from the first, and later epochs spend nothing more."""
         self.epochs_spent = max(self.epochs_spent, epoch + 1)
 
-    def residual_noise(self, shape: tuple[int, int], *, rng: random.Random = _RANDOM) -> np.ndarray:
-        """Integer noise (rows x T, fixed point) for the batch's residuals ``d' 2^F``, drawn from ``rng`` (training:
-        the batch's keyed stream, so a replayed batch carries the same noise); zeros without label DP.
+    def label_noise(self, n_rows: int, n_tags: int, *, rng: random.Random = _RANDOM) -> np.ndarray:
+        """The job's noise on every (row, tag) label (rows of the alignment x T, fixed point, int64), drawn once from
+        ``rng`` (training: the job's keyed stream, so a resumed or replayed batch carries the same noise);
+        zeros without label DP. The bank adds it to the residuals ``d' 2^F`` it sends and to its own gradient's.
 
-        The bank adds it to its plaintext part of every residual before encrypting, so it reaches the platform
-        inside ``d' 2^F + e``. Under ``hide_label_mask`` the residual is then scaled by ``k_t``, the noise with it.
         A draw that would not fit the residual's slot (:func:`residual_noise_room`) stops the job rather than wrap.
         """
         if self.noise is None:
-            return np.zeros(shape, dtype=np.int64)
-        noise = np.array(gaussian_ints(shape[0] * shape[1], self.noise.residual_sigma, rng),
-                         dtype=np.int64).reshape(shape)
-        if shape[0] and int(np.abs(noise).max()) >= residual_noise_room():
+            return np.zeros((n_rows, n_tags), dtype=np.int64)
+        noise = np.array(gaussian_ints(n_rows * n_tags, self.noise.residual_sigma, rng),
+                         dtype=np.int64).reshape(n_rows, n_tags)
+        if noise.size and int(np.abs(noise).max()) >= residual_noise_room():
             raise TrainingError("label DP noise does not fit the residuals' slots; raise dp_epsilon or train fewer "
                                 "tags in one job")
         return noise
-
-    def bank_noise(self, shape: tuple[int, ...], *, rng: random.Random = _RANDOM) -> np.ndarray | float:
-        """Noise for the bank's gradient sum (before it is divided by the batch's label counts), from ``rng``."""
-        return 0.0 if self.noise is None else gaussian_floats(shape, self.noise.bank_sigma, rng)
 
     def spent(self) -> tuple[float, float] | None:
         """(epsilon, delta) spent so far under label DP, or None without it."""
         if self.noise is None:
             return None
-        mu = math.sqrt(self.epochs_spent) / self.noise.noise_multiplier
-        return gaussian_epsilon(mu, self.noise.delta), self.noise.delta
+        if self.epochs_spent == 0:
+            return 0.0, self.noise.delta
+        return gaussian_epsilon(1.0 / self.noise.noise_multiplier, self.noise.delta), self.noise.delta
 
     def summary(self) -> dict[str, Any]:
         """The training report's ``label_privacy`` entry."""
@@ -363,22 +342,22 @@ class LabelPrivacy:
         else:
             n = self.noise
             eps, delta = self.spent() or (0.0, n.delta)
-            mu = math.sqrt(self.epochs_spent) / n.noise_multiplier
+            mu = 1.0 / n.noise_multiplier if self.epochs_spent else 0.0
             out.update(epsilon=eps, delta=delta, epsilon_target=n.epsilon, epochs_accounted=self.epochs_spent,
                        noise_multiplier=n.noise_multiplier, gdp_mu=mu,
                        epsilon_rdp=rdp_epsilon(mu, delta) if mu > 0 else 0.0,
-                       bank_sensitivity=n.bank_sensitivity, bank_sigma=n.bank_sigma,
                        residual_sensitivity_fixed_point=n.residual_sensitivity,
                        residual_sigma_fixed_point=n.residual_sigma, fixed_point_bits=F_BITS,
-                       noise_on="each labelled residual d' 2^F the platform receives, before its features multiply "
-                                "it (so no bound on them is assumed), and the bank's own gradient",
-                       accountant="Gaussian DP composition, analytic Gaussian conversion",
+                       noise_on="each labelled training label, drawn once per job: every residual d' 2^F the "
+                                "platform receives and the bank's own gradient use the noisy labels, so no bound on "
+                                "the platform's features is assumed",
+                       accountant="one Gaussian mechanism per job (epochs reuse it), analytic Gaussian conversion",
                        guarantee=f"({eps:.3g}, {delta:.3g})-DP for each customer's labels")
         if self.notes:
             out["notes"] = list(self.notes)
         return out
 
 
-__all__ = ["FLOOR_FACTOR", "LABEL_DP_MODES", "LabelNoise", "LabelPrivacy", "bank_sensitivity", "batch_floor",
+__all__ = ["FLOOR_FACTOR", "LABEL_DP_MODES", "LabelNoise", "LabelPrivacy", "batch_floor",
            "below_floor", "floor_text", "gaussian_delta", "gaussian_epsilon", "gaussian_floats", "gaussian_ints", "gaussian_mu",
            "join_short_last", "max_batch_rows", "platform_enforces_floor", "rdp_epsilon", "residual_sensitivity"]
