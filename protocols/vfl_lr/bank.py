@@ -25,6 +25,7 @@ from protocols.party_data import PartyData
 from protocols.rowblocks import map_rows
 from protocols.vfl_lr.batching import choose_schedule, session_batch_bound, session_epochs
 from protocols.vfl_lr.calibration import calibrate_tag
+from protocols.vfl_lr.disclosure import validation_epochs
 from protocols.vfl_lr.encoding import encode_z, pack_pairs, pack_rows, residual_offset
 from protocols.vfl_lr.evaluation import (
     TEST,
@@ -233,6 +234,11 @@ class _BankTrainer:
         if state.epoch >= 0:  # a resumed job: the epochs before it were released too
             self.privacy.record_epoch(state.epoch)
         self.batching = choice.report(len(self.privacy.batches(0)), self.privacy.mode)
+        # The platform evaluates the validation rows in at most this many epochs (each costs every validation
+        # customer a projection per tag of its disclosure budget): those epochs, the last among them, are the
+        # ones early stopping and the best epoch look at (protocols/vfl_lr/disclosure.py).
+        limit = reply.get(Field.MAX_VALIDATION_EVALUATIONS)
+        self.validated_epochs = validation_epochs(p.epochs, limit if isinstance(limit, int) and limit > 0 else None)
         mid_epoch = state.epoch >= 0 and len(state.history) == state.epoch  # saved inside that epoch
         stopped = not mid_epoch and state.epoch >= 0 and len(split.validation) > 0 and \
             p.should_stop(state.stale, state.stale_steps)
@@ -291,16 +297,20 @@ class _BankTrainer:
         state.snapshots.append(state.W.copy())
         entry: dict[str, Any] = {"epoch": epoch + 1}
         improved = np.ones(self.T, dtype=bool)
-        if len(split.validation):
+        validated = len(split.validation) > 0 and epoch in self.validated_epochs
+        if validated:
             improved = self._validate(channel, epoch, split.validation, entry)
+        elif len(split.validation):  # not evaluated: an epoch without validation neither improves nor goes stale
+            improved = np.zeros(self.T, dtype=bool)
         state.best_epoch[improved] = epoch
         t2 = time.monotonic()
         state.seconds_ahead += t1 - t0
         state.seconds_online += t2 - t1
         entry.update(seconds_ahead=round(t1 - t0, 3), seconds_online=round(t2 - t1, 3), batches=len(batches))
         state.history.append(entry)
-        state.stale = 0 if improved.any() else state.stale + 1
-        state.stale_steps = 0 if improved.any() else state.stale_steps + len(batches)
+        if validated or not len(split.validation):
+            state.stale = 0 if improved.any() else state.stale + 1
+            state.stale_steps = 0 if improved.any() else state.stale_steps + len(batches)
         self._save()
 
     def _validate(self, channel: PeerChannel, epoch: int, rows: np.ndarray, entry: dict[str, Any]) -> np.ndarray:

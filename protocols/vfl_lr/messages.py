@@ -45,6 +45,8 @@ class Field:
     PLATFORM_KEY = "platform_key"
     N_FEATURES = "n_features"
     ROW_NORM_BOUND = "row_norm_bound"  # the L2 bound of the platform's gradient rows under label DP (an int)
+    # setup reply: in how many epochs the platform evaluates the validation rows (protocols/vfl_lr/disclosure.py)
+    MAX_VALIDATION_EVALUATIONS = "max_validation_evaluations"
     RESUME_STEPS = "resume_steps"  # a resumed session: the bank's checkpoint position (protocols/vfl_lr/resume.py)
     # train.epoch; EPOCH and BATCH also address every per-batch step
     EPOCH = "epoch"
