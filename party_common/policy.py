@@ -6,7 +6,7 @@ Example::
     max_released_projections = 12       # distinct projections (weight vectors) per customer: scoring, evaluation
     max_bank_columns = 1000             # training: the most model columns the bank may declare
     max_validation_evaluations = 1      # training: epochs whose validation rows the platform evaluates, per job
-    min_evaluation_rows = 30            # training: the smallest validation or test split it evaluates
+    min_evaluation_rows = 20            # training: the smallest validation or test split it evaluates
     allowed_feature_columns = ["visits", "basket_value"]  # platform features joint models may use (default all)
     allowed_tags = ["tag_car_owner"]    # tags the bank may train and score (default any)
     allowed_models = ["train-..."]      # model job IDs that may be scored (default any not revoked)

@@ -21,7 +21,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from party_common.storage import JobStore
@@ -61,7 +61,8 @@ def _load_key(path: Path) -> bytes:
 class DisclosureLedger:
     """``protocols.vfl_lr.disclosure.DisclosureBudget`` on a SQLite file in the platform's state directory."""
 
-    def __init__(self, state_dir: Path, limit: int, jobs: JobStore) -> None:
+    def __init__(self, state_dir: Path, limit: Callable[[], int], jobs: JobStore) -> None:
+        """``limit()``: the most distinct projections per customer, read at every charge (the node's policy)."""
         state_dir = Path(state_dir)
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._key = _load_key(state_dir / "disclosure.key")
@@ -78,7 +79,7 @@ class DisclosureLedger:
 
     @property
     def limit(self) -> int:
-        return self._limit
+        return self._limit()
 
     def close(self) -> None:
         with self._lock:
@@ -102,7 +103,8 @@ class DisclosureLedger:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                most, over = self._count(db, customers, wanted)
+                limit = self._limit()
+                most, over = self._count(db, customers, wanted, limit)
                 if over or check_only:
                     db.execute("ROLLBACK")
                 else:
@@ -118,17 +120,18 @@ class DisclosureLedger:
         job = wanted[0].job_id
         if over:
             self._jobs.audit(job, REFUSE_EVENT, f"{what}: {names}: {over} customers would hold more than "
-                             f"{self._limit} projections (at most {most})", outcome="refused", count=len(customers))
+                             f"{limit} projections (at most {most})", outcome="refused", count=len(customers))
             raise DisclosureRefused(
                 f"{what} would give {over} customers more distinct projections of the platform's features than the "
-                f"platform allows (one of them {most}, the limit {self._limit} per customer, counted across "
+                f"platform allows (one of them {most}, the limit {limit} per customer, counted across "
                 f"alignments, jobs, evaluations and scoring; {KNOB})")
         if added:  # count: (customer, projection) pairs newly recorded
             self._jobs.audit(job, RELEASE_EVENT, f"{what}: {names}: {len(customers)} customers, at most {most} of "
-                             f"{self._limit} projections each", count=added)
+                             f"{limit} projections each", count=added)
         return most
 
-    def _count(self, db: sqlite3.Connection, customers: list[bytes], wanted: list[Projection]) -> tuple[int, int]:
+    def _count(self, db: sqlite3.Connection, customers: list[bytes], wanted: list[Projection],
+               limit: int) -> tuple[int, int]:
         """The most projections a requested customer would hold with ``wanted``, and how many would pass the
         limit. Leaves the customers in the temporary table ``request``."""
         db.execute("DELETE FROM request")
@@ -141,7 +144,7 @@ class DisclosureLedger:
             "FROM request q LEFT JOIN released r ON r.customer = q.customer GROUP BY q.customer",
             known_ids).fetchall()
         after = [held + len(wanted) - (already or 0) for held, already in rows]
-        return max(after), sum(1 for n in after if n > self._limit)
+        return max(after), sum(1 for n in after if n > limit)
 
     def _record(self, db: sqlite3.Connection, wanted: list[Projection]) -> None:
         for p in wanted:

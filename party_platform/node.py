@@ -104,7 +104,7 @@ class PlatformNode(NodeBase):
         self.data = restrict_features(self.data, config.policy.allowed_feature_columns, f"{config.source} [policy]")
         self.policy = PlatformPolicy(config.policy, platform_rows=len(self.data.ids), jobs=self.stores.jobs)
         # The disclosure budget, per customer across alignments and jobs (party_platform/disclosure.py).
-        self.ledger = DisclosureLedger(config.state_dir, self.projections_limit, self.stores.jobs)
+        self.ledger = DisclosureLedger(config.state_dir, lambda: self.projections_limit, self.stores.jobs)
         self._record_lock = threading.Lock()  # check-then-record steps (disclosure budget, retirement) are atomic
         log.info("platform data: %d users, %d features (%s)", len(self.data.ids), len(self.data.feature_names),
                  Path(self.data.source).name)

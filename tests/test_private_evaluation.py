@@ -24,6 +24,7 @@ from protocols.vfl_lr import (
     sigmoid,
 )
 from protocols.vfl_lr import bank as bank_module
+from protocols.vfl_lr.disclosure import EvaluationLimits
 from protocols.vfl_lr.encoding import encode_z
 from protocols.vfl_lr.evaluation import (
     EVAL_SLOT,
@@ -42,11 +43,13 @@ from protocols.vfl_lr.label_privacy import row_norm_bound
 from protocols.vfl_lr.messages import Field, Step
 from protocols.vfl_lr.params import F_BITS
 
+EVERY_EPOCH = EvaluationLimits(max_validation_evaluations=1000)
 D_A, D_B = 3, 16  # the platform has many more features than the bank
 KNOWN_CUSTOMERS = 30
 
 # Every reply field the bank gets, by step: a new field must be classified in the transcript test.
-REPLY_FIELDS = {Step.SETUP: {Field.PLATFORM_KEY, Field.N_FEATURES, Field.ROW_NORM_BOUND}, Step.EPOCH: set(),
+REPLY_FIELDS = {Step.SETUP: {Field.PLATFORM_KEY, Field.N_FEATURES, Field.ROW_NORM_BOUND,
+                              Field.MAX_VALIDATION_EVALUATIONS}, Step.EPOCH: set(),
                 Step.EMASK: {Field.MASKED_PRODUCTS}, Step.EMASK_OPEN: set(),
                 Step.FORWARD: {Field.ROWS, Field.PAIRS}, Step.GRADIENT: {Field.MASKED_GRADIENT},
                 Step.EVALUATE: {Field.SHUFFLED_SCORES}, Step.FINISH: set()}
@@ -78,8 +81,9 @@ class Recorder:
         self.models: list[PlatformModel] = []
 
     def __call__(self, kind: str, job_id: str, params: Message) -> PlatformTrainHandler:
+        # These tests study the multisets of every epoch: the platform allows a validation evaluation per epoch.
         handler = make_platform_train_handler(job_id, params, self.data, on_result=self.models.append, compute=1,
-                                              insecure_for_tests=True)
+                                              limits=EVERY_EPOCH, insecure_for_tests=True)
         self.handlers.append(handler)
         return handler
 

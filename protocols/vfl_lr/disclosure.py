@@ -29,7 +29,7 @@ from protocols.packing import SlotOverflow, unpack_signed
 # The policy's defaults (party_common/policy.py names them as [policy] keys; the node passes its own).
 MAX_BANK_COLUMNS = 1000
 MAX_VALIDATION_EVALUATIONS = 1
-MIN_EVALUATION_ROWS = 30
+MIN_EVALUATION_ROWS = 20
 
 
 class DisclosureRefused(ProtocolError):
