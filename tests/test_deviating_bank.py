@@ -44,8 +44,9 @@ class Platform:
         return handler
 
 
-def run(bank: PartyData, platform: Platform, tap: Any = None, job: str = "job-dev", **params: Any) -> Any:
-    p = TrainParams(**{"key_bits": 1024, "label_dp": "off", "batch_size": 64, "epochs": 2, **params})
+def run(bank: PartyData, platform: Platform, tap: Any = None, job: str = "job-deviant", **params: Any) -> Any:
+    p = TrainParams(**{"key_bits": 1024, "label_dp": "off", "batch_size": 64, "epochs": 2, "validation_share": 0.3,
+                       **params})
     return run_bank_training(TappedPeer(platform, tap), job, bank, p, compute=1, insecure_for_tests=True)
 
 
@@ -160,7 +161,7 @@ def test_crafted_tags_are_refused_before_they_pass_the_budget(tmp_path: Path) ->
     platform = Platform(data, tmp_path, limit=5)
     with pytest.raises(PeerError, match=r"more distinct projections.*\[policy\] max_released_projections"):
         run(crafted_tags(bank, 31), platform, validation_share=0.3)
-    assert platform.ledger.epochs_evaluated("job-dev") == set()
+    assert platform.ledger.epochs_evaluated("job-deviant") == set()
     assert all(platform.ledger.held(str(i)) == 0 for i in data.ids)
 
 
@@ -177,10 +178,10 @@ def test_within_the_budget_every_evaluated_customer_is_charged_and_never_past_it
     assert {held[str(data.ids[i])] for i in handler.test} == {4}
     assert max(held.values()) <= 5
     best = handler.state.best_epoch
-    final = [Projection("job-dev", f"crafted{t}", int(best[t])) for t in range(4)]
+    final = [Projection("job-deviant", f"crafted{t}", int(best[t])) for t in range(4)]
     assert platform.ledger.charge([str(data.ids[i]) for i in handler.test], final, what="scoring") == 4
     with pytest.raises(PeerError, match="max_released_projections"):
-        run(crafted_tags(bank, 4), platform, job="job-dev2", validation_share=0.3)
+        run(crafted_tags(bank, 4), platform, job="job-deviant2", validation_share=0.3)
     assert max(platform.ledger.held(str(i)) for i in data.ids) <= 5
 
 
@@ -192,7 +193,7 @@ def test_more_validation_evaluations_than_allowed_are_refused(tmp_path: Path, mo
     with pytest.raises(PeerError, match=r"evaluated in 1 epochs already; the platform allows 1 "
                                         r"\(\[policy\] max_validation_evaluations\)"):
         run(bank, platform, validation_share=0.3, epochs=3)
-    assert platform.ledger.epochs_evaluated("job-dev") == {0}
+    assert platform.ledger.epochs_evaluated("job-deviant") == {0}
 
 
 def test_a_two_row_validation_split_is_refused(tmp_path: Path) -> None:
@@ -221,16 +222,16 @@ def test_the_ledger_keys_customers_by_a_private_hmac_and_charges_all_or_nothing(
     ledger = DisclosureLedger(tmp_path, lambda: 2, stores.jobs)
     assert (tmp_path / "disclosure.key").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "disclosure.sqlite").stat().st_mode & 0o777 == 0o600
-    first = [Projection("train-a", "t", 0), Projection("train-a", "u", 0)]
+    first = [Projection("train-aaaa", "t", 0), Projection("train-aaaa", "u", 0)]
     assert ledger.charge(["alice", "bob"], first, what="scoring") == 2
     assert ledger.charge(["alice"], first, what="scoring") == 2  # the same vectors again: nothing new
     with pytest.raises(DisclosureRefused, match="1 customers more"):
-        ledger.charge(["bob", "carol"], [Projection("train-b", "t", 3)], what="scoring")
+        ledger.charge(["bob", "carol"], [Projection("train-bbbb", "t", 3)], what="scoring")
     assert (ledger.held("bob"), ledger.held("carol")) == (2, 0)  # carol was not charged either
     raw = (tmp_path / "disclosure.sqlite").read_bytes() + b"".join(e.detail.encode() for e in stores.jobs.audit_events())
     assert b"alice" not in raw and b"bob" not in raw and b"carol" not in raw
     again = DisclosureLedger(tmp_path, lambda: 2, stores.jobs)  # a restart: the same key, the same counts
-    assert again.held("alice") == 2 and again.epochs_evaluated("train-a") == {0}
+    assert again.held("alice") == 2 and again.epochs_evaluated("train-aaaa") == {0}
 
 
 @pytest.fixture(scope="module")
