@@ -151,6 +151,21 @@ def test_bank_columns_past_the_policy_are_refused_at_setup(tmp_path: Path) -> No
         run(bank, platform)
 
 
+def test_a_batch_with_no_more_labelled_rows_than_bank_columns_is_refused(tmp_path: Path) -> None:
+    """Even an honest bank solves its cross term X_A^T (M o z_B) for the batch's z_B when the batch holds no more
+    labelled rows than it has model columns (row_determined in test_private_evaluation): refused at train.epoch."""
+    bank, data = parties(240, 1, seed=28)
+    wide = np.hstack([bank.features] + [bank.features + np.random.default_rng(k).normal(size=bank.features.shape)
+                                        for k in range(30)])  # 93 features: 94 columns against batches of 64
+    names = [f"w{j}" for j in range(wide.shape[1])]
+    bank = PartyData(bank.source, bank.ids, wide, names, bank.labels, bank.tag_names,
+                     Schema("id", tuple(names), ("float64",) * len(names), tuple(bank.tag_names)))
+    platform = Platform(data, tmp_path, limit=10)
+    with pytest.raises(PeerError, match=r"no more than the bank's 94 model columns.*check 'batch above the "
+                                        r"bank's columns'"):
+        run(bank, platform)
+
+
 # ---- (2) evaluation: crafted tags, tiny splits, more evaluations than allowed ----
 
 
