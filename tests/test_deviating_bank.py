@@ -31,15 +31,16 @@ from tests.test_private_evaluation import Call, TappedPeer, parties
 class Platform:
     """The platform's session factory with a real ledger (``party_platform.disclosure``) in ``state_dir``."""
 
-    def __init__(self, data: PartyData, state_dir: Path, limit: int, limits: EvaluationLimits | None = None) -> None:
-        self.data, self.limits = data, limits
+    def __init__(self, data: PartyData, state_dir: Path, limit: int, limits: EvaluationLimits | None = None, *,
+                 secure: bool = False) -> None:
+        self.data, self.limits, self.secure = data, limits, secure
         self.stores = memory_node_stores()
         self.ledger = DisclosureLedger(state_dir, lambda: limit, self.stores.jobs)
         self.handlers: list[PlatformTrainHandler] = []
 
     def __call__(self, kind: str, job_id: str, params: Message) -> PlatformTrainHandler:
         handler = make_platform_train_handler(job_id, params, self.data, on_result=lambda model: None, compute=1,
-                                              limits=self.limits, budget=self.ledger, insecure_for_tests=True)
+                                              limits=self.limits, budget=self.ledger, insecure_for_tests=not self.secure)
         self.handlers.append(handler)
         return handler
 
@@ -160,10 +161,11 @@ def test_a_batch_with_no_more_labelled_rows_than_bank_columns_is_refused(tmp_pat
     names = [f"w{j}" for j in range(wide.shape[1])]
     bank = PartyData(bank.source, bank.ids, wide, names, bank.labels, bank.tag_names,
                      Schema("id", tuple(names), ("float64",) * len(names), tuple(bank.tag_names)))
-    platform = Platform(data, tmp_path, limit=10)
+    platform = Platform(data, tmp_path, limit=10, secure=True)
+    p = TrainParams(label_dp="on", batch_size=16, epochs=1, validation_share=0.3)  # the nodes' checks, 2048 bits
     with pytest.raises(PeerError, match=r"no more than the bank's 94 model columns.*check 'batch above the "
                                         r"bank's columns'"):
-        run(bank, platform)
+        run_bank_training(TappedPeer(platform), "job-deviant", bank, p, compute=1)
 
 
 # ---- (2) evaluation: crafted tags, tiny splits, more evaluations than allowed ----
