@@ -300,17 +300,6 @@ class PlatformTrainHandler:
                                 f"'{self.tags[t]}'; with label_dp 'off' the floor is "
                                 f"{floor_text(self.X.shape[1], self.p.epochs)} labelled rows per tag and batch: "
                                 f"below it this node's gradients give the labels away")
-        # The bank's cross term X_Aq^T (M_t o z_B) is bank_columns equations in the batch's labelled z_B: with no
-        # more labelled rows than columns an honest bank solves them for every row's score (hidden mask: the
-        # batch's rows bound the labelled ones). Tests and benchmarks (insecure_for_tests) run below it, as below
-        # the label floor.
-        hit = None if self.insecure_for_tests else below_floor(batches, self.mask, self.bank_columns + 1)
-        if hit is not None:
-            b, t, count = hit
-            raise ProtocolError(f"train.epoch: batch {b + 1} of epoch {epoch + 1} holds {count} labelled rows of tag "
-                                f"'{self.tags[t]}', no more than the bank's {self.bank_columns} model columns: its "
-                                "cross term would give this node's score of every row away (check 'batch above the "
-                                "bank's columns'); use larger batches")
         dp, optimizer = read_field(message, Field.LABEL_DP, bool), read_field(message, Field.OPTIMIZER, str)
         if optimizer not in OPTIMIZERS or self.p.optimizer not in ("auto", optimizer):
             raise ProtocolError(f"train.epoch: optimizer {optimizer!r} is not the job's {self.p.optimizer!r}")
