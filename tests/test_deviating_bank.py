@@ -22,7 +22,7 @@ from protocols.vfl_lr import PlatformTrainHandler, TrainParams, make_platform_tr
 from protocols.vfl_lr import bank as bank_module
 from protocols.vfl_lr.disclosure import DisclosureRefused, EvaluationLimits, Projection, validation_epochs
 from protocols.vfl_lr.encoding import encode_z
-from protocols.vfl_lr.messages import Field, Step, ints_from_bytes
+from protocols.vfl_lr.messages import Field, Step, ints_from_bytes, ints_to_bytes
 from protocols.vfl_lr.params import STAT_BITS
 from tests.nodes_fixture import FAST_TRAIN, SimulatedFiles, make_nodes, simulated_files
 from tests.test_private_evaluation import Call, TappedPeer, parties
@@ -75,21 +75,35 @@ def shifted_up(pk: PublicKey, data: bytes, shift: int) -> bytes:
     return CipherVector(pk, values).to_bytes()
 
 
-@pytest.mark.parametrize("field", [Field.MASKED_GRADIENT, Field.MASKED_RESIDUALS])
-def test_a_crafted_value_outside_the_honest_range_stops_the_job(tmp_path: Path, field: str) -> None:
-    """The bank shifts a value in train.gradient up past the honest slot range: the platform refuses before
-    it answers, names the step and the check, and answers no step of the job after."""
+CRAFTED = [  # (the step the bank crafts, the field, how far up its first value moves, the step and check that stop it)
+    (Step.GRADIENT, Field.MASKED_GRADIENT, lambda plan: plan.cross_slot - 2, "train.gradient", "masked gradient range"),
+    (Step.GRADIENT, Field.MASKED_RESIDUALS, lambda plan: plan.pair_slot - 2, "train.gradient", "masked residuals range"),
+    (Step.EMASK_OPEN, Field.VALUES, lambda plan: plan.emask_slot - 2, "train.emask_open", "mask-path range"),
+    # in the mask path's range, but X_Bq^T e no longer matches the residuals' masks
+    (Step.EMASK_OPEN, Field.VALUES, lambda plan: plan.emask_bits - 1, "train.gradient", "gradient range"),
+]
+
+
+@pytest.mark.parametrize(("step", "field", "shift", "where", "check"), CRAFTED, ids=[c[-1] for c in CRAFTED])
+def test_a_crafted_value_outside_the_honest_range_stops_the_job(tmp_path: Path, step: str, field: str, shift: Any,
+                                                               where: str, check: str) -> None:
+    """The bank moves a value up past the honest slot range (as a bank reading high bits would), or sends a mask
+    path that disagrees with its residuals: the platform refuses before it answers, names the step and the
+    check, and answers no step of the job after."""
     bank, data = parties(240, 1, seed=21)
     platform = Platform(data, tmp_path, limit=10)
 
-    def tap(call: Call, channel: LocalChannel, step: str, message: Message) -> None:
-        if step == Step.GRADIENT and message[Field.EPOCH] == 1:
+    def tap(call: Call, channel: LocalChannel, at: str, message: Message) -> None:
+        if at == step and message[Field.EPOCH] == 1 and message[Field.BATCH] == 0:
             handler = platform.handlers[0]
-            slot = handler.plan.cross_slot if field == Field.MASKED_GRADIENT else handler.plan.pair_slot
-            message[field] = shifted_up(handler.pk, message[field], slot - 2)
+            if field == Field.VALUES:  # plaintexts the bank decrypted under its own key
+                values = ints_from_bytes(message[field], handler.bpk.byte_len)
+                values[0] += 1 << shift(handler.plan)
+                message[field] = ints_to_bytes(values, handler.bpk.byte_len)
+            else:
+                message[field] = shifted_up(handler.pk, message[field], shift(handler.plan))
 
-    check = "masked gradient range" if field == Field.MASKED_GRADIENT else "masked residuals range"
-    with pytest.raises(PeerError, match=f"train.gradient: check '{check}' failed"):
+    with pytest.raises(PeerError, match=f"{where}: check '{check}' failed"):
         run(bank, platform, tap)
     with pytest.raises(ProtocolError, match="stopped by a failed check"):
         platform.handlers[0].handle(Step.FORWARD, {Field.EPOCH: 1, Field.BATCH: 1})
