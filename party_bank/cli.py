@@ -257,7 +257,7 @@ def run_client(args: argparse.Namespace) -> int:
             if scores.note:
                 print(f"note: {scores.note}", file=sys.stderr)
             if scores.projections_limit:
-                print(f"platform disclosure budget on this alignment: {scores.projections_released} of "
+                print(f"platform disclosure budget per customer: at most {scores.projections_released} of "
                       f"{scores.projections_limit} projections used", file=sys.stderr)
         elif args.command == "batch-score":
             ids = read_ids(Path(args.ids_file), config.data.id_column) if args.ids_file else None

@@ -170,7 +170,7 @@ class BankNode(NodeBase):
         the step and the check, and its session is aborted on the platform with the same words."""
         log.warning("job %s stopped: the platform deviated from the protocol at %s", job_id, err.step)
         self.stores.jobs.fail(job_id, describe(err, node="bank"))
-        self.stores.jobs.audit(job_id, DEVIATION_EVENT, f"{err.step}: {err.check}", outcome="job stopped")
+        self.stores.jobs.audit(job_id, DEVIATION_EVENT, f"step {err.step}: check '{err.check}'", outcome="stopped")
         self.stores.checkpoints.delete(job_id, missing_ok=True)  # a deviating session is never resumed
         try:
             self.link.cancel(job_id, f"the bank stopped the job: {DEVIATION_EVENT} at {err.step}: {err.check}")

@@ -19,7 +19,7 @@ class Scores:
     tags: list[str]
     probabilities: np.ndarray  # (customers, tags)
     platform_known: np.ndarray  # bool per customer: False = scored on the bank's features alone
-    projections_released: int  # the platform's disclosure budget on the model's alignment: used ...
+    projections_released: int  # the platform's disclosure budget per customer: the most any scored one used ...
     projections_limit: int  # ... of this many (0, 0 when no customer reached the platform)
     status: list[str] = field(default_factory=list)  # one of STATUSES per customer
     note: str = ""  # why the platform's part is missing (bank-only fallback), in one line

@@ -25,7 +25,7 @@ class PartialScores:
 
     tags: list[str]
     scores: np.ndarray  # float64 (rows, tags)
-    projections_released: int  # distinct (model, tag) projections released on the alignment, this call included
+    projections_released: int  # the most distinct projections any customer of the call holds, this call included
     projections_limit: int
 
 

@@ -3,7 +3,10 @@
 Example::
 
     [policy]
-    max_released_projections = 12       # scoring: distinct (model, tag) projections per alignment
+    max_released_projections = 12       # distinct projections (weight vectors) per customer: scoring, evaluation
+    max_bank_columns = 1000             # training: the most model columns the bank may declare
+    max_validation_evaluations = 1      # training: epochs whose validation rows the platform evaluates, per job
+    min_evaluation_rows = 20            # training: the smallest validation or test split it evaluates
     allowed_feature_columns = ["visits", "basket_value"]  # platform features joint models may use (default all)
     allowed_tags = ["tag_car_owner"]    # tags the bank may train and score (default any)
     allowed_models = ["train-..."]      # model job IDs that may be scored (default any not revoked)
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocols.errors import PeerError, ProtocolError
+from protocols.vfl_lr.disclosure import MAX_BANK_COLUMNS, MAX_VALIDATION_EVALUATIONS, MIN_EVALUATION_ROWS
 
 APPROVAL_MODES = ("auto", "manual")
 AWAITING_APPROVAL = "awaiting approval"  # the job status while the platform's operator has not approved
@@ -72,6 +76,10 @@ class PolicyConfig:
     partial_score_calls_per_minute: int | None = None
     partial_score_rows_per_day: int | None = None
     approval: str = "auto"
+    # Training sessions (protocols/vfl_lr/disclosure.py): what the bank may read through train.gradient and evaluation.
+    max_bank_columns: int = MAX_BANK_COLUMNS
+    max_validation_evaluations: int = MAX_VALIDATION_EVALUATIONS
+    min_evaluation_rows: int = MIN_EVALUATION_ROWS
 
     def describe(self) -> dict[str, Any]:
         """The policy as plain values (for `platform-node policy` and the docs)."""
@@ -80,7 +88,7 @@ class PolicyConfig:
 
 _LISTS = ("allowed_feature_columns", "allowed_tags", "allowed_models")
 _POSITIVE = ("min_intersection", "max_concurrent_jobs", "max_psi_rows", "partial_score_calls_per_minute",
-             "partial_score_rows_per_day")
+             "partial_score_rows_per_day", "max_bank_columns", "max_validation_evaluations", "min_evaluation_rows")
 KNOWN_KEYS = frozenset({*_LISTS, *_POSITIVE, "approval", "max_released_projections"})
 
 

@@ -25,15 +25,16 @@ from party_common.node import NodeBase
 from party_common.policy import AWAITING_APPROVAL, REFUSED_BY_OPERATOR, AwaitingApproval, PolicyRefused, knob
 from party_common.storage import NodeStores, UnknownJob
 from party_common.storage.jobs import JOB_ID_RE, now
+from party_platform.disclosure import RELEASE_EVENT, DisclosureLedger
 from party_platform.policy import SCORE_EVENT, PlatformPolicy, restrict_features
 from protocols.channel import Message, StepHandler
 from protocols.errors import DeviationDetected, FedProfileError, NotFound, ProtocolError
 from protocols.party_data import PartyData, SchemaMismatch
 from protocols.vfl_lr import PlatformModel
+from protocols.vfl_lr.disclosure import DisclosureRefused, Projection
 
 log = logging.getLogger(__name__)
 
-RELEASE_EVENT = "projection released"  # audit rows under the alignment's job ID: "<model job>:<tag>"
 RETIRE_EVENT = "model retired"  # audit row under the model's job ID when the bank retires it
 REVOKE_EVENT = "model revoked"  # audit row under the model's job ID when the platform's operator revokes it
 SESSION_REFUSED_EVENT = "session refused"  # audit row of a session the policy or the job's state refused
@@ -43,10 +44,6 @@ RESULT_REFUSED_EVENT = "result refused"  # audit row of a session result that wo
 # the open one). Never an ended job (succeeded, failed, cancelled).
 RESUMABLE = ("interrupted", "running")
 UNFINISHED_SESSION = "the bank ended the session before the protocol finished"
-
-
-class DisclosureRefused(ProtocolError):
-    """Answering would release more projections of the platform's features than its policy allows."""
 
 
 class PlatformSession:
@@ -86,8 +83,9 @@ class PlatformSession:
             if isinstance(err, DeviationDetected):  # the session ends with it: the bank sees the refusal
                 log.warning("%s session %s: the bank deviated from the protocol at %s", self._job.session,
                             self._ctx.job_id, err.step)
-                self._node.stores.jobs.audit(self._ctx.job_id, DEVIATION_EVENT, f"{err.step}: {err.check}",
-                                             actor=self._context.caller or LOCAL_CALLER, outcome="job stopped")
+                self._node.stores.jobs.audit(self._ctx.job_id, DEVIATION_EVENT,
+                                             f"step {err.step}: check '{err.check}'",
+                                             actor=self._context.caller or LOCAL_CALLER, outcome="stopped")
             raise
 
     def close(self) -> None:
@@ -123,7 +121,8 @@ class PlatformNode(NodeBase):
         # Joint models see only the feature columns the policy allows ([policy] allowed_feature_columns).
         self.data = restrict_features(self.data, config.policy.allowed_feature_columns, f"{config.source} [policy]")
         self.policy = PlatformPolicy(config.policy, platform_rows=len(self.data.ids), jobs=self.stores.jobs)
-        self._released: dict[str, set[str]] = {}
+        # The disclosure budget, per customer across alignments and jobs (party_platform/disclosure.py).
+        self.ledger = DisclosureLedger(config.state_dir, lambda: self.projections_limit, self.stores.jobs)
         self._record_lock = threading.Lock()  # check-then-record steps (disclosure budget, retirement) are atomic
         log.info("platform data: %d users, %d features (%s)", len(self.data.ids), len(self.data.feature_names),
                  Path(self.data.source).name)
@@ -131,7 +130,8 @@ class PlatformNode(NodeBase):
     # ---- sessions ----
 
     def job_context(self, job_id: str) -> JobContext:
-        return dataclasses.replace(super().job_context(job_id), max_peer_rows=self.policy.max_psi_rows)
+        return dataclasses.replace(super().job_context(job_id), max_peer_rows=self.policy.max_psi_rows,
+                                   evaluation_limits=self.policy.evaluation_limits, disclosure=self.ledger)
 
     def open_session(self, kind: str, job_id: str, params: Message, context: SessionContext) -> StepHandler:
         job = SESSION_KINDS.get(kind)
@@ -242,7 +242,7 @@ class PlatformNode(NodeBase):
 
     @property
     def projections_limit(self) -> int:
-        """The disclosure budget per alignment: distinct (model, tag) projections of our features released."""
+        """The disclosure budget per customer: distinct projections of its features (weight vectors) released."""
         configured = self.config.max_released_projections
         return configured if configured is not None else max(1, len(self.data.feature_names) // 2)
 
@@ -251,8 +251,9 @@ class PlatformNode(NodeBase):
         """z_B for rows of the model's alignment, named by position (handles both nodes hold since PSI).
 
         The bank never names a customer: every row is already a shared customer, so answering reveals no
-        membership beyond PSI. Each (model, tag) answered is one more linear projection of our features the
-        bank can see per customer; the first answer for a pair spends one unit of the alignment's budget.
+        membership beyond PSI. Each (model, tag) answered is one more linear projection of each scored
+        customer's features (unless the customer's evaluation or an earlier call released it already); the
+        ledger refuses the call if some customer would pass the budget, whatever alignment it came through.
         Every call, answered or refused, is one audit row (the caller's certificate name, rows, outcome), and
         the policy's model, tag and quota checks come before any answer.
         """
@@ -277,7 +278,11 @@ class PlatformNode(NodeBase):
         if rows.min() < 0 or rows.max() >= len(aligned) or len(np.unique(rows)) != len(rows):
             raise ProtocolError(f"partial scores: rows must be distinct positions in 0..{len(aligned) - 1}")
         self.policy.check_scoring(model_job_id, wanted, len(rows))
-        released = self._release(model.alignment_job_id, [f"{model_job_id}:{tag}" for tag in wanted])
+        epochs = model.best_epoch
+        projections = [Projection(model_job_id, model.tag_names[c], None if epochs is None else epochs[c]) for c in cols]
+        ids = self.data.ids
+        released = self.ledger.charge([ids[i] for i in aligned[rows]], projections,
+                                      what=f"scoring model {model_job_id}")
         scores = model.partial_scores(self.data.features[aligned[rows]])[:, cols]
         return PartialScores(wanted, scores, released, self.projections_limit)
 
@@ -311,26 +316,11 @@ class PlatformNode(NodeBase):
         log.info("model %s retired", model_job_id)
         return Retirement(model_job_id, entry["retired_at"], already_retired=False)
 
-    def _release(self, alignment_job: str, projections: list[str]) -> int:
-        """Record ``projections`` as released on the alignment, refusing past the budget; the count after."""
-        with self._record_lock:
-            released = self._released.get(alignment_job)
-            if released is None:
-                released = {event.detail for event in self.stores.jobs.audit_events(alignment_job)
-                            if event.event == RELEASE_EVENT}
-                self._released[alignment_job] = released
-            new = [p for p in projections if p not in released]
-            if len(released) + len(new) > self.projections_limit:
-                raise DisclosureRefused(
-                    f"scoring would release {len(released) + len(new)} distinct projections of the platform's "
-                    f"features on alignment {alignment_job}; the platform's limit is {self.projections_limit} "
-                    "([policy] max_released_projections)")
-            for projection in new:
-                self.stores.jobs.audit(alignment_job, RELEASE_EVENT, projection)
-                released.add(projection)
-            return len(released)
-
     def _aligned_rows(self, alignment_job: str) -> np.ndarray:
         """Our rows of an alignment's members, in the alignment's order (cached)."""
         return self.cached("aligned rows", alignment_job,
                            lambda: self.data.rows_of(self.stores.alignments.load(alignment_job).ids or []))
+
+
+__all__ = ["RELEASE_EVENT", "RETIRE_EVENT", "REVOKE_EVENT", "DisclosureRefused", "PlatformNode",
+           "PlatformSession"]

@@ -17,6 +17,7 @@ from party_common.policy import PolicyConfig, PolicyRefused, QuotaExceeded, knob
 from party_common.storage import JobStore
 from protocols.channel import Message
 from protocols.party_data import PartyData
+from protocols.vfl_lr.disclosure import EvaluationLimits
 from protocols.vfl_lr.messages import Field
 
 SCORE_EVENT = "partial scores"  # audit rows of partial-score calls (count = rows answered)
@@ -53,6 +54,14 @@ class PlatformPolicy:
                 if event.outcome == "ok":
                     self._rows.append((dt.datetime.fromisoformat(event.at).timestamp(), event.count))
                     self._rows_total += event.count
+
+    @property
+    def evaluation_limits(self) -> EvaluationLimits:
+        """What a training session may ask of the platform (protocols/vfl_lr/disclosure.py)."""
+        c = self.config
+        return EvaluationLimits(max_bank_columns=c.max_bank_columns,
+                                max_validation_evaluations=c.max_validation_evaluations,
+                                min_evaluation_rows=c.min_evaluation_rows)
 
     @property
     def manual_approval(self) -> bool:

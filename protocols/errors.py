@@ -40,8 +40,9 @@ class DeviationDetected(ProtocolError):
     a value this party was about to decrypt, or had decrypted, for it. The job stops on both sides and each
     node keeps an audit row naming the step and the check (``party_common.audit.DEVIATION_EVENT``)."""
 
-    def __init__(self, step: str, check: str) -> None:
-        super().__init__(f"{step}: {check}; the honest protocol never sends this, so the job stops")
+    def __init__(self, step: str, check: str, detail: str = "") -> None:
+        super().__init__(f"{step}: check '{check}' failed{': ' + detail if detail else ''}; the honest protocol "
+                         "never sends this, so the job stops")
         self.step, self.check = step, check
 
 

@@ -15,6 +15,7 @@ from protocols.channel import LocalPeer
 from protocols.errors import DeviationDetected, ProtocolError
 from protocols.paillier import CipherVector
 from protocols.vfl_lr import TrainParams, make_platform_train_handler, run_bank_training
+from protocols.vfl_lr.disclosure import EvaluationLimits
 from protocols.vfl_lr.messages import Field, Step
 from tests.test_label_privacy import synthetic
 
@@ -29,6 +30,7 @@ def test_evaluation_ciphertexts_sent_back_on_the_mask_path_open_nothing() -> Non
 
     def factory(kind: str, job_id: str, message: dict) -> Any:
         handler = make_platform_train_handler(job_id, message, platform, on_result=lambda m: None, compute=1,
+                                              limits=EvaluationLimits(max_validation_evaluations=2),
                                               insecure_for_tests=True)
         evaluate, emask, emask_open = (handler._steps[s] for s in (Step.EVALUATE, Step.EMASK, Step.EMASK_OPEN))
 
@@ -80,7 +82,7 @@ def test_a_mask_path_slot_beyond_its_range_stops_the_job_before_anything_goes_ba
         return handler
 
     params = TrainParams(epochs=1, batch_size=200, key_bits=1024, validation_share=0.0, label_dp="on")
-    with pytest.raises(DeviationDetected, match="train.emask: masked products: a "):
+    with pytest.raises(DeviationDetected, match="train.emask: check 'masked products' failed: a "):
         run_bank_training(LocalPeer(factory), "job-scaled", bank, params, compute=1, insecure_for_tests=True)
     assert answered == []
 

@@ -89,7 +89,8 @@ def _platform(params: TrainParams) -> tuple[Any, Any]:
 def test_the_platform_refuses_another_optimizer_and_a_label_dp_flag_against_the_job() -> None:
     handler, reply = _platform(TrainParams(epochs=1, batch_size=150, key_bits=1024, optimizer="adam"))
     try:
-        assert set(reply) == {Field.PLATFORM_KEY, Field.N_FEATURES}  # nothing of the bank's protection to declare
+        # nothing of the bank's protection to declare: its key, its width, how often it evaluates validation
+        assert set(reply) == {Field.PLATFORM_KEY, Field.N_FEATURES, Field.MAX_VALIDATION_EVALUATIONS}
         epoch = {Field.EPOCH: 0, Field.BATCH_ROWS: np.arange(150), Field.BATCH_SIZES: np.array([150])}
         with pytest.raises(ProtocolError, match="'label_dp' is missing"):
             handler.handle(Step.EPOCH, epoch)
@@ -126,6 +127,6 @@ def test_the_bank_refuses_a_mask_path_wider_than_the_features_the_platform_decla
         return handler
 
     params = TrainParams(epochs=1, batch_size=64, key_bits=1024, validation_share=0.0, label_dp="off")
-    with pytest.raises(DeviationDetected, match=r"train.emask: masked products: a value is wider than its 1 slots"):
+    with pytest.raises(DeviationDetected, match=r"train.emask: check 'masked products' failed: a packed value holds more than its 1 slots"):
         run_bank_training(LocalPeer(factory), "job-lie", bank, params, compute=1, insecure_for_tests=True)
     assert opened == []  # nothing decrypted went back to it

@@ -153,8 +153,9 @@ def test_platform_refuses_a_label_mask_when_the_job_hides_it(sim):
     n = len(platform)
     with pytest.raises(PeerError, match="must not carry one"):
         channel.call(Step.SETUP, {Field.BANK_KEY: pk.to_bytes(), Field.N_ROWS: n,
-                                  Field.BANK_EVALUATION_KEY: generate_keypair(1024, allow_insecure=True)[0].to_bytes(), Field.BANK_COLUMNS: 2, Field.TRAIN_ROWS: np.arange(3),
-                                  Field.VALIDATION_ROWS: np.arange(0), Field.TEST_ROWS: np.arange(3, 5),
+                                  Field.BANK_EVALUATION_KEY: generate_keypair(1024, allow_insecure=True)[0].to_bytes(),
+                                  Field.BANK_COLUMNS: 2, Field.TRAIN_ROWS: np.arange(3),
+                                  Field.VALIDATION_ROWS: np.arange(0), Field.TEST_ROWS: np.arange(3, 23),
                                   Field.LABEL_MASK: np.ones((n, 1), np.uint8)})
 
 

@@ -346,28 +346,35 @@ def test_scoring_never_sends_a_customer_id_and_only_members(trained: tuple[Nodes
 
 
 def test_platform_refuses_bad_rows_and_scoring_past_its_budget(files: SimulatedFiles, tmp_path: Path) -> None:
+    """The disclosure budget is per customer (party_platform/disclosure.py): the jobs' evaluations charge their
+    validation and test customers; scoring charges each scored customer once per (model, tag) vector."""
     nodes = make_nodes(files, tmp_path)
     nodes.platform.config = replace(nodes.platform.config, max_released_projections=3)
+    tag = files.tags[0]
     assert nodes.bank.wait(nodes.bank.submit("align", "", {})).status == "succeeded"
     first = nodes.bank.wait(nodes.bank.submit("train", "", {"train": FAST_TRAIN}), timeout_s=300)
-    second = nodes.bank.wait(nodes.bank.submit("train", "", {"train": FAST_TRAIN}), timeout_s=300)
-    member = [i for i in nodes.bank.data.ids if i in files.shared_ids][:3]
+    second = nodes.bank.wait(nodes.bank.submit("train", "", {"train": FAST_TRAIN, "tags": [tag]}), timeout_s=300)
+    assert first.status == second.status == "succeeded"
+    ledger = nodes.platform.ledger
+    # Validation and test customers of both jobs hold 3 (2 + 1 tags); training customers none yet.
+    assert max(ledger.held(i) for i in files.shared_ids) == 3
+    member = [i for i in nodes.bank.data.ids if i in files.shared_ids and ledger.held(i) == 0][:3]
     for rows, message in [(np.array([], dtype=np.int64), "non-empty"), (np.array([0, 0]), "distinct"),
                           (np.array([10**6]), "distinct positions"), (np.array([0.5]), "int64")]:
         with pytest.raises(ProtocolError, match=message):
             nodes.platform.partial_scores(first.job_id, rows, [])
     with pytest.raises(PeerError, match="distinct positions"):
         nodes.link.partial_scores(first.job_id, np.array([-1]), [])
+    nodes.platform.config = replace(nodes.platform.config, max_released_projections=2)  # read at every charge
     assert nodes.bank.score(first.job_id, member).projections_released == 2
     assert nodes.bank.score(first.job_id, member).projections_released == 2  # the same projections again
-    tag = files.tags[0]
-    assert nodes.bank.score(second.job_id, member, [tag]).projections_released == 3
-    with pytest.raises(PeerError, match="limit is 3") as refused:
-        nodes.bank.score(second.job_id, member)
+    with pytest.raises(PeerError, match="the limit 2 per customer") as refused:
+        nodes.bank.score(second.job_id, member, [tag])
     assert refused.value.code == "FAILED_PRECONDITION"
-    align_id = nodes.bank.stores.jobs.list(kind="align")[0].job_id
-    released = [e.detail for e in nodes.platform.stores.jobs.audit_events(align_id) if e.event == RELEASE_EVENT]
-    assert sorted(released) == sorted([f"{first.job_id}:{t}" for t in files.tags] + [f"{second.job_id}:{tag}"])
+    assert {ledger.held(i) for i in member} == {2}  # the refused call charged nothing
+    released = [e.detail for e in nodes.platform.stores.jobs.audit_events(first.job_id) if e.event == RELEASE_EVENT]
+    assert any(d.startswith(f"scoring model {first.job_id}: {first.job_id}:{tag}@0") for d in released)
+    assert not any(i in d for d in released for i in member)  # counts and job IDs, never a customer
     calls = [e for e in nodes.platform.stores.jobs.audit_events(first.job_id) if e.event == "partial scores"]
     answered = [e for e in calls if e.outcome == "ok"]
     assert len(answered) == 2 and all(e.detail == "3 rows, 2 tags" and e.count == 3 for e in answered)

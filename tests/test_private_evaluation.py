@@ -24,6 +24,7 @@ from protocols.vfl_lr import (
     sigmoid,
 )
 from protocols.vfl_lr import bank as bank_module
+from protocols.vfl_lr.disclosure import EvaluationLimits
 from protocols.vfl_lr.encoding import encode_z
 from protocols.vfl_lr.evaluation import (
     EVAL_SLOT,
@@ -41,11 +42,13 @@ from protocols.vfl_lr.evaluation import (
 from protocols.vfl_lr.messages import Field, Step
 from protocols.vfl_lr.params import F_BITS
 
+EVERY_EPOCH = EvaluationLimits(max_validation_evaluations=1000)
 D_A, D_B = 3, 16  # the platform has many more features than the bank
 KNOWN_CUSTOMERS = 30
 
 # Every reply field the bank gets, by step: a new field must be classified in the transcript test.
-REPLY_FIELDS = {Step.SETUP: {Field.PLATFORM_KEY, Field.N_FEATURES}, Step.EPOCH: set(),
+REPLY_FIELDS = {Step.SETUP: {Field.PLATFORM_KEY, Field.N_FEATURES, Field.MAX_VALIDATION_EVALUATIONS},
+                Step.EPOCH: set(),
                 Step.EMASK: {Field.MASKED_PRODUCTS}, Step.EMASK_OPEN: set(),
                 Step.FORWARD: {Field.ROWS, Field.PAIRS}, Step.GRADIENT: {Field.MASKED_GRADIENT},
                 Step.EVALUATE: {Field.SHUFFLED_SCORES}, Step.FINISH: set()}
@@ -77,8 +80,9 @@ class Recorder:
         self.models: list[PlatformModel] = []
 
     def __call__(self, kind: str, job_id: str, params: Message) -> PlatformTrainHandler:
+        # These tests study the multisets of every epoch: the platform allows a validation evaluation per epoch.
         handler = make_platform_train_handler(job_id, params, self.data, on_result=self.models.append, compute=1,
-                                              insecure_for_tests=True)
+                                              limits=EVERY_EPOCH, insecure_for_tests=True)
         self.handlers.append(handler)
         return handler
 
@@ -167,7 +171,7 @@ def test_curious_bank_attributes_no_platform_value_to_a_row(monkeypatch):
     bank, platform = parties(560, 1, seed=5)
     outcome, rec, peer, keys = train(bank, platform, monkeypatch, epochs=20, batch_size=128, learning_rate=0.1,
                                      validation_share=0.4, early_stopping_patience=0)
-    pk, sk = keys[0]
+    (pk, sk), (_, esk) = keys[0], keys[1]  # the bank's training key pair, then its evaluation key pair
     handler = rec.handlers[0]
     validation, n_val = handler.validation, len(handler.validation)
     transcript = peer.channels[0].transcript
@@ -189,8 +193,8 @@ def test_curious_bank_attributes_no_platform_value_to_a_row(monkeypatch):
         elif step == Step.GRADIENT:  # X_A^T z_B + R_A in the clear: per bank weight, summed over the batch
             assert len(reply[Field.MASKED_GRADIENT]) == (D_A + 1) * handler.pk.byte_len  # (checked below)
         elif step == Step.EVALUATE and request[Field.SPLIT] == VALIDATION:
-            sent = decode(sk, request[Field.ENCRYPTED_SCORES], n_val, 1, packed=False)[0]
-            got = decode(sk, reply[Field.SHUFFLED_SCORES], n_val, 1, packed=True)[0]
+            sent = decode(esk, request[Field.ENCRYPTED_SCORES], n_val, 1, packed=False)[0]
+            got = decode(esk, reply[Field.SHUFFLED_SCORES], n_val, 1, packed=True)[0]
             assert sorted((got & 3).tolist()) == sorted((sent & 3).tolist())
             z_a.append(sent >> 2)
             joint.append(got)
@@ -271,8 +275,28 @@ def test_training_reports_the_plaintext_metrics(monkeypatch):
     assert [set(h["validation_auc"]) for h in outcome.report["history"]] == [set(bank.tag_names)] * 3
 
 
+def test_an_evaluation_of_the_wrong_ciphertext_count_stops_the_job(monkeypatch):
+    """A count the honest bank never sends is a deviation: refused before anything is computed, and the platform's
+    session answers no more steps (docs/protocol.md, "The bank's checks ..."; the platform's side likewise)."""
+    bank, platform = parties(200, 1, seed=3)
+    seen: dict[str, str] = {}
+
+    def tap(call: Call, channel: LocalChannel, step: str, message: Message) -> None:
+        if step == Step.EVALUATE and not seen:
+            data, rows = message[Field.ENCRYPTED_SCORES], message[Field.EVALUATION_ROWS]
+            assert isinstance(data, bytes) and isinstance(rows, np.ndarray)
+            width = len(data) // len(rows)  # one tag: a ciphertext per row
+            with pytest.raises(PeerError) as err:
+                call(Step.EVALUATE, {**message, Field.ENCRYPTED_SCORES: data[:-width]})
+            seen["count"] = str(err.value)
+
+    with pytest.raises(PeerError, match="stopped by a failed check"):
+        train(bank, platform, monkeypatch, tap, epochs=1, batch_size=64, validation_share=0.3)
+    assert "check 'count' failed" in seen["count"] and "ciphertexts, expected" in seen["count"]
+
+
 def test_platform_refuses_evaluations_outside_the_protocol(monkeypatch):
-    """(3) Rows outside the split, a subset, a wrong count, an unknown split, the wrong epoch, a repeat in
+    """(3) Rows outside the split, a subset, an unknown split, the wrong epoch, a repeat in
     one epoch, the test rows before train.finish or twice, validation after train.finish: all refused."""
     bank, platform = parties(200, 1, seed=3)
     refusals: dict[str, str] = {}
@@ -291,7 +315,6 @@ def test_platform_refuses_evaluations_outside_the_protocol(monkeypatch):
             refused(call, "outside", {**message, Field.EVALUATION_ROWS: np.sort(np.append(rows[1:], train_row))})
             refused(call, "subset", {**message, Field.EVALUATION_ROWS: rows[:5], Field.ENCRYPTED_SCORES:
                                         data[:5 * width]})
-            refused(call, "count", {**message, Field.ENCRYPTED_SCORES: data[:-width]})
             refused(call, "split", {**message, Field.SPLIT: "train"})
             refused(call, "epoch", {**message, Field.EPOCH: 1})
             refused(call, "test_early", {**message, Field.SPLIT: TEST})
@@ -310,7 +333,7 @@ def test_platform_refuses_evaluations_outside_the_protocol(monkeypatch):
     outcome, rec, peer, _ = train(bank, platform, monkeypatch, tap, epochs=2, batch_size=64,
                                   validation_share=0.3, early_stopping_patience=0)
     assert "exactly the" in refusals["outside"] and "exactly the" in refusals["subset"]
-    assert "ciphertexts, expected" in refusals["count"] and "split must be" in refusals["split"]
+    assert "split must be" in refusals["split"]
     assert "expected epoch 0" in refusals["epoch"] and "out of order" in refusals["test_early"]
     assert "int64" in refusals["rows_dtype"] and "ciphertext bytes" in refusals["scores_type"]
     assert "already evaluated in epoch 1" in refusals["validation_after_finish"]

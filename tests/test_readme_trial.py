@@ -41,7 +41,7 @@ def test_the_readme_trial_runs_two_nodes_on_one_machine(tmp_path: Path) -> None:
     assert "is serving" in out and "shared customers (both)" in out
     # train: the alignment it took, per-epoch validation metrics while it runs, the results table at the end
     assert "(the latest that can train: mode 'both')" in err
-    assert re.search(r"epoch 1/2 validation AUC tag_young_family \d\.\d{3}, tag_car_owner \d\.\d{3}", err)
+    assert re.search(r"epoch 2/2 validation AUC tag_young_family \d\.\d{3}, tag_car_owner \d\.\d{3}", err)
     assert re.search(r"^TAG +AUC JOINT +95% CI +AUC BANK-ONLY +95% CI +UPLIFT", out, re.M)
     assert re.search(r"^JOB +NAME +KIND +STATUS +DURATION +TAGS +RESULT", out, re.M) and "first-try" in out
     assert re.search(r"^\+44\d+ +(ok|not_in_intersection) +0\.\d{4}", out, re.M)

@@ -55,8 +55,9 @@ BANK_EVALUATION_KEY = generate_keypair(2048)[0].to_bytes()
 def _setup(nodes: Nodes) -> Message:
     _, _, n = _alignment(nodes)
     rows = np.arange(n, dtype=np.int64)
-    return {Field.BANK_KEY: BANK_KEY, Field.BANK_EVALUATION_KEY: BANK_EVALUATION_KEY, Field.N_ROWS: n, Field.BANK_COLUMNS: 3, Field.TRAIN_ROWS: rows[: n - 20],
-            Field.VALIDATION_ROWS: rows[n - 20: n - 10], Field.TEST_ROWS: rows[n - 10:],
+    return {Field.BANK_KEY: BANK_KEY, Field.BANK_EVALUATION_KEY: BANK_EVALUATION_KEY, Field.N_ROWS: n,
+            Field.BANK_COLUMNS: 3, Field.TRAIN_ROWS: rows[: n - 40],
+            Field.VALIDATION_ROWS: rows[n - 40: n - 20], Field.TEST_ROWS: rows[n - 20:],
             Field.LABEL_MASK: np.ones((n, 2), dtype=np.uint8)}
 
 

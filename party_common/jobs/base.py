@@ -21,6 +21,7 @@ from protocols.channel import Message, StepHandler
 from protocols.compute import Compute
 from protocols.errors import ProtocolError, UserError
 from protocols.party_data import PartyData
+from protocols.vfl_lr.disclosure import DisclosureBudget, EvaluationLimits
 
 Progress = Callable[[str, int, int], None]
 P = TypeVar("P")
@@ -48,6 +49,9 @@ class JobContext:
     node_name: str = ""
     resumed: bool = False  # the job runs again after a node stopped (or the platform was unreachable)
     max_peer_rows: int | None = None  # platform: the most IDs the bank may declare in a PSI ([policy] max_psi_rows)
+    # Platform: its limits on a training session, and its disclosure ledger (protocols/vfl_lr/disclosure.py).
+    evaluation_limits: EvaluationLimits | None = None
+    disclosure: DisclosureBudget | None = None
 
 
 class JobKind(ABC, Generic[P, R]):

@@ -117,8 +117,9 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
             # Scoring with this model releases one projection of the platform's features per tag; the platform
             # counts them against its budget for the alignment (each score answer says how much is used).
             "scoring_disclosure": {"projections_per_customer": len(params.tags),
-                                   "budget": "per alignment, set by the platform ([policy] "
-                                             "max_released_projections); reported with every score"},
+                                   "budget": "per customer across alignments and jobs, evaluations included, set "
+                                             "by the platform ([policy] max_released_projections); reported with "
+                                             "every score"},
         })
         return outcome
 
@@ -140,7 +141,8 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
         aligned = ctx.data.take(alignment.ids or [])
         return make_platform_train_handler(ctx.job_id, params, aligned, on_result=on_result,
                                            compute=ctx.new_compute(),
-                                           checkpoints=StoreCheckpoints(ctx.stores.checkpoints, ctx.job_id))
+                                           checkpoints=StoreCheckpoints(ctx.stores.checkpoints, ctx.job_id),
+                                           limits=ctx.evaluation_limits, budget=ctx.disclosure)
 
     @staticmethod
     def _alignment(ctx: JobContext, context: SessionContext) -> Alignment:

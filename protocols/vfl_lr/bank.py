@@ -25,8 +25,9 @@ from protocols.party_data import PartyData
 from protocols.rowblocks import map_rows
 from protocols.vfl_lr.batching import choose_schedule, session_batch_bound, session_epochs
 from protocols.vfl_lr.calibration import calibrate_tag
+from protocols.vfl_lr.disclosure import validation_epochs
 from protocols.vfl_lr.encoding import (
-    checked_slots,
+    check_slots,
     encode_z,
     mask_path_layout,
     pack_pairs,
@@ -250,6 +251,11 @@ class _BankTrainer:
         if state.epoch >= 0:  # a resumed job: the epochs before it were released too
             self.privacy.record_epoch(state.epoch)
         self.batching = choice.report(len(self.privacy.batches(0)), self.privacy.mode)
+        # The platform evaluates the validation rows in at most this many epochs (each costs every validation
+        # customer a projection per tag of its disclosure budget): those epochs, the last among them, are the
+        # ones early stopping and the best epoch look at (protocols/vfl_lr/disclosure.py).
+        limit = reply.get(Field.MAX_VALIDATION_EVALUATIONS)
+        self.validated_epochs = validation_epochs(p.epochs, limit if isinstance(limit, int) and limit > 0 else None)
         mid_epoch = state.epoch >= 0 and len(state.history) == state.epoch  # saved inside that epoch
         stopped = not mid_epoch and state.epoch >= 0 and len(split.validation) > 0 and \
             p.should_stop(state.stale, state.stale_steps)
@@ -304,16 +310,20 @@ class _BankTrainer:
         state.snapshots.append(state.W.copy())
         entry: dict[str, Any] = {"epoch": epoch + 1}
         improved = np.ones(self.T, dtype=bool)
-        if len(split.validation):
+        validated = len(split.validation) > 0 and epoch in self.validated_epochs
+        if validated:
             improved = self._validate(channel, epoch, split.validation, entry)
+        elif len(split.validation):  # not evaluated: an epoch without validation neither improves nor goes stale
+            improved = np.zeros(self.T, dtype=bool)
         state.best_epoch[improved] = epoch
         t2 = time.monotonic()
         state.seconds_ahead += t1 - t0
         state.seconds_online += t2 - t1
         entry.update(seconds_ahead=round(t1 - t0, 3), seconds_online=round(t2 - t1, 3), batches=len(batches))
         state.history.append(entry)
-        state.stale = 0 if improved.any() else state.stale + 1
-        state.stale_steps = 0 if improved.any() else state.stale_steps + len(batches)
+        if validated or not len(split.validation):
+            state.stale = 0 if improved.any() else state.stale + 1
+            state.stale_steps = 0 if improved.any() else state.stale_steps + len(batches)
         self._save()
 
     def _validate(self, channel: PeerChannel, epoch: int, rows: np.ndarray, entry: dict[str, Any]) -> np.ndarray:
@@ -406,11 +416,11 @@ class _BankTrainer:
         try:
             opened = self.pk.decode(self.pool.decrypt_raw(self.sk, cv))
         except CryptoError:
-            raise DeviationDetected(Step.EMASK, "masked products: a value decrypts outside the key's signed "
-                                                "range") from None
+            raise DeviationDetected(Step.EMASK, "masked products", "a value decrypts outside the key's signed "
+                                                                   "range") from None
         low, high = -(1 << plan.emask_bits), (1 << (plan.emask_bits + STAT_BITS)) + (1 << plan.emask_bits)
         for value, n_slots in zip(opened, layout, strict=True):
-            checked_slots(value, n_slots, plan.emask_slot, low, high, Step.EMASK, "masked products")
+            check_slots(value, n_slots, plan.emask_slot, low, high, step=Step.EMASK, check="masked products")
         return opened
 
     # ---- one mini-batch ----
@@ -465,8 +475,8 @@ class _BankTrainer:
         bound = 1 << plan.cross_bits  # |sum_i xq z_B 2^F| of an honest batch
         for gi, g in enumerate(groups):
             for j in range(d_aug):
-                slots = checked_slots(opened[gi * d_aug + j] - r_masks[gi][j], len(g), plan.cross_slot, -bound,
-                                      bound, Step.GRADIENT, "the opened cross products")
+                slots = check_slots(opened[gi * d_aug + j] - r_masks[gi][j], len(g), plan.cross_slot, -bound,
+                                    bound, step=Step.GRADIENT, check="opened cross products")
                 cross[j, list(g)] = slots
         cross = cross * self.qscale_aug[:, None] / (1 << F_BITS)
         # Plaintext part X_A^T (M o (z_A + 2 - 4y)) plus the cross part X_A^T (M o z_B), over 4 m_t.

@@ -50,18 +50,20 @@ def mask_path_layout(plan: SlotPlan, n_features: int) -> list[int]:
     return out
 
 
-def checked_slots(packed: int, count: int, slot_bits: int, low: int, high: int, step: str, what: str) -> list[int]:
-    """The ``count`` signed slots of a value this party decrypted for, or from, the other party, each in
-    ``[low, high)`` as the honest protocol makes them and nothing above the last slot; else
-    :class:`DeviationDetected` naming ``step`` and the check (never the value)."""
+def check_slots(value: int, count: int, slot_bits: int, low: int, high: int, *, step: str, check: str) -> list[int]:
+    """The ``count`` signed slots of a packed ``value`` one party decrypted for, or from, the other, each in
+    ``[low, high)`` as the honest protocol makes them and nothing beyond the last slot (the layout); else
+    :class:`DeviationDetected` naming ``step`` and ``check`` (and sizes, never the value)."""
     try:
-        slots = unpack_signed(packed, count, slot_bits)
+        slots = unpack_signed(value, count, slot_bits)
     except SlotOverflow:
-        raise DeviationDetected(step, f"{what}: a value is wider than its {count} slots of {slot_bits} bits") \
-            from None
-    if any(not low <= v < high for v in slots):
-        raise DeviationDetected(step, f"{what}: a slot lies outside the range the protocol gives it "
-                                      f"({low.bit_length()}-bit low, {high.bit_length()}-bit high)")
+        raise DeviationDetected(step, check, f"a packed value holds more than its {count} slots of {slot_bits} "
+                                             "bits") from None
+    for slot in slots:
+        if not low <= slot < high:
+            raise DeviationDetected(step, check, f"a slot holds a {'negative ' if slot < 0 else ''}value of "
+                                                 f"{abs(slot).bit_length()} bits, outside the honest protocol's "
+                                                 f"range [-2^{max(0, (-low).bit_length() - 1)}, 2^{high.bit_length()})")
     return slots
 
 
@@ -83,4 +85,4 @@ def exact_xt_s(Xq: np.ndarray, S: list[list[int]] | np.ndarray, n_cols: int, bit
     return out.tolist()
 
 
-__all__ = ["checked_slots", "encode_z", "exact_xt_s", "mask_path_layout", "pack_pairs", "pack_rows", "residual_offset", "unpack_pairs"]
+__all__ = ["check_slots", "encode_z", "exact_xt_s", "mask_path_layout", "pack_pairs", "pack_rows", "residual_offset", "unpack_pairs"]

@@ -28,7 +28,7 @@ from protocols.packing import pack_signed, slots_per_plaintext
 from protocols.paillier import CipherVector, NoisePool, PrivateKey, PublicKey
 from protocols.paillier_pool import PaillierPool, Shipped
 from protocols.shuffle import secret_permutation
-from protocols.vfl_lr.encoding import checked_slots, encode_z
+from protocols.vfl_lr.encoding import check_slots, encode_z
 from protocols.vfl_lr.model import sigmoid
 from protocols.vfl_lr.params import F_BITS, Z_CLIP
 
@@ -77,7 +77,7 @@ def open_scores(pool: PaillierPool, sk: PrivateKey, cv: CipherVector, codes: np.
     n, T = codes.shape
     k, per_tag = eval_slots(sk.public_key), packed_count(n, sk.public_key)
     if len(cv) != per_tag * T:  # checked before anything is decrypted
-        raise DeviationDetected(what, f"{len(cv)} ciphertexts, expected {per_tag * T}")
+        raise DeviationDetected(what, "count", f"{len(cv)} ciphertexts, expected {per_tag * T}")
     try:
         values = pool.decrypt(sk, cv)
     except CryptoError as err:
@@ -86,13 +86,13 @@ def open_scores(pool: PaillierPool, sk: PrivateKey, cv: CipherVector, codes: np.
     for t in range(T):
         slots: list[int] = []
         for j in range(per_tag):
-            slots.extend(checked_slots(values[t * per_tag + j], min(k, n - j * k), EVAL_SLOT, -SLOT_BOUND,
-                                       SLOT_BOUND + (1 << CODE_BITS), what, "shuffled scores"))
+            slots.extend(check_slots(values[t * per_tag + j], min(k, n - j * k), EVAL_SLOT, -SLOT_BOUND,
+                                     SLOT_BOUND + (1 << CODE_BITS), step=what, check="shuffled scores"))
         v = np.array(slots, dtype=np.int64)
         out.append((v >> CODE_BITS, v & ((1 << CODE_BITS) - 1)))
     for t, (_, got) in enumerate(out):
         if not np.array_equal(np.bincount(got, minlength=4), np.bincount(codes[:, t], minlength=4)):
-            raise DeviationDetected(what, f"tag {t} came back with other label codes than the rows sent")
+            raise DeviationDetected(what, "label codes", f"tag {t} came back with other label codes than the rows sent")
     return out
 
 

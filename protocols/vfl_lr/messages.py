@@ -45,6 +45,8 @@ class Field:
     BANK_COLUMNS = "bank_columns"  # the bank's model columns (features, intercept): train.gradient's width
     PLATFORM_KEY = "platform_key"
     N_FEATURES = "n_features"
+    # setup reply: in how many epochs the platform evaluates the validation rows (protocols/vfl_lr/disclosure.py)
+    MAX_VALIDATION_EVALUATIONS = "max_validation_evaluations"
     RESUME_STEPS = "resume_steps"  # a resumed session: the bank's checkpoint position (protocols/vfl_lr/resume.py)
     # train.epoch; EPOCH and BATCH also address every per-batch step
     EPOCH = "epoch"
@@ -93,7 +95,7 @@ def read_ciphertexts(key: PublicKey, data: object, expected: int | None, what: s
     except InvalidCiphertext as err:
         raise ProtocolError(f"{what}: {err}") from err
     if expected is not None and len(cv) != expected:  # checked before anything of it is decrypted
-        raise DeviationDetected(what, f"{len(cv)} ciphertexts, expected {expected}")
+        raise DeviationDetected(what, "count", f"{len(cv)} ciphertexts, expected {expected}")
     return cv
 
 

@@ -190,6 +190,9 @@ class PlatformModel:
     schema: Schema
     key_fingerprints: dict[str, str]
     alignment_job_id: str = ""
+    # Per tag, the epoch whose weights the model holds: names its projections in the disclosure budget
+    # (protocols/vfl_lr/disclosure.py); None in a model stored before the platform kept it.
+    best_epoch: list[int] | None = None
     kind: str = field(default="platform", init=False)
 
     def partial_scores(self, features: np.ndarray) -> np.ndarray:
@@ -203,12 +206,20 @@ class PlatformModel:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible values; :meth:`from_dict` restores the model exactly."""
-        return _common_dict(self)
+        out = _common_dict(self)
+        if self.best_epoch is not None:
+            out["best_epoch"] = list(self.best_epoch)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str) -> PlatformModel:
         """The model of :meth:`to_dict`; :class:`ModelError` names ``where`` (e.g. the file) if ``d`` is not one."""
-        return cls(**_common_fields(d, "platform", where))
+        fields = _common_fields(d, "platform", where)
+        best = d.get("best_epoch")
+        if best is not None and (not isinstance(best, list) or len(best) != len(fields["tag_names"]) or not all(
+                isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in best)):
+            raise ModelError(f"{where}: damaged platform model: best_epoch must be one epoch per tag")
+        return cls(**fields, best_epoch=best)
 
 
 def _calibration_dict(cal: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

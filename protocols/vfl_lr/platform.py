@@ -13,13 +13,18 @@ import numpy as np
 import protocols.vfl_lr.label_mask as label_mask
 from protocols.channel import Message
 from protocols.compute import ComputeSpec
-from protocols.errors import ProtocolError
+from protocols.errors import DeviationDetected, ProtocolError
 from protocols.fixedpoint import quantise_rows
-from protocols.packing import SlotLayout, pack_signed, unpack_signed
+from protocols.packing import SlotLayout, pack_signed
 from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
 from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
-from protocols.vfl_lr.encoding import encode_z, exact_xt_s, pack_pairs, pack_rows, unpack_pairs
+from protocols.vfl_lr.disclosure import (
+    DisclosureBudget,
+    EvaluationLimits,
+    Projection,
+)
+from protocols.vfl_lr.encoding import check_slots, encode_z, exact_xt_s, pack_pairs, pack_rows
 from protocols.vfl_lr.evaluation import SPLITS, VALIDATION, packed_count, shuffle_and_add
 from protocols.vfl_lr.label_privacy import (
     batch_floor,
@@ -56,11 +61,13 @@ from protocols.vfl_lr.resume import (
 )
 from protocols.vfl_lr.state import OPTIMIZERS, PlatformTrainState, Scaler
 
-MAX_BANK_COLUMNS = 100_000  # train.setup: the most model columns the bank may declare
+STOPPED = "stopped"  # the stage of a session whose check failed: it answers no step any more
+
 
 def make_platform_train_handler(job_id: str, params: Message, data: PartyData, *,
                                 on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
-                                checkpoints: Checkpoints | None = None,
+                                checkpoints: Checkpoints | None = None, limits: EvaluationLimits | None = None,
+                                budget: DisclosureBudget | None = None,
                                 insecure_for_tests: bool = False) -> PlatformTrainHandler:
     """The platform's handler for a training session over ``data`` (rows in the alignment's order).
 
@@ -68,9 +75,13 @@ def make_platform_train_handler(job_id: str, params: Message, data: PartyData, *
     when the test rows have been evaluated with the epochs ``train.finish`` chose (at ``train.finish`` if
     there are no test rows). The session owns ``compute`` and closes it with the handler. ``checkpoints``
     keeps the job's training state as it goes, for a session that resumes it (protocols/vfl_lr/resume.py).
+    ``limits``: the platform's policy on the session (default: the policy's defaults). ``budget``: where each
+    evaluation is charged per customer before it is answered (protocols/vfl_lr/disclosure.py); the node
+    always passes its ledger, in-process protocol tests may run without one.
     """
     return PlatformTrainHandler(job_id, params, data, on_result=on_result, compute=compute,
-                                checkpoints=checkpoints, insecure_for_tests=insecure_for_tests)
+                                checkpoints=checkpoints, limits=limits, budget=budget,
+                                insecure_for_tests=insecure_for_tests)
 
 
 class PlatformTrainHandler:
@@ -78,8 +89,11 @@ class PlatformTrainHandler:
 
     def __init__(self, job_id: str, params: Message, data: PartyData, *,
                  on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
-                 checkpoints: Checkpoints | None = None, insecure_for_tests: bool = False) -> None:
+                 checkpoints: Checkpoints | None = None, limits: EvaluationLimits | None = None,
+                 budget: DisclosureBudget | None = None, insecure_for_tests: bool = False) -> None:
         self.pool = PaillierPool(compute)
+        self.limits = limits if limits is not None else EvaluationLimits()
+        self.budget = budget
         self.checkpoints = checkpoints if checkpoints is not None else MemoryCheckpoints()
         self.resume_at: tuple[int, int] | None = None  # (epoch, batch) a session resumed mid-epoch restarts at
         self.saved: dict[str, Any] | None = None  # the checkpoint document as last saved (or loaded)
@@ -129,7 +143,13 @@ class PlatformTrainHandler:
     def handle(self, step: str, message: Message) -> Message:
         if step not in self._steps:
             raise ProtocolError(f"unknown training step {step!r}")
-        return self._steps[step](message)
+        if self.stage == STOPPED:
+            raise ProtocolError(f"job {self.job_id} was stopped by a failed check; it answers no more steps")
+        try:
+            return self._steps[step](message)
+        except DeviationDetected:
+            self.stage = STOPPED  # whatever the bank sends next, the job is over
+            raise
 
     def _expect(self, *stages: str) -> None:
         if self.stage not in stages:
@@ -152,8 +172,11 @@ class PlatformTrainHandler:
         if self.bepk.n == self.bpk.n:
             raise ProtocolError("the bank's evaluation key must not be its training key")
         self.bank_columns = read_field(message, Field.BANK_COLUMNS, int)
-        if not 1 <= self.bank_columns <= MAX_BANK_COLUMNS:
-            raise ProtocolError(f"bank_columns must be between 1 and {MAX_BANK_COLUMNS}")
+        limits = self.limits
+        if not 1 <= self.bank_columns <= limits.max_bank_columns:
+            # Each train.gradient decrypts T slots per bank column for the bank: the columns bound what it reads.
+            raise ProtocolError(f"train.setup: the bank declared {self.bank_columns} model columns; the platform "
+                                f"allows 1 to {limits.max_bank_columns} ([policy] max_bank_columns)")
         self.train = read_index_array(message, Field.TRAIN_ROWS, n_rows)
         self.validation = read_index_array(message, Field.VALIDATION_ROWS, n_rows)
         self.test = read_index_array(message, Field.TEST_ROWS, n_rows)
@@ -163,6 +186,12 @@ class PlatformTrainHandler:
         if len(np.intersect1d(self.train, np.concatenate([self.validation, self.test]))) or \
                 len(np.intersect1d(self.validation, self.test)):
             raise ProtocolError("training, validation and test rows must be disjoint")
+        for name, rows in (("validation", self.validation), ("test", self.test)):
+            # A split of a few rows turns its multisets into per-row scores (docs/protocol.md, "Evaluation").
+            if 0 < len(rows) < limits.min_evaluation_rows:
+                raise ProtocolError(f"train.setup: the {name} split holds {len(rows)} rows; the platform evaluates "
+                                    f"splits of at least {limits.min_evaluation_rows} ([policy] "
+                                    "min_evaluation_rows)")
         p = self.p
         mask = message.get(Field.LABEL_MASK)
         if p.hide_label_mask:
@@ -187,6 +216,7 @@ class PlatformTrainHandler:
         self.stage = "epoch"
         if Field.RESUME_STEPS in message:  # the bank resumes the job: our state at its checkpoint's position
             self._resume(read_field(message, Field.RESUME_STEPS, int))
+        self._check_budget()
         self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
         self.plan = SlotPlan.for_params(p, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk))
         # Label privacy: with label_dp "off", no batch may hold fewer labelled rows of a tag than the floor (but
@@ -194,7 +224,26 @@ class PlatformTrainHandler:
         # mask hidden only the bank can count labelled rows; this node checks the batch's rows, a lower bound.
         self.floor = batch_floor(self.X.shape[1], p.epochs)
         self.enforce_floor = platform_enforces_floor(p, strict=not self.insecure_for_tests)
-        return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.N_FEATURES: int(self.X.shape[1])}
+        return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.N_FEATURES: int(self.X.shape[1]),
+                Field.MAX_VALIDATION_EVALUATIONS: self.limits.max_validation_evaluations}
+
+    def _check_budget(self) -> None:
+        """Refuse at setup a job whose evaluations would take some customer past the disclosure budget (the
+        evaluations charge it for real when they come): validation rows at most ``max_validation_evaluations``
+        weight vectors per tag (those already evaluated by an earlier session of the job count as they are),
+        test rows one per tag."""
+        if self.budget is None:
+            return
+        done = sorted(self.budget.epochs_evaluated(self.job_id))
+        later = max(0, min(self.limits.max_validation_evaluations, self.p.epochs) - len(done))
+        # Epochs not evaluated yet stand as -1, -2, ...: weight vectors no customer holds (nothing is recorded).
+        for rows, epochs in ((self.validation, [*done, *range(-1, -1 - later, -1)]), (self.test, [-1])):
+            if len(rows):
+                wanted = [Projection(self.job_id, tag, e) for tag in self.tags for e in epochs]
+                self.budget.charge(self._ids(rows), wanted, what=f"training job {self.job_id}", check_only=True)
+
+    def _ids(self, rows: np.ndarray) -> list[str]:
+        return [str(self.data.ids[int(i)]) for i in rows]
 
     def _resume(self, steps: int) -> None:
         """Take the state saved at position ``steps``; the next step is train.epoch (train.finish if that
@@ -305,11 +354,14 @@ class PlatformTrainHandler:
         b = self._batch_index(message, state.next_batch)
         values = ints_from_bytes(read_field(message, Field.VALUES, bytes), self.bpk.byte_len,
                                  expected=len(self.pending), what=Step.EMASK_OPEN)
-        groups = self.plan.groups
+        plan, groups = self.plan, self.plan.groups
+        # X_Bq^T e: |.| < 2^emask_bits for the honest masks (the bank adds nothing here).
+        bound = 1 << plan.emask_bits
         xte = np.zeros((self.X.shape[1], self.T), dtype=object)
         for value, (gi, start, count, r_packed) in zip(values, self.pending, strict=True):
             g = groups[gi]
-            slots = unpack_signed(value - r_packed, count * len(g), self.plan.emask_slot)
+            slots = check_slots(value - r_packed, count * len(g), plan.emask_slot, -bound, bound,
+                                step=Step.EMASK_OPEN, check="mask-path range")
             for f in range(count):
                 xte[start + f, list(g)] = slots[f * len(g):(f + 1) * len(g)]
         self.xte[b] = xte
@@ -357,16 +409,17 @@ class PlatformTrainHandler:
                                   "train.gradient masked_residuals")
         opened = self.pk.decode(self.pool.decrypt_raw(self.sk, CipherVector.concat([grad_cv, res_cv])))
         grad_open, res_open = opened[:len(grad_cv)], opened[len(grad_cv):]
-        if hide:  # every pair, tag-major; unlabelled ones hold their mask alone, labelled ones k_t d' 2^F + e
-            S = label_mask.open_residuals(res_open, len(rows), plan)
-        else:
-            S = np.zeros((len(rows), self.T), dtype=object)
-            ii, tt = np.nonzero(m)
-            for (i, t), s in zip(zip(ii, tt, strict=True), unpack_pairs(res_open, n_pairs, plan), strict=True):
-                S[i, t] = s
+        self._check_masked_gradient(grad_open)
+        S = self._open_residuals(res_open, m)
         xts = np.array(exact_xt_s(self.Xq[rows], S, self.T, plan.pair_slot), dtype=object)
         xtd = xts - self.xte[b]  # X_B^T d' 2^F exactly, over the labelled pairs only (hidden: times k_t)
         self.xte[b] = None
+        # |xq| < 2^(q-1) and |k_t (d' 2^F + label-DP noise)| < 2^(residual_bits + G + 1) per pair.
+        bound = len(rows) << (plan.quant_bits - 1 + plan.residual_bits + plan.scale_bits + 1)
+        if any(abs(v) >= bound for v in xtd.ravel()):
+            raise DeviationDetected(Step.GRADIENT, "gradient range",
+                                    "X_B^T d' from the masked residuals and the mask path exceeds what the batch's "
+                                    "residuals can sum to (the masks of train.emask and train.gradient disagree)")
         grad = np.array(xtd.tolist(), dtype=np.float64) * self.qscale[:, None] / (1 << F_BITS)
         if hide:  # k_t / 2^G stands for 1 / m_t, which only the bank knows; every tag steps
             grad /= 4.0 * (1 << plan.scale_bits)
@@ -388,13 +441,55 @@ class PlatformTrainHandler:
                 self._save(epoch_done=False)
         return {Field.MASKED_GRADIENT: ints_to_bytes(grad_open, self.pk.byte_len)}
 
+    def _check_masked_gradient(self, opened: list[int]) -> None:
+        """What we decrypted for the bank: per (tag group, bank column) one packed value of the group's tags in
+        ``cross_slot``-bit slots, each ``X_Aq^T (M o z_B 2^F) + R_A`` with ``|X_Aq^T ...| < 2^cross_bits`` and
+        ``R_A`` in ``[0, 2^(cross_bits + STAT_BITS))``."""
+        plan = self.plan
+        low, high = -(1 << plan.cross_bits), (1 << (plan.cross_bits + STAT_BITS)) + (1 << plan.cross_bits)
+        per_group = self.bank_columns
+        for index, value in enumerate(opened):
+            g = plan.groups[index // per_group]
+            check_slots(value, len(g), plan.cross_slot, low, high, step=Step.GRADIENT,
+                        check="masked gradient range")
+
+    def _open_residuals(self, opened: list[int], m: np.ndarray) -> np.ndarray:
+        """``S`` (rows x T) from the decrypted residuals, each packed value holding exactly its pairs and each
+        slot ``k_t d' 2^F + e`` (``|k_t d' 2^F| < 2^(residual_bits + G + 1)``, label-DP noise included, ``e`` in
+        ``[0, 2^e_bits)``) or, hidden and unlabelled, ``e`` alone."""
+        plan, n_rows = self.plan, len(m)
+        spread = 1 << (plan.residual_bits + plan.scale_bits + 1)
+        low, high, k = -spread, (1 << plan.e_bits) + spread, plan.pairs_per_ct
+        step, check = Step.GRADIENT, "masked residuals range"
+        S = np.zeros((n_rows, self.T), dtype=object)
+        if self.p.hide_label_mask:  # every pair, tag-major, k to a ciphertext per tag
+            j = 0
+            for t in range(self.T):
+                for start in range(0, n_rows, k):
+                    count = min(k, n_rows - start)
+                    slots = check_slots(opened[j], count, plan.pair_slot, low, high, step=step, check=check)
+                    for i, v in enumerate(slots, start=start):
+                        S[i, t] = v
+                    j += 1
+            return S
+        ii, tt = np.nonzero(m)
+        values: list[int] = []
+        for j, value in enumerate(opened):
+            values.extend(check_slots(value, min(k, len(ii) - j * k), plan.pair_slot, low, high,
+                                      step=step, check=check))
+        for i, t, v in zip(ii, tt, values, strict=True):
+            S[i, t] = v
+        return S
+
     def _evaluate(self, message: Message) -> Message:
         """Joint scores of the validation rows (current weights) or the test rows (each tag's best epoch),
         as a shuffled multiset per tag under the bank's key (protocols/vfl_lr/evaluation.py).
 
         Each evaluation releases a multiset to the bank, so each split is evaluated at most once per
-        epoch (validation: after the epoch's last batch; test: once, after train.finish), and only on
-        exactly the rows of that split given at setup.
+        epoch (validation: after the epoch's last batch, in at most ``max_validation_evaluations`` epochs of
+        the job; test: once, after train.finish), and only on exactly the rows of that split given at setup.
+        A deviating bank can read per-row scores out of a multiset (crafted ``[[z_A]]``, one-row label
+        classes), so each evaluated row is charged one projection per tag and weight vector before the answer.
         """
         split = read_field(message, Field.SPLIT, str)
         if split not in SPLITS:
@@ -412,9 +507,16 @@ class PlatformTrainHandler:
         cv = read_ciphertexts(self.bepk, message.get(Field.ENCRYPTED_SCORES), len(rows) * self.T, Step.EVALUATE)
         if split == VALIDATION:
             W = self.state.W
+            epochs = [epoch] * self.T
+            self._check_validation_count(epoch)
         else:
-            assert self.model is not None  # set by train.finish, which the stage "test" follows
+            assert self.model is not None and self.model.best_epoch is not None  # set by train.finish
             W = self.model.weights
+            epochs = list(self.model.best_epoch)
+        if self.budget is not None:  # before anything is computed for the bank
+            self.budget.charge(self._ids(rows), [Projection(self.job_id, tag, e)
+                                                 for tag, e in zip(self.tags, epochs, strict=True)],
+                               what=f"the {split} evaluation of training job {self.job_id}")
         noise = NoisePool(self.bepk, mask=True)
         self.pool.fill(noise, self.T * packed_count(len(rows), self.bepk))
         shuffled = shuffle_and_add(self.pool, cv, encode_z(self.X[rows] @ W), noise)
@@ -426,6 +528,18 @@ class PlatformTrainHandler:
             self._report()
         return reply
 
+    def _check_validation_count(self, epoch: int) -> None:
+        """At most ``max_validation_evaluations`` distinct epochs of the job evaluated on validation, over all
+        its sessions (a replayed epoch is the same weights: it counts once)."""
+        done = {e for e, split in self.evaluated if split == VALIDATION}
+        if self.budget is not None:
+            done |= self.budget.epochs_evaluated(self.job_id)
+        allowed = self.limits.max_validation_evaluations
+        if epoch not in done and len(done) >= allowed:
+            raise ProtocolError(f"{Step.EVALUATE}: the validation rows of job {self.job_id} were evaluated in "
+                                f"{len(done)} epochs already; the platform allows {allowed} "
+                                "([policy] max_validation_evaluations)")
+
     def _finish(self, message: Message) -> Message:
         self._expect("end_of_epoch", "epoch_or_finish")
         state = self.state
@@ -436,7 +550,8 @@ class PlatformTrainHandler:
         state.best_epoch = best.copy()
         W = np.column_stack([state.snapshots[int(best[t])][:, t] for t in range(self.T)])
         self.model = PlatformModel(self.job_id, self.tags, W, self.scaler, self.data.schema,
-                                   {"bank": self.bpk.fingerprint(), "platform": self.pk.fingerprint()})
+                                   {"bank": self.bpk.fingerprint(), "platform": self.pk.fingerprint()},
+                                   best_epoch=[int(e) for e in best])
         if len(self.test):
             self.stage = "test"  # the model is reported after the one evaluation of the test rows
         else:
