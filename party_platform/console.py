@@ -3,7 +3,7 @@
 It works on the node's state directory exactly as `platform-node jobs | approve | audit | policy | models |
 revoke` do (``party_platform.admin``): the platform node has no control API, and its operator's authority is
 the host account that may read (and write) the state directory. Pages: the approval queue (approve, refuse),
-jobs with their resource use, the audit log with filters, the disclosure budget used per alignment and
+jobs with their resource use, the audit log with filters, the disclosure budget used per customer and
 model, the model halves, and the policy. Approving or refusing is ``admin.approve``, audited with the
 operator's name as the CLI's is. ``party_common.console`` has the shared parts (token, host check, frame).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,7 +28,7 @@ from party_common.policy import AWAITING_APPROVAL
 from party_common.storage import NodeStores
 from party_common.storage.jobs import STATUSES, JobRecord
 from party_platform import admin
-from party_platform.node import RELEASE_EVENT
+from party_platform.disclosure import RELEASE_EVENT, ledger_usage
 from party_platform.policy import SCORE_EVENT
 from protocols.errors import FedProfileError
 
@@ -46,27 +47,16 @@ def seconds(record: JobRecord) -> float | None:
         return None
 
 
-def budget(stores: NodeStores, limit: int | None) -> list[dict[str, Any]]:
-    """Per alignment: the distinct (model, tag) projections of our features released to the bank, by model,
-    against the limit; from the node's own "projection released" audit rows (one per projection)."""
-    by_alignment: dict[str, dict[str, list[str]]] = {}
-    first: dict[str, str] = {}
-    last: dict[str, str] = {}
-    for event in stores.jobs.audit_events(event=RELEASE_EVENT):
-        alignment = event.job_id or "-"
-        model, _, tag = event.detail.rpartition(":")
-        tags = by_alignment.setdefault(alignment, {}).setdefault(model or event.detail, [])
-        if tag and tag not in tags:
-            tags.append(tag)
-        first.setdefault(alignment, event.at)
-        last[alignment] = event.at
-    rows = []
-    for alignment, models in by_alignment.items():
-        used = sum(len(tags) for tags in models.values())
-        rows.append({"alignment": alignment, "used": used, "limit": limit,
-                     "share": used / limit if limit else None, "first": first[alignment], "last": last[alignment],
-                     "models": sorted(models.items())})
-    return sorted(rows, key=lambda r: r["last"], reverse=True)
+def budget(stores: NodeStores, state_dir: Path) -> dict[str, Any]:
+    """The disclosure budget as the ledger holds it (per customer, across alignments: party_platform/disclosure.py)
+    and the node's own "projection released" audit rows (which job released what, to how many customers)."""
+    usage = ledger_usage(state_dir)
+    releases = [{"job": e.job_id or "-", "detail": e.detail, "at": e.at}
+                for e in reversed(stores.jobs.audit_events(event=RELEASE_EVENT))]
+    return {"customers": [{"held": held, "customers": n} for held, n in usage["customers"]],
+            "projections": [{"job": job, "tag": tag, "epoch": "-" if epoch is None else epoch + 1, "customers": n}
+                            for job, tag, epoch, n in usage["projections"]],
+            "releases": releases}
 
 
 class PlatformConsole:
@@ -150,7 +140,7 @@ class PlatformConsole:
         limit = self.config.max_released_projections
         models = admin.models_table(self.stores, self.config.policy.allowed_models)
         return page(request, "platform/budget.html", {
-            "title": "Disclosure budget", "rows": budget(self.stores, limit), "limit": limit,
+            "title": "Disclosure budget", **budget(self.stores, self.config.state_dir), "limit": limit,
             "models": models.as_dicts()})
 
     def models(self, request: Request, form: Form) -> Response:

@@ -58,6 +58,24 @@ def _load_key(path: Path) -> bytes:
     return key
 
 
+def ledger_usage(state_dir: Path) -> dict[str, list[tuple]]:
+    """What the ledger holds, read-only, for the operator's pages: ``customers`` as (projections held, customers)
+    and ``projections`` as (model job, tag, epoch, customers holding it); empty where the node has no ledger."""
+    path = Path(state_dir) / "disclosure.sqlite"
+    if not path.exists():
+        return {"customers": [], "projections": []}
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+        try:
+            held = db.execute("SELECT n, COUNT(*) FROM (SELECT COUNT(*) AS n FROM released GROUP BY customer) "
+                              "GROUP BY n ORDER BY n").fetchall()
+            projections = db.execute(
+                "SELECT p.job_id, p.tag, p.epoch, COUNT(r.customer) FROM projections p LEFT JOIN released r "
+                "ON r.projection = p.id GROUP BY p.id ORDER BY p.id").fetchall()
+        except sqlite3.OperationalError:  # made but not yet initialised by the node
+            return {"customers": [], "projections": []}
+    return {"customers": [tuple(r) for r in held], "projections": [tuple(r) for r in projections]}
+
+
 class DisclosureLedger:
     """``protocols.vfl_lr.disclosure.DisclosureBudget`` on a SQLite file in the platform's state directory."""
 
@@ -175,4 +193,4 @@ class DisclosureLedger:
         return int(count)
 
 
-__all__ = ["REFUSE_EVENT", "RELEASE_EVENT", "DisclosureLedger"]
+__all__ = ["REFUSE_EVENT", "RELEASE_EVENT", "DisclosureLedger", "ledger_usage"]

@@ -220,7 +220,8 @@ def test_an_operator_aligns_trains_and_watches_progress_with_the_platform_approv
 
     # serve "joint": on this little data the joint model need not beat the bank's own, and scoring should reach
     # the platform (its disclosure budget page then has a row)
-    first = submit(bank, setup, name="first", epochs="2", params='{"serve": "joint"}')
+    # a validation share of 0.2: the platform evaluates no split under 20 rows ([policy] min_evaluation_rows)
+    first = submit(bank, setup, name="first", epochs="2", params='{"serve": "joint", "validation_share": 0.2}')
     approve_in_platform_console(platform, setup, first)
     # live: the page refreshes itself through the job's stages to the end, the epoch curve filling in
     playwright_api.expect(bank.locator("#job-status")).to_have_text(re.compile("queued|running|succeeded"),
@@ -232,7 +233,8 @@ def test_an_operator_aligns_trains_and_watches_progress_with_the_platform_approv
     shoot(bank, setup, "bank-job")
     setup.jobs.update(align=align, first=first)
 
-    second = submit(bank, setup, name="second", epochs="3", params='{"serve": "joint", "learning_rate": 0.2}')
+    second = submit(bank, setup, name="second", epochs="3",
+                    params='{"serve": "joint", "learning_rate": 0.2, "validation_share": 0.2}')
     approve_in_platform_console(platform, setup, second)
     wait_succeeded(bank, second)
     setup.jobs["second"] = second
@@ -347,7 +349,7 @@ def test_the_platform_operator_finds_the_approvals_in_the_audit(setup: Setup, br
         shoot(page, setup, name)
     playwright_api.expect(page.locator("#policy")).to_contain_text("manual")
     page.goto(base(setup.platform_url) + "/budget")
-    playwright_api.expect(page.locator("#budget")).to_contain_text(setup.jobs["align"])  # the scores released
+    playwright_api.expect(page.locator("#projections")).to_contain_text(setup.jobs["first"])  # the scores released
     page.close()
 
 

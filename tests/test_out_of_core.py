@@ -115,7 +115,7 @@ def test_training_on_memory_mapped_features_gives_the_same_model(tmp_path: Path)
                                     insecure_for_tests=True)
         handler = handlers[0]
         # the platform keeps its quantised features as 8-bit integers, on disk beside the mapped features
-        assert handler.Xq_full.dtype == np.int8 and on_disk(handler.Xq_full) == (spill is not None)
+        assert handler.Xq.dtype == np.int8 and on_disk(handler.Xq) == (spill is not None)
         results[where] = (outcome.model.weights.tobytes(), outcome.model.intercept.tobytes(),
                           models[0].weights.tobytes(), outcome.model.scaler.mean.tobytes(),
                           models[0].scaler.std.tobytes())
