@@ -193,8 +193,9 @@ class MaskOraclePlatform(PlatformDeviation):
             rows = h.batches[b]
             e = self._read_masks(message, len(rows))
             self.masks[b] = e
-            zeros = ints_to_bytes([0] * len(h.pending), h.bpk.byte_len)
-            reply = h.handle(step, {**message, Field.VALUES: zeros})
+            # its own state machine takes the masks R_B back (zero products), then the products it computes itself
+            masks_only = ints_to_bytes([int(pending[3]) for pending in h.pending], h.bpk.byte_len)
+            reply = h.handle(step, {**message, Field.VALUES: masks_only})
             h.xte[b] = np.asarray(h.Xq[rows], dtype=object).T @ e  # what an honest mask path would have given
             return reply
         if step == Step.FORWARD:
@@ -720,8 +721,11 @@ def _least_squares(workdir: Path, bank: PartyData, platform: PartyData, settings
         accuracy = label_recovery_accuracy(scores[seen], truth, scores=True)
         majority, baseline = majority_rate(truth), feature_baseline(Xq[seen], truth)
     privacy = (record.result or {}).get("label_privacy", {}) if not failed else {}
+    bound = dp_label_bound(privacy["gdp_mu"], majority) if privacy.get("mode") == "dp" else None
     return {"failed": failed, "deviated": dev.deviated, "label_recovery_accuracy": accuracy,
-            "majority_rate": majority, "feature_baseline": baseline, "label_privacy_mode": privacy.get("mode"),
+            "majority_rate": majority, "feature_baseline": baseline, "dp_bound": bound,
+            "within_dp_bound": None if bound is None or accuracy is None else bool(accuracy <= bound + DP_SLACK),
+            "label_privacy_mode": privacy.get("mode"),
             "floor": privacy.get("floor"), "epsilon_reported": privacy.get("epsilon"),
             "job_error": error if failed else None}
 
