@@ -155,7 +155,6 @@ class Console:
         self.documents = LRU(4)
         self.figures = LRU(64)
         self.figure_lock = threading.Lock()  # matplotlib's Agg canvas: one figure at a time
-        self.readouts: dict[str, dict[str, Any]] = {}  # each segment's last A/B readout in this session
 
     @property
     def node(self) -> BankClient:
@@ -397,8 +396,9 @@ class Console:
     def segments(self, request: Request, form: Form) -> Response:
         segments = sorted(self.node.segments(), key=lambda r: r.get("created_at", ""), reverse=True)
         models = [m for m in self.node.models() if m["status"] == "active"]
+        readouts = {r["name"]: r["readout"] for r in segments if r.get("readout")}  # kept by the node
         return page(request, "bank/segments.html", {"title": "Segments", "segments": segments, "models": models,
-                                                    "readouts": self.readouts})
+                                                    "readouts": readouts})
 
     def create_segment(self, request: Request, form: Form) -> Response:
         def share(key: str) -> float | None:
@@ -420,7 +420,7 @@ class Console:
     def segment(self, request: Request, form: Form) -> Response:
         name = request.path_params["name"]
         record = self.node.get_segment(name)
-        readout = self.readouts.get(name)
+        readout = record.get("readout")  # the last A/B readout, kept with the segment on the node
         return page(request, "bank/segment.html", {"title": f"Segment {name}", "record": record,
                                                    "readout": readout, "id_column": self.id_column,
                                                    "readout_rows": list(readout_rows(readout)) if readout else []})
@@ -441,7 +441,7 @@ class Console:
             path = Path(tmp) / Path(filename).name
             path.write_bytes(content)
             ids, outcomes = read_outcomes(path, self.id_column, column)
-        self.readouts[name] = self.node.segment_result(name, ids, outcomes, source=Path(filename).name)
+        self.node.segment_result(name, ids, outcomes, source=Path(filename).name)
         return RedirectResponse(f"/segments/{name}#readout", status_code=303)
 
     # ---- scoring, health ----

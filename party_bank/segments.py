@@ -495,5 +495,11 @@ class SegmentService:
         result = {"segment": name, "model": record["model"], "tag": record["tag"], "source": source,
                   "groups": counts, "outcomes": len(ids), "not_in_segment": int((~in_segment).sum()),
                   **lift(t["responders"], t["with_outcome"], c["responders"], c["with_outcome"])}
+        # The readout is kept with the segment (counts and rates only, no ID), so anyone reading the segment later
+        # sees its A/B result: the last readout replaces the one before, in one atomic write.
+        key, _ = self._paths(name)
+        readout = {k: v for k, v in result.items() if k not in ("segment", "model", "tag")}
+        self.node.stores.segments.save(key, {**record, "readout": {
+            **readout, "read_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}, overwrite=True)
         self.node.stores.jobs.audit(record["model"], "segment result", f"{name}: {len(ids)} outcomes")
         return result

@@ -250,6 +250,9 @@ def test_lift_and_interval(service: SegmentService, trained: tuple[Nodes, str, l
     null = service.result("campaign", ids, same.tolist())
     assert null["absolute_lift_ci95"][0] < 0 < null["absolute_lift_ci95"][1]
     assert null["relative_lift_ci95"][0] < 0 < null["relative_lift_ci95"][1]
+    kept = service.get("campaign")["readout"]  # the last readout is kept with the segment, counts only
+    assert kept["groups"] == null["groups"] and kept["absolute_lift"] == null["absolute_lift"] and kept["read_at"]
+    assert not any(str(i) in json.dumps(kept) for i in ids[:20])
     with pytest.raises(UserError, match="responses.csv: row 3: outcome 2 is not 0 or 1"):
         service.result("campaign", ids[:3], [0, 1, 2], source="responses.csv")
     with pytest.raises(UserError, match="rows 1 and 3 have the same customer ID"):
