@@ -268,3 +268,15 @@ def _open(bank: PartyData, platform_data: PartyData) -> tuple[str, str, Message]
 
     return "train", "job-resume", {Field.VERSION: VERSION, Field.PARAMS: TrainParams(**PARAMS).to_json(),
                                    Field.TAGS: json.dumps(list(bank.tag_names))}
+
+
+def test_keyed_normals_are_reproducible_and_standard_normal() -> None:
+    """Label DP's noise on every (row, tag) comes from the job's keyed stream at once: the same key and label give
+    the same draws (a resumed job trains on the same noisy labels), another label others, and they are N(0, 1)."""
+    from scipy import stats
+
+    key = bytes(range(32))
+    draws = KeyedRandom(key, "labels").normals(50_001)
+    assert len(draws) == 50_001 and np.array_equal(draws, KeyedRandom(key, "labels").normals(50_001))
+    assert not np.array_equal(draws, KeyedRandom(key, "other").normals(50_001))
+    assert stats.kstest(draws, "norm").pvalue > 1e-4

@@ -315,8 +315,11 @@ class LabelPrivacy:
         """
         if self.noise is None:
             return np.zeros((n_rows, n_tags), dtype=np.int64)
-        noise = np.array(gaussian_ints(n_rows * n_tags, self.noise.residual_sigma, rng),
-                         dtype=np.int64).reshape(n_rows, n_tags)
+        sigma, count = self.noise.residual_sigma, n_rows * n_tags
+        if hasattr(rng, "normals"):  # the job's keyed stream, vectorised (protocols/vfl_lr/resume.py)
+            noise = np.rint(sigma * rng.normals(count)).astype(np.int64).reshape(n_rows, n_tags)
+        else:
+            noise = np.array(gaussian_ints(count, sigma, rng), dtype=np.int64).reshape(n_rows, n_tags)
         if noise.size and int(np.abs(noise).max()) >= residual_noise_room():
             raise TrainingError("label DP noise does not fit the residuals' slots; raise dp_epsilon or train fewer "
                                 "tags in one job")

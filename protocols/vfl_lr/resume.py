@@ -31,6 +31,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from protocols.vfl_lr.params import VERSION, TrainingError, TrainParams
@@ -101,6 +102,16 @@ class KeyedRandom(random.Random):
 
     def random(self) -> float:
         return (int.from_bytes(self._bytes(7), "big") >> 3) * 2.0 ** -53
+
+    def normals(self, n: int) -> np.ndarray:
+        """``n`` standard normal draws at once (Box-Muller on 53-bit uniforms from the same keystream): what label
+        DP's noise on every (row, tag) of a large alignment needs, at C speed rather than one ``gauss`` a call."""
+        pairs = (n + 1) // 2
+        words = np.frombuffer(self._bytes(16 * pairs), dtype=">u8").astype(np.uint64) >> np.uint64(11)
+        u = words.astype(np.float64) * 2.0 ** -53
+        radius = np.sqrt(-2.0 * np.log1p(-u[0::2]))  # 1 - u in (0, 1]: never log(0)
+        angle = 2.0 * np.pi * u[1::2]
+        return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n]
 
 
 def params_digest(params: TrainParams) -> str:
