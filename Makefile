@@ -9,7 +9,7 @@ PEERS_STAMP := $(PEERS_VENV)/.installed
 
 BROWSER_STAMP := $(VENV)/.installed-browser
 
-.PHONY: install demo test bench lint clean browser
+.PHONY: install demo test bench lint clean browser node-client
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,7 +44,18 @@ $(BROWSER_STAMP):
 
 browser: $(BROWSER_STAMP)
 
-test: $(STAMP) $(BROWSER_STAMP)
+# tests/test_api_v2.py runs the Node.js example of docs/api.md (clients/node): Node and npm from Debian when missing,
+# the two npm packages into clients/node/node_modules (gitignored).
+NODE_STAMP := clients/node/node_modules/.installed
+$(NODE_STAMP): clients/node/package.json
+	command -v node >/dev/null && command -v npm >/dev/null || { SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y nodejs npm; }
+	cd clients/node && npm install --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+node-client: $(NODE_STAMP)
+
+test: $(STAMP) $(BROWSER_STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q
 
 bench: $(BENCH_STAMP) $(PEERS_STAMP)

@@ -8,7 +8,10 @@ warm channel to the bank node's control API:
 * ``single``: ``p50_ms`` and ``p99_ms`` of a one-ID `Score` (a shared customer: the bank asks the platform
   for its part, so every call crosses both nodes);
 * ``batch_1000``: ``ms`` for one `Score` of 1000 shared customers (median of the runs);
-* ``throughput``: one-ID `Score` calls per second from 8 concurrent clients (each its own channel).
+* ``throughput``: one-ID `Score` calls per second from 8 concurrent clients (each its own channel);
+* ``node_client``: ``p50_ms`` and ``p99_ms`` of the same one-ID calls made from the Node.js example client
+  (clients/node/score.js, `fedprofile.v2.Scoring.Score` with @grpc/grpc-js, its own warm channel), or
+  ``unavailable`` with the reason when node or its packages are missing (`make node-client`).
 
 Goals (issue 14): single p99 <= 5 ms, 1000 IDs <= 50 ms.
 """
@@ -16,7 +19,10 @@ Goals (issue 14): single p99 <= 5 ms, 1000 IDs <= 50 ms.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -27,7 +33,7 @@ import numpy as np
 
 from benchmarks.common import console, print_table, write_json
 from party_bank.client import BankClient
-from simulations.cluster import LocalCluster
+from simulations.cluster import OPERATOR, LocalCluster
 from simulations.generate import SimulationConfig, generate, write
 
 GOALS = {"single_p99_ms": 5.0, "batch_1000_ms": 50.0}
@@ -89,6 +95,29 @@ def throughput(cluster: LocalCluster, model: str, ids: list[str], clients: int, 
             "p99_ms": percentile_ms(every, 99)}
 
 
+NODE_CLIENT = Path(__file__).resolve().parent.parent / "clients" / "node"
+
+
+def node_client(cluster: LocalCluster, model: str, ids: list[str], calls: int, work: Path) -> dict[str, Any]:
+    """The same sequential one-ID calls from the Node.js client (after one warm-up call on its channel)."""
+    if shutil.which("node") is None or not (NODE_CLIENT / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        return {"unavailable": "node or the example's npm packages are not installed (`make node-client`)"}
+    ids_file = work / "node-ids.txt"
+    ids_file.write_text("\n".join(ids[:calls]))
+    certs = cluster.certs
+    done = subprocess.run(
+        ["node", str(NODE_CLIENT / "score.js"), "bench", "--address", f"localhost:{cluster.bank_port}",
+         "--ca", str(certs["bank_ca"]), "--cert", str(certs[f"operator_cert:{OPERATOR}"]),
+         "--key", str(certs[f"operator_key:{OPERATOR}"]), "--model", model, "--ids-file", str(ids_file),
+         "--calls", str(calls)], capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:
+        return {"unavailable": f"the Node.js client failed: {done.stderr.strip()[-300:]}"}
+    times = [ms / 1000 for ms in json.loads(done.stdout)["ms"]]
+    return {"calls": calls, "p50_ms": percentile_ms(times, 50), "p90_ms": percentile_ms(times, 90),
+            "p99_ms": percentile_ms(times, 99), "mean_ms": round(1000 * float(np.mean(times)), 3),
+            "client": "Node.js @grpc/grpc-js, fedprofile.v2.Scoring.Score"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -120,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 "single": single(client, model, order, args.calls),
                 "batch_1000": batch(client, model, order[:1000], args.runs),
                 "throughput": throughput(cluster, model, order, args.clients, args.seconds),
+                "node_client": node_client(cluster, model, order, args.calls, work),
             }
     result["goals"] = GOALS
     result["met"] = {"single_p99_ms": result["single"]["p99_ms"] <= GOALS["single_p99_ms"],
@@ -128,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     result["cpus"] = os.cpu_count()
     result["setup"] = {"bank_customers": 3000, "shared": len(shared), "tags": 2, "workers": args.workers,
                        "transport": "gRPC over mutual TLS on loopback, each node its own process"}
-    s, b, t = result["single"], result["batch_1000"], result["throughput"]
+    s, b, t, n = result["single"], result["batch_1000"], result["throughput"], result["node_client"]
     print_table("Online scoring (Score on the bank node, platform part included)", [
         ("single, one ID", f"p50 {s['p50_ms']} ms", f"p99 {s['p99_ms']} ms", f"goal p99 <= {GOALS['single_p99_ms']} ms"),
         ("batch of 1000 IDs", f"{b['ms']} ms", f"min {b['min_ms']} ms", f"goal <= {GOALS['batch_1000_ms']} ms"),
         (f"{t['clients']} concurrent clients", f"{t['calls_per_s']} calls/s", f"p99 {t['p99_ms']} ms", ""),
+        ("Node.js client, one ID", f"p50 {n.get('p50_ms', '-')} ms", f"p99 {n.get('p99_ms', '-')} ms",
+         n.get("unavailable") or f"goal p99 <= {GOALS['single_p99_ms']} ms"),
     ], ("measure", "value", "", "goal"))
     write_json(args.json, result)
     return 0

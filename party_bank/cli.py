@@ -37,7 +37,10 @@ from grpc_health.v1.health import HealthServicer
 from party_bank import cli_segments, views
 from party_bank.client import BankClient, JobFailed
 from party_bank.control import ControlServicer
+from party_bank.control_v2 import SERVICE as SCORING_SERVICE
+from party_bank.control_v2 import add_scoring_service
 from party_bank.node import BankNode
+from party_bank.readiness import Readiness
 from party_bank.registry import ACTIONS as MODEL_ACTIONS
 from party_bank.registry import models_command
 from party_bank.segments import read_ids
@@ -72,9 +75,12 @@ def build_server(config_path: str, *, insecure_dev: bool = False) -> tuple[grpc.
                             own_cert=tls.cert if tls else None,
                             server_check=None if insecure_dev else platform_certificate_check(config))
     node = BankNode(config, link)
+    def add_services(server: grpc.Server) -> None:
+        pb_grpc.add_BankControlServicer_to_server(ControlServicer(node), server)
+        add_scoring_service(server, node)  # the v2 application API (docs/api.md), same port, same gate
+
     server, health, port = start_node_server(
-        config, lambda s: pb_grpc.add_BankControlServicer_to_server(ControlServicer(node), s),
-        ["fedprofile.v1.BankControl"], tls=tls, client_ca=tls.client_ca if tls else None, audit=node.stores.jobs)
+        config, add_services, ["fedprofile.v1.BankControl", SCORING_SERVICE], tls=tls, client_ca=tls.client_ca if tls else None, audit=node.stores.jobs)
     return server, health, node, port
 
 
@@ -96,7 +102,14 @@ def serve(args: argparse.Namespace) -> int:
             # Not fatal: the platform may come up later; every job checks the peer again before it starts.
             log.warning("%s", err)
 
-    return serve_with_metrics("bank-node", server, health, node.shutdown, metrics_listen=node.config.metrics_listen,
+    # Readiness for a load balancer (party_bank/readiness.py): the health service's "" and v2 names follow the platform.
+    readiness = Readiness(health, node.link.handshake, ready_on_fallback=args.ready_on_fallback).start()
+
+    def stop() -> None:
+        readiness.stop()
+        node.shutdown()
+
+    return serve_with_metrics("bank-node", server, health, stop, metrics_listen=node.config.metrics_listen,
                               jobs=node.stores.jobs, ready=connect)
 
 
@@ -327,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="the node's log level")
     s.add_argument("--peer-wait", type=float, default=30.0, help="seconds to wait for the platform at start")
+    s.add_argument("--ready-on-fallback", action="store_true",
+                   help="health says SERVING while the platform is unreachable too (the applications behind the load "
+                        "balancer score with bank_only_fallback); otherwise NOT_SERVING until it answers")
     st = add("status", "check that the bank node answers (waiting for it to start, up to --wait seconds)")
     st.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the node to come up")
     a = add("align", "run PSI with the platform")

@@ -348,7 +348,9 @@ class BankNode(NodeBase):
             block = fallback[start:start + SCORE_BATCH]
             probabilities[block] = model.bank_only_probabilities(self.data.features[rows[block]], cols)
         probabilities[~customer] = np.nan
-        return Scores(wanted, probabilities, known, released, limit, status=status.tolist(), note=note)
+        served = ["joint" if model.platform_part[c] else "bank_only" for c in cols]  # type: ignore[index]
+        return Scores(wanted, probabilities, known, released, limit, status=status.tolist(), note=note, served=served,
+                      model_job_id=model_job_id)
 
     def _alignment_index(self, alignment_job: str) -> dict[str, int]:
         """Customer ID -> position in the alignment (cached)."""

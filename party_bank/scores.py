@@ -23,3 +23,5 @@ class Scores:
     projections_limit: int  # ... of this many (0, 0 when no customer reached the platform)
     status: list[str] = field(default_factory=list)  # one of STATUSES per customer
     note: str = ""  # why the platform's part is missing (bank-only fallback), in one line
+    served: list[str] = field(default_factory=list)  # per tag: "joint" or "bank_only" (the model scoring it)
+    model_job_id: str = ""  # the train job the model reference resolved to

@@ -229,6 +229,10 @@ def operator_rule(who: Identity) -> str | None:
     return None
 
 
+# The standard health service: a load balancer's probe may call it with any certificate the TLS layer accepted
+# (the node's CA, not revoked) when a gate is built with ``open_health`` (the bank's control port).
+HEALTH_METHODS = "/grpc.health.v1.Health/"
+
 # How a gate's refusal begins ("refused by the bank node: ..."): clients tell it from other refusals by it.
 GATE_REFUSAL = "refused by the {node}: "
 
@@ -256,8 +260,9 @@ class CertificateGate(grpc.ServerInterceptor):
     """
 
     def __init__(self, node: str, rule: Rule, crls: Sequence[CrlFile] = (), *, insecure: bool = False,
-                 on_refusal: Callable[[Refusal], None] | None = None) -> None:
+                 on_refusal: Callable[[Refusal], None] | None = None, open_health: bool = False) -> None:
         self.node = node
+        self._open_health = open_health
         self._rule = rule
         self._crls = list(crls)
         self._insecure = insecure
@@ -285,6 +290,8 @@ class CertificateGate(grpc.ServerInterceptor):
                 reason = "revoked" if why.startswith("it was revoked") else "CRL unusable"
                 return Refusal(method, who, grpc.StatusCode.UNAUTHENTICATED, f"{who.describe()} is refused: {why}",
                                reason)
+        if self._open_health and method.startswith(HEALTH_METHODS):
+            return None  # SERVING or NOT_SERVING is all it answers; the certificate's role does not matter
         if why := self._rule(who):
             return Refusal(method, who, grpc.StatusCode.PERMISSION_DENIED, why, "wrong role or name")
         return None

@@ -92,6 +92,25 @@ def translate_errors(node: str) -> Callable[[F], F]:
     return wrap
 
 
+def translate_stream_errors(node: str) -> Callable[[F], F]:
+    """:func:`translate_errors` for a servicer method that yields its answers (a server stream): an exception
+    raised while the stream runs ends it with the matching status."""
+
+    def wrap(method: F) -> F:
+        @functools.wraps(method)
+        def run(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                yield from method(self, request, context)
+            except Exception as err:
+                if _is_abort(err):
+                    raise
+                abort(context, err, node=node)
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
 def _is_abort(err: Exception) -> bool:
     # context.abort ends the call by raising a bare ``Exception()``; let it through untouched.
     return type(err) is Exception and not err.args
@@ -250,4 +269,5 @@ def peer_error(err: grpc.RpcError, what: str, *, address: str = "", since: float
 
 
 __all__ = ["REFUSED", "REFUSING", "TLS", "UNREACHABLE", "abort", "describe", "failure_kind", "is_gate_refusal",
-           "peer_error", "rpc_error_line", "status_of", "transport_reason", "transport_summary", "translate_errors"]
+           "peer_error", "rpc_error_line", "status_of", "transport_reason", "transport_summary", "translate_errors",
+           "translate_stream_errors"]

@@ -104,17 +104,19 @@ def node_gate(config: NodeConfig, *, insecure: bool, audit: JobStore | None = No
     else:
         rule = operator_rule
         crl, ca = (config.tls.client_crl, config.tls.client_ca) if config.tls else (None, None)
+    # The bank's control port answers health checks to any certificate of its CA (a load balancer's probe).
+    kw = {"on_refusal": on_refusal, "open_health": config.role == "bank"}
     if insecure:
-        return CertificateGate(label, rule, insecure=True, on_refusal=on_refusal)
+        return CertificateGate(label, rule, insecure=True, **kw)
     log.info("serving only %s", f"the bank node's certificate '{config.peer_tls_name}'" if config.role == "platform"
              else "operator certificates of the bank's CA")
     if crl is None or ca is None:
         key = "peer_crl" if config.role == "platform" else "client_crl"
         log.warning("%s [tls] has no '%s': revoked certificates of the callers' CA would be accepted",
                     config.source, key)
-        return CertificateGate(label, rule, on_refusal=on_refusal)
+        return CertificateGate(label, rule, **kw)
     try:
-        return CertificateGate(label, rule, [CrlFile(crl, ca.read_bytes())], on_refusal=on_refusal)
+        return CertificateGate(label, rule, [CrlFile(crl, ca.read_bytes())], **kw)
     except CrlError as err:
         raise ConfigError(f"{config.source} [tls]: {err}") from err
 
