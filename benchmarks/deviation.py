@@ -67,6 +67,7 @@ from benchmarks.common import console, print_table, write_json
 from benchmarks.privacy import (
     BatchView,
     feature_baseline,
+    held_out_recovery_accuracy,
     label_recovery_accuracy,
     least_squares_attack,
     load_default_credit,
@@ -109,7 +110,7 @@ from simulations.cluster import write_configs
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 LABEL_GOAL = 0.02  # label recovery within this of the majority rate (or the features' own) meets the goal
-DP_SLACK = 0.03  # sampling error of an accuracy over a few hundred labels, when comparing with the DP bound
+DP_SLACK = 0.05  # two standard errors of an accuracy over 400 labels, when comparing with the DP bound
 SHIFT_BITS = 48  # attack 1: each mask is raised 2^48 up in its slot, far beyond the label-DP noise
 KNOWN_ROWS = 30  # platform rows whose features the curious bank knows (benchmarks/privacy_bank_view.py)
 OPERATOR = "data-scientist"
@@ -592,14 +593,17 @@ def attack_mask_oracle(workdir: Path, bank: PartyData, platform: PartyData, sett
     guessed = np.array(list(guesses.values()))
     labelled = aligned_bank.labels[:, 0][~np.isnan(aligned_bank.labels[:, 0])]
     majority = majority_rate(truth if len(truth) else labelled)  # over the rows it read (training rows)
-    # The best cut of d' - z_B (chosen with the true labels: an upper bound on any threshold the platform picks).
-    accuracy = label_recovery_accuracy(guessed, truth, scores=True) if len(guessed) else None
+    # The cut of d' - z_B chosen with the true labels of half the rows, measured on the other half (held out: the
+    # best cut over the measured rows themselves overstates it by about a standard error); that best cut is kept
+    # too, as an upper bound on any cut the platform picks.
+    accuracy = held_out_recovery_accuracy(guessed, truth) if len(guessed) else None
+    upper = label_recovery_accuracy(guessed, truth, scores=True) if len(guessed) else None
     privacy = (record.result or {}).get("label_privacy", {}) if not failed else {}
     # What label DP promises against any attacker: the Bayes-optimal guess of one label from its noisy residual.
     bound = dp_label_bound(privacy["gdp_mu"], majority) if privacy.get("mode") == "dp" else None
     return {"outcome": outcome(failed=failed, deviated=deviated, within_goal=label_goal(accuracy, majority)),
-            "label_recovery_accuracy": accuracy, "majority_rate": majority, "labels_read": len(guessed),
-            "labelled_rows": int(len(labelled)), "label_dp": settings.get("label_dp", "auto"),
+            "label_recovery_accuracy": accuracy, "label_recovery_best_cut": upper, "majority_rate": majority,
+            "labels_read": len(guessed), "labelled_rows": int(len(labelled)), "label_dp": settings.get("label_dp", "auto"),
             "dp_epsilon": privacy.get("epsilon"), "dp_bound": bound,
             "within_dp_bound": None if bound is None or accuracy is None else bool(accuracy <= bound + DP_SLACK),
             "label_privacy_mode": privacy.get("mode"), "job_error": error if failed else None}
@@ -718,7 +722,7 @@ def _least_squares(workdir: Path, bank: PartyData, platform: PartyData, settings
         scores = least_squares_attack(Xq, views, h.mask, len(y))[:, 0]
         seen = ~np.isnan(scores) & h.mask[:, 0]
         truth = y[seen, 0]
-        accuracy = label_recovery_accuracy(scores[seen], truth, scores=True)
+        accuracy = held_out_recovery_accuracy(scores[seen], truth)
         majority, baseline = majority_rate(truth), feature_baseline(Xq[seen], truth)
     privacy = (record.result or {}).get("label_privacy", {}) if not failed else {}
     bound = dp_label_bound(privacy["gdp_mu"], majority) if privacy.get("mode") == "dp" else None

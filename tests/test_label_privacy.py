@@ -277,3 +277,13 @@ def test_train_params_label_dp_fields():
         TrainParams.from_dict({"label_dp": True})
     with pytest.raises(TrainingError, match="'dp_epsilon' must be a number, got str"):
         TrainParams.from_dict({"dp_epsilon": "3"})
+
+
+def test_the_held_out_recovery_accuracy_reads_separated_labels_and_not_noise():
+    from benchmarks.privacy import held_out_recovery_accuracy
+
+    rng = np.random.default_rng(4)
+    y = (rng.random(400) < 0.3).astype(float)
+    assert held_out_recovery_accuracy(-y + 0.01 * rng.random(400), y) == 1.0  # lowest are positive
+    noise = [held_out_recovery_accuracy(rng.normal(size=400), y) for _ in range(20)]
+    assert abs(float(np.mean(noise)) - majority_rate(y)) < 0.02  # no cut chosen on other rows beats the majority
