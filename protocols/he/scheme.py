@@ -78,6 +78,9 @@ class NoisePool(Protocol):
 
     def __len__(self) -> int: ...
 
+    def check(self, public_key: Any, *, mask: bool) -> None:
+        """Refuses noise under another key, or ordinary noise where mask noise is asked for."""
+
     def take(self, count: int) -> list[mpz]: ...
 
 
