@@ -24,7 +24,6 @@ from protocols.vfl_lr import (
     run_bank_training,
     sigmoid,
 )
-from protocols.vfl_lr import bank as bank_module
 from protocols.vfl_lr.disclosure import EvaluationLimits
 from protocols.vfl_lr.encoding import encode_z
 from protocols.vfl_lr.evaluation import (
@@ -124,7 +123,9 @@ def train(bank: PartyData, platform: PartyData, monkeypatch: pytest.MonkeyPatch,
         keys.append(generate_keypair(*a, **k))
         return keys[-1]
 
-    monkeypatch.setattr(bank_module, "generate_keypair", keep)
+    # Through the HE seam both parties draw keys from the one scheme: the bank's two pairs come first (it makes
+    # them before it opens the session), the platform's after.
+    monkeypatch.setattr(PAILLIER, "generate_keypair", keep)
     recorder = Recorder(platform)
     peer = TappedPeer(recorder, tap)
     p = TrainParams(**{"key_bits": 1024, **params})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import secrets
 from collections.abc import Callable
@@ -163,12 +162,11 @@ class PlatformTrainHandler:
         if n_rows != len(self.data.ids):
             raise ProtocolError(f"the bank aligned {n_rows} rows, this node holds {len(self.data.ids)}")
         try:
-            read_key = functools.partial(self.scheme.public_key_from_bytes, allow_insecure=self.insecure_for_tests,
-                                         key_bits=self.p.key_bits)
-            self.bpk = read_key(read_field(message, Field.BANK_KEY, bytes))
             # Evaluation has a key of its own: the mask path's decryption, which the bank does for this node,
             # then never opens a ciphertext of evaluation (protocols/vfl_lr/evaluation.py).
-            self.bepk = read_key(read_field(message, Field.BANK_EVALUATION_KEY, bytes))
+            self.bpk, self.bepk = (self.scheme.public_key_from_bytes(
+                read_field(message, name, bytes), allow_insecure=self.insecure_for_tests, key_bits=self.p.key_bits)
+                for name in (Field.BANK_KEY, Field.BANK_EVALUATION_KEY))
         except InvalidKey as err:
             raise ProtocolError(f"the bank's public key was refused: {err}") from err
         if self.bepk.to_bytes() == self.bpk.to_bytes():
@@ -331,14 +329,13 @@ class PlatformTrainHandler:
         rows, plan, groups = self.batches[b], self.plan, self.plan.groups
         n_masks = len(rows) * len(groups)
         cv = read_ciphertexts(self.bpk, message.get(Field.MASKS), n_masks, Step.EMASK, scheme=self.scheme)
-        Xq = self.Xq[rows]
+        Xq, n2 = self.Xq[rows], self.scheme.ciphertext_modulus(self.bpk)
         packed_parts, r_all = [], []
         for gi, g in enumerate(groups):
             prod = self.pool.matvec_t(cv[gi * len(rows):(gi + 1) * len(rows)], Xq)
             # Each feature's product (its tags in slots) becomes one wide slot of the packed ciphertext.
             per_ct = plan.features_per_emask_ct(len(g))
             packed = self.scheme.pack_ciphertexts(prod, SlotLayout(plan.emask_slot * len(g), per_ct))
-            n2 = self.scheme.ciphertext_modulus(self.bpk)
             for index, c in enumerate(packed.values):
                 start = index * per_ct
                 count = min(per_ct, len(prod) - start)
@@ -506,8 +503,8 @@ class PlatformTrainHandler:
         rows = read_index_array(message, Field.EVALUATION_ROWS, len(self.data.ids))
         if len(rows) == 0 or not np.array_equal(rows, expected):
             raise ProtocolError(f"evaluation rows must be exactly the {len(expected)} {split} rows given at setup")
-        data, n_scores = message.get(Field.ENCRYPTED_SCORES), len(rows) * self.T
-        cv = read_ciphertexts(self.bepk, data, n_scores, Step.EVALUATE, scheme=self.scheme)
+        cv = read_ciphertexts(self.bepk, message.get(Field.ENCRYPTED_SCORES), len(rows) * self.T, Step.EVALUATE,
+                              scheme=self.scheme)
         if split == VALIDATION:
             W = self.state.W
             epochs = [epoch] * self.T
