@@ -379,3 +379,28 @@ def test_platform_refuses_bad_rows_and_scoring_past_its_budget(files: SimulatedF
     answered = [e for e in calls if e.outcome == "ok"]
     assert len(answered) == 2 and all(e.detail == "3 rows, 2 tags" and e.count == 3 for e in answered)
     assert [e.outcome for e in calls if e.outcome != "ok"] == ["refused (FAILED_PRECONDITION)"] * 5
+
+
+def test_models_stored_without_a_family_still_score(trained: tuple[Nodes, str, str], files: SimulatedFiles) -> None:
+    """Both halves rewritten as a node stored them before the model-family field: after a restart (empty model
+    cache) they load as vfl-lr through the registry, and the scores are the same bits."""
+    nodes, _, train_id = trained
+    shared = [i for i in nodes.bank.data.ids if i in files.shared_ids][:5]
+    before = nodes.bank.score(train_id, shared)
+    stores = (nodes.bank.stores.models, nodes.platform.stores.models)
+    docs = [store.load(train_id) for store in stores]
+    assert [doc["family"] for doc in docs] == ["vfl-lr", "vfl-lr"]
+    try:
+        for store, doc in zip(stores, docs, strict=True):
+            store.save(train_id, {k: v for k, v in doc.items() if k != "family"}, overwrite=True)
+            assert "family" not in store.load(train_id)
+        for node in (nodes.bank, nodes.platform):
+            node._cache.pop(("model", train_id), None)  # as after a restart
+        after = nodes.bank.score(train_id, shared)
+        np.testing.assert_array_equal(after.probabilities, before.probabilities)
+        assert after.status == before.status and nodes.platform._model(train_id).family == "vfl-lr"
+    finally:
+        for store, doc in zip(stores, docs, strict=True):
+            store.save(train_id, doc, overwrite=True)
+        for node in (nodes.bank, nodes.platform):
+            node._cache.pop(("model", train_id), None)
