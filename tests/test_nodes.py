@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -382,25 +383,27 @@ def test_platform_refuses_bad_rows_and_scoring_past_its_budget(files: SimulatedF
 
 
 def test_models_stored_without_a_family_still_score(trained: tuple[Nodes, str, str], files: SimulatedFiles) -> None:
-    """Both halves rewritten as a node stored them before the model-family field: after a restart (empty model
-    cache) they load as vfl-lr through the registry, and the scores are the same bits."""
+    """Both model files rewritten as a node stored them before the model-family field (the stores never replace
+    a model, so the test writes the files itself): after a restart (empty model cache) they load as vfl-lr
+    through the registry, and the scores are the same bits."""
     nodes, _, train_id = trained
     shared = [i for i in nodes.bank.data.ids if i in files.shared_ids][:5]
     before = nodes.bank.score(train_id, shared)
-    stores = (nodes.bank.stores.models, nodes.platform.stores.models)
-    docs = [store.load(train_id) for store in stores]
+    paths = [node.stores.models.path(train_id) for node in (nodes.bank, nodes.platform)]  # type: ignore[attr-defined]
+    originals = [path.read_bytes() for path in paths]
+    docs = [json.loads(data) for data in originals]
     assert [doc["family"] for doc in docs] == ["vfl-lr", "vfl-lr"]
     try:
-        for store, doc in zip(stores, docs, strict=True):
-            store.save(train_id, {k: v for k, v in doc.items() if k != "family"}, overwrite=True)
-            assert "family" not in store.load(train_id)
+        for path, doc in zip(paths, docs, strict=True):
+            path.write_text(json.dumps({k: v for k, v in doc.items() if k != "family"}))
         for node in (nodes.bank, nodes.platform):
+            assert "family" not in node.stores.models.load(train_id)
             node._cache.pop(("model", train_id), None)  # as after a restart
         after = nodes.bank.score(train_id, shared)
         np.testing.assert_array_equal(after.probabilities, before.probabilities)
         assert after.status == before.status and nodes.platform._model(train_id).family == "vfl-lr"
     finally:
-        for store, doc in zip(stores, docs, strict=True):
-            store.save(train_id, doc, overwrite=True)
+        for path, data in zip(paths, originals, strict=True):
+            path.write_bytes(data)
         for node in (nodes.bank, nodes.platform):
             node._cache.pop(("model", train_id), None)
