@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import os
@@ -416,17 +417,25 @@ class AttackDone(ProtocolError):
 def bank_keys_kept() -> Iterator[list[tuple[PublicKey, PrivateKey]]]:
     """The bank's training key pairs, kept for a curious bank that decrypts all it can (it made them)."""
     kept: list[tuple[PublicKey, PrivateKey]] = []
-    original = bank_protocol.generate_keypair
+    original = bank_protocol.get_scheme
 
-    def keep(*args: Any, **kwargs: Any) -> tuple[PublicKey, PrivateKey]:
-        kept.append(original(*args, **kwargs))
-        return kept[-1]
+    def keeping(name: str) -> Any:
+        """The bank's HE scheme (a copy: the platform, maybe in this process, keeps its own keys to itself)."""
+        scheme = original(name)
+        mine = copy.copy(scheme)
 
-    bank_protocol.generate_keypair = keep  # type: ignore[assignment]
+        def keep(*args: Any, **kwargs: Any) -> tuple[PublicKey, PrivateKey]:
+            kept.append(scheme.generate_keypair(*args, **kwargs))
+            return kept[-1]
+
+        mine.generate_keypair = keep  # type: ignore[method-assign]
+        return mine
+
+    bank_protocol.get_scheme = keeping  # type: ignore[assignment]
     try:
         yield kept
     finally:
-        bank_protocol.generate_keypair = original  # type: ignore[assignment]
+        bank_protocol.get_scheme = original  # type: ignore[assignment]
 
 
 # ------------------------------------------------------------------------------ deployment ----

@@ -42,8 +42,8 @@ from protocols.errors import (
     PeerError,
     UserError,
 )
+from protocols.models import family_of, load_bank_half
 from protocols.party_data import PartyData
-from protocols.vfl_lr import BankModel
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,8 @@ class BankNode(NodeBase):
         failing the request.
         """
         model_job_id = self.resolve_model(model_job_id)
-        model = self.model(model_job_id, BankModel.from_dict)
+        model = self.model(model_job_id, load_bank_half)  # of the family it names (protocols.models)
+        family = family_of(model)
         wanted, cols = self.tag_columns(model, tags or [])
         rows = self.data.positions(customer_ids)
         customer = rows >= 0
@@ -311,7 +312,7 @@ class BankNode(NodeBase):
         scored = np.flatnonzero(customer)
         for start in range(0, len(scored), SCORE_BATCH):  # a block of rows at a time: features may be on disk
             block = scored[start:start + SCORE_BATCH]
-            z_bank[block] = model.partial_scores(self.data.features[rows[block]])[:, cols]
+            z_bank[block] = family.bank_scores(model, self.data.features[rows[block]])[:, cols]
         index = self._alignment_index(model.alignment_job_id)
         positions = np.fromiter((index.get(c, -1) for c in customer_ids), dtype=np.int64, count=len(customer_ids))
         known = (positions >= 0) & customer
@@ -343,7 +344,7 @@ class BankNode(NodeBase):
             log.warning("score: bank-only fallback for %d customer(s): the platform is unreachable; %s", len(members),
                         model.fallback_note())
         # Calibrated per tag (Platt or the monotone map, fitted on the validation multiset at training time).
-        probabilities = model.probabilities(z_bank + z_platform, cols)
+        probabilities = family.combine(model, z_bank, z_platform, cols)
         for start in range(0, len(fallback), SCORE_BATCH):  # the bank-only yardstick's weights and calibration
             block = fallback[start:start + SCORE_BATCH]
             probabilities[block] = model.bank_only_probabilities(self.data.features[rows[block]], cols)

@@ -30,8 +30,8 @@ from party_common.config import NodeConfig
 from party_common.storage import NodeStores
 from party_common.storage.files import atomic_write_with, ensure_private_dir
 from protocols.errors import NotFound, UserError
+from protocols.models import load_bank_half
 from protocols.party_data import DataError, PartyData
-from protocols.vfl_lr import BankModel
 
 
 class ScoringNode(Protocol):
@@ -317,7 +317,7 @@ class SegmentService:
         """The model's intersection (alignment order), or every customer of the bank (file order)."""
         if all_customers:
             return [str(c) for c in self.node.data.ids]
-        model = self.node.model(model_job_id, BankModel.from_dict)
+        model = self.node.model(model_job_id, load_bank_half)
         return list(self.node.stores.alignments.load(model.alignment_job_id).ids or ())
 
     def enriched(self, model_job_id: str, ids: Sequence[str], tags: Sequence[str] | None) -> pd.DataFrame:

@@ -29,8 +29,9 @@ from party_platform.disclosure import RELEASE_EVENT, DisclosureLedger
 from party_platform.policy import SCORE_EVENT, PlatformPolicy, restrict_features
 from protocols.channel import Message, StepHandler
 from protocols.errors import DeviationDetected, FedProfileError, NotFound, ProtocolError
+from protocols.model_family import PlatformHalf
+from protocols.models import family_of, load_platform_half
 from protocols.party_data import PartyData, SchemaMismatch
-from protocols.vfl_lr import PlatformModel
 from protocols.vfl_lr.disclosure import DisclosureRefused, Projection
 
 log = logging.getLogger(__name__)
@@ -283,12 +284,12 @@ class PlatformNode(NodeBase):
         ids = self.data.ids
         released = self.ledger.charge([ids[i] for i in aligned[rows]], projections,
                                       what=f"scoring model {model_job_id}")
-        scores = model.partial_scores(self.data.features[aligned[rows]])[:, cols]
+        scores = family_of(model).platform_answer(model, self.data.features[aligned[rows]])[:, cols]
         return PartialScores(wanted, scores, released, self.projections_limit)
 
-    def _model(self, model_job_id: str) -> PlatformModel:
+    def _model(self, model_job_id: str) -> PlatformHalf:
         try:
-            return self.model(model_job_id, PlatformModel.from_dict)
+            return self.model(model_job_id, load_platform_half)  # of the family it names (protocols.models)
         except SchemaMismatch as err:
             allowed = self.config.policy.allowed_feature_columns
             if allowed is None:

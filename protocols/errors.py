@@ -62,6 +62,18 @@ class CryptoError(FedProfileError, ValueError):
     """A key or ciphertext failed validation, or a value does not fit its encoding."""
 
 
+class InvalidKey(CryptoError):
+    """A key that is too small, malformed, or fails validation (every HE scheme raises this one)."""
+
+
+class InvalidCiphertext(CryptoError):
+    """A ciphertext outside the scheme's ciphertext group, or a byte string of the wrong length."""
+
+
+class PlaintextOverflow(CryptoError):
+    """A plaintext (or a decrypted result) outside the signed range the key can represent."""
+
+
 class JobStopped(FedProfileError):
     """A job was cancelled, or its node is stopping; ``status`` is the job's status after it ("cancelled" or
     "interrupted")."""
@@ -75,5 +87,5 @@ class JobStopped(FedProfileError):
 RESUMABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED"})
 
 
-__all__ = ["RESUMABLE_CODES", "CryptoError", "FedProfileError", "JobStopped", "NotFound", "PeerError",
-           "ProtocolError", "SessionLost", "UserError"]
+__all__ = ["RESUMABLE_CODES", "CryptoError", "FedProfileError", "InvalidCiphertext", "InvalidKey", "JobStopped",
+           "NotFound", "PeerError", "PlaintextOverflow", "ProtocolError", "SessionLost", "UserError"]

@@ -50,13 +50,12 @@ import gmpy2
 import numpy as np
 from gmpy2 import mpz
 
-from protocols.errors import CryptoError
+from protocols.errors import InvalidCiphertext, InvalidKey, PlaintextOverflow
 from protocols.paillier_math import (
     MASK_EXTRA_BITS,
     NOISE_BASE_DOMAIN,
     SMALL_FACTOR_BOUND,
     FixedBase,
-    InvalidKey,
     derive_noise_base,
     has_small_factor,
     matvec_t_values,
@@ -70,14 +69,6 @@ MIN_SECURE_BITS = 2048
 MAX_KEY_BITS = 4096
 KEY_FORMAT = b"PK2"  # b"PK2" || byte length of n (2 bytes) || n; the noise base is derived, never sent
 RETIRED_KEY_FORMATS = (b"PK1",)  # carried a sender-chosen h_s
-
-
-class InvalidCiphertext(CryptoError):
-    """A ciphertext outside Z*_{n^2}, or a byte string of the wrong length."""
-
-
-class PlaintextOverflow(CryptoError):
-    """A plaintext (or a decrypted result) outside the signed range the key can represent."""
 
 
 def _check_size(bits: int, *, key_bits: int | None, allow_insecure: bool) -> None:

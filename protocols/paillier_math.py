@@ -11,7 +11,7 @@ import gmpy2
 import numpy as np
 from gmpy2 import mpz
 
-from protocols.errors import CryptoError
+from protocols.errors import InvalidKey
 
 WINDOW_BITS = 8
 MASK_EXTRA_BITS = 128  # mask noise: r of n_bits + 128 bits, within 2^-128 of uniform mod the order of h_s
@@ -32,10 +32,6 @@ def has_small_factor(n: mpz) -> bool:
     """Whether the odd number ``n`` has a prime factor below :data:`SMALL_FACTOR_BOUND` (one reduction, one
     gcd; reducing the product mod n first is faster than GMP's gcd on the unbalanced pair)."""
     return gmpy2.gcd(small_prime_product() % n, n) != 1
-
-
-class InvalidKey(CryptoError):
-    """A key that is too small, malformed, or fails validation."""
 
 
 def random_blum_prime(bits: int) -> mpz:

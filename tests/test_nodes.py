@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -379,3 +380,30 @@ def test_platform_refuses_bad_rows_and_scoring_past_its_budget(files: SimulatedF
     answered = [e for e in calls if e.outcome == "ok"]
     assert len(answered) == 2 and all(e.detail == "3 rows, 2 tags" and e.count == 3 for e in answered)
     assert [e.outcome for e in calls if e.outcome != "ok"] == ["refused (FAILED_PRECONDITION)"] * 5
+
+
+def test_models_stored_without_a_family_still_score(trained: tuple[Nodes, str, str], files: SimulatedFiles) -> None:
+    """Both model files rewritten as a node stored them before the model-family field (the stores never replace
+    a model, so the test writes the files itself): after a restart (empty model cache) they load as vfl-lr
+    through the registry, and the scores are the same bits."""
+    nodes, _, train_id = trained
+    shared = [i for i in nodes.bank.data.ids if i in files.shared_ids][:5]
+    before = nodes.bank.score(train_id, shared)
+    paths = [node.stores.models.path(train_id) for node in (nodes.bank, nodes.platform)]  # type: ignore[attr-defined]
+    originals = [path.read_bytes() for path in paths]
+    docs = [json.loads(data) for data in originals]
+    assert [doc["family"] for doc in docs] == ["vfl-lr", "vfl-lr"]
+    try:
+        for path, doc in zip(paths, docs, strict=True):
+            path.write_text(json.dumps({k: v for k, v in doc.items() if k != "family"}))
+        for node in (nodes.bank, nodes.platform):
+            assert "family" not in node.stores.models.load(train_id)
+            node._cache.pop(("model", train_id), None)  # as after a restart
+        after = nodes.bank.score(train_id, shared)
+        np.testing.assert_array_equal(after.probabilities, before.probabilities)
+        assert after.status == before.status and nodes.platform._model(train_id).family == "vfl-lr"
+    finally:
+        for path, data in zip(paths, originals, strict=True):
+            path.write_bytes(data)
+        for node in (nodes.bank, nodes.platform):
+            node._cache.pop(("model", train_id), None)

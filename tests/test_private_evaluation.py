@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from protocols.channel import LocalChannel, LocalPeer, Message, PeerError, ProtocolError
+from protocols.he import get_scheme
 from protocols.metrics import tag_metrics
 from protocols.packing import unpack_signed
 from protocols.paillier import CipherVector, NoisePool, PrivateKey, PublicKey, generate_keypair
@@ -23,7 +24,6 @@ from protocols.vfl_lr import (
     run_bank_training,
     sigmoid,
 )
-from protocols.vfl_lr import bank as bank_module
 from protocols.vfl_lr.disclosure import EvaluationLimits
 from protocols.vfl_lr.encoding import encode_z
 from protocols.vfl_lr.evaluation import (
@@ -41,6 +41,8 @@ from protocols.vfl_lr.evaluation import (
 )
 from protocols.vfl_lr.messages import Field, Step
 from protocols.vfl_lr.params import F_BITS
+
+PAILLIER = get_scheme("paillier")
 
 EVERY_EPOCH = EvaluationLimits(max_validation_evaluations=1000)
 D_A, D_B = 3, 16  # the platform has many more features than the bank
@@ -121,7 +123,9 @@ def train(bank: PartyData, platform: PartyData, monkeypatch: pytest.MonkeyPatch,
         keys.append(generate_keypair(*a, **k))
         return keys[-1]
 
-    monkeypatch.setattr(bank_module, "generate_keypair", keep)
+    # Through the HE seam both parties draw keys from the one scheme: the bank's two pairs come first (it makes
+    # them before it opens the session), the platform's after.
+    monkeypatch.setattr(PAILLIER, "generate_keypair", keep)
     recorder = Recorder(platform)
     peer = TappedPeer(recorder, tap)
     p = TrainParams(**{"key_bits": 1024, **params})
@@ -243,9 +247,9 @@ def test_shuffled_metrics_equal_plaintext_metrics():
     pk, sk = generate_keypair(1024, allow_insecure=True)
     with PaillierPool(1) as pool:
         codes = label_codes(labels)
-        cv = encrypt_rows(pool, pk, sk, z_a, codes)
+        cv = encrypt_rows(PAILLIER, pool, pk, sk, z_a, codes)
         noise = NoisePool(pk, mask=True)
-        out = shuffle_and_add(pool, cv, encode_z(z_b), noise)
+        out = shuffle_and_add(PAILLIER, pool, cv, encode_z(z_b), noise)
         assert len(out) == T * -(-n // eval_slots(pk))
         opened = open_scores(pool, sk, out, codes, "test")
     fixed = encode_z(z_a) + encode_z(z_b)
@@ -359,9 +363,9 @@ def test_each_evaluation_draws_a_fresh_permutation():
     codes = np.full((n, 1), UNKNOWN)
     pk, sk = generate_keypair(1024, allow_insecure=True)
     with PaillierPool(1) as pool:
-        cv = encrypt_rows(pool, pk, sk, z_a, codes)
-        first = shuffle_and_add(pool, cv, encode_z(z_b), NoisePool(pk, mask=True))
-        second = shuffle_and_add(pool, cv, encode_z(z_b), NoisePool(pk, mask=True))
+        cv = encrypt_rows(PAILLIER, pool, pk, sk, z_a, codes)
+        first = shuffle_and_add(PAILLIER, pool, cv, encode_z(z_b), NoisePool(pk, mask=True))
+        second = shuffle_and_add(PAILLIER, pool, cv, encode_z(z_b), NoisePool(pk, mask=True))
         a, b = (open_scores(pool, sk, out, codes, "test")[0][0] for out in (first, second))
     assert sorted(a.tolist()) == sorted(b.tolist()) and not np.array_equal(a, b)
     assert not set(first.values) & set(second.values) and not set(first.values) & set(cv.values)

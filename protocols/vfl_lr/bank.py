@@ -15,12 +15,11 @@ import numpy as np
 import protocols.vfl_lr.label_mask as label_mask
 from protocols.channel import Peer, PeerChannel
 from protocols.compute import ComputeSpec
-from protocols.errors import CryptoError, DeviationDetected, ProtocolError
+from protocols.errors import CryptoError, DeviationDetected, InvalidKey, ProtocolError
 from protocols.fixedpoint import quantise_rows
+from protocols.he import HEScheme, Kernels, get_scheme
 from protocols.metrics import SPLIT_SCHEME, Split, bank_only_baseline, tag_metrics
 from protocols.packing import pack_signed
-from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
-from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
 from protocols.rowblocks import map_rows
 from protocols.vfl_lr.batching import choose_schedule, session_batch_bound, session_epochs
@@ -57,6 +56,7 @@ from protocols.vfl_lr.messages import (
 from protocols.vfl_lr.model import BankModel, BankOnlyHalf, sigmoid
 from protocols.vfl_lr.params import (
     F_BITS,
+    HE_SCHEME,
     STAT_BITS,
     VERSION,
     Z_CLIP,
@@ -112,10 +112,11 @@ def run_bank_training(peer: Peer, job_id: str, bank: PartyData, params: TrainPar
     position) and ends with the model an uninterrupted run would have made. ``noise_key`` fixes the
     label-DP noise stream of a fresh job (tests comparing runs; by default 32 bytes from ``secrets``).
     """
-    pool = PaillierPool(compute)
+    scheme = get_scheme(HE_SCHEME)
+    pool = scheme.kernels(compute)
     try:
         params.validate(insecure_for_tests=insecure_for_tests)
-        trainer = _BankTrainer(peer, job_id, bank, params, progress, pool, insecure_for_tests)
+        trainer = _BankTrainer(peer, job_id, bank, params, progress, scheme, pool, insecure_for_tests)
         return trainer.run(checkpoints if checkpoints is not None else MemoryCheckpoints(), noise_key)
     finally:
         pool.close()
@@ -134,8 +135,9 @@ def _check_split(split: Split, p: TrainParams, n: int) -> None:
 
 class _BankTrainer:
     def __init__(self, peer: Peer, job_id: str, bank: PartyData, params: TrainParams, progress: Progress | None,
-                 pool: PaillierPool, insecure_for_tests: bool) -> None:
+                 scheme: HEScheme, pool: Kernels, insecure_for_tests: bool) -> None:
         self.job_id, self.bank, self.p = job_id, bank, params
+        self.scheme = scheme
         self.progress = progress or (lambda stage, done, total: None)
         self.insecure_for_tests = insecure_for_tests
         self.peer = peer
@@ -178,11 +180,11 @@ class _BankTrainer:
                                              session_batch_bound(len(self._active(split))))
 
         self.progress("keys", 0, 1)
-        self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
+        self.pk, self.sk = self.scheme.generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
         # A second key pair for evaluation: the mask path is a decryption this node does for the platform, and a
         # platform that put evaluation ciphertexts (held-out label codes, z_A) there would read them; under
         # another key they do not decrypt to anything of evaluation.
-        self.epk, self.esk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
+        self.epk, self.esk = self.scheme.generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
         channel = self.peer.open(SESSION_KIND, self.job_id, {Field.VERSION: VERSION,
                                                               Field.PARAMS: self.session_p.to_json(),
                                                               Field.TAGS: json.dumps(bank.tag_names)})
@@ -221,8 +223,8 @@ class _BankTrainer:
             setup[Field.RESUME_STEPS] = state.steps
         reply = channel.call(Step.SETUP, setup)
         try:
-            self.ppk = PublicKey.from_bytes(read_field(reply, Field.PLATFORM_KEY, bytes),
-                                            allow_insecure=self.insecure_for_tests, key_bits=p.key_bits)
+            self.ppk = self.scheme.public_key_from_bytes(read_field(reply, Field.PLATFORM_KEY, bytes),
+                                                         allow_insecure=self.insecure_for_tests, key_bits=p.key_bits)
         except InvalidKey as err:
             raise ProtocolError(f"the platform's public key was refused: {err}") from err
         # The platform's feature count is the width of the mask path this node opens for it (a reply of any other
@@ -350,11 +352,11 @@ class _BankTrainer:
         if len(rows) == 0:
             return [(np.zeros(0), np.zeros(0)) for _ in range(self.T)]
         codes = label_codes(self.bank.labels[rows])
-        sent = encrypt_rows(self.pool, self.epk, self.esk, self._z_bank(rows), codes)
+        sent = encrypt_rows(self.scheme, self.pool, self.epk, self.esk, self._z_bank(rows), codes)
         reply = channel.call(Step.EVALUATE, {Field.EPOCH: self.state.epoch, Field.SPLIT: split,
                                              Field.EVALUATION_ROWS: rows, Field.ENCRYPTED_SCORES: sent.to_bytes()})
         what = f"{Step.EVALUATE} ({split})"
-        cv = read_ciphertexts(self.epk, reply.get(Field.SHUFFLED_SCORES), None, what)
+        cv = read_ciphertexts(self.epk, reply.get(Field.SHUFFLED_SCORES), None, what, scheme=self.scheme)
         out = []
         for z, got in open_scores(self.pool, self.esk, cv, codes, what):
             y = np.where(got == UNKNOWN, np.nan, got.astype(np.float64))
@@ -370,10 +372,10 @@ class _BankTrainer:
         self.privacy.record_epoch(epoch)  # every labelled row is in one of this epoch's batches
         all_batches, batches = batches, batches[first:]
         n_noise = sum(len(r) for r in batches) * len(groups)
-        noise = NoisePool(self.pk, self.sk)
+        noise = self.scheme.noise_pool(self.pk, self.sk)
         self.pool.fill(noise, n_noise)
         # Noise under the platform's key for the masks R_A of every batch, made now (public-key path).
-        self.r_noise = NoisePool(self.ppk, mask=True)  # R_A re-randomises: hide our features from the key holder
+        self.r_noise = self.scheme.noise_pool(self.ppk, mask=True)  # R_A re-randomises: hide our features from the key holder
         n_r = len(batches) * len(groups) * self.X_aug.shape[1]
         if p.hide_label_mask:  # and one per packed residual ciphertext, which we re-randomise
             n_r += sum(label_mask.residual_cts(len(r), plan) for r in batches)
@@ -392,9 +394,8 @@ class _BankTrainer:
             for i, t in zip(*np.nonzero(m), strict=True):
                 e[i, t] = secrets.randbits(plan.e_bits)
             packed = pack_rows(e, groups, plan.emask_slot)
-            enc = self.pk.raw_encrypt(self.pk.encode(packed), noise.take(len(packed)))
-            reply = channel.call(Step.EMASK, {Field.EPOCH: epoch, Field.BATCH: b,
-                                              Field.MASKS: CipherVector(self.pk, enc).to_bytes()})
+            enc = self.scheme.encrypt(self.pk, packed, noise)
+            reply = channel.call(Step.EMASK, {Field.EPOCH: epoch, Field.BATCH: b, Field.MASKS: enc.to_bytes()})
             opened = self._open_mask_path(reply)
             channel.call(Step.EMASK_OPEN, {Field.EPOCH: epoch, Field.BATCH: b,
                                            Field.VALUES: ints_to_bytes(opened, self.pk.byte_len)})
@@ -412,9 +413,9 @@ class _BankTrainer:
         plan = self.plan
         layout = mask_path_layout(plan, self.n_features)
         data = reply.get(Field.MASKED_PRODUCTS)
-        cv = read_ciphertexts(self.pk, data, len(layout), Step.EMASK)
+        cv = read_ciphertexts(self.pk, data, len(layout), Step.EMASK, scheme=self.scheme)
         try:
-            opened = self.pk.decode(self.pool.decrypt_raw(self.sk, cv))
+            opened = self.pool.decrypt(self.sk, cv)
         except CryptoError:
             raise DeviationDetected(Step.EMASK, "masked products", "a value decrypts outside the key's signed "
                                                                    "range") from None
@@ -432,14 +433,14 @@ class _BankTrainer:
         hide = self.p.hide_label_mask
         reply = channel.call(Step.FORWARD, {Field.EPOCH: epoch, Field.BATCH: b})
         row_cts = read_ciphertexts(self.ppk, reply.get(Field.ROWS), len(rows) * (T if hide else len(groups)),
-                                   "train.forward rows")
+                                   "train.forward rows", scheme=self.scheme)
         Xq = self.Xq_aug[rows]
         d_aug = Xq.shape[1]
         if hide:  # one ciphertext per (row, tag): the products run over each tag's labelled rows only
-            products = label_mask.cross_products(self.pool, row_cts, Xq, m, plan)
+            products = label_mask.cross_products(self.scheme, self.pool, row_cts, Xq, m, plan)
         else:
             pair_cts = read_ciphertexts(self.ppk, reply.get(Field.PAIRS), plan.pair_cts(n_pairs),
-                                        "train.forward pairs")
+                                        "train.forward pairs", scheme=self.scheme)
             products = [self.pool.matvec_t(row_cts[gi * len(rows):(gi + 1) * len(rows)], Xq)
                         for gi in range(len(groups))]
 
@@ -448,9 +449,8 @@ class _BankTrainer:
         for g, prod in zip(groups, products, strict=True):
             r = [[secrets.randbits(plan.cross_bits + STAT_BITS) for _ in g] for _ in range(d_aug)]
             r_packed = [pack_signed(rj, plan.cross_slot) for rj in r]
-            enc_r = CipherVector(self.ppk, self.ppk.raw_encrypt(self.ppk.encode(r_packed),
-                                                                self.r_noise.take(d_aug)))
-            cross_parts.append(prod.add(enc_r))
+            enc_r = self.scheme.encrypt(self.ppk, r_packed, self.r_noise)
+            cross_parts.append(self.scheme.add(prod, enc_r))
             r_masks.append(r_packed)
 
         # [[d' 2^F + e]]_P for the labelled pairs: add the bank's plaintext part and the masks, slot-wise.
@@ -460,14 +460,14 @@ class _BankTrainer:
         counts = m.sum(axis=0)
         if hide:  # every pair, scaled by k_t = round(2^G / m_t) per tag: the platform divides by 4 2^G
             scales = label_mask.tag_scales(counts, plan)
-            residuals = label_mask.residuals(row_cts, m, c, e, scales, plan, self.r_noise)
+            residuals = label_mask.residuals(self.scheme, row_cts, m, c, e, scales, plan, self.r_noise)
         else:
             ii, tt = np.nonzero(m)
             plain = [int(c[i, t]) + int(e[i, t]) for i, t in zip(ii, tt, strict=True)]
-            residuals = pair_cts.add_plain(pack_pairs(plain, plan))
+            residuals = self.scheme.add_plain(pair_cts, pack_pairs(plain, plan))
 
         reply = channel.call(Step.GRADIENT, {Field.EPOCH: epoch, Field.BATCH: b,
-                                             Field.MASKED_GRADIENT: CipherVector.concat(cross_parts).to_bytes(),
+                                             Field.MASKED_GRADIENT: self.scheme.concat(cross_parts).to_bytes(),
                                              Field.MASKED_RESIDUALS: residuals.to_bytes()})
         opened = ints_from_bytes(read_field(reply, Field.MASKED_GRADIENT, bytes), self.ppk.byte_len,
                                  expected=d_aug * len(groups), what=Step.GRADIENT)

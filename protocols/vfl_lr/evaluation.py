@@ -23,10 +23,10 @@ import numpy as np
 from gmpy2 import mpz
 
 from protocols.errors import CryptoError, DeviationDetected, ProtocolError
+from protocols.he import Ciphertexts, HEScheme, Kernels, NoisePool, PrivateKey, PublicKey
 from protocols.metrics import tag_metrics
 from protocols.packing import pack_signed, slots_per_plaintext
-from protocols.paillier import CipherVector, NoisePool, PrivateKey, PublicKey
-from protocols.paillier_pool import PaillierPool, Shipped
+from protocols.paillier_pool import Shipped
 from protocols.shuffle import secret_permutation
 from protocols.vfl_lr.encoding import check_slots, encode_z
 from protocols.vfl_lr.model import sigmoid
@@ -58,16 +58,16 @@ def label_codes(labels: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------- bank ----
 
 
-def encrypt_rows(pool: PaillierPool, pk: PublicKey, sk: PrivateKey, z_a: np.ndarray,
-                 codes: np.ndarray) -> CipherVector:
+def encrypt_rows(scheme: HEScheme, pool: Kernels, pk: PublicKey, sk: PrivateKey, z_a: np.ndarray,
+                 codes: np.ndarray) -> Ciphertexts:
     """``[[4 z_A 2^F + c]]_A`` per (tag, row), tag-major: tag 0's rows first, in the order of ``z_a``."""
     values = (encode_z(z_a) << CODE_BITS) + codes
-    noise = NoisePool(pk, sk)  # ordinary noise by CRT: the platform, which cannot decrypt, holds these
+    noise = scheme.noise_pool(pk, sk)  # ordinary noise by CRT: the platform, which cannot decrypt, holds these
     pool.fill(noise, values.size)
-    return CipherVector(pk, pk.raw_encrypt(pk.encode(values.T.ravel().tolist()), noise.take(values.size)))
+    return scheme.encrypt(pk, values.T.ravel().tolist(), noise)
 
 
-def open_scores(pool: PaillierPool, sk: PrivateKey, cv: CipherVector, codes: np.ndarray,
+def open_scores(pool: Kernels, sk: PrivateKey, cv: Ciphertexts, codes: np.ndarray,
                 what: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per tag, the shuffled (joint score ``(z_A + z_B) 2^F``, label code) arrays the platform returned.
 
@@ -108,9 +108,10 @@ def scores_metrics(opened: list[tuple[np.ndarray, np.ndarray]]) -> list[dict[str
 # ------------------------------------------------------------------------------------ platform ----
 
 
-def _horner_groups(public_key: PublicKey, shipped: Shipped, sizes: list[int], slot_bits: int) -> list[mpz]:
-    """Each group of consecutive ciphertexts (``sizes``) packed into one, element j in slot j."""
-    values, n2, shift = shipped.values(), public_key.nsquare, mpz(1) << slot_bits
+def _horner_groups(modulus: mpz, shipped: Shipped, sizes: list[int], slot_bits: int) -> list[mpz]:
+    """Each group of consecutive ciphertexts (``sizes``) packed into one, element j in slot j (``modulus``: the
+    scheme's ciphertext modulus)."""
+    values, n2, shift = shipped.values(), modulus, mpz(1) << slot_bits
     out, start = [], 0
     for size in sizes:
         group = values[start:start + size]
@@ -122,7 +123,8 @@ def _horner_groups(public_key: PublicKey, shipped: Shipped, sizes: list[int], sl
     return out
 
 
-def shuffle_and_add(pool: PaillierPool, cv: CipherVector, z_b: np.ndarray, noise: NoisePool) -> CipherVector:
+def shuffle_and_add(scheme: HEScheme, pool: Kernels, cv: Ciphertexts, z_b: np.ndarray,
+                    noise: NoisePool) -> Ciphertexts:
     """The platform's answer: per tag, the bank's ciphertexts (tag-major, as :func:`encrypt_rows` sends
     them) in a fresh secret order, packed, plus ``4 z_B 2^F`` of the same rows, re-randomised.
 
@@ -146,23 +148,24 @@ def shuffle_and_add(pool: PaillierPool, cv: CipherVector, z_b: np.ndarray, noise
         for s in range(0, n, k):
             sizes.append(min(k, n - s))
             plains.append(pack_signed(shifted[s:s + k], EVAL_SLOT))
-    packed = _pack_on(pool, CipherVector(key, ordered), sizes)
-    enc_z = key.raw_encrypt(key.encode(plains), noise.take(len(plains)))  # adds z_B and re-randomises
-    return CipherVector(key, packed).add(CipherVector(key, enc_z))
+    modulus = scheme.ciphertext_modulus(key)
+    packed = _pack_on(pool, modulus, ordered, sizes)
+    enc_z = scheme.encrypt(key, plains, noise)  # adds z_B and re-randomises
+    return scheme.add(scheme.ciphertexts(key, packed), enc_z)
 
 
-def _pack_on(pool: PaillierPool, cv: CipherVector, sizes: list[int]) -> list[mpz]:
+def _pack_on(pool: Kernels, modulus: mpz, values: list[mpz], sizes: list[int]) -> list[mpz]:
     """:func:`_horner_groups` with the groups spread over the pool's workers."""
-    bits = cv.public_key.nsquare.bit_length()
+    bits = modulus.bit_length()
     parts = min(pool.workers, len(sizes))
     if parts <= 1:
-        return _horner_groups(cv.public_key, Shipped(cv.values, bits), sizes, EVAL_SLOT)
+        return _horner_groups(modulus, Shipped(values, bits), sizes, EVAL_SLOT)
     bounds = np.linspace(0, len(sizes), parts + 1).astype(int)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     futures = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        chunk = Shipped(cv.values[starts[a]:starts[b]], bits)
-        futures.append(pool.compute.submit(_horner_groups, cv.public_key, chunk, sizes[a:b], EVAL_SLOT))
+        chunk = Shipped(values[starts[a]:starts[b]], bits)
+        futures.append(pool.compute.submit(_horner_groups, modulus, chunk, sizes[a:b], EVAL_SLOT))
     return [v for f in futures for v in f.result()]
 
 

@@ -24,9 +24,8 @@ import gmpy2
 import numpy as np
 from gmpy2 import mpz
 
+from protocols.he import Ciphertexts, HEScheme, Kernels, NoisePool
 from protocols.packing import SlotLayout, pack_signed, unpack_signed
-from protocols.paillier import CipherVector, NoisePool
-from protocols.paillier_pool import PaillierPool
 from protocols.vfl_lr.params import SlotPlan
 
 
@@ -41,8 +40,8 @@ def residual_cts(n_rows: int, plan: SlotPlan) -> int:
     return plan.n_tags * plan.pair_cts(n_rows)
 
 
-def cross_products(pool: PaillierPool, pairs: CipherVector, Xq: np.ndarray, m: np.ndarray,
-                   plan: SlotPlan) -> list[CipherVector]:
+def cross_products(scheme: HEScheme, pool: Kernels, pairs: Ciphertexts, Xq: np.ndarray, m: np.ndarray,
+                   plan: SlotPlan) -> list[Ciphertexts]:
     """Per tag group, per feature: ``[[X_Aq^T (M_t o z_B 2^F)]]_P`` with the group's tags in signed slots.
 
     ``pairs`` holds ``[[z_B 2^F]]_P`` per (row, tag), row-major. Unmasked and not re-randomised: the
@@ -56,17 +55,17 @@ def cross_products(pool: PaillierPool, pairs: CipherVector, Xq: np.ndarray, m: n
         if len(idx) == 0:
             per_tag.append([mpz(1)] * d)  # Enc(0) without noise; the caller's Enc(R_A) re-randomises it
             continue
-        sub = CipherVector(pk, [pairs.values[int(i) * T + t] for i in idx])
+        sub = scheme.ciphertexts(pk, [pairs.values[int(i) * T + t] for i in idx])
         per_tag.append(pool.matvec_t(sub, Xq[idx]).values)
     out = []
     for g in plan.groups:
         column = [per_tag[t][j] for j in range(d) for t in g]  # feature-major, the group's tags inside
-        out.append(SlotLayout(plan.cross_slot, len(g)).pack_ciphertexts(CipherVector(pk, column)))
+        out.append(scheme.pack_ciphertexts(scheme.ciphertexts(pk, column), SlotLayout(plan.cross_slot, len(g))))
     return out
 
 
-def residuals(pairs: CipherVector, m: np.ndarray, c: np.ndarray, e: np.ndarray, scales: list[int],
-              plan: SlotPlan, noise: NoisePool) -> CipherVector:
+def residuals(scheme: HEScheme, pairs: Ciphertexts, m: np.ndarray, c: np.ndarray, e: np.ndarray,
+              scales: list[int], plan: SlotPlan, noise: NoisePool) -> Ciphertexts:
     """``[[k_t (z_B 2^F + c) + rho + e]]_P`` on labelled pairs and ``[[e]]_P`` elsewhere, tag-major, packed.
 
     ``c`` is the bank's plaintext part ``(z_A + 2 - 4 y) 2^F`` (rows x T), ``e`` the masks of every pair,
@@ -74,7 +73,7 @@ def residuals(pairs: CipherVector, m: np.ndarray, c: np.ndarray, e: np.ndarray, 
     """
     pk = pairs.public_key
     n, T = m.shape
-    n_key, n2 = pk.n, pk.nsquare
+    n2 = scheme.ciphertext_modulus(pk)
     shift = mpz(1) << plan.pair_slot
     per_ct = plan.pairs_per_ct
     values = pairs.values
@@ -94,10 +93,9 @@ def residuals(pairs: CipherVector, m: np.ndarray, c: np.ndarray, e: np.ndarray, 
                 acc = gmpy2.powmod(acc, k, n2)
             plain = [k * int(c[i, t]) + secrets.randbelow(k + 1) - half + int(e[i, t]) if m[i, t] else int(e[i, t])
                      for i in chunk]
-            packed = pk.encode([pack_signed(plain, plan.pair_slot)])[0]
-            fresh = noise.take(1)[0]
-            out.append(acc * ((1 + packed * n_key) % n2) % n2 * fresh % n2)
-    return CipherVector(pk, out)
+            fresh = scheme.encrypt(pk, [pack_signed(plain, plan.pair_slot)], noise).values[0]
+            out.append(acc * fresh % n2)
+    return scheme.ciphertexts(pk, out)
 
 
 def open_residuals(opened: list[int], n_rows: int, plan: SlotPlan) -> np.ndarray:

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from protocols.channel import Message
-from protocols.errors import DeviationDetected, ProtocolError
-from protocols.paillier import CipherVector, InvalidCiphertext, PublicKey
+from protocols.errors import DeviationDetected, InvalidCiphertext, ProtocolError
+from protocols.he import Ciphertexts, HEScheme, PublicKey, get_scheme
+from protocols.vfl_lr.params import HE_SCHEME
 
 SESSION_KIND = "train"  # the kind of session the bank opens on the platform
 
@@ -86,12 +87,14 @@ def ints_from_bytes(data: bytes, width: int, *, expected: int | None = None, wha
     return [int.from_bytes(data[i:i + width], "big", signed=True) for i in range(0, len(data), width)]
 
 
-def read_ciphertexts(key: PublicKey, data: object, expected: int | None, what: str) -> CipherVector:
-    """``expected`` (None: any number of) ciphertexts under ``key`` from a bytes field, each in ``Z*_{N^2}``."""
+def read_ciphertexts(key: PublicKey, data: object, expected: int | None, what: str, *,
+                     scheme: HEScheme | None = None) -> Ciphertexts:
+    """``expected`` (None: any number of) ciphertexts under ``key`` from a bytes field, each checked by
+    ``scheme`` (default: the one the protocol runs on, ``params.HE_SCHEME``) to lie in its ciphertext group."""
     if not isinstance(data, bytes):
         raise ProtocolError(f"{what}: expected ciphertext bytes")
     try:
-        cv = CipherVector.from_bytes(key, data)
+        cv = (scheme or get_scheme(HE_SCHEME)).ciphertexts_from_bytes(key, data)
     except InvalidCiphertext as err:
         raise ProtocolError(f"{what}: {err}") from err
     if expected is not None and len(cv) != expected:  # checked before anything of it is decrypted

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.errors import UserError
+from protocols.model_family import FAMILY_FIELD, LEGACY_FAMILY, ModelError
 from protocols.party_data import Schema
 from protocols.scoring import LinearTerms, linear_scores
 from protocols.vfl_lr.calibration import entries, identity_entries, log_odds
@@ -17,10 +17,7 @@ from protocols.vfl_lr.state import Scaler
 
 # Model dicts read: v2 changed how held-out rows are evaluated during training, not what a model holds.
 READABLE_VERSIONS = (VERSION, "vfl-lr-taylor-v2", "vfl-lr-taylor-v1")
-
-
-class ModelError(UserError):
-    """A stored model half is damaged, belongs to the other party, or is of another protocol version."""
+FAMILY = LEGACY_FAMILY  # this family's name (protocols.model_family); halves stored before the field are this one
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -89,6 +86,7 @@ class BankModel:
     # it was kept; such a model's fallback scores with the joint model's bank half (see :meth:`fallback_note`).
     bank_only: BankOnlyHalf | None = None
     kind: str = field(default="bank", init=False)
+    family: str = field(default=FAMILY, init=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.calibration, np.ndarray):  # Platt's (a, b) per tag, as a (T, 2) array
@@ -194,6 +192,7 @@ class PlatformModel:
     # (protocols/vfl_lr/disclosure.py); None in a model stored before the platform kept it.
     best_epoch: list[int] | None = None
     kind: str = field(default="platform", init=False)
+    family: str = field(default=FAMILY, init=False)
 
     def partial_scores(self, features: np.ndarray) -> np.ndarray:
         """``z_B`` for rows of raw platform features, one column per tag."""
@@ -238,7 +237,7 @@ def _calibration_from(cal: Mapping[str, Any], T: int) -> list[dict[str, Any]]:
 
 def _common_dict(model: BankModel | PlatformModel) -> dict[str, Any]:
     """What both halves store."""
-    return {"kind": model.kind, "version": VERSION, "job_id": model.job_id, "tags": list(model.tag_names),
+    return {FAMILY_FIELD: model.family, "kind": model.kind, "version": VERSION, "job_id": model.job_id, "tags": list(model.tag_names),
             "weights": model.weights.tolist(), "scaler": model.scaler.to_dict(), "schema": model.schema.to_dict(),
             "key_fingerprints": dict(model.key_fingerprints), "alignment_job_id": model.alignment_job_id}
 
@@ -246,6 +245,8 @@ def _common_dict(model: BankModel | PlatformModel) -> dict[str, Any]:
 def _common_fields(d: Mapping[str, Any], kind: str, where: str) -> dict[str, Any]:
     if not isinstance(d, Mapping):
         raise ModelError(f"{where}: not a {kind} model (not an object of name: value)")
+    if d.get(FAMILY_FIELD, FAMILY) != FAMILY:
+        raise ModelError(f"{where}: a model of family {d.get(FAMILY_FIELD)!r}, not {FAMILY}")
     if d.get("kind") != kind or d.get("version") not in READABLE_VERSIONS:
         raise ModelError(f"{where}: not a {kind} model of {VERSION} (it says kind {d.get('kind')!r}, "
                          f"version {d.get('version')!r})")

@@ -11,12 +11,15 @@ from typing import Any
 import numpy as np
 
 from protocols.errors import UserError
+from protocols.he import DEFAULT_SCHEME, PublicKey
 from protocols.metrics import Split, split_rows
 from protocols.packing import slots_per_plaintext
-from protocols.paillier import PublicKey
 from protocols.params import check_field_types, dataclass_from_mapping
 
 VERSION = "vfl-lr-taylor-v3"  # v3: label-DP noise on the residuals (no row-norm bound); v2: private evaluation
+# The HE scheme the protocol runs on (protocols.he): every key, ciphertext and kernel comes from it. Not yet a
+# job parameter (he_scheme): both parties use this one, and the session's messages do not name it.
+HE_SCHEME = DEFAULT_SCHEME
 F_BITS = 20  # fractional bits of z and d' in fixed point
 Z_CLIP = 32.0  # |z_A|, |z_B| are clipped here before encoding (the Taylor loss is meaningless far beyond)
 D_BITS = 27  # |d' * 2^F| <= (32 + 34) * 2^20 < 2^27
@@ -259,7 +262,7 @@ def plaintext_bits(*keys: PublicKey) -> int:
     return min(slots_per_plaintext(k, 1) for k in keys)
 
 
-__all__ = ["DP_NOISE_BITS", "D_BITS", "F_BITS", "SCALE_MARGIN_BITS", "STAT_BITS", "VERSION", "Z_CLIP", "SlotPlan", "TrainParams", "TrainingError",
+__all__ = ["DP_NOISE_BITS", "D_BITS", "F_BITS", "HE_SCHEME", "SCALE_MARGIN_BITS", "STAT_BITS", "VERSION", "Z_CLIP", "SlotPlan", "TrainParams", "TrainingError",
            "plaintext_bits"]
 
 

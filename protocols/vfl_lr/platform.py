@@ -13,11 +13,10 @@ import numpy as np
 import protocols.vfl_lr.label_mask as label_mask
 from protocols.channel import Message
 from protocols.compute import ComputeSpec
-from protocols.errors import DeviationDetected, ProtocolError
+from protocols.errors import DeviationDetected, InvalidKey, ProtocolError
 from protocols.fixedpoint import quantise_rows
+from protocols.he import get_scheme
 from protocols.packing import SlotLayout, pack_signed
-from protocols.paillier import CipherVector, InvalidKey, NoisePool, PublicKey, generate_keypair
-from protocols.paillier_pool import PaillierPool
 from protocols.party_data import PartyData
 from protocols.vfl_lr.disclosure import (
     DisclosureBudget,
@@ -45,6 +44,7 @@ from protocols.vfl_lr.messages import (
 from protocols.vfl_lr.model import PlatformModel
 from protocols.vfl_lr.params import (
     F_BITS,
+    HE_SCHEME,
     MAX_AUTO_EPOCHS,
     STAT_BITS,
     VERSION,
@@ -91,7 +91,8 @@ class PlatformTrainHandler:
                  on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
                  checkpoints: Checkpoints | None = None, limits: EvaluationLimits | None = None,
                  budget: DisclosureBudget | None = None, insecure_for_tests: bool = False) -> None:
-        self.pool = PaillierPool(compute)
+        self.scheme = get_scheme(HE_SCHEME)
+        self.pool = self.scheme.kernels(compute)
         self.limits = limits if limits is not None else EvaluationLimits()
         self.budget = budget
         self.checkpoints = checkpoints if checkpoints is not None else MemoryCheckpoints()
@@ -161,15 +162,14 @@ class PlatformTrainHandler:
         if n_rows != len(self.data.ids):
             raise ProtocolError(f"the bank aligned {n_rows} rows, this node holds {len(self.data.ids)}")
         try:
-            self.bpk = PublicKey.from_bytes(read_field(message, Field.BANK_KEY, bytes),
-                                            allow_insecure=self.insecure_for_tests, key_bits=self.p.key_bits)
             # Evaluation has a key of its own: the mask path's decryption, which the bank does for this node,
             # then never opens a ciphertext of evaluation (protocols/vfl_lr/evaluation.py).
-            self.bepk = PublicKey.from_bytes(read_field(message, Field.BANK_EVALUATION_KEY, bytes),
-                                             allow_insecure=self.insecure_for_tests, key_bits=self.p.key_bits)
+            self.bpk, self.bepk = (self.scheme.public_key_from_bytes(
+                read_field(message, name, bytes), allow_insecure=self.insecure_for_tests, key_bits=self.p.key_bits)
+                for name in (Field.BANK_KEY, Field.BANK_EVALUATION_KEY))
         except InvalidKey as err:
             raise ProtocolError(f"the bank's public key was refused: {err}") from err
-        if self.bepk.n == self.bpk.n:
+        if self.bepk.to_bytes() == self.bpk.to_bytes():
             raise ProtocolError("the bank's evaluation key must not be its training key")
         self.bank_columns = read_field(message, Field.BANK_COLUMNS, int)
         limits = self.limits
@@ -217,7 +217,7 @@ class PlatformTrainHandler:
         if Field.RESUME_STEPS in message:  # the bank resumes the job: our state at its checkpoint's position
             self._resume(read_field(message, Field.RESUME_STEPS, int))
         self._check_budget()
-        self.pk, self.sk = generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
+        self.pk, self.sk = self.scheme.generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
         self.plan = SlotPlan.for_params(p, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk))
         # Label privacy: with label_dp "off", no batch may hold fewer labelled rows of a tag than the floor (but
         # more than none), or this node could solve its gradients for them (label_privacy.py). With the label
@@ -308,9 +308,9 @@ class PlatformTrainHandler:
             count = sum(len(r) * self.T for r in todo)
         else:
             count = sum(len(r) * len(groups) + self.plan.pair_cts(int(self.mask[r].sum())) for r in todo)
-        self.noise = NoisePool(self.pk, self.sk)
+        self.noise = self.scheme.noise_pool(self.pk, self.sk)
         self.pool.fill(self.noise, count)
-        self.bank_noise = NoisePool(self.bpk, mask=True)  # R_B re-randomises: hide X_B from the key holder
+        self.bank_noise = self.scheme.noise_pool(self.bpk, mask=True)  # R_B re-randomises: X_B hidden from key holder
         per_batch = sum(-(-self.X.shape[1] // self.plan.features_per_emask_ct(len(g))) for g in groups)
         self.pool.fill(self.bank_noise, per_batch * len(todo))
         state.next_batch = self.first_batch = first
@@ -327,26 +327,26 @@ class PlatformTrainHandler:
         self._expect("emask")
         b = self._batch_index(message, self.state.next_batch)
         rows, plan, groups = self.batches[b], self.plan, self.plan.groups
-        cv = read_ciphertexts(self.bpk, message.get(Field.MASKS), len(rows) * len(groups), Step.EMASK)
-        Xq = self.Xq[rows]
+        n_masks = len(rows) * len(groups)
+        cv = read_ciphertexts(self.bpk, message.get(Field.MASKS), n_masks, Step.EMASK, scheme=self.scheme)
+        Xq, n2 = self.Xq[rows], self.scheme.ciphertext_modulus(self.bpk)
         packed_parts, r_all = [], []
         for gi, g in enumerate(groups):
             prod = self.pool.matvec_t(cv[gi * len(rows):(gi + 1) * len(rows)], Xq)
             # Each feature's product (its tags in slots) becomes one wide slot of the packed ciphertext.
             per_ct = plan.features_per_emask_ct(len(g))
-            packed = SlotLayout(plan.emask_slot * len(g), per_ct).pack_ciphertexts(prod)
-            n2 = self.bpk.nsquare
+            packed = self.scheme.pack_ciphertexts(prod, SlotLayout(plan.emask_slot * len(g), per_ct))
             for index, c in enumerate(packed.values):
                 start = index * per_ct
                 count = min(per_ct, len(prod) - start)
                 r = [secrets.randbits(plan.emask_bits + STAT_BITS) for _ in range(count * len(g))]
                 r_packed = pack_signed(r, plan.emask_slot)
-                enc_r = self.bpk.raw_encrypt(self.bpk.encode([r_packed]), self.bank_noise.take(1))[0]
+                enc_r = self.scheme.encrypt(self.bpk, [r_packed], self.bank_noise).values[0]
                 packed_parts.append(c * enc_r % n2)
                 r_all.append((gi, start, count, r_packed))
         self.pending = r_all
         self.stage = "emask_open"
-        return {Field.MASKED_PRODUCTS: CipherVector(self.bpk, packed_parts).to_bytes()}
+        return {Field.MASKED_PRODUCTS: self.scheme.ciphertexts(self.bpk, packed_parts).to_bytes()}
 
     def _emask_open(self, message: Message) -> Message:
         self._expect("emask_open")
@@ -381,17 +381,16 @@ class PlatformTrainHandler:
         zf = encode_z(self.X[rows] @ self.state.W)
         if self.p.hide_label_mask:  # one ciphertext per (row, tag), row-major: the bank picks the labelled ones
             plain = [int(v) for v in zf.ravel()]
-            cts = self.pk.raw_encrypt(self.pk.encode(plain), self.noise.take(len(plain)))
+            cts = self.scheme.encrypt(self.pk, plain, self.noise)
             self.stage = "gradient"
-            return {Field.ROWS: CipherVector(self.pk, cts).to_bytes()}
+            return {Field.ROWS: cts.to_bytes()}
         row_plain = pack_rows(np.where(m, zf, 0), plan.groups, plan.cross_slot)
         ii, tt = np.nonzero(m)
         pair_plain = pack_pairs([int(zf[i, t]) for i, t in zip(ii, tt, strict=True)], plan)
-        row_ct = self.pk.raw_encrypt(self.pk.encode(row_plain), self.noise.take(len(row_plain)))
-        pair_ct = self.pk.raw_encrypt(self.pk.encode(pair_plain), self.noise.take(len(pair_plain)))
+        row_ct = self.scheme.encrypt(self.pk, row_plain, self.noise)
+        pair_ct = self.scheme.encrypt(self.pk, pair_plain, self.noise)
         self.stage = "gradient"
-        return {Field.ROWS: CipherVector(self.pk, row_ct).to_bytes(),
-                Field.PAIRS: CipherVector(self.pk, pair_ct).to_bytes()}
+        return {Field.ROWS: row_ct.to_bytes(), Field.PAIRS: pair_ct.to_bytes()}
 
     def _gradient(self, message: Message) -> Message:
         self._expect("gradient")
@@ -403,11 +402,11 @@ class PlatformTrainHandler:
         n_pairs = int(m.sum())
         # One ciphertext per (tag group, bank column), as the bank declared at setup: no more, no fewer.
         grad_cv = read_ciphertexts(self.pk, message.get(Field.MASKED_GRADIENT), len(groups) * self.bank_columns,
-                                   "train.gradient masked_gradient")
+                                   "train.gradient masked_gradient", scheme=self.scheme)
         n_res = label_mask.residual_cts(len(rows), plan) if hide else plan.pair_cts(n_pairs)
         res_cv = read_ciphertexts(self.pk, message.get(Field.MASKED_RESIDUALS), n_res,
-                                  "train.gradient masked_residuals")
-        opened = self.pk.decode(self.pool.decrypt_raw(self.sk, CipherVector.concat([grad_cv, res_cv])))
+                                  "train.gradient masked_residuals", scheme=self.scheme)
+        opened = self.pool.decrypt(self.sk, self.scheme.concat([grad_cv, res_cv]))
         grad_open, res_open = opened[:len(grad_cv)], opened[len(grad_cv):]
         self._check_masked_gradient(grad_open)
         S = self._open_residuals(res_open, m)
@@ -504,7 +503,8 @@ class PlatformTrainHandler:
         rows = read_index_array(message, Field.EVALUATION_ROWS, len(self.data.ids))
         if len(rows) == 0 or not np.array_equal(rows, expected):
             raise ProtocolError(f"evaluation rows must be exactly the {len(expected)} {split} rows given at setup")
-        cv = read_ciphertexts(self.bepk, message.get(Field.ENCRYPTED_SCORES), len(rows) * self.T, Step.EVALUATE)
+        cv = read_ciphertexts(self.bepk, message.get(Field.ENCRYPTED_SCORES), len(rows) * self.T, Step.EVALUATE,
+                              scheme=self.scheme)
         if split == VALIDATION:
             W = self.state.W
             epochs = [epoch] * self.T
@@ -517,9 +517,9 @@ class PlatformTrainHandler:
             self.budget.charge(self._ids(rows), [Projection(self.job_id, tag, e)
                                                  for tag, e in zip(self.tags, epochs, strict=True)],
                                what=f"the {split} evaluation of training job {self.job_id}")
-        noise = NoisePool(self.bepk, mask=True)
+        noise = self.scheme.noise_pool(self.bepk, mask=True)
         self.pool.fill(noise, self.T * packed_count(len(rows), self.bepk))
-        shuffled = shuffle_and_add(self.pool, cv, encode_z(self.X[rows] @ W), noise)
+        shuffled = shuffle_and_add(self.scheme, self.pool, cv, encode_z(self.X[rows] @ W), noise)
         self.evaluated.add((epoch, split))
         reply = {Field.SHUFFLED_SCORES: shuffled.to_bytes()}
         if split == VALIDATION:
