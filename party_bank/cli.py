@@ -47,12 +47,14 @@ from party_common.grpc_errors import rpc_error_line
 from party_common.grpc_link import GrpcPlatformLink, platform_certificate_check
 from party_common.runtime import (
     INSECURE_WARNING,
+    TlsFiles,
     check_insecure_dev,
     read_tls_files,
     serve_with_metrics,
     setup_logging,
     start_node_server,
 )
+from party_common.state_lock import StateLock, lock_state_dir
 from party_common.transport import TransportError, dial
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.errors import FedProfileError, PeerError, UserError
@@ -65,6 +67,16 @@ def build_server(config_path: str, *, insecure_dev: bool = False) -> tuple[grpc.
     """Load config and data, connect the platform link, start the control API; return (server, health, node, port)."""
     config = load_config(config_path, expected_role="bank", require_tls=not insecure_dev)
     tls = None if insecure_dev else read_tls_files(config)
+    state_lock = lock_state_dir(config.state_dir, what="bank node")  # before anything reads or resumes its jobs
+    try:
+        return _build_server(config, tls, insecure_dev, state_lock)
+    except BaseException:
+        state_lock.release()
+        raise
+
+
+def _build_server(config: NodeConfig, tls: TlsFiles | None, insecure_dev: bool,
+                  state_lock: StateLock) -> tuple[grpc.Server, HealthServicer, BankNode, int]:
     channel = dial(config.peer_address, cert=tls.cert if tls else None, key=tls.key if tls else None,
                    server_ca=tls.peer_ca if tls else None, tls_name=config.peer_tls_name, insecure=insecure_dev)
     link = GrpcPlatformLink(channel, node_name=config.name, address=config.peer_address,
@@ -72,6 +84,7 @@ def build_server(config_path: str, *, insecure_dev: bool = False) -> tuple[grpc.
                             own_cert=tls.cert if tls else None,
                             server_check=None if insecure_dev else platform_certificate_check(config))
     node = BankNode(config, link)
+    node.state_lock = state_lock
     server, health, port = start_node_server(
         config, lambda s: pb_grpc.add_BankControlServicer_to_server(ControlServicer(node), s),
         ["fedprofile.v1.BankControl"], tls=tls, client_ca=tls.client_ca if tls else None, audit=node.stores.jobs)

@@ -30,11 +30,13 @@ from party_common.config import NodeConfig, load_config
 from party_common.jobs import SESSION_KINDS
 from party_common.runtime import (
     INSECURE_WARNING,
+    TlsFiles,
     read_tls_files,
     serve_with_metrics,
     setup_logging,
     start_node_server,
 )
+from party_common.state_lock import StateLock, lock_state_dir
 from party_common.storage.jobs import STATUSES
 from party_common.transport import MAX_GRPC_MESSAGE
 from party_platform import admin
@@ -51,7 +53,18 @@ def build_server(config_path: str, *,
     """Load config and data and start the Node service; return (server, health, node, sessions, port)."""
     config = load_config(config_path, expected_role="platform", require_tls=not insecure_dev)
     tls = None if insecure_dev else read_tls_files(config)
+    state_lock = lock_state_dir(config.state_dir, what="platform node")  # before anything reads its state
+    try:
+        return _build_server(config, tls, insecure_dev, state_lock)
+    except BaseException:
+        state_lock.release()
+        raise
+
+
+def _build_server(config: NodeConfig, tls: TlsFiles | None, insecure_dev: bool,
+                  state_lock: StateLock) -> tuple[grpc.Server, HealthServicer, PlatformNode, SessionRegistry, int]:
     node = PlatformNode(config)
+    node.state_lock = state_lock
     registry = SessionRegistry(node.open_session, kinds=SESSION_KINDS,
                                max_sessions=config.policy.max_concurrent_jobs, idle_s=config.session_idle_s)
     registry.start_expiry()  # a bank killed mid-job never closes its session
