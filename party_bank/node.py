@@ -42,6 +42,7 @@ from protocols.errors import (
     PeerError,
     UserError,
 )
+from protocols.identity import customer_keys
 from protocols.party_data import PartyData
 from protocols.vfl_lr import BankModel
 
@@ -302,10 +303,15 @@ class BankNode(NodeBase):
         bank-only yardstick kept with the model, ``BankModel.bank_only_probabilities``; flagged) instead of
         failing the request.
         """
+        keys = customer_keys(customer_ids)  # the normal form PSI matched: any spelling of a customer finds it
+        empty = np.flatnonzero(keys == "")
+        if len(empty):
+            raise UserError(f"customer ID at position {empty[0] + 1} of the request is empty ({len(empty)} "
+                            "empty ID(s)); give every customer's ID")
         model_job_id = self.resolve_model(model_job_id)
         model = self.model(model_job_id, BankModel.from_dict)
         wanted, cols = self.tag_columns(model, tags or [])
-        rows = self.data.positions(customer_ids)
+        rows = self.data.positions(keys)
         customer = rows >= 0
         z_bank = np.zeros((len(customer_ids), len(wanted)))
         scored = np.flatnonzero(customer)
@@ -313,7 +319,7 @@ class BankNode(NodeBase):
             block = scored[start:start + SCORE_BATCH]
             z_bank[block] = model.partial_scores(self.data.features[rows[block]])[:, cols]
         index = self._alignment_index(model.alignment_job_id)
-        positions = np.fromiter((index.get(c, -1) for c in customer_ids), dtype=np.int64, count=len(customer_ids))
+        positions = np.fromiter((index.get(str(c), -1) for c in keys), dtype=np.int64, count=len(keys))
         known = (positions >= 0) & customer
         status = np.where(known, OK, np.where(customer, NOT_IN_INTERSECTION, UNKNOWN_CUSTOMER)).astype(object)
         z_platform = np.zeros_like(z_bank)
@@ -351,9 +357,9 @@ class BankNode(NodeBase):
         return Scores(wanted, probabilities, known, released, limit, status=status.tolist(), note=note)
 
     def _alignment_index(self, alignment_job: str) -> dict[str, int]:
-        """Customer ID -> position in the alignment (cached)."""
+        """A customer ID's normal form (``protocols.identity``) -> its position in the alignment (cached)."""
         return self.cached("alignment index", alignment_job, lambda: {
-            cid: i for i, cid in enumerate(self.stores.alignments.load(alignment_job).ids or [])})
+            str(key): i for i, key in enumerate(customer_keys(self.stores.alignments.load(alignment_job).ids or []))})
 
     def batch_score(self, model_job_id: str, output_path: str, tags: list[str] | None = None, *,
                     all_customers: bool = False, ids: list[str] | None = None,

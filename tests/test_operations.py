@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.cluster import LocalCluster, free_port
+from simulations.cluster import LocalCluster
 from tests.nodes_fixture import FAST_TRAIN, SimulatedFiles, simulated_files
 
 
@@ -72,3 +72,75 @@ def test_a_misspelled_key_is_refused_with_the_right_spelling(cluster: LocalClust
     done = node_cli("bank", "serve", "--config", str(bank), timeout=60)
     assert done.returncode == 2 and "the bank node needs at least one tag: add 'tag_columns'" in done.stderr
     assert not (tmp_path / "state" / "jobs.sqlite").exists()
+
+
+# ---- one notion of "the same customer" ----
+
+
+def test_the_split_hashes_the_normal_form() -> None:
+    import hashlib
+    import unicodedata
+
+    from protocols.identity import normalise_id
+    from protocols.metrics import id_hashes
+
+    def before(cid: str, seed: int) -> float:  # the split hash's input before protocols.identity: NFC, stripped
+        digest = hashlib.blake2b(unicodedata.normalize("NFC", cid.strip()).encode(), digest_size=8,
+                                 key=f"vfl-lr-split/{seed}".encode()).digest()
+        return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)
+
+    normal = ["+447700900123", "ann@example.com", "12345", "c-0001", "ß"]
+    assert all(normalise_id(i) == i for i in normal[:4])
+    assert id_hashes(normal[:4], 7).tolist() == [before(i, 7) for i in normal[:4]]  # the same split as before
+    spellings = ["+44 7700 900123", "Ann@Example.COM", " 12345 ", "C-0001"]
+    assert id_hashes(spellings, 7).tolist() == id_hashes(normal[:4], 7).tolist()  # one customer, one hash
+    assert id_hashes(["C-0001"], 7)[0] != before("C-0001", 7)  # the documented change for such IDs
+
+
+def test_ids_that_differ_only_by_case_are_refused_at_load(tmp_path: Path) -> None:
+    from party_common.data_loading import load_party_data
+    from protocols.party_data import DataError
+
+    path = tmp_path / "b.csv"
+    path.write_text("email,x,tag\nann@example.com,1,0\nbob@example.com,2,1\nAnn@Example.com,3,1\n")
+    with pytest.raises(DataError, match=r"b.csv: column 'email': rows 1 and 3 hold the same customer ID, differing "
+                                        r"only in case \(1 duplicate\(s\) in all\)"):
+        load_party_data(path, id_column="email", tag_columns=["tag"])
+    path.write_text("phone,x,tag\n+44 7700 900123,1,0\n+447700900123,2,1\n")
+    with pytest.raises(DataError, match="rows 1 and 2 hold the same customer ID in different forms"):
+        load_party_data(path, id_column="phone", tag_columns=["tag"])
+    path.write_text("phone,x,tag\n\u3000,1,0\n+447700900123,2,1\n")  # an ideographic space: nothing
+    with pytest.raises(DataError, match="column 'phone', row 1: empty ID"):
+        load_party_data(path, id_column="phone", tag_columns=["tag"])
+
+
+@pytest.fixture(scope="module")
+def model(cluster: LocalCluster, files: SimulatedFiles) -> str:
+    """One alignment and one small training job on the cluster: the model the scoring tests use."""
+    client = cluster.bank_client()
+    client.align()
+    return str(client.train(tags=files.tags, train=FAST_TRAIN)["job_id"])
+
+
+def bank(cluster: LocalCluster, *args: str) -> list[str]:
+    return [*args, "--config", str(cluster.bank_config), *cluster.operator_args]
+
+
+def spaced(phone: str) -> str:
+    """``+447700900123`` as a person might type it: ``+44 7700 900 123``."""
+    return f"{phone[:3]} {phone[3:7]} {phone[7:10]} {phone[10:]}"
+
+
+def test_score_accepts_any_spelling_psi_matched_and_refuses_empty_ids(cluster: LocalCluster, model: str,
+                                                                     files: SimulatedFiles,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from party_bank.cli import main
+
+    member = sorted(files.shared_ids)[0]
+    assert main(bank(cluster, "score", "--model", model, "--ids", f"{member},{spaced(member)}")) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("+44")]
+    assert [r[1] for r in rows if r[0] == member] == ["ok"], out
+    assert re.search(rf"^{re.escape(spaced(member))} +ok +0\.\d{{4}}", out, re.M), out
+    assert main(bank(cluster, "score", "--model", model, "--ids", "")) == 1
+    assert "empty" in capsys.readouterr().err

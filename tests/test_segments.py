@@ -108,7 +108,8 @@ def test_ids_file_reports_unknown_ids_per_row(trained: tuple[Nodes, str, list[st
     assert (result.rows, result.unknown, result.platform_known) == (4, 1, 1)
     frame = pd.read_csv(result.path, dtype=str, keep_default_na=False)
     assert frame["id"].tolist() == ids
-    assert frame["status"].tolist() == ["ok", "unknown_customer", "ok", "repeated"]
+    # the same statuses as online scoring: an outsider is `not_in_intersection` in a file too
+    assert frame["status"].tolist() == ["ok", "unknown_customer", "not_in_intersection", "repeated"]
     assert frame["platform_known"].tolist() == ["True", "", "False", ""]
     assert frame["p_" + nodes.bank.data.tag_names[0]][1] == ""
     assert frame["rank_" + nodes.bank.data.tag_names[0]][[0, 2]].astype(int).tolist() in ([1, 2], [2, 1])
