@@ -328,6 +328,9 @@ class BankNode(NodeBase):
         note, fallback = "", members[:0]
         # Tags the bank-only model serves (the joint one did not beat it on validation) ask nothing of the platform.
         joint = [j for j, c in enumerate(cols) if model.platform_part[c]]  # type: ignore[index]
+        alone = [wanted[j] for j in range(len(wanted)) if j not in joint]
+        served_note = (f"{', '.join(alone)}: scored by the bank-only model for every customer (the joint model did "
+                       "not beat it on validation; see `bank-node models`)") if alone else ""
         try:
             # Each member once: the platform refuses repeated rows, and a repeat adds nothing.
             unique, inverse = np.unique(positions[members], return_inverse=True)
@@ -354,7 +357,8 @@ class BankNode(NodeBase):
             block = fallback[start:start + SCORE_BATCH]
             probabilities[block] = model.bank_only_probabilities(self.data.features[rows[block]], cols)
         probabilities[~customer] = np.nan
-        return Scores(wanted, probabilities, known, released, limit, status=status.tolist(), note=note)
+        return Scores(wanted, probabilities, known, released, limit, status=status.tolist(),
+                      note="; ".join(n for n in (served_note, note) if n))
 
     def _alignment_index(self, alignment_job: str) -> dict[str, int]:
         """A customer ID's normal form (``protocols.identity``) -> its position in the alignment (cached)."""

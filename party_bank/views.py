@@ -17,7 +17,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from party_bank.scores import Scores
+from party_bank.scores import Scores, served_model
 from party_common.progress import duration
 from protocols.uncertainty import format_interval
 
@@ -85,15 +85,19 @@ def summary_table(result: Mapping[str, Any]) -> str:
     tags: Mapping[str, Any] = summary.get("tags") or {}
     level = int(round(100 * summary.get("confidence", 0.95)))
     t = table("TAG", "AUC JOINT", f"{level}% CI", "AUC BANK-ONLY", f"{level}% CI", "UPLIFT", f"{level}% CI",
-              "TEST POSITIVES")
+              "TEST POSITIVES", "SERVED")
     for tag, s in tags.items():
         iv = s.get("intervals") or {}
         uplift = s.get("uplift")
         t.add_row(tag, _auc(s["auc"].get("joint")), format_interval((iv.get("joint") or {}).get("auc")),
                   _auc(s["auc"].get("bank_only")), format_interval((iv.get("bank_only") or {}).get("auc")),
                   "n/a" if uplift is None else f"{uplift:+.3f}", format_interval(iv.get("uplift"), signed=True),
-                  f"{s.get('positives', '?')} of {s.get('n', '?')}")
+                  f"{s.get('positives', '?')} of {s.get('n', '?')}", served_model(result.get("metrics"), tag))
     lines = [render(t)]
+    alone = [tag for tag in tags if served_model(result.get("metrics"), tag) == "bank-only"]
+    if alone:
+        lines.append(f"  SERVED bank-only: {', '.join(alone)} scored by the bank's own model (the joint model did "
+                     "not beat it on validation): no platform call when scoring them")
     for tag, s in tags.items():
         lines += [f"  ! {tag}: {w['message']}" for w in s.get("warnings") or []]
     if not summary.get("has_predictions", True):

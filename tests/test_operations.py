@@ -144,3 +144,21 @@ def test_score_accepts_any_spelling_psi_matched_and_refuses_empty_ids(cluster: L
     assert re.search(rf"^{re.escape(spaced(member))} +ok +0\.\d{{4}}", out, re.M), out
     assert main(bank(cluster, "score", "--model", model, "--ids", "")) == 1
     assert "empty" in capsys.readouterr().err
+
+
+# ---- which model serves each tag ----
+
+
+def test_the_served_model_is_shown_in_models_and_the_report(cluster: LocalCluster, model: str, files: SimulatedFiles,
+                                                            tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from party_bank.cli import main
+
+    assert main(bank(cluster, "models")) == 0
+    out = capsys.readouterr().out
+    assert "TAGS (served model, its test AUC)" in out
+    assert all(re.search(rf"{tag}=joint 0\.\d{{3}}", out) for tag in files.tags), out  # FAST_TRAIN serves joint
+    assert main(bank(cluster, "report", model, "--out", str(tmp_path / "r.html"))) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert ">served model</th>" in html
+    assert all(f'<td data-tag="{tag}" data-key="served">joint</td>' in html for tag in files.tags)
