@@ -245,7 +245,8 @@ def run_client(args: argparse.Namespace) -> int:
             print_outcome(follow(client, args.job_id, every_event=True), args.json)
         elif args.command == "logs":
             events, _ = client.events(args.job_id)
-            print(json.dumps(events, indent=2) if args.json else views.events_text(events))
+            error = client.job(args.job_id).get("error") or ""  # why it failed, when it did
+            print(json.dumps(events, indent=2) if args.json else views.events_text(events, error))
         elif args.command == "jobs":
             jobs = client.jobs(args.limit, brief=not args.json)  # the table shows only the headline
             if args.ids_only:

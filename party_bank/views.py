@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from party_bank.scores import Scores, served_model
 from party_common.progress import duration
@@ -33,8 +34,15 @@ def render(table: Table, *, out: TextIO | None = None) -> str:
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
 
 
+class PlainTable(Table):
+    """A rich table whose cells are plain text: ``[...]`` in a job's error or a name is shown, not read as markup."""
+
+    def add_row(self, *cells: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **kwargs)
+
+
 def table(*headers: str) -> Table:
-    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    t = PlainTable(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
     for h in headers:
         t.add_column(h, overflow="fold")
     return t
@@ -161,10 +169,13 @@ def follow_line(job: Mapping[str, Any]) -> str:
 ROUTINE = ("score",)  # one audit row per online Score call naming the model: counted, not listed
 
 
-def events_text(events: Iterable[Mapping[str, str]]) -> str:
-    """A job's history for `bank-node logs`; the model's score calls as one count at the end."""
+def events_text(events: Iterable[Mapping[str, str]], error: str = "") -> str:
+    """A job's history for `bank-node logs`; the model's score calls as one count at the end; ``error`` (the
+    job's failure reason) on the line that says it failed, when the event itself does not carry it."""
     events = list(events)
-    lines = [event_line(e) for e in events if e["event"] not in ROUTINE]
+    lines = [event_line(e) if not (error and e["event"] in ("failed", "cancelled") and not e.get("detail"))
+             else event_line({**e, "detail": error.splitlines()[0]})
+             for e in events if e["event"] not in ROUTINE]
     routine = [e for e in events if e["event"] in ROUTINE]
     if routine:
         lines.append(f"(and {len(routine)} online score call(s) with this model, the last at "

@@ -25,7 +25,7 @@ from grpc_health.v1.health import HealthServicer
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from party_common.cli_format import DefaultsFormatter, version_string
+from party_common.cli_format import DefaultsFormatter, record_table, version_string
 from party_common.config import NodeConfig, load_config
 from party_common.jobs import SESSION_KINDS
 from party_common.runtime import (
@@ -121,7 +121,10 @@ def admin_command(args: argparse.Namespace, config: NodeConfig) -> int:
         print(admin.revoke(stores, args.model))
     elif args.command == "policy":
         released = config.max_released_projections
-        print(json.dumps({**config.policy.describe(), "max_released_projections": released}, indent=2))
+        policy = {**config.policy.describe(), "max_released_projections": released}
+        print(json.dumps(policy, indent=2) if args.json else
+              record_table(policy, title=f"the policy of {config.name} ([policy] of {config.source})",
+                           header=("KNOB", "VALUE")))
     return 0
 
 
@@ -154,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
     for command in (serve_p, jobs, models, approve, revoke, audit, policy, console):
         command.formatter_class = DefaultsFormatter
         command.add_argument("--config", required=True, help="the node's TOML file")
-    for command in (jobs, models, audit):
+    for command in (jobs, models, audit, policy):
         command.add_argument("--json", action="store_true", help="JSON instead of a table")
     return p
 

@@ -116,6 +116,16 @@ def test_logs_list_the_history_and_count_the_score_calls() -> None:
         "2026-01-01 00:00:00  created: train", "2026-01-01 00:00:09  epoch 1/2 validation AUC t 0.7",
         "(and 3 online score call(s) with this model, the last at 2026-01-01 00:01:02)"]
     assert views.events_text([]) == "no events"
+    failed = [{"at": "2026-01-01T00:00:00+00:00", "event": "created", "detail": "align"},
+              {"at": "2026-01-01T00:00:05+00:00", "event": "failed", "detail": ""}]
+    assert views.events_text(failed, "the platform refused: [policy] min_intersection 100\nmore").splitlines()[-1] \
+        == "2026-01-01 00:00:05  failed: the platform refused: [policy] min_intersection 100"
+
+
+def test_jobs_keeps_text_in_square_brackets() -> None:
+    failed = job("align", status="failed", error="refused by [policy] allowed_tags [tag_x]", name="[draft]")
+    text = views.jobs_table([failed])
+    assert "refused by [policy] allowed_tags [tag_x]" in text and "[draft]" in text
 
 
 def test_progress_says_what_is_left_and_keeps_each_stage() -> None:
