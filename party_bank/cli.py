@@ -183,11 +183,11 @@ def follow(client: BankClient, job_id: str, *, every_event: bool) -> dict[str, A
 
 
 
-def print_outcome(job: dict[str, Any], as_json: bool) -> None:
+def print_outcome(job: dict[str, Any], as_json: bool, config: str | None = None) -> None:
     if as_json:
         print_job(job)
     elif job["kind"] == "train":
-        print(views.train_done(job))
+        print(views.train_done(job, config))
     else:
         result = job.get("result") or {}
         print(f"{job['kind']} job {job['job_id']} succeeded in {views.duration(job.get('elapsed_s') or 0.0)}: "
@@ -208,9 +208,9 @@ def submit_and_wait(client: BankClient, args: argparse.Namespace, kind: str, par
     print(f"{kind} job {job_id}{where} submitted", file=sys.stderr)
     if getattr(args, "detach", False):
         print(job_id)
-        print(f"follow it with: bank-node wait --config {args.config} {job_id}", file=sys.stderr)
+        print(f"follow it with: bank-node wait {views.config_flag(args.config)} {job_id}", file=sys.stderr)
         return
-    print_outcome(follow(client, job_id, every_event=getattr(args, "follow", False)), args.json)
+    print_outcome(follow(client, job_id, every_event=getattr(args, "follow", False)), args.json, args.config)
 
 
 def run_client(args: argparse.Namespace) -> int:
@@ -225,7 +225,18 @@ def run_client(args: argparse.Namespace) -> int:
                 if err.rpc_error is not None:  # worded as every other command's failure, below
                     raise err.rpc_error from None
                 raise PeerError(f"the bank node at {client.address}: {err}") from None
-            print(f"the bank node at {client.address} is serving")
+            status = client.node_status()
+            while not status["platform_reachable"] and time.time() < since + args.wait:  # it may be starting too
+                time.sleep(1.0)
+                status = client.node_status()
+            print(f"the bank node '{status['node_name']}' at {client.address} is serving "
+                  f"({status['jobs_running']} job(s) queued, waiting or running)")
+            if status["platform_reachable"]:
+                print(f"the platform '{status['platform_name']}' at {status['platform_address']} is reachable")
+            else:
+                print(f"the platform at {status['platform_address']} is NOT reachable: {status['platform_detail']}; "
+                      "jobs wait for it ([peer] retry_deadline_s) and scoring fails unless --bank-only-fallback")
+                return 3
         elif args.command == "align":
             submit_and_wait(client, args, "align", {"mode": args.mode}, args.name or "")
         elif args.command == "train":
@@ -242,7 +253,7 @@ def run_client(args: argparse.Namespace) -> int:
                 params.pop("alignment_job_id", None)
             submit_and_wait(client, args, old["kind"], params, args.name or old["name"])
         elif args.command == "wait":
-            print_outcome(follow(client, args.job_id, every_event=True), args.json)
+            print_outcome(follow(client, args.job_id, every_event=True), args.json, args.config)
         elif args.command == "logs":
             events, _ = client.events(args.job_id)
             error = client.job(args.job_id).get("error") or ""  # why it failed, when it did
@@ -252,7 +263,7 @@ def run_client(args: argparse.Namespace) -> int:
             if args.ids_only:
                 print("\n".join(j["job_id"] for j in jobs))
             else:
-                print(json.dumps(jobs, indent=2, sort_keys=True) if args.json else views.jobs_table(jobs))
+                print(json.dumps(jobs, indent=2, sort_keys=True) if args.json else views.jobs_table(jobs, args.config))
         elif args.command == "job":
             print_job(client.job(args.job_id))
         elif args.command == "cancel":
@@ -342,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the node's log level")
     s.add_argument("--peer-wait", type=float, default=30.0, help="seconds to wait for the platform at start")
     st = add("status", "check that the bank node answers (waiting for it to start, up to --wait seconds)")
-    st.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the node to come up")
+    st.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the node (and its platform) to "
+                    "come up; exit code 3 when the platform is still unreachable")
     a = add("align", "run PSI with the platform")
     a.add_argument("--mode", default="both", choices=["both", "bank_only", "cardinality"],
                    help="who learns the intersection: both nodes (needed to train), the bank only, or its size only")

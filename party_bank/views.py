@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import math
+import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
@@ -75,10 +76,10 @@ def job_tags(job: Mapping[str, Any]) -> str:
     return ", ".join(tags) or "-"
 
 
-def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> str:
+def jobs_table(jobs: Sequence[Mapping[str, Any]], config: str | None = None) -> str:
     """`bank-node jobs`: newest first, with name, duration, tags and the headline metric."""
     if not jobs:
-        return "no jobs on this node yet: start with `bank-node align --config ...`"
+        return f"no jobs on this node yet: start with `bank-node preflight {config_flag(config)}`"
     t = table("JOB", "NAME", "KIND", "STATUS", "DURATION", "TAGS", "RESULT", "CREATED (UTC)")
     for j in jobs:
         t.add_row(j["job_id"], j.get("name") or "-", j["kind"], j["status"], duration(j.get("elapsed_s") or 0.0),
@@ -122,15 +123,21 @@ def memory_text(result: Mapping[str, Any]) -> str:
     return f"peak memory {m['node_peak_mb']:,.0f} MB{workers}"
 
 
-def train_done(job: Mapping[str, Any]) -> str:
+def config_flag(config: str | None) -> str:
+    """``--config PATH`` for a command to paste (quoted for a shell when it needs it); ``--config ...`` without."""
+    return f"--config {shlex.quote(config)}" if config else "--config ..."
+
+
+def train_done(job: Mapping[str, Any], config: str | None = None) -> str:
     """What `train` prints when the job ends: which model, on which alignment, how long, then the table."""
     result = job.get("result") or {}
     name = f" '{job['name']}'" if job.get("name") else ""
     head = (f"model {job['job_id']}{name}: trained on alignment {result.get('alignment_job_id', '?')} "
             f"({result.get('rows', '?')} shared customers) in {duration(job.get('elapsed_s') or 0.0)}"
             + (f"; {memory_text(result)}" if memory_text(result) else ""))
-    tail = (f"report: bank-node report --config ... {job['job_id']} --out report.html; "
-            f"score: bank-node score --config ... --model {job['job_id']} --ids ...")
+    flag = config_flag(config)
+    tail = (f"report: bank-node report {flag} {job['job_id']} --out report.html\n"
+            f"score:  bank-node score {flag} --model {job['job_id']} --ids ID,ID")
     return "\n".join([head, "", summary_table(result), "", tail])
 
 

@@ -162,3 +162,34 @@ def test_the_served_model_is_shown_in_models_and_the_report(cluster: LocalCluste
     html = (tmp_path / "r.html").read_text()
     assert ">served model</th>" in html
     assert all(f'<td data-tag="{tag}" data-key="served">joint</td>' in html for tag in files.tags)
+
+
+# ---- readable output ----
+
+
+def test_status_reports_the_platform_honestly(cluster: LocalCluster, model: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from party_bank.cli import main
+
+    assert main(bank(cluster, "status")) == 0
+    out = capsys.readouterr().out
+    assert "is serving" in out and re.search(r"the platform 'platform' at 127\.0\.0\.1:\d+ is reachable", out)
+    cluster.kill("platform")
+    try:
+        assert main(bank(cluster, "status")) == 3
+        out = capsys.readouterr().out
+        assert "is serving" in out and "is NOT reachable" in out, out
+    finally:
+        cluster.restart("platform")
+    assert main(bank(cluster, "status", "--wait", "60")) == 0
+    capsys.readouterr()
+
+
+def test_suggested_commands_carry_the_real_config_path(cluster: LocalCluster, model: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from party_bank.cli import main
+
+    assert main(bank(cluster, "wait", model)) == 0
+    out = capsys.readouterr().out
+    assert f"bank-node report --config {cluster.bank_config} {model} --out report.html" in out
+    assert "--config ..." not in out
