@@ -6,6 +6,7 @@ here; each test drives `bank-node` / `platform-node` as an operator would and re
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -193,3 +194,15 @@ def test_suggested_commands_carry_the_real_config_path(cluster: LocalCluster, mo
     out = capsys.readouterr().out
     assert f"bank-node report --config {cluster.bank_config} {model} --out report.html" in out
     assert "--config ..." not in out
+
+
+def test_rerun_says_why_label_dp_results_differ(cluster: LocalCluster, model: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from party_bank.cli import main
+
+    assert main(bank(cluster, "rerun", model, "--json")) == 0  # label DP on (auto, on this small set)
+    captured = capsys.readouterr()
+    again = json.loads(captured.out)
+    assert again["params"]["train"]["seed"] == cluster.bank_client().job(model)["params"]["train"]["seed"]
+    assert again["result"]["label_privacy"]["mode"] == "dp"
+    assert "label DP noise is drawn afresh for every run" in captured.err
