@@ -79,7 +79,7 @@ def job_tags(job: Mapping[str, Any]) -> str:
 def jobs_table(jobs: Sequence[Mapping[str, Any]], config: str | None = None) -> str:
     """`bank-node jobs`: newest first, with name, duration, tags and the headline metric."""
     if not jobs:
-        return f"no jobs on this node yet: start with `bank-node preflight {config_flag(config)}`"
+        return f"no jobs on this node yet: start with `bank-node align {config_flag(config)}`"
     t = table("JOB", "NAME", "KIND", "STATUS", "DURATION", "TAGS", "RESULT", "CREATED (UTC)")
     for j in jobs:
         t.add_row(j["job_id"], j.get("name") or "-", j["kind"], j["status"], duration(j.get("elapsed_s") or 0.0),
