@@ -50,12 +50,14 @@ from party_common.grpc_errors import rpc_error_line
 from party_common.grpc_link import GrpcPlatformLink, platform_certificate_check
 from party_common.runtime import (
     INSECURE_WARNING,
+    TlsFiles,
     check_insecure_dev,
     read_tls_files,
     serve_with_metrics,
     setup_logging,
     start_node_server,
 )
+from party_common.state_lock import StateLock, lock_state_dir
 from party_common.transport import TransportError, dial
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.errors import FedProfileError, PeerError, UserError
@@ -68,6 +70,16 @@ def build_server(config_path: str, *, insecure_dev: bool = False) -> tuple[grpc.
     """Load config and data, connect the platform link, start the control API; return (server, health, node, port)."""
     config = load_config(config_path, expected_role="bank", require_tls=not insecure_dev)
     tls = None if insecure_dev else read_tls_files(config)
+    state_lock = lock_state_dir(config.state_dir, what="bank node")  # before anything reads or resumes its jobs
+    try:
+        return _build_server(config, tls, insecure_dev, state_lock)
+    except BaseException:
+        state_lock.release()
+        raise
+
+
+def _build_server(config: NodeConfig, tls: TlsFiles | None, insecure_dev: bool,
+                  state_lock: StateLock) -> tuple[grpc.Server, HealthServicer, BankNode, int]:
     channel = dial(config.peer_address, cert=tls.cert if tls else None, key=tls.key if tls else None,
                    server_ca=tls.peer_ca if tls else None, tls_name=config.peer_tls_name, insecure=insecure_dev)
     link = GrpcPlatformLink(channel, node_name=config.name, address=config.peer_address,
@@ -75,6 +87,7 @@ def build_server(config_path: str, *, insecure_dev: bool = False) -> tuple[grpc.
                             own_cert=tls.cert if tls else None,
                             server_check=None if insecure_dev else platform_certificate_check(config))
     node = BankNode(config, link)
+    node.state_lock = state_lock
     def add_services(server: grpc.Server) -> None:
         pb_grpc.add_BankControlServicer_to_server(ControlServicer(node), server)
         add_scoring_service(server, node)  # the v2 application API (docs/api.md), same port, same gate
@@ -183,11 +196,11 @@ def follow(client: BankClient, job_id: str, *, every_event: bool) -> dict[str, A
 
 
 
-def print_outcome(job: dict[str, Any], as_json: bool) -> None:
+def print_outcome(job: dict[str, Any], as_json: bool, config: str | None = None) -> None:
     if as_json:
         print_job(job)
     elif job["kind"] == "train":
-        print(views.train_done(job))
+        print(views.train_done(job, config))
     else:
         result = job.get("result") or {}
         print(f"{job['kind']} job {job['job_id']} succeeded in {views.duration(job.get('elapsed_s') or 0.0)}: "
@@ -208,9 +221,9 @@ def submit_and_wait(client: BankClient, args: argparse.Namespace, kind: str, par
     print(f"{kind} job {job_id}{where} submitted", file=sys.stderr)
     if getattr(args, "detach", False):
         print(job_id)
-        print(f"follow it with: bank-node wait --config {args.config} {job_id}", file=sys.stderr)
+        print(f"follow it with: bank-node wait {views.config_flag(args.config)} {job_id}", file=sys.stderr)
         return
-    print_outcome(follow(client, job_id, every_event=getattr(args, "follow", False)), args.json)
+    print_outcome(follow(client, job_id, every_event=getattr(args, "follow", False)), args.json, args.config)
 
 
 def run_client(args: argparse.Namespace) -> int:
@@ -225,7 +238,18 @@ def run_client(args: argparse.Namespace) -> int:
                 if err.rpc_error is not None:  # worded as every other command's failure, below
                     raise err.rpc_error from None
                 raise PeerError(f"the bank node at {client.address}: {err}") from None
-            print(f"the bank node at {client.address} is serving")
+            status = client.node_status()
+            while not status["platform_reachable"] and time.time() < since + args.wait:  # it may be starting too
+                time.sleep(1.0)
+                status = client.node_status()
+            print(f"the bank node '{status['node_name']}' at {client.address} is serving "
+                  f"({status['jobs_running']} job(s) queued, waiting or running)")
+            if status["platform_reachable"]:
+                print(f"the platform '{status['platform_name']}' at {status['platform_address']} is reachable")
+            else:
+                print(f"the platform at {status['platform_address']} is NOT reachable: {status['platform_detail']}; "
+                      "jobs wait for it ([peer] retry_deadline_s) and scoring fails unless --bank-only-fallback")
+                return 3
         elif args.command == "align":
             submit_and_wait(client, args, "align", {"mode": args.mode}, args.name or "")
         elif args.command == "train":
@@ -240,18 +264,24 @@ def run_client(args: argparse.Namespace) -> int:
             params = dict(old["params"])
             if old["kind"] == "train" and args.latest_alignment:
                 params.pop("alignment_job_id", None)
+            if ((old.get("result") or {}).get("label_privacy") or {}).get("mode") == "dp":
+                # Why a rerun's AUCs differ: the noise cannot follow the seed, which the platform is told.
+                print(f"note: {old['job_id']} trained with label DP: its label DP noise is drawn afresh for every run "
+                      "(from `secrets`: the seed travels to the platform, so noise drawn from it could be removed), "
+                      "so the same seed gives the same split and batches but not the same AUCs", file=sys.stderr)
             submit_and_wait(client, args, old["kind"], params, args.name or old["name"])
         elif args.command == "wait":
-            print_outcome(follow(client, args.job_id, every_event=True), args.json)
+            print_outcome(follow(client, args.job_id, every_event=True), args.json, args.config)
         elif args.command == "logs":
             events, _ = client.events(args.job_id)
-            print(json.dumps(events, indent=2) if args.json else views.events_text(events))
+            error = client.job(args.job_id).get("error") or ""  # why it failed, when it did
+            print(json.dumps(events, indent=2) if args.json else views.events_text(events, error))
         elif args.command == "jobs":
             jobs = client.jobs(args.limit, brief=not args.json)  # the table shows only the headline
             if args.ids_only:
                 print("\n".join(j["job_id"] for j in jobs))
             else:
-                print(json.dumps(jobs, indent=2, sort_keys=True) if args.json else views.jobs_table(jobs))
+                print(json.dumps(jobs, indent=2, sort_keys=True) if args.json else views.jobs_table(jobs, args.config))
         elif args.command == "job":
             print_job(client.job(args.job_id))
         elif args.command == "cancel":
@@ -344,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="health says SERVING while the platform is unreachable too (the applications behind the load "
                         "balancer score with bank_only_fallback); otherwise NOT_SERVING until it answers")
     st = add("status", "check that the bank node answers (waiting for it to start, up to --wait seconds)")
-    st.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the node to come up")
+    st.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the node (and its platform) to "
+                    "come up; exit code 3 when the platform is still unreachable")
     a = add("align", "run PSI with the platform")
     a.add_argument("--mode", default="both", choices=["both", "bank_only", "cardinality"],
                    help="who learns the intersection: both nodes (needed to train), the bank only, or its size only")

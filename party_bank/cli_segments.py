@@ -17,8 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from party_bank import views
 from party_bank.client import BankClient
 from party_bank.segments import read_outcomes
+from party_common.cli_format import record_table
 from party_common.config import NodeConfig
 
 COMMANDS = ("segment", "segment-result", "segments")
@@ -64,8 +66,9 @@ def describe_result(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _print_record(record: dict[str, Any]) -> None:
-    print(json.dumps(record, indent=2, sort_keys=True))
+def _print_record(record: dict[str, Any], as_json: bool) -> None:
+    print(json.dumps(record, indent=2, sort_keys=True) if as_json
+          else record_table(record, title=f"segment {record.get('name', '')}"))
 
 
 def run(client: BankClient, args: argparse.Namespace, config: NodeConfig) -> None:
@@ -74,7 +77,7 @@ def run(client: BankClient, args: argparse.Namespace, config: NodeConfig) -> Non
         record, path = client.segment(args.model, args.tag, name=args.out, control_share=args.control,
                                       top_share=args.top, min_score=args.min_score, seed=args.seed,
                                       all_customers=args.all_customers, fmt=args.format, overwrite=args.overwrite)
-        _print_record(record)
+        _print_record(record, args.json)
         print(f"segment {record['name']}: {record['target_size']} target, {record['control_size']} control "
               f"(seed {record['seed']}); groups in {path} on the bank node", file=sys.stderr)
     elif args.command == "segment-result":
@@ -82,11 +85,17 @@ def run(client: BankClient, args: argparse.Namespace, config: NodeConfig) -> Non
         result = client.segment_result(args.segment, ids, outcomes, source=Path(args.outcomes).name)
         print(json.dumps(result, indent=2, sort_keys=True) if args.json else describe_result(result))
     elif args.command == "segments" and args.name:
-        _print_record(client.get_segment(args.name))
+        _print_record(client.get_segment(args.name), args.json)
     elif args.command == "segments":
-        for r in client.segments():
-            print(f"{r['name']:24s} {r['tag']:24s} target {r['target_size']:>8} control {r['control_size']:>7}"
-                  f"  seed {r['seed']}  {r['created_at']}")
+        records = client.segments()
+        if args.json:
+            print(json.dumps(records, indent=2, sort_keys=True))
+            return
+        t = views.table("SEGMENT", "TAG", "TARGET", "CONTROL", "SEED", "MODEL", "CREATED (UTC)")
+        for r in records:
+            t.add_row(r["name"], r["tag"], str(r["target_size"]), str(r["control_size"]), str(r["seed"]),
+                      str(r.get("model", "-")), str(r.get("created_at", ""))[:19].replace("T", " "))
+        print(views.render(t) if records else "no segments yet: make one with `bank-node segment ...`")
     else:  # pragma: no cover - the parser offers only COMMANDS here
         raise ValueError(f"not a segment command: {args.command}")
 
@@ -109,6 +118,7 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
                      "go to <state_dir>/segments/NAME.groups.parquet|csv on the bank node")
     seg.add_argument("--format", default="parquet", choices=["parquet", "csv"], help="groups file format")
     seg.add_argument("--overwrite", action="store_true", help="replace a segment of that name")
+    seg.add_argument("--json", action="store_true", help="print the segment's record as JSON")
     res = add("segment-result", "response rates and lift of a segment's target over its control")
     res.add_argument("segment", help="the segment's name")
     res.add_argument("--outcomes", required=True,
@@ -117,6 +127,7 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     res.add_argument("--json", action="store_true", help="print the full result as JSON")
     segs = add("segments", "list segments, or show one")
     segs.add_argument("name", nargs="?", help="a segment's name: print its record")
+    segs.add_argument("--json", action="store_true", help="JSON instead of a table")
 
 
 __all__ = ["COMMANDS", "add_parsers", "describe_result", "run", "share"]

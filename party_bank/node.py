@@ -42,13 +42,16 @@ from protocols.errors import (
     PeerError,
     UserError,
 )
+from protocols.identity import customer_keys
 from protocols.models import family_of, load_bank_half
 from protocols.party_data import PartyData
 
 log = logging.getLogger(__name__)
 
 SCORE_BATCH = 5_000  # customers per PartialScore call
-APPROVAL_POLL_S = (2.0, 60.0)  # a job the platform's operator has not approved yet asks again: 2 s, doubling to 60 s
+# A job the platform's operator has not approved yet asks again: 1 s, then every 3 s, so that an approval is
+# noticed within seconds (a refused open costs the platform one row read; it writes no audit row for it).
+APPROVAL_POLL_S = (1.0, 3.0)
 BACKOFF_START_S, BACKOFF_MAX_S = 1.0, 30.0  # waiting for the platform: 1, 2, 4, ... 30 s between tries
 CONNECT_TIMEOUT_S = 5.0  # one try to reach the platform
 CANCEL_WAIT_S = 30.0  # CancelJob waits this long for the job to stop
@@ -76,6 +79,12 @@ class JobStop:
         """Sleep ``seconds``, or raise :class:`JobStopped` as soon as the job is stopped."""
         self.event.wait(seconds)
         self.check()
+
+
+def approval_hint(job_id: str) -> str:
+    """What a job waiting for approval says (progress line, `wait`): who must do what."""
+    return (f"waiting for the platform's operator to run `platform-node approve {job_id}` (the platform's "
+            "[policy] approval = \"manual\"); this job goes on by itself within seconds of it")
 
 
 def new_job_id(kind: str) -> str:
@@ -279,6 +288,7 @@ class BankNode(NodeBase):
                     raise
                 if self.stores.jobs.get(ctx.job_id).status != "awaiting approval":
                     self.stores.jobs.await_approval(ctx.job_id)
+                    self.stores.jobs.set_progress(ctx.job_id, approval_hint(ctx.job_id))
                     log.info("job %s awaits the platform operator's approval", ctx.job_id)
                 stop.wait(wait)  # a cancelled job, or a stopping node, stops waiting at once
                 wait = min(2 * wait, APPROVAL_POLL_S[1])
@@ -302,11 +312,16 @@ class BankNode(NodeBase):
         bank-only yardstick kept with the model, ``BankModel.bank_only_probabilities``; flagged) instead of
         failing the request.
         """
+        keys = customer_keys(customer_ids)  # the normal form PSI matched: any spelling of a customer finds it
+        empty = np.flatnonzero(keys == "")
+        if len(empty):
+            raise UserError(f"customer ID at position {empty[0] + 1} of the request is empty ({len(empty)} "
+                            "empty ID(s)); give every customer's ID")
         model_job_id = self.resolve_model(model_job_id)
         model = self.model(model_job_id, load_bank_half)  # of the family it names (protocols.models)
         family = family_of(model)
         wanted, cols = self.tag_columns(model, tags or [])
-        rows = self.data.positions(customer_ids)
+        rows = self.data.positions(keys)
         customer = rows >= 0
         z_bank = np.zeros((len(customer_ids), len(wanted)))
         scored = np.flatnonzero(customer)
@@ -314,7 +329,7 @@ class BankNode(NodeBase):
             block = scored[start:start + SCORE_BATCH]
             z_bank[block] = family.bank_scores(model, self.data.features[rows[block]])[:, cols]
         index = self._alignment_index(model.alignment_job_id)
-        positions = np.fromiter((index.get(c, -1) for c in customer_ids), dtype=np.int64, count=len(customer_ids))
+        positions = np.fromiter((index.get(str(c), -1) for c in keys), dtype=np.int64, count=len(keys))
         known = (positions >= 0) & customer
         status = np.where(known, OK, np.where(customer, NOT_IN_INTERSECTION, UNKNOWN_CUSTOMER)).astype(object)
         z_platform = np.zeros_like(z_bank)
@@ -323,6 +338,9 @@ class BankNode(NodeBase):
         note, fallback = "", members[:0]
         # Tags the bank-only model serves (the joint one did not beat it on validation) ask nothing of the platform.
         joint = [j for j, c in enumerate(cols) if model.platform_part[c]]  # type: ignore[index]
+        alone = [wanted[j] for j in range(len(wanted)) if j not in joint]
+        served_note = (f"{', '.join(alone)}: scored by the bank-only model for every customer (the joint model did "
+                       "not beat it on validation; see `bank-node models`)") if alone else ""
         try:
             # Each member once: the platform refuses repeated rows, and a repeat adds nothing.
             unique, inverse = np.unique(positions[members], return_inverse=True)
@@ -350,13 +368,13 @@ class BankNode(NodeBase):
             probabilities[block] = model.bank_only_probabilities(self.data.features[rows[block]], cols)
         probabilities[~customer] = np.nan
         served = ["joint" if model.platform_part[c] else "bank_only" for c in cols]  # type: ignore[index]
-        return Scores(wanted, probabilities, known, released, limit, status=status.tolist(), note=note, served=served,
-                      model_job_id=model_job_id)
+        return Scores(wanted, probabilities, known, released, limit, status=status.tolist(),
+                      note="; ".join(n for n in (served_note, note) if n), served=served, model_job_id=model_job_id)
 
     def _alignment_index(self, alignment_job: str) -> dict[str, int]:
-        """Customer ID -> position in the alignment (cached)."""
+        """A customer ID's normal form (``protocols.identity``) -> its position in the alignment (cached)."""
         return self.cached("alignment index", alignment_job, lambda: {
-            cid: i for i, cid in enumerate(self.stores.alignments.load(alignment_job).ids or [])})
+            str(key): i for i, key in enumerate(customer_keys(self.stores.alignments.load(alignment_job).ids or []))})
 
     def batch_score(self, model_job_id: str, output_path: str, tags: list[str] | None = None, *,
                     all_customers: bool = False, ids: list[str] | None = None,

@@ -12,6 +12,7 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any
 
+from party_bank.scores import SERVED_NAMES
 from party_common.link import PlatformLink
 from party_common.storage import NodeStores
 from party_common.storage.jobs import JobRecord, now
@@ -123,6 +124,10 @@ class ModelRegistry:
                 "tags": tags, "test_auc": {t: ((metrics.get(t) or {}).get("joint") or {}).get("auc") for t in tags},
                 # which model scores each tag: "joint", or "bank_only" when the platform's part did not earn it
                 "served": {t: ((metrics.get(t) or {}).get("served") or {}).get("model") for t in tags},
+                # the test AUC of the model that serves each tag (the bank-only one's where it serves)
+                "served_test_auc": {t: ((metrics.get(t) or {}).get(
+                    ((metrics.get(t) or {}).get("served") or {}).get("model") or "joint") or {}).get("auc")
+                    for t in tags},
                 "alignment": result.get("alignment_job_id") or record.params.get("alignment_job_id", ""),
                 "created_at": record.created_at, "status": "retired" if entry else "active",
                 "retired_at": entry["retired_at"] if entry else None,
@@ -189,10 +194,16 @@ def _auc(value: Any) -> str:
 
 def models_table(models: list[dict[str, Any]]) -> str:
     """The ``bank-node models`` table: one row per model, the joint test AUC beside each tag."""
-    header = ("MODEL", "NAME", "ALIASES", "TAGS (joint test AUC)", "ALIGNMENT", "CREATED", "STATUS")
+    header = ("MODEL", "NAME", "ALIASES", "TAGS (served model, its test AUC)", "ALIGNMENT", "CREATED", "STATUS")
+
+    def tag_cell(m: dict[str, Any], t: str) -> str:
+        served = SERVED_NAMES.get((m.get("served") or {}).get(t) or "", "?")
+        auc = (m.get("served_test_auc") or m["test_auc"]).get(t)
+        return f"{t}={served} {_auc(auc)}"
+
     rows = [header] + [
         (m["model"], m["name"] or "-", ",".join(m["aliases"]) or "-",
-         ", ".join(f"{t}={_auc(m['test_auc'].get(t))}" for t in m["tags"]), m["alignment"] or "-",
+         ", ".join(tag_cell(m, t) for t in m["tags"]), m["alignment"] or "-",
          (m["created_at"] or "")[:10], m["status"])
         for m in models
     ]

@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
+from party_bank.scores import served_model
 from protocols.uncertainty import calibration_bins, format_interval, gains_by_decile, summarise
 
 PROTOCOL_DOC = "docs/protocol.md#what-each-party-learns"
@@ -115,7 +116,8 @@ def warnings_box(summary: Mapping[str, Any]) -> str:
 
 def summary_table(report: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
     heads = ["tag", "test rows", "positives", "AUC joint", "95% interval", "AUC bank-only", "95% interval",
-             "uplift (AUC)", "95% interval", "KS joint", "95% interval", "ECE joint", "ECE bank-only", "best epoch"]
+             "uplift (AUC)", "95% interval", "KS joint", "95% interval", "ECE joint", "ECE bank-only", "best epoch",
+             "served model"]
     out = ["<table><tr>" + "".join(f'<th class="{"tag" if h == "tag" else ""}">{h}</th>' for h in heads) + "</tr>"]
     for tag, s in summary["tags"].items():
         iv = s["intervals"]
@@ -132,7 +134,8 @@ def summary_table(report: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
                  _cell(tag, "ks-joint-ci", format_interval((iv.get("joint") or {}).get("ks"))),
                  _cell(tag, "ece-joint", _f(s["ece"].get("joint"))),
                  _cell(tag, "ece-bank_only", _f(s["ece"].get("bank_only"))),
-                 _cell(tag, "best_epoch", _f(best, "{}"))]
+                 _cell(tag, "best_epoch", _f(best, "{}")),
+                 _cell(tag, "served", served_model(report.get("metrics"), tag))]
         out.append("<tr>" + "".join(cells) + "</tr>")
     return "".join(out) + "</table>"
 

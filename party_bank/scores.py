@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -12,6 +14,15 @@ NOT_IN_INTERSECTION = "not_in_intersection"  # no platform part: not a shared cu
 UNKNOWN_CUSTOMER = "unknown_customer"  # not a bank customer: no probabilities (NaN)
 PLATFORM_UNAVAILABLE = "platform_unavailable"  # a shared customer scored bank-only: the platform was down
 STATUSES = (OK, NOT_IN_INTERSECTION, UNKNOWN_CUSTOMER, PLATFORM_UNAVAILABLE)
+
+# Which model scores a tag (a train job's ``metrics[tag]["served"]["model"]``), in words for people.
+SERVED_NAMES = {"joint": "joint", "bank_only": "bank-only"}
+
+
+def served_model(metrics: Mapping[str, Any] | None, tag: str) -> str:
+    """``joint`` or ``bank-only``: the model that scores ``tag`` (``?`` for a job that did not record it)."""
+    served = (((metrics or {}).get(tag) or {}).get("served") or {}).get("model")
+    return SERVED_NAMES.get(served, "?") if served else "?"
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from party_bank.scores import Scores
+from party_bank.scores import NOT_IN_INTERSECTION, Scores
 from party_common.config import NodeConfig
 from party_common.storage import NodeStores
 from party_common.storage.files import atomic_write_with, ensure_private_dir
 from protocols.errors import NotFound, UserError
+from protocols.identity import customer_keys
 from protocols.models import load_bank_half
 from protocols.party_data import DataError, PartyData
 
@@ -329,10 +330,12 @@ class SegmentService:
         :meth:`ScoredPopulation.frame` makes the score file's rows from them a block at a time."""
         node = self.node
         rows = node.data.positions(ids)
-        first = ~pd.Series(list(ids)).duplicated().to_numpy() if len(ids) else np.zeros(0, dtype=bool)
+        # A customer named twice (in any two spellings PSI would match) is scored once: the first time.
+        first = ~pd.Series(rows).duplicated().to_numpy() if len(ids) else np.zeros(0, dtype=bool)
         scored = np.flatnonzero((rows >= 0) & first)
         status = np.where(rows < 0, UNKNOWN, np.where(first, OK, REPEATED)).astype(object)
         scores = node.score(model_job_id, [ids[i] for i in scored], list(tags or []))
+        status[scored] = scores.status  # ok or not_in_intersection, as `score` answers them
         n = len(ids)
         columns: dict[str, np.ndarray] = {}
         for t, tag in enumerate(scores.tags):
@@ -410,7 +413,8 @@ class SegmentService:
             raise OutputError(f"segment {name!r} already exists; pass --overwrite to replace it")
         seed = secrets.randbits(32) if seed is None else int(seed)
         frame = self.enriched(model_job_id, self.population(model_job_id, all_customers), [tag])
-        frame = frame[frame["status"] == OK].reset_index(drop=True)  # an alignment's ID gone from the file
+        # Scored rows only (an alignment's ID gone from the file has none)
+        frame = frame[frame["status"].isin([OK, NOT_IN_INTERSECTION])].reset_index(drop=True)
         p = frame[f"p_{tag}"].to_numpy(dtype=np.float64)
         order = np.argsort(-p, kind="stable")
         if top_share is not None:
@@ -476,14 +480,14 @@ class SegmentService:
         bad = np.flatnonzero((values != 0) & (values != 1))
         if len(bad):
             raise UserError(f"{source}: row {bad[0] + 1}: outcome {values[bad[0]]} is not 0 or 1")
-        ids = pd.Series(list(customer_ids), dtype="string")
+        ids = pd.Series(customer_keys(customer_ids).tolist(), dtype="string")  # joined on the normal form
         repeated = np.flatnonzero(ids.duplicated().to_numpy())
         if len(repeated):
             first = int(np.flatnonzero((ids == ids.iloc[repeated[0]]).to_numpy())[0])
             raise UserError(f"{source}: rows {first + 1} and {repeated[0] + 1} have the same customer ID")
         outcome_of = pd.Series(values, index=ids.to_numpy())
         id_col = groups.columns[0]
-        joined = groups[id_col].astype(str).map(outcome_of)
+        joined = pd.Series(customer_keys(groups[id_col].astype(str).tolist()).tolist()).map(outcome_of)
         counts: dict[str, dict[str, int]] = {}
         for g in (TARGET, CONTROL):
             member = (groups["group"] == g).to_numpy()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import math
+import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
@@ -16,8 +17,9 @@ from typing import Any, TextIO
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from party_bank.scores import Scores
+from party_bank.scores import Scores, served_model
 from party_common.progress import duration
 from protocols.uncertainty import format_interval
 
@@ -33,8 +35,15 @@ def render(table: Table, *, out: TextIO | None = None) -> str:
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
 
 
+class PlainTable(Table):
+    """A rich table whose cells are plain text: ``[...]`` in a job's error or a name is shown, not read as markup."""
+
+    def add_row(self, *cells: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **kwargs)
+
+
 def table(*headers: str) -> Table:
-    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    t = PlainTable(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
     for h in headers:
         t.add_column(h, overflow="fold")
     return t
@@ -67,10 +76,10 @@ def job_tags(job: Mapping[str, Any]) -> str:
     return ", ".join(tags) or "-"
 
 
-def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> str:
+def jobs_table(jobs: Sequence[Mapping[str, Any]], config: str | None = None) -> str:
     """`bank-node jobs`: newest first, with name, duration, tags and the headline metric."""
     if not jobs:
-        return "no jobs on this node yet: start with `bank-node align --config ...`"
+        return f"no jobs on this node yet: start with `bank-node align {config_flag(config)}`"
     t = table("JOB", "NAME", "KIND", "STATUS", "DURATION", "TAGS", "RESULT", "CREATED (UTC)")
     for j in jobs:
         t.add_row(j["job_id"], j.get("name") or "-", j["kind"], j["status"], duration(j.get("elapsed_s") or 0.0),
@@ -85,15 +94,19 @@ def summary_table(result: Mapping[str, Any]) -> str:
     tags: Mapping[str, Any] = summary.get("tags") or {}
     level = int(round(100 * summary.get("confidence", 0.95)))
     t = table("TAG", "AUC JOINT", f"{level}% CI", "AUC BANK-ONLY", f"{level}% CI", "UPLIFT", f"{level}% CI",
-              "TEST POSITIVES")
+              "TEST POSITIVES", "SERVED")
     for tag, s in tags.items():
         iv = s.get("intervals") or {}
         uplift = s.get("uplift")
         t.add_row(tag, _auc(s["auc"].get("joint")), format_interval((iv.get("joint") or {}).get("auc")),
                   _auc(s["auc"].get("bank_only")), format_interval((iv.get("bank_only") or {}).get("auc")),
                   "n/a" if uplift is None else f"{uplift:+.3f}", format_interval(iv.get("uplift"), signed=True),
-                  f"{s.get('positives', '?')} of {s.get('n', '?')}")
+                  f"{s.get('positives', '?')} of {s.get('n', '?')}", served_model(result.get("metrics"), tag))
     lines = [render(t)]
+    alone = [tag for tag in tags if served_model(result.get("metrics"), tag) == "bank-only"]
+    if alone:
+        lines.append(f"  SERVED bank-only: {', '.join(alone)} scored by the bank's own model (the joint model did "
+                     "not beat it on validation): no platform call when scoring them")
     for tag, s in tags.items():
         lines += [f"  ! {tag}: {w['message']}" for w in s.get("warnings") or []]
     if not summary.get("has_predictions", True):
@@ -110,15 +123,21 @@ def memory_text(result: Mapping[str, Any]) -> str:
     return f"peak memory {m['node_peak_mb']:,.0f} MB{workers}"
 
 
-def train_done(job: Mapping[str, Any]) -> str:
+def config_flag(config: str | None) -> str:
+    """``--config PATH`` for a command to paste (quoted for a shell when it needs it); ``--config ...`` without."""
+    return f"--config {shlex.quote(config)}" if config else "--config ..."
+
+
+def train_done(job: Mapping[str, Any], config: str | None = None) -> str:
     """What `train` prints when the job ends: which model, on which alignment, how long, then the table."""
     result = job.get("result") or {}
     name = f" '{job['name']}'" if job.get("name") else ""
     head = (f"model {job['job_id']}{name}: trained on alignment {result.get('alignment_job_id', '?')} "
             f"({result.get('rows', '?')} shared customers) in {duration(job.get('elapsed_s') or 0.0)}"
             + (f"; {memory_text(result)}" if memory_text(result) else ""))
-    tail = (f"report: bank-node report --config ... {job['job_id']} --out report.html; "
-            f"score: bank-node score --config ... --model {job['job_id']} --ids ...")
+    flag = config_flag(config)
+    tail = (f"report: bank-node report {flag} {job['job_id']} --out report.html\n"
+            f"score:  bank-node score {flag} --model {job['job_id']} --ids ID,ID")
     return "\n".join([head, "", summary_table(result), "", tail])
 
 
@@ -157,10 +176,13 @@ def follow_line(job: Mapping[str, Any]) -> str:
 ROUTINE = ("score",)  # one audit row per online Score call naming the model: counted, not listed
 
 
-def events_text(events: Iterable[Mapping[str, str]]) -> str:
-    """A job's history for `bank-node logs`; the model's score calls as one count at the end."""
+def events_text(events: Iterable[Mapping[str, str]], error: str = "") -> str:
+    """A job's history for `bank-node logs`; the model's score calls as one count at the end; ``error`` (the
+    job's failure reason) on the line that says it failed, when the event itself does not carry it."""
     events = list(events)
-    lines = [event_line(e) for e in events if e["event"] not in ROUTINE]
+    lines = [event_line(e) if not (error and e["event"] in ("failed", "cancelled") and not e.get("detail"))
+             else event_line({**e, "detail": error.splitlines()[0]})
+             for e in events if e["event"] not in ROUTINE]
     routine = [e for e in events if e["event"] in ROUTINE]
     if routine:
         lines.append(f"(and {len(routine)} online score call(s) with this model, the last at "

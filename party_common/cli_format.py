@@ -1,10 +1,18 @@
-"""What both nodes' command lines share: help that shows every default, and `--version`."""
+"""What both nodes' command lines share: help that shows every default, `--version`, and records as tables."""
 
 from __future__ import annotations
 
 import argparse
+import io
+from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from party_common.transport import PROTOCOL_VERSION
 
@@ -32,4 +40,30 @@ def version_string(prog: str) -> str:
     return f"{prog} {version} (wire protocol {PROTOCOL_VERSION})"
 
 
-__all__ = ["DefaultsFormatter", "version_string"]
+def _flatten(record: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            yield from _flatten(value, f"{name}.")
+        elif isinstance(value, (list, tuple)):
+            yield name, ", ".join(str(v) for v in value) if value else "-"
+        else:
+            yield name, "-" if value is None or value == {} else (f"{value:.4g}" if isinstance(value, float)
+                                                                   else str(value))
+
+
+def record_table(record: Mapping[str, Any], *, title: str = "", header: tuple[str, str] = ("FIELD", "VALUE")) -> str:
+    """A record (a segment, a policy) as a two-column table for people, nested keys dotted (``a.b``); every cell
+    plain text (``[...]`` is shown, never read as markup). ``--json`` prints the record itself."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold", title=title or None)
+    for h in header:
+        table.add_column(h, overflow="fold")
+    for key, value in _flatten(record):
+        table.add_row(Text(key), Text(value))
+    buffer = io.StringIO()
+    Console(file=buffer, width=100_000, force_terminal=False, no_color=True, highlight=False,
+            soft_wrap=False).print(table)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
+
+
+__all__ = ["DefaultsFormatter", "record_table", "version_string"]

@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from party_common.known_keys import unknown_key_message
+from party_common.policy import KNOWN_KEYS as POLICY_KEYS
 from party_common.policy import PolicyConfig, parse_policy
 from protocols.compute import BACKENDS
 from protocols.errors import UserError
@@ -62,6 +64,33 @@ FILL_OPTIONS = ("error", "zero", "mean")
 
 class ConfigError(UserError):
     """The node's config file is wrong; the message says where and what to change."""
+
+
+# Every key each table may hold: anything else is refused with these and the nearest spelling.
+KNOWN_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"node", "peer", "tls", "data", "compute", "client", "metrics", "policy"}),
+    "node": frozenset({"name", "role", "listen", "state_dir", "workers", "step_timeout_s", "max_payload_mb",
+                       "session_idle_s"}),
+    "peer": frozenset({"address", "tls_name", "retry_deadline_s"}),
+    "tls": frozenset({"cert", "key", "peer_ca", "client_ca", "peer_crl", "client_crl"}),
+    "data": frozenset({"path", "id_column", "tag_columns", "feature_columns", "fill_missing", "in_memory_mb"}),
+    "compute": frozenset({"backend", "address", "workers"}),
+    "client": frozenset({"address", "tls_name"}),
+    "metrics": frozenset({"listen"}),
+    "policy": POLICY_KEYS,
+}
+
+
+def _refuse_unknown_keys(doc: dict[str, Any], path: Path) -> None:
+    refusal = unknown_key_message(doc, KNOWN_KEYS[""], f"{path}")
+    if refusal:
+        raise ConfigError(refusal.replace("unknown key", "unknown section", 1).replace("valid keys", "valid sections"))
+    for section, known in KNOWN_KEYS.items():
+        table = doc.get(section) if section else None
+        if isinstance(table, dict):
+            refusal = unknown_key_message(table, known, f"{path} [{section}]")
+            if refusal:
+                raise ConfigError(refusal)
 
 
 @dataclass(frozen=True)
@@ -160,6 +189,7 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
     base = path.resolve().parent
+    _refuse_unknown_keys(doc, path)
 
     def resolve(p: str) -> Path:
         q = Path(p).expanduser()
@@ -210,6 +240,10 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
     tag_columns = _get(data, "tag_columns", list, where, required=False, default=[])
     if role == "platform" and tag_columns:
         raise ConfigError(f"{where}: the platform holds no tags; remove 'tag_columns'")
+    if role == "bank" and not tag_columns:
+        # Without tags every column of the file would become a feature (tags included), and nothing could train.
+        raise ConfigError(f"{where}: the bank node needs at least one tag: add 'tag_columns' with the 0/1 label "
+                          "columns of its file (e.g. tag_columns = [\"tag_car_owner\"])")
     feature_columns = _get(data, "feature_columns", list, where, required=False)
     fill = _get(data, "fill_missing", str, where, required=False, default="error")
     if fill not in FILL_OPTIONS:
@@ -236,9 +270,6 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
     for section, table in (("client", client), ("metrics", metrics)):
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
-        unknown = sorted(set(table) - ({"address", "tls_name"} if section == "client" else {"listen"}))
-        if unknown:
-            raise ConfigError(f"{path} [{section}]: unknown key '{unknown[0]}'")
     listen = _address(_get(node, "listen", str, f"{path} [node]"), f"{path} [node] listen")
     client_address = _get(client, "address", str, f"{path} [client]", required=False)
     metrics_listen = _get(metrics, "listen", str, f"{path} [metrics]", required=False)
@@ -280,9 +311,6 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
 def _compute(table: Any, where: str) -> ComputeConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [compute] must be a table")
-    unknown = sorted(set(table) - {"backend", "address", "workers"})
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: backend, address, workers)")
     backend = _get(table, "backend", str, where, required=False, default="pool")
     if backend not in BACKENDS:
         raise ConfigError(f"{where}: 'backend' must be one of {', '.join(BACKENDS)}, got '{backend}'")

@@ -36,6 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from protocols.identity import customer_keys, describe_difference
 from protocols.party_data import DataError, IdIndex, PartyData, Schema, as_ids
 from protocols.rowblocks import scratch_array, take_rows
 
@@ -357,7 +358,7 @@ def load_party_data(path: str | Path, *, id_column: str, tag_columns: Sequence[s
                             f"({empty_ids.count} empty ID(s) in all)")
         all_ids = np.concatenate(id_blocks)
         id_blocks.clear()
-        _check_unique(all_ids, path, id_column)
+        index = _check_unique(all_ids, path, id_column)
         trained = set(expected_schema.feature_columns) if expected_schema is not None else set()
         dropped = [j for j, (c, s) in enumerate(zip(features, stats, strict=True))
                    if c not in trained and s.missing.count == n]
@@ -393,8 +394,10 @@ def load_party_data(path: str | Path, *, id_column: str, tag_columns: Sequence[s
                     tag_columns=tuple(tags))
     if expected_schema is not None:
         expected_schema.check_scoring_compatible(schema, str(path))
-    return PartyData(source=str(path), ids=all_ids, features=X, feature_names=names, labels=labels,
-                     tag_names=tags, schema=schema)
+    loaded = PartyData(source=str(path), ids=all_ids, features=X, feature_names=names, labels=labels,
+                       tag_names=tags, schema=schema)
+    loaded._index = index  # built on the IDs' normal forms for the duplicate check: kept for the lookups
+    return loaded
 
 
 def _tag_values(column: pd.Series, start: int, bad: _Finding) -> np.ndarray:
@@ -404,10 +407,21 @@ def _tag_values(column: pd.Series, start: int, bad: _Finding) -> np.ndarray:
     return mapped.to_numpy(dtype=np.float64)
 
 
-def _check_unique(ids: np.ndarray, path: Path, id_column: str) -> None:
-    repeats = IdIndex(ids).repeats()  # the IDs stay a compact array: no Python string per customer
+def _check_unique(ids: np.ndarray, path: Path, id_column: str) -> IdIndex:
+    """The index of the IDs' normal forms (``protocols.identity``); refuse an ID empty in that form, and two
+    rows that are one customer (the same text, or forms PSI would match: case, spaces, phone/e-mail format)."""
+    keys = customer_keys(ids)
+    empty = np.flatnonzero(keys == "")
+    if len(empty):
+        raise DataError(f"{path}: column '{id_column}', row {empty[0] + 1}: the ID is empty once normalised "
+                        f"(only white space or format characters; {len(empty)} such ID(s))")
+    index = IdIndex(keys)  # the IDs stay a compact array: no Python string per customer
+    repeats = index.repeats()
     if repeats:
         first = min(a for a, _ in repeats)
         twin = sorted({first, *(b for a, b in repeats if a == first)})
-        raise DataError(f"{path}: column '{id_column}': rows {twin[0] + 1} and {twin[1] + 1} have the same ID "
-                        f"({len(repeats)} duplicate(s) in all)")
+        a, b = str(ids[twin[0]]), str(ids[twin[1]])
+        how = "have the same ID" if a == b else f"hold {describe_difference(a, b)}"
+        raise DataError(f"{path}: column '{id_column}': rows {twin[0] + 1} and {twin[1] + 1} {how} "
+                        f"({len(repeats)} duplicate(s) in all); de-duplicate the file")
+    return index

@@ -12,6 +12,7 @@ from party_common.config import NodeConfig
 from party_common.jobs import JobContext, JobError, Progress
 from party_common.progress import ProgressLog
 from party_common.runtime import load_node_data
+from party_common.state_lock import StateLock
 from party_common.storage import NodeStores, open_node_stores
 from protocols.compute import Compute, make_compute
 from protocols.errors import NotFound
@@ -52,6 +53,7 @@ class NodeBase:
         self.stores = stores if stores is not None else open_node_stores(config.state_dir,
                                                                          keep_waiting=self.role == "platform")
         self.spill_dir = config.state_dir / "tmp"
+        self.state_lock: StateLock | None = None  # held by a serving process (party_common.state_lock)
         self._cache: dict[tuple[str, str], Any] = {}  # (what, job ID) -> a model or an alignment index
         self._lock = threading.Lock()
         if config.compute.backend == "ray":  # fail at start, not at the first job, if Ray is missing or away

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from party_common.known_keys import unknown_key_message
 from protocols.errors import PeerError, ProtocolError
 from protocols.vfl_lr.disclosure import MAX_BANK_COLUMNS, MAX_VALIDATION_EVALUATIONS, MIN_EVALUATION_ROWS
 
@@ -94,9 +95,9 @@ KNOWN_KEYS = frozenset({*_LISTS, *_POSITIVE, "approval", "max_released_projectio
 
 def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
     """``[policy]`` checked; raises :class:`ValueError` naming the key (the config loader adds the file)."""
-    unknown = sorted(set(table) - KNOWN_KEYS)
-    if unknown:
-        raise ValueError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(KNOWN_KEYS))})")
+    refusal = unknown_key_message(table, KNOWN_KEYS, where)
+    if refusal:
+        raise ValueError(refusal)
     values: dict[str, Any] = {}
     for key in _LISTS:
         if key in table:

@@ -7,7 +7,9 @@ the bank's side is ``party_common.grpc_link``, the platform's ``party_platform.s
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent import futures
@@ -168,8 +170,9 @@ def make_server(workers: int = 8, interceptors: Sequence[grpc.ServerInterceptor]
     """A gRPC server; ``interceptors`` run before every call (the nodes install ``auth.CertificateGate``)."""
     # Accept the clients' keepalive pings (every 30 s, also between calls): the default minimum interval
     # of 5 minutes makes the server answer a long job's pings with GOAWAY "too_many_pings".
+    # so_reuseport off: gRPC's default lets a second node bind the same port and take half of its calls.
     options = [*grpc_options(), ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
-               ("grpc.http2.max_ping_strikes", 0)]
+               ("grpc.http2.max_ping_strikes", 0), ("grpc.so_reuseport", 0)]
     return grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
                        maximum_concurrent_rpcs=64, interceptors=list(interceptors))
 
@@ -180,7 +183,26 @@ def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials 
         port = (server.add_insecure_port(address) if credentials is None
                 else server.add_secure_port(address, credentials))
     except RuntimeError as err:
-        raise ConfigError(f"cannot listen on {address}: {err}") from err
+        raise ConfigError(f"cannot listen on {address}: {_why_not_listening(address) or err}") from err
     if port == 0:
-        raise ConfigError(f"cannot listen on {address} (in use, or not an address of this machine)")
+        raise ConfigError(f"cannot listen on {address}: "
+                          f"{_why_not_listening(address) or 'in use, or not an address of this machine'}")
     return port
+
+
+def _why_not_listening(address: str) -> str | None:
+    """Why ``address`` cannot be bound, asked of the operating system directly (gRPC only says it failed)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, int(port)))
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            return (f"port {port} is taken by another process (is a node already running? "
+                    f"`ss -ltnp 'sport = :{port}'` names it)")
+        if err.errno == errno.EADDRNOTAVAIL:
+            return f"{host} is not an address of this machine"
+        return err.strerror
+    return None

@@ -25,16 +25,18 @@ from grpc_health.v1.health import HealthServicer
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from party_common.cli_format import DefaultsFormatter, version_string
+from party_common.cli_format import DefaultsFormatter, record_table, version_string
 from party_common.config import NodeConfig, load_config
 from party_common.jobs import SESSION_KINDS
 from party_common.runtime import (
     INSECURE_WARNING,
+    TlsFiles,
     read_tls_files,
     serve_with_metrics,
     setup_logging,
     start_node_server,
 )
+from party_common.state_lock import StateLock, lock_state_dir
 from party_common.storage.jobs import STATUSES
 from party_common.transport import MAX_GRPC_MESSAGE
 from party_platform import admin
@@ -51,7 +53,18 @@ def build_server(config_path: str, *,
     """Load config and data and start the Node service; return (server, health, node, sessions, port)."""
     config = load_config(config_path, expected_role="platform", require_tls=not insecure_dev)
     tls = None if insecure_dev else read_tls_files(config)
+    state_lock = lock_state_dir(config.state_dir, what="platform node")  # before anything reads its state
+    try:
+        return _build_server(config, tls, insecure_dev, state_lock)
+    except BaseException:
+        state_lock.release()
+        raise
+
+
+def _build_server(config: NodeConfig, tls: TlsFiles | None, insecure_dev: bool,
+                  state_lock: StateLock) -> tuple[grpc.Server, HealthServicer, PlatformNode, SessionRegistry, int]:
     node = PlatformNode(config)
+    node.state_lock = state_lock
     registry = SessionRegistry(node.open_session, kinds=SESSION_KINDS,
                                max_sessions=config.policy.max_concurrent_jobs, idle_s=config.session_idle_s)
     registry.start_expiry()  # a bank killed mid-job never closes its session
@@ -108,7 +121,10 @@ def admin_command(args: argparse.Namespace, config: NodeConfig) -> int:
         print(admin.revoke(stores, args.model))
     elif args.command == "policy":
         released = config.max_released_projections
-        print(json.dumps({**config.policy.describe(), "max_released_projections": released}, indent=2))
+        policy = {**config.policy.describe(), "max_released_projections": released}
+        print(json.dumps(policy, indent=2) if args.json else
+              record_table(policy, title=f"the policy of {config.name} ([policy] of {config.source})",
+                           header=("KNOB", "VALUE")))
     return 0
 
 
@@ -141,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
     for command in (serve_p, jobs, models, approve, revoke, audit, policy, console):
         command.formatter_class = DefaultsFormatter
         command.add_argument("--config", required=True, help="the node's TOML file")
-    for command in (jobs, models, audit):
+    for command in (jobs, models, audit, policy):
         command.add_argument("--json", action="store_true", help="JSON instead of a table")
     return p
 

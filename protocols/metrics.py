@@ -8,7 +8,6 @@ model on the very rows the joint model was trained on. Nothing here knows the tr
 from __future__ import annotations
 
 import hashlib
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from protocols.errors import UserError
+from protocols.identity import normalise_id
 from protocols.party_data import PartyData
 
 
@@ -33,7 +33,7 @@ class Split:
         return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
 
 
-SPLIT_SCHEME = ("blake2b-64 keyed by 'vfl-lr-split/<seed>' over each customer ID (NFC, stripped), mapped to [0, 1); "
+SPLIT_SCHEME = ("blake2b-64 keyed by 'vfl-lr-split/<seed>' over each customer ID's normal form (protocols.identity: NFKC, trimmed, case-folded, phone/e-mail rules), mapped to [0, 1); "
                 "strata: the first tag's label (0, 1, unknown); in each stratum the round(n test_share) rows of "
                 "lowest hash go to test, the next round((n - n_test) validation_share) to validation, the rest "
                 "to train; every part in hash order")
@@ -43,11 +43,13 @@ def id_hashes(ids: Sequence[str], seed: int) -> np.ndarray:
     """Per customer ID, a keyed hash in [0, 1): blake2b (8 bytes) keyed by the seed over the normalised ID.
 
     Independent of the rows' order: the same customer gets the same value in every alignment of a job seed.
+    The ID is in its normal form (``protocols.identity``), as PSI matched it: an ID already in that form hashes
+    as it did under the earlier NFC-and-strip input, and one spelling of a customer is one split row.
     """
     key = f"vfl-lr-split/{seed}".encode()
     out = np.empty(len(ids), dtype=np.float64)
     for i, cid in enumerate(ids):
-        digest = hashlib.blake2b(unicodedata.normalize("NFC", str(cid).strip()).encode(), digest_size=8,
+        digest = hashlib.blake2b(normalise_id(str(cid)).encode(), digest_size=8,
                                  key=key).digest()
         out[i] = (int.from_bytes(digest, "big") >> 11) / float(1 << 53)  # exact in a float64
     return out

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from protocols.errors import UserError
+from protocols.identity import customer_keys
 from protocols.rowblocks import take_rows
 
 
@@ -167,11 +168,12 @@ class PartyData:
         return len(self.ids)
 
     def positions(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
-        """The row of each of ``ids`` (int64), -1 where an ID is not in the file (:class:`IdIndex`, built once,
-        on first use)."""
+        """The row of each of ``ids`` (int64), -1 where an ID is not in the file. IDs are compared in their
+        normal form (``protocols.identity``): any spelling PSI would match finds the customer. The index
+        (:class:`IdIndex` over the normal forms) is built once, on first use, or by the loader."""
         if self._index is None:
-            self._index = IdIndex(self.ids)
-        return self._index.rows(ids)
+            self._index = IdIndex(customer_keys(self.ids))
+        return self._index.rows(customer_keys(ids))
 
     def row_of(self, customer_id: str) -> int:
         """The row of ``customer_id``, or -1."""

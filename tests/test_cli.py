@@ -87,13 +87,14 @@ def test_jobs_table_has_a_header_and_never_cuts_a_tag_name() -> None:
 
 def test_train_ends_with_the_summary_table() -> None:
     done = job("train", name="cars", result={"summary": summary(LONG_TAG), "alignment_job_id": "align-1",
-                                             "rows": 400})
+                                             "rows": 400, "metrics": {LONG_TAG: {"served": {"model": "bank_only"}}}})
     text = views.train_done(done)
     assert "trained on alignment align-1 (400 shared customers) in 2 min 05 s" in text
     row = next(line for line in text.splitlines() if line.startswith(LONG_TAG))
     assert row.split()[1:] == ["0.810", "[0.760,", "0.860]", "0.740", "[0.690,", "0.790]", "+0.070", "[+0.010,",
-                               "+0.130]", "80", "of", "400"]
+                               "+0.130]", "80", "of", "400", "bank-only"]
     assert f"! {LONG_TAG}: read me" in text
+    assert f"SERVED bank-only: {LONG_TAG} scored by the bank's own model" in text
     assert "peak memory" not in text  # a job stored before jobs reported memory
     done["result"]["memory"] = {"node_peak_mb": 1234.5, "node_peak_resident_mb": 2000.0, "workers_peak_mb": 980.2}
     assert "400 shared customers) in 2 min 05 s; peak memory 1,234 MB, workers 980 MB" in views.train_done(done)
@@ -115,6 +116,16 @@ def test_logs_list_the_history_and_count_the_score_calls() -> None:
         "2026-01-01 00:00:00  created: train", "2026-01-01 00:00:09  epoch 1/2 validation AUC t 0.7",
         "(and 3 online score call(s) with this model, the last at 2026-01-01 00:01:02)"]
     assert views.events_text([]) == "no events"
+    failed = [{"at": "2026-01-01T00:00:00+00:00", "event": "created", "detail": "align"},
+              {"at": "2026-01-01T00:00:05+00:00", "event": "failed", "detail": ""}]
+    assert views.events_text(failed, "the platform refused: [policy] min_intersection 100\nmore").splitlines()[-1] \
+        == "2026-01-01 00:00:05  failed: the platform refused: [policy] min_intersection 100"
+
+
+def test_jobs_keeps_text_in_square_brackets() -> None:
+    failed = job("align", status="failed", error="refused by [policy] allowed_tags [tag_x]", name="[draft]")
+    text = views.jobs_table([failed])
+    assert "refused by [policy] allowed_tags [tag_x]" in text and "[draft]" in text
 
 
 def test_progress_says_what_is_left_and_keeps_each_stage() -> None:

@@ -47,12 +47,12 @@ def edit(path: Path, old: str, new: str) -> Path:
     ("workers = 2", 'workers = "two"', "'workers' must be a int"),
     ('fill_missing = "error"', 'fill_missing = "guess"', "'fill_missing' must be one of"),
     ('id_column = "id"', "", "missing key 'id_column'"),
-    ("[peer]", "[pier]", "missing section [peer]"),
+    ("[peer]", "[pier]", "unknown section 'pier'; did you mean 'peer'?"),
 ])
 def test_bank_config_errors_name_the_key(configs: tuple[Path, Path], old: str, new: str, message: str) -> None:
     bank, _ = configs
     edit(bank, old, new)
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")) as err:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("?", r"\?")) as err:
         load_config(bank, expected_role="bank")
     assert str(bank) in str(err.value)
 
@@ -163,3 +163,38 @@ def test_client_and_metrics_mistakes_are_named(configs: tuple[Path, Path], secti
     bank.write_text(bank.read_text() + "\n" + section)
     with pytest.raises(ConfigError, match=error):
         load_config(bank, expected_role="bank")
+
+
+@pytest.mark.parametrize(("section", "old", "new", "message"), [
+    ("data", "tag_columns =", "tag_colums =", r"\[data\]: unknown key 'tag_colums'; did you mean 'tag_columns'\?"),
+    ("node", "workers = 2", "workres = 2", r"\[node\]: unknown key 'workres'; did you mean 'workers'\?"),
+    ("peer", 'tls_name = "platform"', 'tls_nam = "platform"', r"unknown key 'tls_nam'; did you mean 'tls_name'"),
+    ("tls", "peer_crl =", "peer_clr =", r"\[tls\]: unknown key 'peer_clr'; did you mean 'peer_crl'"),
+    ("", "[data]", "[dta]\npath = 'x'\n[data]", r"unknown section 'dta'; did you mean 'data'\?"),
+])
+def test_unknown_keys_are_refused_with_the_valid_ones(configs: tuple[Path, Path], section: str, old: str, new: str,
+                                                      message: str) -> None:
+    bank, _ = configs
+    edit(bank, old, new)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(bank, expected_role="bank")
+    assert "valid keys:" in str(err.value) or "valid sections:" in str(err.value)
+    assert str(bank) in str(err.value)
+
+
+def test_a_bank_without_tags_is_refused_with_advice(configs: tuple[Path, Path]) -> None:
+    bank, _ = configs
+    edit(bank, 'tag_columns = ["tag"]', "")
+    with pytest.raises(ConfigError, match="the bank node needs at least one tag: add 'tag_columns'"):
+        load_config(bank, expected_role="bank")
+
+
+def test_the_state_directory_lock_names_its_holder(tmp_path: Path) -> None:
+    import os
+
+    from party_common.state_lock import StateDirInUse, lock_state_dir
+    held = lock_state_dir(tmp_path / "state", what="bank node")
+    with pytest.raises(StateDirInUse, match=f"PID {os.getpid()} already serves this state directory"):
+        lock_state_dir(tmp_path / "state", what="bank node")
+    held.release()
+    lock_state_dir(tmp_path / "state", what="bank node").release()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections import Counter
@@ -196,8 +197,11 @@ def test_revoke_models_and_audit_commands(world: World, capsys: pytest.CaptureFi
     assert "no model train-nosuchmodel" in capsys.readouterr().err
     assert platform_main(["audit", "--config", str(config), "--event", "partial scores"]) == 0
     assert "partial scores" in capsys.readouterr().out
-    assert platform_main(["policy", "--config", str(config)]) == 0
+    assert platform_main(["policy", "--config", str(config), "--json"]) == 0
     assert '"approval": "auto"' in capsys.readouterr().out
+    assert platform_main(["policy", "--config", str(config)]) == 0  # for people: a table of knobs
+    shown = capsys.readouterr().out
+    assert re.search(r"^KNOB +VALUE$", shown, re.M) and re.search(r"^approval +auto$", shown, re.M), shown
 
 
 def test_revoked_model_is_refused(world: World) -> None:

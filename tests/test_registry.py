@@ -80,7 +80,9 @@ def test_list_shows_name_tags_auc_alignment_and_status(trained: Trained, files: 
     assert first["test_auc"] == {files.tags[0]: report_auc} and 0 < report_auc < 1
     assert models[trained.second]["tags"] == files.tags and set(models[trained.second]["test_auc"]) == set(files.tags)
     table = models_table(list(models.values()))
-    assert "car-owner-v2" in table and f"{files.tags[0]}={report_auc:.3f}" in table and "STATUS" in table
+    served = "joint" if first["served"][files.tags[0]] == "joint" else "bank-only"
+    cell = f"{files.tags[0]}={served} {first['served_test_auc'][files.tags[0]]:.3f}"
+    assert "car-owner-v2" in table and cell in table and "STATUS" in table
 
 
 def test_an_alias_scores_like_the_job_id_online_in_batch_and_in_segments(trained: Trained,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 from pathlib import Path
 
@@ -108,7 +109,8 @@ def test_ids_file_reports_unknown_ids_per_row(trained: tuple[Nodes, str, list[st
     assert (result.rows, result.unknown, result.platform_known) == (4, 1, 1)
     frame = pd.read_csv(result.path, dtype=str, keep_default_na=False)
     assert frame["id"].tolist() == ids
-    assert frame["status"].tolist() == ["ok", "unknown_customer", "ok", "repeated"]
+    # the same statuses as online scoring: an outsider is `not_in_intersection` in a file too
+    assert frame["status"].tolist() == ["ok", "unknown_customer", "not_in_intersection", "repeated"]
     assert frame["platform_known"].tolist() == ["True", "", "False", ""]
     assert frame["p_" + nodes.bank.data.tag_names[0]][1] == ""
     assert frame["rank_" + nodes.bank.data.tag_names[0]][[0, 2]].astype(int).tolist() in ([1, 2], [2, 1])
@@ -299,8 +301,11 @@ def test_cli_through_grpc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         assert cli.main(["batch-score", *config, "--model", model, "--out", "/etc/x.csv"]) == 1
         assert "absolute paths are refused" in capsys.readouterr().err
         assert cli.main(["segment", *config, "--model", model, "--tag", files.tags[0], "--top", "50%",
-                         "--control", "20%", "--seed", "9", "--out", "grpc-seg"]) == 0
+                         "--control", "20%", "--seed", "9", "--out", "grpc-seg", "--json"]) == 0
         record = json.loads(capsys.readouterr().out)
+        assert cli.main(["segments", *config, "grpc-seg"]) == 0  # the record for people: a table
+        shown = capsys.readouterr().out
+        assert re.search(r"^seed +9$", shown, re.M) and re.search(r"^control_size +\d+$", shown, re.M), shown
         assert record["seed"] == 9 and record["control_size"] == round(0.2 * record["selected"])
         groups = pd.read_parquet(cluster.workdir / "state/bank/segments/grpc-seg.groups.parquet")
         outcomes = tmp_path / "outcomes.csv"

@@ -1,43 +1,12 @@
-"""ID normalisation and the job salt."""
+"""The job salt; the normal form of an ID is ``protocols.identity``'s, shared with loading, scoring and the split."""
 
 from __future__ import annotations
 
 import hashlib
-import re
-import unicodedata
 
-_PHONE_CHARS = re.compile(r"^\+?[0-9 ()./-]{7,}$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
-_NOT_DIGIT = re.compile(r"[^0-9]")
+from protocols.identity import normalise_id
+
 _SALT_TAG = b"fedprofile/psi/v1/salt"
-
-
-def normalise_id(raw: str) -> str:
-    """The normal form both parties apply before hashing.
-
-    * Unicode NFKC, surrounding white space removed, case folded.
-    * E-mail (``local@domain``): the whole address lower-cased (after case folding); nothing else changed.
-    * Phone number (optional ``+``, then at least 7 digits with spaces, dots, dashes, brackets or slashes):
-      separators removed; a leading ``00`` becomes ``+``; a leading ``+`` is kept. Numbers are not
-      re-written between national and international form: both sides must use the same convention
-      (the simulator and most CRMs store E.164, ``+447700900123``).
-    * Anything else: the trimmed, case-folded text.
-    """
-    text = unicodedata.normalize("NFKC", raw).strip().casefold()
-    if "@" in text and _EMAIL.match(text):
-        return text
-    body = text[1:] if text[:1] == "+" else text
-    if len(body) >= 7 and body.isascii() and body.isdigit():  # a phone number without separators
-        digits = body
-    elif _PHONE_CHARS.match(text):
-        digits = _NOT_DIGIT.sub("", text)
-    else:
-        return text
-    if text.startswith("+"):
-        return "+" + digits
-    if digits.startswith("00"):
-        return "+" + digits[2:]
-    return digits
 
 
 def job_salt(job_id: str, bank_nonce: bytes, platform_nonce: bytes) -> bytes:

@@ -1,0 +1,208 @@
+"""Issue 25, "no surprises for the people who run it": the real CLI against real node processes.
+
+One cluster (two node processes over mutual TLS, one alignment, one small training job) serves every test
+here; each test drives `bank-node` / `platform-node` as an operator would and reads what they print.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simulations.cluster import LocalCluster
+from tests.nodes_fixture import FAST_TRAIN, SimulatedFiles, simulated_files
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> SimulatedFiles:
+    return simulated_files(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def cluster(files: SimulatedFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), bank_data=files.bank, bank_id_column="id",
+                      bank_tag_columns=files.tags, platform_data=files.platform, platform_id_column="id",
+                      workers=1) as running:
+        yield running
+
+
+def node_cli(role: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``bank-node ARGS`` or ``platform-node ARGS`` in a process of its own, as typed in a shell."""
+    return subprocess.run([sys.executable, "-m", f"party_{role}.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ))
+
+
+# ---- config, one process per state directory, a taken port ----
+
+
+def test_a_second_serve_on_the_same_state_directory_is_refused_naming_the_pid(cluster: LocalCluster) -> None:
+    for role, config in (("bank", cluster.bank_config), ("platform", cluster.platform_config)):
+        second = node_cli(role, "serve", "--config", str(config), timeout=60)
+        assert second.returncode == 2, second.stderr
+        pid = cluster.pids()[role]
+        assert f"is in use: PID {pid} already serves this state directory as the {role} node" in second.stderr
+    cluster.bank_client().wait_ready(timeout_s=5.0)  # the first ones still serve
+
+
+def test_a_taken_port_is_refused_clearly(cluster: LocalCluster, tmp_path: Path) -> None:
+    moved = tmp_path / "platform.toml"
+    moved.write_text(cluster.platform_config.read_text().replace('state_dir = "state/platform"',
+                                                                 f'state_dir = "{tmp_path / "other"}"'))
+    second = node_cli("platform", "serve", "--config", str(moved), timeout=60)
+    assert second.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{cluster.platform_port}: port {cluster.platform_port} is taken by " \
+           "another process" in second.stderr, second.stderr
+
+
+def test_a_misspelled_key_is_refused_with_the_right_spelling(cluster: LocalCluster, tmp_path: Path) -> None:
+    bank = tmp_path / "bank.toml"
+    bank.write_text(cluster.bank_config.read_text().replace("tag_columns =", "tag_colums =")
+                    .replace('state_dir = "state/bank"', f'state_dir = "{tmp_path / "state"}"'))
+    done = node_cli("bank", "serve", "--config", str(bank), timeout=60)
+    assert done.returncode == 2
+    assert re.search(r"\[data\]: unknown key 'tag_colums'; did you mean 'tag_columns'\? \(valid keys: .*fill_missing",
+                     done.stderr), done.stderr
+    bank.write_text(bank.read_text().replace("tag_colums =", "# tag_columns ="))
+    done = node_cli("bank", "serve", "--config", str(bank), timeout=60)
+    assert done.returncode == 2 and "the bank node needs at least one tag: add 'tag_columns'" in done.stderr
+    assert not (tmp_path / "state" / "jobs.sqlite").exists()
+
+
+# ---- one notion of "the same customer" ----
+
+
+def test_the_split_hashes_the_normal_form() -> None:
+    import hashlib
+    import unicodedata
+
+    from protocols.identity import normalise_id
+    from protocols.metrics import id_hashes
+
+    def before(cid: str, seed: int) -> float:  # the split hash's input before protocols.identity: NFC, stripped
+        digest = hashlib.blake2b(unicodedata.normalize("NFC", cid.strip()).encode(), digest_size=8,
+                                 key=f"vfl-lr-split/{seed}".encode()).digest()
+        return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)
+
+    normal = ["+447700900123", "ann@example.com", "12345", "c-0001", "ß"]
+    assert all(normalise_id(i) == i for i in normal[:4])
+    assert id_hashes(normal[:4], 7).tolist() == [before(i, 7) for i in normal[:4]]  # the same split as before
+    spellings = ["+44 7700 900123", "Ann@Example.COM", " 12345 ", "C-0001"]
+    assert id_hashes(spellings, 7).tolist() == id_hashes(normal[:4], 7).tolist()  # one customer, one hash
+    assert id_hashes(["C-0001"], 7)[0] != before("C-0001", 7)  # the documented change for such IDs
+
+
+def test_ids_that_differ_only_by_case_are_refused_at_load(tmp_path: Path) -> None:
+    from party_common.data_loading import load_party_data
+    from protocols.party_data import DataError
+
+    path = tmp_path / "b.csv"
+    path.write_text("email,x,tag\nann@example.com,1,0\nbob@example.com,2,1\nAnn@Example.com,3,1\n")
+    with pytest.raises(DataError, match=r"b.csv: column 'email': rows 1 and 3 hold the same customer ID, differing "
+                                        r"only in case \(1 duplicate\(s\) in all\)"):
+        load_party_data(path, id_column="email", tag_columns=["tag"])
+    path.write_text("phone,x,tag\n+44 7700 900123,1,0\n+447700900123,2,1\n")
+    with pytest.raises(DataError, match="rows 1 and 2 hold the same customer ID in different forms"):
+        load_party_data(path, id_column="phone", tag_columns=["tag"])
+    path.write_text("phone,x,tag\n\u3000,1,0\n+447700900123,2,1\n")  # an ideographic space: nothing
+    with pytest.raises(DataError, match="column 'phone', row 1: empty ID"):
+        load_party_data(path, id_column="phone", tag_columns=["tag"])
+
+
+@pytest.fixture(scope="module")
+def model(cluster: LocalCluster, files: SimulatedFiles) -> str:
+    """One alignment and one small training job on the cluster: the model the scoring tests use."""
+    client = cluster.bank_client()
+    client.align()
+    return str(client.train(tags=files.tags, train=FAST_TRAIN)["job_id"])
+
+
+def bank(cluster: LocalCluster, *args: str) -> list[str]:
+    return [*args, "--config", str(cluster.bank_config), *cluster.operator_args]
+
+
+def spaced(phone: str) -> str:
+    """``+447700900123`` as a person might type it: ``+44 7700 900 123``."""
+    return f"{phone[:3]} {phone[3:7]} {phone[7:10]} {phone[10:]}"
+
+
+def test_score_accepts_any_spelling_psi_matched_and_refuses_empty_ids(cluster: LocalCluster, model: str,
+                                                                     files: SimulatedFiles,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from party_bank.cli import main
+
+    member = sorted(files.shared_ids)[0]
+    assert main(bank(cluster, "score", "--model", model, "--ids", f"{member},{spaced(member)}")) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("+44")]
+    assert [r[1] for r in rows if r[0] == member] == ["ok"], out
+    assert re.search(rf"^{re.escape(spaced(member))} +ok +0\.\d{{4}}", out, re.M), out
+    assert main(bank(cluster, "score", "--model", model, "--ids", "")) == 1
+    assert "empty" in capsys.readouterr().err
+
+
+# ---- which model serves each tag ----
+
+
+def test_the_served_model_is_shown_in_models_and_the_report(cluster: LocalCluster, model: str, files: SimulatedFiles,
+                                                            tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from party_bank.cli import main
+
+    assert main(bank(cluster, "models")) == 0
+    out = capsys.readouterr().out
+    assert "TAGS (served model, its test AUC)" in out
+    assert all(re.search(rf"{tag}=joint 0\.\d{{3}}", out) for tag in files.tags), out  # FAST_TRAIN serves joint
+    assert main(bank(cluster, "report", model, "--out", str(tmp_path / "r.html"))) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert ">served model</th>" in html
+    assert all(f'<td data-tag="{tag}" data-key="served">joint</td>' in html for tag in files.tags)
+
+
+# ---- readable output ----
+
+
+def test_status_reports_the_platform_honestly(cluster: LocalCluster, model: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from party_bank.cli import main
+
+    assert main(bank(cluster, "status")) == 0
+    out = capsys.readouterr().out
+    assert "is serving" in out and re.search(r"the platform 'platform' at 127\.0\.0\.1:\d+ is reachable", out)
+    cluster.kill("platform")
+    try:
+        assert main(bank(cluster, "status")) == 3
+        out = capsys.readouterr().out
+        assert "is serving" in out and "is NOT reachable" in out, out
+    finally:
+        cluster.restart("platform")
+    assert main(bank(cluster, "status", "--wait", "60")) == 0
+    capsys.readouterr()
+
+
+def test_suggested_commands_carry_the_real_config_path(cluster: LocalCluster, model: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from party_bank.cli import main
+
+    assert main(bank(cluster, "wait", model)) == 0
+    out = capsys.readouterr().out
+    assert f"bank-node report --config {cluster.bank_config} {model} --out report.html" in out
+    assert "--config ..." not in out
+
+
+def test_rerun_says_why_label_dp_results_differ(cluster: LocalCluster, model: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from party_bank.cli import main
+
+    assert main(bank(cluster, "rerun", model, "--json")) == 0  # label DP on (auto, on this small set)
+    captured = capsys.readouterr()
+    again = json.loads(captured.out)
+    assert again["params"]["train"]["seed"] == cluster.bank_client().job(model)["params"]["train"]["seed"]
+    assert again["result"]["label_privacy"]["mode"] == "dp"
+    assert "label DP noise is drawn afresh for every run" in captured.err
