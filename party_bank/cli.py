@@ -88,6 +88,7 @@ def _build_server(config: NodeConfig, tls: TlsFiles | None, insecure_dev: bool,
                             server_check=None if insecure_dev else platform_certificate_check(config))
     node = BankNode(config, link)
     node.state_lock = state_lock
+
     def add_services(server: grpc.Server) -> None:
         pb_grpc.add_BankControlServicer_to_server(ControlServicer(node), server)
         add_scoring_service(server, node)  # the v2 application API (docs/api.md), same port, same gate
