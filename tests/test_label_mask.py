@@ -12,7 +12,8 @@ from protocols.channel import LocalPeer, PeerError
 from protocols.paillier import CipherVector, generate_keypair
 from protocols.party_data import PartyData
 from protocols.vfl_lr import VERSION, TrainParams, plaintext_reference
-from protocols.vfl_lr.label_mask import open_residuals, residual_cts, tag_scales
+from protocols.vfl_lr.disclosure import open_residuals
+from protocols.vfl_lr.label_mask import residual_cts, tag_scales
 from protocols.vfl_lr.messages import Field, Step
 from protocols.vfl_lr.params import SlotPlan
 from simulations.generate import SimulationConfig
@@ -122,7 +123,7 @@ def test_curious_platform_sees_nothing_that_depends_on_the_mask(sim):
     for req, batch in zip(gradients, batches, strict=True):
         cv = CipherVector.from_bytes(sk.public_key, req[Field.MASKED_RESIDUALS])
         assert len(cv) == residual_cts(len(batch), plan)
-        S = open_residuals(sk.decrypt(cv), len(batch), plan)
+        S = open_residuals(plan, sk.decrypt(cv), np.ones((len(batch), plan.n_tags), bool), hidden=True)
         m = mask[batch]
         labelled.extend(S[m].tolist())
         unlabelled.extend(S[~m].tolist())

@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 
 import protocols.vfl_lr.label_mask as label_mask
+import protocols.vfl_lr.mask_path as mask_path
 from protocols.channel import Peer, PeerChannel
 from protocols.compute import ComputeSpec
-from protocols.errors import CryptoError, DeviationDetected, InvalidKey, ProtocolError
+from protocols.errors import InvalidKey, ProtocolError
 from protocols.fixedpoint import quantise_rows
 from protocols.he import HEScheme, Kernels, get_scheme
-from protocols.metrics import SPLIT_SCHEME, Split, bank_only_baseline, tag_metrics
+from protocols.metrics import Split, tag_metrics
 from protocols.packing import pack_signed
 from protocols.party_data import PartyData
 from protocols.rowblocks import map_rows
@@ -28,7 +29,6 @@ from protocols.vfl_lr.disclosure import validation_epochs
 from protocols.vfl_lr.encoding import (
     check_slots,
     encode_z,
-    mask_path_layout,
     pack_pairs,
     pack_rows,
     residual_offset,
@@ -65,6 +65,7 @@ from protocols.vfl_lr.params import (
     TrainParams,
     plaintext_bits,
 )
+from protocols.vfl_lr.report import training_report
 from protocols.vfl_lr.resume import (
     Checkpoints,
     KeyedRandom,
@@ -76,10 +77,6 @@ from protocols.vfl_lr.resume import (
 from protocols.vfl_lr.state import BankTrainState, Scaler, active_rows, resolve_optimizer
 from protocols.vfl_lr.yardstick import (
     Pairs,
-    bank_only_fit,
-    choose_served,
-    pair_metrics,
-    predictions,
     sorted_pairs,
 )
 
@@ -404,25 +401,11 @@ class _BankTrainer:
         return masks
 
     def _open_mask_path(self, reply: Message) -> list[int]:
-        """Decrypt the platform's ``[[X_Bq^T E + R_B]]_A`` for it, checked: a decryption this node performs for the
-        other party, so an oracle if it decrypted anything. Before: exactly the ciphertexts of
-        ``n_features x T`` slots the slot plan packs. After: every slot inside the range the honest protocol
-        gives it (``|X_Bq^T e| < 2^emask_bits`` plus ``R_B`` in ``[0, 2^(emask_bits + 40))``) and nothing above
-        the last slot. The checks bound what a deviating platform can place in a reply; the labels are protected
-        from it by the noise on the residuals, not by these checks (label_privacy.py)."""
-        plan = self.plan
-        layout = mask_path_layout(plan, self.n_features)
-        data = reply.get(Field.MASKED_PRODUCTS)
-        cv = read_ciphertexts(self.pk, data, len(layout), Step.EMASK, scheme=self.scheme)
-        try:
-            opened = self.pool.decrypt(self.sk, cv)
-        except CryptoError:
-            raise DeviationDetected(Step.EMASK, "masked products", "a value decrypts outside the key's signed "
-                                                                   "range") from None
-        low, high = -(1 << plan.emask_bits), (1 << (plan.emask_bits + STAT_BITS)) + (1 << plan.emask_bits)
-        for value, n_slots in zip(opened, layout, strict=True):
-            check_slots(value, n_slots, plan.emask_slot, low, high, step=Step.EMASK, check="masked products")
-        return opened
+        """Decrypt the platform's ``[[X_Bq^T E + R_B]]_A`` for it, checked (count before, layout and ranges after:
+        protocols/vfl_lr/mask_path.py): a decryption this node performs for the other party."""
+        n_slots = mask_path.layout(self.plan, self.n_features)
+        cv = read_ciphertexts(self.pk, reply.get(Field.MASKED_PRODUCTS), len(n_slots), Step.EMASK, scheme=self.scheme)
+        return mask_path.open_for_platform(self.pool, self.sk, self.plan, cv, n_slots)
 
     # ---- one mini-batch ----
 
@@ -488,49 +471,10 @@ class _BankTrainer:
 
     def _report(self, split: Split, test_pairs: list[Pairs], calibration: list[dict[str, Any]],
                 total: float) -> dict[str, Any]:
-        p, state, tags = self.p, self.state, self.bank.tag_names
-        epochs_run = len(state.history)
-        # The yardstick: the bank alone, same optimiser, loss, batches, epochs and learning rate (plaintext).
-        self.alone = alone = bank_only_fit(self.X_aug, self.bank.labels, split, p, self.privacy.batches, epochs_run)
-        sklearn = bank_only_baseline(self.bank, split, l2=p.l2)
-        metrics, test_pred, val_pred = {}, {}, {}
-        for t, tag in enumerate(tags):
-            metrics[tag] = {"joint": pair_metrics(test_pairs[t], calibration[t]),
-                            "bank_only": {**pair_metrics(alone.test[t], alone.calibration[t]),
-                                          "best_epoch": int(alone.best_epoch[t]) + 1},
-                            "bank_only_sklearn": sklearn[tag], "best_epoch": int(state.best_epoch[t]) + 1,
-                            "calibration": calibration[t],
-                            "bank_only_calibration": alone.calibration[t],
-                            "served": choose_served(state.best_validation[t], alone.validation[t], p.serve)}
-            test_pred[tag] = {"joint": predictions(test_pairs[t], calibration[t]),
-                              "bank_only": predictions(alone.test[t], alone.calibration[t])}
-            best_val = state.best_validation[t]
-            if best_val is not None:
-                val_pred[tag] = {"joint": predictions(best_val, calibration[t]),
-                                 "bank_only": predictions(alone.validation[t], alone.calibration[t])}
-        return {
-            "protocol": VERSION, "metrics": metrics, "history": state.history, "epochs_run": epochs_run,
-            "split": split.sizes(), "split_scheme": SPLIT_SCHEME, "seconds_online": round(state.seconds_online, 3),
-            "seconds_ahead_of_time": round(state.seconds_ahead, 3), "seconds_total": round(total, 3),
-            "params": p.to_dict(),
-            "yardsticks": {"bank_only": "the joint model's optimiser, Taylor loss, batches, epochs and learning rate "
-                                        "on the bank's features alone (plaintext), best validation epoch, "
-                                        "calibrated as the joint model",
-                           "bank_only_sklearn": "scikit-learn LR on the bank's features, same split and l2"},
-            "calibration": "per tag on the validation multiset of (joint score, label): a monotone map (isotonic "
-                           "knots, log-odds linear between them) when it holds 1000 labelled rows and 50 of each "
-                           "class, else Platt scaling; both strictly increasing, so AUC and KS are of the scores; "
-                           "logloss and mean_predicted raw, *_calibrated after the map",
-            "test_predictions": test_pred, "validation_predictions": val_pred,
-            "encoding": {"fixed_point_bits": F_BITS, "z_clip": Z_CLIP, "quant_bits": p.quant_bits,
-                         "statistical_mask_bits": STAT_BITS, "tags_per_ciphertext": self.plan.group,
-                         "pairs_per_ciphertext": self.plan.pairs_per_ct,
-                         "label_mask": "hidden from the platform" if p.hide_label_mask else "sent to the platform",
-                         "tag_scale_bits": self.plan.scale_bits,
-                         "evaluation": "shuffled multiset of (joint score, label) per tag, under the bank's key",
-                         "evaluation_scores_per_ciphertext": eval_slots(self.epk)},
-            "key_fingerprints": {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()},
-        }
+        report, self.alone = training_report(
+            self.p, self.state, self.bank, self.X_aug, split, self.privacy.batches, test_pairs, calibration, total,
+            self.plan, eval_slots(self.epk), {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()})
+        return report
 
 
 __all__ = ["Progress", "TrainOutcome", "run_bank_training"]

@@ -23,7 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+import numpy as np
+
 from protocols.errors import ProtocolError
+from protocols.vfl_lr.encoding import check_slots
+from protocols.vfl_lr.messages import Step
+from protocols.vfl_lr.params import STAT_BITS, SlotPlan
 
 # The policy's defaults (party_common/policy.py names them as [policy] keys; the node passes its own).
 MAX_BANK_COLUMNS = 1000
@@ -83,6 +88,63 @@ def validation_epochs(epochs: int, limit: int | None) -> set[int]:
     return {epochs - 1 - (k * epochs) // limit for k in range(limit)}
 
 
-__all__ = ["MAX_BANK_COLUMNS", "MAX_VALIDATION_EVALUATIONS", "MIN_EVALUATION_ROWS",
+def check_training_budget(budget: DisclosureBudget, job_id: str, tags: Sequence[str], epochs: int,
+                          limits: EvaluationLimits, validation_ids: list[str], test_ids: list[str]) -> None:
+    """Refuse at setup a job whose evaluations would take some customer past the disclosure budget (the
+    evaluations charge it for real when they come): validation rows at most ``max_validation_evaluations`` weight
+    vectors per tag (those already evaluated by an earlier session of the job count as they are), test rows one
+    per tag."""
+    done = sorted(budget.epochs_evaluated(job_id))
+    later = max(0, min(limits.max_validation_evaluations, epochs) - len(done))
+    # Epochs not evaluated yet stand as -1, -2, ...: weight vectors no customer holds (nothing is recorded).
+    for ids, evaluated in ((validation_ids, [*done, *range(-1, -1 - later, -1)]), (test_ids, [-1])):
+        if ids:
+            wanted = [Projection(job_id, tag, e) for tag in tags for e in evaluated]
+            budget.charge(ids, wanted, what=f"training job {job_id}", check_only=True)
+
+
+# ------------------------------------------------------------------ what the platform decrypts for the bank ----
+
+
+def check_masked_gradient(plan: SlotPlan, opened: list[int], bank_columns: int) -> None:
+    """What the platform decrypted for the bank in ``train.gradient``: per (tag group, bank column) one packed
+    value of the group's tags in ``cross_slot``-bit slots, each ``X_Aq^T (M o z_B 2^F) + R_A`` with
+    ``|X_Aq^T ...| < 2^cross_bits`` and ``R_A`` in ``[0, 2^(cross_bits + STAT_BITS))``; else ``DeviationDetected``."""
+    low, high = -(1 << plan.cross_bits), (1 << (plan.cross_bits + STAT_BITS)) + (1 << plan.cross_bits)
+    for index, value in enumerate(opened):
+        g = plan.groups[index // bank_columns]
+        check_slots(value, len(g), plan.cross_slot, low, high, step=Step.GRADIENT, check="masked gradient range")
+
+
+def open_residuals(plan: SlotPlan, opened: list[int], mask: np.ndarray, *, hidden: bool) -> np.ndarray:
+    """``S`` (rows x T) from the decrypted residuals, checked: each packed value holds exactly its pairs and each
+    slot is ``k_t d' 2^F + e`` (``|k_t d' 2^F| < 2^(residual_bits + G + 1)``, label-DP noise included, ``e`` in
+    ``[0, 2^e_bits)``) or, ``hidden`` (every pair, tag-major, ``pairs_per_ct`` to a ciphertext per tag) and
+    unlabelled, ``e`` alone. ``mask``: the batch's label mask (rows x T; with ``hidden`` only its shape counts)."""
+    n_rows, n_tags = mask.shape
+    spread = 1 << (plan.residual_bits + plan.scale_bits + 1)
+    low, high, k = -spread, (1 << plan.e_bits) + spread, plan.pairs_per_ct
+    step, check = Step.GRADIENT, "masked residuals range"
+    S = np.zeros((n_rows, n_tags), dtype=object)
+    if hidden:
+        j = 0
+        for t in range(n_tags):
+            for start in range(0, n_rows, k):
+                count = min(k, n_rows - start)
+                slots = check_slots(opened[j], count, plan.pair_slot, low, high, step=step, check=check)
+                for i, v in enumerate(slots, start=start):
+                    S[i, t] = v
+                j += 1
+        return S
+    ii, tt = np.nonzero(mask)
+    values: list[int] = []
+    for j, value in enumerate(opened):
+        values.extend(check_slots(value, min(k, len(ii) - j * k), plan.pair_slot, low, high, step=step, check=check))
+    for i, t, v in zip(ii, tt, values, strict=True):
+        S[i, t] = v
+    return S
+
+
+__all__ = ["check_masked_gradient", "check_training_budget", "open_residuals", "MAX_BANK_COLUMNS", "MAX_VALIDATION_EVALUATIONS", "MIN_EVALUATION_ROWS",
            "DisclosureBudget", "DisclosureRefused", "EvaluationLimits", "Projection",
            "validation_epochs"]

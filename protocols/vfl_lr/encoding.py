@@ -40,16 +40,6 @@ def unpack_pairs(packed: Sequence[int], n_pairs: int, plan: SlotPlan) -> list[in
     return out
 
 
-def mask_path_layout(plan: SlotPlan, n_features: int) -> list[int]:
-    """Slots in each ciphertext of the mask path's reply ``[[X_Bq^T E + R_B]]_A``: per tag group, the
-    platform's ``n_features`` products (their tags in slots) packed ``features_per_emask_ct`` to a ciphertext."""
-    out = []
-    for g in plan.groups:
-        per_ct = plan.features_per_emask_ct(len(g))
-        out.extend(min(per_ct, n_features - start) * len(g) for start in range(0, n_features, per_ct))
-    return out
-
-
 def check_slots(value: int, count: int, slot_bits: int, low: int, high: int, *, step: str, check: str) -> list[int]:
     """The ``count`` signed slots of a packed ``value`` one party decrypted for, or from, the other, each in
     ``[low, high)`` as the honest protocol makes them and nothing beyond the last slot (the layout); else
@@ -85,4 +75,4 @@ def exact_xt_s(Xq: np.ndarray, S: list[list[int]] | np.ndarray, n_cols: int, bit
     return out.tolist()
 
 
-__all__ = ["check_slots", "encode_z", "exact_xt_s", "mask_path_layout", "pack_pairs", "pack_rows", "residual_offset", "unpack_pairs"]
+__all__ = ["check_slots", "encode_z", "exact_xt_s", "pack_pairs", "pack_rows", "residual_offset", "unpack_pairs"]

@@ -25,7 +25,7 @@ import numpy as np
 from gmpy2 import mpz
 
 from protocols.he import Ciphertexts, HEScheme, Kernels, NoisePool
-from protocols.packing import SlotLayout, pack_signed, unpack_signed
+from protocols.packing import SlotLayout, pack_signed
 from protocols.vfl_lr.params import SlotPlan
 
 
@@ -98,16 +98,4 @@ def residuals(scheme: HEScheme, pairs: Ciphertexts, m: np.ndarray, c: np.ndarray
     return scheme.ciphertexts(pk, out)
 
 
-def open_residuals(opened: list[int], n_rows: int, plan: SlotPlan) -> np.ndarray:
-    """The platform's ``S`` (rows x T, Python ints) from the decrypted tag-major packed residuals."""
-    S = np.zeros((n_rows, plan.n_tags), dtype=object)
-    per_ct, j = plan.pairs_per_ct, 0
-    for t in range(plan.n_tags):
-        for start in range(0, n_rows, per_ct):
-            count = min(per_ct, n_rows - start)
-            S[start:start + count, t] = unpack_signed(opened[j], count, plan.pair_slot)
-            j += 1
-    return S
-
-
-__all__ = ["cross_products", "open_residuals", "residual_cts", "residuals", "tag_scales"]
+__all__ = ["cross_products", "residual_cts", "residuals", "tag_scales"]

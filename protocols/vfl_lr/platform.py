@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import secrets
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 import protocols.vfl_lr.label_mask as label_mask
+import protocols.vfl_lr.mask_path as mask_path
 from protocols.channel import Message
 from protocols.compute import ComputeSpec
 from protocols.errors import DeviationDetected, InvalidKey, ProtocolError
 from protocols.fixedpoint import quantise_rows
 from protocols.he import get_scheme
-from protocols.packing import SlotLayout, pack_signed
 from protocols.party_data import PartyData
 from protocols.vfl_lr.disclosure import (
     DisclosureBudget,
     EvaluationLimits,
     Projection,
+    check_masked_gradient,
+    check_training_budget,
+    open_residuals,
 )
-from protocols.vfl_lr.encoding import check_slots, encode_z, exact_xt_s, pack_pairs, pack_rows
+from protocols.vfl_lr.encoding import encode_z, exact_xt_s, pack_pairs, pack_rows
 from protocols.vfl_lr.evaluation import SPLITS, VALIDATION, packed_count, shuffle_and_add
 from protocols.vfl_lr.label_privacy import (
     batch_floor,
@@ -46,7 +48,6 @@ from protocols.vfl_lr.params import (
     F_BITS,
     HE_SCHEME,
     MAX_AUTO_EPOCHS,
-    STAT_BITS,
     VERSION,
     SlotPlan,
     TrainingError,
@@ -216,7 +217,9 @@ class PlatformTrainHandler:
         self.stage = "epoch"
         if Field.RESUME_STEPS in message:  # the bank resumes the job: our state at its checkpoint's position
             self._resume(read_field(message, Field.RESUME_STEPS, int))
-        self._check_budget()
+        if self.budget is not None:
+            check_training_budget(self.budget, self.job_id, self.tags, self.p.epochs, self.limits,
+                                  self._ids(self.validation), self._ids(self.test))
         self.pk, self.sk = self.scheme.generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
         self.plan = SlotPlan.for_params(p, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk))
         # Label privacy: with label_dp "off", no batch may hold fewer labelled rows of a tag than the floor (but
@@ -226,21 +229,6 @@ class PlatformTrainHandler:
         self.enforce_floor = platform_enforces_floor(p, strict=not self.insecure_for_tests)
         return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.N_FEATURES: int(self.X.shape[1]),
                 Field.MAX_VALIDATION_EVALUATIONS: self.limits.max_validation_evaluations}
-
-    def _check_budget(self) -> None:
-        """Refuse at setup a job whose evaluations would take some customer past the disclosure budget (the
-        evaluations charge it for real when they come): validation rows at most ``max_validation_evaluations``
-        weight vectors per tag (those already evaluated by an earlier session of the job count as they are),
-        test rows one per tag."""
-        if self.budget is None:
-            return
-        done = sorted(self.budget.epochs_evaluated(self.job_id))
-        later = max(0, min(self.limits.max_validation_evaluations, self.p.epochs) - len(done))
-        # Epochs not evaluated yet stand as -1, -2, ...: weight vectors no customer holds (nothing is recorded).
-        for rows, epochs in ((self.validation, [*done, *range(-1, -1 - later, -1)]), (self.test, [-1])):
-            if len(rows):
-                wanted = [Projection(self.job_id, tag, e) for tag in self.tags for e in epochs]
-                self.budget.charge(self._ids(rows), wanted, what=f"training job {self.job_id}", check_only=True)
 
     def _ids(self, rows: np.ndarray) -> list[str]:
         return [str(self.data.ids[int(i)]) for i in rows]
@@ -329,24 +317,10 @@ class PlatformTrainHandler:
         rows, plan, groups = self.batches[b], self.plan, self.plan.groups
         n_masks = len(rows) * len(groups)
         cv = read_ciphertexts(self.bpk, message.get(Field.MASKS), n_masks, Step.EMASK, scheme=self.scheme)
-        Xq, n2 = self.Xq[rows], self.scheme.ciphertext_modulus(self.bpk)
-        packed_parts, r_all = [], []
-        for gi, g in enumerate(groups):
-            prod = self.pool.matvec_t(cv[gi * len(rows):(gi + 1) * len(rows)], Xq)
-            # Each feature's product (its tags in slots) becomes one wide slot of the packed ciphertext.
-            per_ct = plan.features_per_emask_ct(len(g))
-            packed = self.scheme.pack_ciphertexts(prod, SlotLayout(plan.emask_slot * len(g), per_ct))
-            for index, c in enumerate(packed.values):
-                start = index * per_ct
-                count = min(per_ct, len(prod) - start)
-                r = [secrets.randbits(plan.emask_bits + STAT_BITS) for _ in range(count * len(g))]
-                r_packed = pack_signed(r, plan.emask_slot)
-                enc_r = self.scheme.encrypt(self.bpk, [r_packed], self.bank_noise).values[0]
-                packed_parts.append(c * enc_r % n2)
-                r_all.append((gi, start, count, r_packed))
-        self.pending = r_all
+        reply, self.pending = mask_path.masked_products(self.scheme, self.pool, self.bpk, plan, cv, self.Xq[rows],
+                                                        self.bank_noise)
         self.stage = "emask_open"
-        return {Field.MASKED_PRODUCTS: self.scheme.ciphertexts(self.bpk, packed_parts).to_bytes()}
+        return {Field.MASKED_PRODUCTS: reply.to_bytes()}
 
     def _emask_open(self, message: Message) -> Message:
         self._expect("emask_open")
@@ -354,16 +328,7 @@ class PlatformTrainHandler:
         b = self._batch_index(message, state.next_batch)
         values = ints_from_bytes(read_field(message, Field.VALUES, bytes), self.bpk.byte_len,
                                  expected=len(self.pending), what=Step.EMASK_OPEN)
-        plan, groups = self.plan, self.plan.groups
-        # X_Bq^T e: |.| < 2^emask_bits for the honest masks (the bank adds nothing here).
-        bound = 1 << plan.emask_bits
-        xte = np.zeros((self.X.shape[1], self.T), dtype=object)
-        for value, (gi, start, count, r_packed) in zip(values, self.pending, strict=True):
-            g = groups[gi]
-            slots = check_slots(value - r_packed, count * len(g), plan.emask_slot, -bound, bound,
-                                step=Step.EMASK_OPEN, check="mask-path range")
-            for f in range(count):
-                xte[start + f, list(g)] = slots[f * len(g):(f + 1) * len(g)]
+        xte = mask_path.open_products(self.plan, values, self.pending, self.X.shape[1], self.T)
         self.xte[b] = xte
         state.next_batch += 1
         if state.next_batch == len(self.batches):
@@ -408,8 +373,8 @@ class PlatformTrainHandler:
                                   "train.gradient masked_residuals", scheme=self.scheme)
         opened = self.pool.decrypt(self.sk, self.scheme.concat([grad_cv, res_cv]))
         grad_open, res_open = opened[:len(grad_cv)], opened[len(grad_cv):]
-        self._check_masked_gradient(grad_open)
-        S = self._open_residuals(res_open, m)
+        check_masked_gradient(plan, grad_open, self.bank_columns)
+        S = open_residuals(plan, res_open, m, hidden=hide)
         xts = np.array(exact_xt_s(self.Xq[rows], S, self.T, plan.pair_slot), dtype=object)
         xtd = xts - self.xte[b]  # X_B^T d' 2^F exactly, over the labelled pairs only (hidden: times k_t)
         self.xte[b] = None
@@ -439,46 +404,6 @@ class PlatformTrainHandler:
             if state.next_batch % self.p.checkpoint_every == 0:
                 self._save(epoch_done=False)
         return {Field.MASKED_GRADIENT: ints_to_bytes(grad_open, self.pk.byte_len)}
-
-    def _check_masked_gradient(self, opened: list[int]) -> None:
-        """What we decrypted for the bank: per (tag group, bank column) one packed value of the group's tags in
-        ``cross_slot``-bit slots, each ``X_Aq^T (M o z_B 2^F) + R_A`` with ``|X_Aq^T ...| < 2^cross_bits`` and
-        ``R_A`` in ``[0, 2^(cross_bits + STAT_BITS))``."""
-        plan = self.plan
-        low, high = -(1 << plan.cross_bits), (1 << (plan.cross_bits + STAT_BITS)) + (1 << plan.cross_bits)
-        per_group = self.bank_columns
-        for index, value in enumerate(opened):
-            g = plan.groups[index // per_group]
-            check_slots(value, len(g), plan.cross_slot, low, high, step=Step.GRADIENT,
-                        check="masked gradient range")
-
-    def _open_residuals(self, opened: list[int], m: np.ndarray) -> np.ndarray:
-        """``S`` (rows x T) from the decrypted residuals, each packed value holding exactly its pairs and each
-        slot ``k_t d' 2^F + e`` (``|k_t d' 2^F| < 2^(residual_bits + G + 1)``, label-DP noise included, ``e`` in
-        ``[0, 2^e_bits)``) or, hidden and unlabelled, ``e`` alone."""
-        plan, n_rows = self.plan, len(m)
-        spread = 1 << (plan.residual_bits + plan.scale_bits + 1)
-        low, high, k = -spread, (1 << plan.e_bits) + spread, plan.pairs_per_ct
-        step, check = Step.GRADIENT, "masked residuals range"
-        S = np.zeros((n_rows, self.T), dtype=object)
-        if self.p.hide_label_mask:  # every pair, tag-major, k to a ciphertext per tag
-            j = 0
-            for t in range(self.T):
-                for start in range(0, n_rows, k):
-                    count = min(k, n_rows - start)
-                    slots = check_slots(opened[j], count, plan.pair_slot, low, high, step=step, check=check)
-                    for i, v in enumerate(slots, start=start):
-                        S[i, t] = v
-                    j += 1
-            return S
-        ii, tt = np.nonzero(m)
-        values: list[int] = []
-        for j, value in enumerate(opened):
-            values.extend(check_slots(value, min(k, len(ii) - j * k), plan.pair_slot, low, high,
-                                      step=step, check=check))
-        for i, t, v in zip(ii, tt, values, strict=True):
-            S[i, t] = v
-        return S
 
     def _evaluate(self, message: Message) -> Message:
         """Joint scores of the validation rows (current weights) or the test rows (each tag's best epoch),
