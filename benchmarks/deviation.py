@@ -76,7 +76,7 @@ from benchmarks.privacy import (
 )
 from benchmarks.privacy_bank_view import recovery_r2
 from party_bank.node import BankNode
-from party_bank.segments import OutputError, safe_output_path
+from party_bank.score_files import OutputError, safe_output_path
 from party_common.certs import init_local_pki
 from party_common.config import load_config
 from party_common.data_loading import load_party_data

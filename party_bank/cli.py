@@ -43,7 +43,7 @@ from party_bank.node import BankNode
 from party_bank.readiness import Readiness
 from party_bank.registry import ACTIONS as MODEL_ACTIONS
 from party_bank.registry import models_command
-from party_bank.segments import read_ids
+from party_bank.score_files import read_ids
 from party_common.cli_format import DefaultsFormatter, version_string
 from party_common.config import ConfigError, NodeConfig, load_config
 from party_common.grpc_errors import rpc_error_line

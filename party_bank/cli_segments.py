@@ -19,7 +19,7 @@ from typing import Any
 
 from party_bank import views
 from party_bank.client import BankClient
-from party_bank.segments import read_outcomes
+from party_bank.score_files import read_outcomes
 from party_common.cli_format import record_table
 from party_common.config import NodeConfig
 

@@ -15,7 +15,7 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -31,12 +31,19 @@ from starlette.routing import Route
 
 from party_bank import views
 from party_bank.client import BankClient
-from party_bank.segments import read_outcomes
+from party_bank.console_views import (
+    flat_params,
+    params_text,
+    progress_of,
+    readout_rows,
+    served_of,
+    summary_of,
+    validation_curve,
+)
+from party_bank.score_files import read_outcomes
 from party_common.console import line_chart, make_app, number, page, problem
 from party_common.grpc_errors import is_gate_refusal, rpc_error_line
-from party_common.progress import EPOCH
 from protocols.errors import FedProfileError
-from protocols.uncertainty import summarise
 
 NAV = (("/jobs", "Jobs"), ("/compare", "Compare"), ("/models", "Models"), ("/segments", "Segments"),
        ("/score", "Score"), ("/health", "Health"))
@@ -44,81 +51,6 @@ ENDED = ("succeeded", "failed", "cancelled")
 REFRESH_MS = 1500  # the live part of a page with a job in flight
 JOBS_SHOWN = 200  # jobs on the list unless ?limit= asks for more (at most MAX_JOBS)
 MAX_JOBS = 5000
-VALIDATION = re.compile(r"^epoch (\d+)/(\d+) validation AUC (.*)$")
-BATCH = re.compile(r"batch (\d+) of (\d+)")
-LEFT = re.compile(r"about (.+?) left")
-
-
-# ---- what pages read from jobs ----
-
-def validation_curve(job: Mapping[str, Any], events: list[dict[str, str]]) -> dict[str, list[tuple[float, float]]]:
-    """Validation AUC per epoch per tag: from a finished job's history, or from its events while it runs."""
-    curve: dict[str, list[tuple[float, float]]] = {}
-    history = (job.get("result") or {}).get("history")
-    if history:
-        for h in history:
-            for tag, auc in (h.get("validation_auc") or {}).items():
-                if auc is not None:
-                    curve.setdefault(tag, []).append((float(h["epoch"]), float(auc)))
-        return curve
-    by_epoch: dict[int, dict[str, float]] = {}
-    for event in events:
-        m = VALIDATION.match(event.get("detail") or "")
-        if not m:
-            continue
-        epoch = int(m.group(1))
-        for part in m.group(3).split(";")[0].split(", "):
-            tag, _, value = part.rpartition(" ")
-            if tag and value not in ("n/a", ""):
-                try:
-                    by_epoch.setdefault(epoch, {})[tag] = float(value)
-                except ValueError:
-                    continue
-    for epoch in sorted(by_epoch):  # a resumed job repeats an epoch: the last line of each counts
-        for tag, auc in by_epoch[epoch].items():
-            curve.setdefault(tag, []).append((float(epoch), auc))
-    return curve
-
-
-def progress_of(job: Mapping[str, Any]) -> dict[str, Any]:
-    """The share done (0-1, None when unknown), the time left as the node estimates it, the stage."""
-    text = job.get("progress") or ""
-    if job.get("status") == "succeeded":
-        return {"fraction": 1.0, "left": "", "stage": text}
-    fraction = None
-    m = EPOCH.match(text)
-    if m:
-        epoch, epochs = int(m.group(1)), int(m.group(2))
-        batch = BATCH.search(text)
-        within = int(batch.group(1)) / max(1, int(batch.group(2))) if batch else 0.0
-        fraction = min(1.0, (epoch - 1 + within) / max(1, epochs))
-    left = LEFT.search(text)
-    return {"fraction": fraction, "left": left.group(1) if left else "", "stage": text}
-
-
-def flat_params(job: Mapping[str, Any]) -> dict[str, Any]:
-    """A job's parameters as one level (train parameters by their own names), for showing and comparing."""
-    params = dict(job.get("params") or {})
-    train = params.pop("train", None) or {}
-    out = {k: v for k, v in params.items()}
-    out.update(train)
-    if "tags" in out and isinstance(out["tags"], list):
-        out["tags"] = ", ".join(out["tags"])
-    return dict(sorted(out.items()))
-
-
-def summary_of(job: Mapping[str, Any]) -> dict[str, Any]:
-    result = job.get("result") or {}
-    return result.get("summary") or (summarise(result) if result.get("metrics") else {"tags": {}})
-
-
-def served_of(job: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    metrics = (job.get("result") or {}).get("metrics") or {}
-    return {t: (m.get("served") or {}) for t, m in metrics.items()}
-
-
-# ---- the application ----
-
 class LRU:
     """A few finished reports' documents and figures: they never change once a job has ended."""
 
@@ -487,10 +419,6 @@ class Console:
         ]
 
 
-def params_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-
-
 def build_app(client: BankClient | None, *, token: str, node_name: str, who: str, refusal: str = "",
               config_path: str = "", id_column: str = "id") -> Starlette:
     console = Console(client, refusal=refusal, config_path=config_path, id_column=id_column)
@@ -501,13 +429,6 @@ def build_app(client: BankClient | None, *, token: str, node_name: str, who: str
                     on_shutdown=client.close if client else None)
 
 
-def readout_rows(result: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
-    """The A/B readout's numbers in reading order (for the segment page)."""
-    for group in ("target", "control"):
-        g = (result.get("groups") or {}).get(group) or {}
-        yield (f"{group}: members / with outcome / responders",
-               f"{g.get('members', '-')} / {g.get('with_outcome', '-')} / {g.get('responders', '-')}")
-    yield "outcome rows for customers in neither group", result.get("not_in_segment", "-")
 
 
 __all__ = ["Console", "build_app", "flat_params", "number", "progress_of", "validation_curve"]

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from party_bank.segments import OutputError, SegmentService
+from party_bank.score_files import OutputError
+from party_bank.segments import SegmentService
 from protocols.errors import NotFound
 
 SCORES, SEGMENT = "scores", "segment"

@@ -53,46 +53,20 @@ from gmpy2 import mpz
 from protocols.errors import InvalidCiphertext, InvalidKey, PlaintextOverflow
 from protocols.paillier_math import (
     MASK_EXTRA_BITS,
+    MAX_KEY_BITS,
+    MIN_SECURE_BITS,
     NOISE_BASE_DOMAIN,
     SMALL_FACTOR_BOUND,
     FixedBase,
+    check_modulus,
     derive_noise_base,
-    has_small_factor,
     matvec_t_values,
     noise_base_seed,
     random_blum_prime,
 )
 
-MIN_SECURE_BITS = 2048
-# The largest key any job uses (TrainParams.key_bits); a larger received key is refused before any test on it,
-# which for a 65,535-byte modulus (the most the format can carry) would take hours.
-MAX_KEY_BITS = 4096
 KEY_FORMAT = b"PK2"  # b"PK2" || byte length of n (2 bytes) || n; the noise base is derived, never sent
 RETIRED_KEY_FORMATS = (b"PK1",)  # carried a sender-chosen h_s
-
-
-def _check_size(bits: int, *, key_bits: int | None, allow_insecure: bool) -> None:
-    """The cheap checks, before any test whose cost grows with the modulus: the job's size, then the bounds."""
-    if key_bits is not None and bits != key_bits:
-        raise InvalidKey(f"key of {bits} bits; this job uses keys of exactly {key_bits} bits (key_bits)")
-    if bits > MAX_KEY_BITS:
-        raise InvalidKey(f"key of {bits} bits; at most {MAX_KEY_BITS} are accepted")
-    if bits < MIN_SECURE_BITS and not allow_insecure:
-        raise InvalidKey(f"key of {bits} bits; at least {MIN_SECURE_BITS} are required")
-
-
-def _check_modulus(n: mpz, *, allow_insecure: bool, key_bits: int | None = None) -> None:
-    """Size first (:func:`_check_size`), then odd, no prime factor below SMALL_FACTOR_BOUND, not a prime or a
-    perfect power. Cannot tell a product of two large primes from one with a factor of, say, 200 bits (that
-    takes a proof of correct key generation; docs/security.md)."""
-    bits = n.bit_length()
-    _check_size(bits, key_bits=key_bits, allow_insecure=allow_insecure)
-    if bits < 256 or n % 2 == 0:
-        raise InvalidKey("modulus is too small or even")
-    if has_small_factor(n):
-        raise InvalidKey(f"modulus has a small factor (a prime below {SMALL_FACTOR_BOUND:,})")
-    if gmpy2.is_power(n) or gmpy2.is_prime(n):
-        raise InvalidKey("modulus is a prime or a perfect power")
 
 
 @dataclass(eq=False)
@@ -172,13 +146,13 @@ class PublicKey:
         if data[5] == 0:
             raise InvalidKey("public key modulus is not minimally encoded")
         n = mpz(int.from_bytes(data[5:], "big"))
-        _check_modulus(n, allow_insecure=allow_insecure, key_bits=key_bits)
+        check_modulus(n, allow_insecure=allow_insecure, key_bits=key_bits)
         return cls(n)
 
     def validate(self, *, allow_insecure: bool = False, key_bits: int | None = None) -> None:
         """Checks a key: size (exactly ``key_bits`` when given), odd, not a prime or perfect power, no small
         factors; h_s the derived base."""
-        _check_modulus(self.n, allow_insecure=allow_insecure, key_bits=key_bits)
+        check_modulus(self.n, allow_insecure=allow_insecure, key_bits=key_bits)
         if self._derived != (self.n, self.hs) and self.hs != derive_noise_base(self.n):
             raise InvalidKey("noise base is not the one derived from the modulus")
 

@@ -34,6 +34,36 @@ def has_small_factor(n: mpz) -> bool:
     return gmpy2.gcd(small_prime_product() % n, n) != 1
 
 
+MIN_SECURE_BITS = 2048
+# The largest key any job uses (TrainParams.key_bits); a larger received key is refused before any test on it,
+# which for a 65,535-byte modulus (the most the format can carry) would take hours.
+MAX_KEY_BITS = 4096
+
+
+def check_key_size(bits: int, *, key_bits: int | None, allow_insecure: bool) -> None:
+    """The cheap checks, before any test whose cost grows with the modulus: the job's size, then the bounds."""
+    if key_bits is not None and bits != key_bits:
+        raise InvalidKey(f"key of {bits} bits; this job uses keys of exactly {key_bits} bits (key_bits)")
+    if bits > MAX_KEY_BITS:
+        raise InvalidKey(f"key of {bits} bits; at most {MAX_KEY_BITS} are accepted")
+    if bits < MIN_SECURE_BITS and not allow_insecure:
+        raise InvalidKey(f"key of {bits} bits; at least {MIN_SECURE_BITS} are required")
+
+
+def check_modulus(n: mpz, *, allow_insecure: bool, key_bits: int | None = None) -> None:
+    """Size first (:func:`check_key_size`), then odd, no prime factor below SMALL_FACTOR_BOUND, not a prime or a
+    perfect power. Cannot tell a product of two large primes from one with a factor of, say, 200 bits (that
+    takes a proof of correct key generation; docs/security.md)."""
+    bits = n.bit_length()
+    check_key_size(bits, key_bits=key_bits, allow_insecure=allow_insecure)
+    if bits < 256 or n % 2 == 0:
+        raise InvalidKey("modulus is too small or even")
+    if has_small_factor(n):
+        raise InvalidKey(f"modulus has a small factor (a prime below {SMALL_FACTOR_BOUND:,})")
+    if gmpy2.is_power(n) or gmpy2.is_prime(n):
+        raise InvalidKey("modulus is a prime or a perfect power")
+
+
 def random_blum_prime(bits: int) -> mpz:
     while True:
         candidate = mpz(secrets.randbits(bits)) | (mpz(3) << (bits - 2)) | 3  # top two bits set, = 3 mod 4

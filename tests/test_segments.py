@@ -12,16 +12,8 @@ import pandas as pd
 import pytest
 
 from party_bank import cli
-from party_bank.segments import (
-    CONTROL,
-    TARGET,
-    OutputError,
-    SegmentService,
-    lift,
-    read_ids,
-    read_outcomes,
-    safe_output_path,
-)
+from party_bank.score_files import OutputError, read_ids, read_outcomes, safe_output_path
+from party_bank.segments import CONTROL, TARGET, SegmentService, lift
 from protocols.errors import NotFound, UserError
 from protocols.party_data import DataError
 from simulations.cluster import LocalCluster
