@@ -59,6 +59,23 @@ def hash_chunk(salt: bytes, ids: list[str]) -> tuple[bytes, int]:
     return bytes(out), empty
 
 
+def refuse_repeats(keys: np.ndarray, ids: Sequence[str], order: np.ndarray) -> None:
+    """Refuse IDs equal after normalisation, naming rows of the file (never IDs). ``keys[i]``: a 64-bit prefix of
+    the salted hash of ``ids[order[i]]``; equal prefixes are candidates, told apart by the IDs themselves."""
+    by_key = np.argsort(keys, kind="stable")
+    same = np.flatnonzero(keys[by_key[1:]] == keys[by_key[:-1]])
+    repeats = []
+    for i in same.tolist():
+        a, b = int(order[by_key[i]]), int(order[by_key[i + 1]])
+        first, row = min(a, b), max(a, b)
+        if normalise_id(str(ids[first])) == normalise_id(str(ids[row])):
+            repeats.append((row, first))
+    if repeats:
+        row, first = min(repeats)
+        raise PsiError(f"rows {first + 1} and {row + 1} hold the same ID after normalisation "
+                       "(trim, case, phone/e-mail forms); de-duplicate the file")
+
+
 # ------------------------------------------------------------------------------ the blinder ----
 
 
@@ -152,20 +169,7 @@ class Blinder:
             collect()
         if empties:
             raise PsiError(f"row {min(empties) + 1}: empty ID after normalisation")
-        keys = store.prefixes()
-        by_key = np.argsort(keys, kind="stable")
-        same = np.flatnonzero(keys[by_key[1:]] == keys[by_key[:-1]])
-        del keys
-        repeats = []
-        for i in same.tolist():  # candidates; an 8-byte prefix collision is told apart by the IDs
-            a, b = int(order[by_key[i]]), int(order[by_key[i + 1]])
-            first, row = min(a, b), max(a, b)
-            if normalise_id(str(ids[first])) == normalise_id(str(ids[row])):
-                repeats.append((row, first))
-        if repeats:
-            row, first = min(repeats)
-            raise PsiError(f"rows {first + 1} and {row + 1} hold the same ID after normalisation "
-                           "(trim, case, phone/e-mail forms); de-duplicate the file")
+        refuse_repeats(store.prefixes(), ids, order)
 
     def hash_ids_async(self, salt: bytes, ids: Sequence[str], order: np.ndarray, store: PointStore) -> Future[None]:
         """:meth:`hash_ids` on a thread of its own (it waits on the compute, so it must not run on it)."""
@@ -192,4 +196,4 @@ class Blinder:
             self._background = None
 
 
-__all__ = ["Blinder", "Pending", "blind_chunk", "hash_chunk", "hash_to_point"]
+__all__ = ["Blinder", "Pending", "blind_chunk", "hash_chunk", "hash_to_point", "refuse_repeats"]

@@ -1,0 +1,179 @@
+"""The bank's side of the OT-based PSI: KKRT's OPRF receiver, driving the session over a :class:`Peer`."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+import protocols.psi.ot.messages as wire
+from protocols.channel import Peer
+from protocols.errors import ProtocolError
+from protocols.psi.ids import job_salt
+from protocols.psi.messages import (
+    KIND,
+    NONCE,
+    PARAM_MODE,
+    PARAM_VERSION,
+    Progress,
+    PsiError,
+    PsiResult,
+    read_count,
+)
+from protocols.psi.ot.baseot import POINT, BaseOtSender
+from protocols.psi.ot.items import hash_items
+from protocols.psi.ot.kkrt import (
+    HASHES,
+    WIDTH,
+    Code,
+    ReceiverMatrix,
+    bin_indices,
+    cuckoo_bins,
+    cuckoo_place,
+    output_bytes,
+)
+
+
+def make_code(salt: bytes, out_bytes: int) -> Code:
+    """The pseudo-random code and output hash both parties derive from the job salt."""
+    return Code([wire.derived_key(salt, "code", i) for i in range(4)], wire.derived_key(salt, "hash"), out_bytes)
+
+
+class OwnValues:
+    """The bank's OPRF outputs ``H(t_j)``, one per own item, and the matching of the platform's values."""
+
+    def __init__(self, n: int, out_bytes: int) -> None:
+        self.values = np.zeros((n, out_bytes), dtype=np.uint8)
+        self._sorted_keys: np.ndarray | None = None
+        self._order: np.ndarray | None = None
+        self._repeated = False
+
+    def prepare(self) -> None:
+        keys = self.values[:, :8].copy().view("<u8")[:, 0]
+        self._order = np.argsort(keys, kind="stable")
+        self._sorted_keys = keys[self._order]
+        self._repeated = bool(np.any(self._sorted_keys[1:] == self._sorted_keys[:-1]))
+
+    def match(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices into values, own rows)`` of the received values equal to one of ours (all bytes compared)."""
+        assert self._sorted_keys is not None and self._order is not None
+        if len(self._sorted_keys) == 0 or len(values) == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        keys = values[:, :8].copy().view("<u8")[:, 0]
+        pos = np.searchsorted(self._sorted_keys, keys)
+        pos = np.minimum(pos, len(self._sorted_keys) - 1)
+        candidates = np.flatnonzero(self._sorted_keys[pos] == keys)
+        if self._repeated:  # an 8-byte prefix shared by two own values (about n^2 / 2^65 odds): compare each
+            found, rows = [], []
+            for i in candidates.tolist():
+                j = int(pos[i])
+                while j < len(self._sorted_keys) and self._sorted_keys[j] == keys[i]:
+                    own_row = int(self._order[j])
+                    if (self.values[own_row] == values[i]).all():
+                        found.append(i)
+                        rows.append(own_row)
+                    j += 1
+            return np.array(found, dtype=np.int64), np.array(rows, dtype=np.int64)
+        own = self._order[pos[candidates]]
+        equal = (self.values[own] == values[candidates]).all(axis=1)
+        return candidates[equal].astype(np.int64), own[equal].astype(np.int64)
+
+
+def run_bank_ot_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = "both",
+                    progress: Progress | None = None) -> PsiResult:
+    """Run the OT-based PSI as the bank (the OPRF receiver) against the platform behind ``peer``.
+
+    ``ids`` are the bank's raw IDs in file order; the result's ``ids`` are the same raw strings, in the
+    agreed order (ascending OPRF value). Work is single-threaded numpy and AES; the next block of ``u``
+    rows is computed on a helper thread while the previous one travels.
+    """
+    started = time.monotonic()
+    n = len(ids)
+    if mode not in wire.MODES:
+        raise PsiError(f"PSI mode {mode!r} is not offered by the OT-based protocol (it offers "
+                       f"{', '.join(wire.MODES)}); use protocol 'ecdh' for cardinality")
+    if n == 0:
+        raise PsiError("this party has no IDs: an empty side cannot take part in PSI")
+    channel = peer.open(KIND, job_id, {PARAM_VERSION: wire.VERSION, PARAM_MODE: mode})
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="psi-ot-bank")
+    try:
+        base = BaseOtSender()
+        nonce = secrets.token_bytes(NONCE)
+        hello = channel.call(wire.HELLO, {wire.BANK_NONCE: nonce, wire.BANK_SIZE: n,
+                                          wire.BASE_OT_SENDER: base.message})
+        m = read_count(hello.get(wire.PLATFORM_SIZE), f"{wire.HELLO} reply platform_size")
+        platform_nonce = wire.bytes_field(hello, wire.PLATFORM_NONCE, NONCE, f"{wire.HELLO} reply platform_nonce")
+        points = wire.bytes_field(hello, wire.BASE_OT_POINTS, WIDTH * POINT, f"{wire.HELLO} reply base-OT points")
+        signs = wire.bytes_field(hello, wire.BASE_OT_SIGNS, WIDTH, f"{wire.HELLO} reply base-OT signs")
+        salt = job_salt(job_id, nonce, platform_nonce)
+        items, tails = hash_items(salt, ids)  # nothing derived from our IDs leaves before this passes
+        keys0, keys1 = base.keys(salt, points, signs)
+        bins = cuckoo_bins(n)
+        table = cuckoo_place(bin_indices(tails, bins), bins)
+        del tails
+        out_bytes = output_bytes(n, HASHES * m)
+        matrix = ReceiverMatrix(keys0, keys1, make_code(salt, out_bytes))
+        own = OwnValues(n, out_bytes)
+
+        held = {"items": items, "table": table}  # dropped once every block is out
+        del items, table
+
+        def block(lo: int, hi: int) -> np.ndarray:
+            slots = held["table"][lo:hi]
+            occupied = slots >= 0
+            u, outputs = matrix.block(held["items"][np.where(occupied, slots, 0)], occupied)
+            own.values[slots[occupied]] = outputs
+            return u
+
+        blocks = [(lo, min(lo + wire.BLOCK_BINS, bins)) for lo in range(0, bins, wire.BLOCK_BINS)]
+        pending: Future[np.ndarray] = ahead.submit(block, *blocks[0])
+        for k, (_, hi) in enumerate(blocks):
+            u = pending.result()
+            if k + 1 < len(blocks):
+                pending = ahead.submit(block, *blocks[k + 1])
+            channel.call(wire.EXTEND, {wire.INDEX: k, wire.U_ROWS: u.tobytes()})
+            if progress:
+                progress("psi: oblivious PRF", hi, bins)
+        held.clear()
+        own.prepare()
+
+        found_positions, found_rows = [], []
+        total = HASHES * m
+        for k, (lo, hi) in enumerate(wire.value_batches(total, out_bytes)):
+            reply = channel.call(wire.VALUES, {wire.INDEX: k})
+            data = wire.bytes_field(reply, wire.VALUES_FIELD, (hi - lo) * out_bytes, f"{wire.VALUES} {k} reply")
+            where, rows = own.match(np.frombuffer(data, dtype=np.uint8).reshape(hi - lo, out_bytes))
+            found_positions.append(where + lo)
+            found_rows.append(rows)
+            if progress:
+                progress("psi: platform values", hi, total)
+        positions = np.concatenate(found_positions)
+        rows = np.concatenate(found_rows)
+        if len(np.unique(rows)) != len(rows):
+            raise ProtocolError("the platform sent two values that match one bank ID; alignment not stored")
+        values = own.values[rows]
+        order = wire.sort_by_value(values)
+        positions, rows, values = positions[order], rows[order], values[order]
+        digest = wire.content_hash(values)
+        if mode == "both":
+            for k, lo in enumerate(range(0, len(positions), wire.POSITIONS_PER_MESSAGE)):
+                channel.call(wire.MEMBERS, {wire.INDEX: k,
+                                            wire.POSITIONS: positions[lo:lo + wire.POSITIONS_PER_MESSAGE]})
+        reply = channel.call(wire.FINISH, {wire.SIZE: len(rows), wire.CONTENT_HASH: digest})
+        if reply.get(wire.SIZE) != len(rows) or (mode == "both" and reply.get(wire.CONTENT_HASH) != digest):
+            raise ProtocolError("the platform computed a different intersection; alignment not stored")
+        members = [ids[r] for r in rows.tolist()]
+        result = PsiResult(mode, len(members), members, digest, n, m, time.monotonic() - started, "ot")
+        channel.close()
+        return result
+    except BaseException:
+        channel.close()
+        raise
+    finally:
+        ahead.shutdown(wait=True, cancel_futures=True)
+
+
+__all__ = ["OwnValues", "make_code", "run_bank_ot_psi"]
