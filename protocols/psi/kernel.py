@@ -46,17 +46,19 @@ def blind_chunk(secret: bytes, points: bytes) -> bytes:
 def hash_chunk(salt: bytes, ids: list[str]) -> tuple[bytes, int]:
     """``H(x)`` for each ID (32 bytes each, in order, the same bytes as :func:`hash_to_point`) and the first
     position whose ID is empty after normalisation, or -1."""
-    prefix = hashlib.sha256(DOMAIN + salt)
-    out = bytearray()
+    copy = hashlib.sha256(DOMAIN + salt).copy
+    normal = normalise_id
+    digests: list[bytes] = []
+    append = digests.append
     empty = -1
     for row, raw in enumerate(ids):
-        value = normalise_id(str(raw)).encode()
+        value = normal(raw if type(raw) is str else str(raw)).encode()
         if not value and empty < 0:
             empty = row
-        h = prefix.copy()
+        h = copy()
         h.update(value)
-        out += h.digest()
-    return bytes(out), empty
+        append(h.digest())
+    return b"".join(digests), empty
 
 
 def refuse_repeats(keys: np.ndarray, ids: Sequence[str], order: np.ndarray) -> None:

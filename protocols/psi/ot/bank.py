@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -10,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 import protocols.psi.ot.messages as wire
-from protocols.channel import Peer
+from protocols.channel import Peer, PeerChannel
 from protocols.errors import ProtocolError
 from protocols.psi.ids import job_salt
 from protocols.psi.messages import (
@@ -35,6 +37,8 @@ from protocols.psi.ot.kkrt import (
     cuckoo_place,
     output_bytes,
 )
+
+log = logging.getLogger(__name__)
 
 
 def make_code(salt: bytes, out_bytes: int) -> Code:
@@ -63,7 +67,9 @@ class OwnValues:
         if len(self._sorted_keys) == 0 or len(values) == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
         keys = values[:, :8].copy().view("<u8")[:, 0]
-        pos = np.searchsorted(self._sorted_keys, keys)
+        by_key = np.argsort(keys)  # sorted queries walk the sorted keys in order: 3-4x faster than random ones
+        pos = np.empty(len(keys), dtype=np.int64)
+        pos[by_key] = np.searchsorted(self._sorted_keys, keys[by_key])
         pos = np.minimum(pos, len(self._sorted_keys) - 1)
         candidates = np.flatnonzero(self._sorted_keys[pos] == keys)
         if self._repeated:  # an 8-byte prefix shared by two own values (about n^2 / 2^65 odds): compare each
@@ -97,11 +103,15 @@ def run_bank_ot_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = 
                        f"{', '.join(wire.MODES)}); use protocol 'ecdh' for cardinality")
     if n == 0:
         raise PsiError("this party has no IDs: an empty side cannot take part in PSI")
-    channel = peer.open(KIND, job_id, {PARAM_VERSION: wire.VERSION, PARAM_MODE: mode})
+    nonce = secrets.token_bytes(NONCE)
     ahead = ThreadPoolExecutor(1, thread_name_prefix="psi-ot-bank")
+    stop = threading.Event()
+    # Our items need only our nonce: they are hashed while the session opens and psi.ot.hello travels.
+    hashing = ahead.submit(hash_items, wire.item_salt(job_id, nonce), ids, stop=stop.is_set)
+    channel: PeerChannel | None = None
     try:
+        channel = peer.open(KIND, job_id, {PARAM_VERSION: wire.VERSION, PARAM_MODE: mode})
         base = BaseOtSender()
-        nonce = secrets.token_bytes(NONCE)
         hello = channel.call(wire.HELLO, {wire.BANK_NONCE: nonce, wire.BANK_SIZE: n,
                                           wire.BASE_OT_SENDER: base.message})
         m = read_count(hello.get(wire.PLATFORM_SIZE), f"{wire.HELLO} reply platform_size")
@@ -109,10 +119,12 @@ def run_bank_ot_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = 
         points = wire.bytes_field(hello, wire.BASE_OT_POINTS, WIDTH * POINT, f"{wire.HELLO} reply base-OT points")
         signs = wire.bytes_field(hello, wire.BASE_OT_SIGNS, WIDTH, f"{wire.HELLO} reply base-OT signs")
         salt = job_salt(job_id, nonce, platform_nonce)
-        items, tails = hash_items(salt, ids)  # nothing derived from our IDs leaves before this passes
+        items, tails = hashing.result()  # nothing derived from our IDs leaves before this passes
+        log.debug("psi-ot bank: hashed at %.2f s", time.monotonic() - started)
         keys0, keys1 = base.keys(salt, points, signs)
         bins = cuckoo_bins(n)
         table = cuckoo_place(bin_indices(tails, bins), bins)
+        log.debug("psi-ot bank: cuckoo at %.2f s", time.monotonic() - started)
         del tails
         out_bytes = output_bytes(n, HASHES * m)
         matrix = ReceiverMatrix(keys0, keys1, make_code(salt, out_bytes))
@@ -138,41 +150,57 @@ def run_bank_ot_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = 
             if progress:
                 progress("psi: oblivious PRF", hi, bins)
         held.clear()
+        log.debug("psi-ot bank: streamed at %.2f s", time.monotonic() - started)
         own.prepare()
 
         found_positions, found_rows = [], []
         total = HASHES * m
-        for k, (lo, hi) in enumerate(wire.value_batches(total, out_bytes)):
+        value_batches = wire.value_batches(total, out_bytes)
+
+        def fetch(k: int) -> bytes:
+            lo, hi = value_batches[k]
             reply = channel.call(wire.VALUES, {wire.INDEX: k})
-            data = wire.bytes_field(reply, wire.VALUES_FIELD, (hi - lo) * out_bytes, f"{wire.VALUES} {k} reply")
+            return wire.bytes_field(reply, wire.VALUES_FIELD, (hi - lo) * out_bytes, f"{wire.VALUES} {k} reply")
+
+        fetching = ahead.submit(fetch, 0)  # the next batch travels while we match this one
+        for k, (lo, hi) in enumerate(value_batches):
+            data = fetching.result()
+            if k + 1 < len(value_batches):
+                fetching = ahead.submit(fetch, k + 1)
             where, rows = own.match(np.frombuffer(data, dtype=np.uint8).reshape(hi - lo, out_bytes))
             found_positions.append(where + lo)
             found_rows.append(rows)
             if progress:
                 progress("psi: platform values", hi, total)
         positions = np.concatenate(found_positions)
+        log.debug("psi-ot bank: values at %.2f s", time.monotonic() - started)
         rows = np.concatenate(found_rows)
-        if len(np.unique(rows)) != len(rows):
+        if not wire.all_distinct(rows, n):
             raise ProtocolError("the platform sent two values that match one bank ID; alignment not stored")
         values = own.values[rows]
         order = wire.sort_by_value(values)
         positions, rows, values = positions[order], rows[order], values[order]
         digest = wire.content_hash(values)
+        log.debug("psi-ot bank: sorted at %.2f s", time.monotonic() - started)
         if mode == "both":
             for k, lo in enumerate(range(0, len(positions), wire.POSITIONS_PER_MESSAGE)):
                 channel.call(wire.MEMBERS, {wire.INDEX: k,
                                             wire.POSITIONS: positions[lo:lo + wire.POSITIONS_PER_MESSAGE]})
+        members_listed = ahead.submit(wire.take_ids, ids, rows)  # during the finish round trip
         reply = channel.call(wire.FINISH, {wire.SIZE: len(rows), wire.CONTENT_HASH: digest})
         if reply.get(wire.SIZE) != len(rows) or (mode == "both" and reply.get(wire.CONTENT_HASH) != digest):
             raise ProtocolError("the platform computed a different intersection; alignment not stored")
-        members = [ids[r] for r in rows.tolist()]
+        members = members_listed.result()
+        log.debug("psi-ot bank: finished at %.2f s", time.monotonic() - started)
         result = PsiResult(mode, len(members), members, digest, n, m, time.monotonic() - started, "ot")
         channel.close()
         return result
     except BaseException:
-        channel.close()
+        if channel is not None:
+            channel.close()
         raise
     finally:
+        stop.set()
         ahead.shutdown(wait=True, cancel_futures=True)
 
 

@@ -27,7 +27,8 @@ def hash_items(salt: bytes, ids: Sequence[str], *, stop: Callable[[], bool] | No
         if stop is not None and stop():
             raise PsiError("PSI stopped while hashing")
         hi = min(lo + CHUNK, n)
-        hashes, empty = hash_chunk(salt, [ids[r] for r in range(lo, hi)])
+        chunk = ids[lo:hi]
+        hashes, empty = hash_chunk(salt, chunk.tolist() if isinstance(chunk, np.ndarray) else list(chunk))
         if empty >= 0:
             raise PsiError(f"row {lo + empty + 1}: empty ID after normalisation")
         digests = np.frombuffer(hashes, dtype=np.uint8).reshape(hi - lo, 2 * ITEM)

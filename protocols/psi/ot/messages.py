@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 
 from protocols.channel import Message
 from protocols.errors import ProtocolError
+from protocols.psi.ids import job_salt
 from protocols.psi.ot.kkrt import ROW
 
 VERSION = "psi-kkrt-v1"
@@ -15,7 +17,7 @@ VERSION = "psi-kkrt-v1"
 # learns which of them are members; hiding that needs a circuit-PSI, not this protocol (docs/psi.md).
 MODES: tuple[str, ...] = ("both", "bank_only")
 BLOCK_BINS = 16_384  # bins per psi.ot.extend message: 1 MiB of u rows, under the 2 MiB gRPC message cap
-VALUE_BYTES_PER_MESSAGE = 1 << 20  # psi.ot.values
+VALUE_BYTES_PER_MESSAGE = 2_000_000  # psi.ot.values, under the 2 MiB gRPC message cap
 POSITIONS_PER_MESSAGE = 131_072  # psi.ot.members: int64 positions, 1 MiB
 
 HELLO = "psi.ot.hello"
@@ -39,6 +41,13 @@ SIZE = "size"  # finish and its reply
 CONTENT_HASH = "content_hash"  # finish and its reply
 
 _KEY_TAG = b"fedprofile/psi/kkrt/v1/"
+
+
+def item_salt(job_id: str, bank_nonce: bytes) -> bytes:
+    """The salt of the ID hash (items and their bins): the job ID and the bank's nonce, so the bank hashes its
+    IDs while ``psi.ot.hello`` travels. The items never leave a party (only codes of them, masked by the OT
+    extension, and OPRF values); the code and hash keys use both nonces (:func:`derived_key` of the job salt)."""
+    return job_salt(job_id, bank_nonce, b"")
 
 
 def derived_key(salt: bytes, name: str, index: int = 0) -> bytes:
@@ -72,7 +81,23 @@ def sort_by_value(values: np.ndarray) -> np.ndarray:
     padded = np.zeros((len(values), 16), dtype=np.uint8)
     padded[:, :values.shape[1]] = values
     words = padded.view(">u8")
-    return np.lexsort((words[:, 1], words[:, 0]))
+    order = np.argsort(words[:, 0], kind="stable")
+    first = words[order, 0]
+    if np.any(first[1:] == first[:-1]):  # two values share their first 8 bytes: order by all of them
+        return np.lexsort((words[:, 1], words[:, 0]))
+    return order
+
+
+def all_distinct(rows: np.ndarray, size: int) -> bool:
+    """Whether row numbers in ``0..size-1`` are all different (a count per row, no sort)."""
+    return len(rows) == 0 or int(np.bincount(rows, minlength=size).max()) <= 1
+
+
+def take_ids(ids: Sequence[str], rows: np.ndarray) -> list[str]:
+    """``ids[r]`` for each row, as a list of str (one gather for a numpy array of IDs)."""
+    if isinstance(ids, np.ndarray):
+        return [str(v) for v in ids[rows].tolist()] if ids.dtype == object else ids[rows].tolist()
+    return [ids[r] for r in rows.tolist()]
 
 
 def content_hash(sorted_values: np.ndarray) -> str:
@@ -83,6 +108,6 @@ def content_hash(sorted_values: np.ndarray) -> str:
 __all__ = [
     "BANK_NONCE", "BANK_SIZE", "BASE_OT_POINTS", "BASE_OT_SENDER", "BASE_OT_SIGNS", "BLOCK_BINS", "CONTENT_HASH",
     "EXTEND", "FINISH", "HELLO", "INDEX", "MEMBERS", "MODES", "PLATFORM_NONCE", "PLATFORM_SIZE", "POSITIONS",
-    "POSITIONS_PER_MESSAGE", "SIZE", "U_ROWS", "VALUES", "VALUES_FIELD", "VERSION", "bytes_field", "content_hash",
-    "derived_key", "rows_field", "sort_by_value", "value_batches",
+    "POSITIONS_PER_MESSAGE", "SIZE", "all_distinct", "take_ids", "U_ROWS", "VALUES", "VALUES_FIELD", "VERSION", "bytes_field", "content_hash",
+    "derived_key", "item_salt", "rows_field", "sort_by_value", "value_batches",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -31,31 +32,38 @@ from protocols.psi.ot.items import hash_items
 from protocols.psi.ot.kkrt import HASHES, ROW, SenderMatrix, bin_indices, cuckoo_bins, output_bytes
 from protocols.shuffle import secret_permutation
 
+log = logging.getLogger(__name__)
 OnResult = Callable[[PsiResult], None]
-QUEUED_BLOCKS = 2  # u blocks received but not yet evaluated; the bank waits beyond this
+EVALUATION_THREADS = 2
+QUEUED_BLOCKS = 64  # u blocks (1 MiB each) received but not yet evaluated; the bank waits beyond this
 
 
 class Prepared:
-    """The platform's items and, per hash function, its (bin, row) pairs sorted by bin; and the secret shuffle
-    of its ``3M`` values: value of entry ``e = h * M + row`` goes to position ``dst[e]``, and ``src[p]`` is the
-    entry at position ``p``."""
+    """The platform's items; its (item, hash function) entries grouped by block of bins (a radix sort of
+    the block numbers); and the secret shuffle of its ``3M`` values: the value of entry ``e = h * M + row``
+    goes to position ``dst[e]``, and ``src[p]`` is the entry at position ``p``."""
 
-    def __init__(self, items: np.ndarray, tails: np.ndarray, bins: int) -> None:
+    def __init__(self, items: np.ndarray, tails: np.ndarray, bins: int, src: np.ndarray) -> None:
         m = len(items)
         self.items = items
-        indices = bin_indices(tails, bins)
-        self.sorted_bins: list[np.ndarray] = []
-        self.sorted_rows: list[np.ndarray] = []
-        for h in range(HASHES):
-            order = np.argsort(indices[:, h], kind="stable")
-            self.sorted_bins.append(indices[order, h])
-            self.sorted_rows.append(order)
-        del indices
+        indices = bin_indices(tails, bins)  # (M, 3)
         total = HASHES * m
-        index_type = np.uint32 if total < 2**32 else np.int64
-        self.src = secret_permutation(total).astype(index_type)
+        index_type = src.dtype
+        entry_bins = indices.T.reshape(-1)  # entry e = h * M + row
+        del indices
+        blocks = (entry_bins // wire.BLOCK_BINS).astype(np.uint16 if bins // wire.BLOCK_BINS < 2**16 else np.uint32)
+        self.by_block = np.argsort(blocks, kind="stable").astype(index_type)  # a radix sort for uint16
+        self.block_starts = np.concatenate([[0], np.cumsum(np.bincount(blocks, minlength=-(-bins // wire.BLOCK_BINS)))])
+        del blocks
+        self.entry_bins = entry_bins.astype(index_type)
+        self.src = src
         self.dst = np.empty(total, dtype=index_type)
-        self.dst[self.src] = np.arange(total, dtype=index_type)
+        self.dst[src] = np.arange(total, dtype=index_type)
+
+
+def shuffle_for(total: int) -> np.ndarray:
+    """The secret order of the platform's values: ``src[p]`` is the entry sent at position ``p``."""
+    return secret_permutation(total).astype(np.uint32 if total < 2**32 else np.int64)
 
 
 class PlatformOtPsiHandler:
@@ -93,7 +101,11 @@ class PlatformOtPsiHandler:
         self.member_batches = 0
         self.positions: list[np.ndarray] = []
         self.values: np.ndarray | None = None  # (3M, out_bytes): our OPRF values at their shuffled positions
+        # Hashing runs on one thread; the shuffle and the evaluation of u blocks on a pool of two (numpy and
+        # AES release the GIL, so they use a second core while the bank's node waits on us).
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="psi-ot-platform")
+        self._pool = ThreadPoolExecutor(EVALUATION_THREADS, thread_name_prefix="psi-ot-evaluate")
+        self._shuffle: Future[np.ndarray] | None = None
         self._stopped = threading.Event()
         self._prepared: Future[Prepared] | None = None
         self._evaluating: deque[Future[None]] = deque()
@@ -127,27 +139,33 @@ class PlatformOtPsiHandler:
                                 f"{self.max_bank_size:,} per PSI" + (f" ({self.limit_name})" if self.limit_name else ""))
         bank_nonce = wire.bytes_field(message, wire.BANK_NONCE, NONCE, f"{wire.HELLO} bank_nonce")
         sender_point = wire.bytes_field(message, wire.BASE_OT_SENDER, 32, f"{wire.HELLO} base-OT point")
-        choice = secrets.token_bytes(ROW)
-        bits = np.unpackbits(np.frombuffer(choice, dtype=np.uint8), bitorder="little").tolist()
-        base = BaseOtReceiver(bits, sender_point)
-        platform_nonce = secrets.token_bytes(NONCE)
-        salt = job_salt(self.job_id, bank_nonce, platform_nonce)
         self.n = n
         self.bins = cuckoo_bins(n)
         self.out_bytes = output_bytes(n, HASHES * self.m)
         self.blocks = [(lo, min(lo + wire.BLOCK_BINS, self.bins)) for lo in range(0, self.bins, wire.BLOCK_BINS)]
         self.value_batches = wire.value_batches(HASHES * self.m, self.out_bytes)
+        # Hash and check our IDs while the bank does the same with its own (and while we run the base OTs);
+        # nothing derived from them leaves before the checks pass.
+        self._shuffle = self._pool.submit(shuffle_for, HASHES * self.m)
+        self._prepared = self._worker.submit(self._prepare, wire.item_salt(self.job_id, bank_nonce))
+        choice = secrets.token_bytes(ROW)
+        bits = np.unpackbits(np.frombuffer(choice, dtype=np.uint8), bitorder="little").tolist()
+        base = BaseOtReceiver(bits, sender_point)
+        platform_nonce = secrets.token_bytes(NONCE)
+        salt = job_salt(self.job_id, bank_nonce, platform_nonce)
         self._matrix = SenderMatrix(choice, base.keys(salt), make_code(salt, self.out_bytes))
-        # Hash and check our IDs while the bank does the same with its own; nothing of ours leaves before.
-        self._prepared = self._worker.submit(self._prepare, salt)
         self.expected = wire.EXTEND
+        log.debug("psi-ot platform: hello answered at %.2f s", time.monotonic() - self.started)
         return {wire.PLATFORM_NONCE: platform_nonce, wire.PLATFORM_SIZE: self.m,
                 wire.BASE_OT_POINTS: base.points, wire.BASE_OT_SIGNS: base.signs}
 
     def _prepare(self, salt: bytes) -> Prepared:
         items, tails = hash_items(salt, self.ids, stop=self._stopped.is_set)
-        prepared = Prepared(items, tails, self.bins)
+        log.debug("psi-ot platform: hashed at %.2f s", time.monotonic() - self.started)
+        assert self._shuffle is not None
+        prepared = Prepared(items, tails, self.bins, self._shuffle.result())
         self.values = np.empty((HASHES * self.m, self.out_bytes), dtype=np.uint8)
+        log.debug("psi-ot platform: prepared at %.2f s", time.monotonic() - self.started)
         return prepared
 
     def _ready(self) -> Prepared:
@@ -157,33 +175,34 @@ class PlatformOtPsiHandler:
         except PsiError as err:
             raise ProtocolError(f"platform data: {err}") from err
 
-    def _evaluate(self, lo: int, hi: int, u: np.ndarray) -> None:
-        """Our OPRF values for every (item, hash) whose bin is in ``[lo, hi)``, written at their positions."""
+    def _evaluate(self, k: int, q: np.ndarray) -> None:
+        """Our OPRF values for every (item, hash) whose bin is in block ``k`` (whose ``q`` rows are given),
+        written at their positions."""
         prepared = self._ready()
         assert self._matrix is not None and self.values is not None
-        q = self._matrix.rows(u)
-        for h in range(HASHES):
-            sorted_bins = prepared.sorted_bins[h]
-            a, b = np.searchsorted(sorted_bins, [lo, hi])
-            if a == b:
-                continue
-            rows = prepared.sorted_rows[h][a:b]
-            values = self._matrix.evaluate(q[sorted_bins[a:b] - lo], prepared.items[rows])
-            self.values[prepared.dst[h * self.m + rows]] = values
+        entries = prepared.by_block[prepared.block_starts[k]:prepared.block_starts[k + 1]].astype(np.int64)
+        if len(entries) == 0:
+            return
+        rows_in_block = prepared.entry_bins[entries].astype(np.int64) - self.blocks[k][0]
+        values = self._matrix.evaluate(q[rows_in_block], prepared.items[entries % self.m])
+        self.values[prepared.dst[entries]] = values
 
     def _extend(self, message: Message) -> Message:
         k = self.received_blocks
         self._index(message, k)
         lo, hi = self.blocks[k]
-        u = wire.rows_field(message, hi - lo, f"{wire.EXTEND} {k}").copy()
+        u = wire.rows_field(message, hi - lo, f"{wire.EXTEND} {k}")
+        assert self._matrix is not None
+        q = self._matrix.rows(u)  # in order: the column streams are read block after block
         while len(self._evaluating) >= QUEUED_BLOCKS:
             self._wait(self._evaluating.popleft())
-        self._evaluating.append(self._worker.submit(self._evaluate, lo, hi, u))
+        self._evaluating.append(self._pool.submit(self._evaluate, k, q))
         self.received_blocks += 1
         if self.progress:
             self.progress("psi: oblivious PRF", hi, self.bins)
         if self.received_blocks == len(self.blocks):
             self.expected = wire.VALUES
+            log.debug("psi-ot platform: last block received at %.2f s", time.monotonic() - self.started)
         return {}
 
     def _wait(self, future: Future[None]) -> None:
@@ -197,6 +216,8 @@ class PlatformOtPsiHandler:
         self._index(message, k)
         while self._evaluating:
             self._wait(self._evaluating.popleft())
+            if not self._evaluating:
+                log.debug("psi-ot platform: evaluated at %.2f s", time.monotonic() - self.started)
         assert self.values is not None
         lo, hi = self.value_batches[k]
         self.sent_batches += 1
@@ -231,7 +252,7 @@ class PlatformOtPsiHandler:
         if len(positions) != size:
             raise ProtocolError(f"{wire.FINISH}: the bank reports {size} members but named {len(positions)}")
         rows = prepared.src[positions].astype(np.int64) % self.m
-        if len(np.unique(rows)) != len(rows):
+        if not wire.all_distinct(rows, self.m):
             raise ProtocolError(f"{wire.FINISH}: the bank named one platform ID twice; nothing stored")
         values = self.values[positions]
         order = wire.sort_by_value(values)
@@ -240,7 +261,8 @@ class PlatformOtPsiHandler:
         own_digest = wire.content_hash(values)
         if own_digest != digest:
             raise ProtocolError("the two sides computed different intersections; nothing stored")
-        members = [self.ids[r] for r in rows.tolist()]
+        members = wire.take_ids(self.ids, rows)
+        log.debug("psi-ot platform: finished at %.2f s", time.monotonic() - self.started)
         return self._report(PsiResult(self.mode, size, members, own_digest, self.m, self.n, 0.0, "ot"),
                             {wire.SIZE: size, wire.CONTENT_HASH: own_digest})
 
@@ -255,6 +277,7 @@ class PlatformOtPsiHandler:
         for future in self._evaluating:
             future.cancel()
         self._worker.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self.values = None
         self._matrix = None
 
