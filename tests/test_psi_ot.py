@@ -129,6 +129,23 @@ def test_cuckoo_table_survives_forced_collisions_and_refuses_the_impossible() ->
         kkrt.cuckoo_place(np.array([[0, 1, 2]] * 4), 10, max_rounds=50)
 
 
+@settings(max_examples=40, deadline=None)
+@given(out_bytes=st.integers(8, 16), count=st.integers(0, 300), seed=st.integers(0, 2**32 - 1))
+def test_the_agreed_order_is_ascending_big_endian(out_bytes: int, count: int, seed: int) -> None:
+    values = np.random.default_rng(seed).integers(0, 256, (count, out_bytes), dtype=np.uint8)
+    if count > 3:
+        values[1, :8] = values[0, :8]  # a shared 8-byte prefix: the order falls back to all bytes
+        values[3] = values[2]
+        values[3, -1] ^= 1
+    order = wire.sort_by_value(values)
+    as_ints = [int.from_bytes(bytes(v), "big") for v in values]
+    assert [as_ints[i] for i in order.tolist()] == sorted(as_ints)
+    distinct = len(set(as_ints)) == count
+    assert wire.strictly_ascending(values[order]) == distinct
+    if count > 1 and distinct:
+        assert not wire.strictly_ascending(values[order][::-1])
+
+
 def test_statistical_parameters() -> None:
     # libOTe's fit: about 1.54 n bins at 2^20 items, growing slowly with n; at least 8 bins.
     assert 1.50 < kkrt.cuckoo_bins(2**20) / 2**20 < 1.56

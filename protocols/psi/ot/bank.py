@@ -32,7 +32,7 @@ from protocols.psi.ot.kkrt import (
     WIDTH,
     Code,
     ReceiverMatrix,
-    bin_indices,
+    bin_table,
     cuckoo_bins,
     cuckoo_place,
     output_bytes,
@@ -123,7 +123,7 @@ def run_bank_ot_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = 
         log.debug("psi-ot bank: hashed at %.2f s", time.monotonic() - started)
         keys0, keys1 = base.keys(salt, points, signs)
         bins = cuckoo_bins(n)
-        table = cuckoo_place(bin_indices(tails, bins), bins)
+        table = cuckoo_place(bin_table(tails, bins), bins)
         log.debug("psi-ot bank: cuckoo at %.2f s", time.monotonic() - started)
         del tails
         out_bytes = output_bytes(n, HASHES * m)

@@ -141,6 +141,15 @@ def bin_indices(tails: np.ndarray, m: int) -> np.ndarray:
     return out
 
 
+def bin_table(tails: np.ndarray, m: int, chunk: int = 1_000_000) -> np.ndarray:
+    """:func:`bin_indices` for every item as ``(k, 3)`` uint32 (int64 from 2^32 bins), computed ``chunk`` items
+    at a time so the 64-bit temporaries stay small."""
+    out = np.empty((len(tails), HASHES), dtype=np.uint32 if m <= 2**32 else np.int64)
+    for lo in range(0, len(tails), chunk):
+        out[lo:lo + chunk] = bin_indices(tails[lo:lo + chunk], m)
+    return out
+
+
 def cuckoo_place(bins: np.ndarray, m: int, rng: np.random.Generator | None = None,
                  max_rounds: int = MAX_CUCKOO_ROUNDS) -> np.ndarray:
     """A cuckoo table: for each of ``m`` bins the item (row of ``bins``) in it, or -1.
@@ -159,7 +168,7 @@ def cuckoo_place(bins: np.ndarray, m: int, rng: np.random.Generator | None = Non
     for _ in range(max_rounds):
         if len(homeless) == 0:
             return table
-        target = bins[homeless, choice[homeless]]
+        target = bins[homeless, choice[homeless]].astype(np.int64)
         before = table[target]
         table[target] = homeless  # of several items aiming at one bin, one is stored
         won = table[target] == homeless
@@ -295,6 +304,6 @@ class SenderMatrix:
 
 __all__ = [
     "HASHES", "ITEM", "ROW", "STAT_BITS", "WIDTH", "Code", "ColumnStreams", "ReceiverMatrix", "SenderMatrix",
-    "bin_indices", "block_bins", "cuckoo_bins", "cuckoo_place", "output_bytes", "transpose_bits",
+    "bin_indices", "bin_table", "block_bins", "cuckoo_bins", "cuckoo_place", "output_bytes", "transpose_bits",
     "transpose_bits_reference",
 ]

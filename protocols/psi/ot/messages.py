@@ -88,6 +88,17 @@ def sort_by_value(values: np.ndarray) -> np.ndarray:
     return order
 
 
+def strictly_ascending(values: np.ndarray) -> bool:
+    """Whether ``(k, out_bytes)`` values are in strictly ascending order as big-endian numbers (one pass)."""
+    if len(values) < 2:
+        return True
+    padded = np.zeros((len(values), 16), dtype=np.uint8)
+    padded[:, :values.shape[1]] = values
+    words = padded.view(">u8").astype(np.uint64)
+    high_a, high_b = words[:-1, 0], words[1:, 0]
+    return bool(np.all((high_a < high_b) | ((high_a == high_b) & (words[:-1, 1] < words[1:, 1]))))
+
+
 def all_distinct(rows: np.ndarray, size: int) -> bool:
     """Whether row numbers in ``0..size-1`` are all different (a count per row, no sort)."""
     return len(rows) == 0 or int(np.bincount(rows, minlength=size).max()) <= 1
@@ -108,6 +119,6 @@ def content_hash(sorted_values: np.ndarray) -> str:
 __all__ = [
     "BANK_NONCE", "BANK_SIZE", "BASE_OT_POINTS", "BASE_OT_SENDER", "BASE_OT_SIGNS", "BLOCK_BINS", "CONTENT_HASH",
     "EXTEND", "FINISH", "HELLO", "INDEX", "MEMBERS", "MODES", "PLATFORM_NONCE", "PLATFORM_SIZE", "POSITIONS",
-    "POSITIONS_PER_MESSAGE", "SIZE", "all_distinct", "take_ids", "U_ROWS", "VALUES", "VALUES_FIELD", "VERSION", "bytes_field", "content_hash",
+    "POSITIONS_PER_MESSAGE", "SIZE", "all_distinct", "strictly_ascending", "take_ids", "U_ROWS", "VALUES", "VALUES_FIELD", "VERSION", "bytes_field", "content_hash",
     "derived_key", "item_salt", "rows_field", "sort_by_value", "value_batches",
 ]

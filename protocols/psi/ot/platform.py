@@ -29,7 +29,7 @@ from protocols.psi.messages import (
 from protocols.psi.ot.bank import make_code
 from protocols.psi.ot.baseot import BaseOtReceiver
 from protocols.psi.ot.items import hash_items
-from protocols.psi.ot.kkrt import HASHES, ROW, SenderMatrix, bin_indices, cuckoo_bins, output_bytes
+from protocols.psi.ot.kkrt import HASHES, ROW, SenderMatrix, bin_table, cuckoo_bins, output_bytes
 from protocols.shuffle import secret_permutation
 
 log = logging.getLogger(__name__)
@@ -39,26 +39,24 @@ QUEUED_BLOCKS = 64  # u blocks (1 MiB each) received but not yet evaluated; the 
 
 
 class Prepared:
-    """The platform's items; its (item, hash function) entries grouped by block of bins (a radix sort of
-    the block numbers); and the secret shuffle of its ``3M`` values: the value of entry ``e = h * M + row``
-    goes to position ``dst[e]``, and ``src[p]`` is the entry at position ``p``."""
+    """The platform's items, its (item, hash function) entries grouped by block of bins, and the secret order
+    of its ``3M`` values. Entry ``e = h * M + row`` is item ``row`` under hash function ``h``; ``by_block``
+    lists the entries block after block (``block_starts``), ``offsets`` the bin of each within its block
+    (same order); ``src[p]`` is the entry whose value is sent at position ``p``."""
 
     def __init__(self, items: np.ndarray, tails: np.ndarray, bins: int, src: np.ndarray) -> None:
-        m = len(items)
         self.items = items
-        indices = bin_indices(tails, bins)  # (M, 3)
-        total = HASHES * m
         index_type = src.dtype
-        entry_bins = indices.T.reshape(-1)  # entry e = h * M + row
-        del indices
-        blocks = (entry_bins // wire.BLOCK_BINS).astype(np.uint16 if bins // wire.BLOCK_BINS < 2**16 else np.uint32)
+        entry_bins = bin_table(tails, bins).T.reshape(-1)  # entry e = h * M + row
+        block_type = np.uint16 if -(-bins // wire.BLOCK_BINS) <= 2**16 else np.uint32
+        blocks = (entry_bins // wire.BLOCK_BINS).astype(block_type)
         self.by_block = np.argsort(blocks, kind="stable").astype(index_type)  # a radix sort for uint16
-        self.block_starts = np.concatenate([[0], np.cumsum(np.bincount(blocks, minlength=-(-bins // wire.BLOCK_BINS)))])
+        counts = np.bincount(blocks, minlength=-(-bins // wire.BLOCK_BINS))
         del blocks
-        self.entry_bins = entry_bins.astype(index_type)
+        self.block_starts = np.concatenate([[0], np.cumsum(counts)])
+        self.offsets = (entry_bins[self.by_block] % wire.BLOCK_BINS).astype(np.uint16)  # BLOCK_BINS <= 2^16
+        del entry_bins
         self.src = src
-        self.dst = np.empty(total, dtype=index_type)
-        self.dst[src] = np.arange(total, dtype=index_type)
 
 
 def shuffle_for(total: int) -> np.ndarray:
@@ -100,7 +98,7 @@ class PlatformOtPsiHandler:
         self.sent_batches = 0
         self.member_batches = 0
         self.positions: list[np.ndarray] = []
-        self.values: np.ndarray | None = None  # (3M, out_bytes): our OPRF values at their shuffled positions
+        self.values: np.ndarray | None = None  # (3M, out_bytes): our OPRF values, entry e = h * M + row
         # Hashing runs on one thread; the shuffle and the evaluation of u blocks on a pool of two (numpy and
         # AES release the GIL, so they use a second core while the bank's node waits on us).
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="psi-ot-platform")
@@ -180,12 +178,12 @@ class PlatformOtPsiHandler:
         written at their positions."""
         prepared = self._ready()
         assert self._matrix is not None and self.values is not None
-        entries = prepared.by_block[prepared.block_starts[k]:prepared.block_starts[k + 1]].astype(np.int64)
-        if len(entries) == 0:
+        lo, hi = prepared.block_starts[k], prepared.block_starts[k + 1]
+        if lo == hi:
             return
-        rows_in_block = prepared.entry_bins[entries].astype(np.int64) - self.blocks[k][0]
-        values = self._matrix.evaluate(q[rows_in_block], prepared.items[entries % self.m])
-        self.values[prepared.dst[entries]] = values
+        entries = prepared.by_block[lo:hi].astype(np.int64)
+        values = self._matrix.evaluate(q[prepared.offsets[lo:hi]], prepared.items[entries % self.m])
+        self.values[entries] = values  # in entry order; sent in the secret order (src) by psi.ot.values
 
     def _extend(self, message: Message) -> Message:
         k = self.received_blocks
@@ -223,7 +221,7 @@ class PlatformOtPsiHandler:
         self.sent_batches += 1
         if self.sent_batches == len(self.value_batches):
             self.expected = wire.MEMBERS if self.mode == "both" else wire.FINISH
-        return {wire.VALUES_FIELD: self.values[lo:hi].tobytes()}
+        return {wire.VALUES_FIELD: self.values[self._ready().src[lo:hi]].tobytes()}
 
     def _members(self, message: Message) -> Message:
         self._index(message, self.member_batches)
@@ -254,9 +252,8 @@ class PlatformOtPsiHandler:
         rows = prepared.src[positions].astype(np.int64) % self.m
         if not wire.all_distinct(rows, self.m):
             raise ProtocolError(f"{wire.FINISH}: the bank named one platform ID twice; nothing stored")
-        values = self.values[positions]
-        order = wire.sort_by_value(values)
-        if not np.array_equal(order, np.arange(len(order))):
+        values = self.values[prepared.src[positions]]
+        if not wire.strictly_ascending(values):
             raise ProtocolError(f"{wire.FINISH}: the bank's members are not in the agreed order; nothing stored")
         own_digest = wire.content_hash(values)
         if own_digest != digest:
