@@ -25,7 +25,7 @@ from party_platform.policy import PlatformPolicy
 from protocols.channel import LocalPeer, Message, PeerError, ProtocolError
 from protocols.psi import PROTOCOLS, PsiError, PsiResult, normalise_id, protocol_of
 from protocols.psi import VERSION as ECDH_VERSION
-from protocols.psi.ids import job_salt
+from protocols.psi.ids import job_salt, normalise_all
 from protocols.psi.kernel import hash_chunk
 from protocols.psi.ot import PlatformOtPsiHandler, run_bank_ot_psi
 from protocols.psi.ot.baseot import BaseOtReceiver, BaseOtSender, v_of
@@ -144,6 +144,18 @@ def test_the_agreed_order_is_ascending_big_endian(out_bytes: int, count: int, se
     assert wire.strictly_ascending(values[order]) == distinct
     if count > 1 and distinct:
         assert not wire.strictly_ascending(values[order][::-1])
+
+
+_ID_PARTS = st.sampled_from(["+", "00", "0", "1", "7", "9", " ", "\n", "-", "@", "a", "A", "\u0663", "\u00b2", "\uff11", "."])
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids=st.lists(st.lists(_ID_PARTS, max_size=14).map("".join), max_size=6),
+       canonical=st.lists(st.integers(10**6, 10**12), max_size=6))
+def test_the_fast_normalisation_path_gives_the_same_ids(ids: list[str], canonical: list[int]) -> None:
+    mixed = [f"+{c}" if c % 2 else str(c) for c in canonical] + ids
+    assert normalise_all(mixed) == [normalise_id(x) for x in mixed]
+    assert normalise_all([f"+{c}" for c in canonical]) == [f"+{c}" for c in canonical]
 
 
 def test_statistical_parameters() -> None:

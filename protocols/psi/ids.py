@@ -40,6 +40,23 @@ def normalise_id(raw: str) -> str:
     return digits
 
 
+# IDs already in normal form that the fast path recognises: an E.164-style number ("+" and 7 or more ASCII
+# digits) or 7 or more ASCII digits not starting with "00" (normalise_id returns both unchanged).
+_CANONICAL_PHONE = r"(?:\+[0-9]{7,}|(?!00)[0-9]{7,})"
+_ALL_CANONICAL = re.compile(rf"(?:{_CANONICAL_PHONE}\n)*{_CANONICAL_PHONE}")
+
+
+def normalise_all(ids: list[str]) -> list[str]:
+    """``[normalise_id(x) for x in ids]``, with a fast path: when every ID is a phone number already in normal
+    form (one regular-expression match over the joined IDs, no newline inside any), the IDs themselves.
+    Half the cost of normalising a million E.164 numbers one by one."""
+    if ids:
+        text = "\n".join(ids)
+        if text.count("\n") == len(ids) - 1 and _ALL_CANONICAL.fullmatch(text):
+            return ids
+    return [normalise_id(x) for x in ids]
+
+
 def job_salt(job_id: str, bank_nonce: bytes, platform_nonce: bytes) -> bytes:
     """SHA-256 over the salt tag, the job ID and both nonces, each prefixed by its 4-byte length."""
     h = hashlib.sha256()
@@ -49,4 +66,4 @@ def job_salt(job_id: str, bank_nonce: bytes, platform_nonce: bytes) -> bytes:
     return h.digest()
 
 
-__all__ = ["job_salt", "normalise_id"]
+__all__ = ["job_salt", "normalise_all", "normalise_id"]

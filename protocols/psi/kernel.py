@@ -13,7 +13,7 @@ import numpy as np
 
 from protocols.compute import Compute, ComputeSpec, ProcessPoolCompute, ThreadCompute, as_compute
 from protocols.errors import ProtocolError
-from protocols.psi.ids import normalise_id
+from protocols.psi.ids import normalise_all, normalise_id
 from protocols.psi.messages import DOMAIN, POINT, PsiError
 from protocols.psi.store import PointStore
 from protocols.psi.x25519 import LowOrderPoint, kernel
@@ -47,16 +47,14 @@ def hash_chunk(salt: bytes, ids: list[str]) -> tuple[bytes, int]:
     """``H(x)`` for each ID (32 bytes each, in order, the same bytes as :func:`hash_to_point`) and the first
     position whose ID is empty after normalisation, or -1."""
     copy = hashlib.sha256(DOMAIN + salt).copy
-    normal = normalise_id
     digests: list[bytes] = []
     append = digests.append
     empty = -1
-    for row, raw in enumerate(ids):
-        value = normal(raw if type(raw) is str else str(raw)).encode()
+    for row, value in enumerate(normalise_all([raw if type(raw) is str else str(raw) for raw in ids])):
         if not value and empty < 0:
             empty = row
         h = copy()
-        h.update(value)
+        h.update(value.encode())
         append(h.digest())
     return b"".join(digests), empty
 
