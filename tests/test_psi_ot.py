@@ -225,6 +225,24 @@ def test_oprf_matches_at_the_receivers_item_only() -> None:
     assert not (others == outputs).all(axis=1).any()
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 700])
+def test_matching_finds_exactly_the_equal_values_even_with_shared_prefixes(n: int) -> None:
+    rng = np.random.default_rng(n)
+    own = ot_bank.OwnValues(n, 11)
+    own.values[:] = rng.integers(0, 256, (n, 11), dtype=np.uint8)
+    if n > 3:
+        own.values[1, :8] = own.values[2, :8] = own.values[0, :8]  # one bucket, three candidates
+    own.prepare()
+    received = rng.integers(0, 256, (2000, 11), dtype=np.uint8)
+    received[:300] = own.values[rng.integers(0, n, 300)]
+    if n > 3:
+        received[400] = own.values[2]
+        received[401, :8] = own.values[0, :8]  # a prefix match only
+    found, rows = own.match(received)
+    expected = [(i, r) for i in range(len(received)) for r in range(n) if (own.values[r] == received[i]).all()]
+    assert sorted(zip(found.tolist(), rows.tolist(), strict=True)) == expected
+
+
 def test_items_are_the_salted_hash_halves_and_repeats_are_refused_by_row() -> None:
     salt = b"k" * 32
     ids = ["Alice@x.com", "+44 7700 900123", "bob"]
