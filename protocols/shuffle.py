@@ -19,6 +19,6 @@ def secret_permutation(n: int) -> np.ndarray:
         raise ValueError(f"permutation size must be non-negative, got {n}")
     while True:
         keys = np.frombuffer(secrets.token_bytes(8 * n), dtype=np.uint64)
-        order = np.argsort(keys, kind="stable").astype(np.int64)
+        order = np.argsort(keys, kind="stable").astype(np.int64, copy=False)
         if n < 2 or (np.diff(keys[order]) != 0).all():
             return order

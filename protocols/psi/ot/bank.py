@@ -71,6 +71,13 @@ class OwnValues:
         starts = np.searchsorted(self._sorted_keys, edges[:-1])
         self._starts = np.append(starts, len(keys)).astype(np.int64)
 
+    def release(self) -> None:
+        """Drop our values and the index (the matching is over)."""
+        self.values = np.zeros((0, self.values.shape[1]), dtype=np.uint8)
+        self._sorted_keys = np.empty(0, dtype=np.uint64)
+        self._order = np.empty(0, dtype=np.int64)
+        self._starts = np.zeros(2, dtype=np.int64)
+
     def match(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(indices into values, own rows)`` of the received values equal to one of ours (all bytes compared)."""
         keys = values[:, :8].copy().view("<u8")[:, 0]
@@ -130,9 +137,11 @@ def run_bank_ot_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = 
         log.debug("psi-ot bank: hashed at %.2f s", time.monotonic() - started)
         keys0, keys1 = base.keys(salt, points, signs)
         bins = cuckoo_bins(n)
-        table = cuckoo_place(bin_table(tails, bins), bins)
-        log.debug("psi-ot bank: cuckoo at %.2f s", time.monotonic() - started)
+        bin_choices = bin_table(tails, bins)
         del tails
+        table = cuckoo_place(bin_choices, bins)
+        del bin_choices
+        log.debug("psi-ot bank: cuckoo at %.2f s", time.monotonic() - started)
         out_bytes = output_bytes(n, HASHES * m)
         matrix = ReceiverMatrix(keys0, keys1, make_code(salt, out_bytes))
         own = OwnValues(n, out_bytes)
@@ -185,6 +194,7 @@ def run_bank_ot_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = 
         if not wire.all_distinct(rows, n):
             raise ProtocolError("the platform sent two values that match one bank ID; alignment not stored")
         values = own.values[rows]
+        own.release()  # before the member list is built
         order = wire.sort_by_value(values)
         positions, rows, values = positions[order], rows[order], values[order]
         digest = wire.content_hash(values)

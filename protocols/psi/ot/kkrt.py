@@ -162,13 +162,14 @@ def cuckoo_place(bins: np.ndarray, m: int, rng: np.random.Generator | None = Non
     """
     n = len(bins)
     rng = rng or np.random.default_rng()
-    table = np.full(m, -1, dtype=np.int64)
+    index_type = np.int32 if n < 2**31 else np.int64  # 4 bytes per bin and item up to 2^31 items
+    table = np.full(m, -1, dtype=index_type)
     choice = np.zeros(n, dtype=np.int8)  # which of its bins an item is in, or tries next
-    homeless = np.arange(n, dtype=np.int64)
+    homeless = np.arange(n, dtype=index_type)
     for _ in range(max_rounds):
         if len(homeless) == 0:
             return table
-        target = bins[homeless, choice[homeless]].astype(np.int64)
+        target = bins[homeless, choice[homeless]]
         before = table[target]
         table[target] = homeless  # of several items aiming at one bin, one is stored
         won = table[target] == homeless

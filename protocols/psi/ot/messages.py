@@ -16,9 +16,11 @@ VERSION = "psi-kkrt-v1"
 # "cardinality" is not offered: in an OPRF-based PSI the receiver evaluates the OPRF on its own items, so it
 # learns which of them are members; hiding that needs a circuit-PSI, not this protocol (docs/psi.md).
 MODES: tuple[str, ...] = ("both", "bank_only")
-BLOCK_BINS = 16_384  # bins per psi.ot.extend message: 1 MiB of u rows, under the 2 MiB gRPC message cap
-VALUE_BYTES_PER_MESSAGE = 2_000_000  # psi.ot.values, under the 2 MiB gRPC message cap
-POSITIONS_PER_MESSAGE = 131_072  # psi.ot.members: int64 positions, 1 MiB
+# Messages travel in 2 MiB chunks (party_common.transport) up to the nodes' payload limit (max_payload_mb);
+# a few MiB per step keeps the round trips few and the memory per step small.
+BLOCK_BINS = 65_536  # bins per psi.ot.extend message: 4 MiB of u rows; at most 2^16 (offsets are uint16)
+VALUE_BYTES_PER_MESSAGE = 8 * 2**20  # psi.ot.values
+POSITIONS_PER_MESSAGE = 2**20  # psi.ot.members: int64 positions, 8 MiB
 
 HELLO = "psi.ot.hello"
 EXTEND = "psi.ot.extend"

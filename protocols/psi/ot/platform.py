@@ -35,7 +35,7 @@ from protocols.shuffle import secret_permutation
 log = logging.getLogger(__name__)
 OnResult = Callable[[PsiResult], None]
 EVALUATION_THREADS = 2
-QUEUED_BLOCKS = 64  # u blocks (1 MiB each) received but not yet evaluated; the bank waits beyond this
+QUEUED_BLOCKS = 16  # blocks (4 MiB of q rows each) received but not yet evaluated; the bank waits beyond this
 
 
 class Prepared:
@@ -47,7 +47,12 @@ class Prepared:
     def __init__(self, items: np.ndarray, tails: np.ndarray, bins: int, src: np.ndarray) -> None:
         self.items = items
         index_type = src.dtype
-        entry_bins = bin_table(tails, bins).T.reshape(-1)  # entry e = h * M + row
+        m = len(items)
+        entry_bins = np.empty(HASHES * m, dtype=np.uint32 if bins <= 2**32 else np.int64)  # entry e = h * M + row
+        for lo in range(0, m, 1_000_000):  # bounded temporaries
+            chunk = bin_table(tails[lo:lo + 1_000_000], bins)
+            for h in range(HASHES):
+                entry_bins[h * m + lo:h * m + lo + len(chunk)] = chunk[:, h]
         block_type = np.uint16 if -(-bins // wire.BLOCK_BINS) <= 2**16 else np.uint32
         blocks = (entry_bins // wire.BLOCK_BINS).astype(block_type)
         self.by_block = np.argsort(blocks, kind="stable").astype(index_type)  # a radix sort for uint16
@@ -57,6 +62,11 @@ class Prepared:
         self.offsets = (entry_bins[self.by_block] % wire.BLOCK_BINS).astype(np.uint16)  # BLOCK_BINS <= 2^16
         del entry_bins
         self.src = src
+
+    def release(self) -> None:
+        """Drop the arrays (the session is over)."""
+        empty = np.empty(0, dtype=np.uint32)
+        self.items, self.by_block, self.offsets, self.src = np.empty((0, 16), dtype=np.uint8), empty, empty, empty
 
 
 def shuffle_for(total: int) -> np.ndarray:
@@ -258,6 +268,8 @@ class PlatformOtPsiHandler:
         own_digest = wire.content_hash(values)
         if own_digest != digest:
             raise ProtocolError("the two sides computed different intersections; nothing stored")
+        self.values = None  # what the member list needs is in rows: drop the big arrays before building it
+        prepared.release()
         members = wire.take_ids(self.ids, rows)
         log.debug("psi-ot platform: finished at %.2f s", time.monotonic() - self.started)
         return self._report(PsiResult(self.mode, size, members, own_digest, self.m, self.n, 0.0, "ot"),
