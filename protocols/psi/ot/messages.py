@@ -96,14 +96,16 @@ def strictly_ascending(values: np.ndarray) -> bool:
         return True
     padded = np.zeros((len(values), 16), dtype=np.uint8)
     padded[:, :values.shape[1]] = values
-    words = padded.view(">u8").astype(np.uint64)
+    words = padded.view(">u8")
     high_a, high_b = words[:-1, 0], words[1:, 0]
     return bool(np.all((high_a < high_b) | ((high_a == high_b) & (words[:-1, 1] < words[1:, 1]))))
 
 
 def all_distinct(rows: np.ndarray, size: int) -> bool:
-    """Whether row numbers in ``0..size-1`` are all different (a count per row, no sort)."""
-    return len(rows) == 0 or int(np.bincount(rows, minlength=size).max()) <= 1
+    """Whether row numbers in ``0..size-1`` are all different (one byte per possible row, no sort)."""
+    seen = np.zeros(size, dtype=bool)
+    seen[rows] = True
+    return int(np.count_nonzero(seen)) == len(rows)
 
 
 def take_ids(ids: Sequence[str], rows: np.ndarray) -> list[str]:

@@ -254,22 +254,25 @@ class PlatformOtPsiHandler:
         if self.mode == "bank_only":
             # We learn only the size the bank reports; we cannot check it, and cannot link it to our users.
             return self._report(PsiResult(self.mode, size, None, digest, self.m, self.n, 0.0, "ot"), {wire.SIZE: size})
-        assert self.values is not None
+        if self.values is None:
+            raise ProtocolError(f"{wire.FINISH}: this session already refused the bank's members; nothing stored")
         prepared = self._ready()
         positions = np.concatenate(self.positions) if self.positions else np.empty(0, dtype=np.int64)
         if len(positions) != size:
             raise ProtocolError(f"{wire.FINISH}: the bank reports {size} members but named {len(positions)}")
-        rows = prepared.src[positions].astype(np.int64) % self.m
+        entries = prepared.src[positions]
+        values = self.values[entries]
+        rows = entries.astype(np.int64) % self.m
+        del entries
+        self.values = None  # all the rest needs is in rows and values: drop the big arrays now
+        prepared.release()
         if not wire.all_distinct(rows, self.m):
             raise ProtocolError(f"{wire.FINISH}: the bank named one platform ID twice; nothing stored")
-        values = self.values[prepared.src[positions]]
         if not wire.strictly_ascending(values):
             raise ProtocolError(f"{wire.FINISH}: the bank's members are not in the agreed order; nothing stored")
         own_digest = wire.content_hash(values)
         if own_digest != digest:
             raise ProtocolError("the two sides computed different intersections; nothing stored")
-        self.values = None  # what the member list needs is in rows: drop the big arrays before building it
-        prepared.release()
         members = wire.take_ids(self.ids, rows)
         log.debug("psi-ot platform: finished at %.2f s", time.monotonic() - self.started)
         return self._report(PsiResult(self.mode, size, members, own_digest, self.m, self.n, 0.0, "ot"),
