@@ -112,8 +112,10 @@ def test_the_three_bins_of_an_item_are_distinct_and_in_range(m: int, seed: int) 
 def test_cuckoo_table_places_every_item_in_one_of_its_bins() -> None:
     n = 20_000
     bins_count = kkrt.cuckoo_bins(n)
-    bins = kkrt.bin_indices(np.random.default_rng(3).integers(0, 256, (n, 16), dtype=np.uint8), bins_count)
-    table = kkrt.cuckoo_place(bins, bins_count)
+    tails = np.random.default_rng(3).integers(0, 256, (n, 16), dtype=np.uint8)
+    bins = kkrt.bin_indices(tails, bins_count)
+    assert np.array_equal(kkrt.bin_table(tails, bins_count), bins.T)
+    table = kkrt.cuckoo_place(kkrt.bin_table(tails, bins_count), bins_count)
     occupied = np.flatnonzero(table >= 0)
     assert len(occupied) == n and len(np.unique(table[occupied])) == n
     assert (bins[table[occupied]] == occupied[:, None]).any(axis=1).all()
@@ -121,12 +123,12 @@ def test_cuckoo_table_places_every_item_in_one_of_its_bins() -> None:
 
 def test_cuckoo_table_survives_forced_collisions_and_refuses_the_impossible() -> None:
     # 30 items crowding 3 hot bins, each with one more bin of its own: every item still finds a place.
-    bins = np.array([[0, 1, 2 + i] for i in range(30)] + [[1, 2, 0]], dtype=np.int64)
+    bins = np.array([[0, 1, 2 + i] for i in range(30)] + [[1, 2, 0]], dtype=np.int64).T
     table = kkrt.cuckoo_place(bins, 40, rng=np.random.default_rng(0))
     assert sorted(table[table >= 0].tolist()) == list(range(31))
     # Four items with the same three bins cannot all be placed: no stash, so the table fails, and says so.
     with pytest.raises(PsiError, match="cuckoo hashing left 1 of 4 items without a bin"):
-        kkrt.cuckoo_place(np.array([[0, 1, 2]] * 4), 10, max_rounds=50)
+        kkrt.cuckoo_place(np.array([[0, 1, 2]] * 4).T, 10, max_rounds=50)
 
 
 @settings(max_examples=40, deadline=None)
@@ -246,14 +248,14 @@ def test_matching_finds_exactly_the_equal_values_even_with_shared_prefixes(n: in
 def test_items_are_the_salted_hash_halves_and_repeats_are_refused_by_row() -> None:
     salt = b"k" * 32
     ids = ["Alice@x.com", "+44 7700 900123", "bob"]
-    items, tails = hash_items(salt, ids)
+    items, table = hash_items(salt, ids, 1000)
     whole = np.frombuffer(hash_chunk(salt, ids)[0], dtype=np.uint8).reshape(3, 32)
-    assert np.array_equal(items, whole[:, :16]) and np.array_equal(tails, whole[:, 16:])
+    assert np.array_equal(items, whole[:, :16]) and np.array_equal(table, kkrt.bin_table(whole[:, 16:], 1000))
     with pytest.raises(PsiError, match="rows 1 and 3 hold the same ID") as err:
-        hash_items(salt, ["a@x.com", "b", " A@X.COM"])
+        hash_items(salt, ["a@x.com", "b", " A@X.COM"], 1000)
     assert "a@x.com" not in str(err.value)
     with pytest.raises(PsiError, match="row 2: empty ID"):
-        hash_items(salt, ["a", "  "])
+        hash_items(salt, ["a", "  "], 1000)
 
 
 # ------------------------------------------------------------------------------ end to end ----

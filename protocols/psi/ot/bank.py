@@ -32,7 +32,6 @@ from protocols.psi.ot.kkrt import (
     WIDTH,
     Code,
     ReceiverMatrix,
-    bin_table,
     cuckoo_bins,
     cuckoo_place,
     output_bytes,
@@ -121,7 +120,8 @@ def run_bank_ot_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = 
     ahead = ThreadPoolExecutor(1, thread_name_prefix="psi-ot-bank")
     stop = threading.Event()
     # Our items need only our nonce: they are hashed while the session opens and psi.ot.hello travels.
-    hashing = ahead.submit(hash_items, wire.item_salt(job_id, nonce), ids, stop=stop.is_set)
+    bins = cuckoo_bins(n)
+    hashing = ahead.submit(hash_items, wire.item_salt(job_id, nonce), ids, bins, stop=stop.is_set)
     channel: PeerChannel | None = None
     try:
         channel = peer.open(KIND, job_id, {PARAM_VERSION: wire.VERSION, PARAM_MODE: mode})
@@ -133,12 +133,9 @@ def run_bank_ot_psi(peer: Peer, job_id: str, ids: Sequence[str], *, mode: str = 
         points = wire.bytes_field(hello, wire.BASE_OT_POINTS, WIDTH * POINT, f"{wire.HELLO} reply base-OT points")
         signs = wire.bytes_field(hello, wire.BASE_OT_SIGNS, WIDTH, f"{wire.HELLO} reply base-OT signs")
         salt = job_salt(job_id, nonce, platform_nonce)
-        items, tails = hashing.result()  # nothing derived from our IDs leaves before this passes
+        items, bin_choices = hashing.result()  # nothing derived from our IDs leaves before this passes
         log.debug("psi-ot bank: hashed at %.2f s", time.monotonic() - started)
         keys0, keys1 = base.keys(salt, points, signs)
-        bins = cuckoo_bins(n)
-        bin_choices = bin_table(tails, bins)
-        del tails
         table = cuckoo_place(bin_choices, bins)
         del bin_choices
         log.debug("psi-ot bank: cuckoo at %.2f s", time.monotonic() - started)

@@ -141,18 +141,15 @@ def bin_indices(tails: np.ndarray, m: int) -> np.ndarray:
     return out
 
 
-def bin_table(tails: np.ndarray, m: int, chunk: int = 1_000_000) -> np.ndarray:
-    """:func:`bin_indices` for every item as ``(k, 3)`` uint32 (int64 from 2^32 bins), computed ``chunk`` items
-    at a time so the 64-bit temporaries stay small."""
-    out = np.empty((len(tails), HASHES), dtype=np.uint32 if m <= 2**32 else np.int64)
-    for lo in range(0, len(tails), chunk):
-        out[lo:lo + chunk] = bin_indices(tails[lo:lo + chunk], m)
-    return out
+def bin_table(tails: np.ndarray, m: int) -> np.ndarray:
+    """:func:`bin_indices` by hash function: ``(3, k)`` uint32 (int64 from 2^32 bins), ``[h, i]`` the bin of item
+    ``i`` under hash function ``h`` (so ``reshape(-1)`` lists entry ``h * k + i``)."""
+    return bin_indices(tails, m).T.astype(np.uint32 if m <= 2**32 else np.int64)
 
 
 def cuckoo_place(bins: np.ndarray, m: int, rng: np.random.Generator | None = None,
                  max_rounds: int = MAX_CUCKOO_ROUNDS) -> np.ndarray:
-    """A cuckoo table: for each of ``m`` bins the item (row of ``bins``) in it, or -1.
+    """A cuckoo table: for each of ``m`` bins the item (column of ``bins``, a :func:`bin_table`) in it, or -1.
 
     Vectorised rounds of random-walk insertion: every homeless item tries one of its bins; of several
     items aiming at one bin one wins; the loser and the evicted occupant each try one of their two other
@@ -160,7 +157,7 @@ def cuckoo_place(bins: np.ndarray, m: int, rng: np.random.Generator | None = Non
     (probability <= 2^-40 for :func:`cuckoo_bins`'s table size; with too few bins, or adversarial bins,
     it fails for sure) and a :class:`PsiError` says so.
     """
-    n = len(bins)
+    n = bins.shape[1]
     rng = rng or np.random.default_rng()
     index_type = np.int32 if n < 2**31 else np.int64  # 4 bytes per bin and item up to 2^31 items
     table = np.full(m, -1, dtype=index_type)
@@ -169,7 +166,7 @@ def cuckoo_place(bins: np.ndarray, m: int, rng: np.random.Generator | None = Non
     for _ in range(max_rounds):
         if len(homeless) == 0:
             return table
-        target = bins[homeless, choice[homeless]]
+        target = bins[choice[homeless], homeless]
         before = table[target]
         table[target] = homeless  # of several items aiming at one bin, one is stored
         won = table[target] == homeless

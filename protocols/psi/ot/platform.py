@@ -29,7 +29,7 @@ from protocols.psi.messages import (
 from protocols.psi.ot.bank import make_code
 from protocols.psi.ot.baseot import BaseOtReceiver
 from protocols.psi.ot.items import hash_items
-from protocols.psi.ot.kkrt import HASHES, ROW, SenderMatrix, bin_table, cuckoo_bins, output_bytes
+from protocols.psi.ot.kkrt import HASHES, ROW, SenderMatrix, cuckoo_bins, output_bytes
 from protocols.shuffle import secret_permutation
 
 log = logging.getLogger(__name__)
@@ -44,15 +44,10 @@ class Prepared:
     lists the entries block after block (``block_starts``), ``offsets`` the bin of each within its block
     (same order); ``src[p]`` is the entry whose value is sent at position ``p``."""
 
-    def __init__(self, items: np.ndarray, tails: np.ndarray, bins: int, src: np.ndarray) -> None:
+    def __init__(self, items: np.ndarray, table: np.ndarray, bins: int, src: np.ndarray) -> None:
         self.items = items
         index_type = src.dtype
-        m = len(items)
-        entry_bins = np.empty(HASHES * m, dtype=np.uint32 if bins <= 2**32 else np.int64)  # entry e = h * M + row
-        for lo in range(0, m, 1_000_000):  # bounded temporaries
-            chunk = bin_table(tails[lo:lo + 1_000_000], bins)
-            for h in range(HASHES):
-                entry_bins[h * m + lo:h * m + lo + len(chunk)] = chunk[:, h]
+        entry_bins = table.reshape(-1)  # entry e = h * M + row (a bin_table lists them in that order)
         block_type = np.uint16 if -(-bins // wire.BLOCK_BINS) <= 2**16 else np.uint32
         blocks = (entry_bins // wire.BLOCK_BINS).astype(block_type)
         self.by_block = np.argsort(blocks, kind="stable").astype(index_type)  # a radix sort for uint16
@@ -168,10 +163,11 @@ class PlatformOtPsiHandler:
                 wire.BASE_OT_POINTS: base.points, wire.BASE_OT_SIGNS: base.signs}
 
     def _prepare(self, salt: bytes) -> Prepared:
-        items, tails = hash_items(salt, self.ids, stop=self._stopped.is_set)
+        items, table = hash_items(salt, self.ids, self.bins, stop=self._stopped.is_set)
         log.debug("psi-ot platform: hashed at %.2f s", time.monotonic() - self.started)
         assert self._shuffle is not None
-        prepared = Prepared(items, tails, self.bins, self._shuffle.result())
+        prepared = Prepared(items, table, self.bins, self._shuffle.result())
+        del table
         self.values = np.empty((HASHES * self.m, self.out_bytes), dtype=np.uint8)
         log.debug("psi-ot platform: prepared at %.2f s", time.monotonic() - self.started)
         return prepared
