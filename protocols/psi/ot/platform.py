@@ -66,7 +66,7 @@ class Prepared:
 
 def shuffle_for(total: int) -> np.ndarray:
     """The secret order of the platform's values: ``src[p]`` is the entry sent at position ``p``."""
-    return secret_permutation(total).astype(np.uint32 if total < 2**32 else np.int64)
+    return secret_permutation(total, np.uint32 if total <= 2**32 else np.int64)
 
 
 class PlatformOtPsiHandler:
@@ -254,6 +254,7 @@ class PlatformOtPsiHandler:
             raise ProtocolError(f"{wire.FINISH}: this session already refused the bank's members; nothing stored")
         prepared = self._ready()
         positions = np.concatenate(self.positions) if self.positions else np.empty(0, dtype=np.int64)
+        self.positions = []
         if len(positions) != size:
             raise ProtocolError(f"{wire.FINISH}: the bank reports {size} members but named {len(positions)}")
         entries = prepared.src[positions]
