@@ -254,9 +254,9 @@ class PlatformOtPsiHandler:
             raise ProtocolError(f"{wire.FINISH}: this session already refused the bank's members; nothing stored")
         prepared = self._ready()
         positions = np.concatenate(self.positions) if self.positions else np.empty(0, dtype=np.int64)
-        self.positions = []
         if len(positions) != size:
             raise ProtocolError(f"{wire.FINISH}: the bank reports {size} members but named {len(positions)}")
+        self.positions = []
         entries = prepared.src[positions]
         values = self.values[entries]
         rows = entries.astype(np.int64) % self.m
