@@ -107,8 +107,8 @@ def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
             values[key] = value
     if "psi_protocols" in table:
         chosen = table["psi_protocols"]
-        if (not isinstance(chosen, list) or not chosen or len(set(chosen)) != len(chosen)
-                or not all(p in PSI_PROTOCOLS for p in chosen)):
+        if (not isinstance(chosen, list) or not chosen
+                or not all(isinstance(p, str) and p in PSI_PROTOCOLS for p in chosen) or len(set(chosen)) != len(chosen)):
             raise ValueError(f"{where}: 'psi_protocols' must be a non-empty list of distinct names from "
                              f"{', '.join(PSI_PROTOCOLS)}, got {chosen!r}")
         values["psi_protocols"] = tuple(chosen)

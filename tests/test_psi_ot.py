@@ -477,7 +477,7 @@ def test_the_platform_policy_names_the_protocols_it_accepts() -> None:
         policy.check_session("psi", {"version": wire.VERSION}, None)
     both = PlatformPolicy(PolicyConfig(), platform_rows=10, jobs=jobs)
     both.check_session("psi", {"version": wire.VERSION}, None)
-    for bad in (["rr22"], [], "ot", ["ot", "ot"]):
+    for bad in (["rr22"], [], "ot", ["ot", "ot"], [["ot"]]):
         with pytest.raises(ValueError, match="'psi_protocols' must be a non-empty list"):
             parse_policy({"psi_protocols": bad}, "platform.toml [policy]")
 
