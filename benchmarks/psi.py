@@ -1,7 +1,11 @@
 """PSI: ours (both nodes as separate processes, gRPC over mutual TLS) vs OpenMined and SecretFlow on the same IDs.
 
-    python -m benchmarks.psi --n N [--peers openmined,secretflow-ecdh,secretflow-rr22] [--peer-python PY]
-                             [--overlap 0.5] [--transport grpc|local] [--json PATH] [--workers 2]
+    python -m benchmarks.psi --n N [--protocol ecdh|ot] [--peers openmined,secretflow-ecdh,secretflow-rr22]
+                             [--peer-python PY] [--overlap 0.5] [--transport grpc|local] [--json PATH] [--workers 2]
+
+``--protocol`` is the PSI protocol of ours that runs: ``ecdh`` (the default, as in every figure recorded
+before issue 28) or ``ot`` (KKRT16 from OT extension, ``protocols/psi/ot``; single-threaded per node, so
+``--workers`` does not apply to it).
 
 Both sides hold N unique phone-number IDs ("+44" and 10 digits), ``overlap`` of them shared, so the exact
 intersection is known. ``grpc`` writes each side's IDs (and one numeric feature column, which the node's
@@ -139,7 +143,7 @@ def _write_csv(path: Path, ids: list[str]) -> None:
     pd.DataFrame({"id": ids, "f0": np.arange(len(ids), dtype=np.float64) % 7}).to_csv(path, index=False)
 
 
-def ours_grpc(bank: list[str], platform: list[str], workers: int, workdir: Path) -> dict[str, Any]:
+def ours_grpc(bank: list[str], platform: list[str], workers: int, workdir: Path, protocol: str) -> dict[str, Any]:
     from party_bank.client import JobFailed
     from simulations.cluster import LocalCluster
 
@@ -155,9 +159,9 @@ def ours_grpc(bank: list[str], platform: list[str], workers: int, workdir: Path)
             started = time.monotonic()
             if sampler:
                 with sampler:
-                    result = client.align(mode="both", timeout_s=3600)
+                    result = client.align(mode="both", protocol=protocol, timeout_s=3600)
             else:
-                result = client.align(mode="both", timeout_s=3600)
+                result = client.align(mode="both", protocol=protocol, timeout_s=3600)
             wall = time.monotonic() - started
         except JobFailed:
             for role in ("bank", "platform"):
@@ -175,22 +179,30 @@ def ours_grpc(bank: list[str], platform: list[str], workers: int, workdir: Path)
             "rss_samples": sampler.samples if sampler else 0, "workers_per_node": workers}
 
 
-def ours_local(bank: list[str], platform: list[str], workers: int) -> dict[str, Any]:
-    from protocols.channel import LocalPeer, Message
-    from protocols.psi import PlatformPsiHandler, PsiResult, make_platform_psi_handler, run_bank_psi
+def ours_local(bank: list[str], platform: list[str], workers: int, protocol: str) -> dict[str, Any]:
+    from protocols.channel import LocalPeer, Message, StepHandler
+    from protocols.psi import PsiResult, make_platform_psi_handler, run_bank_psi
+    from protocols.psi.ot import PlatformOtPsiHandler, run_bank_ot_psi
 
     reports: list[PsiResult] = []  # what the platform handed to on_result (once, after psi.finish)
 
-    def factory(kind: str, job_id: str, params: Message) -> PlatformPsiHandler:
+    def factory(kind: str, job_id: str, params: Message) -> StepHandler:
+        if protocol == "ot":
+            return PlatformOtPsiHandler(job_id, params, platform, on_result=reports.append)
         return make_platform_psi_handler(job_id, params, platform, on_result=reports.append, compute=workers)
+
+    def align() -> PsiResult:
+        if protocol == "ot":
+            return run_bank_ot_psi(LocalPeer(factory), "bench-psi", bank, mode="both")
+        return run_bank_psi(LocalPeer(factory), "bench-psi", bank, mode="both", compute=workers)
 
     sampler = _sampler({"bench_process": os.getpid()})
     started = time.monotonic()
     if sampler:
         with sampler:
-            result = run_bank_psi(LocalPeer(factory), "bench-psi", bank, mode="both", compute=workers)
+            result = align()
     else:
-        result = run_bank_psi(LocalPeer(factory), "bench-psi", bank, mode="both", compute=workers)
+        result = align()
     wall = time.monotonic() - started
     theirs = reports[0] if len(reports) == 1 else None
     agreed = theirs is not None and theirs.ids == result.ids and theirs.content_hash == result.content_hash
@@ -218,13 +230,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     bank, platform, exact = make_ids(args.n, args.overlap, args.seed)
     expected = {normalise_id(x) for x in exact}
-    console.print(f"PSI {args.n:,} x {args.n:,}, overlap {args.overlap:.0%} ({len(exact):,} shared), "
+    console.print(f"PSI ({args.protocol}) {args.n:,} x {args.n:,}, overlap {args.overlap:.0%} ({len(exact):,} shared), "
                   f"transport {args.transport}, {args.workers} worker(s) per party, {os.cpu_count()} CPU(s)")
     if args.transport == "grpc":
         with tempfile.TemporaryDirectory(prefix="bench-psi-") as tmp:
-            ours = ours_grpc(bank, platform, args.workers, Path(tmp))
+            ours = ours_grpc(bank, platform, args.workers, Path(tmp), args.protocol)
     else:
-        ours = ours_local(bank, platform, args.workers)
+        ours = ours_local(bank, platform, args.workers, args.protocol)
     found = ours.pop("found")
     found_set = {normalise_id(x) for x in found}
     problems = []
@@ -238,15 +250,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if ours.get("platform_agreed") is False:
         problems.append("the platform's result differs from the bank's")
     correct = not problems
-    ours.update(transport=args.transport, ids_per_s_per_side=round(args.n / max(ours["seconds"], 1e-9), 1))
-    # The floor: 2(N + M) scalar multiplications in all, shared by the machine's cores, nothing else.
-    from protocols.psi.x25519 import CryptographyKernel, describe, kernel
+    ours.update(transport=args.transport, protocol=args.protocol,
+                ids_per_s_per_side=round(args.n / max(ours["seconds"], 1e-9), 1))
+    if args.protocol == "ecdh":
+        # The floor: 2(N + M) scalar multiplications in all, shared by the machine's cores, nothing else.
+        from protocols.psi.x25519 import CryptographyKernel, describe, kernel
 
-    ours["x25519_kernel"] = describe()
-    bare = x25519_per_s(kernel())
-    ours["x25519_per_s_one_core"] = round(bare)
-    ours["x25519_per_s_one_core_cryptography"] = round(x25519_per_s(CryptographyKernel(), 10_000))
-    ours["floor_seconds"] = round(4 * args.n / (bare * min(os.cpu_count() or 1, 2 * args.workers)), 1)
+        ours["x25519_kernel"] = describe()
+        bare = x25519_per_s(kernel())
+        ours["x25519_per_s_one_core"] = round(bare)
+        ours["x25519_per_s_one_core_cryptography"] = round(x25519_per_s(CryptographyKernel(), 10_000))
+        ours["floor_seconds"] = round(4 * args.n / (bare * min(os.cpu_count() or 1, 2 * args.workers)), 1)
 
     names = [] if args.no_peer else [p for p in args.peers.split(",") if p]
     peers = run_peers(names, bank, platform, exact, peer_python=args.peer_python, sampler=_sampler,
@@ -263,7 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return ratio((peers.get(name) or {}).get("seconds"), ours["seconds"])
 
     result: dict[str, Any] = {
-        "n": args.n, "overlap": args.overlap, "intersection_size": len(exact), "correct": correct,
+        "n": args.n, "protocol": args.protocol, "overlap": args.overlap, "intersection_size": len(exact), "correct": correct,
         "problems": problems, "ours": ours, "peers": peers,
         "ratios": {"vs_openmined": theirs_over_ours("openmined"),
                    "vs_secretflow_ecdh": theirs_over_ours("secretflow-ecdh"),
@@ -283,9 +297,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ], ("", "seconds", "wall s", "IDs/s per side", "peak RSS MB"))
     verdict = "[green]correct[/]" if correct else f"[red]NOT correct: {'; '.join(problems)}[/]"
     ratios = ", ".join(f"{k} {fmt(v)}x" for k, v in result["ratios"].items())
-    console.print(f"their seconds / ours: {ratios}; intersection {verdict}; X25519 kernel "
-                  f"{ours['x25519_kernel']['name']}: {fmt(ours['x25519_per_s_one_core'])}/s per core, so "
-                  f"{fmt(ours['floor_seconds'])} s of scalar multiplications on this machine's cores")
+    console.print(f"their seconds / ours: {ratios}; intersection {verdict}")
+    if args.protocol == "ecdh":
+        console.print(f"X25519 kernel {ours['x25519_kernel']['name']}: {fmt(ours['x25519_per_s_one_core'])}/s per "
+                      f"core, so {fmt(ours['floor_seconds'])} s of scalar multiplications on this machine's cores")
     return result
 
 
@@ -294,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=100_000, help="IDs per side")
     parser.add_argument("--overlap", type=float, default=0.5, help="share of each side's IDs in the intersection")
     parser.add_argument("--transport", choices=["grpc", "local"], default="grpc")
+    parser.add_argument("--protocol", choices=["ecdh", "ot"], default="ecdh",
+                        help="our PSI protocol: ECDH over X25519, or KKRT16 from OT extension (default ecdh)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes per party")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peers", default=",".join(PEERS),

@@ -1,6 +1,6 @@
 """One party of SecretFlow's PSI (the ``spu`` package, ``spu.psi.psi_execute``), as its own process.
 
-    python benchmarks/secretflow_peer.py --rank 0|1 --protocol ecdh|rr22 --ports P0,P1 --input CSV --output CSV
+    python benchmarks/secretflow_peer.py --rank 0|1 --protocol ecdh|kkrt|rr22 --ports P0,P1 --input CSV --output CSV
 
 Standard library and ``spu`` only: ``benchmarks/psi.py`` starts two of these (rank 0 receives, the result is
 broadcast to both), with the interpreter of whichever environment has ``spu`` installed. The parties talk
@@ -20,7 +20,7 @@ import time
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rank", type=int, choices=[0, 1], required=True)
-    parser.add_argument("--protocol", choices=["ecdh", "rr22"], required=True)
+    parser.add_argument("--protocol", choices=["ecdh", "kkrt", "rr22"], required=True)
     parser.add_argument("--ports", required=True, help="the two parties' loopback ports, comma-separated")
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
@@ -43,6 +43,9 @@ def main() -> None:
         protocol = psi.PsiProtocolConfig(protocol=psi.PsiProtocol.PROTOCOL_ECDH, receiver_rank=0,
                                          broadcast_result=True,
                                          ecdh_params=psi.EcdhParams(curve=psi.EllipticCurveType.CURVE_25519))
+    elif args.protocol == "kkrt":
+        protocol = psi.PsiProtocolConfig(protocol=psi.PsiProtocol.PROTOCOL_KKRT, receiver_rank=0,
+                                         broadcast_result=True)
     else:
         protocol = psi.PsiProtocolConfig(protocol=psi.PsiProtocol.PROTOCOL_RR22, receiver_rank=0,
                                          broadcast_result=True, rr22_params=psi.Rr22Rarams(low_comm_mode=False))

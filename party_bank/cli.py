@@ -1,7 +1,7 @@
 """`bank-node`: run the bank's node, and drive it (align, train, score) as a data scientist.
 
     bank-node serve --config bank.toml
-    bank-node align --config bank.toml [--mode both|bank_only|cardinality]
+    bank-node align --config bank.toml [--mode both|bank_only|cardinality] [--protocol ot|ecdh]
     bank-node train --config bank.toml [--tags t1,t2] [--epochs 5 ...]
     bank-node jobs --config bank.toml | wait JOB_ID | logs JOB_ID | rerun JOB_ID | cancel JOB_ID
     bank-node score --config bank.toml --model JOB_ID --ids ID1,ID2
@@ -252,7 +252,8 @@ def run_client(args: argparse.Namespace) -> int:
                       "jobs wait for it ([peer] retry_deadline_s) and scoring fails unless --bank-only-fallback")
                 return 3
         elif args.command == "align":
-            submit_and_wait(client, args, "align", {"mode": args.mode}, args.name or "")
+            submit_and_wait(client, args, "align", {"mode": args.mode, **({"protocol": args.protocol} if args.protocol else {})},
+                            args.name or "")
         elif args.command == "train":
             params: dict[str, Any] = {"train": train_params(args)}
             if args.tags:
@@ -380,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = add("align", "run PSI with the platform")
     a.add_argument("--mode", default="both", choices=["both", "bank_only", "cardinality"],
                    help="who learns the intersection: both nodes (needed to train), the bank only, or its size only")
+    a.add_argument("--protocol", choices=["ot", "ecdh"], help="PSI protocol (default: 'ot' for modes both and "
+                   "bank_only, 'ecdh' for cardinality; see docs/psi.md)")
     add_job_output(a)
     defaults = TrainParams()
     t = add("train", "train one model per tag on the latest alignment that can train (or --alignment)")

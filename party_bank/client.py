@@ -99,8 +99,9 @@ class BankClient:
             on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         return self.wait(self.submit(kind, params, name), timeout_s=timeout_s, on_progress=on_progress)
 
-    def align(self, mode: str = "both", **kw: Any) -> dict[str, Any]:
-        job = self.run("align", {"mode": mode}, **kw)
+    def align(self, mode: str = "both", protocol: str | None = None, **kw: Any) -> dict[str, Any]:
+        """``protocol``: "ot" or "ecdh"; None lets the job choose (``party_common.jobs.align.default_protocol``)."""
+        job = self.run("align", {"mode": mode, **({"protocol": protocol} if protocol else {})}, **kw)
         return {"job_id": job["job_id"], **job["result"]}
 
     def train(self, tags: list[str] | None = None, alignment_job_id: str | None = None,

@@ -13,6 +13,7 @@ Example::
     min_intersection = 100              # smallest intersection the platform stores or trains on
     max_concurrent_jobs = 8             # open protocol sessions at once
     max_psi_rows = 5_000_000            # most IDs the bank may declare in one PSI
+    psi_protocols = ["ot", "ecdh"]      # PSI protocols the platform accepts (default both)
     partial_score_calls_per_minute = 600
     partial_score_rows_per_day = 1_000_000
     approval = "manual"                 # or "auto" (default): jobs wait for `platform-node approve JOB`
@@ -33,6 +34,7 @@ from protocols.errors import PeerError, ProtocolError
 from protocols.vfl_lr.disclosure import MAX_BANK_COLUMNS, MAX_VALIDATION_EVALUATIONS, MIN_EVALUATION_ROWS
 
 APPROVAL_MODES = ("auto", "manual")
+PSI_PROTOCOLS = ("ot", "ecdh")  # protocols.psi.PROTOCOLS (a test checks they agree)
 AWAITING_APPROVAL = "awaiting approval"  # the job status while the platform's operator has not approved
 _APPROVAL_MARK = "awaiting approval by the platform's operator"
 REFUSED_BY_OPERATOR = "refused by the platform's operator"  # the error of a job the operator refused
@@ -81,6 +83,7 @@ class PolicyConfig:
     max_bank_columns: int = MAX_BANK_COLUMNS
     max_validation_evaluations: int = MAX_VALIDATION_EVALUATIONS
     min_evaluation_rows: int = MIN_EVALUATION_ROWS
+    psi_protocols: tuple[str, ...] = PSI_PROTOCOLS
 
     def describe(self) -> dict[str, Any]:
         """The policy as plain values (for `platform-node policy` and the docs)."""
@@ -90,7 +93,7 @@ class PolicyConfig:
 _LISTS = ("allowed_feature_columns", "allowed_tags", "allowed_models")
 _POSITIVE = ("min_intersection", "max_concurrent_jobs", "max_psi_rows", "partial_score_calls_per_minute",
              "partial_score_rows_per_day", "max_bank_columns", "max_validation_evaluations", "min_evaluation_rows")
-KNOWN_KEYS = frozenset({*_LISTS, *_POSITIVE, "approval", "max_released_projections"})
+KNOWN_KEYS = frozenset({*_LISTS, *_POSITIVE, "approval", "max_released_projections", "psi_protocols"})
 
 
 def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
@@ -111,6 +114,13 @@ def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{where}: '{key}' must be a whole number of at least 1, got {value!r}")
             values[key] = value
+    if "psi_protocols" in table:
+        chosen = table["psi_protocols"]
+        if (not isinstance(chosen, list) or not chosen
+                or not all(isinstance(p, str) and p in PSI_PROTOCOLS for p in chosen) or len(set(chosen)) != len(chosen)):
+            raise ValueError(f"{where}: 'psi_protocols' must be a non-empty list of distinct names from "
+                             f"{', '.join(PSI_PROTOCOLS)}, got {chosen!r}")
+        values["psi_protocols"] = tuple(chosen)
     if "approval" in table:
         if table["approval"] not in APPROVAL_MODES:
             raise ValueError(f"{where}: 'approval' must be one of {', '.join(APPROVAL_MODES)}, "
@@ -119,5 +129,5 @@ def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
     return PolicyConfig(**values)
 
 
-__all__ = ["APPROVAL_MODES", "AWAITING_APPROVAL", "REFUSED_BY_OPERATOR", "AwaitingApproval", "KNOWN_KEYS", "PolicyConfig",
+__all__ = ["APPROVAL_MODES", "PSI_PROTOCOLS", "AWAITING_APPROVAL", "REFUSED_BY_OPERATOR", "AwaitingApproval", "KNOWN_KEYS", "PolicyConfig",
            "PolicyRefused", "QuotaExceeded", "is_awaiting_approval", "knob", "parse_policy"]

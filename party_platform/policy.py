@@ -17,6 +17,7 @@ from party_common.policy import PolicyConfig, PolicyRefused, QuotaExceeded, knob
 from party_common.storage import JobStore
 from protocols.channel import Message
 from protocols.party_data import PartyData
+from protocols.psi import protocol_of
 from protocols.vfl_lr.disclosure import EvaluationLimits
 from protocols.vfl_lr.messages import Field
 
@@ -70,7 +71,14 @@ class PlatformPolicy:
     # ---- sessions ----
 
     def check_session(self, kind: str, params: Message, alignment_size: int | None) -> None:
-        """Refuse a session the policy does not allow: tags not allowed, an alignment too small."""
+        """Refuse a session the policy does not allow: a PSI protocol not accepted, tags not allowed, an
+        alignment too small."""
+        if kind == "psi":
+            protocol = protocol_of(params)
+            if protocol not in self.config.psi_protocols:
+                raise PolicyRefused(f"the platform's policy does not accept PSI protocol '{protocol}' "
+                                    f"({knob('psi_protocols')}: {', '.join(self.config.psi_protocols)}); "
+                                    f"run the alignment with protocol '{self.config.psi_protocols[0]}'")
         if kind == "train":
             self.check_tags(_session_tags(params), "trained")
             if alignment_size is not None:

@@ -18,8 +18,8 @@ def test_align_train_score_and_batch_score_between_two_processes(tmp_path: Path)
     with LocalCluster(tmp_path / "cluster", bank_data=files.bank, bank_id_column="id", bank_tag_columns=files.tags,
                       platform_data=files.platform, platform_id_column="id", workers=1) as cluster:
         client = cluster.bank_client()
-        align = client.align(mode="both")
-        assert align["intersection_size"] == len(files.shared_ids)
+        align = client.align(mode="both", protocol="ecdh")  # the OT protocol (the default) is in test_nodes
+        assert align["intersection_size"] == len(files.shared_ids) and align["psi_protocol"] == "ecdh"
         assert align["psi_kernel"]["name"] in ("multi-buffer", "cryptography")
         train = client.train(tags=files.tags, train=FAST_TRAIN)
         assert train["alignment_job_id"] == align["job_id"] and set(train["metrics"]) == set(files.tags)

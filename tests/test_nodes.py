@@ -18,7 +18,6 @@ from party_common.storage import open_node_stores
 from party_platform.node import RELEASE_EVENT
 from protocols.errors import NotFound, PeerError, ProtocolError, UserError
 from protocols.party_data import SchemaMismatch
-from protocols.psi import describe_kernel
 from protocols.vfl_lr import BankModel, PlatformModel, TrainParams
 from tests.nodes_fixture import FAST_TRAIN, Nodes, SimulatedFiles, make_nodes, simulated_files
 
@@ -52,9 +51,10 @@ def test_align_gives_both_nodes_the_true_intersection(trained: tuple[Nodes, str,
     assert record.result["intersection_size"] == len(files.shared_ids) and record.name == "first alignment"
     platform_record = nodes.platform.stores.jobs.get(align_id)
     assert platform_record.status == "succeeded" and platform_record.name == "first alignment"
-    # The X25519 kernel each node chose at start-up is in its job record.
-    for kernel in (record.result["psi_kernel"], platform_record.result["psi_kernel"]):
-        assert kernel == describe_kernel() and kernel["name"] in ("multi-buffer", "cryptography")
+    # Both records name the protocol that ran: the OT-based one by default (an ECDH alignment also names its
+    # X25519 kernel: test_end_to_end).
+    assert record.params["protocol"] == "ot"
+    assert record.result["psi_protocol"] == platform_record.result["psi_protocol"] == "ot"
 
 
 def test_train_keeps_both_halves_and_a_report(trained: tuple[Nodes, str, str]) -> None:

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 import protocols.psi.messages as psi_wire
+import protocols.psi.ot.messages as psi_ot_wire
 from party_common.link import SessionContext
 from protocols.channel import Message, StepHandler
 from protocols.errors import ProtocolError
 from protocols.paillier import generate_keypair
+from protocols.psi.ot.baseot import BaseOtSender
 from protocols.vfl_lr import VERSION as TRAIN_VERSION
 from protocols.vfl_lr import TrainParams
 from protocols.vfl_lr.messages import Field, Step
@@ -72,7 +74,13 @@ CASES = [
                         Field.TAGS: json.dumps(["tag_a", "tag_b"])},
          lambda nodes: SessionContext(*_alignment(nodes)[:2])),
 ]
-IDS = [case.kind for case in CASES]
+CASES.append(Case("psi", psi_ot_wire.HELLO,  # the OT-based PSI protocol, in a session of the same kind
+                  lambda nodes: {psi_ot_wire.BANK_NONCE: b"\x01" * 32, psi_ot_wire.BANK_SIZE: 10,
+                                 psi_ot_wire.BASE_OT_SENDER: BaseOtSender().message},
+                  psi_ot_wire.FINISH,
+                  lambda nodes: {psi_wire.PARAM_VERSION: psi_ot_wire.VERSION, psi_wire.PARAM_MODE: "both"},
+                  lambda nodes: SessionContext()))
+IDS = ["psi-ecdh", "train", "psi-ot"]
 _counter = iter(range(10**6))
 
 

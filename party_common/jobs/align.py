@@ -14,19 +14,41 @@ from party_common.storage.alignments import Alignment
 from protocols.channel import Message, StepHandler
 from protocols.params import dataclass_from_mapping
 from protocols.party_data import PartyData
-from protocols.psi import MODES, PsiResult, describe_kernel, make_platform_psi_handler, run_bank_psi
+from protocols.psi import (
+    MODES,
+    PROTOCOLS,
+    PsiResult,
+    describe_kernel,
+    make_platform_psi_handler,
+    protocol_of,
+    run_bank_psi,
+)
+from protocols.psi import ot as psi_ot
 
 log = logging.getLogger(__name__)
+
+
+def default_protocol(mode: str) -> str:
+    """The OT-based PSI where it offers the mode (several times faster, docs/psi.md); ECDH for cardinality."""
+    return "ot" if mode in psi_ot.MODES else "ecdh"
 
 
 @dataclass(frozen=True)
 class AlignParams:
     mode: str = "both"  # "both": each side learns the intersection; "bank_only"; "cardinality": only its size
-    batch_size: int = 50_000
+    batch_size: int = 50_000  # ECDH only: IDs per exchange
+    protocol: str = ""  # "ot" or "ecdh"; empty: default_protocol(mode)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise JobError(f"align: 'mode' must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.protocol:
+            object.__setattr__(self, "protocol", default_protocol(self.mode))  # the job record names the choice
+        if self.protocol not in PROTOCOLS:
+            raise JobError(f"align: 'protocol' must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.protocol == "ot" and self.mode not in psi_ot.MODES:
+            raise JobError(f"align: protocol 'ot' offers modes {', '.join(psi_ot.MODES)}, not {self.mode!r} "
+                           "(its OPRF receiver, the bank, learns which of its IDs match); use protocol 'ecdh'")
         if not 1 <= self.batch_size <= 1_000_000:
             raise JobError("align: 'batch_size' must be between 1 and 1,000,000")
 
@@ -40,6 +62,11 @@ def save_once(ctx: JobContext, alignment: Alignment) -> Alignment:
     if again:
         log.info("align job %s ran again: its new alignment replaces the one stored before", alignment.job_id)
     return ctx.stores.alignments.save(alignment, overwrite=again)
+
+
+def _kernel(protocol: str) -> dict[str, Any]:
+    """The curve kernel an ECDH alignment ran on, for its job record (the OT protocol has none per ID)."""
+    return {"psi_kernel": describe_kernel()} if protocol == "ecdh" else {}
 
 
 class AlignJob(JobKind[AlignParams, PsiResult | None]):
@@ -61,7 +88,10 @@ class AlignJob(JobKind[AlignParams, PsiResult | None]):
             log.info("align job %s: its alignment was stored before the node stopped; PSI is not run again",
                      ctx.job_id)
             return None
-        return run_bank_psi(ContextPeer(link, SessionContext(job_name=job_name, resumed=ctx.resumed)), ctx.job_id, ctx.data.ids,
+        peer = ContextPeer(link, SessionContext(job_name=job_name, resumed=ctx.resumed))
+        if params.protocol == "ot":
+            return psi_ot.run_bank_ot_psi(peer, ctx.job_id, ctx.data.ids, mode=params.mode, progress=ctx.progress)
+        return run_bank_psi(peer, ctx.job_id, ctx.data.ids,
                             mode=params.mode, batch_size=params.batch_size, compute=ctx.new_compute(),
                             spill_dir=ctx.spill_dir, progress=ctx.progress)
 
@@ -73,17 +103,22 @@ class AlignJob(JobKind[AlignParams, PsiResult | None]):
             alignment = save_once(ctx, Alignment.from_result(ctx.job_id, result, peer_name=peer_name))
         return {"mode": alignment.mode, "intersection_size": alignment.size, "bank_customers": len(ctx.data),
                 "content_hash": alignment.content_hash,
-                "seconds": None if result is None else round(result.seconds, 3), "psi_kernel": describe_kernel()}
+                "seconds": None if result is None else round(result.seconds, 3),
+                "psi_protocol": params.protocol, **_kernel(params.protocol)}
 
     def open_platform(self, ctx: JobContext, params: Message, context: SessionContext,
                       on_result: Callable[[Any], None]) -> StepHandler:
         limit = {} if ctx.max_peer_rows is None else {"max_bank_size": ctx.max_peer_rows,
                                                        "limit_name": "[policy] max_psi_rows"}
+        if protocol_of(params) == "ot":
+            return psi_ot.PlatformOtPsiHandler(ctx.job_id, params, ctx.data.ids, on_result=on_result,
+                                               progress=ctx.progress, **limit)
         return make_platform_psi_handler(ctx.job_id, params, ctx.data.ids, on_result=on_result,
                                          compute=ctx.new_compute(), spill_dir=ctx.spill_dir, progress=ctx.progress,
                                          **limit)
 
     def save_platform(self, ctx: JobContext, context: SessionContext, result: Any) -> dict[str, Any]:
         alignment = save_once(ctx, Alignment.from_result(ctx.job_id, result, peer_name="bank"))
+        protocol = getattr(result, "protocol", "ecdh")
         return {"intersection_size": alignment.size, "mode": alignment.mode, "content_hash": alignment.content_hash,
-                "psi_kernel": describe_kernel()}
+                "psi_protocol": protocol, **_kernel(protocol)}

@@ -46,15 +46,26 @@ kernels and the choice between them), :mod:`~protocols.psi.kernel` (hashing, bli
 
 from __future__ import annotations
 
+from protocols.channel import Message
 from protocols.psi.bank import run_bank_psi
 from protocols.psi.ids import job_salt, normalise_id
 from protocols.psi.kernel import Blinder
-from protocols.psi.messages import MODES, VERSION, PsiError, PsiMode, PsiResult
+from protocols.psi.messages import MODES, PARAM_VERSION, VERSION, PsiError, PsiMode, PsiResult
 from protocols.psi.platform import PlatformPsiHandler, make_platform_psi_handler
 from protocols.psi.store import PointStore, content_hash
 from protocols.psi.x25519 import describe as describe_kernel
 
+# The two PSI protocols a session may speak, each named by the version string in the session's parameters:
+# "ecdh" (this package, psi-x25519-v2) and "ot" (KKRT16 from OT extension, protocols.psi.ot, psi-kkrt-v1).
+PROTOCOLS: tuple[str, ...] = ("ot", "ecdh")
+_OT_VERSION = "psi-kkrt-v1"  # protocols.psi.ot.messages.VERSION (a test checks they agree)
+
+
+def protocol_of(params: Message) -> str:
+    """Which protocol a PSI session's parameters ask for (``"ot"`` or ``"ecdh"``), by their version string."""
+    return "ot" if params.get(PARAM_VERSION) == _OT_VERSION else "ecdh"
+
 __all__ = [
-    "MODES", "VERSION", "Blinder", "PlatformPsiHandler", "PointStore", "PsiError", "PsiMode", "PsiResult",
-    "content_hash", "describe_kernel", "job_salt", "make_platform_psi_handler", "normalise_id", "run_bank_psi",
+    "MODES", "PROTOCOLS", "VERSION", "Blinder", "PlatformPsiHandler", "PointStore", "PsiError", "PsiMode", "PsiResult",
+    "content_hash", "describe_kernel", "job_salt", "make_platform_psi_handler", "normalise_id", "protocol_of", "run_bank_psi",
 ]

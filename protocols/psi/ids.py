@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from protocols.identity import normalise_id
+from protocols.identity import normalise_all, normalise_id
 
 _SALT_TAG = b"fedprofile/psi/v1/salt"
 
@@ -18,4 +18,4 @@ def job_salt(job_id: str, bank_nonce: bytes, platform_nonce: bytes) -> bytes:
     return h.digest()
 
 
-__all__ = ["job_salt", "normalise_id"]
+__all__ = ["job_salt", "normalise_all", "normalise_id"]

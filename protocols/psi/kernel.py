@@ -13,7 +13,7 @@ import numpy as np
 
 from protocols.compute import Compute, ComputeSpec, ProcessPoolCompute, ThreadCompute, as_compute
 from protocols.errors import ProtocolError
-from protocols.psi.ids import normalise_id
+from protocols.psi.ids import normalise_all, normalise_id
 from protocols.psi.messages import DOMAIN, POINT, PsiError
 from protocols.psi.store import PointStore
 from protocols.psi.x25519 import LowOrderPoint, kernel
@@ -46,17 +46,34 @@ def blind_chunk(secret: bytes, points: bytes) -> bytes:
 def hash_chunk(salt: bytes, ids: list[str]) -> tuple[bytes, int]:
     """``H(x)`` for each ID (32 bytes each, in order, the same bytes as :func:`hash_to_point`) and the first
     position whose ID is empty after normalisation, or -1."""
-    prefix = hashlib.sha256(DOMAIN + salt)
-    out = bytearray()
+    copy = hashlib.sha256(DOMAIN + salt).copy
+    digests: list[bytes] = []
+    append = digests.append
     empty = -1
-    for row, raw in enumerate(ids):
-        value = normalise_id(str(raw)).encode()
+    for row, value in enumerate(normalise_all([raw if type(raw) is str else str(raw) for raw in ids])):
         if not value and empty < 0:
             empty = row
-        h = prefix.copy()
-        h.update(value)
-        out += h.digest()
-    return bytes(out), empty
+        h = copy()
+        h.update(value.encode())
+        append(h.digest())
+    return b"".join(digests), empty
+
+
+def refuse_repeats(keys: np.ndarray, ids: Sequence[str], order: np.ndarray) -> None:
+    """Refuse IDs equal after normalisation, naming rows of the file (never IDs). ``keys[i]``: a 64-bit prefix of
+    the salted hash of ``ids[order[i]]``; equal prefixes are candidates, told apart by the IDs themselves."""
+    by_key = np.argsort(keys, kind="stable")
+    same = np.flatnonzero(keys[by_key[1:]] == keys[by_key[:-1]])
+    repeats = []
+    for i in same.tolist():
+        a, b = int(order[by_key[i]]), int(order[by_key[i + 1]])
+        first, row = min(a, b), max(a, b)
+        if normalise_id(str(ids[first])) == normalise_id(str(ids[row])):
+            repeats.append((row, first))
+    if repeats:
+        row, first = min(repeats)
+        raise PsiError(f"rows {first + 1} and {row + 1} hold the same ID after normalisation "
+                       "(trim, case, phone/e-mail forms); de-duplicate the file")
 
 
 # ------------------------------------------------------------------------------ the blinder ----
@@ -152,20 +169,7 @@ class Blinder:
             collect()
         if empties:
             raise PsiError(f"row {min(empties) + 1}: empty ID after normalisation")
-        keys = store.prefixes()
-        by_key = np.argsort(keys, kind="stable")
-        same = np.flatnonzero(keys[by_key[1:]] == keys[by_key[:-1]])
-        del keys
-        repeats = []
-        for i in same.tolist():  # candidates; an 8-byte prefix collision is told apart by the IDs
-            a, b = int(order[by_key[i]]), int(order[by_key[i + 1]])
-            first, row = min(a, b), max(a, b)
-            if normalise_id(str(ids[first])) == normalise_id(str(ids[row])):
-                repeats.append((row, first))
-        if repeats:
-            row, first = min(repeats)
-            raise PsiError(f"rows {first + 1} and {row + 1} hold the same ID after normalisation "
-                           "(trim, case, phone/e-mail forms); de-duplicate the file")
+        refuse_repeats(store.prefixes(), ids, order)
 
     def hash_ids_async(self, salt: bytes, ids: Sequence[str], order: np.ndarray, store: PointStore) -> Future[None]:
         """:meth:`hash_ids` on a thread of its own (it waits on the compute, so it must not run on it)."""
@@ -192,4 +196,4 @@ class Blinder:
             self._background = None
 
 
-__all__ = ["Blinder", "Pending", "blind_chunk", "hash_chunk", "hash_to_point"]
+__all__ = ["Blinder", "Pending", "blind_chunk", "hash_chunk", "hash_to_point", "refuse_repeats"]

@@ -59,6 +59,7 @@ class PsiResult:
     own_count: int
     peer_count: int
     seconds: float
+    protocol: str = "ecdh"  # "ecdh" (this package) or "ot" (protocols.psi.ot)
 
 
 def batches(n: int, size: int) -> list[tuple[int, int]]:
