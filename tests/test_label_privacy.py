@@ -172,8 +172,12 @@ def test_epochs_stacked_beat_the_floor_and_noise_stops_them(credit):
     floor_only = platform_view(bank, platform, params, join_floor=100)  # the one-epoch floor, four epochs
     one, four = attack_batches(floor_only, bank.labels, [0]), attack_batches(floor_only, bank.labels)
     assert four["label_recovery_accuracy"] > one["label_recovery_accuracy"] + 0.04, (one, four)
+    # Label DP (epsilon 3): each label is released once, noisy; stacking epochs gives no noise-free view. What is
+    # left is the per-row guarantee (a Bayes-optimal guess beats this 78/22 majority by at most 0.005 at mu 0.72)
+    # plus the best cut's optimism over 4,800 labels (one standard error 0.006), and stays under the features'.
     noisy = attack_batches(platform_view(bank, platform, params, dp=True), bank.labels)
-    assert noisy["label_recovery_accuracy"] < noisy["majority_rate"] + 0.01, noisy
+    assert noisy["label_recovery_accuracy"] < noisy["majority_rate"] + 0.02, noisy
+    assert noisy["label_recovery_accuracy"] < noisy["feature_baseline"], noisy
 
 
 def test_accountant_matches_google_dp_accounting():
