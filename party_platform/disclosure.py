@@ -122,8 +122,8 @@ class DisclosureLedger:
             db.execute("BEGIN IMMEDIATE")
             try:
                 limit = self._limit()
-                most, over = self._count(db, customers, wanted, limit)
-                if over or check_only:
+                most, over, new = self._count(db, customers, wanted, limit)
+                if over or check_only or not new:  # nothing new (a repeat score): nothing to write
                     db.execute("ROLLBACK")
                 else:
                     before = db.total_changes
@@ -149,9 +149,10 @@ class DisclosureLedger:
         return most
 
     def _count(self, db: sqlite3.Connection, customers: list[bytes], wanted: list[Projection],
-               limit: int) -> tuple[int, int]:
-        """The most projections a requested customer would hold with ``wanted``, and how many would pass the
-        limit. Leaves the customers in the temporary table ``request``."""
+               limit: int) -> tuple[int, int, int]:
+        """The most projections a requested customer would hold with ``wanted``, how many customers would pass the
+        limit, and how many (customer, projection) pairs are new. Leaves the customers in the temporary table
+        ``request``."""
         db.execute("DELETE FROM request")
         db.executemany("INSERT INTO request (customer) VALUES (?)", ((c,) for c in customers))
         known = [self._projection_id(db, p) for p in wanted]
@@ -162,7 +163,8 @@ class DisclosureLedger:
             "FROM request q LEFT JOIN released r ON r.customer = q.customer GROUP BY q.customer",
             known_ids).fetchall()
         after = [held + len(wanted) - (already or 0) for held, already in rows]
-        return max(after), sum(1 for n in after if n > limit)
+        new = sum(len(wanted) - (already or 0) for _, already in rows)
+        return max(after), sum(1 for n in after if n > limit), new
 
     def _record(self, db: sqlite3.Connection, wanted: list[Projection]) -> None:
         for p in wanted:
