@@ -44,7 +44,7 @@ from party_bank.readiness import Readiness
 from party_bank.registry import ACTIONS as MODEL_ACTIONS
 from party_bank.registry import models_command
 from party_bank.score_files import read_ids
-from party_common.cli_format import DefaultsFormatter, version_string
+from party_common.cli_format import DefaultsFormatter, config_help, resolve_config, version_string
 from party_common.config import ConfigError, NodeConfig, load_config
 from party_common.grpc_errors import rpc_error_line
 from party_common.grpc_link import GrpcPlatformLink, platform_certificate_check
@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_, formatter_class=DefaultsFormatter)
-        p.add_argument("--config", required=True, help="the bank node's TOML file")
+        p.add_argument("--config", help=config_help("bank"))
         p.add_argument("--insecure-dev", action="store_true", help="plaintext gRPC, no client auth (laptop only)")
         if name != "serve":
             p.add_argument("--cert", help="your operator certificate (default: operators/$USER.crt in the folder "
@@ -474,6 +474,7 @@ def console(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.config = resolve_config(args.config, "bank", "bank-node")
     if args.command == "serve":
         setup_logging(args.log_level)
         return serve(args)

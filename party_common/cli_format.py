@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import Any
 
 from rich import box
@@ -66,4 +68,29 @@ def record_table(record: Mapping[str, Any], *, title: str = "", header: tuple[st
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
 
 
-__all__ = ["DefaultsFormatter", "record_table", "version_string"]
+CONFIG_ENV = "FEDPROFILE_CONFIG"
+
+
+def config_help(role: str) -> str:
+    """The ``--config`` help text: where a node's TOML file is looked for when the option is left out."""
+    return (f"the {role} node's TOML file (default: ${CONFIG_ENV}, else ./{role}.toml, else "
+            f"~/.config/fedprofile/{role}.toml)")
+
+
+def resolve_config(given: str | None, role: str, prog: str) -> str:
+    """The config path a command uses: ``--config`` if given, else ``$FEDPROFILE_CONFIG``, else ``./ROLE.toml``,
+    else ``~/.config/fedprofile/ROLE.toml`` (the first that exists); a clear error naming all of them otherwise."""
+    if given:
+        return given
+    env = os.environ.get(CONFIG_ENV, "").strip()
+    if env:
+        return env
+    candidates = [Path(f"{role}.toml"), Path.home() / ".config" / "fedprofile" / f"{role}.toml"]
+    for path in candidates:
+        if path.is_file():
+            return str(path)
+    raise SystemExit(f"{prog}: no config: give --config FILE, set {CONFIG_ENV}, or put it at "
+                     f"{' or '.join(str(c) for c in candidates)}")
+
+
+__all__ = ["CONFIG_ENV", "config_help", "resolve_config", "DefaultsFormatter", "record_table", "version_string"]

@@ -25,7 +25,13 @@ from grpc_health.v1.health import HealthServicer
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from party_common.cli_format import DefaultsFormatter, record_table, version_string
+from party_common.cli_format import (
+    DefaultsFormatter,
+    config_help,
+    record_table,
+    resolve_config,
+    version_string,
+)
 from party_common.config import NodeConfig, load_config
 from party_common.jobs import SESSION_KINDS
 from party_common.runtime import (
@@ -156,7 +162,7 @@ def parser() -> argparse.ArgumentParser:
     console.add_argument("--port", type=int, default=8081, help="local port of the console (0: any free one)")
     for command in (serve_p, jobs, models, approve, revoke, audit, policy, console):
         command.formatter_class = DefaultsFormatter
-        command.add_argument("--config", required=True, help="the node's TOML file")
+        command.add_argument("--config", help=config_help("platform"))
     for command in (jobs, models, audit, policy):
         command.add_argument("--json", action="store_true", help="JSON instead of a table")
     return p
@@ -164,6 +170,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.config = resolve_config(args.config, "platform", "platform-node")
     if args.command == "serve":
         setup_logging(args.log_level)
         return serve(args)

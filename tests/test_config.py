@@ -198,3 +198,32 @@ def test_the_state_directory_lock_names_its_holder(tmp_path: Path) -> None:
         lock_state_dir(tmp_path / "state", what="bank node")
     held.release()
     lock_state_dir(tmp_path / "state", what="bank node").release()
+
+
+def test_the_config_comes_from_the_option_the_environment_or_a_default_place(tmp_path, monkeypatch):
+    from party_common.cli_format import CONFIG_ENV, resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    with pytest.raises(SystemExit, match=r"bank-node: no config: give --config FILE, set FEDPROFILE_CONFIG, or put it "
+                                         r"at bank.toml or .*home/.config/fedprofile/bank.toml"):
+        resolve_config(None, "bank", "bank-node")
+    home = tmp_path / "home" / ".config" / "fedprofile"
+    home.mkdir(parents=True)
+    (home / "bank.toml").write_text("")
+    assert resolve_config(None, "bank", "bank-node") == str(home / "bank.toml")
+    (tmp_path / "bank.toml").write_text("")
+    assert resolve_config(None, "bank", "bank-node") == "bank.toml"  # the working folder's first
+    monkeypatch.setenv(CONFIG_ENV, "/etc/fedprofile/bank.toml")
+    assert resolve_config(None, "bank", "bank-node") == "/etc/fedprofile/bank.toml"
+    assert resolve_config("given.toml", "bank", "bank-node") == "given.toml"  # the option wins
+
+
+def test_the_cli_reads_fedprofile_config(tmp_path, monkeypatch, capsys):
+    """`platform-node policy` with no --config, the path in FEDPROFILE_CONFIG: the error names that file."""
+    from party_platform.cli import main
+
+    monkeypatch.setenv("FEDPROFILE_CONFIG", str(tmp_path / "missing.toml"))
+    assert main(["policy"]) == 2
+    assert "missing.toml" in capsys.readouterr().err
