@@ -9,6 +9,7 @@
     bank-node segment | segment-result | segments ... (campaign segments: party_bank/cli_segments.py)
     bank-node report --config bank.toml JOB_ID --out report.html [--overwrite]
     bank-node models --config bank.toml [--json] | alias NAME@LABEL MODEL | unalias ALIAS | retire MODEL
+    bank-node fetch --config bank.toml scores|segment NAME --out FILE   (download a score or segment file)
     bank-node console --config bank.toml [--port 8080]     (the same in a browser: party_bank/console.py)
 
 The client commands reach the node's control API at `[client] address` (default: its `listen` address, a
@@ -22,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import getpass
 import json
 import logging
-import stat
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 import grpc
 from grpc_health.v1.health import HealthServicer
 
-from party_bank import cli_segments, views
+from party_bank import cli_files, cli_segments, views
 from party_bank.client import BankClient, JobFailed
 from party_bank.control import ControlServicer
 from party_bank.control_v2 import SERVICE as SCORING_SERVICE
@@ -131,17 +130,8 @@ def client_for(config: NodeConfig, args: argparse.Namespace) -> BankClient:
     if args.insecure_dev:
         check_insecure_dev(config)
         return BankClient(config.client_address, cert=None, key=None, ca=None, insecure=True)
+    cert, key = cli_files.operator_credentials(config, args)
     assert config.tls is not None
-    operators = config.tls.cert.parent / "operators"
-    user = getpass.getuser()
-    cert = Path(args.cert) if args.cert else operators / f"{user}.crt"
-    key = Path(args.key) if args.key else (cert.with_suffix(".key") if args.cert else operators / f"{user}.key")
-    for p in (cert, key):
-        if not p.exists():
-            raise ConfigError(f"{p}: operator certificate/key not found; pass --cert/--key, or have the bank's CA "
-                              f"issue yours: `fedprofile-certs operator {user} --dir {config.tls.cert.parent}`")
-    if (mode := stat.S_IMODE(key.stat().st_mode)) & 0o077:
-        raise ConfigError(f"{key}: private key has mode {mode:o}; run `chmod 600 {key}`")
     return BankClient(config.client_address, cert=cert, key=key, ca=config.tls.client_ca,
                       tls_name=config.client_tls_name)
 
@@ -229,6 +219,12 @@ def submit_and_wait(client: BankClient, args: argparse.Namespace, kind: str, par
 
 def run_client(args: argparse.Namespace) -> int:
     config = load_config(args.config, expected_role="bank", require_tls=not args.insecure_dev)
+    if args.command == "fetch":
+        try:
+            return cli_files.fetch(config, args)
+        except FedProfileError as err:
+            print(f"bank-node fetch: {err}", file=sys.stderr)
+            return 1
     client = client_for(config, args)
     since = time.time()
     try:
@@ -434,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "column): score those customers; an unknown ID gets status unknown_customer")
     b.add_argument("--tags", help="comma-separated tags (default: all of the model's)")
     b.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    cli_files.add_parsers(add)
     cli_segments.add_parsers(add)
     rep = add("report", "fetch a train job's report as one self-contained HTML page (plots, intervals, privacy)")
     rep.add_argument("job_id", help="the train job ID")

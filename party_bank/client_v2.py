@@ -98,15 +98,19 @@ class ScoringClient:
         """Write the node's file to ``out`` (atomically) after checking its size and SHA-256."""
         digest, size, expected, got = hashlib.sha256(), None, "", 0
         tmp = out.with_name(out.name + ".part")
-        with tmp.open("wb") as f:
-            for chunk in self.stub.Download(pb.DownloadRequest(kind=kind, name=name), timeout=timeout_s):
-                if chunk.offset != got:
-                    raise FedProfileError(f"download {name}: a piece at {chunk.offset}, expected {got}")
-                size = chunk.size if size is None else size
-                f.write(chunk.data)
-                digest.update(chunk.data)
-                got += len(chunk.data)
-                expected = chunk.sha256 or expected
+        try:
+            with tmp.open("wb") as f:
+                for chunk in self.stub.Download(pb.DownloadRequest(kind=kind, name=name), timeout=timeout_s):
+                    if chunk.offset != got:
+                        raise FedProfileError(f"download {name}: a piece at {chunk.offset}, expected {got}")
+                    size = chunk.size if size is None else size
+                    f.write(chunk.data)
+                    digest.update(chunk.data)
+                    got += len(chunk.data)
+                    expected = chunk.sha256 or expected
+        except BaseException:  # nothing half written stays behind
+            tmp.unlink(missing_ok=True)
+            raise
         if got != size or digest.hexdigest() != expected:
             tmp.unlink(missing_ok=True)
             raise FedProfileError(f"download {name}: {got} of {size} bytes, or a different SHA-256")

@@ -147,6 +147,23 @@ def test_download_a_batch_score_file_and_a_segment(api: Api, tmp_path: Path) -> 
     assert len(groups) == segment.selected + 1  # a header and one row per selected customer
 
 
+def test_bank_node_fetch_downloads_a_score_file_through_the_cli(api: Api, tmp_path: Path, capsys) -> None:
+    """`bank-node fetch` (issue 25): the real CLI, the operator's own certificate, the v2 Download."""
+    from party_bank.cli import main
+
+    reply = api.v2.batch_score("tags@prod", "fetch/shared.csv", ids=api.shared[:20], overwrite=True)
+    out = tmp_path / "shared.csv"
+    args = ["fetch", "scores", reply.output_path, "--out", str(out), "--config", str(api.cluster.bank_config),
+            *api.cluster.operator_args]
+    assert main(args) == 0 and "SHA-256 checked" in capsys.readouterr().out
+    node_file = api.cluster.workdir / "state" / "bank" / "scores" / "fetch" / "shared.csv"
+    assert out.read_bytes() == node_file.read_bytes()
+    assert main(args) == 1 and "exists; pass --overwrite" in capsys.readouterr().err  # nothing replaced
+    assert main(["fetch", "scores", "fetch/none.csv", "--out", str(tmp_path / "none.csv"), "--config",
+                 str(api.cluster.bank_config), *api.cluster.operator_args]) == 1
+    assert not (tmp_path / "none.csv").exists() and not (tmp_path / "none.csv.part").exists()
+
+
 def test_published_schemas_are_generated_from_the_code() -> None:
     for name, schema in api_schemas.schemas().items():
         assert api_schemas.published(name) == json.loads(json.dumps(schema)), (
