@@ -313,8 +313,8 @@ class LabelPrivacy:
 
         A draw that would not fit the residual's slot (:func:`residual_noise_room`) stops the job rather than wrap.
         """
-        if self.noise is None:
-            return np.zeros((n_rows, n_tags), dtype=np.int64)
+        if self.noise is None:  # a read-only view of one row of zeros: no memory for a large alignment
+            return np.broadcast_to(np.zeros((1, n_tags), dtype=np.int64), (n_rows, n_tags))
         sigma, count = self.noise.residual_sigma, n_rows * n_tags
         if hasattr(rng, "normals"):  # the job's keyed stream, vectorised (protocols/vfl_lr/resume.py)
             noise = np.rint(sigma * rng.normals(count)).astype(np.int64).reshape(n_rows, n_tags)
