@@ -33,9 +33,9 @@ def test_a_job_whose_noise_would_not_fit_the_residual_slots_is_refused_before_tr
     mask = ~np.isnan(labels)
     params = TrainParams(epochs=2, batch_size=400, key_bits=1024, label_dp="on", dp_epsilon=0.05)
     with pytest.raises(TrainingError, match="raise dp_epsilon, or train fewer tags per job"):
-        LabelPrivacy.plan(params, np.arange(400), mask, 8, np.ones((400, 3)), strict=True)
+        LabelPrivacy.plan(params, np.arange(400), mask, 8, strict=True)
     noise = LabelPrivacy.plan(dataclasses.replace(params, dp_epsilon=3.0, epochs=2), np.arange(400), mask, 8,
-                              np.ones((400, 3)), strict=True).noise
+                              strict=True).noise
     assert noise is not None and 8 * noise.residual_sigma < residual_noise_room()
 
 

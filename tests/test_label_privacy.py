@@ -125,21 +125,20 @@ def test_batches_join_and_the_plan_picks_floor_or_dp():
     assert below_floor(batches, mask, 100) == (2, 0, 30)
     joined = join_short_last(batches, mask, 100)
     assert [len(b) for b in joined] == [400, 430] and below_floor(joined, mask, 100) is None
-    X = np.ones((1000, 3))
     # 5 platform features, 2 epochs: floor 100 labelled rows per tag. Tag 1 has 500 labelled rows: enough.
-    plan = LabelPrivacy.plan(TrainParams(batch_size=300, epochs=2), rows, mask, 5, X, strict=True)
+    plan = LabelPrivacy.plan(TrainParams(batch_size=300, epochs=2), rows, mask, 5, strict=True)
     assert plan.mode == "floor" and plan.noise is None and plan.smallest is not None and plan.smallest >= 100
     for epoch in range(2):
         assert below_floor(plan.batches(epoch), mask, 100) is None
     with pytest.raises(TrainingError, match=r"the floor is 100 \(10 x 5 platform features x 2 epochs\)"):
-        LabelPrivacy.plan(TrainParams(batch_size=150, epochs=2, label_dp="off"), rows, mask, 5, X, strict=True)
-    small_batch = LabelPrivacy.plan(TrainParams(batch_size=150, epochs=2), rows, mask, 5, X, strict=True)
+        LabelPrivacy.plan(TrainParams(batch_size=150, epochs=2, label_dp="off"), rows, mask, 5, strict=True)
+    small_batch = LabelPrivacy.plan(TrainParams(batch_size=150, epochs=2), rows, mask, 5, strict=True)
     assert small_batch.mode == "dp" and "miss the floor of 100" in small_batch.summary()["notes"][0]
     # 60 features: floor 600 > the 500 labelled rows of tag 1, so "auto" turns label DP on ...
-    dp = LabelPrivacy.plan(TrainParams(batch_size=150, epochs=1), rows, mask, 60, X, strict=True)
+    dp = LabelPrivacy.plan(TrainParams(batch_size=150, epochs=1), rows, mask, 60, strict=True)
     assert dp.mode == "dp" and dp.noise is not None and dp.summary()["epsilon"] == 0.0
     # ... except in insecure test runs, which go on unprotected and say so.
-    loose = LabelPrivacy.plan(TrainParams(batch_size=150, epochs=1), rows, mask, 60, X, strict=False)
+    loose = LabelPrivacy.plan(TrainParams(batch_size=150, epochs=1), rows, mask, 60, strict=False)
     assert loose.mode == "unprotected" and "below the floor" in loose.summary()["notes"][0]
 
 

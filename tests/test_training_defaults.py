@@ -132,10 +132,10 @@ def test_test_predictions_have_the_documented_shape(sim, run):
 # ---- the automatic batch size (protocols/vfl_lr/batching.py) ----
 
 
-def _labels(n: int, share: float, n_tags: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``n`` batched rows, a mask of labels known with ``share``, and features for the label-DP plan."""
+def _labels(n: int, share: float, n_tags: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` batched rows and a mask of labels known with ``share``."""
     rng = np.random.default_rng(seed)
-    return np.arange(n), rng.random((n, n_tags)) < share, rng.normal(size=(n, 3))
+    return np.arange(n), rng.random((n, n_tags)) < share
 
 
 def test_batch_size_defaults_to_automatic_and_validates():
@@ -169,10 +169,10 @@ def test_defaults_on_a_small_simulated_set_take_one_newton_step_or_several_adam_
 
 
 def test_automatic_batches_meet_the_floor_without_dp_on_a_large_enough_set():
-    rows, mask, X = _labels(20000, 0.5)
+    rows, mask = _labels(20000, 0.5)
     params = TrainParams(epochs=2)
     choice = choose_batch_size(params, rows, mask, 5, session_batch_bound(len(rows)))
-    plan = LabelPrivacy.plan(dataclasses.replace(params, batch_size=choice.batch_size), rows, mask, 5, X,
+    plan = LabelPrivacy.plan(dataclasses.replace(params, batch_size=choice.batch_size), rows, mask, 5,
                              strict=True)
     assert choice.kind == "floor" and plan.mode == "floor" and plan.noise is None
     assert plan.smallest is not None and plan.smallest >= plan.floor
@@ -185,23 +185,23 @@ def test_automatic_batches_meet_the_floor_without_dp_on_a_large_enough_set():
 
 
 def test_an_unreachable_floor_turns_label_dp_on_or_is_refused_when_off():
-    rows, mask, X = _labels(600, 0.5)
+    rows, mask = _labels(600, 0.5)
     auto = TrainParams(epochs=2)
     choice = choose_batch_size(auto, rows, mask, 20, session_batch_bound(len(rows)))  # floor 400 of ~300 labels
     # label DP with the Newton optimiser ("auto"): every row in one batch per epoch
     assert choice.kind == "no_floor" and choice.full and choice.batch_size == 600
-    plan = LabelPrivacy.plan(dataclasses.replace(auto, batch_size=choice.batch_size), rows, mask, 20, X, strict=True)
+    plan = LabelPrivacy.plan(dataclasses.replace(auto, batch_size=choice.batch_size), rows, mask, 20, strict=True)
     assert plan.mode == "dp" and plan.noise is not None and len(plan.batches(0)) == 1
     assert "label DP with the Newton optimiser" in choice.report(len(plan.batches(0)), plan.mode)["reason"]
     # an explicit first-order optimiser keeps about TARGET_STEPS_PER_EPOCH steps
     adam = choose_batch_size(TrainParams(epochs=2, optimizer="adam"), rows, mask, 20, session_batch_bound(len(rows)))
     assert (adam.batch_size, adam.full) == (60, False)
-    plan = LabelPrivacy.plan(dataclasses.replace(auto, batch_size=adam.batch_size), rows, mask, 20, X, strict=True)
+    plan = LabelPrivacy.plan(dataclasses.replace(auto, batch_size=adam.batch_size), rows, mask, 20, strict=True)
     assert "label DP is on" in adam.report(len(plan.batches(0)), plan.mode)["reason"]
     off = TrainParams(epochs=2, label_dp="off")
     choice = choose_batch_size(off, rows, mask, 20, session_batch_bound(len(rows)))
     with pytest.raises(TrainingError, match=r"the floor is 400 \(10 x 20 platform features x 2 epochs\)"):
-        LabelPrivacy.plan(dataclasses.replace(off, batch_size=choice.batch_size), rows, mask, 20, X, strict=True)
+        LabelPrivacy.plan(dataclasses.replace(off, batch_size=choice.batch_size), rows, mask, 20, strict=True)
 
 
 # ---- automatic epochs (batching.choose_schedule) ----
@@ -219,11 +219,11 @@ def test_epochs_default_to_automatic_and_validate():
 
 
 def test_automatic_epochs_on_a_small_set_take_label_dp_with_two_epochs():
-    rows, mask, X = _labels(600, 0.5)  # 40 platform features: the floor is out of reach for any epochs
+    rows, mask = _labels(600, 0.5)  # 40 platform features: the floor is out of reach for any epochs
     params, choice, entry = choose_schedule(TrainParams(), rows, mask, 40, session_batch_bound(len(rows)))
     assert (params.epochs, entry["epochs"], entry["automatic"], entry["max_epochs"]) == (DP_EPOCHS, 2, True, 10)
     assert choice.kind == "no_floor" and "2 epochs" in entry["reason"]
-    plan = LabelPrivacy.plan(params, rows, mask, 40, X, strict=True)
+    plan = LabelPrivacy.plan(params, rows, mask, 40, strict=True)
     assert plan.mode == "dp" and plan.noise is not None and plan.noise.epochs == DP_EPOCHS  # noise for 2, not 10
     assert len(plan.batches(0)) == 1  # Newton on the full batch
     on, _, entry = choose_schedule(TrainParams(label_dp="on"), rows, mask, 20, session_batch_bound(len(rows)))
@@ -231,12 +231,12 @@ def test_automatic_epochs_on_a_small_set_take_label_dp_with_two_epochs():
 
 
 def test_automatic_epochs_on_a_small_set_take_the_most_a_full_batch_meets_without_noise():
-    rows, mask, X = _labels(600, 0.5)  # about 300 labelled rows per tag, 10 platform features: floor 100 per epoch
+    rows, mask = _labels(600, 0.5)  # about 300 labelled rows per tag, 10 platform features: floor 100 per epoch
     params, choice, entry = choose_schedule(TrainParams(), rows, mask, 10, session_batch_bound(len(rows)))
     fewest = int(mask.sum(axis=0).min())
     assert choice.kind == "full_floor" and choice.full and params.batch_size == 600
     assert params.epochs == min(10, fewest // 100) and "one full batch per epoch" in entry["reason"]
-    plan = LabelPrivacy.plan(params, rows, mask, 10, X, strict=True)
+    plan = LabelPrivacy.plan(params, rows, mask, 10, strict=True)
     assert plan.mode == "floor" and plan.noise is None and len(plan.batches(0)) == 1
     assert "one Newton step per epoch" in choice.report(1, plan.mode)["reason"]
     # one epoch more and the full batch misses the floor
@@ -245,7 +245,7 @@ def test_automatic_epochs_on_a_small_set_take_the_most_a_full_batch_meets_withou
 
 
 def test_automatic_epochs_on_a_large_set_take_the_floor_with_the_most_epochs_it_allows():
-    rows, mask, X = _labels(20000, 0.5)
+    rows, mask = _labels(20000, 0.5)
     bound = session_batch_bound(len(rows))
     easy, _, _ = choose_schedule(TrainParams(), rows, mask, 5, bound)
     assert easy.epochs == MAX_AUTO_EPOCHS  # never more than the session's bound
@@ -254,12 +254,12 @@ def test_automatic_epochs_on_a_large_set_take_the_floor_with_the_most_epochs_it_
     assert choice.floor == 10 * 40 * params.epochs
     assert choose_batch_size(dataclasses.replace(params, epochs=params.epochs + 1, batch_size=None), rows, mask, 40,
                              bound).kind != "floor"  # one more epoch and the floor is out of reach
-    plan = LabelPrivacy.plan(params, rows, mask, 40, X, strict=True)
+    plan = LabelPrivacy.plan(params, rows, mask, 40, strict=True)
     assert plan.mode == "floor" and plan.noise is None and len(plan.batches(0)) >= MIN_STEPS_PER_EPOCH
 
 
 def test_explicit_epochs_are_kept_and_automatic_epochs_with_label_dp_off_are_ten():
-    rows, mask, X = _labels(600, 0.5)
+    rows, mask = _labels(600, 0.5)
     bound = session_batch_bound(len(rows))
     kept, _, entry = choose_schedule(TrainParams(epochs=3), rows, mask, 20, bound)
     assert kept.epochs == 3 and not entry["automatic"] and entry["reason"].startswith("set by")
@@ -267,7 +267,7 @@ def test_explicit_epochs_are_kept_and_automatic_epochs_with_label_dp_off_are_ten
     ten, ten_choice, _ = choose_schedule(TrainParams(label_dp="off", epochs=10), rows, mask, 20, bound)
     assert off == ten and choice == ten_choice and entry["automatic"]
     with pytest.raises(TrainingError, match=r"the floor is 2000 \(10 x 20 platform features x 10 epochs\)"):
-        LabelPrivacy.plan(off, rows, mask, 20, X, strict=True)
+        LabelPrivacy.plan(off, rows, mask, 20, strict=True)
 
 
 def test_defaults_end_to_end_run_the_chosen_epochs_and_report_them(sim):

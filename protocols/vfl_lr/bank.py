@@ -240,8 +240,7 @@ class _BankTrainer:
         # before any label-dependent value leaves.
         p, choice, self.epochs_entry = choose_schedule(p, active, train_mask, n_features, self.session_p.batch_size,
                                                        strict=not self.insecure_for_tests)
-        self.privacy = LabelPrivacy.plan(p, active, train_mask, n_features, self.X_aug,
-                                         strict=not self.insecure_for_tests)
+        self.privacy = LabelPrivacy.plan(p, active, train_mask, n_features, strict=not self.insecure_for_tests)
         # Label DP: the job's noisy labels, drawn once from the keyed stream (the same on resume); zeros without.
         self.label_noise = self.privacy.label_noise(len(self.bank.ids), self.T,
                                                     rng=KeyedRandom(self.noise_key, "labels"))

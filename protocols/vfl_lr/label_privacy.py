@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 
 from protocols.errors import ProtocolError
-from protocols.rowblocks import RowView
 from protocols.vfl_lr.params import (
     D_BITS,
     DP_NOISE_BITS,
@@ -241,7 +240,7 @@ class LabelPrivacy:
 
     @classmethod
     def plan(cls, params: TrainParams, active: np.ndarray, mask: np.ndarray, n_features: int,
-             X_aug: np.ndarray | RowView, *, strict: bool) -> LabelPrivacy:
+             *, strict: bool) -> LabelPrivacy:
         """Decide the protection: label DP if ``"on"``, or if ``"auto"`` and some batch of some epoch would
         miss the floor; otherwise the floor, and :class:`TrainingError` if ``"off"`` and a batch misses it.
 
