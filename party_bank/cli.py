@@ -56,7 +56,7 @@ from party_common.runtime import (
     setup_logging,
     start_node_server,
 )
-from party_common.state_lock import StateLock, lock_state_dir
+from party_common.state_lock import StateLock, under_state_lock
 from party_common.transport import TransportError, dial
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.errors import FedProfileError, PeerError, UserError
@@ -69,12 +69,8 @@ def build_server(config_path: str, *, insecure_dev: bool = False) -> tuple[grpc.
     """Load config and data, connect the platform link, start the control API; return (server, health, node, port)."""
     config = load_config(config_path, expected_role="bank", require_tls=not insecure_dev)
     tls = None if insecure_dev else read_tls_files(config)
-    state_lock = lock_state_dir(config.state_dir, what="bank node")  # before anything reads or resumes its jobs
-    try:
-        return _build_server(config, tls, insecure_dev, state_lock)
-    except BaseException:
-        state_lock.release()
-        raise
+    # before anything reads or resumes its jobs
+    return under_state_lock(config.state_dir, "bank node", lambda lock: _build_server(config, tls, insecure_dev, lock))
 
 
 def _build_server(config: NodeConfig, tls: TlsFiles | None, insecure_dev: bool,

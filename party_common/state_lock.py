@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from protocols.errors import UserError
 
@@ -52,3 +54,17 @@ def lock_state_dir(state_dir: Path, *, what: str) -> StateLock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return StateLock(state_dir, fd)
+
+
+T = TypeVar("T")
+
+
+def under_state_lock(state_dir: Path, what: str, build: Callable[[StateLock], T]) -> T:
+    """``build(lock)`` holding ``state_dir``'s lock, taken before anything reads the state; the lock is let go if
+    ``build`` fails (a node that started keeps it until it stops)."""
+    lock = lock_state_dir(state_dir, what=what)
+    try:
+        return build(lock)
+    except BaseException:
+        lock.release()
+        raise

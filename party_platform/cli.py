@@ -42,7 +42,7 @@ from party_common.runtime import (
     setup_logging,
     start_node_server,
 )
-from party_common.state_lock import StateLock, lock_state_dir
+from party_common.state_lock import StateLock, under_state_lock
 from party_common.storage.jobs import STATUSES
 from party_common.transport import MAX_GRPC_MESSAGE
 from party_platform import admin
@@ -59,12 +59,8 @@ def build_server(config_path: str, *,
     """Load config and data and start the Node service; return (server, health, node, sessions, port)."""
     config = load_config(config_path, expected_role="platform", require_tls=not insecure_dev)
     tls = None if insecure_dev else read_tls_files(config)
-    state_lock = lock_state_dir(config.state_dir, what="platform node")  # before anything reads its state
-    try:
-        return _build_server(config, tls, insecure_dev, state_lock)
-    except BaseException:
-        state_lock.release()
-        raise
+    # before anything reads its state
+    return under_state_lock(config.state_dir, "platform node", lambda lock: _build_server(config, tls, insecure_dev, lock))
 
 
 def _build_server(config: NodeConfig, tls: TlsFiles | None, insecure_dev: bool,
