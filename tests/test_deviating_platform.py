@@ -101,3 +101,27 @@ def test_the_label_dp_noise_does_not_depend_on_anything_the_platform_declares() 
         outcome = run_bank_training(LocalPeer(factory), "job-sigma", bank, params, compute=1, insecure_for_tests=True)
         sigmas.append(outcome.report["label_privacy"]["residual_sigma_fixed_point"])
     assert sigmas[0] == sigmas[1] and np.isfinite(sigmas[0])
+
+
+def test_shuffled_scores_beyond_their_range_stop_the_job() -> None:
+    """Evaluation's reply is decrypted by the bank for its own metrics: a platform that scales it (to move a row's
+    score past the others) sends slots the honest protocol never makes, and the job stops naming the check."""
+    bank, platform = synthetic(240, 6)
+
+    def factory(kind: str, job_id: str, message: dict) -> Any:
+        handler = make_platform_train_handler(job_id, message, platform, on_result=lambda m: None, compute=1,
+                                              insecure_for_tests=True)
+        evaluate = handler._steps[Step.EVALUATE]
+
+        def scaled(msg: dict) -> dict:
+            honest = CipherVector.from_bytes(handler.bepk, evaluate(msg)[Field.SHUFFLED_SCORES])
+            n2 = handler.bepk.nsquare
+            return {Field.SHUFFLED_SCORES: CipherVector(handler.bepk, [pow(int(c), 1 << 8, n2)
+                                                                       for c in honest.values]).to_bytes()}
+
+        handler._steps[Step.EVALUATE] = scaled
+        return handler
+
+    params = TrainParams(epochs=1, batch_size=200, key_bits=1024, validation_share=0.2, label_dp="on")
+    with pytest.raises(DeviationDetected, match=r"train.evaluate \(validation\): check 'shuffled scores' failed"):
+        run_bank_training(LocalPeer(factory), "job-eval-scaled", bank, params, compute=1, insecure_for_tests=True)
