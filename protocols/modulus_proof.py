@@ -172,7 +172,8 @@ def _verify(n: mpz, proof: bytes, context: bytes) -> bool:
     w = _read(proof, nb, offset)
     offset += nb
     if not 0 < w < n or gmpy2.jacobi(w, n) != -1:
-        raise InvalidKey("modulus proof: w does not have Jacobi symbol -1 modulo N")
+        raise InvalidKey("modulus proof: w does not have Jacobi symbol -1 modulo N (or the proof was made for "
+                         "another key)")
     ys = challenges(n, w, context, max(FOURTH_ROOT_ROUNDS, NTH_ROOT_ROUNDS))
     for i in range(FOURTH_ROOT_ROUNDS):
         flags, x = proof[offset], _read(proof, nb, offset + 1)
