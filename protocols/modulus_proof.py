@@ -202,5 +202,11 @@ def verify(n: int | mpz, proof: bytes | None, context: bytes) -> None:
     _verify(mpz(n), bytes(proof), bytes(context))
 
 
+def clear_caches() -> None:
+    """Forget proofs made and checked (for timing the work itself)."""
+    _prove.cache_clear()
+    _verify.cache_clear()
+
+
 __all__ = ["DOMAIN", "FOURTH_ROOT_ROUNDS", "NTH_ROOT_ROUNDS", "PROOF_FORMAT", "SOUNDNESS_BITS", "challenges",
-           "encode_proof", "proof_context", "prove", "verify"]
+           "clear_caches", "encode_proof", "proof_context", "prove", "verify"]
