@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,7 +110,6 @@ def _crt(xp: mpz, xq: mpz, p: mpz, q: mpz, p_inverse: mpz) -> mpz:
     return xp + p * ((xq - xp) * p_inverse % q)
 
 
-@functools.lru_cache(maxsize=32)
 def _prove(p: mpz, q: mpz, context: bytes) -> bytes:
     n = p * q
     if p % 4 != 3 or q % 4 != 3 or p == q:
@@ -138,11 +138,20 @@ def _prove(p: mpz, q: mpz, context: bytes) -> bytes:
     return encode_proof(n, w, fourth_roots, nth_roots)
 
 
+# Proofs made, per private key object, per context: kept with the key and gone with it (a cache keyed by the
+# factors would keep them in memory after the session dropped its key).
+_PROOFS: weakref.WeakKeyDictionary[Any, dict[bytes, bytes]] = weakref.WeakKeyDictionary()
+
+
 def prove(private_key: Any, context: bytes) -> bytes:
     """The proof that ``private_key``'s modulus is a Paillier-Blum modulus, bound to ``context``
-    (:func:`proof_context`). The key needs ``p`` and ``q``; the same key and context give the same proof again
-    without new work (a cache of the last 32)."""
-    return _prove(mpz(private_key.p), mpz(private_key.q), bytes(context))
+    (:func:`proof_context`). The key needs ``p`` and ``q``; the same key object and context give the same proof
+    again without new work."""
+    made = _PROOFS.setdefault(private_key, {})
+    context = bytes(context)
+    if context not in made:
+        made[context] = _prove(mpz(private_key.p), mpz(private_key.q), context)
+    return made[context]
 
 
 def _read(data: bytes, nb: int, offset: int) -> mpz:
@@ -204,7 +213,7 @@ def verify(n: int | mpz, proof: bytes | None, context: bytes) -> None:
 
 def clear_caches() -> None:
     """Forget proofs made and checked (for timing the work itself)."""
-    _prove.cache_clear()
+    _PROOFS.clear()
     _verify.cache_clear()
 
 

@@ -8,7 +8,9 @@ a sloppy forger.
 
 from __future__ import annotations
 
+import gc
 import secrets
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,16 @@ def test_an_honest_proof_verifies_and_is_made_once_per_key_and_context(key: Any,
     assert mp.prove(sk, CONTEXT) == proof
     mp.verify(pk.n, proof, CONTEXT)
     assert drawn == []
+
+
+def test_a_proof_made_does_not_keep_the_private_key_alive() -> None:
+    """Proofs are cached with the key object: a session that drops its key drops the factors with it."""
+    _, sk = generate_keypair(1024, allow_insecure=True)
+    mp.prove(sk, CONTEXT)
+    alive = weakref.ref(sk)
+    del sk
+    gc.collect()
+    assert alive() is None
 
 
 def test_the_cheating_prover_passes_for_an_honest_modulus() -> None:
