@@ -22,7 +22,8 @@ from party_common.audit import DEVIATION_EVENT
 from protocols import modulus_proof as mp
 from protocols.channel import LocalPeer, Message, PeerError
 from protocols.errors import DeviationDetected, InvalidKey
-from protocols.he import get_scheme
+from protocols.he import HEScheme, get_scheme
+from protocols.he.paillier import PaillierScheme
 from protocols.paillier import PublicKey, generate_keypair
 from protocols.paillier_math import check_modulus, random_blum_prime
 from protocols.vfl_lr import (
@@ -227,6 +228,22 @@ def test_the_scheme_hook_carries_the_proof(key: Any) -> None:
     scheme.verify_key_proof(pk, proof, CONTEXT)
     with pytest.raises(InvalidKey, match="missing"):
         scheme.verify_key_proof(pk, None, CONTEXT)
+
+
+def test_a_scheme_without_key_proofs_sends_none_and_takes_none(key: Any) -> None:
+    """The seam's default, for a scheme that has no proof yet: no field is sent, none is asked for, and one sent
+    is refused (a receiver never skips a proof it was sent)."""
+
+    class NoProofs(PaillierScheme):
+        key_proof = HEScheme.key_proof  # type: ignore[assignment]
+        verify_key_proof = HEScheme.verify_key_proof  # type: ignore[assignment]
+
+    pk, sk = key
+    scheme = NoProofs()
+    assert key_proof.attach(scheme, sk, "job-1", key_proof.BANK_TRAINING) == {}
+    key_proof.check(scheme, pk, {}, "job-1", key_proof.BANK_TRAINING, Step.SETUP)
+    with pytest.raises(DeviationDetected, match="has no key proof, but the peer sent one"):
+        key_proof.check(scheme, pk, {Field.BANK_KEY_PROOF: b"x"}, "job-1", key_proof.BANK_TRAINING, Step.SETUP)
 
 
 # ---- in train.setup ----
