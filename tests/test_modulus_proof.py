@@ -340,3 +340,22 @@ def test_the_nodes_stop_and_audit_a_bad_platform_key(files: SimulatedFiles, tmp_
     assert job.status == "failed" and "check 'modulus proof' failed" in (job.error or "")
     [event] = [e for e in nodes.bank.stores.jobs.audit_events(job.job_id) if e.event == DEVIATION_EVENT]
     assert event.detail == "step train.setup: check 'modulus proof'" and event.outcome == "stopped"
+
+
+def test_the_platform_node_stops_and_audits_a_bank_key_proof_for_another_job(files: SimulatedFiles, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real nodes, the other way round: the bank's training key goes with a proof made for another job; the
+    platform refuses it at setup and audits the check, and the bank's job fails naming it."""
+    nodes = make_nodes(files, tmp_path)
+    honest = key_proof.attach
+
+    def for_another_job(scheme: Any, private_key: Any, job_id: str, role: str) -> Message:
+        return honest(scheme, private_key, job_id + "-other" if role == key_proof.BANK_TRAINING else job_id, role)
+
+    assert nodes.bank.wait(nodes.bank.submit("align", "", {})).status == "succeeded"
+    monkeypatch.setattr(key_proof, "attach", for_another_job)
+    job = nodes.bank.wait(nodes.bank.submit("train", "", {"train": FAST_TRAIN}), timeout_s=300)
+    assert job.status == "failed" and "check 'modulus proof' failed" in (job.error or "")
+    [event] = [e for e in nodes.platform.stores.jobs.audit_events(job.job_id) if e.event == DEVIATION_EVENT]
+    assert event.detail == "step train.setup: check 'modulus proof'" and event.outcome == "stopped"
+    assert nodes.platform.stores.jobs.get(job.job_id).status == "failed"
