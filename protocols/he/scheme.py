@@ -2,7 +2,7 @@
 
 A protocol holds a :class:`HEScheme` (looked up by name, :func:`protocols.he.get_scheme`) and calls it for
 everything that depends on the scheme: keys (generate, serialise, validate a received key against the
-job's key size, fingerprint), noise made ahead of time, encryption, ciphertexts from and to bytes,
+job's key size, fingerprint, prove to the receiver that a key was made as the scheme says and check that proof), noise made ahead of time, encryption, ciphertexts from and to bytes,
 addition, scalar multiplication and ``X^T [[d]]``, packing ciphertexts by Horner's rule, decryption, and
 the encrypted histogram. The key, ciphertext-vector and noise-pool objects are the scheme's own; the
 protocol only passes them back to the scheme (or calls the methods the ``Protocol`` classes below name).
