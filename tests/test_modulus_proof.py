@@ -344,6 +344,7 @@ def test_the_nodes_stop_and_audit_a_bad_platform_key(files: SimulatedFiles, tmp_
     assert job.status == "failed" and "check 'modulus proof' failed" in (job.error or "")
     [event] = [e for e in nodes.bank.stores.jobs.audit_events(job.job_id) if e.event == DEVIATION_EVENT]
     assert event.detail == "step train.setup: check 'modulus proof'" and event.outcome == "stopped"
+    assert nodes.platform.stores.jobs.get(job.job_id).status == "cancelled"  # the bank stopped its session
 
 
 def test_the_platform_node_stops_and_audits_a_bank_key_proof_for_another_job(files: SimulatedFiles, tmp_path: Path,
