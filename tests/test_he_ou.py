@@ -14,8 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.errors import InvalidCiphertext, InvalidKey, PlaintextOverflow
-from protocols.he import HEScheme, get_scheme
-from protocols.he import ou_math
+from protocols.he import HEScheme, get_scheme, ou_math
 from protocols.he.ou_keys import KEY_FORMAT, CipherVector, NoisePool, PrivateKey, PublicKey
 from protocols.packing import SlotLayout, SlotOverflow, pack_signed, unpack_signed
 from protocols.paillier_math import SMALL_FACTOR_BOUND
