@@ -35,7 +35,15 @@ import numpy as np
 from gmpy2 import mpz
 
 from protocols.errors import InvalidCiphertext, InvalidKey, PlaintextOverflow
-from protocols.he import ou_math
+from protocols.he.ou_math import (
+    check_bases,
+    check_ou_modulus,
+    decrypt_residue,
+    derive_bases,
+    generate_modulus,
+    max_plaintext,
+    plaintext_unit,
+)
 from protocols.paillier_math import MASK_EXTRA_BITS, MAX_KEY_BITS, FixedBase
 
 KEY_FORMAT = b"OU1"  # b"OU1" || byte length of n (2 bytes) || n; both bases are derived from n
@@ -47,14 +55,14 @@ class PublicKey:
 
     def __init__(self, n: int | mpz, *, bases: tuple[mpz, mpz] | None = None) -> None:
         self.n = mpz(n)
-        self.g, self.h = bases if bases is not None else ou_math.derive_bases(self.n)
+        self.g, self.h = bases if bases is not None else derive_bases(self.n)
         self._derived = bases is None  # bases given (a worker process, a test): validate derives them again
         self._sizes()
 
     def _sizes(self) -> None:
         self.n_bits = self.n.bit_length()
         self.byte_len = (self.n_bits + 7) // 8
-        self.max_int = ou_math.max_plaintext(self.n_bits)
+        self.max_int = max_plaintext(self.n_bits)
         self.r_bits = NOISE_BITS
         self.mask_bits = self.n_bits + MASK_EXTRA_BITS
         self._tables: dict[str, FixedBase] = {}
@@ -94,17 +102,17 @@ class PublicKey:
         if data[5] == 0:
             raise InvalidKey("public key modulus is not minimally encoded")
         n = mpz(int.from_bytes(data[5:], "big"))
-        ou_math.check_ou_modulus(n, allow_insecure=allow_insecure, key_bits=key_bits)
+        check_ou_modulus(n, allow_insecure=allow_insecure, key_bits=key_bits)
         key = cls(n)
-        ou_math.check_bases(key.n, key.g, key.h)
+        check_bases(key.n, key.g, key.h)
         return key
 
     def validate(self, *, allow_insecure: bool = False, key_bits: int | None = None) -> None:
         """n as :meth:`from_bytes` checks it; G and H the bases derived from n, units of order > 1."""
-        ou_math.check_ou_modulus(self.n, allow_insecure=allow_insecure, key_bits=key_bits)
-        if not self._derived and (self.g, self.h) != ou_math.derive_bases(self.n):
+        check_ou_modulus(self.n, allow_insecure=allow_insecure, key_bits=key_bits)
+        if not self._derived and (self.g, self.h) != derive_bases(self.n):
             raise InvalidKey("the bases are not the ones derived from the modulus")
-        ou_math.check_bases(self.n, self.g, self.h)
+        check_bases(self.n, self.g, self.h)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.to_bytes()).hexdigest()
@@ -171,7 +179,7 @@ class PrivateKey:
         if self.p * self.p * self.q != public_key.n or self.p == self.q:
             raise InvalidKey("p^2 q does not equal the public modulus")
         self.psquare = self.p * self.p
-        unit = ou_math.plaintext_unit(public_key.g, self.p)
+        unit = plaintext_unit(public_key.g, self.p)
         if unit is None:
             raise InvalidKey("the plaintext base does not decrypt under this key")
         self.g_unit = unit
@@ -195,7 +203,7 @@ class PrivateKey:
         p, p2, unit, half = self.p, self.psquare, self.g_unit, self.half
         out = []
         for c in cv.values:
-            m = ou_math.decrypt_residue(c, p, p2, unit)
+            m = decrypt_residue(c, p, p2, unit)
             out.append(m - p if m > half else m)
         return out
 
@@ -221,7 +229,7 @@ def generate_keypair(n_bits: int = 2048, *, allow_insecure: bool = False) -> tup
     """A fresh OU key pair with an n of exactly ``n_bits`` bits (at least 2048 unless ``allow_insecure``)."""
     if n_bits < 2048 and not allow_insecure:
         raise InvalidKey(f"key of {n_bits} bits; at least 2048 are required")
-    n, p, q = ou_math.generate_modulus(n_bits)
+    n, p, q = generate_modulus(n_bits)
     pk = PublicKey(n)
     return pk, PrivateKey(pk, p, q)
 
