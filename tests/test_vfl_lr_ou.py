@@ -115,3 +115,31 @@ def test_the_platforms_policy_on_schemes_and_key_sizes():
                            ({"key_bits": [True]}, "'key_bits' must be")]:
         with pytest.raises(ValueError, match=message):
             parse_policy(table, "p.toml [policy]")
+
+
+def _dp_models(bank, platform, *, hide: bool) -> dict[str, Any]:
+    models = {}
+    for scheme in ("paillier", "ou"):
+        plat = Platform(platform)
+        params = TrainParams(**{**FAST, **SAME, "label_dp": "on", "hide_label_mask": hide, "he_scheme": scheme})
+        outcome = run_bank_training(LocalPeer(plat), "job-dp", bank, params, compute=1, insecure_for_tests=True,
+                                    noise_key=bytes(32))
+        assert outcome.report["label_privacy"]["mode"] == "dp" and outcome.model.he_scheme == scheme
+        models[scheme] = (outcome.model, plat.models[0])
+    return models
+
+
+def test_label_dp_gives_the_same_model_under_both_schemes(simulated):  # noqa: F811
+    """Label-DP noise from a fixed noise key, packed into OU's smaller plaintexts: the Paillier model, bit for bit."""
+    models = _dp_models(*simulated, hide=False)
+    np.testing.assert_array_equal(models["ou"][0].weights, models["paillier"][0].weights)
+    np.testing.assert_array_equal(models["ou"][0].intercept, models["paillier"][0].intercept)
+    np.testing.assert_array_equal(models["ou"][1].weights, models["paillier"][1].weights)
+
+
+def test_a_hidden_label_mask_trains_under_ou(simulated):  # noqa: F811
+    """The hidden mask's scaled residuals under OU. Their dither comes from ``secrets`` (label_mask.py), so two runs
+    differ in the last digits under either scheme: the models agree to that dither's size, not bit for bit."""
+    models = _dp_models(*simulated, hide=True)
+    np.testing.assert_allclose(models["ou"][0].weights, models["paillier"][0].weights, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(models["ou"][1].weights, models["paillier"][1].weights, rtol=1e-3, atol=1e-6)
