@@ -285,3 +285,18 @@ def test_ciphertext_and_plaintext_refusals(scheme, keys):
         scheme.rerandomize(big, pool)
     mask = scheme.noise_pool(pk, mask=True)
     assert scheme.decrypt(sk, scheme.rerandomize(big, mask)) == [pk.max_int]
+
+
+def test_encrypted_histogram_under_ou(scheme, keys):
+    pk, sk = keys
+    rng = np.random.default_rng(1)
+    values = [int(v) for v in rng.integers(-1000, 1000, size=40)]
+    bins = rng.integers(0, 4, size=(40, 2))
+    cv = scheme.encrypt(pk, values, scheme.noise_pool(pk, sk))
+    mask = scheme.noise_pool(pk, mask=True)
+    hist = scheme.encrypted_histogram(cv, bins, [4, 4], noise=mask)
+    expected = [sum(v for v, b in zip(values, bins[:, j], strict=True) if b == k) for j in range(2) for k in range(4)]
+    assert scheme.decrypt(sk, hist) == expected
+    with scheme.kernels(2) as kernels:
+        spread = scheme.encrypted_histogram(cv, bins, [4, 4], kernels=kernels)
+    assert scheme.decrypt(sk, spread) == expected
