@@ -45,6 +45,7 @@ class Field:
     LABEL_MASK = "label_mask"
     BANK_COLUMNS = "bank_columns"  # the bank's model columns (features, intercept): train.gradient's width
     PLATFORM_KEY = "platform_key"
+    HE_SCHEME = "he_scheme"  # setup reply: the scheme of the platform's key, which must be the job's (params)
     N_FEATURES = "n_features"
     # setup reply: in how many epochs the platform evaluates the validation rows (protocols/vfl_lr/disclosure.py)
     MAX_VALIDATION_EVALUATIONS = "max_validation_evaluations"
