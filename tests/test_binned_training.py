@@ -154,6 +154,10 @@ def test_nodes_train_on_bins_and_score_online_and_in_batch(files: SimulatedFiles
     z = bank_model.partial_scores(bank.data.features[rows_b]) + plat_model.partial_scores(
         platform.data.features[rows_p])
     np.testing.assert_allclose(scores.probabilities, bank_model.probabilities(z), rtol=1e-9)
+    report = bank.stores.reports.load(train.job_id)
+    assert report["binning"]["platform"]["bins"] == plat_model.weights.shape[0]
+    html = bank.report_html(train.job_id).decode()
+    assert "<h2>Binned features</h2>" in html and f"<td>{bank_model.weights.shape[0]}</td>" in html
     path, count = bank.batch_score(train.job_id, "binned.csv")
     frame = pd.read_csv(path, dtype={"id": str}).set_index("id")
     assert count == len(frame)
