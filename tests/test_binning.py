@@ -80,6 +80,10 @@ def test_serialisation_round_trip_bins_the_same(matrix: np.ndarray) -> None:
     model = _fit_or_all_constant(matrix)
     if model is None:
         return
+    # a float matrix (every numeric column at once) bins as a frame does (column by column)
+    frame = pd.DataFrame(matrix, columns=list(model.input_columns))
+    assert (model.transform(frame) == model.transform(matrix)).all()
+    assert (model.transform(matrix[:1]) == model.transform(matrix)[:1]).all()  # a row online as in a batch
     again = BinningModel.from_dict(json.loads(json.dumps(model.to_dict())))
     assert again.to_dict() == model.to_dict()
     assert (again.transform(matrix) == model.transform(matrix)).all()

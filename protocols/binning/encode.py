@@ -36,10 +36,11 @@ def fit_binning(data: PartyData, train_rows: np.ndarray, spec: BinningSpec | Non
 
 
 def encode(binning: BinningModel, features: np.ndarray) -> np.ndarray:
-    """One-hot bins (float64, rows x sum of bins) of raw feature rows, a block at a time (on disk beside
-    ``features`` when those are)."""
+    """One-hot bins of raw feature rows as uint8 0/1 (rows x sum of bins: a byte per bin, an eighth of
+    float64; every reader of a feature matrix takes its blocks as float64), a block at a time, on disk beside
+    ``features`` when those are."""
     width = int(binning.offsets()[-1])
-    return map_rows(features, lambda block: binning.one_hot(binning.transform(block)), width, np.float64)
+    return map_rows(features, lambda block: binning.one_hot(binning.transform(block), np.uint8), width, np.uint8)
 
 
 def binned_party_data(data: PartyData, train_rows: np.ndarray,
