@@ -172,3 +172,12 @@ def test_a_platform_with_nothing_to_bin_stops_the_job_naming_its_columns(parties
     with pytest.raises(DataError, match=f"platform.csv: no column left to bin: all {len(names.split(', '))} left "
                                         f"out \\(constant: {names}\\)"):
         run(bank, constant, epochs=1)
+
+
+def test_the_cli_turns_binned_training_on() -> None:
+    from party_bank.cli import build_parser, train_params
+
+    args = build_parser().parse_args(["train", "--config", "b.toml", "--features", "binned"])
+    assert train_params(args) == {"features": "binned"}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--config", "b.toml", "--features", "woe"])
