@@ -181,3 +181,18 @@ def test_the_cli_turns_binned_training_on() -> None:
     assert train_params(args) == {"features": "binned"}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--config", "b.toml", "--features", "woe"])
+
+
+def test_a_resumed_binned_job_ends_with_the_uninterrupted_model(parties) -> None:
+    """Each party refits its binning on resume, from the same training rows: the same bins, the same model."""
+    from protocols.vfl_lr.messages import Step
+    from tests.test_resume import Kill, resumed, uninterrupted, weights
+
+    bank, platform = parties
+    reference, ref_platform = uninterrupted(bank, platform, features="binned", label_dp="on")
+    outcome, again, _ = resumed(bank, platform, [Kill(Step.GRADIENT, 2, after=True)], platform_restarts=True,
+                                features="binned", label_dp="on")
+    for got, want in zip(weights(outcome, again), weights(reference, ref_platform), strict=True):
+        assert np.array_equal(got, want)  # bit for bit
+    assert again.models[-1].binning is not None and ref_platform.models[-1].binning is not None
+    assert again.models[-1].binning.to_dict() == ref_platform.models[-1].binning.to_dict()
