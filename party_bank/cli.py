@@ -150,7 +150,7 @@ def train_params(args: argparse.Namespace) -> dict[str, Any]:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UserError(f"--params: unknown training parameter {key!r}{hint}; valid: {', '.join(valid)}")
-    for key in ("epochs", "batch_size", "learning_rate", "seed"):
+    for key in ("epochs", "batch_size", "learning_rate", "seed", "features"):
         if getattr(args, key) is not None:
             train[key] = getattr(args, key)
     return train
@@ -385,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help="rows per mini-batch (default: automatic)")
     t.add_argument("--learning-rate", type=float, help=f"step size (default: {defaults.learning_rate})")
     t.add_argument("--seed", type=int, help=f"seed of the split and the batches (default: {defaults.seed})")
+    t.add_argument("--features", choices=["raw", "binned"], help="train on each party's raw columns or on their "
+                   f"one-hot bins, each node binning its own by its [binning] table (default: {defaults.features})")
     t.add_argument("--params", metavar="JSON", help="training parameters as a JSON object (default: {}); "
                    f"valid keys: {', '.join(sorted(TrainParams.__dataclass_fields__))}; defaults in "
                    "protocols/vfl_lr/params.py and docs/protocol.md")

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 import protocols.vfl_lr.key_proof as key_proof
 import protocols.vfl_lr.label_mask as label_mask
 import protocols.vfl_lr.mask_path as mask_path
+import protocols.vfl_lr.resume as resume
+from protocols.binning import BinningModel, BinningSpec, binned_party_data
 from protocols.channel import Message
 from protocols.compute import ComputeSpec, as_compute
 from protocols.errors import DeviationDetected, InvalidKey, ProtocolError
@@ -54,12 +56,6 @@ from protocols.vfl_lr.params import (
     TrainParams,
     plaintext_bits,
 )
-from protocols.vfl_lr.resume import (
-    Checkpoints,
-    MemoryCheckpoints,
-    platform_checkpoint,
-    read_platform_checkpoint,
-)
 from protocols.vfl_lr.state import OPTIMIZERS, PlatformTrainState, Scaler
 
 STOPPED = "stopped"  # the stage of a session whose check failed: it answers no step any more
@@ -67,8 +63,8 @@ STOPPED = "stopped"  # the stage of a session whose check failed: it answers no 
 
 def make_platform_train_handler(job_id: str, params: Message, data: PartyData, *,
                                 on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
-                                checkpoints: Checkpoints | None = None, limits: EvaluationLimits | None = None,
-                                budget: DisclosureBudget | None = None,
+                                checkpoints: resume.Checkpoints | None = None, limits: EvaluationLimits | None = None,
+                                budget: DisclosureBudget | None = None, binning: BinningSpec | None = None,
                                 insecure_for_tests: bool = False) -> PlatformTrainHandler:
     """The platform's handler for a training session over ``data`` (rows in the alignment's order).
 
@@ -78,10 +74,11 @@ def make_platform_train_handler(job_id: str, params: Message, data: PartyData, *
     keeps the job's training state as it goes, for a session that resumes it (protocols/vfl_lr/resume.py).
     ``limits``: the platform's policy on the session (default: the policy's defaults). ``budget``: where each
     evaluation is charged per customer before it is answered (protocols/vfl_lr/disclosure.py); the node
-    always passes its ledger, in-process protocol tests may run without one.
+    always passes its ledger, in-process protocol tests may run without one. ``binning``: how this node bins
+    its own columns when the job trains on bins (its [binning] table).
     """
     return PlatformTrainHandler(job_id, params, data, on_result=on_result, compute=compute,
-                                checkpoints=checkpoints, limits=limits, budget=budget,
+                                checkpoints=checkpoints, limits=limits, budget=budget, binning=binning,
                                 insecure_for_tests=insecure_for_tests)
 
 
@@ -90,11 +87,13 @@ class PlatformTrainHandler:
 
     def __init__(self, job_id: str, params: Message, data: PartyData, *,
                  on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
-                 checkpoints: Checkpoints | None = None, limits: EvaluationLimits | None = None,
-                 budget: DisclosureBudget | None = None, insecure_for_tests: bool = False) -> None:
+                 checkpoints: resume.Checkpoints | None = None, limits: EvaluationLimits | None = None,
+                 budget: DisclosureBudget | None = None, binning: BinningSpec | None = None,
+                 insecure_for_tests: bool = False) -> None:
+        self.binning_spec, self.binning = binning, cast(BinningModel | None, None)
         self.limits = limits if limits is not None else EvaluationLimits()
         self.budget = budget
-        self.checkpoints = checkpoints if checkpoints is not None else MemoryCheckpoints()
+        self.checkpoints = checkpoints if checkpoints is not None else resume.MemoryCheckpoints()
         self.resume_at: tuple[int, int] | None = None  # (epoch, batch) a session resumed mid-epoch restarts at
         self.saved: dict[str, Any] | None = None  # the checkpoint document as last saved (or loaded)
         self.closed = False
@@ -208,6 +207,8 @@ class PlatformTrainHandler:
             raise ProtocolError("label_mask must be a uint8 array of shape (rows, tags)")
         else:
             self.mask = mask.astype(bool)
+        if p.features == "binned":  # its own bins, from its training rows' values: the width declared below
+            self.data, self.binning = binned_party_data(self.data, self.train, self.binning_spec)
         features = self.data.features
         self.scaler = Scaler.fit(features, p.clip, rows=self.train)
         # Standardised rows when a step asks for them: the raw features are held once (on disk when the node
@@ -243,7 +244,7 @@ class PlatformTrainHandler:
         position ends an epoch)."""
         try:
             self.saved = self.checkpoints.load()
-            self.state, epoch_done = read_platform_checkpoint(self.saved, self.p, steps, where=f"job {self.job_id}")
+            self.state, epoch_done = resume.read_platform_checkpoint(self.saved, self.p, steps, where=f"job {self.job_id}")
         except TrainingError as err:
             raise ProtocolError(str(err)) from err
         if epoch_done:
@@ -253,7 +254,7 @@ class PlatformTrainHandler:
 
     def _save(self, *, epoch_done: bool) -> None:
         if not self.closed:
-            self.saved = platform_checkpoint(self.saved, self.state, self.p, epoch_done=epoch_done)
+            self.saved = resume.platform_checkpoint(self.saved, self.state, self.p, epoch_done=epoch_done)
             self.checkpoints.save(self.saved)
 
     def _epoch(self, message: Message) -> Message:
@@ -481,7 +482,8 @@ class PlatformTrainHandler:
         W = np.column_stack([state.snapshots[int(best[t])][:, t] for t in range(self.T)])
         self.model = PlatformModel(self.job_id, self.tags, W, self.scaler, self.data.schema,
                                    {"bank": self.bpk.fingerprint(), "platform": self.pk.fingerprint()},
-                                   best_epoch=[int(e) for e in best], he_scheme=self.scheme.name)
+                                   best_epoch=[int(e) for e in best], he_scheme=self.scheme.name,
+                                   binning=self.binning)
         if len(self.test):
             self.stage = "test"  # the model is reported after the one evaluation of the test rows
         else:
