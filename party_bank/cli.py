@@ -11,6 +11,7 @@
     bank-node models --config bank.toml [--json] | alias NAME@LABEL MODEL | unalias ALIAS | retire MODEL
     bank-node fetch --config bank.toml scores|segment NAME --out FILE   (download a score or segment file)
     bank-node console --config bank.toml [--port 8080]     (the same in a browser: party_bank/console.py)
+    bank-node preflight --config bank.toml [--platform-config platform.toml]   (the set-up, checked: preflight.py)
 
 The client commands reach the node's control API at `[client] address` (default: its `listen` address, a
 wildcard host read as 127.0.0.1) with mutual TLS, checking the name `[client] tls_name` in the node's
@@ -33,7 +34,7 @@ from typing import Any
 import grpc
 from grpc_health.v1.health import HealthServicer
 
-from party_bank import cli_files, cli_segments, views
+from party_bank import cli_files, cli_segments, preflight, views
 from party_bank.client import BankClient, JobFailed
 from party_bank.control import ControlServicer
 from party_bank.control_v2 import SERVICE as SCORING_SERVICE
@@ -427,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tags", help="comma-separated tags (default: all of the model's)")
     b.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     cli_files.add_parsers(add)
+    preflight.add_parser(add)
     cli_segments.add_parsers(add)
     rep = add("report", "fetch a train job's report as one self-contained HTML page (plots, intervals, privacy)")
     rep.add_argument("job_id", help="the train job ID")
@@ -471,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         setup_logging(args.log_level)
         return serve(args)
+    if args.command == "preflight":
+        return preflight.run(args)
     if args.command == "console":
         try:
             return console(args)

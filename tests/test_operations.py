@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.cluster import LocalCluster
+from simulations.cluster import LocalCluster, free_port
 from tests.nodes_fixture import FAST_TRAIN, SimulatedFiles, simulated_files
 
 
@@ -206,3 +206,134 @@ def test_rerun_says_why_label_dp_results_differ(cluster: LocalCluster, model: st
     assert again["params"]["train"]["seed"] == cluster.bank_client().job(model)["params"]["train"]["seed"]
     assert again["result"]["label_privacy"]["mode"] == "dp"
     assert "label DP noise is drawn afresh for every run" in captured.err
+
+
+# ---- preflight: the set-up checked before the first job ----
+
+
+def preflight_rows(out: str) -> dict[str, tuple[str, str]]:
+    """CHECK -> (STATUS, FOUND) from `preflight --json`."""
+    return {c["name"]: (c["status"].upper(), c["detail"]) for c in json.loads(out)}
+
+
+def test_preflight_passes_a_sound_setup_and_reaches_the_platform_over_mtls(cluster: LocalCluster,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from party_bank.cli import main
+    from party_platform.cli import main as platform_main
+
+    assert main(bank(cluster, "preflight", "--platform-config", str(cluster.platform_config))) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^CHECK +STATUS +FOUND +FIX$", out, re.M) and "ready for the first job" in out
+    assert main(bank(cluster, "preflight", "--json", "--platform-config", str(cluster.platform_config))) == 0
+    rows = preflight_rows(capsys.readouterr().out)
+    assert all(status == "OK" for status, _ in rows.values()), out
+    assert re.search(r"is 'platform', role node \(platform\) by its certificate", rows["platform certificate"][1])
+    assert "mutual TLS accepted both ways" in rows["platform handshake"][1]
+    assert {"config", "data file", "certificate", "private key", "CA matches", "operator certificate",
+            "platform: policy", "tag tag_young_family"} <= set(rows), rows.keys()
+    assert platform_main(["preflight", "--config", str(cluster.platform_config)]) == 0
+    assert "0 failed" in capsys.readouterr().out
+
+
+def edited(config: Path, out: Path, *replacements: tuple[str, str]) -> Path:
+    text = config.read_text()
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new)
+    out.write_text(text)
+    return out
+
+
+def test_preflight_names_each_failing_check_and_its_fix(cluster: LocalCluster, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from party_bank.cli import main
+
+    certs = cluster.workdir / "certs"
+    config = cluster.bank_config
+
+    def run(path: Path, *extra: str) -> dict[str, tuple[str, str]]:
+        code = main(["preflight", "--json", "--timeout", "2", *extra, "--config", str(path), *cluster.operator_args])
+        out = capsys.readouterr()
+        rows = preflight_rows(out.out)
+        assert code == (1 if any(s == "FAIL" for s, _ in rows.values()) else 0), out
+        return rows
+
+    rows = run(edited(config, tmp_path / "a.toml", ("tag_columns =", "tag_colums =")))
+    assert rows["config"][0] == "FAIL" and "unknown key 'tag_colums'; did you mean 'tag_columns'?" in rows["config"][1]
+    # a data file with an empty column, a constant one, a thin tag and a tag of one class
+    data = tmp_path / "bank.csv"
+    data.write_text("id,x,empty,const,tag_a,tag_b\n" + "".join(
+        f"+4477009{i:05d},{i % 7},,3,{i % 2},0\n" for i in range(60)))
+    rows = run(edited(config, tmp_path / "b.toml", (str(Path(cluster.bank_config.read_text().split('path = "')[1]
+                                                                      .split('"')[0])), str(data)),
+                      ("tag_columns = [", 'tag_columns = ["tag_a", "tag_b"] # [')))
+    assert rows["empty columns"] == ("WARN", "1 feature column(s) with no value at all, dropped: empty")
+    assert rows["constant columns"][0] == "WARN" and rows["constant columns"][1].endswith("carry nothing): const")
+    assert rows["tag tag_a"][0] == "WARN" and rows["tag tag_b"][0] == "FAIL"
+    assert "one class only" in rows["tag tag_b"][1]
+    # a private key readable by others; a key of another certificate
+    loose = tmp_path / "loose.key"
+    shutil.copy(certs / "bank" / "node.key", loose)
+    loose.chmod(0o644)
+    rows = run(edited(config, tmp_path / "c.toml", (str(certs / "bank" / "node.key"), str(loose))))
+    assert rows["private key"] == ("FAIL", f"{loose}: mode 644, readable by others")
+    rows = run(edited(config, tmp_path / "d.toml", (str(certs / "bank" / "node.key"),
+                                                    str(certs / "platform" / "node.key"))))
+    assert rows["private key"][0] == "FAIL" and "is not the key of the certificate" in rows["private key"][1]
+    # the node's certificate not from its own CA; the platform's CA in the wrong place
+    rows = run(edited(config, tmp_path / "e.toml", (f'client_ca = "{certs / "bank" / "ca.crt"}"',
+                                                    f'client_ca = "{certs / "platform" / "ca.crt"}"'),
+                      (f'client_crl = "{certs / "bank" / "crl.pem"}"', "")))
+    assert rows["CA matches"][0] == "FAIL" and "is not issued by" in rows["CA matches"][1]
+    rows = run(edited(config, tmp_path / "f.toml", (f'peer_ca = "{certs / "platform" / "ca.crt"}"',
+                                                    f'peer_ca = "{certs / "bank" / "ca.crt"}"')))
+    assert rows["peer CA CRL"][0] == "FAIL"
+    assert rows["platform TLS"][0] == "FAIL" and "does not accept" in rows["platform TLS"][1]
+    # nobody at the peer's address; a certificate the platform refuses (an operator's, not a node's)
+    rows = run(edited(config, tmp_path / "g.toml", (f"127.0.0.1:{cluster.platform_port}", f"127.0.0.1:{free_port()}")))
+    assert rows["platform reachable"][0] == "FAIL" and "nothing listens at" in rows["platform reachable"][1]
+    operator = certs / "bank" / "operators"
+    rows = run(edited(config, tmp_path / "h.toml", (str(certs / "bank" / "node.crt"), str(next(operator.glob("*.crt")))),
+                      (str(certs / "bank" / "node.key"), str(next(operator.glob("*.key"))))))
+    assert rows["certificate"][0] == "FAIL" and "not a node certificate" in rows["certificate"][1]
+    assert rows["platform handshake"][0] == "FAIL" and "refused" in rows["platform handshake"][1]
+    # what the platform's policy would refuse of the default job
+    platform = edited(cluster.platform_config, tmp_path / "p.toml", ('state_dir = "state/platform"',
+                                                                    f'state_dir = "{tmp_path / "ps"}"'))
+    platform.write_text(platform.read_text() + '\n[policy]\nallowed_tags = ["tag_car_owner"]\npsi_protocols = '
+                        '["ecdh"]\napproval = "manual"\nmin_intersection = 100000\n')
+    assert main(bank(cluster, "preflight", "--json", "--platform-config", str(platform))) == 1
+    text = "\n".join(f"{c['detail']} {c['fix']}" for c in json.loads(capsys.readouterr().out)
+                     if c["name"] == "platform: policy")
+    for knob in ("psi_protocols", "approval", "allowed_tags", "min_intersection"):
+        assert f"[policy] {knob}" in text, text
+    assert "bank-node align --protocol ecdh" in text and "platform-node approve JOB" in text
+
+
+def test_preflight_refuses_an_expired_certificate_and_warns_before(cluster: LocalCluster) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+
+    from party_common.config import load_config
+    from party_common.preflight import Checks, check_certificates
+
+    config = load_config(cluster.bank_config, expected_role="bank")
+    assert config.tls is not None
+    until = x509.load_pem_x509_certificate(config.tls.cert.read_bytes()).not_valid_after_utc
+    for now, status, words in ((until + dt.timedelta(days=1), "fail", "it expired on"),
+                               (until - dt.timedelta(days=10), "warn", "expires in 10 day(s)")):
+        checks = Checks()
+        check_certificates(checks, config, now=now)
+        found = next(c for c in checks.items if c.name == "certificate")
+        assert found.status == status and words in found.detail and "fedprofile-certs node bank" in found.fix
+
+
+def test_a_failed_handshake_prints_our_line_only(cluster: LocalCluster) -> None:
+    certs = cluster.workdir / "certs"
+    done = node_cli("bank", "status", "--config", str(cluster.bank_config), "--cert",
+                    str(certs / "platform" / "node.crt"), "--key", str(certs / "platform" / "node.key"), timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("bank-node status: "), done.stderr
