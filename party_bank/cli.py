@@ -171,7 +171,7 @@ def follow(client: BankClient, job_id: str, *, every_event: bool) -> dict[str, A
     def on_event(event: dict[str, str]) -> None:
         detail = event.get("detail") or ""
         last_event[0] = detail.split(";")[0]
-        noteworthy = any(word in detail for word in ("validation", "waiting", "retry"))
+        noteworthy = any(word in detail for word in ("validation", "waiting", "retry", "resumed"))
         if every_event or noteworthy or event["event"] not in ("progress", "created"):
             elapsed = views.duration(views.seconds_between(created, event["at"]))  # both by the node's clock
             print(f"[{elapsed}] {views.event_line(event)[21:]}", file=sys.stderr, flush=True)

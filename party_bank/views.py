@@ -135,6 +135,8 @@ def train_done(job: Mapping[str, Any], config: str | None = None) -> str:
     head = (f"model {job['job_id']}{name}: trained on alignment {result.get('alignment_job_id', '?')} "
             f"({result.get('rows', '?')} shared customers) in {duration(job.get('elapsed_s') or 0.0)}"
             + (f"; {memory_text(result)}" if memory_text(result) else ""))
+    if (result.get("resumed") or {}).get("text"):  # the node stopped while it ran: from its checkpoint on
+        head += f"\n{result['resumed']['text']} (checkpoint): the same model an uninterrupted run makes"
     flag = config_flag(config)
     tail = (f"report: bank-node report {flag} {job['job_id']} --out report.html\n"
             f"score:  bank-node score {flag} --model {job['job_id']} --ids ID,ID")

@@ -337,3 +337,31 @@ def test_a_failed_handshake_prints_our_line_only(cluster: LocalCluster) -> None:
                     str(certs / "platform" / "node.crt"), "--key", str(certs / "platform" / "node.key"), timeout=60)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("bank-node status: "), done.stderr
+
+
+# ---- resume: said where it went on from ----
+
+
+def test_a_resumed_train_job_says_from_which_epoch(cluster: LocalCluster, model: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from party_bank.cli import main
+
+    client = cluster.bank_client()
+    job = client.submit("train", {"train": {**FAST_TRAIN, "epochs": 3, "checkpoint_every": 1}}, "resume-me")
+    deadline = time.monotonic() + 120
+    while not re.match(r"epoch [23]/3", client.job(job).get("progress") or ""):  # past the first epoch's checkpoint
+        assert time.monotonic() < deadline and client.job(job)["status"] in ("queued", "running"), client.job(job)
+        time.sleep(0.1)
+    cluster.kill("bank")
+    cluster.restart("bank")
+    assert main(bank(cluster, "status", "--wait", "60")) == 0
+    capsys.readouterr()
+    assert main(bank(cluster, "wait", job)) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"resumed from epoch [23].*steps kept", captured.err), captured.err  # as it happens
+    assert re.search(r"^resumed from epoch [23].*\(checkpoint\)", captured.out, re.M), captured.out  # the summary
+    assert main(bank(cluster, "logs", job)) == 0
+    assert "resumed from epoch" in capsys.readouterr().out
+    assert "resumed from epoch" in cluster.log_tail("bank", 200)

@@ -7,6 +7,7 @@ restarted node keeps: their checkpoint documents.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,9 @@ def test_a_resumed_job_ends_with_the_uninterrupted_model(data, label_dp):
     # Fresh keys per session: a resumed session is a new one.
     assert outcome.model.key_fingerprints != reference.model.key_fingerprints
     assert bank_ckpt.doc is not None and "done" in bank_ckpt.doc
+    # The resumed run says where it went on from (its history and report: `bank-node wait`, the train summary).
+    assert "resumed" not in reference.report
+    assert re.match(r"resumed from epoch \d+.*; \d+ steps kept$", outcome.report["resumed"]["text"])
 
 
 def test_a_bank_with_its_outcome_saved_finishes_without_the_platform(data):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -73,6 +74,7 @@ from protocols.vfl_lr.resume import (
     bank_checkpoint,
     new_noise_key,
     read_bank_checkpoint,
+    resume_point,
 )
 from protocols.vfl_lr.state import BankTrainState, Scaler, active_rows, resolve_optimizer
 from protocols.vfl_lr.yardstick import (
@@ -83,6 +85,7 @@ from protocols.vfl_lr.yardstick import (
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 # The most features the bank takes the platform to have: the mask path it opens is this wide per tag at most.
 MAX_PLATFORM_FEATURES = 100_000
+log = logging.getLogger(__name__)
 MIN_ROWS = 10  # the smallest intersection training runs on (its test, validation and training splits need rows)
 
 
@@ -218,7 +221,11 @@ class _BankTrainer:
             setup[Field.LABEL_MASK] = train_mask.astype(np.uint8)
         if state.steps:  # resumed: the platform restores its state at the same position
             setup[Field.RESUME_STEPS] = state.steps
+        self.resumed = resume_point(state)
         reply = channel.call(Step.SETUP, setup)
+        if self.resumed:  # in the job's history (`bank-node logs`, `wait`), the node's log and the report
+            self.progress(self.resumed["text"], 1, 1)
+            log.info("train job %s: %s", self.job_id, self.resumed["text"])
         try:
             self.ppk = self.scheme.public_key_from_bytes(read_field(reply, Field.PLATFORM_KEY, bytes),
                                                          allow_insecure=self.insecure_for_tests, key_bits=p.key_bits)
@@ -271,6 +278,8 @@ class _BankTrainer:
                        for v in state.best_validation]
         report = self._report(split, test_pairs, calibration, time.monotonic() - started)
         report["label_privacy"] = self.privacy.summary()
+        if self.resumed:
+            report["resumed"] = self.resumed
         report["batching"], report["epochs"] = self.batching, self.epochs_entry
         # A tag whose joint model does not beat the bank's own on validation is served by the bank's own.
         W, served = state.W.copy(), [report["metrics"][tag]["served"]["model"] == "joint" for tag in self.bank.tag_names]

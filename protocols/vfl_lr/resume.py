@@ -146,6 +146,20 @@ def read_bank_checkpoint(doc: Mapping[str, Any], params: TrainParams, *,
     return BankTrainState.from_dict(doc["state"], params, where=where), key, done if isinstance(done, dict) else None
 
 
+def resume_point(state: BankTrainState) -> dict[str, Any] | None:
+    """Where a job resumed from its checkpoint continues, for its history and report (1-based epoch and batch,
+    the optimiser steps already taken); None for a job that starts afresh."""
+    if not state.steps:
+        return None
+    if state.epoch >= 0 and len(state.history) == state.epoch:  # saved inside that epoch
+        epoch, batch = state.epoch + 1, state.next_batch + 1
+        text = f"resumed from epoch {epoch}" + (f", batch {batch}" if batch > 1 else "")
+    else:  # saved after an epoch's validation
+        epoch, batch = state.epoch + 2, 1
+        text = f"resumed from epoch {epoch} (the checkpoint after epoch {state.epoch + 1})"
+    return {"epoch": epoch, "batch": batch, "steps": state.steps, "text": f"{text}; {state.steps} steps kept"}
+
+
 # -------------------------------------------------------------------------- the platform ----
 
 
@@ -184,4 +198,4 @@ def _check(doc: Mapping[str, Any], kind: str, params: TrainParams, where: str) -
 
 __all__ = ["BANK_KIND", "PLATFORM_KEEP", "PLATFORM_KIND", "Checkpoints", "KeyedRandom", "MemoryCheckpoints",
            "bank_checkpoint", "new_noise_key", "params_digest", "platform_checkpoint", "read_bank_checkpoint",
-           "read_platform_checkpoint"]
+           "read_platform_checkpoint", "resume_point"]
