@@ -259,11 +259,6 @@ def run_client(args: argparse.Namespace) -> int:
             params = dict(old["params"])
             if old["kind"] == "train" and args.latest_alignment:
                 params.pop("alignment_job_id", None)
-            if ((old.get("result") or {}).get("label_privacy") or {}).get("mode") == "dp":
-                # Why a rerun's AUCs differ: the noise cannot follow the seed, which the platform is told.
-                print(f"note: {old['job_id']} trained with label DP: its label DP noise is drawn afresh for every run "
-                      "(from `secrets`: the seed travels to the platform, so noise drawn from it could be removed), "
-                      "so the same seed gives the same split and batches but not the same AUCs", file=sys.stderr)
             submit_and_wait(client, args, old["kind"], params, args.name or old["name"])
         elif args.command == "wait":
             print_outcome(follow(client, args.job_id, every_event=True), args.json, args.config)

@@ -284,3 +284,17 @@ def test_keyed_normals_are_reproducible_and_standard_normal() -> None:
     assert len(draws) == 50_001 and np.array_equal(draws, KeyedRandom(key, "labels").normals(50_001))
     assert not np.array_equal(draws, KeyedRandom(key, "other").normals(50_001))
     assert stats.kstest(draws, "norm").pvalue > 1e-4
+
+
+def test_the_job_noise_key_follows_the_seed_under_the_banks_secret() -> None:
+    from protocols.vfl_lr.resume import job_noise_key
+
+    secret, other = bytes(range(32)), bytes(range(1, 33))
+    key = job_noise_key(secret, seed=7, alignment_hash="abc", tags=["t1", "t2"])
+    assert key == job_noise_key(secret, seed=7, alignment_hash="abc", tags=("t1", "t2"))  # a rerun: the same
+    assert len({key, job_noise_key(secret, seed=8, alignment_hash="abc", tags=["t1", "t2"]),
+                job_noise_key(secret, seed=7, alignment_hash="abd", tags=["t1", "t2"]),
+                job_noise_key(secret, seed=7, alignment_hash="abc", tags=["t2", "t1"]),
+                job_noise_key(other, seed=7, alignment_hash="abc", tags=["t1", "t2"])}) == 5
+    with pytest.raises(ValueError, match="32 bytes"):
+        job_noise_key(b"short", seed=7, alignment_hash="abc", tags=["t1"])

@@ -52,6 +52,8 @@ class JobContext:
     # Platform: its limits on a training session, and its disclosure ledger (protocols/vfl_lr/disclosure.py).
     evaluation_limits: EvaluationLimits | None = None
     disclosure: DisclosureBudget | None = None
+    # Bank: its local secret the label-DP noise key of a train job derives from (None: fresh noise per job).
+    noise_secret: bytes | None = None
 
 
 class JobKind(ABC, Generic[P, R]):
