@@ -17,6 +17,7 @@ from party_common.link import PlatformLink
 from party_common.storage import NodeStores
 from party_common.storage.jobs import JobRecord, now
 from protocols.errors import NotFound, UserError
+from protocols.uncertainty import format_metric
 
 if TYPE_CHECKING:
     from party_bank.client import BankClient
@@ -189,7 +190,7 @@ class ModelRegistry:
 
 
 def _auc(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    return format_metric(value, missing="n/a")
 
 
 def models_table(models: list[dict[str, Any]]) -> str:

@@ -163,6 +163,13 @@ def test_the_served_model_is_shown_in_models_and_the_report(cluster: LocalCluste
     html = (tmp_path / "r.html").read_text()
     assert ">served model</th>" in html
     assert all(f'<td data-tag="{tag}" data-key="served">joint</td>' in html for tag in files.tags)
+    # what went in, log-loss per tag, the parameters as run
+    assert "<h2>Data and parameters</h2>" in html and f"<td>{files.bank.name}</td>" in html
+    assert "<th>Dropped columns</th><td>none</td>" in html and "Platform features (" in html
+    assert all(re.search(rf'data-tag="{tag}" data-key="logloss-joint">0\.\d{{3}}<', html) for tag in files.tags)
+    assert all(re.search(rf'data-tag="{tag}" data-key="labelled">\d+ of \d+<', html) for tag in files.tags)
+    for parameter in ("Learning rate", "L2 penalty", "Optimiser", "Paillier key size (bits)", "Label privacy"):
+        assert f"<th>{parameter}</th>" in html
 
 
 # ---- readable output ----

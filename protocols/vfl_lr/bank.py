@@ -481,7 +481,8 @@ class _BankTrainer:
                 total: float) -> dict[str, Any]:
         report, self.alone = training_report(
             self.p, self.state, self.bank, self.X_aug, split, self.privacy.batches, test_pairs, calibration, total,
-            self.plan, eval_slots(self.epk), {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()})
+            self.plan, eval_slots(self.epk), {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()},
+            platform_features=self.n_features)
         return report
 
 
