@@ -35,14 +35,14 @@ import grpc
 from grpc_health.v1.health import HealthServicer
 
 from party_bank import cli_files, cli_segments, preflight, views
+from party_bank.cli_models import ACTIONS as MODEL_ACTIONS
+from party_bank.cli_models import models_command
 from party_bank.client import BankClient, JobFailed
 from party_bank.control import ControlServicer
 from party_bank.control_v2 import SERVICE as SCORING_SERVICE
 from party_bank.control_v2 import add_scoring_service
 from party_bank.node import BankNode
 from party_bank.readiness import Readiness
-from party_bank.registry import ACTIONS as MODEL_ACTIONS
-from party_bank.registry import models_command
 from party_bank.score_files import read_ids
 from party_common.cli_format import DefaultsFormatter, config_help, resolve_config, version_string
 from party_common.config import ConfigError, NodeConfig, load_config

@@ -116,7 +116,8 @@ class BankNode(NodeBase):
     def noise_secret(self) -> bytes:
         """The bank's local secret its jobs' label-DP noise keys derive from (``<state_dir>/label_noise.key``,
         0600, made once; protocols/vfl_lr/resume.py ``job_noise_key``)."""
-        return local_secret(self.config.state_dir / NOISE_SECRET_FILE, "label-noise secret")
+        return local_secret(self.config.state_dir / NOISE_SECRET_FILE, "label-noise secret",
+                            lost="a rerun of an older job no longer draws its noise")
 
     def job_context(self, job_id: str) -> JobContext:
         return dataclasses.replace(super().job_context(job_id), noise_secret=self.noise_secret)

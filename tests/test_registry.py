@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from party_bank import cli
+from party_bank.cli_models import models_command, models_table
 from party_bank.client import BankClient
 from party_bank.control import ControlServicer
 from party_bank.registry import (
@@ -21,8 +22,6 @@ from party_bank.registry import (
     ModelRegistry,
     ModelRetired,
     UnknownAlias,
-    models_command,
-    models_table,
 )
 from party_common.grpc_link import GrpcPlatformLink
 from party_common.jobs import SESSION_KINDS

@@ -77,9 +77,10 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def local_secret(path: Path, what: str, *, size: int = 32) -> bytes:
+def local_secret(path: Path, what: str, *, size: int = 32, lost: str = "") -> bytes:
     """A node-local secret of ``size`` random bytes at ``path``: made (0600, atomically, never replaced) the first
-    time; refused when others may read it or it has another size. ``what`` names it in errors."""
+    time; refused when others may read it or it has another size. ``what`` names it in errors, ``lost`` says
+    what a replaced one costs."""
     if not path.exists():
         with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
             atomic_write(path, secrets.token_bytes(size), mode=0o600, overwrite=False)
@@ -87,5 +88,5 @@ def local_secret(path: Path, what: str, *, size: int = 32) -> bytes:
         raise UserError(f"{path}: the {what} is readable by others; chmod 600 it")
     key = path.read_bytes()
     if len(key) != size:
-        raise UserError(f"{path}: the {what} must be {size} bytes, it has {len(key)}")
+        raise UserError(f"{path}: the {what} must be {size} bytes, it has {len(key)}" + (f"; {lost}" if lost else ""))
     return key
