@@ -30,6 +30,7 @@ from party_common.preflight import (
     check_certificates,
     check_config,
     check_data,
+    check_id_match,
     check_policy,
 )
 from party_common.transport import dial
@@ -149,6 +150,9 @@ def bank_preflight(args: argparse.Namespace) -> Checks:
         if platform_config is not None:
             _, platform = check_data(checks, platform_config)
             check_certificates(checks, platform_config)
+            checks.scope = ""  # what follows is about both nodes
+            if bank is not None and platform is not None:
+                check_id_match(checks, bank, platform)
             check_policy(checks, platform_config.policy, released=platform_config.max_released_projections,
                          bank=bank, platform=platform, where=f"[policy] of {platform_config.source}")
     else:

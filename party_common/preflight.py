@@ -35,6 +35,7 @@ from party_common.auth import ROLE_NODE, CrlError, CrlFile, identity_of, validit
 from party_common.config import ConfigError, NodeConfig, Role, load_config
 from party_common.data_loading import load_party_data
 from party_common.policy import PolicyConfig, knob
+from protocols.identity import customer_keys
 from protocols.party_data import DataError, PartyData
 from protocols.rowblocks import block_rows
 from protocols.vfl_lr import MIN_ROWS, TrainParams
@@ -64,6 +65,7 @@ class DataFacts:
     tags: list[str]
     dropped: list[str]
     constant: list[str]
+    id_formats: dict[str, int]  # rows per ID format of the normal form (id_formats)
 
 
 class Checks:
@@ -147,9 +149,62 @@ def check_data(checks: Checks, config: NodeConfig) -> tuple[PartyData | None, Da
     if not dropped and not constant:
         checks.add("feature columns", OK, f"none empty or constant: {', '.join(data.feature_names[:8])}"
                    + (f" and {len(data.feature_names) - 8} more" if len(data.feature_names) > 8 else ""))
+    formats = id_formats(data.ids)
+    check_id_formats(checks, formats, d.id_column)
     if config.role == "bank":
         check_labels(checks, data)
-    return data, DataFacts(len(data), list(data.feature_names), list(data.tag_names), dropped, constant)
+    return data, DataFacts(len(data), list(data.feature_names), list(data.tag_names), dropped, constant, formats)
+
+
+PHONE_INTERNATIONAL, PHONE_NATIONAL, EMAIL, OTHER = ("phone +country", "phone without country code", "e-mail",
+                                                      "other text")
+MIXED_SHARE = 0.01  # a second ID format on at least this share of the rows is worth a warning
+
+
+def id_formats(ids: np.ndarray) -> dict[str, int]:
+    """Rows per format of the IDs' normal form (what PSI hashes, ``protocols.identity``), most common first."""
+    keys = customer_keys(ids)
+    counts: dict[str, int] = {}
+    for key in keys.tolist():
+        if key.startswith("+") and key[1:].isdigit():
+            kind = PHONE_INTERNATIONAL
+        elif key.isdigit() and len(key) >= 7:
+            kind = PHONE_NATIONAL
+        elif "@" in key:
+            kind = EMAIL
+        else:
+            kind = OTHER
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _formats_text(formats: dict[str, int]) -> str:
+    total = sum(formats.values()) or 1
+    return ", ".join(f"{kind} {n / total:.0%}" for kind, n in formats.items())
+
+
+def check_id_formats(checks: Checks, formats: dict[str, int], column: str) -> None:
+    total = sum(formats.values()) or 1
+    minor = {k: n for k, n in list(formats.items())[1:] if n / total >= MIXED_SHARE}
+    if minor:
+        checks.add("ID format", WARN, f"column '{column}' mixes formats ({_formats_text(formats)}): PSI matches "
+                   "the normal form only, so a customer stored as +447700900123 on one side and 07700900123 on the "
+                   "other is not matched", "store one convention in both files (E.164, +447700900123, for phones)")
+    else:
+        checks.add("ID format", OK, f"column '{column}': {_formats_text(formats)} (compared in PSI's normal form)")
+
+
+def check_id_match(checks: Checks, bank: DataFacts, platform: DataFacts) -> None:
+    """Whether the two files' IDs are of the same format: different ones match no customer in PSI."""
+    ours, theirs = next(iter(bank.id_formats), None), next(iter(platform.id_formats), None)
+    if ours is None or theirs is None:
+        return
+    if ours != theirs:
+        checks.add("ID formats match", FAIL, f"the bank's IDs are mostly {ours} ({_formats_text(bank.id_formats)}), "
+                   f"the platform's mostly {theirs} ({_formats_text(platform.id_formats)}): PSI would match almost "
+                   "no customer", "agree on one ID (and one convention for it) with the platform")
+    else:
+        checks.add("ID formats match", OK, f"both files' IDs are mostly {ours}")
 
 
 def constant_columns(data: PartyData) -> list[str]:
@@ -297,7 +352,7 @@ def check_policy(checks: Checks, policy: PolicyConfig, *, released: int | None, 
     every tag of the bank's config with default parameters, then score them. ``bank``/``platform``: the facts of
     each side's data when known here."""
     found: list[Check] = []
-    name = checks.scope + "policy" if checks.scope else "platform policy"
+    name = checks.scope + "platform policy"
 
     def refuse(status: str, detail: str, fix: str) -> None:
         found.append(Check(name, status, detail, fix))
@@ -365,4 +420,4 @@ def platform_preflight(config_path: str) -> Checks:
 
 
 __all__ = ["Check", "Checks", "DataFacts", "FAIL", "OK", "WARN", "check_certificates", "check_config", "check_data",
-           "check_labels", "check_policy", "constant_columns", "platform_preflight"]
+           "check_id_formats", "check_id_match", "check_labels", "id_formats", "check_policy", "constant_columns", "platform_preflight"]

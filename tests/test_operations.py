@@ -246,7 +246,7 @@ def test_preflight_passes_a_sound_setup_and_reaches_the_platform_over_mtls(clust
     assert re.search(r"is 'platform', role node \(platform\) by its certificate", rows["platform certificate"][1])
     assert "mutual TLS accepted both ways" in rows["platform handshake"][1]
     assert {"config", "data file", "certificate", "private key", "CA matches", "operator certificate",
-            "platform: policy", "tag tag_young_family"} <= set(rows), rows.keys()
+            "platform policy", "ID formats match", "tag tag_young_family"} <= set(rows), rows.keys()
     assert platform_main(["preflight", "--config", str(cluster.platform_config)]) == 0
     assert "0 failed" in capsys.readouterr().out
 
@@ -258,6 +258,11 @@ def edited(config: Path, out: Path, *replacements: tuple[str, str]) -> Path:
         text = text.replace(old, new)
     out.write_text(text)
     return out
+
+
+def files_of(config: Path) -> Path:
+    """The data file a cluster config names."""
+    return Path(config.read_text().split('path = "')[1].split('"')[0])
 
 
 def test_preflight_names_each_failing_check_and_its_fix(cluster: LocalCluster, tmp_path: Path,
@@ -278,17 +283,18 @@ def test_preflight_names_each_failing_check_and_its_fix(cluster: LocalCluster, t
 
     rows = run(edited(config, tmp_path / "a.toml", ("tag_columns =", "tag_colums =")))
     assert rows["config"][0] == "FAIL" and "unknown key 'tag_colums'; did you mean 'tag_columns'?" in rows["config"][1]
-    # a data file with an empty column, a constant one, a thin tag and a tag of one class
+    # a data file with an empty column, a constant one, a thin tag, a tag of one class, and IDs in two formats
     data = tmp_path / "bank.csv"
     data.write_text("id,x,empty,const,tag_a,tag_b\n" + "".join(
-        f"+4477009{i:05d},{i % 7},,3,{i % 2},0\n" for i in range(60)))
-    rows = run(edited(config, tmp_path / "b.toml", (str(Path(cluster.bank_config.read_text().split('path = "')[1]
-                                                                      .split('"')[0])), str(data)),
+        f"{'0' if i % 10 == 0 else '+44'}77009{i:05d},{i % 7},,3,{i % 2},0\n" for i in range(60)))
+    rows = run(edited(config, tmp_path / "b.toml", (str(files_of(config)), str(data)),
                       ("tag_columns = [", 'tag_columns = ["tag_a", "tag_b"] # [')))
     assert rows["empty columns"] == ("WARN", "1 feature column(s) with no value at all, dropped: empty")
     assert rows["constant columns"][0] == "WARN" and rows["constant columns"][1].endswith("carry nothing): const")
     assert rows["tag tag_a"][0] == "WARN" and rows["tag tag_b"][0] == "FAIL"
     assert "one class only" in rows["tag tag_b"][1]
+    assert rows["ID format"][0] == "WARN" and "mixes formats (phone +country 90%, phone without country code 10%)" \
+        in rows["ID format"][1]
     # a private key readable by others; a key of another certificate
     loose = tmp_path / "loose.key"
     shutil.copy(certs / "bank" / "node.key", loose)
@@ -322,10 +328,18 @@ def test_preflight_names_each_failing_check_and_its_fix(cluster: LocalCluster, t
                         '["ecdh"]\napproval = "manual"\nmin_intersection = 100000\n')
     assert main(bank(cluster, "preflight", "--json", "--platform-config", str(platform))) == 1
     text = "\n".join(f"{c['detail']} {c['fix']}" for c in json.loads(capsys.readouterr().out)
-                     if c["name"] == "platform: policy")
+                     if c["name"] == "platform policy")
     for knob in ("psi_protocols", "approval", "allowed_tags", "min_intersection"):
         assert f"[policy] {knob}" in text, text
     assert "bank-node align --protocol ecdh" in text and "platform-node approve JOB" in text
+    # a platform file keyed by e-mail where the bank's is keyed by phone: PSI would match nobody
+    emails = tmp_path / "platform.csv"
+    emails.write_text("id,v\n" + "".join(f"c{i}@example.com,{i}\n" for i in range(30)))
+    platform.write_text(platform.read_text().replace(str(files_of(cluster.platform_config)), str(emails)))
+    assert main(bank(cluster, "preflight", "--json", "--platform-config", str(platform))) == 1
+    found = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+    match = found["ID formats match"]
+    assert match["status"] == "fail" and "mostly phone +country" in match["detail"] and "mostly e-mail" in match["detail"]
 
 
 def test_preflight_refuses_an_expired_certificate_and_warns_before(cluster: LocalCluster) -> None:
