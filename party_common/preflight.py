@@ -20,6 +20,7 @@ import json
 import shutil
 import stat
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,9 +130,13 @@ def check_data(checks: Checks, config: NodeConfig) -> tuple[PartyData | None, Da
         dropped.append(message.split("feature column '", 1)[-1].split("'", 1)[0])
 
     try:
-        data = load_party_data(d.path, id_column=d.id_column, tag_columns=list(d.tag_columns),
-                               feature_columns=list(d.feature_columns) if d.feature_columns is not None else None,
-                               fill_missing=d.fill_missing, on_warning=on_warning)  # type: ignore[arg-type]
+        # A matrix above [data] in_memory_mb goes to a scratch file as on the node, but not in its state directory
+        # (preflight runs before the node made it, with its modes).
+        with tempfile.TemporaryDirectory(prefix="fedprofile-preflight-") as scratch:
+            data = load_party_data(d.path, id_column=d.id_column, tag_columns=list(d.tag_columns),
+                                   feature_columns=list(d.feature_columns) if d.feature_columns is not None else None,
+                                   fill_missing=d.fill_missing, on_warning=on_warning,  # type: ignore[arg-type]
+                                   spill_dir=scratch, in_memory_mb=d.in_memory_mb)
     except DataError as err:
         checks.add("data file", FAIL, str(err), f"fix the file, or [data] in {config.source}")
         return None, None
