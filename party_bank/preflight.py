@@ -162,6 +162,10 @@ def bank_preflight(args: argparse.Namespace) -> Checks:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.insecure_dev:
+        print("bank-node preflight: it checks a mutual-TLS set-up, which --insecure-dev does not have; run it "
+              "without --insecure-dev", file=sys.stderr)
+        return 2
     checks = bank_preflight(args)
     print(checks.as_json() if args.json else checks.table(f"preflight of the bank node ({args.config})"))
     if checks.failed:
