@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from simulations.cluster import LocalCluster, free_port
@@ -203,7 +204,7 @@ def test_suggested_commands_carry_the_real_config_path(cluster: LocalCluster, mo
     assert "--config ..." not in out
 
 
-def test_rerun_with_the_same_seed_gives_the_same_results(cluster: LocalCluster, model: str,
+def test_rerun_with_the_same_seed_gives_the_same_results(cluster: LocalCluster, model: str, files: SimulatedFiles,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     from party_bank.cli import main
 
@@ -216,6 +217,10 @@ def test_rerun_with_the_same_seed_gives_the_same_results(cluster: LocalCluster, 
     assert [h["validation_auc"] for h in again["result"]["history"]] == \
         [h["validation_auc"] for h in first["result"]["history"]]
     assert again["result"]["metrics"] == first["result"]["metrics"]
+    # and the same models: the masks (fresh from `secrets` every run) cancel exactly
+    ids = sorted(files.shared_ids)[:20]
+    client = cluster.bank_client()
+    assert np.array_equal(client.score(model, ids).probabilities, client.score(again["job_id"], ids).probabilities)
     secret = cluster.workdir / "state" / "bank" / "label_noise.key"
     assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_bytes()) == 32
     # another seed: other noise (and another split), so other numbers
