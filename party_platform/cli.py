@@ -49,7 +49,8 @@ from party_common.storage.jobs import STATUSES
 from party_common.transport import MAX_GRPC_MESSAGE
 from party_platform import admin
 from party_platform.node import PlatformNode
-from party_platform.service import NodeServicer, SessionRegistry
+from party_platform.service import NodeServicer
+from party_platform.sessions import SessionRegistry
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.errors import FedProfileError
 

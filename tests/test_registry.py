@@ -28,7 +28,8 @@ from party_common.jobs import SESSION_KINDS
 from party_common.link import Retirement
 from party_common.storage import open_node_stores
 from party_platform.node import RETIRE_EVENT
-from party_platform.service import NodeServicer, SessionRegistry
+from party_platform.service import NodeServicer
+from party_platform.sessions import SessionRegistry
 from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.errors import NotFound, PeerError, UserError
