@@ -237,6 +237,8 @@ class Console:
             "warnings": Markup(report_html.warnings_box(summary)),
             "table": Markup(report_html.summary_table(report, summary)),
             "note": Markup(report_html.intervals_note(summary)) if summary.get("tags") else "",
+            "inputs": Markup(report_html.inputs_html(report)),
+            "sections": Markup("".join(section(report, summary) for section in report_html.added_sections())),
             "privacy": report_html.privacy_statement(report), "tags": tags,
             "chart": line_chart(sorted(curve.items()), title="Validation AUC per epoch (joint model)",
                                 xlabel="epoch", ylabel="AUC"),

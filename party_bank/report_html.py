@@ -285,10 +285,11 @@ def parameters_rows(report: Mapping[str, Any]) -> list[tuple[str, Any]]:
             ("Served model rule", p.get("serve", "-"))]
 
 
-def data_section(report: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
-    """What went in: files, features per party, dropped columns and why, label coverage per tag, parameters."""
+def inputs_html(report: Mapping[str, Any]) -> str:
+    """What went in: files, features per party, dropped columns and why, label coverage per tag ("" for a job
+    from before they were recorded)."""
     data = report.get("data") or {}
-    parts = ["<h2>Data and parameters</h2>"]
+    parts = []
     if data:
         bank, platform = data.get("bank") or {}, data.get("platform") or {}
         dropped = bank.get("dropped_columns") or []
@@ -306,11 +307,14 @@ def data_section(report: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
             + _cell(tag, "label-positives", f"{c['positives']:,}") + _cell(tag, "labelled-train", f"{c['labelled_train']:,}")
             + _cell(tag, "served-model", served_model(report.get("metrics"), tag)) + "</tr>"
             for tag, c in labels.items())
-        parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{body}</table>")
-    else:
-        parts.append('<p class="note">This report predates the record of its inputs: parameters only.</p>')
-    parts.append("<h3>Parameters</h3>" + _rows(parameters_rows(report)))
+        parts.append('<table id="labels"><tr>' + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{body}</table>")
     return "".join(parts)
+
+
+def data_section(report: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """What went in (:func:`inputs_html`) and the parameters as the job ran them."""
+    inputs = inputs_html(report) or '<p class="note">This report predates the record of its inputs: parameters only.</p>'
+    return "<h2>Data and parameters</h2>" + inputs + "<h3>Parameters</h3>" + _rows(parameters_rows(report))
 
 
 def results_section(report: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
@@ -342,6 +346,11 @@ Section = Callable[[Mapping[str, Any], Mapping[str, Any]], str]  # (report, summ
 SECTIONS: list[Section] = [results_section, data_section, privacy_section, per_tag_section]
 
 
+def added_sections() -> list[Section]:
+    """The sections other modules added (the console's report page shows them after its own)."""
+    return [r for r in SECTIONS if r not in (results_section, data_section, privacy_section, per_tag_section)]
+
+
 def add_section(renderer: Section, *, before: Section | None = None) -> Section:
     """Put ``renderer`` in the page: before ``before`` (one of :data:`SECTIONS`), else last. Returns it, so it
     serves as a decorator; adding one twice keeps one."""
@@ -364,6 +373,6 @@ def render(report: Mapping[str, Any], summary: Mapping[str, Any] | None = None, 
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
 
 
-__all__ = ["SECTIONS", "Section", "add_section", "data_section", "header_table", "intervals_note", "parameters_rows",
+__all__ = ["SECTIONS", "Section", "add_section", "added_sections", "data_section", "inputs_html", "header_table", "intervals_note", "parameters_rows",
            "per_tag_section", "privacy_section", "privacy_statement", "render", "results_section", "summary_table",
            "tag_figure_png", "uplift_text", "warnings_box"]
