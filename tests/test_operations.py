@@ -400,3 +400,19 @@ def test_a_resumed_train_job_says_from_which_epoch(cluster: LocalCluster, model:
     assert main(bank(cluster, "logs", job)) == 0
     assert "resumed from epoch" in capsys.readouterr().out
     assert "resumed from epoch" in cluster.log_tail("bank", 200)
+
+
+def test_platform_preflight_names_what_its_policy_gets_wrong(cluster: LocalCluster, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from party_platform.cli import main as platform_main
+
+    platform = edited(cluster.platform_config, tmp_path / "p.toml", ('state_dir = "state/platform"',
+                                                                    f'state_dir = "{tmp_path / "ps"}"'))
+    platform.write_text(platform.read_text() + '\n[policy]\nallowed_feature_columns = ["orders_baby", "nope"]\n')
+    assert platform_main(["preflight", "--json", "--config", str(platform)]) == 1
+    found = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+    assert found["platform policy"]["status"] == "fail"
+    assert "[policy] allowed_feature_columns names column(s) the platform's file lacks: nope" in \
+        found["platform policy"]["detail"]
+    assert found["certificate"]["status"] == "ok" and found["peer CA"]["status"] == "ok"
+    assert not (tmp_path / "ps").exists()  # preflight leaves the state directory to the node
