@@ -366,12 +366,18 @@ def test_preflight_refuses_an_expired_certificate_and_warns_before(cluster: Loca
         assert found.status == status and words in found.detail and "fedprofile-certs node bank" in found.fix
 
 
-def test_a_failed_handshake_prints_our_line_only(cluster: LocalCluster) -> None:
+def test_a_failed_handshake_prints_our_line_only(cluster: LocalCluster, tmp_path: Path) -> None:
     certs = cluster.workdir / "certs"
     done = node_cli("bank", "status", "--config", str(cluster.bank_config), "--cert",
                     str(certs / "platform" / "node.crt"), "--key", str(certs / "platform" / "node.key"), timeout=60)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("bank-node status: "), done.stderr
+    # the node's certificate without the name the client expects: the core's own "E..." line stays out too
+    wrong = tmp_path / "bank.toml"
+    wrong.write_text(cluster.bank_config.read_text().replace("[peer]", '[client]\ntls_name = "not-the-bank"\n\n[peer]'))
+    done = node_cli("bank", "status", "--config", str(wrong), *cluster.operator_args, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "tls_name" in done.stderr, done.stderr
 
 
 # ---- resume: said where it went on from ----
@@ -416,3 +422,37 @@ def test_platform_preflight_names_what_its_policy_gets_wrong(cluster: LocalClust
         found["platform policy"]["detail"]
     assert found["certificate"]["status"] == "ok" and found["peer CA"]["status"] == "ok"
     assert not (tmp_path / "ps").exists()  # preflight leaves the state directory to the node
+
+
+GRPC_NAME_MISMATCH = """
+import sys
+import party_bank  # what every bank-node command imports first
+import grpc
+from concurrent import futures
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+certs = sys.argv[1]
+read = lambda p: open(f"{certs}/{p}", "rb").read()
+server = grpc.server(futures.ThreadPoolExecutor(2))
+health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+    [(read("platform/node.key"), read("platform/node.crt"))], root_certificates=read("bank/ca.crt"),
+    require_client_auth=True))
+server.start()
+credentials = grpc.ssl_channel_credentials(read("platform/ca.crt"), read("bank/node.key"), read("bank/node.crt"))
+channel = grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=[("grpc.ssl_target_name_override", "wrong")])
+try:
+    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+except grpc.RpcError as err:
+    print(f"ours: {err.code().name}", file=sys.stderr)
+server.stop(0)
+"""
+
+
+def test_the_grpc_core_logs_nothing_of_its_own_unless_asked(cluster: LocalCluster) -> None:
+    def run(**env: str) -> str:
+        clean = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+        return subprocess.run([sys.executable, "-c", GRPC_NAME_MISMATCH, str(cluster.workdir / "certs")],
+                              capture_output=True, text=True, timeout=60, env={**clean, **env}).stderr
+
+    assert run() == "ours: UNAVAILABLE\n"  # a name mismatch: the core's "E... No match found" line stays out
+    assert "No match found for server name" in run(GRPC_VERBOSITY="ERROR")  # the control: an operator may ask
