@@ -5,7 +5,9 @@ node over mutual TLS (reachable, its role and name from its certificate, the han
 config, data and ``[policy]`` are checked against the bank's default job too.
 
 Run it on the node's machine as the node's user: it reads the node's key to connect as the node does. It
-needs no running bank node and starts no job; exit code 1 when a check fails.
+needs no running bank node and starts no job, except with ``--overlap``: then the serving bank node runs a
+cardinality-only PSI (a job like any other; both nodes learn the count, nothing else) for the estimated
+overlap. Exit code 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ import sys
 import time
 from collections.abc import Callable
 
+import grpc
 from cryptography import x509
 
 from party_bank import cli_files
+from party_bank.client import BankClient, JobFailed
 from party_common.auth import CertificateRefused, CrlError, CrlFile, check_server, server_certificate
 from party_common.config import ConfigError, NodeConfig
+from party_common.grpc_errors import rpc_error_line
 from party_common.grpc_link import GrpcPlatformLink
 from party_common.preflight import (
     FAIL,
     OK,
+    WARN,
     Checks,
     DataFacts,
     check_certificates,
@@ -33,10 +39,13 @@ from party_common.preflight import (
     check_id_match,
     check_policy,
 )
-from party_common.transport import dial
+from party_common.transport import TransportError, dial
 from protocols.errors import PeerError
+from protocols.vfl_lr import MIN_ROWS
 
 PEER_TIMEOUT_S = 10.0
+OVERLAP_WAIT_S = 600.0
+FEW_SHARED = 0.05  # shared customers below this share of the bank's: probably IDs that do not match
 
 
 def add_parser(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
@@ -47,6 +56,10 @@ def add_parser(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
                    "certificates and [policy] against the bank's default job")
     p.add_argument("--json", action="store_true", help="the checks as JSON (name, status, detail, fix)")
     p.add_argument("--timeout", type=float, default=PEER_TIMEOUT_S, help="seconds to wait for the platform")
+    p.add_argument("--overlap", action="store_true", help="with the bank node serving: a cardinality-only PSI "
+                   "(both nodes learn how many customers they share, nothing else; a job like any other) for the "
+                   "estimated overlap")
+    p.add_argument("--overlap-wait", type=float, default=OVERLAP_WAIT_S, help="seconds to wait for that PSI")
 
 
 def check_operator(checks: Checks, config: NodeConfig, args: argparse.Namespace) -> None:
@@ -134,6 +147,52 @@ def check_peer(checks: Checks, config: NodeConfig, timeout_s: float) -> None:
                f"{hello.protocol_version} ({', '.join(hello.features)})")
 
 
+def check_overlap(checks: Checks, config: NodeConfig, args: argparse.Namespace, bank: DataFacts | None,
+                  least: int) -> None:
+    """The estimated overlap: a cardinality-only PSI run by the serving bank node (ECDH: each side learns the
+    count), checked against what training needs (``least``: MIN_ROWS or the platform's min_intersection)."""
+    tls = config.tls
+    assert tls is not None
+    try:
+        cert, key = cli_files.operator_credentials(config, args)
+    except ConfigError:
+        return  # the operator-certificate check says why
+    client = BankClient(config.client_address, cert=cert, key=key, ca=tls.client_ca, tls_name=config.client_tls_name)
+    try:
+        client.wait_ready(timeout_s=args.timeout)
+        job_id = client.submit("align", {"mode": "cardinality"}, "preflight overlap")
+        job = client.wait(job_id, timeout_s=args.overlap_wait)
+    except TransportError as err:
+        checks.add("estimated overlap", FAIL, f"the bank node at {config.client_address} does not answer: {err}",
+                   "start it (`bank-node serve`) and run preflight --overlap again")
+        return
+    except grpc.RpcError as err:
+        checks.add("estimated overlap", FAIL, rpc_error_line(err, server="the bank node", address=client.address,
+                                                               own_cert=client.own_cert, name_key="[client] tls_name"),
+                   "as the message says")
+        return
+    except JobFailed as err:
+        checks.add("estimated overlap", FAIL, str(err), f"`bank-node logs {err.job['job_id']}` shows its history")
+        return
+    except TimeoutError as err:
+        checks.add("estimated overlap", WARN, f"{err} (is it waiting for the platform's approval?)",
+                   f"follow it with `bank-node wait {job_id}`")
+        return
+    finally:
+        client.close()
+    shared = int(job["result"]["intersection_size"])
+    rows = bank.rows if bank is not None else int(job["result"].get("bank_customers") or 0)
+    found = f"{shared:,} shared customers ({shared / max(1, rows):.1%} of the bank's {rows:,}; job {job['job_id']})"
+    if shared < least:
+        checks.add("estimated overlap", FAIL, f"{found}: training needs at least {least:,}",
+                   "align on more customers, or check that both files key customers the same way")
+    elif shared < FEW_SHARED * rows:
+        checks.add("estimated overlap", WARN, f"{found}: few for the customers the bank has",
+                   "check that both files key customers the same way (ID format, national or +country phones)")
+    else:
+        checks.add("estimated overlap", OK, found)
+
+
 def bank_preflight(args: argparse.Namespace) -> Checks:
     checks = Checks()
     config = check_config(checks, args.config, "bank")
@@ -144,6 +203,7 @@ def bank_preflight(args: argparse.Namespace) -> Checks:
     check_operator(checks, config, args)
     check_peer(checks, config, args.timeout)
     platform: DataFacts | None = None
+    platform_config: NodeConfig | None = None
     if args.platform_config:
         checks.scope = "platform: "  # the platform's own files, checked the same way
         platform_config = check_config(checks, args.platform_config, "platform")
@@ -158,6 +218,9 @@ def bank_preflight(args: argparse.Namespace) -> Checks:
     else:
         checks.add("platform policy", OK, "not checked here: the platform's operator runs `platform-node preflight` "
                    "(or pass --platform-config with its config)")
+    if args.overlap:
+        least = max(MIN_ROWS, (platform_config.policy.min_intersection or 0) if platform_config is not None else 0)
+        check_overlap(checks, config, args, bank, least)
     return checks
 
 
@@ -175,4 +238,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "bank_preflight", "check_peer", "run"]
+__all__ = ["add_parser", "bank_preflight", "check_overlap", "check_peer", "run"]

@@ -456,3 +456,23 @@ def test_the_grpc_core_logs_nothing_of_its_own_unless_asked(cluster: LocalCluste
 
     assert run() == "ours: UNAVAILABLE\n"  # a name mismatch: the core's "E... No match found" line stays out
     assert "No match found for server name" in run(GRPC_VERBOSITY="ERROR")  # the control: an operator may ask
+
+
+def test_preflight_overlap_runs_a_cardinality_only_psi(cluster: LocalCluster, files: SimulatedFiles, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from party_bank.cli import main
+
+    assert main(bank(cluster, "preflight", "--json", "--overlap")) == 0
+    overlap = {c["name"]: c for c in json.loads(capsys.readouterr().out)}["estimated overlap"]
+    assert overlap["status"] == "ok" and overlap["detail"].startswith(f"{len(files.shared_ids):,} shared customers")
+    job = re.search(r"job (align-\S+)\)", overlap["detail"])
+    assert job is not None
+    record = cluster.bank_client().job(job.group(1))
+    assert record["params"]["mode"] == "cardinality" and record["name"] == "preflight overlap"
+    # the bank node not serving: said, with what to do
+    away = edited(cluster.bank_config, tmp_path / "away.toml",
+                  ("[peer]", f'[client]\naddress = "127.0.0.1:{free_port()}"\n\n[peer]'))
+    assert main(["preflight", "--json", "--overlap", "--timeout", "1", "--config", str(away),
+                 *cluster.operator_args]) == 1
+    overlap = {c["name"]: c for c in json.loads(capsys.readouterr().out)}["estimated overlap"]
+    assert overlap["status"] == "fail" and "does not answer" in overlap["detail"] and "bank-node serve" in overlap["fix"]
