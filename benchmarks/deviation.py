@@ -89,7 +89,8 @@ from party_common.runtime import read_tls_files, start_node_server
 from party_common.storage import memory_node_stores
 from party_common.transport import dial
 from party_platform.node import PlatformNode, PlatformSession
-from party_platform.service import NodeServicer, SessionRegistry
+from party_platform.service import NodeServicer
+from party_platform.sessions import SessionRegistry
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.channel import Message, PeerChannel, StepHandler
 from protocols.errors import ProtocolError

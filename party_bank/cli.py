@@ -11,6 +11,7 @@
     bank-node models --config bank.toml [--json] | alias NAME@LABEL MODEL | unalias ALIAS | retire MODEL
     bank-node fetch --config bank.toml scores|segment NAME --out FILE   (download a score or segment file)
     bank-node console --config bank.toml [--port 8080]     (the same in a browser: party_bank/console.py)
+    bank-node preflight --config bank.toml [--platform-config platform.toml]   (the set-up, checked: preflight.py)
 
 The client commands reach the node's control API at `[client] address` (default: its `listen` address, a
 wildcard host read as 127.0.0.1) with mutual TLS, checking the name `[client] tls_name` in the node's
@@ -33,15 +34,15 @@ from typing import Any
 import grpc
 from grpc_health.v1.health import HealthServicer
 
-from party_bank import cli_files, cli_segments, views
+from party_bank import cli_files, cli_segments, preflight, views
+from party_bank.cli_models import ACTIONS as MODEL_ACTIONS
+from party_bank.cli_models import models_command
 from party_bank.client import BankClient, JobFailed
 from party_bank.control import ControlServicer
 from party_bank.control_v2 import SERVICE as SCORING_SERVICE
 from party_bank.control_v2 import add_scoring_service
 from party_bank.node import BankNode
 from party_bank.readiness import Readiness
-from party_bank.registry import ACTIONS as MODEL_ACTIONS
-from party_bank.registry import models_command
 from party_bank.score_files import read_ids
 from party_common.cli_format import DefaultsFormatter, config_help, resolve_config, version_string
 from party_common.config import ConfigError, NodeConfig, load_config
@@ -170,7 +171,7 @@ def follow(client: BankClient, job_id: str, *, every_event: bool) -> dict[str, A
     def on_event(event: dict[str, str]) -> None:
         detail = event.get("detail") or ""
         last_event[0] = detail.split(";")[0]
-        noteworthy = any(word in detail for word in ("validation", "waiting", "retry"))
+        noteworthy = any(word in detail for word in ("validation", "waiting", "retry", "resumed"))
         if every_event or noteworthy or event["event"] not in ("progress", "created"):
             elapsed = views.duration(views.seconds_between(created, event["at"]))  # both by the node's clock
             print(f"[{elapsed}] {views.event_line(event)[21:]}", file=sys.stderr, flush=True)
@@ -258,11 +259,6 @@ def run_client(args: argparse.Namespace) -> int:
             params = dict(old["params"])
             if old["kind"] == "train" and args.latest_alignment:
                 params.pop("alignment_job_id", None)
-            if ((old.get("result") or {}).get("label_privacy") or {}).get("mode") == "dp":
-                # Why a rerun's AUCs differ: the noise cannot follow the seed, which the platform is told.
-                print(f"note: {old['job_id']} trained with label DP: its label DP noise is drawn afresh for every run "
-                      "(from `secrets`: the seed travels to the platform, so noise drawn from it could be removed), "
-                      "so the same seed gives the same split and batches but not the same AUCs", file=sys.stderr)
             submit_and_wait(client, args, old["kind"], params, args.name or old["name"])
         elif args.command == "wait":
             print_outcome(follow(client, args.job_id, every_event=True), args.json, args.config)
@@ -429,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tags", help="comma-separated tags (default: all of the model's)")
     b.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     cli_files.add_parsers(add)
+    preflight.add_parser(add)
     cli_segments.add_parsers(add)
     rep = add("report", "fetch a train job's report as one self-contained HTML page (plots, intervals, privacy)")
     rep.add_argument("job_id", help="the train job ID")
@@ -473,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         setup_logging(args.log_level)
         return serve(args)
+    if args.command == "preflight":
+        return preflight.run(args)
     if args.command == "console":
         try:
             return console(args)

@@ -218,10 +218,7 @@ class Console:
         served = served_of(job)
         tags = []
         for tag, s in summary["tags"].items():
-            ci = s["intervals"].get("uplift")
-            tags.append({"tag": tag, "s": s, "served": served.get(tag) or {},
-                         "uplift": "not available" if s["uplift"] is None else f"{s['uplift']:+.3f} AUC" + (
-                             f" (95% interval {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "")})
+            tags.append({"tag": tag, "s": s, "served": served.get(tag) or {}, "uplift": report_html.uplift_text(s)})
         split = report.get("split") or {}
         data = [("Alignment", report.get("alignment_job_id") or "-"),
                 ("Aligned customers (rows)", report.get("rows", "-")),
@@ -240,6 +237,8 @@ class Console:
             "warnings": Markup(report_html.warnings_box(summary)),
             "table": Markup(report_html.summary_table(report, summary)),
             "note": Markup(report_html.intervals_note(summary)) if summary.get("tags") else "",
+            "inputs": Markup(report_html.inputs_html(report)),
+            "sections": Markup("".join(section(report, summary) for section in report_html.added_sections())),
             "privacy": report_html.privacy_statement(report), "tags": tags,
             "chart": line_chart(sorted(curve.items()), title="Validation AUC per epoch (joint model)",
                                 xlabel="epoch", ylabel="AUC"),

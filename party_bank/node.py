@@ -8,6 +8,7 @@ reports and the audit log in its stores, and serves scores (online and batch).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import secrets
@@ -32,6 +33,7 @@ from party_common.memory import PeakMemory
 from party_common.node import NodeBase
 from party_common.policy import is_awaiting_approval
 from party_common.storage import NodeStores
+from party_common.storage.files import local_secret
 from party_common.storage.jobs import ENDED, JobRecord
 from protocols.errors import (
     RESUMABLE_CODES,
@@ -56,6 +58,7 @@ BACKOFF_START_S, BACKOFF_MAX_S = 1.0, 30.0  # waiting for the platform: 1, 2, 4,
 CONNECT_TIMEOUT_S = 5.0  # one try to reach the platform
 CANCEL_WAIT_S = 30.0  # CancelJob waits this long for the job to stop
 CANCELLED = "cancelled by the data scientist"
+NOISE_SECRET_FILE = "label_noise.key"
 INTERRUPTED = "the bank node stopped while the job ran; it resumes when the node starts again"
 
 
@@ -108,6 +111,16 @@ class BankNode(NodeBase):
                  len(self.data.feature_names), len(self.data.tag_names), Path(self.data.source).name)
         if resume_jobs:
             self.resume_interrupted()
+
+    @functools.cached_property
+    def noise_secret(self) -> bytes:
+        """The bank's local secret its jobs' label-DP noise keys derive from (``<state_dir>/label_noise.key``,
+        0600, made once; protocols/vfl_lr/resume.py ``job_noise_key``)."""
+        return local_secret(self.config.state_dir / NOISE_SECRET_FILE, "label-noise secret",
+                            lost="a rerun of an older job no longer draws its noise")
+
+    def job_context(self, job_id: str) -> JobContext:
+        return dataclasses.replace(super().job_context(job_id), noise_secret=self.noise_secret)
 
     def connect(self, timeout_s: float = 30.0) -> str:
         """Wait for the platform node and check its role and protocol version; return its name."""

@@ -9,7 +9,7 @@ from html import escape
 from typing import Any
 
 
-def binning_section(report: Mapping[str, Any]) -> str:
+def binning_section(report: Mapping[str, Any], summary: Mapping[str, Any] | None = None) -> str:
     """HTML for ``report["binning"]``; empty for a job trained on raw columns."""
     binning = report.get("binning")
     if not isinstance(binning, Mapping):

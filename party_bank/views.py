@@ -21,7 +21,7 @@ from rich.text import Text
 
 from party_bank.scores import Scores, served_model
 from party_common.progress import duration
-from protocols.uncertainty import format_interval
+from protocols.uncertainty import format_interval, format_metric
 
 
 def render(table: Table, *, out: TextIO | None = None) -> str:
@@ -50,7 +50,7 @@ def table(*headers: str) -> Table:
 
 
 def _auc(x: Any) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
+    return format_metric(x, missing="n/a")
 
 
 def headline(job: Mapping[str, Any]) -> str:
@@ -67,8 +67,8 @@ def headline(job: Mapping[str, Any]) -> str:
     if not aucs:
         return job.get("progress") or ""
     what = "AUC" if len(tags) == 1 else f"mean AUC over {len(tags)} tags"
-    up = f" ({sum(uplifts) / len(uplifts):+.3f} vs bank-only)" if uplifts else ""
-    return f"{what} {sum(aucs) / len(aucs):.3f}{up}"
+    up = f" ({format_metric(sum(uplifts) / len(uplifts), signed=True)} vs bank-only)" if uplifts else ""
+    return f"{what} {format_metric(sum(aucs) / len(aucs))}{up}"
 
 
 def job_tags(job: Mapping[str, Any]) -> str:
@@ -100,7 +100,7 @@ def summary_table(result: Mapping[str, Any]) -> str:
         uplift = s.get("uplift")
         t.add_row(tag, _auc(s["auc"].get("joint")), format_interval((iv.get("joint") or {}).get("auc")),
                   _auc(s["auc"].get("bank_only")), format_interval((iv.get("bank_only") or {}).get("auc")),
-                  "n/a" if uplift is None else f"{uplift:+.3f}", format_interval(iv.get("uplift"), signed=True),
+                  format_metric(uplift, signed=True, missing="n/a"), format_interval(iv.get("uplift"), signed=True),
                   f"{s.get('positives', '?')} of {s.get('n', '?')}", served_model(result.get("metrics"), tag))
     lines = [render(t)]
     alone = [tag for tag in tags if served_model(result.get("metrics"), tag) == "bank-only"]
@@ -135,6 +135,12 @@ def train_done(job: Mapping[str, Any], config: str | None = None) -> str:
     head = (f"model {job['job_id']}{name}: trained on alignment {result.get('alignment_job_id', '?')} "
             f"({result.get('rows', '?')} shared customers) in {duration(job.get('elapsed_s') or 0.0)}"
             + (f"; {memory_text(result)}" if memory_text(result) else ""))
+    dropped = ((result.get("data") or {}).get("bank") or {}).get("dropped_columns") or []
+    if dropped:  # said where the data scientist looks, not only in the node's log
+        head += (f"\ndropped column(s) of the bank's file: {', '.join(d['column'] for d in dropped)} "
+                 f"({dropped[0]['why']})")
+    if (result.get("resumed") or {}).get("text"):  # the node stopped while it ran: from its checkpoint on
+        head += f"\n{result['resumed']['text']} (checkpoint): the same model an uninterrupted run makes"
     flag = config_flag(config)
     tail = (f"report: bank-node report {flag} {job['job_id']} --out report.html\n"
             f"score:  bank-node score {flag} --model {job['job_id']} --ids ID,ID")

@@ -147,6 +147,11 @@ class CrlFile:
     def issuer(self) -> x509.Name:
         return self._ca.subject
 
+    @property
+    def next_update(self) -> dt.datetime | None:
+        """When the CRL read last says its CA signs the next one (None: it does not say)."""
+        return self._next_update
+
     def reload_if_changed(self) -> None:
         try:
             st = os.stat(self.path)

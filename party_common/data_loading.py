@@ -395,7 +395,7 @@ def load_party_data(path: str | Path, *, id_column: str, tag_columns: Sequence[s
     if expected_schema is not None:
         expected_schema.check_scoring_compatible(schema, str(path))
     loaded = PartyData(source=str(path), ids=all_ids, features=X, feature_names=names, labels=labels,
-                       tag_names=tags, schema=schema)
+                       tag_names=tags, schema=schema, dropped_columns=tuple(features[j] for j in dropped))
     loaded._index = index  # built on the IDs' normal forms for the duplicate check: kept for the lookups
     return loaded
 

@@ -7,6 +7,7 @@
     platform-node revoke MODEL --config platform.toml
     platform-node audit --config platform.toml [--job JOB] [--event E] [--limit N] [--json]
     platform-node policy --config platform.toml
+    platform-node preflight --config platform.toml   (config, data, certificates, policy: checked before the first job)
     platform-node console --config platform.toml [--port 8081]   (the same in a browser: party_platform/console.py)
 
 The commands besides `serve` work on the node's state directory on this host (beside the running node):
@@ -34,6 +35,7 @@ from party_common.cli_format import (
 )
 from party_common.config import NodeConfig, load_config
 from party_common.jobs import SESSION_KINDS
+from party_common.preflight import platform_preflight
 from party_common.runtime import (
     INSECURE_WARNING,
     TlsFiles,
@@ -47,7 +49,8 @@ from party_common.storage.jobs import STATUSES
 from party_common.transport import MAX_GRPC_MESSAGE
 from party_platform import admin
 from party_platform.node import PlatformNode
-from party_platform.service import NodeServicer, SessionRegistry
+from party_platform.service import NodeServicer
+from party_platform.sessions import SessionRegistry
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.errors import FedProfileError
 
@@ -153,13 +156,16 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("--event", help="only this event (e.g. 'partial scores')")
     audit.add_argument("--limit", type=int, default=100, help="the newest N rows (default 100)")
     policy = sub.add_parser("policy", help="the policy this node enforces ([policy] of its config)")
+    preflight = sub.add_parser("preflight", help="check this node's set-up before the first job: config, data "
+                               "(empty and constant columns), certificates and keys, its policy against its data; "
+                               "one table, exit code 1 when a check fails")
     console = sub.add_parser("console", help="the same in a browser: a web console on 127.0.0.1 of this host "
                              "(approval queue, jobs, audit, disclosure budget, models, policy); prints its link")
     console.add_argument("--port", type=int, default=8081, help="local port of the console (0: any free one)")
-    for command in (serve_p, jobs, models, approve, revoke, audit, policy, console):
+    for command in (serve_p, jobs, models, approve, revoke, audit, policy, preflight, console):
         command.formatter_class = DefaultsFormatter
         command.add_argument("--config", help=config_help("platform"))
-    for command in (jobs, models, audit, policy):
+    for command in (jobs, models, audit, policy, preflight):
         command.add_argument("--json", action="store_true", help="JSON instead of a table")
     return p
 
@@ -170,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         setup_logging(args.log_level)
         return serve(args)
+    if args.command == "preflight":
+        checks = platform_preflight(args.config)
+        print(checks.as_json() if args.json else checks.table(f"preflight of the platform node ({args.config})"))
+        return 1 if checks.failed else 0
     try:
         config = load_config(args.config, expected_role="platform", require_tls=False)
         if args.command == "console":

@@ -18,15 +18,13 @@ import contextlib
 import hashlib
 import hmac
 import os
-import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from party_common.storage import JobStore
-from party_common.storage.files import atomic_write
-from protocols.errors import UserError
+from party_common.storage.files import local_secret
 from protocols.vfl_lr.disclosure import DisclosureRefused, Projection
 
 RELEASE_EVENT = "projection released"  # audit rows under the job that released: names, customers, the most held
@@ -46,16 +44,8 @@ CREATE TABLE IF NOT EXISTS released (
 
 def _load_key(path: Path) -> bytes:
     """The node's customer-key secret, made (0600, atomically, never replaced) the first time."""
-    if not path.exists():
-        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
-            atomic_write(path, secrets.token_bytes(KEY_BYTES), mode=0o600, overwrite=False)
-    if path.stat().st_mode & 0o077:
-        raise UserError(f"{path}: the disclosure key is readable by others; chmod 600 it")
-    key = path.read_bytes()
-    if len(key) != KEY_BYTES:
-        raise UserError(f"{path}: the disclosure key must be {KEY_BYTES} bytes, it has {len(key)}; the ledger "
-                        "cannot find its customers without the original key")
-    return key
+    return local_secret(path, "disclosure key", size=KEY_BYTES,
+                        lost="the ledger cannot find its customers without the original key")
 
 
 def ledger_usage(state_dir: Path) -> dict[str, list[tuple]]:

@@ -93,7 +93,7 @@ class PlatformSession:
         self.end("closed")
 
     def end(self, how: str, reason: str = "") -> None:
-        """Close the handler; record how the session ended (``party_platform.service.ENDINGS``)."""
+        """Close the handler; record how the session ended (``party_platform.sessions.ENDINGS``)."""
         self.memory.stop()
         if self.inner is not None:
             self.inner.close()

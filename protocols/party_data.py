@@ -159,6 +159,8 @@ class PartyData:
     labels: np.ndarray  # float64 (n, T): 1.0 / 0.0 / NaN (unknown)
     tag_names: list[str]
     schema: Schema
+    # Feature columns of the file left out because no row had a value (the loader drops them; reports say so).
+    dropped_columns: tuple[str, ...] = field(default=(), compare=False)
     _index: IdIndex | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ note instead of intervals. Numbers are rounded once here (``DECIMALS``) so every
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,22 @@ MODELS = ("joint", "bank_only")
 _CHUNK_CELLS = 4_000_000  # resamples x rows per vectorised chunk (about 32 MB of float64)
 
 
-def _r(x: float | None) -> float | None:
-    return None if x is None or not np.isfinite(x) else round(float(x), DECIMALS)
+def round_metric(x: float | None) -> float | None:
+    """The one rounding rule of every reported metric: :data:`DECIMALS` decimals, half to even, of the number as
+    written (``repr``), so a value shows the same wherever it is printed (None for a missing or infinite one)."""
+    if x is None or not np.isfinite(x):
+        return None
+    return float(Decimal(repr(float(x))).quantize(Decimal(1).scaleb(-DECIMALS), rounding=ROUND_HALF_EVEN))
+
+
+def format_metric(x: float | None, *, signed: bool = False, missing: str = "-") -> str:
+    """A metric as the console and the HTML report both print it (:func:`round_metric`, then that many decimals;
+    ``signed``: with its sign, as an uplift)."""
+    r = round_metric(x)
+    return missing if r is None else f"{r:{'+' if signed else ''}.{DECIMALS}f}"
+
+
+_r = round_metric
 
 
 def _sorted(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -190,10 +205,12 @@ def tag_warnings(s: Mapping[str, Any], *, has_predictions: bool) -> list[dict[st
     if ci is not None:
         if ci[1] < 0:
             w.append({"code": "joint_worse", "message": f"the joint model ranks customers worse than the bank's "
-                      f"own model: uplift {s['uplift']:+.3f}, 95% interval {ci[0]:+.3f} to {ci[1]:+.3f}"})
+                      f"own model: uplift {format_metric(s['uplift'], signed=True)}, 95% interval "
+                      f"{format_metric(ci[0], signed=True)} to {format_metric(ci[1], signed=True)}"})
         elif ci[0] <= 0 <= ci[1]:
             w.append({"code": "no_difference", "message": f"no measurable difference between the joint and the "
-                      f"bank-only model: the uplift's 95% interval ({ci[0]:+.3f} to {ci[1]:+.3f}) covers 0"})
+                      f"bank-only model: the uplift's 95% interval ({format_metric(ci[0], signed=True)} to "
+                      f"{format_metric(ci[1], signed=True)}) covers 0"})
     elif not has_predictions:
         w.append({"code": "no_intervals", "message": "this report holds no test predictions (an older job): "
                   "point estimates only, no intervals or calibration"})
@@ -219,10 +236,9 @@ def summarise(report: Mapping[str, Any], *, resamples: int = RESAMPLES, seed: in
 def format_interval(ci: list[float] | None, *, signed: bool = False) -> str:
     if ci is None:
         return "-"
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f"[{f.format(ci[0])}, {f.format(ci[1])}]"
+    return f"[{format_metric(ci[0], signed=signed)}, {format_metric(ci[1], signed=signed)}]"
 
 
 __all__ = ["CONFIDENCE", "ECE_METHOD", "MIN_POSITIVES", "bootstrap_auc_ks", "calibration_bins",
-           "expected_calibration_error", "format_interval", "gains_by_decile", "percentile_interval",
-           "point_auc_ks", "summarise", "tag_summary", "tag_warnings"]
+           "expected_calibration_error", "format_interval", "format_metric", "gains_by_decile", "percentile_interval",
+           "point_auc_ks", "round_metric", "summarise", "tag_summary", "tag_warnings"]

@@ -261,6 +261,10 @@ def test_an_operator_reads_a_report_and_compares_two_trainings(setup: Setup, bro
     playwright_api.expect(page.locator("#parameters")).to_contain_text("learning_rate")
     playwright_api.expect(page.locator("#data")).to_contain_text(setup.jobs["align"])
     playwright_api.expect(page.locator("#served")).to_contain_text("joint")
+    playwright_api.expect(page.locator("#inputs")).to_contain_text("Dropped columns")  # what went in, per tag too
+    for tag in setup.tags:
+        playwright_api.expect(page.locator(f'#labels td[data-tag="{tag}"][data-key="labelled"]')).to_have_text(
+            re.compile(r"^[\d,]+ of [\d,]+$"))
     shoot(page, setup, "bank-report")  # waits for every tag's figures (ROC, lift/gains, calibration, epochs)
 
     page.goto(base(setup.bank_url) + "/jobs")

@@ -27,6 +27,11 @@ def test_manual_approval_is_explained_and_noticed_within_seconds(tmp_path: Path,
     platform_args = ["--config", str(cluster.platform_config)]
     with cluster:
         assert (cluster.workdir / "state" / "bank") != (cluster.workdir / "state" / "platform")
+        # preflight first: all set, and it says up front that every job will wait for the platform's operator
+        assert bank_main(["preflight", *bank_args, "--platform-config", str(cluster.platform_config)]) == 0
+        out = capsys.readouterr().out
+        assert re.search(r"^platform policy +WARN +\[policy\] approval = \"manual\": every job waits", out, re.M), out
+        assert "checks: 0 failed" in out
         assert bank_main(["align", *bank_args, "--detach"]) == 0
         job = capsys.readouterr().out.strip()
         deadline = time.monotonic() + 60

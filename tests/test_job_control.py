@@ -17,7 +17,7 @@ from party_common.grpc_link import GrpcPlatformLink
 from party_common.jobs import SESSION_KINDS
 from party_common.link import SessionContext
 from party_common.storage import memory_node_stores
-from party_platform.service import SessionRegistry
+from party_platform.sessions import SessionRegistry
 from protocols.errors import ProtocolError, UserError
 from simulations.cluster import free_port
 from tests.nodes_fixture import FAST_TRAIN, Nodes, SimulatedFiles, make_nodes, node_config, simulated_files

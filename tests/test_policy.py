@@ -24,7 +24,7 @@ from party_common.storage import NodeStores, NotAwaitingApproval, SqliteJobStore
 from party_platform import admin
 from party_platform.cli import main as platform_main
 from party_platform.node import PlatformNode
-from party_platform.service import SessionRegistry
+from party_platform.sessions import SessionRegistry
 from protocols.errors import PeerError, ProtocolError
 from protocols.shuffle import secret_permutation
 from protocols.vfl_lr import TrainingError, TrainParams, run_bank_training

@@ -39,6 +39,9 @@ def test_the_readme_trial_runs_two_nodes_on_one_machine(tmp_path: Path) -> None:
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{logs}"
     out, err = done.stdout, done.stderr
     assert "is serving" in out and "shared customers (both)" in out
+    # both preflights first: every check ok, the platform reached over mutual TLS
+    assert out.count("ready for the first job") == 2 and "0 failed" in out
+    assert re.search(r"^platform handshake +OK +mutual TLS accepted both ways", out, re.M), out
     # train: the alignment it took, per-epoch validation metrics while it runs, the results table at the end
     assert "(the latest that can train: mode 'both')" in err
     assert re.search(r"epoch 2/2 validation AUC tag_young_family \d\.\d{3}, tag_car_owner \d\.\d{3}", err)

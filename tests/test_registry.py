@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from party_bank import cli
+from party_bank.cli_models import models_command, models_table
 from party_bank.client import BankClient
 from party_bank.control import ControlServicer
 from party_bank.registry import (
@@ -21,15 +22,14 @@ from party_bank.registry import (
     ModelRegistry,
     ModelRetired,
     UnknownAlias,
-    models_command,
-    models_table,
 )
 from party_common.grpc_link import GrpcPlatformLink
 from party_common.jobs import SESSION_KINDS
 from party_common.link import Retirement
 from party_common.storage import open_node_stores
 from party_platform.node import RETIRE_EVENT
-from party_platform.service import NodeServicer, SessionRegistry
+from party_platform.service import NodeServicer
+from party_platform.sessions import SessionRegistry
 from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.errors import NotFound, PeerError, UserError

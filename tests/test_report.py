@@ -193,3 +193,72 @@ def test_rpc_and_cli_return_the_page_the_node_renders(tmp_path: Path, monkeypatc
         assert cli.main([*argv, "--overwrite"]) == 0 and out.read_bytes() == expected
     finally:
         server.stop(None)
+
+
+def test_the_page_says_what_went_in_and_takes_added_sections() -> None:
+    from party_bank import report_html, views
+    from protocols.uncertainty import format_metric
+
+    report = synthetic_report({"tag_a": (2.0, 1.0, 600)})
+    report["metrics"]["tag_a"]["joint"]["logloss_calibrated"] = 0.41249
+    report["metrics"]["tag_a"]["served"] = {"model": "joint"}
+    report["params"] = {"learning_rate": 0.05, "l2": 0.01, "key_bits": 2048, "optimizer": "adam", "epochs": None,
+                        "batch_size": None, "seed": 7, "label_dp": "auto", "test_share": 0.2, "serve": "best"}
+    report["batching"] = {"batch_size": 256}
+    report["data"] = {"bank": {"file": "bank.csv", "feature_count": 2, "features": ["age", "income"],
+                               "dropped_columns": [{"column": "notes", "why": "no row of the file has a value"}]},
+                      "platform": {"feature_count": 34, "features": "the platform's own"},
+                      "labels": {"tag_a": {"labelled": 800, "positives": 160, "rows": 1000, "labelled_train": 560}}}
+    s = summarise(report, resamples=RESAMPLES)
+
+    def extra(report: Any, summary: Any) -> str:
+        return "<h2>Scorecard</h2>"
+
+    report_html.add_section(extra, before=report_html.privacy_section)
+    try:
+        html = render(report, s)
+    finally:
+        report_html.SECTIONS.remove(extra)
+    c = cells(html)
+    assert html.index("Data and parameters") < html.index("Scorecard") < html.index("What each party learned")
+    for phrase in ("bank.csv", "age, income", "notes: no row of the file has a value", "Platform features (34)",
+                   "<th>Learning rate</th><td>0.05</td>", "<th>Optimiser</th><td>adam</td>",
+                   "<th>Paillier key size (bits)</th><td>2048</td>", "<th>Batch size</th><td>256</td>",
+                   "epsilon 3.000", "Scored by the <b>joint</b> model"):
+        assert phrase in html, phrase
+    assert c[("tag_a", "labelled")] == "800 of 1,000" and c[("tag_a", "label-positives")] == "160"
+    assert c[("tag_a", "logloss-joint")] == "0.412" == format_metric(0.41249)
+    assert render(report, s).count("Scorecard") == 0  # removed again
+    # the console's table and the page print the same numbers (one rounding)
+    console = views.summary_table({"summary": s, "metrics": report["metrics"]})
+    assert c[("tag_a", "uplift")] in console and c[("tag_a", "auc-joint")] in console
+    assert "dropped column(s) of the bank's file: notes" in views.train_done(
+        {"job_id": "train-1", "result": {**report, "summary": s}})
+
+
+def test_one_rounding_rule_for_every_printed_metric() -> None:
+    from protocols.uncertainty import format_interval, format_metric, round_metric
+
+    # half to even on the number as written, whatever its binary expansion
+    assert [format_metric(x) for x in (0.1125, 0.1135, 0.0005, 0.9995, None)] == \
+        ["0.112", "0.114", "0.000", "1.000", "-"]
+    assert format_metric(0.0125, signed=True) == "+0.012" and format_metric(-0.0125, signed=True) == "-0.012"
+    assert round_metric(0.1135) == 0.114 and round_metric(float("nan")) is None
+    assert format_interval([0.1125, 0.2], signed=True) == "[+0.112, +0.200]"
+
+
+def test_a_dropped_column_reaches_the_report(tmp_path: Path) -> None:
+    from party_common.data_loading import load_party_data
+    from protocols.metrics import Split
+    from protocols.vfl_lr.report import DROPPED_WHY, data_inputs
+
+    path = tmp_path / "bank.csv"
+    path.write_text("id,x,empty,tag\n" + "".join(f"c{i},{i},,{i % 2}\n" for i in range(10)))
+    data = load_party_data(path, id_column="id", tag_columns=["tag"])
+    aligned = data.take([f"c{i}" for i in range(6)])  # the train job's rows: the record travels with the data
+    assert aligned.dropped_columns == ("empty",)
+    split = Split(train=np.arange(4), validation=np.array([4]), test=np.array([5]))
+    inputs = data_inputs(aligned, split, 3)
+    assert inputs["bank"]["dropped_columns"] == [{"column": "empty", "why": DROPPED_WHY}]
+    assert inputs["bank"]["features"] == ["x"] and inputs["platform"]["feature_count"] == 3
+    assert inputs["labels"]["tag"] == {"labelled": 6, "positives": 3, "rows": 6, "labelled_train": 4}

@@ -7,6 +7,7 @@ restarted node keeps: their checkpoint documents.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,9 @@ def test_a_resumed_job_ends_with_the_uninterrupted_model(data, label_dp):
     # Fresh keys per session: a resumed session is a new one.
     assert outcome.model.key_fingerprints != reference.model.key_fingerprints
     assert bank_ckpt.doc is not None and "done" in bank_ckpt.doc
+    # The resumed run says where it went on from (its history and report: `bank-node wait`, the train summary).
+    assert "resumed" not in reference.report
+    assert re.match(r"resumed from epoch \d+.*; \d+ steps kept$", outcome.report["resumed"]["text"])
 
 
 def test_a_bank_with_its_outcome_saved_finishes_without_the_platform(data):
@@ -281,3 +285,17 @@ def test_keyed_normals_are_reproducible_and_standard_normal() -> None:
     assert len(draws) == 50_001 and np.array_equal(draws, KeyedRandom(key, "labels").normals(50_001))
     assert not np.array_equal(draws, KeyedRandom(key, "other").normals(50_001))
     assert stats.kstest(draws, "norm").pvalue > 1e-4
+
+
+def test_the_job_noise_key_follows_the_seed_under_the_banks_secret() -> None:
+    from protocols.vfl_lr.resume import job_noise_key
+
+    secret, other = bytes(range(32)), bytes(range(1, 33))
+    key = job_noise_key(secret, seed=7, alignment_hash="abc", tags=["t1", "t2"])
+    assert key == job_noise_key(secret, seed=7, alignment_hash="abc", tags=("t1", "t2"))  # a rerun: the same
+    assert len({key, job_noise_key(secret, seed=8, alignment_hash="abc", tags=["t1", "t2"]),
+                job_noise_key(secret, seed=7, alignment_hash="abd", tags=["t1", "t2"]),
+                job_noise_key(secret, seed=7, alignment_hash="abc", tags=["t2", "t1"]),
+                job_noise_key(other, seed=7, alignment_hash="abc", tags=["t1", "t2"])}) == 5
+    with pytest.raises(ValueError, match="32 bytes"):
+        job_noise_key(b"short", seed=7, alignment_hash="abc", tags=["t1"])

@@ -25,7 +25,8 @@ from party_common.transport import (
     server_credentials,
     wait_healthy,
 )
-from party_platform.service import NodeServicer, SessionRegistry
+from party_platform.service import NodeServicer
+from party_platform.sessions import SessionRegistry
 from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.channel import Message, PeerError, ProtocolError

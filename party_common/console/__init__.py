@@ -37,6 +37,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from party_common.progress import duration
+from protocols.uncertainty import format_metric
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "fedprofile_console"
@@ -48,7 +49,14 @@ def when(iso: str | None) -> str:
     return (iso or "")[:19].replace("T", " ") or "-"
 
 
-def number(x: Any, fmt: str = "{:.3f}") -> str:
+SIGNED_METRIC = "{:+.3f}"
+
+
+def number(x: Any, fmt: str | None = None) -> str:
+    """A metric (no ``fmt``, or :data:`SIGNED_METRIC` for an uplift) by the one rounding rule the CLI and the HTML
+    report use (``protocols.uncertainty.format_metric``); anything else in ``fmt``."""
+    if fmt is None or fmt == SIGNED_METRIC:
+        return format_metric(x, signed=fmt is not None)
     return "-" if x is None else fmt.format(x)
 
 

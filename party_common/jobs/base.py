@@ -54,6 +54,8 @@ class JobContext:
     evaluation_limits: EvaluationLimits | None = None
     disclosure: DisclosureBudget | None = None
     binning: BinningSpec | None = None  # the node's [binning]: how it bins its own columns (features "binned")
+    # Bank: its local secret the label-DP noise key of a train job derives from (None: fresh noise per job).
+    noise_secret: bytes | None = None
 
 
 class JobKind(ABC, Generic[P, R]):

@@ -21,6 +21,7 @@ from protocols.vfl_lr import (
     make_platform_train_handler,
     run_bank_training,
 )
+from protocols.vfl_lr.resume import job_noise_key
 
 # Per-row evaluation data in a report: kept in the report document, left out of the job's summary.
 PREDICTION_KEYS = ("test_predictions", "validation_predictions")
@@ -108,8 +109,11 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
         peer = ContextPeer(link, SessionContext(alignment_job_id=alignment.job_id,
                                                 alignment_hash=alignment.content_hash, job_name=job_name,
                                                 resumed=ctx.resumed))
+        # The label-DP noise follows the job's seed under the bank's own secret: a rerun is the same job.
+        noise_key = None if ctx.noise_secret is None else job_noise_key(
+            ctx.noise_secret, seed=params.train.seed, alignment_hash=alignment.content_hash, tags=params.tags)
         outcome = run_bank_training(peer, ctx.job_id, bank, params.train, progress=ctx.progress,
-                                    compute=ctx.new_compute(),
+                                    compute=ctx.new_compute(), noise_key=noise_key,
                                     checkpoints=StoreCheckpoints(ctx.stores.checkpoints, ctx.job_id),
                                     binning=ctx.binning)
         outcome.model.alignment_job_id = alignment.job_id

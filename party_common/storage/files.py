@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from protocols.errors import UserError
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = True) -> None:
@@ -72,3 +75,18 @@ def ensure_private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
     return path
+
+
+def local_secret(path: Path, what: str, *, size: int = 32, lost: str = "") -> bytes:
+    """A node-local secret of ``size`` random bytes at ``path``: made (0600, atomically, never replaced) the first
+    time; refused when others may read it or it has another size. ``what`` names it in errors, ``lost`` says
+    what a replaced one costs."""
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+            atomic_write(path, secrets.token_bytes(size), mode=0o600, overwrite=False)
+    if path.stat().st_mode & 0o077:
+        raise UserError(f"{path}: the {what} is readable by others; chmod 600 it")
+    key = path.read_bytes()
+    if len(key) != size:
+        raise UserError(f"{path}: the {what} must be {size} bytes, it has {len(key)}" + (f"; {lost}" if lost else ""))
+    return key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -28,13 +29,7 @@ from protocols.rowblocks import map_rows
 from protocols.vfl_lr.batching import choose_schedule, session_batch_bound, session_epochs
 from protocols.vfl_lr.calibration import calibrate_tag
 from protocols.vfl_lr.disclosure import validation_epochs
-from protocols.vfl_lr.encoding import (
-    check_slots,
-    encode_z,
-    pack_pairs,
-    pack_rows,
-    residual_offset,
-)
+from protocols.vfl_lr.encoding import check_slots, encode_z, pack_pairs, pack_rows, residual_offset
 from protocols.vfl_lr.evaluation import (
     TEST,
     UNKNOWN,
@@ -74,16 +69,15 @@ from protocols.vfl_lr.resume import (
     bank_checkpoint,
     new_noise_key,
     read_bank_checkpoint,
+    resume_point,
 )
 from protocols.vfl_lr.state import BankTrainState, Scaler, active_rows, resolve_optimizer
-from protocols.vfl_lr.yardstick import (
-    Pairs,
-    sorted_pairs,
-)
+from protocols.vfl_lr.yardstick import Pairs, sorted_pairs
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 # The most features the bank takes the platform to have: the mask path it opens is this wide per tag at most.
 MAX_PLATFORM_FEATURES = 100_000
+log = logging.getLogger(__name__)
 MIN_ROWS = 10  # the smallest intersection training runs on (its test, validation and training splits need rows)
 
 
@@ -229,11 +223,15 @@ class _BankTrainer:
             setup[Field.LABEL_MASK] = train_mask.astype(np.uint8)
         if state.steps:  # resumed: the platform restores its state at the same position
             setup[Field.RESUME_STEPS] = state.steps
+        self.resumed = resume_point(state)
         reply = channel.call(Step.SETUP, setup)
         scheme_named = reply.get(Field.HE_SCHEME)
         if scheme_named != self.scheme.name:
             raise ProtocolError(f"the platform runs HE scheme {scheme_named!r}; this job uses {self.scheme.name!r} "
                                 "(he_scheme)")
+        if self.resumed:  # in the job's history (`bank-node logs`, `wait`), the node's log and the report
+            self.progress(self.resumed["text"], 1, 1)
+            log.info("train job %s: %s", self.job_id, self.resumed["text"])
         try:
             self.ppk = self.scheme.public_key_from_bytes(read_field(reply, Field.PLATFORM_KEY, bytes),
                                                          allow_insecure=self.insecure_for_tests, key_bits=p.key_bits)
@@ -287,6 +285,8 @@ class _BankTrainer:
                        for v in state.best_validation]
         report = self._report(split, test_pairs, calibration, time.monotonic() - started)
         report["label_privacy"] = self.privacy.summary()
+        if self.resumed:
+            report["resumed"] = self.resumed
         report["batching"], report["epochs"] = self.batching, self.epochs_entry
         if self.binning is not None:  # the platform's side: only its width (what it declared), never its bins
             report["binning"] = {"bank": self.binning.summary(), "platform": {"bins": self.n_features}}
@@ -490,7 +490,8 @@ class _BankTrainer:
                 total: float) -> dict[str, Any]:
         report, self.alone = training_report(
             self.p, self.state, self.bank, self.X_aug, split, self.privacy.batches, test_pairs, calibration, total,
-            self.plan, eval_slots(self.epk), {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()})
+            self.plan, eval_slots(self.epk), {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()},
+            platform_features=self.n_features)
         return report
 
 

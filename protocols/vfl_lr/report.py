@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,11 +14,33 @@ from protocols.vfl_lr.params import F_BITS, STAT_BITS, VERSION, Z_CLIP, SlotPlan
 from protocols.vfl_lr.state import BankTrainState
 from protocols.vfl_lr.yardstick import Pairs, bank_only_fit, choose_served, pair_metrics, predictions
 
+DROPPED_WHY = "no row of the file has a value (dropped when the node loaded it)"
+
+
+def data_inputs(bank: PartyData, split: Split, platform_features: int | None) -> dict[str, Any]:
+    """What went into the job: each party's features (the bank's by name, the platform's by count: its names are
+    its own), the bank's dropped columns and why, and each tag's label coverage over the alignment and the
+    training rows. Counts only: no ID, value or label."""
+    coverage = {}
+    for t, tag in enumerate(bank.tag_names):
+        column = bank.labels[:, t]
+        known = ~np.isnan(column)
+        coverage[tag] = {"labelled": int(known.sum()), "positives": int(np.nansum(column)),
+                         "rows": len(column), "labelled_train": int(known[split.train].sum())}
+    return {
+        "bank": {"file": Path(bank.source).name, "feature_count": len(bank.feature_names),
+                 "features": list(bank.feature_names),
+                 "dropped_columns": [{"column": c, "why": DROPPED_WHY} for c in bank.dropped_columns]},
+        "platform": {"feature_count": platform_features,
+                     "features": "the platform's own (their names are not shared with the bank)"},
+        "labels": coverage,
+    }
+
 
 def training_report(p: TrainParams, state: BankTrainState, bank: PartyData, X_aug: Any, split: Split,
                     batches: Callable[[int], list[np.ndarray]], test_pairs: list[Pairs],
                     calibration: list[dict[str, Any]], total: float, plan: SlotPlan, evaluation_slots: int,
-                    key_fingerprints: dict[str, str]) -> tuple[dict[str, Any], Any]:
+                    key_fingerprints: dict[str, str], platform_features: int | None = None) -> tuple[dict[str, Any], Any]:
     """The bank's training report (metrics per tag next to the bank-only yardsticks, history, split, timings,
     parameters, encoding) and the yardstick fit itself, which the served-model choice uses."""
     tags = bank.tag_names
@@ -44,7 +67,7 @@ def training_report(p: TrainParams, state: BankTrainState, bank: PartyData, X_au
         "protocol": VERSION, "metrics": metrics, "history": state.history, "epochs_run": epochs_run,
         "split": split.sizes(), "split_scheme": SPLIT_SCHEME, "seconds_online": round(state.seconds_online, 3),
         "seconds_ahead_of_time": round(state.seconds_ahead, 3), "seconds_total": round(total, 3),
-        "params": p.to_dict(),
+        "params": p.to_dict(), "data": data_inputs(bank, split, platform_features),
         "yardsticks": {"bank_only": "the joint model's optimiser, Taylor loss, batches, epochs and learning rate "
                                     "on the bank's features alone (plaintext), best validation epoch, "
                                     "calibrated as the joint model",
@@ -66,4 +89,4 @@ def training_report(p: TrainParams, state: BankTrainState, bank: PartyData, X_au
     }, alone
 
 
-__all__ = ["training_report"]
+__all__ = ["DROPPED_WHY", "data_inputs", "training_report"]

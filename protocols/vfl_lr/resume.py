@@ -15,7 +15,9 @@ the epoch's batches with ``first_batch`` (the mask path runs for the remaining b
 
 **Label-DP noise** is the one random input to the weights (masks cancel exactly). It comes from a keyed
 stream, :class:`KeyedRandom`: ChaCha20 keyed with HMAC-SHA256(noise key, "epoch:batch:what"), the noise key
-32 bytes from ``secrets`` drawn when the job starts and kept only in the bank's checkpoint (0600). A batch
+fixed when the job starts (:func:`job_noise_key`: from the bank's local secret and the job's seed, alignment
+and tags, so a rerun draws the same noise; 32 bytes from ``secrets`` without a secret) and kept in the bank's
+checkpoint (0600). A batch
 replayed after a resume carries exactly the noise it carried before, so the platform never gets a second,
 differently-noised view of a gradient (averaging two such views would halve the noise variance: a second
 release outside the accountant). With the same weights, masks fresh, everything a replay shows either
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import random
 import secrets
 from collections.abc import Mapping
@@ -72,6 +75,19 @@ class MemoryCheckpoints:
 
 def new_noise_key() -> bytes:
     return secrets.token_bytes(NOISE_KEY_BYTES)
+
+
+def job_noise_key(secret: bytes, *, seed: int, alignment_hash: str, tags: list[str] | tuple[str, ...]) -> bytes:
+    """The label-DP noise key of a job: HMAC-SHA256 under the bank's local secret (32 random bytes that never
+    leave its state directory) of the job's seed, alignment and tags. The same job run again (``rerun``, same
+    seed) trains on the same noisy labels, so it gives the same results and shows the platform nothing new; a
+    platform that knows the seed, the alignment and the tags, but not the secret, cannot tell the key from
+    random (HMAC is a PRF), so the noise stays unpredictable to it (docs/security.md, "Labels")."""
+    if len(secret) != NOISE_KEY_BYTES:
+        raise ValueError(f"the bank's noise secret is {NOISE_KEY_BYTES} bytes")
+    label = json.dumps({"purpose": "label-dp-noise", "seed": int(seed), "alignment": alignment_hash,
+                        "tags": list(tags)}, sort_keys=True)
+    return hmac.new(secret, label.encode(), hashlib.sha256).digest()
 
 
 class KeyedRandom(random.Random):
@@ -146,6 +162,20 @@ def read_bank_checkpoint(doc: Mapping[str, Any], params: TrainParams, *,
     return BankTrainState.from_dict(doc["state"], params, where=where), key, done if isinstance(done, dict) else None
 
 
+def resume_point(state: BankTrainState) -> dict[str, Any] | None:
+    """Where a job resumed from its checkpoint continues, for its history and report (1-based epoch and batch,
+    the optimiser steps already taken); None for a job that starts afresh."""
+    if not state.steps:
+        return None
+    if state.epoch >= 0 and len(state.history) == state.epoch:  # saved inside that epoch
+        epoch, batch = state.epoch + 1, state.next_batch + 1
+        text = f"resumed from epoch {epoch}" + (f", batch {batch}" if batch > 1 else "")
+    else:  # saved after an epoch's validation
+        epoch, batch = state.epoch + 2, 1
+        text = f"resumed from epoch {epoch} (the checkpoint after epoch {state.epoch + 1})"
+    return {"epoch": epoch, "batch": batch, "steps": state.steps, "text": f"{text}; {state.steps} steps kept"}
+
+
 # -------------------------------------------------------------------------- the platform ----
 
 
@@ -183,5 +213,5 @@ def _check(doc: Mapping[str, Any], kind: str, params: TrainParams, where: str) -
 
 
 __all__ = ["BANK_KIND", "PLATFORM_KEEP", "PLATFORM_KIND", "Checkpoints", "KeyedRandom", "MemoryCheckpoints",
-           "bank_checkpoint", "new_noise_key", "params_digest", "platform_checkpoint", "read_bank_checkpoint",
-           "read_platform_checkpoint"]
+           "bank_checkpoint", "job_noise_key", "new_noise_key", "params_digest", "platform_checkpoint", "read_bank_checkpoint",
+           "read_platform_checkpoint", "resume_point"]
