@@ -23,6 +23,7 @@ import numpy as np
 from party_bank.registry import ModelRegistry
 from party_bank.scores import NOT_IN_INTERSECTION, OK, PLATFORM_UNAVAILABLE, UNKNOWN_CUSTOMER, Scores
 from party_bank.segments import SegmentService
+from party_bank.stability import BankStability
 from party_common.audit import DEVIATION_EVENT, LOCAL_CALLER
 from party_common.config import NodeConfig
 from party_common.grpc_errors import describe
@@ -104,6 +105,7 @@ class BankNode(NodeBase):
         self._stops: dict[str, JobStop] = {}
         self.segments = SegmentService(self)  # score files and campaign segments
         self.registry = ModelRegistry(self.stores, link)
+        self.stability = BankStability(self)  # online windows per model, stability answers
         log.info("bank data: %d customers, %d features, %d tags (%s)", len(self.data.ids),
                  len(self.data.feature_names), len(self.data.tag_names), Path(self.data.source).name)
         if resume_jobs:
@@ -300,7 +302,7 @@ class BankNode(NodeBase):
         return self.registry.resolve(ref)
 
     def score(self, model_job_id: str, customer_ids: list[str], tags: list[str] | None = None, *,
-              bank_only_fallback: bool = False) -> Scores:
+              bank_only_fallback: bool = False, online: bool = False) -> Scores:
         """Probabilities (len(ids), len(tags)) and a status per customer (``party_bank.scores``).
 
         Only customers of the model's alignment go to the platform, as their positions in that alignment
@@ -367,6 +369,8 @@ class BankNode(NodeBase):
             block = fallback[start:start + SCORE_BATCH]
             probabilities[block] = model.bank_only_probabilities(self.data.features[rows[block]], cols)
         probabilities[~customer] = np.nan
+        if online:  # the recent window of online scores (scores and feature bin counts, never IDs): stability
+            self.stability.record(model_job_id, wanted, probabilities[scored], self.data.features[rows[scored]])
         served = ["joint" if model.platform_part[c] else "bank_only" for c in cols]  # type: ignore[index]
         return Scores(wanted, probabilities, known, released, limit, status=status.tolist(),
                       note="; ".join(n for n in (served_note, note) if n), served=served, model_job_id=model_job_id)

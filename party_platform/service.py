@@ -29,6 +29,7 @@ from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.channel import Message, StepHandler
 from protocols.errors import ProtocolError, SessionLost, UserError
+from protocols.stability import VERSION as STABILITY_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,13 @@ class NodeServicer(pb_grpc.NodeServicer):
         return pb.PartialScoreResponse(tags=answer.tags, scores=array_to_pb(answer.scores),
                                        projections_released=answer.projections_released,
                                        projections_limit=answer.projections_limit)
+
+    @translate_errors("platform")
+    def Stability(self, request: pb.StabilityRequest, context: grpc.ServicerContext) -> pb.StabilityResponse:
+        rows = array_from_pb(request.rows, where="stability rows") if request.HasField("rows") else None
+        answer = self._endpoint.stability(request.model_job_id, request.source, rows, caller=caller_name(context))
+        return pb.StabilityResponse(version=STABILITY_VERSION, features=answer.features, psi=answer.psi,
+                                    rows=answer.rows, reference=answer.reference)
 
     @translate_errors("platform")
     def RetireModel(self, request: pb.RetireModelRequest, context: grpc.ServicerContext) -> pb.RetireModelResponse:

@@ -1,0 +1,147 @@
+"""A node's side of population stability (``protocols.stability``): the training population's reference kept
+with each model, and the recent window of what the node served.
+
+A train job keeps, on each node, its own features' bins and counts over the training population (the
+alignment's rows as they were when the model was trained) in ``stores.stability``; the bank adds its score
+deciles per tag. A model trained before references were kept is compared against the node's current data
+for the same customers, and every answer says which (``reference``: "training" or "current data").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from party_common.storage import NodeStores
+from protocols.party_data import PartyData
+from protocols.stability import FeatureReference, RecentWindow, ScoreReference, StabilityError, Windows
+
+log = logging.getLogger(__name__)
+
+WINDOW_ROWS = 100_000  # rows a node keeps per model of its recent answers (counts or scores, never IDs)
+TRAINING, CURRENT = "training", "current data"  # where an answer's reference came from
+
+
+SAMPLE_ROWS = 200_000  # training rows the quantile bins are cut on (evenly spaced); every row is counted
+BLOCK_ROWS = 65_536  # training rows read at a time (features may be memory-mapped)
+
+
+def training_reference(data: PartyData, alignment_ids: Sequence[str]) -> FeatureReference:
+    """Quantile bins and counts of the node's features over the training population (the alignment's members),
+    read a block of rows at a time."""
+    rows = np.sort(data.rows_of(list(alignment_ids)))  # sorted: a memory-mapped file is read forwards
+    if len(rows) == 0:
+        raise StabilityError("the training population has no rows")
+    sample = rows[np.unique(np.linspace(0, len(rows) - 1, min(len(rows), SAMPLE_ROWS)).astype(np.int64))]
+    blocks = (np.asarray(data.features[rows[a:a + BLOCK_ROWS]], dtype=np.float64)
+              for a in range(0, len(rows), BLOCK_ROWS))
+    return FeatureReference.from_blocks(data.feature_names, np.asarray(data.features[sample], dtype=np.float64),
+                                        blocks)
+
+
+def keep_reference(stores: NodeStores, job_id: str, data: PartyData, alignment_ids: Sequence[str], *,
+                   scores: Mapping[str, Sequence[float]] | None = None) -> None:
+    """Store the training population's reference of model ``job_id`` (its features; the bank: its scores).
+
+    Never fails the train job that calls it: a reference that cannot be built is logged, and stability for
+    the model then compares against the current data (said so in every answer)."""
+    try:
+        doc: dict[str, Any] = {"features": training_reference(data, alignment_ids).to_dict()}
+        if scores:
+            doc["scores"] = ScoreReference.from_scores(scores).to_dict()
+        stores.stability.save(job_id, doc, overwrite=True)
+    except Exception as err:  # a model without a reference still serves
+        log.warning("model %s: no stability reference kept (%s); stability compares against current data",
+                    job_id, err)
+
+
+def served_test_scores(report: Mapping[str, Any]) -> dict[str, list[float]]:
+    """Per tag, the training report's test-set probabilities of the model each tag serves (joint or bank-only)."""
+    out: dict[str, list[float]] = {}
+    metrics = report.get("metrics") or {}
+    for tag, predictions in (report.get("test_predictions") or {}).items():
+        served = (metrics.get(tag) or {}).get("served") or {}
+        which = served.get("model", "joint") if isinstance(served, Mapping) else str(served)
+        chosen = predictions.get("bank_only" if which == "bank_only" else "joint") or {}
+        if chosen.get("p"):
+            out[tag] = [float(p) for p in chosen["p"]]
+    return out
+
+
+def feature_reference(stores: NodeStores, job_id: str, data: PartyData,
+                      alignment_ids: Sequence[str]) -> tuple[FeatureReference, str]:
+    """The model's feature reference and where it came from (:data:`TRAINING` or :data:`CURRENT`)."""
+    if stores.stability.exists(job_id):
+        doc = stores.stability.load(job_id)
+        return FeatureReference.from_dict(doc["features"], where=f"stability reference of {job_id}"), TRAINING
+    return training_reference(data, alignment_ids), CURRENT
+
+
+def score_reference(stores: NodeStores, job_id: str, report: Mapping[str, Any]) -> ScoreReference:
+    """The model's score deciles per tag: kept with the model, or from its training report's test scores."""
+    if stores.stability.exists(job_id):
+        doc = stores.stability.load(job_id)
+        if "scores" in doc:
+            return ScoreReference.from_dict(doc["scores"], where=f"stability reference of {job_id}")
+    scores = served_test_scores(report)
+    if not scores:
+        raise StabilityError(f"model {job_id}: its training report holds no test scores to compare with")
+    return ScoreReference.from_scores(scores)
+
+
+def record_features(window: RecentWindow, reference: FeatureReference, X: np.ndarray) -> None:
+    """Add rows' bin counts (never the rows) to ``window``."""
+    if len(X):
+        window.add_counts(reference.count(X), len(X))
+
+
+class FeatureWindows:
+    """Per model, the bin counts of the rows a node served recently, in the model's reference bins."""
+
+    def __init__(self, stores: NodeStores, max_rows: int = WINDOW_ROWS) -> None:
+        self._stores = stores
+        self.windows = Windows(max_rows)
+        self._references: dict[str, FeatureReference | None] = {}
+
+    def reference(self, job_id: str) -> FeatureReference | None:
+        if job_id not in self._references:  # a model's reference never changes once kept
+            try:
+                doc = self._stores.stability.load(job_id) if self._stores.stability.exists(job_id) else None
+                self._references[job_id] = (None if doc is None else FeatureReference.from_dict(
+                    doc["features"], where=f"stability reference of {job_id}"))
+            except Exception as err:
+                log.warning("model %s: stability reference unreadable (%s)", job_id, err)
+                self._references[job_id] = None
+        return self._references[job_id]
+
+    def record(self, job_id: str, X: np.ndarray) -> None:
+        """Count ``X`` into the model's window; models without a kept reference are not counted (the index
+        for them compares batches only). Never fails the call that served the rows."""
+        try:
+            reference = self.reference(job_id)
+            if reference is not None:
+                record_features(self.windows(job_id), reference, X)
+        except Exception as err:
+            log.warning("model %s: stability window not updated (%s)", job_id, err)
+
+    def counts(self, job_id: str) -> tuple[FeatureReference, np.ndarray, int]:
+        """The model's reference, its window's summed bin counts and the window's rows."""
+        reference = self.reference(job_id)
+        window = self.windows.get(job_id)
+        counts, rows = (None, 0) if window is None else window.counts()
+        if reference is None or counts is None:
+            raise StabilityError(f"model {job_id}: no recent answers counted on this node since it started"
+                                 + ("" if reference is not None else " (the model has no stability reference)"))
+        return reference, counts, rows
+
+    def indices(self, job_id: str) -> tuple[dict[str, float], int]:
+        """Feature -> PSI of the model's window against its reference, and the window's rows."""
+        reference, counts, rows = self.counts(job_id)
+        return reference.indices(counts), rows
+
+
+__all__ = ["CURRENT", "TRAINING", "WINDOW_ROWS", "FeatureWindows", "feature_reference", "keep_reference",
+           "record_features", "score_reference", "served_test_scores", "training_reference"]
