@@ -46,6 +46,7 @@ from protocols.errors import (
 from protocols.identity import customer_keys
 from protocols.models import family_of, load_bank_half
 from protocols.party_data import PartyData
+from protocols.scorecard import Scaling, bank_table
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +390,13 @@ class BankNode(NodeBase):
         result = self.segments.batch_score(model_job_id, output_path, tags, all_customers=all_customers,
                                                   ids=ids, overwrite=overwrite)
         return result.path, result.rows
+
+    def scorecard(self, model_ref: str, tags: list[str] | None = None, *, base_score: float | None = None,
+                  pdo: float | None = None, base_odds: float | None = None) -> dict[str, Any]:
+        """The bank's half of a binned model as points per bin per tag (``protocols.scorecard``): never the
+        platform's weights, which stay on the platform (`platform-node scorecard` exports its half)."""
+        model = self.model(self.resolve_model(model_ref), load_bank_half)
+        return bank_table(model, tags or [], Scaling.of(base_score, pdo, base_odds))
 
     def report_document(self, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """A train job's stored report and the job fields its header shows (job_id, name, created, finished)."""

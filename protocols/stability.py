@@ -70,15 +70,16 @@ def band(index: float) -> str:
 
 
 def quantile_edges(values: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
-    """Interior cut points of ``bins`` quantile bins of the finite ``values`` (ties merged; none if constant)."""
+    """Interior cut points of ``bins`` quantile bins of the finite ``values`` (ties merged; none if constant):
+    data values above the minimum, so with left-closed bins every bin holds a training value."""
     if bins < 2:
         raise StabilityError(f"quantile bins: at least 2 bins, got {bins}")
     finite = np.asarray(values, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
     if len(finite) == 0:
         return np.zeros(0)
-    cuts = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
-    return cuts[cuts < finite.max()]  # a cut at the maximum would leave its upper bin empty for ever
+    cuts = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1], method="higher"))
+    return cuts[cuts > finite.min()]  # a cut at the minimum would leave the bin below it empty for ever
 
 
 def _padded(edges: Sequence[np.ndarray]) -> np.ndarray:
@@ -92,8 +93,9 @@ def _padded(edges: Sequence[np.ndarray]) -> np.ndarray:
 def bin_counts(X: np.ndarray, edges: Sequence[np.ndarray]) -> np.ndarray:
     """Counts (features, width + 2) of the rows of ``X`` (rows, features) in each feature's bins.
 
-    Feature ``j``'s bin ``k`` holds values in ``(edges[j][k-1], edges[j][k]]`` (bin 0 everything up to the first
-    edge, bin ``len(edges[j])`` everything above the last); the last column counts missing values (NaN).
+    Feature ``j``'s bin ``k`` holds values in ``[edges[j][k-1], edges[j][k])`` (bin 0 everything below the first
+    edge, bin ``len(edges[j])`` everything from the last up), left-closed as ``protocols.binning``'s numeric
+    bins, so a binned model's edges count the same way; the last column counts missing values (NaN).
     ``width`` is the most edges any feature has, so columns beyond a feature's bins stay zero.
     """
     X = np.asarray(X, dtype=np.float64)
@@ -106,7 +108,7 @@ def bin_counts(X: np.ndarray, edges: Sequence[np.ndarray]) -> np.ndarray:
     offsets = np.arange(d) * (width + 2)
     for start in range(0, len(X), ROW_CHUNK):
         block = X[start:start + ROW_CHUNK]
-        index = (block[:, :, None] > E[None, :, :]).sum(axis=2)  # NaN compares false: fixed just below
+        index = (block[:, :, None] >= E[None, :, :]).sum(axis=2)  # NaN compares false: fixed just below
         index[np.isnan(block)] = missing
         counts += np.bincount((index + offsets).ravel(), minlength=len(counts))
     return counts.reshape(d, width + 2)
