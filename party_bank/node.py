@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from party_bank.registry import ModelRegistry
+from party_bank.report_stability import REPORT_KEY
 from party_bank.scores import NOT_IN_INTERSECTION, OK, PLATFORM_UNAVAILABLE, UNKNOWN_CUSTOMER, Scores
 from party_bank.segments import SegmentService
 from party_bank.stability import BankStability
@@ -32,6 +33,7 @@ from party_common.link import PlatformLink
 from party_common.memory import PeakMemory
 from party_common.node import NodeBase
 from party_common.policy import is_awaiting_approval
+from party_common.stability import latest_answers
 from party_common.storage import NodeStores
 from party_common.storage.jobs import ENDED, JobRecord
 from protocols.errors import (
@@ -405,7 +407,7 @@ class BankNode(NodeBase):
             raise NotFound(f"job {job_id} is a {record.kind} job: only train jobs have a report")
         job = {"job_id": job_id, "name": record.name, "created_at": record.created_at,
                "finished_at": record.finished_at}
-        return self.stores.reports.load(job_id), job
+        return {**self.stores.reports.load(job_id), REPORT_KEY: latest_answers(self.stores, job_id)}, job
 
     def report_html(self, job_id: str) -> bytes:
         """A train job's stored report as one self-contained HTML page (``party_bank.report_html``)."""

@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
+from party_bank.report_stability import stability_section
 from party_bank.scores import served_model
 from protocols.uncertainty import calibration_bins, format_interval, gains_by_decile, summarise
 
@@ -252,6 +253,7 @@ def render(report: Mapping[str, Any], summary: Mapping[str, Any] | None = None, 
         "section \u201cWhat each party learns\u201d</a>.</p>",
         "<h2>Per tag</h2>",
         *(_tag_section(report, tag, s) for tag, s in summary["tags"].items()),
+        stability_section(report),
     ]
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")

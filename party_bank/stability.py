@@ -24,8 +24,15 @@ from party_bank.segments import SCORES_DIR
 from party_common.config import NodeConfig
 from party_common.link import PlatformLink
 from party_common.metrics import set_stability
-from party_common.stability import WINDOW_ROWS, FeatureWindows, feature_reference, score_reference
+from party_common.stability import (
+    WINDOW_ROWS,
+    FeatureWindows,
+    feature_reference,
+    keep_latest,
+    score_reference,
+)
 from party_common.storage import NodeStores
+from party_common.storage.jobs import now
 from protocols.errors import PeerError, UserError
 from protocols.identity import customer_keys
 from protocols.model_family import BankHalf
@@ -106,14 +113,16 @@ class BankStability:
         if platform is not None:
             by_party["platform"] = dict(zip(platform.features, platform.psi, strict=True))
         set_stability(model_job_id, source, by_party, {tag: v["psi"] for tag, v in score_psi.items()})
-        return {"model": model_job_id, "source": source, "batch": batch or None,
-                "thresholds": {"warn": WARN, "alert": ALERT},
-                "reference": {"bank": origin, **({"platform": platform.reference} if platform is not None else {})},
-                "rows": {"bank": int(bank_rows), **({"platform": platform.rows} if platform is not None else {})},
-                "scores": [{"tag": tag, "psi": v["psi"], "band": band(v["psi"]), "rows": v["rows"]}
-                           for tag, v in score_psi.items()],
-                "features": [row for party, values in by_party.items() for row in feature_rows(values, party)],
-                "notes": notes}
+        answer = {"model": model_job_id, "source": source, "batch": batch or None,
+                  "thresholds": {"warn": WARN, "alert": ALERT},
+                  "reference": {"bank": origin, **({"platform": platform.reference} if platform is not None else {})},
+                  "rows": {"bank": int(bank_rows), **({"platform": platform.rows} if platform is not None else {})},
+                  "scores": [{"tag": tag, "psi": v["psi"], "band": band(v["psi"]), "rows": v["rows"]}
+                             for tag, v in score_psi.items()],
+                  "features": [row for party, values in by_party.items() for row in feature_rows(values, party)],
+                  "notes": notes, "at": now()}
+        keep_latest(node.stores, model_job_id, answer)  # for the training report's stability section
+        return answer
 
     def _batch(self, relative: str, model: BankHalf, notes: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray,
                                                                                  np.ndarray]:

@@ -74,8 +74,8 @@ def served_test_scores(report: Mapping[str, Any]) -> dict[str, list[float]]:
 def feature_reference(stores: NodeStores, job_id: str, data: PartyData,
                       alignment_ids: Sequence[str]) -> tuple[FeatureReference, str]:
     """The model's feature reference and where it came from (:data:`TRAINING` or :data:`CURRENT`)."""
-    if stores.stability.exists(job_id):
-        doc = stores.stability.load(job_id)
+    doc = stores.stability.load(job_id) if stores.stability.exists(job_id) else {}
+    if "features" in doc:
         return FeatureReference.from_dict(doc["features"], where=f"stability reference of {job_id}"), TRAINING
     return training_reference(data, alignment_ids), CURRENT
 
@@ -90,6 +90,21 @@ def score_reference(stores: NodeStores, job_id: str, report: Mapping[str, Any]) 
     if not scores:
         raise StabilityError(f"model {job_id}: its training report holds no test scores to compare with")
     return ScoreReference.from_scores(scores)
+
+
+def keep_latest(stores: NodeStores, job_id: str, answer: Mapping[str, Any]) -> None:
+    """Keep a stability answer (indices and bands, no rows) as the model's latest of its source, for the
+    training report's stability section; the reference beside it stays as it is."""
+    doc = stores.stability.load(job_id) if stores.stability.exists(job_id) else {}
+    doc["latest"] = {**doc.get("latest", {}), str(answer["source"]): dict(answer)}
+    stores.stability.save(job_id, doc, overwrite=True)
+
+
+def latest_answers(stores: NodeStores, job_id: str) -> dict[str, Any]:
+    """The model's latest stability answer per source ("batch", "online"); empty when none was asked for."""
+    if not stores.stability.exists(job_id):
+        return {}
+    return dict(stores.stability.load(job_id).get("latest") or {})
 
 
 def record_features(window: RecentWindow, reference: FeatureReference, X: np.ndarray) -> None:
@@ -109,8 +124,8 @@ class FeatureWindows:
     def reference(self, job_id: str) -> FeatureReference | None:
         if job_id not in self._references:  # a model's reference never changes once kept
             try:
-                doc = self._stores.stability.load(job_id) if self._stores.stability.exists(job_id) else None
-                self._references[job_id] = (None if doc is None else FeatureReference.from_dict(
+                doc = self._stores.stability.load(job_id) if self._stores.stability.exists(job_id) else {}
+                self._references[job_id] = (None if "features" not in doc else FeatureReference.from_dict(
                     doc["features"], where=f"stability reference of {job_id}"))
             except Exception as err:
                 log.warning("model %s: stability reference unreadable (%s)", job_id, err)
@@ -143,5 +158,5 @@ class FeatureWindows:
         return reference.indices(counts), rows
 
 
-__all__ = ["CURRENT", "TRAINING", "WINDOW_ROWS", "FeatureWindows", "feature_reference", "keep_reference",
+__all__ = ["CURRENT", "TRAINING", "WINDOW_ROWS", "FeatureWindows", "feature_reference", "keep_latest", "keep_reference", "latest_answers",
            "record_features", "score_reference", "served_test_scores", "training_reference"]

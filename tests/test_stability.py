@@ -316,3 +316,14 @@ def test_over_the_wire_the_bank_learns_one_rounded_index_per_platform_feature(
     assert all(round(v, INDEX_DECIMALS) == v for v in reply.psi)
     assert reply.rows == len(nodes.bank.stores.alignments.load(
         nodes.bank.stores.jobs.get(job).params["alignment_job_id"]).ids or [])
+
+
+def test_the_training_report_shows_the_latest_answers(trained: tuple[Nodes, str]) -> None:
+    nodes, job = trained
+    nodes.bank.batch_score(job, "stability/report.parquet", overwrite=True)
+    nodes.bank.stability.answer(job, batch="stability/report.parquet")
+    report, _ = nodes.bank.report_document(job)
+    assert report["stability"]["batch"]["batch"] == "stability/report.parquet"
+    html = nodes.bank.report_html(job).decode()
+    assert "<h2>Population stability</h2>" in html and "batch-score file stability/report.parquet" in html
+    assert nodes.bank.stores.stability.load(job)["features"]["names"] == nodes.bank.data.feature_names  # kept
