@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from party_common.link import PlatformLink, SessionContext
 from party_common.storage import NodeStores
+from protocols.binning import BinningSpec
 from protocols.channel import Message, StepHandler
 from protocols.compute import Compute
 from protocols.errors import ProtocolError, UserError
@@ -52,6 +53,7 @@ class JobContext:
     # Platform: its limits on a training session, and its disclosure ledger (protocols/vfl_lr/disclosure.py).
     evaluation_limits: EvaluationLimits | None = None
     disclosure: DisclosureBudget | None = None
+    binning: BinningSpec | None = None  # the node's [binning]: how it bins its own columns (features "binned")
 
 
 class JobKind(ABC, Generic[P, R]):

@@ -167,6 +167,13 @@ class BinningModel:
         raise BinningError(f"column '{column}' is not binned"
                            + (f" (left out: {self.dropped[column]})" if column in self.dropped else ""))
 
+    def summary(self) -> dict[str, Any]:
+        """For reports: columns binned, bins in all (the one-hot width), bins per column, columns left out
+        and why (names and counts only)."""
+        return {"columns": len(self.columns), "bins": int(self.offsets()[-1]),
+                "bins_per_column": dict(zip(self.feature_names, self.n_bins, strict=True)),
+                "dropped": dict(self.dropped)}
+
     def dropped_notes(self) -> list[str]:
         """One line per left-out column, for logs and reports (names and reasons, never values)."""
         return [f"column '{name}' left out of binning: {reason}" for name, reason in self.dropped.items()]
