@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from party_common.storage import NodeStores
+from protocols.binning import BinningModel
 from protocols.party_data import PartyData
 from protocols.stability import FeatureReference, RecentWindow, ScoreReference, StabilityError, Windows
 
@@ -43,13 +44,16 @@ def training_reference(data: PartyData, alignment_ids: Sequence[str]) -> Feature
 
 
 def keep_reference(stores: NodeStores, job_id: str, data: PartyData, alignment_ids: Sequence[str], *,
-                   scores: Mapping[str, Sequence[float]] | None = None) -> None:
+                   scores: Mapping[str, Sequence[float]] | None = None, binning: BinningModel | None = None) -> None:
     """Store the training population's reference of model ``job_id`` (its features; the bank: its scores).
 
-    Never fails the train job that calls it: a reference that cannot be built is logged, and stability for
-    the model then compares against the current data (said so in every answer)."""
+    A model trained on bins (``binning``) is compared on its own bins, with the training counts its binning
+    kept. Never fails the train job that calls it: a reference that cannot be built is logged, and stability
+    for the model then compares against the current data (said so in every answer)."""
     try:
-        doc: dict[str, Any] = {"features": training_reference(data, alignment_ids).to_dict()}
+        reference = (FeatureReference.from_binning(binning) if binning is not None
+                     else training_reference(data, alignment_ids))
+        doc: dict[str, Any] = {"features": reference.to_dict()}
         if scores:
             doc["scores"] = ScoreReference.from_scores(scores).to_dict()
         stores.stability.save(job_id, doc, overwrite=True)

@@ -11,7 +11,7 @@ Bins are fixed by the training population alone, so any later population is coun
 
 * a feature: quantile bins of its training values (default ten; tied quantiles merge, so a feature with few
   values has fewer bins) and one bin for missing values (NaN), :class:`FeatureReference`; a model trained on
-  binned features (``protocols.binning``) passes its own edges instead;
+  binned features (``protocols.binning``) is compared on its own bins (:meth:`FeatureReference.from_binning`);
 * a tag's score: deciles of the training population's scores, :class:`ScoreReference`.
 
 Each party bins its own features only. What crosses to the other party is one index per feature
@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from protocols.binning import BinningError, BinningModel
 from protocols.errors import UserError
 
 FLOOR = 1e-4  # the share an empty bin counts as (of either population)
@@ -121,7 +122,19 @@ class FeatureReference:
     names: list[str]
     edges: list[np.ndarray]
     counts: np.ndarray  # (features, width + 2): :func:`bin_counts` of the training rows
-    source: str = "quantile"  # "quantile" (this module's bins) or the binning the model was trained on
+    source: str = "quantile"  # "quantile" (this module's bins) or "binning" (the model's own)
+    # A model trained on bins: its binning (protocols.binning) is the bins, numeric and categorical alike, and
+    # ``counts`` (features, most bins) are its training counts; ``edges`` is then empty.
+    binning: BinningModel | None = None
+
+    @classmethod
+    def from_binning(cls, binning: BinningModel) -> FeatureReference:
+        """The bins a model was trained on, with the training rows' counts its binning kept."""
+        width = max(binning.n_bins)
+        counts = np.zeros((len(binning.columns), width), dtype=np.int64)
+        for j, column in enumerate(binning.columns):
+            counts[j, :column.n_bins] = column.counts
+        return cls(binning.feature_names, [], counts, "binning", binning)
 
     @classmethod
     def from_rows(cls, names: Sequence[str], X: np.ndarray, *, bins: int = DEFAULT_BINS) -> FeatureReference:
@@ -166,8 +179,20 @@ class FeatureReference:
         return int(self.counts[0].sum()) if len(self.counts) else 0
 
     def count(self, X: np.ndarray) -> np.ndarray:
-        """:func:`bin_counts` of rows ``X`` of the same features in these bins."""
-        return bin_counts(X, self.edges)
+        """:func:`bin_counts` of rows ``X`` of the same features in these bins (with a binning: rows of its
+        input columns, binned as the model scores them)."""
+        if self.binning is None:
+            return bin_counts(X, self.edges)
+        d, width = self.counts.shape
+        out = np.zeros(d * width, dtype=np.int64)
+        offsets = np.arange(d) * width
+        for start in range(0, len(X), ROW_CHUNK):
+            try:
+                index = self.binning.transform(np.asarray(X[start:start + ROW_CHUNK], dtype=np.float64))
+            except BinningError as err:
+                raise StabilityError(f"the rows do not fit the model's bins: {err}") from err
+            out += np.bincount((index + offsets).ravel(), minlength=len(out))
+        return out.reshape(d, width)
 
     def indices(self, counts: np.ndarray) -> dict[str, float]:
         """Feature name -> PSI of a population counted by :meth:`count` (the same bins) against this one."""
@@ -178,20 +203,23 @@ class FeatureReference:
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": VERSION, "source": self.source, "names": list(self.names),
-                "edges": [e.tolist() for e in self.edges], "counts": self.counts.tolist()}
+                "edges": [e.tolist() for e in self.edges], "counts": self.counts.tolist(),
+                **({"binning": self.binning.to_dict()} if self.binning is not None else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str) -> FeatureReference:
         try:
             if d.get("version") != VERSION:
                 raise ValueError(f"version {d.get('version')!r}, not {VERSION}")
+            if d.get("binning") is not None:
+                return cls.from_binning(BinningModel.from_dict(d["binning"], where=where))
             names = [str(n) for n in d["names"]]
             edges = [np.asarray(e, dtype=np.float64).reshape(-1) for e in d["edges"]]
             counts = np.asarray(d["counts"], dtype=np.int64).reshape(len(names), -1)
             width = max((len(e) for e in edges), default=0)
             if len(edges) != len(names) or counts.shape[1] != width + 2:
                 raise ValueError("names, edges and counts do not match")
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, BinningError) as err:
             raise StabilityError(f"{where}: damaged stability reference: {err}") from err
         return cls(names, edges, counts, str(d.get("source", "quantile")))
 

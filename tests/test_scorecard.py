@@ -27,6 +27,8 @@ from protocols.scorecard import (
     row_points,
     to_csv,
 )
+from protocols.vfl_lr import BankModel, PlatformModel
+from tests.nodes_fixture import FAST_TRAIN, Nodes, SimulatedFiles, make_nodes, simulated_files
 
 TAGS = ["car", "loan"]
 CLIP = 3.0
@@ -149,3 +151,68 @@ def test_bad_input_is_named(halves: tuple[Any, np.ndarray, Any, np.ndarray]) -> 
         Scaling.of(base_score=float("nan"))
     with pytest.raises(NotFound, match="no model train-20990101-000000-abcdef on this node"):
         admin.scorecard(memory_node_stores(), "train-20990101-000000-abcdef", [], pdo=20)
+
+
+# ---- both nodes: a model trained on bins ----
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> SimulatedFiles:
+    return simulated_files(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def binned(files: SimulatedFiles, tmp_path_factory: pytest.TempPathFactory) -> tuple[Nodes, str, str]:
+    """Nodes that trained one model on bins and one on raw features."""
+    nodes = make_nodes(files, tmp_path_factory.mktemp("state"))
+    assert nodes.bank.wait(nodes.bank.submit("align", "", {}), timeout_s=120).status == "succeeded"
+    jobs = []
+    for features in ("binned", "raw"):
+        train = nodes.bank.wait(nodes.bank.submit("train", "", {"train": {**FAST_TRAIN, "features": features}}),
+                                timeout_s=300)
+        assert train.status == "succeeded", train.error
+        jobs.append(train.job_id)
+    return nodes, jobs[0], jobs[1]
+
+
+def test_both_exports_reproduce_the_served_scores(binned: tuple[Nodes, str, str], files: SimulatedFiles) -> None:
+    nodes, job, _ = binned
+    ours = nodes.bank.scorecard(job, base_score=500, pdo=40, base_odds=10)
+    theirs = admin.scorecard(nodes.platform.stores, job, [], pdo=40)
+    assert ours["scaling"]["factor"] == theirs["scaling"]["factor"]
+    members = [i for i in nodes.bank.data.ids if i in files.shared_ids][:50]
+    served = nodes.bank.score(job, members)
+    bank_model = BankModel.from_dict(nodes.bank.stores.models.load(job), where="test")
+    platform_model = PlatformModel.from_dict(nodes.platform.stores.models.load(job), where="test")
+    assert bank_model.binning is not None and platform_model.binning is not None
+    xa = nodes.bank.data.features[[nodes.bank.data.row_of(i) for i in members]]
+    xb = nodes.platform.data.features[[nodes.platform.data.row_of(i) for i in members]]
+    z = np.column_stack([log_odds(ours["scaling"], row_points(ours, tag, bank_model.binning, xa)
+                                  + row_points(theirs, tag, platform_model.binning, xb)) for tag in served.tags])
+    np.testing.assert_allclose(z, bank_model.partial_scores(xa) + platform_model.partial_scores(xb), atol=1e-9)
+    # the served (calibrated) probabilities are the tag's calibration of the points' log-odds
+    np.testing.assert_allclose(bank_model.probabilities(z), served.probabilities, rtol=1e-9)
+    names = set(nodes.platform.data.feature_names)
+    assert not any(f["feature"] in names for entry in ours["tags"].values() for f in entry["features"])
+
+
+def test_a_raw_model_and_unknown_names_are_refused_by_name(binned: tuple[Nodes, str, str]) -> None:
+    nodes, job, raw = binned
+    with pytest.raises(ScorecardError, match=f"model {raw} was trained on raw features"):
+        nodes.bank.scorecard(raw)
+    with pytest.raises(ScorecardError, match=f"model {raw} was trained on raw features"):
+        admin.scorecard(nodes.platform.stores, raw, [], pdo=20)
+    with pytest.raises(ScorecardError, match=f"model {job} has no tag\\(s\\) nope"):
+        nodes.bank.scorecard(job, ["nope"])
+    with pytest.raises(NotFound, match="train-20990101-000000-abcdef"):
+        nodes.bank.scorecard("train-20990101-000000-abcdef")
+
+
+def test_a_binned_model_is_compared_on_its_own_bins(binned: tuple[Nodes, str, str]) -> None:
+    nodes, job, _ = binned
+    for node in (nodes.bank, nodes.platform):
+        assert node.stores.stability.load(job)["features"]["source"] == "binning"
+    nodes.bank.batch_score(job, "binned.parquet", overwrite=True)
+    result = nodes.bank.stability.answer(job, batch="binned.parquet")
+    assert {r["party"] for r in result["features"]} == {"bank", "platform"}
+    assert all(r["band"] == "stable" for r in result["features"])  # the training population's own customers
