@@ -10,6 +10,8 @@ for the same customers, and every answer says which (``reference``: "training" o
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ from protocols.stability import FeatureReference, RecentWindow, ScoreReference, 
 log = logging.getLogger(__name__)
 
 WINDOW_ROWS = 100_000  # rows a node keeps per model of its recent answers (counts or scores, never IDs)
+QUEUED_CALLS = 1_024  # served calls waiting to be counted into the windows
 TRAINING, CURRENT = "training", "current data"  # where an answer's reference came from
 
 
@@ -118,12 +121,21 @@ def record_features(window: RecentWindow, reference: FeatureReference, X: np.nda
 
 
 class FeatureWindows:
-    """Per model, the bin counts of the rows a node served recently, in the model's reference bins."""
+    """Per model, the bin counts of the rows a node served recently, in the model's reference bins.
+
+    Counting happens off the scoring path: :meth:`record` hands the rows to a daemon thread (a bounded queue
+    of :data:`QUEUED_CALLS` calls; when it is full, as under a burst, the call's rows are left out of the
+    window, which is a recent sample anyway), and every read (:meth:`counts`) waits for what was queued
+    before it, so an answer counts every call made before it was asked."""
 
     def __init__(self, stores: NodeStores, max_rows: int = WINDOW_ROWS) -> None:
         self._stores = stores
         self.windows = Windows(max_rows)
         self._references: dict[str, FeatureReference | None] = {}
+        self._queue: queue.Queue[tuple[str, np.ndarray]] = queue.Queue(QUEUED_CALLS)
+        self.dropped = 0  # calls left out because the queue was full
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
     def reference(self, job_id: str) -> FeatureReference | None:
         if job_id not in self._references:  # a model's reference never changes once kept
@@ -137,17 +149,50 @@ class FeatureWindows:
         return self._references[job_id]
 
     def record(self, job_id: str, X: np.ndarray) -> None:
-        """Count ``X`` into the model's window; models without a kept reference are not counted (the index
-        for them compares batches only). Never fails the call that served the rows."""
+        """Queue ``X`` (copied) to be counted into the model's window. Never fails, nor slows, the call that
+        served the rows."""
+        if len(X) == 0:
+            return
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._count_loop, name="stability-window", daemon=True)
+                    self._thread.start()
         try:
-            reference = self.reference(job_id)
-            if reference is not None:
-                record_features(self.windows(job_id), reference, X)
-        except Exception as err:
-            log.warning("model %s: stability window not updated (%s)", job_id, err)
+            self._queue.put_nowait((job_id, np.array(X, dtype=np.float64)))
+        except queue.Full:
+            self.dropped += 1
+
+    def _count_loop(self) -> None:
+        while True:
+            calls = [self._queue.get()]
+            while len(calls) < QUEUED_CALLS:  # what waits is counted in one go per model (binning has a cost per call)
+                try:
+                    calls.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            by_model: dict[str, list[np.ndarray]] = {}
+            for job_id, X in calls:
+                by_model.setdefault(job_id, []).append(X)
+            for job_id, blocks in by_model.items():
+                try:
+                    # Models without a kept reference are not counted (their index compares batches only).
+                    reference = self.reference(job_id)
+                    if reference is not None:
+                        record_features(self.windows(job_id), reference, np.vstack(blocks))
+                except Exception as err:
+                    log.warning("model %s: stability window not updated (%s)", job_id, err)
+            for _ in calls:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every call queued so far is counted."""
+        if self._thread is not None:
+            self._queue.join()
 
     def counts(self, job_id: str) -> tuple[FeatureReference, np.ndarray, int]:
         """The model's reference, its window's summed bin counts and the window's rows."""
+        self.flush()
         reference = self.reference(job_id)
         window = self.windows.get(job_id)
         counts, rows = (None, 0) if window is None else window.counts()
