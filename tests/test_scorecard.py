@@ -3,18 +3,27 @@ to the model's joint log-odds, each export holds only its own party's features, 
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
+from party_bank.cli_stability import run
+from party_bank.client import BankClient
+from party_bank.control import ControlServicer
 from party_common.storage import memory_node_stores
 from party_platform import admin
+from party_platform.cli import write_scorecard
+from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.binning import BinningModel
 from protocols.errors import NotFound
 from protocols.scorecard import (
@@ -216,3 +225,37 @@ def test_a_binned_model_is_compared_on_its_own_bins(binned: tuple[Nodes, str, st
     result = nodes.bank.stability.answer(job, batch="binned.parquet")
     assert {r["party"] for r in result["features"]} == {"bank", "platform"}
     assert all(r["band"] == "stable" for r in result["features"])  # the training population's own customers
+
+
+def test_the_cli_writes_the_banks_half_over_the_control_api(binned: tuple[Nodes, str, str], tmp_path: Path) -> None:
+    nodes, job, raw = binned
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_BankControlServicer_to_server(ControlServicer(nodes.bank), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    client = BankClient(f"127.0.0.1:{port}", cert=None, key=None, ca=None, insecure=True)
+    try:
+        out = tmp_path / "card.csv"
+        args = argparse.Namespace(command="scorecard", model=job, tag=None, out=str(out), base_score=600.0,
+                                  pdo=20.0, base_odds=50.0, overwrite=False)
+        run(client, args)
+        rows = list(csv.DictReader(out.open()))
+        assert {r["party"] for r in rows} == {"bank"} and out.stat().st_mode & 0o777 == 0o600
+        table = nodes.bank.scorecard(job)
+        assert len(rows) == sum(1 + sum(len(f["bins"]) for f in e["features"]) for e in table["tags"].values())
+        with pytest.raises(FileExistsError, match="--overwrite"):
+            run(client, args)
+        run(client, argparse.Namespace(**{**vars(args), "out": str(tmp_path / "card.json")}))
+        assert json.loads((tmp_path / "card.json").read_text()) == json.loads(json.dumps(table))
+        with pytest.raises(grpc.RpcError) as refused:
+            client.scorecard(raw)
+        assert f"model {raw} was trained on raw features" in (refused.value.details() or "")
+        with pytest.raises(grpc.RpcError) as unknown:
+            client.scorecard(job, ["nope"])
+        assert "no tag(s) nope" in (unknown.value.details() or "")
+    finally:
+        client.close()
+        server.stop(None)
+    card = tmp_path / "platform.csv"
+    write_scorecard(admin.scorecard(nodes.platform.stores, job, [], pdo=20), card, overwrite=False)
+    assert {r["party"] for r in csv.DictReader(card.open())} == {"platform"}

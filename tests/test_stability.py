@@ -3,6 +3,7 @@ answers (a batch-score file, the recent online window), with what crosses to the
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from party_bank.cli_stability import stability_tables
+from party_bank.cli_stability import run, stability_tables
 from party_bank.client import BankClient
 from party_bank.control import ControlServicer
 from party_common.grpc_link import GrpcPlatformLink
@@ -327,3 +328,17 @@ def test_the_training_report_shows_the_latest_answers(trained: tuple[Nodes, str]
     html = nodes.bank.report_html(job).decode()
     assert "<h2>Population stability</h2>" in html and "batch-score file stability/report.parquet" in html
     assert nodes.bank.stores.stability.load(job)["features"]["names"] == nodes.bank.data.feature_names  # kept
+
+
+def test_the_cli_prints_the_bands(trained: tuple[Nodes, str], over_grpc: BankClient,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    nodes, job = trained
+    nodes.bank.batch_score(job, "stability/cli.parquet", overwrite=True)
+    run(over_grpc, argparse.Namespace(command="stability", model=job, batch="stability/cli.parquet", online=False,
+                                      json=False))
+    out = capsys.readouterr().out
+    assert f"score stability of model {job}" in out and "stable" in out
+    assert nodes.platform.data.feature_names[0] in out and nodes.bank.data.feature_names[0] in out
+    with pytest.raises(grpc.RpcError) as refused:
+        over_grpc.stability(job, batch_file="missing.parquet")
+    assert "no batch-score file missing.parquet" in (refused.value.details() or "")
