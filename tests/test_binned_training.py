@@ -20,7 +20,7 @@ from party_common.storage import memory_node_stores
 from party_platform.node import PlatformNode
 from protocols.binning import BinningModel, BinningSpec, ColumnSpec
 from protocols.channel import LocalPeer
-from protocols.party_data import PartyData
+from protocols.party_data import DataError, PartyData
 from protocols.scoring import standardise
 from protocols.vfl_lr import (
     BankModel,
@@ -154,8 +154,21 @@ def test_nodes_train_on_bins_and_score_online_and_in_batch(files: SimulatedFiles
     z = bank_model.partial_scores(bank.data.features[rows_b]) + plat_model.partial_scores(
         platform.data.features[rows_p])
     np.testing.assert_allclose(scores.probabilities, bank_model.probabilities(z), rtol=1e-9)
+    report = bank.stores.reports.load(train.job_id)
+    assert report["binning"]["platform"]["bins"] == plat_model.weights.shape[0]
+    html = bank.report_html(train.job_id).decode()
+    assert "<h2>Binned features</h2>" in html and f"<td>{bank_model.weights.shape[0]}</td>" in html
     path, count = bank.batch_score(train.job_id, "binned.csv")
     frame = pd.read_csv(path, dtype={"id": str}).set_index("id")
     assert count == len(frame)
     p_columns = [c for c in frame.columns if c.startswith("p_")]
     np.testing.assert_allclose(frame.loc[shared, p_columns].to_numpy(), scores.probabilities, rtol=1e-6)
+
+
+def test_a_platform_with_nothing_to_bin_stops_the_job_naming_its_columns(parties) -> None:
+    bank, platform = parties
+    constant = dataclasses.replace(platform, features=np.ones_like(platform.features))
+    names = ", ".join(f"'{c}'" for c in platform.feature_names)
+    with pytest.raises(DataError, match=f"platform.csv: no column left to bin: all {len(names.split(', '))} left "
+                                        f"out \\(constant: {names}\\)"):
+        run(bank, constant, epochs=1)

@@ -9,6 +9,7 @@ maps them to bins (``protocols.scoring``).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -18,6 +19,7 @@ from protocols.binning.spec import BinningError, BinningSpec
 from protocols.party_data import DataError, PartyData
 from protocols.rowblocks import map_rows, take_rows
 
+log = logging.getLogger(__name__)
 FEATURE_MODES: tuple[str, ...] = ("raw", "binned")
 
 
@@ -25,9 +27,12 @@ def fit_binning(data: PartyData, train_rows: np.ndarray, spec: BinningSpec | Non
     """The party's binning of its own columns, fitted on ``train_rows`` (its values alone, never a label);
     errors name the data's source."""
     try:
-        return BinningModel.fit(take_rows(data.features, np.asarray(train_rows)), data.feature_names, spec)
+        binning = BinningModel.fit(take_rows(data.features, np.asarray(train_rows)), data.feature_names, spec)
     except BinningError as err:
         raise DataError(f"{data.source}: {err}") from None
+    for note in binning.dropped_notes():  # column names and reasons only, never a value
+        log.warning("%s: %s", data.source, note)
+    return binning
 
 
 def encode(binning: BinningModel, features: np.ndarray) -> np.ndarray:

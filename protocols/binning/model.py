@@ -142,7 +142,11 @@ class BinningModel:
             else:
                 kept.append(bins)
         if not kept:
-            raise BinningError("no column left to bin: " + "; ".join(f"'{c}' {r}" for c, r in dropped.items()))
+            kinds: dict[str, list[str]] = {}
+            for column, reason in dropped.items():
+                kinds.setdefault(reason.split(" ", 1)[0].rstrip(":"), []).append(f"'{column}'")
+            raise BinningError(f"no column left to bin: all {len(dropped)} left out ("
+                               + "; ".join(f"{kind}: {', '.join(names)}" for kind, names in kinds.items()) + ")")
         return cls(input_columns=tuple(str(c) for c in frame.columns), columns=kept, dropped=dropped, spec=spec)
 
     # ---- what it is ----
