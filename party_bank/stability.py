@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from party_bank.score_files import read_table, safe_output_path
+from party_bank.score_files import OutputError, read_table
 from party_bank.segments import SCORES_DIR
 from party_common.config import NodeConfig
 from party_common.link import PlatformLink
@@ -56,6 +56,20 @@ class StabilityNode(Protocol):
     def resolve_model(self, ref: str) -> str: ...
 
     def _alignment_index(self, alignment_job: str) -> dict[str, int]: ...
+
+
+def batch_file_path(root: Path, relative: str) -> Path:
+    """A batch-score file named relative to ``root`` (the node's ``scores/``), refused if it could lead out of it:
+    absolute, '~', '..', or a symbolic link on the way. Reading creates nothing."""
+    text = (relative or "").strip()
+    rel = Path(text)
+    if not text or rel.is_absolute() or text.startswith("~") or ".." in rel.parts:
+        raise OutputError(f"{text or '(empty)'}: give a batch-score file relative to the bank node's {SCORES_DIR}/ "
+                          "directory (absolute paths, '~' and '..' are refused)")
+    for depth in range(1, len(rel.parts) + 1):
+        if root.joinpath(*rel.parts[:depth]).is_symlink():
+            raise OutputError(f"{text}: a symbolic link on the way; files are read inside the node's {SCORES_DIR}/")
+    return root / rel
 
 
 class BankStability:
@@ -129,8 +143,8 @@ class BankStability:
         """The batch file's scores per tag, the bank's rows of its scored customers, and the alignment positions
         of those of them that are members (what the platform computes its indices over)."""
         node = self.node
-        path = safe_output_path(node.config.state_dir / SCORES_DIR, relative)
-        if not path.exists():
+        path = batch_file_path(node.config.state_dir / SCORES_DIR, relative)
+        if not path.is_file():
             raise UserError(f"stability: no batch-score file {relative} under the bank node's {SCORES_DIR}/ "
                             "(write one with `bank-node batch-score`)")
         frame = read_table(Path(path))
@@ -169,4 +183,4 @@ class BankStability:
             return None
 
 
-__all__ = ["BATCH", "ONLINE", "BankStability"]
+__all__ = ["BATCH", "ONLINE", "BankStability", "batch_file_path"]

@@ -259,6 +259,20 @@ def test_bad_input_names_the_file_or_the_model(trained: tuple[Nodes, str]) -> No
         nodes.bank.stability.answer(job, batch="nothing.parquet")
     with pytest.raises(UserError, match="absolute"):
         nodes.bank.stability.answer(job, batch="/etc/passwd.csv")
+    with pytest.raises(UserError, match="'..'"):
+        nodes.bank.stability.answer(job, batch="../jobs.sqlite")
+    with pytest.raises(UserError, match="no batch-score file new/none.csv"):
+        nodes.bank.stability.answer(job, batch="new/none.csv")
+    assert not (nodes.bank.config.state_dir / "scores" / "new").exists()  # reading creates nothing
+    scores = nodes.bank.config.state_dir / "scores"
+    (scores / "ids.csv").write_text("id\n1\n")
+    with pytest.raises(UserError, match="ids.csv: not a batch-score file"):
+        nodes.bank.stability.answer(job, batch="ids.csv")
+    nodes.bank.batch_score(job, "stability/other.csv", overwrite=True)
+    other = scores / "stability" / "other.csv"
+    other.write_text(other.read_text().replace(job, "train-20200101-000000-aaaaaa"))
+    with pytest.raises(UserError, match=f"scored by model train-20200101-000000-aaaaaa, not {job}"):
+        nodes.bank.stability.answer(job, batch="stability/other.csv")
     with pytest.raises(NotFound):
         nodes.bank.stability.answer("train-20990101-000000-abcdef", batch="stability/all.parquet")
 
