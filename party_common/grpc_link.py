@@ -44,6 +44,7 @@ from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.channel import Message
 from protocols.errors import PeerError, ProtocolError
+from protocols.stability import rows_bitmap
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +233,8 @@ class GrpcPlatformLink:
         return Retirement(model_job_id, reply.retired_at, reply.already_retired)
 
     def stability(self, model_job_id: str, source: str, rows: np.ndarray | None = None) -> StabilityIndices:
-        request = pb.StabilityRequest(model_job_id=model_job_id, source=source)
-        if rows is not None:
-            request.rows.CopyFrom(array_to_pb(np.asarray(rows, dtype=np.int64)))
+        request = pb.StabilityRequest(model_job_id=model_job_id, source=source,
+                                      rows_bitmap=b"" if rows is None else rows_bitmap(rows))
         try:
             reply = self._stub.Stability(request, timeout=self._score_timeout)
         except grpc.RpcError as err:

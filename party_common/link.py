@@ -17,6 +17,7 @@ from party_common.codec import from_payload, to_payload
 from party_common.grpc_errors import status_of
 from protocols.channel import LocalChannel, Message, PeerChannel, StepHandler, check_message, copy_message
 from protocols.errors import FedProfileError, PeerError
+from protocols.stability import bitmap_rows, rows_bitmap
 
 
 @dataclass(frozen=True)
@@ -187,9 +188,9 @@ class LocalPlatformLink:
             raise PeerError(f"retire model: {err}", code=status_of(err).name) from err
 
     def stability(self, model_job_id: str, source: str, rows: np.ndarray | None = None) -> StabilityIndices:
-        sent = None if rows is None else from_payload(to_payload({"rows": np.asarray(rows, dtype=np.int64)}))["rows"]
+        sent = None if rows is None else bitmap_rows(rows_bitmap(rows))  # as over the wire
         try:
-            answer = self.platform.stability(model_job_id, source, sent)  # type: ignore[arg-type]
+            answer = self.platform.stability(model_job_id, source, sent)
         except FedProfileError as err:
             raise PeerError(f"stability: {err}", code=status_of(err).name) from err
         return check_stability(StabilityIndices(list(answer.features), [float(v) for v in answer.psi], answer.rows,

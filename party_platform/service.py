@@ -30,6 +30,7 @@ from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.channel import Message, StepHandler
 from protocols.errors import ProtocolError, SessionLost, UserError
 from protocols.stability import VERSION as STABILITY_VERSION
+from protocols.stability import bitmap_rows
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     @translate_errors("platform")
     def Stability(self, request: pb.StabilityRequest, context: grpc.ServicerContext) -> pb.StabilityResponse:
-        rows = array_from_pb(request.rows, where="stability rows") if request.HasField("rows") else None
+        rows = bitmap_rows(request.rows_bitmap) if request.source == "rows" else None
         answer = self._endpoint.stability(request.model_job_id, request.source, rows, caller=caller_name(context))
         return pb.StabilityResponse(version=STABILITY_VERSION, features=answer.features, psi=answer.psi,
                                     rows=answer.rows, reference=answer.reference)

@@ -35,9 +35,11 @@ from protocols.stability import (
     StabilityError,
     band,
     bin_counts,
+    bitmap_rows,
     platform_indices,
     psi,
     quantile_edges,
+    rows_bitmap,
 )
 from tests.nodes_fixture import FAST_TRAIN, Nodes, SimulatedFiles, make_nodes, simulated_files
 
@@ -138,6 +140,15 @@ def test_platform_indices_are_rounded_and_need_the_policy_minimum_of_rows() -> N
     assert all(round(v, INDEX_DECIMALS) == v for v in values.values())
     with pytest.raises(StabilityError, match="min_evaluation_rows"):
         platform_indices(reference, reference.count(X[:5]), 5, min_rows=20)
+
+
+def test_rows_travel_as_a_bitmap_of_alignment_positions() -> None:
+    rows = np.array([0, 3, 9, 17], dtype=np.int64)
+    assert len(rows_bitmap(rows)) == 3 and bitmap_rows(rows_bitmap(rows)).tolist() == rows.tolist()
+    assert len(rows_bitmap(np.arange(10_000_000))) == 1_250_000  # ten million members: 1.25 MB, one message
+    assert bitmap_rows(rows_bitmap(np.zeros(0, dtype=np.int64))).tolist() == []
+    with pytest.raises(StabilityError):
+        rows_bitmap(np.array([-1]))
 
 
 def test_the_recent_window_is_bounded_and_keeps_no_ids() -> None:
@@ -245,8 +256,10 @@ def test_the_platform_refuses_indices_over_too_few_rows(trained: tuple[Nodes, st
     rows = np.arange(minimum - 1, dtype=np.int64)
     with pytest.raises(PeerError, match="min_evaluation_rows"):
         nodes.link.stability(job, "rows", rows)
-    with pytest.raises(PeerError, match="distinct positions"):
-        nodes.link.stability(job, "rows", np.zeros(minimum, dtype=np.int64))
+    size = len(nodes.platform._aligned_rows(nodes.platform._model(job).alignment_job_id))
+    with pytest.raises(PeerError, match="distinct positions in 0..") as beyond:
+        nodes.link.stability(job, "rows", np.arange(size, size + minimum, dtype=np.int64))
+    assert f"0..{size - 1}" in str(beyond.value)
     with pytest.raises(PeerError, match="source"):
         nodes.link.stability(job, "everything", None)
     events = nodes.platform.stores.jobs.audit_events(job, event="stability")
@@ -322,8 +335,11 @@ def test_over_the_wire_the_bank_learns_one_rounded_index_per_platform_feature(
     assert len(RecordingServicer.wire) == 1
     request_bytes, reply_bytes = RecordingServicer.wire[0]
     request, reply = pb.StabilityRequest.FromString(request_bytes), pb.StabilityResponse.FromString(reply_bytes)
-    # The bank sends alignment positions (as partial scores do), never an ID
-    assert request.source == "rows" and np.dtype(request.rows.dtype) == np.int64
+    # The bank sends alignment positions (as partial scores do, here as a bitmap: one bit per row), never an ID
+    members = len(nodes.bank.stores.alignments.load(nodes.bank.stores.jobs.get(job).params["alignment_job_id"]).ids
+                  or [])
+    assert request.source == "rows" and len(request.rows_bitmap) == (members + 7) // 8
+    assert bitmap_rows(request.rows_bitmap).tolist() == list(range(members))
     # The platform sends its feature names and one index each: no bin shares, no counts, no edges
     assert {f.name for f, _ in reply.ListFields()} == {"version", "features", "psi", "rows", "reference"}
     assert list(reply.features) == nodes.platform.data.feature_names
