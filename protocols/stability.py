@@ -37,7 +37,7 @@ BANDS = ("stable", "moderate shift", "significant shift")
 DEFAULT_BINS = 10
 INDEX_DECIMALS = 3  # what the platform tells the bank: each index rounded to this many decimals
 VERSION = "stability-v1"
-ROW_CHUNK = 2_048  # rows binned at a time (a rows x features x bins comparison)
+ROW_CHUNK = 8_192  # rows binned at a time (transposed, so that each feature's values lie side by side)
 
 
 class StabilityError(UserError):
@@ -83,14 +83,6 @@ def quantile_edges(values: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
     return cuts[cuts > finite.min()]  # a cut at the minimum would leave the bin below it empty for ever
 
 
-def _padded(edges: Sequence[np.ndarray]) -> np.ndarray:
-    width = max((len(e) for e in edges), default=0)
-    out = np.full((len(edges), width), np.inf)
-    for j, e in enumerate(edges):
-        out[j, :len(e)] = e
-    return out
-
-
 def bin_counts(X: np.ndarray, edges: Sequence[np.ndarray]) -> np.ndarray:
     """Counts (features, width + 2) of the rows of ``X`` (rows, features) in each feature's bins.
 
@@ -102,17 +94,17 @@ def bin_counts(X: np.ndarray, edges: Sequence[np.ndarray]) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != len(edges):
         raise StabilityError(f"rows have {X.shape[-1] if X.ndim else 0} features, the bins are for {len(edges)}")
-    E = _padded(edges)
-    d, width = E.shape
-    missing = width + 1
-    counts = np.zeros(d * (width + 2), dtype=np.int64)
-    offsets = np.arange(d) * (width + 2)
+    d, width = len(edges), max((len(e) for e in edges), default=0)
+    counts = np.zeros((d, width + 2), dtype=np.int64)
     for start in range(0, len(X), ROW_CHUNK):
-        block = X[start:start + ROW_CHUNK]
-        index = (block[:, :, None] >= E[None, :, :]).sum(axis=2)  # NaN compares false: fixed just below
-        index[np.isnan(block)] = missing
-        counts += np.bincount((index + offsets).ravel(), minlength=len(counts))
-    return counts.reshape(d, width + 2)
+        block = np.ascontiguousarray(X[start:start + ROW_CHUNK].T)  # a feature's values side by side
+        for j, e in enumerate(edges):  # a binary search per value
+            column = block[j]
+            missing = np.isnan(column)
+            index = np.searchsorted(e, column[~missing] if missing.any() else column, side="right")  # left-closed
+            counts[j, :len(e) + 1] += np.bincount(index, minlength=len(e) + 1)
+            counts[j, -1] += int(missing.sum())
+    return counts
 
 
 @dataclass(frozen=True)
