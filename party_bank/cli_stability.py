@@ -1,7 +1,7 @@
 """`bank-node stability` and `bank-node scorecard`: a model's population stability and its bank-side points table.
 
     bank-node stability --config bank.toml JOB --batch campaign/march.parquet
-    bank-node stability --config bank.toml JOB --online
+    bank-node stability --config bank.toml [JOB] [--online]        (default: the latest model, online)
     bank-node scorecard --config bank.toml JOB [--tag T] --out scorecard.csv|.json
 
 The node computes both (``party_bank.stability``, ``protocols.scorecard``); these commands print the indices
@@ -33,11 +33,12 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     """The commands' flags, on ``add(name, help)`` (bank-node's subcommand maker)."""
     st = add("stability", "population stability index of each tag's score and each feature (both parties') "
              f"against the model's training population; warnings above {WARN} and {ALERT}")
-    st.add_argument("model", help="the train job ID or an alias NAME@LABEL")
-    which = st.add_mutually_exclusive_group(required=True)
+    st.add_argument("model", nargs="?", default="latest", help="the train job ID, an alias NAME@LABEL, or 'latest'")
+    which = st.add_mutually_exclusive_group()
     which.add_argument("--batch", metavar="FILE", help="a batch-score file on the bank node, relative to "
                        "<state_dir>/scores/ (written by `bank-node batch-score`)")
-    which.add_argument("--online", action="store_true", help="the node's recent online scores (kept since it started)")
+    which.add_argument("--online", action="store_true", help="the node's recent online scores (kept since it "
+                       "started; the default without --batch)")
     st.add_argument("--json", action="store_true", help="print JSON")
     sc = add("scorecard", "the bank's half of a binned model as a points table per tag (CSV or JSON by --out's "
              "suffix): base points and points per bin of each bank feature; never the platform's weights")
@@ -74,7 +75,7 @@ def stability_tables(result: dict[str, Any]) -> list[Table]:
 def run(client: BankClient, args: argparse.Namespace) -> None:
     """One of :data:`COMMANDS`, already parsed."""
     if args.command == "stability":
-        result = client.stability(args.model, batch_file=args.batch, online=args.online)
+        result = client.stability(args.model, batch_file=args.batch, online=not args.batch)
         if args.json:
             print(json.dumps(result, indent=2, sort_keys=True))
         else:

@@ -21,6 +21,7 @@ from party_common.grpc_errors import describe, status_of
 from party_common.jobs import SESSION_KINDS, JobContext, JobKind, ResultExists
 from party_common.link import STABILITY_SOURCES, PartialScores, Retirement, SessionContext, StabilityIndices
 from party_common.memory import PeakMemory
+from party_common.metrics import set_stability
 from party_common.node import NodeBase
 from party_common.policy import AWAITING_APPROVAL, REFUSED_BY_OPERATOR, AwaitingApproval, PolicyRefused, knob
 from party_common.stability import TRAINING, FeatureWindows, feature_reference
@@ -304,6 +305,9 @@ class PlatformNode(NodeBase):
         with audited(self.stores.jobs, STABILITY_EVENT, actor=caller, job_id=model_job_id, durable=False) as call:
             answer = self._stability(model_job_id, source, rows)
             call.count, call.detail = answer.rows, f"{source}: {answer.rows} rows, {len(answer.features)} features"
+        # The platform's own gauges of its features, as the bank's (fedprofile_feature_psi, role "platform")
+        set_stability(model_job_id, "batch" if source == "rows" else "online",
+                      {"platform": dict(zip(answer.features, answer.psi, strict=True))}, {})
         return answer
 
     def _stability(self, model_job_id: str, source: str, rows: np.ndarray | None) -> StabilityIndices:
