@@ -300,7 +300,7 @@ class PlatformNode(NodeBase):
         """One population stability index per feature of our half of a model, against its training population:
         over alignment positions ``rows`` the bank scored (source "rows": a batch) or over our own recent answers
         for the model (source "recent"). The bank learns one rounded number per feature, over at least
-        ``[policy] min_evaluation_rows`` rows (``protocols.stability.platform_indices``), never a bin's share.
+        ``[policy] min_stability_rows`` rows (``protocols.stability.platform_indices``), never a bin's share.
         Every call, answered or refused, is one audit row."""
         with audited(self.stores.jobs, STABILITY_EVENT, actor=caller, job_id=model_job_id, durable=False) as call:
             answer = self._stability(model_job_id, source, rows)
@@ -314,7 +314,7 @@ class PlatformNode(NodeBase):
         if source not in STABILITY_SOURCES:
             raise ProtocolError(f"stability: source must be one of {', '.join(STABILITY_SOURCES)}, not {source!r}")
         model = self._model(model_job_id)
-        min_rows = self.config.policy.min_evaluation_rows
+        min_rows = self.config.policy.min_stability_rows
         if source == "recent":
             reference, counts, n = self.recent.counts(model_job_id)
             values = platform_indices(reference, counts, n, min_rows=min_rows)

@@ -36,6 +36,9 @@ WARN, ALERT = 0.1, 0.25  # the credit-scoring convention's bands
 BANDS = ("stable", "moderate shift", "significant shift")
 DEFAULT_BINS = 10
 INDEX_DECIMALS = 3  # what the platform tells the bank: each index rounded to this many decimals
+# The fewest rows the platform computes its indices over (its [policy] min_stability_rows): one row of a set the
+# bank picks then moves a bin's share by at most 1/1000, which the rounding mostly hides.
+MIN_STABILITY_ROWS = 1_000
 VERSION = "stability-v1"
 ROW_CHUNK = 8_192  # rows binned at a time (transposed, so that each feature's values lie side by side)
 
@@ -281,10 +284,11 @@ def platform_indices(reference: FeatureReference, counts: np.ndarray, rows: int,
                      min_rows: int) -> dict[str, float]:
     """What the platform tells the bank about its features over ``rows`` scored rows: one index per feature,
     rounded to :data:`INDEX_DECIMALS` decimals, and only over at least ``min_rows`` rows (its policy's smallest
-    evaluation set): an index over a handful of rows the bank picked would say where those rows' values lie."""
+    stability set, ``[policy] min_stability_rows``): an index over a handful of rows the bank picked would say
+    where those rows' values lie."""
     if rows < max(1, min_rows):
         raise StabilityError(f"stability over {rows} row(s): the platform computes indices over at least "
-                             f"{max(1, min_rows)} rows ([policy] min_evaluation_rows)")
+                             f"{max(1, min_rows)} rows ([policy] min_stability_rows)")
     return {name: round(value, INDEX_DECIMALS) for name, value in reference.indices(counts).items()}
 
 
@@ -382,6 +386,6 @@ def feature_rows(indices: Mapping[str, float], party: str) -> list[dict[str, Any
             for name, value in sorted(indices.items(), key=lambda kv: -kv[1])]
 
 
-__all__ = ["ALERT", "BANDS", "DEFAULT_BINS", "FLOOR", "INDEX_DECIMALS", "VERSION", "WARN", "FeatureReference",
+__all__ = ["ALERT", "BANDS", "DEFAULT_BINS", "FLOOR", "INDEX_DECIMALS", "MIN_STABILITY_ROWS", "VERSION", "WARN", "FeatureReference",
            "RecentWindow", "ScoreReference", "Windows", "StabilityError", "band", "bin_counts", "bitmap_rows", "feature_rows", "platform_indices", "psi",
            "quantile_edges", "rows_bitmap"]

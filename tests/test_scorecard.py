@@ -38,6 +38,7 @@ from protocols.scorecard import (
 )
 from protocols.vfl_lr import BankModel, PlatformModel
 from tests.nodes_fixture import FAST_TRAIN, Nodes, SimulatedFiles, make_nodes, simulated_files
+from tests.test_stability import small_stability_floor
 
 TAGS = ["car", "loan"]
 CLIP = 3.0
@@ -181,7 +182,7 @@ def binned(files: SimulatedFiles, tmp_path_factory: pytest.TempPathFactory) -> t
                                 timeout_s=300)
         assert train.status == "succeeded", train.error
         jobs.append(train.job_id)
-    return nodes, jobs[0], jobs[1]
+    return small_stability_floor(nodes), jobs[0], jobs[1]
 
 
 def test_both_exports_reproduce_the_served_scores(binned: tuple[Nodes, str, str], files: SimulatedFiles) -> None:

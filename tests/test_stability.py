@@ -4,6 +4,7 @@ answers (a batch-score file, the recent online window), with what crosses to the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from party_bank.control import ControlServicer
 from party_common.grpc_link import GrpcPlatformLink
 from party_common.jobs import SESSION_KINDS
 from party_common.metrics import FEATURE_PSI, SCORE_PSI
+from party_common.policy import PolicyConfig, parse_policy
 from party_common.storage import open_node_stores
 from party_platform.service import NodeServicer, SessionRegistry
 from proto import fedprofile_v1_pb2 as pb
@@ -138,7 +140,7 @@ def test_platform_indices_are_rounded_and_need_the_policy_minimum_of_rows() -> N
     values = platform_indices(reference, reference.count(X), 40, min_rows=20)
     assert set(values) == {"a", "b"}
     assert all(round(v, INDEX_DECIMALS) == v for v in values.values())
-    with pytest.raises(StabilityError, match="min_evaluation_rows"):
+    with pytest.raises(StabilityError, match="min_stability_rows"):
         platform_indices(reference, reference.count(X[:5]), 5, min_rows=20)
 
 
@@ -149,6 +151,12 @@ def test_rows_travel_as_a_bitmap_of_alignment_positions() -> None:
     assert bitmap_rows(rows_bitmap(np.zeros(0, dtype=np.int64))).tolist() == []
     with pytest.raises(StabilityError):
         rows_bitmap(np.array([-1]))
+
+
+def test_the_floor_is_a_policy_knob() -> None:
+    assert parse_policy({"min_stability_rows": 5000}, "[policy]").min_stability_rows == 5000
+    with pytest.raises(ValueError, match="'min_stability_rows' must be a whole number"):
+        parse_policy({"min_stability_rows": 0}, "[policy]")
 
 
 def test_the_recent_window_is_bounded_and_keeps_no_ids() -> None:
@@ -182,7 +190,15 @@ def trained(files: SimulatedFiles, tmp_path_factory: pytest.TempPathFactory) -> 
     assert nodes.bank.wait(nodes.bank.submit("align", "", {}), timeout_s=120).status == "succeeded"
     train = nodes.bank.wait(nodes.bank.submit("train", "", {"train": FAST_TRAIN}), timeout_s=300)
     assert train.status == "succeeded", train.error
-    return nodes, train.job_id
+    return small_stability_floor(nodes), train.job_id
+
+
+def small_stability_floor(nodes: Nodes, rows: int = 50) -> Nodes:
+    """The platform's floor of rows for stability lowered to fit the small simulated intersection (~180 rows)."""
+    config = nodes.platform.config
+    nodes.platform.config = dataclasses.replace(config, policy=dataclasses.replace(config.policy,
+                                                                                   min_stability_rows=rows))
+    return nodes
 
 
 def test_training_keeps_each_partys_reference_of_its_own_features(trained: tuple[Nodes, str]) -> None:
@@ -252,9 +268,10 @@ def test_online_window_on_both_nodes(trained: tuple[Nodes, str], files: Simulate
 
 def test_the_platform_refuses_indices_over_too_few_rows(trained: tuple[Nodes, str]) -> None:
     nodes, job = trained
-    minimum = nodes.platform.config.policy.min_evaluation_rows
+    assert PolicyConfig().min_stability_rows == 1000  # the default; the fixture lowers it for ~180 rows
+    minimum = nodes.platform.config.policy.min_stability_rows
     rows = np.arange(minimum - 1, dtype=np.int64)
-    with pytest.raises(PeerError, match="min_evaluation_rows"):
+    with pytest.raises(PeerError, match="min_stability_rows"):
         nodes.link.stability(job, "rows", rows)
     size = len(nodes.platform._aligned_rows(nodes.platform._model(job).alignment_job_id))
     with pytest.raises(PeerError, match="distinct positions in 0..") as beyond:
