@@ -7,6 +7,7 @@
     bank-node score --config bank.toml --model JOB_ID --ids ID1,ID2
     bank-node batch-score --config bank.toml --model JOB_ID --out scores.parquet [--all-customers | --ids-file F]
     bank-node segment | segment-result | segments ... (campaign segments: party_bank/cli_segments.py)
+    bank-node stability | scorecard ... (population stability, points tables: party_bank/cli_stability.py)
     bank-node report --config bank.toml JOB_ID --out report.html [--overwrite]
     bank-node models --config bank.toml [--json] | alias NAME@LABEL MODEL | unalias ALIAS | retire MODEL
     bank-node fetch --config bank.toml scores|segment NAME --out FILE   (download a score or segment file)
@@ -34,7 +35,7 @@ from typing import Any
 import grpc
 from grpc_health.v1.health import HealthServicer
 
-from party_bank import cli_files, cli_segments, preflight, views
+from party_bank import cli_files, cli_segments, cli_stability, preflight, views
 from party_bank.cli_models import ACTIONS as MODEL_ACTIONS
 from party_bank.cli_models import models_command
 from party_bank.client import BankClient, JobFailed
@@ -310,6 +311,8 @@ def run_client(args: argparse.Namespace) -> int:
             print(f"wrote the report of {args.job_id} to {out} ({len(html)} bytes)")
         elif args.command in cli_segments.COMMANDS:
             cli_segments.run(client, args, config)
+        elif args.command in cli_stability.COMMANDS:
+            cli_stability.run(client, args)
         elif args.command == "models":
             print(models_command(client, args.action, args.operands, as_json=args.json))
     except grpc.RpcError as err:
@@ -427,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_files.add_parsers(add)
     preflight.add_parser(add)
     cli_segments.add_parsers(add)
+    cli_stability.add_parsers(add)
     rep = add("report", "fetch a train job's report as one self-contained HTML page (plots, intervals, privacy)")
     rep.add_argument("job_id", help="the train job ID")
     rep.add_argument("--out", required=True, help="HTML file to write on this machine")

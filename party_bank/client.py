@@ -198,6 +198,19 @@ class BankClient:
         request = pb.GetReportRequest(job_id=job_id, format="json")
         return json.loads(b"".join(c.data for c in self.stub.GetReport(request, timeout=timeout_s)))
 
+    def stability(self, model: str, *, batch_file: str | None = None, online: bool = False,
+                  timeout_s: float = 300.0) -> dict[str, Any]:
+        """Population stability of a model: a batch-score file on the node, or its recent online scores."""
+        request = pb.StabilityReportRequest(model=model, batch_file=batch_file or "", online=online)
+        return json.loads(self.stub.StabilityReport(request, timeout=timeout_s).result_json)
+
+    def scorecard(self, model: str, tags: list[str] | None = None, *, base_score: float = 0.0, pdo: float = 0.0,
+                  base_odds: float = 0.0) -> dict[str, Any]:
+        """The bank's half of a model as points tables per tag (0: the defaults)."""
+        request = pb.ScorecardRequest(model=model, tags=tags or [], base_score=base_score, pdo=pdo,
+                                      base_odds=base_odds)
+        return json.loads(self.stub.Scorecard(request, timeout=CONTROL_TIMEOUT_S).result_json)
+
     def node_status(self, platform_timeout_s: float = 3.0) -> dict[str, Any]:
         """The node's name, its running jobs, and whether it reaches the platform now (and why not)."""
         r = self.stub.NodeStatus(pb.NodeStatusRequest(platform_timeout_s=platform_timeout_s),

@@ -97,7 +97,7 @@ class ControlServicer(pb_grpc.BankControlServicer):
             if not request.customer_ids:
                 raise UserError("Score: the request names no customer; give at least one customer ID")
             scores = self._node.score(request.model_job_id, list(request.customer_ids), list(request.tags),
-                                      bank_only_fallback=request.bank_only_fallback)
+                                      bank_only_fallback=request.bank_only_fallback, online=True)
         return pb.ScoreResponse(tags=scores.tags, probabilities=array_to_pb(scores.probabilities),
                                 platform_known=scores.platform_known.tolist(),
                                 projections_released=scores.projections_released,
@@ -187,6 +187,21 @@ class ControlServicer(pb_grpc.BankControlServicer):
             html = self._node.report_html(request.job_id)
         step = REPORT_CHUNK_BYTES
         return iter([pb.ReportChunk(data=html[i:i + step]) for i in range(0, len(html), step)] or [pb.ReportChunk()])
+
+    @translate_errors("bank")
+    def StabilityReport(self, request: pb.StabilityReportRequest,
+                        context: grpc.ServicerContext) -> pb.StabilityReportResponse:
+        with audited(self._node.stores.jobs, "stability", actor=caller_name(context), job_id=request.model or None,
+                     durable=False):
+            result = self._node.stability.answer(request.model, batch=request.batch_file or None,
+                                                 online=request.online)
+        return pb.StabilityReportResponse(result_json=json.dumps(result, sort_keys=True))
+
+    @translate_errors("bank")
+    def Scorecard(self, request: pb.ScorecardRequest, context: grpc.ServicerContext) -> pb.ScorecardResponse:
+        result = self._node.scorecard(request.model, list(request.tags), base_score=request.base_score or None,
+                                      pdo=request.pdo or None, base_odds=request.base_odds or None)
+        return pb.ScorecardResponse(result_json=json.dumps(result, sort_keys=True))
 
     # ---- model registry ----
 

@@ -72,7 +72,8 @@ class ScoringServicer(pb_grpc.ScoringServicer):
         self._node = node
 
     def _score(self, params: pb.ScoreParams, ids: list[str]) -> Scores:
-        return self._node.score(params.model, ids, list(params.tags), bank_only_fallback=params.bank_only_fallback)
+        return self._node.score(params.model, ids, list(params.tags), bank_only_fallback=params.bank_only_fallback,
+                                online=True)
 
     @translate_errors("bank")
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:

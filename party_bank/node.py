@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from party_bank.registry import ModelRegistry
+from party_bank.report_stability import REPORT_KEY
 from party_bank.scores import NOT_IN_INTERSECTION, OK, PLATFORM_UNAVAILABLE, UNKNOWN_CUSTOMER, Scores
 from party_bank.segments import SegmentService
+from party_bank.stability import BankStability
 from party_common.audit import DEVIATION_EVENT, LOCAL_CALLER
 from party_common.config import NodeConfig
 from party_common.grpc_errors import describe
@@ -32,6 +34,7 @@ from party_common.link import PlatformLink
 from party_common.memory import PeakMemory
 from party_common.node import NodeBase
 from party_common.policy import is_awaiting_approval
+from party_common.stability import latest_answers
 from party_common.storage import NodeStores
 from party_common.storage.files import local_secret
 from party_common.storage.jobs import ENDED, JobRecord
@@ -47,6 +50,7 @@ from protocols.errors import (
 from protocols.identity import customer_keys
 from protocols.models import family_of, load_bank_half
 from protocols.party_data import PartyData
+from protocols.scorecard import Scaling, bank_table
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +111,7 @@ class BankNode(NodeBase):
         self._stops: dict[str, JobStop] = {}
         self.segments = SegmentService(self)  # score files and campaign segments
         self.registry = ModelRegistry(self.stores, link)
+        self.stability = BankStability(self)  # online windows per model, stability answers
         log.info("bank data: %d customers, %d features, %d tags (%s)", len(self.data.ids),
                  len(self.data.feature_names), len(self.data.tag_names), Path(self.data.source).name)
         if resume_jobs:
@@ -313,7 +318,7 @@ class BankNode(NodeBase):
         return self.registry.resolve(ref)
 
     def score(self, model_job_id: str, customer_ids: list[str], tags: list[str] | None = None, *,
-              bank_only_fallback: bool = False) -> Scores:
+              bank_only_fallback: bool = False, online: bool = False) -> Scores:
         """Probabilities (len(ids), len(tags)) and a status per customer (``party_bank.scores``).
 
         Only customers of the model's alignment go to the platform, as their positions in that alignment
@@ -380,6 +385,8 @@ class BankNode(NodeBase):
             block = fallback[start:start + SCORE_BATCH]
             probabilities[block] = model.bank_only_probabilities(self.data.features[rows[block]], cols)
         probabilities[~customer] = np.nan
+        if online:  # the recent window of online scores (scores and feature bin counts, never IDs): stability
+            self.stability.record(model_job_id, wanted, probabilities[scored], self.data.features[rows[scored]])
         served = ["joint" if model.platform_part[c] else "bank_only" for c in cols]  # type: ignore[index]
         return Scores(wanted, probabilities, known, released, limit, status=status.tolist(),
                       note="; ".join(n for n in (served_note, note) if n), served=served, model_job_id=model_job_id)
@@ -399,6 +406,13 @@ class BankNode(NodeBase):
                                                   ids=ids, overwrite=overwrite)
         return result.path, result.rows
 
+    def scorecard(self, model_ref: str, tags: list[str] | None = None, *, base_score: float | None = None,
+                  pdo: float | None = None, base_odds: float | None = None) -> dict[str, Any]:
+        """The bank's half of a binned model as points per bin per tag (``protocols.scorecard``): never the
+        platform's weights, which stay on the platform (`platform-node scorecard` exports its half)."""
+        model = self.model(self.resolve_model(model_ref), load_bank_half)
+        return bank_table(model, tags or [], Scaling.of(base_score, pdo, base_odds))
+
     def report_document(self, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """A train job's stored report and the job fields its header shows (job_id, name, created, finished)."""
         record = self.stores.jobs.get(job_id)
@@ -406,7 +420,7 @@ class BankNode(NodeBase):
             raise NotFound(f"job {job_id} is a {record.kind} job: only train jobs have a report")
         job = {"job_id": job_id, "name": record.name, "created_at": record.created_at,
                "finished_at": record.finished_at}
-        return self.stores.reports.load(job_id), job
+        return {**self.stores.reports.load(job_id), REPORT_KEY: latest_answers(self.stores, job_id)}, job
 
     def report_html(self, job_id: str) -> bytes:
         """A train job's stored report as one self-contained HTML page (``party_bank.report_html``)."""

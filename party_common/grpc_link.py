@@ -20,7 +20,14 @@ from party_common.auth import (
 from party_common.codec import array_from_pb, array_to_pb, from_payload, to_payload
 from party_common.config import ConfigError, NodeConfig
 from party_common.grpc_errors import REFUSED, REFUSING, TLS, failure_kind, peer_error, rpc_error_line
-from party_common.link import PartialScores, Retirement, SessionContext, check_partial_scores
+from party_common.link import (
+    PartialScores,
+    Retirement,
+    SessionContext,
+    StabilityIndices,
+    check_partial_scores,
+    check_stability,
+)
 from party_common.metrics import PARTIAL_SCORE_REQUESTS, STEP_SECONDS
 from party_common.transport import (
     CONTROL_TIMEOUT_S,
@@ -37,6 +44,7 @@ from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.channel import Message
 from protocols.errors import PeerError, ProtocolError
+from protocols.stability import rows_bitmap
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +231,19 @@ class GrpcPlatformLink:
         except grpc.RpcError as err:
             raise self._error(err, f"retire model {model_job_id} on the platform node") from err
         return Retirement(model_job_id, reply.retired_at, reply.already_retired)
+
+    def stability(self, model_job_id: str, source: str, rows: np.ndarray | None = None) -> StabilityIndices:
+        request = pb.StabilityRequest(model_job_id=model_job_id, source=source,
+                                      rows_bitmap=b"" if rows is None else rows_bitmap(rows))
+        try:
+            reply = self._stub.Stability(request, timeout=self._score_timeout)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise PeerError(f"stability: the platform node at {self.address} does not offer stability indices "
+                                "(it predates feature stability.v1): upgrade it", code="UNIMPLEMENTED") from err
+            raise self._error(err, f"stability of model {model_job_id}") from err
+        return check_stability(StabilityIndices(list(reply.features), list(reply.psi), int(reply.rows),
+                                                reply.reference))
 
     def cancel(self, job_id: str, reason: str) -> None:
         try:

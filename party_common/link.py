@@ -17,6 +17,7 @@ from party_common.codec import from_payload, to_payload
 from party_common.grpc_errors import status_of
 from protocols.channel import LocalChannel, Message, PeerChannel, StepHandler, check_message, copy_message
 from protocols.errors import FedProfileError, PeerError
+from protocols.stability import bitmap_rows, rows_bitmap
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,28 @@ class Retirement:
     model_job_id: str
     retired_at: str
     already_retired: bool
+
+
+@dataclass(frozen=True)
+class StabilityIndices:
+    """The platform's stability answer: one population stability index per feature of its half of a model."""
+
+    features: list[str]
+    psi: list[float]
+    rows: int  # rows the indices are over
+    reference: str  # "training" (kept with the model) or "current data" (a model trained before it was kept)
+
+
+STABILITY_SOURCES = ("rows", "recent")  # rows the bank names (a batch), or the platform's recent answers
+
+
+def check_stability(answer: StabilityIndices) -> StabilityIndices:
+    """Refuse a stability answer that is not one finite, non-negative index per named feature."""
+    if len(answer.features) != len(answer.psi) or len(set(answer.features)) != len(answer.features):
+        raise PeerError("stability: the platform's answer is not one index per feature", code="DATA_LOSS")
+    if not all(np.isfinite(v) and v >= 0 for v in answer.psi):
+        raise PeerError("stability: the platform sent an index that is negative or not finite", code="DATA_LOSS")
+    return answer
 
 
 @dataclass(frozen=True)
@@ -64,6 +87,10 @@ class PlatformEndpoint(Protocol):
     def retire_model(self, model_job_id: str) -> Retirement:
         ...
 
+    def stability(self, model_job_id: str, source: str, rows: np.ndarray | None, *,
+                  caller: str = ...) -> StabilityIndices:
+        ...
+
     def cancel_job(self, job_id: str, reason: str) -> None:
         ...
 
@@ -84,6 +111,11 @@ class PlatformLink(Protocol):
 
     def retire_model(self, model_job_id: str) -> Retirement:
         """Retire the platform's half of a model (idempotent): it answers no partial scores for it after."""
+        ...
+
+    def stability(self, model_job_id: str, source: str, rows: np.ndarray | None = None) -> StabilityIndices:
+        """The platform's feature stability indices for a model: over alignment positions ``rows`` (source
+        "rows") or its own recent answers ("recent"), checked (:func:`check_stability`)."""
         ...
 
     def cancel(self, job_id: str, reason: str) -> None:
@@ -155,6 +187,15 @@ class LocalPlatformLink:
         except FedProfileError as err:
             raise PeerError(f"retire model: {err}", code=status_of(err).name) from err
 
+    def stability(self, model_job_id: str, source: str, rows: np.ndarray | None = None) -> StabilityIndices:
+        sent = None if rows is None else bitmap_rows(rows_bitmap(rows))  # as over the wire
+        try:
+            answer = self.platform.stability(model_job_id, source, sent)
+        except FedProfileError as err:
+            raise PeerError(f"stability: {err}", code=status_of(err).name) from err
+        return check_stability(StabilityIndices(list(answer.features), [float(v) for v in answer.psi], answer.rows,
+                                                answer.reference))
+
     def cancel(self, job_id: str, reason: str) -> None:
         for channel in self.channels:
             if channel.job_id == job_id and channel._handler is not None:
@@ -172,4 +213,4 @@ class LocalPlatformLink:
 
 
 __all__ = ["ContextPeer", "LocalPlatformLink", "PartialScores", "PlatformEndpoint", "PlatformLink", "Retirement",
-           "SessionContext", "check_partial_scores"]
+           "STABILITY_SOURCES", "SessionContext", "StabilityIndices", "check_partial_scores", "check_stability"]

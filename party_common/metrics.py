@@ -2,8 +2,9 @@
 
 What is exported: jobs by status (read from the node's job store at each scrape), the latency of each
 protocol step (the bank times the round trip, the platform its handling), the online scoring latency on
-the bank, and partial-score requests by outcome. Labels are roles, step names, statuses and outcomes only:
-never an ID, a feature, a label or a key.
+the bank, partial-score requests by outcome, and population stability indices per model, feature name and tag.
+Labels are roles, step names, statuses, outcomes, model job IDs, feature names and tag names only: never a
+customer ID, a feature's value, a label or a key.
 
 The latency and request metrics live in this module (a process runs one node); each node serves them with
 its own jobs collector from a registry of its own, so several nodes in one test process do not collide.
@@ -17,7 +18,7 @@ from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -34,7 +35,14 @@ SCORE_SECONDS = Histogram("fedprofile_score_seconds", "Online Score latency on t
                           buckets=_FAST, registry=None)
 PARTIAL_SCORE_REQUESTS = Counter("fedprofile_partial_score_requests", "Partial-score requests (bank: sent, "
                                  "platform: answered) by outcome", ["role", "outcome"], registry=None)
-SHARED = (STEP_SECONDS, SCORE_SECONDS, PARTIAL_SCORE_REQUESTS)
+# Population stability indices of the last stability answer per model (protocols/stability.py): per feature
+# (labelled by its column name, never a value; role: whose feature) and per tag's score; source "batch" or "online".
+FEATURE_PSI = Gauge("fedprofile_feature_psi", "Population stability index of a feature against the model's training "
+                    "population (warn above 0.1, alert above 0.25)", ["role", "model", "feature", "source"],
+                    registry=None)
+SCORE_PSI = Gauge("fedprofile_score_psi", "Population stability index of a tag's scores against the model's "
+                  "training population (warn above 0.1, alert above 0.25)", ["model", "tag", "source"], registry=None)
+SHARED = (STEP_SECONDS, SCORE_SECONDS, PARTIAL_SCORE_REQUESTS, FEATURE_PSI, SCORE_PSI)
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
@@ -86,10 +94,19 @@ class MetricsServer:
             self._thread.join(timeout=5)
 
 
+def set_stability(model: str, source: str, features: dict[str, dict[str, float]], scores: dict[str, float]) -> None:
+    """Set the stability gauges of one answer: ``features`` role -> feature name -> index, ``scores`` tag -> index."""
+    for role, indices in features.items():
+        for name, value in indices.items():
+            FEATURE_PSI.labels(role, model, name, source).set(value)
+    for tag, value in scores.items():
+        SCORE_PSI.labels(model, tag, source).set(value)
+
+
 def start_metrics(listen: str | None, jobs: JobRows) -> MetricsServer | None:
     """The metrics endpoint when ``[metrics] listen`` is set, else None."""
     return MetricsServer(listen, jobs) if listen else None
 
 
-__all__ = ["PARTIAL_SCORE_REQUESTS", "SCORE_SECONDS", "STEP_SECONDS", "JobRows", "JobsCollector", "MetricsServer",
+__all__ = ["PARTIAL_SCORE_REQUESTS", "SCORE_SECONDS", "FEATURE_PSI", "SCORE_PSI", "STEP_SECONDS", "set_stability", "JobRows", "JobsCollector", "MetricsServer",
            "start_metrics"]

@@ -7,6 +7,7 @@ Example::
     max_bank_columns = 1000             # training: the most model columns the bank may declare
     max_validation_evaluations = 1      # training: epochs whose validation rows the platform evaluates, per job
     min_evaluation_rows = 20            # training: the smallest validation or test split it evaluates
+    min_stability_rows = 1000           # stability: the fewest rows it computes feature indices over
     allowed_feature_columns = ["visits", "basket_value"]  # platform features joint models may use (default all)
     allowed_tags = ["tag_car_owner"]    # tags the bank may train and score (default any)
     allowed_models = ["train-..."]      # model job IDs that may be scored (default any not revoked)
@@ -32,6 +33,7 @@ from typing import Any
 from party_common.known_keys import unknown_key_message
 from protocols.errors import PeerError, ProtocolError
 from protocols.he import scheme_names
+from protocols.stability import MIN_STABILITY_ROWS
 from protocols.vfl_lr.disclosure import MAX_BANK_COLUMNS, MAX_VALIDATION_EVALUATIONS, MIN_EVALUATION_ROWS
 
 APPROVAL_MODES = ("auto", "manual")
@@ -86,6 +88,8 @@ class PolicyConfig:
     max_bank_columns: int = MAX_BANK_COLUMNS
     max_validation_evaluations: int = MAX_VALIDATION_EVALUATIONS
     min_evaluation_rows: int = MIN_EVALUATION_ROWS
+    # Stability (protocols/stability.py): the fewest alignment rows the platform computes its indices over.
+    min_stability_rows: int = MIN_STABILITY_ROWS
     psi_protocols: tuple[str, ...] = PSI_PROTOCOLS
     # Training sessions: the HE schemes (he_scheme) and key sizes (key_bits) the platform accepts; default every one.
     he_schemes: tuple[str, ...] = HE_SCHEMES
@@ -98,7 +102,8 @@ class PolicyConfig:
 
 _LISTS = ("allowed_feature_columns", "allowed_tags", "allowed_models")
 _POSITIVE = ("min_intersection", "max_concurrent_jobs", "max_psi_rows", "partial_score_calls_per_minute",
-             "partial_score_rows_per_day", "max_bank_columns", "max_validation_evaluations", "min_evaluation_rows")
+             "partial_score_rows_per_day", "max_bank_columns", "max_validation_evaluations", "min_evaluation_rows",
+             "min_stability_rows")
 KNOWN_KEYS = frozenset({*_LISTS, *_POSITIVE, "approval", "max_released_projections", "psi_protocols", "he_schemes",
                         "key_bits"})
 

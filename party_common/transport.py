@@ -30,7 +30,7 @@ CHUNK_BYTES = 2 * 1024 * 1024
 MAX_GRPC_MESSAGE = CHUNK_BYTES + 64 * 1024
 HANDSHAKE_TIMEOUT_S = 10.0
 # What the nodes offer each other, named in the hello.
-FEATURES = ("psi.x25519", "train.vfl_lr", "score.partial")
+FEATURES = ("psi.x25519", "train.vfl_lr", "score.partial", "stability.v1")
 CONTROL_TIMEOUT_S = 30.0
 ROLE_NAMES = {pb.BANK: "bank", pb.PLATFORM: "platform"}
 ROLE_VALUES = {v: k for k, v in ROLE_NAMES.items()}

@@ -1,5 +1,5 @@
 """The platform operator's view and controls over its own state directory (``platform-node jobs | models |
-approve JOB | revoke MODEL | audit | policy``).
+approve JOB | revoke MODEL | audit | policy | scorecard MODEL``).
 
 The commands open the node's stores beside the running node (``recover=False``: they never touch a running
 job) and change only what the node reads on every call: a job's status (approval), the registry entry of a
@@ -21,6 +21,8 @@ from party_common.storage.jobs import JobRecord, now
 from party_platform.node import RETIRE_EVENT, REVOKE_EVENT
 from party_platform.policy import SCORE_EVENT
 from protocols.errors import NotFound, UserError
+from protocols.models import load_platform_half
+from protocols.scorecard import Scaling, platform_table
 
 
 def operator_name() -> str:
@@ -74,6 +76,15 @@ def jobs_table(stores: NodeStores, *, limit: int = 50, status: str | None = None
              outcome_text(r)) for r in records]
     return Table("Jobs the platform took part in (newest first)",
                  ("job", "kind", "name", "status", "requested by", "created", "finished", "result / error"), rows)
+
+
+def scorecard(stores: NodeStores, model_job_id: str, tags: Sequence[str], *, pdo: float) -> dict[str, Any]:
+    """The platform's half of a binned model as points per bin per tag (``protocols.scorecard``): its own
+    features' points only; the base points, and the bank's features, are the bank's to export."""
+    if not stores.models.exists(model_job_id):
+        raise NotFound(f"no model {model_job_id} on this node (see `platform-node models`)")
+    model = load_platform_half(stores.models.load(model_job_id), where=f"model {model_job_id}")
+    return platform_table(model, tags, Scaling.of(pdo=pdo))
 
 
 def model_status(stores: NodeStores, model_job_id: str, allowed: Sequence[str] | None) -> str:

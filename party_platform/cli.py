@@ -8,6 +8,7 @@
     platform-node audit --config platform.toml [--job JOB] [--event E] [--limit N] [--json]
     platform-node policy --config platform.toml
     platform-node preflight --config platform.toml   (config, data, certificates, policy: checked before the first job)
+    platform-node scorecard MODEL --config platform.toml [--tag T] --out FILE.csv|.json [--pdo 20]
     platform-node console --config platform.toml [--port 8081]   (the same in a browser: party_platform/console.py)
 
 The commands besides `serve` work on the node's state directory on this host (beside the running node):
@@ -20,6 +21,8 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1.health import HealthServicer
@@ -45,6 +48,7 @@ from party_common.runtime import (
     start_node_server,
 )
 from party_common.state_lock import StateLock, under_state_lock
+from party_common.storage.files import atomic_write_with
 from party_common.storage.jobs import STATUSES
 from party_common.transport import MAX_GRPC_MESSAGE
 from party_platform import admin
@@ -52,7 +56,8 @@ from party_platform.node import PlatformNode
 from party_platform.service import NodeServicer
 from party_platform.sessions import SessionRegistry
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
-from protocols.errors import FedProfileError
+from protocols.errors import FedProfileError, UserError
+from protocols.scorecard import DEFAULT_PDO, to_csv
 
 log = logging.getLogger("party_platform")
 
@@ -111,6 +116,18 @@ def print_table(table: admin.Table, *, as_json: bool) -> None:
         console.print("(none)")
 
 
+def write_scorecard(table: dict[str, Any], out: Path, *, overwrite: bool) -> None:
+    """The platform's points table as CSV or JSON (by ``out``'s suffix), written atomically, 0600."""
+    if out.suffix not in (".csv", ".json"):
+        raise UserError(f"{out}: a scorecard is written as .csv or .json")
+    text = to_csv(table) if out.suffix == ".csv" else json.dumps(table, indent=2, sort_keys=True) + "\n"
+    try:
+        atomic_write_with(out, lambda f: f.write(text.encode()), mode=0o600, overwrite=overwrite)
+    except FileExistsError:
+        raise UserError(f"{out} exists: pass --overwrite to replace it") from None
+    print(f"wrote the platform's scorecard of model {table['model']} ({', '.join(table['tags'])}) to {out}")
+
+
 def admin_command(args: argparse.Namespace, config: NodeConfig) -> int:
     stores = admin.open_stores(config)
     if args.command == "jobs":
@@ -124,6 +141,9 @@ def admin_command(args: argparse.Namespace, config: NodeConfig) -> int:
         print(admin.approve(stores, args.job, refuse=args.refuse))
     elif args.command == "revoke":
         print(admin.revoke(stores, args.model))
+    elif args.command == "scorecard":
+        write_scorecard(admin.scorecard(stores, args.model, args.tag or [], pdo=args.pdo), Path(args.out),
+                        overwrite=args.overwrite)
     elif args.command == "policy":
         released = config.max_released_projections
         policy = {**config.policy.describe(), "max_released_projections": released}
@@ -159,10 +179,18 @@ def parser() -> argparse.ArgumentParser:
     preflight = sub.add_parser("preflight", help="check this node's set-up before the first job: config, data "
                                "(empty and constant columns), certificates and keys, its policy against its data; "
                                "one table, exit code 1 when a check fails")
+    card = sub.add_parser("scorecard", help="this node's half of a binned model as a points table per tag "
+                          "(CSV or JSON by --out's suffix): points per bin of its own features only")
+    card.add_argument("model", help="the model's train job ID (see `platform-node models`)")
+    card.add_argument("--tag", action="append", help="a tag (repeat for more; default: every tag)")
+    card.add_argument("--out", required=True, help="file to write: .csv or .json")
+    card.add_argument("--pdo", type=float, default=DEFAULT_PDO, help="points to double the odds (the bank's "
+                      "table must use the same)")
+    card.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
     console = sub.add_parser("console", help="the same in a browser: a web console on 127.0.0.1 of this host "
                              "(approval queue, jobs, audit, disclosure budget, models, policy); prints its link")
     console.add_argument("--port", type=int, default=8081, help="local port of the console (0: any free one)")
-    for command in (serve_p, jobs, models, approve, revoke, audit, policy, preflight, console):
+    for command in (serve_p, jobs, models, approve, revoke, audit, policy, preflight, console, card):
         command.formatter_class = DefaultsFormatter
         command.add_argument("--config", help=config_help("platform"))
     for command in (jobs, models, audit, policy, preflight):

@@ -19,10 +19,12 @@ from party_common.audit import DEVIATION_EVENT, LOCAL_CALLER, audited
 from party_common.config import NodeConfig
 from party_common.grpc_errors import describe, status_of
 from party_common.jobs import SESSION_KINDS, JobContext, JobKind, ResultExists
-from party_common.link import PartialScores, Retirement, SessionContext
+from party_common.link import STABILITY_SOURCES, PartialScores, Retirement, SessionContext, StabilityIndices
 from party_common.memory import PeakMemory
+from party_common.metrics import set_stability
 from party_common.node import NodeBase
 from party_common.policy import AWAITING_APPROVAL, REFUSED_BY_OPERATOR, AwaitingApproval, PolicyRefused, knob
+from party_common.stability import TRAINING, FeatureWindows, feature_reference
 from party_common.storage import NodeStores, UnknownJob
 from party_common.storage.jobs import JOB_ID_RE, now
 from party_platform.disclosure import RELEASE_EVENT, DisclosureLedger
@@ -32,6 +34,7 @@ from protocols.errors import DeviationDetected, FedProfileError, NotFound, Proto
 from protocols.model_family import PlatformHalf
 from protocols.models import family_of, load_platform_half
 from protocols.party_data import PartyData, SchemaMismatch
+from protocols.stability import platform_indices
 from protocols.vfl_lr.disclosure import DisclosureRefused, Projection
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ REVOKE_EVENT = "model revoked"  # audit row under the model's job ID when the pl
 SESSION_REFUSED_EVENT = "session refused"  # audit row of a session the policy or the job's state refused
 RESUME_EVENT = "resume"  # audit row of a resumed job that waits for the operator's approval again
 RESULT_REFUSED_EVENT = "result refused"  # audit row of a session result that would replace a stored one
+STABILITY_EVENT = "stability"  # audit row of a stability answer (count = rows the indices are over)
 # Job statuses a session with ``resumed`` may take up: interrupted, or running (the bank's new session replaced
 # the open one). Never an ended job (succeeded, failed, cancelled).
 RESUMABLE = ("interrupted", "running")
@@ -125,6 +129,8 @@ class PlatformNode(NodeBase):
         # The disclosure budget, per customer across alignments and jobs (party_platform/disclosure.py).
         self.ledger = DisclosureLedger(config.state_dir, lambda: self.projections_limit, self.stores.jobs)
         self._record_lock = threading.Lock()  # check-then-record steps (disclosure budget, retirement) are atomic
+        # Per model, the bin counts of the rows it answered recently (never IDs): its features' stability.
+        self.recent = FeatureWindows(self.stores)
         log.info("platform data: %d users, %d features (%s)", len(self.data.ids), len(self.data.feature_names),
                  Path(self.data.source).name)
 
@@ -284,8 +290,45 @@ class PlatformNode(NodeBase):
         ids = self.data.ids
         released = self.ledger.charge([ids[i] for i in aligned[rows]], projections,
                                       what=f"scoring model {model_job_id}")
-        scores = family_of(model).platform_answer(model, self.data.features[aligned[rows]])[:, cols]
+        features = self.data.features[aligned[rows]]
+        scores = family_of(model).platform_answer(model, features)[:, cols]
+        self.recent.record(model_job_id, features)
         return PartialScores(wanted, scores, released, self.projections_limit)
+
+    def stability(self, model_job_id: str, source: str, rows: np.ndarray | None, *,
+                  caller: str = LOCAL_CALLER) -> StabilityIndices:
+        """One population stability index per feature of our half of a model, against its training population:
+        over alignment positions ``rows`` the bank scored (source "rows": a batch) or over our own recent answers
+        for the model (source "recent"). The bank learns one rounded number per feature, over at least
+        ``[policy] min_stability_rows`` rows (``protocols.stability.platform_indices``), never a bin's share.
+        Every call, answered or refused, is one audit row."""
+        with audited(self.stores.jobs, STABILITY_EVENT, actor=caller, job_id=model_job_id, durable=False) as call:
+            answer = self._stability(model_job_id, source, rows)
+            call.count, call.detail = answer.rows, f"{source}: {answer.rows} rows, {len(answer.features)} features"
+        # The platform's own gauges of its features, as the bank's (fedprofile_feature_psi, role "platform")
+        set_stability(model_job_id, "batch" if source == "rows" else "online",
+                      {"platform": dict(zip(answer.features, answer.psi, strict=True))}, {})
+        return answer
+
+    def _stability(self, model_job_id: str, source: str, rows: np.ndarray | None) -> StabilityIndices:
+        if source not in STABILITY_SOURCES:
+            raise ProtocolError(f"stability: source must be one of {', '.join(STABILITY_SOURCES)}, not {source!r}")
+        model = self._model(model_job_id)
+        min_rows = self.config.policy.min_stability_rows
+        if source == "recent":
+            reference, counts, n = self.recent.counts(model_job_id)
+            values = platform_indices(reference, counts, n, min_rows=min_rows)
+            return StabilityIndices(list(values), list(values.values()), n, TRAINING)
+        if not isinstance(rows, np.ndarray) or rows.dtype != np.int64 or rows.ndim != 1 or len(rows) == 0:
+            raise ProtocolError("stability: rows must be a non-empty 1-d int64 array of alignment positions")
+        alignment = self.stores.alignments.load(model.alignment_job_id)
+        aligned = self._aligned_rows(model.alignment_job_id)
+        if rows.min() < 0 or rows.max() >= len(aligned) or len(np.unique(rows)) != len(rows):
+            raise ProtocolError(f"stability: rows must be distinct positions in 0..{len(aligned) - 1}")
+        reference, origin = feature_reference(self.stores, model_job_id, self.data, alignment.ids or [])
+        values = platform_indices(reference, reference.count(self.data.features[aligned[rows]]), len(rows),
+                                  min_rows=min_rows)
+        return StabilityIndices(list(values), list(values.values()), len(rows), origin)
 
     def _model(self, model_job_id: str) -> PlatformHalf:
         try:

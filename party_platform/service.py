@@ -25,6 +25,8 @@ from party_platform.sessions import SessionRegistry
 from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
 from protocols.errors import ProtocolError
+from protocols.stability import VERSION as STABILITY_VERSION
+from protocols.stability import bitmap_rows
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,13 @@ class NodeServicer(pb_grpc.NodeServicer):
         return pb.PartialScoreResponse(tags=answer.tags, scores=array_to_pb(answer.scores),
                                        projections_released=answer.projections_released,
                                        projections_limit=answer.projections_limit)
+
+    @translate_errors("platform")
+    def Stability(self, request: pb.StabilityRequest, context: grpc.ServicerContext) -> pb.StabilityResponse:
+        rows = bitmap_rows(request.rows_bitmap) if request.source == "rows" else None
+        answer = self._endpoint.stability(request.model_job_id, request.source, rows, caller=caller_name(context))
+        return pb.StabilityResponse(version=STABILITY_VERSION, features=answer.features, psi=answer.psi,
+                                    rows=answer.rows, reference=answer.reference)
 
     @translate_errors("platform")
     def RetireModel(self, request: pb.RetireModelRequest, context: grpc.ServicerContext) -> pb.RetireModelResponse:

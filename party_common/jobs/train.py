@@ -8,6 +8,7 @@ from typing import Any
 
 from party_common.jobs.base import JobContext, JobError, JobKind, ResultExists
 from party_common.link import ContextPeer, PlatformLink, SessionContext
+from party_common.stability import keep_reference, served_test_scores
 from party_common.storage import DocumentExists, DocumentStore, NodeStores
 from party_common.storage.alignments import Alignment
 from protocols.channel import Message, StepHandler
@@ -138,6 +139,8 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
         # the stored report (for the HTML report's plots), not in the job's summary (it travels in GetJob).
         report = {**result.report, "summary": summarise(result.report)}
         ctx.stores.reports.save(ctx.job_id, report, overwrite=True)
+        keep_reference(ctx.stores, ctx.job_id, ctx.data, ctx.stores.alignments.load(params.alignment_job_id).ids or [],
+                       scores=served_test_scores(report), binning=getattr(result.model, "binning", None))  # stability
         return {key: value for key, value in report.items() if key not in PREDICTION_KEYS}
 
     def open_platform(self, ctx: JobContext, params: Message, context: SessionContext,
@@ -173,4 +176,6 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
         except DocumentExists as err:
             raise ResultExists(f"train: the platform node holds a model half of job {ctx.job_id} already; a stored "
                                "model half is never replaced (train a new job)") from err
+        keep_reference(ctx.stores, ctx.job_id, ctx.data, self._alignment(ctx, context).ids or [],
+                       binning=getattr(result, "binning", None))  # the training population, for stability
         return {"alignment_job_id": context.alignment_job_id, "tags": list(result.tag_names)}

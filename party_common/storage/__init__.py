@@ -90,6 +90,8 @@ class NodeStores:
     checkpoints: DocumentStore
     segments: DocumentStore
     registry: DocumentStore
+    # Stability references: the training population's bins and counts per model (protocols/stability.py).
+    stability: DocumentStore
 
 
 def open_node_stores(state_dir: Path, *, recover: bool = True, keep_waiting: bool = False) -> NodeStores:
@@ -106,6 +108,7 @@ def open_node_stores(state_dir: Path, *, recover: bool = True, keep_waiting: boo
                                         the segment's groups file (<name>.groups.parquet|.csv) sits beside it
             registry/<job>.json         0600  the model registry: a retired model's flag (both nodes);
             registry/registry_aliases.json 0600 the bank's aliases (NAME@LABEL -> model job ID), one document
+            stability/<job>.json        0600  the training population's bins and counts of a model (no IDs)
 
     ``recover=False``: leave unfinished jobs as they are (a command beside the running node, not the node);
     ``keep_waiting``: fail only running jobs, so approvals survive a restart (the platform).
@@ -119,6 +122,7 @@ def open_node_stores(state_dir: Path, *, recover: bool = True, keep_waiting: boo
         checkpoints=FileDocumentStore(state_dir / "checkpoints", suffix=".json", kind="checkpoint"),
         segments=FileDocumentStore(state_dir / "segments", suffix=".json", kind="segment"),
         registry=FileDocumentStore(state_dir / "registry", suffix=".json", kind="registry entry"),
+        stability=FileDocumentStore(state_dir / "stability", suffix=".json", kind="stability reference"),
     )
 
 
@@ -129,7 +133,8 @@ def memory_node_stores() -> NodeStores:
                       reports=MemoryDocumentStore(kind="report"),
                       checkpoints=MemoryDocumentStore(kind="checkpoint"),
                       segments=MemoryDocumentStore(kind="segment"),
-                      registry=MemoryDocumentStore(kind="registry entry"))
+                      registry=MemoryDocumentStore(kind="registry entry"),
+                      stability=MemoryDocumentStore(kind="stability reference"))
 
 
 __all__ = [
