@@ -24,6 +24,7 @@ from party_common.memory import PeakMemory
 from party_common.node import NodeBase
 from party_common.policy import AWAITING_APPROVAL, REFUSED_BY_OPERATOR, AwaitingApproval, PolicyRefused, knob
 from party_common.storage import NodeStores, UnknownJob
+from party_common.storage.group_commit import committed_before_return
 from party_common.storage.jobs import JOB_ID_RE, now
 from party_platform.disclosure import RELEASE_EVENT, DisclosureLedger
 from party_platform.policy import SCORE_EVENT, PlatformPolicy, restrict_features
@@ -256,9 +257,12 @@ class PlatformNode(NodeBase):
         customer's features (unless the customer's evaluation or an earlier call released it already); the
         ledger refuses the call if some customer would pass the budget, whatever alignment it came through.
         Every call, answered or refused, is one audit row (the caller's certificate name, rows, outcome), and
-        the policy's model, tag and quota checks come before any answer.
+        the policy's model, tag and quota checks come before any answer. The answer leaves only once the call's
+        charge and audit rows are committed: each database's writes of the call wait for one group commit
+        (``party_common.storage.group_commit``), shared with the calls that wrote meanwhile.
         """
-        with audited(self.stores.jobs, SCORE_EVENT, actor=caller, job_id=model_job_id, durable=False) as call:
+        with committed_before_return(), audited(self.stores.jobs, SCORE_EVENT, actor=caller,
+                                              job_id=model_job_id) as call:
             answer = self._partial_scores(model_job_id, rows, tags)
             call.count, call.detail = len(rows), f"{len(rows)} rows, {len(answer.tags)} tags"
         return answer
