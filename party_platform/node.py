@@ -26,6 +26,7 @@ from party_common.policy import AWAITING_APPROVAL, REFUSED_BY_OPERATOR, Awaiting
 from party_common.storage import NodeStores, UnknownJob
 from party_common.storage.group_commit import committed_before_return
 from party_common.storage.jobs import JOB_ID_RE, now
+from party_common.watch import WatchedDocuments
 from party_platform.disclosure import RELEASE_EVENT, DisclosureLedger
 from party_platform.policy import SCORE_EVENT, PlatformPolicy, restrict_features
 from protocols.channel import Message, StepHandler
@@ -126,6 +127,9 @@ class PlatformNode(NodeBase):
         # The disclosure budget, per customer across alignments and jobs (party_platform/disclosure.py).
         self.ledger = DisclosureLedger(config.state_dir, lambda: self.projections_limit, self.stores.jobs)
         self._record_lock = threading.Lock()  # check-then-record steps (disclosure budget, retirement) are atomic
+        # Retirements and the operator's revocations (`platform-node revoke`, another process) as last read: a
+        # partial-score call reads no file; a revocation takes effect within party_common.watch.CHECK_EVERY_S.
+        self._registry = WatchedDocuments(self.stores.registry)
         log.info("platform data: %d users, %d features (%s)", len(self.data.ids), len(self.data.feature_names),
                  Path(self.data.source).name)
 
@@ -270,7 +274,7 @@ class PlatformNode(NodeBase):
     def _partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
         if not isinstance(rows, np.ndarray) or rows.dtype != np.int64 or rows.ndim != 1 or len(rows) == 0:
             raise ProtocolError("partial scores: rows must be a non-empty 1-d int64 array of alignment positions")
-        retired = self.retirement(model_job_id)
+        retired = self._registry.get(model_job_id)
         if retired is not None:
             if retired.get("status") == "revoked":
                 raise PolicyRefused(f"model {model_job_id} was revoked by the platform's operator at "
@@ -316,6 +320,7 @@ class PlatformNode(NodeBase):
             had_half = self.stores.models.exists(model_job_id)
             entry = {"model": model_job_id, "status": "retired", "retired_at": now(), "had_model_half": had_half}
             self.stores.registry.save(model_job_id, entry, overwrite=True)
+            self._registry.invalidate()
             self.stores.jobs.audit(model_job_id, RETIRE_EVENT,
                                    "asked by the bank" + ("" if had_half else "; no model half on this node"))
         log.info("model %s retired", model_job_id)
