@@ -92,7 +92,7 @@ class ControlServicer(pb_grpc.BankControlServicer):
     @translate_errors("bank")
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         with SCORE_SECONDS.time(), audited(self._node.stores.jobs, "score", actor=caller_name(context),
-                                           job_id=request.model_job_id) as call:
+                                           job_id=request.model_job_id, log_level=logging.DEBUG) as call:
             call.count = len(request.customer_ids)
             if not request.customer_ids:
                 raise UserError("Score: the request names no customer; give at least one customer ID")

@@ -78,7 +78,7 @@ class ScoringServicer(pb_grpc.ScoringServicer):
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         ids = list(request.customer_ids)
         with SCORE_SECONDS.time(), audited(self._node.stores.jobs, "score", actor=caller_name(context),
-                                           job_id=request.params.model) as call:
+                                           job_id=request.params.model, log_level=logging.DEBUG) as call:
             call.count = len(ids)
             if not ids:
                 raise UserError("Score: the request names no customer; give at least one customer ID")

@@ -62,13 +62,14 @@ def outcome_of(err: BaseException | None) -> str:
 
 @contextmanager
 def audited(jobs: JobStore, event: str, *, actor: str, job_id: str | None = None,
-            detail: str = "") -> Iterator[AuditedCall]:
+            detail: str = "", log_level: int = logging.INFO) -> Iterator[AuditedCall]:
     """One audit row and one log line for the call in the ``with`` block, with its outcome.
 
     ``job_id`` (the job or model the call names) is recorded only when it is a well-formed job ID: a name the
     caller typed may be anything, so nothing else of it is written. The row is committed before the answer leaves
     (group-committed with other calls' rows; flushed to the disk off the call's path:
-    ``party_common.storage.group_commit``).
+    ``party_common.storage.group_commit``). ``log_level``: of the log line (score calls, hundreds a second, log
+    at DEBUG: formatting and writing a line was a tenth of a partial-score call; the audit row is the record).
     """
     call = AuditedCall(detail=detail)
     named = job_id if job_id and JOB_ID_RE.match(job_id) else None
@@ -80,8 +81,9 @@ def audited(jobs: JobStore, event: str, *, actor: str, job_id: str | None = None
         raise
     finally:
         outcome = outcome_of(error)
-        log.info("%s by %s: %d row(s), %s%s", event, actor, call.count, outcome,
-                 f" (job {named})" if named else "")
+        if log.isEnabledFor(log_level):
+            log.log(log_level, "%s by %s: %d row(s), %s%s", event, actor, call.count, outcome,
+                    f" (job {named})" if named else "")
         try:
             jobs.audit(named, event, call.detail, actor=actor, outcome=outcome, count=call.count)
         except Exception as err:

@@ -182,6 +182,14 @@ class DisclosureLedger:
             "SELECT DISTINCT epoch FROM projections WHERE job_id = ? AND epoch IS NOT NULL", (job_id,)).fetchall())
         return {int(e) for (e,) in rows}
 
+    def released_to(self, customer_id: str) -> set[Projection]:
+        """The projections recorded for one customer (tests, the operator's checks)."""
+        (key,) = self.customer_keys([customer_id])
+        rows = self._commit.read(lambda db: db.execute(
+            "SELECT p.job_id, p.tag, p.epoch FROM released r JOIN projections p ON p.id = r.projection "
+            "WHERE r.customer = ?", (key,)).fetchall())
+        return {Projection(job_id, tag, epoch) for job_id, tag, epoch in rows}
+
     def held(self, customer_id: str) -> int:
         """Distinct projections recorded for one customer (tests, the operator's checks)."""
         (key,) = self.customer_keys([customer_id])

@@ -265,8 +265,8 @@ class PlatformNode(NodeBase):
         charge and audit rows are committed: each database's writes of the call wait for one group commit
         (``party_common.storage.group_commit``), shared with the calls that wrote meanwhile.
         """
-        with committed_before_return(), audited(self.stores.jobs, SCORE_EVENT, actor=caller,
-                                              job_id=model_job_id) as call:
+        with committed_before_return(), audited(self.stores.jobs, SCORE_EVENT, actor=caller, job_id=model_job_id,
+                                                log_level=logging.DEBUG) as call:
             answer = self._partial_scores(model_job_id, rows, tags)
             call.count, call.detail = len(rows), f"{len(rows)} rows, {len(answer.tags)} tags"
         return answer

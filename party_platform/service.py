@@ -36,6 +36,9 @@ SessionOpener = Callable[[str, str, Message, SessionContext], StepHandler]
 # How a session ends (besides the bank closing it, "closed"): replaced by the bank's new session for the same job
 # (it restarted and resumes), idle past the registry's limit, cancelled by the bank, or the node is stopping.
 ENDINGS = ("closed", "superseded", "expired", "cancelled", "stopping")
+# The counters of partial-score calls, looked up once (a label lookup on every call cost more than the count).
+_ANSWERED = PARTIAL_SCORE_REQUESTS.labels("platform", "answered")
+_REFUSED = PARTIAL_SCORE_REQUESTS.labels("platform", "refused")
 
 
 @dataclass
@@ -238,9 +241,9 @@ class NodeServicer(pb_grpc.NodeServicer):
             answer = self._endpoint.partial_scores(request.model_job_id, rows, list(request.tags),
                                                    caller=caller_name(context))
         except Exception:
-            PARTIAL_SCORE_REQUESTS.labels("platform", "refused").inc()
+            _REFUSED.inc()
             raise
-        PARTIAL_SCORE_REQUESTS.labels("platform", "answered").inc()
+        _ANSWERED.inc()
         return pb.PartialScoreResponse(tags=answer.tags, scores=array_to_pb(answer.scores),
                                        projections_released=answer.projections_released,
                                        projections_limit=answer.projections_limit)

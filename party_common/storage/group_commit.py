@@ -255,6 +255,7 @@ class WalSyncer:
         self._fd: int | None = None
         self._flush_lock = threading.Lock()
         self._stopping = False
+        self._idle = False  # the thread waits for a commit (it must be woken) rather than sleeping to its next flush
         self._thread: threading.Thread | None = None
 
     def committed(self) -> None:
@@ -263,14 +264,17 @@ class WalSyncer:
             if self._thread is None:  # started by the first commit: a store only read never runs one
                 self._thread = threading.Thread(target=self._run, name=f"wal-sync {self.wal.name}", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            if self._idle:  # while it sleeps to its next flush, a commit needs no wake-up: that flush takes it
+                self._wake.notify()
 
     def _run(self) -> None:
         last = 0.0
         while True:
             with self._wake:
                 while self._commits == self.synced and not self._stopping:
+                    self._idle = True
                     self._wake.wait()
+                self._idle = False
                 if self._stopping:
                     return
             pause = last + self.every_s - time.monotonic()
