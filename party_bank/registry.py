@@ -90,7 +90,7 @@ class ModelRegistry:
         if not ref:
             raise UserError("name a model: a train job ID, an alias NAME@LABEL or 'latest'")
         if ref == LATEST:
-            for record in self.stores.jobs.list(-1, kind="train", status="succeeded"):
+            for record in self.stores.jobs.list(-1, kind="train", status="succeeded", brief=True):  # IDs only
                 if self.retirement(record.job_id) is None:
                     return record.job_id
             raise NotFound("no trained model on this node yet ('latest' names the newest finished train job)")
