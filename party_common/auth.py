@@ -8,8 +8,8 @@ installed on both nodes' servers.
 
 gRPC Python cannot check a certificate revocation list itself, so the gate does: it reads the serial of
 the caller's certificate and looks it up in the CRL of the CA that issued it (:class:`CrlFile`), which is
-read again when the file changes: its ``stat`` is looked at most every ``party_common.watch.CHECK_EVERY_S``,
-not on every call, so a new CRL takes effect within that time. A CRL that cannot be read or whose signature is wrong refuses every
+read again when the file changes: a background thread (``party_common.watch.POLLER``) looks at its ``stat``
+every ``CHECK_EVERY_S``, so a call makes no system call for it and a new CRL takes effect within that time. A CRL that cannot be read or whose signature is wrong refuses every
 certificate of that CA until it is fixed (fail closed).
 
 Audit code asks :func:`caller_identity` for the name and role of whoever made the current call.
@@ -25,7 +25,6 @@ import os
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from party_common.watch import CHECK_EVERY_S, is_recent
+from party_common.watch import POLLER, is_recent
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +138,6 @@ class CrlFile:
         self._ca = x509.load_pem_x509_certificate(ca_pem)
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int, int] | None = None
-        self._next_check = float("-inf")  # time.monotonic() of the next look at the file's stamp
         self._revoked: dict[int, dt.datetime] = {}
         self._error: str | None = None
         self._next_update: dt.datetime | None = None
@@ -147,6 +145,7 @@ class CrlFile:
         self.reload_if_changed()
         if self._error:
             raise CrlError(self._error)
+        POLLER.add(self)
 
     @property
     def issuer(self) -> x509.Name:
@@ -181,12 +180,9 @@ class CrlFile:
         else:
             log.info("CRL %s loaded: %d revoked certificate(s)", self.path, len(self._revoked))
 
-    def _check_due(self) -> None:
-        """:meth:`reload_if_changed` if the stamp was last looked at ``CHECK_EVERY_S`` ago or more."""
-        now = time.monotonic()
-        if now >= self._next_check:
-            self._next_check = now + CHECK_EVERY_S
-            self.reload_if_changed()
+    def poll(self) -> None:
+        """The poller's call (``party_common.watch``): :meth:`reload_if_changed`."""
+        self.reload_if_changed()
 
     def _read(self) -> dict[int, dt.datetime]:
         data = self.path.read_bytes()
@@ -205,7 +201,6 @@ class CrlFile:
 
     def revocation(self, cert: x509.Certificate) -> str | None:
         """Why ``cert`` must be refused (revoked, or this CRL is unusable), or None."""
-        self._check_due()
         with self._lock:
             if self._error:
                 return f"{self._error}; no certificate of that CA is accepted meanwhile"

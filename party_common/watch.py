@@ -1,25 +1,31 @@
 """Files a node consults on every call (revocation lists, the model registry), read again only when they change.
 
-A serving call must not cost a file read: :class:`Watched` keeps what it read and looks at the file's (or
-directory's) ``stat`` at most every :data:`CHECK_EVERY_S`; a call in between gets the value as last read.
+A serving call must not cost a file read, nor a ``stat``: :class:`Watched` keeps what it read, and one daemon
+thread per process (the poller) looks at the ``stat`` of every watched file or directory every
+:data:`CHECK_EVERY_S` and reads again what changed. A call gets the value as last read, with no system call.
 A change made by another process (``platform-node revoke``, ``fedprofile-certs crl``) therefore takes effect
-within :data:`CHECK_EVERY_S`; a change this process makes itself takes effect at once (:meth:`Watched.invalidate`).
+within :data:`CHECK_EVERY_S` (plus the read); a change this process makes itself takes effect at once
+(:meth:`Watched.invalidate`).
 
 The stamp compared is (mtime, size, inode, ctime). A file written twice within one tick of the file system's
 clock can keep its mtime, so while the stamp is younger than :data:`RACY_S` the value is read again at every
-check, as git does for its index: a change is never missed, however quickly it follows the last one.
+poll, as git does for its index: a change is never missed, however quickly it follows the last one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from protocols.errors import NotFound
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -45,46 +51,87 @@ def is_recent(stamp: tuple[int, int, int, int] | None, now_ns: int | None = None
 
 
 class Watched(Generic[T]):
-    """``read()`` of ``path``, read again when the stamp of ``path`` changes, checked at most every ``every_s``.
-
-    ``read`` may raise: the error reaches the caller and the next call reads again. Thread-safe; the fast path
-    (checked less than ``every_s`` ago) takes no lock.
+    """``read()`` of ``path``: read at the first :meth:`get`, then again by the poller when the stamp of ``path``
+    changes. A ``read`` that raises at the first :meth:`get` raises there (and the next call tries again); one
+    that raises in the poller is kept and raised by :meth:`get` until a later poll reads the file. Thread-safe.
     """
 
-    def __init__(self, path: Path, read: Callable[[], T], *, every_s: float = CHECK_EVERY_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, path: Path, read: Callable[[], T]) -> None:
         self.path = Path(path)
         self._read = read
-        self._every_s = every_s
-        self._clock = clock
         self._lock = threading.Lock()
-        self._next_check = float("-inf")
         self._stamp: Any = _NEVER
         self._value: T | None = None
+        self._error: BaseException | None = None
 
     def get(self) -> T:
-        if self._clock() < self._next_check:
-            return self._value  # type: ignore[return-value]
+        if self._stamp is _NEVER:
+            self._refresh(force=True)
+            POLLER.add(self)
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def poll(self) -> None:
+        """Read again if the stamp changed (the poller's call; tests call it to skip the wait)."""
+        if self._stamp is not _NEVER:
+            self._refresh(force=False)
+
+    def _refresh(self, *, force: bool) -> None:
         with self._lock:
-            now = self._clock()
-            if now < self._next_check:
-                return self._value  # type: ignore[return-value]
             stamp = stamp_of(self.path)
-            if stamp != self._stamp or is_recent(stamp):
-                self._stamp = _NEVER  # until read() returns: an error means read again next time
-                self._value = self._read()
-                self._stamp = stamp
-            self._next_check = now + self._every_s
-            return self._value  # type: ignore[return-value]
+            if not force and self._stamp is not _NEVER and stamp == self._stamp and not is_recent(stamp):
+                return
+            try:
+                value = self._read()
+            except Exception as err:
+                if force:  # the caller's own read: the error is theirs, and nothing is kept
+                    raise
+                self._error = err
+                return
+            self._value, self._error, self._stamp = value, None, stamp
 
     def invalidate(self) -> None:
         """This process changed the file: the next :meth:`get` reads it again."""
         with self._lock:
-            self._next_check = float("-inf")
             self._stamp = _NEVER
 
 
-_NEVER = object()  # no stamp read yet
+_NEVER = object()  # not read yet, or invalidated
+
+
+class Poller:
+    """The daemon thread that polls every watched object (``poll()``) every ``every_s``; started by the first."""
+
+    def __init__(self, every_s: float = CHECK_EVERY_S) -> None:
+        self.every_s = every_s
+        self._watched: weakref.WeakSet[Any] = weakref.WeakSet()  # a watcher nobody holds stops being polled
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, watched: Any) -> None:
+        with self._lock:
+            self._watched.add(watched)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="file-watch", daemon=True)
+                self._thread.start()
+
+    def poll_all(self) -> None:
+        with self._lock:
+            watched = list(self._watched)
+        for item in watched:
+            try:
+                item.poll()
+            except Exception as err:  # one file's trouble must not stop the others being watched
+                log.error("watching %s failed: %s", getattr(item, "path", item), err)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.every_s)
+            self.poll_all()
+
+
+POLLER = Poller()
 
 
 class WatchedDocuments:
@@ -95,10 +142,10 @@ class WatchedDocuments:
     memory (tests) is read directly: that is as cheap as a cache. The documents returned are shared: read only.
     """
 
-    def __init__(self, store: Any, *, every_s: float = CHECK_EVERY_S) -> None:
+    def __init__(self, store: Any) -> None:
         self._store = store
         directory = getattr(store, "directory", None)
-        self._watched = None if directory is None else Watched(Path(directory), self._read_all, every_s=every_s)
+        self._watched = None if directory is None else Watched(Path(directory), self._read_all)
 
     def _read_all(self) -> dict[str, dict[str, Any]]:
         docs = {}
@@ -120,5 +167,10 @@ class WatchedDocuments:
         if self._watched is not None:
             self._watched.invalidate()
 
+    def poll(self) -> None:
+        """Read the store again now if its directory changed (tests: the poller does it every CHECK_EVERY_S)."""
+        if self._watched is not None:
+            self._watched.poll()
 
-__all__ = ["CHECK_EVERY_S", "RACY_S", "Watched", "WatchedDocuments", "is_recent", "stamp_of"]
+
+__all__ = ["CHECK_EVERY_S", "POLLER", "RACY_S", "Poller", "Watched", "WatchedDocuments", "is_recent", "stamp_of"]

@@ -3,6 +3,8 @@ the pieces that take the per-call writes and file reads off a Score call without
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 import threading
 import time
@@ -146,16 +148,8 @@ def test_concurrent_charges_never_pass_the_budget(tmp_path: Path) -> None:
     reopened.close()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_a_watched_file_is_looked_at_once_per_interval_and_read_again_on_change(tmp_path: Path,
-                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_watched_file_costs_a_call_no_system_call_and_is_read_again_on_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import party_common.watch as watch
 
     path = tmp_path / "list.txt"
@@ -165,37 +159,46 @@ def test_a_watched_file_is_looked_at_once_per_interval_and_read_again_on_change(
     real_stamp = watch.stamp_of
     monkeypatch.setattr(watch, "stamp_of", lambda p: stats.append(p) or real_stamp(p))
     monkeypatch.setattr(watch, "RACY_S", 0.0)  # this test's writes are all "recent": judge the stamp alone
-    clock = Clock()
-    watched = Watched(path, lambda: reads.append(path.read_bytes()) or reads[-1], every_s=0.1, clock=clock)
+    watched = Watched(path, lambda: reads.append(path.read_bytes()) or reads[-1])
     assert [watched.get() for _ in range(50)] == [b"one"] * 50
-    assert len(stats) == 1 and len(reads) == 1  # fifty calls, one stat, one read
+    assert len(stats) == 1 and len(reads) == 1  # fifty calls: one stat and one read, at the first
     atomic_write(path, b"two")
-    clock.now = 0.05
-    assert watched.get() == b"one"  # within the interval: as last read
-    clock.now = 0.1
-    assert watched.get() == b"two" and len(stats) == 2 and len(reads) == 2
-    clock.now = 0.2
-    assert watched.get() == b"two" and len(reads) == 2  # looked at, unchanged: not read again
+    assert watched.get() == b"one" and len(stats) == 1  # until the poller looks: as last read, no stat
+    watched.poll()  # the poller's look, every CHECK_EVERY_S
+    assert watched.get() == b"two" and len(reads) == 2
+    watched.poll()
+    assert len(stats) == 3 and len(reads) == 2  # looked at, unchanged: not read again
     atomic_write(path, b"three")
     watched.invalidate()  # this process wrote it: seen at once
     assert watched.get() == b"three"
+    assert watched in watch.POLLER._watched  # the process's poller looks at it
 
 
-def test_a_recent_stamp_is_read_again_at_every_check(tmp_path: Path) -> None:
-    """Two writes in one clock tick can leave the stamp as it was: while it is young, each check reads."""
+def test_a_recent_stamp_is_read_again_at_every_poll(tmp_path: Path) -> None:
+    """Two writes in one clock tick can leave the stamp as it was: while it is young, each poll reads."""
     path = tmp_path / "list.txt"
     path.write_bytes(b"one")
-    clock = Clock()
-    reads: list[bytes] = []
-    watched = Watched(path, lambda: reads.append(path.read_bytes()) or reads[-1], every_s=0.1, clock=clock)
+    watched = Watched(path, path.read_bytes)
     assert watched.get() == b"one"
     stat = path.stat()
     path.write_bytes(b"two")
-    import os
-
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same mtime, as in one clock tick
-    clock.now = 0.1
-    assert watched.get() == b"two" and len(reads) == 2
+    watched.poll()
+    assert watched.get() == b"two"
+
+
+def test_a_watched_file_that_turns_unreadable_raises_until_it_is_fixed(tmp_path: Path) -> None:
+    path = tmp_path / "doc.json"
+    path.write_text("{}")
+    watched = Watched(path, lambda: json.loads(path.read_text()))
+    assert watched.get() == {}
+    path.write_text("{damaged")
+    watched.poll()
+    with pytest.raises(ValueError):
+        watched.get()
+    path.write_text('{"fixed": 1}')
+    watched.poll()
+    assert watched.get() == {"fixed": 1}
 
 
 def test_watched_documents_see_a_save_by_another_store(tmp_path: Path) -> None:
@@ -203,9 +206,11 @@ def test_watched_documents_see_a_save_by_another_store(tmp_path: Path) -> None:
 
     mine = FileDocumentStore(tmp_path / "registry", kind="registry entry")
     theirs = FileDocumentStore(tmp_path / "registry", kind="registry entry")  # another process's
-    docs = WatchedDocuments(mine, every_s=0.0)
+    docs = WatchedDocuments(mine)
     assert docs.get("train-00000001") is None
     theirs.save("train-00000001", {"status": "revoked"})
+    docs.poll()
     assert docs.get("train-00000001") == {"status": "revoked"}
     theirs.delete("train-00000001")
+    docs.poll()
     assert docs.get("train-00000001") is None
