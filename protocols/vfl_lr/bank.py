@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+import protocols.vfl_lr.key_proof as key_proof
 import protocols.vfl_lr.label_mask as label_mask
 import protocols.vfl_lr.mask_path as mask_path
 from protocols.channel import Peer, PeerChannel
@@ -213,7 +214,9 @@ class _BankTrainer:
         setup = {Field.BANK_KEY: self.pk.to_bytes(), Field.BANK_EVALUATION_KEY: self.epk.to_bytes(),
                  Field.N_ROWS: len(self.bank.ids),
                  Field.BANK_COLUMNS: int(self.Xq_aug.shape[1]),
-                 Field.TRAIN_ROWS: split.train, Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test}
+                 Field.TRAIN_ROWS: split.train, Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test,
+                 **key_proof.attach(self.scheme, self.sk, self.job_id, key_proof.BANK_TRAINING),
+                 **key_proof.attach(self.scheme, self.esk, self.job_id, key_proof.BANK_EVALUATION)}
         if not p.hide_label_mask:  # hidden: the platform takes every training row as labelled for every tag
             setup[Field.LABEL_MASK] = train_mask.astype(np.uint8)
         if state.steps:  # resumed: the platform restores its state at the same position
@@ -224,6 +227,7 @@ class _BankTrainer:
                                                          allow_insecure=self.insecure_for_tests, key_bits=p.key_bits)
         except InvalidKey as err:
             raise ProtocolError(f"the platform's public key was refused: {err}") from err
+        key_proof.check(self.scheme, self.ppk, reply, self.job_id, key_proof.PLATFORM_TRAINING, Step.SETUP)
         # The platform's feature count is the width of the mask path this node opens for it (a reply of any other
         # width is refused, _open_mask_path), so the floor below counts what its gradient can hold.
         n_features = read_field(reply, Field.N_FEATURES, int)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+import protocols.vfl_lr.key_proof as key_proof
 import protocols.vfl_lr.label_mask as label_mask
 import protocols.vfl_lr.mask_path as mask_path
 from protocols.channel import Message
@@ -170,6 +171,8 @@ class PlatformTrainHandler:
                 for name in (Field.BANK_KEY, Field.BANK_EVALUATION_KEY))
         except InvalidKey as err:
             raise ProtocolError(f"the bank's public key was refused: {err}") from err
+        for key, role in ((self.bpk, key_proof.BANK_TRAINING), (self.bepk, key_proof.BANK_EVALUATION)):
+            key_proof.check(self.scheme, key, message, self.job_id, role, Step.SETUP)
         if self.bepk.to_bytes() == self.bpk.to_bytes():
             raise ProtocolError("the bank's evaluation key must not be its training key")
         self.bank_columns = read_field(message, Field.BANK_COLUMNS, int)
@@ -228,6 +231,7 @@ class PlatformTrainHandler:
         self.floor = batch_floor(self.X.shape[1], p.epochs)
         self.enforce_floor = platform_enforces_floor(p, strict=not self.insecure_for_tests)
         return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.N_FEATURES: int(self.X.shape[1]),
+                **key_proof.attach(self.scheme, self.sk, self.job_id, key_proof.PLATFORM_TRAINING),
                 Field.MAX_VALIDATION_EVALUATIONS: self.limits.max_validation_evaluations}
 
     def _ids(self, rows: np.ndarray) -> list[str]:
