@@ -182,8 +182,9 @@ class SqliteJobStore:
         # connect, and closing the last connection to a WAL database checkpoints it and deletes the WAL file:
         # ~10 ms a write. Writes are group-committed (party_common.storage.group_commit): each is committed
         # when its method returns (a killed process loses none), threads writing at once share one commit, and
-        # a background syncer flushes the WAL to the disk. Reads open their own.
+        # a background syncer flushes the WAL to the disk. Reads use one connection per thread (_reader).
         self._commit = GroupCommit(self._connect(shared=True))
+        self._readers = threading.local()
         self._migrate()
         if not recover:
             return
@@ -211,6 +212,14 @@ class SqliteJobStore:
                 db.execute(f"INSERT INTO jobs_new ({_JOB_COLUMNS}) SELECT {_JOB_COLUMNS} FROM jobs ORDER BY rowid")
                 db.execute("DROP TABLE jobs")
                 db.execute("ALTER TABLE jobs_new RENAME TO jobs")
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection, opened once (a read costs no connect; in WAL mode each statement
+        outside a transaction reads the latest commit)."""
+        db = getattr(self._readers, "db", None)
+        if db is None:
+            db = self._readers.db = self._connect()
+        return db
 
     def _connect(self, *, shared: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=not shared)
@@ -309,14 +318,14 @@ class SqliteJobStore:
         sql = "SELECT at, job_id, event, detail, actor, outcome, count FROM audit"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        with closing(self._connect()) as db:
-            rows = db.execute(sql + " ORDER BY seq", args).fetchall()
+        db = self._reader()
+        rows = db.execute(sql + " ORDER BY seq", args).fetchall()
         return [AuditEvent(*row) for row in rows]
 
     def get(self, job_id: str) -> JobRecord:
         check_job_id(job_id)
-        with closing(self._connect()) as db:
-            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        db = self._reader()
+        row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         if row is None:
             raise UnknownJob(f"no job {job_id}")
         return self._record(row)
@@ -336,8 +345,8 @@ class SqliteJobStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
-        with closing(self._connect()) as db:
-            rows = db.execute(sql, (*args, limit)).fetchall()
+        db = self._reader()
+        rows = db.execute(sql, (*args, limit)).fetchall()
         records = [self._record(r) for r in rows]
         if brief:
             records = [replace(r, result=_from_brief_sql(r.result)) for r in records]
