@@ -283,8 +283,8 @@ class WalSyncer:
             last = time.monotonic()
             try:
                 self.sync()
-            except OSError as err:  # the next commit tries again; a WAL that cannot be synced is an alarm
-                log.error("flushing %s to the disk failed: %s", self.wal, err.strerror)
+            except Exception as err:  # tried again a second later: the thread must not die of one failure
+                log.error("flushing %s to the disk failed: %s", self.wal, err)
                 with self._wake:
                     if not self._stopping:
                         self._wake.wait(1.0)
