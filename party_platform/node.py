@@ -29,6 +29,7 @@ from party_common.storage.jobs import JOB_ID_RE, now
 from party_common.watch import WatchedDocuments
 from party_platform.disclosure import RELEASE_EVENT, DisclosureLedger
 from party_platform.policy import SCORE_EVENT, PlatformPolicy, restrict_features
+from party_platform.policy_file import POLICY_EVENT, PolicyFile
 from protocols.channel import Message, StepHandler
 from protocols.errors import DeviationDetected, FedProfileError, NotFound, ProtocolError
 from protocols.model_family import PlatformHalf
@@ -130,8 +131,16 @@ class PlatformNode(NodeBase):
         # Retirements and the operator's revocations (`platform-node revoke`, another process) as last read: a
         # partial-score call reads no file; a revocation takes effect within party_common.watch.CHECK_EVERY_S.
         self._registry = WatchedDocuments(self.stores.registry)
+        # [policy] read again when the config file changes (party_platform/policy_file.py); none in tests
+        # that build their config in code.
+        self.policy_file = PolicyFile(config, self._replace_policy) if Path(config.source).is_file() else None
         log.info("platform data: %d users, %d features (%s)", len(self.data.ids), len(self.data.feature_names),
                  Path(self.data.source).name)
+
+    def _replace_policy(self, config: NodeConfig, keys: list[str]) -> None:
+        self.config = config
+        self.policy.replace_config(config.policy, len(self.data.ids))
+        self.stores.jobs.audit(None, POLICY_EVENT, ", ".join(keys), actor="(config file)", outcome="ok")
 
     # ---- sessions ----
 
