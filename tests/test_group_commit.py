@@ -214,3 +214,26 @@ def test_watched_documents_see_a_save_by_another_store(tmp_path: Path) -> None:
     theirs.delete("train-00000001")
     docs.poll()
     assert docs.get("train-00000001") is None
+
+
+def test_an_idle_syncer_ends_and_the_next_commit_starts_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import party_common.storage.group_commit as group_commit
+
+    monkeypatch.setattr(group_commit, "IDLE_EXIT_S", 0.05)
+    commit = writer(tmp_path / "db.sqlite")
+    syncer = commit._syncer
+
+    def settle(commits: int) -> None:
+        deadline = time.monotonic() + 10
+        while (syncer.synced < commits or syncer._thread is not None) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    with commit.transaction() as db:
+        db.execute("INSERT INTO parent (id) VALUES (1)")
+    settle(1)
+    assert syncer.synced == 1 and syncer._thread is None  # flushed, then gone: an unwritten store keeps no thread
+    with commit.transaction() as db:
+        db.execute("INSERT INTO parent (id) VALUES (2)")
+    settle(2)
+    assert syncer.synced == 2
+    commit.close()

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SYNC_EVERY_S = 0.01  # the syncer flushes the WAL at most this often (the most a power loss takes back, plus a flush)
+IDLE_EXIT_S = 30.0  # a syncer with nothing to flush for this long ends (a store no longer written keeps no thread)
 CHECKPOINT_EVERY = 256  # commits between two checkpoints of the WAL into the database file (by the syncer)
 _FAILURES_KEPT = 1024  # failed batches remembered for threads still to wait on them
 
@@ -273,7 +274,9 @@ class WalSyncer:
             with self._wake:
                 while self._commits == self.synced and not self._stopping:
                     self._idle = True
-                    self._wake.wait()
+                    if not self._wake.wait(IDLE_EXIT_S) and self._commits == self.synced:
+                        self._idle, self._thread = False, None  # the next commit starts a new one
+                        return
                 self._idle = False
                 if self._stopping:
                     return
@@ -322,8 +325,9 @@ class WalSyncer:
         with self._wake:
             self._stopping = True
             self._wake.notify()
-        if self._thread is not None:
-            self._thread.join()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
         try:
             self.sync()
         except OSError as err:
