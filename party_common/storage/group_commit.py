@@ -120,7 +120,7 @@ class GroupCommit:
         self._committed = -1  # every batch up to this number has ended (committed or failed)
         self._leading = False
         self._failures: dict[int, BaseException] = {}
-        self.commits = 0  # batches committed (tests, the benchmark: writes per commit)
+        self.commits = 0  # batches committed (tests)
 
     @contextmanager
     def batched(self) -> Iterator[Pending]:
