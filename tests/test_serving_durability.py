@@ -31,7 +31,8 @@ KILL_AFTER = 50  # answered calls before the kill: the load is well under way, m
 
 def score_until_refused(client: BankClient, model: str, customers: list[str], answered: list[str],
                         failed: list[BaseException], lock: threading.Lock) -> None:
-    """One customer per call (each call a new projection for its customer) until a call fails."""
+    """One customer per call, each customer once (a first answer: a charge unless its evaluation paid it), until
+    a call fails."""
     for customer in customers:
         try:
             scores = client.score(model, [customer])
