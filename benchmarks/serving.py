@@ -13,7 +13,8 @@ warm channel to the bank node's control API:
   (clients/node/score.js, `fedprofile.v2.Scoring.Score` with @grpc/grpc-js, its own warm channel), or
   ``unavailable`` with the reason when node or its packages are missing (`make node-client`).
 
-Goals (issue 14): single p99 <= 5 ms, 1000 IDs <= 50 ms.
+Goals (issues 14 and 26): single p99 <= 5 ms and p50 <= 2 ms with the disclosure budget, the audit log and the
+policy on (as they always are), 1000 IDs <= 50 ms. The JSON holds them as ``single.p50_ms`` and ``single.p99_ms``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from party_bank.client import BankClient
 from simulations.cluster import OPERATOR, LocalCluster
 from simulations.generate import SimulationConfig, generate, write
 
-GOALS = {"single_p99_ms": 5.0, "batch_1000_ms": 50.0}
+GOALS = {"single_p99_ms": 5.0, "single_p50_ms": 2.0, "batch_1000_ms": 50.0}
 TRAIN = {"epochs": 1, "validation_share": 0.2}
 
 
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             }
     result["goals"] = GOALS
     result["met"] = {"single_p99_ms": result["single"]["p99_ms"] <= GOALS["single_p99_ms"],
+                     "single_p50_ms": result["single"]["p50_ms"] <= GOALS["single_p50_ms"],
                      "batch_1000_ms": result["batch_1000"]["ms"] <= GOALS["batch_1000_ms"]}
     result["load_average_1m"] = round(os.getloadavg()[0], 2)  # other work on the machine shows in the tails
     result["cpus"] = os.cpu_count()
@@ -160,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                        "transport": "gRPC over mutual TLS on loopback, each node its own process"}
     s, b, t, n = result["single"], result["batch_1000"], result["throughput"], result["node_client"]
     print_table("Online scoring (Score on the bank node, platform part included)", [
-        ("single, one ID", f"p50 {s['p50_ms']} ms", f"p99 {s['p99_ms']} ms", f"goal p99 <= {GOALS['single_p99_ms']} ms"),
+        ("single, one ID", f"p50 {s['p50_ms']} ms", f"p99 {s['p99_ms']} ms",
+         f"goal p50 <= {GOALS['single_p50_ms']} ms, p99 <= {GOALS['single_p99_ms']} ms"),
         ("batch of 1000 IDs", f"{b['ms']} ms", f"min {b['min_ms']} ms", f"goal <= {GOALS['batch_1000_ms']} ms"),
         (f"{t['clients']} concurrent clients", f"{t['calls_per_s']} calls/s", f"p99 {t['p99_ms']} ms", ""),
         ("Node.js client, one ID", f"p50 {n.get('p50_ms', '-')} ms", f"p99 {n.get('p99_ms', '-')} ms",

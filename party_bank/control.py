@@ -92,7 +92,7 @@ class ControlServicer(pb_grpc.BankControlServicer):
     @translate_errors("bank")
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         with SCORE_SECONDS.time(), audited(self._node.stores.jobs, "score", actor=caller_name(context),
-                                           job_id=request.model_job_id, durable=False) as call:
+                                           job_id=request.model_job_id, log_level=logging.DEBUG) as call:
             call.count = len(request.customer_ids)
             if not request.customer_ids:
                 raise UserError("Score: the request names no customer; give at least one customer ID")
@@ -191,8 +191,7 @@ class ControlServicer(pb_grpc.BankControlServicer):
     @translate_errors("bank")
     def StabilityReport(self, request: pb.StabilityReportRequest,
                         context: grpc.ServicerContext) -> pb.StabilityReportResponse:
-        with audited(self._node.stores.jobs, "stability", actor=caller_name(context), job_id=request.model or None,
-                     durable=False):
+        with audited(self._node.stores.jobs, "stability", actor=caller_name(context), job_id=request.model or None):
             result = self._node.stability.answer(request.model, batch=request.batch_file or None,
                                                  online=request.online)
         return pb.StabilityReportResponse(result_json=json.dumps(result, sort_keys=True))

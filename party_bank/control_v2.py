@@ -79,7 +79,7 @@ class ScoringServicer(pb_grpc.ScoringServicer):
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         ids = list(request.customer_ids)
         with SCORE_SECONDS.time(), audited(self._node.stores.jobs, "score", actor=caller_name(context),
-                                           job_id=request.params.model, durable=False) as call:
+                                           job_id=request.params.model, log_level=logging.DEBUG) as call:
             call.count = len(ids)
             if not ids:
                 raise UserError("Score: the request names no customer; give at least one customer ID")
@@ -93,7 +93,7 @@ class ScoringServicer(pb_grpc.ScoringServicer):
                     context: grpc.ServicerContext) -> Iterator[pb.ScoreStreamResponse]:
         params: pb.ScoreParams | None = None
         offset = 0
-        with audited(self._node.stores.jobs, "score stream", actor=caller_name(context), durable=False) as call:
+        with audited(self._node.stores.jobs, "score stream", actor=caller_name(context)) as call:
             for message in requests:
                 if params is None:
                     if not message.HasField("params"):

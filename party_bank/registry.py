@@ -14,6 +14,7 @@ from typing import Any
 from party_common.link import PlatformLink
 from party_common.storage import NodeStores
 from party_common.storage.jobs import JobRecord, now
+from party_common.watch import WatchedDocuments
 from protocols.errors import NotFound, UserError
 
 ALIASES_DOC = "registry_aliases"  # alias -> model job ID, for every alias
@@ -51,20 +52,23 @@ class ModelRegistry:
         self.stores = stores
         self.link = link
         self._lock = threading.Lock()  # alias and retire writes, one at a time
+        # The registry as last read: resolving a model on a Score call reads no file. This node is its only
+        # writer and reads it again after each of its writes; a change by hand shows within CHECK_EVERY_S.
+        self._docs = WatchedDocuments(stores.registry)
 
     # ---- reading ----
 
     def aliases(self) -> dict[str, str]:
         """Every alias and the model job ID it points at."""
-        if not self.stores.registry.exists(ALIASES_DOC):
-            return {}
-        return dict(self.stores.registry.load(ALIASES_DOC).get("aliases") or {})
+        doc = self._docs.get(ALIASES_DOC)
+        return {} if doc is None else dict(doc.get("aliases") or {})
 
     def retirement(self, model_job_id: str) -> dict[str, Any] | None:
         """The registry entry of a retired model, None while it is active."""
-        if model_job_id == ALIASES_DOC or not self.stores.registry.exists(model_job_id):
+        if model_job_id == ALIASES_DOC:
             return None
-        return self.stores.registry.load(model_job_id)
+        entry = self._docs.get(model_job_id)
+        return None if entry is None else dict(entry)
 
     def resolve(self, ref: str) -> str:
         """The train job ID that ``ref`` (a job ID or an alias) names; a retired model is refused."""
@@ -80,7 +84,7 @@ class ModelRegistry:
         if not ref:
             raise UserError("name a model: a train job ID, an alias NAME@LABEL or 'latest'")
         if ref == LATEST:
-            for record in self.stores.jobs.list(-1, kind="train", status="succeeded"):
+            for record in self.stores.jobs.list(-1, kind="train", status="succeeded", brief=True):  # IDs only
                 if self.retirement(record.job_id) is None:
                     return record.job_id
             raise NotFound("no trained model on this node yet ('latest' names the newest finished train job)")
@@ -172,6 +176,7 @@ class ModelRegistry:
             entry = {"model": job_id, "status": "retired", "retired_at": now(),
                      "platform_retired_at": platform.retired_at, "aliases_removed": removed}
             self.stores.registry.save(job_id, entry, overwrite=True)
+            self._docs.invalidate()
             if removed:
                 self._save_aliases({a: j for a, j in aliases.items() if j != job_id})
         self.stores.jobs.audit(job_id, "model retired", f"on both nodes; aliases removed: {', '.join(removed) or '-'}")
@@ -180,6 +185,7 @@ class ModelRegistry:
     def _save_aliases(self, aliases: dict[str, str]) -> None:
         self.stores.registry.save(ALIASES_DOC, {"aliases": dict(sorted(aliases.items())), "updated_at": now()},
                                   overwrite=True)
+        self._docs.invalidate()
 
 
 __all__ = ["ALIASES_DOC", "ModelRegistry", "ModelRetired", "UnknownAlias", "check_alias", "is_alias"]

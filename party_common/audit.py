@@ -62,13 +62,14 @@ def outcome_of(err: BaseException | None) -> str:
 
 @contextmanager
 def audited(jobs: JobStore, event: str, *, actor: str, job_id: str | None = None,
-            detail: str = "", durable: bool = True) -> Iterator[AuditedCall]:
+            detail: str = "", log_level: int = logging.INFO) -> Iterator[AuditedCall]:
     """One audit row and one log line for the call in the ``with`` block, with its outcome.
 
     ``job_id`` (the job or model the call names) is recorded only when it is a well-formed job ID: a name the
-    caller typed may be anything, so nothing else of it is written. ``durable=False`` (score calls, many a
-    second): the row is committed before the answer leaves, atomically and safe against a killed process, but
-    without waiting for the disk (a power loss may lose the last such rows; ``SqliteJobStore._transaction``).
+    caller typed may be anything, so nothing else of it is written. The row is committed before the answer leaves
+    (group-committed with other calls' rows; flushed to the disk off the call's path:
+    ``party_common.storage.group_commit``). ``log_level``: of the log line (score calls, hundreds a second, log
+    at DEBUG: formatting and writing a line was a tenth of a partial-score call; the audit row is the record).
     """
     call = AuditedCall(detail=detail)
     named = job_id if job_id and JOB_ID_RE.match(job_id) else None
@@ -80,10 +81,11 @@ def audited(jobs: JobStore, event: str, *, actor: str, job_id: str | None = None
         raise
     finally:
         outcome = outcome_of(error)
-        log.info("%s by %s: %d row(s), %s%s", event, actor, call.count, outcome,
-                 f" (job {named})" if named else "")
+        if log.isEnabledFor(log_level):
+            log.log(log_level, "%s by %s: %d row(s), %s%s", event, actor, call.count, outcome,
+                    f" (job {named})" if named else "")
         try:
-            jobs.audit(named, event, call.detail, actor=actor, outcome=outcome, count=call.count, durable=durable)
+            jobs.audit(named, event, call.detail, actor=actor, outcome=outcome, count=call.count)
         except Exception as err:
             log.error("audit row for %s could not be written: %s", event, type(err).__name__)
             if error is None:  # no answer leaves the node without its audit row
@@ -94,14 +96,13 @@ def record_refusal(jobs: JobStore, refusal: Refusal) -> None:
     """One audit row (event "call refused", no job) for a call the node's gate refused (``CertificateGate``'s
     ``on_refusal``): the certificate's name as the actor, its role and serial and the refused method in the
     detail, the short reason ("revoked", "wrong role or name", ...) and the status as the outcome. Never more
-    of the certificate, nor anything of the request. Without the disk wait (``durable=False``), as score calls:
-    a caller refused in a loop must not slow the node; a row that cannot be written is logged."""
+    of the certificate, nor anything of the request. Group-committed: a caller refused in a loop costs the
+    node a share of one commit, and no disk flush of its own; a row that cannot be written is logged."""
     who = refusal.who
     cert = "no certificate" if who is None else f"{who.role or 'no role'} certificate, serial {who.serial:x}"
     try:
         jobs.audit(None, REFUSED_EVENT, f"{refusal.method}; {cert}; {refusal.reason}",
-                   actor=NO_CERTIFICATE if who is None else who.name, outcome=f"refused ({refusal.code.name})",
-                   durable=False)
+                   actor=NO_CERTIFICATE if who is None else who.name, outcome=f"refused ({refusal.code.name})")
     except Exception as err:
         log.error("audit row for a refused call could not be written: %s", type(err).__name__)
 

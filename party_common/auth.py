@@ -8,7 +8,8 @@ installed on both nodes' servers.
 
 gRPC Python cannot check a certificate revocation list itself, so the gate does: it reads the serial of
 the caller's certificate and looks it up in the CRL of the CA that issued it (:class:`CrlFile`), which is
-read again whenever the file changes. A CRL that cannot be read or whose signature is wrong refuses every
+read again when the file changes: a background thread (``party_common.watch.POLLER``) looks at its ``stat``
+every ``CHECK_EVERY_S``, so a call makes no system call for it and a new CRL takes effect within that time. A CRL that cannot be read or whose signature is wrong refuses every
 certificate of that CA until it is fixed (fail closed).
 
 Audit code asks :func:`caller_identity` for the name and role of whoever made the current call.
@@ -32,6 +33,8 @@ from typing import Any
 import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+
+from party_common.watch import POLLER, is_recent
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +137,7 @@ class CrlFile:
         self.path = Path(path)
         self._ca = x509.load_pem_x509_certificate(ca_pem)
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[int, int, int, int] | None = None
         self._revoked: dict[int, dt.datetime] = {}
         self._error: str | None = None
         self._next_update: dt.datetime | None = None
@@ -142,6 +145,7 @@ class CrlFile:
         self.reload_if_changed()
         if self._error:
             raise CrlError(self._error)
+        POLLER.add(self)
 
     @property
     def issuer(self) -> x509.Name:
@@ -153,16 +157,18 @@ class CrlFile:
         return self._next_update
 
     def reload_if_changed(self) -> None:
+        """Read the file again if its stamp changed (or is too recent to tell: ``party_common.watch``)."""
         try:
             st = os.stat(self.path)
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
         except OSError as err:
-            stamp, problem = (0, 0, 0), f"CRL {self.path} cannot be read: {err.strerror}"
+            stamp, problem = (0, 0, 0, 0), f"CRL {self.path} cannot be read: {err.strerror}"
         else:
             problem = None
         with self._lock:
-            if stamp == self._stamp:
+            if stamp == self._stamp and not is_recent(stamp):
                 return
+            before = (self._error, self._revoked)
             self._stamp = stamp
             if problem is None:
                 try:
@@ -170,12 +176,18 @@ class CrlFile:
                 except CrlError as err:
                     problem = str(err)
             self._error = problem
+            if (self._error, self._revoked) == before:  # read again for a recent stamp: nothing new
+                return
             self._stale_warned = False
         if problem:
             log.error("%s; refusing every certificate of %s until it is fixed", problem,
                       self.issuer.rfc4514_string())
         else:
             log.info("CRL %s loaded: %d revoked certificate(s)", self.path, len(self._revoked))
+
+    def poll(self) -> None:
+        """The poller's call (``party_common.watch``): :meth:`reload_if_changed`."""
+        self.reload_if_changed()
 
     def _read(self) -> dict[int, dt.datetime]:
         data = self.path.read_bytes()
@@ -194,7 +206,6 @@ class CrlFile:
 
     def revocation(self, cert: x509.Certificate) -> str | None:
         """Why ``cert`` must be refused (revoked, or this CRL is unusable), or None."""
-        self.reload_if_changed()
         with self._lock:
             if self._error:
                 return f"{self._error}; no certificate of that CA is accepted meanwhile"

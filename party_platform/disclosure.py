@@ -8,7 +8,9 @@ than ``[policy] max_released_projections`` of them, whichever alignment, job, sp
 
 Customers are keyed by HMAC-SHA256 of their ID under a node-local secret key (``disclosure.key``, 32 bytes,
 0600): stable across alignments and data reloads, useless to anyone without the key, never logged. The ledger
-(``disclosure.sqlite``, 0600, WAL) is written in one transaction per charge: all of a call's customers or none.
+(``disclosure.sqlite``, 0600, WAL) records a charge in one savepoint: all of a call's customers or none; charges are
+group-committed (``party_common.storage.group_commit``), each committed before its answer leaves (a killed
+node loses none; docs/security.md, "The disclosure ledger on a crash").
 Audit rows hold job IDs, projection names and counts only.
 """
 
@@ -19,12 +21,12 @@ import hashlib
 import hmac
 import os
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from party_common.storage import JobStore
 from party_common.storage.files import local_secret
+from party_common.storage.group_commit import GroupCommit
 from protocols.vfl_lr.disclosure import DisclosureRefused, Projection
 
 RELEASE_EVENT = "projection released"  # audit rows under the job that released: names, customers, the most held
@@ -78,20 +80,21 @@ class DisclosureLedger:
         path = state_dir / "disclosure.sqlite"
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         os.chmod(path, 0o600)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._db.execute("CREATE TEMP TABLE request (customer BLOB PRIMARY KEY) WITHOUT ROWID")
+        db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
+        db.execute("CREATE TEMP TABLE request (customer BLOB PRIMARY KEY) WITHOUT ROWID")
+        # Charges are group-committed: each is committed before charge() returns, or before the end of the
+        # caller's committed_before_return block; threads charging at once share one commit; the WAL reaches the
+        # disk by the group commit's syncer, off the callers' path.
+        self._commit = GroupCommit(db)
 
     @property
     def limit(self) -> int:
         return self._limit()
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._commit.close()
 
     def customer_keys(self, ids: Iterable[str]) -> list[bytes]:
         """The ledger's key of each customer ID (HMAC-SHA256 under the node's secret, 16 bytes)."""
@@ -107,23 +110,16 @@ class DisclosureLedger:
         if not customers or not wanted:
             return 0
         added = 0
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                limit = self._limit()
-                most, over, new = self._count(db, customers, wanted, limit)
-                if over or check_only or not new:  # nothing new (a repeat score): nothing to write
-                    db.execute("ROLLBACK")
-                else:
-                    before = db.total_changes
-                    self._record(db, wanted)
-                    added = db.total_changes - before
-                    db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        # Check and record in one savepoint of the open batch, under the connection's lock: exact however many
+        # threads charge at once. A repeat (nothing new) or a refusal writes nothing, but still waits for the
+        # batch: an answer for a customer another thread has just charged leaves only once that charge is committed.
+        with self._commit.transaction() as db:
+            limit = self._limit()
+            most, over, new = self._count(db, customers, wanted, limit)
+            if not (over or check_only or not new):
+                before = db.total_changes
+                self._record(db, wanted)
+                added = db.total_changes - before
         names = ", ".join(p.name for p in wanted)
         job = wanted[0].job_id
         if over:
@@ -172,16 +168,23 @@ class DisclosureLedger:
         return None if row is None else int(row[0])
 
     def epochs_evaluated(self, job_id: str) -> set[int]:
-        with self._lock:
-            rows = self._db.execute("SELECT DISTINCT epoch FROM projections WHERE job_id = ? AND epoch IS NOT NULL",
-                                    (job_id,)).fetchall()
+        rows = self._commit.read(lambda db: db.execute(
+            "SELECT DISTINCT epoch FROM projections WHERE job_id = ? AND epoch IS NOT NULL", (job_id,)).fetchall())
         return {int(e) for (e,) in rows}
+
+    def released_to(self, customer_id: str) -> set[Projection]:
+        """The projections recorded for one customer (tests, the operator's checks)."""
+        (key,) = self.customer_keys([customer_id])
+        rows = self._commit.read(lambda db: db.execute(
+            "SELECT p.job_id, p.tag, p.epoch FROM released r JOIN projections p ON p.id = r.projection "
+            "WHERE r.customer = ?", (key,)).fetchall())
+        return {Projection(job_id, tag, epoch) for job_id, tag, epoch in rows}
 
     def held(self, customer_id: str) -> int:
         """Distinct projections recorded for one customer (tests, the operator's checks)."""
         (key,) = self.customer_keys([customer_id])
-        with self._lock:
-            (count,) = self._db.execute("SELECT COUNT(*) FROM released WHERE customer = ?", (key,)).fetchone()
+        (count,) = self._commit.read(lambda db: db.execute("SELECT COUNT(*) FROM released WHERE customer = ?",
+                                                           (key,)).fetchone())
         return int(count)
 
 

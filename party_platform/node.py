@@ -26,9 +26,12 @@ from party_common.node import NodeBase
 from party_common.policy import AWAITING_APPROVAL, REFUSED_BY_OPERATOR, AwaitingApproval, PolicyRefused, knob
 from party_common.stability import TRAINING, FeatureWindows, feature_reference
 from party_common.storage import NodeStores, UnknownJob
+from party_common.storage.group_commit import committed_before_return
 from party_common.storage.jobs import JOB_ID_RE, now
+from party_common.watch import WatchedDocuments
 from party_platform.disclosure import RELEASE_EVENT, DisclosureLedger
 from party_platform.policy import SCORE_EVENT, PlatformPolicy, restrict_features
+from party_platform.policy_file import POLICY_EVENT, PolicyFile
 from protocols.channel import Message, StepHandler
 from protocols.errors import DeviationDetected, FedProfileError, NotFound, ProtocolError
 from protocols.model_family import PlatformHalf
@@ -131,8 +134,19 @@ class PlatformNode(NodeBase):
         self._record_lock = threading.Lock()  # check-then-record steps (disclosure budget, retirement) are atomic
         # Per model, the bin counts of the rows it answered recently (never IDs): its features' stability.
         self.recent = FeatureWindows(self.stores)
+        # Retirements and the operator's revocations (`platform-node revoke`, another process) as last read: a
+        # partial-score call reads no file; a revocation takes effect within party_common.watch.CHECK_EVERY_S.
+        self._registry = WatchedDocuments(self.stores.registry)
+        # [policy] read again when the config file changes (party_platform/policy_file.py); none in tests
+        # that build their config in code.
+        self.policy_file = PolicyFile(config, self._replace_policy) if Path(config.source).is_file() else None
         log.info("platform data: %d users, %d features (%s)", len(self.data.ids), len(self.data.feature_names),
                  Path(self.data.source).name)
+
+    def _replace_policy(self, config: NodeConfig, keys: list[str]) -> None:
+        self.config = config
+        self.policy.replace_config(config.policy, len(self.data.ids))
+        self.stores.jobs.audit(None, POLICY_EVENT, ", ".join(keys), actor="(config file)", outcome="ok")
 
     # ---- sessions ----
 
@@ -262,9 +276,12 @@ class PlatformNode(NodeBase):
         customer's features (unless the customer's evaluation or an earlier call released it already); the
         ledger refuses the call if some customer would pass the budget, whatever alignment it came through.
         Every call, answered or refused, is one audit row (the caller's certificate name, rows, outcome), and
-        the policy's model, tag and quota checks come before any answer.
+        the policy's model, tag and quota checks come before any answer. The answer leaves only once the call's
+        charge and audit rows are committed: each database's writes of the call wait for one group commit
+        (``party_common.storage.group_commit``), shared with the calls that wrote meanwhile.
         """
-        with audited(self.stores.jobs, SCORE_EVENT, actor=caller, job_id=model_job_id, durable=False) as call:
+        with committed_before_return(), audited(self.stores.jobs, SCORE_EVENT, actor=caller, job_id=model_job_id,
+                                                log_level=logging.DEBUG) as call:
             answer = self._partial_scores(model_job_id, rows, tags)
             call.count, call.detail = len(rows), f"{len(rows)} rows, {len(answer.tags)} tags"
         return answer
@@ -272,7 +289,7 @@ class PlatformNode(NodeBase):
     def _partial_scores(self, model_job_id: str, rows: np.ndarray, tags: list[str]) -> PartialScores:
         if not isinstance(rows, np.ndarray) or rows.dtype != np.int64 or rows.ndim != 1 or len(rows) == 0:
             raise ProtocolError("partial scores: rows must be a non-empty 1-d int64 array of alignment positions")
-        retired = self.retirement(model_job_id)
+        retired = self._registry.get(model_job_id)
         if retired is not None:
             if retired.get("status") == "revoked":
                 raise PolicyRefused(f"model {model_job_id} was revoked by the platform's operator at "
@@ -302,7 +319,7 @@ class PlatformNode(NodeBase):
         for the model (source "recent"). The bank learns one rounded number per feature, over at least
         ``[policy] min_stability_rows`` rows (``protocols.stability.platform_indices``), never a bin's share.
         Every call, answered or refused, is one audit row."""
-        with audited(self.stores.jobs, STABILITY_EVENT, actor=caller, job_id=model_job_id, durable=False) as call:
+        with audited(self.stores.jobs, STABILITY_EVENT, actor=caller, job_id=model_job_id) as call:
             answer = self._stability(model_job_id, source, rows)
             call.count, call.detail = answer.rows, f"{source}: {answer.rows} rows, {len(answer.features)} features"
         # The platform's own gauges of its features, as the bank's (fedprofile_feature_psi, role "platform")
@@ -355,6 +372,7 @@ class PlatformNode(NodeBase):
             had_half = self.stores.models.exists(model_job_id)
             entry = {"model": model_job_id, "status": "retired", "retired_at": now(), "had_model_half": had_half}
             self.stores.registry.save(model_job_id, entry, overwrite=True)
+            self._registry.invalidate()
             self.stores.jobs.audit(model_job_id, RETIRE_EVENT,
                                    "asked by the bank" + ("" if had_half else "; no model half on this node"))
         log.info("model %s retired", model_job_id)

@@ -56,6 +56,12 @@ class PlatformPolicy:
                     self._rows.append((dt.datetime.fromisoformat(event.at).timestamp(), event.count))
                     self._rows_total += event.count
 
+    def replace_config(self, policy: PolicyConfig, platform_rows: int) -> None:
+        """The config file's new ``[policy]`` (``party_platform.policy_file``); the quotas' counts carry over."""
+        with self._lock:
+            self.config = policy
+            self.max_psi_rows = policy.max_psi_rows or max(1_000_000, 10 * platform_rows)
+
     @property
     def evaluation_limits(self) -> EvaluationLimits:
         """What a training session may ask of the platform (protocols/vfl_lr/disclosure.py)."""

@@ -30,6 +30,10 @@ from protocols.stability import bitmap_rows
 
 log = logging.getLogger(__name__)
 
+# The counters of partial-score calls, looked up once (a label lookup on every call cost more than the count).
+_ANSWERED = PARTIAL_SCORE_REQUESTS.labels("platform", "answered")
+_REFUSED = PARTIAL_SCORE_REQUESTS.labels("platform", "refused")
+
 
 def parse_payload(data: bytes, where: str) -> pb.Payload:
     """A serialised ``Payload`` from the peer; :class:`ProtocolError` if the bytes are not one."""
@@ -119,9 +123,9 @@ class NodeServicer(pb_grpc.NodeServicer):
             answer = self._endpoint.partial_scores(request.model_job_id, rows, list(request.tags),
                                                    caller=caller_name(context))
         except Exception:
-            PARTIAL_SCORE_REQUESTS.labels("platform", "refused").inc()
+            _REFUSED.inc()
             raise
-        PARTIAL_SCORE_REQUESTS.labels("platform", "answered").inc()
+        _ANSWERED.inc()
         return pb.PartialScoreResponse(tags=answer.tags, scores=array_to_pb(answer.scores),
                                        projections_released=answer.projections_released,
                                        projections_limit=answer.projections_limit)

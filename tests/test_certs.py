@@ -33,6 +33,7 @@ from party_common.auth import (
 from party_common.certs import CertsError, OrgFolder, init_local_pki, main, serial_of
 from party_common.grpc_errors import failure_kind, peer_error, rpc_error_line, transport_summary
 from party_common.storage.jobs import MemoryJobStore
+from party_common.watch import POLLER
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -131,16 +132,21 @@ def test_crl_file_reloads_and_fails_closed(tmp_path: Path) -> None:
     crl = CrlFile(pki["bank_crl"], ca)
     assert crl.revocation(alice) is None
     OrgFolder(pki["bank_dir"]).revoke(alice.serial_number)
+    POLLER.poll_all()  # what the poller does every CHECK_EVERY_S
     assert "it was revoked on" in (crl.revocation(alice) or "")
     good = pki["bank_crl"].read_bytes()
     pki["bank_crl"].write_bytes(b"-----BEGIN X509 CRL-----\ngarbage\n-----END X509 CRL-----\n")
+    POLLER.poll_all()  # what the poller does every CHECK_EVERY_S
     why = crl.revocation(alice) or ""
     assert "crl.pem is not a valid CRL" in why and why.endswith("no certificate of that CA is accepted meanwhile")
     pki["bank_crl"].write_bytes(other["bank_crl"].read_bytes())  # a CRL from another CA of the same name
+    POLLER.poll_all()  # what the poller does every CHECK_EVERY_S
     assert "is not signed by the CA" in (crl.revocation(alice) or "")
     pki["bank_crl"].unlink()
+    POLLER.poll_all()  # what the poller does every CHECK_EVERY_S
     assert "cannot be read" in (crl.revocation(alice) or "")
     pki["bank_crl"].write_bytes(good)
+    POLLER.poll_all()  # what the poller does every CHECK_EVERY_S
     assert "it was revoked on" in (crl.revocation(alice) or "")
     with pytest.raises(CrlError, match="is not signed by the CA"):
         CrlFile(other["bank_crl"], ca)
@@ -202,6 +208,7 @@ def test_each_refusal_of_the_gate_is_one_audit_row_of_name_role_serial_and_metho
     handler = gate._guard(lambda request, context: "answered", "/fedprofile.v1.BankControl/Score")
     alice, bob, bank = (pki[k].read_bytes() for k in ("operator_cert:alice", "operator_cert:bob", "bank_cert"))
     OrgFolder(pki["bank_dir"]).revoke(serial_of(pki["operator_cert:bob"]))
+    POLLER.poll_all()  # what the poller does every CHECK_EVERY_S
     assert handler(b"request", AbortingContext(alice)) == "answered"
     for pem in (bob, bank, None):
         with pytest.raises(Aborted):
@@ -215,6 +222,7 @@ def test_each_refusal_of_the_gate_is_one_audit_row_of_name_role_serial_and_metho
         (None, "call refused", "(no certificate)", "/fedprofile.v1.BankControl/Score; no certificate; no client "
                                                    "certificate", "refused (UNAUTHENTICATED)", 0)]
     pki["bank_crl"].write_bytes(b"not a CRL")  # fail closed, and say so
+    POLLER.poll_all()  # what the poller does every CHECK_EVERY_S
     with pytest.raises(Aborted):
         handler(b"request", AbortingContext(alice))
     assert jobs.audit_events()[-1].detail.endswith("; CRL unusable")

@@ -25,6 +25,7 @@ from party_common.grpc_link import GrpcPlatformLink
 from party_common.runtime import read_tls_files
 from party_common.storage import JobStore
 from party_common.transport import dial
+from party_common.watch import POLLER
 from party_platform import cli as platform_cli
 from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
@@ -154,6 +155,7 @@ def test_platform_reads_the_crl_again_when_it_changes(matrix: Matrix) -> None:
     link = platform_link(matrix, cert, key)
     assert link.handshake().node_name == "platform"  # admitted: not revoked yet
     OrgFolder(matrix.pki["bank_dir"]).revoke(serial_of(cert), "key_compromise")
+    POLLER.poll_all()  # what the poller does every CHECK_EVERY_S
     with pytest.raises(PeerError) as err:
         link.handshake()  # the same connection: the gate checks every call
     assert err.value.code == "UNAUTHENTICATED"
@@ -247,6 +249,7 @@ def test_bank_checks_the_platform_certificate_against_its_crl(matrix: Matrix, tm
         server_check=bank_cli.platform_certificate_check(bank_config))
     assert link.connect(timeout_s=10) == "platform"
     OrgFolder(matrix.pki["platform_dir"]).revoke(serial_of(matrix.pki["platform_cert"]))
+    POLLER.poll_all()  # what the poller does every CHECK_EVERY_S
     with pytest.raises(PeerError) as err:
         link.connect(timeout_s=10)
     assert err.value.code == "PERMISSION_DENIED"

@@ -21,6 +21,7 @@ from party_common.jobs import JobError
 from party_common.link import LocalPlatformLink, SessionContext
 from party_common.policy import PolicyConfig, QuotaExceeded, is_awaiting_approval, parse_policy
 from party_common.storage import NodeStores, NotAwaitingApproval, SqliteJobStore, UnknownJob, open_node_stores
+from party_common.watch import POLLER
 from party_platform import admin
 from party_platform.cli import main as platform_main
 from party_platform.node import PlatformNode
@@ -211,6 +212,7 @@ def test_revoked_model_is_refused(world: World) -> None:
     message = admin.revoke(stores, world.model)
     try:
         assert "revoked" in message and "already" in admin.revoke(stores, world.model)
+        POLLER.poll_all()  # what the poller does every CHECK_EVERY_S
         with pytest.raises(PeerError, match="revoked by the platform's operator") as refused:
             pair.bank.score(world.model, members(world))
         assert refused.value.code == "PERMISSION_DENIED"
