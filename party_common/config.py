@@ -41,6 +41,11 @@ Example (bank)::
     [metrics]                        # optional: Prometheus metrics over plain HTTP
     listen = "127.0.0.1:9443"        # off when absent
 
+    [binning]                        # optional: how this node bins its own columns (protocols.binning.spec)
+    bins = 10
+    [binning.columns.EDUCATION]
+    kind = "categorical"
+
 Relative paths are resolved against the config file's folder. The platform's ``[policy]`` table is described
 in ``party_common.policy``.
 """
@@ -52,9 +57,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from party_common.known_keys import unknown_key_message
+from party_common.known_keys import BINNING_COLUMN_KEYS, BINNING_KEYS, unknown_key_message
 from party_common.policy import KNOWN_KEYS as POLICY_KEYS
 from party_common.policy import PolicyConfig, parse_policy
+from protocols.binning import BinningSpec
 from protocols.compute import BACKENDS
 from protocols.errors import UserError
 
@@ -68,7 +74,8 @@ class ConfigError(UserError):
 
 # Every key each table may hold: anything else is refused with these and the nearest spelling.
 KNOWN_KEYS: dict[str, frozenset[str]] = {
-    "": frozenset({"node", "peer", "tls", "data", "compute", "client", "metrics", "policy"}),
+    "": frozenset({"node", "peer", "tls", "data", "compute", "client", "metrics", "policy",
+                   "binning"}),
     "node": frozenset({"name", "role", "listen", "state_dir", "workers", "step_timeout_s", "max_payload_mb",
                        "session_idle_s"}),
     "peer": frozenset({"address", "tls_name", "retry_deadline_s"}),
@@ -78,6 +85,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "client": frozenset({"address", "tls_name"}),
     "metrics": frozenset({"listen"}),
     "policy": POLICY_KEYS,
+    "binning": BINNING_KEYS,
 }
 
 
@@ -147,6 +155,7 @@ class NodeConfig:
     peer_retry_deadline_s: float = 600.0
     # Platform: a session with no step for this long is closed (a bank killed mid-job never closes it).
     session_idle_s: float = 900.0
+    binning: BinningSpec = field(default_factory=BinningSpec)  # [binning]: how this node bins its own columns
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -305,7 +314,23 @@ def load_config(path: str | Path, *, expected_role: Role, require_tls: bool = Tr
         metrics_listen=_address(metrics_listen, f"{path} [metrics] listen") if metrics_listen else None,
         peer_retry_deadline_s=_seconds(peer, "retry_deadline_s", f"{path} [peer]", 600.0),
         session_idle_s=_seconds(node, "session_idle_s", f"{path} [node]", 900.0),
+        binning=_binning(doc.get("binning", {}), f"{path} [binning]"),
     )
+
+
+def _binning(table: Any, where: str) -> BinningSpec:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [binning] must be a table")
+    columns = table.get("columns", {})
+    for name, column in columns.items() if isinstance(columns, dict) else ():
+        refusal = isinstance(column, dict) and unknown_key_message(column, BINNING_COLUMN_KEYS,
+                                                                   f"{where} column '{name}'")
+        if refusal:
+            raise ConfigError(refusal)
+    try:
+        return BinningSpec.from_dict(table, where)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _compute(table: Any, where: str) -> ComputeConfig:

@@ -21,3 +21,8 @@ def unknown_key_message(given: Iterable[str], known: Iterable[str], where: str) 
     hint = f"; did you mean '{near[0]}'?" if near else ""
     more = f" ({len(unknown)} unknown keys: {', '.join(unknown)})" if len(unknown) > 1 else ""
     return f"{where}: unknown key '{key}'{hint}{more} (valid keys: {', '.join(known)})"
+
+
+# The [binning] table of either node (protocols.binning.spec) and each [binning.columns.NAME] table in it.
+BINNING_KEYS = frozenset({"bins", "max_categories", "columns"})
+BINNING_COLUMN_KEYS = frozenset({"kind", "bins", "edges", "max_categories"})
