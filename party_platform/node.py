@@ -132,7 +132,8 @@ class PlatformNode(NodeBase):
 
     def job_context(self, job_id: str) -> JobContext:
         return dataclasses.replace(super().job_context(job_id), max_peer_rows=self.policy.max_psi_rows,
-                                   evaluation_limits=self.policy.evaluation_limits, disclosure=self.ledger)
+                                   evaluation_limits=self.policy.evaluation_limits, disclosure=self.ledger,
+                                   screen_policy=self.policy.screen_policy)
 
     def open_session(self, kind: str, job_id: str, params: Message, context: SessionContext) -> StepHandler:
         job = SESSION_KINDS.get(kind)

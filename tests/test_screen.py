@@ -66,3 +66,33 @@ def test_iv_matches_a_centralized_computation(epsilon: float | None) -> None:
     assert got[("p0", "t0")] > 0.1 > got[("p1", "t0")]  # the informative feature stands out
     assert results and results[0]["rows"] == len(labels)
     assert outcome.label_privacy["mode"] == ("off" if epsilon is None else "randomised_response")
+
+
+# ---- both nodes, in one process over the in-memory link ----
+
+
+def test_a_screen_job_on_both_nodes(tmp_path) -> None:
+    from tests.nodes_fixture import make_nodes, simulated_files
+
+    files = simulated_files(tmp_path / "data")
+    nodes = make_nodes(files, tmp_path / "state")
+    align = nodes.bank.wait(nodes.bank.submit("align", "a", {}), timeout_s=120)
+    assert align.status == "succeeded", align.error
+    job = nodes.bank.wait(nodes.bank.submit("screen", "iv", {"screen": {"min_labelled_rows": 5}}), timeout_s=120)
+    assert job.status == "succeeded", job.error
+    result = job.result
+    features = {(r["party"], r["feature"]) for r in result["iv"]}
+    assert {p for p, _ in features} == {"bank", "platform"}
+    assert {r["tag"] for r in result["iv"]} == set(files.tags)
+    assert result["label_privacy"]["mode"] == "randomised_response" and result["label_privacy"]["epsilon"] == 8.0
+    report = nodes.bank.stores.reports.load(job.job_id)
+    assert all(row["bins"] and all("event_rate" in b for b in row["bins"]) for row in report["table"])
+    # The platform merged its bins to its policy's floor before summing, and counted the screen in its ledger.
+    assert all(sum(b["rows"] for b in row["bins"]) == result["rows"] for row in report["table"])
+    assert min(b["rows"] for row in report["table"] if row["party"] == "platform" for b in row["bins"]) >= 50
+    platform_job = nodes.platform.stores.jobs.get(job.job_id)
+    assert platform_job.status == "succeeded" and platform_job.result["rows"] == result["rows"]
+    from party_platform.disclosure import ledger_usage
+
+    usage = ledger_usage(nodes.platform.config.state_dir)["projections"]
+    assert (job.job_id, "screen", None, result["rows"]) in usage

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from party_common.link import PlatformLink, SessionContext
 from party_common.storage import NodeStores
+from protocols.binning import BinningSpec
 from protocols.channel import Message, StepHandler
 from protocols.compute import Compute
 from protocols.errors import ProtocolError, UserError
@@ -52,6 +53,16 @@ class JobContext:
     # Platform: its limits on a training session, and its disclosure ledger (protocols/vfl_lr/disclosure.py).
     evaluation_limits: EvaluationLimits | None = None
     disclosure: DisclosureBudget | None = None
+    binning: BinningSpec | None = None  # how this node bins its own columns ([binning]; the screen job)
+    screen_policy: ScreenPolicy | None = None  # platform: its limits on a screen session ([policy])
+
+
+@dataclass(frozen=True)
+class ScreenPolicy:
+    """The platform's limits on a screen session ([policy] keys of the same names)."""
+
+    min_screen_bin_rows: int = 50  # the platform merges its bins below this many rows before summing
+    min_screen_labelled_rows: int = 20  # per bin and tag; the bank merges bins below it after decrypting
 
 
 class JobKind(ABC, Generic[P, R]):
