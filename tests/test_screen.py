@@ -6,11 +6,18 @@ import json
 
 import numpy as np
 import pytest
+from gmpy2 import mpz
 
 from protocols.channel import LocalPeer, Message
-from protocols.errors import DeviationDetected, PeerError, UserError
-from protocols.screen import PlatformScreenHandler, ScreenFeatures, ScreenParams, run_bank_screen
-from protocols.screen import encoding, rr
+from protocols.errors import DeviationDetected, UserError
+from protocols.screen import (
+    PlatformScreenHandler,
+    ScreenFeatures,
+    ScreenParams,
+    encoding,
+    rr,
+    run_bank_screen,
+)
 from protocols.screen.params import Field, Step
 from protocols.screen.platform import merge_by_rows
 from protocols.screen.woe import feature_iv, local_counts, merge_small
@@ -71,13 +78,20 @@ def test_iv_matches_a_centralized_computation(epsilon: float | None) -> None:
 # ---- both nodes, in one process over the in-memory link ----
 
 
-def test_a_screen_job_on_both_nodes(tmp_path) -> None:
+@pytest.fixture(scope="module")
+def aligned_nodes(tmp_path_factory):
     from tests.nodes_fixture import make_nodes, simulated_files
 
-    files = simulated_files(tmp_path / "data")
-    nodes = make_nodes(files, tmp_path / "state")
+    tmp = tmp_path_factory.mktemp("screen-nodes")
+    files = simulated_files(tmp / "data")
+    nodes = make_nodes(files, tmp / "state")
     align = nodes.bank.wait(nodes.bank.submit("align", "a", {}), timeout_s=120)
     assert align.status == "succeeded", align.error
+    return nodes, files, align
+
+
+def test_a_screen_job_on_both_nodes(aligned_nodes) -> None:
+    nodes, files, align = aligned_nodes
     job = nodes.bank.wait(nodes.bank.submit("screen", "iv", {"screen": {"min_labelled_rows": 5}}), timeout_s=120)
     assert job.status == "succeeded", job.error
     result = job.result
@@ -96,3 +110,219 @@ def test_a_screen_job_on_both_nodes(tmp_path) -> None:
 
     usage = ledger_usage(nodes.platform.config.state_dir)["projections"]
     assert (job.job_id, "screen", None, result["rows"]) in usage
+
+
+# ---- what each party sees on the wire ----
+
+
+def test_the_wire_holds_the_documented_fields_and_nothing_that_depends_on_labels() -> None:
+    """docs/protocol.md "Screen": the bank sends its key, the row count, the slot layout and per-row ciphertexts
+    (every row, labelled or not); the platform sends its feature names, bin counts, ordinal bin names, its
+    policy's floors and the bin ciphertexts. The same rows with other labels give the same clear fields."""
+    labels, platform, bank = make_data()
+    transcripts = []
+    for ys in (labels, np.where(np.isnan(labels), np.nan, 1 - np.nan_to_num(labels))):
+        peer = platform_peer(platform, [])
+        original = peer.open
+
+        def recording(*a, _open=original, **k):
+            channel = _open(*a, **k)
+            channel.keep_transcript = True
+            return channel
+
+        peer.open = recording  # type: ignore[method-assign]
+        run_bank_screen(peer, "job-wire", ys, ["t0", "t1"], bank, ScreenParams(**FAST), compute=1,
+                        insecure_for_tests=True)
+        transcripts.append(peer.channels[0].transcript)
+    for transcript in transcripts:
+        steps = [(step, set(sent), set(got)) for step, sent, got in transcript]
+        assert steps[0] == (Step.DESCRIBE, {Field.BANK_KEY, Field.N_ROWS, Field.SLOT_BITS, Field.TAGS_PER_CIPHERTEXT},
+                            {Field.FEATURES, Field.N_BINS, Field.BIN_LABELS, Field.MIN_BIN_ROWS,
+                             Field.MIN_LABELLED_ROWS})
+        assert all(s == (Step.ROWS, {Field.OFFSET, Field.CIPHERTEXTS}, {Field.RECEIVED}) for s in steps[1:-1])
+        assert steps[-1] == (Step.BINS, set(), {Field.BIN_CIPHERTEXTS})
+        sent_rows = sum(len(sent[Field.CIPHERTEXTS]) for step, sent, _ in transcript if step == Step.ROWS)
+        assert sent_rows == len(labels) * 1024 // 4  # one 2048-bit ciphertext per row, labelled or not
+    clear = [[(step, {k: v for k, v in sent.items() if k not in (Field.BANK_KEY, Field.CIPHERTEXTS)})
+              for step, sent, _ in t] for t in transcripts]
+    assert clear[0] == clear[1]  # nothing in the clear depends on the labels
+    assert json.loads(transcripts[0][0][2][Field.BIN_LABELS])[0][0] == "b0"  # no cut points from the platform
+
+
+# ---- a deviating platform ----
+
+
+class TamperingHandler(PlatformScreenHandler):
+    """Returns what the honest protocol never produces as the bins."""
+
+    def __init__(self, *a, how: str, **k) -> None:
+        super().__init__(*a, **k)
+        self.how, self.rows_seen = how, []
+
+    def _rows(self, message: Message) -> Message:
+        self.rows_seen.extend(self.scheme.ciphertexts_from_bytes(self.public_key, message[Field.CIPHERTEXTS]).values)
+        return super()._rows(message)
+
+    def _bins(self, message: Message) -> Message:
+        reply = super()._bins(message)
+        cv = self.scheme.ciphertexts_from_bytes(self.public_key, reply[Field.BIN_CIPHERTEXTS])
+        values, n2 = list(cv.values), self.scheme.ciphertext_modulus(self.public_key)
+        if self.how == "single row":  # feature 0: the first row alone, and every other row
+            rest = mpz_product(self.rows_seen[1:], n2)
+            values[0], values[1:self.n_bins[0]] = self.rows_seen[0], [rest] + [1] * (self.n_bins[0] - 2)
+        elif self.how == "extra":
+            values.append(values[0])
+        elif self.how == "added row":
+            values[0] = values[0] * self.rows_seen[0] % n2
+        elif self.how == "subtracted":  # a negative combination of rows
+            values[0] = pow(self.rows_seen[0], -2, n2)  # [[-2 x row 0]]
+        crafted = self.scheme.ciphertexts(self.public_key, [mpz(v) for v in values])
+        return {Field.BIN_CIPHERTEXTS: crafted.to_bytes()}
+
+
+def mpz_product(values, modulus):
+    out = 1
+    for v in values:
+        out = out * v % modulus
+    return out
+
+
+@pytest.mark.parametrize(("how", "check"), [("single row", "bin rows"), ("extra", "ciphertext count"),
+                                            ("added row", "bin partition"), ("subtracted", "slot range")])
+def test_the_bank_stops_at_bins_the_honest_protocol_never_sends(how: str, check: str) -> None:
+    labels, platform, _ = make_data()
+
+    def factory(kind: str, job_id: str, params: Message) -> PlatformScreenHandler:
+        return TamperingHandler(job_id, params, platform, on_result=lambda r: None, insecure_for_tests=True,
+                                compute=1, min_bin_rows=1, min_labelled_rows=1, how=how)
+
+    with pytest.raises(DeviationDetected) as err:
+        run_bank_screen(LocalPeer(factory), "job-dev", labels, ["t0", "t1"], None, ScreenParams(**FAST), compute=1,
+                        insecure_for_tests=True)
+    assert err.value.step == Step.BINS and err.value.check == check
+
+
+def overlapping_set_features(n: int, targets: range, base: range) -> ScreenFeatures:
+    """Per target row i, two "features" whose first bins are ``base`` + {i} and ``base``: every bin is large,
+    each feature's bins partition the rows, and the difference of the two first bins is row i alone."""
+    columns, names = [], []
+    for i in targets:
+        with_i = np.ones(n, dtype=np.int64)
+        with_i[list(base)] = 0
+        without = with_i.copy()
+        with_i[i] = 0
+        columns += [with_i, without]
+        names += [f"x{i}+", f"x{i}-"]
+    return ScreenFeatures(names, np.stack(columns, axis=1), [2] * len(names))
+
+
+@pytest.mark.parametrize("epsilon", [None, 0.5])
+def test_a_platform_that_differences_overlapping_bins_reads_only_randomised_labels(epsilon: float | None) -> None:
+    """The attack no check can see (every bin large, every feature a partition): the difference of two
+    overlapping bins is one row. Without randomised response the bank's released counts give every target's
+    label; with it, each (row, tag) is epsilon-LDP and the attack's accuracy stays at what RR allows."""
+    n = 600
+    rng = np.random.default_rng(5)
+    y = (rng.random(n) < 0.4).astype(float)[:, None]
+    targets, base = range(0, 120), range(300, 400)
+    crafted = overlapping_set_features(n, targets, base)
+    outcome = run_bank_screen(platform_peer(crafted, [], min_bin_rows=1, min_labelled_rows=1), "job-att", y, ["t0"],
+                              None, ScreenParams(**{**FAST, "label_epsilon": epsilon, "min_labelled_rows": 1}),
+                              compute=1, insecure_for_tests=True)
+    first_bin = {row.feature: row.bins[0] for row in outcome.table}
+    guesses = []
+    for i in targets:
+        events = first_bin[f"x{i}+"]["events"] - first_bin[f"x{i}-"]["events"]
+        labelled = first_bin[f"x{i}+"]["labelled"] - first_bin[f"x{i}-"]["labelled"]
+        guesses.append(1.0 if events > 0 else 0.0 if labelled > events else float(y.mean() >= 0.5))
+    accuracy = float(np.mean(np.array(guesses) == y[list(targets), 0]))
+    if epsilon is None:
+        assert accuracy == 1.0
+    else:
+        p = rr.keep_probability(epsilon)
+        assert accuracy <= p + (1 - p) / 2 + 0.12  # what randomised response allows (binomial slack, 120 rows)
+        assert accuracy < 0.9
+
+
+# ---- bad input and merging ----
+
+
+def test_a_tag_without_positives_is_named_and_the_rest_screened() -> None:
+    labels, platform, bank = make_data()
+    labels[:, 1] = np.where(np.isnan(labels[:, 1]), np.nan, 0.0)
+    outcome = run_bank_screen(platform_peer(platform, []), "job-nopos", labels, ["t0", "t1"], bank,
+                              ScreenParams(**FAST), compute=1, insecure_for_tests=True)
+    assert "'t1' has no positive" in outcome.skipped_tags["t1"]
+    assert {f.tag for f in outcome.table} == {"t0"} and outcome.summary["tags"] == ["t0"]
+    with pytest.raises(UserError, match="no tag can be screened.*'t0' has no positive"):
+        run_bank_screen(platform_peer(platform, []), "job-nopos2", np.zeros((len(labels), 1)), ["t0"], bank,
+                        ScreenParams(**FAST), compute=1, insecure_for_tests=True)
+
+
+def test_small_bins_are_merged_by_the_platform_before_summing_and_by_the_bank_per_tag() -> None:
+    labels, platform, _ = make_data()
+    bins = platform.bins.copy()
+    bins[:, 1] = np.where(bins[:, 1] == 4, 3, bins[:, 1])
+    bins[:3, 1] = 4  # a bin of three rows
+    small = ScreenFeatures(platform.names, bins, platform.n_bins)
+    outcome = run_bank_screen(platform_peer(small, [], min_bin_rows=10), "job-merge", labels, ["t0", "t1"], None,
+                              ScreenParams(**{**FAST, "min_labelled_rows": 60}), compute=1, insecure_for_tests=True)
+    p1 = next(f for f in outcome.table if f.feature == "p1" and f.tag == "t0")
+    assert min(b["rows"] for b in p1.bins) >= 10 and sum(b["rows"] for b in p1.bins) == len(labels)
+    assert all(b["labelled"] >= 60 for f in outcome.table for b in f.bins)  # bank-side merging per tag
+    assert any(f.merged for f in outcome.table if f.tag == "t1")  # half of t1 is unlabelled: fewer labelled per bin
+    col, groups = merge_by_rows(np.array([0, 0, 0, 1, 2, 2, 2]), 3, 2)
+    assert groups == [[0, 1], [2]] and col.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert merge_small(np.array([5, 1, 5, 5]), 4) == [[0, 1], [2], [3]]
+
+
+def test_parameters_are_checked_with_their_names() -> None:
+    for bad, word in [({"label_epsilon": -1}, "label_epsilon"), ({"key_bits": 1000}, "key_bits"),
+                      ({"he_scheme": "rot13"}, "he_scheme"), ({"min_labelled_rows": 0}, "min_labelled_rows"),
+                      ({"smoothing": 0}, "smoothing")]:
+        with pytest.raises(UserError, match=word):
+            ScreenParams(**bad).validate()
+    with pytest.raises(UserError, match="unknown screen parameter 'epsilon'"):
+        ScreenParams.from_dict({"epsilon": 1})
+
+
+def test_randomised_response_keeps_at_the_stated_rate_and_debiasing_is_unbiased() -> None:
+    cats = np.repeat(np.array([[0], [1], [2]], dtype=np.int8), 4000, axis=0)
+    noisy = rr.randomise(cats, 1.0)
+    kept = float(np.mean(noisy == cats))
+    assert abs(kept - rr.keep_probability(1.0)) < 0.02
+    observed = np.array([[np.sum(noisy == k) for k in range(3)]])
+    est = rr.debias(observed, np.array([len(cats)]), 1.0)[0]
+    assert np.allclose(est, [4000, 4000, 4000], atol=300)
+
+
+def test_packed_rows_and_their_checks() -> None:
+    cats = np.array([[0, 1], [2, 2], [1, 0]], dtype=np.int8)
+    packed = encoding.pack_rows(cats, range(2), 6)
+    total = sum(packed)
+    out = encoding.open_bins([total], [1], 3, 2, 6, min_bin_rows=1, step="s")
+    assert out.tolist() == [[3, 1, 2, 1, 2]]
+    with pytest.raises(DeviationDetected, match="bin order"):
+        encoding.open_bins([total + (2 << 6)], [1], 3, 2, 6, min_bin_rows=1, step="s")
+
+
+def test_the_platform_policy_refuses_screens_naming_its_key(aligned_nodes) -> None:
+    from dataclasses import replace
+
+    from party_platform.policy import PlatformPolicy
+
+    nodes, files, _ = aligned_nodes
+    original = nodes.platform.policy
+    try:
+        for change, key in [({"allow_screen": False}, "[policy] allow_screen"),
+                            ({"allowed_tags": (files.tags[0],)}, "[policy] allowed_tags")]:
+            nodes.platform.policy = PlatformPolicy(replace(original.config, **change), platform_rows=300,
+                                                   jobs=nodes.platform.stores.jobs)
+            job = nodes.bank.wait(nodes.bank.submit("screen", "refused", {}), timeout_s=60)
+            assert job.status == "failed" and key in job.error, job.error
+    finally:
+        nodes.platform.policy = original
+    with pytest.raises(UserError, match="tag.*nope"):
+        nodes.bank.submit("screen", "bad", {"tags": ["nope"]})
+    with pytest.raises(UserError, match="label_epsilon"):
+        nodes.bank.submit("screen", "bad", {"screen": {"label_epsilon": 0}})
