@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 from grpc_health.v1.health import HealthServicer
 
-from party_bank import cli_files, cli_segments, views
+from party_bank import cli_files, cli_screen, cli_segments, views
 from party_bank.client import BankClient, JobFailed
 from party_bank.control import ControlServicer
 from party_bank.control_v2 import SERVICE as SCORING_SERVICE
@@ -183,11 +183,13 @@ def follow(client: BankClient, job_id: str, *, every_event: bool) -> dict[str, A
 
 
 
-def print_outcome(job: dict[str, Any], as_json: bool, config: str | None = None) -> None:
+def print_outcome(job: dict[str, Any], as_json: bool, config: str | None = None, top: int = 20) -> None:
     if as_json:
         print_job(job)
     elif job["kind"] == "train":
         print(views.train_done(job, config))
+    elif job["kind"] == "screen":
+        print(cli_screen.iv_table(job, top))
     else:
         result = job.get("result") or {}
         print(f"{job['kind']} job {job['job_id']} succeeded in {views.duration(job.get('elapsed_s') or 0.0)}: "
@@ -210,7 +212,8 @@ def submit_and_wait(client: BankClient, args: argparse.Namespace, kind: str, par
         print(job_id)
         print(f"follow it with: bank-node wait {views.config_flag(args.config)} {job_id}", file=sys.stderr)
         return
-    print_outcome(follow(client, job_id, every_event=getattr(args, "follow", False)), args.json, args.config)
+    print_outcome(follow(client, job_id, every_event=getattr(args, "follow", False)), args.json, args.config,
+                  getattr(args, "top", 20))
 
 
 def run_client(args: argparse.Namespace) -> int:
@@ -253,6 +256,8 @@ def run_client(args: argparse.Namespace) -> int:
             if args.alignment:
                 params["alignment_job_id"] = args.alignment
             submit_and_wait(client, args, "train", params, args.name or "")
+        elif args.command in cli_screen.COMMANDS:
+            submit_and_wait(client, args, "screen", cli_screen.screen_params(args), args.name or "")
         elif args.command == "rerun":
             old = client.job(args.job_id)
             params = dict(old["params"])
@@ -428,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     cli_files.add_parsers(add)
     cli_segments.add_parsers(add)
+    cli_screen.add_parsers(add, add_job_output)
     rep = add("report", "fetch a train job's report as one self-contained HTML page (plots, intervals, privacy)")
     rep.add_argument("job_id", help="the train job ID")
     rep.add_argument("--out", required=True, help="HTML file to write on this machine")

@@ -110,6 +110,14 @@ def test_a_screen_job_on_both_nodes(aligned_nodes) -> None:
 
     usage = ledger_usage(nodes.platform.config.state_dir)["projections"]
     assert (job.job_id, "screen", None, result["rows"]) in usage
+    # `bank-node screen` prints the table per tag, highest IV first, with the bins' event rates.
+    from party_bank.cli import build_parser
+    from party_bank.cli_screen import iv_table, screen_params
+
+    text = iv_table({"job_id": job.job_id, "result": result}, top=3)
+    assert f"tag {files.tags[0]}" in text and "event rate per bin" in text and "epsilon 8 per customer" in text
+    args = build_parser().parse_args(["screen", "--epsilon", "off", "--tags", files.tags[0]])
+    assert screen_params(args)["screen"]["label_epsilon"] is None and screen_params(args)["tags"] == [files.tags[0]]
 
 
 # ---- what each party sees on the wire ----

@@ -51,8 +51,10 @@ def _alignment_record(stores: NodeStores, alignment_job_id: str) -> None:
 
 
 def screen_summary(outcome: dict[str, Any]) -> dict[str, Any]:
-    """The job's result: everything but the bins (those stay in the stored report)."""
-    table = [{k: v for k, v in row.items() if k != "bins"} for row in outcome.get("table", [])]
+    """The job's result: per (feature, tag) its IV and its bins' event rates; the bins' counts and WOE stay in the
+    stored report."""
+    table = [{**{k: v for k, v in row.items() if k != "bins"}, "event_rates": [b["event_rate"] for b in row["bins"]]}
+             for row in outcome.get("table", [])]
     return {**{k: v for k, v in outcome.items() if k != "table"}, "iv": table}
 
 
