@@ -82,8 +82,9 @@ def iv_table(job: dict[str, Any], top: int = 20) -> str:
     eps = privacy.get("epsilon")
     title = (f"screen {job.get('job_id', '')}: {result.get('rows', '?')} shared customers, label protection "
              + (f"randomised response, epsilon {eps:g} per customer" if eps is not None else "OFF"))
+    console.print(title)
     for tag in result.get("tags") or sorted({r["tag"] for r in rows}):
-        table = Table(title=f"{title}; tag {tag}", title_justify="left")
+        table = Table(title=f"tag {tag}", title_justify="left")
         for name, justify in (("feature", "left"), ("party", "left"), ("IV", "right"), ("band", "left"),
                               ("bins", "right"), ("event rate per bin", "left")):
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
