@@ -19,7 +19,7 @@ from protocols.screen import (
     run_bank_screen,
 )
 from protocols.screen.params import Field, Step
-from protocols.screen.platform import merge_by_rows
+from protocols.screen.platform import feature_groups, merge_by_rows
 from protocols.screen.woe import feature_iv, local_counts, merge_small
 
 FAST = {"key_bits": 1024, "min_bin_rows": 5, "min_labelled_rows": 5}
@@ -282,6 +282,10 @@ def test_small_bins_are_merged_by_the_platform_before_summing_and_by_the_bank_pe
     col, groups = merge_by_rows(np.array([0, 0, 0, 1, 2, 2, 2]), 3, 2)
     assert groups == [[0, 1], [2]] and col.tolist() == [0, 0, 0, 0, 1, 1, 1]
     assert merge_small(np.array([5, 1, 5, 5]), 4) == [[0, 1], [2], [3]]
+    # The platform sums features in joint groups (one multiplication per row for the group): the tests above
+    # with 400 rows and 5 bins run the grouped path (pairs), and IV matches the centralized computation.
+    assert feature_groups([5, 5, 5], 400) == [range(0, 2), range(2, 3)]
+    assert feature_groups([10] * 7, 100_000) == [range(0, 3), range(3, 6), range(6, 7)]
 
 
 def test_parameters_are_checked_with_their_names() -> None:

@@ -39,6 +39,54 @@ def merge_by_rows(column: np.ndarray, n_bins: int, minimum: int) -> tuple[np.nda
     return mapping[column], groups
 
 
+MAX_GROUP = 8  # features per joint histogram
+CELLS_PER_ROW = 1 / 16  # a joint histogram has at most this many cells per row
+
+
+def feature_groups(n_bins: Sequence[int], n_rows: int) -> list[range]:
+    """Consecutive features whose joint bins (the product of their bin counts) stay below ``n_rows / 16``.
+
+    One pass over the rows fills a group's joint histogram (one multiplication per row), and each feature's
+    bins are then products of the joint cells (one multiplication per non-empty cell and feature): about
+    ``1/g`` of the cost of summing each of the group's ``g`` features on its own."""
+    cap = max(1.0, n_rows * CELLS_PER_ROW)
+    groups: list[range] = []
+    start, cells = 0, 1
+    for j, k in enumerate(n_bins):
+        if j > start and (cells * k > cap or j - start >= MAX_GROUP):
+            groups.append(range(start, j))
+            start, cells = j, 1
+        cells *= k
+    if len(n_bins):
+        groups.append(range(start, len(n_bins)))
+    return groups
+
+
+def joint_index(bins: np.ndarray, n_bins: Sequence[int], group: range) -> tuple[np.ndarray, int]:
+    """Each row's cell in ``group``'s joint bins (mixed radix, the group's first feature most significant)."""
+    index = np.zeros(len(bins), dtype=np.int64)
+    size = 1
+    for j in group:
+        index = index * n_bins[j] + bins[:, j]
+        size *= n_bins[j]
+    return index, size
+
+
+def marginals(cells: Sequence[mpz], n_bins: Sequence[int], group: range, modulus: mpz) -> list[mpz]:
+    """Per feature of ``group`` (in order) and bin, the product of the joint cells in that bin."""
+    out: list[mpz] = []
+    stride = len(cells)
+    for j in group:
+        stride //= n_bins[j]
+        acc = [mpz(1)] * n_bins[j]
+        for c, value in enumerate(cells):
+            if value != 1:  # an empty cell (no row) holds 1
+                b = (c // stride) % n_bins[j]
+                acc[b] = acc[b] * value % modulus
+        out.extend(acc)
+    return out
+
+
 @dataclass
 class ScreenFeatures:
     """The platform's side of the data: per aligned row (alignment order) and feature, a bin index."""
@@ -84,6 +132,10 @@ class PlatformScreenHandler:
         self.n_bins = [len(g) for g in self.groups]
         self.features = features
         self.n_rows = len(self.bins)
+        self.feature_groups = feature_groups(self.n_bins, self.n_rows)
+        joint = [joint_index(self.bins, self.n_bins, g) for g in self.feature_groups]
+        self.joint_bins = np.stack([j for j, _ in joint], axis=1) if joint else np.zeros((self.n_rows, 0), np.int64)
+        self.joint_sizes = [size for _, size in joint]
         self.kernels = self.scheme.kernels(compute)
         self.stage = Step.DESCRIBE
         self.received = 0
@@ -113,8 +165,7 @@ class PlatformScreenHandler:
         if not isinstance(per_ct, int) or not 1 <= per_ct <= MAX_TAGS:
             raise ProtocolError("screen: tags_per_ciphertext must be a whole number in 1..64")
         self.per_row = -(-self.n_tags // per_ct)
-        total = sum(self.n_bins)
-        self.acc = [[mpz(1)] * total for _ in range(self.per_row)]
+        self.acc = [[mpz(1)] * sum(self.joint_sizes) for _ in range(self.per_row)]
         self.stage = Step.ROWS
         labels = [self.features.bin_labels[j] if self.features.bin_labels else [] for j in range(len(self.n_bins))]
         names = [[_label(labels[j], g) for g in groups] for j, groups in enumerate(self.groups)]
@@ -137,12 +188,12 @@ class PlatformScreenHandler:
             raise ProtocolError(f"screen: {len(cv)} ciphertexts do not make whole rows ({self.per_row} each) within "
                                 f"the {self.n_rows - offset} rows left")
         count = len(cv) // self.per_row
-        bins = self.bins[offset:offset + count]
+        bins = self.joint_bins[offset:offset + count]
         modulus = self.scheme.ciphertext_modulus(self.public_key)
         for g in range(self.per_row):  # group-major: rows' ciphertexts of tag group g, then of g + 1
-            part = self.scheme.encrypted_histogram(cv[g * count:(g + 1) * count], bins, self.n_bins,
-                                                   kernels=self.kernels)
-            self.acc[g] = [a * b % modulus for a, b in zip(self.acc[g], part.values, strict=True)]
+            part = self.scheme.encrypted_histogram(cv[g * count:(g + 1) * count], bins, self.joint_sizes,
+                                                   kernels=self.kernels).values
+            self.acc[g] = [a * b % modulus for a, b in zip(self.acc[g], part, strict=True)]
         self.received += count
         if self.received == self.n_rows:
             self.stage = Step.BINS
@@ -152,9 +203,17 @@ class PlatformScreenHandler:
         if self.budget is not None and self.customer_ids is not None:
             self.budget.charge(self.customer_ids, [Projection(self.job_id, SCREEN_PROJECTION_TAG, None)],
                                what=f"screen job {self.job_id}")
+        modulus = self.scheme.ciphertext_modulus(self.public_key)
+        sums = []
+        for acc in self.acc:  # per tag group: the joint cells -> each feature's bins, in feature order
+            values, start = [], 0
+            for group, size in zip(self.feature_groups, self.joint_sizes, strict=True):
+                values.extend(marginals(acc[start:start + size], self.n_bins, group, modulus))
+                start += size
+            sums.append(values)
         noise = self.scheme.noise_pool(self.public_key, mask=True)
-        self.kernels.fill(noise, sum(len(a) for a in self.acc))
-        out = [self.scheme.rerandomize(self.scheme.ciphertexts(self.public_key, acc), noise) for acc in self.acc]
+        self.kernels.fill(noise, sum(len(v) for v in sums))
+        out = [self.scheme.rerandomize(self.scheme.ciphertexts(self.public_key, v), noise) for v in sums]
         self.stage = "done"
         self.on_result({"rows": self.n_rows, "features": len(self.n_bins), "bins": int(sum(self.n_bins)),
                         "merged_bins": int(sum(self.features.n_bins) - sum(self.n_bins)), "tags": self.n_tags})
