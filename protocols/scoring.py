@@ -1,6 +1,7 @@
 """Scoring on a compute backend: one party's partial scores for many rows, in fixed row chunks.
 
-A model half scores ``clip((X - mean) / std, -clip, clip) @ weights (+ intercept)``: :func:`standardise` and
+A model half scores ``clip((X - mean) / std, -clip, clip) @ weights (+ intercept)``, ``X`` its raw features
+or, for a model trained on bins, their one-hot bins under the half's stored binning: :func:`standardise` and
 :func:`linear_scores` are that formula, used by the model halves themselves (``protocols.vfl_lr``) and by the
 workers, which receive only the arrays (numpy alone: a worker never imports the training code).
 
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from protocols.binning import BinningModel
 from protocols.compute import Compute
 
 CHUNK_ROWS = 65_536
@@ -29,9 +31,13 @@ def standardise(X: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float) -
 
 
 def linear_scores(X: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float, weights: np.ndarray,
-                  intercept: np.ndarray | None) -> np.ndarray:
-    """Scores (rows x tags) of raw features ``X``: standardised, clipped, times ``weights``, plus ``intercept``."""
-    z = standardise(np.asarray(X, dtype=np.float64), mean, std, clip) @ weights
+                  intercept: np.ndarray | None, binning: BinningModel | None = None) -> np.ndarray:
+    """Scores (rows x tags) of raw features ``X``: standardised, clipped, times ``weights``, plus ``intercept``;
+    with a ``binning`` (a model trained on bins), ``X`` is first its one-hot bins."""
+    X = np.asarray(X, dtype=np.float64)
+    if binning is not None:
+        X = binning.one_hot(binning.transform(X))
+    z = standardise(X, mean, std, clip) @ weights
     return z if intercept is None else z + intercept
 
 
@@ -43,6 +49,7 @@ class LinearTerms(NamedTuple):
     clip: float
     weights: np.ndarray
     intercept: np.ndarray | None
+    binning: BinningModel | None = None  # a model trained on bins: raw rows become one-hot bins first
 
 
 class ScoringModel(Protocol):

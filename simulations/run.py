@@ -24,6 +24,7 @@ from rich.table import Table
 from party_bank.scores import Scores
 from party_common.data_loading import FillMode, load_party_data
 from party_common.storage.files import atomic_write
+from protocols.binning import binned_party_data
 from protocols.metrics import centralized_baseline
 from protocols.uncertainty import format_interval, summarise
 from protocols.vfl_lr import TrainParams
@@ -47,16 +48,22 @@ def simulated_files(out: Path, *, n_bank: int, n_platform: int, n_tags: int, lab
 
 def centralized_report(cluster: LocalCluster, bank_data: Path, bank_id: str, platform_data: Path,
                        platform_id: str, tags: list[str], alignment_job_id: str,
-                       train_params: dict[str, Any], fill_missing: FillMode = "error") -> dict[str, Any]:
+                       train_params: dict[str, Any], fill_missing: FillMode = "error",
+                       features: str = "raw") -> dict[str, Any]:
     """Centralized sklearn LR on the same aligned rows and split as the joint model (harness only).
 
     The files load as the nodes load them: the same ``fill_missing``, the same all-missing columns dropped.
+    ``features`` "binned": each half one-hot binned as its node bins it (the default [binning], fitted on the
+    training rows), so the yardstick sees the joint model's features.
     """
     ids = list(cluster.bank_alignment(alignment_job_id).ids or ())
     bank = load_party_data(bank_data, id_column=bank_id, tag_columns=tags, fill_missing=fill_missing).take(ids)
     platform = load_party_data(platform_data, id_column=platform_id, fill_missing=fill_missing).take(ids)
     params = TrainParams.from_dict(train_params)
-    return centralized_baseline(bank, platform, params.split(bank.labels, bank.ids), l2=params.l2)
+    split = params.split(bank.labels, bank.ids)
+    if features == "binned":
+        bank, platform = (binned_party_data(half, split.train)[0] for half in (bank, platform))
+    return centralized_baseline(bank, platform, split, l2=params.l2)
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -117,6 +124,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         train_params["l2"] = args.l2
     if args.validation_share is not None:
         train_params["validation_share"] = args.validation_share
+    if args.features != "raw":
+        train_params["features"] = args.features
     report: dict[str, Any] = {"bank_data": str(bank_data), "platform_data": str(platform_data), "tags": {}}
     with LocalCluster(out / "cluster", bank_data=bank_data, bank_id_column=bank_id, platform_data=platform_data,
                       platform_id_column=platform_id, bank_tag_columns=tags, workers=args.workers,
@@ -143,10 +152,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for tag in tags:
             report["tags"][tag] = dict(train["metrics"][tag])
         try:
-            central = centralized_report(cluster, Path(bank_data), bank_id, Path(platform_data), platform_id, tags,
-                                         align["job_id"], train_params, fill_missing=args.fill_missing)
-            for tag in tags:
-                report["tags"][tag]["centralized"] = central[tag]
+            # The yardstick on the joint model's features; with bins, the raw one beside it.
+            for key, features in (("centralized", args.features), ("centralized_raw", "raw")):
+                if key == "centralized_raw" and args.features == "raw":
+                    continue
+                central = centralized_report(cluster, Path(bank_data), bank_id, Path(platform_data), platform_id,
+                                             tags, align["job_id"], train_params, fill_missing=args.fill_missing,
+                                             features=features)
+                for tag in tags:
+                    report["tags"][tag][key] = central[tag]
         except Exception as err:  # the yardstick is optional: report why it is missing
             report["centralized_error"] = f"{type(err).__name__}: {err}"
 
@@ -232,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--fill-missing", default="error", choices=["error", "zero", "mean"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--features", default="raw", choices=["raw", "binned"],
+                   help="what each party trains on: its raw columns or their one-hot bins (docs/protocol.md)")
     p.add_argument("--in-memory-mb", type=float, default=1024,
                    help="[data] in_memory_mb of both nodes: larger feature matrices are memory-mapped (default 1024)")
     p.add_argument("--n-bank", type=int, default=6000, help="simulated data only")

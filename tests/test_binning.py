@@ -142,7 +142,7 @@ def test_constant_column_is_left_out_and_named() -> None:
     assert model.transform(matrix).shape == (3, 1)
     with pytest.raises(BinningError, match="column 'country' is not binned \\(left out: constant"):
         model.column("country")
-    with pytest.raises(BinningError, match="no column left to bin: 'country' constant"):
+    with pytest.raises(BinningError, match="no column left to bin: all 1 left out \\(constant: 'country'\\)"):
         BinningModel.fit(matrix[:, 1:], ["country"])
 
 

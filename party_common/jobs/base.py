@@ -53,7 +53,7 @@ class JobContext:
     # Platform: its limits on a training session, and its disclosure ledger (protocols/vfl_lr/disclosure.py).
     evaluation_limits: EvaluationLimits | None = None
     disclosure: DisclosureBudget | None = None
-    binning: BinningSpec | None = None  # how this node bins its own columns ([binning]; the screen job)
+    binning: BinningSpec | None = None  # the node's [binning]: how it bins its own columns (features "binned")
     screen_policy: ScreenPolicy | None = None  # platform: its limits on a screen session ([policy])
 
 

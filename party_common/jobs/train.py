@@ -110,7 +110,8 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
                                                 resumed=ctx.resumed))
         outcome = run_bank_training(peer, ctx.job_id, bank, params.train, progress=ctx.progress,
                                     compute=ctx.new_compute(),
-                                    checkpoints=StoreCheckpoints(ctx.stores.checkpoints, ctx.job_id))
+                                    checkpoints=StoreCheckpoints(ctx.stores.checkpoints, ctx.job_id),
+                                    binning=ctx.binning)
         outcome.model.alignment_job_id = alignment.job_id
         outcome.report.update({
             "alignment_job_id": alignment.job_id, "rows": len(bank), "tags": list(params.tags),
@@ -142,7 +143,7 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
         return make_platform_train_handler(ctx.job_id, params, aligned, on_result=on_result,
                                            compute=ctx.new_compute(),
                                            checkpoints=StoreCheckpoints(ctx.stores.checkpoints, ctx.job_id),
-                                           limits=ctx.evaluation_limits, budget=ctx.disclosure)
+                                           limits=ctx.evaluation_limits, budget=ctx.disclosure, binning=ctx.binning)
 
     @staticmethod
     def _alignment(ctx: JobContext, context: SessionContext) -> Alignment:

@@ -142,7 +142,11 @@ class BinningModel:
             else:
                 kept.append(bins)
         if not kept:
-            raise BinningError("no column left to bin: " + "; ".join(f"'{c}' {r}" for c, r in dropped.items()))
+            kinds: dict[str, list[str]] = {}
+            for column, reason in dropped.items():
+                kinds.setdefault(reason.split(" ", 1)[0].rstrip(":"), []).append(f"'{column}'")
+            raise BinningError(f"no column left to bin: all {len(dropped)} left out ("
+                               + "; ".join(f"{kind}: {', '.join(names)}" for kind, names in kinds.items()) + ")")
         return cls(input_columns=tuple(str(c) for c in frame.columns), columns=kept, dropped=dropped, spec=spec)
 
     # ---- what it is ----
@@ -166,6 +170,13 @@ class BinningModel:
                 return c
         raise BinningError(f"column '{column}' is not binned"
                            + (f" (left out: {self.dropped[column]})" if column in self.dropped else ""))
+
+    def summary(self) -> dict[str, Any]:
+        """For reports: columns binned, bins in all (the one-hot width), bins per column, columns left out
+        and why (names and counts only)."""
+        return {"columns": len(self.columns), "bins": int(self.offsets()[-1]),
+                "bins_per_column": dict(zip(self.feature_names, self.n_bins, strict=True)),
+                "dropped": dict(self.dropped)}
 
     def dropped_notes(self) -> list[str]:
         """One line per left-out column, for logs and reports (names and reasons, never values)."""

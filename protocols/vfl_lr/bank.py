@@ -14,6 +14,7 @@ import numpy as np
 
 import protocols.vfl_lr.label_mask as label_mask
 import protocols.vfl_lr.mask_path as mask_path
+from protocols.binning import BinningModel, BinningSpec, binned_party_data
 from protocols.channel import Peer, PeerChannel
 from protocols.compute import ComputeSpec
 from protocols.errors import InvalidKey, ProtocolError
@@ -97,7 +98,7 @@ class TrainOutcome:
 def run_bank_training(peer: Peer, job_id: str, bank: PartyData, params: TrainParams, *,
                       progress: Progress | None = None, compute: ComputeSpec = None,
                       checkpoints: Checkpoints | None = None, noise_key: bytes | None = None,
-                      insecure_for_tests: bool = False) -> TrainOutcome:
+                      binning: BinningSpec | None = None, insecure_for_tests: bool = False) -> TrainOutcome:
     """Train one model per tag of ``bank`` (rows in the alignment's order) with the platform behind ``peer``.
 
     The session owns ``compute`` (a backend, a worker count, or None for every core) and closes it when
@@ -108,12 +109,13 @@ def run_bank_training(peer: Peer, job_id: str, bank: PartyData, params: TrainPar
     checkpoint of this job, training resumes from it (a new session, resumed on the platform at the same
     position) and ends with the model an uninterrupted run would have made. ``noise_key`` fixes the
     label-DP noise stream of a fresh job (tests comparing runs; by default 32 bytes from ``secrets``).
+    ``binning``: how the bank bins its columns when ``params.features`` is "binned" (its node's [binning]).
     """
     scheme = get_scheme(HE_SCHEME)
     pool = scheme.kernels(compute)
     try:
         params.validate(insecure_for_tests=insecure_for_tests)
-        trainer = _BankTrainer(peer, job_id, bank, params, progress, scheme, pool, insecure_for_tests)
+        trainer = _BankTrainer(peer, job_id, bank, params, progress, scheme, pool, insecure_for_tests, binning)
         return trainer.run(checkpoints if checkpoints is not None else MemoryCheckpoints(), noise_key)
     finally:
         pool.close()
@@ -132,8 +134,10 @@ def _check_split(split: Split, p: TrainParams, n: int) -> None:
 
 class _BankTrainer:
     def __init__(self, peer: Peer, job_id: str, bank: PartyData, params: TrainParams, progress: Progress | None,
-                 scheme: HEScheme, pool: Kernels, insecure_for_tests: bool) -> None:
+                 scheme: HEScheme, pool: Kernels, insecure_for_tests: bool,
+                 binning_spec: BinningSpec | None = None) -> None:
         self.job_id, self.bank, self.p = job_id, bank, params
+        self.binning_spec = binning_spec
         self.scheme = scheme
         self.progress = progress or (lambda stage, done, total: None)
         self.insecure_for_tests = insecure_for_tests
@@ -149,6 +153,10 @@ class _BankTrainer:
         split = p.split(bank.labels, bank.ids)  # by keyed hashes of the customer IDs: independent of PSI's order
         _check_split(split, p, len(bank.ids))
         self._check_tags()
+        self.binning: BinningModel | None = None
+        if p.features == "binned":  # its own binning, from its training rows' values: the same on resume
+            bank, self.binning = binned_party_data(bank, split.train, self.binning_spec)
+            self.bank = bank
         self.scaler = Scaler.fit(bank.features, p.clip, rows=split.train)
         # Standardised rows (with the intercept's column of ones) when a step asks for them: the raw features
         # are held once (on disk when the node spilled them), never a float64 copy of the whole matrix.
@@ -272,6 +280,8 @@ class _BankTrainer:
         report = self._report(split, test_pairs, calibration, time.monotonic() - started)
         report["label_privacy"] = self.privacy.summary()
         report["batching"], report["epochs"] = self.batching, self.epochs_entry
+        if self.binning is not None:  # the platform's side: only its width (what it declared), never its bins
+            report["binning"] = {"bank": self.binning.summary(), "platform": {"bins": self.n_features}}
         # A tag whose joint model does not beat the bank's own on validation is served by the bank's own.
         W, served = state.W.copy(), [report["metrics"][tag]["served"]["model"] == "joint" for tag in self.bank.tag_names]
         for t in np.flatnonzero(~np.array(served)):
@@ -282,7 +292,7 @@ class _BankTrainer:
                           {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()},
                           calibration=calibration, platform_part=served,
                           bank_only=BankOnlyHalf.from_fit(self.alone.weights, self.alone.calibration,
-                                                          fit_intercept=p.fit_intercept))
+                                                          fit_intercept=p.fit_intercept), binning=self.binning)
         # Saved before the session closes: a bank killed from here on finishes without the platform.
         self._save(done={"model": model.to_dict(), "report": report})
         return TrainOutcome(model, report)

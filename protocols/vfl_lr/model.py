@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from protocols.binning import BinningModel
 from protocols.model_family import FAMILY_FIELD, LEGACY_FAMILY, ModelError
 from protocols.party_data import Schema
 from protocols.scoring import LinearTerms, linear_scores
@@ -85,6 +86,9 @@ class BankModel:
     # The bank-only yardstick of every tag (what --bank-only-fallback scores with). None: a model stored before
     # it was kept; such a model's fallback scores with the joint model's bank half (see :meth:`fallback_note`).
     bank_only: BankOnlyHalf | None = None
+    # A model trained on bins (TrainParams.features "binned"): the bank's binning of its raw columns; the
+    # weights and scaler are on its one-hot bins. None: trained on the raw columns.
+    binning: BinningModel | None = None
     kind: str = field(default="bank", init=False)
     family: str = field(default=FAMILY, init=False)
 
@@ -109,7 +113,7 @@ class BankModel:
     def scoring_terms(self) -> LinearTerms:
         """What a compute worker needs to score (``protocols.scoring``)."""
         s = self.scaler
-        return LinearTerms(s.mean, s.std, s.clip, self.weights, self.intercept)
+        return LinearTerms(s.mean, s.std, s.clip, self.weights, self.intercept, self.binning)
 
     def probabilities(self, z_total: np.ndarray, columns: Sequence[int] | None = None) -> np.ndarray:
         """Calibrated probabilities for joint scores ``z_A + z_B`` (rows x tags), per tag's calibration;
@@ -132,7 +136,7 @@ class BankModel:
         if alone is None:
             return self.probabilities(self.partial_scores(features)[:, cols], cols)
         s = self.scaler
-        z = linear_scores(features, s.mean, s.std, s.clip, alone.weights[:, cols], alone.intercept[cols])
+        z = linear_scores(features, s.mean, s.std, s.clip, alone.weights[:, cols], alone.intercept[cols], self.binning)
         out = np.empty_like(z)
         for j, t in enumerate(cols):
             out[:, j] = log_odds(z[:, j], alone.calibration[t])
@@ -191,6 +195,7 @@ class PlatformModel:
     # Per tag, the epoch whose weights the model holds: names its projections in the disclosure budget
     # (protocols/vfl_lr/disclosure.py); None in a model stored before the platform kept it.
     best_epoch: list[int] | None = None
+    binning: BinningModel | None = None  # as BankModel.binning: the platform's own binning of its raw columns
     kind: str = field(default="platform", init=False)
     family: str = field(default=FAMILY, init=False)
 
@@ -201,7 +206,7 @@ class PlatformModel:
     def scoring_terms(self) -> LinearTerms:
         """What a compute worker needs to score (``protocols.scoring``)."""
         s = self.scaler
-        return LinearTerms(s.mean, s.std, s.clip, self.weights, None)
+        return LinearTerms(s.mean, s.std, s.clip, self.weights, None, self.binning)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible values; :meth:`from_dict` restores the model exactly."""
@@ -239,7 +244,8 @@ def _common_dict(model: BankModel | PlatformModel) -> dict[str, Any]:
     """What both halves store."""
     return {FAMILY_FIELD: model.family, "kind": model.kind, "version": VERSION, "job_id": model.job_id, "tags": list(model.tag_names),
             "weights": model.weights.tolist(), "scaler": model.scaler.to_dict(), "schema": model.schema.to_dict(),
-            "key_fingerprints": dict(model.key_fingerprints), "alignment_job_id": model.alignment_job_id}
+            "key_fingerprints": dict(model.key_fingerprints), "alignment_job_id": model.alignment_job_id,
+            **({"binning": model.binning.to_dict()} if model.binning is not None else {})}
 
 
 def _common_fields(d: Mapping[str, Any], kind: str, where: str) -> dict[str, Any]:
@@ -257,9 +263,13 @@ def _common_fields(d: Mapping[str, Any], kind: str, where: str) -> dict[str, Any
         schema = Schema.from_dict(d["schema"])
         if not tags:
             raise ValueError("no tags")
-        if not (len(weights) == len(scaler.mean) == len(scaler.std) == len(schema.feature_columns)):
+        binning = None if d.get("binning") is None else BinningModel.from_dict(d["binning"], where=where)
+        width = len(schema.feature_columns) if binning is None else int(binning.offsets()[-1])
+        if not (len(weights) == len(scaler.mean) == len(scaler.std) == width):
             raise ValueError("weights, scaler and schema do not have the same features")
-        return {"job_id": _str(d["job_id"]), "tag_names": tags, "weights": weights, "scaler": scaler,
+        if binning is not None and binning.input_columns != schema.feature_columns:
+            raise ValueError("the binning is not of the schema's feature columns")
+        return {"job_id": _str(d["job_id"]), "tag_names": tags, "weights": weights, "scaler": scaler, "binning": binning,
                 "schema": schema, "key_fingerprints": {_str(k): _str(v) for k, v in d["key_fingerprints"].items()},
                 "alignment_job_id": _str(d.get("alignment_job_id", ""))}
     except (KeyError, TypeError, ValueError, AttributeError) as err:

@@ -92,6 +92,10 @@ class TrainParams:
     # Both parties checkpoint their training state after every this many batches of an epoch and at its end
     # (protocols/vfl_lr/resume.py): a node killed mid-job resumes from there with the same final model.
     checkpoint_every: int = 4
+    # What each party trains on: "raw" (its columns, standardised) or "binned" (its columns' one-hot bins, each
+    # party binning its own columns from their values on its training rows, by its node's [binning] table:
+    # protocols/binning; docs/protocol.md, "Binned features").
+    features: str = "raw"
 
     def validate(self, *, insecure_for_tests: bool = False) -> TrainParams:
         """Raise :class:`TrainingError` on a parameter of the wrong type or out of range; return self."""
@@ -125,6 +129,7 @@ class TrainParams:
             (0.05 <= self.dp_epsilon <= 100, "dp_epsilon must be in [0.05, 100]"),
             (0 < self.dp_delta <= 1e-3, "dp_delta must be in (0, 1e-3]"),
             (1 <= self.checkpoint_every <= 100_000, "checkpoint_every must be an integer in 1..100000"),
+            (self.features in ("raw", "binned"), "features must be 'raw' or 'binned'"),
         ]
         for ok, message in checks:
             if not ok:

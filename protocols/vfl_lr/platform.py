@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 import protocols.vfl_lr.label_mask as label_mask
 import protocols.vfl_lr.mask_path as mask_path
+from protocols.binning import BinningModel, BinningSpec, binned_party_data
 from protocols.channel import Message
 from protocols.compute import ComputeSpec
 from protocols.errors import DeviationDetected, InvalidKey, ProtocolError
@@ -68,7 +69,7 @@ STOPPED = "stopped"  # the stage of a session whose check failed: it answers no 
 def make_platform_train_handler(job_id: str, params: Message, data: PartyData, *,
                                 on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
                                 checkpoints: Checkpoints | None = None, limits: EvaluationLimits | None = None,
-                                budget: DisclosureBudget | None = None,
+                                budget: DisclosureBudget | None = None, binning: BinningSpec | None = None,
                                 insecure_for_tests: bool = False) -> PlatformTrainHandler:
     """The platform's handler for a training session over ``data`` (rows in the alignment's order).
 
@@ -78,10 +79,11 @@ def make_platform_train_handler(job_id: str, params: Message, data: PartyData, *
     keeps the job's training state as it goes, for a session that resumes it (protocols/vfl_lr/resume.py).
     ``limits``: the platform's policy on the session (default: the policy's defaults). ``budget``: where each
     evaluation is charged per customer before it is answered (protocols/vfl_lr/disclosure.py); the node
-    always passes its ledger, in-process protocol tests may run without one.
+    always passes its ledger, in-process protocol tests may run without one. ``binning``: how this node bins
+    its own columns when the job trains on bins (its [binning] table).
     """
     return PlatformTrainHandler(job_id, params, data, on_result=on_result, compute=compute,
-                                checkpoints=checkpoints, limits=limits, budget=budget,
+                                checkpoints=checkpoints, limits=limits, budget=budget, binning=binning,
                                 insecure_for_tests=insecure_for_tests)
 
 
@@ -91,8 +93,10 @@ class PlatformTrainHandler:
     def __init__(self, job_id: str, params: Message, data: PartyData, *,
                  on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
                  checkpoints: Checkpoints | None = None, limits: EvaluationLimits | None = None,
-                 budget: DisclosureBudget | None = None, insecure_for_tests: bool = False) -> None:
+                 budget: DisclosureBudget | None = None, binning: BinningSpec | None = None,
+                 insecure_for_tests: bool = False) -> None:
         self.scheme = get_scheme(HE_SCHEME)
+        self.binning_spec, self.binning = binning, cast(BinningModel | None, None)
         self.pool = self.scheme.kernels(compute)
         self.limits = limits if limits is not None else EvaluationLimits()
         self.budget = budget
@@ -205,6 +209,8 @@ class PlatformTrainHandler:
             raise ProtocolError("label_mask must be a uint8 array of shape (rows, tags)")
         else:
             self.mask = mask.astype(bool)
+        if p.features == "binned":  # its own bins, from its training rows' values: the width declared below
+            self.data, self.binning = binned_party_data(self.data, self.train, self.binning_spec)
         features = self.data.features
         self.scaler = Scaler.fit(features, p.clip, rows=self.train)
         # Standardised rows when a step asks for them: the raw features are held once (on disk when the node
@@ -476,7 +482,7 @@ class PlatformTrainHandler:
         W = np.column_stack([state.snapshots[int(best[t])][:, t] for t in range(self.T)])
         self.model = PlatformModel(self.job_id, self.tags, W, self.scaler, self.data.schema,
                                    {"bank": self.bpk.fingerprint(), "platform": self.pk.fingerprint()},
-                                   best_epoch=[int(e) for e in best])
+                                   best_epoch=[int(e) for e in best], binning=self.binning)
         if len(self.test):
             self.stage = "test"  # the model is reported after the one evaluation of the test rows
         else:
