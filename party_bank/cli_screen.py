@@ -41,8 +41,9 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser],
     s.add_argument("--tags", help="comma-separated tag columns (default: all of [data] tag_columns)")
     s.add_argument("--alignment", help="align job ID (default: the latest finished align job in mode 'both')")
     s.add_argument("--epsilon", type=_epsilon, default=defaults.label_epsilon,
-                   help="randomised response on the labels before encryption: epsilon per customer over all tags, "
-                        "or 'off' (a deviating platform could then read labels; docs/security.md)")
+                   help="randomised response on the labels before encryption: epsilon per customer and tag (T tags: "
+                        "T times it per customer), or 'off' (a deviating platform could then read labels; "
+                        "docs/security.md)")
     s.add_argument("--he-scheme", choices=scheme_names(), default=defaults.he_scheme, help="the HE scheme")
     s.add_argument("--min-labelled-rows", type=int, default=defaults.min_labelled_rows,
                    help="per bin and tag: smaller bins are merged with a neighbour (the platform may ask more)")
@@ -81,7 +82,8 @@ def iv_table(job: dict[str, Any], top: int = 20) -> str:
     privacy = result.get("label_privacy") or {}
     eps = privacy.get("epsilon")
     title = (f"screen {job.get('job_id', '')}: {result.get('rows', '?')} shared customers, label protection "
-             + (f"randomised response, epsilon {eps:g} per customer" if eps is not None else "OFF"))
+             + (f"randomised response, epsilon {privacy.get('epsilon_per_tag'):g} per tag, {eps:g} per customer "
+                "over all tags" if eps is not None else "OFF"))
     console.print(title)
     for tag in result.get("tags") or sorted({r["tag"] for r in rows}):
         table = Table(title=f"tag {tag}", title_justify="left")

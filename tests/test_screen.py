@@ -98,7 +98,7 @@ def test_a_screen_job_on_both_nodes(aligned_nodes) -> None:
     features = {(r["party"], r["feature"]) for r in result["iv"]}
     assert {p for p, _ in features} == {"bank", "platform"}
     assert {r["tag"] for r in result["iv"]} == set(files.tags)
-    assert result["label_privacy"]["mode"] == "randomised_response" and result["label_privacy"]["epsilon"] == 8.0
+    assert result["label_privacy"]["mode"] == "randomised_response" and result["label_privacy"]["epsilon"] == 4.0
     report = nodes.bank.stores.reports.load(job.job_id)
     assert all(row["bins"] and all("event_rate" in b for b in row["bins"]) for row in report["table"])
     # The platform merged its bins to its policy's floor before summing, and counted the screen in its ledger.
@@ -115,7 +115,7 @@ def test_a_screen_job_on_both_nodes(aligned_nodes) -> None:
     from party_bank.cli_screen import iv_table, screen_params
 
     text = iv_table({"job_id": job.job_id, "result": result}, top=3)
-    assert f"tag {files.tags[0]}" in text and "event rate per bin" in text and "epsilon 8 per customer" in text
+    assert f"tag {files.tags[0]}" in text and "event rate per bin" in text and "epsilon 2 per tag, 4 per customer" in text
     args = build_parser().parse_args(["screen", "--epsilon", "off", "--tags", files.tags[0]])
     assert screen_params(args)["screen"]["label_epsilon"] is None and screen_params(args)["tags"] == [files.tags[0]]
 

@@ -95,7 +95,7 @@ def run_bank_screen(peer: Peer, job_id: str, labels: np.ndarray, tag_names: list
     tags = [tag_names[t] for t in keep]
     cats = cats_all[:, keep]
     n, T = cats.shape
-    eps_tag = None if params.label_epsilon is None else params.label_epsilon / T
+    eps_tag = params.label_epsilon
     noisy = rr.randomise(cats, eps_tag)
     scheme = get_scheme(params.he_scheme)
     kernels = scheme.kernels(compute)

@@ -4,9 +4,8 @@ A deviating platform can return any integer combination of the rows' ciphertexts
 difference of two overlapping sets), and the bank cannot tell: no noise added to the decrypted counts can be
 calibrated to an honest partition. So the labels are protected at the source: each (row, tag)'s category
 (no label, non-event, event) is replaced by k-ary randomised response (k = 3) before encryption, kept with
-probability ``e^eps_t / (e^eps_t + 2)``, else one of the two others at random. That is ``eps_t``-local
-differential privacy per (row, tag), and ``eps = sum_t eps_t`` per customer over the screen's tags (basic
-composition; the job's epsilon is split evenly). Every value the bank decrypts, the IV table, and whatever it
+probability ``e^eps / (e^eps + 2)``, else one of the two others at random. That is ``eps``-local
+differential privacy per (row, tag), and ``T eps`` per customer over the screen's T tags (basic composition). Every value the bank decrypts, the IV table, and whatever it
 tells the platform from them (which of its features pass a selection) is post-processing of the randomised
 categories, whatever the platform combined. The bank debiases the counts: for a bin of ``n`` rows and observed
 category counts ``o_k``, ``(o_k - q n) / (p - q)`` estimates the true count (Wang et al., "Locally
@@ -53,18 +52,17 @@ def debias(observed: np.ndarray, rows: np.ndarray, epsilon_per_tag: float | None
     return (obs - q * rows[..., None]) / (p - q)
 
 
-def label_privacy_statement(epsilon: float | None, n_tags: int) -> dict[str, object]:
+def label_privacy_statement(epsilon_per_tag: float | None, n_tags: int) -> dict[str, object]:
     """What the screen's result and report say about the labels' protection."""
-    if epsilon is None:
+    if epsilon_per_tag is None:
         return {"mode": "off", "epsilon": None,
                 "note": "no randomised response: a deviating platform can read labels through the bins the bank "
                         "decrypts (docs/security.md, Screen)"}
-    per_tag = epsilon / max(1, n_tags)
-    return {"mode": "randomised_response", "epsilon": epsilon, "epsilon_per_tag": per_tag,
-            "keep_probability": round(keep_probability(per_tag), 4),
-            "note": "epsilon-local DP per customer over all tags of this screen, against a platform that deviates "
-                    "as much as against one that does not; counts debiased; it adds to the labels' budget of "
-                    "every other job that releases them"}
+    return {"mode": "randomised_response", "epsilon": epsilon_per_tag * n_tags, "epsilon_per_tag": epsilon_per_tag,
+            "keep_probability": round(keep_probability(epsilon_per_tag), 4),
+            "note": "epsilon-local DP per customer over all tags of this screen (epsilon_per_tag per tag), against a "
+                    "platform that deviates as much as against one that does not; counts debiased; it adds to the "
+                    "labels' budget of every other job that releases them"}
 
 
 __all__ = ["K", "debias", "keep_probability", "label_privacy_statement", "randomise"]
