@@ -327,7 +327,7 @@ class BankNode(NodeBase):
         scored = np.flatnonzero(customer)
         for start in range(0, len(scored), SCORE_BATCH):  # a block of rows at a time: features may be on disk
             block = scored[start:start + SCORE_BATCH]
-            z_bank[block] = family.bank_scores(model, self.data.features[rows[block]])[:, cols]
+            z_bank[block] = family.bank_scores(model, self.model_features(model, rows[block]))[:, cols]
         index = self._alignment_index(model.alignment_job_id)
         positions = np.fromiter((index.get(str(c), -1) for c in keys), dtype=np.int64, count=len(keys))
         known = (positions >= 0) & customer
@@ -365,7 +365,7 @@ class BankNode(NodeBase):
         probabilities = family.combine(model, z_bank, z_platform, cols)
         for start in range(0, len(fallback), SCORE_BATCH):  # the bank-only yardstick's weights and calibration
             block = fallback[start:start + SCORE_BATCH]
-            probabilities[block] = model.bank_only_probabilities(self.data.features[rows[block]], cols)
+            probabilities[block] = model.bank_only_probabilities(self.model_features(model, rows[block]), cols)
         probabilities[~customer] = np.nan
         served = ["joint" if model.platform_part[c] else "bank_only" for c in cols]  # type: ignore[index]
         return Scores(wanted, probabilities, known, released, limit, status=status.tolist(),

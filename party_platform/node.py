@@ -285,7 +285,7 @@ class PlatformNode(NodeBase):
         ids = self.data.ids
         released = self.ledger.charge([ids[i] for i in aligned[rows]], projections,
                                       what=f"scoring model {model_job_id}")
-        scores = family_of(model).platform_answer(model, self.data.features[aligned[rows]])[:, cols]
+        scores = family_of(model).platform_answer(model, self.model_features(model, aligned[rows]))[:, cols]
         return PartialScores(wanted, scores, released, self.projections_limit)
 
     def _model(self, model_job_id: str) -> PlatformHalf:

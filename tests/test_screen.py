@@ -338,3 +338,34 @@ def test_the_platform_policy_refuses_screens_naming_its_key(aligned_nodes) -> No
         nodes.bank.submit("screen", "bad", {"tags": ["nope"]})
     with pytest.raises(UserError, match="label_epsilon"):
         nodes.bank.submit("screen", "bad", {"screen": {"label_epsilon": 0}})
+
+
+def test_a_train_job_keeps_the_features_a_screen_selects_and_scores_with_them(aligned_nodes) -> None:
+    from tests.nodes_fixture import FAST_TRAIN
+
+    nodes, files, align = aligned_nodes
+    screen = nodes.bank.wait(nodes.bank.submit("screen", "iv", {"screen": {"min_labelled_rows": 5}}), timeout_s=120)
+    assert screen.status == "succeeded", screen.error
+    rule = {"job_id": screen.job_id, "top_k": 2}
+    job = nodes.bank.wait(nodes.bank.submit("train", "selected", {"train": FAST_TRAIN, "screen": rule}), timeout_s=300)
+    assert job.status == "succeeded", job.error
+    chosen = job.result["screen_selection"]
+    bank_half, platform_half = nodes.bank.stores.models.load(job.job_id), nodes.platform.stores.models.load(job.job_id)
+    assert 2 <= len(chosen["platform_features"]) <= 2 * len(files.tags) < len(nodes.platform.data.feature_names)
+    assert platform_half["column_selection"] == chosen["platform_features"]
+    assert bank_half["column_selection"] == chosen["bank_features"]
+    ids = list(nodes.bank.stores.alignments.load(align.job_id).ids or [])[:5]
+    scores = nodes.bank.score(job.job_id, ids)
+    assert np.isfinite(scores.probabilities).all() and all(s == "ok" for s in scores.status)
+    with pytest.raises(UserError, match="exactly one of min_iv"):
+        nodes.bank.submit("train", "bad", {"train": FAST_TRAIN, "screen": {"job_id": screen.job_id}})
+    with pytest.raises(UserError, match="not a finished screen job"):
+        nodes.bank.submit("train", "bad", {"train": FAST_TRAIN, "screen": {"job_id": align.job_id, "top_k": 1}})
+    # The platform still decides: a column its policy does not allow is refused, naming the key.
+    from party_common.jobs.train import select_platform_features
+    from protocols.screen.select import select_features
+    from protocols.vfl_lr import TrainParams
+
+    assert select_features(screen.result["iv"], files.tags, {"min_iv": 0.0})["platform"]
+    with pytest.raises(Exception, match=r"\[policy\] allowed_feature_columns"):
+        select_platform_features(nodes.platform.data, {"params": TrainParams(platform_features=["secret"]).to_json()})

@@ -25,6 +25,9 @@ from protocols.party_data import PartyData
 from protocols.vfl_lr.disclosure import DisclosureBudget, EvaluationLimits
 
 Progress = Callable[[str, int, int], None]
+# A model document's key naming the columns it was trained on, when a screen's IV selection kept only some of the
+# node's columns (party_common/jobs/train.py writes it, party_common/node.py scores those columns).
+COLUMN_SELECTION = "column_selection"
 P = TypeVar("P")
 R = TypeVar("R")
 
