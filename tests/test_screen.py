@@ -369,3 +369,35 @@ def test_a_train_job_keeps_the_features_a_screen_selects_and_scores_with_them(al
     assert select_features(screen.result["iv"], files.tags, {"min_iv": 0.0})["platform"]
     with pytest.raises(Exception, match=r"\[policy\] allowed_feature_columns"):
         select_platform_features(nodes.platform.data, {"params": TrainParams(platform_features=["secret"]).to_json()})
+
+
+def test_a_deviating_bank_reads_the_platforms_bins_of_rows_it_encodes() -> None:
+    """What docs/security.md states for a deviating bank: the platform cannot check what a row's ciphertext
+    holds, so a bank that encrypts 2^i for row i reads, from each bin's sum, exactly which rows are in it:
+    every platform feature's (merged) bin of every row it encodes this way (here all 300, in one screen)."""
+    from protocols.he import get_scheme
+
+    _, platform, _ = make_data(n=300)
+    handler = PlatformScreenHandler("job-bank-dev", {Field.VERSION: "screen/1", Field.HE_SCHEME: "paillier",
+                                                     Field.KEY_BITS: 1024, Field.TAGS: json.dumps(["t0"])},
+                                    platform, on_result=lambda r: None, min_bin_rows=5, compute=1,
+                                    insecure_for_tests=True)
+    scheme = get_scheme("paillier")
+    pk, sk = scheme.generate_keypair(1024, allow_insecure=True)
+    described = handler.handle(Step.DESCRIBE, {Field.BANK_KEY: pk.to_bytes(), Field.N_ROWS: 300,
+                                               Field.SLOT_BITS: 11, Field.TAGS_PER_CIPHERTEXT: 1})
+    noise = scheme.noise_pool(pk, sk)
+    noise.fill(300)
+    crafted = scheme.encrypt(pk, [1 << i for i in range(300)], noise)
+    handler.handle(Step.ROWS, {Field.OFFSET: 0, Field.CIPHERTEXTS: crafted.to_bytes()})
+    sums = scheme.decrypt(sk, scheme.ciphertexts_from_bytes(pk, handler.handle(Step.BINS, {})[Field.BIN_CIPHERTEXTS]))
+    n_bins = described[Field.N_BINS].tolist()
+    start, recovered = 0, []
+    for k in n_bins:
+        column = np.full(300, -1)
+        for b, value in enumerate(sums[start:start + k]):
+            column[[i for i in range(300) if value >> i & 1]] = b
+        recovered.append(column)
+        start += k
+    assert (np.stack(recovered, axis=1) == handler.bins).all()  # every row's bin of every feature, exactly
+    handler.close()
