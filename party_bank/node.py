@@ -399,6 +399,12 @@ class BankNode(NodeBase):
         """A train job's stored report as one self-contained HTML page (``party_bank.report_html``)."""
         from party_bank.report_html import render  # matplotlib loads on first use, not at node start
 
+        if self.stores.jobs.get(job_id).kind == "screen":  # the screen's own page (party_bank/report_screen.py)
+            from party_bank.report_html import CSS
+            from party_bank.report_screen import render_page
+
+            record = self.stores.jobs.get(job_id)
+            return render_page(self.stores.reports.load(job_id), {"job_id": job_id, "name": record.name}, CSS).encode()
         report, job = self.report_document(job_id)
         # The summary (bootstrap intervals, ECE) was computed once when the job saved its report.
         return render(report, report.get("summary"), job=job).encode()

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from party_bank.report_binning import binning_section
+from party_bank.report_screen import screen_section
 from party_bank.scores import served_model
 from protocols.uncertainty import calibration_bins, format_interval, gains_by_decile, summarise
 
@@ -244,7 +245,7 @@ def render(report: Mapping[str, Any], summary: Mapping[str, Any] | None = None, 
     body = [
         f"<h1>{escape(title)}</h1>", header_table(report, job), warnings_box(summary),
         "<h2>Results per tag</h2>", note, summary_table(report, summary),
-        intervals_note(summary), binning_section(report),
+        intervals_note(summary), binning_section(report), screen_section(report),
         "<h2>What each party learned in this job</h2>",
         "<h3>Privacy settings</h3>", ul(privacy["settings"]),
         "<h3>The bank (us)</h3>", ul(privacy["bank"]),

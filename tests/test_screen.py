@@ -354,6 +354,12 @@ def test_a_train_job_keeps_the_features_a_screen_selects_and_scores_with_them(al
     assert 2 <= len(chosen["platform_features"]) <= 2 * len(files.tags) < len(nodes.platform.data.feature_names)
     assert platform_half["column_selection"] == chosen["platform_features"]
     assert bank_half["column_selection"] == chosen["bank_features"]
+    # The training report names the selection and the screen's label budget; the screen has its own page.
+    assert job.result["screen_selection"]["label_privacy"]["epsilon_per_tag"] == 2.0
+    page = nodes.bank.report_html(job.job_id).decode()
+    assert "Features selected by a screen" in page and "epsilon 2 per customer and tag" in page
+    screen_page = nodes.bank.report_html(screen.job_id).decode()
+    assert f"Tag {files.tags[0]}" in screen_page and "event rate" in screen_page
     ids = list(nodes.bank.stores.alignments.load(align.job_id).ids or [])[:5]
     scores = nodes.bank.score(job.job_id, ids)
     assert np.isfinite(scores.probabilities).all() and all(s == "ok" for s in scores.status)

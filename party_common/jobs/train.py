@@ -153,7 +153,9 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
             # Scoring with this model releases one projection of the platform's features per tag; the platform
             # counts them against its budget for the alignment (each score answer says how much is used).
             **({"screen_selection": {**params.screen, "bank_features": list(params.bank_features or []),
-                                     "platform_features": params.train.platform_features}} if params.screen else {}),
+                                     "platform_features": params.train.platform_features,
+                                     "label_privacy": ctx.stores.jobs.get(params.screen["job_id"]).result.get(
+                                         "label_privacy")}} if params.screen else {}),
             "scoring_disclosure": {"projections_per_customer": len(params.tags),
                                    "budget": "per customer across alignments and jobs, evaluations included, set "
                                              "by the platform ([policy] max_released_projections); reported with "
