@@ -16,7 +16,6 @@ from protocols.errors import NotFound, ProtocolError, UserError
 from protocols.party_data import PartyData
 from protocols.screen import PlatformScreenHandler, ScreenOutcome, ScreenParams, run_bank_screen
 from protocols.screen.features import bin_features
-from protocols.screen.select import select_features
 
 MIN_SCREEN_ROWS = 50  # fewer shared customers make every bin a handful of people
 
@@ -57,23 +56,6 @@ def screen_summary(outcome: dict[str, Any]) -> dict[str, Any]:
     table = [{**{k: v for k, v in row.items() if k != "bins"}, "event_rates": [b["event_rate"] for b in row["bins"]]}
              for row in outcome.get("table", [])]
     return {**{k: v for k, v in outcome.items() if k != "table"}, "iv": table}
-
-
-def screen_selection(stores: NodeStores, rule: Any, tags: list[str]) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """A train job's ``screen`` parameter, checked: the finished screen job it names and the columns its rule
-    keeps per party (:func:`protocols.screen.select.select_features`)."""
-    if not isinstance(rule, Mapping) or not isinstance(rule.get("job_id"), str):
-        raise JobError("train: 'screen' must be an object with the screen's job_id and min_iv or top_k")
-    try:
-        record = stores.jobs.get(rule["job_id"])
-    except NotFound as err:
-        raise JobError(f"train: no screen job {rule['job_id']}") from err
-    if record.kind != "screen" or record.status != "succeeded":
-        raise JobError(f"train: job {rule['job_id']} is not a finished screen job")
-    try:
-        return dict(rule), select_features(record.result.get("iv") or [], tags, rule)
-    except UserError as err:
-        raise JobError(f"train: {err}") from err
 
 
 class ScreenJob(JobKind[ScreenJobParams, ScreenRun]):

@@ -14,6 +14,7 @@ from party_common.storage.alignments import Alignment
 from protocols.channel import Message, StepHandler
 from protocols.errors import NotFound, ProtocolError, UserError
 from protocols.party_data import PartyData
+from protocols.screen.select import select_features
 from protocols.uncertainty import summarise
 from protocols.vfl_lr import (
     MIN_ROWS,
@@ -60,6 +61,23 @@ def latest_trainable_alignment(stores: NodeStores) -> str:
             return record.job_id
     raise JobError("train: no finished align job in mode 'both' (both nodes learn the intersection); "
                    "run `bank-node align` first")
+
+
+def screen_selection(stores: NodeStores, rule: Any, tags: list[str]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """A train job's ``screen`` parameter, checked: the finished screen job it names and the columns its rule
+    keeps per party (:func:`protocols.screen.select.select_features`)."""
+    if not isinstance(rule, Mapping) or not isinstance(rule.get("job_id"), str):
+        raise JobError("train: 'screen' must be an object with the screen's job_id and min_iv or top_k")
+    try:
+        record = stores.jobs.get(rule["job_id"])
+    except NotFound as err:
+        raise JobError(f"train: no screen job {rule['job_id']}") from err
+    if record.kind != "screen" or record.status != "succeeded":
+        raise JobError(f"train: job {rule['job_id']} is not a finished screen job")
+    try:
+        return dict(rule), select_features(record.result.get("iv") or [], tags, rule)
+    except UserError as err:
+        raise JobError(f"train: {err}") from err
 
 
 def with_selection(doc: dict[str, Any], model: Any, data: PartyData) -> dict[str, Any]:
@@ -122,8 +140,6 @@ class TrainJob(JobKind[TrainJobParams, TrainOutcome]):
             raise JobError(f"train: {err}") from err
         if raw.get("screen") is None:
             return TrainJobParams(tuple(tags), str(alignment_job_id), train)
-        from party_common.jobs.screen import screen_selection  # the screen job imports this module
-
         rule, selected = screen_selection(stores, raw["screen"], tags)
         train.platform_features = selected.get("platform") or train.platform_features
         bank_features = tuple(selected["bank"]) if selected.get("bank") else None

@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
+import protocols.screen.encoding as encoding
+import protocols.screen.rr as rr
 from protocols.channel import Message, Peer
 from protocols.compute import ComputeSpec
 from protocols.errors import DeviationDetected, InvalidCiphertext, UserError
 from protocols.he import get_scheme
-from protocols.screen import encoding, rr
 from protocols.screen.params import SESSION_KIND, VERSION, Field, ScreenParams, Step
 from protocols.screen.platform import ScreenFeatures
 from protocols.screen.woe import FeatureIV, NoEvents, feature_iv, local_counts
