@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,21 +116,31 @@ def run_bank_screen(peer: Peer, job_id: str, labels: np.ndarray, tag_names: list
             names, n_bins, bin_labels, min_rows, min_labelled = _read_describe(channel.call(Step.DESCRIBE, {
                 Field.BANK_KEY: pk.to_bytes(), Field.N_ROWS: n, Field.SLOT_BITS: slot_bits,
                 Field.TAGS_PER_CIPHERTEXT: per_ct}))
-            clock = time.perf_counter()
             noise = scheme.noise_pool(pk, sk)
-            kernels.fill(noise, n * len(groups))  # all noise ahead: encryption is one multiplication per row
-            timings["noise"] = time.perf_counter() - clock
-            timings["encrypt"] = timings["histogram"] = 0.0
-            for a in range(0, n, params.batch_rows):
-                b = min(n, a + params.batch_rows)
+            timings["noise"] = timings["encrypt"] = timings["wait"] = 0.0
+            # Each batch's noise is made ahead of its encryption while the platform sums the batch before
+            # (the call runs on a sender thread): on two machines the bank's and the platform's work overlap.
+            with ThreadPoolExecutor(1, thread_name_prefix="screen-send") as sender:
+                pending: Future[Message] | None = None
+                for a in range(0, n, params.batch_rows):
+                    b = min(n, a + params.batch_rows)
+                    clock = time.perf_counter()
+                    kernels.fill(noise, (b - a) * len(groups))
+                    timings["noise"] += time.perf_counter() - clock
+                    clock = time.perf_counter()
+                    ints = [v for g in groups for v in encoding.pack_rows(noisy[a:b], g, slot_bits)]
+                    data = scheme.encrypt(pk, ints, noise).to_bytes()
+                    timings["encrypt"] += time.perf_counter() - clock
+                    clock = time.perf_counter()
+                    if pending is not None:
+                        pending.result()
+                    timings["wait"] += time.perf_counter() - clock
+                    pending = sender.submit(channel.call, Step.ROWS, {Field.OFFSET: a, Field.CIPHERTEXTS: data})
+                    say("rows", b, n)
                 clock = time.perf_counter()
-                ints = [v for g in groups for v in encoding.pack_rows(noisy[a:b], g, slot_bits)]
-                data = scheme.encrypt(pk, ints, noise).to_bytes()
-                timings["encrypt"] += time.perf_counter() - clock
-                clock = time.perf_counter()
-                channel.call(Step.ROWS, {Field.OFFSET: a, Field.CIPHERTEXTS: data})
-                timings["histogram"] += time.perf_counter() - clock
-                say("rows", b, n)
+                if pending is not None:
+                    pending.result()
+                timings["wait"] += time.perf_counter() - clock
             clock = time.perf_counter()
             reply = channel.call(Step.BINS, {})
             timings["bins"] = time.perf_counter() - clock
