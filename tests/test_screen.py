@@ -144,7 +144,7 @@ def test_the_wire_holds_the_documented_fields_and_nothing_that_depends_on_labels
         transcripts.append(peer.channels[0].transcript)
     for transcript in transcripts:
         steps = [(step, set(sent), set(got)) for step, sent, got in transcript]
-        assert steps[0] == (Step.DESCRIBE, {Field.BANK_KEY, Field.N_ROWS, Field.SLOT_BITS, Field.TAGS_PER_CIPHERTEXT},
+        assert steps[0] == (Step.DESCRIBE, {Field.BANK_KEY, Field.N_ROWS, Field.TAGS_PER_CIPHERTEXT},
                             {Field.FEATURES, Field.N_BINS, Field.BIN_LABELS, Field.MIN_BIN_ROWS,
                              Field.MIN_LABELLED_ROWS})
         assert all(s == (Step.ROWS, {Field.OFFSET, Field.CIPHERTEXTS}, {Field.RECEIVED}) for s in steps[1:-1])
@@ -391,7 +391,7 @@ def test_a_deviating_bank_reads_the_platforms_bins_of_rows_it_encodes() -> None:
     scheme = get_scheme("paillier")
     pk, sk = scheme.generate_keypair(1024, allow_insecure=True)
     described = handler.handle(Step.DESCRIBE, {Field.BANK_KEY: pk.to_bytes(), Field.N_ROWS: 300,
-                                               Field.SLOT_BITS: 11, Field.TAGS_PER_CIPHERTEXT: 1})
+                                               Field.TAGS_PER_CIPHERTEXT: 1})
     noise = scheme.noise_pool(pk, sk)
     noise.fill(300)
     crafted = scheme.encrypt(pk, [1 << i for i in range(300)], noise)

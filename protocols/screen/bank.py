@@ -114,8 +114,7 @@ def run_bank_screen(peer: Peer, job_id: str, labels: np.ndarray, tag_names: list
                                                    Field.KEY_BITS: params.key_bits, Field.TAGS: json.dumps(tags)})
         try:
             names, n_bins, bin_labels, min_rows, min_labelled = _read_describe(channel.call(Step.DESCRIBE, {
-                Field.BANK_KEY: pk.to_bytes(), Field.N_ROWS: n, Field.SLOT_BITS: slot_bits,
-                Field.TAGS_PER_CIPHERTEXT: per_ct}))
+                Field.BANK_KEY: pk.to_bytes(), Field.N_ROWS: n, Field.TAGS_PER_CIPHERTEXT: per_ct}))
             noise = scheme.noise_pool(pk, sk)
             timings["noise"] = timings["encrypt"] = timings["wait"] = 0.0
             # Each batch's noise is made ahead of its encryption while the platform sums the batch before
@@ -164,7 +163,7 @@ def run_bank_screen(peer: Peer, job_id: str, labels: np.ndarray, tag_names: list
     per_group = [encoding.open_bins(values[i * total:(i + 1) * total], n_bins, n, len(g), slot_bits,
                                     min_bin_rows=floor, step=Step.BINS) for i, g in enumerate(groups)]
     min_lab = max(min_labelled, params.min_labelled_rows)
-    table: list[FeatureIV] = []
+    table: list[FeatureIV | None] = []
     for gi, g in enumerate(groups):
         counts = per_group[gi]
         rows = counts[:, 0]
@@ -187,14 +186,14 @@ def run_bank_screen(peer: Peer, job_id: str, labels: np.ndarray, tag_names: list
                 c = local_counts(col, bank_features.n_bins[j], cats[:, t])
                 table.append(_iv(name, "bank", tag, c[:, 0], c[:, 1], c[:, 2] - c[:, 1], labels_j,
                                  min_lab, params.smoothing, skipped))
-    table = [f for f in table if f is not None]
+    kept = [f for f in table if f is not None]
     summary = {"rows": n, "tags": tags, "platform_features": len(names), "bank_features":
                0 if bank_features is None else len(bank_features.names), "he_scheme": params.he_scheme,
                "key_bits": params.key_bits, "ciphertexts_per_row": len(groups), "slot_bits": slot_bits,
                "min_labelled_rows": min_lab, "min_bin_rows": floor,
                "timings": {k: round(v, 3) for k, v in timings.items()},
                "seconds": round(time.perf_counter() - started, 3)}
-    return ScreenOutcome(table, skipped, rr.label_privacy_statement(params.label_epsilon, T), summary)
+    return ScreenOutcome(kept, skipped, rr.label_privacy_statement(params.label_epsilon, T), summary)
 
 
 def _iv(name: str, party: str, tag: str, rows: np.ndarray, events: np.ndarray, non_events: np.ndarray,

@@ -38,7 +38,6 @@ class Field:
     # screen.describe
     BANK_KEY = "bank_key"
     N_ROWS = "n_rows"
-    SLOT_BITS = "slot_bits"
     TAGS_PER_CIPHERTEXT = "tags_per_ciphertext"
     FEATURES = "features"  # reply: JSON list of the platform's screened feature names
     N_BINS = "n_bins"  # reply: int64 array, bins per feature after the platform merged small ones

@@ -33,7 +33,7 @@ def merge_by_rows(column: np.ndarray, n_bins: int, minimum: int) -> tuple[np.nda
     per new bin, the old bins it holds."""
     counts = np.bincount(column, minlength=n_bins)
     groups = merge_small(counts, minimum)
-    mapping = np.empty(n_bins, dtype=np.int64)
+    mapping = np.empty(n_bins, dtype=np.int32)
     for new, old in enumerate(groups):
         mapping[old] = new
     return mapping[column], groups
@@ -128,7 +128,7 @@ class PlatformScreenHandler:
             col, groups = merge_by_rows(np.asarray(features.bins[:, j], dtype=np.int64), k, min_bin_rows)
             columns.append(col)
             self.groups.append(groups)
-        self.bins = np.stack(columns, axis=1) if columns else np.zeros((len(features.bins), 0), np.int64)
+        self.bins = np.stack(columns, axis=1) if columns else np.zeros((len(features.bins), 0), np.int32)
         self.n_bins = [len(g) for g in self.groups]
         self.features = features
         self.n_rows = len(self.bins)
