@@ -255,6 +255,7 @@ def run_client(args: argparse.Namespace) -> int:
                 params["tags"] = args.tags.split(",")
             if args.alignment:
                 params["alignment_job_id"] = args.alignment
+            params.update(cli_screen.selection_params(args))
             submit_and_wait(client, args, "train", params, args.name or "")
         elif args.command in cli_screen.COMMANDS:
             submit_and_wait(client, args, "screen", cli_screen.screen_params(args), args.name or "")
@@ -393,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--params", metavar="JSON", help="training parameters as a JSON object (default: {}); "
                    f"valid keys: {', '.join(sorted(TrainParams.__dataclass_fields__))}; defaults in "
                    "protocols/vfl_lr/params.py and docs/protocol.md")
+    cli_screen.add_selection_flags(t)
     add_job_output(t)
     r = add("rerun", "submit a job again with the same parameters (and wait for it, as train does)")
     r.add_argument("job_id", help="the job to run again")

@@ -53,6 +53,25 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser],
     add_job_output(s)
 
 
+def add_selection_flags(t: argparse.ArgumentParser) -> None:
+    """`bank-node train --screen JOB --min-iv 0.02 | --top-k 20`: train on the features a screen selects."""
+    t.add_argument("--screen", metavar="JOB", help="a finished screen job: train on the features it selects "
+                   "(per tag and party, with --min-iv or --top-k); the platform keeps only columns its policy allows")
+    rule = t.add_mutually_exclusive_group()
+    rule.add_argument("--min-iv", type=float, help="with --screen: keep features with IV at least this (e.g. 0.02)")
+    rule.add_argument("--top-k", type=int, help="with --screen: keep the k features of highest IV per tag and party")
+
+
+def selection_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The train job's ``screen`` parameter from the flags ({} without --screen)."""
+    if not getattr(args, "screen", None):
+        if getattr(args, "min_iv", None) is not None or getattr(args, "top_k", None) is not None:
+            raise UserError("--min-iv and --top-k need --screen JOB")
+        return {}
+    rule = {"min_iv": args.min_iv} if args.min_iv is not None else {"top_k": args.top_k} if args.top_k else {}
+    return {"screen": {"job_id": args.screen, **rule}}
+
+
 def screen_params(args: argparse.Namespace) -> dict[str, Any]:
     screen: dict[str, Any] = {}
     if args.params:
@@ -105,4 +124,4 @@ def iv_table(job: dict[str, Any], top: int = 20) -> str:
     return buf.getvalue().rstrip()
 
 
-__all__ = ["COMMANDS", "add_parsers", "iv_table", "screen_params"]
+__all__ = ["COMMANDS", "add_parsers", "add_selection_flags", "iv_table", "screen_params", "selection_params"]

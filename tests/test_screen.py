@@ -118,6 +118,10 @@ def test_a_screen_job_on_both_nodes(aligned_nodes) -> None:
     assert f"tag {files.tags[0]}" in text and "event rate per bin" in text and "epsilon 2 per tag, 4 per customer" in text
     args = build_parser().parse_args(["screen", "--epsilon", "off", "--tags", files.tags[0]])
     assert screen_params(args)["screen"]["label_epsilon"] is None and screen_params(args)["tags"] == [files.tags[0]]
+    from party_bank.cli_screen import selection_params
+
+    train_args = build_parser().parse_args(["train", "--screen", job.job_id, "--top-k", "3"])
+    assert selection_params(train_args) == {"screen": {"job_id": job.job_id, "top_k": 3}}
 
 
 # ---- what each party sees on the wire ----
