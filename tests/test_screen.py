@@ -411,3 +411,15 @@ def test_a_deviating_bank_reads_the_platforms_bins_of_rows_it_encodes() -> None:
         start += k
     assert (np.stack(recovered, axis=1) == handler.bins).all()  # every row's bin of every feature, exactly
     handler.close()
+
+
+def test_the_screen_policy_keys_are_parsed_with_their_names() -> None:
+    from party_common.policy import parse_policy
+
+    policy = parse_policy({"allow_screen": False, "min_screen_bin_rows": 100, "min_screen_labelled_rows": 30}, "[policy]")
+    assert (policy.allow_screen, policy.min_screen_bin_rows, policy.min_screen_labelled_rows) == (False, 100, 30)
+    assert parse_policy({}, "[policy]").allow_screen is True
+    with pytest.raises(ValueError, match="'allow_screen' must be true or false"):
+        parse_policy({"allow_screen": "yes"}, "[policy]")
+    with pytest.raises(ValueError, match="'min_screen_bin_rows' must be a whole number"):
+        parse_policy({"min_screen_bin_rows": 0}, "[policy]")
