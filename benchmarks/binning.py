@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks import screen as screen_benchmark
 from benchmarks.common import console, print_table, write_json
 from benchmarks.privacy import attack_batches, load_default_credit, platform_view
 from protocols.binning import binned_party_data
@@ -87,7 +88,8 @@ def label_attack(state: dict[str, Any]) -> dict[str, Any]:
             "platform_bins": platform.features.shape[1]}
 
 
-SECTIONS: dict[str, Section] = {"default_credit": default_credit, "simulated": simulated, "label_attack": label_attack}
+SECTIONS: dict[str, Section] = {"default_credit": default_credit, "simulated": simulated, "label_attack": label_attack,
+                                **screen_benchmark.SECTIONS}
 
 
 def goals(payload: dict[str, Any]) -> dict[str, bool | None]:
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         payload["majority_rate"] = attack["majority_rate"]
         payload["label_attack"] = attack
     payload["goals"] = goals(payload)
+    screen_benchmark.place(payload)
     dc = payload.get("default_credit", {}).get("auc", {})
     print_table("binned features (test AUC)", [(k, "-" if v is None else f"{v:.4f}") for k, v in dc.items()],
                 ("default_credit", "AUC"))

@@ -84,6 +84,7 @@ from party_common.certs import init_local_pki
 from party_common.config import load_config
 from party_common.data_loading import load_party_data
 from party_common.grpc_link import GrpcPlatformLink, platform_certificate_check
+from party_common.jobs import SESSION_KINDS
 from party_common.link import ContextPeer, LocalPlatformLink, PlatformLink, SessionContext
 from party_common.runtime import read_tls_files, start_node_server
 from party_common.storage import memory_node_stores
@@ -477,7 +478,7 @@ class Deployment:
         bconf = load_config(bank_toml, expected_role="bank")
         bconf = replace(bconf, state_dir=work / "state" / "bank")
         if self.wire:
-            registry = SessionRegistry(self.platform.open_session, kinds=("psi", "train"), max_sessions=4)
+            registry = SessionRegistry(self.platform.open_session, kinds=SESSION_KINDS, max_sessions=4)
             servicer = NodeServicer(self.platform, registry, max_payload_bytes=pconf.max_payload_mb * 2**20)
             tls = read_tls_files(pconf)
             server, _, port = start_node_server(

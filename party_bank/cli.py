@@ -35,9 +35,7 @@ from typing import Any
 import grpc
 from grpc_health.v1.health import HealthServicer
 
-from party_bank import cli_files, cli_segments, cli_stability, preflight, views
-from party_bank.cli_models import ACTIONS as MODEL_ACTIONS
-from party_bank.cli_models import models_command
+from party_bank import cli_files, cli_models, cli_screen, cli_segments, cli_stability, preflight, views
 from party_bank.client import BankClient, JobFailed
 from party_bank.control import ControlServicer
 from party_bank.control_v2 import SERVICE as SCORING_SERVICE
@@ -185,11 +183,13 @@ def follow(client: BankClient, job_id: str, *, every_event: bool) -> dict[str, A
 
 
 
-def print_outcome(job: dict[str, Any], as_json: bool, config: str | None = None) -> None:
+def print_outcome(job: dict[str, Any], as_json: bool, config: str | None = None, top: int = 20) -> None:
     if as_json:
         print_job(job)
     elif job["kind"] == "train":
         print(views.train_done(job, config))
+    elif job["kind"] == "screen":
+        print(cli_screen.iv_table(job, top))
     else:
         result = job.get("result") or {}
         print(f"{job['kind']} job {job['job_id']} succeeded in {views.duration(job.get('elapsed_s') or 0.0)}: "
@@ -212,7 +212,8 @@ def submit_and_wait(client: BankClient, args: argparse.Namespace, kind: str, par
         print(job_id)
         print(f"follow it with: bank-node wait {views.config_flag(args.config)} {job_id}", file=sys.stderr)
         return
-    print_outcome(follow(client, job_id, every_event=getattr(args, "follow", False)), args.json, args.config)
+    print_outcome(follow(client, job_id, every_event=getattr(args, "follow", False)), args.json, args.config,
+                  getattr(args, "top", 20))
 
 
 def run_client(args: argparse.Namespace) -> int:
@@ -254,7 +255,10 @@ def run_client(args: argparse.Namespace) -> int:
                 params["tags"] = args.tags.split(",")
             if args.alignment:
                 params["alignment_job_id"] = args.alignment
+            params.update(cli_screen.selection_params(args))
             submit_and_wait(client, args, "train", params, args.name or "")
+        elif args.command in cli_screen.COMMANDS:
+            submit_and_wait(client, args, "screen", cli_screen.screen_params(args), args.name or "")
         elif args.command == "rerun":
             old = client.job(args.job_id)
             params = dict(old["params"])
@@ -314,7 +318,7 @@ def run_client(args: argparse.Namespace) -> int:
         elif args.command in cli_stability.COMMANDS:
             cli_stability.run(client, args)
         elif args.command == "models":
-            print(models_command(client, args.action, args.operands, as_json=args.json))
+            print(cli_models.models_command(client, args.action, args.operands, as_json=args.json))
     except grpc.RpcError as err:
         # Which side refused which certificate (the node's gate or TLS layer, or this client), or why unreachable.
         line = rpc_error_line(err, server="the bank node", address=client.address, own_cert=client.own_cert,
@@ -389,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--params", metavar="JSON", help="training parameters as a JSON object (default: {}); "
                    f"valid keys: {', '.join(sorted(TrainParams.__dataclass_fields__))}; defaults in "
                    "protocols/vfl_lr/params.py and docs/protocol.md")
+    cli_screen.add_selection_flags(t)
     add_job_output(t)
     r = add("rerun", "submit a job again with the same parameters (and wait for it, as train does)")
     r.add_argument("job_id", help="the job to run again")
@@ -431,12 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     preflight.add_parser(add)
     cli_segments.add_parsers(add)
     cli_stability.add_parsers(add)
+    cli_screen.add_parsers(add, add_job_output)
     rep = add("report", "fetch a train job's report as one self-contained HTML page (plots, intervals, privacy)")
     rep.add_argument("job_id", help="the train job ID")
     rep.add_argument("--out", required=True, help="HTML file to write on this machine")
     rep.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
     mo = add("models", "the model registry: list models; alias NAME@LABEL MODEL; unalias ALIAS; retire MODEL")
-    mo.add_argument("action", nargs="?", default="list", choices=list(MODEL_ACTIONS), help="what to do")
+    mo.add_argument("action", nargs="?", default="list", choices=list(cli_models.ACTIONS), help="what to do")
     mo.add_argument("operands", nargs="*", help="NAME@LABEL MODEL (alias), ALIAS (unalias), MODEL (retire)")
     mo.add_argument("--json", action="store_true", help="print JSON")
     co = add("console", "a web console on 127.0.0.1 for this node (jobs, reports, models, segments, scoring), "

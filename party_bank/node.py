@@ -345,7 +345,7 @@ class BankNode(NodeBase):
         scored = np.flatnonzero(customer)
         for start in range(0, len(scored), SCORE_BATCH):  # a block of rows at a time: features may be on disk
             block = scored[start:start + SCORE_BATCH]
-            z_bank[block] = family.bank_scores(model, self.data.features[rows[block]])[:, cols]
+            z_bank[block] = family.bank_scores(model, self.model_features(model, rows[block]))[:, cols]
         index = self._alignment_index(model.alignment_job_id)
         positions = np.fromiter((index.get(str(c), -1) for c in keys), dtype=np.int64, count=len(keys))
         known = (positions >= 0) & customer
@@ -383,7 +383,7 @@ class BankNode(NodeBase):
         probabilities = family.combine(model, z_bank, z_platform, cols)
         for start in range(0, len(fallback), SCORE_BATCH):  # the bank-only yardstick's weights and calibration
             block = fallback[start:start + SCORE_BATCH]
-            probabilities[block] = model.bank_only_probabilities(self.data.features[rows[block]], cols)
+            probabilities[block] = model.bank_only_probabilities(self.model_features(model, rows[block]), cols)
         probabilities[~customer] = np.nan
         if online:  # the recent window of online scores (scores and feature bin counts, never IDs): stability
             self.stability.record(model_job_id, wanted, probabilities[scored], self.data.features[rows[scored]])
@@ -426,6 +426,12 @@ class BankNode(NodeBase):
         """A train job's stored report as one self-contained HTML page (``party_bank.report_html``)."""
         from party_bank.report_html import render  # matplotlib loads on first use, not at node start
 
+        if self.stores.jobs.get(job_id).kind == "screen":  # the screen's own page (party_bank/report_screen.py)
+            from party_bank.report_html import CSS
+            from party_bank.report_screen import render_page
+
+            record = self.stores.jobs.get(job_id)
+            return render_page(self.stores.reports.load(job_id), {"job_id": job_id, "name": record.name}, CSS).encode()
         report, job = self.report_document(job_id)
         # The summary (bootstrap intervals, ECE) was computed once when the job saved its report.
         return render(report, report.get("summary"), job=job).encode()

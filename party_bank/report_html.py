@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from party_bank.report_binning import binning_section
+from party_bank.report_screen import screen_section
 from party_bank.report_stability import stability_section
 from party_bank.scores import served_model
 from protocols.uncertainty import calibration_bins, format_interval, format_metric, gains_by_decile, summarise
@@ -363,6 +364,7 @@ def add_section(renderer: Section, *, before: Section | None = None) -> Section:
 
 
 add_section(binning_section, before=privacy_section)
+add_section(screen_section, before=privacy_section)
 add_section(stability_section)
 
 

@@ -8,8 +8,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
+import numpy as np
+
 from party_common.config import NodeConfig
 from party_common.jobs import JobContext, JobError, Progress
+from party_common.jobs.base import COLUMN_SELECTION
 from party_common.progress import ProgressLog
 from party_common.runtime import load_node_data
 from party_common.state_lock import StateLock
@@ -102,12 +105,33 @@ class NodeBase:
                 raise NotFound(f"no model for job {model_job_id} on the {self.role} node "
                                "(is it a finished train job?)") from err
             model = load(doc, where=f"model {model_job_id}")
-            # The data this node serves must still have the columns the model was trained on.
+            # The data this node serves must still have the columns the model was trained on (all of them, or
+            # the ones a screen's IV selection kept: ``column_selection``, party_common/jobs/train.py).
             # (the file's name only: messages travel to callers, who have no business with server paths).
-            model.schema.check_scoring_compatible(self.data.schema, Path(self.data.source).name)
+            model.schema.check_scoring_compatible(self._scoring_schema(doc.get(COLUMN_SELECTION)),
+                                                  Path(self.data.source).name)
             return model
 
         return self.cached("model", model_job_id, build)
+
+    def _scoring_schema(self, selection: Any) -> Schema:
+        """This node's schema, or its columns named by a model's ``column_selection`` (in the data's order)."""
+        schema = self.data.schema
+        if not selection:
+            return schema
+        kept = [i for i, c in enumerate(schema.feature_columns) if c in set(selection)]
+        return Schema(schema.id_column, tuple(schema.feature_columns[i] for i in kept),
+                      tuple(schema.feature_dtypes[i] for i in kept), schema.tag_columns)
+
+    def model_features(self, model: Any, rows: np.ndarray) -> np.ndarray:
+        """The feature rows a model scores: every column, or the ones it was trained on when a selection left
+        some out (its schema names them; :meth:`model` checked they are this node's, in order)."""
+        features = self.data.features[rows]
+        names = list(model.schema.feature_columns)
+        if names == list(self.data.feature_names):
+            return features
+        index = self.cached("columns", ",".join(names), lambda: [self.data.feature_names.index(c) for c in names])
+        return features[:, index]
 
     @staticmethod
     def tag_columns(model: ModelHalf, wanted: Sequence[str]) -> tuple[list[str], list[int]]:

@@ -94,6 +94,12 @@ class PolicyConfig:
     # Training sessions: the HE schemes (he_scheme) and key sizes (key_bits) the platform accepts; default every one.
     he_schemes: tuple[str, ...] = HE_SCHEMES
     key_bits: tuple[int, ...] = KEY_SIZES
+    # Screen sessions (protocols/screen): whether the bank may compute WOE and IV over the platform's features,
+    # the rows every bin it sums must hold (smaller ones merged first), and the labelled rows per bin and tag
+    # the bank must merge up to after decrypting.
+    allow_screen: bool = True
+    min_screen_bin_rows: int = 50
+    min_screen_labelled_rows: int = 20
 
     def describe(self) -> dict[str, Any]:
         """The policy as plain values (for `platform-node policy` and the docs)."""
@@ -103,9 +109,9 @@ class PolicyConfig:
 _LISTS = ("allowed_feature_columns", "allowed_tags", "allowed_models")
 _POSITIVE = ("min_intersection", "max_concurrent_jobs", "max_psi_rows", "partial_score_calls_per_minute",
              "partial_score_rows_per_day", "max_bank_columns", "max_validation_evaluations", "min_evaluation_rows",
-             "min_stability_rows")
+             "min_stability_rows", "min_screen_bin_rows", "min_screen_labelled_rows")
 KNOWN_KEYS = frozenset({*_LISTS, *_POSITIVE, "approval", "max_released_projections", "psi_protocols", "he_schemes",
-                        "key_bits"})
+                        "key_bits", "allow_screen"})
 
 
 def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
@@ -141,6 +147,10 @@ def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
                 raise ValueError(f"{where}: '{key}' must be a non-empty list of distinct values from "
                                  f"{', '.join(map(str, known))}, got {chosen!r}")
             values[key] = tuple(chosen)
+    if "allow_screen" in table:
+        if not isinstance(table["allow_screen"], bool):
+            raise ValueError(f"{where}: 'allow_screen' must be true or false, got {table['allow_screen']!r}")
+        values["allow_screen"] = table["allow_screen"]
     if "approval" in table:
         if table["approval"] not in APPROVAL_MODES:
             raise ValueError(f"{where}: 'approval' must be one of {', '.join(APPROVAL_MODES)}, "

@@ -24,13 +24,13 @@ from protocols.errors import PeerError, ProtocolError
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = "1.2"  # 1.1: OpenSessionRequest.context; 1.2: partial scores by alignment row
+PROTOCOL_VERSION = "1.3"  # 1.1: OpenSessionRequest.context; 1.2: partial scores by alignment row; 1.3: screen sessions
 CHUNK_BYTES = 2 * 1024 * 1024
 # Per gRPC message: a chunk plus its header. Set on purpose: large transfers are streamed, never sent whole.
 MAX_GRPC_MESSAGE = CHUNK_BYTES + 64 * 1024
 HANDSHAKE_TIMEOUT_S = 10.0
 # What the nodes offer each other, named in the hello.
-FEATURES = ("psi.x25519", "train.vfl_lr", "score.partial", "stability.v1")
+FEATURES = ("psi.x25519", "train.vfl_lr", "score.partial", "stability.v1", "screen.woe_iv")
 CONTROL_TIMEOUT_S = 30.0
 ROLE_NAMES = {pb.BANK: "bank", pb.PLATFORM: "platform"}
 ROLE_VALUES = {v: k for k, v in ROLE_NAMES.items()}

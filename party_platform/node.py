@@ -152,7 +152,8 @@ class PlatformNode(NodeBase):
 
     def job_context(self, job_id: str) -> JobContext:
         return dataclasses.replace(super().job_context(job_id), max_peer_rows=self.policy.max_psi_rows,
-                                   evaluation_limits=self.policy.evaluation_limits, disclosure=self.ledger)
+                                   evaluation_limits=self.policy.evaluation_limits, disclosure=self.ledger,
+                                   screen_policy=self.policy.screen_policy)
 
     def open_session(self, kind: str, job_id: str, params: Message, context: SessionContext) -> StepHandler:
         job = SESSION_KINDS.get(kind)
@@ -307,7 +308,7 @@ class PlatformNode(NodeBase):
         ids = self.data.ids
         released = self.ledger.charge([ids[i] for i in aligned[rows]], projections,
                                       what=f"scoring model {model_job_id}")
-        features = self.data.features[aligned[rows]]
+        features = self.model_features(model, aligned[rows])
         scores = family_of(model).platform_answer(model, features)[:, cols]
         self.recent.record(model_job_id, features)
         return PartialScores(wanted, scores, released, self.projections_limit)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from party_common.config import ConfigError
+from party_common.jobs.base import ScreenPolicy
 from party_common.policy import PolicyConfig, PolicyRefused, QuotaExceeded, knob
 from party_common.storage import JobStore
 from protocols.channel import Message
@@ -71,6 +72,12 @@ class PlatformPolicy:
                                 min_evaluation_rows=c.min_evaluation_rows)
 
     @property
+    def screen_policy(self) -> ScreenPolicy:
+        """What a screen session may ask of the platform (protocols/screen)."""
+        return ScreenPolicy(min_screen_bin_rows=self.config.min_screen_bin_rows,
+                            min_screen_labelled_rows=self.config.min_screen_labelled_rows)
+
+    @property
     def manual_approval(self) -> bool:
         return self.config.approval == "manual"
 
@@ -88,6 +95,13 @@ class PlatformPolicy:
         if kind == "train":
             self.check_tags(_session_tags(params), "trained")
             self.check_encryption(params)
+            if alignment_size is not None:
+                self.check_intersection(alignment_size)
+        if kind == "screen":
+            if not self.config.allow_screen:
+                raise PolicyRefused("the platform's policy does not allow screens (WOE and IV over its features) "
+                                    f"({knob('allow_screen')} = false)")
+            self.check_tags(_session_tags(params), "screened")
             if alignment_size is not None:
                 self.check_intersection(alignment_size)
 

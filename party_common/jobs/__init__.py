@@ -6,9 +6,10 @@ from typing import Any
 
 from party_common.jobs.align import AlignJob, AlignParams
 from party_common.jobs.base import JobContext, JobError, JobKind, Progress, ResultExists
+from party_common.jobs.screen import ScreenJob
 from party_common.jobs.train import TrainJob, TrainJobParams
 
-JOB_KINDS: dict[str, JobKind[Any, Any]] = {kind.name: kind for kind in (AlignJob(), TrainJob())}
+JOB_KINDS: dict[str, JobKind[Any, Any]] = {kind.name: kind for kind in (AlignJob(), TrainJob(), ScreenJob())}
 SESSION_KINDS: dict[str, JobKind[Any, Any]] = {kind.session: kind for kind in JOB_KINDS.values()}
 
 

@@ -25,6 +25,9 @@ from protocols.party_data import PartyData
 from protocols.vfl_lr.disclosure import DisclosureBudget, EvaluationLimits
 
 Progress = Callable[[str, int, int], None]
+# A model document's key naming the columns it was trained on, when a screen's IV selection kept only some of the
+# node's columns (party_common/jobs/train.py writes it, party_common/node.py scores those columns).
+COLUMN_SELECTION = "column_selection"
 P = TypeVar("P")
 R = TypeVar("R")
 
@@ -56,6 +59,15 @@ class JobContext:
     binning: BinningSpec | None = None  # the node's [binning]: how it bins its own columns (features "binned")
     # Bank: its local secret the label-DP noise key of a train job derives from (None: fresh noise per job).
     noise_secret: bytes | None = None
+    screen_policy: ScreenPolicy | None = None  # platform: its limits on a screen session ([policy])
+
+
+@dataclass(frozen=True)
+class ScreenPolicy:
+    """The platform's limits on a screen session ([policy] keys of the same names)."""
+
+    min_screen_bin_rows: int = 50  # the platform merges its bins below this many rows before summing
+    min_screen_labelled_rows: int = 20  # per bin and tag; the bank merges bins below it after decrypting
 
 
 class JobKind(ABC, Generic[P, R]):

@@ -100,6 +100,9 @@ class TrainParams:
     # party binning its own columns from their values on its training rows, by its node's [binning] table:
     # protocols/binning; docs/protocol.md, "Binned features").
     features: str = "raw"
+    # The platform's feature columns this job trains on (None: every column its policy allows); set from a
+    # screen's IV selection (party_common/jobs/screen.py). The platform refuses a column its policy does not allow.
+    platform_features: list[str] | None = None
 
     def validate(self, *, insecure_for_tests: bool = False) -> TrainParams:
         """Raise :class:`TrainingError` on a parameter of the wrong type or out of range; return self."""
@@ -135,6 +138,10 @@ class TrainParams:
             (0 < self.dp_delta <= 1e-3, "dp_delta must be in (0, 1e-3]"),
             (1 <= self.checkpoint_every <= 100_000, "checkpoint_every must be an integer in 1..100000"),
             (self.features in ("raw", "binned"), "features must be 'raw' or 'binned'"),
+            (self.platform_features is None or (isinstance(self.platform_features, list) and 0 < len(
+                self.platform_features) <= 100_000 and all(isinstance(c, str) and c for c in self.platform_features)
+                and len(set(self.platform_features)) == len(self.platform_features)),
+             "platform_features must be null or a non-empty list of distinct column names"),
         ]
         for ok, message in checks:
             if not ok:
