@@ -1,0 +1,166 @@
+"""What one node keeps of a pair's incremental alignment between runs, and how a run's delta changes it.
+
+A pair's state belongs to one *key epoch*: one secret X25519 scalar per side and one hash salt, both fixed
+until the key rotates. Within an epoch the doubly blinded value ``a*b*H(x)`` of an ID is the same in every
+alignment, so a re-alignment blinds and sends only the IDs that joined since the last one, and names by
+*slot* the ones that left. Each side numbers the items of both lists (the bank's and the platform's) by
+slot: new items take the next slots, in the order they were sent (a secret random order); a removed slot is
+never used again in the epoch. A rotation (a new epoch) starts both lists from nothing: a full alignment.
+
+Per own slot a side keeps the raw ID (to tell new from kept IDs), an 8-byte prefix of its salted hash (to
+refuse a new ID equal to a kept one after normalisation before anything of it leaves) and, where it learns
+it, the doubly blinded value; per peer slot, whether it is live and, where it learns it, its doubly blinded
+value. Nothing here is written to disk: ``party_common.storage.psi_pairs`` does that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocols.psi.messages import POINT
+
+DOUBLE = np.dtype(f"V{POINT}")
+ROLES = ("bank", "platform")
+_DIGEST_TAG = b"fedprofile/psi/incremental/v1/state"
+
+
+def empty_doubles(n: int = 0) -> np.ndarray:
+    return np.zeros(n, dtype=DOUBLE)
+
+
+@dataclass
+class PairState:
+    """One node's state of one pair in one key epoch (see the module's docstring)."""
+
+    epoch: str  # 32 hex digits, drawn by the platform when the epoch starts
+    created_at: str  # ISO-8601 UTC, when this node started the epoch
+    mode: str  # the alignment mode of the epoch ("both" or "bank_only"); another mode starts a new epoch
+    role: str  # "bank" or "platform": whose lists are "own"
+    salt: bytes  # the hash salt of the epoch
+    secret: bytes  # this node's X25519 scalar of the epoch
+    own_ids: list[str] = field(default_factory=list)  # per own slot ("" once removed)
+    own_live: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    own_prefix: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="<u8"))
+    own_double: np.ndarray | None = None  # per own slot, where this node learns it
+    peer_live: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    peer_double: np.ndarray | None = None  # per peer slot, where this node learns it
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+
+    @property
+    def own_slots(self) -> int:
+        return len(self.own_live)
+
+    @property
+    def peer_slots(self) -> int:
+        return len(self.peer_live)
+
+    def age_days(self, now: dt.datetime | None = None) -> float:
+        """Days since this node started the epoch."""
+        now = now or dt.datetime.now(dt.UTC)
+        return (now - dt.datetime.fromisoformat(self.created_at)).total_seconds() / 86_400.0
+
+    def digest(self) -> str:
+        """What both nodes hold identically of the epoch: its ID and which slots of both lists are live.
+        Equal digests mean both committed the same alignments since the epoch started."""
+        bank, platform = (self.own_live, self.peer_live) if self.role == "bank" else (self.peer_live, self.own_live)
+        return state_digest(self.epoch, bank, platform)
+
+    def live_own_count(self) -> int:
+        return int(np.count_nonzero(self.own_live))
+
+    def live_peer_count(self) -> int:
+        return int(np.count_nonzero(self.peer_live))
+
+
+def state_digest(epoch: str, bank_live: np.ndarray, platform_live: np.ndarray) -> str:
+    h = hashlib.sha256(_DIGEST_TAG)
+    for part in (epoch.encode(), len(bank_live).to_bytes(8, "big"), np.packbits(bank_live).tobytes(),
+                 len(platform_live).to_bytes(8, "big"), np.packbits(platform_live).tobytes()):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def new_state(epoch: str, mode: str, role: str, salt: bytes, secret: bytes, *, own_double: bool,
+              peer_double: bool) -> PairState:
+    """An epoch's empty state: every ID of either side will be new."""
+    return PairState(epoch=epoch, created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), mode=mode,
+                     role=role, salt=salt, secret=secret, own_double=empty_doubles() if own_double else None,
+                     peer_double=empty_doubles() if peer_double else None)
+
+
+@dataclass
+class SideDelta:
+    """How one list changes in one run: the slots that left, and the new items (appended, in send order)."""
+
+    removed: np.ndarray  # int64 slots, ascending
+    added: int
+
+    def size_after(self, slots_live: int) -> int:
+        return slots_live - len(self.removed) + self.added
+
+
+def slots_bytes(slots: np.ndarray) -> bytes:
+    """Slots as they travel: unsigned 32-bit little-endian."""
+    return np.asarray(slots, dtype="<u4").tobytes()
+
+
+def read_removed(data: object, live: np.ndarray, what: str) -> np.ndarray:
+    """Removed slots from the peer: ascending, distinct, each a live slot of ``live``; else a ValueError."""
+    if not isinstance(data, bytes) or len(data) % 4:
+        raise ValueError(f"{what}: removed slots must be 4-byte integers")
+    slots = np.frombuffer(data, dtype="<u4").astype(np.int64)
+    if len(slots) and (np.any(slots[1:] <= slots[:-1]) or slots[-1] >= len(live) or not np.all(live[slots])):
+        raise ValueError(f"{what}: removed slots must be ascending, distinct and live in this epoch")
+    return slots
+
+
+def apply_delta(live: np.ndarray, doubles: np.ndarray | None, removed: np.ndarray,
+                added: np.ndarray | None, added_count: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A list after a run: ``removed`` slots dead, ``added_count`` live slots appended (their doubles
+    ``added`` where this list keeps doubles). Returns new arrays; the inputs are not changed."""
+    live = np.concatenate([live, np.ones(added_count, dtype=bool)])
+    live[removed] = False
+    if doubles is not None:
+        assert added is not None and len(added) == added_count
+        doubles = np.concatenate([doubles, added])
+        doubles[removed] = np.zeros(1, dtype=DOUBLE)[0]  # a dead slot keeps nothing of its item
+    return live, doubles
+
+
+def prefixes(values: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each 32-byte value, as uint64 (a matching key)."""
+    return values.view(np.uint8).reshape(-1, POINT)[:, :8].copy().view("<u8")[:, 0]
+
+
+def match_live(own: np.ndarray, own_live: np.ndarray, peer: np.ndarray, peer_live: np.ndarray) -> np.ndarray:
+    """Live own slots whose value a live peer slot also holds (checked on all 32 bytes), ascending."""
+    own_slots, peer_slots = np.flatnonzero(own_live), np.flatnonzero(peer_live)
+    if len(own_slots) == 0 or len(peer_slots) == 0:
+        return np.zeros(0, dtype=np.int64)
+    peer_keys = prefixes(peer[peer_slots])
+    order = np.argsort(peer_keys, kind="stable")
+    sorted_keys = peer_keys[order]
+    own_keys = prefixes(own[own_slots])
+    pos = np.searchsorted(sorted_keys, own_keys)
+    pos[pos == len(sorted_keys)] = 0
+    candidates = np.flatnonzero(sorted_keys[pos] == own_keys)
+    if len(candidates) == 0:
+        return np.zeros(0, dtype=np.int64)
+    values = own[own_slots[candidates]]
+    if np.any(sorted_keys[1:] == sorted_keys[:-1]):  # a shared prefix among the peer's values: compare in full
+        hit = np.isin(values, peer[peer_slots], assume_unique=True)
+    else:
+        hit = values == peer[peer_slots[order[pos[candidates]]]]
+    return own_slots[candidates[hit]]
+
+
+__all__ = ["DOUBLE", "PairState", "SideDelta", "apply_delta", "empty_doubles", "match_live", "new_state",
+           "prefixes", "read_removed", "slots_bytes", "state_digest"]
