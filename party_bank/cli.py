@@ -1,7 +1,7 @@
 """`bank-node`: run the bank's node, and drive it (align, train, score) as a data scientist.
 
     bank-node serve --config bank.toml
-    bank-node align --config bank.toml [--mode both|bank_only|cardinality] [--protocol ot|ecdh]
+    bank-node align --config bank.toml [--mode both|bank_only|cardinality] [--protocol ot|ecdh] [--incremental [--new-key]]
     bank-node train --config bank.toml [--tags t1,t2] [--epochs 5 ...]
     bank-node jobs --config bank.toml | wait JOB_ID | logs JOB_ID | rerun JOB_ID | cancel JOB_ID
     bank-node score --config bank.toml --model JOB_ID --ids ID1,ID2
@@ -244,7 +244,9 @@ def run_client(args: argparse.Namespace) -> int:
                       "jobs wait for it ([peer] retry_deadline_s) and scoring fails unless --bank-only-fallback")
                 return 3
         elif args.command == "align":
-            submit_and_wait(client, args, "align", {"mode": args.mode, **({"protocol": args.protocol} if args.protocol else {})},
+            submit_and_wait(client, args, "align", {"mode": args.mode, **({"protocol": args.protocol} if args.protocol else {}),
+                                                    **({"incremental": True} if args.incremental else {}),
+                                                    **({"new_key": True} if args.new_key else {})},
                             args.name or "")
         elif args.command == "train":
             params: dict[str, Any] = {"train": train_params(args)}
@@ -375,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who learns the intersection: both nodes (needed to train), the bank only, or its size only")
     a.add_argument("--protocol", choices=["ot", "ecdh"], help="PSI protocol (default: 'ot' for modes both and "
                    "bank_only, 'ecdh' for cardinality; see docs/psi.md)")
+    a.add_argument("--incremental", action="store_true", help="keep the pair's key epoch and blinded sets so the "
+                   "next alignment sends only new and removed IDs (ECDH; docs/psi.md, 'Incremental alignment')")
+    a.add_argument("--new-key", action="store_true", help="with --incremental: start a new key epoch now (full run)")
     add_job_output(a)
     defaults = TrainParams()
     t = add("train", "train one model per tag on the latest alignment that can train (or --alignment)")

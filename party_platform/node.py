@@ -132,6 +132,7 @@ class PlatformNode(NodeBase):
 
     def job_context(self, job_id: str) -> JobContext:
         return dataclasses.replace(super().job_context(job_id), max_peer_rows=self.policy.max_psi_rows,
+                                   psi_key_rotation_days=self.config.policy.psi_key_rotation_days,
                                    evaluation_limits=self.policy.evaluation_limits, disclosure=self.ledger)
 
     def open_session(self, kind: str, job_id: str, params: Message, context: SessionContext) -> StepHandler:

@@ -177,7 +177,7 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
             epoch=epoch, resumed=resumed, reason=reason, own_added=plan.added,
             own_removed=len(plan.delta.removed), peer_added=peer_added, peer_removed=len(peer_removed),
             points_sent=plan.added + (peer_added if both else 0), points_received=plan.added + peer_added,
-            state=after if keep else None)
+            state=after if keep else None, base=current if resumed else None)
     except BaseException:
         channel.close()
         raise

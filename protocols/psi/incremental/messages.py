@@ -71,6 +71,8 @@ class IncrementalResult(PsiResult):
     points_sent: int = 0
     points_received: int = 0
     state: object = None  # protocols.psi.incremental.state.PairState | None
+    base: object = None  # the stored PairState this run continued (None: a new epoch); a store writes the delta
+    state_note: str = ""  # set by the node: why its stored state was refused (damaged), if it was
 
     def summary(self) -> dict[str, object]:
         """Counts only (job records and audit rows): never IDs, values or keys."""

@@ -234,7 +234,7 @@ class PlatformIncrementalHandler:
             protocol="ecdh", epoch=after.epoch, resumed=self.resumed, reason=self.reason, own_added=self.plan.added,
             own_removed=len(self.plan.delta.removed), peer_added=self.bank_added, peer_removed=len(self.bank_removed),
             points_sent=self.plan.added + self.bank_added, points_received=self.bank_added + (self.plan.added if both else 0),
-            state=after if self.keep else None)
+            state=after if self.keep else None, base=self.current if self.resumed else None)
         self._result = result  # from here on every step is refused, so on_result cannot run twice
         self._on_result(result)
         return {wire.SIZE: size, wire.CONTENT_HASH: digest, inc.STATE_DIGEST: after.digest()}

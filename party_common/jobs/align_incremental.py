@@ -1,0 +1,117 @@
+"""The align job's incremental path (``incremental = true``): each node keeps the pair's key epoch in its
+state directory (``party_common.storage.psi_pairs``) and a re-alignment sends only what changed.
+
+Job records and audit rows carry counts only (new and removed IDs per side, points sent, seconds, the
+estimated time a full alignment would have taken): never IDs, values or keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from party_common.jobs.base import JobContext
+from party_common.storage.psi_pairs import PairStateError, PairStateStore, pair_key
+from protocols.channel import Message, Peer
+from protocols.psi.incremental import (
+    IncrementalResult,
+    PairState,
+    PlatformIncrementalHandler,
+    run_bank_incremental_psi,
+)
+
+log = logging.getLogger(__name__)
+
+PAIRS_DIR = "psi_pairs"
+BANK_PEER = "platform"  # the bank's one pair: its platform
+EVENT = "psi incremental"  # audit row of every incremental alignment (counts only)
+STATE_REFUSED_EVENT = "psi state refused"  # audit row when a stored pair state is damaged and not used
+
+
+def pair_store(ctx: JobContext) -> PairStateStore:
+    if ctx.state_dir is None:
+        raise RuntimeError("incremental alignment needs the node's state directory")
+    return PairStateStore(Path(ctx.state_dir) / PAIRS_DIR)
+
+
+def load_state(ctx: JobContext, store: PairStateStore, peer: str) -> tuple[PairState | None, str]:
+    """The pair's stored state, or None and why: a damaged state is refused (the error names the file), kept
+    aside in the log and the audit, and the run starts a new epoch (a full alignment)."""
+    try:
+        return store.load(peer), ""
+    except PairStateError as err:
+        log.warning("align job %s: stored PSI state refused, starting a new key epoch: %s", ctx.job_id, err)
+        ctx.stores.jobs.audit(ctx.job_id, STATE_REFUSED_EVENT, str(err), outcome="full alignment")
+        return None, str(err)
+
+
+def run_bank(peer: Peer, ctx: JobContext, mode: str, batch_size: int, new_key: bool) -> IncrementalResult:
+    store = pair_store(ctx)
+    state, note = load_state(ctx, store, BANK_PEER)
+    result = run_bank_incremental_psi(peer, ctx.job_id, ctx.data.ids, state=state, mode=mode, batch_size=batch_size,
+                                      new_key=new_key, compute=ctx.new_compute(), progress=ctx.progress)
+    result.state_note = note
+    return result
+
+
+def keep(ctx: JobContext, store: PairStateStore, peer: str, result: IncrementalResult,
+         base: PairState | None) -> dict[str, Any]:
+    """Store (or forget) the pair's state after a run; the job summary's incremental part."""
+    written, kept_error = 0, ""
+    seconds_per_item = store.seconds_per_item(peer) if result.resumed else 0.0
+    try:
+        if result.state is None:
+            store.delete(peer)
+        else:
+            assert isinstance(result.state, PairState)
+            if not result.resumed:  # a full run: what an item costs, for the "saved" estimate of the next runs
+                seconds_per_item = result.seconds / max(1, result.own_count + result.peer_count)
+            written = store.save(peer, result.state, base, seconds_per_item=seconds_per_item)
+    except PairStateError as err:  # the alignment stands; the next run starts a new epoch
+        kept_error = str(err)
+        log.warning("align job %s: %s", ctx.job_id, err)
+    estimated_full = seconds_per_item * (result.own_count + result.peer_count)
+    summary: dict[str, Any] = {**result.summary(), "state_bytes_written": written,
+                               "estimated_full_seconds": round(estimated_full, 3) if result.resumed else None,
+                               "seconds_saved": round(max(0.0, estimated_full - result.seconds), 3)
+                               if result.resumed else None}
+    if result.state_note:
+        summary["stored_state_refused"] = result.state_note
+    if kept_error:
+        summary["state_not_kept"] = kept_error
+    ctx.stores.jobs.audit(ctx.job_id, EVENT,
+                          f"{'epoch continued' if result.resumed else 'new key epoch: ' + result.reason}; "
+                          f"own new {result.own_added}, removed {result.own_removed}; peer new {result.peer_added}, "
+                          f"removed {result.peer_removed}", outcome="ok", count=result.points_sent)
+    return summary
+
+
+def save_bank(ctx: JobContext, result: IncrementalResult) -> dict[str, Any]:
+    return keep(ctx, pair_store(ctx), BANK_PEER, result, result.base if isinstance(result.base, PairState) else None)
+
+
+def open_platform(ctx: JobContext, params: Message, caller: str, on_result: Callable[[Any], None],
+                  limit: dict[str, Any]) -> PlatformIncrementalHandler:
+    store = pair_store(ctx)
+    peer = pair_key(caller or "bank")
+    state, note = load_state(ctx, store, peer) if ctx.psi_key_rotation_days > 0 else (None, "")
+    public_note = "the platform's stored state was damaged and is not used" if note else ""
+
+    def report(result: IncrementalResult) -> None:
+        result.state_note = note
+        on_result(result)
+
+    return PlatformIncrementalHandler(ctx.job_id, params, ctx.data.ids, state=state, on_result=report,
+                                      rotation_days=ctx.psi_key_rotation_days, state_note=public_note,
+                                      compute=ctx.new_compute(), progress=ctx.progress, **limit)
+
+
+def save_platform(ctx: JobContext, caller: str, result: IncrementalResult) -> dict[str, Any]:
+    return keep(ctx, pair_store(ctx), pair_key(caller or "bank"), result,
+                result.base if isinstance(result.base, PairState) else None)
+
+
+__all__ = ["BANK_PEER", "EVENT", "PAIRS_DIR", "STATE_REFUSED_EVENT", "load_state", "open_platform", "pair_store",
+           "run_bank", "save_bank", "save_platform"]
