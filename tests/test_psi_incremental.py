@@ -243,11 +243,15 @@ def test_store_keeps_deltas_and_refuses_damage_naming_the_file(tmp_path: Path) -
     bank_ids, platform_ids = bank_ids[5:] + phones(2000, 2003), platform_ids[:-7] + phones(3000, 3002)
     b1, p1 = pair.align(bank_ids, platform_ids)
     check_exact(b1, p1, bank_ids, platform_ids)
-    second = store.save("platform", b1.state, loaded)  # type: ignore[arg-type]
-    assert second < first / 10, "a re-alignment writes its delta, not the sets"
+    store.save("platform", b1.state, loaded)  # type: ignore[arg-type]
+    newest = sorted((tmp_path / "psi_pairs" / "platform").glob("seg-*.npz"))[-1]
+    assert newest.stat().st_size < first / 10, "a re-alignment's segment holds its delta, not the sets"
+    id_files = list((tmp_path / "psi_pairs" / "platform").glob("ids-*.arrow"))
+    assert len(id_files) == 1 and phones(0, 1)[0].encode() not in id_files[0].read_bytes(), \
+        "a removed customer's ID leaves the stored state with the run that removed it"
     again = store.load("platform")
     assert again is not None and again.digest() == b1.state.digest()  # type: ignore[union-attr]
-    assert again.own_ids == b1.state.own_ids  # type: ignore[union-attr]
+    assert again.own_ids.tolist() == b1.state.own_ids.tolist()  # type: ignore[union-attr]
     assert np.array_equal(again.peer_double, b1.state.peer_double)  # type: ignore[union-attr]
     with pytest.raises(PairStateError, match="another alignment"):  # a run from the older state: refused
         store.save("platform", b1.state, loaded)  # type: ignore[arg-type]

@@ -32,16 +32,14 @@ def usable_state(state: PairState | None, mode: str, role: str) -> PairState | N
     return state if state is not None and state.role == role and state.mode == mode else None
 
 
-def next_state(old: PairState, plan: OwnPlan, rows: Sequence[str], own_new: np.ndarray | None,
+def next_state(old: PairState, plan: OwnPlan, own_new: np.ndarray | None,
                peer_removed: np.ndarray, peer_added: int, peer_new: np.ndarray | None) -> PairState:
     """``old`` after a run: this side's delta (``plan``, with the doubles of its new items where it keeps
     them) and the peer's (removed slots, how many new, their doubles where it keeps them)."""
     own_live, own_double = apply_delta(old.own_live, old.own_double, plan.delta.removed, own_new, plan.added)
     peer_live, peer_double = apply_delta(old.peer_live, old.peer_double, peer_removed, peer_new, peer_added)
-    own_ids = list(old.own_ids)
-    for slot in plan.delta.removed.tolist():
-        own_ids[slot] = ""
-    own_ids += [str(rows[r]) for r in plan.added_rows.tolist()]
+    own_ids = np.concatenate([old.own_ids, plan.rows[plan.added_rows]])
+    own_ids[plan.delta.removed] = ""
     own_prefix = np.concatenate([old.own_prefix, plan.hashes.prefixes()])
     return PairState(epoch=old.epoch, created_at=old.created_at, mode=old.mode, role=old.role, salt=old.salt,
                      secret=old.secret, own_ids=own_ids, own_live=own_live, own_prefix=own_prefix,
@@ -54,7 +52,7 @@ def intersection(state: PairState) -> tuple[list[str], str]:
     slots = match_live(state.own_double, state.own_live, state.peer_double, state.peer_live)
     values = state.own_double[slots]
     order = np.argsort(values, kind="stable")
-    return [state.own_ids[s] for s in slots[order].tolist()], inc.content_hash(values[order])
+    return state.own_ids[slots[order]].tolist(), inc.content_hash(values[order])
 
 
 def read_peer_plan(reply: Message, state: PairState, most: int, what: str) -> tuple[np.ndarray, int, int]:
@@ -162,7 +160,7 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
             lo, hi = peer_batches[-1]
             peer_new[lo:hi] = np.frombuffer(blinding.result(), dtype=DOUBLE)
 
-        after = next_state(current, plan, ids, own_new, peer_removed, peer_added, peer_new)
+        after = next_state(current, plan, own_new, peer_removed, peer_added, peer_new)
         members, digest = intersection(after)
         reply = channel.call(inc.FINISH, {wire.SIZE: len(members), wire.CONTENT_HASH: digest,
                                           inc.STATE_DIGEST: after.digest()})

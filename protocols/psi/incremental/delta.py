@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from protocols.psi.ids import normalise_id
-from protocols.psi.incremental.state import PairState, SideDelta
+from protocols.psi.incremental.state import PairState, SideDelta, screen
 from protocols.psi.kernel import Blinder
 from protocols.psi.messages import PsiError
 from protocols.psi.store import PointStore
@@ -28,6 +29,7 @@ class OwnPlan:
     added_rows: np.ndarray  # rows of the current file, in send order: new slot ``own_slots + i`` is row [i]
     hashes: PointStore  # H(x) of the added rows, in send order (the caller closes it)
     slot_of_row: np.ndarray  # int64 per current row: its slot after the run
+    rows: np.ndarray  # the current IDs (Python strings), in file order
 
     @property
     def added(self) -> int:
@@ -40,61 +42,64 @@ def _rows_named(first: int, row: int) -> PsiError:
                     "(trim, case, phone/e-mail forms); de-duplicate the file")
 
 
+def as_objects(ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    """The IDs as a numpy array of Python strings (what pandas hashes fastest)."""
+    if isinstance(ids, np.ndarray):
+        return ids if ids.dtype == object else ids.astype(object)
+    return np.asarray([raw if type(raw) is str else str(raw) for raw in ids], dtype=object)
+
+
 def plan_own(state: PairState | None, ids: Sequence[str] | np.ndarray, blinder: Blinder, salt: bytes) -> OwnPlan:
-    """The delta of ``ids`` (this node's current IDs, in file order) against ``state`` (None: all new)."""
+    """The delta of ``ids`` (this node's current IDs, in file order) against ``state`` (None: all new). Kept
+    IDs are told from new ones by their raw text (a hash table over the stored IDs, no normalising): an ID
+    whose text changed form is a removal and an addition."""
     n = len(ids)
     if n == 0:
         raise PsiError("this party has no IDs: an empty side cannot take part in PSI")
-    rows_list = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+    rows = as_objects(ids)
     slot_of_row = np.full(n, -1, dtype=np.int64)
     removed = np.zeros(0, dtype=np.int64)
     old_slots = 0
     if state is not None:
         old_slots = state.own_slots
         live = np.flatnonzero(state.own_live)
-        lookup = dict(zip([state.own_ids[s] for s in live.tolist()], live.tolist(), strict=True))
-        get = lookup.get
-        slot_of_row[:] = [get(raw if type(raw) is str else str(raw), -1) for raw in rows_list]
-        kept_rows = np.flatnonzero(slot_of_row >= 0)
+        at = pd.Index(state.own_ids[live]).get_indexer(rows)  # stored live IDs are distinct
+        slot_of_row = np.where(at >= 0, live[at], -1)
+        kept_rows = np.flatnonzero(at >= 0)
         kept_slots = slot_of_row[kept_rows]
-        if len(kept_slots) != len(np.unique(kept_slots)):  # the same raw ID twice, both kept
-            order = np.argsort(kept_slots, kind="stable")
-            i = int(np.flatnonzero(kept_slots[order][1:] == kept_slots[order][:-1])[0])
-            raise _rows_named(int(kept_rows[order[i]]), int(kept_rows[order[i + 1]]))
-        still = np.zeros(old_slots, dtype=bool)
-        still[kept_slots] = True
-        removed = live[~still[live]]
+        counts = np.bincount(kept_slots, minlength=old_slots)
+        if len(counts) and counts.max() > 1:  # the same raw ID twice, both kept
+            twice = np.flatnonzero(slot_of_row == int(np.argmax(counts > 1)))
+            raise _rows_named(int(twice[0]), int(twice[1]))
+        removed = live[counts[live] == 0]
     new_rows = np.flatnonzero(slot_of_row < 0)
     added_rows = new_rows[secret_permutation(len(new_rows))] if len(new_rows) else new_rows
     hashes = PointStore(len(added_rows), None)
     try:
         if len(added_rows):
-            blinder.hash_ids(salt, rows_list, added_rows, hashes)  # empty IDs and repeats among the new ones
+            blinder.hash_ids(salt, rows, added_rows, hashes)  # empty IDs and repeats among the new ones
             if state is not None and len(added_rows) < n:
-                _refuse_repeats_of_kept(state, rows_list, added_rows, hashes.prefixes(), slot_of_row)
+                _refuse_repeats_of_kept(state, rows, added_rows, hashes.prefixes(), slot_of_row)
     except BaseException:
         hashes.close()
         raise
     slot_of_row[added_rows] = old_slots + np.arange(len(added_rows), dtype=np.int64)
-    return OwnPlan(SideDelta(removed=removed, added=len(added_rows)), added_rows, hashes, slot_of_row)
+    return OwnPlan(SideDelta(removed=removed, added=len(added_rows)), added_rows, hashes, slot_of_row, rows)
 
 
-def _refuse_repeats_of_kept(state: PairState, rows: list[str], added_rows: np.ndarray, added_keys: np.ndarray,
+def _refuse_repeats_of_kept(state: PairState, rows: np.ndarray, added_rows: np.ndarray, added_keys: np.ndarray,
                             slot_of_row: np.ndarray) -> None:
-    """Refuse a new ID equal after normalisation to a kept one (another raw form of the same customer)."""
+    """Refuse a new ID equal after normalisation to a kept one (another raw form of the same customer): the
+    kept IDs' stored hash prefixes are screened against the new ones' (no sort of the kept side)."""
     kept_rows = np.flatnonzero(slot_of_row >= 0)
     kept_keys = state.own_prefix[slot_of_row[kept_rows]]
-    order = np.argsort(kept_keys, kind="stable")
-    sorted_keys = kept_keys[order]
-    pos = np.searchsorted(sorted_keys, added_keys)
-    pos[pos == len(sorted_keys)] = 0
+    by_key: dict[int, list[int]] = {}
+    for i, key in enumerate(added_keys.tolist()):
+        by_key.setdefault(key, []).append(int(added_rows[i]))
     found = []
-    for i in np.flatnonzero(sorted_keys[pos] == added_keys).tolist():
-        new_row = int(added_rows[i])
-        for j in range(int(pos[i]), len(sorted_keys)):  # every kept ID with that prefix
-            if sorted_keys[j] != added_keys[i]:
-                break
-            kept_row = int(kept_rows[order[j]])
+    for i in screen(added_keys, kept_keys).tolist():
+        kept_row = int(kept_rows[i])
+        for new_row in by_key.get(int(kept_keys[i]), []):
             if normalise_id(str(rows[new_row])) == normalise_id(str(rows[kept_row])):
                 found.append((max(new_row, kept_row), min(new_row, kept_row)))
     if found:
@@ -102,4 +107,4 @@ def _refuse_repeats_of_kept(state: PairState, rows: list[str], added_rows: np.nd
         raise _rows_named(first, row)
 
 
-__all__ = ["OwnPlan", "plan_own"]
+__all__ = ["OwnPlan", "as_objects", "plan_own"]

@@ -215,7 +215,7 @@ class PlatformIncrementalHandler:
             raise ProtocolError(f"malformed {inc.FINISH}")
         if self.mode == "both" and self.received != self.plan.added:
             raise ProtocolError("the bank has not returned every doubly blinded platform point")
-        after = next_state(self.current, self.plan, self.ids, self.own_new, self.bank_removed, self.bank_added,
+        after = next_state(self.current, self.plan, self.own_new, self.bank_removed, self.bank_added,
                            self.bank_new)
         if bank_state != after.digest():
             raise ProtocolError("the bank's state after the run differs from this node's; nothing stored")

@@ -42,7 +42,7 @@ class PairState:
     role: str  # "bank" or "platform": whose lists are "own"
     salt: bytes  # the hash salt of the epoch
     secret: bytes  # this node's X25519 scalar of the epoch
-    own_ids: list[str] = field(default_factory=list)  # per own slot ("" once removed)
+    own_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))  # str per own slot, "" once removed
     own_live: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     own_prefix: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="<u8"))
     own_double: np.ndarray | None = None  # per own slot, where this node learns it
@@ -140,27 +140,37 @@ def prefixes(values: np.ndarray) -> np.ndarray:
     return values.view(np.uint8).reshape(-1, POINT)[:, :8].copy().view("<u8")[:, 0]
 
 
+def screen(small: np.ndarray, large: np.ndarray, bits: int = 24) -> np.ndarray:
+    """Positions in ``large`` whose uint64 value may be in ``small``: a table of the top ``bits`` bits of
+    ``small`` passes every true member and about ``len(large) * len(small) / 2**bits`` others (uniform keys),
+    in one gather over ``large`` rather than a sort of it."""
+    table = np.zeros(1 << bits, dtype=bool)
+    table[small >> np.uint64(64 - bits)] = True
+    return np.flatnonzero(table[large >> np.uint64(64 - bits)])
+
+
 def match_live(own: np.ndarray, own_live: np.ndarray, peer: np.ndarray, peer_live: np.ndarray) -> np.ndarray:
-    """Live own slots whose value a live peer slot also holds (checked on all 32 bytes), ascending."""
+    """Live own slots whose value a live peer slot also holds (checked on all 32 bytes), ascending. The smaller
+    side's 8-byte prefixes are sorted and the larger side's searched in them."""
     own_slots, peer_slots = np.flatnonzero(own_live), np.flatnonzero(peer_live)
     if len(own_slots) == 0 or len(peer_slots) == 0:
         return np.zeros(0, dtype=np.int64)
-    peer_keys = prefixes(peer[peer_slots])
-    order = np.argsort(peer_keys, kind="stable")
-    sorted_keys = peer_keys[order]
-    own_keys = prefixes(own[own_slots])
-    pos = np.searchsorted(sorted_keys, own_keys)
+    own_values, peer_values = own[own_slots], peer[peer_slots]
+    own_keys, peer_keys = prefixes(own_values), prefixes(peer_values)
+    own_sorted = len(own_keys) <= len(peer_keys)
+    small, large = (own_keys, peer_keys) if own_sorted else (peer_keys, own_keys)
+    order = np.argsort(small, kind="stable")
+    sorted_keys = small[order]
+    if np.any(sorted_keys[1:] == sorted_keys[:-1]):  # a shared prefix (about n^2 / 2^64 odds): compare in full
+        return own_slots[np.isin(own_values, peer_values)]
+    pos = np.searchsorted(sorted_keys, large)
     pos[pos == len(sorted_keys)] = 0
-    candidates = np.flatnonzero(sorted_keys[pos] == own_keys)
-    if len(candidates) == 0:
-        return np.zeros(0, dtype=np.int64)
-    values = own[own_slots[candidates]]
-    if np.any(sorted_keys[1:] == sorted_keys[:-1]):  # a shared prefix among the peer's values: compare in full
-        hit = np.isin(values, peer[peer_slots], assume_unique=True)
-    else:
-        hit = values == peer[peer_slots[order[pos[candidates]]]]
-    return own_slots[candidates[hit]]
+    found = np.flatnonzero(sorted_keys[pos] == large)  # positions in the larger side
+    at_small = order[pos[found]]
+    own_at, peer_at = (at_small, found) if own_sorted else (found, at_small)
+    hit = own_values[own_at] == peer_values[peer_at]
+    return np.sort(own_slots[own_at[hit]])
 
 
 __all__ = ["DOUBLE", "PairState", "SideDelta", "apply_delta", "empty_doubles", "match_live", "new_state",
-           "prefixes", "read_removed", "slots_bytes", "state_digest"]
+           "prefixes", "read_removed", "screen", "slots_bytes", "state_digest"]

@@ -1,0 +1,153 @@
+"""Incremental alignment: a re-alignment after a few new (and removed) customers on each side vs a full one.
+
+    python -m benchmarks.psi --incremental --n N [--platform M] [--new-share 0.01] [--removed-share 0.0]
+                             [--workers 2] [--json PATH]
+
+The bank holds N phone-number IDs, the platform M (default N; 10-100x N is the unbalanced case), with
+``overlap`` of the bank's IDs on the platform. Both parties run in this process over
+:class:`protocols.channel.LocalPeer` (the protocol and the state store as the nodes run them, without gRPC)
+and keep their pair state in a temporary state directory, as the nodes do.
+
+1. ``full``: the first alignment of a key epoch (every ID blinded and sent), including both nodes storing
+   their state.
+2. The files change: each side gains ``new_share`` of its size in new IDs (half of the bank's new IDs are
+   among the platform's new ones, so the intersection grows on both sides' account) and loses
+   ``removed_share`` of its IDs.
+3. ``incremental``: the re-alignment, including both nodes loading their stored state (checked against its
+   hashes) and storing the delta.
+
+Each phase reports ``seconds`` (both parties and the stores, end to end), ``bytes`` (everything both ways:
+message payloads), ``points_sent`` and ``state_bytes_written``; ``correct`` compares the intersection with
+the exact one. ``ratios`` are incremental / full (the issue's goal: ``seconds`` <= 0.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import console, fmt, print_table
+
+
+def make_sets(n: int, m: int, overlap: float, new_share: float, removed_share: float,
+              seed: int) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Bank and platform IDs before and after the change, each in random order."""
+    rng = np.random.default_rng(seed)
+    new_bank, new_platform = int(round(n * new_share)), int(round(m * new_share))
+    shared = min(int(round(n * overlap)), m)
+    total = n + m - shared + new_bank + new_platform
+    ids = [f"+44{v:010d}" for v in rng.choice(10**10, size=total, replace=False).tolist()]
+    bank = ids[:n]
+    platform = ids[:shared] + ids[n:n + m - shared]
+    fresh = ids[n + m - shared:]
+    platform_new = fresh[:new_platform]
+    bank_new = platform_new[:new_bank // 2] + fresh[new_platform:new_platform + new_bank - new_bank // 2]
+    gone_bank, gone_platform = int(round(n * removed_share)), int(round(m * removed_share))
+    bank_after = bank[gone_bank:] + bank_new
+    platform_after = platform[gone_platform:] + platform_new
+    shuffle = lambda xs: [xs[i] for i in rng.permutation(len(xs))]  # noqa: E731
+    return shuffle(bank), shuffle(platform), shuffle(bank_after), shuffle(platform_after)
+
+
+class _Pair:
+    """Both nodes' side of the pair: the protocol, and each node's state store in its own state directory."""
+
+    def __init__(self, root: Path, workers: int) -> None:
+        from party_common.storage.psi_pairs import PairStateStore
+
+        self.bank_store = PairStateStore(root / "bank" / "psi_pairs")
+        self.platform_store = PairStateStore(root / "platform" / "psi_pairs")
+        self.workers = workers
+        self.runs = 0
+
+    def align(self, bank: list[str], platform: list[str]) -> dict[str, Any]:
+        from protocols.channel import LocalPeer, Message, message_size
+        from protocols.psi.incremental import (
+            IncrementalResult,
+            PlatformIncrementalHandler,
+            run_bank_incremental_psi,
+        )
+
+        reports: list[IncrementalResult] = []
+        started = time.monotonic()
+        bank_state, platform_state = self.bank_store.load("platform"), self.platform_store.load("bank")
+        loaded = time.monotonic()
+
+        def factory(kind: str, job_id: str, params: Message) -> PlatformIncrementalHandler:
+            return PlatformIncrementalHandler(job_id, params, platform, state=platform_state,
+                                              on_result=reports.append, compute=self.workers)
+
+        channels = []
+
+        class Peer:
+            def open(self, kind: str, job_id: str, params: Message):  # noqa: ANN202
+                channel = LocalPeer(factory).open(kind, job_id, params)
+                channel.keep_transcript = True
+                channels.append(channel)
+                return channel
+
+        self.runs += 1
+        result = run_bank_incremental_psi(Peer(), f"bench-inc-{self.runs}", bank, state=bank_state,
+                                          compute=self.workers)
+        ran = time.monotonic()
+        theirs = reports[0]
+        written = self.bank_store.save("platform", result.state, result.base)  # type: ignore[arg-type]
+        written += self.platform_store.save("bank", theirs.state, theirs.base)  # type: ignore[arg-type]
+        ended = time.monotonic()
+        wire = sum(message_size(step[1]) + message_size(step[2]) for step in channels[0].transcript)
+        return {"seconds": round(ended - started, 3), "load_seconds": round(loaded - started, 3),
+                "protocol_seconds": round(ran - loaded, 3), "store_seconds": round(ended - ran, 3),
+                "bytes": wire, "points_sent": result.points_sent + theirs.points_sent,
+                "state_bytes_written": written, "resumed": result.resumed,
+                "bank_new": result.own_added, "bank_removed": result.own_removed,
+                "platform_new": result.peer_added, "platform_removed": result.peer_removed,
+                "ids": result.ids, "agreed": theirs.ids == result.ids and theirs.content_hash == result.content_hash}
+
+
+def run_incremental(args: argparse.Namespace) -> dict[str, Any]:
+    m = args.platform or args.n
+    bank, platform, bank_after, platform_after = make_sets(args.n, m, args.overlap, args.new_share,
+                                                           args.removed_share, args.seed)
+    console.print(f"incremental PSI: bank {args.n:,}, platform {m:,}, +{args.new_share:.1%} new and "
+                  f"-{args.removed_share:.1%} removed per side, {args.workers} worker(s) per party, "
+                  f"{os.cpu_count()} CPU(s)")
+    with tempfile.TemporaryDirectory(prefix="bench-psi-inc-") as tmp:
+        pair = _Pair(Path(tmp), args.workers)
+        full = pair.align(bank, platform)
+        incremental = pair.align(bank_after, platform_after)
+    for phase, (b, p) in (("full", (bank, platform)), ("incremental", (bank_after, platform_after))):
+        figures = full if phase == "full" else incremental
+        found = figures.pop("ids") or []
+        figures["correct"] = bool(figures.pop("agreed")) and set(found) == set(b) & set(p) and len(found) == len(set(found))
+    result: dict[str, Any] = {
+        "n": args.n, "bank": args.n, "platform": m, "overlap": args.overlap, "new_share": args.new_share,
+        "removed_share": args.removed_share, "workers": args.workers, "full": full, "incremental": incremental,
+        "correct": full["correct"] and incremental["correct"] and incremental["resumed"],
+        "ratios": {key: round(incremental[key] / full[key], 4) if full[key] else None
+                   for key in ("seconds", "bytes", "points_sent", "state_bytes_written")},
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
+    }
+    print_table(f"incremental PSI, bank {args.n:,} x platform {m:,}", [
+        (phase, fmt(f["seconds"]), fmt(f["load_seconds"]), fmt(f["protocol_seconds"]), fmt(f["store_seconds"]),
+         fmt(f["bytes"] / 2**20), fmt(f["points_sent"]), "yes" if f["correct"] else "NO")
+        for phase, f in (("full", full), ("incremental", incremental))
+    ], ("", "seconds", "load s", "protocol s", "store s", "MiB sent", "points", "correct"))
+    console.print(f"incremental / full: {', '.join(f'{k} {fmt(v)}' for k, v in result['ratios'].items())}")
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--incremental", action="store_true",
+                        help="measure a re-alignment after new and removed IDs against a full one (local transport)")
+    parser.add_argument("--platform", type=int, help="--incremental: the platform's IDs (default --n)")
+    parser.add_argument("--new-share", type=float, default=0.01, help="--incremental: new IDs per side, a share")
+    parser.add_argument("--removed-share", type=float, default=0.0, help="--incremental: removed IDs per side")
+
+
+__all__ = ["add_arguments", "make_sets", "run_incremental"]
