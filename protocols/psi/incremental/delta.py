@@ -46,7 +46,10 @@ def as_objects(ids: Sequence[str] | np.ndarray) -> np.ndarray:
     """The IDs as a numpy array of Python strings (what pandas hashes fastest)."""
     if isinstance(ids, np.ndarray):
         return ids if ids.dtype == object else ids.astype(object)
-    return np.asarray([raw if type(raw) is str else str(raw) for raw in ids], dtype=object)
+    rows = np.asarray(ids, dtype=object)
+    if len(rows) and not all(type(raw) is str for raw in rows[:1000]):  # the nodes' IDs are always text
+        rows = np.asarray([str(raw) for raw in ids], dtype=object)
+    return rows
 
 
 def plan_own(state: PairState | None, ids: Sequence[str] | np.ndarray, blinder: Blinder, salt: bytes) -> OwnPlan:

@@ -140,10 +140,11 @@ def prefixes(values: np.ndarray) -> np.ndarray:
     return values.view(np.uint8).reshape(-1, POINT)[:, :8].copy().view("<u8")[:, 0]
 
 
-def screen(small: np.ndarray, large: np.ndarray, bits: int = 24) -> np.ndarray:
+def screen(small: np.ndarray, large: np.ndarray) -> np.ndarray:
     """Positions in ``large`` whose uint64 value may be in ``small``: a table of the top ``bits`` bits of
     ``small`` passes every true member and about ``len(large) * len(small) / 2**bits`` others (uniform keys),
-    in one gather over ``large`` rather than a sort of it."""
+    in one gather over ``large`` rather than a sort of it (``bits``: 16 to 26, about 16x ``len(small)``)."""
+    bits = min(26, max(16, int(len(small)).bit_length() + 4))
     table = np.zeros(1 << bits, dtype=bool)
     table[small >> np.uint64(64 - bits)] = True
     return np.flatnonzero(table[large >> np.uint64(64 - bits)])
@@ -163,10 +164,11 @@ def match_live(own: np.ndarray, own_live: np.ndarray, peer: np.ndarray, peer_liv
     sorted_keys = small[order]
     if np.any(sorted_keys[1:] == sorted_keys[:-1]):  # a shared prefix (about n^2 / 2^64 odds): compare in full
         return own_slots[np.isin(own_values, peer_values)]
-    pos = np.searchsorted(sorted_keys, large)
+    maybe = screen(small, large)  # most of the larger side is ruled out by one gather
+    pos = np.searchsorted(sorted_keys, large[maybe])
     pos[pos == len(sorted_keys)] = 0
-    found = np.flatnonzero(sorted_keys[pos] == large)  # positions in the larger side
-    at_small = order[pos[found]]
+    same = sorted_keys[pos] == large[maybe]
+    found, at_small = maybe[same], order[pos[same]]  # positions in the larger side, and in the smaller
     own_at, peer_at = (at_small, found) if own_sorted else (found, at_small)
     hit = own_values[own_at] == peer_values[peer_at]
     return np.sort(own_slots[own_at[hit]])
