@@ -328,3 +328,34 @@ def test_nodes_align_incrementally_record_counts_only_and_fall_back_from_damaged
 
     with pytest.raises(Exception, match="incremental alignment offers modes both, bank_only"):
         nodes.bank.submit("align", "", {"incremental": True, "mode": "cardinality"})
+
+
+def test_matching_and_screening_agree_with_brute_force() -> None:
+    from protocols.psi.incremental.state import DOUBLE, match_live, screen
+
+    rng = np.random.default_rng(3)
+    for n, m in ((50, 5000), (5000, 50), (300, 300)):
+        own = np.frombuffer(rng.bytes(32 * n), dtype=DOUBLE).copy()
+        peer = np.frombuffer(rng.bytes(32 * m), dtype=DOUBLE).copy()
+        shared = min(n, m) // 3
+        peer[:shared] = own[n - shared:]
+        # A peer value with an own value's 8-byte prefix but another tail: a candidate that must not match.
+        decoy = bytearray(own[0].tobytes())
+        decoy[31] ^= 1
+        peer[-1] = np.frombuffer(bytes(decoy), dtype=DOUBLE)[0]
+        own_live, peer_live = rng.random(n) < 0.9, rng.random(m) < 0.9
+        expected = [i for i in range(n) if own_live[i] and any(own[i] == peer[j] for j in np.flatnonzero(peer_live))]
+        assert match_live(own, own_live, peer, peer_live).tolist() == expected
+    keys = rng.integers(0, 2**63, 10_000).astype(np.uint64) * np.uint64(2)
+    small = keys[:100]
+    assert set(np.flatnonzero(np.isin(keys, small)).tolist()) <= set(screen(small, keys).tolist())
+
+
+def test_policy_reads_the_rotation_period() -> None:
+    from party_common.policy import parse_policy
+
+    assert parse_policy({}, "p.toml [policy]").psi_key_rotation_days == 30
+    assert parse_policy({"psi_key_rotation_days": 0}, "p.toml [policy]").psi_key_rotation_days == 0
+    for bad in (-1, True, 7.5, 4000):
+        with pytest.raises(ValueError, match="'psi_key_rotation_days' must be a whole number of days"):
+            parse_policy({"psi_key_rotation_days": bad}, "p.toml [policy]")
