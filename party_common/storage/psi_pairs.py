@@ -14,8 +14,10 @@ a damaged or missing file is refused with a :class:`PairStateError` naming it (t
 new epoch: a full alignment).
 
 The manifest holds this node's secret scalar of the epoch; the state directory is private to the node, and
-nothing here is logged. Raw IDs are stored as the node's data file has them (to tell new IDs from kept
-ones); the peer's items only as doubly blinded values.
+nothing here is logged. No ID is stored: per own slot a 128-bit key of its raw text
+(``protocols.psi.incremental.rawkeys``, to tell new IDs from kept ones), an 8-byte salted hash prefix and
+the blinded value; the peer's items only as live flags and doubly blinded values. A removed slot's entries
+stay in the older segment that added them until the epoch ends.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from party_common.storage.files import atomic_write, ensure_private_dir
 from protocols.errors import UserError
@@ -50,23 +51,9 @@ class PairStateError(UserError):
     """A stored pair state is damaged, missing a part, or changed by another run meanwhile."""
 
 
-def _ids_file(ids: np.ndarray) -> bytes:
-    """The own-ID list (one string per own slot, "" once removed) as an Arrow IPC file."""
-    buffer = io.BytesIO()
-    table = pa.table({"id": pa.array(ids, type=pa.large_string())})
-    with pa.ipc.new_file(buffer, table.schema) as writer:
-        writer.write_table(table)
-    return buffer.getvalue()
-
-
-def _ids_from(data: bytes) -> np.ndarray:
-    column = pa.ipc.open_file(pa.py_buffer(data)).read_all().column("id")
-    return column.to_numpy(zero_copy_only=False).astype(object)
-
-
-def _segment(own_removed: np.ndarray, own_prefix: np.ndarray, own_double: np.ndarray | None,
+def _segment(own_removed: np.ndarray, own_keys: np.ndarray, own_prefix: np.ndarray, own_double: np.ndarray | None,
              peer_removed: np.ndarray, peer_added: int, peer_double: np.ndarray | None) -> bytes:
-    arrays = {"own_removed": own_removed.astype(np.int64), "own_prefix": own_prefix.astype("<u8"), "peer_removed": peer_removed.astype(np.int64),
+    arrays = {"own_removed": own_removed.astype(np.int64), "own_keys": own_keys.astype(np.uint64), "own_prefix": own_prefix.astype("<u8"), "peer_removed": peer_removed.astype(np.int64),
               "peer_added": np.array([peer_added], dtype=np.int64)}
     if own_double is not None:
         arrays["own_double"] = own_double.view(np.uint8).reshape(-1, POINT)
@@ -115,14 +102,12 @@ class PairStateStore:
                               own_double=np.zeros(0, DOUBLE) if meta["own_double"] else None,
                               peer_double=np.zeros(0, DOUBLE) if meta["peer_double"] else None)
             segments = [(str(s["file"]), str(s["sha256"])) for s in meta["segments"]]
-            ids_file, ids_sha = str(meta["own_ids"]["file"]), str(meta["own_ids"]["sha256"])
             digest = str(meta["digest"])
             state.age_days()  # created_at must parse
         except (ValueError, TypeError, KeyError) as err:
             raise PairStateError(f"{path}: damaged pair state manifest: {err!r}") from err
         for name, sha in segments:
             self._replay(state, path.parent / name, sha)
-        state.own_ids = self._own_ids(path.parent / ids_file, ids_sha, state)
         if state.digest() != digest:
             raise PairStateError(f"{path}: the stored segments do not add up to the recorded state digest")
         return state
@@ -137,39 +122,31 @@ class PairStateStore:
             raise PairStateError(f"{path}: {what} does not match its recorded SHA-256 (damaged or changed)")
         return data
 
-    def _own_ids(self, path: Path, sha: str, state: PairState) -> np.ndarray:
-        data = self._read(path, sha, "the own-ID list")
-        try:
-            ids = _ids_from(data)
-        except (ValueError, KeyError, pa.ArrowException) as err:
-            raise PairStateError(f"{path}: damaged own-ID list of the pair's stored PSI state: {err}") from err
-        if len(ids) != state.own_slots or any(ids[state.own_live] == ""):
-            raise PairStateError(f"{path}: the own-ID list does not match the stored slots")
-        return ids
-
     def _replay(self, state: PairState, path: Path, sha: str) -> None:
         data = self._read(path, sha, "segment")
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 own_removed, peer_removed = z["own_removed"], z["peer_removed"]
                 prefix, peer_added = z["own_prefix"], int(z["peer_added"][0])
-                ids = prefix  # one new own slot per prefix
+                keys = z["own_keys"].reshape(-1, 2)  # one new own slot per key
                 own_double = z["own_double"].reshape(-1).view(DOUBLE) if state.own_double is not None else None
                 peer_double = z["peer_double"].reshape(-1).view(DOUBLE) if state.peer_double is not None else None
-            if len(prefix) != len(ids) or (own_double is not None and len(own_double) != len(ids)) or \
+            if len(prefix) != len(keys) or (own_double is not None and len(own_double) != len(keys)) or \
                     (peer_double is not None and len(peer_double) != peer_added):
                 raise ValueError("arrays of different lengths")
-            own_live = np.concatenate([state.own_live, np.ones(len(ids), dtype=bool)])
+            own_live = np.concatenate([state.own_live, np.ones(len(keys), dtype=bool)])
             peer_live = np.concatenate([state.peer_live, np.ones(peer_added, dtype=bool)])
             for removed, live in ((own_removed, own_live), (peer_removed, peer_live)):
                 if len(removed) and (removed.min() < 0 or removed.max() >= len(live) or not live[removed].all()
                                      or len(np.unique(removed)) != len(removed)):
                     raise ValueError("removed slots that were not live")
-        except (ValueError, KeyError, OSError, pa.ArrowException) as err:
+        except (ValueError, KeyError, OSError) as err:
             raise PairStateError(f"{path}: damaged segment of the pair's stored PSI state: {err}") from err
         own_live[own_removed] = False
         peer_live[peer_removed] = False
         state.own_live, state.peer_live = own_live, peer_live
+        state.own_keys = np.concatenate([state.own_keys, keys])
+        state.own_keys[own_removed] = 0
         state.own_prefix = np.concatenate([state.own_prefix, prefix])
         if state.own_double is not None and own_double is not None:
             state.own_double = np.concatenate([state.own_double, own_double])
@@ -210,31 +187,20 @@ class PairStateStore:
                 peer_removed = np.flatnonzero(base.peer_live & ~state.peer_live[:peer_lo])
                 segments = list(stored["segments"])
             # Slots born and removed within this one segment are written as live then removed (replay order).
-            data = _segment(own_removed, state.own_prefix[own_lo:],
+            data = _segment(own_removed, state.own_keys[own_lo:], state.own_prefix[own_lo:],
                             None if state.own_double is None else state.own_double[own_lo:], peer_removed,
                             state.peer_slots - peer_lo, None if state.peer_double is None else state.peer_double[peer_lo:])
             name = f"seg-{state.epoch[:12]}-{len(segments) + 1:06d}.npz"
             atomic_write(pair_dir / name, data, mode=0o600)
             segments.append({"file": name, "sha256": hashlib.sha256(data).hexdigest()})
-            # The own-ID list is written whole whenever it changes, so a removed customer's ID leaves the
-            # state with the run that removed it (the segments keep only hash prefixes and blinded values).
-            old_ids = None if fresh or stored is None else stored["own_ids"]
-            if old_ids is None or len(own_removed) or state.own_slots > own_lo:
-                ids_data = _ids_file(state.own_ids)
-                ids_name = f"ids-{state.epoch[:12]}-{len(segments):06d}.arrow"
-                atomic_write(pair_dir / ids_name, ids_data, mode=0o600)
-                own_ids = {"file": ids_name, "sha256": hashlib.sha256(ids_data).hexdigest()}
-                data += ids_data
-            else:
-                own_ids = old_ids
             meta = {"format": FORMAT, "epoch": state.epoch, "created_at": state.created_at, "mode": state.mode,
                     "role": state.role, "salt": state.salt.hex(), "secret": state.secret.hex(),
                     "own_double": state.own_double is not None, "peer_double": state.peer_double is not None,
-                    "segments": segments, "own_ids": own_ids, "digest": state.digest(),
+                    "segments": segments, "digest": state.digest(),
                     "full_seconds_per_item": seconds_per_item}
             atomic_write(path, json.dumps(meta, indent=1).encode(), mode=0o600)
-            if fresh or own_ids is not old_ids:  # files of an ended epoch, an older own-ID list
-                keep = {s["file"] for s in segments} | {"manifest.json", own_ids["file"]}
+            if fresh:  # the files of an ended epoch
+                keep = {s["file"] for s in segments} | {"manifest.json"}
                 for old in pair_dir.iterdir():
                     if old.name not in keep and not old.name.startswith("."):
                         old.unlink(missing_ok=True)

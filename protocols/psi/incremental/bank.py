@@ -38,21 +38,23 @@ def next_state(old: PairState, plan: OwnPlan, own_new: np.ndarray | None,
     them) and the peer's (removed slots, how many new, their doubles where it keeps them)."""
     own_live, own_double = apply_delta(old.own_live, old.own_double, plan.delta.removed, own_new, plan.added)
     peer_live, peer_double = apply_delta(old.peer_live, old.peer_double, peer_removed, peer_new, peer_added)
-    own_ids = np.concatenate([old.own_ids, plan.rows[plan.added_rows]])
-    own_ids[plan.delta.removed] = ""
+    own_keys = np.concatenate([old.own_keys, plan.keys[plan.added_rows]])
+    own_keys[plan.delta.removed] = 0  # a removed customer's key leaves the state
     own_prefix = np.concatenate([old.own_prefix, plan.hashes.prefixes()])
     return PairState(epoch=old.epoch, created_at=old.created_at, mode=old.mode, role=old.role, salt=old.salt,
-                     secret=old.secret, own_ids=own_ids, own_live=own_live, own_prefix=own_prefix,
+                     secret=old.secret, own_keys=own_keys, own_live=own_live, own_prefix=own_prefix,
                      own_double=own_double, peer_live=peer_live, peer_double=peer_double)
 
 
-def intersection(state: PairState) -> tuple[list[str], str]:
-    """Own live IDs whose double a live peer slot holds, in the agreed order (by value); the content hash."""
+def intersection(state: PairState, ids: Sequence[str] | np.ndarray, plan: OwnPlan) -> tuple[list[str], str]:
+    """Own live IDs whose double a live peer slot holds, in the agreed order (by value), as ``ids`` (the current
+    file) has them; the content hash."""
     assert state.own_double is not None and state.peer_double is not None
     slots = match_live(state.own_double, state.own_live, state.peer_double, state.peer_live)
     values = state.own_double[slots]
     order = np.argsort(values, kind="stable")
-    return state.own_ids[slots[order]].tolist(), inc.content_hash(values[order])
+    rows = plan.row_of_slot(state.own_slots)[slots[order]]
+    return [str(ids[r]) for r in rows.tolist()], inc.content_hash(values[order])
 
 
 def read_peer_plan(reply: Message, state: PairState, most: int, what: str) -> tuple[np.ndarray, int, int]:
@@ -161,7 +163,7 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
             peer_new[lo:hi] = np.frombuffer(blinding.result(), dtype=DOUBLE)
 
         after = next_state(current, plan, own_new, peer_removed, peer_added, peer_new)
-        members, digest = intersection(after)
+        members, digest = intersection(after, ids, plan)
         reply = channel.call(inc.FINISH, {wire.SIZE: len(members), wire.CONTENT_HASH: digest,
                                           inc.STATE_DIGEST: after.digest()})
         if reply.get(wire.SIZE) != len(members) or (mode == "both" and reply.get(wire.CONTENT_HASH) != digest):

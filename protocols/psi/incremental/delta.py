@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from protocols.psi.ids import normalise_id
+from protocols.psi.incremental.rawkeys import find_keys, raw_keys
 from protocols.psi.incremental.state import PairState, SideDelta, screen
 from protocols.psi.kernel import Blinder
 from protocols.psi.messages import PsiError
@@ -29,11 +29,17 @@ class OwnPlan:
     added_rows: np.ndarray  # rows of the current file, in send order: new slot ``own_slots + i`` is row [i]
     hashes: PointStore  # H(x) of the added rows, in send order (the caller closes it)
     slot_of_row: np.ndarray  # int64 per current row: its slot after the run
-    rows: np.ndarray  # the current IDs (Python strings), in file order
+    keys: np.ndarray  # (n, 2) raw-text keys of the current rows
 
     @property
     def added(self) -> int:
         return len(self.added_rows)
+
+    def row_of_slot(self, slots: int) -> np.ndarray:
+        """The current row of each own slot after the run (-1 for removed slots)."""
+        rows = np.full(slots, -1, dtype=np.int64)
+        rows[self.slot_of_row] = np.arange(len(self.slot_of_row), dtype=np.int64)
+        return rows
 
 
 def _rows_named(first: int, row: int) -> PsiError:
@@ -42,34 +48,23 @@ def _rows_named(first: int, row: int) -> PsiError:
                     "(trim, case, phone/e-mail forms); de-duplicate the file")
 
 
-def as_objects(ids: Sequence[str] | np.ndarray) -> np.ndarray:
-    """The IDs as a numpy array of Python strings (what pandas hashes fastest)."""
-    if isinstance(ids, np.ndarray):
-        return ids if ids.dtype == object else ids.astype(object)
-    rows = np.asarray(ids, dtype=object)
-    if len(rows) and not all(type(raw) is str for raw in rows[:1000]):  # the nodes' IDs are always text
-        rows = np.asarray([str(raw) for raw in ids], dtype=object)
-    return rows
-
-
 def plan_own(state: PairState | None, ids: Sequence[str] | np.ndarray, blinder: Blinder, salt: bytes) -> OwnPlan:
     """The delta of ``ids`` (this node's current IDs, in file order) against ``state`` (None: all new). Kept
-    IDs are told from new ones by their raw text (a hash table over the stored IDs, no normalising): an ID
-    whose text changed form is a removal and an addition."""
+    IDs are told from new ones by their raw text (:mod:`~protocols.psi.incremental.rawkeys`, no normalising):
+    an ID whose text changed form is a removal and an addition."""
     n = len(ids)
     if n == 0:
         raise PsiError("this party has no IDs: an empty side cannot take part in PSI")
-    rows = as_objects(ids)
+    keys = raw_keys(ids)
     slot_of_row = np.full(n, -1, dtype=np.int64)
     removed = np.zeros(0, dtype=np.int64)
     old_slots = 0
     if state is not None:
         old_slots = state.own_slots
         live = np.flatnonzero(state.own_live)
-        at = pd.Index(state.own_ids[live]).get_indexer(rows)  # stored live IDs are distinct
-        slot_of_row = np.where(at >= 0, live[at], -1)
-        kept_rows = np.flatnonzero(at >= 0)
-        kept_slots = slot_of_row[kept_rows]
+        at = find_keys(state.own_keys[live], keys)  # stored live keys are distinct
+        slot_of_row = np.where(at >= 0, live[np.maximum(at, 0)], -1)
+        kept_slots = slot_of_row[at >= 0]
         counts = np.bincount(kept_slots, minlength=old_slots)
         if len(counts) and counts.max() > 1:  # the same raw ID twice, both kept
             twice = np.flatnonzero(slot_of_row == int(np.argmax(counts > 1)))
@@ -80,18 +75,18 @@ def plan_own(state: PairState | None, ids: Sequence[str] | np.ndarray, blinder: 
     hashes = PointStore(len(added_rows), None)
     try:
         if len(added_rows):
-            blinder.hash_ids(salt, rows, added_rows, hashes)  # empty IDs and repeats among the new ones
+            blinder.hash_ids(salt, ids, added_rows, hashes)  # empty IDs and repeats among the new ones
             if state is not None and len(added_rows) < n:
-                _refuse_repeats_of_kept(state, rows, added_rows, hashes.prefixes(), slot_of_row)
+                _refuse_repeats_of_kept(state, ids, added_rows, hashes.prefixes(), slot_of_row)
     except BaseException:
         hashes.close()
         raise
     slot_of_row[added_rows] = old_slots + np.arange(len(added_rows), dtype=np.int64)
-    return OwnPlan(SideDelta(removed=removed, added=len(added_rows)), added_rows, hashes, slot_of_row, rows)
+    return OwnPlan(SideDelta(removed=removed, added=len(added_rows)), added_rows, hashes, slot_of_row, keys)
 
 
-def _refuse_repeats_of_kept(state: PairState, rows: np.ndarray, added_rows: np.ndarray, added_keys: np.ndarray,
-                            slot_of_row: np.ndarray) -> None:
+def _refuse_repeats_of_kept(state: PairState, ids: Sequence[str] | np.ndarray, added_rows: np.ndarray,
+                            added_keys: np.ndarray, slot_of_row: np.ndarray) -> None:
     """Refuse a new ID equal after normalisation to a kept one (another raw form of the same customer): the
     kept IDs' stored hash prefixes are screened against the new ones' (no sort of the kept side)."""
     kept_rows = np.flatnonzero(slot_of_row >= 0)
@@ -103,11 +98,11 @@ def _refuse_repeats_of_kept(state: PairState, rows: np.ndarray, added_rows: np.n
     for i in screen(added_keys, kept_keys).tolist():
         kept_row = int(kept_rows[i])
         for new_row in by_key.get(int(kept_keys[i]), []):
-            if normalise_id(str(rows[new_row])) == normalise_id(str(rows[kept_row])):
+            if normalise_id(str(ids[new_row])) == normalise_id(str(ids[kept_row])):
                 found.append((max(new_row, kept_row), min(new_row, kept_row)))
     if found:
         row, first = min(found)
         raise _rows_named(first, row)
 
 
-__all__ = ["OwnPlan", "as_objects", "plan_own"]
+__all__ = ["OwnPlan", "plan_own"]

@@ -222,7 +222,7 @@ class PlatformIncrementalHandler:
         m_after = after.live_own_count()
         members: list[str] | None = None
         if self.mode == "both":
-            members, own_digest = intersection(after)
+            members, own_digest = intersection(after, self.ids, self.plan)
             if len(members) != size or own_digest != digest:
                 raise ProtocolError("the two sides computed different intersections; nothing stored")
         elif not 0 <= size <= min(m_after, self.bank_after):

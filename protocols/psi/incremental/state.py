@@ -7,7 +7,8 @@ alignment, so a re-alignment blinds and sends only the IDs that joined since the
 slot: new items take the next slots, in the order they were sent (a secret random order); a removed slot is
 never used again in the epoch. A rotation (a new epoch) starts both lists from nothing: a full alignment.
 
-Per own slot a side keeps the raw ID (to tell new from kept IDs), an 8-byte prefix of its salted hash (to
+Per own slot a side keeps a 128-bit key of the raw ID text (``rawkeys``: to tell new from kept IDs; never the
+ID itself, and zero once removed), an 8-byte prefix of its salted hash (to
 refuse a new ID equal to a kept one after normalisation before anything of it leaves) and, where it learns
 it, the doubly blinded value; per peer slot, whether it is live and, where it learns it, its doubly blinded
 value. Nothing here is written to disk: ``party_common.storage.psi_pairs`` does that.
@@ -42,7 +43,7 @@ class PairState:
     role: str  # "bank" or "platform": whose lists are "own"
     salt: bytes  # the hash salt of the epoch
     secret: bytes  # this node's X25519 scalar of the epoch
-    own_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))  # str per own slot, "" once removed
+    own_keys: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.uint64))  # raw-text keys per own slot
     own_live: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     own_prefix: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="<u8"))
     own_double: np.ndarray | None = None  # per own slot, where this node learns it
