@@ -54,7 +54,8 @@ def intersection(state: PairState, ids: Sequence[str] | np.ndarray, plan: OwnPla
     values = state.own_double[slots]
     order = np.argsort(values, kind="stable")
     rows = plan.row_of_slot(state.own_slots)[slots[order]]
-    return [str(ids[r]) for r in rows.tolist()], inc.content_hash(values[order])
+    members = ids[rows].tolist() if isinstance(ids, np.ndarray) else [ids[r] for r in rows.tolist()]
+    return [m if type(m) is str else str(m) for m in members], inc.content_hash(values[order])
 
 
 def read_peer_plan(reply: Message, state: PairState, most: int, what: str) -> tuple[np.ndarray, int, int]:
