@@ -47,6 +47,7 @@ from party_common.cli_format import DefaultsFormatter, config_help, resolve_conf
 from party_common.config import ConfigError, NodeConfig, load_config
 from party_common.grpc_errors import rpc_error_line
 from party_common.grpc_link import GrpcPlatformLink, platform_certificate_check
+from party_common.jobs.align_incremental import describe as describe_incremental
 from party_common.runtime import (
     INSECURE_WARNING,
     TlsFiles,
@@ -194,6 +195,8 @@ def print_outcome(job: dict[str, Any], as_json: bool, config: str | None = None)
               f"{views.headline(job)}" + (f"; alignment hash {result['content_hash'][:12]}"
                                           if result.get("content_hash") else "")
               + (f"; {views.memory_text(result)}" if views.memory_text(result) else ""))
+        if result.get("incremental"):
+            print(describe_incremental(result))
 
 
 def submit_and_wait(client: BankClient, args: argparse.Namespace, kind: str, params: dict[str, Any],

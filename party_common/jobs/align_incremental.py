@@ -88,6 +88,25 @@ def keep(ctx: JobContext, store: PairStateStore, peer: str, result: IncrementalR
     return summary
 
 
+def describe(result: dict[str, Any]) -> str:
+    """One line of an incremental align job's record for people (the bank's own side is "own")."""
+    counts = (f"bank +{result.get('own_new', 0):,} new / -{result.get('own_removed', 0):,} removed, platform "
+              f"+{result.get('peer_new', 0):,} / -{result.get('peer_removed', 0):,}; "
+              f"{result.get('points_sent', 0):,} points sent")
+    if result.get("resumed"):
+        saved = result.get("seconds_saved")
+        full = result.get("estimated_full_seconds")
+        timing = f"; a full run would take about {full:.1f} s: {saved:.1f} s saved" if full else ""
+        text = f"incremental: key epoch continued; {counts}{timing}"
+    else:
+        text = f"incremental: new key epoch ({result.get('new_epoch_reason', '')}): a full alignment; {counts}"
+    if result.get("stored_state_refused"):
+        text += f"\nstored PSI state refused: {result['stored_state_refused']}"
+    if result.get("state_not_kept"):
+        text += f"\nstate not kept: {result['state_not_kept']}"
+    return text
+
+
 def save_bank(ctx: JobContext, result: IncrementalResult) -> dict[str, Any]:
     return keep(ctx, pair_store(ctx), BANK_PEER, result, result.base if isinstance(result.base, PairState) else None)
 
@@ -113,5 +132,5 @@ def save_platform(ctx: JobContext, caller: str, result: IncrementalResult) -> di
                 result.base if isinstance(result.base, PairState) else None)
 
 
-__all__ = ["BANK_PEER", "EVENT", "PAIRS_DIR", "STATE_REFUSED_EVENT", "load_state", "open_platform", "pair_store",
+__all__ = ["BANK_PEER", "EVENT", "describe", "PAIRS_DIR", "STATE_REFUSED_EVENT", "load_state", "open_platform", "pair_store",
            "run_bank", "save_bank", "save_platform"]
