@@ -66,7 +66,7 @@ class _Pair:
         self.workers = workers
         self.runs = 0
 
-    def align(self, bank: list[str], platform: list[str]) -> dict[str, Any]:
+    def align(self, bank: np.ndarray, platform: np.ndarray) -> dict[str, Any]:
         from protocols.channel import LocalPeer, Message, message_size
         from protocols.psi.incremental import (
             IncrementalResult,
@@ -112,8 +112,10 @@ class _Pair:
 
 def run_incremental(args: argparse.Namespace) -> dict[str, Any]:
     m = args.platform or args.n
-    bank, platform, bank_after, platform_after = make_sets(args.n, m, args.overlap, args.new_share,
-                                                           args.removed_share, args.seed)
+    from protocols.party_data import as_ids
+
+    sets = make_sets(args.n, m, args.overlap, args.new_share, args.removed_share, args.seed)
+    bank, platform, bank_after, platform_after = (as_ids(s) for s in sets)  # the nodes' form of IDs
     console.print(f"incremental PSI: bank {args.n:,}, platform {m:,}, +{args.new_share:.1%} new and "
                   f"-{args.removed_share:.1%} removed per side, {args.workers} worker(s) per party, "
                   f"{os.cpu_count()} CPU(s)")
@@ -124,7 +126,8 @@ def run_incremental(args: argparse.Namespace) -> dict[str, Any]:
     for phase, (b, p) in (("full", (bank, platform)), ("incremental", (bank_after, platform_after))):
         figures = full if phase == "full" else incremental
         found = figures.pop("ids") or []
-        figures["correct"] = bool(figures.pop("agreed")) and set(found) == set(b) & set(p) and len(found) == len(set(found))
+        figures["correct"] = (bool(figures.pop("agreed")) and set(found) == set(b.tolist()) & set(p.tolist())
+                              and len(found) == len(set(found)))
     result: dict[str, Any] = {
         "n": args.n, "bank": args.n, "platform": m, "overlap": args.overlap, "new_share": args.new_share,
         "removed_share": args.removed_share, "workers": args.workers, "full": full, "incremental": incremental,

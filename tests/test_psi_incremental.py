@@ -376,3 +376,13 @@ def test_raw_keys_tell_texts_apart_and_find_them() -> None:
     shared = np.array([[7, 1], [7, 2], [9, 3]], dtype=np.uint64)  # two stored rows share a first key
     wanted = np.array([[7, 2], [7, 1], [7, 3], [9, 3]], dtype=np.uint64)
     assert find_keys(shared, wanted).tolist() == [1, 0, -1, 2]
+
+
+def test_the_agreed_order_is_byte_order() -> None:
+    from protocols.psi.incremental.state import DOUBLE, value_order
+
+    rng = np.random.default_rng(9)
+    values = np.frombuffer(rng.bytes(32 * 500), dtype=DOUBLE).copy()
+    values[7] = np.frombuffer(values[3].tobytes()[:8] + rng.bytes(24), dtype=DOUBLE)[0]  # a shared prefix
+    for vs in (values, np.delete(values, 7)):
+        assert [vs[i].tobytes() for i in value_order(vs)] == sorted(v.tobytes() for v in vs)

@@ -22,6 +22,7 @@ from protocols.psi.incremental.state import (
     new_state,
     read_removed,
     slots_bytes,
+    value_order,
 )
 from protocols.psi.kernel import Blinder, Pending
 from protocols.psi.messages import Progress, PsiError, batches, points_field
@@ -52,10 +53,12 @@ def intersection(state: PairState, ids: Sequence[str] | np.ndarray, plan: OwnPla
     assert state.own_double is not None and state.peer_double is not None
     slots = match_live(state.own_double, state.own_live, state.peer_double, state.peer_live)
     values = state.own_double[slots]
-    order = np.argsort(values, kind="stable")
+    order = value_order(values)
     rows = plan.row_of_slot(state.own_slots)[slots[order]]
-    members = ids[rows].tolist() if isinstance(ids, np.ndarray) else [ids[r] for r in rows.tolist()]
-    return [m if type(m) is str else str(m) for m in members], inc.content_hash(values[order])
+    if isinstance(ids, np.ndarray):
+        return [str(m) for m in ids[rows].tolist()] if ids.dtype == object else ids[rows].tolist(), \
+            inc.content_hash(values[order])
+    return [ids[r] for r in rows.tolist()], inc.content_hash(values[order])
 
 
 def read_peer_plan(reply: Message, state: PairState, most: int, what: str) -> tuple[np.ndarray, int, int]:

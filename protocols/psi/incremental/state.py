@@ -151,6 +151,16 @@ def screen(small: np.ndarray, large: np.ndarray) -> np.ndarray:
     return np.flatnonzero(table[large >> np.uint64(64 - bits)])
 
 
+def value_order(values: np.ndarray) -> np.ndarray:
+    """The order of 32-byte values sorted as byte strings (the agreed order of an intersection): by their
+    first 8 bytes read big-endian, and in full only where two share those (about n^2 / 2^64 odds)."""
+    keys = values.view(np.uint8).reshape(-1, POINT)[:, :8].copy().view(">u8")[:, 0].astype(np.uint64)
+    order = np.argsort(keys, kind="stable")
+    if np.any(keys[order][1:] == keys[order][:-1]):
+        return np.argsort(values, kind="stable")
+    return order
+
+
 def match_live(own: np.ndarray, own_live: np.ndarray, peer: np.ndarray, peer_live: np.ndarray) -> np.ndarray:
     """Live own slots whose value a live peer slot also holds (checked on all 32 bytes), ascending. The smaller
     side's 8-byte prefixes are sorted and the larger side's searched in them."""
@@ -176,4 +186,4 @@ def match_live(own: np.ndarray, own_live: np.ndarray, peer: np.ndarray, peer_liv
 
 
 __all__ = ["DOUBLE", "PairState", "SideDelta", "apply_delta", "empty_doubles", "match_live", "new_state",
-           "prefixes", "read_removed", "screen", "slots_bytes", "state_digest"]
+           "prefixes", "read_removed", "screen", "slots_bytes", "state_digest", "value_order"]
