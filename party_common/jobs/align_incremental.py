@@ -49,10 +49,16 @@ def load_state(ctx: JobContext, store: PairStateStore, peer: str) -> tuple[PairS
 
 def run_bank(peer: Peer, ctx: JobContext, mode: str, batch_size: int, new_key: bool) -> IncrementalResult:
     store = pair_store(ctx)
-    state, note = load_state(ctx, store, BANK_PEER)
-    result = run_bank_incremental_psi(peer, ctx.job_id, ctx.data.ids, state=state, mode=mode, batch_size=batch_size,
+    notes: list[str] = []
+
+    def load() -> PairState | None:  # once the session is open: the platform loads its state meanwhile
+        state, note = load_state(ctx, store, BANK_PEER)
+        notes.append(note)
+        return state
+
+    result = run_bank_incremental_psi(peer, ctx.job_id, ctx.data.ids, state=load, mode=mode, batch_size=batch_size,
                                       new_key=new_key, compute=ctx.new_compute(), progress=ctx.progress)
-    result.state_note = note
+    result.state_note = "".join(notes)
     return result
 
 
@@ -113,18 +119,25 @@ def save_bank(ctx: JobContext, result: IncrementalResult) -> dict[str, Any]:
 
 def open_platform(ctx: JobContext, params: Message, caller: str, on_result: Callable[[Any], None],
                   limit: dict[str, Any]) -> PlatformIncrementalHandler:
+    """The platform's handler; it loads the pair's state in the background (while the bank loads its own)."""
     store = pair_store(ctx)
     peer = pair_key(caller or "bank")
-    state, note = load_state(ctx, store, peer) if ctx.psi_key_rotation_days > 0 else (None, "")
-    public_note = "the platform's stored state was damaged and is not used" if note else ""
+    notes: list[str] = []  # why the stored state was refused (the file named), for this node's record only
+
+    def load() -> tuple[PairState | None, str]:
+        if ctx.psi_key_rotation_days <= 0:
+            return None, ""
+        state, note = load_state(ctx, store, peer)
+        notes.append(note)
+        return state, "the platform's stored state was damaged and is not used" if note else ""
 
     def report(result: IncrementalResult) -> None:
-        result.state_note = note
+        result.state_note = "".join(notes)
         on_result(result)
 
-    return PlatformIncrementalHandler(ctx.job_id, params, ctx.data.ids, state=state, on_result=report,
-                                      rotation_days=ctx.psi_key_rotation_days, state_note=public_note,
-                                      compute=ctx.new_compute(), progress=ctx.progress, **limit)
+    return PlatformIncrementalHandler(ctx.job_id, params, ctx.data.ids, state=load, on_result=report,
+                                      rotation_days=ctx.psi_key_rotation_days, compute=ctx.new_compute(),
+                                      progress=ctx.progress, **limit)
 
 
 def save_platform(ctx: JobContext, caller: str, result: IncrementalResult) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -78,11 +78,12 @@ def read_peer_plan(reply: Message, state: PairState, most: int, what: str) -> tu
 
 
 def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.ndarray, *,
-                             state: PairState | None, mode: str = "both", batch_size: int = 50_000,
+                             state: PairState | None | Callable[[], PairState | None], mode: str = "both", batch_size: int = 50_000,
                              new_key: bool = False, compute: ComputeSpec = None,
                              progress: Progress | None = None) -> inc.IncrementalResult:
     """Align with the platform behind ``peer``, continuing ``state`` (this node's stored state of the pair, or
-    None) where the platform agrees; else a new key epoch starts (a full alignment). ``result.state`` is what
+    None, or a function that loads it: called once the session is open, so the platform loads its own state
+    meanwhile) where the platform agrees; else a new key epoch starts (a full alignment). ``result.state`` is what
     to keep (None: keep nothing, the platform keeps no state). ``compute`` is owned and closed by the run."""
     started = time.monotonic()
     owned = as_compute(compute)
@@ -95,13 +96,13 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
             raise PsiError(f"batch_size must be between 1 and {wire.MAX_BATCH_SIZE:,}")
         if len(ids) == 0:
             raise PsiError("this party has no IDs: an empty side cannot take part in PSI")
-        stored = None if new_key else usable_state(state, mode, "bank")
         channel = peer.open(wire.KIND, job_id, {wire.PARAM_VERSION: inc.VERSION, wire.PARAM_MODE: mode,
                                                 wire.PARAM_BATCH_SIZE: batch_size})
     except BaseException:
         owned.close()
         raise
     try:
+        stored = None if new_key else usable_state(state() if callable(state) else state, mode, "bank")
         nonce = secrets.token_bytes(wire.NONCE)
         hello = channel.call(inc.HELLO, {wire.BANK_NONCE: nonce, inc.EPOCH: stored.epoch if stored else "",
                                          inc.STATE_DIGEST: stored.digest() if stored else "",

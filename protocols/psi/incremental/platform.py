@@ -27,6 +27,7 @@ from protocols.psi.messages import MAX_BATCH_SIZE, MAX_SET_SIZE, Progress, PsiEr
 
 LOOKAHEAD = 2  # own batches blinded ahead of the bank's requests
 OnResult = Callable[[inc.IncrementalResult], None]
+StateLoader = Callable[[], tuple[PairState | None, str]]  # the stored state (or None) and why none
 ROTATION_KNOB = "[policy] psi_key_rotation_days"
 
 
@@ -57,13 +58,14 @@ class PlatformIncrementalHandler:
     """The platform's side of one incremental alignment (a :class:`protocols.channel.StepHandler`).
 
     ``state``: the platform's stored state of this pair (None if none, or unreadable: ``state_note`` then
-    says why, for the bank's job record). ``rotation_days``: ``[policy] psi_key_rotation_days`` (0: keep no
+    says why, for the bank's job record), or a function that loads both: it runs in the background from the
+    session's opening on, while the bank loads its own. ``rotation_days``: ``[policy] psi_key_rotation_days`` (0: keep no
     state). ``on_result`` is called once, after a successful ``psi.inc.finish``, before its reply; the
     result's ``state`` is what to keep (None: keep nothing).
     """
 
     def __init__(self, job_id: str, params: Message, ids: Sequence[str] | np.ndarray, *,
-                 state: PairState | None, on_result: OnResult, rotation_days: float = 30.0, state_note: str = "",
+                 state: PairState | None | StateLoader, on_result: OnResult, rotation_days: float = 30.0, state_note: str = "",
                  compute: ComputeSpec = None, progress: Progress | None = None,
                  max_bank_size: int = MAX_SET_SIZE, limit_name: str = "") -> None:
         if params.get(wire.PARAM_VERSION) != inc.VERSION:
@@ -76,7 +78,7 @@ class PlatformIncrementalHandler:
             raise ProtocolError("platform data: this party has no IDs: an empty side cannot take part in PSI")
         self.mode = str(mode)
         self.batch_size = wire.read_count(params.get(wire.PARAM_BATCH_SIZE), "batch_size", most=MAX_BATCH_SIZE)
-        self.job_id, self.ids, self.stored, self.state_note = job_id, ids, state, state_note
+        self.job_id, self.ids, self.state_note = job_id, ids, state_note
         self.rotation_days, self.compute, self.progress = rotation_days, compute, progress
         self.max_bank_size, self.limit_name = max_bank_size, limit_name
         self._on_result = on_result
@@ -84,8 +86,11 @@ class PlatformIncrementalHandler:
         self.started = time.monotonic()
         self.expected = inc.HELLO
         self.blinder: Blinder | None = None
-        self._background: ThreadPoolExecutor | None = None
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="psi-inc")
+        self.loading: Future[tuple[PairState | None, str]] = self._background.submit(
+            state if callable(state) else lambda: (state, state_note))
         self.planning: Future[OwnPlan] | None = None
+        self.finishing: Future[tuple[PairState, list[str] | None, str]] | None = None
         self.plan: OwnPlan | None = None
         self.current: PairState | None = None
         self.resumed, self.keep, self.reason = False, False, ""
@@ -118,7 +123,8 @@ class PlatformIncrementalHandler:
         if (not isinstance(nonce, bytes) or len(nonce) != wire.NONCE or not isinstance(epoch, str)
                 or not isinstance(digest, str) or not isinstance(new_key, bool)):
             raise ProtocolError(f"malformed {inc.HELLO}")
-        stored = usable_state(self.stored, self.stored.mode if self.stored else self.mode, "platform")
+        loaded, self.state_note = self.loading.result()
+        stored = usable_state(loaded, loaded.mode if loaded else self.mode, "platform")
         self.reason = new_epoch_reason(stored, self.state_note, epoch, digest, self.mode, new_key, self.rotation_days)
         self.resumed, self.keep = not self.reason, self.rotation_days > 0
         platform_nonce = secrets.token_bytes(wire.NONCE)
@@ -133,7 +139,6 @@ class PlatformIncrementalHandler:
         self.blinder = Blinder(self.compute, secret=self.current.secret)
         # Our delta (hashing and checking our new IDs) in the background while the bank computes its own;
         # nothing of ours leaves before it has passed (psi.inc.plan's reply waits for it).
-        self._background = ThreadPoolExecutor(1, thread_name_prefix="psi-inc-plan")
         self.planning = self._background.submit(plan_own, stored if self.resumed else None, self.ids, self.blinder,
                                                 self.current.salt)
         self.expected = inc.PLAN
@@ -159,6 +164,8 @@ class PlatformIncrementalHandler:
             self.own_new = np.zeros(plan.added, dtype=DOUBLE)
             self.bank_new = np.zeros(self.bank_added, dtype=DOUBLE)
         self.expected = inc.EXCHANGE if self.rounds else inc.FINISH
+        if not self.rounds:
+            self._start_finishing()
         for k in range(LOOKAHEAD):
             self._queue_own(k)
         return {inc.REMOVED: slots_bytes(plan.delta.removed), inc.ADDED: plan.added,
@@ -204,7 +211,22 @@ class PlatformIncrementalHandler:
         self.round += 1
         if self.round == self.rounds:
             self.expected = inc.FINISH
+            self._start_finishing()
         return reply
+
+    def _start_finishing(self) -> None:
+        """Our state after the run and (mode "both") our intersection, in the background while the bank computes
+        its own; ``psi.inc.finish`` then compares."""
+        assert self._background is not None
+        self.finishing = self._background.submit(self._after)
+
+    def _after(self) -> tuple[PairState, list[str] | None, str]:
+        assert self.current is not None and self.plan is not None
+        after = next_state(self.current, self.plan, self.own_new, self.bank_removed, self.bank_added, self.bank_new)
+        if self.mode != "both":
+            return after, None, ""
+        members, digest = intersection(after, self.ids, self.plan)
+        return after, members, digest
 
     def _finish(self, message: Message) -> Message:
         assert self.current is not None and self.plan is not None
@@ -215,14 +237,12 @@ class PlatformIncrementalHandler:
             raise ProtocolError(f"malformed {inc.FINISH}")
         if self.mode == "both" and self.received != self.plan.added:
             raise ProtocolError("the bank has not returned every doubly blinded platform point")
-        after = next_state(self.current, self.plan, self.own_new, self.bank_removed, self.bank_added,
-                           self.bank_new)
+        assert self.finishing is not None
+        after, members, own_digest = self.finishing.result()
         if bank_state != after.digest():
             raise ProtocolError("the bank's state after the run differs from this node's; nothing stored")
         m_after = after.live_own_count()
-        members: list[str] | None = None
-        if self.mode == "both":
-            members, own_digest = intersection(after, self.ids, self.plan)
+        if members is not None:
             if len(members) != size or own_digest != digest:
                 raise ProtocolError("the two sides computed different intersections; nothing stored")
         elif not 0 <= size <= min(m_after, self.bank_after):
@@ -240,8 +260,9 @@ class PlatformIncrementalHandler:
         return {wire.SIZE: size, wire.CONTENT_HASH: digest, inc.STATE_DIGEST: after.digest()}
 
     def close(self) -> None:
-        if self.planning is not None:
-            self.planning.cancel()
+        for future in (self.loading, self.planning, self.finishing):
+            if future is not None:
+                future.cancel()
         for pending in self.ahead.values():
             pending.cancel()
         self.ahead.clear()
@@ -249,8 +270,7 @@ class PlatformIncrementalHandler:
             self.blinder.close()
         elif isinstance(self.compute, Compute):  # closed before psi.inc.hello: the session still owns it
             self.compute.close()
-        if self._background is not None:
-            self._background.shutdown(wait=True, cancel_futures=True)
+        self._background.shutdown(wait=True, cancel_futures=True)
         if self.plan is not None:
             self.plan.hashes.close()
         elif self.planning is not None and self.planning.done() and not self.planning.cancelled() \
@@ -258,4 +278,4 @@ class PlatformIncrementalHandler:
             self.planning.result().hashes.close()
 
 
-__all__ = ["LOOKAHEAD", "OnResult", "PlatformIncrementalHandler", "new_epoch_reason"]
+__all__ = ["LOOKAHEAD", "OnResult", "PlatformIncrementalHandler", "StateLoader", "new_epoch_reason"]
