@@ -154,36 +154,42 @@ def screen(small: np.ndarray, large: np.ndarray) -> np.ndarray:
 def value_order(values: np.ndarray) -> np.ndarray:
     """The order of 32-byte values sorted as byte strings (the agreed order of an intersection): by their
     first 8 bytes read big-endian, and in full only where two share those (about n^2 / 2^64 odds)."""
-    keys = values.view(np.uint8).reshape(-1, POINT)[:, :8].copy().view(">u8")[:, 0].astype(np.uint64)
+    keys = words(values)[:, 0].byteswap() if np.little_endian else words(values)[:, 0].copy()
     order = np.argsort(keys, kind="stable")
     if np.any(keys[order][1:] == keys[order][:-1]):
         return np.argsort(values, kind="stable")
     return order
 
 
+def words(values: np.ndarray) -> np.ndarray:
+    """32-byte values as rows of four uint64 words (numpy gathers and compares these far faster than V32)."""
+    return np.ascontiguousarray(values).view(np.uint64).reshape(-1, POINT // 8)
+
+
 def match_live(own: np.ndarray, own_live: np.ndarray, peer: np.ndarray, peer_live: np.ndarray) -> np.ndarray:
     """Live own slots whose value a live peer slot also holds (checked on all 32 bytes), ascending. The smaller
-    side's 8-byte prefixes are sorted and the larger side's searched in them."""
+    side's 8-byte prefixes are sorted; the larger side's are screened by a bit table, then searched."""
     own_slots, peer_slots = np.flatnonzero(own_live), np.flatnonzero(peer_live)
     if len(own_slots) == 0 or len(peer_slots) == 0:
         return np.zeros(0, dtype=np.int64)
-    own_values, peer_values = own[own_slots], peer[peer_slots]
-    own_keys, peer_keys = prefixes(own_values), prefixes(peer_values)
+    own_words, peer_words = words(own), words(peer)
+    own_keys, peer_keys = own_words[own_slots, 0], peer_words[peer_slots, 0]  # the first 8 bytes, native order
     own_sorted = len(own_keys) <= len(peer_keys)
     small, large = (own_keys, peer_keys) if own_sorted else (peer_keys, own_keys)
-    order = np.argsort(small, kind="stable")
+    order = np.argsort(small)
     sorted_keys = small[order]
     if np.any(sorted_keys[1:] == sorted_keys[:-1]):  # a shared prefix (about n^2 / 2^64 odds): compare in full
-        return own_slots[np.isin(own_values, peer_values)]
+        return own_slots[np.isin(own[own_slots], peer[peer_slots])]
     maybe = screen(small, large)  # most of the larger side is ruled out by one gather
     pos = np.searchsorted(sorted_keys, large[maybe])
     pos[pos == len(sorted_keys)] = 0
     same = sorted_keys[pos] == large[maybe]
     found, at_small = maybe[same], order[pos[same]]  # positions in the larger side, and in the smaller
     own_at, peer_at = (at_small, found) if own_sorted else (found, at_small)
-    hit = own_values[own_at] == peer_values[peer_at]
-    return np.sort(own_slots[own_at[hit]])
+    own_at, peer_at = own_slots[own_at], peer_slots[peer_at]
+    hit = (own_words[own_at] == peer_words[peer_at]).all(axis=1)
+    return np.sort(own_at[hit])
 
 
 __all__ = ["DOUBLE", "PairState", "SideDelta", "apply_delta", "empty_doubles", "match_live", "new_state",
-           "prefixes", "read_removed", "screen", "slots_bytes", "state_digest", "value_order"]
+           "prefixes", "read_removed", "screen", "slots_bytes", "state_digest", "value_order", "words"]
