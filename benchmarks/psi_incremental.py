@@ -113,43 +113,101 @@ class _Pair:
                 "ids": result.ids, "agreed": theirs.ids == result.ids and theirs.content_hash == result.content_hash}
 
 
-def _grpc_phases(bank: np.ndarray, platform: np.ndarray, bank_after: np.ndarray, platform_after: np.ndarray,
-                 workers: int, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Both nodes as processes (gRPC, mutual TLS), state in their state directories: an incremental align job
-    on the first files, then the nodes restarted on the changed files and the job again."""
+def _cluster_runs(runs: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]], workers: int,
+                  workdir: Path) -> list[dict[str, Any]]:
+    """Both nodes as processes (gRPC, mutual TLS), their state kept in their state directories across runs:
+    for each (bank IDs, platform IDs, align parameters), the nodes start on those files, run the align job
+    (peak memory per node sampled) and stop."""
     import pandas as pd
 
+    from benchmarks.psi import _sampler
     from simulations.cluster import LocalCluster
 
     paths = {name: workdir / f"{name}.csv" for name in ("bank", "platform")}
-
-    def write(b: np.ndarray, p: np.ndarray) -> None:
-        for path, ids in ((paths["bank"], b), (paths["platform"], p)):
+    cluster = LocalCluster(workdir / "cluster", bank_data=paths["bank"], bank_id_column="id",
+                           platform_data=paths["platform"], platform_id_column="id", bank_tag_columns=["tag_x"],
+                           workers=workers)
+    out = []
+    for bank, platform, params in runs:
+        for path, ids in ((paths["bank"], bank), (paths["platform"], platform)):
             columns = {"id": ids.tolist(), "f0": np.arange(len(ids), dtype=np.float64) % 7}
             if path == paths["bank"]:  # the bank node needs a tag column
                 columns["tag_x"] = np.arange(len(ids)) % 2
             pd.DataFrame(columns).to_csv(path, index=False)
-
-    cluster = LocalCluster(workdir / "cluster", bank_data=paths["bank"], bank_id_column="id",
-                           platform_data=paths["platform"], platform_id_column="id", bank_tag_columns=["tag_x"],
-                           workers=workers)
-    phases = []
-    for b, p in ((bank, platform), (bank_after, platform_after)):
-        write(b, p)
         with cluster:
             client = cluster.bank_client()
+            sampler = _sampler(cluster.pids())
             started = time.monotonic()
-            job = client.run("align", {"mode": "both", "incremental": True}, timeout_s=7200)
+            if sampler:
+                with sampler:
+                    job = client.run("align", {"mode": "both", **params}, timeout_s=7200)
+            else:
+                job = client.run("align", {"mode": "both", **params}, timeout_s=7200)
             wall = time.monotonic() - started
-            r = job["result"]
             found = list(cluster.bank_alignment(job["job_id"]).ids or ())
-        phases.append({"seconds": round(wall, 3), "psi_seconds": r["seconds"], "resumed": r["resumed"],
+        out.append({"wall": round(wall, 3), "result": job["result"], "ids": found,
+                    "peak_rss_mb": {k: round(v, 1) for k, v in sampler.peak.items()} if sampler else {}})
+    return out
+
+
+def _grpc_phases(bank: np.ndarray, platform: np.ndarray, bank_after: np.ndarray, platform_after: np.ndarray,
+                 workers: int, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An incremental align job on the first files, then on the changed files (the nodes restarted)."""
+    runs = _cluster_runs([(bank, platform, {"incremental": True}), (bank_after, platform_after, {"incremental": True})],
+                         workers, workdir)
+    phases = []
+    for run in runs:
+        r = run["result"]
+        phases.append({"seconds": run["wall"], "psi_seconds": r["seconds"], "resumed": r["resumed"],
                        "points_sent": 2 * (r["own_new"] + r["peer_new"]),
                        "bank_new": r["own_new"], "bank_removed": r["own_removed"], "platform_new": r["peer_new"],
                        "platform_removed": r["peer_removed"], "state_bytes_written": r["state_bytes_written"],
-                       "seconds_saved_reported": r.get("seconds_saved"), "ids": found, "agreed": True,
+                       "seconds_saved_reported": r.get("seconds_saved"), "peak_rss_mb_per_node": run["peak_rss_mb"],
+                       "ids": run["ids"], "agreed": True,
                        "bytes": 32 * 2 * (r["own_new"] + r["peer_new"]) + 4 * (r["own_removed"] + r["peer_removed"])})
     return phases[0], phases[1]
+
+
+def run_unbalanced(args: argparse.Namespace) -> dict[str, Any]:
+    """A bank of ``--bank`` IDs against a platform of ``--platform``: the platform's one-off pre-computation
+    (the incremental run that starts the key epoch, blinding its whole set), then a re-alignment after
+    ``--new-share`` new IDs per side, against a plain ``--bank`` x ``--bank`` alignment (the default protocol)."""
+    from protocols.party_data import as_ids
+
+    n, m = args.bank, args.platform
+    bank, platform, bank_after, platform_after = (as_ids(s) for s in make_sets(
+        n, m, args.overlap, args.new_share, args.removed_share, args.seed))
+    small_platform = as_ids(make_sets(n, n, args.overlap, 0.0, 0.0, args.seed + 1)[1])
+    small_bank = as_ids(make_sets(n, n, args.overlap, 0.0, 0.0, args.seed + 1)[0])
+    console.print(f"unbalanced PSI: bank {n:,}, platform {m:,}; reference {n:,} x {n:,}; "
+                  f"+{args.new_share:.1%} new per side before the re-alignment")
+    with tempfile.TemporaryDirectory(prefix="bench-psi-unbal-") as tmp:
+        pre, again = _cluster_runs([(bank, platform, {"incremental": True}),
+                                    (bank_after, platform_after, {"incremental": True})], args.workers, Path(tmp) / "u")
+        (reference,) = _cluster_runs([(small_bank, small_platform, {})], args.workers, Path(tmp) / "r")
+    expected = set(bank_after.tolist()) & set(platform_after.tolist())
+    bank_figures = {"seconds": again["result"]["seconds"], "wall_seconds": again["wall"],
+                    "peak_rss_mb": again["peak_rss_mb"].get("bank")}
+    ref = {"seconds": reference["result"]["seconds"], "peak_rss_mb": reference["peak_rss_mb"].get("bank"),
+           "psi_protocol": reference["result"].get("psi_protocol")}
+    result: dict[str, Any] = {
+        "bank_size": n, "platform_size": m, "new_share": args.new_share,
+        # The run that starts the key epoch: the platform blinds its whole set (and the bank's) once.
+        "platform": {"precompute_seconds": pre["result"]["seconds"],
+                     "precompute_wall_seconds": pre["wall"], "peak_rss_mb": again["peak_rss_mb"].get("platform")},
+        "bank": bank_figures, "reference": ref,
+        "ratios": {"bank_seconds_vs_reference": round(bank_figures["seconds"] / ref["seconds"], 3)
+                   if ref["seconds"] else None,
+                   "bank_peak_rss_vs_reference": round(bank_figures["peak_rss_mb"] / ref["peak_rss_mb"], 3)
+                   if bank_figures["peak_rss_mb"] and ref["peak_rss_mb"] else None},
+        "correct": set(again["ids"]) == expected and again["result"]["resumed"],
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
+    }
+    console.print(f"platform pre-computation {fmt(result['platform']['precompute_seconds'])} s; bank re-alignment "
+                  f"{fmt(bank_figures['seconds'])} s, peak {fmt(bank_figures['peak_rss_mb'])} MB; reference "
+                  f"{n:,} x {n:,}: {fmt(ref['seconds'])} s, peak {fmt(ref['peak_rss_mb'])} MB; "
+                  f"correct {result['correct']}")
+    return result
 
 
 def run_incremental(args: argparse.Namespace) -> dict[str, Any]:
@@ -193,9 +251,13 @@ def run_incremental(args: argparse.Namespace) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--incremental", action="store_true",
                         help="measure a re-alignment after new and removed IDs against a full one (local transport)")
-    parser.add_argument("--platform", type=int, help="--incremental: the platform's IDs (default --n)")
+    parser.add_argument("--unbalanced", action="store_true", help="a --bank bank against a --platform platform: the "
+                        "platform's pre-computation, the bank's re-alignment, and a --bank x --bank reference (gRPC)")
+    parser.add_argument("--bank", type=int, default=100_000, help="--unbalanced: the bank's IDs")
+    parser.add_argument("--platform", type=int, help="--incremental: the platform's IDs (default --n); "
+                        "--unbalanced: the platform's IDs (default 100x --bank)")
     parser.add_argument("--new-share", type=float, default=0.01, help="--incremental: new IDs per side, a share")
     parser.add_argument("--removed-share", type=float, default=0.0, help="--incremental: removed IDs per side")
 
 
-__all__ = ["add_arguments", "make_sets", "run_incremental"]
+__all__ = ["add_arguments", "make_sets", "run_incremental", "run_unbalanced"]
