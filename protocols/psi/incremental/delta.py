@@ -63,7 +63,7 @@ def plan_own(state: PairState | None, ids: Sequence[str] | np.ndarray, blinder: 
         old_slots = state.own_slots
         live = np.flatnonzero(state.own_live)
         at = find_keys(state.own_keys[live], keys)  # stored live keys are distinct
-        slot_of_row = np.where(at >= 0, live[np.maximum(at, 0)], -1)
+        slot_of_row = np.where(at >= 0, live[np.maximum(at, 0)], -1) if len(live) else slot_of_row
         kept_slots = slot_of_row[at >= 0]
         counts = np.bincount(kept_slots, minlength=old_slots)
         if len(counts) and counts.max() > 1:  # the same raw ID twice, both kept
