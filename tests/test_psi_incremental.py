@@ -185,6 +185,9 @@ def test_an_ended_epoch_forces_a_full_run_that_is_exact(how: str) -> None:
               "bank_stale": "states differ", "platform_stale": "states differ",
               "no_platform_state": "no stored state"}[how]
     assert reason in b1.reason
+    # Nothing links the epochs: the same platform IDs have other doubly blinded values under the new keys.
+    old_values = {v.tobytes() for v in b0.state.peer_double}  # type: ignore[union-attr]
+    assert not old_values & {v.tobytes() for v in b1.state.peer_double}  # type: ignore[union-attr]
     # ... and the new epoch goes on incrementally.
     kw.pop("new_key", None)
     b2, p2 = pair.align(bank_ids + ["+447799999999"], platform_ids, **kw)
