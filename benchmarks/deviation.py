@@ -35,7 +35,10 @@ Attacks (numbered as in the issue) and the figure each reports:
    partial-score answer is kept: ``projections_released`` (rank of the answers on the shared customers) with
    ``budget``.
 6. Keys (:class:`KeySwapBank`): an 8192-bit key for a 2048-bit job, a modulus with a factor just above the
-   trial-division bound, a modulus of 32 small primes: accepted by the platform at ``train.setup`` or not.
+   trial-division bound, a modulus of 32 small primes: accepted by the platform at ``train.setup`` or not. The
+   swapped key goes with the proof of the bank's own key (``bank_key_proof``), the only valid one it holds; a
+   forger who knows the factors does no better (``tests/test_modulus_proof.py``), so the 32-prime modulus is
+   refused by the modulus proof, the others by their size and by trial division before it.
 7. ``party_bank.segments.safe_output_path`` with a symlinked parent: a folder created outside or not.
 
 Outcomes: ``refused`` (the honest party refused before it released anything the attack needs), ``detected``

@@ -1,4 +1,5 @@
-"""Paillier kernels: ours vs phe vs SecretFlow HEU (ZPaillier and OU), same key size, one thread each.
+"""Paillier kernels: ours vs phe vs SecretFlow HEU (ZPaillier and OU), and our Okamoto-Uchiyama beside HEU's OU
+(benchmarks/ou_kernels.py), same key size, one thread each.
 
     python -m benchmarks.paillier [--quick] [--bits 2048] [--json PATH]
 
@@ -47,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import best_time, console, fmt, print_table, rate, ratio, write_json
+from benchmarks.ou_kernels import bench_ou
 from protocols.packing import SlotLayout, pack_signed, slots_per_plaintext, unpack_signed
 from protocols.paillier import (
     MIN_SECURE_BITS,
@@ -249,6 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             peers[name], unavailable[name] = None, f"HEU is not installed ({err}): pip install sf-heu"
             console.print(f"[yellow]{name}: {unavailable[name]}[/]")
     heu, ou, phe = peers.get("heu") or {}, peers.get("heu_ou") or {}, peers["phe"]
+    ours_ou = bench_ou(args.bits, X, values, n_dec, _exact(values, X))
     ratios = {
         "encrypt_online_vs_heu": ratio(ours["encrypt_online_per_s"], heu.get("encrypt_online_per_s")),
         "encrypt_offline_vs_heu": ratio(ours["encrypt_offline_per_s"], heu.get("encrypt_online_per_s")),
@@ -258,10 +261,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "encrypt_online_vs_heu_ou": ratio(ours["encrypt_online_per_s"], ou.get("encrypt_online_per_s")),
         "muladd_vs_heu_ou": ratio(ours["muladd_per_s"], ou.get("muladd_per_s")),
         "decrypt_vs_heu_ou": ratio(ours["decrypt_per_value_per_s"], ou.get("decrypt_per_value_per_s")),
+        # Our Okamoto-Uchiyama (protocols.he.ou, benchmarks/ou_kernels.py) against HEU's OU.
+        "ou_encrypt_online_vs_heu_ou": ratio(ours_ou["encrypt_online_per_s"], ou.get("encrypt_online_per_s")),
+        "ou_muladd_vs_heu_ou": ratio(ours_ou["muladd_per_s"], ou.get("muladd_per_s")),
+        "ou_decrypt_vs_heu_ou": ratio(ours_ou["decrypt_per_value_per_s"], ou.get("decrypt_per_value_per_s")),
+        "ou_noise_mbx_vs_fixed_base": ratio(ours_ou["noise_mbx_per_s"], ours_ou["noise_public_per_s"]),
     }
     speedup = round(ours["matvec_one_process_s"] / ours["matvec_two_workers_s"], 2)
     ceiling = round(ours["matvec_one_process_s"] / ours["matvec_two_halves_apart_s"], 2)
-    result = {"bits": args.bits, "ours": ours, "peers": peers, "ratios": ratios, "two_core_speedup": speedup,
+    result = {"bits": args.bits, "ours": ours, "ours_ou": ours_ou, "peers": peers, "ratios": ratios, "two_core_speedup": speedup,
               "two_core_ceiling": ceiling,
               "mask_vs_ordinary_noise": ratio(ours["mask_noise_per_s"], ours["noise_public_per_s"]),
               "sizes": {"encrypt": m, "matvec": [m, n], "decrypt": n_dec, "phe_encrypt": n_phe,
@@ -271,6 +279,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "unavailable": unavailable, "cpu_count": os.cpu_count()}
     rows = [(key, fmt(ours[key]), fmt(phe.get(key)), fmt(heu.get(key)), fmt(ou.get(key))) for key in KERNELS]
     rows.append(("decrypt_plain_per_s", fmt(ours["decrypt_plain_per_s"]), "", "", ""))
+    rows.extend((f"our OU {key}", fmt(ours_ou[key]), "", "", fmt(ou.get(key))) for key in KERNELS)
+    rows.extend((f"our OU {key}", fmt(ours_ou[key]), "", "", "") for key in ("noise_public_per_s", "noise_mbx_per_s"))
     rows.append(("decrypt_horner_per_value_per_s", fmt(ours["decrypt_horner_per_value_per_s"]), "", "", ""))
     rows.extend((key, fmt(ours[key]), "", "", "") for key in NOISE_KERNELS)
     print_table(f"Operations per second (one thread, {args.bits}-bit keys)", rows,

@@ -1,8 +1,8 @@
 """Vertical LR: quality against centralized scikit-learn, and seconds per epoch.
 
-    python -m benchmarks.vfl_lr --dataset breast|default_credit [--json PATH]
+    python -m benchmarks.vfl_lr --dataset breast|default_credit [--he-scheme ou] [--json PATH]
     python -m benchmarks.vfl_lr --rows 100000 --bank-features 30 --platform-features 300 --tags T --epochs 1
-                                [--quick] [--label-share S] [--hide-label-mask] [--json PATH]
+                                [--quick] [--label-share S] [--hide-label-mask] [--he-scheme ou] [--json PATH]
 
 Quality runs the whole service (``simulations.run``: both nodes as separate processes over mutual TLS,
 PSI, training with 2048-bit keys, evaluation on a stratified 80/20 split with seed 0) on the shared
@@ -13,6 +13,12 @@ shape with every label known (``--label-share``: each label known with that prob
 and ahead-of-time seconds per epoch separately, and the bytes per batch of each step (both directions).
 ``--hide-label-mask`` trains with ``TrainParams.hide_label_mask`` (the platform does not learn which labels
 the bank knows; docs/protocol.md, "Label mask"): run it with and without to measure the mode's cost.
+
+``--he-scheme ou`` trains under Okamoto-Uchiyama (TrainParams.he_scheme). For speed it then runs Paillier on the
+same data right after, in the same process, so the ratio comes from one run: ``seconds_per_epoch`` (total),
+``online_seconds`` and ``ahead_seconds`` (per epoch) are the chosen scheme's, ``paillier_seconds_per_epoch`` and
+``paillier`` (its whole result) Paillier's, ``paillier_over_scheme`` their ratio. Without it the keys hold
+Paillier's own figures.
 """
 
 from __future__ import annotations
@@ -40,14 +46,14 @@ QUALITY = {
 }
 
 
-def quality(name: str, datasets: Path) -> dict[str, Any]:
+def quality(name: str, datasets: Path, scheme: str | None = None) -> dict[str, Any]:
     settings = QUALITY[name]
     with tempfile.TemporaryDirectory(prefix=f"bench-vfl-{name}-") as tmp:
         args = run.parser().parse_args([
             "--bank-data", str(datasets / f"{name}_hetero_guest.csv"),
             "--platform-data", str(datasets / f"{name}_hetero_host.csv"), "--tags", "y", "--out", tmp,
             "--epochs", str(settings["epochs"]), "--batch-size", str(settings["batch_size"]),
-            "--l2", str(settings["l2"]), "--validation-share", "0"])
+            "--l2", str(settings["l2"]), "--validation-share", "0", *(["--he-scheme", scheme] if scheme else [])])
         report = run.run(args)
     tag = report["tags"]["y"]
     auc = {"joint": tag["joint"]["auc"], "bank_only": tag["bank_only"]["auc"],
@@ -55,7 +61,7 @@ def quality(name: str, datasets: Path) -> dict[str, Any]:
     gap = None if auc["centralized"] is None else round(auc["centralized"] - auc["joint"], 4)
     console.print(f"{name}: AUC joint {auc['joint']:.4f}, bank-only {auc['bank_only']:.4f}, "
                   f"centralized {auc['centralized']}; gap {gap}")
-    return {"dataset": name, "auc": auc, "auc_gap": gap, "within_0_005": gap is not None and gap <= 0.005,
+    return {"dataset": name, "he_scheme": scheme or "paillier", "auc": auc, "auc_gap": gap, "within_0_005": gap is not None and gap <= 0.005,
             "settings": settings, "training": report.get("training"), "seconds_total": report["seconds_total"]}
 
 
@@ -97,9 +103,24 @@ class _Counting:
 
 
 def speed(args: argparse.Namespace) -> dict[str, Any]:
+    """The chosen scheme's run, then (for a scheme other than Paillier) Paillier's on the same data."""
     rows = 10_000 if args.quick else args.rows
     bank, platform = synthetic(rows, args.bank_features, args.platform_features, args.tags,
                                label_share=args.label_share)
+    scheme = args.he_scheme or "paillier"
+    result = speed_once(args, rows, bank, platform, scheme)
+    if scheme != "paillier":
+        paillier = speed_once(args, rows, bank, platform, "paillier")
+        result["paillier"] = paillier
+        result["paillier_seconds_per_epoch"] = paillier["seconds_per_epoch"]
+        result["paillier_over_scheme"] = round(paillier["seconds_per_epoch"] / result["seconds_per_epoch"], 2)
+        console.print(f"{scheme}: {result['seconds_per_epoch']} s per epoch; paillier: "
+                      f"{paillier['seconds_per_epoch']} s ({result['paillier_over_scheme']}x)")
+    return result
+
+
+def speed_once(args: argparse.Namespace, rows: int, bank: PartyData, platform: PartyData,
+               scheme: str) -> dict[str, Any]:
     models: list[PlatformModel] = []
     step_bytes: dict[str, int] = {}
 
@@ -109,10 +130,10 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         return _Counting(handler, step_bytes)
 
     params = TrainParams(epochs=args.epochs, batch_size=args.batch_size, validation_share=0.0,
-                         key_bits=args.bits, hide_label_mask=args.hide_label_mask)
+                         key_bits=args.bits, hide_label_mask=args.hide_label_mask, he_scheme=scheme)
     console.print(f"VFL LR speed: {rows:,} rows, {args.bank_features} + {args.platform_features} features, "
                   f"{args.tags} tag(s), {args.label_share:.0%} of labels known, {args.epochs} epoch(s), batch "
-                  f"{args.batch_size}, {args.bits}-bit keys, label mask "
+                  f"{args.batch_size}, {args.bits}-bit {scheme} keys, label mask "
                   f"{'hidden' if args.hide_label_mask else 'sent'}")
     started = time.monotonic()
     outcome = run_bank_training(LocalPeer(factory), "bench-speed", bank, params, compute=args.workers)
@@ -122,7 +143,9 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     batches = sum(entry["batches"] for entry in report["history"])
     per_batch = {step: round(n / batches) for step, n in step_bytes.items()
                  if step in ("train.emask", "train.emask_open", "train.forward", "train.gradient")}
-    result = {"rows": rows, "train_rows": report["split"]["train"], "tags": args.tags,
+    online, ahead = report["seconds_online"] / epochs, report["seconds_ahead_of_time"] / epochs
+    result = {"he_scheme": scheme, "seconds_per_epoch": round(online + ahead, 2), "online_seconds": round(online, 2),
+              "ahead_seconds": round(ahead, 2), "rows": rows, "train_rows": report["split"]["train"], "tags": args.tags,
               "bank_features": args.bank_features, "platform_features": args.platform_features,
               "epochs": epochs, "batch_size": args.batch_size, "bits": args.bits, "workers": args.workers,
               "seconds_per_epoch_online": round(report["seconds_online"] / epochs, 2),
@@ -156,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="speed on 10k rows")
     parser.add_argument("--label-share", type=float, default=1.0, help="share of labels the bank knows")
     parser.add_argument("--hide-label-mask", action="store_true", help="train with TrainParams.hide_label_mask")
+    parser.add_argument("--he-scheme", choices=["paillier", "ou"],
+                        help="the job's HE scheme; speed then runs Paillier beside it (default: paillier alone)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    result = quality(args.dataset, args.datasets_dir) if args.dataset else speed(args)
+    result = quality(args.dataset, args.datasets_dir, args.he_scheme) if args.dataset else speed(args)
     write_json(args.json, result)
     return 0
 

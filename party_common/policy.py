@@ -32,10 +32,13 @@ from typing import Any
 
 from party_common.known_keys import unknown_key_message
 from protocols.errors import PeerError, ProtocolError
+from protocols.he import scheme_names
 from protocols.vfl_lr.disclosure import MAX_BANK_COLUMNS, MAX_VALIDATION_EVALUATIONS, MIN_EVALUATION_ROWS
 
 APPROVAL_MODES = ("auto", "manual")
 PSI_PROTOCOLS = ("ot", "ecdh")  # protocols.psi.PROTOCOLS (a test checks they agree)
+HE_SCHEMES = tuple(scheme_names())  # protocols.he: what a training job's he_scheme may name
+KEY_SIZES = (2048, 3072, 4096)  # what a training job's key_bits may be (TrainParams.validate)
 AWAITING_APPROVAL = "awaiting approval"  # the job status while the platform's operator has not approved
 _APPROVAL_MARK = "awaiting approval by the platform's operator"
 REFUSED_BY_OPERATOR = "refused by the platform's operator"  # the error of a job the operator refused
@@ -86,6 +89,9 @@ class PolicyConfig:
     min_evaluation_rows: int = MIN_EVALUATION_ROWS
     psi_protocols: tuple[str, ...] = PSI_PROTOCOLS
     psi_key_rotation_days: int = 30  # incremental alignment (docs/psi.md): days a key epoch lasts; 0 keeps no state
+    # Training sessions: the HE schemes (he_scheme) and key sizes (key_bits) the platform accepts; default every one.
+    he_schemes: tuple[str, ...] = HE_SCHEMES
+    key_bits: tuple[int, ...] = KEY_SIZES
 
     def describe(self) -> dict[str, Any]:
         """The policy as plain values (for `platform-node policy` and the docs)."""
@@ -95,8 +101,8 @@ class PolicyConfig:
 _LISTS = ("allowed_feature_columns", "allowed_tags", "allowed_models")
 _POSITIVE = ("min_intersection", "max_concurrent_jobs", "max_psi_rows", "partial_score_calls_per_minute",
              "partial_score_rows_per_day", "max_bank_columns", "max_validation_evaluations", "min_evaluation_rows")
-KNOWN_KEYS = frozenset({*_LISTS, *_POSITIVE, "approval", "max_released_projections", "psi_protocols",
-                        "psi_key_rotation_days"})
+KNOWN_KEYS = frozenset({*_LISTS, *_POSITIVE, "approval", "max_released_projections", "psi_protocols", "he_schemes",
+                        "key_bits", "psi_key_rotation_days"})
 
 
 def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
@@ -130,6 +136,14 @@ def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
             raise ValueError(f"{where}: 'psi_key_rotation_days' must be a whole number of days from 0 (keep no "
                              f"incremental PSI state) to 3650, got {days!r}")
         values["psi_key_rotation_days"] = days
+    for key, known in (("he_schemes", HE_SCHEMES), ("key_bits", KEY_SIZES)):
+        if key in table:
+            chosen = table[key]
+            if (not isinstance(chosen, list) or not chosen or not all(v in known and not isinstance(v, bool)
+                                                                      for v in chosen) or len(set(chosen)) != len(chosen)):
+                raise ValueError(f"{where}: '{key}' must be a non-empty list of distinct values from "
+                                 f"{', '.join(map(str, known))}, got {chosen!r}")
+            values[key] = tuple(chosen)
     if "approval" in table:
         if table["approval"] not in APPROVAL_MODES:
             raise ValueError(f"{where}: 'approval' must be one of {', '.join(APPROVAL_MODES)}, "
@@ -138,5 +152,5 @@ def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
     return PolicyConfig(**values)
 
 
-__all__ = ["APPROVAL_MODES", "PSI_PROTOCOLS", "AWAITING_APPROVAL", "REFUSED_BY_OPERATOR", "AwaitingApproval", "KNOWN_KEYS", "PolicyConfig",
+__all__ = ["APPROVAL_MODES", "HE_SCHEMES", "KEY_SIZES", "PSI_PROTOCOLS", "AWAITING_APPROVAL", "REFUSED_BY_OPERATOR", "AwaitingApproval", "KNOWN_KEYS", "PolicyConfig",
            "PolicyRefused", "QuotaExceeded", "is_awaiting_approval", "knob", "parse_policy"]

@@ -81,8 +81,20 @@ class PlatformPolicy:
                                     f"run the alignment with protocol '{self.config.psi_protocols[0]}'")
         if kind == "train":
             self.check_tags(_session_tags(params), "trained")
+            self.check_encryption(params)
             if alignment_size is not None:
                 self.check_intersection(alignment_size)
+
+    def check_encryption(self, params: Message) -> None:
+        """Refuse a training session under an HE scheme or a key size the policy does not accept (the session's
+        parameters name both; a job that names neither runs Paillier with 2048-bit keys)."""
+        scheme, bits = _session_encryption(params)
+        if scheme not in self.config.he_schemes:
+            raise PolicyRefused(f"the platform's policy does not accept HE scheme '{scheme}' ({knob('he_schemes')}: "
+                                f"{', '.join(self.config.he_schemes)})")
+        if bits not in self.config.key_bits:
+            raise PolicyRefused(f"the platform's policy does not accept {bits}-bit keys ({knob('key_bits')}: "
+                                f"{', '.join(map(str, self.config.key_bits))})")
 
     def check_intersection(self, size: int) -> None:
         least = self.config.min_intersection
@@ -150,6 +162,16 @@ def _session_tags(params: Message) -> list[str]:
     except ValueError:
         return []
     return [str(t) for t in tags] if isinstance(tags, list) else []
+
+
+def _session_encryption(params: Message) -> tuple[str, object]:
+    """The HE scheme and key size a training session's parameters name (the handler validates the rest)."""
+    try:
+        p = json.loads(str(params.get(Field.PARAMS, "{}")))
+    except ValueError:
+        p = {}
+    p = p if isinstance(p, dict) else {}
+    return str(p.get("he_scheme", "paillier")), p.get("key_bits", 2048)
 
 
 __all__ = ["SCORE_EVENT", "PlatformPolicy", "restrict_features"]

@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         train_params["l2"] = args.l2
     if args.validation_share is not None:
         train_params["validation_share"] = args.validation_share
+    if args.he_scheme:
+        train_params["he_scheme"] = args.he_scheme
     report: dict[str, Any] = {"bank_data": str(bank_data), "platform_data": str(platform_data), "tags": {}}
     with LocalCluster(out / "cluster", bank_data=bank_data, bank_id_column=bank_id, platform_data=platform_data,
                       platform_id_column=platform_id, bank_tag_columns=tags, workers=args.workers,
@@ -229,6 +231,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--l2", type=float)
     p.add_argument("--validation-share", type=float)
+    p.add_argument("--he-scheme", choices=["paillier", "ou"], help="the job's HE scheme (default: paillier)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--fill-missing", default="error", choices=["error", "zero", "mean"])
     p.add_argument("--seed", type=int, default=0)

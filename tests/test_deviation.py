@@ -76,13 +76,14 @@ def test_replayed_jobs_and_new_alignments_release_no_more_projections_than_the_b
 
 
 def test_keys_of_the_wrong_size_or_with_small_factors_are_refused(tmp_path: Path, breast) -> None:
-    """6. A 4096-bit key for a 2048-bit job (the benchmark: 8192), a factor above 20,000: refused. 32 primes of 64
-    bits still pass (no proof of correct key generation: docs/security.md, "Checks on a received key")."""
+    """6. A 4096-bit key for a 2048-bit job (the benchmark: 8192), a factor above 20,000: refused by size and trial
+    division. 32 primes of 64 bits pass both and are refused by the modulus proof (docs/security.md, "Checks on a
+    received key")."""
     bank, platform = breast
     result = deviation.attack_keys(tmp_path, bank, platform, SMALL, quick=True, wire=False)
     keys = result["keys"]
-    assert keys["key_4096_bits"]["outcome"] == keys["factor_above_20000"]["outcome"] == "refused", result
-    assert keys["32_small_primes"]["outcome"] == "open", result  # documented; fails the day a proof lands
+    assert result["outcome"] == "refused" and all(k["outcome"] == "refused" for k in keys.values()), result
+    assert "check 'modulus proof' failed" in keys["32_small_primes"]["error"], result
 
 
 def test_an_output_path_through_a_symlink_creates_nothing_outside(tmp_path: Path) -> None:

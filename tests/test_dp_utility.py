@@ -17,6 +17,7 @@ from protocols.vfl_lr.label_privacy import LabelPrivacy, residual_noise_room, re
 from protocols.vfl_lr.messages import Field, Step
 from protocols.vfl_lr.params import F_BITS, VERSION
 from protocols.vfl_lr.state import Optimizer, resolve_optimizer
+from tests.bank_keys import bank_key_fields
 from tests.test_label_privacy import synthetic
 
 
@@ -75,12 +76,12 @@ def _platform(params: TrainParams) -> tuple[Any, Any]:
     message = {Field.VERSION: VERSION, Field.PARAMS: params.to_json(), Field.TAGS: '["y"]'}
     handler = make_platform_train_handler("job-x", message, platform, on_result=lambda m: None, compute=1,
                                           insecure_for_tests=True)
-    bank_key, _ = generate_keypair(1024, allow_insecure=True)
     train = np.arange(150)
     mask = np.zeros((200, 1), np.uint8)
     mask[train] = 1
-    reply = handler.handle(Step.SETUP, {Field.BANK_KEY: bank_key.to_bytes(), Field.N_ROWS: 200, Field.BANK_COLUMNS: 5,
-                                        Field.BANK_EVALUATION_KEY: generate_keypair(1024, allow_insecure=True)[0].to_bytes(),
+    keys = bank_key_fields("job-x", generate_keypair(1024, allow_insecure=True),
+                           generate_keypair(1024, allow_insecure=True))
+    reply = handler.handle(Step.SETUP, {**keys, Field.N_ROWS: 200, Field.BANK_COLUMNS: 5,
                                         Field.TRAIN_ROWS: train, Field.VALIDATION_ROWS: np.arange(150, 170),
                                         Field.TEST_ROWS: np.arange(170, 200), Field.LABEL_MASK: mask})
     return handler, reply
@@ -90,7 +91,8 @@ def test_the_platform_refuses_another_optimizer_and_a_label_dp_flag_against_the_
     handler, reply = _platform(TrainParams(epochs=1, batch_size=150, key_bits=1024, optimizer="adam"))
     try:
         # nothing of the bank's protection to declare: its key, its width, how often it evaluates validation
-        assert set(reply) == {Field.PLATFORM_KEY, Field.N_FEATURES, Field.MAX_VALIDATION_EVALUATIONS}
+        assert set(reply) == {Field.PLATFORM_KEY, Field.PLATFORM_KEY_PROOF, Field.N_FEATURES,
+                              Field.MAX_VALIDATION_EVALUATIONS}
         epoch = {Field.EPOCH: 0, Field.BATCH_ROWS: np.arange(150), Field.BATCH_SIZES: np.array([150])}
         with pytest.raises(ProtocolError, match="'label_dp' is missing"):
             handler.handle(Step.EPOCH, epoch)

@@ -26,9 +26,9 @@ def keys(scheme):
 
 
 def test_registry_names_the_schemes(scheme):
-    assert DEFAULT_SCHEME == "paillier" and scheme_names() == ["paillier"]
+    assert DEFAULT_SCHEME == "paillier" and scheme_names() == ["ou", "paillier"]
     assert get_scheme() is scheme is SCHEMES["paillier"] and scheme.name == "paillier"
-    with pytest.raises(UserError, match=r"unknown HE scheme 'rsa' \(he_scheme\); known: paillier"):
+    with pytest.raises(UserError, match=r"unknown HE scheme 'rsa' \(he_scheme\); known: ou, paillier"):
         get_scheme("rsa")
 
 

@@ -17,6 +17,7 @@ from protocols.vfl_lr.label_mask import residual_cts, tag_scales
 from protocols.vfl_lr.messages import Field, Step
 from protocols.vfl_lr.params import SlotPlan
 from simulations.generate import SimulationConfig
+from tests.bank_keys import bank_key_fields
 from tests.test_vfl_lr import FAST, Platform, assert_matches_plaintext, simulate, train
 
 # Tolerance: the hidden mode differs from the default only by k_t = round(2^G / m_t) standing for 2^G / m_t
@@ -150,11 +151,11 @@ def test_platform_refuses_a_label_mask_when_the_job_hides_it(sim):
     params = {Field.VERSION: VERSION, Field.PARAMS: TrainParams(**FAST, hide_label_mask=True).to_json(),
               Field.TAGS: '["a"]'}
     channel = LocalPeer(Platform(platform)).open("train", "job-m", params)
-    pk, _ = generate_keypair(1024, allow_insecure=True)
+    keys = bank_key_fields("job-m", generate_keypair(1024, allow_insecure=True),
+                           generate_keypair(1024, allow_insecure=True))
     n = len(platform)
     with pytest.raises(PeerError, match="must not carry one"):
-        channel.call(Step.SETUP, {Field.BANK_KEY: pk.to_bytes(), Field.N_ROWS: n,
-                                  Field.BANK_EVALUATION_KEY: generate_keypair(1024, allow_insecure=True)[0].to_bytes(),
+        channel.call(Step.SETUP, {**keys, Field.N_ROWS: n,
                                   Field.BANK_COLUMNS: 2, Field.TRAIN_ROWS: np.arange(3),
                                   Field.VALIDATION_ROWS: np.arange(0), Field.TEST_ROWS: np.arange(3, 23),
                                   Field.LABEL_MASK: np.ones((n, 1), np.uint8)})

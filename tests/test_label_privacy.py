@@ -38,6 +38,7 @@ from protocols.vfl_lr.label_privacy import (
 )
 from protocols.vfl_lr.messages import Field, Step
 from protocols.vfl_lr.params import F_BITS
+from tests.bank_keys import bank_key_fields
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SETTINGS = {"epochs": 1, "l2": 0.1, "validation_share": 0.0}
@@ -79,11 +80,10 @@ def test_the_platform_refuses_batches_below_the_floor(breast):
     split = params.split(bank.labels, bank.ids)
     handler = strict_platform(platform, params)
     try:
-        bank_key, _ = generate_keypair(2048)
         mask = np.zeros((len(platform), 1), np.uint8)
         mask[split.train] = 1
         reply = handler.handle(Step.SETUP, {
-            Field.BANK_KEY: bank_key.to_bytes(), Field.BANK_EVALUATION_KEY: generate_keypair(2048)[0].to_bytes(),
+            **bank_key_fields("job-floor", generate_keypair(2048), generate_keypair(2048)),
             Field.N_ROWS: len(platform), Field.BANK_COLUMNS: 2, Field.TRAIN_ROWS: split.train,
             Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test, Field.LABEL_MASK: mask})
         d = reply[Field.N_FEATURES]

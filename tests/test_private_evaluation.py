@@ -49,7 +49,8 @@ D_A, D_B = 3, 16  # the platform has many more features than the bank
 KNOWN_CUSTOMERS = 30
 
 # Every reply field the bank gets, by step: a new field must be classified in the transcript test.
-REPLY_FIELDS = {Step.SETUP: {Field.PLATFORM_KEY, Field.N_FEATURES, Field.MAX_VALIDATION_EVALUATIONS},
+REPLY_FIELDS = {Step.SETUP: {Field.PLATFORM_KEY, Field.PLATFORM_KEY_PROOF, Field.HE_SCHEME, Field.N_FEATURES,
+                             Field.MAX_VALIDATION_EVALUATIONS},
                 Step.EPOCH: set(),
                 Step.EMASK: {Field.MASKED_PRODUCTS}, Step.EMASK_OPEN: set(),
                 Step.FORWARD: {Field.ROWS, Field.PAIRS}, Step.GRADIENT: {Field.MASKED_GRADIENT},
@@ -186,8 +187,8 @@ def test_curious_bank_attributes_no_platform_value_to_a_row(monkeypatch):
         assert set(reply) == REPLY_FIELDS[step], step
         if step == Step.FORWARD:  # under the platform's key: the bank holds no key that opens them
             assert handler.pk != pk
-        elif step == Step.SETUP:  # its key and feature count: nothing of the data
-            assert reply[Field.N_FEATURES] == D_B
+        elif step == Step.SETUP:  # its key, the key's proof (about the key alone), its scheme and feature count
+            assert reply[Field.N_FEATURES] == D_B and reply[Field.HE_SCHEME] == "paillier"
         elif step == Step.EMASK:  # X_B^T E + R_B: per platform feature, summed over the batch, masked
             opened = sk.decrypt(CipherVector.from_bytes(pk, reply[Field.MASKED_PRODUCTS]))
             assert len(opened) < D_B

@@ -28,6 +28,7 @@ from protocols.vfl_lr.messages import Field, Step
 from protocols.vfl_lr.platform import PlatformTrainHandler
 from protocols.vfl_lr.resume import KeyedRandom, MemoryCheckpoints, new_noise_key, read_platform_checkpoint
 from simulations.generate import SimulationConfig
+from tests.bank_keys import bank_key_fields
 from tests.test_vfl_lr import simulate
 
 KEY = bytes(range(32))
@@ -245,13 +246,13 @@ def test_the_platform_refuses_a_resumed_epoch_at_another_batch(data, tmp_path: P
     handler = platform(*_open(bank, platform_data))
     from protocols.paillier import generate_keypair
 
-    pk, _ = generate_keypair(1024, allow_insecure=True)
+    keys = bank_key_fields("job-resume", generate_keypair(1024, allow_insecure=True),
+                           generate_keypair(1024, allow_insecure=True))
     n = len(bank.ids)
     split = TrainParams(**PARAMS).split(bank.labels, bank.ids)
     mask = np.zeros((n, 2), np.uint8)
     mask[split.train] = (~np.isnan(bank.labels[split.train])).astype(np.uint8)
-    handler.handle(Step.SETUP, {Field.BANK_KEY: pk.to_bytes(), Field.N_ROWS: n, Field.TRAIN_ROWS: split.train,
-                                Field.BANK_EVALUATION_KEY: generate_keypair(1024, allow_insecure=True)[0].to_bytes(),
+    handler.handle(Step.SETUP, {**keys, Field.N_ROWS: n, Field.TRAIN_ROWS: split.train,
                                 Field.BANK_COLUMNS: bank.features.shape[1] + 1,
                                 Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test,
                                 Field.LABEL_MASK: mask, Field.RESUME_STEPS: 2})

@@ -4,6 +4,7 @@ are refused with a ProtocolError (never another exception), and the platform's j
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from protocols.psi.ot.baseot import BaseOtSender
 from protocols.vfl_lr import VERSION as TRAIN_VERSION
 from protocols.vfl_lr import TrainParams
 from protocols.vfl_lr.messages import Field, Step
+from tests.bank_keys import bank_key_fields
 from tests.nodes_fixture import Nodes, make_nodes, simulated_files
 
 WRONG_VALUES = (b"\x00" * 3, "text", -1, 2**40, 1.5, True, np.zeros((2, 2)), np.array([0, 0], dtype=np.int64))
@@ -50,14 +52,14 @@ def _alignment(nodes: Nodes) -> tuple[str, str, int]:
     return job_id, alignment.content_hash, alignment.size
 
 
-BANK_KEY = generate_keypair(2048)[0].to_bytes()
-BANK_EVALUATION_KEY = generate_keypair(2048)[0].to_bytes()
+BANK_KEYS = generate_keypair(2048), generate_keypair(2048)
+_opened = ["contract-train-none"]  # the job opened last: the bank's key proofs are bound to it
 
 
 def _setup(nodes: Nodes) -> Message:
     _, _, n = _alignment(nodes)
     rows = np.arange(n, dtype=np.int64)
-    return {Field.BANK_KEY: BANK_KEY, Field.BANK_EVALUATION_KEY: BANK_EVALUATION_KEY, Field.N_ROWS: n,
+    return {**bank_key_fields(_opened[0], *BANK_KEYS), Field.N_ROWS: n,
             Field.BANK_COLUMNS: 3, Field.TRAIN_ROWS: rows[: n - 40],
             Field.VALIDATION_ROWS: rows[n - 40: n - 20], Field.TEST_ROWS: rows[n - 20:],
             Field.LABEL_MASK: np.ones((n, 2), dtype=np.uint8)}
@@ -82,10 +84,11 @@ CASES.append(Case("psi", psi_ot_wire.HELLO,  # the OT-based PSI protocol, in a s
                   lambda nodes: SessionContext()))
 IDS = ["psi-ecdh", "train", "psi-ot"]
 _counter = iter(range(10**6))
+PROOF_FIELDS = {Field.BANK_KEY_PROOF, Field.BANK_EVALUATION_KEY_PROOF}
 
 
 def open_handler(nodes: Nodes, case: Case) -> tuple[str, StepHandler]:
-    job_id = f"contract-{case.kind}-{next(_counter):06d}"
+    job_id = _opened[0] = f"contract-{case.kind}-{next(_counter):06d}"
     return job_id, nodes.platform.open_session(case.kind, job_id, case.params(nodes), case.context(nodes))
 
 
@@ -129,18 +132,21 @@ def test_missing_and_malformed_fields_are_refused(nodes: Nodes, case: Case) -> N
                        or isinstance(wrong, np.ndarray)]
         for message in candidates:
             job_id, handler = open_handler(nodes, case)
+            if case.kind == "train":  # the proofs the candidate left as they were, for this job
+                message.update({k: v for k, v in _setup(nodes).items() if k in message and message[k] is valid[k]
+                                and k in PROOF_FIELDS})
             refused(handler, case.first_step, message)
             handler.close()
 
 
 def test_training_rows_must_not_overlap_held_out_rows(nodes: Nodes) -> None:
     case = CASES[1]
-    message = case.first(nodes)
-    train = message[Field.TRAIN_ROWS]
+    train = case.first(nodes)[Field.TRAIN_ROWS]
     assert isinstance(train, np.ndarray)
     for overlapping in ({Field.VALIDATION_ROWS: train[:3]}, {Field.TEST_ROWS: train[-2:]}, {Field.TRAIN_ROWS: train[:0]}):
         job_id, handler = open_handler(nodes, case)
-        refused(handler, case.first_step, {**message, **overlapping})
+        message = case.first(nodes)  # after the job is opened: the key proofs are bound to it
+        assert re.search("disjoint|no training rows", refused(handler, case.first_step, {**message, **overlapping}))
         handler.close()
 
 

@@ -8,11 +8,12 @@ listed in :data:`SCHEMES`; a job parameter (``he_scheme``) then picks it.
 from __future__ import annotations
 
 from protocols.errors import UserError
+from protocols.he.ou import OU, OUScheme
 from protocols.he.paillier import PAILLIER, PaillierScheme
 from protocols.he.scheme import Ciphertexts, HEScheme, Kernels, NoisePool, PrivateKey, PublicKey
 
 DEFAULT_SCHEME = PAILLIER
-SCHEMES: dict[str, HEScheme] = {PAILLIER: PaillierScheme()}
+SCHEMES: dict[str, HEScheme] = {PAILLIER: PaillierScheme(), OU: OUScheme()}
 
 
 def get_scheme(name: str = DEFAULT_SCHEME) -> HEScheme:
@@ -27,5 +28,5 @@ def scheme_names() -> list[str]:
     return sorted(SCHEMES)
 
 
-__all__ = ["DEFAULT_SCHEME", "PAILLIER", "SCHEMES", "Ciphertexts", "HEScheme", "Kernels", "NoisePool",
+__all__ = ["DEFAULT_SCHEME", "OU", "PAILLIER", "SCHEMES", "Ciphertexts", "HEScheme", "Kernels", "NoisePool",
            "PrivateKey", "PublicKey", "get_scheme", "scheme_names"]

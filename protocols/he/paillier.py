@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from gmpy2 import mpz
 
+from protocols import modulus_proof
 from protocols.compute import ComputeSpec
 from protocols.he.scheme import HEScheme
 from protocols.packing import SlotLayout, slots_per_plaintext
@@ -34,6 +35,13 @@ class PaillierScheme(HEScheme):
     def validate_public_key(self, public_key: PublicKey, *, key_bits: int | None,
                             allow_insecure: bool = False) -> None:
         public_key.validate(allow_insecure=allow_insecure, key_bits=key_bits)
+
+    def key_proof(self, private_key: PrivateKey, context: bytes) -> bytes:
+        """The proof that the modulus is a Paillier-Blum modulus (``protocols.modulus_proof``, CGGMP's Pi^mod)."""
+        return modulus_proof.prove(private_key, context)
+
+    def verify_key_proof(self, public_key: PublicKey, proof: bytes | None, context: bytes) -> None:
+        modulus_proof.verify(public_key.n, proof, context)
 
     def noise_pool(self, public_key: PublicKey, private_key: PrivateKey | None = None, *,
                    mask: bool = False) -> NoisePool:

@@ -2,7 +2,7 @@
 
 A protocol holds a :class:`HEScheme` (looked up by name, :func:`protocols.he.get_scheme`) and calls it for
 everything that depends on the scheme: keys (generate, serialise, validate a received key against the
-job's key size, fingerprint), noise made ahead of time, encryption, ciphertexts from and to bytes,
+job's key size, fingerprint, prove to the receiver that a key was made as the scheme says and check that proof), noise made ahead of time, encryption, ciphertexts from and to bytes,
 addition, scalar multiplication and ``X^T [[d]]``, packing ciphertexts by Horner's rule, decryption, and
 the encrypted histogram. The key, ciphertext-vector and noise-pool objects are the scheme's own; the
 protocol only passes them back to the scheme (or calls the methods the ``Protocol`` classes below name).
@@ -28,6 +28,7 @@ import numpy as np
 from gmpy2 import mpz
 
 from protocols.compute import Compute, ComputeSpec
+from protocols.errors import InvalidKey
 from protocols.he.histogram import histogram_values, spread_histogram
 from protocols.packing import SlotLayout
 
@@ -133,6 +134,18 @@ class HEScheme(ABC):
     def fingerprint(self, public_key: Any) -> str:
         """A stable hex digest of the serialised key (recorded in models and reports)."""
         return str(public_key.fingerprint())
+
+    def key_proof(self, private_key: Any, context: bytes) -> bytes | None:
+        """A non-interactive zero-knowledge proof, bound to ``context`` (the job, the protocol, the key's role),
+        that the key was made as this scheme says; None for a scheme that has none (its receivers then take
+        none: :meth:`verify_key_proof`)."""
+        return None
+
+    def verify_key_proof(self, public_key: Any, proof: bytes | None, context: bytes) -> None:
+        """Checks a peer's :meth:`key_proof` for ``public_key`` and ``context``; :class:`~protocols.errors.InvalidKey`
+        naming what failed (a missing proof, for a scheme that has them)."""
+        if proof is not None:
+            raise InvalidKey(f"the {self.name} scheme has no key proof, but the peer sent one")
 
     # ---- noise and encryption ----
 

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
+import protocols.vfl_lr.key_proof as key_proof
 import protocols.vfl_lr.label_mask as label_mask
 import protocols.vfl_lr.mask_path as mask_path
 from protocols.channel import Peer, PeerChannel
-from protocols.compute import ComputeSpec
+from protocols.compute import ComputeSpec, as_compute
 from protocols.errors import InvalidKey, ProtocolError
 from protocols.fixedpoint import quantise_rows
 from protocols.he import HEScheme, Kernels, get_scheme
@@ -56,7 +57,6 @@ from protocols.vfl_lr.messages import (
 from protocols.vfl_lr.model import BankModel, BankOnlyHalf, sigmoid
 from protocols.vfl_lr.params import (
     F_BITS,
-    HE_SCHEME,
     STAT_BITS,
     VERSION,
     Z_CLIP,
@@ -109,14 +109,15 @@ def run_bank_training(peer: Peer, job_id: str, bank: PartyData, params: TrainPar
     position) and ends with the model an uninterrupted run would have made. ``noise_key`` fixes the
     label-DP noise stream of a fresh job (tests comparing runs; by default 32 bytes from ``secrets``).
     """
-    scheme = get_scheme(HE_SCHEME)
-    pool = scheme.kernels(compute)
+    held = as_compute(compute)  # the session owns it, however it ends (closing the kernels closes it)
     try:
         params.validate(insecure_for_tests=insecure_for_tests)
+        scheme = get_scheme(params.he_scheme)
+        pool = scheme.kernels(held)
         trainer = _BankTrainer(peer, job_id, bank, params, progress, scheme, pool, insecure_for_tests)
         return trainer.run(checkpoints if checkpoints is not None else MemoryCheckpoints(), noise_key)
     finally:
-        pool.close()
+        held.close()
 
 
 def _check_split(split: Split, p: TrainParams, n: int) -> None:
@@ -213,17 +214,24 @@ class _BankTrainer:
         setup = {Field.BANK_KEY: self.pk.to_bytes(), Field.BANK_EVALUATION_KEY: self.epk.to_bytes(),
                  Field.N_ROWS: len(self.bank.ids),
                  Field.BANK_COLUMNS: int(self.Xq_aug.shape[1]),
-                 Field.TRAIN_ROWS: split.train, Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test}
+                 Field.TRAIN_ROWS: split.train, Field.VALIDATION_ROWS: split.validation, Field.TEST_ROWS: split.test,
+                 **key_proof.attach(self.scheme, self.sk, self.job_id, key_proof.BANK_TRAINING),
+                 **key_proof.attach(self.scheme, self.esk, self.job_id, key_proof.BANK_EVALUATION)}
         if not p.hide_label_mask:  # hidden: the platform takes every training row as labelled for every tag
             setup[Field.LABEL_MASK] = train_mask.astype(np.uint8)
         if state.steps:  # resumed: the platform restores its state at the same position
             setup[Field.RESUME_STEPS] = state.steps
         reply = channel.call(Step.SETUP, setup)
+        scheme_named = reply.get(Field.HE_SCHEME)
+        if scheme_named != self.scheme.name:
+            raise ProtocolError(f"the platform runs HE scheme {scheme_named!r}; this job uses {self.scheme.name!r} "
+                                "(he_scheme)")
         try:
             self.ppk = self.scheme.public_key_from_bytes(read_field(reply, Field.PLATFORM_KEY, bytes),
                                                          allow_insecure=self.insecure_for_tests, key_bits=p.key_bits)
         except InvalidKey as err:
             raise ProtocolError(f"the platform's public key was refused: {err}") from err
+        key_proof.check(self.scheme, self.ppk, reply, self.job_id, key_proof.PLATFORM_TRAINING, Step.SETUP)
         # The platform's feature count is the width of the mask path this node opens for it (a reply of any other
         # width is refused, _open_mask_path), so the floor below counts what its gradient can hold.
         n_features = read_field(reply, Field.N_FEATURES, int)
@@ -231,7 +239,7 @@ class _BankTrainer:
             raise ProtocolError(f"the platform declared {n_features} features (1..{MAX_PLATFORM_FEATURES})")
         self.n_features = n_features
         self.plan = SlotPlan.for_params(p, max_batch_rows(self.session_p.batch_size), self.T,
-                                        plaintext_bits(self.pk, self.ppk))
+                                        plaintext_bits(self.pk, self.ppk, scheme=self.scheme.name))
         self.mask_train = train_mask
         if len(active_rows(split.train, self.mask)) == 0:
             raise TrainingError("no training row has a known label")
@@ -280,7 +288,7 @@ class _BankTrainer:
         model = BankModel(self.job_id, list(self.bank.tag_names), weights.copy(),
                           W[-1].copy() if p.fit_intercept else np.zeros(self.T), self.scaler, self.bank.schema,
                           {"bank": self.pk.fingerprint(), "platform": self.ppk.fingerprint()},
-                          calibration=calibration, platform_part=served,
+                          calibration=calibration, platform_part=served, he_scheme=self.scheme.name,
                           bank_only=BankOnlyHalf.from_fit(self.alone.weights, self.alone.calibration,
                                                           fit_intercept=p.fit_intercept))
         # Saved before the session closes: a bank killed from here on finishes without the platform.

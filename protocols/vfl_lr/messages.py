@@ -45,9 +45,14 @@ class Field:
     LABEL_MASK = "label_mask"
     BANK_COLUMNS = "bank_columns"  # the bank's model columns (features, intercept): train.gradient's width
     PLATFORM_KEY = "platform_key"
+    HE_SCHEME = "he_scheme"  # setup reply: the scheme of the platform's key, which must be the job's (params)
     N_FEATURES = "n_features"
     # setup reply: in how many epochs the platform evaluates the validation rows (protocols/vfl_lr/disclosure.py)
     MAX_VALIDATION_EVALUATIONS = "max_validation_evaluations"
+    # beside each key: a zero-knowledge proof that it was made as its scheme says (protocols/vfl_lr/key_proof.py)
+    BANK_KEY_PROOF = "bank_key_proof"
+    BANK_EVALUATION_KEY_PROOF = "bank_evaluation_key_proof"
+    PLATFORM_KEY_PROOF = "platform_key_proof"
     RESUME_STEPS = "resume_steps"  # a resumed session: the bank's checkpoint position (protocols/vfl_lr/resume.py)
     # train.epoch; EPOCH and BATCH also address every per-batch step
     EPOCH = "epoch"

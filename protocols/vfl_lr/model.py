@@ -16,7 +16,7 @@ from protocols.vfl_lr.params import VERSION
 from protocols.vfl_lr.state import Scaler
 
 # Model dicts read: v2 changed how held-out rows are evaluated during training, not what a model holds.
-READABLE_VERSIONS = (VERSION, "vfl-lr-taylor-v2", "vfl-lr-taylor-v1")
+READABLE_VERSIONS = (VERSION, "vfl-lr-taylor-v3", "vfl-lr-taylor-v2", "vfl-lr-taylor-v1")
 FAMILY = LEGACY_FAMILY  # this family's name (protocols.model_family); halves stored before the field are this one
 
 
@@ -85,6 +85,7 @@ class BankModel:
     # The bank-only yardstick of every tag (what --bank-only-fallback scores with). None: a model stored before
     # it was kept; such a model's fallback scores with the joint model's bank half (see :meth:`fallback_note`).
     bank_only: BankOnlyHalf | None = None
+    he_scheme: str = "paillier"  # the HE scheme the model was trained under (a model stored before: Paillier)
     kind: str = field(default="bank", init=False)
     family: str = field(default=FAMILY, init=False)
 
@@ -191,6 +192,7 @@ class PlatformModel:
     # Per tag, the epoch whose weights the model holds: names its projections in the disclosure budget
     # (protocols/vfl_lr/disclosure.py); None in a model stored before the platform kept it.
     best_epoch: list[int] | None = None
+    he_scheme: str = "paillier"  # the HE scheme the model was trained under (a model stored before: Paillier)
     kind: str = field(default="platform", init=False)
     family: str = field(default=FAMILY, init=False)
 
@@ -239,7 +241,8 @@ def _common_dict(model: BankModel | PlatformModel) -> dict[str, Any]:
     """What both halves store."""
     return {FAMILY_FIELD: model.family, "kind": model.kind, "version": VERSION, "job_id": model.job_id, "tags": list(model.tag_names),
             "weights": model.weights.tolist(), "scaler": model.scaler.to_dict(), "schema": model.schema.to_dict(),
-            "key_fingerprints": dict(model.key_fingerprints), "alignment_job_id": model.alignment_job_id}
+            "key_fingerprints": dict(model.key_fingerprints), "alignment_job_id": model.alignment_job_id,
+            "he_scheme": model.he_scheme}
 
 
 def _common_fields(d: Mapping[str, Any], kind: str, where: str) -> dict[str, Any]:
@@ -261,7 +264,7 @@ def _common_fields(d: Mapping[str, Any], kind: str, where: str) -> dict[str, Any
             raise ValueError("weights, scaler and schema do not have the same features")
         return {"job_id": _str(d["job_id"]), "tag_names": tags, "weights": weights, "scaler": scaler,
                 "schema": schema, "key_fingerprints": {_str(k): _str(v) for k, v in d["key_fingerprints"].items()},
-                "alignment_job_id": _str(d.get("alignment_job_id", ""))}
+                "alignment_job_id": _str(d.get("alignment_job_id", "")), "he_scheme": _str(d.get("he_scheme", "paillier"))}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ModelError(f"{where}: damaged {kind} model: {_reason(err)}") from err
 

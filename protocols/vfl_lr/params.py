@@ -11,14 +11,15 @@ from typing import Any
 import numpy as np
 
 from protocols.errors import UserError
-from protocols.he import DEFAULT_SCHEME, PublicKey
+from protocols.he import DEFAULT_SCHEME, PublicKey, get_scheme, scheme_names
 from protocols.metrics import Split, split_rows
-from protocols.packing import slots_per_plaintext
 from protocols.params import check_field_types, dataclass_from_mapping
 
-VERSION = "vfl-lr-taylor-v3"  # v3: label-DP noise on the residuals (no row-norm bound); v2: private evaluation
-# The HE scheme the protocol runs on (protocols.he): every key, ciphertext and kernel comes from it. Not yet a
-# job parameter (he_scheme): both parties use this one, and the session's messages do not name it.
+# v4: key proofs and the he_scheme in train.setup; v3: label-DP noise on the residuals (no row-norm bound); v2: private
+# evaluation. A node of another version is refused when the session opens, by name.
+VERSION = "vfl-lr-taylor-v4"
+# The default HE scheme (protocols.he); a job picks its own with TrainParams.he_scheme, and every key, ciphertext
+# and kernel of the session comes from that one (docs/security.md, "Okamoto-Uchiyama": why Paillier stays default).
 HE_SCHEME = DEFAULT_SCHEME
 F_BITS = 20  # fractional bits of z and d' in fixed point
 Z_CLIP = 32.0  # |z_A|, |z_B| are clipped here before encoding (the Taylor loss is meaningless far beyond)
@@ -74,6 +75,9 @@ class TrainParams:
     clip: float = 5.0  # standardised features are clipped to +-clip standard deviations
     quant_bits: int = 8  # features under encryption are signed quant_bits-bit integers
     key_bits: int = 2048
+    # The additively homomorphic scheme of every key and ciphertext of the session: "paillier" or "ou"
+    # (Okamoto-Uchiyama); named in the session's parameters, checked by both parties and the platform's policy.
+    he_scheme: str = DEFAULT_SCHEME
     seed: int = 0
     # Label privacy (protocols/vfl_lr/label_privacy.py, docs/security.md "Labels"): "off" enforces the batch
     # floor, "on" adds Gaussian noise for (dp_epsilon, dp_delta)-DP of each customer's labels, "auto" turns it
@@ -121,6 +125,7 @@ class TrainParams:
             (self.key_bits in (1024, 2048, 3072, 4096), "key_bits must be 2048, 3072 or 4096"),
             (self.key_bits >= 2048 or insecure_for_tests, "key_bits below 2048 are insecure"),
             (self.label_dp in ("auto", "on", "off"), "label_dp must be 'auto', 'on' or 'off'"),
+            (self.he_scheme in scheme_names(), f"he_scheme must be one of {', '.join(scheme_names())}"),
             (self.serve in ("best", "joint"), "serve must be 'best' or 'joint'"),
             (0.05 <= self.dp_epsilon <= 100, "dp_epsilon must be in [0.05, 100]"),
             (0 < self.dp_delta <= 1e-3, "dp_delta must be in (0, 1e-3]"),
@@ -257,9 +262,11 @@ class SlotPlan:
         return max(1, self.plaintext_bits // (self.emask_slot * group_len))
 
 
-def plaintext_bits(*keys: PublicKey) -> int:
-    """Usable signed plaintext bits of the smallest of ``keys``."""
-    return min(slots_per_plaintext(k, 1) for k in keys)
+def plaintext_bits(*keys: PublicKey, scheme: str = HE_SCHEME) -> int:
+    """Usable signed plaintext bits of the smallest of ``keys`` under ``scheme``: what the scheme packs below its
+    plaintext modulus (n / 3 for Paillier, below p for Okamoto-Uchiyama)."""
+    he = get_scheme(scheme)
+    return min(he.slots_per_plaintext(k, 1) for k in keys)
 
 
 __all__ = ["DP_NOISE_BITS", "D_BITS", "F_BITS", "HE_SCHEME", "SCALE_MARGIN_BITS", "STAT_BITS", "VERSION", "Z_CLIP", "SlotPlan", "TrainParams", "TrainingError",

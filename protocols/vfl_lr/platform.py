@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
+import protocols.vfl_lr.key_proof as key_proof
 import protocols.vfl_lr.label_mask as label_mask
 import protocols.vfl_lr.mask_path as mask_path
 from protocols.channel import Message
-from protocols.compute import ComputeSpec
+from protocols.compute import ComputeSpec, as_compute
 from protocols.errors import DeviationDetected, InvalidKey, ProtocolError
 from protocols.fixedpoint import quantise_rows
 from protocols.he import get_scheme
@@ -46,7 +47,6 @@ from protocols.vfl_lr.messages import (
 from protocols.vfl_lr.model import PlatformModel
 from protocols.vfl_lr.params import (
     F_BITS,
-    HE_SCHEME,
     MAX_AUTO_EPOCHS,
     VERSION,
     SlotPlan,
@@ -92,18 +92,19 @@ class PlatformTrainHandler:
                  on_result: Callable[[PlatformModel], None], compute: ComputeSpec = None,
                  checkpoints: Checkpoints | None = None, limits: EvaluationLimits | None = None,
                  budget: DisclosureBudget | None = None, insecure_for_tests: bool = False) -> None:
-        self.scheme = get_scheme(HE_SCHEME)
-        self.pool = self.scheme.kernels(compute)
         self.limits = limits if limits is not None else EvaluationLimits()
         self.budget = budget
         self.checkpoints = checkpoints if checkpoints is not None else MemoryCheckpoints()
         self.resume_at: tuple[int, int] | None = None  # (epoch, batch) a session resumed mid-epoch restarts at
         self.saved: dict[str, Any] | None = None  # the checkpoint document as last saved (or loaded)
         self.closed = False
+        held = as_compute(compute)  # the session owns it, whether or not it opens
         try:
             self._open(params, data, insecure_for_tests)
+            self.scheme = get_scheme(self.p.he_scheme)  # validated: a registered scheme
+            self.pool = self.scheme.kernels(held)
         except BaseException:
-            self.pool.close()
+            held.close()
             raise
         self.job_id, self.data, self.on_result = job_id, data, on_result
         self.insecure_for_tests = insecure_for_tests
@@ -170,6 +171,8 @@ class PlatformTrainHandler:
                 for name in (Field.BANK_KEY, Field.BANK_EVALUATION_KEY))
         except InvalidKey as err:
             raise ProtocolError(f"the bank's public key was refused: {err}") from err
+        for key, role in ((self.bpk, key_proof.BANK_TRAINING), (self.bepk, key_proof.BANK_EVALUATION)):
+            key_proof.check(self.scheme, key, message, self.job_id, role, Step.SETUP)
         if self.bepk.to_bytes() == self.bpk.to_bytes():
             raise ProtocolError("the bank's evaluation key must not be its training key")
         self.bank_columns = read_field(message, Field.BANK_COLUMNS, int)
@@ -221,13 +224,15 @@ class PlatformTrainHandler:
             check_training_budget(self.budget, self.job_id, self.tags, self.p.epochs, self.limits,
                                   self._ids(self.validation), self._ids(self.test))
         self.pk, self.sk = self.scheme.generate_keypair(p.key_bits, allow_insecure=self.insecure_for_tests)
-        self.plan = SlotPlan.for_params(p, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk))
+        self.plan = SlotPlan.for_params(p, max_batch_rows(p.batch_size), self.T, plaintext_bits(self.pk, self.bpk, scheme=self.scheme.name))
         # Label privacy: with label_dp "off", no batch may hold fewer labelled rows of a tag than the floor (but
         # more than none), or this node could solve its gradients for them (label_privacy.py). With the label
         # mask hidden only the bank can count labelled rows; this node checks the batch's rows, a lower bound.
         self.floor = batch_floor(self.X.shape[1], p.epochs)
         self.enforce_floor = platform_enforces_floor(p, strict=not self.insecure_for_tests)
-        return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.N_FEATURES: int(self.X.shape[1]),
+        return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.HE_SCHEME: self.scheme.name,
+                Field.N_FEATURES: int(self.X.shape[1]),
+                **key_proof.attach(self.scheme, self.sk, self.job_id, key_proof.PLATFORM_TRAINING),
                 Field.MAX_VALIDATION_EVALUATIONS: self.limits.max_validation_evaluations}
 
     def _ids(self, rows: np.ndarray) -> list[str]:
@@ -476,7 +481,7 @@ class PlatformTrainHandler:
         W = np.column_stack([state.snapshots[int(best[t])][:, t] for t in range(self.T)])
         self.model = PlatformModel(self.job_id, self.tags, W, self.scaler, self.data.schema,
                                    {"bank": self.bpk.fingerprint(), "platform": self.pk.fingerprint()},
-                                   best_epoch=[int(e) for e in best])
+                                   best_epoch=[int(e) for e in best], he_scheme=self.scheme.name)
         if len(self.test):
             self.stage = "test"  # the model is reported after the one evaluation of the test rows
         else:

@@ -62,6 +62,7 @@ def training_report(p: TrainParams, state: BankTrainState, bank: PartyData, X_au
                      "evaluation": "shuffled multiset of (joint score, label) per tag, under the bank's evaluation key",
                      "evaluation_scores_per_ciphertext": evaluation_slots},
         "key_fingerprints": key_fingerprints,
+        "he_scheme": p.he_scheme,
     }, alone
 
 
