@@ -389,3 +389,29 @@ def test_the_agreed_order_is_byte_order() -> None:
     values[7] = np.frombuffer(values[3].tobytes()[:8] + rng.bytes(24), dtype=DOUBLE)[0]  # a shared prefix
     for vs in (values, np.delete(values, 7)):
         assert [vs[i].tobytes() for i in value_order(vs)] == sorted(v.tobytes() for v in vs)
+
+
+def test_platform_policy_rotation_zero_keeps_no_state_on_either_node(tmp_path: Path) -> None:
+    from dataclasses import replace as replace_config
+
+    from party_bank.node import BankNode
+    from party_common.data_loading import load_party_data
+    from party_common.link import LocalPlatformLink
+    from party_common.policy import PolicyConfig
+    from party_common.storage import memory_node_stores
+    from party_platform.node import PlatformNode
+    from tests.nodes_fixture import node_config, simulated_files
+
+    files = simulated_files(tmp_path / "data")
+    state_dir = tmp_path / "state"
+    config = replace_config(node_config(state_dir, "platform", files.platform),
+                            policy=PolicyConfig(psi_key_rotation_days=0))
+    platform = PlatformNode(config, data=load_party_data(files.platform, id_column="id"), stores=memory_node_stores())
+    bank = BankNode(node_config(state_dir, "bank", files.bank, files.tags), LocalPlatformLink(platform),
+                    data=load_party_data(files.bank, id_column="id", tag_columns=files.tags), stores=memory_node_stores())
+    job = bank.wait(bank.submit("align", "", {"incremental": True}), timeout_s=120)
+    assert job.status == "succeeded", job.error
+    assert job.result["resumed"] is False and "psi_key_rotation_days = 0" in job.result["new_epoch_reason"]
+    assert job.result["intersection_size"] == len(files.shared_ids)
+    for role in ("bank", "platform"):
+        assert not list((state_dir / role / "psi_pairs").glob("*/manifest.json")), f"the {role} keeps no state"
