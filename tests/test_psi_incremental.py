@@ -255,6 +255,7 @@ def test_store_keeps_deltas_and_refuses_damage_naming_the_file(tmp_path: Path) -
     again = store.load("platform")
     assert again is not None and again.digest() == b1.state.digest()  # type: ignore[union-attr]
     assert np.array_equal(again.own_keys, b1.state.own_keys)  # type: ignore[union-attr]
+    assert np.array_equal(again.own_match, b1.state.own_match)  # type: ignore[union-attr]
     assert np.array_equal(again.peer_double, b1.state.peer_double)  # type: ignore[union-attr]
     with pytest.raises(PairStateError, match="another alignment"):  # a run from the older state: refused
         store.save("platform", b1.state, loaded)  # type: ignore[arg-type]

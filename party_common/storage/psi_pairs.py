@@ -52,8 +52,8 @@ class PairStateError(UserError):
 
 
 def _segment(own_removed: np.ndarray, own_keys: np.ndarray, own_prefix: np.ndarray, own_double: np.ndarray | None,
-             peer_removed: np.ndarray, peer_added: int, peer_double: np.ndarray | None) -> bytes:
-    arrays = {"own_removed": own_removed.astype(np.int64), "own_keys": own_keys.astype(np.uint64), "own_prefix": own_prefix.astype("<u8"), "peer_removed": peer_removed.astype(np.int64),
+             peer_removed: np.ndarray, peer_added: int, peer_double: np.ndarray | None, matches: np.ndarray) -> bytes:
+    arrays = {"matches": matches.astype(np.int64).reshape(-1, 2), "own_removed": own_removed.astype(np.int64), "own_keys": own_keys.astype(np.uint64), "own_prefix": own_prefix.astype("<u8"), "peer_removed": peer_removed.astype(np.int64),
               "peer_added": np.array([peer_added], dtype=np.int64)}
     if own_double is not None:
         arrays["own_double"] = own_double.view(np.uint8).reshape(-1, POINT)
@@ -128,6 +128,7 @@ class PairStateStore:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 own_removed, peer_removed = z["own_removed"], z["peer_removed"]
                 prefix, peer_added = z["own_prefix"], int(z["peer_added"][0])
+                matches = z["matches"].reshape(-1, 2)
                 keys = z["own_keys"].reshape(-1, 2)  # one new own slot per key
                 own_double = z["own_double"].reshape(-1).view(DOUBLE) if state.own_double is not None else None
                 peer_double = z["peer_double"].reshape(-1).view(DOUBLE) if state.peer_double is not None else None
@@ -140,12 +141,18 @@ class PairStateStore:
                 if len(removed) and (removed.min() < 0 or removed.max() >= len(live) or not live[removed].all()
                                      or len(np.unique(removed)) != len(removed)):
                     raise ValueError("removed slots that were not live")
+            if len(matches) and (matches.min() < 0 or matches[:, 0].max() >= len(own_live)
+                                 or matches[:, 1].max() >= len(peer_live)):
+                raise ValueError("matches outside the slots")
         except (ValueError, KeyError, OSError) as err:
             raise PairStateError(f"{path}: damaged segment of the pair's stored PSI state: {err}") from err
         own_live[own_removed] = False
         peer_live[peer_removed] = False
         state.own_live, state.peer_live = own_live, peer_live
         state.own_keys = np.concatenate([state.own_keys, keys])
+        if state.own_double is not None and state.peer_double is not None:
+            state.own_match = np.concatenate([state.own_match, np.full(len(keys), -1, dtype=np.int64)])
+            state.own_match[matches[:, 0]] = matches[:, 1]
         state.own_keys[own_removed] = 0
         state.own_prefix = np.concatenate([state.own_prefix, prefix])
         if state.own_double is not None and own_double is not None:
@@ -187,9 +194,17 @@ class PairStateStore:
                 peer_removed = np.flatnonzero(base.peer_live & ~state.peer_live[:peer_lo])
                 segments = list(stored["segments"])
             # Slots born and removed within this one segment are written as live then removed (replay order).
+            matches = np.zeros((0, 2), dtype=np.int64)
+            if len(state.own_match) == state.own_slots and state.own_slots:  # the pairs this run found
+                before = np.full(state.own_slots, -1, dtype=np.int64)
+                if not fresh and base is not None and len(base.own_match) == base.own_slots:
+                    before[:base.own_slots] = base.own_match
+                found = np.flatnonzero((state.own_match != before) & (state.own_match >= 0))
+                matches = np.stack([found, state.own_match[found]], axis=1)
             data = _segment(own_removed, state.own_keys[own_lo:], state.own_prefix[own_lo:],
                             None if state.own_double is None else state.own_double[own_lo:], peer_removed,
-                            state.peer_slots - peer_lo, None if state.peer_double is None else state.peer_double[peer_lo:])
+                            state.peer_slots - peer_lo, None if state.peer_double is None else state.peer_double[peer_lo:],
+                            matches)
             name = f"seg-{state.epoch[:12]}-{len(segments) + 1:06d}.npz"
             atomic_write(pair_dir / name, data, mode=0o600)
             segments.append({"file": name, "sha256": hashlib.sha256(data).hexdigest()})

@@ -18,7 +18,8 @@ from protocols.psi.incremental.state import (
     DOUBLE,
     PairState,
     apply_delta,
-    match_live,
+    extend_matches,
+    matched_slots,
     new_state,
     read_removed,
     slots_bytes,
@@ -42,16 +43,20 @@ def next_state(old: PairState, plan: OwnPlan, own_new: np.ndarray | None,
     own_keys = np.concatenate([old.own_keys, plan.keys[plan.added_rows]])
     own_keys[plan.delta.removed] = 0  # a removed customer's key leaves the state
     own_prefix = np.concatenate([old.own_prefix, plan.hashes.prefixes()])
+    own_match = old.own_match
+    if own_double is not None and peer_double is not None:  # only the new items are matched, against everything
+        own_match, _ = extend_matches(old.own_match, own_double, own_live, old.own_slots, peer_double, peer_live,
+                                      old.peer_slots)
     return PairState(epoch=old.epoch, created_at=old.created_at, mode=old.mode, role=old.role, salt=old.salt,
                      secret=old.secret, own_keys=own_keys, own_live=own_live, own_prefix=own_prefix,
-                     own_double=own_double, peer_live=peer_live, peer_double=peer_double)
+                     own_double=own_double, peer_live=peer_live, peer_double=peer_double, own_match=own_match)
 
 
 def intersection(state: PairState, ids: Sequence[str] | np.ndarray, plan: OwnPlan) -> tuple[list[str], str]:
     """Own live IDs whose double a live peer slot holds, in the agreed order (by value), as ``ids`` (the current
     file) has them; the content hash."""
     assert state.own_double is not None and state.peer_double is not None
-    slots = match_live(state.own_double, state.own_live, state.peer_double, state.peer_live)
+    slots = matched_slots(state)
     values = state.own_double[slots]
     order = value_order(values)
     rows = plan.row_of_slot(state.own_slots)[slots[order]]

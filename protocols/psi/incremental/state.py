@@ -49,6 +49,9 @@ class PairState:
     own_double: np.ndarray | None = None  # per own slot, where this node learns it
     peer_live: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     peer_double: np.ndarray | None = None  # per peer slot, where this node learns it
+    # Where both lists keep doubles: per own slot, the peer slot holding the same value (-1: none found when
+    # either was added; a match stands while both slots are live).
+    own_match: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -166,12 +169,14 @@ def words(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values).view(np.uint64).reshape(-1, POINT // 8)
 
 
-def match_live(own: np.ndarray, own_live: np.ndarray, peer: np.ndarray, peer_live: np.ndarray) -> np.ndarray:
-    """Live own slots whose value a live peer slot also holds (checked on all 32 bytes), ascending. The smaller
-    side's 8-byte prefixes are sorted; the larger side's are screened by a bit table, then searched."""
-    own_slots, peer_slots = np.flatnonzero(own_live), np.flatnonzero(peer_live)
+def match_pairs(own: np.ndarray, own_slots: np.ndarray, peer: np.ndarray,
+                peer_slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(own slot, peer slot) pairs among ``own_slots`` and ``peer_slots`` holding the same value (checked on all
+    32 bytes). The smaller side's 8-byte prefixes are sorted; the larger side's are screened by a bit table of
+    them, then searched: a few new items against a whole list cost one gather over the list, no sort of it."""
+    none = np.zeros(0, dtype=np.int64)
     if len(own_slots) == 0 or len(peer_slots) == 0:
-        return np.zeros(0, dtype=np.int64)
+        return none, none
     own_words, peer_words = words(own), words(peer)
     own_keys, peer_keys = own_words[own_slots, 0], peer_words[peer_slots, 0]  # the first 8 bytes, native order
     own_sorted = len(own_keys) <= len(peer_keys)
@@ -179,7 +184,9 @@ def match_live(own: np.ndarray, own_live: np.ndarray, peer: np.ndarray, peer_liv
     order = np.argsort(small)
     sorted_keys = small[order]
     if np.any(sorted_keys[1:] == sorted_keys[:-1]):  # a shared prefix (about n^2 / 2^64 odds): compare in full
-        return own_slots[np.isin(own[own_slots], peer[peer_slots])]
+        at = {own[s].tobytes(): int(s) for s in own_slots.tolist()}
+        found = [(at[peer[p].tobytes()], int(p)) for p in peer_slots.tolist() if peer[p].tobytes() in at]
+        return (np.array([f[0] for f in found], dtype=np.int64), np.array([f[1] for f in found], dtype=np.int64))
     maybe = screen(small, large)  # most of the larger side is ruled out by one gather
     pos = np.searchsorted(sorted_keys, large[maybe])
     pos[pos == len(sorted_keys)] = 0
@@ -188,8 +195,40 @@ def match_live(own: np.ndarray, own_live: np.ndarray, peer: np.ndarray, peer_liv
     own_at, peer_at = (at_small, found) if own_sorted else (found, at_small)
     own_at, peer_at = own_slots[own_at], peer_slots[peer_at]
     hit = (own_words[own_at] == peer_words[peer_at]).all(axis=1)
-    return np.sort(own_at[hit])
+    return own_at[hit], peer_at[hit]
+
+
+def match_live(own: np.ndarray, own_live: np.ndarray, peer: np.ndarray, peer_live: np.ndarray) -> np.ndarray:
+    """Live own slots whose value a live peer slot also holds, ascending (every live item against every one)."""
+    own_at, _ = match_pairs(own, np.flatnonzero(own_live), peer, np.flatnonzero(peer_live))
+    return np.sort(own_at)
+
+
+def extend_matches(own_match: np.ndarray, own: np.ndarray, own_live: np.ndarray, own_from: int,
+                   peer: np.ndarray, peer_live: np.ndarray, peer_from: int) -> tuple[np.ndarray, np.ndarray]:
+    """``own_match`` (the peer slot of each own slot's value, or -1) after a run that added own slots from
+    ``own_from`` and peer slots from ``peer_from``: the new own items against every live peer item, every
+    older live own item against the new peer items. Returns it and the pairs found (for the store)."""
+    own_match = np.concatenate([own_match, np.full(len(own_live) - len(own_match), -1, dtype=np.int64)])
+    live_own, live_peer = np.flatnonzero(own_live), np.flatnonzero(peer_live)
+    new_own, new_peer = live_own[live_own >= own_from], live_peer[live_peer >= peer_from]
+    a_own, a_peer = match_pairs(own, new_own, peer, live_peer)
+    b_own, b_peer = match_pairs(own, live_own[live_own < own_from], peer, new_peer)
+    pairs_own, pairs_peer = np.concatenate([a_own, b_own]), np.concatenate([a_peer, b_peer])
+    own_match[pairs_own] = pairs_peer
+    return own_match, np.stack([pairs_own, pairs_peer], axis=1) if len(pairs_own) else np.zeros((0, 2), np.int64)
+
+
+def matched_slots(state: PairState) -> np.ndarray:
+    """Live own slots whose matched peer slot is live, ascending."""
+    match = state.own_match
+    if len(match) != state.own_slots:
+        raise ValueError("the state holds no matches for its own slots")
+    ok = state.own_live & (match >= 0)
+    ok[ok] = state.peer_live[match[ok]]
+    return np.flatnonzero(ok)
 
 
 __all__ = ["DOUBLE", "PairState", "SideDelta", "apply_delta", "empty_doubles", "match_live", "new_state",
-           "prefixes", "read_removed", "screen", "slots_bytes", "state_digest", "value_order", "words"]
+           "prefixes", "read_removed", "screen", "slots_bytes", "state_digest", "value_order", "words", "match_pairs", "extend_matches",
+           "matched_slots"]
