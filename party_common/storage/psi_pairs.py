@@ -64,6 +64,14 @@ def _segment(own_removed: np.ndarray, own_keys: np.ndarray, own_prefix: np.ndarr
     return buffer.getvalue()
 
 
+def _append(stored: np.ndarray, more: np.ndarray) -> np.ndarray:
+    """``stored`` followed by ``more``; the first segment's arrays are taken as they are (no second copy of a
+    large state while it loads)."""
+    if len(stored):
+        return np.concatenate([stored, more])
+    return more if more.flags.writeable else more.copy()
+
+
 class PairStateStore:
     """Each pair's state in ``directory`` (made private, 0700); one pair per peer name."""
 
@@ -149,17 +157,17 @@ class PairStateStore:
         own_live[own_removed] = False
         peer_live[peer_removed] = False
         state.own_live, state.peer_live = own_live, peer_live
-        state.own_keys = np.concatenate([state.own_keys, keys])
+        state.own_keys = _append(state.own_keys, keys)
         if state.own_double is not None and state.peer_double is not None:
             state.own_match = np.concatenate([state.own_match, np.full(len(keys), -1, dtype=np.int64)])
             state.own_match[matches[:, 0]] = matches[:, 1]
         state.own_keys[own_removed] = 0
-        state.own_prefix = np.concatenate([state.own_prefix, prefix])
+        state.own_prefix = _append(state.own_prefix, prefix)
         if state.own_double is not None and own_double is not None:
-            state.own_double = np.concatenate([state.own_double, own_double])
+            state.own_double = _append(state.own_double, own_double)
             state.own_double[own_removed] = np.zeros(1, DOUBLE)[0]
         if state.peer_double is not None and peer_double is not None:
-            state.peer_double = np.concatenate([state.peer_double, peer_double])
+            state.peer_double = _append(state.peer_double, peer_double)
             state.peer_double[peer_removed] = np.zeros(1, DOUBLE)[0]
 
     def seconds_per_item(self, peer: str) -> float:
