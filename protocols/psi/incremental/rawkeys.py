@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 BLOCK = 1 << 16
 _SEEDS = (np.uint64(0x243F6A8885A308D3), np.uint64(0x13198A2E03707344))
@@ -66,10 +67,24 @@ def raw_keys(ids: Sequence[str] | np.ndarray) -> np.ndarray:
 
 def find_keys(stored: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """For each row of ``wanted`` (``(n, 2)`` keys), the row of ``stored`` with the same two keys, or -1.
-    ``stored`` rows are distinct. Both sides are sorted on their first key, so the search runs in order."""
+    ``stored`` rows are distinct. A hash table of the stored first keys (pandas' uint64 index: about 3x faster
+    than sorting both sides), both keys compared; sorting both sides where two stored first keys are equal."""
     at = np.full(len(wanted), -1, dtype=np.int64)
     if len(stored) == 0 or len(wanted) == 0:
         return at
+    index = pd.Index(stored[:, 0])
+    if not index.is_unique:  # two stored IDs share a first key (about n^2 / 2^65 odds)
+        return _find_sorted(stored, wanted)
+    pos = index.get_indexer(wanted[:, 0])
+    hit = np.flatnonzero(pos >= 0)
+    same = stored[pos[hit], 1] == wanted[hit, 1]
+    at[hit[same]] = pos[hit[same]]
+    return at
+
+
+def _find_sorted(stored: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """:func:`find_keys` by sorting both sides on their first key (the search then runs in order)."""
+    at = np.full(len(wanted), -1, dtype=np.int64)
     s_order = np.argsort(stored[:, 0], kind="stable")
     s_sorted = stored[s_order, 0]
     w_order = np.argsort(wanted[:, 0], kind="stable")
