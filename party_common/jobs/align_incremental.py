@@ -125,6 +125,11 @@ def open_platform(ctx: JobContext, params: Message, caller: str, on_result: Call
     notes: list[str] = []  # why the stored state was refused (the file named), for this node's record only
 
     def load() -> tuple[PairState | None, str]:
+        # The alignment store imports pyarrow on its first save, which comes before this node answers
+        # psi.inc.finish: a node fresh from a restart (new data) would pay the import (0.3-2 s here) there,
+        # on the bank's clock. Importing it now overlaps it with the bank's planning.
+        import pyarrow.parquet  # noqa: F401
+
         if ctx.psi_key_rotation_days <= 0:
             return None, ""
         state, note = load_state(ctx, store, peer)
