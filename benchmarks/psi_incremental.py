@@ -164,6 +164,7 @@ def _grpc_phases(bank: np.ndarray, platform: np.ndarray, bank_after: np.ndarray,
                        "bank_new": r["own_new"], "bank_removed": r["own_removed"], "platform_new": r["peer_new"],
                        "platform_removed": r["peer_removed"], "state_bytes_written": r["state_bytes_written"],
                        "seconds_saved_reported": r.get("seconds_saved"), "peak_rss_mb_per_node": run["peak_rss_mb"],
+                       "bank_phase_seconds": r.get("phase_seconds"),
                        "ids": run["ids"], "agreed": True,
                        "bytes": 32 * 2 * (r["own_new"] + r["peer_new"]) + 4 * (r["own_removed"] + r["peer_removed"])})
     return phases[0], phases[1]

@@ -107,7 +107,17 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
         owned.close()
         raise
     try:
+        phases: dict[str, float] = {}  # seconds per phase, for the job record (where a re-alignment's time goes)
+        mark = [started]
+
+        def lap(name: str) -> None:
+            now = time.monotonic()
+            phases[name] = round(now - mark[0], 3)
+            mark[0] = now
+
+        lap("open")
         stored = None if new_key else usable_state(state() if callable(state) else state, mode, "bank")
+        lap("load_state")
         nonce = secrets.token_bytes(wire.NONCE)
         hello = channel.call(inc.HELLO, {wire.BANK_NONCE: nonce, inc.EPOCH: stored.epoch if stored else "",
                                          inc.STATE_DIGEST: stored.digest() if stored else "",
@@ -128,7 +138,9 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
             current = new_state(epoch, mode, "bank", inc.epoch_salt(epoch, nonce, platform_nonce),
                                 secrets.token_bytes(wire.POINT), own_double=True, peer_double=True)
         blinder = Blinder(owned, secret=current.secret)
+        lap("hello")
         plan = plan_own(current if resumed else None, ids, blinder, current.salt)
+        lap("plan")
         n_after = plan.delta.size_after(current.live_own_count())
         reply = channel.call(inc.PLAN, {inc.REMOVED: slots_bytes(plan.delta.removed), inc.ADDED: plan.added,
                                         inc.SIZE_AFTER: n_after})
@@ -144,6 +156,7 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
 
         ahead = own_points(0) if own_batches else None
         blinding: Pending | None = None  # the platform's previous batch, being blinded by us
+        lap("plan_reply")
         for k in range(inc.rounds(plan.added, peer_added, batch_size, mode)):
             message: Message = {wire.INDEX: k}
             if k < len(own_batches):
@@ -172,14 +185,17 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
             lo, hi = peer_batches[-1]
             peer_new[lo:hi] = np.frombuffer(blinding.result(), dtype=DOUBLE)
 
+        lap("exchange")
         after = next_state(current, plan, own_new, peer_removed, peer_added, peer_new)
         members, digest = intersection(after, ids, plan)
+        lap("intersection")
         reply = channel.call(inc.FINISH, {wire.SIZE: len(members), wire.CONTENT_HASH: digest,
                                           inc.STATE_DIGEST: after.digest()})
         if reply.get(wire.SIZE) != len(members) or (mode == "both" and reply.get(wire.CONTENT_HASH) != digest):
             raise ProtocolError("the platform computed a different intersection; alignment not stored")
         if reply.get(inc.STATE_DIGEST) != after.digest():
             raise ProtocolError("the platform's state after the run differs from this node's; nothing stored")
+        lap("finish")
         channel.close()
         both = mode == "both"
         return inc.IncrementalResult(
@@ -187,7 +203,7 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
             epoch=epoch, resumed=resumed, reason=reason, own_added=plan.added,
             own_removed=len(plan.delta.removed), peer_added=peer_added, peer_removed=len(peer_removed),
             points_sent=plan.added + (peer_added if both else 0), points_received=plan.added + peer_added,
-            state=after if keep else None, base=current if resumed else None)
+            state=after if keep else None, base=current if resumed else None, phase_seconds=phases)
     except BaseException:
         channel.close()
         raise

@@ -73,13 +73,14 @@ class IncrementalResult(PsiResult):
     state: object = None  # protocols.psi.incremental.state.PairState | None
     base: object = None  # the stored PairState this run continued (None: a new epoch); a store writes the delta
     state_note: str = ""  # set by the node: why its stored state was refused (damaged), if it was
+    phase_seconds: dict[str, float] | None = None  # the bank: seconds per phase (open, load_state, hello, ...)
 
     def summary(self) -> dict[str, object]:
         """Counts only (job records and audit rows): never IDs, values or keys."""
         return {"incremental": True, "resumed": self.resumed, "new_epoch_reason": self.reason,
                 "own_new": self.own_added, "own_removed": self.own_removed, "peer_new": self.peer_added,
                 "peer_removed": self.peer_removed, "points_sent": self.points_sent,
-                "points_received": self.points_received}
+                "points_received": self.points_received, "phase_seconds": self.phase_seconds}
 
 
 __all__ = ["ADDED", "EPOCH", "EPOCH_RE", "EXCHANGE", "FINISH", "HELLO", "IncrementalResult", "KEEP", "MODES",
