@@ -335,7 +335,7 @@ def test_nodes_align_incrementally_record_counts_only_and_fall_back_from_damaged
 
 
 def test_matching_and_screening_agree_with_brute_force() -> None:
-    from protocols.psi.incremental.state import DOUBLE, match_live, screen
+    from protocols.psi.incremental.state import DOUBLE, match_live, peer_values, screen
 
     rng = np.random.default_rng(3)
     for n, m in ((50, 5000), (5000, 50), (300, 300)):
@@ -345,11 +345,12 @@ def test_matching_and_screening_agree_with_brute_force() -> None:
         peer[:shared] = own[n - shared:]
         # A peer value with an own value's 8-byte prefix but another tail: a candidate that must not match.
         decoy = bytearray(own[0].tobytes())
-        decoy[31] ^= 1
+        decoy[12] ^= 1  # past the 8-byte prefix, within the 16 bytes a peer value is kept as
         peer[-1] = np.frombuffer(bytes(decoy), dtype=DOUBLE)[0]
         own_live, peer_live = rng.random(n) < 0.9, rng.random(m) < 0.9
         expected = [i for i in range(n) if own_live[i] and any(own[i] == peer[j] for j in np.flatnonzero(peer_live))]
         assert match_live(own, own_live, peer, peer_live).tolist() == expected
+        assert match_live(own, own_live, peer_values(peer), peer_live).tolist() == expected  # as kept
     keys = rng.integers(0, 2**63, 10_000).astype(np.uint64) * np.uint64(2)
     small = keys[:100]
     assert set(np.flatnonzero(np.isin(keys, small)).tolist()) <= set(screen(small, keys).tolist())

@@ -33,10 +33,10 @@ import numpy as np
 
 from party_common.storage.files import atomic_write, ensure_private_dir
 from protocols.errors import UserError
-from protocols.psi.incremental.state import DOUBLE, PairState
+from protocols.psi.incremental.state import DOUBLE, PEER, PEER_BYTES, PairState
 from protocols.psi.messages import POINT
 
-FORMAT = 1
+FORMAT = 2  # 2: peer values kept as their first 16 bytes
 _PEER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -58,7 +58,7 @@ def _segment(own_removed: np.ndarray, own_keys: np.ndarray, own_prefix: np.ndarr
     if own_double is not None:
         arrays["own_double"] = own_double.view(np.uint8).reshape(-1, POINT)
     if peer_double is not None:
-        arrays["peer_double"] = peer_double.view(np.uint8).reshape(-1, POINT)
+        arrays["peer_double"] = peer_double.view(np.uint8).reshape(-1, PEER_BYTES)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -108,7 +108,7 @@ class PairStateStore:
                               role=str(meta["role"]), salt=bytes.fromhex(meta["salt"]),
                               secret=bytes.fromhex(meta["secret"]),
                               own_double=np.zeros(0, DOUBLE) if meta["own_double"] else None,
-                              peer_double=np.zeros(0, DOUBLE) if meta["peer_double"] else None)
+                              peer_double=np.zeros(0, PEER) if meta["peer_double"] else None)
             segments = [(str(s["file"]), str(s["sha256"])) for s in meta["segments"]]
             digest = str(meta["digest"])
             state.age_days()  # created_at must parse
@@ -139,7 +139,7 @@ class PairStateStore:
                 matches = z["matches"].reshape(-1, 2)
                 keys = z["own_keys"].reshape(-1, 2)  # one new own slot per key
                 own_double = z["own_double"].reshape(-1).view(DOUBLE) if state.own_double is not None else None
-                peer_double = z["peer_double"].reshape(-1).view(DOUBLE) if state.peer_double is not None else None
+                peer_double = z["peer_double"].reshape(-1).view(PEER) if state.peer_double is not None else None
             if len(prefix) != len(keys) or (own_double is not None and len(own_double) != len(keys)) or \
                     (peer_double is not None and len(peer_double) != peer_added):
                 raise ValueError("arrays of different lengths")
@@ -168,7 +168,7 @@ class PairStateStore:
             state.own_double[own_removed] = np.zeros(1, DOUBLE)[0]
         if state.peer_double is not None and peer_double is not None:
             state.peer_double = _append(state.peer_double, peer_double)
-            state.peer_double[peer_removed] = np.zeros(1, DOUBLE)[0]
+            state.peer_double[peer_removed] = np.zeros(1, PEER)[0]
 
     def seconds_per_item(self, peer: str) -> float:
         """What an item cost in the full alignment that started the stored epoch (0.0 if unknown)."""

@@ -21,6 +21,7 @@ from protocols.psi.incremental.state import (
     extend_matches,
     matched_slots,
     new_state,
+    peer_values,
     read_removed,
     slots_bytes,
     value_order,
@@ -39,6 +40,7 @@ def next_state(old: PairState, plan: OwnPlan, own_new: np.ndarray | None,
     """``old`` after a run: this side's delta (``plan``, with the doubles of its new items where it keeps
     them) and the peer's (removed slots, how many new, their doubles where it keeps them)."""
     own_live, own_double = apply_delta(old.own_live, old.own_double, plan.delta.removed, own_new, plan.added)
+    peer_new = None if peer_new is None else peer_values(peer_new)
     peer_live, peer_double = apply_delta(old.peer_live, old.peer_double, peer_removed, peer_new, peer_added)
     own_keys = np.concatenate([old.own_keys, plan.keys[plan.added_rows]])
     own_keys[plan.delta.removed] = 0  # a removed customer's key leaves the state

@@ -25,6 +25,15 @@ import numpy as np
 from protocols.psi.messages import POINT
 
 DOUBLE = np.dtype(f"V{POINT}")
+# A peer item's value is kept as its first 16 bytes: half the memory of a list that may be 100x this node's
+# own, and two different values share 16 bytes with probability 2^-128 per pair.
+PEER_BYTES = 16
+PEER = np.dtype(f"V{PEER_BYTES}")
+
+
+def peer_values(doubles: np.ndarray) -> np.ndarray:
+    """The kept form of a peer item's doubly blinded value: its first 16 bytes."""
+    return np.ascontiguousarray(doubles.view(np.uint8).reshape(-1, POINT)[:, :PEER_BYTES]).view(PEER).reshape(-1)
 ROLES = ("bank", "platform")
 _DIGEST_TAG = b"fedprofile/psi/incremental/v1/state"
 
@@ -97,7 +106,7 @@ def new_state(epoch: str, mode: str, role: str, salt: bytes, secret: bytes, *, o
     """An epoch's empty state: every ID of either side will be new."""
     return PairState(epoch=epoch, created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), mode=mode,
                      role=role, salt=salt, secret=secret, own_double=empty_doubles() if own_double else None,
-                     peer_double=empty_doubles() if peer_double else None)
+                     peer_double=np.zeros(0, dtype=PEER) if peer_double else None)
 
 
 @dataclass
@@ -135,7 +144,7 @@ def apply_delta(live: np.ndarray, doubles: np.ndarray | None, removed: np.ndarra
     if doubles is not None:
         assert added is not None and len(added) == added_count
         doubles = np.concatenate([doubles, added])
-        doubles[removed] = np.zeros(1, dtype=DOUBLE)[0]  # a dead slot keeps nothing of its item
+        doubles[removed] = np.zeros(1, dtype=doubles.dtype)[0]  # a dead slot keeps nothing of its item
     return live, doubles
 
 
@@ -165,8 +174,8 @@ def value_order(values: np.ndarray) -> np.ndarray:
 
 
 def words(values: np.ndarray) -> np.ndarray:
-    """32-byte values as rows of four uint64 words (numpy gathers and compares these far faster than V32)."""
-    return np.ascontiguousarray(values).view(np.uint64).reshape(-1, POINT // 8)
+    """16- or 32-byte values as rows of uint64 words (numpy gathers and compares these far faster than V32)."""
+    return np.ascontiguousarray(values).view(np.uint64).reshape(-1, values.dtype.itemsize // 8)
 
 
 def match_pairs(own: np.ndarray, own_slots: np.ndarray, peer: np.ndarray,
@@ -183,9 +192,11 @@ def match_pairs(own: np.ndarray, own_slots: np.ndarray, peer: np.ndarray,
     small, large = (own_keys, peer_keys) if own_sorted else (peer_keys, own_keys)
     order = np.argsort(small)
     sorted_keys = small[order]
+    width = min(own.dtype.itemsize, peer.dtype.itemsize)  # a peer value may be kept as its first 16 bytes
     if np.any(sorted_keys[1:] == sorted_keys[:-1]):  # a shared prefix (about n^2 / 2^64 odds): compare in full
-        at = {own[s].tobytes(): int(s) for s in own_slots.tolist()}
-        found = [(at[peer[p].tobytes()], int(p)) for p in peer_slots.tolist() if peer[p].tobytes() in at]
+        at = {own[s].tobytes()[:width]: int(s) for s in own_slots.tolist()}
+        found = [(at[peer[p].tobytes()[:width]], int(p)) for p in peer_slots.tolist()
+                 if peer[p].tobytes()[:width] in at]
         return (np.array([f[0] for f in found], dtype=np.int64), np.array([f[1] for f in found], dtype=np.int64))
     maybe = screen(small, large)  # most of the larger side is ruled out by one gather
     pos = np.searchsorted(sorted_keys, large[maybe])
@@ -194,7 +205,7 @@ def match_pairs(own: np.ndarray, own_slots: np.ndarray, peer: np.ndarray,
     found, at_small = maybe[same], order[pos[same]]  # positions in the larger side, and in the smaller
     own_at, peer_at = (at_small, found) if own_sorted else (found, at_small)
     own_at, peer_at = own_slots[own_at], peer_slots[peer_at]
-    hit = (own_words[own_at] == peer_words[peer_at]).all(axis=1)
+    hit = (own_words[own_at, :width // 8] == peer_words[peer_at, :width // 8]).all(axis=1)
     return own_at[hit], peer_at[hit]
 
 
@@ -229,6 +240,6 @@ def matched_slots(state: PairState) -> np.ndarray:
     return np.flatnonzero(ok)
 
 
-__all__ = ["DOUBLE", "PairState", "SideDelta", "apply_delta", "empty_doubles", "match_live", "new_state",
+__all__ = ["DOUBLE", "PEER", "PEER_BYTES", "PairState", "peer_values", "SideDelta", "apply_delta", "empty_doubles", "match_live", "new_state",
            "prefixes", "read_removed", "screen", "slots_bytes", "state_digest", "value_order", "words", "match_pairs", "extend_matches",
            "matched_slots"]
