@@ -2,6 +2,10 @@
 
     python -m benchmarks.psi --n N [--protocol ecdh|ot] [--peers openmined,secretflow-ecdh,secretflow-rr22]
                              [--peer-python PY] [--overlap 0.5] [--transport grpc|local] [--json PATH] [--workers 2]
+    python -m benchmarks.psi --incremental --n N [--platform M] [--new-share 0.01] [--removed-share 0.0] [--json PATH]
+    python -m benchmarks.psi --unbalanced --bank N --platform M [--new-share 0.01] [--json PATH]
+
+``--incremental``: a re-alignment after new and removed IDs against a full one (``benchmarks/psi_incremental.py``).
 
 ``--protocol`` is the PSI protocol of ours that runs: ``ecdh`` (the default, as in every figure recorded
 before issue 28) or ``ot`` (KKRT16 from OT extension, ``protocols/psi/ot``; single-threaded per node, so
@@ -48,6 +52,8 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import console, fmt, print_table, ratio, write_json
+from benchmarks.psi_incremental import add_arguments as add_incremental_arguments
+from benchmarks.psi_incremental import run_incremental, run_unbalanced
 from benchmarks.psi_peers import PEERS, run_peers
 
 
@@ -319,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                         "pin numpy and protobuf below this project's; default: this one")
     parser.add_argument("--no-peer", action="store_true", help="run no peer (same as --peers '')")
     parser.add_argument("--json", help="write the figures here (atomically)")
+    add_incremental_arguments(parser)
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be at least 1")
@@ -329,6 +336,17 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(p for p in args.peers.split(",") if p) - set(PEERS)
     if unknown:
         parser.error(f"--peers: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PEERS)}")
+    if args.unbalanced:
+        args.platform = args.platform or 100 * args.bank
+        result = run_unbalanced(args)
+        write_json(args.json, result)
+        return 0 if result["correct"] else 1
+    if args.incremental:
+        if not 0.0 <= args.new_share <= 1.0 or not 0.0 <= args.removed_share < 1.0 or (args.platform or 1) < 1:
+            parser.error("--new-share and --removed-share are shares (0 to 1), --platform a positive count")
+        result = run_incremental(args)
+        write_json(args.json, result)
+        return 0 if result["correct"] else 1
     result = run(args)
     write_json(args.json, result)
     return 0 if result["correct"] else 1

@@ -1,7 +1,7 @@
 """`bank-node`: run the bank's node, and drive it (align, train, score) as a data scientist.
 
     bank-node serve --config bank.toml
-    bank-node align --config bank.toml [--mode both|bank_only|cardinality] [--protocol ot|ecdh]
+    bank-node align --config bank.toml [--mode both|bank_only|cardinality] [--protocol ot|ecdh] [--incremental [--new-key]]
     bank-node train --config bank.toml [--tags t1,t2] [--epochs 5 ...]
     bank-node jobs --config bank.toml | wait JOB_ID | logs JOB_ID | rerun JOB_ID | cancel JOB_ID
     bank-node score --config bank.toml --model JOB_ID --ids ID1,ID2
@@ -47,6 +47,7 @@ from party_common.cli_format import DefaultsFormatter, config_help, resolve_conf
 from party_common.config import ConfigError, NodeConfig, load_config
 from party_common.grpc_errors import rpc_error_line
 from party_common.grpc_link import GrpcPlatformLink, platform_certificate_check
+from party_common.jobs.align_incremental import describe as describe_incremental
 from party_common.runtime import (
     INSECURE_WARNING,
     TlsFiles,
@@ -196,6 +197,8 @@ def print_outcome(job: dict[str, Any], as_json: bool, config: str | None = None,
               f"{views.headline(job)}" + (f"; alignment hash {result['content_hash'][:12]}"
                                           if result.get("content_hash") else "")
               + (f"; {views.memory_text(result)}" if views.memory_text(result) else ""))
+        if result.get("incremental"):
+            print(describe_incremental(result))
 
 
 def submit_and_wait(client: BankClient, args: argparse.Namespace, kind: str, params: dict[str, Any],
@@ -247,7 +250,9 @@ def run_client(args: argparse.Namespace) -> int:
                       "jobs wait for it ([peer] retry_deadline_s) and scoring fails unless --bank-only-fallback")
                 return 3
         elif args.command == "align":
-            submit_and_wait(client, args, "align", {"mode": args.mode, **({"protocol": args.protocol} if args.protocol else {})},
+            submit_and_wait(client, args, "align", {"mode": args.mode, **({"protocol": args.protocol} if args.protocol else {}),
+                                                    **({"incremental": True} if args.incremental else {}),
+                                                    **({"new_key": True} if args.new_key else {})},
                             args.name or "")
         elif args.command == "train":
             params: dict[str, Any] = {"train": train_params(args)}
@@ -378,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who learns the intersection: both nodes (needed to train), the bank only, or its size only")
     a.add_argument("--protocol", choices=["ot", "ecdh"], help="PSI protocol (default: 'ot' for modes both and "
                    "bank_only, 'ecdh' for cardinality; see docs/psi.md)")
+    a.add_argument("--incremental", action="store_true", help="keep the pair's key epoch and blinded sets so the "
+                   "next alignment sends only new and removed IDs (ECDH; docs/psi.md, 'Incremental alignment')")
+    a.add_argument("--new-key", action="store_true", help="with --incremental: start a new key epoch now (full run)")
     add_job_output(a)
     defaults = TrainParams()
     t = add("train", "train one model per tag on the latest alignment that can train (or --alignment)")
@@ -451,29 +459,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def console(args: argparse.Namespace) -> int:
-    """`bank-node console`: the browser console on 127.0.0.1, calling the node as this CLI does."""
-    from cryptography import x509
-
-    from party_bank.console import build_app
-    from party_common.auth import identity_of
-    from party_common.console import new_token, serve_console
-
-    config = load_config(args.config, expected_role="bank", require_tls=not args.insecure_dev)
-    client: BankClient | None = None
-    refusal = who = ""
-    try:
-        client = client_for(config, args)
-        who = (identity_of(x509.load_pem_x509_certificate(client.own_cert)).describe() if client.own_cert
-               else "--insecure-dev: no certificate")
-    except (ConfigError, OSError, ValueError) as err:  # no certificate: the console refuses every page, says why
-        refusal = str(err)
-        print(f"bank-node console: {refusal}", file=sys.stderr)
-    app = build_app(client, token=new_token(), node_name=config.name, who=who, refusal=refusal,
-                    config_path=str(Path(args.config).resolve()), id_column=config.data.id_column)
-    return serve_console(app, port=args.port, program="bank-node")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.config = resolve_config(args.config, "bank", "bank-node")
@@ -484,7 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         return preflight.run(args)
     if args.command == "console":
         try:
-            return console(args)
+            from party_bank.console import run_console  # starlette and its pages: only for this command
+
+            return run_console(args, client_for)
         except ConfigError as err:
             print(f"bank-node: {err}", file=sys.stderr)
             return 2

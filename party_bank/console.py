@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -430,4 +431,28 @@ def build_app(client: BankClient | None, *, token: str, node_name: str, who: str
 
 
 
-__all__ = ["Console", "build_app", "flat_params", "number", "progress_of", "validation_curve"]
+
+def run_console(args: Any, client_for: Callable[[Any, Any], BankClient]) -> int:
+    """`bank-node console`: the browser console on 127.0.0.1, calling the node as the CLI does (``client_for``:
+    the CLI's client from the node's config and the command's arguments)."""
+    from cryptography import x509
+
+    from party_common.auth import identity_of
+    from party_common.config import ConfigError, load_config
+    from party_common.console import new_token, serve_console
+
+    config = load_config(args.config, expected_role="bank", require_tls=not args.insecure_dev)
+    client: BankClient | None = None
+    refusal = who = ""
+    try:
+        client = client_for(config, args)
+        who = (identity_of(x509.load_pem_x509_certificate(client.own_cert)).describe() if client.own_cert
+               else "--insecure-dev: no certificate")
+    except (ConfigError, OSError, ValueError) as err:  # no certificate: the console refuses every page, says why
+        refusal = str(err)
+        print(f"bank-node console: {refusal}", file=sys.stderr)
+    app = build_app(client, token=new_token(), node_name=config.name, who=who, refusal=refusal,
+                    config_path=str(Path(args.config).resolve()), id_column=config.data.id_column)
+    return serve_console(app, port=args.port, program="bank-node")
+
+__all__ = ["Console", "build_app", "flat_params", "number", "progress_of", "run_console", "validation_curve"]

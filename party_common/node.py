@@ -82,7 +82,7 @@ class NodeBase:
     def job_context(self, job_id: str) -> JobContext:
         return JobContext(job_id=job_id, data=self.data, stores=self.stores, new_compute=self.new_compute,
                           spill_dir=self.spill_dir, progress=self.progress_reporter(job_id), node_name=self.name,
-                          binning=self.config.binning)
+                          binning=self.config.binning, state_dir=self.config.state_dir)
 
     def cached(self, what: str, job_id: str, build: Callable[[], T]) -> T:
         """``build()`` once per (what, job ID) for this node's lifetime: models and alignment indexes, which

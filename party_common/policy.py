@@ -15,6 +15,7 @@ Example::
     max_concurrent_jobs = 8             # open protocol sessions at once
     max_psi_rows = 5_000_000            # most IDs the bank may declare in one PSI
     psi_protocols = ["ot", "ecdh"]      # PSI protocols the platform accepts (default both)
+    psi_key_rotation_days = 30          # incremental alignment: a key epoch's longest life (0: keep no state)
     partial_score_calls_per_minute = 600
     partial_score_rows_per_day = 1_000_000
     approval = "manual"                 # or "auto" (default): jobs wait for `platform-node approve JOB`
@@ -91,6 +92,7 @@ class PolicyConfig:
     # Stability (protocols/stability.py): the fewest alignment rows the platform computes its indices over.
     min_stability_rows: int = MIN_STABILITY_ROWS
     psi_protocols: tuple[str, ...] = PSI_PROTOCOLS
+    psi_key_rotation_days: int = 30  # incremental alignment (docs/psi.md): days a key epoch lasts; 0 keeps no state
     # Training sessions: the HE schemes (he_scheme) and key sizes (key_bits) the platform accepts; default every one.
     he_schemes: tuple[str, ...] = HE_SCHEMES
     key_bits: tuple[int, ...] = KEY_SIZES
@@ -111,7 +113,7 @@ _POSITIVE = ("min_intersection", "max_concurrent_jobs", "max_psi_rows", "partial
              "partial_score_rows_per_day", "max_bank_columns", "max_validation_evaluations", "min_evaluation_rows",
              "min_stability_rows", "min_screen_bin_rows", "min_screen_labelled_rows")
 KNOWN_KEYS = frozenset({*_LISTS, *_POSITIVE, "approval", "max_released_projections", "psi_protocols", "he_schemes",
-                        "key_bits", "allow_screen"})
+                        "key_bits", "allow_screen", "psi_key_rotation_days"})
 
 
 def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
@@ -139,6 +141,12 @@ def parse_policy(table: dict[str, Any], where: str) -> PolicyConfig:
             raise ValueError(f"{where}: 'psi_protocols' must be a non-empty list of distinct names from "
                              f"{', '.join(PSI_PROTOCOLS)}, got {chosen!r}")
         values["psi_protocols"] = tuple(chosen)
+    if "psi_key_rotation_days" in table:
+        days = table["psi_key_rotation_days"]
+        if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= 3650:
+            raise ValueError(f"{where}: 'psi_key_rotation_days' must be a whole number of days from 0 (keep no "
+                             f"incremental PSI state) to 3650, got {days!r}")
+        values["psi_key_rotation_days"] = days
     for key, known in (("he_schemes", HE_SCHEMES), ("key_bits", KEY_SIZES)):
         if key in table:
             chosen = table[key]

@@ -152,6 +152,7 @@ class PlatformNode(NodeBase):
 
     def job_context(self, job_id: str) -> JobContext:
         return dataclasses.replace(super().job_context(job_id), max_peer_rows=self.policy.max_psi_rows,
+                                   psi_key_rotation_days=self.config.policy.psi_key_rotation_days,
                                    evaluation_limits=self.policy.evaluation_limits, disclosure=self.ledger,
                                    screen_policy=self.policy.screen_policy)
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import party_common.jobs.align_incremental as align_incremental
 from party_common.jobs.base import JobContext, JobError, JobKind
 from party_common.link import ContextPeer, PlatformLink, SessionContext
 from party_common.storage import NodeStores
@@ -23,6 +24,7 @@ from protocols.psi import (
     protocol_of,
     run_bank_psi,
 )
+from protocols.psi import incremental as psi_inc
 from protocols.psi import ot as psi_ot
 
 log = logging.getLogger(__name__)
@@ -37,11 +39,23 @@ def default_protocol(mode: str) -> str:
 class AlignParams:
     mode: str = "both"  # "both": each side learns the intersection; "bank_only"; "cardinality": only its size
     batch_size: int = 50_000  # ECDH only: IDs per exchange
-    protocol: str = ""  # "ot" or "ecdh"; empty: default_protocol(mode)
+    protocol: str = ""  # "ot" or "ecdh"; empty: default_protocol(mode) ("ecdh" when incremental)
+    incremental: bool = False  # keep the pair's key epoch and blinded sets; re-align on the changes (docs/psi.md)
+    new_key: bool = False  # incremental: start a new key epoch now (a full alignment)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise JobError(f"align: 'mode' must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.incremental:
+            if self.mode not in psi_inc.MODES:
+                raise JobError(f"align: incremental alignment offers modes {', '.join(psi_inc.MODES)}, not "
+                               f"{self.mode!r} (a size-only result is a full ECDH run every time)")
+            if self.protocol not in ("", "ecdh"):
+                raise JobError("align: incremental alignment is ECDH-based (its blinded sets outlive a run); "
+                               f"drop 'protocol' or use 'ecdh', not {self.protocol!r}")
+            object.__setattr__(self, "protocol", "ecdh")
+        elif self.new_key:
+            raise JobError("align: 'new_key' applies to incremental alignment only (add 'incremental')")
         if not self.protocol:
             object.__setattr__(self, "protocol", default_protocol(self.mode))  # the job record names the choice
         if self.protocol not in PROTOCOLS:
@@ -89,6 +103,8 @@ class AlignJob(JobKind[AlignParams, PsiResult | None]):
                      ctx.job_id)
             return None
         peer = ContextPeer(link, SessionContext(job_name=job_name, resumed=ctx.resumed))
+        if params.incremental:
+            return align_incremental.run_bank(peer, ctx, params.mode, params.batch_size, params.new_key)
         if params.protocol == "ot":
             return psi_ot.run_bank_ot_psi(peer, ctx.job_id, ctx.data.ids, mode=params.mode, progress=ctx.progress)
         return run_bank_psi(peer, ctx.job_id, ctx.data.ids,
@@ -101,15 +117,19 @@ class AlignJob(JobKind[AlignParams, PsiResult | None]):
             alignment = ctx.stores.alignments.load(ctx.job_id)
         else:
             alignment = save_once(ctx, Alignment.from_result(ctx.job_id, result, peer_name=peer_name))
+        incremental = (align_incremental.save_bank(ctx, result) if isinstance(result, psi_inc.IncrementalResult)
+                       else {})
         return {"mode": alignment.mode, "intersection_size": alignment.size, "bank_customers": len(ctx.data),
                 "content_hash": alignment.content_hash,
                 "seconds": None if result is None else round(result.seconds, 3),
-                "psi_protocol": params.protocol, **_kernel(params.protocol)}
+                "psi_protocol": params.protocol, **_kernel(params.protocol), **incremental}
 
     def open_platform(self, ctx: JobContext, params: Message, context: SessionContext,
                       on_result: Callable[[Any], None]) -> StepHandler:
         limit = {} if ctx.max_peer_rows is None else {"max_bank_size": ctx.max_peer_rows,
                                                        "limit_name": "[policy] max_psi_rows"}
+        if params.get("version") == psi_inc.VERSION:
+            return align_incremental.open_platform(ctx, params, context.caller, on_result, limit)
         if protocol_of(params) == "ot":
             return psi_ot.PlatformOtPsiHandler(ctx.job_id, params, ctx.data.ids, on_result=on_result,
                                                progress=ctx.progress, **limit)
@@ -120,5 +140,7 @@ class AlignJob(JobKind[AlignParams, PsiResult | None]):
     def save_platform(self, ctx: JobContext, context: SessionContext, result: Any) -> dict[str, Any]:
         alignment = save_once(ctx, Alignment.from_result(ctx.job_id, result, peer_name="bank"))
         protocol = getattr(result, "protocol", "ecdh")
+        incremental = (align_incremental.save_platform(ctx, context.caller, result)
+                       if isinstance(result, psi_inc.IncrementalResult) else {})
         return {"intersection_size": alignment.size, "mode": alignment.mode, "content_hash": alignment.content_hash,
-                "psi_protocol": protocol, **_kernel(protocol)}
+                "psi_protocol": protocol, **_kernel(protocol), **incremental}

@@ -53,6 +53,8 @@ class JobContext:
     node_name: str = ""
     resumed: bool = False  # the job runs again after a node stopped (or the platform was unreachable)
     max_peer_rows: int | None = None  # platform: the most IDs the bank may declare in a PSI ([policy] max_psi_rows)
+    state_dir: Path | None = None  # the node's state directory (incremental alignment keeps each pair's state there)
+    psi_key_rotation_days: int = 30  # platform: [policy] psi_key_rotation_days (0: keep no incremental state)
     # Platform: its limits on a training session, and its disclosure ledger (protocols/vfl_lr/disclosure.py).
     evaluation_limits: EvaluationLimits | None = None
     disclosure: DisclosureBudget | None = None

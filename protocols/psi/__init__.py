@@ -41,7 +41,8 @@ data and stay where they are.
 Modules: :mod:`~protocols.psi.ids` (normalisation, salt), :mod:`~protocols.psi.x25519` (the two X25519
 kernels and the choice between them), :mod:`~protocols.psi.kernel` (hashing, blinding and :class:`Blinder`), :mod:`~protocols.psi.store` (values and matching),
 :mod:`~protocols.psi.messages` (what both sides agree on), :mod:`~protocols.psi.bank` and
-:mod:`~protocols.psi.platform` (the two sides).
+:mod:`~protocols.psi.platform` (the two sides). :mod:`protocols.psi.incremental`: the same blinding with keys that
+last a key epoch, so a re-alignment sends only new and removed IDs; :mod:`protocols.psi.ot`: KKRT16.
 """
 
 from __future__ import annotations
