@@ -42,6 +42,13 @@ class PolicyFile:
         self._config = config
         self._apply = apply
         self._stamp: Any = stamp_of(self.path)
+        # What the file itself said at start: a change is the file's own, against this, never a difference
+        # between the file and a config a program adjusted in code before starting the node (a benchmark's
+        # budget, say), which a first read of a just-written file would otherwise undo.
+        try:
+            self._from_file = load_config(self.path, expected_role="platform", require_tls=config.tls is not None)
+        except ConfigError:
+            self._from_file = config
         POLLER.add(self)
 
     def poll(self) -> None:
@@ -54,9 +61,10 @@ class PolicyFile:
         except ConfigError as err:
             log.error("%s changed but does not load (%s): the policy in force stays", self.path, err)
             return
-        keys = changed_keys(self._config, new)
+        keys = changed_keys(self._from_file, new)
         if not keys:
             return
+        self._from_file = new
         restart = [k for k in keys if k in NEEDS_RESTART]
         if restart:
             log.warning("%s: [policy] %s changed: that needs a restart of the node; nothing of the change "

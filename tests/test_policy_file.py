@@ -60,3 +60,21 @@ def test_a_changed_policy_applies_without_a_restart_and_one_needing_it_applies_n
     atomic_write(path, b"[node\nbroken")  # a file that no longer loads changes nothing
     POLLER.poll_all()
     assert node.projections_limit == 6 and len(node.stores.jobs.audit_events(event=POLICY_EVENT)) == 1
+
+
+def test_a_config_adjusted_in_code_keeps_its_values_until_the_file_itself_changes(tmp_path: Path) -> None:
+    """A program that starts the node on its file's config with a knob changed in code (a benchmark's budget)
+    keeps that knob: the first reads of the just-written file compare the file with itself, not with the code."""
+    import dataclasses
+
+    files = simulated_files(tmp_path / "data")
+    path = tmp_path / "platform.toml"
+    write_config(path, files.platform, tmp_path / "state", "max_released_projections = 4")
+    config = dataclasses.replace(load_config(path, expected_role="platform", require_tls=False),
+                                 max_released_projections=1)
+    node = PlatformNode(config, stores=memory_node_stores())
+    POLLER.poll_all()  # the file's stamp is recent: it is read again, and found unchanged
+    assert node.projections_limit == 1
+    write_config(path, files.platform, tmp_path / "state", "max_released_projections = 5")
+    POLLER.poll_all()
+    assert node.projections_limit == 5
