@@ -23,6 +23,7 @@ about to commit it.
 from __future__ import annotations
 
 import contextvars
+import errno
 import logging
 import os
 import sqlite3
@@ -299,17 +300,26 @@ class WalSyncer:
         with self._flush_lock:
             if upto <= self.synced:
                 return
-            fd = self._fd
-            if fd is None or os.fstat(fd).st_nlink == 0:  # first flush, or the WAL was deleted and made anew
-                if fd is not None:
-                    os.close(fd)
-                fd = self._fd = os.open(self.wal, os.O_RDONLY)
-            os.fsync(fd)
+            try:
+                os.fsync(self._wal_fd())
+            except OSError as err:  # the descriptor went bad under us (closed elsewhere): open the WAL again
+                if err.errno != errno.EBADF:
+                    raise
+                self._fd = None
+                os.fsync(self._wal_fd())
             with self._wake:
                 self.synced = max(self.synced, upto)
             if upto - self._checkpointed >= CHECKPOINT_EVERY:
                 self._checkpoint()
                 self._checkpointed = upto
+
+    def _wal_fd(self) -> int:
+        fd = self._fd
+        if fd is None or os.fstat(fd).st_nlink == 0:  # first flush, or the WAL was deleted and made anew
+            if fd is not None:
+                os.close(fd)
+            fd = self._fd = os.open(self.wal, os.O_RDONLY)
+        return fd
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database file so that it does not grow without end (the writer starts it
