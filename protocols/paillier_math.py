@@ -134,29 +134,18 @@ class FixedBase:
         return acc
 
 
-def bucket_product(values: list[mpz], col: np.ndarray, n2: mpz) -> mpz:
-    """prod_i values[i]^col[i] over the rows where col > 0."""
-    rows = np.flatnonzero(col > 0)
-    if len(rows) == 0:
+def _combine(buckets: list[tuple[int, mpz]], n2: mpz) -> mpz:
+    """``prod_v B_v^v`` for buckets ``(v, B_v)`` in descending order of v > 0: the running product S
+    accumulates the buckets and R accumulates S, so a value costs two multiplications; a gap of skipped
+    values multiplies R by a power of S (S is unchanged across empty buckets)."""
+    if not buckets:
         return mpz(1)
-    scalars = col[rows]
-    order = np.argsort(scalars, kind="stable")
-    rows, scalars = rows[order], scalars[order]
-    # Buckets from the largest scalar down; running product S accumulates buckets, R accumulates S.
-    bounds = np.flatnonzero(np.diff(scalars)) + 1
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [len(rows)]])
-    running, result = mpz(1), mpz(1)
-    previous = int(scalars[-1])
-    for start, end in zip(starts[::-1], ends[::-1], strict=True):
-        value = int(scalars[start])
-        # Skipped values between buckets: R *= S for each (S unchanged across empty buckets).
+    previous, running = buckets[0]
+    result = running
+    for value, bucket in buckets[1:]:
         gap = previous - value
-        if gap > 1 and running != 1:
+        if gap > 1:
             result = result * gmpy2.powmod(running, gap - 1, n2) % n2
-        bucket = values[rows[start]]
-        for r in rows[start + 1:end]:
-            bucket = bucket * values[r] % n2
         running = running * bucket % n2
         result = result * running % n2
         previous = value
@@ -165,14 +154,46 @@ def bucket_product(values: list[mpz], col: np.ndarray, n2: mpz) -> mpz:
     return result
 
 
+def bucket_product(values: list[mpz], col: np.ndarray, n2: mpz) -> mpz:
+    """``prod_i values[i]^col[i] mod n2`` for one column of small signed integers (|x| < 2^16).
+
+    One stable sort groups the rows by value; each bucket is the product of its rows' values (one
+    multiplication a row, in a plain Python loop over a list: no NumPy scalars in the loop), and the
+    positive and negative buckets are combined apart (:func:`_combine`), joined by one inversion.
+    """
+    nz = np.flatnonzero(col)
+    if len(nz) == 0:
+        return mpz(1)
+    sub = col[nz]
+    order = np.argsort(sub, kind="stable")
+    ordered = sub[order]
+    perm = [values[r] for r in nz[order].tolist()]
+    bounds = (np.flatnonzero(np.diff(ordered)) + 1).tolist()
+    starts, ends = [0, *bounds], [*bounds, len(perm)]
+    pos: list[tuple[int, mpz]] = []
+    neg: list[tuple[int, mpz]] = []
+    for start, end, value in zip(starts, ends, ordered[starts].tolist(), strict=True):
+        bucket = perm[start]
+        for c in perm[start + 1:end]:
+            bucket = bucket * c % n2
+        if value > 0:
+            pos.append((value, bucket))
+        else:
+            neg.append((-value, bucket))  # ascending values: the most negative first, |v| descending
+    pos.reverse()
+    positive, negative = _combine(pos, n2), _combine(neg, n2)
+    return positive if negative == 1 else positive * gmpy2.invert(negative, n2) % n2
+
+
 def matvec_t_values(values: list[mpz], X: np.ndarray, n2: mpz) -> list[mpz]:
     """``prod_i values[i]^X[i, j] mod n2`` for each column j of an integer matrix X of shape (m, k).
 
     Small scalars (|x| < 2^16) use bucket (Pippenger) multi-exponentiation: the ciphertexts of rows with
     the same value in a column are multiplied into one bucket, and the buckets are combined with the
     running-product trick, so a column costs about (non-zero entries + 2 * distinct values)
-    multiplications instead of one exponentiation per entry. Negative entries go to their own buckets,
-    combined with one inversion per column. Larger scalars take the general path (one powmod each).
+    multiplications instead of one exponentiation per entry (:func:`bucket_product`). Negative entries go
+    to their own buckets, combined with one inversion per column. Larger scalars take the general path
+    (one powmod each).
     """
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] != len(values):
@@ -194,7 +215,5 @@ def matvec_t_values(values: list[mpz], X: np.ndarray, n2: mpz) -> list[mpz]:
                 acc = acc * term % n2
             out.append(acc)
             continue
-        pos = bucket_product(values, col, n2)
-        neg = bucket_product(values, -col, n2)
-        out.append(pos if neg == 1 else pos * gmpy2.invert(neg, n2) % n2)
+        out.append(bucket_product(values, col, n2))
     return out
