@@ -60,6 +60,7 @@ from protocols.paillier_math import (
     FixedBase,
     check_modulus,
     derive_noise_base,
+    first_non_unit,
     matvec_t_values,
     noise_base_seed,
     random_blum_prime,
@@ -463,9 +464,12 @@ class CipherVector:
         values = []
         for i in range(0, len(data), width):
             c = mpz(int.from_bytes(data[i:i + width], "big"))
-            if not 0 < c < n2 or gmpy2.gcd(c, n) != 1:
+            if not 0 < c < n2:
                 raise InvalidCiphertext(f"ciphertext {i // width} is not in Z*_(n^2)")
             values.append(c)
+        bad = first_non_unit(values, n)  # one product and one gcd for the vector
+        if bad is not None:
+            raise InvalidCiphertext(f"ciphertext {bad} is not in Z*_(n^2)")
         return cls(public_key, values)
 
 

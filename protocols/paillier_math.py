@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
+from collections.abc import Sequence
 
 import gmpy2
 import numpy as np
@@ -32,6 +33,21 @@ def has_small_factor(n: mpz) -> bool:
     """Whether the odd number ``n`` has a prime factor below :data:`SMALL_FACTOR_BOUND` (one reduction, one
     gcd; reducing the product mod n first is faster than GMP's gcd on the unbalanced pair)."""
     return gmpy2.gcd(small_prime_product() % n, n) != 1
+
+
+def first_non_unit(values: Sequence[mpz], n: mpz) -> int | None:
+    """The index of the first value sharing a factor with ``n``, or None when every value is a unit mod n.
+
+    A prime factor of n divides the product of the values iff it divides one of them, so one product mod n
+    and one gcd check the whole list (a multiplication a value: six times cheaper than a gcd each at
+    2048 bits); only a list that fails is scanned value by value, to name the culprit.
+    """
+    acc = mpz(1)
+    for c in values:
+        acc = acc * c % n
+    if gmpy2.gcd(acc, n) == 1:
+        return None
+    return next(i for i, c in enumerate(values) if gmpy2.gcd(c, n) != 1)
 
 
 MIN_SECURE_BITS = 2048

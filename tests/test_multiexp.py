@@ -1,5 +1,6 @@
-"""The bucket multi-exponentiation (protocols.paillier_math.matvec_t_values) against the definition, on raw
-values: every output must equal ``prod_i values[i]^X[i, j] mod m`` exactly, whatever the scheme on top."""
+"""The vector kernels of protocols.paillier_math against their definitions, on raw values: the bucket
+multi-exponentiation (``matvec_t_values``: every output exactly ``prod_i values[i]^X[i, j] mod m``, whatever the
+scheme on top) and the batched unit check of received ciphertexts (``first_non_unit``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from gmpy2 import mpz
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.paillier_math import bucket_product, matvec_t_values
+from protocols.paillier_math import bucket_product, first_non_unit, matvec_t_values
 
 # A fixed odd modulus, a product of two 128-bit primes, so every value below is a unit (inversions exist).
 P = gmpy2.next_prime(mpz(2) ** 127 + 12345)
@@ -52,3 +53,17 @@ def test_known_answers():
     col = np.array([-3, -3, -1, 0])
     assert bucket_product(values, col, M) == gmpy2.invert(2**3 * 3**3 * 5, M)
     assert bucket_product(values, np.zeros(4, dtype=np.int64), M) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 30), st.integers(0, 2**32 - 1), st.lists(st.tuples(st.integers(0, 29), st.sampled_from(["p", "q", "m", "0"])),
+                                                                max_size=3))
+def test_first_non_unit_equals_a_gcd_each(count, seed, planted):
+    values = units(seed, count)
+    factor = {"p": P, "q": Q, "m": M, "0": mpz(0)}
+    for index, kind in planted:
+        if index < count:
+            values[index] = factor[kind] * (index + 1) % (M * M) if kind != "0" else mpz(0)
+    expected = next((i for i, c in enumerate(values) if gmpy2.gcd(c, M) != 1), None)
+    assert first_non_unit(values, M) == expected
+    assert first_non_unit(values, M) is None or gmpy2.gcd(values[first_non_unit(values, M)], M) != 1

@@ -44,7 +44,7 @@ from protocols.he.ou_math import (
     max_plaintext,
     plaintext_unit,
 )
-from protocols.paillier_math import MASK_EXTRA_BITS, MAX_KEY_BITS, FixedBase
+from protocols.paillier_math import MASK_EXTRA_BITS, MAX_KEY_BITS, FixedBase, first_non_unit
 
 KEY_FORMAT = b"OU1"  # b"OU1" || byte length of n (2 bytes) || n; both bases are derived from n
 NOISE_BITS = 256
@@ -352,9 +352,12 @@ class CipherVector:
         values = []
         for i in range(0, len(data), width):
             c = mpz(int.from_bytes(data[i:i + width], "big"))
-            if not 0 < c < n or gmpy2.gcd(c, n) != 1:
+            if not 0 < c < n:
                 raise InvalidCiphertext(f"ciphertext {i // width} is not in Z*_n")
             values.append(c)
+        bad = first_non_unit(values, n)  # one product and one gcd for the vector
+        if bad is not None:
+            raise InvalidCiphertext(f"ciphertext {bad} is not in Z*_n")
         return cls(public_key, values)
 
 
