@@ -143,3 +143,11 @@ def test_a_raw_half_has_no_tables() -> None:
     half = PlatformModel("job", ["t"], np.ones((2, 1)), scaler, Schema("id", ("a", "b"), ("float64", "float64")), {})
     assert half.scoring_terms().tables is None
     np.testing.assert_array_equal(half.partial_scores(np.array([[1.0, 2.0]])), [[3.0]])
+
+
+def test_the_micro_benchmark_times_both_paths_and_they_agree() -> None:
+    from benchmarks.binned_scoring import case
+
+    result = case(5, 30, 2, repeats=3)
+    assert result["bins"] > 30 and result["max_abs_difference"] < 1e-12
+    assert result["partial_scores"]["median_us"] > 0 and result["one_hot_formula"]["p99_us"] > 0
