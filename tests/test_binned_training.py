@@ -34,7 +34,9 @@ from simulations.generate import SimulationConfig
 from tests.nodes_fixture import FAST_TRAIN, SimulatedFiles, node_config, simulated_files
 from tests.test_vfl_lr import simulate
 
-FAST = {"key_bits": 1024, "features": "binned", "epochs": 2, "batch_size": 128}
+# bins "configured": these tests are about binning itself; on their few labelled rows bins "auto" would train the
+# platform on its raw columns (tests/test_bin_width.py tests that rule)
+FAST = {"key_bits": 1024, "features": "binned", "bins": "configured", "epochs": 2, "batch_size": 128}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,8 @@ def test_each_party_bins_its_own_columns_and_the_floor_counts_the_platforms_bins
     # what the platform declared at train.setup, and the floor it enforces, count its bins
     assert handler.X.shape[1] == width == plat_model.weights.shape[0]
     assert handler.floor == batch_floor(width, 2)
-    assert outcome.report["binning"]["platform"] == {"bins": width}
+    assert outcome.report["binning"]["platform"] == {"bins": width, "rule": "configured", "width_cap": None,
+                                                     "configured_bins": 5, "mode": "binned", "bins_per_column": 5}
     bank_model = outcome.model
     assert bank_model.binning is not None and bank_model.binning.spec.bins == 4
     assert outcome.report["binning"]["bank"]["bins"] == bank_model.weights.shape[0]
@@ -140,7 +143,8 @@ def test_nodes_train_on_bins_and_score_online_and_in_batch(files: SimulatedFiles
                     stores=memory_node_stores())
     align = bank.wait(bank.submit("align", "binned", {}), timeout_s=120)
     assert align.status == "succeeded", align.error
-    train = bank.wait(bank.submit("train", "binned", {"train": {**FAST_TRAIN, "features": "binned"}}),
+    train = bank.wait(bank.submit("train", "binned", {"train": {**FAST_TRAIN, "features": "binned",
+                                                                          "bins": "configured"}}),
                       timeout_s=300)
     assert train.status == "succeeded", train.error
     bank_model = BankModel.from_dict(bank.stores.models.load(train.job_id), where="test")
