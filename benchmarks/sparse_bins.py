@@ -97,13 +97,14 @@ def twin(blocks: list[np.ndarray], bank: PartyData, params: TrainParams, n_featu
             "labelled_train_rows_per_tag": [int(c) for c in train_mask.sum(axis=0)]}
 
 
-def run(settings: list[str], label_share: float, noise_seed: int = 0) -> dict[str, Any]:
+def run(settings: list[str], label_share: float, noise_seed: int = 0, bank_features: str = "binned") -> dict[str, Any]:
     bank, platform = simulated(label_share)
     params = TrainParams(features="binned")
     split = params.split(bank.labels, bank.ids)
     bank_binned, _ = binned_party_data(bank, split.train)
-    XA = standardised(bank_binned, split.train, params.clip, intercept=params.fit_intercept)
-    out: dict[str, Any] = {"label_share": label_share, "rows": len(bank.ids), "platform_columns":
+    XA = standardised(bank_binned if bank_features == "binned" else bank, split.train, params.clip,
+                      intercept=params.fit_intercept)
+    out: dict[str, Any] = {"bank_features": bank_features, "label_share": label_share, "rows": len(bank.ids), "platform_columns":
                            len(platform.feature_names), "bank_bins": XA.shape[1] - int(params.fit_intercept)}
     XA_raw = standardised(bank, split.train, params.clip, intercept=params.fit_intercept)
     for setting in settings:
@@ -115,7 +116,7 @@ def run(settings: list[str], label_share: float, noise_seed: int = 0) -> dict[st
         XB = standardised(features, split.train, params.clip, intercept=False)
         out[f"platform_{setting}"] = {"platform_width": XB.shape[1], **twin([XA, XB], bank, params, XB.shape[1],
                                                                             noise_seed)}
-        if setting == "raw":  # the bank on its raw columns too: what bins cost or gain on so few labels
+        if setting == "raw" and bank_features == "binned":  # the bank on its raw columns too: what bins cost or gain on so few labels
             out["both_raw"] = twin([XA_raw, XB], bank, params, XB.shape[1], noise_seed)
     return out
 
@@ -125,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--settings", default="raw,2,3,4,5,10")
     ap.add_argument("--label-share", type=float, default=0.1)
+    ap.add_argument("--bank", choices=["binned", "raw"], default="binned", help="the bank's features")
     args = ap.parse_args(argv)
-    result = run([s for s in args.settings.split(",") if s], args.label_share)
+    result = run([s for s in args.settings.split(",") if s], args.label_share, bank_features=args.bank)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

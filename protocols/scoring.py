@@ -26,6 +26,7 @@ from protocols.compute import Compute
 
 CHUNK_ROWS = 65_536
 GATHER_CELLS = 1 << 21  # per-bin terms gathered at once when scoring a binned half (16 MiB)
+FEW_ROWS = 64  # up to this many rows (online scoring) every tag's terms are gathered in one call
 
 
 def standardise(X: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float) -> np.ndarray:
@@ -83,13 +84,17 @@ def bin_tables(binning: BinningModel, mean: np.ndarray, std: np.ndarray, clip: f
 
 def binned_scores(tables: BinTables, X: np.ndarray) -> np.ndarray:
     """Scores (rows x tags, no intercept) of raw rows ``X``: each row's bins (one vectorised pass over all
-    columns), then the sum of their terms, a block of rows at a time (a tags x rows x features gather)."""
+    columns), then the sum of their terms: for a few rows one gather over every tag, for many a gather per tag
+    (each tag's terms stay in cache), a block of rows at a time."""
     at = tables.binning.transform(np.asarray(X, dtype=np.float64)) + tables.starts
-    tags = tables.terms.shape[0]
+    tags, width = tables.terms.shape
+    if len(at) <= FEW_ROWS:
+        return np.take(tables.terms.reshape(-1), at + (np.arange(tags) * width)[:, None, None]).sum(axis=2).T
     out = np.empty((len(at), tags), dtype=np.float64)
-    step = max(1, GATHER_CELLS // max(1, at.shape[1] * tags))
+    step = max(1, GATHER_CELLS // max(1, at.shape[1]))
     for a in range(0, len(at), step):
-        out[a:a + step] = tables.terms[:, at[a:a + step]].sum(axis=2).T
+        for t in range(tags):
+            out[a:a + step, t] = np.take(tables.terms[t], at[a:a + step]).sum(axis=1)
     return out
 
 

@@ -50,29 +50,29 @@ def test_the_cap_is_the_floor_of_the_fewest_labelled_tag() -> None:
 
 def test_bins_as_configured_when_they_fit(platform: PartyData) -> None:
     train = np.arange(4000)
-    chosen = platform_features(platform, train, None, mask([4000]), BINNED)  # cap 200 >= 40 bins
+    chosen = platform_features(platform, train, None, mask([4000]), BINNED)  # cap 400 >= 40 bins
     assert chosen.binning is not None and chosen.binning.n_bins == [10] * COLUMNS
     assert chosen.data.features.shape == (ROWS, 40)
-    assert chosen.summary == {"rule": "auto", "width_cap": 200, "configured_bins": 10, "mode": "binned",
+    assert chosen.summary == {"rule": "auto", "width_cap": 400, "configured_bins": 10, "mode": "binned",
                               "bins_per_column": 10}
 
 
 def test_fewer_bins_per_column_when_the_configured_ones_miss_the_floor(platform: PartyData) -> None:
     train = np.arange(4000)
-    chosen = platform_features(platform, train, None, mask([500, 2000]), BINNED)  # cap 25: 6 bins x 4 columns
+    chosen = platform_features(platform, train, None, mask([250, 2000]), BINNED)  # cap 25: 6 bins x 4 columns
     assert chosen.binning is not None and chosen.binning.n_bins == [6] * COLUMNS
     assert chosen.data.features.shape[1] == 24 <= chosen.summary["width_cap"] == 25
     assert chosen.summary["bins_per_column"] == 6 and chosen.summary["mode"] == "binned"
-    assert "40 bins at 10 per column would need 800 labelled training rows" in chosen.summary["note"]
-    assert "a tag has 500: at most 25 bins meet the batch floor, so 6 bins per column" in chosen.summary["note"]
+    assert "40 bins at 10 per column would need 400 labelled training rows of every tag per batch (10 x bins x 1 epoch)" in chosen.summary["note"]
+    assert "a tag has 250: at most 25 bins meet the batch floor, so 6 bins per column" in chosen.summary["note"]
     # an operator's explicit edges stay as they are; the table's default bins give way around them
     spec = BinningSpec(columns={"p0": ColumnSpec(edges=(-1.0, 0.0, 1.0))})
-    chosen = platform_features(platform, train, spec, mask([500]), BINNED)
+    chosen = platform_features(platform, train, spec, mask([250]), BINNED)
     assert chosen.binning is not None and chosen.binning.n_bins == [4, 7, 7, 7]
 
 
 def test_raw_columns_when_even_the_fewest_bins_miss_it(platform: PartyData) -> None:
-    chosen = platform_features(platform, np.arange(4000), None, mask([200]), BINNED)  # cap 10 < 3 bins x 4
+    chosen = platform_features(platform, np.arange(4000), None, mask([190]), BINNED)  # cap 19 < 5 bins x 4
     assert chosen.binning is None and chosen.data is platform
     assert chosen.summary["mode"] == "raw" and chosen.summary["bins_per_column"] is None
     assert chosen.summary["note"].endswith("so this job trains on the platform's 4 raw columns")

@@ -5,7 +5,8 @@ tag, ``d_B`` the platform's width: its bins when a job trains on bins. Where a t
 ``L`` are few (simulated data at 10% labels known: about 860 per tag against 34 columns that become 214 bins),
 no batch meets it, the defaults turn label DP on, and on so few labels its noise costs more than the bins gain
 (joint below bank-only). With ``bins = "auto"`` the platform, which bins its own columns at ``train.setup``,
-keeps its width within what one full batch per epoch can hold for ``AUTO_EPOCHS`` epochs::
+keeps its width within what one full batch per epoch can hold for ``AUTO_EPOCHS`` epoch (the Newton
+optimiser's schedule where mini-batches cannot meet the floor, batching.py)::
 
     d_B <= L_min // (FLOOR_FACTOR x epochs)     (epochs: the job's, or AUTO_EPOCHS when automatic)
 
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 SUMMARY_KEYS = {"rule", "width_cap", "configured_bins", "mode", "bins_per_column", "note"}
 MAX_SUMMARY_CHARS = 2000
 BINS_MODES = ("auto", "configured")
-AUTO_EPOCHS = 2  # epochs the cap leaves room for (one full Newton batch each): measured, docs/protocol.md
-MIN_AUTO_BINS = 3  # fewer quantile bins per column than this and the raw columns serve better: measured
+AUTO_EPOCHS = 1  # epochs the cap leaves room for (one full Newton batch each): measured, docs/protocol.md
+MIN_AUTO_BINS = 5  # fewer quantile bins per column than this and the raw columns serve better: measured
 
 
 class PlatformFeatures(NamedTuple):
@@ -82,7 +83,7 @@ def platform_features(data: PartyData, train_rows: np.ndarray, spec: BinningSpec
         return _binned(data, binning, {**summary, "mode": "binned", "bins_per_column": spec.bins})
     epochs = params.epochs or AUTO_EPOCHS
     why = (f"{width} bins at {spec.bins} per column would need {FLOOR_FACTOR * width * epochs} labelled training "
-           f"rows of every tag per batch ({FLOOR_FACTOR} x bins x {epochs} epochs) and a tag has "
+           f"rows of every tag per batch ({FLOOR_FACTOR} x bins x {epochs} epoch{'s' if epochs != 1 else ''}) and a tag has "
            f"{fewest_labelled(label_mask)}: at most {cap} bins meet the batch floor")
     for bins in range(spec.bins - 1, MIN_AUTO_BINS - 1, -1):
         fewer = fit_binning(data, train_rows, replace(spec, bins=bins, max_categories=min(spec.max_categories, bins)))
