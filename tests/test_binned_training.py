@@ -183,6 +183,8 @@ def test_the_cli_turns_binned_training_on() -> None:
 
     args = build_parser().parse_args(["train", "--config", "b.toml", "--features", "binned"])
     assert train_params(args) == {"features": "binned"}
+    args = build_parser().parse_args(["train", "--config", "b.toml", "--features", "binned", "--bins", "configured"])
+    assert train_params(args) == {"features": "binned", "bins": "configured"}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--config", "b.toml", "--features", "woe"])
 
