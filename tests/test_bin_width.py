@@ -98,3 +98,14 @@ def test_the_summary_the_bank_reads_is_checked() -> None:
                 json.dumps({"note": "x" * 3000}), b"{}", json.dumps({"mode": {"nested": 1}})):
         with pytest.raises(ProtocolError, match="platform_binning is not a binning summary"):
             read_platform_binning(bad)
+
+
+def test_the_html_report_shows_the_platforms_choice() -> None:
+    from party_bank.report_binning import binning_section
+
+    raw = {"binning": {"bank": {"columns": 3, "bins": 30}, "platform": {"bins": 4, "mode": "raw", "rule": "auto",
+                                                                        "note": "so this job trains on <raw>"}}}
+    html = binning_section(raw)
+    assert "its raw columns" in html and "so this job trains on &lt;raw&gt;" in html
+    fewer = {"binning": {"bank": {}, "platform": {"bins": 24, "mode": "binned", "bins_per_column": 6}}}
+    assert "<th>Platform: bins per column</th><td>6</td>" in binning_section(fewer)
