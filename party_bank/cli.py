@@ -151,7 +151,7 @@ def train_params(args: argparse.Namespace) -> dict[str, Any]:
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UserError(f"--params: unknown training parameter {key!r}{hint}; valid: {', '.join(valid)}")
-    for key in ("epochs", "batch_size", "learning_rate", "seed", "features"):
+    for key in ("epochs", "batch_size", "learning_rate", "seed", "features", "bins"):
         if getattr(args, key) is not None:
             train[key] = getattr(args, key)
     return train
@@ -398,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help=f"seed of the split and the batches (default: {defaults.seed})")
     t.add_argument("--features", choices=["raw", "binned"], help="train on each party's raw columns or on their "
                    f"one-hot bins, each node binning its own by its [binning] table (default: {defaults.features})")
+    t.add_argument("--bins", choices=["auto", "configured"], help="with --features binned: 'auto' lets the platform "
+                   "bin more coarsely, or keep its raw columns, when its bins are too many for the batch floor on the "
+                   f"labelled rows per tag; 'configured' bins as each [binning] table says (default: {defaults.bins})")
     t.add_argument("--params", metavar="JSON", help="training parameters as a JSON object (default: {}); "
                    f"valid keys: {', '.join(sorted(TrainParams.__dataclass_fields__))}; defaults in "
                    "protocols/vfl_lr/params.py and docs/protocol.md")

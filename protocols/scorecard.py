@@ -29,6 +29,7 @@ import numpy as np
 
 from protocols.binning import BinningModel
 from protocols.errors import UserError
+from protocols.scoring import bin_tables
 
 DEFAULT_BASE_SCORE, DEFAULT_PDO, DEFAULT_BASE_ODDS = 600.0, 20.0, 50.0
 VERSION = "scorecard-v1"
@@ -83,14 +84,13 @@ def bin_terms(binning: BinningModel, mean: np.ndarray, std: np.ndarray, clip: fl
     feature adds ``t1[b] + sum of t0 over its other columns``, with ``t1``, ``t0`` a column's standardised,
     clipped value times its weight when it is 1 or 0.
     """
-    mean, std, w = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (mean, std, weights))
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
     width = int(binning.offsets()[-1])
-    if not len(mean) == len(std) == len(w) == width:
+    if not len(np.asarray(mean).reshape(-1)) == len(np.asarray(std).reshape(-1)) == len(w) == width:
         raise ScorecardError(f"the model's weights cover {len(w)} columns, its binning {width} bins")
-    t1 = np.clip((1.0 - mean) / std, -clip, clip) * w
-    t0 = np.clip((0.0 - mean) / std, -clip, clip) * w
+    terms = bin_tables(binning, mean, std, clip, w).terms[0]  # the very terms online scoring adds up
     offsets = binning.offsets()
-    return [t1[a:b] - t0[a:b] + t0[a:b].sum() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    return [terms[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 def party_table(party: str, job_id: str, binning: BinningModel | None, mean: np.ndarray, std: np.ndarray,

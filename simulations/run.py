@@ -24,7 +24,7 @@ from rich.table import Table
 from party_bank.scores import Scores
 from party_common.data_loading import FillMode, load_party_data
 from party_common.storage.files import atomic_write
-from protocols.binning import binned_party_data
+from protocols.binning import DEFAULT_BINS, DEFAULT_MAX_CATEGORIES, BinningSpec, binned_party_data
 from protocols.metrics import centralized_baseline
 from protocols.uncertainty import format_interval, summarise
 from protocols.vfl_lr import TrainParams
@@ -49,12 +49,13 @@ def simulated_files(out: Path, *, n_bank: int, n_platform: int, n_tags: int, lab
 def centralized_report(cluster: LocalCluster, bank_data: Path, bank_id: str, platform_data: Path,
                        platform_id: str, tags: list[str], alignment_job_id: str,
                        train_params: dict[str, Any], fill_missing: FillMode = "error",
-                       features: str = "raw") -> dict[str, Any]:
+                       features: str = "raw", platform_binning: dict[str, Any] | None = None) -> dict[str, Any]:
     """Centralized sklearn LR on the same aligned rows and split as the joint model (harness only).
 
     The files load as the nodes load them: the same ``fill_missing``, the same all-missing columns dropped.
     ``features`` "binned": each half one-hot binned as its node bins it (the default [binning], fitted on the
-    training rows), so the yardstick sees the joint model's features.
+    training rows), so the yardstick sees the joint model's features; ``platform_binning`` (the report's
+    ``binning.platform``) says when the platform binned more coarsely, or kept its raw columns, by bins "auto".
     """
     ids = list(cluster.bank_alignment(alignment_job_id).ids or ())
     bank = load_party_data(bank_data, id_column=bank_id, tag_columns=tags, fill_missing=fill_missing).take(ids)
@@ -62,7 +63,12 @@ def centralized_report(cluster: LocalCluster, bank_data: Path, bank_id: str, pla
     params = TrainParams.from_dict(train_params)
     split = params.split(bank.labels, bank.ids)
     if features == "binned":
-        bank, platform = (binned_party_data(half, split.train)[0] for half in (bank, platform))
+        chosen = platform_binning or {}
+        bank = binned_party_data(bank, split.train)[0]
+        if chosen.get("mode") != "raw":
+            per_column = chosen.get("bins_per_column") or DEFAULT_BINS
+            spec = BinningSpec(bins=per_column, max_categories=min(DEFAULT_MAX_CATEGORIES, per_column))
+            platform = binned_party_data(platform, split.train, spec)[0]
     return centralized_baseline(bank, platform, split, l2=params.l2)
 
 
@@ -160,7 +166,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 central = centralized_report(cluster, Path(bank_data), bank_id, Path(platform_data), platform_id,
                                              tags, align["job_id"], train_params, fill_missing=args.fill_missing,
-                                             features=features)
+                                             features=features,
+                                             platform_binning=(train.get("binning") or {}).get("platform"))
                 for tag in tags:
                     report["tags"][tag][key] = central[tag]
         except Exception as err:  # the yardstick is optional: report why it is missing

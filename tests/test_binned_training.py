@@ -34,7 +34,9 @@ from simulations.generate import SimulationConfig
 from tests.nodes_fixture import FAST_TRAIN, SimulatedFiles, node_config, simulated_files
 from tests.test_vfl_lr import simulate
 
-FAST = {"key_bits": 1024, "features": "binned", "epochs": 2, "batch_size": 128}
+# bins "configured": these tests are about binning itself; on their few labelled rows bins "auto" would train the
+# platform on its raw columns (tests/test_bin_width.py tests that rule)
+FAST = {"key_bits": 1024, "features": "binned", "bins": "configured", "epochs": 2, "batch_size": 128}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,8 @@ def test_each_party_bins_its_own_columns_and_the_floor_counts_the_platforms_bins
     # what the platform declared at train.setup, and the floor it enforces, count its bins
     assert handler.X.shape[1] == width == plat_model.weights.shape[0]
     assert handler.floor == batch_floor(width, 2)
-    assert outcome.report["binning"]["platform"] == {"bins": width}
+    assert outcome.report["binning"]["platform"] == {"bins": width, "rule": "configured", "width_cap": None,
+                                                     "configured_bins": 5, "mode": "binned", "bins_per_column": 5}
     bank_model = outcome.model
     assert bank_model.binning is not None and bank_model.binning.spec.bins == 4
     assert outcome.report["binning"]["bank"]["bins"] == bank_model.weights.shape[0]
@@ -140,7 +143,8 @@ def test_nodes_train_on_bins_and_score_online_and_in_batch(files: SimulatedFiles
                     stores=memory_node_stores())
     align = bank.wait(bank.submit("align", "binned", {}), timeout_s=120)
     assert align.status == "succeeded", align.error
-    train = bank.wait(bank.submit("train", "binned", {"train": {**FAST_TRAIN, "features": "binned"}}),
+    train = bank.wait(bank.submit("train", "binned", {"train": {**FAST_TRAIN, "features": "binned",
+                                                                          "bins": "configured"}}),
                       timeout_s=300)
     assert train.status == "succeeded", train.error
     bank_model = BankModel.from_dict(bank.stores.models.load(train.job_id), where="test")
@@ -179,6 +183,8 @@ def test_the_cli_turns_binned_training_on() -> None:
 
     args = build_parser().parse_args(["train", "--config", "b.toml", "--features", "binned"])
     assert train_params(args) == {"features": "binned"}
+    args = build_parser().parse_args(["train", "--config", "b.toml", "--features", "binned", "--bins", "configured"])
+    assert train_params(args) == {"features": "binned", "bins": "configured"}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--config", "b.toml", "--features", "woe"])
 
@@ -196,3 +202,22 @@ def test_a_resumed_binned_job_ends_with_the_uninterrupted_model(parties) -> None
         assert np.array_equal(got, want)  # bit for bit
     assert again.models[-1].binning is not None and ref_platform.models[-1].binning is not None
     assert again.models[-1].binning.to_dict() == ref_platform.models[-1].binning.to_dict()
+
+
+def test_with_bins_auto_too_few_labels_train_the_platform_on_raw_columns_and_the_report_says_so(parties) -> None:
+    """About 200 labelled training rows per tag leave room for 20 platform bins: not even 5 bins of each of its
+    columns fit, so the platform trains on its raw columns, its half scores them, and the bank's
+    report names the rule's choice."""
+    bank, platform = parties
+    outcome, handler, models = run(bank, platform, bins="auto", epochs=None, batch_size=None)
+    assert handler.binning is None and handler.X.shape[1] == len(platform.feature_names)
+    plat_model = models[-1]
+    assert plat_model.binning is None and plat_model.weights.shape[0] == len(platform.feature_names)
+    side = outcome.report["binning"]["platform"]
+    assert side["mode"] == "raw" and side["bins"] == len(platform.feature_names) and side["rule"] == "auto"
+    assert "trains on the platform's" in side["note"] and side["width_cap"] < 5 * len(platform.feature_names)
+    assert outcome.model.binning is not None  # the bank still trains on its own bins
+    rows = platform.features[:5]
+    s = plat_model.scaler
+    np.testing.assert_allclose(plat_model.partial_scores(rows), standardise(rows, s.mean, s.std, s.clip)
+                               @ plat_model.weights, rtol=1e-12)

@@ -171,6 +171,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> SimulatedFiles:
     return simulated_files(tmp_path_factory.mktemp("data"))
 
 
+# the nodes' [binning] as configured: the test's few labelled rows would otherwise make the platform train on its
+# raw columns (bins "auto", protocols/vfl_lr/bin_width.py)
+CONFIGURED_BINS = {"bins": "configured"}
+
+
 @pytest.fixture(scope="module")
 def binned(files: SimulatedFiles, tmp_path_factory: pytest.TempPathFactory) -> tuple[Nodes, str, str]:
     """Nodes that trained one model on bins and one on raw features."""
@@ -178,7 +183,8 @@ def binned(files: SimulatedFiles, tmp_path_factory: pytest.TempPathFactory) -> t
     assert nodes.bank.wait(nodes.bank.submit("align", "", {}), timeout_s=120).status == "succeeded"
     jobs = []
     for features in ("binned", "raw"):
-        train = nodes.bank.wait(nodes.bank.submit("train", "", {"train": {**FAST_TRAIN, "features": features}}),
+        train = nodes.bank.wait(nodes.bank.submit("train", "", {"train": {**FAST_TRAIN, "features": features,
+                                                                                **CONFIGURED_BINS}}),
                                 timeout_s=300)
         assert train.status == "succeeded", train.error
         jobs.append(train.job_id)

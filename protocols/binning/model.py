@@ -33,6 +33,7 @@ from protocols.binning.spec import (
 
 FORMAT_VERSION = 1
 BLOCK_CELLS = 1 << 22  # values of a float matrix binned at once (a few such arrays in memory)
+SMALL_ROWS = 64  # up to this many rows (online scoring), numeric columns are binned in one comparison
 MISSING_LABEL = "missing"
 OTHER_LABEL = "other"
 Level = float | str
@@ -227,39 +228,51 @@ class BinningModel:
         return out
 
     def _transform_floats(self, matrix: np.ndarray) -> np.ndarray:
-        """:meth:`transform` of a float matrix (what the nodes hold): every numeric column at once, a bin
-        being the count of edges at or below the value (searchsorted "right"), one comparison of the whole
-        block per edge rank, a block of rows at a time; categorical columns one by one. The same bins as
-        column by column, in a few numpy calls whatever the number of columns (a row online: microseconds)."""
-        kept, at, edges = self._numeric_plan
+        """Bins of a float matrix: numeric columns together, a block of rows at a time, with no Python loop
+        over columns or rows (a row online: a handful of numpy calls whatever the number of columns);
+        categorical columns one by one. The same bins as column by column: a value's bin is the number of
+        its column's edges at or below it (``searchsorted(edges, value, side="right")``), and NaN pads the
+        shorter edge lists (never at or below a value)."""
+        kept, at, edges, missing_bin = self._numeric_plan
         out = np.empty((len(matrix), len(self.columns)), dtype=np.int32)
-        step = max(1, BLOCK_CELLS // max(1, len(at)))
+        ranks = edges.shape[1]
+        # few rows: one broadcast comparison (rows x columns x edges); many: a pass per edge rank
+        step = max(1, BLOCK_CELLS // max(1, len(at) * (ranks if len(matrix) <= SMALL_ROWS else 1)))
         for a in range(0, len(matrix), step):
             block = matrix[a:a + step][:, at]
-            counts = np.zeros(block.shape, dtype=np.int32)
-            for rank in range(edges.shape[1]):
-                counts += block >= edges[:, rank]
-            out[a:a + step, kept] = counts
+            if len(block) <= SMALL_ROWS:
+                counts = (block[:, :, None] >= edges).sum(axis=2, dtype=np.int32)
+            else:
+                counts = np.zeros(block.shape, dtype=np.int32)
+                for rank in range(ranks):
+                    counts += block >= edges[:, rank]
             missing = np.isnan(block)
-            for k in np.flatnonzero(missing.any(axis=0)):
-                column = self.columns[kept[k]]
-                if column.missing_bin is None:
-                    column.transform(block[:, k])  # raises, naming the column
-                out[a:a + step, kept[k]][missing[:, k]] = column.missing_bin
-        for j, column in enumerate(self.columns):
-            if column.kind != "numeric":
-                out[:, j] = column.transform(matrix[:, self._positions[j]])
+            if missing.any():
+                unbinned = missing & (missing_bin < 0)
+                if unbinned.any():
+                    k = int(np.flatnonzero(unbinned.any(axis=0))[0])
+                    self.columns[kept[k]].transform(block[:, k])  # raises, naming the column
+                counts = np.where(missing, missing_bin, counts).astype(np.int32, copy=False)
+            out[a:a + step, kept] = counts
+        for j in self._categorical:
+            out[:, j] = self.columns[j].transform(matrix[:, self._positions[j]])
         return out
 
     @cached_property
-    def _numeric_plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The numeric columns' places among the kept ones and the input ones, and their edges padded with
-        +inf (never at or below a value) into one (columns x most edges) array."""
+    def _numeric_plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The numeric columns' places among the kept ones and the input ones, their edges padded with NaN
+        into one (columns x most edges) array, and their missing bins (-1: none)."""
         kept = np.array([j for j, c in enumerate(self.columns) if c.kind == "numeric"], dtype=np.int64)
-        edges = np.full((len(kept), max([len(self.columns[j].edges) for j in kept] + [1])), np.inf)
+        edges = np.full((len(kept), max([len(self.columns[j].edges) for j in kept] + [1])), np.nan)
         for k, j in enumerate(kept):
             edges[k, :len(self.columns[j].edges)] = self.columns[j].edges
-        return kept, np.array([self._positions[j] for j in kept], dtype=np.int64), edges
+        missing_bin = np.array([-1 if self.columns[j].missing_bin is None else self.columns[j].missing_bin
+                                for j in kept], dtype=np.int32)
+        return kept, np.array([self._positions[j] for j in kept], dtype=np.int64), edges, missing_bin
+
+    @cached_property
+    def _categorical(self) -> list[int]:
+        return [j for j, c in enumerate(self.columns) if c.kind != "numeric"]
 
     def offsets(self) -> np.ndarray:
         """Where each column's one-hot block starts (and, last, the total width)."""

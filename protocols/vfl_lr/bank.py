@@ -27,6 +27,7 @@ from protocols.packing import pack_signed
 from protocols.party_data import PartyData
 from protocols.rowblocks import map_rows
 from protocols.vfl_lr.batching import choose_schedule, session_batch_bound, session_epochs
+from protocols.vfl_lr.bin_width import read_platform_binning
 from protocols.vfl_lr.calibration import calibrate_tag
 from protocols.vfl_lr.disclosure import validation_epochs
 from protocols.vfl_lr.encoding import check_slots, encode_z, pack_pairs, pack_rows, residual_offset
@@ -243,7 +244,7 @@ class _BankTrainer:
         n_features = read_field(reply, Field.N_FEATURES, int)
         if not 1 <= n_features <= MAX_PLATFORM_FEATURES:
             raise ProtocolError(f"the platform declared {n_features} features (1..{MAX_PLATFORM_FEATURES})")
-        self.n_features = n_features
+        self.n_features, self.platform_binning = n_features, read_platform_binning(reply.get(Field.PLATFORM_BINNING))
         self.plan = SlotPlan.for_params(p, max_batch_rows(self.session_p.batch_size), self.T,
                                         plaintext_bits(self.pk, self.ppk, scheme=self.scheme.name))
         self.mask_train = train_mask
@@ -289,7 +290,8 @@ class _BankTrainer:
             report["resumed"] = self.resumed
         report["batching"], report["epochs"] = self.batching, self.epochs_entry
         if self.binning is not None:  # the platform's side: only its width (what it declared), never its bins
-            report["binning"] = {"bank": self.binning.summary(), "platform": {"bins": self.n_features}}
+            report["binning"] = {"bank": self.binning.summary(), "platform": {**self.platform_binning,
+                                                                              "bins": self.n_features}}
         # A tag whose joint model does not beat the bank's own on validation is served by the bank's own.
         W, served = state.W.copy(), [report["metrics"][tag]["served"]["model"] == "joint" for tag in self.bank.tag_names]
         for t in np.flatnonzero(~np.array(served)):

@@ -47,6 +47,9 @@ class Field:
     PLATFORM_KEY = "platform_key"
     HE_SCHEME = "he_scheme"  # setup reply: the scheme of the platform's key, which must be the job's (params)
     N_FEATURES = "n_features"
+    # setup reply of a job on bins: how the platform binned ("binned" or "raw", bins per column, width, the rule's
+    # note): for the bank's report only, never a bin's edges or counts (protocols/vfl_lr/bin_width.py)
+    PLATFORM_BINNING = "platform_binning"
     # setup reply: in how many epochs the platform evaluates the validation rows (protocols/vfl_lr/disclosure.py)
     MAX_VALIDATION_EVALUATIONS = "max_validation_evaluations"
     # beside each key: a zero-knowledge proof that it was made as its scheme says (protocols/vfl_lr/key_proof.py)

@@ -11,7 +11,7 @@ import numpy as np
 from protocols.binning import BinningModel
 from protocols.model_family import FAMILY_FIELD, LEGACY_FAMILY, ModelError
 from protocols.party_data import Schema
-from protocols.scoring import LinearTerms, linear_scores
+from protocols.scoring import BinTables, LinearTerms, bin_tables, linear_scores
 from protocols.vfl_lr.calibration import entries, identity_entries, log_odds
 from protocols.vfl_lr.params import VERSION
 from protocols.vfl_lr.state import Scaler
@@ -92,6 +92,9 @@ class BankModel:
     binning: BinningModel | None = None
     kind: str = field(default="bank", init=False)
     family: str = field(default=FAMILY, init=False)
+    # per weights scored ("joint", "bank_only"): the per-bin terms of a binned half, built on first use
+    _bin_tables: dict[str, tuple[tuple[Any, ...], BinTables]] = field(default_factory=dict, init=False, repr=False,
+                                                                       compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.calibration, np.ndarray):  # Platt's (a, b) per tag, as a (T, 2) array
@@ -114,7 +117,8 @@ class BankModel:
     def scoring_terms(self) -> LinearTerms:
         """What a compute worker needs to score (``protocols.scoring``)."""
         s = self.scaler
-        return LinearTerms(s.mean, s.std, s.clip, self.weights, self.intercept, self.binning)
+        return LinearTerms(s.mean, s.std, s.clip, self.weights, self.intercept, self.binning,
+                           _tables(self, "joint", self.weights))
 
     def probabilities(self, z_total: np.ndarray, columns: Sequence[int] | None = None) -> np.ndarray:
         """Calibrated probabilities for joint scores ``z_A + z_B`` (rows x tags), per tag's calibration;
@@ -137,7 +141,9 @@ class BankModel:
         if alone is None:
             return self.probabilities(self.partial_scores(features)[:, cols], cols)
         s = self.scaler
-        z = linear_scores(features, s.mean, s.std, s.clip, alone.weights[:, cols], alone.intercept[cols], self.binning)
+        tables = _tables(self, "bank_only", alone.weights)
+        z = linear_scores(features, s.mean, s.std, s.clip, alone.weights[:, cols], alone.intercept[cols], self.binning,
+                          None if tables is None else tables.tag_columns(cols))
         out = np.empty_like(z)
         for j, t in enumerate(cols):
             out[:, j] = log_odds(z[:, j], alone.calibration[t])
@@ -200,6 +206,9 @@ class PlatformModel:
     binning: BinningModel | None = None  # as BankModel.binning: the platform's own binning of its raw columns
     kind: str = field(default="platform", init=False)
     family: str = field(default=FAMILY, init=False)
+    # per weights scored ("joint"): the per-bin terms of a binned half, built on first use
+    _bin_tables: dict[str, tuple[tuple[Any, ...], BinTables]] = field(default_factory=dict, init=False, repr=False,
+                                                                       compare=False)
 
     def partial_scores(self, features: np.ndarray) -> np.ndarray:
         """``z_B`` for rows of raw platform features, one column per tag."""
@@ -208,7 +217,7 @@ class PlatformModel:
     def scoring_terms(self) -> LinearTerms:
         """What a compute worker needs to score (``protocols.scoring``)."""
         s = self.scaler
-        return LinearTerms(s.mean, s.std, s.clip, self.weights, None, self.binning)
+        return LinearTerms(s.mean, s.std, s.clip, self.weights, None, self.binning, _tables(self, "joint", self.weights))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible values; :meth:`from_dict` restores the model exactly."""
@@ -226,6 +235,20 @@ class PlatformModel:
                 isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in best)):
             raise ModelError(f"{where}: damaged platform model: best_epoch must be one epoch per tag")
         return cls(**fields, best_epoch=best)
+
+
+def _tables(half: BankModel | PlatformModel, name: str, weights: np.ndarray) -> BinTables | None:
+    """The per-bin terms of a binned half's ``weights`` (None for a half on raw features), built once: online
+    scoring then costs a gather per row, not the tables' construction. Rebuilt if the arrays were replaced."""
+    if half.binning is None:
+        return None
+    s = half.scaler
+    key = (half.binning, s.mean, s.std, weights, s.clip)  # the objects themselves: an id is never reused
+    cached = half._bin_tables.get(name)
+    if cached is None or not all(a is b for a, b in zip(cached[0][:4], key[:4], strict=True)) or cached[0][4] != s.clip:
+        cached = key, bin_tables(half.binning, s.mean, s.std, s.clip, weights)
+        half._bin_tables[name] = cached
+    return cached[1]
 
 
 def _calibration_dict(cal: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -100,6 +100,10 @@ class TrainParams:
     # party binning its own columns from their values on its training rows, by its node's [binning] table:
     # protocols/binning; docs/protocol.md, "Binned features").
     features: str = "raw"
+    # With features "binned": "auto" lets the platform bin more coarsely, or train on its raw columns, when its
+    # bins would be too many for the batch floor on the labelled rows per tag (protocols/vfl_lr/bin_width.py);
+    # "configured" bins as each node's [binning] table says, whatever the floor.
+    bins: str = "auto"
     # The platform's feature columns this job trains on (None: every column its policy allows); set from a
     # screen's IV selection (party_common/jobs/screen.py). The platform refuses a column its policy does not allow.
     platform_features: list[str] | None = None
@@ -138,6 +142,7 @@ class TrainParams:
             (0 < self.dp_delta <= 1e-3, "dp_delta must be in (0, 1e-3]"),
             (1 <= self.checkpoint_every <= 100_000, "checkpoint_every must be an integer in 1..100000"),
             (self.features in ("raw", "binned"), "features must be 'raw' or 'binned'"),
+            (self.bins in ("auto", "configured"), "bins must be 'auto' or 'configured'"),
             (self.platform_features is None or (isinstance(self.platform_features, list) and 0 < len(
                 self.platform_features) <= 100_000 and all(isinstance(c, str) and c for c in self.platform_features)
                 and len(set(self.platform_features)) == len(self.platform_features)),

@@ -13,13 +13,14 @@ import protocols.vfl_lr.key_proof as key_proof
 import protocols.vfl_lr.label_mask as label_mask
 import protocols.vfl_lr.mask_path as mask_path
 import protocols.vfl_lr.resume as resume
-from protocols.binning import BinningModel, BinningSpec, binned_party_data
+from protocols.binning import BinningModel, BinningSpec
 from protocols.channel import Message
 from protocols.compute import ComputeSpec, as_compute
 from protocols.errors import DeviationDetected, InvalidKey, ProtocolError
 from protocols.fixedpoint import quantise_rows
 from protocols.he import get_scheme
 from protocols.party_data import PartyData
+from protocols.vfl_lr.bin_width import platform_features
 from protocols.vfl_lr.disclosure import (
     DisclosureBudget,
     EvaluationLimits,
@@ -207,10 +208,10 @@ class PlatformTrainHandler:
             raise ProtocolError("label_mask must be a uint8 array of shape (rows, tags)")
         else:
             self.mask = mask.astype(bool)
-        if p.features == "binned":  # its own bins, from its training rows' values: the width declared below
-            self.data, self.binning = binned_party_data(self.data, self.train, self.binning_spec)
-        features = self.data.features
-        self.scaler = Scaler.fit(features, p.clip, rows=self.train)
+        # A job on bins: its own bins from its training rows' values, as many as the floor allows (bin_width.py)
+        self.data, self.binning, self.binning_summary = platform_features(self.data, self.train, self.binning_spec,
+                                                                          self.mask[self.train], p)
+        self.scaler = Scaler.fit(features := self.data.features, p.clip, rows=self.train)
         # Standardised rows when a step asks for them: the raw features are held once (on disk when the node
         # spilled them, party_common.data_loading), never a float64 copy of the whole matrix.
         self.X = self.scaler.rows(features)
@@ -232,7 +233,7 @@ class PlatformTrainHandler:
         self.floor = batch_floor(self.X.shape[1], p.epochs)
         self.enforce_floor = platform_enforces_floor(p, strict=not self.insecure_for_tests)
         return {Field.PLATFORM_KEY: self.pk.to_bytes(), Field.HE_SCHEME: self.scheme.name,
-                Field.N_FEATURES: int(self.X.shape[1]),
+                Field.N_FEATURES: self.X.shape[1], Field.PLATFORM_BINNING: json.dumps(self.binning_summary),
                 **key_proof.attach(self.scheme, self.sk, self.job_id, key_proof.PLATFORM_TRAINING),
                 Field.MAX_VALIDATION_EVALUATIONS: self.limits.max_validation_evaluations}
 
