@@ -92,7 +92,7 @@ def test_the_platform_refuses_another_optimizer_and_a_label_dp_flag_against_the_
     try:
         # nothing of the bank's protection to declare: its key, its width, how often it evaluates validation
         assert set(reply) == {Field.PLATFORM_KEY, Field.PLATFORM_KEY_PROOF, Field.HE_SCHEME, Field.N_FEATURES,
-                              Field.MAX_VALIDATION_EVALUATIONS}
+                              Field.PLATFORM_BINNING, Field.MAX_VALIDATION_EVALUATIONS}
         epoch = {Field.EPOCH: 0, Field.BATCH_ROWS: np.arange(150), Field.BATCH_SIZES: np.array([150])}
         with pytest.raises(ProtocolError, match="'label_dp' is missing"):
             handler.handle(Step.EPOCH, epoch)

@@ -3,6 +3,7 @@ still gets, the platform's refusals, and unlinkable shuffles. 1024-bit keys thro
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -50,7 +51,7 @@ KNOWN_CUSTOMERS = 30
 
 # Every reply field the bank gets, by step: a new field must be classified in the transcript test.
 REPLY_FIELDS = {Step.SETUP: {Field.PLATFORM_KEY, Field.PLATFORM_KEY_PROOF, Field.HE_SCHEME, Field.N_FEATURES,
-                             Field.MAX_VALIDATION_EVALUATIONS},
+                             Field.PLATFORM_BINNING, Field.MAX_VALIDATION_EVALUATIONS},
                 Step.EPOCH: set(),
                 Step.EMASK: {Field.MASKED_PRODUCTS}, Step.EMASK_OPEN: set(),
                 Step.FORWARD: {Field.ROWS, Field.PAIRS}, Step.GRADIENT: {Field.MASKED_GRADIENT},
@@ -189,6 +190,7 @@ def test_curious_bank_attributes_no_platform_value_to_a_row(monkeypatch):
             assert handler.pk != pk
         elif step == Step.SETUP:  # its key, the key's proof (about the key alone), its scheme and feature count
             assert reply[Field.N_FEATURES] == D_B and reply[Field.HE_SCHEME] == "paillier"
+            assert json.loads(reply[Field.PLATFORM_BINNING]) == {}  # raw columns: no binning to describe
         elif step == Step.EMASK:  # X_B^T E + R_B: per platform feature, summed over the batch, masked
             opened = sk.decrypt(CipherVector.from_bytes(pk, reply[Field.MASKED_PRODUCTS]))
             assert len(opened) < D_B
