@@ -10,7 +10,8 @@ warm channel to the bank node's control API:
 * ``batch_1000``: ``ms`` for one `Score` of 1000 shared customers (median of the runs);
 * ``throughput``: one-ID `Score` calls per second from 8 concurrent clients (each its own channel);
 * ``node_client``: ``p50_ms`` and ``p99_ms`` of the same one-ID calls made from the Node.js example client
-  (clients/node/score.js, `fedprofile.v2.Scoring.Score` with @grpc/grpc-js, its own warm channel), or
+  (clients/node/score.js, `fedprofile.v2.Scoring.Score` with @grpc/grpc-js, its own channel warmed by the same
+  :data:`WARM_CALLS` untimed calls as the Python client's), or
   ``unavailable`` with the reason when node or its packages are missing (`make node-client`).
 
 Goals (issues 14 and 26): single p99 <= 5 ms and p50 <= 2 ms with the disclosure budget, the audit log and the
@@ -39,6 +40,7 @@ from simulations.generate import SimulationConfig, generate, write
 
 GOALS = {"single_p99_ms": 5.0, "single_p50_ms": 2.0, "batch_1000_ms": 50.0}
 TRAIN = {"epochs": 1, "validation_share": 0.2}
+WARM_CALLS = 200  # untimed one-ID calls before `single` and `node_client`: the channel, the caches, compiled code
 
 
 def percentile_ms(seconds: list[float], q: float) -> float:
@@ -100,7 +102,7 @@ NODE_CLIENT = Path(__file__).resolve().parent.parent / "clients" / "node"
 
 
 def node_client(cluster: LocalCluster, model: str, ids: list[str], calls: int, work: Path) -> dict[str, Any]:
-    """The same sequential one-ID calls from the Node.js client (after one warm-up call on its channel)."""
+    """The same sequential one-ID calls from the Node.js client (after :data:`WARM_CALLS` on its channel)."""
     if shutil.which("node") is None or not (NODE_CLIENT / "node_modules" / "@grpc" / "grpc-js").is_dir():
         return {"unavailable": "node or the example's npm packages are not installed (`make node-client`)"}
     ids_file = work / "node-ids.txt"
@@ -110,7 +112,7 @@ def node_client(cluster: LocalCluster, model: str, ids: list[str], calls: int, w
         ["node", str(NODE_CLIENT / "score.js"), "bench", "--address", f"localhost:{cluster.bank_port}",
          "--ca", str(certs["bank_ca"]), "--cert", str(certs[f"operator_cert:{OPERATOR}"]),
          "--key", str(certs[f"operator_key:{OPERATOR}"]), "--model", model, "--ids-file", str(ids_file),
-         "--calls", str(calls)], capture_output=True, text=True, timeout=1200)
+         "--calls", str(calls), "--warm", str(WARM_CALLS)], capture_output=True, text=True, timeout=1200)
     if done.returncode != 0:
         return {"unavailable": f"the Node.js client failed: {done.stderr.strip()[-300:]}"}
     times = [ms / 1000 for ms in json.loads(done.stdout)["ms"]]
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             model = client.train(train=TRAIN)["job_id"]
             rng = np.random.default_rng(0)
             order = [shared[i] for i in rng.permutation(len(shared))]
-            single(client, model, order, 200)  # warm: the channel, the node's caches, the platform's model
+            single(client, model, order, WARM_CALLS)  # warm: the channel, the node's caches, the platform's model
             result: dict[str, Any] = {
                 "single": single(client, model, order, args.calls),
                 "batch_1000": batch(client, model, order[:1000], args.runs),

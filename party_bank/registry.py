@@ -55,6 +55,10 @@ class ModelRegistry:
         # The registry as last read: resolving a model on a Score call reads no file. This node is its only
         # writer and reads it again after each of its writes; a change by hand shows within CHECK_EVERY_S.
         self._docs = WatchedDocuments(stores.registry)
+        # What 'latest' named, and for which state: (job store status version, registry snapshot, job ID). A
+        # Score naming 'latest' then costs no query of the job list; a train job that finishes or a model
+        # retired (here, or in the registry's files) moves the state and the next call looks again.
+        self._latest: tuple[int, object, str] | None = None
 
     # ---- reading ----
 
@@ -84,10 +88,7 @@ class ModelRegistry:
         if not ref:
             raise UserError("name a model: a train job ID, an alias NAME@LABEL or 'latest'")
         if ref == LATEST:
-            for record in self.stores.jobs.list(-1, kind="train", status="succeeded", brief=True):  # IDs only
-                if self.retirement(record.job_id) is None:
-                    return record.job_id
-            raise NotFound("no trained model on this node yet ('latest' names the newest finished train job)")
+            return self._newest()
         if not is_alias(ref):
             return ref
         job_id = self.aliases().get(check_alias(ref))
@@ -95,6 +96,20 @@ class ModelRegistry:
             raise UnknownAlias(f"no model alias {ref!r} (`bank-node models` lists the aliases; "
                                "`bank-node models alias NAME@LABEL MODEL` sets one)")
         return job_id
+
+    def _newest(self) -> str:
+        """The newest finished train job that is not retired (what 'latest' names), kept until a job changes
+        status or the registry changes."""
+        # Both read before the job list: a change after them moves one of them, so the next call looks again.
+        version, snapshot = self.stores.jobs.status_version, self._docs.snapshot()
+        kept = self._latest
+        if kept is not None and snapshot is not None and kept[0] == version and kept[1] is snapshot:
+            return kept[2]
+        for record in self.stores.jobs.list(-1, kind="train", status="succeeded", brief=True):  # IDs only
+            if self.retirement(record.job_id) is None:
+                self._latest = (version, snapshot, record.job_id)
+                return record.job_id
+        raise NotFound("no trained model on this node yet ('latest' names the newest finished train job)")
 
     def trained(self, job_id: str) -> JobRecord:
         """The finished train job ``job_id`` whose model half this node holds; NotFound otherwise."""

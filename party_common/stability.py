@@ -10,8 +10,8 @@ for the same customers, and every answer says which (``reference``: "training" o
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_ROWS = 100_000  # rows a node keeps per model of its recent answers (counts or scores, never IDs)
 QUEUED_CALLS = 1_024  # served calls waiting to be counted into the windows
+COUNT_EVERY_S = 0.2  # the counting thread, once woken, gathers calls this long before it counts them
 TRAINING, CURRENT = "training", "current data"  # where an answer's reference came from
 
 
@@ -123,17 +124,23 @@ def record_features(window: RecentWindow, reference: FeatureReference, X: np.nda
 class FeatureWindows:
     """Per model, the bin counts of the rows a node served recently, in the model's reference bins.
 
-    Counting happens off the scoring path: :meth:`record` hands the rows to a daemon thread (a bounded queue
-    of :data:`QUEUED_CALLS` calls; when it is full, as under a burst, the call's rows are left out of the
-    window, which is a recent sample anyway), and every read (:meth:`counts`) waits for what was queued
-    before it, so an answer counts every call made before it was asked."""
+    Counting happens off the scoring path, and without a thread hand-off per call: :meth:`record` appends the
+    rows to a pending list (at most :data:`QUEUED_CALLS` calls; beyond that, as under a burst, a call's rows are
+    left out of the window, which is a recent sample anyway), and a daemon thread, woken by the first call after
+    it last counted, waits :data:`COUNT_EVERY_S` and counts everything pending in one go. (Waking it at every
+    call cost each Score a thread switch on both nodes, and its counting raced the answer for the interpreter.)
+    Every read (:meth:`counts`) counts what is pending first, so an answer counts every call made before it was
+    asked."""
 
     def __init__(self, stores: NodeStores, max_rows: int = WINDOW_ROWS) -> None:
         self._stores = stores
         self.windows = Windows(max_rows)
         self._references: dict[str, FeatureReference | None] = {}
-        self._queue: queue.Queue[tuple[str, np.ndarray]] = queue.Queue(QUEUED_CALLS)
-        self.dropped = 0  # calls left out because the queue was full
+        self._pending: list[tuple[str, np.ndarray]] = []
+        self._lock = threading.Lock()  # the pending list
+        self._counting = threading.Lock()  # one count at a time, in the order the calls were recorded
+        self._wake = threading.Event()  # set: the counting thread has calls to count (or soon will)
+        self.dropped = 0  # calls left out because too many were pending
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
@@ -149,8 +156,8 @@ class FeatureWindows:
         return self._references[job_id]
 
     def record(self, job_id: str, X: np.ndarray) -> None:
-        """Queue ``X`` (copied) to be counted into the model's window. Never fails, nor slows, the call that
-        served the rows."""
+        """Keep ``X`` (copied) to be counted into the model's window. Never fails, nor slows, the call that
+        served the rows: no lock but the pending list's, and no thread woken except the first time after a count."""
         if len(X) == 0:
             return
         if self._thread is None:
@@ -158,21 +165,29 @@ class FeatureWindows:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._count_loop, name="stability-window", daemon=True)
                     self._thread.start()
-        try:
-            self._queue.put_nowait((job_id, np.array(X, dtype=np.float64)))
-        except queue.Full:
-            self.dropped += 1
+        rows = np.array(X, dtype=np.float64)
+        with self._lock:
+            if len(self._pending) >= QUEUED_CALLS:
+                self.dropped += 1
+                return
+            self._pending.append((job_id, rows))
+        if not self._wake.is_set():  # a plain read: the thread is woken once per count, not once per call
+            self._wake.set()
 
     def _count_loop(self) -> None:
         while True:
-            calls = [self._queue.get()]
-            while len(calls) < QUEUED_CALLS:  # what waits is counted in one go per model (binning has a cost per call)
-                try:
-                    calls.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            self._wake.wait()
+            time.sleep(COUNT_EVERY_S)  # the calls of the next moments are counted in the same go
+            self._wake.clear()  # before taking the list: a call recorded from now on wakes the thread again
+            self.flush()
+
+    def flush(self) -> None:
+        """Count every call recorded so far (in the caller's thread; after a count under way)."""
+        with self._counting:
+            with self._lock:
+                calls, self._pending = self._pending, []
             by_model: dict[str, list[np.ndarray]] = {}
-            for job_id, X in calls:
+            for job_id, X in calls:  # counted in one go per model (binning has a cost per call)
                 by_model.setdefault(job_id, []).append(X)
             for job_id, blocks in by_model.items():
                 try:
@@ -182,13 +197,6 @@ class FeatureWindows:
                         record_features(self.windows(job_id), reference, np.vstack(blocks))
                 except Exception as err:
                     log.warning("model %s: stability window not updated (%s)", job_id, err)
-            for _ in calls:
-                self._queue.task_done()
-
-    def flush(self) -> None:
-        """Wait until every call queued so far is counted."""
-        if self._thread is not None:
-            self._queue.join()
 
     def counts(self, job_id: str) -> tuple[FeatureReference, np.ndarray, int]:
         """The model's reference, its window's summed bin counts and the window's rows."""

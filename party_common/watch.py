@@ -162,6 +162,12 @@ class WatchedDocuments:
             return self._store.load(job_id) if self._store.exists(job_id) else None
         return self._watched.get().get(job_id)
 
+    def snapshot(self) -> dict[str, dict[str, Any]] | None:
+        """Every document as last read, one object per read: a caller may keep what it derived from the
+        documents for as long as this returns the same object (``is``). None for a store in memory, which is not
+        watched: derive afresh each time."""
+        return None if self._watched is None else self._watched.get()
+
     def invalidate(self) -> None:
         """This process saved or deleted a document: the next :meth:`get` reads the store again."""
         if self._watched is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -393,3 +394,36 @@ def test_the_cli_prints_the_bands(trained: tuple[Nodes, str], over_grpc: BankCli
     with pytest.raises(grpc.RpcError) as refused:
         over_grpc.stability(job, batch_file="missing.parquet")
     assert "no batch-score file missing.parquet" in (refused.value.details() or "")
+
+
+def test_recent_feature_counts_are_kept_without_a_thread_switch_per_call(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows wait in a list (no hand-off per call); the counting thread takes them in one go, every read counts
+    what waits first, and past the bound a call's rows are left out (counted in ``dropped``)."""
+    import party_common.stability as stability
+
+    rng = np.random.default_rng(3)
+    training = rng.normal(size=(400, 3))
+    reference = FeatureReference.from_blocks(["a", "b", "c"], training, iter([training]))
+    stores = open_node_stores(tmp_path / "state")
+    stores.stability.save("train-window-01", {"features": reference.to_dict()})
+    monkeypatch.setattr(stability, "COUNT_EVERY_S", 0.01)
+    windows = stability.FeatureWindows(stores)
+    for _ in range(5):
+        windows.record("train-window-01", rng.normal(size=(2, 3)))
+    _, counts, rows = windows.counts("train-window-01")  # read: everything recorded before it is counted
+    assert rows == 10 and counts.sum() == 10 * 3
+    windows.record("train-window-01", rng.normal(size=(1, 3)))
+    for _ in range(200):  # the thread counts on its own, shortly after
+        window = windows.windows.get("train-window-01")
+        if window is not None and window.counts()[1] == 11:
+            break
+        time.sleep(0.01)
+    assert windows.windows.get("train-window-01").counts()[1] == 11  # type: ignore[union-attr]
+
+    monkeypatch.setattr(stability, "COUNT_EVERY_S", 30.0)
+    monkeypatch.setattr(stability, "QUEUED_CALLS", 3)
+    slow = stability.FeatureWindows(stores)
+    for _ in range(5):
+        slow.record("train-window-01", rng.normal(size=(1, 3)))
+    assert slow.dropped == 2 and slow.counts("train-window-01")[2] == 3

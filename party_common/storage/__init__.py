@@ -38,7 +38,10 @@ from party_common.storage.jobs import (
 @runtime_checkable
 class JobStore(Protocol):
     """Jobs (queued [-> awaiting approval -> queued] -> running -> succeeded | failed | cancelled | interrupted
-    -> running ...) and the audit log. Unknown IDs raise UnknownJob."""
+    -> running ...) and the audit log. Unknown IDs raise UnknownJob. ``status_version`` grows each time a job is
+    created or changes status (once that change is readable): what is derived from statuses keeps until it moves."""
+
+    status_version: int
 
     def create(self, job_id: str, kind: str, name: str, params: dict[str, Any], *, actor: str = "",
                status: str = "queued") -> None: ...

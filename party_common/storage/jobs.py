@@ -185,6 +185,8 @@ class SqliteJobStore:
         # a background syncer flushes the WAL to the disk. Reads use one connection per thread (_reader).
         self._commit = GroupCommit(self._connect(shared=True))
         self._readers = threading.local()
+        self.status_version = 0  # see :meth:`_status_changed`
+        self._version_lock = threading.Lock()
         self._migrate()
         if not recover:
             return
@@ -234,6 +236,14 @@ class SqliteJobStore:
         ``committed_before_return`` block (``party_common.storage.group_commit``)."""
         return self._commit.transaction()
 
+    def _status_changed(self) -> None:
+        """A job was created or changed status, and that write is committed: ``status_version`` counts these, so
+        that a reader can keep what it derived from the jobs' statuses (the bank's ``latest`` model) until the next
+        one. Bumped after the commit, never before: a reader that sees the new number reads the new state. (This
+        node is the only writer of its job store's statuses: ``party_common.state_lock``.)"""
+        with self._version_lock:
+            self.status_version += 1
+
     def _update(self, job_id: str, sql: str, args: tuple[Any, ...], event: str | None) -> None:
         check_job_id(job_id)
         with self._transaction() as db:
@@ -241,6 +251,8 @@ class SqliteJobStore:
                 raise UnknownJob(f"no job {job_id}")
             if event:
                 db.execute(_AUDIT_INSERT, _audit_row(job_id, event))
+        if event:  # every status change names its event; a progress line does not
+            self._status_changed()
 
     def create(self, job_id: str, kind: str, name: str, params: dict[str, Any], *, actor: str = "",
                status: str = "queued") -> None:
@@ -253,6 +265,7 @@ class SqliteJobStore:
             except sqlite3.IntegrityError as err:
                 raise DuplicateJob(f"job {job_id} already exists") from err
             db.execute(_AUDIT_INSERT, _audit_row(job_id, "created", kind, actor, at=at))
+        self._status_changed()
 
     def await_approval(self, job_id: str) -> None:
         self._update(job_id, f"UPDATE jobs SET status='{AWAITING}' WHERE job_id=?", (), AWAITING)
@@ -268,6 +281,7 @@ class SqliteJobStore:
                     raise UnknownJob(f"no job {job_id}")
                 raise NotAwaitingApproval(f"job {job_id} is {row[0]}, not {AWAITING}")
             db.execute(_AUDIT_INSERT, _audit_row(job_id, "approved", "", actor, "ok"))
+        self._status_changed()
 
     def mark_running(self, job_id: str) -> None:
         self._update(job_id, "UPDATE jobs SET status='running' WHERE job_id=?", (), "running")
@@ -366,6 +380,7 @@ class MemoryJobStore:
         self._lock = threading.Lock()
         self._jobs: dict[str, JobRecord] = {}  # insertion order = creation order
         self._audit: list[AuditEvent] = []
+        self.status_version = 0  # jobs created or changed status (under the lock, with the change)
 
     def _update(self, job_id: str, event: str | None, **changes: Any) -> None:
         check_job_id(job_id)
@@ -375,6 +390,8 @@ class MemoryJobStore:
             self._jobs[job_id] = replace(self._jobs[job_id], **changes)
             if event:
                 self._audit.append(AuditEvent(*_audit_row(job_id, event)))
+            if "status" in changes:
+                self.status_version += 1
 
     def create(self, job_id: str, kind: str, name: str, params: dict[str, Any], *, actor: str = "",
                status: str = "queued") -> None:
@@ -385,6 +402,7 @@ class MemoryJobStore:
                 raise DuplicateJob(f"job {job_id} already exists")
             self._jobs[job_id] = JobRecord(job_id, kind, name, status, stored, {}, "", "", at, "")
             self._audit.append(AuditEvent(*_audit_row(job_id, "created", kind, actor, at=at)))
+            self.status_version += 1
 
     def await_approval(self, job_id: str) -> None:
         self._update(job_id, AWAITING, status=AWAITING)
@@ -399,6 +417,7 @@ class MemoryJobStore:
                 raise NotAwaitingApproval(f"job {job_id} is {record.status}, not {AWAITING}")
             self._jobs[job_id] = replace(record, status="queued")
             self._audit.append(AuditEvent(*_audit_row(job_id, "approved", "", actor, "ok")))
+            self.status_version += 1
 
     def mark_running(self, job_id: str) -> None:
         self._update(job_id, "running", status="running")
