@@ -285,7 +285,7 @@ def test_train_params_from_dict():
     assert TrainParams.from_dict(json_round_trip(params.to_dict())) == params
     assert TrainParams.from_json(params.to_json()) == params
     assert TrainParams.from_dict({"learning_rate": 1}).learning_rate == 1.0  # an integer is a number
-    with pytest.raises(TrainingError, match=r"unknown training parameter 'lr'; known: batch_size, checkpoint_every, clip, decay, "):
+    with pytest.raises(TrainingError, match=r"unknown training parameter 'lr'; known: batch_size, bins, checkpoint_every, clip, decay, "):
         TrainParams.from_dict({"lr": 0.1})
     with pytest.raises(TrainingError, match="'epochs' must be an integer, got str"):
         TrainParams.from_dict({"epochs": "10"})

@@ -301,12 +301,15 @@ class WalSyncer:
             if upto <= self.synced:
                 return
             try:
-                os.fsync(self._wal_fd())
-            except OSError as err:  # the descriptor went bad under us (closed elsewhere): open the WAL again
-                if err.errno != errno.EBADF:
-                    raise
-                self._fd = None
-                os.fsync(self._wal_fd())
+                try:
+                    os.fsync(self._wal_fd())
+                except OSError as err:  # the descriptor went bad under us (closed elsewhere): open the WAL again
+                    if err.errno != errno.EBADF:
+                        raise
+                    self._fd = None
+                    os.fsync(self._wal_fd())
+            except FileNotFoundError:  # no WAL: the last connection checkpointed it into the database and
+                pass  # removed it (SQLite syncs the database file then), or the store itself is gone
             with self._wake:
                 self.synced = max(self.synced, upto)
             if upto - self._checkpointed >= CHECKPOINT_EVERY:
