@@ -107,7 +107,10 @@ class FileAlignmentStore:
             import pyarrow.parquet as pq
 
             buffer = io.BytesIO()
-            pq.write_table(pa.table({"id": pa.array(alignment.ids, type=pa.string())}), buffer)
+            # Plain encoding, uncompressed: IDs are distinct and high-entropy, so a dictionary never pays and
+            # building one (then dropping it) cost 10-70x the write (80 ms per 50k IDs here; ~1 ms without).
+            pq.write_table(pa.table({"id": pa.array(alignment.ids, type=pa.string())}), buffer,
+                           use_dictionary=False, compression="none")
             atomic_write(ids_path, buffer.getvalue(), mode=0o600)
         meta = {"job_id": alignment.job_id, "mode": alignment.mode, "size": alignment.size,
                 "content_hash": alignment.content_hash, "created_at": alignment.created_at,
