@@ -90,9 +90,11 @@ class PlatformIncrementalHandler:
         self._background = ThreadPoolExecutor(1, thread_name_prefix="psi-inc")
         self.loading: Future[tuple[PairState | None, str]] = self._background.submit(
             state if callable(state) else lambda: (state, state_note))
-        # Ahead of psi.inc.hello, on the same thread (in order): our IDs' raw keys, then which of them the stored
-        # state holds (None: no usable state); neither needs the run's key, nor tells the bank anything.
-        self.keying: Future[np.ndarray] = self._background.submit(raw_keys, ids)
+        # Ahead of psi.inc.hello: our IDs' raw keys (on a thread of their own, beside the loading), then which of
+        # them the stored state holds (None: no usable state); neither needs the run's key nor tells the bank
+        # anything.
+        self._keys = ThreadPoolExecutor(1, thread_name_prefix="psi-inc-keys")
+        self.keying: Future[np.ndarray] = self._keys.submit(raw_keys, ids)
         self.finding: Future[Kept | None] = self._background.submit(self._find_kept)
         self.planning: Future[OwnPlan] | None = None
         self.finishing: Future[tuple[PairState, list[str] | None, str]] | None = None
@@ -286,6 +288,7 @@ class PlatformIncrementalHandler:
         elif isinstance(self.compute, Compute):  # closed before psi.inc.hello: the session still owns it
             self.compute.close()
         self._background.shutdown(wait=True, cancel_futures=True)
+        self._keys.shutdown(wait=True, cancel_futures=True)
         if self.plan is not None:
             self.plan.hashes.close()
         elif self.planning is not None and self.planning.done() and not self.planning.cancelled() \
