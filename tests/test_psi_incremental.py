@@ -277,6 +277,31 @@ def test_store_keeps_deltas_and_refuses_damage_naming_the_file(tmp_path: Path) -
     assert PairStateStore(tmp_path / "elsewhere").load("platform") is None
 
 
+def test_an_epoch_of_many_runs_loads_back_exactly_as_it_was_kept(tmp_path: Path) -> None:
+    """Four runs (additions, removals, a platform customer who leaves and comes back under a new slot, so an
+    old bank slot's match moves to it): both nodes' loaded states equal their in-memory ones, array by array."""
+    pair = Pair()
+    stores = {"bank": PairStateStore(tmp_path / "bank"), "platform": PairStateStore(tmp_path / "platform")}
+    bank_ids, platform_ids = phones(0, 200), phones(100, 400)
+    changes = [(phones(0, 200), phones(100, 400)), (phones(3, 200) + phones(500, 510), phones(105, 400)),
+               (phones(3, 200) + phones(500, 510), phones(100, 400) + phones(505, 508)),
+               (phones(10, 200) + phones(500, 520), phones(100, 390) + phones(505, 508) + phones(515, 530))]
+    bank_base = platform_base = None
+    for bank_ids, platform_ids in changes:
+        bank, platform = pair.align(bank_ids, platform_ids)
+        check_exact(bank, platform, bank_ids, platform_ids)
+        stores["bank"].save("platform", bank.state, bank_base)  # type: ignore[arg-type]
+        stores["platform"].save("bank", platform.state, platform_base)  # type: ignore[arg-type]
+        bank_base = stores["bank"].load("platform")
+        platform_base = stores["platform"].load("bank")
+        for kept, loaded in ((bank.state, bank_base), (platform.state, platform_base)):
+            assert isinstance(kept, PairState) and loaded is not None
+            for name in ("own_keys", "own_live", "own_prefix", "own_double", "peer_live", "peer_double", "own_match"):
+                assert np.array_equal(getattr(kept, name), getattr(loaded, name)), name
+        pair.bank_state, pair.platform_state = bank_base, platform_base
+    assert len(list((tmp_path / "bank" / "platform").glob("seg-*.bin"))) == len(changes)
+
+
 @pytest.mark.parametrize("lie", ["offset past the end", "object dtype", "not a segment"])
 def test_a_segment_whose_header_lies_is_refused_naming_the_file(tmp_path: Path, lie: str) -> None:
     """A segment that matches its recorded hash but whose header points outside the file, names a type a

@@ -99,12 +99,33 @@ def _unpack(data: bytearray) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _append(stored: np.ndarray, more: np.ndarray) -> np.ndarray:
-    """``stored`` followed by ``more``; the first segment's arrays are taken as they are (no second copy of a
-    large state while it loads)."""
-    if len(stored):
-        return np.concatenate([stored, more])
-    return more if more.flags.writeable else more.copy()
+def _joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+    """The segments' arrays of one kind, end to end, in one copy (none for a single segment, whose arrays are
+    views of its writable buffer): loading an epoch of k runs costs one pass over the state, not k."""
+    if not parts:
+        return empty
+    if len(parts) == 1:
+        return parts[0] if parts[0].flags.writeable else parts[0].copy()
+    return np.concatenate(parts)
+
+
+def _assemble(state: PairState, parts: dict[str, list[np.ndarray]]) -> None:
+    """``state``'s arrays from every segment's (after :meth:`PairStateStore._replay` of each, in order): a dead
+    slot keeps nothing of its item; each slot's match is the last one recorded for it."""
+    dead_own, dead_peer = ~state.own_live, ~state.peer_live
+    state.own_keys = _joined(parts["own_keys"], state.own_keys)
+    state.own_keys[dead_own] = 0
+    state.own_prefix = _joined(parts["own_prefix"], state.own_prefix)
+    if state.own_double is not None:
+        state.own_double = _joined(parts["own_double"], state.own_double)
+        state.own_double[dead_own] = np.zeros(1, DOUBLE)[0]
+    if state.peer_double is not None:
+        state.peer_double = _joined(parts["peer_double"], state.peer_double)
+        state.peer_double[dead_peer] = np.zeros(1, PEER)[0]
+    if state.own_double is not None and state.peer_double is not None:
+        state.own_match = np.full(state.own_slots, -1, dtype=np.int64)
+        for matches in parts["matches"]:  # in run order: a later match of a slot replaces an earlier one
+            state.own_match[matches[:, 0]] = matches[:, 1]
 
 
 class PairStateStore:
@@ -149,8 +170,11 @@ class PairStateStore:
             state.age_days()  # created_at must parse
         except (ValueError, TypeError, KeyError) as err:
             raise PairStateError(f"{path}: damaged pair state manifest: {err!r}") from err
+        parts: dict[str, list[np.ndarray]] = {"own_keys": [], "own_prefix": [], "own_double": [], "peer_double": [],
+                                              "matches": []}
         for name, sha in segments:
-            self._replay(state, path.parent / name, sha)
+            self._replay(state, path.parent / name, sha, parts)
+        _assemble(state, parts)
         if state.digest() != digest:
             raise PairStateError(f"{path}: the stored segments do not add up to the recorded state digest")
         return state
@@ -168,7 +192,8 @@ class PairStateStore:
             raise PairStateError(f"{path}: {what} does not match its recorded SHA-256 (damaged or changed)")
         return data
 
-    def _replay(self, state: PairState, path: Path, sha: str) -> None:
+    def _replay(self, state: PairState, path: Path, sha: str, parts: dict[str, list[np.ndarray]]) -> None:
+        """Check one segment and take its arrays (views) into ``parts``; the live flags follow it."""
         data = self._read(path, sha, "segment")
         try:
             z = _unpack(data)
@@ -194,19 +219,14 @@ class PairStateStore:
             raise PairStateError(f"{path}: damaged segment of the pair's stored PSI state: {err}") from err
         own_live[own_removed] = False
         peer_live[peer_removed] = False
-        state.own_live, state.peer_live = own_live, peer_live
-        state.own_keys = _append(state.own_keys, keys)
-        if state.own_double is not None and state.peer_double is not None:
-            state.own_match = np.concatenate([state.own_match, np.full(len(keys), -1, dtype=np.int64)])
-            state.own_match[matches[:, 0]] = matches[:, 1]
-        state.own_keys[own_removed] = 0
-        state.own_prefix = _append(state.own_prefix, prefix)
-        if state.own_double is not None and own_double is not None:
-            state.own_double = _append(state.own_double, own_double)
-            state.own_double[own_removed] = np.zeros(1, DOUBLE)[0]
-        if state.peer_double is not None and peer_double is not None:
-            state.peer_double = _append(state.peer_double, peer_double)
-            state.peer_double[peer_removed] = np.zeros(1, PEER)[0]
+        state.own_live, state.peer_live = own_live, peer_live  # flags grow per segment (1 byte per slot)
+        parts["own_keys"].append(keys)
+        parts["own_prefix"].append(prefix)
+        parts["matches"].append(matches)
+        if own_double is not None:
+            parts["own_double"].append(own_double)
+        if peer_double is not None:
+            parts["peer_double"].append(peer_double)
 
     def seconds_per_item(self, peer: str) -> float:
         """What an item cost in the full alignment that started the stored epoch (0.0 if unknown)."""
