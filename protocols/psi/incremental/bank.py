@@ -213,11 +213,12 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
         # The members' IDs are listed while the platform checks and stores its side (finish needs only these).
         listing = background.submit(members_of, slots, ids, plan, after.own_slots)
         lap("intersection")
+        state_digest = after.digest()
         reply = channel.call(inc.FINISH, {wire.SIZE: len(slots), wire.CONTENT_HASH: digest,
-                                          inc.STATE_DIGEST: after.digest()})
+                                          inc.STATE_DIGEST: state_digest})
         if reply.get(wire.SIZE) != len(slots) or (mode == "both" and reply.get(wire.CONTENT_HASH) != digest):
             raise ProtocolError("the platform computed a different intersection; alignment not stored")
-        if reply.get(inc.STATE_DIGEST) != after.digest():
+        if reply.get(inc.STATE_DIGEST) != state_digest:
             raise ProtocolError("the platform's state after the run differs from this node's; nothing stored")
         members = listing.result()
         lap("finish")
@@ -242,4 +243,5 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
             owned.close()
 
 
-__all__ = ["agreed_order", "intersection", "members_of", "next_state", "read_peer_plan", "run_bank_incremental_psi", "usable_state"]
+__all__ = ["agreed_order", "intersection", "members_of", "next_state", "read_peer_plan", "run_bank_incremental_psi",
+           "usable_state"]
