@@ -158,7 +158,7 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
         else:
             current = new_state(epoch, mode, "bank", inc.epoch_salt(epoch, nonce, platform_nonce),
                                 secrets.token_bytes(wire.POINT), own_double=True, peer_double=True)
-        blinder = Blinder(owned, secret=current.secret)
+        blinder = Blinder(owned, secret=current.secret, min_chunk=inc.MIN_CHUNK)
         lap("hello")
         plan = plan_own(current if resumed else None, ids, blinder, current.salt, keys=keying.result(),
                         kept=finding.result() if resumed and finding is not None else None)

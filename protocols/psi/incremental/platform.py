@@ -143,7 +143,7 @@ class PlatformIncrementalHandler:
             both = self.mode == "both"
             self.current = new_state(new_epoch, self.mode, "platform", inc.epoch_salt(new_epoch, nonce, platform_nonce),
                                      secrets.token_bytes(wire.POINT), own_double=both, peer_double=both)
-        self.blinder = Blinder(self.compute, secret=self.current.secret)
+        self.blinder = Blinder(self.compute, secret=self.current.secret, min_chunk=inc.MIN_CHUNK)
         # Our delta (hashing and checking our new IDs) in the background while the bank computes its own;
         # nothing of ours leaves before it has passed (psi.inc.plan's reply waits for it).
         self.planning = self._background.submit(self._plan_own, stored if self.resumed else None)
