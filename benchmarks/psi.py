@@ -145,8 +145,14 @@ def _sampler(pids: dict[str, int]) -> RssSampler | None:
         return None
 
 
-def _write_csv(path: Path, ids: list[str]) -> None:
-    pd.DataFrame({"id": ids, "f0": np.arange(len(ids), dtype=np.float64) % 7}).to_csv(path, index=False)
+BANK_TAG = "tag_x"  # the bank node needs a tag column to start
+
+
+def _write_csv(path: Path, ids: list[str], *, tag: bool = False) -> None:
+    columns: dict[str, Any] = {"id": ids, "f0": np.arange(len(ids), dtype=np.float64) % 7}
+    if tag:
+        columns[BANK_TAG] = np.arange(len(ids)) % 2
+    pd.DataFrame(columns).to_csv(path, index=False)
 
 
 def ours_grpc(bank: list[str], platform: list[str], workers: int, workdir: Path, protocol: str) -> dict[str, Any]:
@@ -154,9 +160,9 @@ def ours_grpc(bank: list[str], platform: list[str], workers: int, workdir: Path,
     from simulations.cluster import LocalCluster
 
     paths = {name: workdir / f"{name}.csv" for name in ("bank", "platform")}
-    _write_csv(paths["bank"], bank)
+    _write_csv(paths["bank"], bank, tag=True)
     _write_csv(paths["platform"], platform)
-    with LocalCluster(workdir / "cluster", bank_data=paths["bank"], bank_id_column="id",
+    with LocalCluster(workdir / "cluster", bank_data=paths["bank"], bank_id_column="id", bank_tag_columns=[BANK_TAG],
                       platform_data=paths["platform"], platform_id_column="id", workers=workers) as cluster:
         client = cluster.bank_client()
         sampler = _sampler(cluster.pids())

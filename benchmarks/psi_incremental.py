@@ -119,22 +119,17 @@ def _cluster_runs(runs: list[tuple[np.ndarray, np.ndarray, dict[str, Any]]], wor
     """Both nodes as processes (gRPC, mutual TLS), their state kept in their state directories across runs:
     for each (bank IDs, platform IDs, align parameters), the nodes start on those files, run the align job
     (peak memory per node sampled) and stop."""
-    import pandas as pd
-
-    from benchmarks.psi import _sampler
+    from benchmarks.psi import BANK_TAG, _sampler, _write_csv
     from simulations.cluster import LocalCluster
 
     paths = {name: workdir / f"{name}.csv" for name in ("bank", "platform")}
     cluster = LocalCluster(workdir / "cluster", bank_data=paths["bank"], bank_id_column="id",
-                           platform_data=paths["platform"], platform_id_column="id", bank_tag_columns=["tag_x"],
+                           platform_data=paths["platform"], platform_id_column="id", bank_tag_columns=[BANK_TAG],
                            workers=workers)
     out = []
     for bank, platform, params in runs:
-        for path, ids in ((paths["bank"], bank), (paths["platform"], platform)):
-            columns = {"id": ids.tolist(), "f0": np.arange(len(ids), dtype=np.float64) % 7}
-            if path == paths["bank"]:  # the bank node needs a tag column
-                columns["tag_x"] = np.arange(len(ids)) % 2
-            pd.DataFrame(columns).to_csv(path, index=False)
+        _write_csv(paths["bank"], bank.tolist(), tag=True)
+        _write_csv(paths["platform"], platform.tolist())
         with cluster:
             client = cluster.bank_client()
             sampler = _sampler(cluster.pids())
@@ -252,7 +247,8 @@ def run_incremental(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--incremental", action="store_true",
-                        help="measure a re-alignment after new and removed IDs against a full one (local transport)")
+                        help="measure a re-alignment after new and removed IDs against a full one (--transport: "
+                        "grpc by default, or local)")
     parser.add_argument("--unbalanced", action="store_true", help="a --bank bank against a --platform platform: the "
                         "platform's pre-computation, the bank's re-alignment, and a --bank x --bank reference (gRPC)")
     parser.add_argument("--bank", type=int, default=100_000, help="--unbalanced: the bank's IDs")

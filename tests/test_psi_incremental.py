@@ -5,6 +5,7 @@ full run, what a re-alignment sends (only the changes), and the node's job recor
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -247,7 +248,7 @@ def test_store_keeps_deltas_and_refuses_damage_naming_the_file(tmp_path: Path) -
     b1, p1 = pair.align(bank_ids, platform_ids)
     check_exact(b1, p1, bank_ids, platform_ids)
     store.save("platform", b1.state, loaded)  # type: ignore[arg-type]
-    newest = sorted((tmp_path / "psi_pairs" / "platform").glob("seg-*.npz"))[-1]
+    newest = sorted((tmp_path / "psi_pairs" / "platform").glob("seg-*.bin"))[-1]
     assert newest.stat().st_size < first / 10, "a re-alignment's segment holds its delta, not the sets"
     for stored_file in (tmp_path / "psi_pairs" / "platform").iterdir():
         data = stored_file.read_bytes()
@@ -260,7 +261,7 @@ def test_store_keeps_deltas_and_refuses_damage_naming_the_file(tmp_path: Path) -
     with pytest.raises(PairStateError, match="another alignment"):  # a run from the older state: refused
         store.save("platform", b1.state, loaded)  # type: ignore[arg-type]
 
-    segment = sorted((tmp_path / "psi_pairs" / "platform").glob("seg-*.npz"))[-1]
+    segment = sorted((tmp_path / "psi_pairs" / "platform").glob("seg-*.bin"))[-1]
     data = bytearray(segment.read_bytes())
     data[len(data) // 2] ^= 1
     segment.write_bytes(bytes(data))
@@ -274,6 +275,63 @@ def test_store_keeps_deltas_and_refuses_damage_naming_the_file(tmp_path: Path) -
     with pytest.raises(PairStateError, match="format 99"):
         store.load("platform")
     assert PairStateStore(tmp_path / "elsewhere").load("platform") is None
+
+
+def test_an_epoch_of_many_runs_loads_back_exactly_as_it_was_kept(tmp_path: Path) -> None:
+    """Four runs (additions, removals, a platform customer who leaves and comes back under a new slot, so an
+    old bank slot's match moves to it): both nodes' loaded states equal their in-memory ones, array by array."""
+    pair = Pair()
+    stores = {"bank": PairStateStore(tmp_path / "bank"), "platform": PairStateStore(tmp_path / "platform")}
+    bank_ids, platform_ids = phones(0, 200), phones(100, 400)
+    changes = [(phones(0, 200), phones(100, 400)), (phones(3, 200) + phones(500, 510), phones(105, 400)),
+               (phones(3, 200) + phones(500, 510), phones(100, 400) + phones(505, 508)),
+               (phones(10, 200) + phones(500, 520), phones(100, 390) + phones(505, 508) + phones(515, 530))]
+    bank_base = platform_base = None
+    for bank_ids, platform_ids in changes:
+        bank, platform = pair.align(bank_ids, platform_ids)
+        check_exact(bank, platform, bank_ids, platform_ids)
+        stores["bank"].save("platform", bank.state, bank_base)  # type: ignore[arg-type]
+        stores["platform"].save("bank", platform.state, platform_base)  # type: ignore[arg-type]
+        bank_base = stores["bank"].load("platform")
+        platform_base = stores["platform"].load("bank")
+        for kept, loaded in ((bank.state, bank_base), (platform.state, platform_base)):
+            assert isinstance(kept, PairState) and loaded is not None
+            for name in ("own_keys", "own_live", "own_prefix", "own_double", "peer_live", "peer_double", "own_match"):
+                assert np.array_equal(getattr(kept, name), getattr(loaded, name)), name
+        pair.bank_state, pair.platform_state = bank_base, platform_base
+    assert len(list((tmp_path / "bank" / "platform").glob("seg-*.bin"))) == len(changes)
+
+
+@pytest.mark.parametrize("lie", ["offset past the end", "object dtype", "not a segment"])
+def test_a_segment_whose_header_lies_is_refused_naming_the_file(tmp_path: Path, lie: str) -> None:
+    """A segment that matches its recorded hash but whose header points outside the file, names a type a
+    segment never holds, or is no segment at all: refused naming the file, never read past its end."""
+    pair = Pair()
+    store = PairStateStore(tmp_path / "psi_pairs")
+    b0, _ = pair.align(phones(0, 50), phones(20, 80))
+    store.save("platform", b0.state, None)  # type: ignore[arg-type]
+    folder = tmp_path / "psi_pairs" / "platform"
+    segment = sorted(folder.glob("seg-*.bin"))[-1]
+    data = segment.read_bytes()
+    magic = 8
+    head_len = int.from_bytes(data[magic:magic + 8], "big")
+    header = json.loads(data[magic + 8:magic + 8 + head_len])
+    if lie == "offset past the end":
+        header[0]["offset"] = len(data)
+    elif lie == "object dtype":
+        header[0]["dtype"] = "|O"
+    head = json.dumps(header).encode()
+    head += b" " * (-(magic + 8 + len(head)) % 16)
+    forged = data[:magic] + len(head).to_bytes(8, "big") + head + data[magic + 8 + head_len:]
+    if lie == "not a segment":
+        forged = b"PK\x03\x04" + data[4:]
+    segment.write_bytes(forged)
+    manifest = folder / "manifest.json"
+    meta = json.loads(manifest.read_text())
+    meta["segments"][-1]["sha256"] = hashlib.sha256(forged).hexdigest()
+    manifest.write_text(json.dumps(meta))
+    with pytest.raises(PairStateError, match=f"{segment.name}: damaged segment"):
+        store.load("platform")
 
 
 # --------------------------------------------------------------------------------------- the nodes ----
@@ -321,7 +379,7 @@ def test_nodes_align_incrementally_record_counts_only_and_fall_back_from_damaged
         assert not any(i in record for i in some_ids), "no ID in job records or audit rows"
 
     # A damaged bank state: refused, naming the file; the run is a full alignment under a new key, and exact.
-    segment = sorted((state_dir / "bank" / "psi_pairs" / "platform").glob("seg-*.npz"))[0]
+    segment = sorted((state_dir / "bank" / "psi_pairs" / "platform").glob("seg-*.bin"))[0]
     segment.write_bytes(segment.read_bytes()[:-10])
     nodes = make_nodes(files, state_dir)
     third = align(nodes, {"incremental": True})

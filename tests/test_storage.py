@@ -273,6 +273,29 @@ def test_file_alignment_reads_the_existing_format(tmp_path: Path) -> None:
     assert FileAlignmentStore(tmp_path).load("align-old-0001").ids == ids
 
 
+def test_the_ids_digest_is_the_same_built_in_numpy_or_id_by_id() -> None:
+    """The digest of many IDs (built from one Arrow buffer) equals the ID-by-ID one stored alignments carry:
+    any text, empty IDs, multi-byte characters; text UTF-8 cannot encode still fails as before."""
+    import hashlib
+
+    def by_loop(ids: list[str]) -> str:
+        h = hashlib.sha256()
+        for value in ids:
+            data = value.encode()
+            h.update(len(data).to_bytes(4, "big"))
+            h.update(data)
+        return h.hexdigest()
+
+    rng = np.random.default_rng(7)
+    alphabet = list("abc+44 019") + ["é", "ß", "中", "🙂", "\u200b"]
+    ids = ["".join(rng.choice(alphabet, size=int(k))) for k in rng.integers(0, 40, size=3000)]
+    assert alignments_module.ids_digest(ids) == by_loop(ids)
+    assert alignments_module._ids_digest_arrow(ids) == by_loop(ids)  # the fast path itself, not its fallback
+    assert alignments_module.ids_digest(ids[::-1]) != by_loop(ids)  # the order counts
+    with pytest.raises(UnicodeEncodeError):
+        alignments_module.ids_digest(ids + ["\ud800"])
+
+
 def test_alignment_half_written_does_not_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = FileAlignmentStore(tmp_path)
     real = alignments_module.atomic_write

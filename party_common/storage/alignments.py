@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from party_common.storage.files import atomic_write, ensure_private_dir
 from party_common.storage.jobs import JOB_ID_RE, check_job_id
 from protocols.errors import NotFound, UserError
@@ -60,12 +62,39 @@ class Alignment:
 
 def ids_digest(ids: list[str]) -> str:
     """SHA-256 over the IDs, each prefixed with its length: the order counts, no two lists collide."""
+    if len(ids) >= 1024:
+        try:
+            return _ids_digest_arrow(ids)
+        except Exception:  # noqa: BLE001 (e.g. text UTF-8 cannot encode): the loop below says why, as it always did
+            pass
     h = hashlib.sha256()
     for value in ids:
         data = value.encode()
         h.update(len(data).to_bytes(4, "big"))
         h.update(data)
     return h.hexdigest()
+
+
+def _ids_digest_arrow(ids: list[str]) -> str:
+    """:func:`ids_digest` built in numpy from the IDs' UTF-8 bytes in one Arrow buffer (2x faster than the loop
+    per 50k IDs here): the 4-byte big-endian lengths are written between them, then hashed in one call."""
+    import pyarrow as pa
+
+    array = pa.array(ids, type=pa.large_string())
+    if array.null_count:
+        raise TypeError("an ID is None")
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64, count=len(array) + 1, offset=8 * array.offset)
+    start, end = int(offsets[0]), int(offsets[-1])
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8, count=end)[start:end]
+    heads = 4 * np.arange(len(array), dtype=np.int64) + (offsets[:-1] - start)
+    out = np.empty(4 * len(array) + end - start, dtype=np.uint8)
+    is_data = np.ones(len(out), dtype=bool)
+    lengths = np.diff(offsets).astype(">u4").view(np.uint8).reshape(-1, 4)
+    for j in range(4):
+        is_data[heads + j] = False
+        out[heads + j] = lengths[:, j]
+    out[is_data] = data
+    return hashlib.sha256(out.data).hexdigest()
 
 
 def _checked(alignment: Alignment) -> Alignment:
@@ -107,7 +136,10 @@ class FileAlignmentStore:
             import pyarrow.parquet as pq
 
             buffer = io.BytesIO()
-            pq.write_table(pa.table({"id": pa.array(alignment.ids, type=pa.string())}), buffer)
+            # Plain encoding, uncompressed: IDs are distinct and high-entropy, so a dictionary never pays and
+            # building one (then dropping it) cost 10-70x the write (80 ms per 50k IDs here; ~1 ms without).
+            pq.write_table(pa.table({"id": pa.array(alignment.ids, type=pa.string())}), buffer,
+                           use_dictionary=False, compression="none")
             atomic_write(ids_path, buffer.getvalue(), mode=0o600)
         meta = {"job_id": alignment.job_id, "mode": alignment.mode, "size": alignment.size,
                 "content_hash": alignment.content_hash, "created_at": alignment.created_at,

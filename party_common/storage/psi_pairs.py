@@ -4,7 +4,9 @@ Layout, under the node's state directory (0700; files 0600)::
 
     psi_pairs/<peer>/manifest.json        the epoch (ID, start, mode, salt, this node's scalar), the list of
                                           segments with the SHA-256 of each, and the state digest
-    psi_pairs/<peer>/seg-<epoch>-<n>.npz  one run's delta: removed slots and new items of both lists
+    psi_pairs/<peer>/seg-<epoch>-<n>.bin  one run's delta: removed slots and new items of both lists (a JSON
+                                          header naming each array's dtype, shape and offset, then the
+                                          arrays' bytes: loading takes views of one buffer, no copy)
 
 A run that continues an epoch appends one segment (the size of its delta, not of the sets) and then
 replaces the manifest atomically: the manifest is the commit, so a node that stops half-way keeps the state
@@ -23,8 +25,8 @@ stay in the older segment that added them until the epoch ends.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import os
 import re
 import threading
 from pathlib import Path
@@ -36,7 +38,9 @@ from protocols.errors import UserError
 from protocols.psi.incremental.state import DOUBLE, PEER, PEER_BYTES, PairState
 from protocols.psi.messages import POINT
 
-FORMAT = 2  # 2: peer values kept as their first 16 bytes
+FORMAT = 3  # 2: peer values kept as their first 16 bytes; 3: segments as flat arrays, not npz
+SEGMENT_MAGIC = b"PSISEG3\n"
+_ALIGN = 16  # each array starts at a multiple of 16 bytes
 _PEER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -59,17 +63,69 @@ def _segment(own_removed: np.ndarray, own_keys: np.ndarray, own_prefix: np.ndarr
         arrays["own_double"] = own_double.view(np.uint8).reshape(-1, POINT)
     if peer_double is not None:
         arrays["peer_double"] = peer_double.view(np.uint8).reshape(-1, PEER_BYTES)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+    return _pack(arrays)
 
 
-def _append(stored: np.ndarray, more: np.ndarray) -> np.ndarray:
-    """``stored`` followed by ``more``; the first segment's arrays are taken as they are (no second copy of a
-    large state while it loads)."""
-    if len(stored):
-        return np.concatenate([stored, more])
-    return more if more.flags.writeable else more.copy()
+def _pack(arrays: dict[str, np.ndarray]) -> bytes:
+    """The arrays as one segment: magic, header length, JSON header (name, dtype, shape, offset), data."""
+    header, parts, offset = [], [], 0
+    for name, array in arrays.items():
+        raw = np.ascontiguousarray(array).tobytes()
+        header.append({"name": name, "dtype": array.dtype.str, "shape": list(array.shape), "offset": offset})
+        parts.append(raw + bytes(-len(raw) % _ALIGN))
+        offset += len(parts[-1])
+    head = json.dumps(header).encode()
+    head += b" " * (-(len(SEGMENT_MAGIC) + 8 + len(head)) % _ALIGN)
+    return b"".join([SEGMENT_MAGIC, len(head).to_bytes(8, "big"), head, *parts])
+
+
+def _unpack(data: bytearray) -> dict[str, np.ndarray]:
+    """The arrays of a segment, as views of ``data`` (writable, no copy); a ValueError if it is malformed."""
+    if bytes(data[:len(SEGMENT_MAGIC)]) != SEGMENT_MAGIC:
+        raise ValueError("not a pair state segment of this format")
+    size = int.from_bytes(data[len(SEGMENT_MAGIC):len(SEGMENT_MAGIC) + 8], "big")
+    base = len(SEGMENT_MAGIC) + 8 + size
+    if base > len(data):
+        raise ValueError("header longer than the file")
+    arrays = {}
+    for item in json.loads(bytes(data[len(SEGMENT_MAGIC) + 8:base])):
+        dtype = np.dtype(str(item["dtype"]))
+        shape = tuple(int(d) for d in item["shape"])
+        count, start = int(np.prod(shape, dtype=np.int64)), base + int(item["offset"])
+        if dtype.kind not in "iub" or min(shape, default=0) < 0 or int(item["offset"]) < 0 \
+                or start + count * dtype.itemsize > len(data):
+            raise ValueError(f"array {item['name']!r} outside the file or of a type a segment does not hold")
+        arrays[str(item["name"])] = np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape)
+    return arrays
+
+
+def _joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+    """The segments' arrays of one kind, end to end, in one copy (none for a single segment, whose arrays are
+    views of its writable buffer): loading an epoch of k runs costs one pass over the state, not k."""
+    if not parts:
+        return empty
+    if len(parts) == 1:
+        return parts[0] if parts[0].flags.writeable else parts[0].copy()
+    return np.concatenate(parts)
+
+
+def _assemble(state: PairState, parts: dict[str, list[np.ndarray]]) -> None:
+    """``state``'s arrays from every segment's (after :meth:`PairStateStore._replay` of each, in order): a dead
+    slot keeps nothing of its item; each slot's match is the last one recorded for it."""
+    dead_own, dead_peer = ~state.own_live, ~state.peer_live
+    state.own_keys = _joined(parts["own_keys"], state.own_keys)
+    state.own_keys[dead_own] = 0
+    state.own_prefix = _joined(parts["own_prefix"], state.own_prefix)
+    if state.own_double is not None:
+        state.own_double = _joined(parts["own_double"], state.own_double)
+        state.own_double[dead_own] = np.zeros(1, DOUBLE)[0]
+    if state.peer_double is not None:
+        state.peer_double = _joined(parts["peer_double"], state.peer_double)
+        state.peer_double[dead_peer] = np.zeros(1, PEER)[0]
+    if state.own_double is not None and state.peer_double is not None:
+        state.own_match = np.full(state.own_slots, -1, dtype=np.int64)
+        for matches in parts["matches"]:  # in run order: a later match of a slot replaces an earlier one
+            state.own_match[matches[:, 0]] = matches[:, 1]
 
 
 class PairStateStore:
@@ -114,32 +170,39 @@ class PairStateStore:
             state.age_days()  # created_at must parse
         except (ValueError, TypeError, KeyError) as err:
             raise PairStateError(f"{path}: damaged pair state manifest: {err!r}") from err
+        parts: dict[str, list[np.ndarray]] = {"own_keys": [], "own_prefix": [], "own_double": [], "peer_double": [],
+                                              "matches": []}
         for name, sha in segments:
-            self._replay(state, path.parent / name, sha)
+            self._replay(state, path.parent / name, sha, parts)
+        _assemble(state, parts)
         if state.digest() != digest:
             raise PairStateError(f"{path}: the stored segments do not add up to the recorded state digest")
         return state
 
     @staticmethod
-    def _read(path: Path, sha: str, what: str) -> bytes:
+    def _read(path: Path, sha: str, what: str) -> bytearray:
         try:
-            data = path.read_bytes()
+            with path.open("rb") as f:  # into a writable buffer: the loaded state's arrays are views of it
+                data = bytearray(os.fstat(f.fileno()).st_size)
+                if f.readinto(data) != len(data):
+                    raise OSError("the file changed size while it was read")
         except OSError as err:
             raise PairStateError(f"{path}: cannot read {what} of the pair's stored PSI state: {err}") from err
         if hashlib.sha256(data).hexdigest() != sha:
             raise PairStateError(f"{path}: {what} does not match its recorded SHA-256 (damaged or changed)")
         return data
 
-    def _replay(self, state: PairState, path: Path, sha: str) -> None:
+    def _replay(self, state: PairState, path: Path, sha: str, parts: dict[str, list[np.ndarray]]) -> None:
+        """Check one segment and take its arrays (views) into ``parts``; the live flags follow it."""
         data = self._read(path, sha, "segment")
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                own_removed, peer_removed = z["own_removed"], z["peer_removed"]
-                prefix, peer_added = z["own_prefix"], int(z["peer_added"][0])
-                matches = z["matches"].reshape(-1, 2)
-                keys = z["own_keys"].reshape(-1, 2)  # one new own slot per key
-                own_double = z["own_double"].reshape(-1).view(DOUBLE) if state.own_double is not None else None
-                peer_double = z["peer_double"].reshape(-1).view(PEER) if state.peer_double is not None else None
+            z = _unpack(data)
+            own_removed, peer_removed = z["own_removed"], z["peer_removed"]
+            prefix, peer_added = z["own_prefix"], int(z["peer_added"][0])
+            matches = z["matches"].reshape(-1, 2)
+            keys = z["own_keys"].reshape(-1, 2)  # one new own slot per key
+            own_double = z["own_double"].reshape(-1).view(DOUBLE) if state.own_double is not None else None
+            peer_double = z["peer_double"].reshape(-1).view(PEER) if state.peer_double is not None else None
             if len(prefix) != len(keys) or (own_double is not None and len(own_double) != len(keys)) or \
                     (peer_double is not None and len(peer_double) != peer_added):
                 raise ValueError("arrays of different lengths")
@@ -152,23 +215,18 @@ class PairStateStore:
             if len(matches) and (matches.min() < 0 or matches[:, 0].max() >= len(own_live)
                                  or matches[:, 1].max() >= len(peer_live)):
                 raise ValueError("matches outside the slots")
-        except (ValueError, KeyError, OSError) as err:
+        except (ValueError, KeyError, TypeError, IndexError, OSError) as err:
             raise PairStateError(f"{path}: damaged segment of the pair's stored PSI state: {err}") from err
         own_live[own_removed] = False
         peer_live[peer_removed] = False
-        state.own_live, state.peer_live = own_live, peer_live
-        state.own_keys = _append(state.own_keys, keys)
-        if state.own_double is not None and state.peer_double is not None:
-            state.own_match = np.concatenate([state.own_match, np.full(len(keys), -1, dtype=np.int64)])
-            state.own_match[matches[:, 0]] = matches[:, 1]
-        state.own_keys[own_removed] = 0
-        state.own_prefix = _append(state.own_prefix, prefix)
-        if state.own_double is not None and own_double is not None:
-            state.own_double = _append(state.own_double, own_double)
-            state.own_double[own_removed] = np.zeros(1, DOUBLE)[0]
-        if state.peer_double is not None and peer_double is not None:
-            state.peer_double = _append(state.peer_double, peer_double)
-            state.peer_double[peer_removed] = np.zeros(1, PEER)[0]
+        state.own_live, state.peer_live = own_live, peer_live  # flags grow per segment (1 byte per slot)
+        parts["own_keys"].append(keys)
+        parts["own_prefix"].append(prefix)
+        parts["matches"].append(matches)
+        if own_double is not None:
+            parts["own_double"].append(own_double)
+        if peer_double is not None:
+            parts["peer_double"].append(peer_double)
 
     def seconds_per_item(self, peer: str) -> float:
         """What an item cost in the full alignment that started the stored epoch (0.0 if unknown)."""
@@ -213,7 +271,7 @@ class PairStateStore:
                             None if state.own_double is None else state.own_double[own_lo:], peer_removed,
                             state.peer_slots - peer_lo, None if state.peer_double is None else state.peer_double[peer_lo:],
                             matches)
-            name = f"seg-{state.epoch[:12]}-{len(segments) + 1:06d}.npz"
+            name = f"seg-{state.epoch[:12]}-{len(segments) + 1:06d}.bin"
             atomic_write(pair_dir / name, data, mode=0o600)
             segments.append({"file": name, "sha256": hashlib.sha256(data).hexdigest()})
             meta = {"format": FORMAT, "epoch": state.epoch, "created_at": state.created_at, "mode": state.mode,

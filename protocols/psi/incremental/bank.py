@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -13,7 +14,8 @@ import protocols.psi.messages as wire
 from protocols.channel import Message, Peer
 from protocols.compute import ComputeSpec, as_compute
 from protocols.errors import ProtocolError
-from protocols.psi.incremental.delta import OwnPlan, plan_own
+from protocols.psi.incremental.delta import OwnPlan, find_kept, plan_own
+from protocols.psi.incremental.rawkeys import raw_keys
 from protocols.psi.incremental.state import (
     DOUBLE,
     PairState,
@@ -54,18 +56,29 @@ def next_state(old: PairState, plan: OwnPlan, own_new: np.ndarray | None,
                      own_double=own_double, peer_live=peer_live, peer_double=peer_double, own_match=own_match)
 
 
-def intersection(state: PairState, ids: Sequence[str] | np.ndarray, plan: OwnPlan) -> tuple[list[str], str]:
-    """Own live IDs whose double a live peer slot holds, in the agreed order (by value), as ``ids`` (the current
-    file) has them; the content hash."""
+def agreed_order(state: PairState) -> tuple[np.ndarray, str]:
+    """The intersection as own slots (live, their matched peer slot live) in the agreed order (by value), and
+    its content hash: all that ``psi.inc.finish`` compares."""
     assert state.own_double is not None and state.peer_double is not None
     slots = matched_slots(state)
     values = state.own_double[slots]
     order = value_order(values)
-    rows = plan.row_of_slot(state.own_slots)[slots[order]]
+    return slots[order], inc.content_hash(values[order])
+
+
+def members_of(slots: np.ndarray, ids: Sequence[str] | np.ndarray, plan: OwnPlan, own_slots: int) -> list[str]:
+    """The IDs of own ``slots`` (after the run), in that order, as ``ids`` (the current file) has them."""
+    rows = plan.row_of_slot(own_slots)[slots]
     if isinstance(ids, np.ndarray):
-        return [str(m) for m in ids[rows].tolist()] if ids.dtype == object else ids[rows].tolist(), \
-            inc.content_hash(values[order])
-    return [ids[r] for r in rows.tolist()], inc.content_hash(values[order])
+        return [str(m) for m in ids[rows].tolist()] if ids.dtype == object else ids[rows].tolist()
+    return [ids[r] for r in rows.tolist()]
+
+
+def intersection(state: PairState, ids: Sequence[str] | np.ndarray, plan: OwnPlan) -> tuple[list[str], str]:
+    """Own live IDs whose double a live peer slot holds, in the agreed order (by value), as ``ids`` (the current
+    file) has them; the content hash."""
+    slots, digest = agreed_order(state)
+    return members_of(slots, ids, plan, state.own_slots), digest
 
 
 def read_peer_plan(reply: Message, state: PairState, most: int, what: str) -> tuple[np.ndarray, int, int]:
@@ -96,6 +109,9 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
     owned = as_compute(compute)
     blinder: Blinder | None = None
     plan: OwnPlan | None = None
+    # Work that needs neither the run's key nor the platform's answer, on a thread of its own while the session
+    # opens and the state loads: the raw keys of our IDs, then which of them the state holds.
+    background = ThreadPoolExecutor(1, thread_name_prefix="psi-inc-ahead")
     try:
         if mode not in inc.MODES:
             raise PsiError(f"incremental alignment offers modes {', '.join(inc.MODES)}, not {mode!r}")
@@ -103,9 +119,11 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
             raise PsiError(f"batch_size must be between 1 and {wire.MAX_BATCH_SIZE:,}")
         if len(ids) == 0:
             raise PsiError("this party has no IDs: an empty side cannot take part in PSI")
+        keying = background.submit(raw_keys, ids)
         channel = peer.open(wire.KIND, job_id, {wire.PARAM_VERSION: inc.VERSION, wire.PARAM_MODE: mode,
                                                 wire.PARAM_BATCH_SIZE: batch_size})
     except BaseException:
+        background.shutdown(wait=True, cancel_futures=True)
         owned.close()
         raise
     try:
@@ -119,6 +137,7 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
 
         lap("open")
         stored = None if new_key else usable_state(state() if callable(state) else state, mode, "bank")
+        finding = None if stored is None else background.submit(lambda s=stored: find_kept(s, keying.result()))
         lap("load_state")
         nonce = secrets.token_bytes(wire.NONCE)
         hello = channel.call(inc.HELLO, {wire.BANK_NONCE: nonce, inc.EPOCH: stored.epoch if stored else "",
@@ -139,9 +158,10 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
         else:
             current = new_state(epoch, mode, "bank", inc.epoch_salt(epoch, nonce, platform_nonce),
                                 secrets.token_bytes(wire.POINT), own_double=True, peer_double=True)
-        blinder = Blinder(owned, secret=current.secret)
+        blinder = Blinder(owned, secret=current.secret, min_chunk=inc.MIN_CHUNK)
         lap("hello")
-        plan = plan_own(current if resumed else None, ids, blinder, current.salt)
+        plan = plan_own(current if resumed else None, ids, blinder, current.salt, keys=keying.result(),
+                        kept=finding.result() if resumed and finding is not None else None)
         lap("plan")
         n_after = plan.delta.size_after(current.live_own_count())
         reply = channel.call(inc.PLAN, {inc.REMOVED: slots_bytes(plan.delta.removed), inc.ADDED: plan.added,
@@ -189,14 +209,18 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
 
         lap("exchange")
         after = next_state(current, plan, own_new, peer_removed, peer_added, peer_new)
-        members, digest = intersection(after, ids, plan)
+        slots, digest = agreed_order(after)
+        # The members' IDs are listed while the platform checks and stores its side (finish needs only these).
+        listing = background.submit(members_of, slots, ids, plan, after.own_slots)
         lap("intersection")
-        reply = channel.call(inc.FINISH, {wire.SIZE: len(members), wire.CONTENT_HASH: digest,
-                                          inc.STATE_DIGEST: after.digest()})
-        if reply.get(wire.SIZE) != len(members) or (mode == "both" and reply.get(wire.CONTENT_HASH) != digest):
+        state_digest = after.digest()
+        reply = channel.call(inc.FINISH, {wire.SIZE: len(slots), wire.CONTENT_HASH: digest,
+                                          inc.STATE_DIGEST: state_digest})
+        if reply.get(wire.SIZE) != len(slots) or (mode == "both" and reply.get(wire.CONTENT_HASH) != digest):
             raise ProtocolError("the platform computed a different intersection; alignment not stored")
-        if reply.get(inc.STATE_DIGEST) != after.digest():
+        if reply.get(inc.STATE_DIGEST) != state_digest:
             raise ProtocolError("the platform's state after the run differs from this node's; nothing stored")
+        members = listing.result()
         lap("finish")
         channel.close()
         both = mode == "both"
@@ -210,6 +234,7 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
         channel.close()
         raise
     finally:
+        background.shutdown(wait=True, cancel_futures=True)
         if plan is not None:
             plan.hashes.close()
         if blinder is not None:
@@ -218,4 +243,5 @@ def run_bank_incremental_psi(peer: Peer, job_id: str, ids: Sequence[str] | np.nd
             owned.close()
 
 
-__all__ = ["intersection", "next_state", "read_peer_plan", "run_bank_incremental_psi", "usable_state"]
+__all__ = ["agreed_order", "intersection", "members_of", "next_state", "read_peer_plan", "run_bank_incremental_psi",
+           "usable_state"]

@@ -48,28 +48,49 @@ def _rows_named(first: int, row: int) -> PsiError:
                     "(trim, case, phone/e-mail forms); de-duplicate the file")
 
 
-def plan_own(state: PairState | None, ids: Sequence[str] | np.ndarray, blinder: Blinder, salt: bytes) -> OwnPlan:
+@dataclass
+class Kept:
+    """Which current rows this side already holds in the stored state: each row's stored slot (-1: new), and
+    the live stored slots no current row holds any more (removed, ascending)."""
+
+    slot_of_row: np.ndarray
+    removed: np.ndarray
+
+
+def find_kept(state: PairState, keys: np.ndarray) -> Kept:
+    """Current rows (their raw-text ``keys``, :func:`~protocols.psi.incremental.rawkeys.raw_keys`) found among
+    ``state``'s live own slots. Needs no key or salt of the run: a node computes it while the session opens
+    (before it knows whether the epoch goes on). The same raw ID twice, both kept, is refused naming rows."""
+    live = np.flatnonzero(state.own_live)
+    slot_of_row = np.full(len(keys), -1, dtype=np.int64)
+    if len(live):
+        at = find_keys(state.own_keys[live], keys)  # stored live keys are distinct
+        slot_of_row = np.where(at >= 0, live[np.maximum(at, 0)], -1)
+    counts = np.bincount(slot_of_row[slot_of_row >= 0], minlength=state.own_slots)
+    if len(counts) and counts.max() > 1:  # the same raw ID twice, both kept
+        twice = np.flatnonzero(slot_of_row == int(np.argmax(counts > 1)))
+        raise _rows_named(int(twice[0]), int(twice[1]))
+    return Kept(slot_of_row, live[counts[live] == 0])
+
+
+def plan_own(state: PairState | None, ids: Sequence[str] | np.ndarray, blinder: Blinder, salt: bytes, *,
+             keys: np.ndarray | None = None, kept: Kept | None = None) -> OwnPlan:
     """The delta of ``ids`` (this node's current IDs, in file order) against ``state`` (None: all new). Kept
     IDs are told from new ones by their raw text (:mod:`~protocols.psi.incremental.rawkeys`, no normalising):
-    an ID whose text changed form is a removal and an addition."""
+    an ID whose text changed form is a removal and an addition. ``keys`` (the IDs' raw keys) and ``kept``
+    (:func:`find_kept` of ``state``) may come computed ahead, while the session opened."""
     n = len(ids)
     if n == 0:
         raise PsiError("this party has no IDs: an empty side cannot take part in PSI")
-    keys = raw_keys(ids)
-    slot_of_row = np.full(n, -1, dtype=np.int64)
-    removed = np.zeros(0, dtype=np.int64)
-    old_slots = 0
-    if state is not None:
-        old_slots = state.own_slots
-        live = np.flatnonzero(state.own_live)
-        at = find_keys(state.own_keys[live], keys)  # stored live keys are distinct
-        slot_of_row = np.where(at >= 0, live[np.maximum(at, 0)], -1) if len(live) else slot_of_row
-        kept_slots = slot_of_row[at >= 0]
-        counts = np.bincount(kept_slots, minlength=old_slots)
-        if len(counts) and counts.max() > 1:  # the same raw ID twice, both kept
-            twice = np.flatnonzero(slot_of_row == int(np.argmax(counts > 1)))
-            raise _rows_named(int(twice[0]), int(twice[1]))
-        removed = live[counts[live] == 0]
+    keys = raw_keys(ids) if keys is None else keys
+    if len(keys) != n:
+        raise ValueError(f"{len(keys)} raw keys for {n} IDs")
+    old_slots = 0 if state is None else state.own_slots
+    if state is None:
+        kept = Kept(np.full(n, -1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    elif kept is None:
+        kept = find_kept(state, keys)
+    slot_of_row, removed = kept.slot_of_row.copy(), kept.removed
     new_rows = np.flatnonzero(slot_of_row < 0)
     added_rows = new_rows[secret_permutation(len(new_rows))] if len(new_rows) else new_rows
     hashes = PointStore(len(added_rows), None)
@@ -105,4 +126,4 @@ def _refuse_repeats_of_kept(state: PairState, ids: Sequence[str] | np.ndarray, a
         raise _rows_named(first, row)
 
 
-__all__ = ["OwnPlan", "plan_own"]
+__all__ = ["Kept", "OwnPlan", "find_kept", "plan_own"]

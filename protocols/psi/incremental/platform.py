@@ -20,7 +20,8 @@ from protocols.channel import Message
 from protocols.compute import Compute, ComputeSpec
 from protocols.errors import ProtocolError
 from protocols.psi.incremental.bank import intersection, next_state, read_peer_plan, usable_state
-from protocols.psi.incremental.delta import OwnPlan, plan_own
+from protocols.psi.incremental.delta import Kept, OwnPlan, find_kept, plan_own
+from protocols.psi.incremental.rawkeys import raw_keys
 from protocols.psi.incremental.state import DOUBLE, PairState, new_state, slots_bytes
 from protocols.psi.kernel import Blinder, Pending
 from protocols.psi.messages import MAX_BATCH_SIZE, MAX_SET_SIZE, Progress, PsiError, batches, points_field
@@ -89,6 +90,12 @@ class PlatformIncrementalHandler:
         self._background = ThreadPoolExecutor(1, thread_name_prefix="psi-inc")
         self.loading: Future[tuple[PairState | None, str]] = self._background.submit(
             state if callable(state) else lambda: (state, state_note))
+        # Ahead of psi.inc.hello: our IDs' raw keys (on a thread of their own, beside the loading), then which of
+        # them the stored state holds (None: no usable state); neither needs the run's key nor tells the bank
+        # anything.
+        self._keys = ThreadPoolExecutor(1, thread_name_prefix="psi-inc-keys")
+        self.keying: Future[np.ndarray] = self._keys.submit(raw_keys, ids)
+        self.finding: Future[Kept | None] = self._background.submit(self._find_kept)
         self.planning: Future[OwnPlan] | None = None
         self.finishing: Future[tuple[PairState, list[str] | None, str]] | None = None
         self.plan: OwnPlan | None = None
@@ -136,14 +143,24 @@ class PlatformIncrementalHandler:
             both = self.mode == "both"
             self.current = new_state(new_epoch, self.mode, "platform", inc.epoch_salt(new_epoch, nonce, platform_nonce),
                                      secrets.token_bytes(wire.POINT), own_double=both, peer_double=both)
-        self.blinder = Blinder(self.compute, secret=self.current.secret)
+        self.blinder = Blinder(self.compute, secret=self.current.secret, min_chunk=inc.MIN_CHUNK)
         # Our delta (hashing and checking our new IDs) in the background while the bank computes its own;
         # nothing of ours leaves before it has passed (psi.inc.plan's reply waits for it).
-        self.planning = self._background.submit(plan_own, stored if self.resumed else None, self.ids, self.blinder,
-                                                self.current.salt)
+        self.planning = self._background.submit(self._plan_own, stored if self.resumed else None)
         self.expected = inc.PLAN
         return {inc.EPOCH: self.current.epoch, inc.RESUMED: self.resumed, inc.REASON: self.reason,
                 inc.KEEP: self.keep, wire.PLATFORM_NONCE: platform_nonce}
+
+    def _find_kept(self) -> Kept | None:
+        loaded, _ = self.loading.result()  # done: it ran first on this thread
+        stored = usable_state(loaded, loaded.mode if loaded else self.mode, "platform")
+        return None if stored is None else find_kept(stored, self.keying.result())
+
+    def _plan_own(self, stored: PairState | None) -> OwnPlan:
+        """Our delta against ``stored`` (the epoch goes on) or from nothing (a new epoch)."""
+        assert self.blinder is not None and self.current is not None
+        kept = None if stored is None else self.finding.result()  # found against this same stored state
+        return plan_own(stored, self.ids, self.blinder, self.current.salt, keys=self.keying.result(), kept=kept)
 
     def _plan(self, message: Message) -> Message:
         assert self.current is not None and self.planning is not None
@@ -260,7 +277,7 @@ class PlatformIncrementalHandler:
         return {wire.SIZE: size, wire.CONTENT_HASH: digest, inc.STATE_DIGEST: after.digest()}
 
     def close(self) -> None:
-        for future in (self.loading, self.planning, self.finishing):
+        for future in (self.loading, self.keying, self.finding, self.planning, self.finishing):
             if future is not None:
                 future.cancel()
         for pending in self.ahead.values():
@@ -271,6 +288,7 @@ class PlatformIncrementalHandler:
         elif isinstance(self.compute, Compute):  # closed before psi.inc.hello: the session still owns it
             self.compute.close()
         self._background.shutdown(wait=True, cancel_futures=True)
+        self._keys.shutdown(wait=True, cancel_futures=True)
         if self.plan is not None:
             self.plan.hashes.close()
         elif self.planning is not None and self.planning.done() and not self.planning.cancelled() \
