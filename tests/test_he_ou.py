@@ -256,7 +256,7 @@ def test_key_object_refusals(scheme, keys):
             ou_math.check_bases(pk.n, base, pk.h)
     with pytest.raises(InvalidKey, match="p\\^2 q does not equal"):
         PrivateKey(pk, p, q + 2)
-    with pytest.raises(InvalidKey, match="does not match"):
+    with pytest.raises(InvalidKey, match="does not belong to the pool.s public key"):
         NoisePool(pk, scheme.generate_keypair(BITS, allow_insecure=True)[1])
     with pytest.raises(InvalidKey, match="at least 2048"):
         scheme.generate_keypair(1024)

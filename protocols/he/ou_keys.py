@@ -44,6 +44,7 @@ from protocols.he.ou_math import (
     max_plaintext,
     plaintext_unit,
 )
+from protocols.noise_pool import NoisePool
 from protocols.paillier_math import MASK_EXTRA_BITS, MAX_KEY_BITS, FixedBase, first_non_unit
 
 KEY_FORMAT = b"OU1"  # b"OU1" || byte length of n (2 bytes) || n; both bases are derived from n
@@ -232,49 +233,6 @@ def generate_keypair(n_bits: int = 2048, *, allow_insecure: bool = False) -> tup
     n, p, q = generate_modulus(n_bits)
     pk = PublicKey(n)
     return pk, PrivateKey(pk, p, q)
-
-
-class NoisePool:
-    """Noise made ahead of time under one key, ordinary or (``mask``) mask noise; each value handed out once."""
-
-    def __init__(self, public_key: PublicKey, private_key: PrivateKey | None = None, *, mask: bool = False) -> None:
-        if private_key is not None and private_key.public_key != public_key:
-            raise InvalidKey("the private key does not match the public key")
-        self.public_key, self._private, self.mask = public_key, private_key, mask
-        self._values: list[mpz] = []
-        self.made_online = 0
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    @property
-    def noise_key(self) -> PublicKey | PrivateKey:
-        return self._private if self._private is not None else self.public_key
-
-    def check(self, public_key: PublicKey, *, mask: bool) -> None:
-        if public_key != self.public_key:
-            raise InvalidKey("the noise pool is for another key")
-        if mask and not self.mask:
-            raise ValueError("mask noise was asked for, and this pool holds ordinary noise (mask=True)")
-
-    def make(self) -> mpz:
-        key = self.noise_key
-        return key.mask_noise() if self.mask else key.noise()
-
-    def fill(self, count: int) -> None:
-        self._values.extend(self.make() for _ in range(count))
-
-    def extend(self, values: Iterable[mpz]) -> None:
-        self._values.extend(values)
-
-    def take(self, count: int) -> list[mpz]:
-        if count > len(self._values):
-            short = count - len(self._values)
-            self.made_online += short
-            self.fill(short)
-        out = self._values[-count:] if count else []
-        del self._values[len(self._values) - count:]
-        return out
 
 
 class CipherVector:
