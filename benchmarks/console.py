@@ -37,7 +37,7 @@ from party_common.storage import open_node_stores
 from party_common.transport import bind as bind_grpc
 from party_common.transport import make_server
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
-from protocols.metrics import tag_metrics
+from protocols.evaluation_metrics import tag_metrics
 from protocols.uncertainty import summarise
 
 JOBS, REPORT_TAGS, TEST_ROWS, EPOCHS = 1000, 20, 2000, 10

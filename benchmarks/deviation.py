@@ -78,12 +78,12 @@ from benchmarks.privacy import (
     majority_rate,
 )
 from benchmarks.privacy_bank_view import recovery_r2
+from party_bank.grpc_link import GrpcPlatformLink, platform_certificate_check
 from party_bank.node import BankNode
 from party_bank.score_files import OutputError, safe_output_path
 from party_common.certs import init_local_pki
 from party_common.config import load_config
 from party_common.data_loading import load_party_data
-from party_common.grpc_link import GrpcPlatformLink, platform_certificate_check
 from party_common.jobs import SESSION_KINDS
 from party_common.link import ContextPeer, LocalPlatformLink, PlatformLink, SessionContext
 from party_common.runtime import read_tls_files, start_node_server

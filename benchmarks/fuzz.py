@@ -42,10 +42,10 @@ import grpc
 import numpy as np
 
 from benchmarks.common import console, print_table, write_json
+from party_bank.grpc_link import GrpcChannel, GrpcPlatformLink
 from party_bank.scores import UNKNOWN_CUSTOMER
 from party_common.codec import array_to_pb, to_payload
 from party_common.data_loading import load_party_data
-from party_common.grpc_link import GrpcChannel, GrpcPlatformLink
 from party_common.link import ContextPeer, SessionContext
 from party_common.transport import CHUNK_BYTES, PROTOCOL_VERSION, chunk_payload, dial
 from proto import fedprofile_v1_pb2 as pb

@@ -40,13 +40,13 @@ from party_bank.client import BankClient, JobFailed
 from party_bank.control import ControlServicer
 from party_bank.control_v2 import SERVICE as SCORING_SERVICE
 from party_bank.control_v2 import add_scoring_service
+from party_bank.grpc_link import GrpcPlatformLink, platform_certificate_check
 from party_bank.node import BankNode
 from party_bank.readiness import Readiness
 from party_bank.score_files import read_ids
 from party_common.cli_format import DefaultsFormatter, config_help, resolve_config, version_string
 from party_common.config import ConfigError, NodeConfig, load_config
 from party_common.grpc_errors import rpc_error_line
-from party_common.grpc_link import GrpcPlatformLink, platform_certificate_check
 from party_common.jobs.align_incremental import describe as describe_incremental
 from party_common.runtime import (
     INSECURE_WARNING,

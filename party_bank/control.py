@@ -16,7 +16,7 @@ from party_common.audit import audited, caller_name
 from party_common.codec import array_to_pb
 from party_common.grpc_errors import translate_errors
 from party_common.jobs import JOB_KINDS, JobError
-from party_common.metrics import SCORE_SECONDS
+from party_common.prometheus_metrics import SCORE_SECONDS
 from party_common.storage.jobs import JobRecord
 from proto import fedprofile_v1_pb2 as pb
 from proto import fedprofile_v1_pb2_grpc as pb_grpc

@@ -21,7 +21,7 @@ from party_bank.node import BankNode
 from party_bank.scores import NOT_IN_INTERSECTION, OK, PLATFORM_UNAVAILABLE, UNKNOWN_CUSTOMER, Scores
 from party_common.audit import audited, caller_name
 from party_common.grpc_errors import translate_errors, translate_stream_errors
-from party_common.metrics import SCORE_SECONDS
+from party_common.prometheus_metrics import SCORE_SECONDS
 from party_common.storage.jobs import JobRecord
 from proto import fedprofile_v2_pb2 as pb
 from proto import fedprofile_v2_pb2_grpc as pb_grpc

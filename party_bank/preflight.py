@@ -23,10 +23,10 @@ from cryptography import x509
 
 from party_bank import cli_files
 from party_bank.client import BankClient, JobFailed
+from party_bank.grpc_link import GrpcPlatformLink
 from party_common.auth import CertificateRefused, CrlError, CrlFile, check_server, server_certificate
 from party_common.config import ConfigError, NodeConfig
 from party_common.grpc_errors import rpc_error_line
-from party_common.grpc_link import GrpcPlatformLink
 from party_common.preflight import (
     FAIL,
     OK,

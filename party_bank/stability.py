@@ -23,7 +23,7 @@ from party_bank.score_files import OutputError, read_table
 from party_bank.segments import SCORES_DIR
 from party_common.config import NodeConfig
 from party_common.link import PlatformLink
-from party_common.metrics import set_stability
+from party_common.prometheus_metrics import set_stability
 from party_common.stability import (
     WINDOW_ROWS,
     FeatureWindows,

@@ -29,7 +29,7 @@ from party_common.auth import (
 )
 from party_common.config import ConfigError, NodeConfig
 from party_common.data_loading import load_party_data
-from party_common.metrics import JobRows, start_metrics
+from party_common.prometheus_metrics import JobRows, start_metrics
 from party_common.storage import JobStore
 from party_common.transport import add_health, bind, make_server, server_credentials
 from protocols.party_data import PartyData

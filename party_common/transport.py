@@ -2,7 +2,7 @@
 
 The protocols in ``protocols/`` see only ``Peer``/``PeerChannel``/``StepHandler`` (protocols.channel).
 A step's message becomes a serialised ``Payload`` cut into ``StepChunk``s on a bidirectional stream:
-the bank's side is ``party_common.grpc_link``, the platform's ``party_platform.service``.
+the bank's side is ``party_bank.grpc_link``, the platform's ``party_platform.service``.
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ from party_common.grpc_errors import describe, status_of
 from party_common.jobs import SESSION_KINDS, JobContext, JobKind, ResultExists
 from party_common.link import STABILITY_SOURCES, PartialScores, Retirement, SessionContext, StabilityIndices
 from party_common.memory import PeakMemory
-from party_common.metrics import set_stability
 from party_common.node import NodeBase
 from party_common.policy import AWAITING_APPROVAL, REFUSED_BY_OPERATOR, AwaitingApproval, PolicyRefused, knob
+from party_common.prometheus_metrics import set_stability
 from party_common.stability import TRAINING, FeatureWindows, feature_reference
 from party_common.storage import NodeStores, UnknownJob
 from party_common.storage.group_commit import committed_before_return

@@ -19,7 +19,7 @@ from party_common.auth import caller_identity
 from party_common.codec import array_from_pb, array_to_pb, from_payload, to_payload
 from party_common.grpc_errors import abort, translate_errors
 from party_common.link import PlatformEndpoint, SessionContext
-from party_common.metrics import PARTIAL_SCORE_REQUESTS, STEP_SECONDS
+from party_common.prometheus_metrics import PARTIAL_SCORE_REQUESTS, STEP_SECONDS
 from party_common.transport import FEATURES, check_hello, chunk_payload, join_chunks, make_hello
 from party_platform.sessions import SessionRegistry
 from proto import fedprofile_v1_pb2 as pb

@@ -25,7 +25,7 @@ from party_bank.scores import Scores
 from party_common.data_loading import FillMode, load_party_data
 from party_common.storage.files import atomic_write
 from protocols.binning import DEFAULT_BINS, DEFAULT_MAX_CATEGORIES, BinningSpec, binned_party_data
-from protocols.metrics import centralized_baseline
+from protocols.evaluation_metrics import centralized_baseline
 from protocols.uncertainty import format_interval, summarise
 from protocols.vfl_lr import TrainParams
 from simulations.cluster import LocalCluster

@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 import party_bank.node as bank_node
+from party_bank.grpc_link import GrpcPlatformLink
 from party_bank.node import BankNode
-from party_common.grpc_link import GrpcPlatformLink
 from party_common.jobs import SESSION_KINDS
 from party_common.link import SessionContext
 from party_common.storage import memory_node_stores

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import HealthServicer
 
 from party_common.config import ConfigError
-from party_common.metrics import PARTIAL_SCORE_REQUESTS, SCORE_SECONDS, STEP_SECONDS, start_metrics
+from party_common.prometheus_metrics import PARTIAL_SCORE_REQUESTS, SCORE_SECONDS, STEP_SECONDS, start_metrics
 from party_common.runtime import serve_with_metrics
 from party_common.storage.jobs import MemoryJobStore
 from party_common.transport import add_health, bind, make_server

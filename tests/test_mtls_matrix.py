@@ -17,11 +17,11 @@ import pytest
 
 from party_bank import cli as bank_cli
 from party_bank.client import BankClient
+from party_bank.grpc_link import GrpcPlatformLink
 from party_common.auth import ROLE_NODE, ROLE_OPERATOR
 from party_common.certs import OrgFolder, init_local_pki, serial_of
 from party_common.config import ConfigError
 from party_common.grpc_errors import failure_kind, rpc_error_line
-from party_common.grpc_link import GrpcPlatformLink
 from party_common.runtime import read_tls_files
 from party_common.storage import JobStore
 from party_common.transport import dial

@@ -83,8 +83,8 @@ def test_the_split_hashes_the_normal_form() -> None:
     import hashlib
     import unicodedata
 
+    from protocols.evaluation_metrics import id_hashes
     from protocols.identity import normalise_id
-    from protocols.metrics import id_hashes
 
     def before(cid: str, seed: int) -> float:  # the split hash's input before protocols.identity: NFC, stripped
         digest = hashlib.blake2b(unicodedata.normalize("NFC", cid.strip()).encode(), digest_size=8,

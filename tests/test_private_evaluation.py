@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from protocols.channel import LocalChannel, LocalPeer, Message, PeerError, ProtocolError
+from protocols.evaluation_metrics import tag_metrics
 from protocols.he import get_scheme
-from protocols.metrics import tag_metrics
 from protocols.packing import unpack_signed
 from protocols.paillier import CipherVector, NoisePool, PrivateKey, PublicKey, generate_keypair
 from protocols.paillier_pool import PaillierPool

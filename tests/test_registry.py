@@ -17,13 +17,13 @@ from party_bank import cli
 from party_bank.cli_models import models_command, models_table
 from party_bank.client import BankClient
 from party_bank.control import ControlServicer
+from party_bank.grpc_link import GrpcPlatformLink
 from party_bank.registry import (
     ALIASES_DOC,
     ModelRegistry,
     ModelRetired,
     UnknownAlias,
 )
-from party_common.grpc_link import GrpcPlatformLink
 from party_common.jobs import SESSION_KINDS
 from party_common.link import Retirement
 from party_common.storage import open_node_stores

@@ -20,7 +20,7 @@ from party_bank.segments import SegmentService
 from party_common.storage import memory_node_stores
 from party_common.transport import bind, make_server
 from proto import fedprofile_v1_pb2_grpc as pb_grpc
-from protocols.metrics import tag_metrics
+from protocols.evaluation_metrics import tag_metrics
 from protocols.uncertainty import (
     bootstrap_auc_ks,
     expected_calibration_error,
@@ -249,7 +249,7 @@ def test_one_rounding_rule_for_every_printed_metric() -> None:
 
 def test_a_dropped_column_reaches_the_report(tmp_path: Path) -> None:
     from party_common.data_loading import load_party_data
-    from protocols.metrics import Split
+    from protocols.evaluation_metrics import Split
     from protocols.vfl_lr.report import DROPPED_WHY, data_inputs
 
     path = tmp_path / "bank.csv"

@@ -19,10 +19,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from party_bank.cli_stability import run, stability_tables
 from party_bank.client import BankClient
 from party_bank.control import ControlServicer
-from party_common.grpc_link import GrpcPlatformLink
+from party_bank.grpc_link import GrpcPlatformLink
 from party_common.jobs import SESSION_KINDS
-from party_common.metrics import FEATURE_PSI, SCORE_PSI
 from party_common.policy import PolicyConfig, parse_policy
+from party_common.prometheus_metrics import FEATURE_PSI, SCORE_PSI
 from party_common.storage import open_node_stores
 from party_platform.service import NodeServicer, SessionRegistry
 from proto import fedprofile_v1_pb2 as pb

@@ -10,9 +10,9 @@ import grpc
 import numpy as np
 import pytest
 
+from party_bank.grpc_link import GrpcPlatformLink
 from party_common.certs import init_local_pki
 from party_common.codec import to_payload
-from party_common.grpc_link import GrpcPlatformLink
 from party_common.link import PartialScores, SessionContext
 from party_common.transport import (
     CHUNK_BYTES,

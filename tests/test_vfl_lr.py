@@ -18,7 +18,7 @@ import pytest
 from party_common.data_loading import load_party_data
 from protocols.channel import LocalPeer, PeerError, ProtocolError
 from protocols.errors import UserError
-from protocols.metrics import centralized_baseline
+from protocols.evaluation_metrics import centralized_baseline
 from protocols.packing import unpack_signed
 from protocols.paillier import CipherVector, generate_keypair
 from protocols.party_data import PartyData

@@ -25,7 +25,7 @@ evaluation of held-out rows), ``label_mask`` (``TrainParams.hide_label_mask``: p
 the label mask and the per-batch counts from the platform), ``reference`` (the plaintext twin and the
 plaintext Taylor trainer), ``calibration`` (Platt or a monotone map per tag), ``yardstick`` (the same-optimiser
 bank-only yardstick and the report's calibrated metrics and predictions). The split (keyed by customer IDs)
-and the metrics are ``protocols.metrics``.
+and the metrics are ``protocols.evaluation_metrics``.
 """
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
     "split_rows",
 ]
 
-from protocols.metrics import Split, split_rows
+from protocols.evaluation_metrics import Split, split_rows
 from protocols.vfl_lr.bank import MIN_ROWS, TrainOutcome, run_bank_training
 from protocols.vfl_lr.model import BankModel, ModelError, PlatformModel, sigmoid
 from protocols.vfl_lr.params import VERSION, SlotPlan, TrainingError, TrainParams

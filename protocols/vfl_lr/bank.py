@@ -20,9 +20,9 @@ from protocols.binning import BinningModel, BinningSpec, binned_party_data
 from protocols.channel import Peer, PeerChannel
 from protocols.compute import ComputeSpec, as_compute
 from protocols.errors import InvalidKey, ProtocolError
+from protocols.evaluation_metrics import Split, tag_metrics
 from protocols.fixedpoint import quantise_rows
 from protocols.he import HEScheme, Kernels, get_scheme
-from protocols.metrics import Split, tag_metrics
 from protocols.packing import pack_signed
 from protocols.party_data import PartyData
 from protocols.rowblocks import map_rows

@@ -23,8 +23,8 @@ import numpy as np
 from gmpy2 import mpz
 
 from protocols.errors import CryptoError, DeviationDetected, ProtocolError
+from protocols.evaluation_metrics import tag_metrics
 from protocols.he import Ciphertexts, HEScheme, Kernels, NoisePool, PrivateKey, PublicKey
-from protocols.metrics import tag_metrics
 from protocols.packing import pack_signed, slots_per_plaintext
 from protocols.paillier_pool import Shipped
 from protocols.shuffle import secret_permutation
@@ -97,7 +97,7 @@ def open_scores(pool: Kernels, sk: PrivateKey, cv: Ciphertexts, codes: np.ndarra
 
 
 def scores_metrics(opened: list[tuple[np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
-    """:func:`protocols.metrics.tag_metrics` per tag, on the labelled pairs of the shuffled multiset."""
+    """:func:`protocols.evaluation_metrics.tag_metrics` per tag, on the labelled pairs of the shuffled multiset."""
     out = []
     for z, codes in opened:
         known = codes != UNKNOWN

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from protocols.errors import UserError
+from protocols.evaluation_metrics import Split, split_rows
 from protocols.he import DEFAULT_SCHEME, PublicKey, get_scheme, scheme_names
-from protocols.metrics import Split, split_rows
 from protocols.params import check_field_types, dataclass_from_mapping
 
 # v4: key proofs and the he_scheme in train.setup; v3: label-DP noise on the residuals (no row-norm bound); v2: private
@@ -155,7 +155,7 @@ class TrainParams:
 
     def split(self, labels: np.ndarray, ids: Sequence[str] | None = None) -> Split:
         """The train / validation / test split these parameters give the aligned rows of ``labels``, whose
-        customer IDs are ``ids`` (:func:`protocols.metrics.split_rows`; the bank passes its aligned IDs)."""
+        customer IDs are ``ids`` (:func:`protocols.evaluation_metrics.split_rows`; the bank passes its aligned IDs)."""
         return split_rows(labels, ids, test_share=self.test_share,
                           validation_share=self.validation_share_for(len(labels)), seed=self.seed)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.metrics import SPLIT_SCHEME, Split, bank_only_baseline
+from protocols.evaluation_metrics import SPLIT_SCHEME, Split, bank_only_baseline
 from protocols.party_data import PartyData
 from protocols.vfl_lr.params import F_BITS, STAT_BITS, VERSION, Z_CLIP, SlotPlan, TrainParams
 from protocols.vfl_lr.state import BankTrainState

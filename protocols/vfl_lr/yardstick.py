@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.metrics import Split, tag_metrics
+from protocols.evaluation_metrics import Split, tag_metrics
 from protocols.party_data import PartyData
 from protocols.vfl_lr.calibration import apply, calibrate_tag
 from protocols.vfl_lr.model import sigmoid

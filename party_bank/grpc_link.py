@@ -28,7 +28,7 @@ from party_common.link import (
     check_partial_scores,
     check_stability,
 )
-from party_common.metrics import PARTIAL_SCORE_REQUESTS, STEP_SECONDS
+from party_common.prometheus_metrics import PARTIAL_SCORE_REQUESTS, STEP_SECONDS
 from party_common.transport import (
     CONTROL_TIMEOUT_S,
     FEATURES,
