@@ -85,14 +85,15 @@ class PeakMemory:
             self._take()
 
     def stop(self) -> dict[str, Any]:
-        """The peaks, for a job's summary (MB, one decimal)."""
+        """The peaks, for a job's summary (whole MB: a figure with a fractional part, stored in the job's
+        record, could read as one of the data's values, and a tenth of a MB says nothing more)."""
         if not self._done.is_set():
             self._done.set()
             self._thread.join()
             self._take()
         anon, rss, workers = self._peaks
-        return {"node_peak_mb": round(anon, 1), "node_peak_resident_mb": round(rss, 1),
-                "workers_peak_mb": round(workers, 1)}
+        return {"node_peak_mb": round(anon), "node_peak_resident_mb": round(rss),
+                "workers_peak_mb": round(workers)}
 
 
 __all__ = ["PeakMemory", "peak_rss_mb", "sample"]
